@@ -1,0 +1,1124 @@
+r"""Formulas -> design matrices for Bayesian GLMMs.
+
+The model (notation used across mglm)::
+
+    linear predictor   eta = offset + X @ fe + Z @ vc
+    random effects     vc[j] ~ N(0, exp(vcp[ident[j]])**2)
+
+* ``X`` (``exog``, dense, n x p): the fixed-effect design, built by formulaic from the
+  right-hand side of the formula (without its random-effect terms).
+* ``Z`` (``exog_vc``, ``scipy.sparse.csr_matrix``, n x q): the random-effect design,
+  one block of columns per *variance component*. ``ident[j]`` (0..k-1) says which
+  component column ``j`` belongs to; all columns of one component share one standard
+  deviation ``exp(vcp[k])``.
+
+Random-effect blocks of ``Z``
+-----------------------------
+For a grouping factor ``g`` with levels ``l_1..l_m`` (integer codes ``c_i`` in 0..m-1)
+
+* ``(1 | g)`` -- random intercept, component ``g``, columns ``g[l_1] .. g[l_m]``::
+
+      Z[i, j] = 1        if j == c_i      (one nonzero per row)
+                0        otherwise
+
+* ``(0 + x | g)`` -- random slope of the numeric column ``x``, component ``g:x``,
+  columns ``g:x[l_1] ..``::
+
+      Z[i, j] = x_i      if j == c_i
+
+* ``(1 | g:h)`` -- intercept for every observed combination of ``g`` and ``h``,
+  component ``g:h``, columns ``g:h[a:b]`` (combinations in the order of ``g``'s levels,
+  then ``h``'s).
+* ``(1 | g/h)`` -- nesting, expanded to ``(1 | g) + (1 | g:h)``.
+* ``(1 + x | g)`` and ``(x | g)`` -- in lme4 these are *correlated* intercept and slope.
+  mglm only has independent variance components, so both are expanded to
+  ``(1 | g) + (0 + x | g)`` (two components ``g`` and ``g:x``), which is exactly lme4's
+  double-bar ``(x || g)``.
+
+Each block is built directly in CSR form from the integer codes (``indptr =
+arange(n + 1)``, ``indices = codes``, ``data = 1`` or ``x``): memory is proportional to
+the number of nonzeros (n per component) and no dense n x q array is ever made.
+
+Levels are the values present in the data (after dropping rows with missing values):
+in category order for a pandas ``Categorical``, otherwise sorted (numbers numerically,
+strings lexicographically). Labels are ``str(value)``.
+
+statsmodels' ``vc_formulas``
+----------------------------
+``vc_formulas={"herd": "0 + C(herd)"}`` gives one component per key, named by the key.
+The common patterns ``0 + C(g)``, ``0 + g`` (categorical ``g``), ``0 + C(g):x`` and
+``0 + x:C(g)`` are built sparse as above with statsmodels'/patsy's column names
+(``C(herd)[1]``, ``C(g)[a]:x``, ``x:C(g)[a]``). Anything else (e.g. statsmodels' doc
+example ``"0 + C(Village)*year_cen"``) is materialized by formulaic with
+``output="sparse"``, whose column names and values match patsy's.
+
+Safe grammar
+------------
+Formula text is never evaluated as arbitrary Python: :func:`check_formula` tokenizes
+it and allows only data columns (bare or backtick-quoted), numbers, the operators
+``+ - * / ** ^ : ~``, parentheses, ``|``/``||`` inside random-effect terms, and the
+functions ``C, I, log, exp, sqrt, log1p, center, scale, np.log, np.exp, np.sqrt,
+np.log1p`` (plus ``cbind`` on the left-hand side, and ``Treatment('a')``,
+``contr.treatment('a')`` and ``levels=[...]`` inside ``C(...)``). formulaic then
+evaluates the checked text in a namespace holding only those functions.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import types
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .errors import DataError, DataWarning, FormulaError
+
+__all__ = ["Design", "DesignSpec", "VCTerm", "build_design", "check_formula"]
+
+
+# ---------------------------------------------------------------------------
+# tokenizer and safe-grammar check
+# ---------------------------------------------------------------------------
+
+_TOKEN_RE = re.compile(
+    r"""
+    (?P<ws>\s+)
+   |(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+   |(?P<name>[A-Za-z_][A-Za-z_0-9]*)
+   |(?P<backtick>`[^`]*`)
+   |(?P<string>'[^'\\\n]*'|"[^"\\\n]*")
+   |(?P<op>\*\*|\|\||[-+*/:~|(),=\[\]^.])
+    """,
+    re.VERBOSE,
+)
+
+#: functions allowed anywhere in a formula (formulaic provides them)
+FORMULA_FUNCTIONS = ("C", "I", "log", "exp", "sqrt", "log1p", "center", "scale")
+#: functions allowed as ``np.<name>``
+NUMPY_FUNCTIONS = ("log", "exp", "sqrt", "log1p")
+_CONTRAST_FUNCTIONS = ("Treatment",)
+_C_KEYWORDS = ("levels", "reference", "base")
+
+# the only namespace formulaic evaluates factors in (besides its own transforms)
+_SAFE_CONTEXT = {
+    "np": types.SimpleNamespace(**{f: getattr(np, f) for f in NUMPY_FUNCTIONS}),
+    "log1p": np.log1p,
+}
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str  # "number" | "name" | "backtick" | "string" | "op"
+    text: str
+    start: int
+    end: int
+
+    @property
+    def column(self) -> str:
+        """Column name for a name or backtick token."""
+        return self.text[1:-1] if self.kind == "backtick" else self.text
+
+
+def _tokenize(formula: str) -> list[_Token]:
+    tokens = []
+    pos = 0
+    while pos < len(formula):
+        m = _TOKEN_RE.match(formula, pos)
+        if m is None:
+            ch = formula[pos]
+            if ch in "`'\"":
+                raise FormulaError(f"formula: unterminated quote {ch!r} at position {pos}", formula, pos)
+            raise FormulaError(
+                f"formula: character {ch!r} is not allowed at position {pos}", formula, pos
+            )
+        kind = m.lastgroup
+        if kind != "ws":
+            tokens.append(_Token(kind, m.group(), m.start(), m.end()))
+        pos = m.end()
+    return tokens
+
+
+def _err(msg: str, formula: str, tok: _Token) -> FormulaError:
+    return FormulaError(
+        f"formula: {msg} at position {tok.start}", formula, tok.start, tok.end - tok.start
+    )
+
+
+def _unknown_column(formula: str, tok: _Token, columns: Sequence[str]) -> FormulaError:
+    shown = ", ".join(map(str, list(columns)[:30])) + (", ..." if len(columns) > 30 else "")
+    return FormulaError(
+        f"formula: unknown column {tok.column!r} at position {tok.start}; columns are: {shown}",
+        formula,
+        tok.start,
+        tok.end - tok.start,
+    )
+
+
+def _check_tokens(
+    formula: str, tokens: Sequence[_Token], columns: Sequence[str], allow_cbind: bool = False
+) -> None:
+    """Token-level whitelist (see the module docstring). Raises FormulaError."""
+    colset = set(columns)
+    # stack of open brackets: (kind, token) with kind in
+    # "group" | "C" | "contrast" | "call" | "list"
+    stack: list[tuple[str, _Token]] = []
+    i = 0
+    n = len(tokens)
+
+    def nxt(k: int) -> _Token | None:
+        return tokens[k] if k < n else None
+
+    def inside(*kinds: str) -> bool:
+        return bool(stack) and stack[-1][0] in kinds
+
+    while i < n:
+        tok = tokens[i]
+        after = nxt(i + 1)
+        if tok.kind == "name":
+            name = tok.text
+            if name.startswith("__"):
+                raise _err(f"dunder name {name!r} is not allowed", formula, tok)
+            if keyword.iskeyword(name):
+                raise _err(f"keyword {name!r} is not allowed", formula, tok)
+            if after is not None and after.text == ".":
+                attr = nxt(i + 2)
+                call = nxt(i + 3)
+                dotted = f"{name}.{attr.text if attr is not None else ''}"
+                ok = attr is not None and attr.kind == "name" and call is not None and call.text == "("
+                if ok and name == "np" and attr.text in NUMPY_FUNCTIONS:
+                    stack.append(("call", tok))
+                elif ok and name == "contr" and attr.text == "treatment" and inside("C"):
+                    stack.append(("contrast", tok))
+                else:
+                    raise FormulaError(
+                        f"formula: attribute access {dotted!r} is not allowed at position "
+                        f"{tok.start}; allowed are: "
+                        + ", ".join(f"np.{f}" for f in NUMPY_FUNCTIONS),
+                        formula,
+                        tok.start,
+                        (attr.end if attr is not None else after.end) - tok.start,
+                    )
+                i += 4
+                continue
+            if after is not None and after.text == "(":
+                if name == "C":
+                    stack.append(("C", tok))
+                elif name in FORMULA_FUNCTIONS:
+                    stack.append(("call", tok))
+                elif name in _CONTRAST_FUNCTIONS and inside("C"):
+                    stack.append(("contrast", tok))
+                elif name == "cbind" and allow_cbind and not stack:
+                    stack.append(("call", tok))
+                else:
+                    raise _err(
+                        f"function {name!r} is not allowed; allowed functions are: "
+                        + ", ".join(FORMULA_FUNCTIONS + tuple(f"np.{f}" for f in NUMPY_FUNCTIONS)),
+                        formula,
+                        tok,
+                    )
+                i += 2
+                continue
+            if name in _C_KEYWORDS and after is not None and after.text == "=" and inside("C", "contrast"):
+                i += 2
+                continue
+            if name not in colset:
+                raise _unknown_column(formula, tok, columns)
+        elif tok.kind == "backtick":
+            if tok.column not in colset:
+                raise _unknown_column(formula, tok, columns)
+        elif tok.kind == "string":
+            if not inside("list", "contrast"):
+                raise _err(
+                    f"string constant {tok.text} is not allowed here (only in C(x, levels=[...]) "
+                    "or C(x, Treatment('a')))",
+                    formula,
+                    tok,
+                )
+        elif tok.kind == "op":
+            t = tok.text
+            if t == "(":
+                stack.append(("group", tok))
+            elif t == ")":
+                if not stack or stack[-1][0] == "list":
+                    raise _err("unmatched ')'", formula, tok)
+                stack.pop()
+            elif t == "[":
+                if not inside("C", "contrast"):
+                    raise _err("'[' (subscript or list) is not allowed here", formula, tok)
+                stack.append(("list", tok))
+            elif t == "]":
+                if not inside("list"):
+                    raise _err("unmatched ']'", formula, tok)
+                stack.pop()
+            elif t == ",":
+                if not inside("C", "contrast", "list", "call"):
+                    raise _err("',' is only allowed between function arguments", formula, tok)
+            elif t == "=":
+                raise _err("'=' is only allowed as C(x, levels=[...])", formula, tok)
+            elif t == ".":
+                raise _err("attribute access '.' is not allowed", formula, tok)
+            elif t == "~":
+                raise _err("a formula must contain exactly one '~'", formula, tok)
+            elif t in ("|", "||"):
+                if not (len(stack) == 1 and stack[0][0] == "group"):
+                    raise _err(
+                        f"{t!r} is only allowed in random-effect terms like (1 | g)", formula, tok
+                    )
+        i += 1
+    if stack:
+        kind, tok = stack[-1]
+        raise _err(f"unclosed {'[' if kind == 'list' else '('}", formula, tok)
+
+
+def _split_tilde(formula: str, tokens: list[_Token]) -> tuple[list[_Token], list[_Token], _Token]:
+    tildes = [k for k, t in enumerate(tokens) if t.text == "~"]
+    if not tildes:
+        raise FormulaError(
+            f"formula must contain '~' separating the response from the predictors "
+            f"(e.g. 'y ~ x + (1 | g)'); got {formula!r}.",
+            formula,
+            len(formula),
+        )
+    if len(tildes) > 1:
+        raise _err("a formula must contain exactly one '~'", formula, tokens[tildes[1]])
+    k = tildes[0]
+    return tokens[:k], tokens[k + 1 :], tokens[k]
+
+
+def check_formula(formula: str, columns: Iterable[str], one_sided: bool = False) -> None:
+    """Validate formula text against the safe grammar without evaluating anything.
+
+    Parameters
+    ----------
+    formula : str
+        A two-sided formula ``"y ~ x + (1 | g)"`` (or, with ``one_sided=True``, a
+        right-hand side such as a ``vc_formulas`` value ``"0 + C(g)"``).
+    columns : iterable of str
+        The data columns that names in the formula may refer to.
+    one_sided : bool, default False
+        Check a right-hand side only (no ``~``).
+
+    Raises
+    ------
+    FormulaError
+        Naming the first bad token and its position (``error.position``); ``str(error)``
+        shows the formula with a caret under the token.
+    """
+    if not isinstance(formula, str):
+        raise FormulaError(f"`formula` must be a str; got {type(formula).__name__}.")
+    columns = [str(c) for c in columns]
+    tokens = _tokenize(formula)
+    if one_sided:
+        _check_tokens(formula, tokens, columns)
+        return
+    lhs, rhs, tilde = _split_tilde(formula, tokens)
+    if not lhs:
+        raise _err("the response (left of '~') is missing", formula, tilde)
+    _check_tokens(formula, lhs, columns, allow_cbind=True)
+    _check_tokens(formula, rhs, columns)
+    _parse_response(formula, lhs)
+
+
+# ---------------------------------------------------------------------------
+# parsing: response, random-effect terms, fixed part
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Response:
+    successes: str
+    failures: str | None = None  # cbind(s, f): trials = s + f
+    total: str | None = None  # cbind(s, total - s): trials = total
+
+
+def _is_col(tok: _Token | None) -> bool:
+    return tok is not None and tok.kind in ("name", "backtick")
+
+
+def _parse_response(formula: str, lhs: list[_Token]) -> _Response:
+    texts = [t.text for t in lhs]
+    if len(lhs) == 1 and _is_col(lhs[0]):
+        return _Response(lhs[0].column)
+    if len(lhs) >= 6 and texts[:2] == ["cbind", "("] and texts[-1] == ")":
+        inner = lhs[2:-1]
+        if len(inner) == 3 and _is_col(inner[0]) and inner[1].text == "," and _is_col(inner[2]):
+            return _Response(inner[0].column, failures=inner[2].column)
+        if (
+            len(inner) == 5
+            and _is_col(inner[0])
+            and inner[1].text == ","
+            and _is_col(inner[2])
+            and inner[3].text == "-"
+            and _is_col(inner[4])
+            and inner[4].column == inner[0].column
+        ):
+            return _Response(inner[0].column, total=inner[2].column)
+    start, end = lhs[0].start, lhs[-1].end
+    raise FormulaError(
+        "formula: the response must be a column name, cbind(successes, failures) or "
+        f"cbind(successes, total - successes); got {formula[start:end]!r} at position {start}",
+        formula,
+        start,
+        end - start,
+    )
+
+
+@dataclass(frozen=True)
+class _BarTerm:
+    factors: tuple[str, ...]
+    intercept: bool
+    slopes: tuple[str, ...]
+
+
+def _matching(tokens: list[_Token], k: int) -> int:
+    depth = 0
+    for j in range(k, len(tokens)):
+        if tokens[j].text in ("(", "["):
+            depth += 1
+        elif tokens[j].text in (")", "]"):
+            depth -= 1
+            if depth == 0:
+                return j
+    return len(tokens) - 1  # unreachable after _check_tokens
+
+
+def _parse_bar(formula: str, inner: list[_Token], open_tok: _Token) -> list[_BarTerm]:
+    bar = next(k for k, t in enumerate(inner) if t.text in ("|", "||"))
+    expr, group = inner[:bar], inner[bar + 1 :]
+    # --- grouping: a, a:b, a/b
+    if not group:
+        raise _err("random-effect term needs a grouping factor after '|'", formula, inner[bar])
+    parts: list[list[str]] = [[]]
+    ops = []
+    for k, t in enumerate(group):
+        if k % 2 == 0:
+            if not _is_col(t):
+                raise _err(f"grouping factor must be a column name; got {t.text!r}", formula, t)
+            parts[-1].append(t.column)
+        elif t.text == ":":
+            pass
+        elif t.text == "/":
+            ops.append("/")
+            parts.append([])
+        else:
+            raise _err(f"operator {t.text!r} is not allowed in a grouping factor", formula, t)
+    if len(group) % 2 == 0:
+        raise _err("incomplete grouping factor", formula, group[-1])
+    # --- expression: 1, 0, -1, numeric columns joined by + (and a leading/trailing -1)
+    intercept = True
+    slopes: list[str] = []
+    k = 0
+    sign = "+"
+    while k < len(expr):
+        t = expr[k]
+        if t.text in ("+", "-"):
+            sign = t.text
+            k += 1
+            continue
+        if t.kind == "number" and t.text in ("0", "1"):
+            if t.text == "0" or sign == "-":
+                intercept = False
+        elif _is_col(t) and sign == "+":
+            if t.column not in slopes:
+                slopes.append(t.column)
+        else:
+            raise _err(
+                f"random-effect terms accept only 1, 0 and numeric column names joined by '+'; "
+                f"got {t.text!r}",
+                formula,
+                t,
+            )
+        sign = "+"
+        k += 1
+    if not intercept and not slopes:
+        raise _err("random-effect term has neither an intercept nor a slope", formula, open_tok)
+    terms = []
+    if len(parts) > 1 and slopes:
+        raise _err("nested grouping 'a/b' is only supported for random intercepts", formula, open_tok)
+    factors: tuple[str, ...] = ()
+    for p in parts:  # a/b -> (1|a) + (1|a:b)
+        factors = factors + tuple(p)
+        terms.append(_BarTerm(factors, intercept, tuple(slopes)))
+    return terms
+
+
+def _split_rhs(formula: str, rhs: list[_Token]) -> tuple[str, list[_BarTerm]]:
+    """Extract the ``( ... | ... )`` terms; return the fixed-effect text and the terms."""
+    keep = [True] * len(rhs)
+    bars: list[_BarTerm] = []
+    depth = 0
+    k = 0
+    while k < len(rhs):
+        t = rhs[k]
+        if t.text == "(" and depth == 0 and (k == 0 or rhs[k - 1].kind != "name"):
+            j = _matching(rhs, k)
+            inner = rhs[k + 1 : j]
+            if any(u.text in ("|", "||") for u in inner):
+                # the term must be joined to the rest by '+'
+                if k > 0 and rhs[k - 1].text != "+":
+                    raise _err("a random-effect term must be added with '+'", formula, rhs[k - 1])
+                if j + 1 < len(rhs) and rhs[j + 1].text != "+":
+                    raise _err("a random-effect term must be added with '+'", formula, rhs[j + 1])
+                bars.extend(_parse_bar(formula, inner, t))
+                for u in range(k, j + 1):
+                    keep[u] = False
+                if k > 0:
+                    keep[k - 1] = False
+                elif j + 1 < len(rhs):
+                    keep[j + 1] = False
+                k = j + 1
+                continue
+        if t.text in ("(", "["):
+            depth += 1
+        elif t.text in (")", "]"):
+            depth -= 1
+        k += 1
+    kept = [(idx, t) for idx, t in enumerate(rhs) if keep[idx]]
+    # leading '+' left over when the first term was removed
+    while kept and kept[0][1].text == "+":
+        kept.pop(0)
+    # translate R's power '^' inside I(...) to Python's '**'
+    pieces: list[str] = []
+    stack: list[str] = []
+    prev_idx = None
+    for pos, (idx, t) in enumerate(kept):
+        if prev_idx is not None:
+            pieces.append(formula[rhs[prev_idx].end : t.start] if idx == prev_idx + 1 else " ")
+        text = t.text
+        if t.text == "(":
+            stack.append("I" if pos > 0 and kept[pos - 1][1].text == "I" else "other")
+        elif t.text == ")":
+            stack.pop() if stack else None
+        elif t.text == "^" and "I" in stack:
+            text = "**"
+        pieces.append(text)
+        prev_idx = idx
+    fixed = "".join(pieces).strip()
+    return (fixed if fixed else "1"), bars
+
+
+# ---------------------------------------------------------------------------
+# random-effect terms
+# ---------------------------------------------------------------------------
+
+
+def _is_categorical_like(s: pd.Series) -> bool:
+    return not pd.api.types.is_numeric_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype)
+
+
+def _numeric_column(df: pd.DataFrame, col: str, role: str) -> np.ndarray:
+    s = df[col]
+    if isinstance(s.dtype, pd.CategoricalDtype) or not (
+        pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
+    ):
+        vals = ", ".join(repr(v) for v in pd.unique(s)[:3])
+        raise DataError(
+            f"{role} `{col}` must be a numeric column; got dtype {s.dtype} (values like {vals})."
+        )
+    return s.to_numpy(dtype=np.float64)
+
+
+def _factorize(s: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Codes 0..m-1 and the m levels present: categorical order, otherwise sorted."""
+    try:
+        codes, uniques = pd.factorize(s, sort=True)
+    except TypeError:  # mixed types: sort by the string labels
+        codes, uniques = pd.factorize(s, sort=False)
+        order = np.argsort([str(u) for u in uniques], kind="stable")
+        remap = np.empty_like(order)
+        remap[order] = np.arange(len(order))
+        codes = np.where(codes >= 0, remap[codes], -1)
+        uniques = uniques[order]
+    return np.asarray(codes, dtype=np.int64), pd.Index(np.asarray(uniques))
+
+
+@dataclass(frozen=True)
+class VCTerm:
+    """One variance component: a block of columns of ``exog_vc`` sharing one SD.
+
+    Attributes
+    ----------
+    name : str
+        Component name (an entry of ``vcp_names``): ``"g"`` for ``(1 | g)``, ``"g:x"`` for
+        ``(0 + x | g)``, ``"g:h"`` for ``(1 | g:h)``, or the ``vc_formulas`` key.
+    group : str or None
+        The grouping factor (``"g"`` or ``"g:h"``); None for a general ``vc_formulas``
+        value materialized by formulaic.
+    slope : str or None
+        Numeric column multiplying the indicators, or None for an intercept.
+    levels : tuple of str
+        Level labels, one per column of the block.
+    column_names : tuple of str
+        The block's entries of ``vc_names``.
+    """
+
+    name: str
+    group: str | None
+    slope: str | None
+    levels: tuple[str, ...]
+    column_names: tuple[str, ...]
+    factors: tuple[str, ...] = ()
+    _level_values: tuple[pd.Index, ...] = field(default=(), repr=False, compare=False)
+    _keys: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _formulaic_spec: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def n_columns(self) -> int:
+        return len(self.column_names)
+
+    def columns_used(self) -> tuple[str, ...]:
+        if self._formulaic_spec is not None:
+            return tuple(sorted(self._formulaic_spec.required_variables))
+        return self.factors + ((self.slope,) if self.slope else ())
+
+    def _codes(self, df: pd.DataFrame) -> np.ndarray:
+        """Column index (0..m-1) of each row's level; -1 for unseen or missing."""
+        per = [lv.get_indexer(df[f]) for lv, f in zip(self._level_values, self.factors)]
+        if len(per) == 1:
+            return per[0].astype(np.int64)
+        bad = np.zeros(len(df), dtype=bool)
+        for c in per:
+            bad |= c < 0
+        dims = tuple(len(lv) for lv in self._level_values)
+        flat = np.ravel_multi_index(tuple(np.where(bad, 0, c) for c in per), dims)
+        pos = np.searchsorted(self._keys, flat)
+        pos = np.minimum(pos, len(self._keys) - 1)
+        found = (~bad) & (self._keys[pos] == flat)
+        return np.where(found, pos, -1).astype(np.int64)
+
+    def matrix(self, df: pd.DataFrame) -> sp.csr_matrix:
+        """This block of ``Z`` for ``df``; rows with unseen/missing levels are empty."""
+        n = len(df)
+        if self._formulaic_spec is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mm = self._formulaic_spec.get_model_matrix(df, output="sparse", context=_SAFE_CONTEXT)
+            return sp.csr_matrix(mm, dtype=np.float64)
+        codes = self._codes(df)
+        valid = codes >= 0
+        if self.slope is None:
+            data = np.ones(int(valid.sum()))
+        else:
+            data = _numeric_column(df, self.slope, "slope")[valid]
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(valid, out=indptr[1:])
+        return sp.csr_matrix((data, codes[valid], indptr), shape=(n, self.n_columns))
+
+    def unseen(self, df: pd.DataFrame) -> list[str]:
+        """Labels of levels in ``df`` that were not seen in fitting (missing excluded)."""
+        if self._formulaic_spec is not None or not self.factors:
+            return []
+        sub = df[list(self.factors)].dropna()
+        codes = self._codes(sub)
+        if (codes >= 0).all():
+            return []
+        bad = sub[codes < 0].drop_duplicates()
+        return [":".join(str(v) for v in row) for row in bad.itertuples(index=False)]
+
+
+def _grouped_term(
+    df: pd.DataFrame, name: str, factors: tuple[str, ...], slope: str | None, label: Any
+) -> VCTerm:
+    """Fit-time levels of ``factors``; ``label(level)`` gives the column name."""
+    codes_per, levels_per = [], []
+    for f in factors:
+        c, lv = _factorize(df[f])
+        codes_per.append(c)
+        levels_per.append(lv)
+    if len(factors) == 1:
+        keys = np.arange(len(levels_per[0]), dtype=np.int64)
+        labels = [str(v) for v in levels_per[0]]
+    else:
+        dims = tuple(len(lv) for lv in levels_per)
+        flat = np.ravel_multi_index(tuple(codes_per), dims)
+        keys = np.unique(flat)
+        parts = np.unravel_index(keys, dims)
+        labels = [
+            ":".join(str(levels_per[d][parts[d][j]]) for d in range(len(factors)))
+            for j in range(len(keys))
+        ]
+    group = ":".join(factors)
+    if len(labels) < 2:
+        raise DataError(
+            f"grouping factor `{group}` must have at least 2 levels; got {len(labels)}."
+        )
+    if slope is not None:
+        _numeric_column(df, slope, "slope")
+    return VCTerm(
+        name=name,
+        group=group,
+        slope=slope,
+        levels=tuple(labels),
+        column_names=tuple(label(lv) for lv in labels),
+        factors=tuple(factors),
+        _level_values=tuple(levels_per),
+        _keys=keys,
+    )
+
+
+def _bar_components(df: pd.DataFrame, bar: _BarTerm) -> list[VCTerm]:
+    group = ":".join(bar.factors)
+    out = []
+    if bar.intercept:
+        out.append(_grouped_term(df, group, bar.factors, None, lambda lv: f"{group}[{lv}]"))
+    for x in bar.slopes:
+        nm = f"{group}:{x}"
+        out.append(_grouped_term(df, nm, bar.factors, x, lambda lv, nm=nm: f"{nm}[{lv}]"))
+    return out
+
+
+def _simple_vc_pattern(
+    tokens: list[_Token], df: pd.DataFrame
+) -> tuple[str, str, str | None, str] | None:
+    """Recognize ``0 + C(g)``, ``0 + g``, ``0 + C(g):x``, ``0 + x:C(g)`` (and ``... - 1``).
+
+    Returns (factor column, patsy prefix, slope column or None, slope side) or None.
+    """
+    texts = [t.text for t in tokens]
+    if texts[:2] == ["0", "+"]:
+        core = tokens[2:]
+    elif texts[-2:] in (["-", "1"], ["+", "0"]):
+        core = tokens[:-2]
+    else:
+        return None
+
+    def factor_at(k: int) -> tuple[str, str, int] | None:
+        if k + 3 < len(core) + 0 and [t.text for t in core[k : k + 2]] == ["C", "("] and _is_col(
+            core[k + 2]
+        ) and core[k + 3].text == ")":
+            col = core[k + 2].column
+            return col, f"C({col})", k + 4
+        if k < len(core) and _is_col(core[k]) and core[k].column in df.columns:
+            col = core[k].column
+            if _is_categorical_like(df[col]):
+                return col, col, k + 1
+        return None
+
+    f = factor_at(0)
+    if f is not None:
+        col, prefix, k = f
+        if k == len(core):
+            return col, prefix, None, ""
+        if k + 2 == len(core) and core[k].text == ":" and _is_col(core[k + 1]):
+            return col, prefix, core[k + 1].column, "right"
+        return None
+    if len(core) >= 3 and _is_col(core[0]) and core[1].text == ":":
+        f = factor_at(2)
+        if f is not None and f[2] == len(core):
+            return f[0], f[1], core[0].column, "left"
+    return None
+
+
+def _vc_formula_component(df: pd.DataFrame, key: str, text: str) -> VCTerm:
+    from formulaic import model_matrix
+
+    tokens = _tokenize(text)
+    pattern = _simple_vc_pattern(tokens, df)
+    if pattern is not None:
+        col, prefix, slope, side = pattern
+        if slope is None:
+            label = lambda lv: f"{prefix}[{lv}]"  # noqa: E731
+        elif side == "right":
+            label = lambda lv: f"{prefix}[{lv}]:{slope}"  # noqa: E731
+        else:
+            label = lambda lv: f"{slope}:{prefix}[{lv}]"  # noqa: E731
+        return _grouped_term(df, key, (col,), slope, label)
+    try:
+        mm = model_matrix(text, df, output="sparse", na_action="ignore", context=_SAFE_CONTEXT)
+    except Exception as exc:  # formulaic's own errors -> ours, with the text shown
+        raise FormulaError(f"vc_formulas[{key!r}]: {exc}", text, 0, len(text)) from exc
+    names = tuple(mm.model_spec.column_names)
+    return VCTerm(
+        name=key,
+        group=None,
+        slope=None,
+        levels=names,
+        column_names=names,
+        _formulaic_spec=mm.model_spec,
+    )
+
+
+# ---------------------------------------------------------------------------
+# spec and design
+# ---------------------------------------------------------------------------
+
+
+def _require_columns(df: pd.DataFrame, cols: Iterable[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"`{missing[0]}` must be a column of {what}; got columns: "
+            + ", ".join(map(str, df.columns[:30]))
+            + "."
+        )
+
+
+@dataclass(frozen=True)
+class DesignSpec:
+    """Everything needed to rebuild the same ``exog`` and ``exog_vc`` columns on new data.
+
+    Attributes
+    ----------
+    formula : str
+        The formula as given.
+    fixed_formula : str
+        The right-hand side given to formulaic (random-effect terms removed, ``^`` inside
+        ``I()`` translated to ``**``).
+    response : str
+        The response column (successes for ``cbind``).
+    exog_names : tuple of str
+    vc_terms : tuple of VCTerm
+    fixed_columns : tuple of str
+        Data columns the fixed part needs.
+    """
+
+    formula: str
+    fixed_formula: str
+    response: str
+    exog_names: tuple[str, ...]
+    vc_terms: tuple[VCTerm, ...]
+    fixed_columns: tuple[str, ...]
+    _model_spec: Any = field(repr=False, compare=False, default=None)
+
+    @property
+    def vcp_names(self) -> list[str]:
+        return [t.name for t in self.vc_terms]
+
+    @property
+    def vc_names(self) -> list[str]:
+        return [c for t in self.vc_terms for c in t.column_names]
+
+    @property
+    def ident(self) -> np.ndarray:
+        return np.repeat(
+            np.arange(len(self.vc_terms), dtype=np.int64), [t.n_columns for t in self.vc_terms]
+        )
+
+    def exog_for(self, new_df: pd.DataFrame) -> np.ndarray:
+        """Fixed-effect design ``X`` for ``new_df`` with the fitted columns.
+
+        Categorical levels, contrasts and stateful transforms (``center``, ``scale``) are
+        those learned from the fitting data. Missing values give NaN rows.
+
+        Raises
+        ------
+        DataError
+            If a needed column is missing or a categorical column has a level not seen
+            in fitting.
+        """
+        _require_columns(new_df, self.fixed_columns, "the new data")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            mm = self._model_spec.get_model_matrix(
+                new_df, output="pandas", na_action="ignore", context=_SAFE_CONTEXT
+            )
+        for w in caught:
+            if "categories outside" in str(w.message) or "not seen" in str(w.message):
+                raise DataError(
+                    "fixed-effect factors in new data must take levels seen in fitting; "
+                    f"got {w.message}"
+                )
+        return np.asarray(mm.to_numpy(dtype=np.float64))
+
+    def exog_vc_for(self, new_df: pd.DataFrame) -> sp.csr_matrix:
+        """Random-effect design ``Z`` for ``new_df``, same q columns in the same order.
+
+        A row whose level was not seen in fitting (or is missing) gets no entry in that
+        component's block, i.e. its random effect is 0 (population level). Use
+        :meth:`unseen_levels` to report them.
+        """
+        cols = sorted({c for t in self.vc_terms for c in t.columns_used()})
+        _require_columns(new_df, cols, "the new data")
+        blocks = [t.matrix(new_df) for t in self.vc_terms]
+        if not blocks:
+            return sp.csr_matrix((len(new_df), 0), dtype=np.float64)
+        return sp.hstack(blocks, format="csr", dtype=np.float64)
+
+    def unseen_levels(self, new_df: pd.DataFrame) -> dict[str, list[str]]:
+        """Per component name, the levels in ``new_df`` not seen in fitting (only non-empty)."""
+        out = {}
+        for t in self.vc_terms:
+            u = t.unseen(new_df) if all(f in new_df.columns for f in t.factors) else []
+            if u:
+                out[t.name] = u
+        return out
+
+
+@dataclass(frozen=True)
+class Design:
+    """Matrices of one GLMM, ready for a model.
+
+    Attributes
+    ----------
+    endog : ndarray (n,)
+        Response (successes for binomial data).
+    exog : ndarray (n, p)
+        Fixed-effect design ``X``.
+    exog_vc : scipy.sparse.csr_matrix (n, q)
+        Random-effect design ``Z``.
+    ident : ndarray of int64 (q,)
+        Component index (0..k-1) of each column of ``exog_vc``.
+    exog_names, vcp_names, vc_names : list of str
+        Names of the p fixed effects, k variance components and q random effects.
+    trials : ndarray (n,) or None
+        Binomial trials.
+    offset : ndarray (n,) or None
+    n_dropped : int
+        Rows dropped for missing values.
+    spec : DesignSpec
+        Rebuilds the columns on new data.
+    vc_terms : tuple of VCTerm
+        Per component: ``name``, ``group``, ``slope``, ``levels``.
+    """
+
+    endog: np.ndarray
+    exog: np.ndarray
+    exog_vc: sp.csr_matrix
+    ident: np.ndarray
+    exog_names: list[str]
+    vcp_names: list[str]
+    vc_names: list[str]
+    trials: np.ndarray | None
+    offset: np.ndarray | None
+    n_dropped: int
+    spec: DesignSpec
+    vc_terms: tuple[VCTerm, ...]
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.endog.shape[0])
+
+
+def _extra_array(
+    arg: str | Sequence[float] | np.ndarray | None, data: pd.DataFrame, name: str
+) -> tuple[str | None, np.ndarray | None]:
+    """Resolve a ``trials``/``offset`` argument to (column name or None, float array)."""
+    if arg is None:
+        return None, None
+    if isinstance(arg, str):
+        if arg not in data.columns:
+            raise DataError(
+                f"`{name}` must be a column of data; got {arg!r} (columns: "
+                + ", ".join(map(str, data.columns[:30]))
+                + ")."
+            )
+        s = data[arg]
+        if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)) or isinstance(
+            s.dtype, pd.CategoricalDtype
+        ):
+            raise DataError(f"`{name}` (`{arg}`) must be numeric; got dtype {s.dtype}.")
+        return arg, s.to_numpy(dtype=np.float64, na_value=np.nan)
+    try:
+        arr = np.asarray(arg, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"`{name}` must be a column name or numeric array; got {type(arg).__name__}.") from exc
+    if arr.shape != (len(data),):
+        raise DataError(f"`{name}` must have shape ({len(data)},); got {arr.shape}.")
+    return None, arr
+
+
+def build_design(
+    formula: str,
+    data: pd.DataFrame,
+    vc_formulas: Mapping[str, str] | None = None,
+    trials: str | Sequence[float] | np.ndarray | None = None,
+    offset: str | Sequence[float] | np.ndarray | None = None,
+) -> Design:
+    """Build ``endog``, ``X``, sparse ``Z`` and ``ident`` from a formula.
+
+    Parameters
+    ----------
+    formula : str
+        ``"y ~ fixed + (1 | g) + (0 + x | g) + (1 | g:h)"``. The response is a column name
+        or ``cbind(succ, fail)`` (trials = succ + fail) or ``cbind(succ, total - succ)``
+        (trials = total). Random-effect terms are described in the module docstring;
+        ``(1 + x | g)``, ``(x | g)`` and ``(x || g)`` all give the two independent
+        components ``g`` and ``g:x``.
+    data : pandas.DataFrame
+    vc_formulas : dict of str to str, optional
+        statsmodels-style components ``{name: "0 + C(g)"}``, appended after the
+        formula's random-effect terms.
+    trials : str or array, optional
+        Binomial trials (column name or array of length ``len(data)``).
+    offset : str or array, optional
+        Offset of the linear predictor (column name or array).
+
+    Returns
+    -------
+    Design
+
+    Raises
+    ------
+    FormulaError
+        Formula outside the safe grammar, unknown column, no ``~``.
+    DataError
+        Empty data, non-numeric response or slope, grouping factor with fewer than two
+        levels, trials smaller than the response, non-finite fixed-effect values.
+
+    Warns
+    -----
+    DataWarning
+        When rows with missing values in a used column are dropped (once, from every
+        matrix); ``Design.n_dropped`` records how many.
+    """
+    from formulaic import model_matrix
+
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"`data` must be a pandas DataFrame; got {type(data).__name__}.")
+    if len(data) == 0:
+        raise DataError("`data` must have at least one row; got 0 rows.")
+    if vc_formulas is not None and not isinstance(vc_formulas, Mapping):
+        raise DataError(f"`vc_formulas` must be a dict of name -> formula; got {type(vc_formulas).__name__}.")
+    data = data.rename(columns=str) if not all(isinstance(c, str) for c in data.columns) else data
+    columns = list(data.columns)
+
+    # --- parse (never evaluates anything)
+    check_formula(formula, columns)
+    tokens = _tokenize(formula)
+    lhs, rhs, _ = _split_tilde(formula, tokens)
+    response = _parse_response(formula, lhs)
+    fixed_formula, bars = _split_rhs(formula, rhs)
+    vc_tokens = {}
+    for key, text in (vc_formulas or {}).items():
+        if not isinstance(text, str):
+            raise FormulaError(f"`vc_formulas[{key!r}]` must be a str; got {type(text).__name__}.")
+        check_formula(text, columns, one_sided=True)
+        vc_tokens[key] = _tokenize(text)
+
+    if response.failures is not None or response.total is not None:
+        if trials is not None:
+            raise DataError(
+                f"`trials` must be None when the response is cbind(...); got {trials!r}."
+            )
+    trials_col, trials_arr = _extra_array(trials, data, "trials")
+    offset_col, offset_arr = _extra_array(offset, data, "offset")
+
+    # --- which columns are used, and drop rows with missing values once
+    used: list[str] = []
+    for t in tokens + [t for toks in vc_tokens.values() for t in toks]:
+        if _is_col(t) and t.column in data.columns and t.column not in used:
+            used.append(t.column)
+    for c in (trials_col, offset_col):
+        if c is not None and c not in used:
+            used.append(c)
+    na = data[used].isna()
+    bad = na.any(axis=1).to_numpy()
+    extra_bad = []
+    for name, arr, col in (("trials", trials_arr, trials_col), ("offset", offset_arr, offset_col)):
+        if arr is not None and col is None:
+            m = np.isnan(arr)
+            if m.any():
+                extra_bad.append(f"{name} ({int(m.sum())})")
+                bad |= m
+    n_dropped = int(bad.sum())
+    if n_dropped:
+        per_col = na.sum()
+        where = [f"{c} ({int(k)})" for c, k in per_col.items() if k] + extra_bad
+        if n_dropped == len(data):
+            raise DataError(
+                "data must have at least one row without missing values in the used columns; "
+                f"got 0 of {len(data)} rows (missing in: {', '.join(where)})."
+            )
+        warnings.warn(
+            f"dropped {n_dropped} of {len(data)} rows with missing values "
+            f"(missing in: {', '.join(where)}).",
+            DataWarning,
+            stacklevel=2,
+        )
+        keep = ~bad
+        df = data.loc[keep].reset_index(drop=True)
+        trials_arr = trials_arr[keep] if trials_arr is not None else None
+        offset_arr = offset_arr[keep] if offset_arr is not None else None
+    else:
+        df = data.reset_index(drop=True)
+
+    # --- response and trials
+    endog = _numeric_column(df, response.successes, "response")
+    if response.failures is not None:
+        trials_arr = endog + _numeric_column(df, response.failures, "failures")
+        trials_col = response.failures
+    elif response.total is not None:
+        trials_arr = _numeric_column(df, response.total, "trials")
+        trials_col = response.total
+    if trials_arr is not None:
+        label = f"`trials` (`{trials_col}`)" if trials_col else "`trials`"
+        small = np.flatnonzero(trials_arr < endog)
+        if small.size:
+            raise DataError(
+                f"{label} must be >= the response `{response.successes}` in every row; "
+                f"got {small.size} rows where it is smaller (first: row {int(small[0])}, "
+                f"trials {trials_arr[small[0]]:g} < {endog[small[0]]:g})."
+            )
+        if not np.all(np.isfinite(trials_arr)):
+            raise DataError(f"{label} must be finite; got non-finite values.")
+
+    # --- fixed part (formulaic; the text has passed the safe-grammar check)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=FutureWarning)
+            mm = model_matrix(fixed_formula, df, output="pandas", na_action="ignore", context=_SAFE_CONTEXT)
+    except Exception as exc:
+        raise FormulaError(
+            f"formula: could not build the fixed effects from {fixed_formula!r}: {exc}",
+            formula,
+            rhs[0].start if rhs else len(formula),
+        ) from exc
+    exog = np.ascontiguousarray(mm.to_numpy(dtype=np.float64))
+    exog_names = [str(c) for c in mm.columns]
+    if exog.size and not np.all(np.isfinite(exog)):
+        j = int(np.flatnonzero(~np.isfinite(exog).all(axis=0))[0])
+        k = int((~np.isfinite(exog[:, j])).sum())
+        raise DataError(
+            f"fixed-effect column `{exog_names[j]}` must be finite; got {k} non-finite values."
+        )
+
+    # --- random effects: formula terms first, then vc_formulas
+    terms: list[VCTerm] = []
+    for bar in bars:
+        terms.extend(_bar_components(df, bar))
+    for key, text in (vc_formulas or {}).items():
+        terms.append(_vc_formula_component(df, str(key), text))
+    names = [t.name for t in terms]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise FormulaError(
+            f"variance component names must be unique; got {dup[0]!r} more than once.",
+            formula,
+        )
+    blocks = [t.matrix(df) for t in terms]
+    n = len(df)
+    exog_vc = (
+        sp.hstack(blocks, format="csr", dtype=np.float64)
+        if blocks
+        else sp.csr_matrix((n, 0), dtype=np.float64)
+    )
+
+    fixed_columns = tuple(sorted(mm.model_spec.required_variables))
+    spec = DesignSpec(
+        formula=formula,
+        fixed_formula=fixed_formula,
+        response=response.successes,
+        exog_names=tuple(exog_names),
+        vc_terms=tuple(terms),
+        fixed_columns=fixed_columns,
+        _model_spec=mm.model_spec,
+    )
+    return Design(
+        endog=endog,
+        exog=exog,
+        exog_vc=exog_vc,
+        ident=spec.ident,
+        exog_names=exog_names,
+        vcp_names=spec.vcp_names,
+        vc_names=spec.vc_names,
+        trials=None if trials_arr is None else np.asarray(trials_arr, dtype=np.float64),
+        offset=None if offset_arr is None else np.asarray(offset_arr, dtype=np.float64),
+        n_dropped=n_dropped,
+        spec=spec,
+        vc_terms=tuple(terms),
+    )
