@@ -107,7 +107,7 @@ _C_KEYWORDS = ("levels", "reference", "base")
 # the only namespace formulaic evaluates factors in (besides its own transforms)
 _SAFE_CONTEXT = {
     "np": types.SimpleNamespace(**{f: getattr(np, f) for f in NUMPY_FUNCTIONS}),
-    "log1p": np.log1p,
+    **{f: getattr(np, f) for f in NUMPY_FUNCTIONS},
 }
 
 
@@ -143,9 +143,9 @@ def _tokenize(formula: str) -> list[_Token]:
     return tokens
 
 
-def _err(msg: str, formula: str, tok: _Token) -> FormulaError:
+def _err(msg: str, formula: str, tok: _Token, hint: str = "") -> FormulaError:
     return FormulaError(
-        f"formula: {msg} at position {tok.start}", formula, tok.start, tok.end - tok.start
+        f"formula: {msg} at position {tok.start}{hint}", formula, tok.start, tok.end - tok.start
     )
 
 
@@ -216,10 +216,11 @@ def _check_tokens(
                     stack.append(("call", tok))
                 else:
                     raise _err(
-                        f"function {name!r} is not allowed; allowed functions are: "
-                        + ", ".join(FORMULA_FUNCTIONS + tuple(f"np.{f}" for f in NUMPY_FUNCTIONS)),
+                        f"function {name!r} is not allowed",
                         formula,
                         tok,
+                        "; allowed functions are: "
+                        + ", ".join(FORMULA_FUNCTIONS + tuple(f"np.{f}" for f in NUMPY_FUNCTIONS)),
                     )
                 i += 2
                 continue
@@ -272,7 +273,7 @@ def _check_tokens(
         i += 1
     if stack:
         kind, tok = stack[-1]
-        raise _err(f"unclosed {'[' if kind == 'list' else '('}", formula, tok)
+        raise _err("unclosed '['" if kind == "list" else "unclosed '('", formula, tok)
 
 
 def _split_tilde(formula: str, tokens: list[_Token]) -> tuple[list[_Token], list[_Token], _Token]:
@@ -322,6 +323,7 @@ def check_formula(formula: str, columns: Iterable[str], one_sided: bool = False)
     _check_tokens(formula, lhs, columns, allow_cbind=True)
     _check_tokens(formula, rhs, columns)
     _parse_response(formula, lhs)
+    _split_rhs(formula, rhs)  # structure of the random-effect terms
 
 
 # ---------------------------------------------------------------------------
@@ -1007,7 +1009,7 @@ def build_design(
         if c is not None and c not in used:
             used.append(c)
     na = data[used].isna()
-    bad = na.any(axis=1).to_numpy()
+    bad = na.any(axis=1).to_numpy(dtype=bool).copy()
     extra_bad = []
     for name, arr, col in (("trials", trials_arr, trials_col), ("offset", offset_arr, offset_col)):
         if arr is not None and col is None:

@@ -1,0 +1,386 @@
+"""Tests of mglm_core.design: formulas -> endog, dense X, sparse Z, ident.
+
+Reference values: statsmodels 0.15 (``BinomialBayesMixedGLM.from_formula``, patsy engine)
+is used as an oracle for ``vc_formulas``; the data sets are the R exports in demo_data/.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from mglm_core.design import Design, build_design, check_formula
+from mglm_core.errors import DataError, DataWarning, FormulaError, MglmError
+
+DATA = Path(__file__).resolve().parents[1] / "demo_data"
+
+
+def load(name: str) -> pd.DataFrame:
+    """A demo data set with every factor column a pandas Categorical in R's level order."""
+    df = pd.read_csv(DATA / f"{name}.csv")
+    levels = json.loads((DATA / "factor_levels.json").read_text())[name]
+    for col, lv in levels.items():
+        df[col] = pd.Categorical(df[col].astype(str), categories=[str(v) for v in lv])
+    return df
+
+
+@pytest.fixture
+def small() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    n = 40
+    return pd.DataFrame(
+        {
+            "y": rng.integers(0, 2, n).astype(float),
+            "x": rng.normal(size=n),
+            "z": rng.uniform(1, 2, size=n),
+            "g": rng.choice(["a", "b", "c"], n),
+            "h": rng.choice(["u", "v"], n),
+            "V": rng.integers(1, 4, n),
+            "yc": rng.normal(size=n),
+        }
+    )
+
+
+# --------------------------------------------------------------------- fixed part
+
+FIXED_NAMES = {
+    "y ~ x": ["Intercept", "x"],
+    "y ~ 0 + x": ["x"],
+    "y ~ x - 1": ["x"],
+    "y ~ g": ["Intercept", "g[T.b]", "g[T.c]"],
+    "y ~ C(V)": ["Intercept", "C(V)[T.2]", "C(V)[T.3]"],
+    "y ~ x:z": ["Intercept", "x:z"],
+    "y ~ x*g": ["Intercept", "x", "g[T.b]", "g[T.c]", "x:g[T.b]", "x:g[T.c]"],
+    "y ~ I(x**2)": ["Intercept", "I(x ** 2)"],
+    "y ~ I(x^2)": ["Intercept", "I(x ** 2)"],
+    "y ~ log(z) + np.log(z) + exp(x) + sqrt(z) + log1p(z)": [
+        "Intercept", "log(z)", "np.log(z)", "exp(x)", "sqrt(z)", "log1p(z)",
+    ],
+    "y ~ center(x) + scale(z)": ["Intercept", "center(x)", "scale(z)"],
+    "y ~ x + (1 | g)": ["Intercept", "x"],
+    "y ~ (1 | g)": ["Intercept"],
+    "y ~ (1 | g) + x + (0 + x | h)": ["Intercept", "x"],
+    "y ~ C(g, Treatment('b'))": [
+        "Intercept", "C(g, Treatment('b'))[T.a]", "C(g, Treatment('b'))[T.c]",
+    ],
+}
+
+
+@pytest.mark.parametrize("formula,names", FIXED_NAMES.items())
+def test_fixed_names(small, formula, names):
+    d = build_design(formula, small)
+    assert d.exog_names == names
+    assert d.exog.shape == (len(small), len(names))
+    assert d.exog.dtype == np.float64
+
+
+def test_power_inside_I_is_power(small):
+    d = build_design("y ~ I(x^2)", small)
+    np.testing.assert_allclose(d.exog[:, 1], small["x"] ** 2)
+
+
+def test_endog_and_types(small):
+    d = build_design("y ~ x + (1 | g)", small)
+    assert isinstance(d, Design)
+    np.testing.assert_array_equal(d.endog, small["y"])
+    assert d.endog.dtype == np.float64
+    assert sp.isspmatrix_csr(d.exog_vc) or isinstance(d.exog_vc, sp.csr_matrix)
+    assert d.ident.dtype == np.int64
+    assert d.trials is None and d.offset is None and d.n_dropped == 0
+
+
+def test_salamanders_reference_level_follows_categorical_order():
+    df = load("Salamanders")
+    assert list(df["mined"].cat.categories) == ["yes", "no"]
+    d = build_design("count ~ mined + (1 | site)", df)
+    assert d.exog_names == ["Intercept", "mined[T.no]"]
+    np.testing.assert_array_equal(d.exog[:, 1], (df["mined"] == "no").to_numpy(float))
+    assert d.vcp_names == ["site"] and d.exog_vc.shape == (644, 23)
+
+
+# --------------------------------------------------------------------- random effects
+
+
+def test_cbpp_bar_term():
+    df = pd.read_csv(DATA / "cbpp.csv")  # herd and period read as integers
+    d = build_design("incidence ~ C(period) + (1 | herd)", df, trials="size")
+    assert d.exog_vc.shape == (56, 15)
+    np.testing.assert_array_equal(d.ident, np.zeros(15, dtype=np.int64))
+    assert d.vcp_names == ["herd"]
+    assert d.vc_names == [f"herd[{k}]" for k in range(1, 16)]  # numeric levels sorted numerically
+    Z = d.exog_vc.toarray()
+    np.testing.assert_array_equal(Z.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(Z.argmax(axis=1), df["herd"].to_numpy() - 1)
+    np.testing.assert_array_equal(d.trials, df["size"])
+
+
+@pytest.mark.parametrize(
+    "lhs", ["cbind(incidence, size - incidence)", "cbind(incidence, fail)"]
+)
+def test_cbpp_cbind(lhs):
+    df = load("cbpp").assign(fail=lambda f: f["size"] - f["incidence"])
+    d = build_design(f"{lhs} ~ period + (1 | herd)", df)
+    np.testing.assert_array_equal(d.endog, df["incidence"])
+    np.testing.assert_array_equal(d.trials, df["size"])
+    assert d.exog_names == ["Intercept", "period[T.2]", "period[T.3]", "period[T.4]"]
+    assert d.exog_vc.shape == (56, 15)
+
+
+def test_grouseticks_three_components():
+    df = load("grouseticks")
+    d = build_design("TICKS ~ YEAR + HEIGHT + (1 | BROOD) + (1 | INDEX) + (1 | LOCATION)", df)
+    assert d.exog_names == ["Intercept", "YEAR[T.96]", "YEAR[T.97]", "HEIGHT"]
+    assert d.vcp_names == ["BROOD", "INDEX", "LOCATION"]
+    np.testing.assert_array_equal(np.bincount(d.ident), [118, 403, 63])
+    assert d.exog_vc.shape == (403, 584) and d.exog_vc.nnz == 3 * 403
+    assert [t.name for t in d.vc_terms] == d.vcp_names
+    assert len(d.vc_terms[0].levels) == 118
+
+
+def test_slope_and_interaction_terms(small):
+    d = build_design("y ~ x + (0 + x | g) + (1 | g:h)", small)
+    assert d.vcp_names == ["g:x", "g:h"]
+    assert d.vc_names[:3] == ["g:x[a]", "g:x[b]", "g:x[c]"]
+    assert d.vc_names[3] == "g:h[a:u]"
+    Z = d.exog_vc.toarray()
+    codes = small["g"].map({"a": 0, "b": 1, "c": 2}).to_numpy()
+    np.testing.assert_allclose(Z[np.arange(len(small)), codes], small["x"])
+    assert d.vc_terms[0].slope == "x" and d.vc_terms[0].group == "g"
+    assert d.vc_terms[1].group == "g:h" and d.vc_terms[1].slope is None
+
+
+@pytest.mark.parametrize("term", ["(1 + x | g)", "(x | g)", "(x || g)", "(1 | g) + (0 + x | g)"])
+def test_correlated_syntax_expands_to_independent_components(small, term):
+    d = build_design(f"y ~ {term}", small)
+    assert d.vcp_names == ["g", "g:x"]
+    np.testing.assert_array_equal(d.ident, [0, 0, 0, 1, 1, 1])
+
+
+def test_nested_grouping(small):
+    d = build_design("y ~ (1 | g/h)", small)
+    assert d.vcp_names == ["g", "g:h"]
+
+
+def test_formula_terms_come_before_vc_formulas(small):
+    d = build_design("y ~ x + (1 | h)", small, vc_formulas={"grp": "0 + C(g)"})
+    assert d.vcp_names == ["h", "grp"]
+    assert d.vc_names == ["h[u]", "h[v]", "C(g)[a]", "C(g)[b]", "C(g)[c]"]
+    np.testing.assert_array_equal(d.ident, [0, 0, 1, 1, 1])
+
+
+def test_duplicate_component_names(small):
+    with pytest.raises(FormulaError, match="unique"):
+        build_design("y ~ (1 | g)", small, vc_formulas={"g": "0 + C(g)"})
+
+
+VC_FORMULAS = {
+    "v": "0 + C(V)*yc",
+    "vi": "0 + C(V)",
+    "gs": "0 + C(g):yc",
+    "sg": "0 + yc:C(g)",
+    "gg": "0 + g",
+    "m1": "C(h) - 1",
+}
+
+
+def test_vc_formulas_match_statsmodels(small):
+    from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = BinomialBayesMixedGLM.from_formula("y ~ x + C(g)", VC_FORMULAS, small)
+    d = build_design("y ~ x + C(g)", small, vc_formulas=VC_FORMULAS)
+    assert d.vc_names == list(ref.vc_names)
+    assert d.vcp_names == list(ref.vcp_names)
+    np.testing.assert_array_equal(d.ident, ref.ident)
+    ref_vc = ref.exog_vc.toarray() if sp.issparse(ref.exog_vc) else np.asarray(ref.exog_vc)
+    np.testing.assert_allclose(d.exog_vc.toarray(), ref_vc)
+    # fixed effects: same columns (formulaic orders terms by degree, patsy differently)
+    ref_x = pd.DataFrame(ref.exog, columns=ref.exog_names)
+    assert sorted(d.exog_names) == sorted(ref.exog_names)
+    np.testing.assert_allclose(d.exog, ref_x[d.exog_names].to_numpy())
+    np.testing.assert_array_equal(d.endog, ref.endog)
+
+
+def test_single_level_grouping_factor(small):
+    with pytest.raises(DataError, match=r"grouping factor `h` must have at least 2 levels; got 1"):
+        build_design("y ~ x + (1 | h)", small.assign(h="u"))
+
+
+def test_text_slope_rejected(small):
+    with pytest.raises(DataError, match=r"slope `g` must be a numeric column"):
+        build_design("y ~ (0 + g | h)", small)
+
+
+# --------------------------------------------------------------------- missing values
+
+
+def test_missing_values_dropped_once(small):
+    df = small.copy()
+    df.loc[[1, 5], "x"] = np.nan
+    df.loc[[5, 7], "g"] = None
+    df.loc[9, "z"] = np.nan  # z is not used: the row stays
+    off = np.arange(len(df), dtype=float)
+    off[11] = np.nan
+    with pytest.warns(DataWarning, match=r"dropped 4 of 40 rows with missing values.*x \(2\).*g \(2\).*offset \(1\)"):
+        d = build_design("y ~ x + (1 | g)", df, offset=off)
+    keep = np.ones(len(df), bool)
+    keep[[1, 5, 7, 11]] = False
+    assert d.n_dropped == 4
+    assert d.endog.shape == (36,) and d.exog.shape[0] == 36 and d.exog_vc.shape[0] == 36
+    np.testing.assert_array_equal(d.endog, df["y"][keep])
+    np.testing.assert_array_equal(d.exog[:, 1], df["x"][keep])
+    np.testing.assert_array_equal(d.offset, off[keep])
+    assert d.exog_vc.nnz == 36
+
+
+def test_all_rows_missing(small):
+    with pytest.raises(DataError, match="at least one row without missing values.*x \\(40\\)"):
+        build_design("y ~ x", small.assign(x=np.nan))
+
+
+# --------------------------------------------------------------------- new data
+
+
+def test_rebuild_on_new_data(small):
+    d = build_design("y ~ center(x) + g + I(z^2) + (1 | g) + (0 + x | h)", small)
+    np.testing.assert_allclose(d.spec.exog_for(small), d.exog)
+    assert (d.spec.exog_vc_for(small) != d.exog_vc).nnz == 0
+    # stateful transforms keep the fitted centre
+    new = small.iloc[:5].copy()
+    np.testing.assert_allclose(d.spec.exog_for(new), d.exog[:5])
+    new = new.drop(columns="y")  # the response is not needed
+    new["h"] = ["u", "zz", "v", "zz", "u"]
+    Z = d.spec.exog_vc_for(new)
+    assert Z.shape == (5, d.exog_vc.shape[1])
+    hblock = Z.toarray()[:, d.ident == 1]
+    np.testing.assert_array_equal(hblock[[1, 3]], 0.0)
+    assert (hblock[[0, 2, 4]] != 0).sum() == 3
+    assert d.spec.unseen_levels(new) == {"h:x": ["zz"]}
+    assert d.spec.unseen_levels(small) == {}
+
+
+def test_new_data_unseen_fixed_level(small):
+    d = build_design("y ~ g", small)
+    with pytest.raises(DataError, match="levels seen in fitting"):
+        d.spec.exog_for(small.assign(g="zz"))
+
+
+# --------------------------------------------------------------------- safe grammar
+
+
+COLUMNS = ["y", "x", "g", "my col"]
+
+REJECTED = {
+    "y ~ __import__('os')": r"dunder name '__import__' is not allowed at position 4",
+    "y ~ x.__class__": r"attribute access 'x.__class__' is not allowed",
+    "y ~ lambda: 1": r"keyword 'lambda' is not allowed",
+    "y ~ open('f')": r"function 'open' is not allowed at position 4",
+    "y ~ os.system('ls')": r"attribute access 'os.system' is not allowed",
+    "y ~ x + foo": r"unknown column 'foo' at position 8; columns are: y, x, g, my col",
+    "y ~ x; import os": r"character ';' is not allowed at position 5",
+    "y ~ x[0]": r"'\[' \(subscript or list\) is not allowed",
+    "y ~ 'x'": r"string constant 'x' is not allowed here",
+    "y ~ np.random(x)": r"attribute access 'np.random' is not allowed",
+    "y ~ I(x | 1)": r"'\|' is only allowed in random-effect terms",
+    "y ~ (1 | g) * x": r"random-effect term must be added with '\+'",
+    "y ~ x ~ g": r"exactly one '~'",
+    "y x": r"must contain '~'",
+    "I(y) ~ x": r"response must be a column name",
+    "y ~ `nope`": r"unknown column 'nope'",
+    "y ~ (x": r"unclosed '\('",
+}
+
+
+@pytest.mark.parametrize("formula,message", REJECTED.items())
+def test_check_formula_rejects(formula, message):
+    with pytest.raises(FormulaError, match=message) as info:
+        check_formula(formula, COLUMNS)
+    assert info.value.formula == formula
+    assert isinstance(info.value, MglmError) and isinstance(info.value, ValueError)
+
+
+ACCEPTED = [
+    "y ~ x + g",
+    "y ~ I(x^2) + np.log(x) + log1p(x) + center(x)",
+    "y ~ C(g, Treatment('b')) + C(g, levels=['b', 'a'])",
+    "y ~ `my col` + (1 | g) + (0 + x || g)",
+    "cbind(y, x - y) ~ 1",
+]
+
+
+@pytest.mark.parametrize("formula", ACCEPTED)
+def test_check_formula_accepts(formula):
+    check_formula(formula, COLUMNS)
+
+
+def test_formula_error_caret():
+    with pytest.raises(FormulaError) as info:
+        check_formula("y ~ x + foo", COLUMNS)
+    err = info.value
+    assert err.position == 8
+    lines = str(err).splitlines()
+    assert lines[1].strip() == "y ~ x + foo"
+    assert lines[2].index("^") - lines[1].index("y") == 8
+
+
+def test_build_design_checks_grammar(small):
+    with pytest.raises(FormulaError, match="dunder"):
+        build_design("y ~ __import__('os')", small)
+    with pytest.raises(FormulaError, match="function 'open'"):
+        build_design("y ~ x", small, vc_formulas={"a": "0 + open('f')"})
+
+
+def test_backtick_column(small):
+    df = small.rename(columns={"x": "my x"})
+    d = build_design("y ~ `my x` + (0 + `my x` | g)", df)
+    np.testing.assert_array_equal(d.exog[:, 1], df["my x"])
+    assert d.vcp_names == ["g:my x"]
+
+
+# --------------------------------------------------------------------- validation
+
+
+def test_validation_errors(small):
+    with pytest.raises(FormulaError, match="unknown column 'nope'"):
+        build_design("nope ~ x", small)
+    with pytest.raises(DataError, match=r"`data` must have at least one row; got 0 rows"):
+        build_design("y ~ x", small.iloc[:0])
+    with pytest.raises(DataError, match=r"response `g` must be a numeric column"):
+        build_design("g ~ x", small)
+    with pytest.raises(DataError, match=r"`trials` \(`tr`\) must be >= the response `y`"):
+        build_design("y ~ x", small.assign(tr=0.0), trials="tr")
+    with pytest.raises(DataError, match=r"`trials` must be a column of data"):
+        build_design("y ~ x", small, trials="nope")
+    with pytest.raises(DataError, match=r"`offset` must have shape \(40,\)"):
+        build_design("y ~ x", small, offset=np.zeros(3))
+    with pytest.raises(FormulaError, match="must contain '~'"):
+        build_design("y + x", small)
+
+
+# --------------------------------------------------------------------- scale
+
+
+def test_large_sparse_build_is_linear_in_nonzeros():
+    rng = np.random.default_rng(1)
+    n = 200_000
+    df = pd.DataFrame(
+        {
+            "y": rng.integers(0, 2, n).astype(float),
+            "x": rng.normal(size=n),
+            "g": rng.integers(0, 50_000, n),
+        }
+    )
+    t0 = time.perf_counter()
+    d = build_design("y ~ x + (1 | g)", df)
+    elapsed = time.perf_counter() - t0
+    assert d.exog_vc.nnz == n
+    assert d.exog_vc.shape == (n, df["g"].nunique())
+    assert elapsed < 5.0
