@@ -1,0 +1,251 @@
+"""Input checks for :class:`~mglm_core.model.BayesMixedGLM`.
+
+Every check runs before any fitting and raises :class:`~mglm_core.errors.DataError`
+with a message that names the argument or column and says what was expected.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .errors import DataError, DataWarning
+
+__all__ = ["as_endog", "as_exog", "as_exog_vc", "as_ident", "as_row_vector", "check_family_data",
+           "check_positive"]
+
+
+def _describe(values, limit=5):
+    vals = list(values)[:limit]
+    more = "" if len(values) <= limit else f", ... ({len(values)} in all)"
+    return ", ".join(repr(v) for v in vals) + more
+
+
+def as_row_vector(x, name, n=None) -> np.ndarray:
+    """Return ``x`` as a finite float vector of length ``n``."""
+    if isinstance(x, type):
+        raise DataError(f"`{name}` must be data, not a class; got {x.__name__}.")
+    if isinstance(x, pd.DataFrame):
+        if x.shape[1] != 1:
+            raise DataError(f"`{name}` must be one column; got a DataFrame with {x.shape[1]} columns.")
+        x = x.iloc[:, 0]
+    try:
+        arr = np.asarray(x, dtype=float)
+    except (TypeError, ValueError):
+        raise DataError(f"`{name}` must be numeric; got values of type {np.asarray(x).dtype}.") from None
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.ravel()
+    if arr.ndim != 1:
+        raise DataError(f"`{name}` must be one-dimensional; got shape {arr.shape}.")
+    if n is not None and arr.shape[0] != n:
+        raise DataError(f"`{name}` must have one entry per row of endog; got {arr.shape[0]} for {n} rows.")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"`{name}` must be finite; got {int(bad.sum())} NaN/inf value(s), the first at row {i}."
+        )
+    return arr
+
+
+def as_endog(endog) -> np.ndarray:
+    y = as_row_vector(endog, "endog")
+    if y.size == 0:
+        raise DataError("`endog` must have at least one row; got an empty array.")
+    return y
+
+
+def as_exog(exog, n, names=None):
+    """Return ``(X, names)``: a finite float matrix of full column rank."""
+    if exog is None:
+        return np.zeros((n, 0)), []
+    if isinstance(exog, type):
+        raise DataError(f"`exog` must be data, not a class; got {exog.__name__}.")
+    if isinstance(exog, pd.DataFrame):
+        for col in exog.columns:
+            if not (pd.api.types.is_numeric_dtype(exog[col]) or pd.api.types.is_bool_dtype(exog[col])):
+                raise DataError(
+                    f"exog column `{col}` must be numeric; got dtype {exog[col].dtype}. "
+                    "Use BayesMixedGLM.from_formula to encode categorical columns."
+                )
+        names = names or [str(c) for c in exog.columns]
+        X = exog.to_numpy(dtype=float)
+    else:
+        if sp.issparse(exog):
+            exog = exog.toarray()
+        X = np.asarray(exog)
+        if X.dtype.kind not in "biuf":
+            raise DataError(
+                f"`exog` must be numeric; got dtype {X.dtype}. "
+                "Use BayesMixedGLM.from_formula to encode categorical columns."
+            )
+        X = X.astype(float)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2:
+        raise DataError(f"`exog` must be two-dimensional; got shape {X.shape}.")
+    if X.shape[0] != n:
+        raise DataError(f"`exog` must have one row per entry of endog; got {X.shape[0]} rows for {n}.")
+    p = X.shape[1]
+    names = list(names) if names is not None else [f"FE_{j + 1}" for j in range(p)]
+    if len(names) != p:
+        raise DataError(f"`fep_names` must have one name per column of exog; got {len(names)} for {p}.")
+    for j in range(p):
+        col = X[:, j]
+        if not np.isfinite(col).all():
+            nan = np.isnan(col)
+            what = "all-NaN" if nan.all() else f"{int((~np.isfinite(col)).sum())} NaN/inf value(s)"
+            raise DataError(f"exog column `{names[j]}` must be finite; got {what}.")
+        if np.all(col == 0):
+            raise DataError(f"exog column `{names[j]}` must not be all zero; it carries no information.")
+    const = [names[j] for j in range(p) if np.ptp(X[:, j]) == 0]
+    if len(const) > 1:
+        raise DataError(
+            f"exog must have at most one constant column (the intercept); got {len(const)}: {_describe(const)}."
+        )
+    if p:
+        _check_rank(X, names)
+    return X, names
+
+
+def _check_rank(X, names):
+    from scipy.linalg import qr
+
+    scale = np.sqrt((X**2).mean(axis=0))
+    Xs = X / scale
+    _, R, piv = qr(Xs, mode="economic", pivoting=True)
+    d = np.abs(np.diag(R))
+    tol = d.max() * max(X.shape) * 1e-10
+    rank = int((d > tol).sum())
+    if rank < X.shape[1]:
+        dropped = [names[j] for j in piv[rank:]]
+        raise DataError(
+            f"exog must have full column rank; got rank {rank} for {X.shape[1]} columns. "
+            f"These columns are linear combinations of the others: {_describe(dropped)}."
+        )
+
+
+def as_exog_vc(exog_vc, n):
+    if exog_vc is None:
+        return sp.csr_matrix((n, 0))
+    if isinstance(exog_vc, type):
+        raise DataError(f"`exog_vc` must be data, not a class; got {exog_vc.__name__}.")
+    if isinstance(exog_vc, pd.DataFrame):
+        exog_vc = exog_vc.to_numpy()
+    if sp.issparse(exog_vc):
+        Z = sp.csr_matrix(exog_vc, dtype=float)
+    else:
+        arr = np.asarray(exog_vc)
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"`exog_vc` must be numeric; got dtype {arr.dtype}.")
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        if arr.ndim != 2:
+            raise DataError(f"`exog_vc` must be two-dimensional; got shape {arr.shape}.")
+        Z = sp.csr_matrix(arr.astype(float))
+    if Z.shape[0] != n:
+        raise DataError(f"`exog_vc` must have one row per entry of endog; got {Z.shape[0]} rows for {n}.")
+    Z.sum_duplicates()
+    if not np.isfinite(Z.data).all():
+        raise DataError("`exog_vc` must be finite; got NaN/inf entries.")
+    Z.eliminate_zeros()
+    return Z
+
+
+def as_ident(ident, q, vcp_names=None):
+    """Map ``ident`` labels to component codes ``0..k-1``.
+
+    Distinct labels are ordered by sorting when they are mutually comparable (so
+    integer labels 0..k-1 keep their meaning), otherwise by first appearance.
+    Labels that do not occur do not create components.
+    """
+    if q == 0:
+        return np.zeros(0, dtype=np.int64), list(vcp_names or [])
+    if ident is None:
+        raise DataError(f"`ident` must be given when exog_vc has columns; got None for {q} columns.")
+    if isinstance(ident, type):
+        raise DataError(f"`ident` must be data, not a class; got {ident.__name__}.")
+    lab = np.asarray(ident)
+    if lab.ndim != 1:
+        raise DataError(f"`ident` must be one-dimensional; got shape {lab.shape}.")
+    if lab.shape[0] != q:
+        raise DataError(f"`ident` must have one entry per column of exog_vc; got {lab.shape[0]} for {q} columns.")
+    if lab.dtype.kind == "f" and not np.isfinite(lab).all():
+        raise DataError("`ident` must not contain NaN.")
+    uniq_first = list(dict.fromkeys(lab.tolist()))
+    try:
+        uniq = sorted(uniq_first)
+    except TypeError:
+        uniq = uniq_first
+    pos = {u: i for i, u in enumerate(uniq)}
+    codes = np.fromiter((pos[v] for v in lab.tolist()), dtype=np.int64, count=q)
+    k = len(uniq)
+    if vcp_names is None:
+        if lab.dtype.kind in "iu":
+            vcp_names = [f"VC_{int(u) + 1}" for u in uniq]
+        else:
+            vcp_names = [str(u) for u in uniq]
+    vcp_names = list(vcp_names)
+    if len(vcp_names) != k:
+        raise DataError(
+            f"`vcp_names` must have one name per distinct ident label; got {len(vcp_names)} for {k} labels."
+        )
+    return codes, vcp_names
+
+
+def check_positive(value, name):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"`{name}` must be a positive number; got {value!r}.") from None
+    if not (np.isfinite(v) and v > 0):
+        raise DataError(f"`{name}` must be a positive finite number; got {value!r}.")
+    return v
+
+
+def check_family_data(family, y, trials, offset):
+    """Family-specific checks on the response."""
+    if family.name == "binomial":
+        if offset is not None and np.any(offset != 0):
+            pass  # an offset on the logit scale is allowed
+        if trials is None:
+            bad = ~np.isin(y, (0.0, 1.0))
+            if bad.any():
+                vals = np.unique(y[bad])
+                raise DataError(
+                    "endog must be 0 or 1 for the binomial family without `trials`; "
+                    f"got {_describe(vals.tolist())}. Give `trials` for successes out of n."
+                )
+        else:
+            if np.any(trials < 0) or np.any(trials != np.round(trials)):
+                raise DataError("`trials` must be non-negative integers.")
+            if np.any(y < 0) or np.any(y != np.round(y)):
+                raise DataError("endog must be non-negative integer success counts when `trials` is given.")
+            over = y > trials
+            if over.any():
+                i = int(np.flatnonzero(over)[0])
+                raise DataError(
+                    f"endog (successes) must not exceed `trials`; got {y[i]:g} > {trials[i]:g} at row {i}"
+                    f" ({int(over.sum())} row(s) in all)."
+                )
+        lo = y.sum() == 0
+        hi = y.sum() == (trials.sum() if trials is not None else y.size)
+        if lo or hi:
+            warnings.warn(
+                f"endog is {'all failures' if lo else 'all successes'}: the fixed-effect intercept "
+                "is identified only by its prior.",
+                DataWarning,
+                stacklevel=4,
+            )
+    elif family.name == "poisson":
+        if trials is not None:
+            raise DataError("`trials` must be None for the Poisson family; use `offset` for exposure.")
+        if np.any(y < 0):
+            raise DataError(f"endog must be non-negative counts for the Poisson family; got min {y.min():g}.")
+        if np.any(y != np.round(y)):
+            i = int(np.flatnonzero(y != np.round(y))[0])
+            raise DataError(
+                f"endog must be integer counts for the Poisson family; got {y[i]:g} at row {i}."
+            )

@@ -1,0 +1,216 @@
+r"""The model: a frozen Bayesian mixed GLM problem.
+
+.. math::
+
+    y_i \mid fe, vc &\sim \text{Binomial}(n_i, \operatorname{logit}^{-1}\eta_i)
+      \ \text{or}\ \text{Poisson}(e^{\eta_i}),\qquad
+      \eta = X\,fe + Z\,vc + \text{offset},\\
+    vc_j \mid vcp &\sim N(0, e^{2\,vcp_{ident_j}}),\qquad
+    vcp_k \sim N(0, vcp\_p^2),\qquad fe_l \sim N(0, fe\_p^2).
+
+``X`` is ``exog`` (n x p), ``Z`` is ``exog_vc`` (n x q, kept sparse), and
+``ident`` assigns each column of Z to one of k variance components. The
+parameter vector, as in statsmodels, is ``params = [fe, vcp, vc]``.
+
+Three fits share one result type (:class:`~mglm_core.results.BayesMixedGLMResults`):
+
+* :meth:`BayesMixedGLM.fit_map` -- the joint posterior mode and its Laplace
+  (Gaussian) approximation, statsmodels' ``fit_map``;
+* :meth:`BayesMixedGLM.fit_vb` -- mean-field Gaussian variational Bayes;
+* :meth:`BayesMixedGLM.fit_laplace` -- the integrated (nested) Laplace
+  approximation, which integrates the random effects out (recommended).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import checks
+from .families import get_family
+from .rowstats import RowData
+
+__all__ = ["BayesMixedGLM", "BinomialBayesMixedGLM", "PoissonBayesMixedGLM", "MixedGLM"]
+
+
+class BayesMixedGLM:
+    """Bayesian generalized linear mixed model with independent Gaussian random effects.
+
+    Parameters
+    ----------
+    endog : array_like (n,)
+        Response: 0/1 outcomes, successes (with ``trials``), or counts (Poisson).
+    exog : array_like (n, p) or DataFrame
+        Fixed-effects design; a DataFrame must have numeric columns (their names are used).
+    exog_vc : array_like or scipy sparse (n, q)
+        Random-effects design, kept sparse.
+    ident : array_like (q,)
+        Component label of each column of ``exog_vc``. Labels may be any hashable
+        values; distinct labels are sorted (first-appearance order if they cannot be
+        sorted) and become components ``0..k-1``. Labels that do not occur create
+        no component.
+    family : str, Family or statsmodels family instance
+        ``"binomial"`` (logit) or ``"poisson"`` (log).
+    vcp_p : float
+        Prior SD of the log-SD parameters ``vcp`` (default 1).
+    fe_p : float
+        Prior SD of the fixed effects (default 2).
+    fep_names, vcp_names, vc_names : list of str, optional
+        Parameter names.
+    trials : array_like (n,), optional
+        Binomial trials; ``endog`` then counts successes.
+    offset : array_like (n,), optional
+        Added to the linear predictor (log exposure for Poisson).
+    """
+
+    def __init__(self, endog, exog, exog_vc=None, ident=None, family="binomial", vcp_p=1.0, fe_p=2.0,
+                 fep_names=None, vcp_names=None, vc_names=None, *, trials=None, offset=None,
+                 design=None, chunk_rows=262144):
+        self.family = get_family(family)
+        self.endog = checks.as_endog(endog)
+        n = self.endog.size
+        if fep_names is None and hasattr(exog, "columns"):
+            fep_names = [str(c) for c in exog.columns]
+        self.exog, self.fep_names = checks.as_exog(exog, n, fep_names)
+        self.exog_vc = checks.as_exog_vc(exog_vc, n)
+        self.ident, self.vcp_names = checks.as_ident(ident, self.exog_vc.shape[1], vcp_names)
+        self.trials = None if trials is None else checks.as_row_vector(trials, "trials", n)
+        self.offset = None if offset is None else checks.as_row_vector(offset, "offset", n)
+        checks.check_family_data(self.family, self.endog, self.trials, self.offset)
+        self.vcp_p = checks.check_positive(vcp_p, "vcp_p")
+        self.fe_p = checks.check_positive(fe_p, "fe_p")
+        self.k_fep, self.k_vc = self.exog.shape[1], self.exog_vc.shape[1]
+        self.k_vcp = len(self.vcp_names)
+        if vc_names is None:
+            vc_names = [f"VC_{self.ident[j] + 1}[{j}]" for j in range(self.k_vc)]
+        self.vc_names = list(vc_names)
+        if len(self.vc_names) != self.k_vc:
+            raise checks.DataError(
+                f"`vc_names` must have one name per column of exog_vc; got {len(self.vc_names)} for {self.k_vc}."
+            )
+        self.vc_count = np.bincount(self.ident, minlength=self.k_vcp).astype(float)
+        self.design = design
+        self.rows = RowData(self.exog, self.exog_vc, self.endog, self.trials, self.offset, chunk_rows)
+
+    # -- construction from formulas ---------------------------------------------------------
+    @classmethod
+    def from_formula(cls, formula, vc_formulas=None, data=None, family="binomial", vcp_p=1.0, fe_p=2.0,
+                     *, trials=None, offset=None):
+        """Build a model from a formula and a DataFrame.
+
+        ``formula`` is ``"y ~ fixed terms"`` and may hold lme4-style independent
+        random terms ``(1 | g)``, ``(0 + x | g)``, ``(1 | g:h)``; ``vc_formulas``
+        is statsmodels' dict ``{component name: formula}`` (e.g.
+        ``{"herd": "0 + C(herd)"}``). ``trials`` and ``offset`` may be column names.
+        The design rebuilds the same columns for new data in ``predict``.
+        """
+        from .design import build_design
+
+        if data is None:
+            raise checks.DataError("`data` must be a DataFrame; got None.")
+        d = build_design(formula, data, vc_formulas=vc_formulas, trials=trials, offset=offset)
+        fam = cls._default_family if family is None or cls is not BayesMixedGLM else family
+        return cls._make(d, fam, vcp_p, fe_p)
+
+    @classmethod
+    def _make(cls, d, family, vcp_p, fe_p):
+        kwargs = dict(vcp_p=vcp_p, fe_p=fe_p, fep_names=d.exog_names, vcp_names=d.vcp_names,
+                      vc_names=d.vc_names, trials=d.trials, offset=d.offset, design=d)
+        if cls is BayesMixedGLM:
+            return BayesMixedGLM(d.endog, d.exog, d.exog_vc, d.ident, family=family, **kwargs)
+        return cls(d.endog, d.exog, d.exog_vc, d.ident, **kwargs)
+
+    _default_family = "binomial"
+
+    # -- parameter vector ---------------------------------------------------------------------
+    @property
+    def names(self):
+        return self.fep_names + self.vcp_names + self.vc_names
+
+    def _unpack(self, params):
+        params = np.asarray(params, dtype=float)
+        p, k = self.k_fep, self.k_vcp
+        want = p + k + self.k_vc
+        if params.shape != (want,):
+            raise checks.DataError(f"`params` must have length {want} (fe, vcp, vc); got shape {params.shape}.")
+        return params[:p], params[p:p + k], params[p + k:]
+
+    def logposterior(self, params):
+        """Log joint density :math:`\\log p(y, fe, vcp, vc)` (all constants included)."""
+        from .objectives import LogJoint
+
+        fe, vcp, vc = self._unpack(params)
+        return LogJoint(self)(fe, vcp, vc, hessian=False)[0]
+
+    def logposterior_grad(self, params):
+        """Gradient of :meth:`logposterior`, packed as ``[fe, vcp, vc]``."""
+        from .objectives import LogJoint
+
+        fe, vcp, vc = self._unpack(params)
+        _, g_fe, g_vcp, g_vc, _ = LogJoint(self)(fe, vcp, vc, hessian=False)
+        return np.concatenate([g_fe, g_vcp, g_vc])
+
+    def predict(self, params, exog=None, linear=False):
+        """Mean (or linear predictor) with the random effects at ``params``' vc."""
+        fe, _, vc = self._unpack(params)
+        if exog is None:
+            eta = self.rows.linear_predictor(fe, vc)
+            return eta if linear else self.family.mean(eta, self.trials)
+        X = np.asarray(exog, dtype=float)
+        eta = X @ fe
+        return eta if linear else self.family.mean(eta)
+
+    # -- fits ---------------------------------------------------------------------------------
+    def fit_map(self, *, scale_fe=False, tol=1e-10, max_iter=200, method=None, minim_opts=None, rng=None):
+        """Posterior mode and its Laplace approximation (see :mod:`mglm_core.laplace`)."""
+        from .laplace import fit_map
+
+        return fit_map(self, scale_fe=scale_fe, tol=tol, max_iter=max_iter)
+
+    fit = fit_map
+
+    def fit_vb(self, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500, fit_method=None,
+               minim_opts=None, verbose=False, rng=None):
+        """Mean-field variational Bayes (see :mod:`mglm_core.vb`)."""
+        from .vb import fit_vb
+
+        return fit_vb(self, mean=mean, sd=sd, scale_fe=scale_fe, tol=tol, max_iter=max_iter)
+
+    def fit_laplace(self, **kwargs):
+        """Integrated (nested) Laplace approximation (see :mod:`mglm_core.nested`)."""
+        from .nested import fit_laplace
+
+        return fit_laplace(self, **kwargs)
+
+    def with_exog(self, exog):
+        """A copy of the model with another fixed-effects design (same everything else)."""
+        return BayesMixedGLM(self.endog, exog, self.exog_vc, self.ident, family=self.family, vcp_p=self.vcp_p,
+                             fe_p=self.fe_p, fep_names=self.fep_names, vcp_names=self.vcp_names,
+                             vc_names=self.vc_names, trials=self.trials, offset=self.offset, design=self.design)
+
+    def __repr__(self):
+        return (f"<{type(self).__name__} {self.family.name}: n={self.endog.size}, p={self.k_fep}, "
+                f"k={self.k_vcp}, q={self.k_vc}>")
+
+
+class BinomialBayesMixedGLM(BayesMixedGLM):
+    """Binomial (logit) mixed GLM with statsmodels' signature."""
+
+    _default_family = "binomial"
+
+    def __init__(self, endog, exog, exog_vc, ident, vcp_p=1.0, fe_p=2.0, fep_names=None, vcp_names=None,
+                 vc_names=None, **kwargs):
+        super().__init__(endog, exog, exog_vc, ident, family="binomial", vcp_p=vcp_p, fe_p=fe_p,
+                         fep_names=fep_names, vcp_names=vcp_names, vc_names=vc_names, **kwargs)
+
+
+class PoissonBayesMixedGLM(BayesMixedGLM):
+    """Poisson (log) mixed GLM with statsmodels' signature."""
+
+    _default_family = "poisson"
+
+    def __init__(self, endog, exog, exog_vc, ident, family=None, vcp_p=1.0, fe_p=2.0, fep_names=None,
+                 vcp_names=None, vc_names=None, **kwargs):
+        super().__init__(endog, exog, exog_vc, ident, family="poisson", vcp_p=vcp_p, fe_p=fe_p,
+                         fep_names=fep_names, vcp_names=vcp_names, vc_names=vc_names, **kwargs)
+
+
+MixedGLM = BayesMixedGLM

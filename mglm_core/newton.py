@@ -1,0 +1,122 @@
+r"""A damped Newton ascent on the bordered sparse structure.
+
+The objective is maximised over ``(u, b)``: ``u`` the q random effects (sparse
+block of the negative Hessian) and ``b`` the few border parameters. Each
+iteration solves :math:`H d = g` with :class:`~mglm_core.linalg.BorderedFactor`
+(Levenberg damping :math:`H + \lambda I` when H is not positive definite),
+then backtracks along ``d`` until the Armijo condition holds. Convergence is
+declared when the Newton decrement :math:`g^\top H^{-1} g / 2` falls below
+``tol`` (an estimate of the remaining gain in the objective) on an undamped
+step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from .linalg import BorderedFactor, NotPositiveDefinite
+
+__all__ = ["NewtonResult", "newton_ascent"]
+
+
+@dataclass
+class NewtonResult:
+    """Final state of :func:`newton_ascent` with one log row per iteration."""
+
+    u: np.ndarray
+    b: np.ndarray
+    value: float
+    grad_norm: float
+    converged: bool
+    n_iter: int
+    factor: BorderedFactor | None
+    log: list = field(default_factory=list)
+    message: str = ""
+
+
+def _damped_factor(A, B, C, lam):
+    if lam == 0.0:
+        return BorderedFactor(A, B, C)
+    q, m = A.shape[0], C.shape[0]
+    scale_a = lam * (1.0 + np.abs(A.diagonal())) if q else np.zeros(0)
+    scale_c = lam * (1.0 + np.abs(np.diag(C))) if m else np.zeros(0)
+    return BorderedFactor(A + sp.diags(scale_a), B, C + np.diag(scale_c))
+
+
+def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40):
+    """Maximise ``fun`` by damped Newton steps.
+
+    Parameters
+    ----------
+    fun : callable
+        ``fun(u, b, hessian) -> (value, g_u, g_b, A, B, C)`` where ``(A, B, C)``
+        are the blocks of the negative Hessian (None when ``hessian`` is False).
+    u0, b0 : ndarray
+        Starting point.
+    tol : float
+        Threshold on the Newton decrement.
+
+    Returns
+    -------
+    NewtonResult
+    """
+    u, b = np.array(u0, dtype=float), np.array(b0, dtype=float)
+    value, gu, gb, A, B, C = fun(u, b, True)
+    if not np.isfinite(value):
+        raise FloatingPointError("objective is not finite at the starting point")
+    lam = 0.0
+    log = []
+    converged = False
+    factor = None
+    message = "maximum number of iterations reached"
+    it = 0
+    for it in range(1, max_iter + 1):
+        while True:
+            try:
+                factor = _damped_factor(A, B, C, lam)
+                break
+            except NotPositiveDefinite:
+                lam = max(10.0 * lam, 1e-6)
+                if lam > 1e12:
+                    message = "could not make the Hessian positive definite"
+                    return NewtonResult(u, b, value, float(np.sqrt(gu @ gu + gb @ gb)), False, it, None, log,
+                                        message)
+        du, db = factor.solve(gu, gb)
+        decrement = float(gu @ du + gb @ db)
+        grad_norm = float(np.sqrt(gu @ gu + gb @ gb))
+        log.append({"iter": it, "value": value, "grad_norm": grad_norm, "decrement": decrement, "damping": lam})
+        if lam == 0.0 and 0.0 <= decrement < 2.0 * tol:
+            converged = True
+            message = "Newton decrement below tolerance"
+            break
+        t = 1.0
+        accepted = False
+        for _ in range(max_halvings):
+            un, bn = u + t * du, b + t * db
+            vn = fun(un, bn, False)[0]
+            if np.isfinite(vn) and vn >= value + 1e-4 * t * decrement:
+                accepted = True
+                break
+            t *= 0.5
+        if not accepted:
+            if lam == 0.0 and abs(decrement) < 1e3 * tol:
+                converged = True
+                message = "no further progress possible at machine precision"
+                break
+            lam = max(10.0 * lam, 1e-6)
+            if lam > 1e12:
+                message = "line search failed"
+                break
+            continue
+        u, b = un, bn
+        value, gu, gb, A, B, C = fun(u, b, True)
+        lam = 0.0 if lam < 1e-5 else lam / 10.0
+    if converged or factor is None:
+        try:
+            factor = BorderedFactor(A, B, C)
+        except NotPositiveDefinite:
+            factor = None
+            message += "; the Hessian at the final point is not negative definite"
+    return NewtonResult(u, b, value, float(np.sqrt(gu @ gu + gb @ gb)), converged, it, factor, log, message)

@@ -1,0 +1,361 @@
+"""One result type for every fitting method.
+
+:class:`BayesMixedGLMResults` holds posterior means and SDs of ``fe``, ``vcp``
+and ``vc``, the dense covariance of the (fe, vcp) block when the method gives
+one, diagnostics, and (for the integrated Laplace fit) the posterior of the
+log-SDs on a grid. Credible intervals are central 95 % intervals: Gaussian
+for ``fe`` and ``vc``; for ``vcp`` they are read off the grid density when
+there is one, otherwise Gaussian on the log-SD scale (log-normal on the SD).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, DataWarning
+
+__all__ = ["BayesMixedGLMResults", "FitDiagnostics", "VcpGrid"]
+
+Z975 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class FitDiagnostics:
+    """How a fit went.
+
+    Attributes
+    ----------
+    converged : bool
+    n_iter : int
+        Outer iterations of the optimizer.
+    grad_norm : float
+        Euclidean norm of the objective's gradient at the end.
+    seconds : float
+        Wall time of the fit.
+    objective : float
+        Final objective: log joint density (map), ELBO (vb) or approximate log
+        marginal likelihood (laplace).
+    warnings : tuple of str
+        Plain-language warnings (non-convergence, degenerate mode, ...).
+    message : str
+        The optimizer's stopping message.
+    log : tuple of dict
+        One row per iteration.
+    """
+
+    converged: bool
+    n_iter: int
+    grad_norm: float
+    seconds: float
+    objective: float
+    warnings: tuple = ()
+    message: str = ""
+    log: tuple = ()
+
+
+@dataclass(frozen=True)
+class VcpGrid:
+    """Posterior of each log-SD ``vcp_k`` tabulated on a grid (integrated Laplace).
+
+    ``points[k]`` are log-SD values and ``density[k]`` the posterior density of
+    ``vcp_k`` there (integrating to one over log-SD).
+    """
+
+    points: tuple
+    density: tuple
+
+
+def _interval_from_grid(x, dens, probs=(0.025, 0.5, 0.975)):
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(x))])
+    cdf /= cdf[-1]
+    return [float(np.interp(p, cdf, x)) for p in probs]
+
+
+@dataclass(frozen=True)
+class BayesMixedGLMResults:
+    """Posterior summaries of a fitted :class:`~mglm_core.model.BayesMixedGLM`.
+
+    Attributes
+    ----------
+    model : BayesMixedGLM
+    method : {"map", "vb", "laplace"}
+    params : ndarray
+        Posterior means (the mode for ``map``), packed ``[fe, vcp, vc]``.
+    fe_mean, fe_sd, vcp_mean, vcp_sd, vc_mean, vc_sd : ndarray
+    border_cov : ndarray or None
+        Dense posterior covariance of ``[fe, vcp]`` (None for vb, which is diagonal).
+    diagnostics : FitDiagnostics
+    vcp_grid : VcpGrid or None
+    log_marginal_likelihood : float or None
+        Approximate :math:`\\log p(y)` (laplace), or the ELBO, a lower bound (vb).
+    """
+
+    model: object
+    method: str
+    fe_mean: np.ndarray
+    fe_sd: np.ndarray
+    vcp_mean: np.ndarray
+    vcp_sd: np.ndarray
+    vc_mean: np.ndarray
+    vc_sd: np.ndarray
+    diagnostics: FitDiagnostics
+    border_cov: np.ndarray | None = None
+    vcp_grid: VcpGrid | None = None
+    log_marginal_likelihood: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    # -- statsmodels-compatible attributes ---------------------------------------------------
+    @property
+    def params(self):
+        return np.concatenate([self.fe_mean, self.vcp_mean, self.vc_mean])
+
+    @property
+    def converged(self):
+        return self.diagnostics.converged
+
+    @property
+    def warnings(self):
+        return self.diagnostics.warnings
+
+    @property
+    def seconds(self):
+        return self.diagnostics.seconds
+
+    @property
+    def n_iter(self):
+        return self.diagnostics.n_iter
+
+    @property
+    def grad_norm(self):
+        return self.diagnostics.grad_norm
+
+    @property
+    def elbo(self):
+        return self.diagnostics.objective if self.method == "vb" else None
+
+    @property
+    def fe_names(self):
+        return list(self.model.fep_names)
+
+    @property
+    def vcp_names(self):
+        return list(self.model.vcp_names)
+
+    @property
+    def vc_names(self):
+        return list(self.model.vc_names)
+
+    def cov_params(self):
+        """Posterior covariance of the fixed effects and log-SDs.
+
+        Returns a DataFrame indexed by ``fe`` and ``vcp`` names: the dense block
+        for map and laplace; for vb a Series of variances of every parameter
+        (mean-field factors are independent). The random-effects block is never
+        formed densely; their variances are ``vc_sd**2``.
+        """
+        names = self.fe_names + self.vcp_names
+        if self.border_cov is None:
+            var = np.concatenate([self.fe_sd, self.vcp_sd, self.vc_sd]) ** 2
+            return pd.Series(var, index=names + self.vc_names)
+        return pd.DataFrame(self.border_cov, index=names, columns=names)
+
+    # -- tables --------------------------------------------------------------------------------
+    def _vcp_quantiles(self, k):
+        if self.vcp_grid is not None:
+            return _interval_from_grid(self.vcp_grid.points[k], self.vcp_grid.density[k])
+        m, s = self.vcp_mean[k], self.vcp_sd[k]
+        return [m - Z975 * s, m, m + Z975 * s]
+
+    def fe_table(self):
+        """Fixed effects: posterior mean, SD and 95 % credible interval."""
+        return pd.DataFrame(
+            {"mean": self.fe_mean, "sd": self.fe_sd, "lower": self.fe_mean - Z975 * self.fe_sd,
+             "upper": self.fe_mean + Z975 * self.fe_sd},
+            index=pd.Index(self.fe_names, name="term"),
+        )
+
+    def vcp_table(self):
+        """Log-SD parameters: mean, SD, 95 % interval; and the SD scale's median and interval."""
+        q = np.array([self._vcp_quantiles(k) for k in range(self.model.k_vcp)]).reshape(-1, 3)
+        return pd.DataFrame(
+            {"mean": self.vcp_mean, "sd": self.vcp_sd, "lower": q[:, 0], "upper": q[:, 2],
+             "sd_median": np.exp(q[:, 1]), "sd_lower": np.exp(q[:, 0]), "sd_upper": np.exp(q[:, 2])},
+            index=pd.Index(self.vcp_names, name="component"),
+        )
+
+    def vcp_density(self, name, n=200):
+        """Posterior density of a component's SD, :math:`\\sigma = e^{vcp}`, on a grid.
+
+        Returns a DataFrame with columns ``sd`` and ``density`` (per unit of SD).
+        """
+        k = self._component_index(name)
+        if self.vcp_grid is not None:
+            x, d = np.asarray(self.vcp_grid.points[k]), np.asarray(self.vcp_grid.density[k])
+            grid = np.linspace(x[0], x[-1], n)
+            dens = np.interp(grid, x, d)
+        else:
+            m, s = self.vcp_mean[k], max(self.vcp_sd[k], 1e-12)
+            grid = np.linspace(m - 4.5 * s, m + 4.5 * s, n)
+            dens = np.exp(-0.5 * ((grid - m) / s) ** 2) / (s * np.sqrt(2 * np.pi))
+        sd = np.exp(grid)
+        return pd.DataFrame({"sd": sd, "density": dens / sd})
+
+    def _component_index(self, term):
+        if isinstance(term, (int, np.integer)) and not isinstance(term, bool):
+            if not 0 <= term < self.model.k_vcp:
+                raise DataError(f"`term` must be between 0 and {self.model.k_vcp - 1}; got {term}.")
+            return int(term)
+        if term in self.vcp_names:
+            return self.vcp_names.index(term)
+        raise DataError(f"`term` must be one of {self.vcp_names} or an index; got {term!r}.")
+
+    def random_effects(self, term=None):
+        """Posterior means and SDs of the random effects.
+
+        Parameters
+        ----------
+        term : str or int, optional
+            A component name (``vcp_names``) or index; None for all.
+
+        Returns
+        -------
+        DataFrame indexed by ``vc_names`` with columns ``Mean``, ``SD``,
+        ``lower``, ``upper`` (95 %), ``term`` and ``level``.
+        """
+        idx = np.arange(self.model.k_vc)
+        if term is not None:
+            idx = np.flatnonzero(self.model.ident == self._component_index(term))
+        names = [self.vc_names[i] for i in idx]
+        levels = [n[n.rfind("[") + 1:-1] if n.endswith("]") and "[" in n else n for n in names]
+        m, s = self.vc_mean[idx], self.vc_sd[idx]
+        return pd.DataFrame(
+            {"Mean": m, "SD": s, "lower": m - Z975 * s, "upper": m + Z975 * s,
+             "term": [self.vcp_names[self.model.ident[i]] for i in idx], "level": levels},
+            index=pd.Index(names),
+        )
+
+    def summary(self):
+        """statsmodels' summary table with 95 % credible intervals (text, DataFrame, HTML)."""
+        return Summary(self)
+
+    # -- prediction ----------------------------------------------------------------------------
+    def predict(self, exog=None, exog_vc=None, linear=False, random_effects=True):
+        """Predicted means (or linear predictors) at the posterior means.
+
+        Parameters
+        ----------
+        exog : DataFrame or array_like, optional
+            New data. A DataFrame goes through the formula's transforms (models
+            built with ``from_formula``); levels of a grouping factor not seen in
+            fitting get random effect 0 (the population level) and a DataWarning
+            that lists them. An array is used as the fixed-effects design.
+            None predicts for the fitting data.
+        exog_vc : array_like or sparse, optional
+            Random-effects design for an array ``exog``.
+        linear : bool
+            Return the linear predictor instead of the mean.
+        random_effects : bool
+            Include the random effects (conditional prediction) or not (population).
+        """
+        m = self.model
+        vc = self.vc_mean if random_effects else np.zeros_like(self.vc_mean)
+        trials = None
+        if exog is None:
+            eta = m.rows.linear_predictor(self.fe_mean, vc)
+            trials = m.trials
+        elif isinstance(exog, pd.DataFrame) and m.design is not None:
+            spec = m.design.spec
+            eta = spec.exog_for(exog) @ self.fe_mean
+            if random_effects and m.k_vc:
+                unseen = spec.unseen_levels(exog)
+                unseen = {k: v for k, v in unseen.items() if len(v)}
+                if unseen:
+                    desc = "; ".join(f"{k}: {list(v)[:5]}" for k, v in unseen.items())
+                    warnings.warn(f"levels not seen in fitting get random effect 0: {desc}", DataWarning,
+                                  stacklevel=2)
+                eta = eta + spec.exog_vc_for(exog) @ vc
+            off = getattr(spec, "offset_for", None)
+            if off is not None:
+                o = off(exog)
+                if o is not None:
+                    eta = eta + o
+        else:
+            if isinstance(exog, pd.DataFrame):
+                raise DataError("`exog` must be an array for a model built without a formula; got a DataFrame.")
+            X = np.asarray(exog, dtype=float)
+            if X.ndim != 2 or X.shape[1] != m.k_fep:
+                raise DataError(f"`exog` must have {m.k_fep} columns; got shape {X.shape}.")
+            eta = X @ self.fe_mean
+            if exog_vc is not None and random_effects:
+                import scipy.sparse as sp
+
+                Zn = sp.csr_matrix(exog_vc)
+                if Zn.shape != (X.shape[0], m.k_vc):
+                    raise DataError(f"`exog_vc` must have shape ({X.shape[0]}, {m.k_vc}); got {Zn.shape}.")
+                eta = eta + Zn @ vc
+        return eta if linear else m.family.mean(eta, trials)
+
+    def __repr__(self):
+        d = self.diagnostics
+        return (f"<BayesMixedGLMResults method={self.method} converged={d.converged} "
+                f"iterations={d.n_iter} seconds={d.seconds:.3g}>")
+
+
+class Summary:
+    """Summary of a fit: ``str()`` gives text, ``to_frame()`` a DataFrame, HTML in notebooks."""
+
+    def __init__(self, res: BayesMixedGLMResults):
+        self.res = res
+        fe = res.fe_table()
+        vc = res.vcp_table()
+        df = pd.DataFrame({
+            "Type": ["M"] * len(fe) + ["V"] * len(vc),
+            "Post. Mean": np.concatenate([fe["mean"], vc["mean"]]),
+            "Post. SD": np.concatenate([fe["sd"], vc["sd"]]),
+            "2.5%": np.concatenate([fe["lower"], vc["lower"]]),
+            "97.5%": np.concatenate([fe["upper"], vc["upper"]]),
+            "SD": [np.nan] * len(fe) + list(vc["sd_median"]),
+            "SD (LB)": [np.nan] * len(fe) + list(vc["sd_lower"]),
+            "SD (UB)": [np.nan] * len(fe) + list(vc["sd_upper"]),
+        }, index=list(fe.index) + list(vc.index))
+        self.table = df
+
+    def to_frame(self):
+        return self.table.copy()
+
+    def _header(self):
+        r, m, d = self.res, self.res.model, self.res.diagnostics
+        method = {"map": "posterior mode (Laplace)", "vb": "mean-field variational Bayes",
+                  "laplace": "integrated Laplace"}[r.method]
+        return [
+            f"{m.family.name.capitalize()} Mixed GLM Results ({method})",
+            f"n = {m.endog.size}, fixed effects = {m.k_fep}, variance components = {m.k_vcp}, "
+            f"random effects = {m.k_vc}; priors: fe ~ N(0, {m.fe_p:g}^2), vcp ~ N(0, {m.vcp_p:g}^2)",
+            f"converged = {d.converged}, iterations = {d.n_iter}, seconds = {d.seconds:.3g}",
+        ]
+
+    def __str__(self):
+        lines = self._header()
+        body = self.table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="")
+        width = max(len(s) for s in body.splitlines())
+        notes = ["Parameter types are mean structure (M) and variance structure (V).",
+                 "Variance parameters are modeled as log standard deviations; SD columns are on the SD scale "
+                 "(median and 95 % interval)."]
+        notes += [f"Warning: {w}" for w in self.res.warnings]
+        return "\n".join(["=" * width, *lines, "-" * width, body, "-" * width, *notes])
+
+    __repr__ = __str__
+
+    def _repr_html_(self):
+        head = "<br>".join(self._header())
+        warn = "".join(f"<p style='color:#a33'>Warning: {w}</p>" for w in self.res.warnings)
+        return f"<div><p>{head}</p>{self.table.to_html(float_format=lambda v: f'{v:.4f}', na_rep='')}{warn}</div>"
+
+    def as_text(self):
+        return str(self)
+
+    def as_html(self):
+        return self._repr_html_()

@@ -1,0 +1,182 @@
+r"""Per-row work as reductions over row chunks.
+
+Everything the fitters need from the data is a sum over rows:
+
+.. math::
+
+    \sum_i \ell_i,\quad X^\top s,\quad Z^\top s,\quad X^\top W X,\quad Z^\top W X,
+    \quad Z^\top W Z,\quad (Z\circ Z)^\top w,
+
+where :math:`s_i` is the score and :math:`w_i` the weight of row i at the
+current linear predictor (or their Gaussian expectations, for variational
+Bayes). :class:`RowData` splits the rows into chunks and adds up per-chunk
+results, so the same fitters run unchanged when the chunks live on other
+machines (each chunk's contribution is computed from that chunk alone).
+
+:math:`Z^\top W Z` is assembled without sparse matrix products: the pairs of
+nonzeros that share a row are listed once, with their position in the fixed
+sparsity pattern of :math:`Z^\top Z`, and each evaluation is one weighted
+``bincount``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["RowData", "RowSums"]
+
+
+@dataclass(frozen=True)
+class RowSums:
+    """Sums over rows at one point (fields as in the module docstring).
+
+    ``x_wx``, ``z_wx`` and ``z_wz`` are None when the Hessian was not asked for.
+    ``z2_w`` and ``x2_w`` are the diagonals :math:`(Z\\circ Z)^\\top w` and
+    :math:`(X\\circ X)^\\top w`.
+    """
+
+    loglike: float
+    x_score: np.ndarray
+    z_score: np.ndarray
+    x2_w: np.ndarray
+    z2_w: np.ndarray
+    x_wx: np.ndarray | None = None
+    z_wx: np.ndarray | None = None
+    z_wz: sp.csr_matrix | None = None
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    rows: slice
+    X: np.ndarray
+    Z: sp.csr_matrix
+    Z2: sp.csr_matrix
+    y: np.ndarray
+    trials: np.ndarray | None
+    offset: np.ndarray | None
+    pairs: slice
+
+
+class RowData:
+    """Rows of a model split into chunks of at most ``chunk_rows`` rows."""
+
+    def __init__(self, X, Z, y, trials=None, offset=None, chunk_rows=262144):
+        self.n, self.p = X.shape
+        self.q = Z.shape[1]
+        Z = sp.csr_matrix(Z)
+        self._build_gram_pattern(Z)
+        chunks = []
+        for a in range(0, self.n, chunk_rows):
+            b = min(a + chunk_rows, self.n)
+            Zc = Z[a:b]
+            chunks.append(
+                _Chunk(
+                    rows=slice(a, b),
+                    X=X[a:b],
+                    Z=Zc,
+                    Z2=Zc.multiply(Zc).tocsr(),
+                    y=y[a:b],
+                    trials=None if trials is None else trials[a:b],
+                    offset=None if offset is None else offset[a:b],
+                    pairs=slice(int(self._pair_start[a]), int(self._pair_start[b])),
+                )
+            )
+        self.chunks = tuple(chunks)
+
+    def _build_gram_pattern(self, Z):
+        nnz_row = np.diff(Z.indptr)
+        row_of_nz = np.repeat(np.arange(self.n), nnz_row)
+        per_nz = nnz_row[row_of_nz]  # partners of each nonzero (same row)
+        first = np.repeat(np.arange(Z.nnz), per_nz)
+        group_start = np.repeat(np.cumsum(per_nz) - per_nz, per_nz)
+        second = Z.indptr[row_of_nz[first]] + (np.arange(first.size) - group_start)
+        keys = Z.indices[first].astype(np.int64) * self.q + Z.indices[second]
+        uniq, pos = np.unique(keys, return_inverse=True)
+        self._pair_pos = pos
+        self._pair_row = row_of_nz[first]
+        self._pair_val = Z.data[first] * Z.data[second]
+        pair_count_row = nnz_row.astype(np.int64) ** 2
+        self._pair_start = np.concatenate([[0], np.cumsum(pair_count_row)])
+        rows = uniq // self.q
+        self._gram_indices = (uniq % self.q).astype(np.int32)
+        self._gram_indptr = np.searchsorted(rows, np.arange(self.q + 1)).astype(np.int32)
+        self._gram_nnz = uniq.size
+
+    def gram(self, data) -> sp.csr_matrix:
+        """A matrix with the pattern of Z'Z and the given values."""
+        return sp.csr_matrix((data, self._gram_indices, self._gram_indptr), shape=(self.q, self.q))
+
+    def linear_predictor(self, fe, vc):
+        """:math:`X\\,fe + Z\\,vc + \\text{offset}` for all rows."""
+        out = np.empty(self.n)
+        for c in self.chunks:
+            out[c.rows] = self._eta(c, fe, vc)
+        return out
+
+    @staticmethod
+    def _eta(c, fe, vc):
+        eta = c.X @ fe if c.X.shape[1] else np.zeros(c.y.size)
+        if c.Z.shape[1]:
+            eta = eta + c.Z @ vc
+        if c.offset is not None:
+            eta = eta + c.offset
+        return eta
+
+    def reduce(self, family, fe, vc, fe_var=None, vc_var=None, hessian=True) -> RowSums:
+        """Sum the row statistics over all chunks.
+
+        With ``fe_var``/``vc_var`` (variational variances) the row terms are
+        Gaussian expectations over :math:`\\eta_i \\sim N(m_i, v_i)` with
+        :math:`v_i = (X\\circ X)_i\\, fe\\_var + (Z\\circ Z)_i\\, vc\\_var`;
+        the weight is then :math:`-\\mathrm{E}\\,\\ell_i''`.
+        """
+        p, q = self.p, self.q
+        ll = 0.0
+        xs, zs = np.zeros(p), np.zeros(q)
+        x2w, z2w = np.zeros(p), np.zeros(q)
+        xwx = np.zeros((p, p)) if hessian else None
+        zwx = np.zeros((q, p)) if hessian else None
+        zwz = np.zeros(self._gram_nnz) if hessian else None
+        for c in self.chunks:
+            eta = self._eta(c, fe, vc)
+            if fe_var is None:
+                ll_i = family.loglike(c.y, eta, c.trials)
+                score, w = family.score_weight(c.y, eta, c.trials)
+            else:
+                v = (c.X**2) @ fe_var if p else np.zeros(eta.size)
+                if q:
+                    v = v + c.Z2 @ vc_var
+                ll_i, score, _, d2 = family.gaussian_expectation(c.y, eta, v, c.trials)
+                w = -d2
+            ll += float(np.sum(ll_i))
+            if p:
+                xs += c.X.T @ score
+                x2w += (c.X**2).T @ w
+            if q:
+                zs += c.Z.T @ score
+                z2w += c.Z2.T @ w
+            if hessian:
+                if p:
+                    wx = c.X * w[:, None]
+                    xwx += c.X.T @ wx
+                    if q:
+                        zwx += c.Z.T @ wx
+                if q:
+                    pr = c.pairs
+                    zwz += np.bincount(
+                        self._pair_pos[pr],
+                        weights=w[self._pair_row[pr] - c.rows.start] * self._pair_val[pr],
+                        minlength=self._gram_nnz,
+                    )
+        return RowSums(
+            loglike=ll,
+            x_score=xs,
+            z_score=zs,
+            x2_w=x2w,
+            z2_w=z2w,
+            x_wx=xwx,
+            z_wx=zwx,
+            z_wz=None if zwz is None else self.gram(zwz),
+        )
