@@ -288,6 +288,10 @@ def _split_tilde(formula: str, tokens: list[_Token]) -> tuple[list[_Token], list
     if len(tildes) > 1:
         raise _err("a formula must contain exactly one '~'", formula, tokens[tildes[1]])
     k = tildes[0]
+    if k == len(tokens) - 1:
+        raise _err(
+            "the right-hand side is empty (use '1' for an intercept only)", formula, tokens[k]
+        )
     return tokens[:k], tokens[k + 1 :], tokens[k]
 
 
@@ -814,7 +818,7 @@ class DesignSpec:
             in fitting.
         """
         _require_columns(new_df, self.fixed_columns, "the new data")
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
             warnings.simplefilter("always")
             mm = self._model_spec.get_model_matrix(
                 new_df, output="pandas", na_action="ignore", context=_SAFE_CONTEXT
@@ -851,7 +855,7 @@ class DesignSpec:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Design:
     """Matrices of one GLMM, ready for a model.
 
@@ -1061,8 +1065,10 @@ def build_design(
 
     # --- fixed part (formulaic; the text has passed the safe-grammar check)
     try:
-        with warnings.catch_warnings():
+        # non-finite values (log of a negative, ...) are reported below as a DataError
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore", category=FutureWarning)
+            warnings.simplefilter("ignore", category=RuntimeWarning)
             mm = model_matrix(fixed_formula, df, output="pandas", na_action="ignore", context=_SAFE_CONTEXT)
     except Exception as exc:
         raise FormulaError(

@@ -296,6 +296,8 @@ REJECTED = {
     "I(y) ~ x": r"response must be a column name",
     "y ~ `nope`": r"unknown column 'nope'",
     "y ~ (x": r"unclosed '\('",
+    "y ~ ": r"right-hand side is empty",
+    "y ~ (1 + C(g) | g)": r"random-effect terms accept only 1, 0 and numeric column names",
 }
 
 
@@ -363,6 +365,28 @@ def test_validation_errors(small):
         build_design("y ~ x", small, offset=np.zeros(3))
     with pytest.raises(FormulaError, match="must contain '~'"):
         build_design("y + x", small)
+    with pytest.raises(DataError, match=r"`trials` must be None when the response is cbind"):
+        build_design("cbind(y, x) ~ 1", small, trials="z")
+    with pytest.raises(FormulaError, match=r"could not build the fixed effects"):
+        build_design("y ~ I(g**2)", small)
+    with pytest.raises(DataError, match=r"fixed-effect column `log\(x\)` must be finite"):
+        build_design("y ~ log(x)", small)  # x has negative values
+
+
+def test_trials_and_offset_columns_and_arrays(small):
+    df = small.assign(n=3.0, off=np.log(small["z"]))
+    d = build_design("y ~ x", df, trials="n", offset="off")
+    np.testing.assert_array_equal(d.trials, 3.0)
+    np.testing.assert_allclose(d.offset, np.log(small["z"]))
+    d2 = build_design("y ~ x", df, trials=np.full(40, 3.0), offset=df["off"].to_numpy())
+    np.testing.assert_array_equal(d2.trials, d.trials)
+    np.testing.assert_array_equal(d2.offset, d.offset)
+
+
+def test_intercept_free_fixed_part(small):
+    d = build_design("y ~ 0 + (1 | g)", small)
+    assert d.exog.shape == (40, 0) and d.exog_names == []
+    assert d.spec.exog_for(small.iloc[:3]).shape == (3, 0)
 
 
 # --------------------------------------------------------------------- scale
