@@ -846,7 +846,13 @@ class DesignSpec:
         return sp.hstack(blocks, format="csr", dtype=np.float64)
 
     def unseen_levels(self, new_df: pd.DataFrame) -> dict[str, list[str]]:
-        """Per component name, the levels in ``new_df`` not seen in fitting (only non-empty)."""
+        """Per component name, the levels in ``new_df`` not seen in fitting.
+
+        Only components with unseen levels appear; missing values are not reported.
+        Components from general ``vc_formulas`` values (materialized by formulaic, e.g.
+        ``"0 + C(g)*x"``) are not inspected: their unseen levels also give empty
+        indicator entries in :meth:`exog_vc_for`, but are not listed here.
+        """
         out = {}
         for t in self.vc_terms:
             u = t.unseen(new_df) if all(f in new_df.columns for f in t.factors) else []
