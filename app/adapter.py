@@ -1,0 +1,182 @@
+"""The one place where the dashboard talks to ``mglm_core``.
+
+Every other module of ``app`` imports from here, so a difference between the
+library and the API contract is absorbed in this file only.
+"""
+from __future__ import annotations
+
+import time
+import warnings as _warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+import mglm_core as mg
+
+MglmError = getattr(mg, "MglmError", ValueError)
+
+#: label shown in the UI -> name of the method on the model ("fit_<key>")
+_METHODS = {"map": "Laplace at the mode (MAP)", "vb": "Variational Bayes (VB)",
+            "laplace": "Integrated Laplace"}
+
+
+def available_methods() -> dict[str, str]:
+    """Methods the installed library offers, as {label: key}; integrated Laplace only when present."""
+    model_cls = mg.BayesMixedGLM
+    return {label: key for key, label in _METHODS.items() if hasattr(model_cls, f"fit_{key}")}
+
+
+def method_label(key: str) -> str:
+    return _METHODS.get(key, key)
+
+
+def check_formula(text: str, columns) -> None:
+    """Validate a typed formula with the library's safe parser (raises MglmError)."""
+    from mglm_core.design import check_formula as _check
+
+    _check(text, list(columns))
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    """Everything needed to reproduce one fit (the data are already cleaned)."""
+
+    data: pd.DataFrame = field(repr=False, compare=False)
+    data_key: str
+    formula: str
+    family: str
+    method: str
+    trials: str | None = None
+    offset: str | None = None
+    fe_p: float = 2.0
+    vcp_p: float = 1.0
+
+    @property
+    def key(self) -> tuple:
+        return (self.data_key, self.formula, self.family, self.method, self.trials, self.offset,
+                round(self.fe_p, 6), round(self.vcp_p, 6))
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    result: object
+    request: FitRequest
+    warnings: tuple[str, ...]
+    seconds: float
+
+
+def fit(request: FitRequest) -> FitOutcome:
+    """Build the model and fit it; library warnings are collected, errors propagate."""
+    t0 = time.perf_counter()
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        model = mg.BayesMixedGLM.from_formula(
+            request.formula, vc_formulas=None, data=request.data, family=request.family,
+            trials=request.trials, offset=request.offset, vcp_p=request.vcp_p, fe_p=request.fe_p)
+        result = getattr(model, f"fit_{request.method}")()
+    messages = [str(w.message) for w in caught
+                if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning))]
+    for msg in getattr(result, "warnings", ()) or ():
+        if str(msg) not in messages:
+            messages.append(str(msg))
+    return FitOutcome(result=result, request=request, warnings=tuple(messages),
+                      seconds=time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- result access
+def fe_table(res) -> pd.DataFrame:
+    return res.fe_table()
+
+
+def vcp_table(res) -> pd.DataFrame:
+    return res.vcp_table()
+
+
+def vcp_density(res, name: str, n: int = 200) -> pd.DataFrame:
+    return res.vcp_density(name, n=n)
+
+
+def random_effects(res, term: str | None = None) -> pd.DataFrame:
+    df = res.random_effects(term) if term is not None else res.random_effects()
+    return df
+
+
+def re_terms(res) -> list[str]:
+    return list(res.vcp_names)
+
+
+def converged(res) -> bool:
+    return bool(getattr(res, "converged", True))
+
+
+def result_method(res) -> str:
+    return str(getattr(res, "method", ""))
+
+
+# ---------------------------------------------------------------- simulation
+@dataclass(frozen=True)
+class Simulated:
+    data: pd.DataFrame
+    formula: str
+    family: str
+    truth_fe: dict
+    truth_sd: dict
+    truth_re: dict  # level label -> true random effect (may be empty)
+    response: str
+    fixed: tuple
+    groups: tuple
+
+
+def simulate(family: str, n_groups: int, group_size: int, intercept: float, slope: float,
+             sd: float, seed: int) -> Simulated:
+    """Draw a data set with known truth via ``mglm_core.simulate.simulate_glmm``."""
+    from mglm_core.simulate import simulate_glmm
+
+    sim = simulate_glmm(family=family, n_groups=int(n_groups), group_size=int(group_size),
+                        fe={"Intercept": float(intercept), "x": float(slope)}, sd=float(sd), seed=int(seed))
+    truth = dict(sim.truth or {})
+    data = sim.data.copy()
+    formula = sim.formula
+    lhs, rhs = [s.strip() for s in formula.split("~", 1)]
+    import re as _re
+
+    groups = tuple(_re.findall(r"\|\s*([A-Za-z_]\w*)\s*\)", rhs))
+    fixed_part = _re.sub(r"\([^()]*\|[^()]*\)", "", rhs)
+    fixed = tuple(t.strip() for t in fixed_part.split("+") if t.strip() and t.strip() not in ("1", "0"))
+    for g in groups:
+        data[g] = data[g].astype(str)
+    truth_fe = dict(truth.get("fe", {"Intercept": intercept, "x": slope}))
+    sd_truth = truth.get("sd", sd)
+    if not isinstance(sd_truth, dict):
+        sd_truth = {g: float(sd_truth) for g in groups}
+    re_truth = truth.get("re", truth.get("random_effects", {}))
+    if isinstance(re_truth, (pd.Series, np.ndarray, list)) and not isinstance(re_truth, dict):
+        re_truth = dict(pd.Series(re_truth))
+    re_truth = {str(k): float(v) for k, v in dict(re_truth or {}).items()}
+    return Simulated(data=data, formula=formula, family=family, truth_fe=truth_fe, truth_sd=dict(sd_truth),
+                     truth_re=re_truth, response=lhs, fixed=fixed, groups=groups)
+
+
+# ---------------------------------------------------------------- reproducible snippet
+def snippet(request: FitRequest, data_source: str) -> str:
+    """Python code that refits the same model with mglm_core outside the dashboard."""
+    args = [f"    {request.formula!r},", "    data=df,", f"    family={request.family!r},"]
+    if request.trials:
+        args.append(f"    trials={request.trials!r},")
+    if request.offset:
+        args.append(f"    offset={request.offset!r},")
+    args.append(f"    fe_p={request.fe_p!r},")
+    args.append(f"    vcp_p={request.vcp_p!r},")
+    cat_cols = [c for c in request.data.columns if isinstance(request.data[c].dtype, pd.CategoricalDtype)]
+    lines = ["import pandas as pd", "import mglm_core as mg", "", f"df = pd.read_csv({data_source!r})"]
+    for c in cat_cols:
+        levels = [str(x) for x in request.data[c].cat.categories]
+        if len(levels) <= 30:
+            lines.append(f"df[{c!r}] = pd.Categorical(df[{c!r}].astype(str), categories={levels!r})")
+        else:
+            lines.append(f"df[{c!r}] = df[{c!r}].astype(str).astype('category')")
+    lines += ["", "model = mg.BayesMixedGLM.from_formula(", *args, ")",
+              f"res = model.fit_{request.method}()", "print(res.summary())",
+              "print(res.fe_table())", "print(res.vcp_table())"]
+    return "\n".join(lines) + "\n"

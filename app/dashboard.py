@@ -1,0 +1,423 @@
+"""The dashboard view: widgets built from the state's parameters, plots bound to the fit.
+
+``Dashboard`` is a ``pn.viewable.Viewer``: ``panel serve app`` builds one per browser
+session (``app/main.py``) and a notebook displays it directly::
+
+    from app import Dashboard
+    Dashboard(data=df, spec=dict(response="y", groups=["g"], family="binomial"))
+"""
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import panel as pn
+import param
+
+from app import adapter, plots
+from app.data import DEMOS, MAX_UPLOAD_MB, column_overview
+from app.state import AppState, problem_size
+
+ACCENT = plots.COLORS["accent"]
+CSS = """
+:host { --accent: %s; }
+.mglm-status { font-size: 0.95em; color: #334155; }
+.mglm-note { color: #64748b; font-size: 0.85em; }
+""" % ACCENT
+
+INTRO = """
+**mglm** fits Bayesian generalized linear mixed models (binomial and Poisson) with
+random intercepts and slopes. Choose a data set, the columns by role, and read the
+fixed effects, the random-effect SDs and the random effects in the tabs.
+"""
+
+
+class Dashboard(pn.viewable.Viewer):
+    """Interactive Bayesian GLMM dashboard (one per session or notebook cell)."""
+
+    state = param.ClassSelector(class_=AppState, doc="The session state (data, model, fit).")
+
+    def __init__(self, data: pd.DataFrame | None = None, demo: str = "cbpp", spec: dict | None = None,
+                 data_name: str = "data", **params):
+        params.setdefault("state", AppState())
+        super().__init__(**params)
+        st = self.state
+        if data is not None:
+            st.load_frame(data, data_name, fit=False)
+        else:
+            st.load_demo(demo, fit=False)
+        if spec:
+            st._loading = True
+            try:
+                st.spec.param.update(**spec)
+                st.spec.formula_text = st.spec.built_formula()
+            finally:
+                st._loading = False
+        st.fit_now()  # the first screen already shows a result
+        self._build()
+
+    # ------------------------------------------------------------------ helpers
+    def _alert(self, key: str, alert_type: str = "danger") -> pn.pane.Alert:
+        errors = self.state.param.errors
+        return pn.pane.Alert(pn.bind(lambda e: e.get(key, ""), errors), alert_type=alert_type,
+                             visible=pn.bind(lambda e: bool(e.get(key)), errors),
+                             sizing_mode="stretch_width", margin=(2, 5), css_classes=[f"alert-{key}"])
+
+    @staticmethod
+    def _safe(fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # a plot must never take the session down
+            return plots.empty_plot(f"Cannot draw this plot: {exc}")
+
+    # ------------------------------------------------------------------ build
+    def _build(self) -> None:
+        st, spec, fit, view, sim = self.state, self.state.spec, self.state.fit, self.state.view, self.state.sim
+
+        # ---- data
+        self.demo_select = pn.widgets.Select(name="Demo data set", options=list(DEMOS), value=st.data.dataset
+                                             if st.data.dataset in DEMOS else None, sizing_mode="stretch_width")
+        self.demo_select.param.watch(self._on_demo, "value")
+        self.file_input = pn.widgets.FileInput(accept=".csv,.txt,.tsv,.parquet,.pq,.xlsx,.xls",
+                                               sizing_mode="stretch_width", name="Upload")
+        self.file_input.param.watch(self._on_upload, "value")
+        data_info = pn.pane.Markdown(pn.bind(self._data_info, st.data.param.df, st.data.param.dataset),
+                                     margin=(0, 5), css_classes=["mglm-note"])
+        categorical = pn.widgets.MultiChoice.from_param(st.data.param.categorical, name="Treat as categorical",
+                                                        sizing_mode="stretch_width")
+        data_card = pn.Card(
+            self.demo_select,
+            pn.pane.Markdown(f"**or upload** a CSV, Parquet or Excel file (at most {MAX_UPLOAD_MB} MB):",
+                             margin=(0, 5)),
+            self.file_input, self._alert("data"), data_info, categorical,
+            title="1 · Data", sizing_mode="stretch_width", collapsible=True)
+
+        # ---- model
+        w = dict(sizing_mode="stretch_width")
+        model_card = pn.Card(
+            pn.widgets.Select.from_param(spec.param.response, name="Response", **w),
+            pn.widgets.RadioButtonGroup.from_param(spec.param.family, button_type="primary",
+                                                   button_style="outline", **w),
+            pn.widgets.Select.from_param(spec.param.trials, name="Trials (binomial counts out of n)", **w),
+            self._alert("response"),
+            pn.widgets.MultiChoice.from_param(spec.param.fixed_numeric, **w),
+            pn.widgets.MultiChoice.from_param(spec.param.fixed_factors, **w),
+            self._alert("fixed"),
+            pn.widgets.MultiChoice.from_param(spec.param.groups, name="Grouping factors (random intercepts)", **w),
+            pn.widgets.MultiChoice.from_param(spec.param.slopes, name="Random slopes (numeric)", **w),
+            self._alert("groups"),
+            pn.widgets.Select.from_param(spec.param.offset, **w),
+            title="2 · Model", sizing_mode="stretch_width", collapsible=True)
+
+        # ---- method, priors, fit
+        self.fit_button = pn.widgets.Button(name="Fit model", button_type="primary", icon="player-play", **w)
+        self.fit_button.on_click(self._on_fit_click)
+        progress = pn.indicators.Progress(value=-1, active=True, bar_color="primary", height=10,
+                                          visible=pn.bind(lambda s: s in ("fitting", "waiting"), fit.param.status),
+                                          sizing_mode="stretch_width")
+        mode_note = pn.pane.Markdown(pn.bind(self._mode_note, fit.param.status, spec.param.auto_fit),
+                                     css_classes=["mglm-note"], margin=(0, 5))
+        fit_card = pn.Card(
+            pn.widgets.Select.from_param(spec.param.method, name="Method", **w),
+            pn.widgets.FloatSlider.from_param(spec.param.fe_p, throttled=True, **w),
+            pn.widgets.FloatSlider.from_param(spec.param.vcp_p, throttled=True, **w),
+            pn.widgets.Checkbox.from_param(spec.param.auto_fit),
+            self.fit_button, progress, mode_note,
+            title="3 · Priors and fitting", sizing_mode="stretch_width", collapsible=True)
+
+        # ---- formula
+        formula_card = pn.Card(
+            pn.widgets.TextAreaInput.from_param(spec.param.formula_text, name="Model formula (lme4 syntax)",
+                                                height=80, **w),
+            pn.widgets.Checkbox.from_param(spec.param.use_formula),
+            pn.pane.Markdown("Edit the formula to fit it as typed, e.g. `y ~ x + (1 | g) + (0 + x | g)`. "
+                             "It is checked by a safe parser; nothing is evaluated as Python.",
+                             css_classes=["mglm-note"], margin=(0, 5)),
+            self._alert("formula"),
+            title="4 · Formula", sizing_mode="stretch_width", collapsible=True)
+
+        self.sidebar = pn.Column(data_card, model_card, fit_card, formula_card, sizing_mode="stretch_width")
+
+        # ---- main: status and diagnostics
+        status = pn.pane.Markdown(pn.bind(self._status_text, fit.param.message, fit.param.status),
+                                  css_classes=["mglm-status"], sizing_mode="stretch_width", margin=(0, 10))
+        diag = pn.pane.Alert(pn.bind(self._diag_text, fit.param.warnings), alert_type="warning",
+                             visible=pn.bind(bool, fit.param.warnings), sizing_mode="stretch_width",
+                             css_classes=["alert-diagnostics"])
+        self.header = pn.Column(status, pn.Row(progress.clone()), self._alert("fit"), diag,
+                                sizing_mode="stretch_width")
+
+        truth = st.param.truth
+        outcome = fit.param.outcome
+        self.forest_pane = pn.pane.HoloViews(
+            pn.bind(self._forest, outcome, view.param.exp_scale, view.param.include_intercept, truth),
+            sizing_mode="stretch_width", min_height=380)
+        self.density_pane = pn.pane.HoloViews(pn.bind(self._density, outcome, truth),
+                                              sizing_mode="stretch_width", min_height=380)
+        self.caterpillar_pane = pn.pane.HoloViews(
+            pn.bind(self._caterpillar, outcome, view.param.re_term, view.param.re_search, view.param.re_top_k, truth),
+            sizing_mode="stretch_width", min_height=400)
+
+        fe_tab = pn.Column(
+            pn.Row(pn.widgets.Checkbox.from_param(view.param.exp_scale),
+                   pn.widgets.Checkbox.from_param(view.param.include_intercept)),
+            self.forest_pane, sizing_mode="stretch_width", name="Fixed effects")
+        vc_tab = pn.Column(self.density_pane, pn.pane.Markdown(
+            "Densities of each random-effect **standard deviation**; the diamond is the posterior median and the bar "
+            "the 95 % interval.", css_classes=["mglm-note"]), sizing_mode="stretch_width", name="Variance components")
+        re_tab = pn.Column(
+            pn.Row(pn.widgets.Select.from_param(view.param.re_term, width=220),
+                   pn.widgets.TextInput.from_param(view.param.re_search, placeholder="level name contains...",
+                                                   width=220),
+                   pn.widgets.IntInput.from_param(view.param.re_top_k, width=220)),
+            self.caterpillar_pane, sizing_mode="stretch_width", name="Random effects")
+
+        # ---- summary and export
+        table_kw = dict(show_index=False, sizing_mode="stretch_width", disabled=True, theme="bootstrap5")
+        fe_table = pn.widgets.Tabulator(pn.bind(self._fe_df, outcome, view.param.exp_scale),
+                                        formatters=self._fmt(), **table_kw)
+        vc_table = pn.widgets.Tabulator(pn.bind(self._vc_df, outcome), formatters=self._fmt(), **table_kw)
+        downloads = pn.Row(
+            pn.widgets.FileDownload(callback=self._csv_fe, filename="fixed_effects.csv", label="Fixed effects CSV",
+                                    button_type="primary", button_style="outline"),
+            pn.widgets.FileDownload(callback=self._csv_vc, filename="variance_components.csv",
+                                    label="Variance components CSV", button_type="primary", button_style="outline"),
+            pn.widgets.FileDownload(callback=self._csv_re, filename="random_effects.csv", label="Random effects CSV",
+                                    button_type="primary", button_style="outline"),
+            sizing_mode="stretch_width")
+        html_downloads = pn.Row(
+            pn.widgets.FileDownload(callback=lambda: self._html("forest"), filename="forest_plot.html",
+                                    label="Forest plot HTML", button_style="outline"),
+            pn.widgets.FileDownload(callback=lambda: self._html("density"), filename="sd_densities.html",
+                                    label="SD densities HTML", button_style="outline"),
+            pn.widgets.FileDownload(callback=lambda: self._html("caterpillar"), filename="caterpillar.html",
+                                    label="Caterpillar HTML", button_style="outline"),
+            sizing_mode="stretch_width")
+        code = pn.pane.Markdown(pn.bind(self._snippet_md, outcome), sizing_mode="stretch_width")
+        summary_tab = pn.Column(
+            pn.pane.Markdown("### Fixed effects"), fe_table, pn.pane.Markdown("### Variance components (SD scale)"),
+            vc_table, pn.pane.Markdown("### Export"), downloads, html_downloads,
+            pn.pane.Markdown("### Reproduce this fit in Python"), code,
+            pn.widgets.FileDownload(callback=self._py, filename="refit_mglm.py", label="Download script",
+                                    button_style="outline"),
+            sizing_mode="stretch_width", name="Summary & export")
+
+        # ---- data preview
+        data_tab = pn.Column(
+            pn.pane.Markdown(pn.bind(lambda n, df: f"### {n}: {0 if df is None else len(df):,} rows",
+                                     st.data.param.dataset, st.data.param.df)),
+            pn.widgets.Tabulator(pn.bind(self._overview, st.data.param.df, st.data.param.categorical), **table_kw),
+            pn.widgets.Tabulator(pn.bind(lambda df: df.head(500) if df is not None else pd.DataFrame(),
+                                         st.data.param.df), pagination="local", page_size=12, **table_kw),
+            sizing_mode="stretch_width", name="Data")
+
+        # ---- comparison
+        self.compare_button = pn.widgets.Button(name="Fit with Laplace and VB", button_type="primary", width=260)
+        self.compare_button.on_click(self._on_compare)
+        comparison = fit.param.comparison
+        compare_tab = pn.Column(
+            pn.pane.Markdown("Fit the current model with both approximations on the same data and overlay them. "
+                             "Laplace (MAP) uses the curvature at the joint mode; VB a mean-field Gaussian."),
+            pn.Row(self.compare_button, pn.pane.Markdown(fit.param.compare_status, css_classes=["mglm-note"])),
+            pn.pane.HoloViews(pn.bind(self._compare_forest, comparison, view.param.exp_scale, truth),
+                              sizing_mode="stretch_width", min_height=340),
+            pn.pane.HoloViews(pn.bind(self._compare_density, comparison, truth), sizing_mode="stretch_width",
+                              min_height=340),
+            pn.widgets.Tabulator(pn.bind(self._compare_table, comparison), **table_kw),
+            sizing_mode="stretch_width", name="Laplace vs VB")
+
+        # ---- teaching
+        self.sim_button = pn.widgets.Button(name="Draw data and fit", button_type="success", icon="dice", **w)
+        self.sim_button.on_click(self._on_simulate)
+        sim_controls = pn.Column(
+            pn.pane.Markdown("### Teaching: simulate with known truth\nSet the true model, draw a data set, fit it, "
+                             "and compare: the **red marks** on every plot are the truth."),
+            pn.widgets.RadioButtonGroup.from_param(sim.param.family, button_type="success", button_style="outline"),
+            pn.widgets.FloatSlider.from_param(sim.param.intercept), pn.widgets.FloatSlider.from_param(sim.param.slope),
+            pn.widgets.FloatSlider.from_param(sim.param.sd), pn.widgets.IntInput.from_param(sim.param.n_groups),
+            pn.widgets.IntInput.from_param(sim.param.group_size), pn.widgets.IntInput.from_param(sim.param.seed),
+            self.sim_button, self._alert("teach"), width=320)
+        teach_plots = pn.Column(
+            pn.pane.HoloViews(pn.bind(self._forest, outcome, view.param.exp_scale, view.param.include_intercept,
+                                      truth, 260), sizing_mode="stretch_width", min_height=260),
+            pn.pane.HoloViews(pn.bind(self._density, outcome, truth, 260), sizing_mode="stretch_width",
+                              min_height=260),
+            pn.pane.HoloViews(pn.bind(self._caterpillar, outcome, view.param.re_term, view.param.re_search,
+                                      view.param.re_top_k, truth, 260), sizing_mode="stretch_width", min_height=260),
+            sizing_mode="stretch_width")
+        teach_tab = pn.Row(sim_controls, teach_plots, sizing_mode="stretch_width", name="Teaching")
+
+        self.tabs = pn.Tabs(fe_tab, vc_tab, re_tab, summary_tab, data_tab, compare_tab, teach_tab,
+                            sizing_mode="stretch_width", dynamic=True)
+        self.main = pn.Column(self.header, self.tabs, sizing_mode="stretch_width")
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_demo(self, event):
+        if event.new:
+            try:
+                self.state.load_demo(event.new)
+            except Exception as exc:
+                self.state._set_error("data", f"Could not load {event.new}: {exc}")
+
+    def _on_upload(self, event):
+        if event.new is None:
+            return
+        if self.state.load_upload(self.file_input.filename or "upload.csv", event.new):
+            self.demo_select.value = None
+
+    async def _on_fit_click(self, event):
+        await self.state.fit_async()
+
+    async def _on_compare(self, event):
+        await self.state.compare_async(("map", "vb"))
+
+    def _on_simulate(self, event):
+        self.state.simulate(fit=True)
+        self.demo_select.value = None
+
+    # ------------------------------------------------------------------ bound renderers
+    def _data_info(self, df, name):
+        if df is None:
+            return "No data loaded."
+        return f"**{name}**: {len(df):,} rows, {df.shape[1]} columns." + (
+            f" {DEMOS[name].description}" if name in DEMOS else "")
+
+    def _mode_note(self, status, auto):
+        size = problem_size(self.state.spec, self.state.data)
+        live = self.state.is_live()
+        how = "refits live as you change the model" if live else "press **Fit model** after changes"
+        return f"Problem size n×q = {size:,}: {how}."
+
+    def _status_text(self, message, status):
+        icon = {"done": "✅", "fitting": "⏳", "waiting": "⏳", "error": "⚠️", "stale": "🔄"}.get(status, "")
+        return f"{icon} {message}" if message else ""
+
+    @staticmethod
+    def _diag_text(warnings):
+        if not warnings:
+            return ""
+        return "**Diagnostics**\n\n" + "\n".join(f"- {w}" for w in warnings)
+
+    def _truth(self, truth, key):
+        return (truth or {}).get(key) or None
+
+    def _forest(self, outcome, exp_scale, include_intercept, truth, height=360):
+        if outcome is None:
+            return plots.empty_plot()
+        return self._safe(plots.forest_plot, outcome.result, exp_scale=exp_scale, truth=self._truth(truth, "fe"),
+                          family=outcome.request.family, include_intercept=include_intercept, height=height)
+
+    def _density(self, outcome, truth, height=360):
+        if outcome is None:
+            return plots.empty_plot()
+        return self._safe(plots.sd_density_plot, outcome.result, truth=self._truth(truth, "sd"), height=height)
+
+    def _caterpillar(self, outcome, term, search, top_k, truth, height=380):
+        if outcome is None:
+            return plots.empty_plot()
+        terms = adapter.re_terms(outcome.result)
+        term = term if term in terms else (terms[0] if terms else None)
+        if term is None:
+            return plots.empty_plot("No random effects")
+        return self._safe(plots.caterpillar_plot, outcome.result, term, search=search, top_k=top_k,
+                          truth=self._truth(truth, "re"), height=height)
+
+    def _compare_forest(self, comparison, exp_scale, truth):
+        if not comparison:
+            return plots.empty_plot("Press the button to fit both methods")
+        fam = next(iter(comparison.values())).request.family
+        return self._safe(plots.forest_plot, {m: oc.result for m, oc in comparison.items()}, exp_scale=exp_scale,
+                          truth=self._truth(truth, "fe"), family=fam, height=300)
+
+    def _compare_density(self, comparison, truth):
+        if not comparison:
+            return plots.empty_plot("")
+        return self._safe(plots.sd_density_plot, {m: oc.result for m, oc in comparison.items()},
+                          truth=self._truth(truth, "sd"), height=300)
+
+    @staticmethod
+    def _compare_table(comparison):
+        if not comparison:
+            return pd.DataFrame()
+        frames = []
+        for m, oc in comparison.items():
+            fe = plots.fe_summary(oc.result)[["term", "mean", "sd"]].rename(columns={"term": "parameter"})
+            vc = plots.vcp_summary(oc.result)[["component", "sd_estimate"]].rename(
+                columns={"component": "parameter", "sd_estimate": "mean"})
+            vc["parameter"] = "SD(" + vc["parameter"] + ")"
+            df = pd.concat([fe, vc], ignore_index=True)
+            df["method"] = plots.METHOD_NAMES.get(m, m)
+            df["seconds"] = oc.seconds
+            frames.append(df)
+        return pd.concat(frames, ignore_index=True)
+
+    @staticmethod
+    def _fmt():
+        from bokeh.models.widgets.tables import NumberFormatter
+
+        f = NumberFormatter(format="0.0000")
+        return {c: f for c in ["mean", "sd", "lower_95", "upper_95", "exp_mean", "exp_lower_95", "exp_upper_95",
+                               "sd_estimate", "sd_lower_95", "sd_upper_95", "log_sd_mean", "log_sd_sd"]}
+
+    def _fe_df(self, outcome, exp_scale):
+        return pd.DataFrame() if outcome is None else plots.fe_summary(outcome.result, exp_scale=exp_scale)
+
+    def _vc_df(self, outcome):
+        return pd.DataFrame() if outcome is None else plots.vcp_summary(outcome.result)
+
+    def _overview(self, df, categorical):
+        return pd.DataFrame() if df is None else column_overview(df, list(categorical))
+
+    def _snippet(self, outcome) -> str:
+        if outcome is None:
+            return "# no model fitted yet\n"
+        return adapter.snippet(outcome.request, self.state.data.source or "data.csv")
+
+    def _snippet_md(self, outcome):
+        return f"```python\n{self._snippet(outcome)}```"
+
+    # ------------------------------------------------------------------ exports
+    def _csv(self, fn) -> io.StringIO:
+        res = self.state.fit.result
+        buf = io.StringIO()
+        if res is not None:
+            fn(res).to_csv(buf, index=False)
+        buf.seek(0)
+        return buf
+
+    def _csv_fe(self):
+        return self._csv(lambda r: plots.fe_summary(r, exp_scale=True))
+
+    def _csv_vc(self):
+        return self._csv(plots.vcp_summary)
+
+    def _csv_re(self):
+        return self._csv(plots.re_summary)
+
+    def _py(self):
+        return io.StringIO(self._snippet(self.state.fit.outcome))
+
+    def _html(self, which: str) -> io.StringIO:
+        st, oc, view = self.state, self.state.fit.outcome, self.state.view
+        if which == "forest":
+            el = self._forest(oc, view.exp_scale, view.include_intercept, st.truth)
+        elif which == "density":
+            el = self._density(oc, st.truth)
+        else:
+            el = self._caterpillar(oc, view.re_term, view.re_search, view.re_top_k, st.truth)
+        return io.StringIO(plots.to_html(el, title=f"mglm {which}"))
+
+    # ------------------------------------------------------------------ display
+    def __panel__(self):
+        return pn.Row(pn.Column(self.sidebar, width=380), self.main, sizing_mode="stretch_width",
+                      stylesheets=[CSS])
+
+    def template(self) -> pn.template.BootstrapTemplate:
+        """A full-page layout for ``panel serve`` (BootstrapTemplate loads nothing from the internet)."""
+        tmpl = pn.template.BootstrapTemplate(
+            title="mglm · Bayesian GLMM dashboard", sidebar_width=390, header_background=ACCENT,
+            sidebar=[pn.pane.Markdown(INTRO, css_classes=["mglm-note"]), self.sidebar], main=[self.main])
+        return tmpl
+
+    def servable(self, title=None, location=True, area="main", target=None):
+        return self.template().servable(title=title, location=location, area=area, target=target)

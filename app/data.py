@@ -1,0 +1,158 @@
+"""Reading data into the dashboard: bundled demo data sets and uploaded files.
+
+Everything here is a plain function of its arguments (no session state), so the
+same code serves every browser session and the notebook.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo_data"
+
+#: Uploads larger than this are refused with a message (stated in the UI).
+MAX_UPLOAD_MB = 50
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
+
+#: A text column with more distinct values than this cannot be a fixed effect.
+MAX_FIXED_LEVELS = 50
+
+
+class DataInputError(ValueError):
+    """Raised when a file cannot be turned into a usable table (message is shown to the user)."""
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """A bundled data set and the canonical model the dashboard fits on it first."""
+
+    name: str
+    file: str
+    response: str
+    family: str
+    fixed: tuple[str, ...]
+    groups: tuple[str, ...]
+    trials: str | None = None
+    description: str = ""
+    categorical: tuple[str, ...] = field(default_factory=tuple)
+
+
+DEMOS: dict[str, DemoSpec] = {
+    d.name: d
+    for d in [
+        DemoSpec("cbpp", "cbpp.csv", "incidence", "binomial", ("period",), ("herd",), trials="size",
+                 description="Contagious bovine pleuropneumonia: new cases out of herd size, 15 herds x 4 periods."),
+        DemoSpec("cbpp_long", "cbpp_long.csv", "y", "binomial", ("period",), ("herd",),
+                 description="cbpp with one 0/1 row per animal (842 rows)."),
+        DemoSpec("grouseticks", "grouseticks.csv", "TICKS", "poisson", ("YEAR", "cHEIGHT"),
+                 ("BROOD", "INDEX", "LOCATION"),
+                 description="Ticks on red grouse chicks; INDEX is an observation-level effect."),
+        DemoSpec("Salamanders", "Salamanders.csv", "count", "poisson", ("mined",), ("site",),
+                 description="Salamander counts in streams near mountaintop-removal mining, 23 sites."),
+        DemoSpec("Contraception", "Contraception.csv", "use_01", "binomial", ("age", "urban", "livch"),
+                 ("district",), description="Contraceptive use in Bangladesh, 60 districts."),
+        DemoSpec("VerbAgg", "VerbAgg.csv", "r2_01", "binomial", ("Anger", "Gender", "btype", "situ"),
+                 ("id", "item"), description="Verbal aggression items: 316 people x 24 items (crossed)."),
+    ]
+}
+
+
+def _factor_levels() -> dict:
+    path = DEMO_DIR / "factor_levels.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    return {}
+
+
+def load_demo(name: str) -> pd.DataFrame:
+    """Read a bundled data set, with R's factor columns as ordered pandas categoricals.
+
+    Numeric-looking codes (``herd``, ``period``...) become categories, in R's level
+    order, so the first level is the reference level as in lme4.
+    """
+    spec = DEMOS[name]
+    levels = _factor_levels().get(name, {})
+    df = pd.read_csv(DEMO_DIR / spec.file, dtype={c: str for c in levels})
+    for col, lv in levels.items():
+        if col in df.columns:
+            df[col] = pd.Categorical(df[col].astype(str), categories=lv)
+    return df
+
+
+def read_upload(filename: str, content: bytes) -> pd.DataFrame:
+    """Turn uploaded bytes into a DataFrame, or raise DataInputError with a plain message.
+
+    CSV (UTF-8, falling back to Latin-1 with a note), Parquet and Excel are read.
+    """
+    if content is None or len(content) == 0:
+        raise DataInputError(f"The file {filename!r} is empty.")
+    if len(content) > MAX_UPLOAD_BYTES:
+        raise DataInputError(
+            f"The file {filename!r} is {len(content) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB.")
+    suffix = Path(filename or "").suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            df = pd.read_parquet(io.BytesIO(content))
+        elif suffix in (".xlsx", ".xls"):
+            df = pd.read_excel(io.BytesIO(content))
+        else:
+            try:
+                text = content.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise DataInputError(
+                    f"The file {filename!r} is not UTF-8 text (bad byte at position {exc.start}). "
+                    "Save it as CSV UTF-8 and upload it again.") from None
+            if "\x00" in text:
+                raise DataInputError(f"The file {filename!r} looks binary, not a CSV text file.")
+            df = pd.read_csv(io.StringIO(text), sep=None, engine="python")
+    except DataInputError:
+        raise
+    except ImportError as exc:
+        raise DataInputError(f"Reading {suffix} files needs an extra package: {exc}.") from None
+    except Exception as exc:  # pandas raises many types for malformed files
+        raise DataInputError(f"Could not read {filename!r} as a table: {exc}".strip()) from None
+    if df.shape[0] == 0 or df.shape[1] == 0:
+        raise DataInputError(f"The file {filename!r} has no data rows.")
+    if df.shape[1] < 2:
+        raise DataInputError(
+            f"The file {filename!r} has only one column ({df.columns[0]!r}); a model needs a response "
+            "and a grouping factor. Is the separator a comma?")
+    df.columns = [str(c).strip() for c in df.columns]
+    if len(set(df.columns)) != len(df.columns):
+        raise DataInputError(f"The file {filename!r} has repeated column names.")
+    return df
+
+
+def is_numeric(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+
+
+def column_overview(df: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
+    """One row per column: type as the model sees it, distinct values, missing values, an example."""
+    rows = []
+    for col in df.columns:
+        s = df[col]
+        kind = "categorical" if (col in categorical or not is_numeric(s)) else "numeric"
+        rows.append({
+            "column": col,
+            "dtype": str(s.dtype),
+            "role": kind,
+            "distinct": int(s.nunique(dropna=True)),
+            "missing": int(s.isna().sum()),
+            "example": str(s.dropna().iloc[0]) if s.notna().any() else "",
+        })
+    return pd.DataFrame(rows)
+
+
+def default_categorical(df: pd.DataFrame) -> list[str]:
+    """Columns that are categorical by dtype (text, category, boolean)."""
+    return [c for c in df.columns if not is_numeric(df[c])]
+
+
+def numeric_summary(values: np.ndarray) -> str:
+    return f"min {np.nanmin(values):.3g}, max {np.nanmax(values):.3g}"

@@ -1,0 +1,260 @@
+"""Pure plotting functions: fit result(s) -> HoloViews element (Bokeh backend).
+
+Every function takes results as the library returns them (through ``app.adapter``)
+plus display options, and returns a new element; nothing here knows about widgets
+or sessions, so each is tested without a browser.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import holoviews as hv
+
+from app import adapter
+
+hv.extension("bokeh", logo=False)
+
+#: Consistent colours across the dashboard.
+COLORS = {"map": "#2563eb", "vb": "#ea580c", "laplace": "#059669", "truth": "#dc2626", "ref": "#6b7280",
+          "accent": "#2563eb", "band": "#bfdbfe"}
+PALETTE = ["#2563eb", "#ea580c", "#059669", "#9333ea", "#d97706", "#0891b2", "#db2777"]
+METHOD_NAMES = {"map": "Laplace (MAP)", "vb": "VB", "laplace": "Integrated Laplace"}
+_BASE = dict(responsive=True, toolbar="above", show_grid=True, fontscale=1.05)
+
+
+def _as_dict(results) -> dict:
+    """Accept one result or {label: result}; return {label: result}."""
+    if isinstance(results, dict):
+        return results
+    return {adapter.result_method(results) or "fit": results}
+
+
+def _color(label: str, i: int) -> str:
+    return COLORS.get(label, PALETTE[i % len(PALETTE)])
+
+
+def empty_plot(message: str = "No result yet") -> hv.Element:
+    return hv.Text(0, 0, message).opts(xaxis=None, yaxis=None, toolbar=None, height=300, responsive=True,
+                                         show_frame=False)
+
+
+# --------------------------------------------------------------------------- forest
+def forest_data(res, exp_scale: bool = False, include_intercept: bool = True) -> pd.DataFrame:
+    """Fixed-effect table for plotting: term, mean, sd, lower, upper (exponentiated if asked)."""
+    ft = adapter.fe_table(res)
+    df = pd.DataFrame({"term": [str(i) for i in ft.index], "mean": ft["mean"].to_numpy(float),
+                       "sd": ft["sd"].to_numpy(float), "lower": ft["lower"].to_numpy(float),
+                       "upper": ft["upper"].to_numpy(float)})
+    if not include_intercept:
+        df = df[~df.term.str.lower().isin(["intercept", "(intercept)"])]
+    if exp_scale:
+        for c in ("mean", "lower", "upper"):
+            df[c] = np.exp(df[c])
+    return df.reset_index(drop=True)
+
+
+def forest_plot(results, exp_scale: bool = False, truth: dict | None = None, family: str = "binomial",
+                include_intercept: bool = True, height: int = 360) -> hv.Overlay:
+    """Fixed effects: posterior means with 95 % intervals, a reference line at 0 (or 1 on the exp scale).
+
+    ``results`` is one result or {label: result} (side-by-side methods, drawn with a vertical offset).
+    ``truth`` maps coefficient names to true values (simulated data); drawn as red crosses.
+    """
+    results = _as_dict(results)
+    ratio = "odds ratio" if family == "binomial" else "rate ratio"
+    xlabel = f"{ratio} (exp scale)" if exp_scale else ("log-odds" if family == "binomial" else "log-rate")
+    first = forest_data(next(iter(results.values())), exp_scale, include_intercept)
+    terms = list(first.term)
+    ypos = {t: len(terms) - 1 - i for i, t in enumerate(terms)}
+    n = len(results)
+    layers = [hv.VLine(1.0 if exp_scale else 0.0).opts(color=COLORS["ref"], line_dash="dashed", line_width=1.5)]
+    for i, (label, res) in enumerate(results.items()):
+        df = forest_data(res, exp_scale, include_intercept)
+        df = df[df.term.isin(ypos)]
+        offset = (i - (n - 1) / 2) * 0.22 if n > 1 else 0.0
+        df["y"] = [ypos[t] + offset for t in df.term]
+        df["method"] = METHOD_NAMES.get(label, label)
+        color = _color(label, i)
+        hover = [("term", "@term"), ("method", "@method"), ("mean", "@mean{0.0000}"), ("sd", "@sd{0.0000}"),
+                 ("95% interval", "@lower{0.0000} to @upper{0.0000}")]
+        seg = hv.Segments(df, ["lower", "y", "upper", "y"], ["term", "mean", "sd", "method"]).opts(
+            color=color, line_width=3, alpha=0.8, tools=["hover"], hover_tooltips=hover)
+        pts = hv.Scatter(df, "mean", ["y", "term", "sd", "lower", "upper", "method"],
+                         label=METHOD_NAMES.get(label, label) if n > 1 else "").opts(
+            color=color, size=10, line_color="white", tools=["hover"], hover_tooltips=hover)
+        layers += [seg, pts]
+    if truth:
+        tdf = pd.DataFrame([(t, float(v)) for t, v in truth.items() if t in ypos], columns=["term", "truth"])
+        if len(tdf):
+            if exp_scale:
+                tdf["truth"] = np.exp(tdf["truth"])
+            tdf["y"] = [ypos[t] for t in tdf.term]
+            layers.append(hv.Scatter(tdf, "truth", ["y", "term"], label="truth").opts(
+                color=COLORS["truth"], marker="x", size=14, line_width=3, tools=["hover"],
+                hover_tooltips=[("term", "@term"), ("true value", "@truth{0.0000}")]))
+    yticks = [(ypos[t], t) for t in terms]
+    return hv.Overlay(layers).opts(
+        hv.opts.Overlay(title="Fixed effects: posterior mean and 95 % interval", xlabel=xlabel, ylabel="",
+                        yticks=yticks, ylim=(-0.7, len(terms) - 0.3), logx=exp_scale, legend_position="bottom_right",
+                        min_height=max(220, height), **_BASE))
+
+
+# --------------------------------------------------------------------------- variance components
+def sd_density_data(res, name: str, n: int = 200) -> pd.DataFrame:
+    d = adapter.vcp_density(res, name, n=n)
+    return pd.DataFrame({"sd": d["sd"].to_numpy(float), "density": d["density"].to_numpy(float),
+                         "component": name})
+
+
+def sd_summary(res) -> pd.DataFrame:
+    """Per component: SD point estimate (posterior median) and 95 % interval on the SD scale."""
+    vt = adapter.vcp_table(res)
+    if {"sd_median", "sd_lower", "sd_upper"} <= set(vt.columns):
+        est, lo, hi = vt["sd_median"], vt["sd_lower"], vt["sd_upper"]
+    else:
+        est, lo, hi = np.exp(vt["mean"]), np.exp(vt["lower"]), np.exp(vt["upper"])
+    return pd.DataFrame({"component": [str(i) for i in vt.index], "sd_estimate": np.asarray(est, float),
+                         "sd_lower": np.asarray(lo, float), "sd_upper": np.asarray(hi, float)})
+
+
+def sd_density_plot(results, truth: dict | None = None, components: list[str] | None = None,
+                    height: int = 360) -> hv.Overlay:
+    """Posterior densities of the random-effect SDs, with the point estimate (median) and 95 % interval
+    drawn under each curve; ``truth`` ({component: true SD}) is drawn as a red dashed line."""
+    results = _as_dict(results)
+    multi = len(results) > 1
+    layers = []
+    ymax = 0.0
+    curves = []
+    for i, (label, res) in enumerate(results.items()):
+        summ = sd_summary(res).set_index("component")
+        names = components or list(summ.index)
+        for j, name in enumerate(names):
+            color = _color(label, i) if multi else PALETTE[j % len(PALETTE)]
+            d = sd_density_data(res, name)
+            d["method"] = METHOD_NAMES.get(label, label)
+            ymax = max(ymax, float(np.nanmax(d["density"])) if len(d) else 0.0)
+            lab = f"{name} ({METHOD_NAMES.get(label, label)})" if multi else name
+            curves.append((d, color, lab, summ.loc[name], j + i * len(names)))
+    for d, color, lab, s, k in curves:
+        hover = [("component", "@component"), ("SD", "@sd{0.0000}"), ("density", "@density{0.000}")]
+        layers.append(hv.Area(d, "sd", ["density", "component", "method"]).opts(
+            color=color, alpha=0.15, line_alpha=0))
+        layers.append(hv.Curve(d, "sd", ["density", "component", "method"], label=lab).opts(
+            color=color, line_width=2.5, tools=["hover"], hover_tooltips=hover))
+        y = -ymax * (0.05 + 0.05 * k)
+        iv = pd.DataFrame({"lower": [s["sd_lower"]], "upper": [s["sd_upper"]], "estimate": [s["sd_estimate"]],
+                           "y": [y], "component": [lab]})
+        tips = [("component", "@component"), ("SD estimate (median)", "@estimate{0.0000}"),
+                ("95% interval", "@lower{0.0000} to @upper{0.0000}")]
+        layers.append(hv.Segments(iv, ["lower", "y", "upper", "y"], ["estimate", "component"]).opts(
+            color=color, line_width=4, tools=["hover"], hover_tooltips=tips))
+        layers.append(hv.Scatter(iv, "estimate", ["y", "lower", "upper", "component"]).opts(
+            color=color, size=10, marker="diamond", line_color="white", tools=["hover"], hover_tooltips=tips))
+    if truth:
+        for name, v in truth.items():
+            layers.append(hv.VLine(float(v), label="truth").opts(color=COLORS["truth"], line_dash="dashed",
+                                                                  line_width=2.5))
+    if not layers:
+        return empty_plot("No variance components")
+    return hv.Overlay(layers).opts(hv.opts.Overlay(
+        title="Random-effect SDs: posterior density, median and 95 % interval", xlabel="standard deviation",
+        ylabel="density", legend_position="top_right", min_height=max(220, height), **_BASE))
+
+
+# --------------------------------------------------------------------------- caterpillar
+def caterpillar_data(res, term: str, search: str = "", top_k: int | None = None) -> pd.DataFrame:
+    """Random effects of one term, sorted by posterior mean; optional substring search and top-k by |mean|."""
+    re_df = adapter.random_effects(res, term)
+    df = pd.DataFrame({"level": [str(v) for v in re_df["level"]], "mean": re_df["Mean"].to_numpy(float),
+                       "sd": re_df["SD"].to_numpy(float), "lower": re_df["lower"].to_numpy(float),
+                       "upper": re_df["upper"].to_numpy(float), "name": [str(i) for i in re_df.index]})
+    df["n_total"] = len(df)
+    if search:
+        df = df[df.level.str.contains(search, case=False, regex=False)]
+    if top_k and len(df) > top_k:
+        df = df.loc[df["mean"].abs().sort_values(ascending=False).index[:top_k]]
+    df = df.sort_values("mean").reset_index(drop=True)
+    df["rank"] = np.arange(1, len(df) + 1)
+    return df
+
+
+def caterpillar_plot(res, term: str, search: str = "", top_k: int | None = 200, truth: dict | None = None,
+                     height: int = 380) -> hv.Overlay:
+    """Caterpillar plot: each level's posterior mean and 95 % interval, sorted. ``truth`` maps level labels
+    (or full names like ``herd[3]``) to true effects (red crosses)."""
+    df = caterpillar_data(res, term, search, top_k)
+    total = int(df["n_total"].iloc[0]) if len(df) else len(adapter.random_effects(res, term))
+    shown = f"{len(df)} of {total} levels" + (f" matching {search!r}" if search else "")
+    if top_k and total > top_k and not search:
+        shown += f" (the {top_k} largest |effects|)"
+    if not len(df):
+        return empty_plot(f"No level of {term} matches {search!r}")
+    hover = [("level", "@level"), ("mean", "@mean{0.0000}"), ("sd", "@sd{0.0000}"),
+             ("95% interval", "@lower{0.0000} to @upper{0.0000}")]
+    width = 2 if len(df) > 300 else 3
+    layers = [
+        hv.HLine(0).opts(color=COLORS["ref"], line_dash="dashed", line_width=1.5),
+        hv.Segments(df, ["rank", "lower", "rank", "upper"], ["level", "mean", "sd"]).opts(
+            color=COLORS["band"], line_width=width, tools=["hover"], hover_tooltips=hover),
+        hv.Scatter(df, "rank", ["mean", "level", "sd", "lower", "upper"], label="posterior mean").opts(
+            color=COLORS["accent"], size=7 if len(df) <= 300 else 4, tools=["hover"], hover_tooltips=hover),
+    ]
+    if truth:
+        tv = []
+        for lvl, nm, r in zip(df.level, df.name, df["rank"]):
+            v = truth.get(nm, truth.get(lvl))
+            if v is not None:
+                tv.append((r, float(v), lvl))
+        if tv:
+            tdf = pd.DataFrame(tv, columns=["rank", "truth", "level"])
+            layers.append(hv.Scatter(tdf, "rank", ["truth", "level"], label="truth").opts(
+                color=COLORS["truth"], marker="x", size=9, line_width=2, tools=["hover"],
+                hover_tooltips=[("level", "@level"), ("true effect", "@truth{0.0000}")]))
+    xticks = None
+    if len(df) <= 40:
+        xticks = list(zip(df["rank"], df["level"]))
+    return hv.Overlay(layers).opts(hv.opts.Overlay(
+        title=f"Random effects of {term}: {shown}", xlabel=f"{term} levels (sorted by mean)",
+        ylabel="effect (linear-predictor scale)", xticks=xticks, xrotation=45 if xticks else 0,
+        legend_position="top_left", min_height=max(220, height), **_BASE))
+
+
+# --------------------------------------------------------------------------- tables
+def fe_summary(res, exp_scale: bool = False) -> pd.DataFrame:
+    """Fixed-effect table for display and CSV export."""
+    ft = adapter.fe_table(res)
+    out = pd.DataFrame({"term": [str(i) for i in ft.index], "mean": ft["mean"].to_numpy(float),
+                        "sd": ft["sd"].to_numpy(float), "lower_95": ft["lower"].to_numpy(float),
+                        "upper_95": ft["upper"].to_numpy(float)})
+    if exp_scale:
+        out["exp_mean"] = np.exp(out["mean"])
+        out["exp_lower_95"] = np.exp(out["lower_95"])
+        out["exp_upper_95"] = np.exp(out["upper_95"])
+    return out
+
+
+def vcp_summary(res) -> pd.DataFrame:
+    """Variance components on the SD scale (and log-SD scale) for display and CSV export."""
+    vt = adapter.vcp_table(res)
+    s = sd_summary(res)
+    return pd.DataFrame({"component": s["component"], "sd_estimate": s["sd_estimate"],
+                         "sd_lower_95": s["sd_lower"], "sd_upper_95": s["sd_upper"],
+                         "log_sd_mean": vt["mean"].to_numpy(float), "log_sd_sd": vt["sd"].to_numpy(float)})
+
+
+def re_summary(res) -> pd.DataFrame:
+    re_df = adapter.random_effects(res)
+    return pd.DataFrame({"term": re_df["term"].astype(str).to_numpy(), "level": re_df["level"].astype(str).to_numpy(),
+                         "mean": re_df["Mean"].to_numpy(float), "sd": re_df["SD"].to_numpy(float),
+                         "lower_95": re_df["lower"].to_numpy(float), "upper_95": re_df["upper"].to_numpy(float)})
+
+
+def to_html(element, title: str = "mglm plot") -> str:
+    """Standalone HTML (Bokeh resources inlined, so it opens offline)."""
+    from bokeh.embed import file_html
+    from bokeh.resources import INLINE
+
+    model = hv.render(element.opts(responsive=False, width=900, height=480, clone=True)
+                      if hasattr(element, "opts") else element, backend="bokeh")
+    return file_html(model, INLINE, title)

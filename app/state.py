@@ -1,0 +1,623 @@
+"""Session state of the dashboard: param classes only, no widgets.
+
+``DataState``  the table (DataFrame, name, which columns are categorical).
+``ModelSpec``  the model the user asks for (columns by role, family, method, priors, formula).
+``FitState``   the fit: status, last good outcome, error, progress, warnings.
+``AppState``   one per session; owns the three above, validates, fits (live with a
+               debounce for small problems, behind a button for large ones) and keeps
+               the previous good result on screen when anything goes wrong.
+
+Vocabulary (as in mglm_core): ``fe`` fixed effects, ``vcp`` variance-component
+parameters (log-SD of each random-effect term), ``vc`` the random effects themselves.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import OrderedDict
+
+import numpy as np
+import pandas as pd
+import param
+
+from app import adapter
+from app.data import (DEMOS, MAX_FIXED_LEVELS, DataInputError, default_categorical, is_numeric, load_demo,
+                      read_upload)
+
+NONE = "(none)"
+#: n * q (rows x random-effect columns) up to which the model refits live as controls move.
+LIVE_FIT_LIMIT = 250_000
+FAMILIES = ["binomial", "poisson"]
+_TOKEN = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+_RE_TERM = re.compile(r"\(([^()|]*)\|\s*([^()|]*?)\s*\)")
+
+
+class DataState(param.Parameterized):
+    """The current table and the role of its columns."""
+
+    df = param.DataFrame(default=None, allow_None=True, doc="The data set being modelled.")
+    dataset = param.String(default="", doc="Data set name (demo name or file name).")
+    source = param.String(default="", doc="Where the data came from, for the reproducible snippet.")
+    categorical = param.ListSelector(default=[], objects=[], doc="Columns treated as categorical.")
+    version = param.Integer(default=0, doc="Incremented at every load; part of the fit cache key.")
+
+    @property
+    def columns(self) -> list[str]:
+        return [] if self.df is None else [str(c) for c in self.df.columns]
+
+    @property
+    def numeric_columns(self) -> list[str]:
+        return [c for c in self.columns if c not in self.categorical and is_numeric(self.df[c])]
+
+    @property
+    def categorical_columns(self) -> list[str]:
+        return [c for c in self.columns if c not in self.numeric_columns]
+
+    def set_frame(self, df: pd.DataFrame, name: str, source: str = "") -> None:
+        cats = default_categorical(df)
+        with param.parameterized.batch_call_watchers(self):
+            self.param.categorical.objects = [str(c) for c in df.columns]
+            self.categorical = cats
+            self.param.update(df=df, dataset=name, source=source or name, version=self.version + 1)
+
+
+class ModelSpec(param.Parameterized):
+    """What to fit. Column choices are offered by role (numeric vs categorical)."""
+
+    response = param.Selector(default=None, objects=[], allow_None=True, doc="Outcome column.")
+    trials = param.Selector(default=NONE, objects=[NONE], doc="Number of trials (binomial counts).")
+    fixed_numeric = param.ListSelector(default=[], objects=[], label="Numeric covariates")
+    fixed_factors = param.ListSelector(default=[], objects=[], label="Categorical fixed effects")
+    groups = param.ListSelector(default=[], objects=[], label="Random intercepts: grouping factors")
+    slopes = param.ListSelector(default=[], objects=[], label="Random slopes (numeric, for every group)")
+    offset = param.Selector(default=NONE, objects=[NONE], label="Offset (log exposure)")
+    family = param.Selector(default="binomial", objects=FAMILIES)
+    method = param.Selector(default="map", objects={"map": "map"}, doc="Fitting method.")
+    fe_p = param.Number(default=2.0, bounds=(0.1, 10.0), step=0.1, label="Prior SD of fixed effects (fe_p)")
+    vcp_p = param.Number(default=1.0, bounds=(0.05, 5.0), step=0.05,
+                         label="Prior SD of log random-effect SDs (vcp_p)")
+    use_formula = param.Boolean(default=False, label="Use my typed formula")
+    formula_text = param.String(default="", label="Formula")
+    auto_fit = param.Boolean(default=True, label="Refit live (small models)")
+
+    def __init__(self, **params):
+        methods = adapter.available_methods()
+        super().__init__(**params)
+        self.param.method.objects = methods
+        if self.method not in methods.values():
+            self.method = next(iter(methods.values()))
+
+    @property
+    def fixed(self) -> list[str]:
+        return list(self.fixed_numeric) + list(self.fixed_factors)
+
+    def built_formula(self) -> str:
+        """The formula implied by the column choices (lme4 syntax)."""
+        if not self.response:
+            return ""
+        rhs = self.fixed or ["1"]
+        terms = [f"(1 | {g})" for g in self.groups]
+        terms += [f"(0 + {s} | {g})" for g in self.groups for s in self.slopes]
+        return f"{self.response} ~ " + " + ".join(list(rhs) + terms)
+
+    def formula(self) -> str:
+        return self.formula_text.strip() if self.use_formula else self.built_formula()
+
+    def update_columns(self, data: DataState, demo=None) -> None:
+        """Offer the columns of new data by role and choose sensible defaults."""
+        cols, num, cat = data.columns, data.numeric_columns, data.categorical_columns
+        with param.parameterized.batch_call_watchers(self):
+            self.param.response.objects = cols
+            self.param.trials.objects = [NONE] + num
+            self.param.offset.objects = [NONE] + num
+            self.param.fixed_numeric.objects = num
+            self.param.fixed_factors.objects = cat
+            self.param.groups.objects = cols
+            self.param.slopes.objects = num
+            if demo is not None:
+                values = dict(response=demo.response, family=demo.family, trials=demo.trials or NONE,
+                              fixed_numeric=[c for c in demo.fixed if c in num],
+                              fixed_factors=[c for c in demo.fixed if c in cat],
+                              groups=list(demo.groups), slopes=[], offset=NONE, use_formula=False)
+            else:
+                values = dict(
+                    response=self.response if self.response in cols else (cols[0] if cols else None),
+                    trials=self.trials if self.trials in num else NONE,
+                    offset=self.offset if self.offset in num else NONE,
+                    fixed_numeric=[c for c in self.fixed_numeric if c in num],
+                    fixed_factors=[c for c in self.fixed_factors if c in cat],
+                    groups=[c for c in self.groups if c in cols],
+                    slopes=[c for c in self.slopes if c in num],
+                )
+            self.param.update(**values)
+            self.formula_text = self.built_formula()
+
+    def refresh_roles(self, data: DataState) -> None:
+        """Re-offer columns after the user changed which ones are categorical."""
+        self.update_columns(data, demo=None)
+
+
+class FitState(param.Parameterized):
+    """Status and outcome of the latest fit; ``outcome`` is always the last *good* one."""
+
+    status = param.Selector(default="idle", objects=["idle", "waiting", "fitting", "done", "error", "stale"])
+    outcome = param.Parameter(default=None, doc="adapter.FitOutcome of the last successful fit.")
+    message = param.String(default="", doc="Plain-words status line.")
+    error = param.String(default="", doc="Why the latest attempt failed (previous result kept).")
+    progress = param.Integer(default=0, bounds=(-1, 100), doc="-1 = busy without a known fraction.")
+    warnings = param.List(default=[], doc="Plain-words diagnostics of the shown result.")
+    n_dropped = param.Integer(default=0)
+    comparison = param.Dict(default={}, doc="{method key: FitOutcome} for the side-by-side comparison.")
+    compare_status = param.String(default="")
+
+    @property
+    def result(self):
+        return None if self.outcome is None else self.outcome.result
+
+
+def _used_columns(formula: str, columns: list[str], extra=()) -> list[str]:
+    tokens = set(_TOKEN.findall(formula))
+    used = [c for c in columns if c in tokens]
+    return list(dict.fromkeys(used + [c for c in extra if c and c != NONE]))
+
+
+def formula_parts(formula: str) -> tuple[str, list[str], list[str]]:
+    """(response, fixed-effect tokens, grouping factors) of an lme4-style formula (no evaluation)."""
+    if "~" not in formula:
+        return "", [], []
+    lhs, rhs = formula.split("~", 1)
+    groups = [g.strip() for _, g in _RE_TERM.findall(rhs)]
+    fixed_rhs = _RE_TERM.sub("", rhs)
+    fixed = [t for t in _TOKEN.findall(fixed_rhs) if t not in ("C", "I", "log", "exp", "np")]
+    return lhs.strip(), fixed, groups
+
+
+def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
+    """Check the model against the data; returns {control: plain-words message}. Empty = fine."""
+    errors: dict[str, str] = {}
+    df = data.df
+    if df is None:
+        return {"data": "No data loaded: choose a demo data set or upload a file."}
+    cols = data.columns
+    formula = spec.formula()
+    if spec.use_formula:
+        try:
+            adapter.check_formula(formula, cols)
+        except adapter.MglmError as exc:
+            errors["formula"] = f"Formula not accepted: {exc}"
+            return errors
+        except Exception as exc:  # last resort: any parser failure is a formula problem
+            errors["formula"] = f"Formula not accepted: {exc}"
+            return errors
+        response, fixed, groups = formula_parts(formula)
+        fixed = [f for f in fixed if f in cols]
+    else:
+        response, fixed, groups = spec.response, spec.fixed, list(spec.groups)
+    if not response or response not in cols:
+        errors["response"] = "Choose a response column."
+        return errors
+    y = df[response]
+    trials = spec.trials if spec.trials != NONE else None
+    if spec.family == "binomial":
+        if not is_numeric(y):
+            errors["response"] = (f"Response {response!r} is text. The binomial family needs 0/1 values, or success "
+                                  "counts together with a trials column.")
+        elif trials:
+            n = df[trials]
+            bad = (y < 0) | (y > n)
+            if bad.any():
+                errors["response"] = (f"Response {response!r} must be between 0 and the trials column {trials!r}; "
+                                      f"{int(bad.sum())} rows are not.")
+        else:
+            vals = set(pd.unique(y.dropna()))
+            if not vals <= {0, 1}:
+                errors["response"] = (f"Response {response!r} is not binary (values from {y.min():g} to {y.max():g}). "
+                                      "Choose a trials column for counts out of n, or the Poisson family.")
+    elif spec.family == "poisson":
+        if not is_numeric(y):
+            errors["response"] = f"Response {response!r} is text; the Poisson family needs counts (0, 1, 2, ...)."
+        elif (y < 0).any():
+            errors["response"] = (f"Response {response!r} has negative values (minimum {y.min():g}); "
+                                  "Poisson counts must be 0 or more.")
+    if response in fixed or response in groups:
+        errors["fixed"] = f"The response {response!r} cannot also be a predictor or a grouping factor."
+    for col in fixed:
+        s = df[col]
+        if col in data.categorical or not is_numeric(s):
+            k = s.nunique(dropna=True)
+            if k > MAX_FIXED_LEVELS and not is_numeric(s):
+                errors["fixed"] = (f"{col!r} is a text column with {k} distinct values; as a fixed effect it would "
+                                   f"add {k - 1} coefficients. Use it as a grouping factor instead.")
+            elif k < 2:
+                errors["fixed"] = f"Fixed effect {col!r} has a single level; it cannot be estimated."
+    if not groups:
+        errors["groups"] = "Choose at least one grouping factor for the random effects."
+    for g in groups:
+        if g not in cols:
+            errors["groups"] = f"Grouping factor {g!r} is not a column of the data."
+        elif df[g].nunique(dropna=True) < 2:
+            errors["groups"] = (f"Grouping factor {g!r} has only one level ({df[g].dropna().iloc[0]!r}); "
+                                "a random effect needs at least two groups.")
+    for s in ([] if spec.use_formula else spec.slopes):
+        if s in groups:
+            errors["groups"] = f"{s!r} cannot be both a grouping factor and a random slope."
+    if spec.offset != NONE and not is_numeric(df[spec.offset]):
+        errors["fixed"] = f"Offset {spec.offset!r} must be numeric."
+    return errors
+
+
+def prepare_data(spec: ModelSpec, data: DataState) -> tuple[pd.DataFrame, int]:
+    """The columns the model uses, categorical ones as pandas categories, rows with missing values dropped."""
+    df = data.df
+    formula = spec.formula()
+    extra = [spec.trials, spec.offset]
+    used = _used_columns(formula, data.columns, extra)
+    sub = df[used].copy()
+    _, _, groups = formula_parts(formula)
+    for c in used:
+        s = sub[c]
+        if c in groups or c in data.categorical or not is_numeric(s):
+            if not isinstance(s.dtype, pd.CategoricalDtype):
+                if is_numeric(s):
+                    levels = [str(v) for v in sorted(s.dropna().unique())]
+                    sub[c] = pd.Categorical(s.map(lambda v: None if pd.isna(v) else str(v)), categories=levels)
+                else:
+                    sub[c] = pd.Categorical(s.astype("string")).astype(object).astype("category")
+    n0 = len(sub)
+    sub = sub.dropna().reset_index(drop=True)
+    if any(isinstance(sub[c].dtype, pd.CategoricalDtype) for c in sub.columns):
+        for c in sub.columns:
+            if isinstance(sub[c].dtype, pd.CategoricalDtype):
+                sub[c] = sub[c].cat.remove_unused_categories()
+    return sub, n0 - len(sub)
+
+
+def problem_size(spec: ModelSpec, data: DataState) -> int:
+    """n * q: rows times random-effect columns (the cost that decides live vs button fitting)."""
+    if data.df is None:
+        return 0
+    _, _, groups = formula_parts(spec.formula())
+    q = sum(int(data.df[g].nunique()) for g in groups if g in data.columns)
+    q *= 1 + (0 if spec.use_formula else len(spec.slopes))
+    return len(data.df) * q
+
+
+def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
+    """Plain-words warnings for a fit: library warnings, convergence, dropped rows, degenerate SDs, separation."""
+    if outcome is None:
+        return []
+    res = outcome.result
+    out = []
+    if not adapter.converged(res):
+        out.append("The optimizer did not report convergence: treat the numbers with care "
+                   "(try the other method or stronger priors).")
+    for w in outcome.warnings:
+        out.append(w)
+    if n_dropped:
+        out.append(f"{n_dropped} rows with missing values in the model's columns were left out.")
+    try:
+        vt = adapter.vcp_table(res)
+        col = "sd_median" if "sd_median" in vt.columns else None
+        for name in vt.index:
+            sd = float(vt.loc[name, col]) if col else float(np.exp(vt.loc[name, "mean"]))
+            if sd < 0.05:
+                out.append(f"The random-effect SD of {name!r} is close to zero ({sd:.3g}): the data show almost no "
+                           "variation between its groups (a degenerate variance mode).")
+    except Exception:
+        pass
+    try:
+        ft = adapter.fe_table(res)
+        big = ft.index[(ft["mean"].abs() > 8) | (ft["sd"] > 5)]
+        if len(big):
+            words = "success/failure" if family == "binomial" else "zero/non-zero counts"
+            out.append("Very large or very uncertain coefficients (" + ", ".join(map(str, big)) +
+                       f"): the {words} may be perfectly separated by these predictors; the prior is then "
+                       "what keeps them finite.")
+    except Exception:
+        pass
+    return out
+
+
+class AppState(param.Parameterized):
+    """One dashboard session: data, model, fit, and the truth of simulated data."""
+
+    data = param.ClassSelector(class_=DataState)
+    spec = param.ClassSelector(class_=ModelSpec)
+    fit = param.ClassSelector(class_=FitState)
+    errors = param.Dict(default={}, doc="{control: message} for the control that caused a problem.")
+    truth = param.Dict(default=None, allow_None=True, doc="Known truth of simulated data (fe, sd, re).")
+    view = param.ClassSelector(class_=param.Parameterized, doc="PlotOptions")
+    sim = param.ClassSelector(class_=param.Parameterized, doc="SimSettings")
+    debounce = param.Number(default=0.35, doc="Seconds to wait after the last change before a live refit.")
+    live_limit = param.Integer(default=LIVE_FIT_LIMIT)
+
+    _SPEC_KEYS = ["response", "trials", "fixed_numeric", "fixed_factors", "groups", "slopes", "offset", "family",
+                  "method", "fe_p", "vcp_p", "use_formula", "formula_text"]
+
+    def __init__(self, **params):
+        params.setdefault("data", DataState())
+        params.setdefault("spec", ModelSpec())
+        params.setdefault("fit", FitState())
+        params.setdefault("view", PlotOptions())
+        params.setdefault("sim", SimSettings())
+        super().__init__(**params)
+        self._cache: OrderedDict = OrderedDict()
+        self._generation = 0
+        self._busy = False
+        self._rerun = False
+        self._loading = False
+        self._setting_formula = False
+        self.spec.param.watch(self._on_spec_change, self._SPEC_KEYS)
+        self.fit.param.watch(self._on_outcome, ["outcome"])
+        self.data.param.watch(self._on_roles_change, ["categorical"])
+
+    # ------------------------------------------------------------ data in
+    def load_demo(self, name: str, fit: bool = True) -> None:
+        self._set_data(load_demo(name), name, f"demo_data/{DEMOS[name].file}", DEMOS[name], truth=None, fit=fit)
+
+    def load_frame(self, df: pd.DataFrame, name: str = "data", fit: bool = True) -> None:
+        self._set_data(df, name, name, None, truth=None, fit=fit)
+
+    def load_upload(self, filename: str, content: bytes, fit: bool = True) -> bool:
+        """Read an uploaded file; on failure show why next to the upload and keep everything else."""
+        try:
+            df = read_upload(filename, content)
+        except DataInputError as exc:
+            self._set_error("data", str(exc))
+            return False
+        except Exception as exc:  # last resort
+            self._set_error("data", f"Could not read {filename!r}: {exc}")
+            return False
+        self._set_data(df, filename, filename, None, truth=None, fit=fit)
+        return True
+
+    def load_simulation(self, sim: adapter.Simulated, fit: bool = True) -> None:
+        from app.data import DemoSpec
+
+        demo = DemoSpec("simulated", "", sim.response, sim.family, sim.fixed, sim.groups)
+        truth = {"fe": sim.truth_fe, "sd": sim.truth_sd, "re": sim.truth_re}
+        self._set_data(sim.data, "simulated", "simulated.csv", demo, truth=truth, fit=fit)
+
+    def _set_data(self, df, name, source, demo, truth, fit: bool) -> None:
+        self._loading = True
+        try:
+            self.data.set_frame(df, name, source)
+            self._setting_formula = True
+            self.spec.update_columns(self.data, demo)
+            self._setting_formula = False
+            if demo is None:
+                self._guess_roles()
+            self.truth = truth
+            self.fit.comparison = {}
+            self.errors = {}
+        finally:
+            self._loading = False
+        if fit:
+            self.request_fit(immediate=True)
+
+    def _guess_roles(self) -> None:
+        """For uploaded data: a first response and grouping factor so the user sees something quickly."""
+        spec, data = self.spec, self.data
+        num, cat = data.numeric_columns, data.categorical_columns
+        binary = [c for c in num if set(pd.unique(data.df[c].dropna())) <= {0, 1}]
+        response = binary[0] if binary else (num[0] if num else (data.columns[0] if data.columns else None))
+        fam = "binomial" if response in binary else "poisson"
+        groups = [c for c in cat if 1 < data.df[c].nunique() < len(data.df)][:1]
+        spec.param.update(response=response, family=fam, groups=groups, fixed_numeric=[], fixed_factors=[])
+        spec.formula_text = spec.built_formula()
+
+    def _on_roles_change(self, *_):
+        if self._loading:
+            return
+        self._loading = True
+        try:
+            self.spec.refresh_roles(self.data)
+        finally:
+            self._loading = False
+        self.request_fit()
+
+    # ------------------------------------------------------------ fitting
+    def _on_spec_change(self, *events):
+        if self._loading:
+            return
+        if self._setting_formula:
+            return
+        names = {e.name for e in events}
+        spec = self.spec
+        if names == {"formula_text"} and not spec.use_formula and spec.formula_text.strip() != spec.built_formula():
+            spec.use_formula = True  # the user typed a formula: use it (the watcher fires again)
+            return
+        if not spec.use_formula and names - {"formula_text", "fe_p", "vcp_p", "method"}:
+            self._setting_formula = True
+            try:
+                spec.formula_text = spec.built_formula()
+            finally:
+                self._setting_formula = False
+        self.request_fit()
+
+    def _on_outcome(self, event):
+        res = self.fit.result
+        if res is None:
+            return
+        terms = adapter.re_terms(res)
+        self.view.param.re_term.objects = terms
+        if self.view.re_term not in terms:
+            self.view.re_term = terms[0] if terms else None
+
+    def simulate(self, fit: bool = True) -> None:
+        """Teaching mode: draw data with the truth in ``sim`` and fit it."""
+        s = self.sim
+        try:
+            sim = adapter.simulate(s.family, s.n_groups, s.group_size, s.intercept, s.slope, s.sd, s.seed)
+        except Exception as exc:
+            self._set_error("teach", f"Could not simulate: {exc}")
+            return
+        self.load_simulation(sim, fit=fit)
+
+    def _set_error(self, key: str, message: str) -> None:
+        errors = dict(self.errors)
+        errors[key] = message
+        self.errors = errors
+
+    def is_live(self) -> bool:
+        return self.spec.auto_fit and problem_size(self.spec, self.data) <= self.live_limit
+
+    def make_request(self) -> adapter.FitRequest | None:
+        """Validate; on success the cleaned data and spec, frozen. On failure, errors are set and None returned."""
+        errors = validate(self.spec, self.data)
+        self.errors = errors
+        if errors:
+            return None
+        df, n_dropped = prepare_data(self.spec, self.data)
+        self.fit.n_dropped = n_dropped
+        cats = ",".join(self.data.categorical)
+        return adapter.FitRequest(
+            data=df, data_key=f"{self.data.version}:{cats}", formula=self.spec.formula(), family=self.spec.family,
+            method=self.spec.method, trials=None if self.spec.trials == NONE else self.spec.trials,
+            offset=None if self.spec.offset == NONE else self.spec.offset, fe_p=float(self.spec.fe_p),
+            vcp_p=float(self.spec.vcp_p))
+
+    def request_fit(self, immediate: bool = False) -> None:
+        """Called after any change: live refit (debounced) for small models, else mark the result stale."""
+        request = self.make_request()
+        if request is None:
+            self.fit.status = "error" if self.fit.outcome is None else self.fit.status
+            return
+        if not (immediate or self.is_live()):
+            self.fit.param.update(status="stale", message="The model changed: press Fit to refit "
+                                  f"(n x q = {problem_size(self.spec, self.data):,} is above the live limit "
+                                  f"{self.live_limit:,}).")
+            return
+        self._generation += 1
+        generation = self._generation
+        delay = 0 if immediate else self.debounce
+        self.fit.param.update(status="waiting", message="Refitting...")
+        param.parameterized.async_executor(lambda: self._debounced_fit(generation, delay))
+
+    async def _debounced_fit(self, generation: int, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        if generation != self._generation:
+            return  # a newer change superseded this one
+        await self.fit_async()
+
+    async def fit_async(self) -> None:
+        """Fit off the event loop (worker thread); the session keeps answering meanwhile."""
+        if self._busy:
+            self._rerun = True
+            return
+        request = self.make_request()
+        if request is None:
+            return
+        self._busy = True
+        try:
+            outcome = self._cache.get(request.key)
+            if outcome is None:
+                self.fit.param.update(status="fitting", progress=-1,
+                                      message=f"Fitting {request.formula} ({adapter.method_label(request.method)})...")
+                try:
+                    outcome = await asyncio.to_thread(adapter.fit, request)
+                except Exception as exc:
+                    self._fit_failed(exc)
+                    return
+            self._fit_done(outcome)
+        finally:
+            self._busy = False
+            self.fit.progress = 0
+        if self._rerun:
+            self._rerun = False
+            await self.fit_async()
+
+    def fit_now(self) -> bool:
+        """Synchronous fit (tests, notebooks, scripts). Returns True on success."""
+        request = self.make_request()
+        if request is None:
+            return False
+        outcome = self._cache.get(request.key)
+        if outcome is None:
+            try:
+                outcome = adapter.fit(request)
+            except Exception as exc:
+                self._fit_failed(exc)
+                return False
+        self._fit_done(outcome)
+        return True
+
+    def _fit_done(self, outcome) -> None:
+        self._cache[outcome.request.key] = outcome
+        self._cache.move_to_end(outcome.request.key)
+        while len(self._cache) > 12:
+            self._cache.popitem(last=False)
+        errors = dict(self.errors)
+        errors.pop("fit", None)
+        self.errors = errors
+        res = outcome.result
+        conv = "converged" if adapter.converged(res) else "NOT converged"
+        self.fit.param.update(
+            outcome=outcome, status="done", error="",
+            warnings=diagnostics(outcome, self.fit.n_dropped, outcome.request.family),
+            message=(f"{adapter.method_label(outcome.request.method)} fit of {outcome.request.formula} "
+                     f"on {len(outcome.request.data):,} rows: {conv} in {outcome.seconds:.2f} s."))
+
+    def _fit_failed(self, exc: Exception) -> None:
+        if isinstance(exc, adapter.MglmError):
+            msg = f"The model could not be fitted: {exc}"
+        else:
+            msg = (f"The model could not be fitted ({type(exc).__name__}: {exc}). "
+                   "Check the chosen columns; the previous result is still shown.")
+        key = "formula" if "formula" in type(exc).__name__.lower() else "fit"
+        self._set_error(key, msg)
+        self.fit.param.update(status="error", error=msg,
+                              message="Fit failed; showing the previous result." if self.fit.outcome else "Fit failed.")
+
+    # ------------------------------------------------------------ comparison
+    def compare_methods(self, methods=("map", "vb")) -> dict:
+        """Fit the current model with several methods (synchronously); {method: FitOutcome}."""
+        base = self.make_request()
+        if base is None:
+            return {}
+        out = {}
+        for m in methods:
+            req = adapter.FitRequest(data=base.data, data_key=base.data_key, formula=base.formula,
+                                     family=base.family, method=m, trials=base.trials, offset=base.offset,
+                                     fe_p=base.fe_p, vcp_p=base.vcp_p)
+            oc = self._cache.get(req.key) or adapter.fit(req)
+            self._cache[req.key] = oc
+            out[m] = oc
+        return out
+
+    async def compare_async(self, methods=("map", "vb")) -> None:
+        self.fit.compare_status = "Fitting " + " and ".join(adapter.method_label(m) for m in methods) + "..."
+        try:
+            out = await asyncio.to_thread(self.compare_methods, methods)
+        except Exception as exc:
+            self.fit.compare_status = f"Comparison failed: {exc}"
+            return
+        if out:
+            self.fit.comparison = out
+            self.fit.compare_status = "  |  ".join(
+                f"{adapter.method_label(m)}: {oc.seconds:.2f} s" for m, oc in out.items())
+        else:
+            self.fit.compare_status = "Fix the model first (see the messages in the sidebar)."
+
+
+class PlotOptions(param.Parameterized):
+    """How results are displayed (not what is fitted)."""
+
+    exp_scale = param.Boolean(default=False, label="Exp scale (odds / rate ratios)")
+    include_intercept = param.Boolean(default=True, label="Show intercept")
+    re_term = param.Selector(default=None, objects=[], allow_None=True, label="Random-effect term")
+    re_search = param.String(default="", label="Search levels")
+    re_top_k = param.Integer(default=200, bounds=(5, 5000), label="Show at most (largest |effect|)")
+
+
+class SimSettings(param.Parameterized):
+    """Teaching mode: the truth the user sets before drawing data."""
+
+    family = param.Selector(default="binomial", objects=FAMILIES)
+    intercept = param.Number(default=-0.5, bounds=(-3.0, 3.0), step=0.1, label="True intercept")
+    slope = param.Number(default=1.0, bounds=(-3.0, 3.0), step=0.1, label="True slope of x")
+    sd = param.Number(default=0.8, bounds=(0.0, 3.0), step=0.05, label="True SD of group effects")
+    n_groups = param.Integer(default=30, bounds=(2, 2000), label="Number of groups")
+    group_size = param.Integer(default=20, bounds=(1, 500), label="Observations per group")
+    seed = param.Integer(default=1, bounds=(0, 10**6), label="Random seed")
