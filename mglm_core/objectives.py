@@ -82,7 +82,8 @@ class LogJoint:
         """Return ``(value, g_fe, g_vcp, g_vc, blocks)``; blocks ordered ``[vc | fe, (vcp)]``."""
         m = self.model
         rs = m.rows.reduce(m.family, fe, vc, hessian=hessian)
-        prec_k = np.exp(-2.0 * vcp)
+        with np.errstate(over="ignore"):
+            prec_k = np.exp(-2.0 * vcp)
         prec = prec_k[m.ident]
         sumsq_k = np.bincount(m.ident, weights=vc**2, minlength=m.k_vcp)
         value = (rs.loglike - 0.5 * float(sumsq_k @ prec_k) - float(m.vc_count @ vcp)
