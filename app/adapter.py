@@ -75,8 +75,10 @@ def fit(request: FitRequest) -> FitOutcome:
             request.formula, vc_formulas=None, data=request.data, family=request.family,
             trials=request.trials, offset=request.offset, vcp_p=request.vcp_p, fe_p=request.fe_p)
         result = getattr(model, f"fit_{request.method}")()
-    messages = [str(w.message) for w in caught
-                if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning))]
+    messages: list[str] = []
+    for w in caught:  # numpy's RuntimeWarnings (overflow in exp...) are noise to a user; keep the library's own
+        if issubclass(w.category, UserWarning) and str(w.message) not in messages:
+            messages.append(str(w.message))
     for msg in getattr(result, "warnings", ()) or ():
         if str(msg) not in messages:
             messages.append(str(msg))
@@ -126,12 +128,16 @@ class Simulated:
     response: str
     fixed: tuple
     groups: tuple
+    trials: str | None = None
 
 
 def simulate(family: str, n_groups: int, group_size: int, intercept: float, slope: float,
              sd: float, seed: int) -> Simulated:
     """Draw a data set with known truth via ``mglm_core.simulate.simulate_glmm``."""
-    from mglm_core.simulate import simulate_glmm
+    try:
+        from mglm_core.simulate import simulate_glmm
+    except ImportError:  # library gap: simulate module not there yet -> same contract, drawn here
+        simulate_glmm = _simulate_glmm_fallback
 
     sim = simulate_glmm(family=family, n_groups=int(n_groups), group_size=int(group_size),
                         fe={"Intercept": float(intercept), "x": float(slope)}, sd=float(sd), seed=int(seed))
@@ -150,12 +156,17 @@ def simulate(family: str, n_groups: int, group_size: int, intercept: float, slop
     sd_truth = truth.get("sd", sd)
     if not isinstance(sd_truth, dict):
         sd_truth = {g: float(sd_truth) for g in groups}
-    re_truth = truth.get("re", truth.get("random_effects", {}))
-    if isinstance(re_truth, (pd.Series, np.ndarray, list)) and not isinstance(re_truth, dict):
-        re_truth = dict(pd.Series(re_truth))
-    re_truth = {str(k): float(v) for k, v in dict(re_truth or {}).items()}
+    re_src = getattr(sim, "re", None) or truth.get("re", {})
+    re_truth: dict = {}
+    for key, val in dict(re_src or {}).items():
+        if isinstance(val, (pd.Series, dict)):  # {component: Series indexed by level}
+            for level, v in dict(val).items():
+                re_truth[f"{key}[{level}]"] = float(v)
+        else:  # {level: value}
+            re_truth[str(key)] = float(val)
     return Simulated(data=data, formula=formula, family=family, truth_fe=truth_fe, truth_sd=dict(sd_truth),
-                     truth_re=re_truth, response=lhs, fixed=fixed, groups=groups)
+                     truth_re=re_truth, response=lhs, fixed=fixed, groups=groups,
+                     trials=getattr(sim, "trials", None))
 
 
 # ---------------------------------------------------------------- reproducible snippet
@@ -180,3 +191,28 @@ def snippet(request: FitRequest, data_source: str) -> str:
               f"res = model.fit_{request.method}()", "print(res.summary())",
               "print(res.fe_table())", "print(res.vcp_table())"]
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class _Simulation:
+    data: pd.DataFrame
+    truth: dict
+    formula: str
+
+
+def _simulate_glmm_fallback(family="binomial", n_groups=30, group_size=20, fe=None, sd=0.8, seed=0):
+    """Stand-in for ``mglm_core.simulate.simulate_glmm`` (same signature and result) while the library lacks it."""
+    fe = dict(fe or {"Intercept": -0.5, "x": 1.0})
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), group_size)
+    x = rng.normal(size=g.size)
+    b = rng.normal(0.0, sd, n_groups)
+    eta = fe.get("Intercept", 0.0) + fe.get("x", 0.0) * x + b[g]
+    if family == "binomial":
+        y = rng.binomial(1, 1.0 / (1.0 + np.exp(-eta)))
+    else:
+        y = rng.poisson(np.exp(np.clip(eta, -30, 20)))
+    labels = np.array([f"g{i + 1:0{len(str(n_groups))}d}" for i in range(n_groups)])
+    data = pd.DataFrame({"y": y, "x": x, "group": labels[g]})
+    truth = {"fe": fe, "sd": {"group": float(sd)}, "re": {"group": dict(zip(labels, b))}}
+    return _Simulation(data=data, truth=truth, formula="y ~ x + (1 | group)")

@@ -110,7 +110,7 @@ class Dashboard(pn.viewable.Viewer):
             title="2 · Model", sizing_mode="stretch_width", collapsible=True)
 
         # ---- method, priors, fit
-        self.fit_button = pn.widgets.Button(name="Fit model", button_type="primary", icon="player-play", **w)
+        self.fit_button = pn.widgets.Button(name="Fit model", button_type="primary", **w)
         self.fit_button.on_click(self._on_fit_click)
         progress = pn.indicators.Progress(value=-1, active=True, bar_color="primary", height=10,
                                           visible=pn.bind(lambda s: s in ("fitting", "waiting"), fit.param.status),
@@ -173,7 +173,8 @@ class Dashboard(pn.viewable.Viewer):
             self.caterpillar_pane, sizing_mode="stretch_width", name="Random effects")
 
         # ---- summary and export
-        table_kw = dict(show_index=False, sizing_mode="stretch_width", disabled=True, theme="bootstrap5")
+        table_kw = dict(show_index=False, sizing_mode="stretch_width", disabled=True, theme="bootstrap5",
+                        layout="fit_data_stretch")
         fe_table = pn.widgets.Tabulator(pn.bind(self._fe_df, outcome, view.param.exp_scale),
                                         formatters=self._fmt(), **table_kw)
         vc_table = pn.widgets.Tabulator(pn.bind(self._vc_df, outcome), formatters=self._fmt(), **table_kw)
@@ -212,7 +213,7 @@ class Dashboard(pn.viewable.Viewer):
             sizing_mode="stretch_width", name="Data")
 
         # ---- comparison
-        self.compare_button = pn.widgets.Button(name="Fit with Laplace and VB", button_type="primary", width=260)
+        self.compare_button = pn.widgets.Button(name="Fit with every method", button_type="primary", width=260)
         self.compare_button.on_click(self._on_compare)
         comparison = fit.param.comparison
         compare_tab = pn.Column(
@@ -227,7 +228,7 @@ class Dashboard(pn.viewable.Viewer):
             sizing_mode="stretch_width", name="Laplace vs VB")
 
         # ---- teaching
-        self.sim_button = pn.widgets.Button(name="Draw data and fit", button_type="success", icon="dice", **w)
+        self.sim_button = pn.widgets.Button(name="Draw data and fit", button_type="success", **w)
         self.sim_button.on_click(self._on_simulate)
         sim_controls = pn.Column(
             pn.pane.Markdown("### Teaching: simulate with known truth\nSet the true model, draw a data set, fit it, "
@@ -269,7 +270,7 @@ class Dashboard(pn.viewable.Viewer):
         await self.state.fit_async()
 
     async def _on_compare(self, event):
-        await self.state.compare_async(("map", "vb"))
+        await self.state.compare_async()
 
     def _on_simulate(self, event):
         self.state.simulate(fit=True)
@@ -289,8 +290,12 @@ class Dashboard(pn.viewable.Viewer):
         return f"Problem size n×q = {size:,}: {how}."
 
     def _status_text(self, message, status):
-        icon = {"done": "✅", "fitting": "⏳", "waiting": "⏳", "error": "⚠️", "stale": "🔄"}.get(status, "")
-        return f"{icon} {message}" if message else ""
+        label = {"done": "FITTED", "fitting": "FITTING", "waiting": "WAITING", "error": "ERROR",
+                 "stale": "OUT OF DATE"}.get(status, "")
+        color = {"done": "#059669", "error": "#dc2626", "stale": "#d97706"}.get(status, "#2563eb")
+        badge = (f'<span style="background:{color};color:white;border-radius:4px;padding:2px 8px;'
+                 f'font-size:0.8em;font-weight:600;margin-right:8px">{label}</span>') if label else ""
+        return f"{badge}{message}" if message else ""
 
     @staticmethod
     def _diag_text(warnings):

@@ -84,8 +84,10 @@ class ModelSpec(param.Parameterized):
         methods = adapter.available_methods()
         super().__init__(**params)
         self.param.method.objects = methods
-        if self.method not in methods.values():
-            self.method = next(iter(methods.values()))
+        if "method" not in params or self.method not in methods.values():
+            # integrated Laplace when the library has it, else VB: the joint-mode (MAP) SD often collapses to 0
+            keys = list(methods.values())
+            self.method = "laplace" if "laplace" in keys else ("vb" if "vb" in keys else keys[0])
 
     @property
     def fixed(self) -> list[str]:
@@ -262,7 +264,7 @@ def prepare_data(spec: ModelSpec, data: DataState) -> tuple[pd.DataFrame, int]:
                     levels = [str(v) for v in sorted(s.dropna().unique())]
                     sub[c] = pd.Categorical(s.map(lambda v: None if pd.isna(v) else str(v)), categories=levels)
                 else:
-                    sub[c] = pd.Categorical(s.astype("string")).astype(object).astype("category")
+                    sub[c] = pd.Categorical(s.map(lambda v: None if pd.isna(v) else str(v)))
     n0 = len(sub)
     sub = sub.dropna().reset_index(drop=True)
     if any(isinstance(sub[c].dtype, pd.CategoricalDtype) for c in sub.columns):
@@ -291,8 +293,10 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
     if not adapter.converged(res):
         out.append("The optimizer did not report convergence: treat the numbers with care "
                    "(try the other method or stronger priors).")
+    lib_text = " ".join(outcome.warnings).lower()
     for w in outcome.warnings:
-        out.append(w)
+        if w not in out:
+            out.append(w)
     if n_dropped:
         out.append(f"{n_dropped} rows with missing values in the model's columns were left out.")
     try:
@@ -300,7 +304,7 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
         col = "sd_median" if "sd_median" in vt.columns else None
         for name in vt.index:
             sd = float(vt.loc[name, col]) if col else float(np.exp(vt.loc[name, "mean"]))
-            if sd < 0.05:
+            if sd < 0.05 and "degenerate" not in lib_text:
                 out.append(f"The random-effect SD of {name!r} is close to zero ({sd:.3g}): the data show almost no "
                            "variation between its groups (a degenerate variance mode).")
     except Exception:
@@ -374,7 +378,7 @@ class AppState(param.Parameterized):
     def load_simulation(self, sim: adapter.Simulated, fit: bool = True) -> None:
         from app.data import DemoSpec
 
-        demo = DemoSpec("simulated", "", sim.response, sim.family, sim.fixed, sim.groups)
+        demo = DemoSpec("simulated", "", sim.response, sim.family, sim.fixed, sim.groups, trials=sim.trials)
         truth = {"fe": sim.truth_fe, "sd": sim.truth_sd, "re": sim.truth_re}
         self._set_data(sim.data, "simulated", "simulated.csv", demo, truth=truth, fit=fit)
 
@@ -571,12 +575,13 @@ class AppState(param.Parameterized):
                               message="Fit failed; showing the previous result." if self.fit.outcome else "Fit failed.")
 
     # ------------------------------------------------------------ comparison
-    def compare_methods(self, methods=("map", "vb")) -> dict:
+    def compare_methods(self, methods=None) -> dict:
         """Fit the current model with several methods (synchronously); {method: FitOutcome}."""
         base = self.make_request()
         if base is None:
             return {}
         out = {}
+        methods = methods or list(self.spec.param.method.objects.values())
         for m in methods:
             req = adapter.FitRequest(data=base.data, data_key=base.data_key, formula=base.formula,
                                      family=base.family, method=m, trials=base.trials, offset=base.offset,
@@ -586,7 +591,8 @@ class AppState(param.Parameterized):
             out[m] = oc
         return out
 
-    async def compare_async(self, methods=("map", "vb")) -> None:
+    async def compare_async(self, methods=None) -> None:
+        methods = methods or list(self.spec.param.method.objects.values())
         self.fit.compare_status = "Fitting " + " and ".join(adapter.method_label(m) for m in methods) + "..."
         try:
             out = await asyncio.to_thread(self.compare_methods, methods)
