@@ -1,0 +1,164 @@
+r"""Data with known truth, for tests, benchmarks and teaching.
+
+:func:`simulate_glmm` draws a data frame from
+
+.. math::
+
+    \eta_i = \beta_0 + \beta_1 x_i + u_{g(i)} [+ v_{h(i)}],\quad
+    u_g \sim N(0, \sigma_g^2),\ v_h \sim N(0, \sigma_h^2),\quad x_i \sim N(0, 1),
+
+with Bernoulli / binomial (``trials``) or Poisson responses, and returns the
+true parameters beside it. :func:`simulate_arrays` gives the same model as
+arrays (sparse ``exog_vc``) for large benchmark designs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.special import expit
+
+from .errors import DataError
+
+__all__ = ["Simulation", "simulate_glmm", "simulate_arrays"]
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """A simulated data set and the truth that generated it.
+
+    Attributes
+    ----------
+    data : DataFrame
+        Columns ``y``, ``x``, ``g`` (and ``h`` for crossed designs, ``n`` for trials).
+    formula : str
+        The model that generated it, lme4 style.
+    family : str
+    trials : str or None
+        Name of the trials column.
+    fe : dict
+        True fixed effects by design column name (``Intercept``, ``x``).
+    sd : dict
+        True random-effect SDs by component name (``g``, ``h``).
+    re : dict
+        True random effects by component: Series indexed by level.
+    """
+
+    data: pd.DataFrame
+    formula: str
+    family: str
+    trials: str | None
+    fe: dict
+    sd: dict
+    re: dict = field(repr=False)
+
+    @property
+    def truth(self):
+        return {"fe": self.fe, "sd": self.sd, "vcp": {k: float(np.log(v)) if v > 0 else -np.inf
+                                                       for k, v in self.sd.items()}}
+
+
+def _check_int(value, name, low):
+    if not isinstance(value, (int, np.integer)) or value < low:
+        raise DataError(f"`{name}` must be an integer >= {low}; got {value!r}.")
+    return int(value)
+
+
+def _respond(rng, family, eta, trials):
+    if family == "binomial":
+        n = 1 if trials is None else trials
+        return rng.binomial(n, expit(eta)).astype(float)
+    if family == "poisson":
+        return rng.poisson(np.exp(np.clip(eta, None, 30))).astype(float)
+    raise DataError(f"`family` must be 'binomial' or 'poisson'; got {family!r}.")
+
+
+def simulate_glmm(family="binomial", n_groups=30, group_size=20, fe=None, sd=0.8, *, n_groups2=None,
+                  sd2=0.5, trials=None, seed=0):
+    """Simulate a GLMM data set with one grouping factor (or two crossed ones).
+
+    Parameters
+    ----------
+    family : {"binomial", "poisson"}
+    n_groups, group_size : int
+        Levels of ``g`` and rows per level (balanced).
+    fe : dict, optional
+        ``{"Intercept": b0, "x": b1}``; defaults -0.5, 1.0 (binomial) or 0.5, 0.3 (Poisson).
+    sd : float
+        True SD of the random intercepts of ``g`` (0 allowed).
+    n_groups2 : int, optional
+        Levels of a second factor ``h`` crossed with ``g`` (rows assigned at random).
+    sd2 : float
+        True SD of the ``h`` intercepts.
+    trials : int, optional
+        Binomial trials per row (column ``n``); None gives 0/1 outcomes.
+    seed : int
+        Seed of the random generator (results are reproducible).
+
+    Returns
+    -------
+    Simulation
+    """
+    n_groups = _check_int(n_groups, "n_groups", 1)
+    group_size = _check_int(group_size, "group_size", 1)
+    if not (np.isfinite(sd) and sd >= 0):
+        raise DataError(f"`sd` must be a non-negative number; got {sd!r}.")
+    fe = dict(fe or ({"Intercept": -0.5, "x": 1.0} if family == "binomial" else {"Intercept": 0.5, "x": 0.3}))
+    if set(fe) - {"Intercept", "x"}:
+        raise DataError(f"`fe` must have keys 'Intercept' and 'x'; got {sorted(fe)}.")
+    rng = np.random.default_rng(seed)
+    n = n_groups * group_size
+    width = len(str(n_groups))
+    g_codes = np.repeat(np.arange(n_groups), group_size)
+    x = rng.normal(size=n)
+    u = rng.normal(scale=sd, size=n_groups)
+    eta = fe.get("Intercept", 0.0) + fe.get("x", 0.0) * x + u[g_codes]
+    data = {"x": x, "g": [f"g{c + 1:0{width}d}" for c in g_codes]}
+    formula = "y ~ x + (1 | g)"
+    sds = {"g": float(sd)}
+    re = {"g": pd.Series(u, index=[f"g{c + 1:0{width}d}" for c in range(n_groups)])}
+    if n_groups2 is not None:
+        n_groups2 = _check_int(n_groups2, "n_groups2", 1)
+        w2 = len(str(n_groups2))
+        h_codes = rng.integers(0, n_groups2, size=n)
+        v = rng.normal(scale=sd2, size=n_groups2)
+        eta = eta + v[h_codes]
+        data["h"] = [f"h{c + 1:0{w2}d}" for c in h_codes]
+        formula += " + (1 | h)"
+        sds["h"] = float(sd2)
+        re["h"] = pd.Series(v, index=[f"h{c + 1:0{w2}d}" for c in range(n_groups2)])
+    tcol = None
+    if trials is not None:
+        trials = _check_int(trials, "trials", 1)
+        data["n"] = np.full(n, trials)
+        tcol = "n"
+    data["y"] = _respond(rng, family, eta, trials)
+    df = pd.DataFrame(data)[["y", *[c for c in data if c != "y"]]]
+    return Simulation(data=df, formula=formula, family=family, trials=tcol, fe=fe, sd=sds, re=re)
+
+
+def simulate_arrays(n, q, family="binomial", *, n_factors=1, sd=0.8, fe=(-0.5, 1.0), seed=0):
+    """Arrays for a large design: ``(endog, exog, exog_vc, ident, truth)``.
+
+    ``n_factors`` crossed random-intercept factors with ``q // n_factors``
+    levels each, rows assigned uniformly at random; ``exog`` is an intercept
+    and one standard normal covariate; ``exog_vc`` is CSR with
+    ``n * n_factors`` nonzeros.
+    """
+    rng = np.random.default_rng(seed)
+    per = max(1, q // n_factors)
+    X = np.column_stack([np.ones(n), rng.normal(size=n)])
+    eta = X @ np.asarray(fe, dtype=float)
+    blocks, ident = [], []
+    for f in range(n_factors):
+        codes = rng.integers(0, per, size=n)
+        u = rng.normal(scale=sd, size=per)
+        eta = eta + u[codes]
+        blocks.append(sp.csr_matrix((np.ones(n), (np.arange(n), codes)), shape=(n, per)))
+        ident.append(np.full(per, f))
+    Z = sp.hstack(blocks, format="csr")
+    y = _respond(rng, family, eta, None)
+    truth = {"fe": np.asarray(fe, dtype=float), "vcp": np.full(n_factors, np.log(sd))}
+    return y, X, Z, np.concatenate(ident), truth

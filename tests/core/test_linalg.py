@@ -1,0 +1,44 @@
+"""The bordered sparse factorisation against dense linear algebra."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from mglm_core.linalg import BorderedFactor, NotPositiveDefinite
+
+
+def _problem(n, sizes, m, seed):
+    rng = np.random.default_rng(seed)
+    blocks = [sp.csr_matrix((np.ones(n), (np.arange(n), rng.integers(0, s, n))), shape=(n, s)) for s in sizes]
+    Z = sp.hstack(blocks).tocsr()
+    w = rng.uniform(0.1, 1.0, n)
+    q = Z.shape[1]
+    A = (Z.T @ sp.diags(w) @ Z + sp.diags(rng.uniform(0.5, 2, q))).tocsc()
+    X = rng.normal(size=(n, m))
+    B = Z.T @ (w[:, None] * X)
+    C = X.T @ (w[:, None] * X) + np.eye(m)
+    return A, np.asarray(B), C
+
+
+@pytest.mark.parametrize("sizes", [(30,), (40, 15), (120, 80, 7)])
+def test_bordered_factor_matches_dense(sizes):
+    A, B, C = _problem(600, sizes, 3, seed=len(sizes))
+    H = np.block([[A.toarray(), B], [B.T, C]])
+    f = BorderedFactor(A, B, C)
+    Hinv = np.linalg.inv(H)
+    q = A.shape[0]
+    assert f.A.is_diagonal == (len(sizes) == 1)
+    assert f.logdet() == pytest.approx(np.linalg.slogdet(H)[1], rel=1e-10)
+    np.testing.assert_allclose(f.sparse_diag_inverse(), np.diag(Hinv)[:q], rtol=1e-9)
+    np.testing.assert_allclose(f.border_inverse(), Hinv[q:, q:], rtol=1e-9, atol=1e-14)
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=q), rng.normal(size=3)
+    x, y = f.solve(a, b)
+    np.testing.assert_allclose(H @ np.concatenate([x, y]), np.concatenate([a, b]), atol=1e-9)
+
+
+def test_indefinite_is_reported():
+    A = sp.diags([1.0, 2.0]).tocsc()
+    with pytest.raises(NotPositiveDefinite):
+        BorderedFactor(A, np.array([[3.0], [3.0]]), np.array([[1.0]]))
+    with pytest.raises(NotPositiveDefinite):
+        BorderedFactor(sp.diags([1.0, -2.0]).tocsc(), np.zeros((2, 1)), np.eye(1))
