@@ -11,6 +11,7 @@ from .errors import ConvergenceWarning, DataError, DataWarning, FitError, Formul
 from .families import Binomial, Family, Poisson
 from .model import BayesMixedGLM, BinomialBayesMixedGLM, MixedGLM, PoissonBayesMixedGLM
 from .results import BayesMixedGLMResults
+from . import datasets, simulate
 
 __version__ = "0.1.0"
 
