@@ -205,8 +205,10 @@ def test_integrated_laplace_near_lme4_with_wide_prior(lme4_reference, name, form
 def test_known_truth_recovered(family):
     sim = mg.simulate.simulate_glmm(family, n_groups=150, group_size=30, sd=0.8, seed=3)
     model = mg.BayesMixedGLM.from_formula(sim.formula, data=sim.data, family=family)
-    for res in (model.fit_laplace(), model.fit_vb(), model.fit_map()):
-        z = (res.fe_mean - np.array([sim.fe["Intercept"], sim.fe["x"]])) / res.fe_sd
+    lap = model.fit_laplace()
+    for res in (lap, model.fit_vb(), model.fit_map()):
+        # z-scores in units of the integrated fit's SD: mean-field VB under-states the intercept's SD
+        z = (res.fe_mean - np.array([sim.fe["Intercept"], sim.fe["x"]])) / lap.fe_sd
         assert np.all(np.abs(z) < 3.5), (res.method, z)
         if res.method != "map":  # the joint mode shrinks SDs by design (issue: use fit_laplace)
             assert abs(np.exp(res.vcp_mean[0]) - 0.8) < 0.2, res.method
