@@ -109,7 +109,13 @@ def read_upload(filename: str, content: bytes) -> pd.DataFrame:
                     "Save it as CSV UTF-8 and upload it again.") from None
             if "\x00" in text:
                 raise DataInputError(f"The file {filename!r} looks binary, not a CSV text file.")
-            df = pd.read_csv(io.StringIO(text), sep=None, engine="python")
+            df = pd.read_csv(io.StringIO(text))
+            first = text.split("\n", 1)[0]
+            if df.shape[1] == 1:  # a semicolon- or tab-separated file read as one column
+                for sep in (";", "\t", "|"):
+                    if sep in first:
+                        df = pd.read_csv(io.StringIO(text), sep=sep)
+                        break
     except DataInputError:
         raise
     except ImportError as exc:

@@ -624,6 +624,6 @@ class SimSettings(param.Parameterized):
     intercept = param.Number(default=-0.5, bounds=(-3.0, 3.0), step=0.1, label="True intercept")
     slope = param.Number(default=1.0, bounds=(-3.0, 3.0), step=0.1, label="True slope of x")
     sd = param.Number(default=0.8, bounds=(0.0, 3.0), step=0.05, label="True SD of group effects")
-    n_groups = param.Integer(default=30, bounds=(2, 2000), label="Number of groups")
+    n_groups = param.Integer(default=30, bounds=(2, 5000), label="Number of groups")
     group_size = param.Integer(default=20, bounds=(1, 500), label="Observations per group")
     seed = param.Integer(default=1, bounds=(0, 10**6), label="Random seed")

@@ -1,0 +1,85 @@
+"""Plot functions: real fitted numbers end up in the Bokeh data sources."""
+import numpy as np
+import holoviews as hv
+import pytest
+from bokeh.models import ColumnDataSource
+
+from app import plots
+
+
+def _sources(element):
+    fig = hv.render(element, backend="bokeh")
+    return [m.data for m in fig.select(type=ColumnDataSource)]
+
+
+def test_forest_plot_holds_fe_mean(cbpp_state):
+    res = cbpp_state.fit.result
+    srcs = [d for d in _sources(plots.forest_plot(res)) if "term" in d and "mean" in d and "y" in d]
+    assert srcs
+    np.testing.assert_allclose(np.asarray(srcs[0]["mean"]), res.fe_mean)
+    assert list(srcs[0]["term"]) == list(res.fe_names)
+
+
+def test_forest_exp_scale_and_truth(cbpp_state):
+    res = cbpp_state.fit.result
+    el = plots.forest_plot(res, exp_scale=True, truth={"Intercept": -1.4})
+    srcs = _sources(el)
+    means = [d for d in srcs if "term" in d and "mean" in d and "y" in d][0]
+    np.testing.assert_allclose(np.asarray(means["mean"]), np.exp(res.fe_mean))
+    truth = [d for d in srcs if "truth" in d][0]
+    assert np.asarray(truth["truth"])[0] == pytest.approx(np.exp(-1.4))
+
+
+def test_forest_compare_two_methods(cbpp_state):
+    out = cbpp_state.compare_methods(["map", "vb"])
+    srcs = [d for d in _sources(plots.forest_plot({m: o.result for m, o in out.items()}))
+            if "method" in d and "y" in d and "mean" in d and "lower" in d]
+    methods = {str(d["method"][0]) for d in srcs}
+    assert methods == {"Laplace (MAP)", "VB"}
+
+
+def test_sd_density_uses_vcp_density(cbpp_state):
+    res = cbpp_state.fit.result
+    dens = res.vcp_density("herd", n=200)
+    srcs = [d for d in _sources(plots.sd_density_plot(res, truth={"herd": 0.6})) if "density" in d]
+    np.testing.assert_allclose(np.asarray(srcs[0]["sd"]), dens["sd"].to_numpy())
+    est = [d for d in _sources(plots.sd_density_plot(res)) if "estimate" in d][0]
+    assert est["estimate"][0] == pytest.approx(res.vcp_table().loc["herd", "sd_median"])
+
+
+def test_caterpillar_sorted_with_search_and_top_k(cbpp_state):
+    res = cbpp_state.fit.result
+    df = plots.caterpillar_data(res, "herd")
+    assert len(df) == 15 and df["mean"].is_monotonic_increasing
+    re = res.random_effects("herd")
+    assert set(np.round(df["mean"], 10)) == set(np.round(re["Mean"].to_numpy(), 10))
+    assert len(plots.caterpillar_data(res, "herd", top_k=5)) == 5
+    assert list(plots.caterpillar_data(res, "herd", search="1")["level"].str.contains("1")) == [True] * 7
+    srcs = [d for d in _sources(plots.caterpillar_plot(res, "herd", truth={"herd[1]": 0.3})) if "rank" in d]
+    assert any("truth" in d for d in srcs)
+    assert max(len(d["rank"]) for d in srcs) == 15
+
+
+def test_caterpillar_with_thousands_of_levels():
+    from app.state import AppState
+
+    st = AppState()
+    st.sim.param.update(n_groups=3000, group_size=2, seed=1)
+    st.spec.method = "vb"
+    st.simulate(fit=False)
+    assert st.fit_now(), st.errors
+    el = plots.caterpillar_plot(st.fit.result, st.spec.groups[0], top_k=500)
+    src = [d for d in _sources(el) if "rank" in d and "level" in d][0]
+    assert len(src["rank"]) == 500
+    assert "500 of 3000" in el.opts.get().kwargs["title"]
+
+
+def test_tables_and_html(cbpp_state):
+    res = cbpp_state.fit.result
+    fe = plots.fe_summary(res, exp_scale=True)
+    np.testing.assert_allclose(fe["mean"], res.fe_mean)
+    np.testing.assert_allclose(fe["exp_mean"], np.exp(res.fe_mean))
+    assert list(plots.vcp_summary(res)["component"]) == ["herd"]
+    assert len(plots.re_summary(res)) == 15
+    html = plots.to_html(plots.forest_plot(res))
+    assert html.startswith("<!DOCTYPE html>") and "Bokeh" in html

@@ -1,0 +1,184 @@
+"""State classes without a browser: data in, validation messages, fitting with the real library."""
+import numpy as np
+import pandas as pd
+import pytest
+
+import mglm_core as mg
+from app import adapter
+from app.data import MAX_UPLOAD_BYTES, DataInputError, load_demo, read_upload
+from app.state import NONE, AppState, formula_parts, problem_size, validate
+
+
+def test_demo_load_sets_roles_and_formula():
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    assert st.spec.formula() == "incidence ~ period + (1 | herd)"
+    assert st.spec.trials == "size"
+    assert "herd" in st.data.categorical and "period" in st.data.categorical
+    assert st.data.numeric_columns == ["incidence", "size"]
+    assert validate(st.spec, st.data) == {}
+
+
+def test_fit_matches_library_directly(cbpp_state):
+    df = load_demo("cbpp")
+    res = mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data=df, family="binomial",
+                                        trials="size").fit_vb()
+    np.testing.assert_allclose(cbpp_state.fit.result.fe_mean, res.fe_mean, rtol=1e-6)
+    assert cbpp_state.fit.status == "done"
+    assert "converged" in cbpp_state.fit.message
+
+
+def test_methods_offered_from_library():
+    methods = adapter.available_methods()
+    assert "map" in methods.values() and "vb" in methods.values()
+    assert ("laplace" in methods.values()) == hasattr(mg.BayesMixedGLM, "fit_laplace")
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "empty"),
+    (b"\xff\xfe\x00\x81bad,bytes\n\x90,\x91\n", "not UTF-8"),
+    (b"onlyone\n1\n2\n", "only one column"),
+    (b"a,b\n", "no data rows"),
+])
+def test_bad_files_give_plain_messages(content, match):
+    with pytest.raises(DataInputError, match=match):
+        read_upload("x.csv", content)
+
+
+def test_file_size_limit():
+    with pytest.raises(DataInputError, match="limit is 50 MB"):
+        read_upload("big.csv", b"a" * (MAX_UPLOAD_BYTES + 1))
+
+
+def test_bad_upload_keeps_previous_result(cbpp_state):
+    before = cbpp_state.fit.outcome
+    assert not cbpp_state.load_upload("bad.csv", b"\xff\xfe\xfa")
+    assert "not UTF-8" in cbpp_state.errors["data"]
+    assert cbpp_state.fit.outcome is before
+    assert cbpp_state.data.dataset == "cbpp"
+
+
+def test_upload_csv_guesses_roles_and_fits():
+    st = AppState()
+    csv = load_demo("cbpp_long").to_csv(index=False).encode()
+    assert st.load_upload("long.csv", csv, fit=False)
+    st.spec.param.update(response="y", family="binomial", fixed_factors=[], groups=["herd"])
+    st.data.categorical = sorted(set(st.data.categorical) | {"herd", "period"})
+    st.spec.fixed_factors = ["period"]
+    st.spec.method = "vb"
+    assert st.fit_now(), st.errors
+    assert list(st.fit.result.fe_names)[:1] == ["Intercept"]
+
+
+def _errors_for(**spec):
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    st._loading = True
+    st.spec.param.update(**spec)
+    st._loading = False
+    return validate(st.spec, st.data)
+
+
+def test_non_binary_outcome_with_binomial():
+    assert "not binary" in _errors_for(trials=NONE)["response"]
+
+
+def test_text_response():
+    assert "is text" in _errors_for(response="herd", groups=["period"], fixed_factors=[])["response"]
+
+
+def test_negative_counts_with_poisson():
+    st = AppState()
+    df = pd.DataFrame({"y": [1, -2, 3, 0] * 5, "g": list("ababbabababababababa")})
+    st.load_frame(df, fit=False)
+    st.spec.param.update(response="y", family="poisson", groups=["g"])
+    assert "negative" in validate(st.spec, st.data)["response"]
+
+
+def test_grouping_factor_with_one_level():
+    st = AppState()
+    df = pd.DataFrame({"y": [0, 1] * 10, "g": ["only"] * 20, "h": list("ab") * 10})
+    st.load_frame(df, fit=False)
+    st.spec.param.update(response="y", family="binomial", groups=["g"])
+    assert "only one level" in validate(st.spec, st.data)["groups"]
+
+
+def test_text_column_with_many_levels_as_fixed_effect():
+    st = AppState()
+    st.load_demo("VerbAgg", fit=False)
+    st._loading = True
+    st.spec.param.update(fixed_factors=["id"], groups=["item"])
+    st._loading = False
+    assert "distinct values" in validate(st.spec, st.data)["fixed"]
+
+
+@pytest.mark.parametrize("text", ["incidence ~ __import__('os').system('ls') + (1 | herd)",
+                                  "incidence ~ period + (1 | herd); import os", "incidence ~ nosuchcol + (1 | herd)"])
+def test_formula_with_python_code_is_rejected(text, cbpp_state):
+    before = cbpp_state.fit.outcome
+    cbpp_state.spec.param.update(formula_text=text)
+    assert cbpp_state.spec.use_formula  # typing a formula switches to it
+    assert "Formula not accepted" in cbpp_state.errors["formula"]
+    assert cbpp_state.fit.outcome is before
+
+
+def test_typed_formula_is_fitted(cbpp_state):
+    cbpp_state.spec.param.update(formula_text="incidence ~ 1 + (1 | herd)")
+    assert cbpp_state.fit_now()
+    assert list(cbpp_state.fit.result.fe_names) == ["Intercept"]
+
+
+def test_formula_parts():
+    assert formula_parts("y ~ a + b + (1 | g) + (0 + x | h)") == ("y", ["a", "b"], ["g", "h"])
+
+
+def test_live_vs_button_threshold():
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    assert problem_size(st.spec, st.data) == 56 * 15 and st.is_live()
+    st.load_demo("VerbAgg", fit=False)
+    assert not st.is_live()
+    st.request_fit()
+    assert st.fit.status == "stale" and "press Fit" in st.fit.message
+
+
+def test_refit_on_prior_change_changes_result(cbpp_state):
+    cbpp_state.debounce = 0
+    before = cbpp_state.fit.result.fe_sd.copy()
+    cbpp_state.spec.fe_p = 0.3  # live refit (runs synchronously without an event loop)
+    assert cbpp_state.fit.outcome.request.fe_p == 0.3
+    assert not np.allclose(cbpp_state.fit.result.fe_sd, before)
+
+
+def test_simulation_sets_truth_and_fits():
+    st = AppState()
+    st.sim.param.update(n_groups=20, group_size=15, seed=3)
+    st.spec.method = "vb"
+    st.simulate(fit=False)
+    assert st.truth["fe"]["x"] == pytest.approx(1.0)
+    assert set(st.truth["sd"]) == set(st.spec.groups)
+    assert st.fit_now()
+    assert abs(st.fit.result.fe_mean[list(st.fit.result.fe_names).index("x")] - 1.0) < 0.6
+
+
+def test_compare_methods(cbpp_state):
+    out = cbpp_state.compare_methods(["map", "vb"])
+    assert set(out) == {"map", "vb"}
+    assert out["vb"].result.method == "vb"
+
+
+def test_snippet_refits_same_model(cbpp_state, tmp_path, monkeypatch):
+    code = adapter.snippet(cbpp_state.fit.outcome.request, "demo_data/cbpp.csv")
+    assert "fit_vb()" in code and "trials='size'" in code
+    ns = {}
+    monkeypatch.setattr("builtins.print", lambda *a, **k: None)
+    exec(compile(code, "snippet", "exec"), ns)  # the snippet is ours, not user input
+    np.testing.assert_allclose(ns["res"].fe_mean, cbpp_state.fit.result.fe_mean, rtol=1e-6)
+
+
+def test_sessions_are_independent():
+    a, b = AppState(), AppState()
+    a.load_demo("cbpp", fit=False)
+    b.load_demo("Salamanders", fit=False)
+    assert a.spec.response == "incidence" and b.spec.response == "count"
+    assert a.spec is not b.spec
