@@ -93,9 +93,12 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40):
             break
         t = 1.0
         accepted = False
+        full = None
         for _ in range(max_halvings):
             un, bn = u + t * du, b + t * db
-            vn = fun(un, bn, False)[0]
+            # The full step usually succeeds: evaluate it with the Hessian so it can be reused.
+            full = fun(un, bn, True) if t == 1.0 else None
+            vn = full[0] if full is not None else fun(un, bn, False)[0]
             if np.isfinite(vn) and vn >= value + 1e-4 * t * decrement:
                 accepted = True
                 break
@@ -111,7 +114,7 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40):
                 break
             continue
         u, b = un, bn
-        value, gu, gb, A, B, C = fun(u, b, True)
+        value, gu, gb, A, B, C = full if (full is not None and t == 1.0) else fun(u, b, True)
         lam = 0.0 if lam < 1e-5 else lam / 10.0
     if converged or factor is None:
         try:

@@ -16,7 +16,7 @@ sparse factorisation of the random-effect block):
    until the ELBO stops improving.
 2. *Polish.* L-BFGS (limited memory: linear cost per iteration, no dense
    quasi-Newton matrix) on all means and log-SDs with the exact gradient,
-   from the point of phase 1, to a small gradient.
+   in coordinates scaled by the SDs of phase 1, to a small scaled gradient.
 """
 from __future__ import annotations
 
@@ -86,15 +86,14 @@ def _coordinate_phase(elbo, pt, tol, max_outer=100):
 
         nr = newton_ascent(fun, pt.vc_mean, np.concatenate([pt.fe_mean, pt.vcp_mean]), tol=tol, max_iter=5)
         pt = _with(pt, fe_mean=nr.b[:p], vcp_mean=nr.b[p:], vc_mean=nr.u)
+        new_value, _, _, rs = elbo(pt, grad=False)
         for _ in range(3):
-            _, _, _, rs = elbo(pt, grad=False)
             fe_sd, vcp_sd, vc_sd = elbo.fixed_point_sd(pt, rs)
             cand = _with(pt, fe_sd=fe_sd, vcp_sd=vcp_sd, vc_sd=vc_sd)
-            if elbo(cand, grad=False)[0] >= nr.value - 1e-12 * abs(nr.value):
-                pt = cand
-            else:
+            cand_value, _, _, cand_rs = elbo(cand, grad=False)
+            if not cand_value >= new_value - 1e-12 * abs(new_value):
                 break
-        new_value = elbo(pt, grad=False)[0]
+            pt, new_value, rs = cand, cand_value, cand_rs
         if not np.isfinite(new_value):
             break
         gain = new_value - value
@@ -120,7 +119,9 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
     max_iter : int
         Maximum L-BFGS iterations in the polish.
     gtol : float
-        Convergence threshold on the largest gradient entry (means and log-SDs).
+        Convergence threshold on the largest entry of the scaled gradient: the
+        gradient in each mean times its SD (so a unit is one posterior SD) and
+        the gradient in each log-SD.
 
     Returns
     -------
@@ -148,21 +149,29 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
         gs = np.concatenate([g.fe_sd * cand.fe_sd, g.vcp_sd * cand.vcp_sd, g.vc_sd * cand.vc_sd])
         return -v, -np.concatenate([gm, gs])
 
+    # Polish in coordinates scaled by the current SDs: z = (mu - mu0) / sd0, w = log(sd / sd0).
+    # There a unit step is one posterior SD, so the gradient is scale-free and L-BFGS well conditioned.
     x0 = _pack(pt)
-    f0, g0 = neg(x0)
-    if np.max(np.abs(g0)) > gtol:
-        opt = minimize(neg, x0, jac=True, method="L-BFGS-B",
+    n_par = p + k + q
+    scale = np.concatenate([np.exp(x0[n_par:]), np.ones(n_par)])
+
+    def neg_scaled(z):
+        f, g = neg(x0 + scale * z)
+        return f, g * scale
+
+    f0, g0 = neg_scaled(np.zeros_like(x0))
+    n_polish, message = 0, "coordinate phase reached the gradient tolerance"
+    z, fval, grad = np.zeros_like(x0), f0, g0
+    if g0.size and np.max(np.abs(g0)) > gtol:
+        opt = minimize(neg_scaled, z, jac=True, method="L-BFGS-B",
                        options={"maxiter": max_iter, "gtol": gtol, "ftol": 1e-15, "maxcor": 20})
-        x, fval, grad, n_polish = opt.x, opt.fun, opt.jac, opt.nit
-        message = str(opt.message)
-    else:
-        x, fval, grad, n_polish, message = x0, f0, g0, 0, "coordinate phase reached the gradient tolerance"
-    pt = _unpack(x, p, k, q)
+        z, fval, grad, n_polish, message = opt.x, opt.fun, opt.jac, opt.nit, str(opt.message)
+    pt = _unpack(x0 + scale * z, p, k, q)
     max_grad = float(np.max(np.abs(grad))) if grad.size else 0.0
     converged = max_grad <= 10 * gtol
     msgs = []
     if not converged:
-        msgs.append(f"Variational Bayes did not converge: largest gradient entry {max_grad:.3g} "
+        msgs.append(f"Variational Bayes did not converge: largest scaled gradient entry {max_grad:.3g} "
                     f"after {n_outer} coordinate and {n_polish} L-BFGS iterations ({message}).")
     fe, fe_sd = pt.fe_mean, pt.fe_sd
     if M is not None:
