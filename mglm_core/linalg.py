@@ -78,42 +78,64 @@ class SparseLDL:
         return self._lu.solve(np.asarray(b, dtype=float))
 
     def diag_inverse(self) -> np.ndarray:
-        """Diagonal of :math:`A^{-1}` by the Takahashi recursion."""
+        """Diagonal of :math:`A^{-1}` by the Takahashi recursion.
+
+        Columns are processed from last to first; the entries of
+        :math:`\Sigma = A^{-1}` needed are those on the pattern of L. When the
+        trailing columns of L are dense (crossed factors fill in that way), the
+        trailing block of :math:`\Sigma` is computed at once by dense
+        triangular solves; it has the size of that already dense part of L.
+        """
         if self.is_diagonal:
             return 1.0 / self.d
         L = sp.csc_matrix(self._lu.L)
+        L.sort_indices()
         n, d = self.n, self.d
         indptr, indices, data = L.indptr, L.indices, L.data
-        rows = [None] * n  # below-diagonal pattern of column j of Sigma (permuted order)
+        below = np.diff(indptr) - 1  # entries below the diagonal (the unit diagonal is stored)
+        dense_tail = below == (n - 1 - np.arange(n))
+        j0 = n
+        while j0 > 0 and dense_tail[j0 - 1]:
+            j0 -= 1
+        T = None
+        if n - j0 >= 2:
+            Lt = L[j0:, j0:].toarray()
+            Linv = sla.solve_triangular(Lt, np.eye(n - j0), lower=True, unit_diagonal=True)
+            T = (Linv.T / d[j0:]) @ Linv
+        rows = [None] * n
         vals = [None] * n
         sig_diag = np.empty(n)
-        for j in range(n - 1, -1, -1):
+        if T is not None:
+            sig_diag[j0:] = np.diag(T)
+        start = j0 - 1 if T is not None else n - 1
+        for j in range(start, -1, -1):
             a, b = indptr[j], indptr[j + 1]
             idx = indices[a:b]
-            lv = data[a:b]
             keep = idx > j
-            I, l = idx[keep], lv[keep]
-            order = np.argsort(I)
-            I, l = I[order], l[order]
+            I, l = idx[keep], data[a:b][keep]
             if I.size == 0:
                 sig_diag[j] = 1.0 / d[j]
                 rows[j], vals[j] = I, np.empty(0)
                 continue
             M = np.empty((I.size, I.size))
-            for a_, k in enumerate(I):
+            n_sparse = int(np.searchsorted(I, j0)) if T is not None else I.size
+            if n_sparse < I.size:
+                Id = I[n_sparse:] - j0
+                M[n_sparse:, n_sparse:] = T[np.ix_(Id, Id)]
+            for a_ in range(n_sparse):
+                k = I[a_]
                 M[a_, a_] = sig_diag[k]
                 rest = I[a_ + 1:]
                 if rest.size:
-                    pos = np.minimum(np.searchsorted(rows[k], rest), rows[k].size - 1)
-                    hit = rows[k][pos] == rest if rows[k].size else np.zeros(rest.size, bool)
-                    if not hit.all():
+                    pos = np.minimum(np.searchsorted(rows[k], rest), max(rows[k].size - 1, 0))
+                    if rows[k].size == 0 or not np.array_equal(rows[k][pos], rest):
                         raise NotPositiveDefinite("factor pattern is not chordal")
                     col = vals[k][pos]
                     M[a_ + 1:, a_] = col
                     M[a_, a_ + 1:] = col
-            s = -M @ l
-            rows[j], vals[j] = I, s
-            sig_diag[j] = 1.0 / d[j] - l @ s
+            s_ = -M @ l
+            rows[j], vals[j] = I, s_
+            sig_diag[j] = 1.0 / d[j] - l @ s_
         return sig_diag[self._perm]
 
 

@@ -1,0 +1,43 @@
+"""Fit one simulated design with one library and print a JSON line (run by run_benchmarks.py)."""
+import json
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from mglm_core.simulate import simulate_arrays  # noqa: E402
+
+
+def main(lib, method, n, q, family, factors):
+    y, X, Z, ident, truth = simulate_arrays(n, q, family, n_factors=factors, seed=0)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if lib == "mglm":
+            import mglm_core as mg
+
+            model = mg.BayesMixedGLM(y, X, Z, ident, family=family)
+            res = getattr(model, f"fit_{method}")()
+            fe, vcp, converged = res.fe_mean, res.vcp_mean, res.converged
+        else:
+            from statsmodels.genmod import bayes_mixed_glm as smb
+
+            cls = smb.BinomialBayesMixedGLM if family == "binomial" else smb.PoissonBayesMixedGLM
+            model = cls(y, X, Z, ident)
+            res = getattr(model, f"fit_{method}")(rng=0)
+            fe, vcp = res.fe_mean, res.vcp_mean
+            converged = not any("converge" in str(w.message) for w in caught)
+    seconds = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "fe": list(map(float, fe)),
+                      "vcp": list(map(float, vcp)), "converged": bool(converged)}))
+
+
+if __name__ == "__main__":
+    lib, method, n, q, family, factors = sys.argv[1:7]
+    main(lib, method, int(float(n)), int(float(q)), family, int(factors))

@@ -1,0 +1,79 @@
+"""Accuracy cases: data, model and priors, shared by the NUTS reference script and the report.
+
+Each case is fitted under the model's exact priors (fe ~ N(0, fe_p^2), vcp ~ N(0, vcp_p^2),
+vc_j ~ N(0, exp(vcp)^2)). Simulated cases are seeded; real ones come from demo_data/.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import mglm_core as mg
+from mglm_core.datasets import load
+from mglm_core.simulate import simulate_glmm
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    description: str
+    formula: str
+    family: str
+    trials: str | None = None
+    fe_p: float = 2.0
+    vcp_p: float = 1.0
+    data_fn: object = field(default=None, repr=False)
+    slow: bool = False
+
+    def data(self):
+        return self.data_fn()
+
+    def model(self, **kw):
+        args = dict(data=self.data(), family=self.family, trials=self.trials, fe_p=self.fe_p, vcp_p=self.vcp_p)
+        args.update(kw)
+        return mg.BayesMixedGLM.from_formula(self.formula, **args)
+
+
+def _sim(**kw):
+    return lambda: simulate_glmm(**kw).data
+
+
+def _contraception():
+    df = load("Contraception")
+    return df
+
+
+CASES = [
+    Case("seed_example", "statsmodels' documented usage: cbpp_long, vc_formulas-equivalent (1|herd)",
+         "y ~ period + (1 | herd)", "binomial", data_fn=lambda: load("cbpp_long")),
+    Case("sim_binary_few_groups", "binary, 5 groups of 40, true SD 0.05 (near zero)",
+         "y ~ x + (1 | g)", "binomial", data_fn=_sim(family="binomial", n_groups=5, group_size=40, sd=0.05, seed=11)),
+    Case("sim_binary_many_groups", "binary, 100 groups of 8, true SD 1",
+         "y ~ x + (1 | g)", "binomial", data_fn=_sim(family="binomial", n_groups=100, group_size=8, sd=1.0, seed=12)),
+    Case("sim_binary_crossed", "binary, crossed 60 x 30 levels, SDs 0.8 / 0.5",
+         "y ~ x + (1 | g) + (1 | h)", "binomial",
+         data_fn=_sim(family="binomial", n_groups=60, group_size=20, n_groups2=30, sd=0.8, sd2=0.5, seed=13)),
+    Case("sim_binomial_trials", "binomial with 10 trials, 30 groups of 5, SD 0.7",
+         "y ~ x + (1 | g)", "binomial", trials="n",
+         data_fn=_sim(family="binomial", n_groups=30, group_size=5, sd=0.7, trials=10, seed=14)),
+    Case("sim_poisson_single", "Poisson, 40 groups of 10, SD 0.6",
+         "y ~ x + (1 | g)", "poisson", data_fn=_sim(family="poisson", n_groups=40, group_size=10, sd=0.6, seed=15)),
+    Case("sim_poisson_crossed", "Poisson, crossed 30 x 15, SDs 0.6 / 0.4",
+         "y ~ x + (1 | g) + (1 | h)", "poisson",
+         data_fn=_sim(family="poisson", n_groups=30, group_size=20, n_groups2=15, sd=0.6, sd2=0.4, seed=16)),
+    Case("cbpp", "cbpp: incidence out of size, (1|herd)", "incidence ~ period + (1 | herd)", "binomial",
+         trials="size", data_fn=lambda: load("cbpp")),
+    Case("Salamanders", "Salamanders: count ~ mined + (1|site)", "count ~ mined + (1 | site)", "poisson",
+         data_fn=lambda: load("Salamanders")),
+    Case("grouseticks", "grouseticks: three random intercepts, centred height",
+         "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | INDEX) + (1 | LOCATION)", "poisson",
+         data_fn=lambda: load("grouseticks")),
+    Case("Contraception", "Contraception: raw-scale age^2, (1|district)",
+         "use_01 ~ age + I(age^2) + urban + livch + (1 | district)", "binomial", data_fn=_contraception),
+    Case("VerbAgg", "VerbAgg: crossed (1|id) + (1|item), n = 7584",
+         "r2_01 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)", "binomial",
+         data_fn=lambda: load("VerbAgg"), slow=True),
+]
+
+BY_NAME = {c.name: c for c in CASES}

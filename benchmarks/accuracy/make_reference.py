@@ -1,0 +1,88 @@
+"""Gold-standard posteriors by long NUTS runs (pymc), stored as JSON summaries.
+
+    python benchmarks/accuracy/make_reference.py [case ...] [--draws 2000 --tune 1500 --chains 4]
+
+The sampler sees exactly the model of mglm_core (same design matrices, from the same formula
+code): fe ~ N(0, fe_p^2), vcp ~ N(0, vcp_p^2), vc = exp(vcp[ident]) * z with z ~ N(0, 1)
+(non-centred, the same distribution), binomial-logit or Poisson-log likelihood. pymc is a
+benchmark-only dependency (pip install pymc); it is never imported by the library.
+Writes benchmarks/accuracy/reference/<case>.json with means, SDs, R-hat and ESS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
+
+from cases import BY_NAME, CASES  # noqa: E402
+
+
+def sample(case, draws, tune, chains, seed=1):
+    import arviz as az
+    import pymc as pm
+    import pytensor.sparse as ps
+    import pytensor.tensor as pt
+
+    model = case.model()
+    X, Z, y = model.exog, model.exog_vc.tocsr(), model.endog
+    with pm.Model():
+        fe = pm.Normal("fe", 0.0, model.fe_p, shape=model.k_fep)
+        vcp = pm.Normal("vcp", 0.0, model.vcp_p, shape=model.k_vcp)
+        z = pm.Normal("z", 0.0, 1.0, shape=model.k_vc)
+        vc = pm.Deterministic("vc", pt.exp(vcp)[model.ident] * z)
+        eta = pt.dot(X, fe) + ps.structured_dot(ps.as_sparse_variable(Z), vc[:, None])[:, 0]
+        if model.offset is not None:
+            eta = eta + model.offset
+        if model.family.name == "binomial":
+            n = np.ones_like(y) if model.trials is None else model.trials
+            pm.Binomial("y", n=n.astype(int), logit_p=eta, observed=y.astype(int))
+        else:
+            pm.Poisson("y", mu=pt.exp(eta), observed=y.astype(int))
+        t0 = time.perf_counter()
+        idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=2, random_seed=seed, target_accept=0.95,
+                          progressbar=False, compute_convergence_checks=False)
+        seconds = time.perf_counter() - t0
+    post = idata.posterior
+    out = {"case": case.name, "formula": case.formula, "family": case.family, "fe_p": case.fe_p,
+           "vcp_p": case.vcp_p, "draws": draws, "tune": tune, "chains": chains, "seconds": seconds,
+           "fe_names": model.fep_names, "vcp_names": model.vcp_names, "vc_names": model.vc_names,
+           "command": "python benchmarks/accuracy/make_reference.py " + case.name}
+    for name in ("fe", "vcp", "vc"):
+        arr = post[name].values.reshape(-1, post[name].shape[-1])
+        out[f"{name}_mean"] = arr.mean(0).tolist()
+        out[f"{name}_sd"] = arr.std(0, ddof=1).tolist()
+        out[f"{name}_rhat_max"] = float(np.nanmax(az.rhat(post[name]).to_array().values))
+        out[f"{name}_ess_min"] = float(np.nanmin(az.ess(post[name]).to_array().values))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cases", nargs="*")
+    ap.add_argument("--draws", type=int, default=2000)
+    ap.add_argument("--tune", type=int, default=1500)
+    ap.add_argument("--chains", type=int, default=4)
+    ap.add_argument("--skip-existing", action="store_true")
+    args = ap.parse_args()
+    names = args.cases or [c.name for c in CASES]
+    (HERE / "reference").mkdir(exist_ok=True)
+    for name in names:
+        path = HERE / "reference" / f"{name}.json"
+        if args.skip_existing and path.exists():
+            continue
+        res = sample(BY_NAME[name], args.draws, args.tune, args.chains)
+        path.write_text(json.dumps(res, indent=1) + "\n")
+        print(name, f"{res['seconds']:.0f}s", "rhat", res["fe_rhat_max"], res["vcp_rhat_max"], res["vc_rhat_max"],
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Compare every method with the NUTS references and write benchmarks/ACCURACY.md.
+
+    python benchmarks/accuracy/report.py
+
+Methods: mglm_core's fit_laplace (integrated), fit_map, fit_vb, and statsmodels' fit_map and fit_vb
+(on the same design matrices; statsmodels is a benchmark-only dependency). For each case and method:
+the error of posterior means in units of the reference posterior SD and the ratio of posterior SDs,
+for fe, vcp and vc, and the wall time. Bars (issue "Accurate posteriors"): fe means within 0.1 SD,
+vc means within 0.1 for 95 % and all within 0.25, vcp means within 0.2; SD ratios in [0.9, 1.1] for
+fe, [0.85, 1.15] for vcp and for 90 % of the vc.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
+
+from cases import BY_NAME, CASES  # noqa: E402
+
+METHODS = ("mglm laplace", "mglm map", "mglm vb", "statsmodels map", "statsmodels vb")
+
+
+def fit(case, method):
+    model = case.model()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lib, kind = method.split()
+        if lib == "mglm":
+            res = getattr(model, f"fit_{kind}")()
+            out = dict(fe=(res.fe_mean, res.fe_sd), vcp=(res.vcp_mean, res.vcp_sd), vc=(res.vc_mean, res.vc_sd))
+        else:
+            from statsmodels.genmod import bayes_mixed_glm as smb
+
+            if model.trials is not None or model.offset is not None:
+                return None  # statsmodels has no trials / offset
+            cls = smb.BinomialBayesMixedGLM if model.family.name == "binomial" else smb.PoissonBayesMixedGLM
+            sm = cls(model.endog, model.exog, model.exog_vc, model.ident, vcp_p=model.vcp_p, fe_p=model.fe_p)
+            res = getattr(sm, f"fit_{kind}")(rng=0)
+            out = dict(fe=(res.fe_mean, res.fe_sd), vcp=(res.vcp_mean, res.vcp_sd), vc=(res.vc_mean, res.vc_sd))
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def metrics(fitted, ref):
+    m = {}
+    for part in ("fe", "vcp", "vc"):
+        mean, sd = (np.asarray(a, dtype=float) for a in fitted[part])
+        rm, rs = np.asarray(ref[f"{part}_mean"]), np.asarray(ref[f"{part}_sd"])
+        err = np.abs(mean - rm) / rs
+        ratio = sd / rs
+        m[part] = dict(err_max=float(err.max()), err=err, ratio_min=float(ratio.min()),
+                       ratio_max=float(ratio.max()), ratio=ratio)
+    return m
+
+
+def bars(m):
+    fe, vcp, vc = m["fe"], m["vcp"], m["vc"]
+    checks = {
+        "fe mean": fe["err_max"] <= 0.1,
+        "vc mean": np.mean(vc["err"] <= 0.1) >= 0.95 and vc["err_max"] <= 0.25,
+        "vcp mean": vcp["err_max"] <= 0.2,
+        "fe sd": 0.9 <= fe["ratio_min"] and fe["ratio_max"] <= 1.1,
+        "vcp sd": 0.85 <= vcp["ratio_min"] and vcp["ratio_max"] <= 1.15,
+        "vc sd": np.mean((vc["ratio"] >= 0.85) & (vc["ratio"] <= 1.15)) >= 0.9,
+    }
+    return checks
+
+
+def main():
+    lines = ["# Accuracy against long NUTS runs", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
+             "`python benchmarks/accuracy/report.py` against the references in `benchmarks/accuracy/reference/` "
+             "(made by `benchmarks/accuracy/make_reference.py`: pymc NUTS, the model's exact priors; chains, "
+             "draws, R-hat and ESS are in each JSON file and in the table below).", "",
+             "Columns: largest |mean error| in reference posterior SDs (fe, vcp, vc), the range of SD ratios "
+             "(ours / reference), the share of random effects within the vc bars, seconds, and which bars hold "
+             "(fe mean ≤ 0.1; vc mean ≤ 0.1 for 95 % and ≤ 0.25 all; vcp mean ≤ 0.2; fe SD ratio in [0.9, 1.1]; "
+             "vcp SD ratio in [0.85, 1.15]; vc SD ratio in [0.85, 1.15] for 90 %).", ""]
+    summary = {m: [0, 0] for m in METHODS}
+    for case in CASES:
+        path = HERE / "reference" / f"{case.name}.json"
+        if not path.exists():
+            lines += [f"## {case.name}", "", "No NUTS reference yet.", ""]
+            continue
+        ref = json.loads(path.read_text())
+        lines += [f"## {case.name}: {case.description}", "",
+                  f"`{case.formula}` ({case.family}); NUTS {ref['chains']}×{ref['draws']} draws "
+                  f"({ref['tune']} tuning), {ref['seconds']:.0f} s; max R-hat fe/vcp/vc "
+                  f"{ref['fe_rhat_max']:.3f}/{ref['vcp_rhat_max']:.3f}/{ref['vc_rhat_max']:.3f}, min ESS "
+                  f"{min(ref['fe_ess_min'], ref['vcp_ess_min'], ref['vc_ess_min']):.0f}.", "",
+                  "| method | fe err | vcp err | vc err (max; share ≤ 0.1) | fe sd ratio | vcp sd ratio | "
+                  "vc sd ratio (share in bar) | seconds | × NUTS speed | bars failed |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for method in METHODS:
+            try:
+                fitted = fit(case, method)
+            except Exception as exc:  # a competitor failing is a result, not a crash
+                lines.append(f"| {method} | failed: {type(exc).__name__} | | | | | | | | |")
+                continue
+            if fitted is None:
+                lines.append(f"| {method} | not applicable (trials/offset) | | | | | | | | |")
+                continue
+            m = metrics(fitted, ref)
+            b = bars(m)
+            failed = [k for k, ok in b.items() if not ok]
+            summary[method][0] += len(b) - len(failed)
+            summary[method][1] += len(b)
+            vc = m["vc"]
+            share_sd = np.mean((vc["ratio"] >= 0.85) & (vc["ratio"] <= 1.15))
+            lines.append(
+                f"| {method} | {m['fe']['err_max']:.3f} | {m['vcp']['err_max']:.3f} | "
+                f"{vc['err_max']:.3f}; {np.mean(vc['err'] <= 0.1):.0%} | "
+                f"{m['fe']['ratio_min']:.2f}–{m['fe']['ratio_max']:.2f} | "
+                f"{m['vcp']['ratio_min']:.2f}–{m['vcp']['ratio_max']:.2f} | "
+                f"{vc['ratio_min']:.2f}–{vc['ratio_max']:.2f} ({share_sd:.0%}) | {fitted['seconds']:.2f} | "
+                f"{ref['seconds'] / max(fitted['seconds'], 1e-9):.0f}× | {', '.join(failed) or 'none'} |")
+        lines.append("")
+    lines += ["## Bars held, all cases", "", "| method | bars held |", "|---|---:|"]
+    lines += [f"| {m} | {a} / {b} |" for m, (a, b) in summary.items()]
+    (HERE.parent / "ACCURACY.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[-8:]))
+
+
+if __name__ == "__main__":
+    main()
