@@ -97,7 +97,7 @@ class Binomial(Family):
         return p if trials is None else trials * p
 
     def gaussian_expectation(self, y, m, v, trials, chunk=32768):
-        """Return ``E l, dE/dm, dE/dv, E l''`` for ``eta ~ N(m, v)``.
+        r"""Return ``E l, dE/dm, dE/dv, E l''`` for ``eta ~ N(m, v)``.
 
         The kinked parts have closed forms,
         :math:`\mathrm{E}\max(\eta, 0) = m\Phi(m/s) + s\phi(m/s)` and

@@ -78,7 +78,7 @@ class SparseLDL:
         return self._lu.solve(np.asarray(b, dtype=float))
 
     def diag_inverse(self) -> np.ndarray:
-        """Diagonal of :math:`A^{-1}` by the Takahashi recursion.
+        r"""Diagonal of :math:`A^{-1}` by the Takahashi recursion.
 
         Columns are processed from last to first; the entries of
         :math:`\Sigma = A^{-1}` needed are those on the pattern of L. When the

@@ -218,8 +218,11 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0)):
     sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
     if cond.failures:
         msgs.append(f"{cond.failures} inner Laplace problem(s) failed and were left out of the integration.")
-    converged = bool(opt.success) and not at_bound.any()
-    if not opt.success:
+    # Finite-difference gradients make L-BFGS stop "abnormally" next to the optimum: a small
+    # gradient is what matters.
+    search_ok = bool(opt.success) or float(np.max(np.abs(opt.jac))) < 1e-3
+    converged = search_ok and not at_bound.any()
+    if not search_ok:
         msgs.append(f"The search for the log-SD mode did not converge ({opt.message}).")
     for msg in msgs:
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)

@@ -64,7 +64,11 @@ def _start(model, mean, sd):
     if mean.shape != (n,):
         raise DataError(f"`mean` must have length {n} (fe, vcp, vc); got shape {mean.shape}.")
     if sd is None:
-        sd = np.full(n, 0.5)
+        # Curvature-based SDs at the starting means (a fixed SD would make exp(eta) overflow
+        # for covariates on a large raw scale).
+        tiny = VBPoint(mean[:p], mean[p:p + k], mean[p + k:], np.full(p, 1e-8), np.full(k, 1e-8), np.full(q, 1e-8))
+        elbo = Elbo(model)
+        sd = np.concatenate(elbo.fixed_point_sd(tiny, elbo(tiny, grad=False)[3]))
     sd = np.asarray(sd, dtype=float)
     if sd.shape != (n,) or np.any(~(sd > 0)):
         raise DataError(f"`sd` must be {n} positive values (fe, vcp, vc); got shape {sd.shape}.")
@@ -111,7 +115,7 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
     model : BayesMixedGLM
     mean, sd : array_like, optional
         Starting means and SDs packed ``[fe, vcp, vc]`` (default: the
-        conditional mode at SD 1, and SDs 0.5).
+        conditional mode at SD 1, and the curvature SDs there).
     scale_fe : bool
         Fit with standardised fixed-effect columns and back-transform.
     tol : float

@@ -230,3 +230,30 @@ def test_crossed_design_fits_agree_with_dense_hessian():
     np.testing.assert_allclose(np.concatenate([res.fe_sd, res.vcp_sd, res.vc_sd]), np.sqrt(np.diag(cov)),
                                rtol=1e-4)
     assert np.abs(model.logposterior_grad(x)).max() < 1e-5
+
+
+@pytest.mark.parametrize("method", ["laplace", "vb", "map"])
+def test_raw_scale_covariates_fit_like_centred_ones(method):
+    """HEIGHT in the hundreds of metres: with a wide prior the fit equals the centred one (slopes, SDs)."""
+    data = load("grouseticks")
+    raw = mg.BayesMixedGLM.from_formula("TICKS ~ YEAR + HEIGHT + (1 | BROOD) + (1 | LOCATION)", data=data,
+                                        family="poisson", fe_p=1e4)
+    cen = mg.BayesMixedGLM.from_formula("TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)", data=data,
+                                        family="poisson", fe_p=1e4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mg.ConvergenceWarning)
+        a, b = getattr(raw, f"fit_{method}")(), getattr(cen, f"fit_{method}")()
+    assert a.converged and b.converged
+    assert np.all(np.abs(a.fe_mean[1:] - b.fe_mean[1:]) <= 0.01 * b.fe_sd[1:])
+    np.testing.assert_allclose(a.vcp_mean, b.vcp_mean, atol=0.01)
+    if method != "vb":  # mean-field SDs depend on the parametrisation (the intercept-slope correlation)
+        np.testing.assert_allclose(a.fe_sd[1:], b.fe_sd[1:], rtol=0.01)
+
+
+def test_contraception_raw_age_squared_vb_is_not_zero():
+    """statsmodels' fit_vb returns all zeros here; ours converges to the integrated fit's means."""
+    model = mg.BayesMixedGLM.from_formula("use_01 ~ age + I(age^2) + urban + livch + (1 | district)",
+                                          data=load("Contraception"))
+    vb, lap = model.fit_vb(), model.fit_laplace()
+    assert vb.converged and np.all(vb.fe_mean != 0)
+    assert np.all(np.abs(vb.fe_mean - lap.fe_mean) < 0.25 * lap.fe_sd)
