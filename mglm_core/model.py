@@ -107,8 +107,7 @@ class BayesMixedGLM:
         if data is None:
             raise checks.DataError("`data` must be a DataFrame; got None.")
         d = build_design(formula, data, vc_formulas=vc_formulas, trials=trials, offset=offset)
-        fam = cls._default_family if family is None or cls is not BayesMixedGLM else family
-        return cls._make(d, fam, vcp_p, fe_p)
+        return cls._make(d, family if family is not None else cls._default_family, vcp_p, fe_p)
 
     @classmethod
     def _make(cls, d, family, vcp_p, fe_p):
@@ -196,6 +195,12 @@ class BinomialBayesMixedGLM(BayesMixedGLM):
 
     _default_family = "binomial"
 
+    @classmethod
+    def from_formula(cls, formula, vc_formulas=None, data=None, vcp_p=1.0, fe_p=2.0, *, trials=None, offset=None):
+        """statsmodels' signature: ``from_formula(formula, vc_formulas, data, vcp_p=1, fe_p=2)``."""
+        return BayesMixedGLM.from_formula.__func__(cls, formula, vc_formulas, data, "binomial", vcp_p, fe_p,
+                                                   trials=trials, offset=offset)
+
     def __init__(self, endog, exog, exog_vc, ident, vcp_p=1.0, fe_p=2.0, fep_names=None, vcp_names=None,
                  vc_names=None, **kwargs):
         super().__init__(endog, exog, exog_vc, ident, family="binomial", vcp_p=vcp_p, fe_p=fe_p,
@@ -206,6 +211,12 @@ class PoissonBayesMixedGLM(BayesMixedGLM):
     """Poisson (log) mixed GLM with statsmodels' signature."""
 
     _default_family = "poisson"
+
+    @classmethod
+    def from_formula(cls, formula, vc_formulas=None, data=None, vcp_p=1.0, fe_p=2.0, *, trials=None, offset=None):
+        """statsmodels' signature: ``from_formula(formula, vc_formulas, data, vcp_p=1, fe_p=2)``."""
+        return BayesMixedGLM.from_formula.__func__(cls, formula, vc_formulas, data, "poisson", vcp_p, fe_p,
+                                                   trials=trials, offset=offset)
 
     def __init__(self, endog, exog, exog_vc, ident, family=None, vcp_p=1.0, fe_p=2.0, fep_names=None,
                  vcp_names=None, vc_names=None, **kwargs):

@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE))
 from cases import BY_NAME, CASES  # noqa: E402
 
 
-def sample(case, draws, tune, chains, seed=1):
+def sample(case, draws, tune, chains, seed=1, cores=2):
     import arviz as az
     import pymc as pm
     import pytensor.sparse as ps
@@ -47,7 +47,7 @@ def sample(case, draws, tune, chains, seed=1):
         else:
             pm.Poisson("y", mu=pt.exp(eta), observed=y.astype(int))
         t0 = time.perf_counter()
-        idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=2, random_seed=seed, target_accept=0.95,
+        idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed, target_accept=0.95,
                           progressbar=False, compute_convergence_checks=False)
         seconds = time.perf_counter() - t0
     post = idata.posterior
@@ -71,6 +71,7 @@ def main():
     ap.add_argument("--tune", type=int, default=1500)
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--skip-existing", action="store_true")
+    ap.add_argument("--cores", type=int, default=2)
     args = ap.parse_args()
     names = args.cases or [c.name for c in CASES]
     (HERE / "reference").mkdir(exist_ok=True)
@@ -78,7 +79,7 @@ def main():
         path = HERE / "reference" / f"{name}.json"
         if args.skip_existing and path.exists():
             continue
-        res = sample(BY_NAME[name], args.draws, args.tune, args.chains)
+        res = sample(BY_NAME[name], args.draws, args.tune, args.chains, cores=args.cores)
         path.write_text(json.dumps(res, indent=1) + "\n")
         print(name, f"{res['seconds']:.0f}s", "rhat", res["fe_rhat_max"], res["vcp_rhat_max"], res["vc_rhat_max"],
               flush=True)

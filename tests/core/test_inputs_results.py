@@ -122,3 +122,9 @@ def test_poisson_offset_is_exposure():
     # Adding a constant to the offset moves only the intercept (up to its prior's pull).
     assert shifted.fe_mean[0] == pytest.approx(with_off.fe_mean[0] - 1.0, abs=0.02)
     assert shifted.fe_mean[1] == pytest.approx(with_off.fe_mean[1], abs=0.01)
+
+
+def test_subclass_from_formula_takes_statsmodels_positional_priors():
+    data = load("Salamanders")
+    model = mg.PoissonBayesMixedGLM.from_formula("count ~ mined", {"site": "0 + C(site)"}, data, 0.5, 3.0)
+    assert (model.vcp_p, model.fe_p, model.family.name) == (0.5, 3.0, "poisson")
