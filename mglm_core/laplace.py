@@ -25,7 +25,7 @@ from .newton import newton_ascent
 from .objectives import LogJoint
 from .results import BayesMixedGLMResults, FitDiagnostics
 
-__all__ = ["fit_map", "degenerate_components", "scaling_transform"]
+__all__ = ["fit_map", "degenerate_components", "scaling_transform", "working_model"]
 
 
 def scaling_transform(X):
@@ -49,6 +49,14 @@ def scaling_transform(X):
         i0 = const[0]
         M[i0, ixs] = -center[ixs] / sc[ixs] / X[0, i0]
     return Xs, M
+
+
+def working_model(model, scale_fe):
+    """The model to optimise and the map ``M`` back to original fe (``beta = M @ beta_scaled``; None if unscaled)."""
+    if scale_fe and model.k_fep:
+        Xs, M = scaling_transform(model.exog)
+        return model.with_exog(Xs), M
+    return model, None
 
 
 def degenerate_components(model, vcp, vc, sd_floor=1e-4):
@@ -100,11 +108,7 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200):
     BayesMixedGLMResults
     """
     t0 = time.perf_counter()
-    M = None
-    work = model
-    if scale_fe and model.k_fep:
-        Xs, M = scaling_transform(model.exog)
-        work = model.with_exog(Xs)
+    work, M = working_model(model, scale_fe)
     lj = LogJoint(work)
     p, k, q = work.k_fep, work.k_vcp, work.k_vc
     stage1 = newton_ascent(conditional_fun(lj, np.zeros(k)), np.zeros(q), np.zeros(p), tol=tol,

@@ -27,7 +27,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from .errors import ConvergenceWarning, DataError
-from .laplace import conditional_fun, scaling_transform
+from .laplace import conditional_fun, working_model
 from .newton import newton_ascent
 from .objectives import Elbo, LogJoint, VBPoint
 from .results import BayesMixedGLMResults, FitDiagnostics
@@ -134,11 +134,7 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
         a lower bound on :math:`\\log p(y)`.
     """
     t0 = time.perf_counter()
-    M = None
-    work = model
-    if scale_fe and model.k_fep:
-        Xs, M = scaling_transform(model.exog)
-        work = model.with_exog(Xs)
+    work, M = working_model(model, scale_fe)
     p, k, q = work.k_fep, work.k_vcp, work.k_vc
     elbo = Elbo(work)
     pt = _start(work, mean, sd)
