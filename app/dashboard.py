@@ -83,8 +83,10 @@ class Dashboard(pn.viewable.Viewer):
         self.file_input.param.watch(self._on_upload, "value")
         data_info = pn.pane.Markdown(pn.bind(self._data_info, st.data.param.df, st.data.param.dataset),
                                      margin=(0, 5), css_classes=["mglm-note"])
-        categorical = pn.widgets.MultiChoice.from_param(st.data.param.categorical, name="Treat as categorical",
-                                                        sizing_mode="stretch_width")
+        # widgets whose options depend on the data are rebuilt when the columns change: pushing new options to
+        # a live Select races with its value (the browser resets it to the first option and sends that back)
+        categorical = pn.panel(pn.bind(self._categorical_widget, st.param.columns_version),
+                               sizing_mode="stretch_width")
         data_card = pn.Card(
             self.demo_select,
             pn.pane.Markdown(f"**or upload** a CSV, Parquet or Excel file (at most {MAX_UPLOAD_MB} MB):",
@@ -94,19 +96,9 @@ class Dashboard(pn.viewable.Viewer):
 
         # ---- model
         w = dict(sizing_mode="stretch_width")
+        self._alerts = {k: self._alert(k) for k in ("response", "fixed", "groups")}
         model_card = pn.Card(
-            pn.widgets.Select.from_param(spec.param.response, name="Response", **w),
-            pn.widgets.RadioButtonGroup.from_param(spec.param.family, button_type="primary",
-                                                   button_style="outline", **w),
-            pn.widgets.Select.from_param(spec.param.trials, name="Trials (binomial counts out of n)", **w),
-            self._alert("response"),
-            pn.widgets.MultiChoice.from_param(spec.param.fixed_numeric, **w),
-            pn.widgets.MultiChoice.from_param(spec.param.fixed_factors, **w),
-            self._alert("fixed"),
-            pn.widgets.MultiChoice.from_param(spec.param.groups, name="Grouping factors (random intercepts)", **w),
-            pn.widgets.MultiChoice.from_param(spec.param.slopes, name="Random slopes (numeric)", **w),
-            self._alert("groups"),
-            pn.widgets.Select.from_param(spec.param.offset, **w),
+            pn.panel(pn.bind(self._model_widgets, st.param.columns_version), sizing_mode="stretch_width"),
             title="2 · Model", sizing_mode="stretch_width", collapsible=True)
 
         # ---- method, priors, fit
@@ -166,7 +158,7 @@ class Dashboard(pn.viewable.Viewer):
             "Densities of each random-effect **standard deviation**; the diamond is the posterior median and the bar "
             "the 95 % interval.", css_classes=["mglm-note"]), sizing_mode="stretch_width", name="Variance components")
         re_tab = pn.Column(
-            pn.Row(pn.widgets.Select.from_param(view.param.re_term, width=220),
+            pn.Row(pn.panel(pn.bind(self._re_term_widget, fit.param.outcome)),
                    pn.widgets.TextInput.from_param(view.param.re_search, placeholder="level name contains...",
                                                    width=220),
                    pn.widgets.IntInput.from_param(view.param.re_top_k, width=220)),
@@ -252,6 +244,50 @@ class Dashboard(pn.viewable.Viewer):
                             sizing_mode="stretch_width", dynamic=True)
         self.main = pn.Column(self.header, self.tabs, sizing_mode="stretch_width")
 
+    @staticmethod
+    def _column_widget(cls, obj, pname: str, **kw):
+        """A widget for a parameter whose options (data columns) change with the data.
+
+        ``from_param`` would push every change of the parameter's ``objects`` to the live widget, and a Select
+        whose value is not (yet) among its new options resets itself to the first option and writes that back.
+        These widgets are instead created with the current options and value whenever the columns change, and
+        only write user changes to the parameter.
+        """
+        p = obj.param[pname]
+        objects = list(p.objects) if not isinstance(p.objects, dict) else p.objects
+        widget = cls(name=kw.pop("name", p.label), options=objects, value=getattr(obj, pname), **kw)
+
+        def _write(event):
+            if event.new != getattr(obj, pname):
+                obj.param.update({pname: list(event.new) if isinstance(event.new, list) else event.new})
+
+        widget.param.watch(_write, "value")
+        return widget
+
+    def _categorical_widget(self, _version):
+        return self._column_widget(pn.widgets.MultiChoice, self.state.data, "categorical",
+                                   name="Treat as categorical", sizing_mode="stretch_width")
+
+    def _model_widgets(self, _version):
+        spec, w, cw = self.state.spec, dict(sizing_mode="stretch_width"), self._column_widget
+        return pn.Column(
+            cw(pn.widgets.Select, spec, "response", name="Response", **w),
+            pn.widgets.RadioButtonGroup.from_param(spec.param.family, button_type="primary",
+                                                   button_style="outline", **w),
+            cw(pn.widgets.Select, spec, "trials", name="Trials (binomial counts out of n)", **w),
+            self._alerts["response"],
+            cw(pn.widgets.MultiChoice, spec, "fixed_numeric", **w),
+            cw(pn.widgets.MultiChoice, spec, "fixed_factors", **w),
+            self._alerts["fixed"],
+            cw(pn.widgets.MultiChoice, spec, "groups", name="Grouping factors (random intercepts)", **w),
+            cw(pn.widgets.MultiChoice, spec, "slopes", name="Random slopes (numeric)", **w),
+            self._alerts["groups"],
+            cw(pn.widgets.Select, spec, "offset", **w),
+            sizing_mode="stretch_width", margin=0)
+
+    def _re_term_widget(self, _outcome):
+        return self._column_widget(pn.widgets.Select, self.state.view, "re_term", width=220)
+
     # ------------------------------------------------------------------ callbacks
     def _on_demo(self, event):
         if event.new:
@@ -263,7 +299,8 @@ class Dashboard(pn.viewable.Viewer):
     def _on_upload(self, event):
         if event.new is None:
             return
-        if self.state.load_upload(self.file_input.filename or "upload.csv", event.new):
+        ok = self.state.load_upload(self.file_input.filename or "upload.csv", event.new)
+        if ok:
             self.demo_select.value = None
 
     async def _on_fit_click(self, event):

@@ -332,6 +332,7 @@ class AppState(param.Parameterized):
     truth = param.Dict(default=None, allow_None=True, doc="Known truth of simulated data (fe, sd, re).")
     view = param.ClassSelector(class_=param.Parameterized, doc="PlotOptions")
     sim = param.ClassSelector(class_=param.Parameterized, doc="SimSettings")
+    columns_version = param.Integer(default=0, doc="Incremented after the offered columns changed (views rebuild).")
     debounce = param.Number(default=0.35, doc="Seconds to wait after the last change before a live refit.")
     live_limit = param.Integer(default=LIVE_FIT_LIMIT)
 
@@ -396,6 +397,7 @@ class AppState(param.Parameterized):
             self.errors = {}
         finally:
             self._loading = False
+        self.columns_version += 1
         if fit:
             self.request_fit(immediate=True)
 
@@ -418,6 +420,7 @@ class AppState(param.Parameterized):
             self.spec.refresh_roles(self.data)
         finally:
             self._loading = False
+        self.columns_version += 1
         self.request_fit()
 
     # ------------------------------------------------------------ fitting
@@ -485,7 +488,7 @@ class AppState(param.Parameterized):
         """Called after any change: live refit (debounced) for small models, else mark the result stale."""
         request = self.make_request()
         if request is None:
-            self.fit.status = "error" if self.fit.outcome is None else self.fit.status
+            self._invalid()
             return
         if not (immediate or self.is_live()):
             self.fit.param.update(status="stale", message="The model changed: press Fit to refit "
@@ -512,6 +515,7 @@ class AppState(param.Parameterized):
             return
         request = self.make_request()
         if request is None:
+            self._invalid()
             return
         self._busy = True
         try:
@@ -531,6 +535,11 @@ class AppState(param.Parameterized):
         if self._rerun:
             self._rerun = False
             await self.fit_async()
+
+    def _invalid(self) -> None:
+        kept = " The previous result is still shown." if self.fit.outcome is not None else ""
+        self.fit.param.update(status="error", message="The model cannot be fitted as specified: see the message "
+                              "next to the control in the sidebar." + kept)
 
     def fit_now(self) -> bool:
         """Synchronous fit (tests, notebooks, scripts). Returns True on success."""

@@ -1,0 +1,206 @@
+"""End-to-end tests in a real headless Chromium against `python -m panel serve app`.
+
+Run alone (one browser session at a time):  python -m pytest tests/app/test_browser.py -m browser -q
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+# JavaScript: data of every ColumnDataSource in the page that has all the given columns.
+SOURCES_JS = """(cols) => {
+  const out = [];
+  for (const doc of Bokeh.documents) {
+    for (const m of doc.all_models) {
+      if (m.type !== 'ColumnDataSource' && !(m.constructor && m.constructor.name === 'ColumnDataSource')) continue;
+      const d = m.data instanceof Map ? Object.fromEntries(m.data) : m.data;
+      if (cols.every(c => c in d)) {
+        const o = {};
+        for (const c of cols) o[c] = Array.from(d[c]);
+        out.push(o);
+      }
+    }
+  }
+  return out;
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    while port in (5060, 5061, 6000, 6665, 6666, 6667, 6668, 6669, 6697):  # Chromium's unsafe ports
+        port = _free_port()
+    cmd = [sys.executable, "-m", "panel", "serve", "app", "--address", "127.0.0.1", "--port", str(port),
+           "--allow-websocket-origin", f"127.0.0.1:{port}", "--liveness"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/liveness", timeout=1)
+            break
+        except Exception:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read().decode())
+            time.sleep(0.5)
+    yield url + "/app"
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(chromium, server):
+    pg = chromium.new_page(viewport={"width": 1500, "height": 1000})
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(server)
+    pg.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=60_000)
+    pg.locator(".bk-tab", has_text="Fixed effects").first.wait_for(timeout=60_000)
+    pg.console_errors = errors
+    yield pg
+    pg.close()
+
+
+def sources(pg, *cols):
+    return pg.evaluate(SOURCES_JS, list(cols))
+
+
+def wait_sources(pg, cols, predicate, timeout=60.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        found = [s for s in sources(pg, *cols) if predicate(s)]
+        if found:
+            return found
+        pg.wait_for_timeout(250)
+    raise AssertionError(f"no data source with {cols} satisfying the condition; have {sources(pg, *cols)}")
+
+
+def open_tab(pg, name):
+    pg.locator(".bk-tab", has_text=name).first.click()
+
+
+def choose(pg, label, option):
+    """Pick an option in the MultiChoice whose label is ``label`` (Choices.js: type and press Enter)."""
+    group = pg.locator(".bk-input-group", has_text=label).first
+    group.locator("input").first.click()
+    pg.keyboard.type(option)
+    pg.keyboard.press("Enter")
+    pg.keyboard.press("Escape")
+
+
+def test_first_screen_shows_fitted_cbpp(page):
+    import mglm_core as mg
+    from app.data import load_demo
+    from app.state import ModelSpec
+
+    method = ModelSpec().method
+    model = mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data=load_demo("cbpp"),
+                                          family="binomial", trials="size")
+    res = getattr(model, f"fit_{method}")()
+    forest = wait_sources(page, ["term", "mean", "y"], lambda s: len(s["mean"]) == 4)
+    np.testing.assert_allclose(forest[0]["mean"], res.fe_mean, rtol=1e-5)
+    assert page.get_by_text("FITTED").first.is_visible()
+
+    open_tab(page, "Variance components")
+    dens = wait_sources(page, ["sd", "density", "component"], lambda s: len(s["sd"]) > 10)
+    np.testing.assert_allclose(dens[0]["sd"], res.vcp_density("herd")["sd"].to_numpy(), rtol=1e-5)
+
+    open_tab(page, "Random effects")
+    cat = wait_sources(page, ["rank", "mean", "level"], lambda s: len(s["rank"]) == 15)
+    expected = res.random_effects("herd").set_index("level")["Mean"]
+    got = dict(zip(cat[0]["level"], cat[0]["mean"]))
+    for level, value in expected.items():
+        assert got[str(level)] == pytest.approx(value, rel=1e-5)
+    assert page.console_errors == []
+
+
+def test_upload_csv_choose_columns_and_fit(page, tmp_path):
+    from app.data import load_demo
+    from app.state import AppState
+
+    df = load_demo("cbpp_long")
+    df["herd"] = "H" + df["herd"].astype(str)
+    path = tmp_path / "long.csv"
+    df.to_csv(path, index=False)
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    # the upload has no usable grouping factor guessed?  It guesses 'herd' (text); choose 'period' as a factor
+    page.get_by_text("long.csv: 842 rows").first.wait_for(timeout=30_000)
+    choose(page, "Treat as categorical", "period")
+    page.wait_for_timeout(1500)
+    choose(page, "Categorical fixed effects", "period")
+
+    st = AppState()
+    st.load_upload("long.csv", path.read_bytes(), fit=False)
+    st.data.categorical = st.data.categorical + ["period"]
+    st.spec.param.update(fixed_factors=["period"])
+    assert st.fit_now(), st.errors
+    res = st.fit.result
+    forest = wait_sources(page, ["term", "mean", "y"], lambda s: len(s["mean"]) == len(res.fe_mean), timeout=90)
+    np.testing.assert_allclose(forest[0]["mean"], res.fe_mean, rtol=1e-5)
+    open_tab(page, "Random effects")
+    cat = wait_sources(page, ["rank", "mean", "level"], lambda s: "H1" in s["level"])
+    assert sorted(cat[0]["mean"]) == pytest.approx(sorted(res.random_effects("herd")["Mean"]), rel=1e-5)
+    assert page.console_errors == []
+
+
+def test_bad_file_shows_message_and_keeps_result(page, tmp_path):
+    forest = wait_sources(page, ["term", "mean", "y"], lambda s: len(s["mean"]) == 4)
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"\xff\xfe\xfa\x00\x81,\x82\n")
+    page.locator("input[type=file]").first.set_input_files(str(bad))
+    page.get_by_text("is not UTF-8").first.wait_for(timeout=30_000)
+    again = wait_sources(page, ["term", "mean", "y"], lambda s: len(s["mean"]) == 4)
+    assert again[0]["mean"] == forest[0]["mean"]
+    assert page.console_errors == []
+
+
+def test_session_answers_during_long_fit(page):
+    # VerbAgg with integrated Laplace is above the live limit: a Fit button run that takes seconds
+    select = page.locator("select").first
+    select.select_option("VerbAgg")
+    page.get_by_text("FITTING").first.wait_for(timeout=30_000)
+    t0 = time.time()
+    page.get_by_text("Exp scale").first.click()  # needs a server round trip to redraw the forest plot
+    wait_sources(page, ["term", "mean", "y"], lambda s: len(s["mean"]) == 4 and min(s["mean"]) > 0, timeout=10)
+    answered = time.time() - t0
+    still_fitting = page.get_by_text("FITTING").first.is_visible()
+    assert still_fitting, "the fit ended before the check; the test needs a longer fit"
+    assert answered < 3.0
+    page.get_by_text("FITTED").first.wait_for(timeout=120_000)
+    wait_sources(page, ["term", "mean", "y"], lambda s: "Anger" in s["term"], timeout=30)
+    assert page.console_errors == []
