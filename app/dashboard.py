@@ -19,6 +19,7 @@ from app.data import DEMOS, MAX_UPLOAD_MB, column_overview
 from app.state import AppState, problem_size
 
 ACCENT = plots.COLORS["accent"]
+OWN_DATA = "(uploaded or simulated data)"
 CSS = """
 :host { --accent: %s; }
 .mglm-status { font-size: 0.95em; color: #334155; }
@@ -75,8 +76,10 @@ class Dashboard(pn.viewable.Viewer):
         st, spec, fit, view, sim = self.state, self.state.spec, self.state.fit, self.state.view, self.state.sim
 
         # ---- data
-        self.demo_select = pn.widgets.Select(name="Demo data set", options=list(DEMOS), value=st.data.dataset
-                                             if st.data.dataset in DEMOS else None, sizing_mode="stretch_width")
+        # (a Select set to a value outside its options silently breaks the session's updates: use a placeholder)
+        self.demo_select = pn.widgets.Select(name="Demo data set", options=[OWN_DATA] + list(DEMOS),
+                                             value=st.data.dataset if st.data.dataset in DEMOS else OWN_DATA,
+                                             sizing_mode="stretch_width")
         self.demo_select.param.watch(self._on_demo, "value")
         self.file_input = pn.widgets.FileInput(accept=".csv,.txt,.tsv,.parquet,.pq,.xlsx,.xls",
                                                sizing_mode="stretch_width", name="Upload")
@@ -290,7 +293,7 @@ class Dashboard(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------ callbacks
     def _on_demo(self, event):
-        if event.new:
+        if event.new and event.new != OWN_DATA:
             try:
                 self.state.load_demo(event.new)
             except Exception as exc:
@@ -301,7 +304,7 @@ class Dashboard(pn.viewable.Viewer):
             return
         ok = self.state.load_upload(self.file_input.filename or "upload.csv", event.new)
         if ok:
-            self.demo_select.value = None
+            self.demo_select.value = OWN_DATA
 
     async def _on_fit_click(self, event):
         await self.state.fit_async()
@@ -311,7 +314,7 @@ class Dashboard(pn.viewable.Viewer):
 
     def _on_simulate(self, event):
         self.state.simulate(fit=True)
-        self.demo_select.value = None
+        self.demo_select.value = OWN_DATA
 
     # ------------------------------------------------------------------ bound renderers
     def _data_info(self, df, name):
