@@ -136,7 +136,43 @@ class SparseLDL:
             s_ = -M @ l
             rows[j], vals[j] = I, s_
             sig_diag[j] = 1.0 / d[j] - l @ s_
+        self._selected = (rows, vals, T, j0, sig_diag)
         return sig_diag[self._perm]
+
+    def inverse_on_pattern(self, a, b):
+        r"""Entries :math:`(A^{-1})_{a_t b_t}` for index pairs on the sparsity pattern of A.
+
+        Uses the Takahashi values (every pair on A's pattern lies on the filled
+        pattern of L), so the cost is that of :meth:`diag_inverse`.
+        """
+        a, b = np.asarray(a), np.asarray(b)
+        if self.is_diagonal:
+            if np.any(a != b):
+                raise ValueError("off-diagonal entries requested from a diagonal matrix")
+            return 1.0 / self.d[a]
+        if not hasattr(self, "_selected"):
+            self.diag_inverse()
+        rows, vals, T, j0, sig_diag = self._selected
+        iperm = self._perm  # original index i sits at permuted position perm[i]
+        pa, pb = iperm[a], iperm[b]
+        lo, hi = np.minimum(pa, pb), np.maximum(pa, pb)
+        out = np.empty(a.size)
+        same = lo == hi
+        out[same] = sig_diag[lo[same]]
+        tail = ~same & (lo >= j0)
+        if tail.any():
+            out[tail] = T[lo[tail] - j0, hi[tail] - j0]
+        rest = np.flatnonzero(~same & ~tail)
+        if rest.size:
+            order = rest[np.argsort(lo[rest], kind="stable")]
+            cols = lo[order]
+            bounds = np.flatnonzero(np.diff(cols)) + 1
+            for grp in np.split(np.arange(order.size), bounds):
+                k = cols[grp[0]]
+                want = hi[order[grp]]
+                pos = np.searchsorted(rows[k], want)
+                out[order[grp]] = vals[k][pos]
+        return out
 
 
 class BorderedFactor:

@@ -124,13 +124,46 @@ class RowData:
             eta = eta + c.offset
         return eta
 
-    def reduce(self, family, fe, vc, fe_var=None, vc_var=None, hessian=True) -> RowSums:
+    def latent_row_variances(self, factor) -> np.ndarray:
+        r"""Variances of :math:`\eta_i` under :math:`N(\mu, H^{-1})` over (vc, fe).
+
+        With :math:`H` factored as a :class:`~mglm_core.linalg.BorderedFactor`
+        (sparse block A for vc, border S for fe, :math:`T = A^{-1}B`):
+
+        .. math:: v_i = z_i^\top A^{-1} z_i + (T^\top z_i - x_i)^\top S^{-1} (T^\top z_i - x_i),
+
+        where :math:`z_i^\top A^{-1} z_i` needs :math:`A^{-1}` only on the pattern of
+        :math:`Z^\top Z` (selected inverse).
+        """
+        import scipy.linalg as sla
+
+        out = np.zeros(self.n)
+        sig = None
+        if self.q:
+            gram_rows = np.repeat(np.arange(self.q), np.diff(self._gram_indptr))
+            sig = factor.A.inverse_on_pattern(gram_rows, self._gram_indices)
+        for c in self.chunks:
+            nr = c.rows.stop - c.rows.start
+            v = np.zeros(nr)
+            if self.q:
+                pr = c.pairs
+                v += np.bincount(self._pair_row[pr] - c.rows.start,
+                                 weights=self._pair_val[pr] * sig[self._pair_pos[pr]], minlength=nr)
+            if factor.m:
+                U = (c.Z @ factor.AinvB if self.q else 0.0) - c.X
+                W = sla.solve_triangular(factor.S_chol[0], np.asarray(U).T, lower=True)
+                v += np.einsum("ij,ij->j", W, W)
+            out[c.rows] = v
+        return out
+
+    def reduce(self, family, fe, vc, fe_var=None, vc_var=None, hessian=True, row_var=None) -> RowSums:
         """Sum the row statistics over all chunks.
 
         With ``fe_var``/``vc_var`` (variational variances) the row terms are
         Gaussian expectations over :math:`\\eta_i \\sim N(m_i, v_i)` with
-        :math:`v_i = (X\\circ X)_i\\, fe\\_var + (Z\\circ Z)_i\\, vc\\_var`;
-        the weight is then :math:`-\\mathrm{E}\\,\\ell_i''`.
+        :math:`v_i = (X\\circ X)_i\\, fe\\_var + (Z\\circ Z)_i\\, vc\\_var`, or with
+        ``row_var`` given, :math:`v_i` = ``row_var[i]``; the weight is then
+        :math:`-\\mathrm{E}\\,\\ell_i''`.
         """
         p, q = self.p, self.q
         ll = 0.0
@@ -141,7 +174,10 @@ class RowData:
         zwz = np.zeros(self._gram_nnz) if hessian else None
         for c in self.chunks:
             eta = self._eta(c, fe, vc)
-            if fe_var is None:
+            if row_var is not None:
+                ll_i, score, _, d2 = family.gaussian_expectation(c.y, eta, row_var[c.rows], c.trials)
+                w = -d2
+            elif fe_var is None:
                 ll_i = family.loglike(c.y, eta, c.trials)
                 score, w = family.score_weight(c.y, eta, c.trials)
             else:
