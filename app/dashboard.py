@@ -154,7 +154,7 @@ class Dashboard(pn.viewable.Viewer):
             sizing_mode="stretch_width", min_height=400)
 
         fe_tab = pn.Column(
-            pn.Row(pn.widgets.Checkbox.from_param(view.param.exp_scale),
+            pn.Row(pn.widgets.Checkbox.from_param(view.param.exp_scale, css_classes=["exp-toggle"]),
                    pn.widgets.Checkbox.from_param(view.param.include_intercept)),
             self.forest_pane, sizing_mode="stretch_width", name="Fixed effects")
         vc_tab = pn.Column(self.density_pane, pn.pane.Markdown(
