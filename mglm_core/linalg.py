@@ -100,7 +100,7 @@ class SparseLDL:
         T = None
         if n - j0 >= 2:
             Lt = L[j0:, j0:].toarray()
-            Linv = sla.solve_triangular(Lt, np.eye(n - j0), lower=True, unit_diagonal=True)
+            Linv = np.linalg.inv(Lt)  # unit lower triangular; scipy solve_triangular has a large fixed cost
             T = (Linv.T / d[j0:]) @ Linv
         rows = [None] * n
         vals = [None] * n

@@ -135,10 +135,11 @@ class RowData:
         where :math:`z_i^\top A^{-1} z_i` needs :math:`A^{-1}` only on the pattern of
         :math:`Z^\top Z` (selected inverse).
         """
-        import scipy.linalg as sla
-
         out = np.zeros(self.n)
         sig = None
+        if factor.m:
+            # np.linalg.inv: scipy's solve_triangular has a large fixed cost with threaded BLAS
+            Linv_t = np.linalg.inv(np.tril(factor.S_chol[0])).T
         if self.q:
             gram_rows = np.repeat(np.arange(self.q), np.diff(self._gram_indptr))
             sig = factor.A.inverse_on_pattern(gram_rows, self._gram_indices)
@@ -150,9 +151,8 @@ class RowData:
                 v += np.bincount(self._pair_row[pr] - c.rows.start,
                                  weights=self._pair_val[pr] * sig[self._pair_pos[pr]], minlength=nr)
             if factor.m:
-                U = (c.Z @ factor.AinvB if self.q else 0.0) - c.X
-                W = sla.solve_triangular(factor.S_chol[0], np.asarray(U).T, lower=True)
-                v += np.einsum("ij,ij->j", W, W)
+                W = ((c.Z @ factor.AinvB if self.q else 0.0) - c.X) @ Linv_t
+                v += np.einsum("ij,ij->i", W, W)
             out[c.rows] = v
         return out
 
