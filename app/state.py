@@ -472,7 +472,8 @@ class AppState(param.Parameterized):
     def make_request(self) -> adapter.FitRequest | None:
         """Validate; on success the cleaned data and spec, frozen. On failure, errors are set and None returned."""
         errors = validate(self.spec, self.data)
-        self.errors = errors
+        # a failed upload or simulation stays visible until the next successful load
+        self.errors = {**{k: v for k, v in self.errors.items() if k in ("data", "teach")}, **errors}
         if errors:
             return None
         df, n_dropped = prepare_data(self.spec, self.data)
