@@ -15,9 +15,9 @@ joint density. Its mode :math:`\theta^*` and curvature
 :math:`\Sigma = (-\nabla^2 \log\tilde p)^{-1}` (finite differences) define
 standardised coordinates :math:`\theta = \theta^* + \Sigma^{1/2} z`:
 
-* k <= 2 components: a regular grid in z (step 0.75 for k = 1, 1.0 for k = 2),
-  explored outwards from the mode while the log density is within 6.5 of its
-  maximum, weights :math:`\propto \tilde p(\theta \mid y)`;
+* k <= 2 components: a regular grid in z (step 0.75 for k = 1, 1.2 for k = 2),
+  explored outwards from the mode while the log density is within 6.5 (k = 1)
+  or 5 (k = 2) of its maximum, weights :math:`\propto \tilde p(\theta \mid y)`;
 * k > 2: a Gaussian in :math:`\theta` with the 2k axial points
   :math:`\pm\sqrt{k}` along the axes of z (weights 1/2k), exact for the
   mean and covariance of a Gaussian.
@@ -46,9 +46,9 @@ from .results import BayesMixedGLMResults, FitDiagnostics, VcpGrid
 
 __all__ = ["fit_laplace"]
 
-_STEP = {1: 0.75, 2: 1.0}
+_STEP = {1: 0.75, 2: 1.2}
+_DROP_K = {1: 6.5, 2: 5.0}
 _GRID_MAX_K = 2
-_DROP = 6.5
 
 
 class _Conditional:
@@ -62,8 +62,17 @@ class _Conditional:
         self.b = np.zeros(model.k_fep)
         self.n_inner = 0
         self.failures = 0
+        self.cache = {}
 
     def __call__(self, vcp, keep=False):
+        key = tuple(np.round(np.asarray(vcp, dtype=float), 12))
+        if key in self.cache:
+            return self.cache[key]
+        out = self._solve(vcp)
+        self.cache[key] = out
+        return out
+
+    def _solve(self, vcp):
         nr = newton_ascent(conditional_fun(self.lj, vcp), self.u, self.b, tol=self.tol, max_iter=100)
         self.n_inner += nr.n_iter
         if nr.factor is None or not np.isfinite(nr.value):
@@ -156,7 +165,7 @@ def _fd_grad_hess(f, x, h):
     return f0, g, H
 
 
-def _maximise_theta(f, x0, bounds, h=1e-3, tol=1e-5, max_iter=50):
+def _maximise_theta(f, x0, bounds, h=1e-3, tol=1e-3, max_iter=50):
     """Newton ascent on a low-dimensional, smooth log density with finite-difference derivatives.
 
     Steps are projected on the box ``bounds``; a non-concave curvature falls back to a
@@ -189,7 +198,8 @@ def _maximise_theta(f, x0, bounds, h=1e-3, tol=1e-5, max_iter=50):
 
 
 def _grid_points(logf, k, step):
-    """Explore a regular grid in z outwards from 0 while within _DROP of the maximum."""
+    """Explore a regular grid in z outwards from 0 while within _DROP_K[k] of the maximum."""
+    drop = _DROP_K[k]
     seen = {}
     frontier = [(0,) * k]
     best = -np.inf
@@ -201,7 +211,7 @@ def _grid_points(logf, k, step):
             val = logf(np.array(idx, dtype=float) * step)
             seen[idx] = val
             best = max(best, val)
-            if val > best - _DROP and max(abs(i) for i in idx) * step < 7.0:
+            if val > best - drop and max(abs(i) for i in idx) * step < 7.0:
                 for d in range(k):
                     for s in (-1, 1):
                         nb = list(idx)
@@ -269,7 +279,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True):
         pts = _grid_points(lambda z: cond(mode + root @ z)[0], k, step)
         zs = np.array(list(pts.keys()), dtype=float) * step
         logw = np.array(list(pts.values()))
-        keep = logw > logw.max() - _DROP - 3
+        keep = logw > logw.max() - _DROP_K[k] - 3
         zs, logw = zs[keep], logw[keep]
         log_evidence_base = k * np.log(step) + log_jac
     else:
