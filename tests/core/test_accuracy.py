@@ -1,0 +1,39 @@
+"""The integrated fit against stored NUTS posteriors (benchmarks/accuracy/reference/, made by
+benchmarks/accuracy/make_reference.py): the bars of the accuracy issue on two fast cases."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks" / "accuracy"))
+
+from cases import BY_NAME  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["sim_binary_many_groups", "cbpp", "sim_poisson_single"])
+def test_integrated_laplace_meets_the_accuracy_bars(name):
+    ref = json.loads((ROOT / "benchmarks" / "accuracy" / "reference" / f"{name}.json").read_text())
+    res = BY_NAME[name].model().fit_laplace()
+    assert res.converged and not res.warnings
+    for part in ("fe", "vcp", "vc"):
+        mean, sd = getattr(res, f"{part}_mean"), getattr(res, f"{part}_sd")
+        rm, rs = np.array(ref[f"{part}_mean"]), np.array(ref[f"{part}_sd"])
+        err, ratio = np.abs(mean - rm) / rs, sd / rs
+        bound, (lo, hi) = {"fe": (0.1, (0.9, 1.1)), "vcp": (0.2, (0.85, 1.15)), "vc": (0.25, (0.85, 1.15))}[part]
+        assert err.max() <= bound, (part, err.max())
+        if part == "vc":
+            assert np.mean(err <= 0.1) >= 0.95
+            assert np.mean((ratio >= lo) & (ratio <= hi)) >= 0.9
+        else:
+            assert lo <= ratio.min() and ratio.max() <= hi, (part, ratio)
+
+
+def test_map_collapses_where_the_integrated_fit_does_not():
+    ref = json.loads((ROOT / "benchmarks" / "accuracy" / "reference" / "sim_binary_many_groups.json").read_text())
+    model = BY_NAME["sim_binary_many_groups"].model()
+    with pytest.warns(UserWarning, match="Degenerate mode"):
+        collapsed = model.fit_map()
+    assert collapsed.vcp_mean[0] < -50 < ref["vcp_mean"][0]
