@@ -18,10 +18,10 @@ Binomial (logit link), :math:`y_i` successes out of :math:`n_i` trials:
 
 .. math:: \ell_i = y_i\eta_i - n_i \log(1 + e^{\eta_i}) + \log\binom{n_i}{y_i}
 
-The expectation has no closed form: its kinked part is exact and the smooth
-remainder is integrated by Gauss--Legendre rules on each side of 0
-(``n_quad`` nodes per side, 24 by default; see
-:meth:`Binomial.gaussian_expectation`).
+The expectation has no closed form: Gauss--Hermite rules for narrow Gaussians
+(sd <= 1), and for wide ones an exact kinked part plus Gauss--Legendre rules for
+the smooth remainder on each side of 0 (``n_quad`` nodes per side, 24 by
+default); about 1e-9 accurate throughout (see :meth:`Binomial.gaussian_expectation`).
 
 Poisson (log link): :math:`\ell_i = y_i\eta_i - e^{\eta_i} - \log y_i!`, with the
 closed form :math:`\mathrm{E}\,e^{\eta} = e^{m + v/2}`.
