@@ -42,7 +42,7 @@ with sync_playwright() as p:
     pg.screenshot(path=str(OUT / "screenshot_teaching.png"))
     pg.close()
 
-    pg = open_page(b, height=1900)
+    pg = open_page(b, height=2100)
     with tempfile.TemporaryDirectory() as tmp:
         bad = Path(tmp) / "survey_latin1.csv"
         bad.write_bytes("name,réponse\nA,1\n".encode("latin-1") + b"\xff\xfe\n")
