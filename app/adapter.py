@@ -9,7 +9,6 @@ import time
 import warnings as _warnings
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 import mglm_core as mg
@@ -134,39 +133,15 @@ class Simulated:
 def simulate(family: str, n_groups: int, group_size: int, intercept: float, slope: float,
              sd: float, seed: int) -> Simulated:
     """Draw a data set with known truth via ``mglm_core.simulate.simulate_glmm``."""
-    try:
-        from mglm_core.simulate import simulate_glmm
-    except ImportError:  # library gap: simulate module not there yet -> same contract, drawn here
-        simulate_glmm = _simulate_glmm_fallback
+    from mglm_core.simulate import simulate_glmm
 
     sim = simulate_glmm(family=family, n_groups=int(n_groups), group_size=int(group_size),
                         fe={"Intercept": float(intercept), "x": float(slope)}, sd=float(sd), seed=int(seed))
-    truth = dict(sim.truth or {})
-    data = sim.data.copy()
-    formula = sim.formula
-    lhs, rhs = [s.strip() for s in formula.split("~", 1)]
-    import re as _re
-
-    groups = tuple(_re.findall(r"\|\s*([A-Za-z_]\w*)\s*\)", rhs))
-    fixed_part = _re.sub(r"\([^()]*\|[^()]*\)", "", rhs)
-    fixed = tuple(t.strip() for t in fixed_part.split("+") if t.strip() and t.strip() not in ("1", "0"))
-    for g in groups:
-        data[g] = data[g].astype(str)
-    truth_fe = dict(truth.get("fe", {"Intercept": intercept, "x": slope}))
-    sd_truth = truth.get("sd", sd)
-    if not isinstance(sd_truth, dict):
-        sd_truth = {g: float(sd_truth) for g in groups}
-    re_src = getattr(sim, "re", None) or truth.get("re", {})
-    re_truth: dict = {}
-    for key, val in dict(re_src or {}).items():
-        if isinstance(val, (pd.Series, dict)):  # {component: Series indexed by level}
-            for level, v in dict(val).items():
-                re_truth[f"{key}[{level}]"] = float(v)
-        else:  # {level: value}
-            re_truth[str(key)] = float(val)
-    return Simulated(data=data, formula=formula, family=family, truth_fe=truth_fe, truth_sd=dict(sd_truth),
-                     truth_re=re_truth, response=lhs, fixed=fixed, groups=groups,
-                     trials=getattr(sim, "trials", None))
+    groups = tuple(sim.sd)
+    truth_re = {f"{term}[{level}]": float(v) for term, series in sim.re.items() for level, v in series.items()}
+    return Simulated(data=sim.data.copy(), formula=sim.formula, family=family, truth_fe=dict(sim.fe),
+                     truth_sd=dict(sim.sd), truth_re=truth_re, response="y", fixed=("x",), groups=groups,
+                     trials=sim.trials)
 
 
 # ---------------------------------------------------------------- reproducible snippet
@@ -191,28 +166,3 @@ def snippet(request: FitRequest, data_source: str) -> str:
               f"res = model.fit_{request.method}()", "print(res.summary())",
               "print(res.fe_table())", "print(res.vcp_table())"]
     return "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True)
-class _Simulation:
-    data: pd.DataFrame
-    truth: dict
-    formula: str
-
-
-def _simulate_glmm_fallback(family="binomial", n_groups=30, group_size=20, fe=None, sd=0.8, seed=0):
-    """Stand-in for ``mglm_core.simulate.simulate_glmm`` (same signature and result) while the library lacks it."""
-    fe = dict(fe or {"Intercept": -0.5, "x": 1.0})
-    rng = np.random.default_rng(seed)
-    g = np.repeat(np.arange(n_groups), group_size)
-    x = rng.normal(size=g.size)
-    b = rng.normal(0.0, sd, n_groups)
-    eta = fe.get("Intercept", 0.0) + fe.get("x", 0.0) * x + b[g]
-    if family == "binomial":
-        y = rng.binomial(1, 1.0 / (1.0 + np.exp(-eta)))
-    else:
-        y = rng.poisson(np.exp(np.clip(eta, -30, 20)))
-    labels = np.array([f"g{i + 1:0{len(str(n_groups))}d}" for i in range(n_groups)])
-    data = pd.DataFrame({"y": y, "x": x, "group": labels[g]})
-    truth = {"fe": fe, "sd": {"group": float(sd)}, "re": {"group": dict(zip(labels, b))}}
-    return _Simulation(data=data, truth=truth, formula="y ~ x + (1 | group)")

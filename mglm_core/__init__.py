@@ -11,7 +11,7 @@ from .errors import ConvergenceWarning, DataError, DataWarning, FitError, Formul
 from .families import Binomial, Family, Poisson
 from .model import BayesMixedGLM, BinomialBayesMixedGLM, MixedGLM, PoissonBayesMixedGLM
 from .results import BayesMixedGLMResults
-from . import datasets, simulate
+from . import datasets, simulate  # noqa: F401  (submodules as attributes)
 
 __version__ = "0.1.0"
 

@@ -31,7 +31,6 @@ by the same rule.
 """
 from __future__ import annotations
 
-import itertools
 import time
 import warnings
 

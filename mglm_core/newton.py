@@ -62,6 +62,13 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40):
     -------
     NewtonResult
     """
+    raw_fun = fun
+
+    def fun(u_, b_, hessian):
+        # Trial points may overflow (exp of a huge linear predictor); the line search rejects them.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return raw_fun(u_, b_, hessian)
+
     u, b = np.array(u0, dtype=float), np.array(b0, dtype=float)
     value, gu, gb, A, B, C = fun(u, b, True)
     if not np.isfinite(value):

@@ -12,6 +12,7 @@ fe, [0.85, 1.15] for vcp and for 90 % of the vc.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 import warnings
@@ -23,12 +24,32 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-from cases import BY_NAME, CASES  # noqa: E402
+from cases import CASES  # noqa: E402
 
 METHODS = ("mglm laplace", "mglm map", "mglm vb", "statsmodels map", "statsmodels vb")
 
 
+BUDGET = 300  # seconds per fit; a fit that takes longer is reported as such
+
+
+class _Budget(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Budget()
+
+
 def fit(case, method):
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(BUDGET)
+    try:
+        return _fit(case, method)
+    finally:
+        signal.alarm(0)
+
+
+def _fit(case, method):
     model = case.model()
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -103,6 +124,9 @@ def main():
         for method in METHODS:
             try:
                 fitted = fit(case, method)
+            except _Budget:
+                lines.append(f"| {method} | stopped after {BUDGET} s | | | | | | | | |")
+                continue
             except Exception as exc:  # a competitor failing is a result, not a crash
                 lines.append(f"| {method} | failed: {type(exc).__name__} | | | | | | | | |")
                 continue

@@ -7,7 +7,6 @@ designs with a proper mode (params 1e-4, SDs 1e-3 relative); fit_vb differs by i
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -15,7 +14,7 @@ import mglm_core as mg
 from mglm_core.datasets import load
 from mglm_core.nested import _Conditional
 from mglm_core.objectives import Elbo, VBPoint
-from mglm_core.vb import _pack, _unpack
+from mglm_core.vb import _unpack
 
 sm_bmg = pytest.importorskip("statsmodels.genmod.bayes_mixed_glm")
 
