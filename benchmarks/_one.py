@@ -13,19 +13,19 @@ from mglm_core.simulate import simulate_arrays  # noqa: E402
 
 
 def main(lib, method, n, q, family, factors):
+    """Time model construction plus the fit (imports and data simulation excluded, for both libraries)."""
+    import mglm_core as mg
+    from statsmodels.genmod import bayes_mixed_glm as smb
+
     y, X, Z, ident, truth = simulate_arrays(n, q, family, n_factors=factors, seed=0)
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if lib == "mglm":
-            import mglm_core as mg
-
             model = mg.BayesMixedGLM(y, X, Z, ident, family=family)
             res = getattr(model, f"fit_{method}")()
             fe, vcp, converged = res.fe_mean, res.vcp_mean, res.converged
         else:
-            from statsmodels.genmod import bayes_mixed_glm as smb
-
             cls = smb.BinomialBayesMixedGLM if family == "binomial" else smb.PoissonBayesMixedGLM
             model = cls(y, X, Z, ident)
             res = getattr(model, f"fit_{method}")(rng=0)

@@ -114,13 +114,26 @@ def open_tab(pg, name):
     pg.locator(".bk-tab", has_text=name).first.click()
 
 
-def choose(pg, label, option):
-    """Pick an option in the MultiChoice whose label is ``label`` (Choices.js: type and press Enter)."""
-    group = pg.locator(".bk-input-group", has_text=label).first
-    group.locator("input").first.click()
-    pg.keyboard.type(option)
-    pg.keyboard.press("Enter")
-    pg.keyboard.press("Escape")
+def choose(pg, label, option, attempts=5):
+    """Pick an option in the MultiChoice whose label is ``label`` (Choices.js: type and press Enter).
+
+    The sidebar rebuilds its column widgets when the columns change, so the pick is retried until
+    the chosen item shows in the widget (no fixed sleeps: the server may be slow).
+    """
+    for _ in range(attempts):
+        group = pg.locator(".bk-input-group", has_text=label).first
+        group.locator("input").first.click()
+        pg.keyboard.type(option)
+        pg.keyboard.press("Enter")
+        pg.keyboard.press("Escape")
+        chip = pg.locator(".bk-input-group", has_text=label).first.locator(
+            ".choices__list--multiple .choices__item", has_text=option)
+        try:
+            chip.first.wait_for(state="visible", timeout=5_000)
+            return
+        except Exception:
+            continue
+    raise AssertionError(f"could not choose {option!r} in {label!r}")
 
 
 def test_first_screen_shows_fitted_cbpp(page):
@@ -161,7 +174,6 @@ def test_upload_csv_choose_columns_and_fit(page, tmp_path):
     # the upload has no usable grouping factor guessed?  It guesses 'herd' (text); choose 'period' as a factor
     page.get_by_text("long.csv: 842 rows").first.wait_for(timeout=30_000)
     choose(page, "Treat as categorical", "period")
-    page.wait_for_timeout(1500)
     choose(page, "Categorical fixed effects", "period")
 
     st = AppState()
