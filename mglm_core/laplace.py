@@ -113,8 +113,24 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200):
     p, k, q = work.k_fep, work.k_vcp, work.k_vc
     stage1 = newton_ascent(conditional_fun(lj, np.zeros(k)), np.zeros(q), np.zeros(p), tol=tol,
                            max_iter=max_iter)
+    def collapsing(u, b):
+        return "a variance component is collapsing" if degenerate_components(work, b[p:], u) else None
+
     res = newton_ascent(_joint_fun(lj, p), stage1.u, np.concatenate([stage1.b, np.zeros(k)]), tol=tol,
-                        max_iter=max_iter)
+                        max_iter=max_iter, stop=collapsing)
+    n_iter = stage1.n_iter + res.n_iter
+    falling = degenerate_components(work, res.b[p:], res.u) if not res.converged else []
+    target = -work.vc_count * work.vcp_p**2  # the degenerate mode of each component's log-SD
+    if falling and np.all(target[falling] > -300.0):
+        # The walk towards the degenerate mode is slow (the log-SD falls by O(1) per step); jump to it:
+        # with a component's random effects at 0 its log-SD maximises -m_k vcp - vcp^2 / (2 vcp_p^2).
+        # (Below -300 the mode is not representable: exp(-2 vcp) overflows; the fit stops where it is.)
+        u, b = res.u.copy(), res.b.copy()
+        for j in falling:
+            u[work.ident == j] = 0.0
+            b[p + j] = target[j]
+        res = newton_ascent(_joint_fun(lj, p), u, b, tol=tol, max_iter=max_iter)
+        n_iter += res.n_iter
     fe, vcp, vc = res.b[:p], res.b[p:], res.u
     msgs = []
     if not res.converged:
@@ -144,7 +160,7 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200):
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)
     sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
     diag = FitDiagnostics(
-        converged=res.converged, n_iter=stage1.n_iter + res.n_iter, grad_norm=res.grad_norm,
+        converged=res.converged, n_iter=n_iter, grad_norm=res.grad_norm,
         seconds=time.perf_counter() - t0, objective=res.value, warnings=tuple(msgs), message=res.message,
         log=tuple(res.log),
     )

@@ -45,7 +45,7 @@ def _damped_factor(A, B, C, lam):
     return BorderedFactor(A + sp.diags(scale_a), B, C + np.diag(scale_c))
 
 
-def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40):
+def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop=None):
     """Maximise ``fun`` by damped Newton steps.
 
     Parameters
@@ -57,6 +57,8 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40):
         Starting point.
     tol : float
         Threshold on the Newton decrement.
+    stop : callable, optional
+        ``stop(u, b) -> str or None``; a message ends the iterations early (not converged).
 
     Returns
     -------
@@ -122,6 +124,10 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40):
             continue
         u, b = un, bn
         value, gu, gb, A, B, C = full if (full is not None and t == 1.0) else fun(u, b, True)
+        reason = stop(u, b) if stop is not None else None
+        if reason:
+            message = reason
+            break
         lam = 0.0 if lam < 1e-5 else lam / 10.0
     if converged or factor is None:
         try:
