@@ -190,38 +190,33 @@ class BayesMixedGLM:
                 f"k={self.k_vcp}, q={self.k_vc}>")
 
 
-class BinomialBayesMixedGLM(BayesMixedGLM):
-    """Binomial (logit) mixed GLM with statsmodels' signature."""
+class _OneFamilyGLM(BayesMixedGLM):
+    """A model with its family fixed by the class, with statsmodels' signatures."""
 
     _default_family = "binomial"
 
     @classmethod
     def from_formula(cls, formula, vc_formulas=None, data=None, vcp_p=1.0, fe_p=2.0, *, trials=None, offset=None):
         """statsmodels' signature: ``from_formula(formula, vc_formulas, data, vcp_p=1, fe_p=2)``."""
-        return BayesMixedGLM.from_formula.__func__(cls, formula, vc_formulas, data, "binomial", vcp_p, fe_p,
-                                                   trials=trials, offset=offset)
+        return BayesMixedGLM.from_formula.__func__(cls, formula, vc_formulas, data, cls._default_family, vcp_p,
+                                                   fe_p, trials=trials, offset=offset)
 
     def __init__(self, endog, exog, exog_vc, ident, vcp_p=1.0, fe_p=2.0, fep_names=None, vcp_names=None,
                  vc_names=None, **kwargs):
-        super().__init__(endog, exog, exog_vc, ident, family="binomial", vcp_p=vcp_p, fe_p=fe_p,
+        super().__init__(endog, exog, exog_vc, ident, family=self._default_family, vcp_p=vcp_p, fe_p=fe_p,
                          fep_names=fep_names, vcp_names=vcp_names, vc_names=vc_names, **kwargs)
 
 
-class PoissonBayesMixedGLM(BayesMixedGLM):
+class BinomialBayesMixedGLM(_OneFamilyGLM):
+    """Binomial (logit) mixed GLM with statsmodels' signature."""
+
+    _default_family = "binomial"
+
+
+class PoissonBayesMixedGLM(_OneFamilyGLM):
     """Poisson (log) mixed GLM with statsmodels' signature."""
 
     _default_family = "poisson"
-
-    @classmethod
-    def from_formula(cls, formula, vc_formulas=None, data=None, vcp_p=1.0, fe_p=2.0, *, trials=None, offset=None):
-        """statsmodels' signature: ``from_formula(formula, vc_formulas, data, vcp_p=1, fe_p=2)``."""
-        return BayesMixedGLM.from_formula.__func__(cls, formula, vc_formulas, data, "poisson", vcp_p, fe_p,
-                                                   trials=trials, offset=offset)
-
-    def __init__(self, endog, exog, exog_vc, ident, family=None, vcp_p=1.0, fe_p=2.0, fep_names=None,
-                 vcp_names=None, vc_names=None, **kwargs):
-        super().__init__(endog, exog, exog_vc, ident, family="poisson", vcp_p=vcp_p, fe_p=fe_p,
-                         fep_names=fep_names, vcp_names=vcp_names, vc_names=vc_names, **kwargs)
 
 
 MixedGLM = BayesMixedGLM
