@@ -130,6 +130,13 @@ class Simulated:
     trials: str | None = None
 
 
+def load_dataset(name: str):
+    """A bundled data set with R's factor level order (``mglm_core.datasets.load``)."""
+    from mglm_core.datasets import load
+
+    return load(name)
+
+
 def simulate(family: str, n_groups: int, group_size: int, intercept: float, slope: float,
              sd: float, seed: int) -> Simulated:
     """Draw a data set with known truth via ``mglm_core.simulate.simulate_glmm``."""

@@ -6,14 +6,12 @@ same code serves every browser session and the notebook.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "demo_data"
 
 #: Uploads larger than this are refused with a message (stated in the UI).
 MAX_UPLOAD_MB = 50
@@ -62,26 +60,15 @@ DEMOS: dict[str, DemoSpec] = {
 }
 
 
-def _factor_levels() -> dict:
-    path = DEMO_DIR / "factor_levels.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    return {}
-
-
 def load_demo(name: str) -> pd.DataFrame:
     """Read a bundled data set, with R's factor columns as ordered pandas categoricals.
 
     Numeric-looking codes (``herd``, ``period``...) become categories, in R's level
     order, so the first level is the reference level as in lme4.
     """
-    spec = DEMOS[name]
-    levels = _factor_levels().get(name, {})
-    df = pd.read_csv(DEMO_DIR / spec.file, dtype={c: str for c in levels})
-    for col, lv in levels.items():
-        if col in df.columns:
-            df[col] = pd.Categorical(df[col].astype(str), categories=lv)
-    return df
+    from app.adapter import load_dataset
+
+    return load_dataset(Path(DEMOS[name].file).stem)
 
 
 def read_upload(filename: str, content: bytes) -> pd.DataFrame:

@@ -26,8 +26,8 @@ def load(name: str) -> pd.DataFrame:
     path = DATA_DIR / f"{name}.csv"
     if not path.exists():
         raise DataError(f"`name` must be one of {available()}; got {name!r}.")
-    df = pd.read_csv(path)
     levels = json.loads((DATA_DIR / "factor_levels.json").read_text()).get(name, {})
+    df = pd.read_csv(path, dtype={c: str for c in levels})  # codes such as "01" keep their leading zero
     for col, lv in levels.items():
         if col in df:
             df[col] = pd.Categorical(df[col].astype(str), categories=[str(v) for v in lv])
