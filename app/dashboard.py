@@ -233,13 +233,16 @@ class Dashboard(pn.viewable.Viewer):
             pn.widgets.FloatSlider.from_param(sim.param.sd), pn.widgets.IntInput.from_param(sim.param.n_groups),
             pn.widgets.IntInput.from_param(sim.param.group_size), pn.widgets.IntInput.from_param(sim.param.seed),
             self.sim_button, self._alert("teach"), width=320)
+        # Lazy: the teaching plots are computed only while the Teaching tab is on screen, so a live refit
+        # elsewhere does not pay for them.
         teach_plots = pn.Column(
-            pn.pane.HoloViews(pn.bind(self._forest, outcome, view.param.exp_scale, view.param.include_intercept,
-                                      truth, 260), sizing_mode="stretch_width", min_height=260),
-            pn.pane.HoloViews(pn.bind(self._density, outcome, truth, 260), sizing_mode="stretch_width",
-                              min_height=260),
-            pn.pane.HoloViews(pn.bind(self._caterpillar, outcome, view.param.re_term, view.param.re_search,
-                                      view.param.re_top_k, truth, 260), sizing_mode="stretch_width", min_height=260),
+            pn.param.ParamFunction(pn.bind(self._forest, outcome, view.param.exp_scale, view.param.include_intercept,
+                                           truth, 260), lazy=True, sizing_mode="stretch_width", min_height=260),
+            pn.param.ParamFunction(pn.bind(self._density, outcome, truth, 260), lazy=True,
+                                   sizing_mode="stretch_width", min_height=260),
+            pn.param.ParamFunction(pn.bind(self._caterpillar, outcome, view.param.re_term, view.param.re_search,
+                                           view.param.re_top_k, truth, 260), lazy=True,
+                                   sizing_mode="stretch_width", min_height=260),
             sizing_mode="stretch_width")
         teach_tab = pn.Row(sim_controls, teach_plots, sizing_mode="stretch_width", name="Teaching")
 

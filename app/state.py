@@ -333,7 +333,7 @@ class AppState(param.Parameterized):
     view = param.ClassSelector(class_=param.Parameterized, doc="PlotOptions")
     sim = param.ClassSelector(class_=param.Parameterized, doc="SimSettings")
     columns_version = param.Integer(default=0, doc="Incremented after the offered columns changed (views rebuild).")
-    debounce = param.Number(default=0.1, doc="Seconds to wait after the last change before a live refit.")
+    debounce = param.Number(default=0.05, doc="Seconds to wait after the last change before a live refit.")
     live_limit = param.Integer(default=LIVE_FIT_LIMIT)
 
     _SPEC_KEYS = ["response", "trials", "fixed_numeric", "fixed_factors", "groups", "slopes", "offset", "family",
