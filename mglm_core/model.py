@@ -159,7 +159,11 @@ class BayesMixedGLM:
 
     # -- fits ---------------------------------------------------------------------------------
     def fit_map(self, *, scale_fe=False, tol=1e-10, max_iter=200, method=None, minim_opts=None, rng=None):
-        """Posterior mode and its Laplace approximation (see :mod:`mglm_core.laplace`)."""
+        """Posterior mode and its Laplace approximation (see :mod:`mglm_core.laplace`).
+
+        ``method``, ``minim_opts`` and ``rng`` are accepted so that statsmodels code runs
+        unchanged; they are ignored (the optimizer is a deterministic sparse Newton method).
+        """
         from .laplace import fit_map
 
         return fit_map(self, scale_fe=scale_fe, tol=tol, max_iter=max_iter)
@@ -168,7 +172,11 @@ class BayesMixedGLM:
 
     def fit_vb(self, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500, fit_method=None,
                minim_opts=None, verbose=False, rng=None):
-        """Mean-field variational Bayes (see :mod:`mglm_core.vb`)."""
+        """Mean-field variational Bayes (see :mod:`mglm_core.vb`).
+
+        ``fit_method``, ``minim_opts``, ``verbose`` and ``rng`` are accepted for statsmodels
+        compatibility and ignored (deterministic start, Newton/fixed-point then L-BFGS).
+        """
         from .vb import fit_vb
 
         return fit_vb(self, mean=mean, sd=sd, scale_fe=scale_fe, tol=tol, max_iter=max_iter)
