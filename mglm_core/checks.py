@@ -205,11 +205,9 @@ def check_positive(value, name):
     return v
 
 
-def check_family_data(family, y, trials, offset):
+def check_family_data(family, y, trials):
     """Family-specific checks on the response."""
     if family.name == "binomial":
-        if offset is not None and np.any(offset != 0):
-            pass  # an offset on the logit scale is allowed
         if trials is None:
             bad = ~np.isin(y, (0.0, 1.0))
             if bad.any():

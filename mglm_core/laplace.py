@@ -29,7 +29,7 @@ __all__ = ["fit_map", "degenerate_components", "scaling_transform", "working_mod
 
 
 def scaling_transform(X):
-    """Return ``(X_scaled, T)`` with ``X @ T = X_scaled`` ... inverted as ``beta = T @ beta_scaled``.
+    """Return ``(X_scaled, M)``: the standardised design and the map ``beta = M @ beta_scaled``.
 
     Non-constant columns are standardised; they are centred only when X has an
     intercept column, whose coefficient then absorbs the centring.

@@ -63,7 +63,7 @@ class _Conditional:
         self.failures = 0
         self.cache = {}
 
-    def __call__(self, vcp, keep=False):
+    def __call__(self, vcp):
         key = tuple(np.round(np.asarray(vcp, dtype=float), 12))
         if key in self.cache:
             return self.cache[key]

@@ -34,14 +34,14 @@ class RowSums:
 
     ``x_wx``, ``z_wx`` and ``z_wz`` are None when the Hessian was not asked for.
     ``z2_w`` and ``x2_w`` are the diagonals :math:`(Z\\circ Z)^\\top w` and
-    :math:`(X\\circ X)^\\top w`.
+    :math:`(X\\circ X)^\\top w`, computed for mean-field variances only (None otherwise).
     """
 
     loglike: float
     x_score: np.ndarray
     z_score: np.ndarray
-    x2_w: np.ndarray
-    z2_w: np.ndarray
+    x2_w: np.ndarray | None
+    z2_w: np.ndarray | None
     x_wx: np.ndarray | None = None
     z_wx: np.ndarray | None = None
     z_wz: sp.csr_matrix | None = None
@@ -168,7 +168,8 @@ class RowData:
         p, q = self.p, self.q
         ll = 0.0
         xs, zs = np.zeros(p), np.zeros(q)
-        x2w, z2w = np.zeros(p), np.zeros(q)
+        mean_field = row_var is None and fe_var is not None
+        x2w, z2w = (np.zeros(p), np.zeros(q)) if mean_field else (None, None)
         xwx = np.zeros((p, p)) if hessian else None
         zwx = np.zeros((q, p)) if hessian else None
         zwz = np.zeros(self._gram_nnz) if hessian else None
@@ -181,7 +182,8 @@ class RowData:
                 ll_i = family.loglike(c.y, eta, c.trials)
                 score, w = family.score_weight(c.y, eta, c.trials)
             else:
-                v = (c.X**2) @ fe_var if p else np.zeros(eta.size)
+                X2 = c.X**2
+                v = X2 @ fe_var if p else np.zeros(eta.size)
                 if q:
                     v = v + c.Z2 @ vc_var
                 ll_i, score, _, d2 = family.gaussian_expectation(c.y, eta, v, c.trials)
@@ -189,10 +191,13 @@ class RowData:
             ll += float(np.sum(ll_i))
             if p:
                 xs += c.X.T @ score
-                x2w += (c.X**2).T @ w
             if q:
                 zs += c.Z.T @ score
-                z2w += c.Z2.T @ w
+            if mean_field:
+                if p:
+                    x2w += X2.T @ w
+                if q:
+                    z2w += c.Z2.T @ w
             if hessian:
                 if p:
                     wx = c.X * w[:, None]
