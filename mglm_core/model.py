@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import checks
+from . import checks, laplace, nested, vb
+from .design import build_design
 from .families import get_family
+from .objectives import LogJoint
 from .rowstats import RowData
 
 __all__ = ["BayesMixedGLM", "BinomialBayesMixedGLM", "PoissonBayesMixedGLM", "MixedGLM"]
@@ -102,8 +104,6 @@ class BayesMixedGLM:
         ``{"herd": "0 + C(herd)"}``). ``trials`` and ``offset`` may be column names.
         The design rebuilds the same columns for new data in ``predict``.
         """
-        from .design import build_design
-
         if data is None:
             raise checks.DataError("`data` must be a DataFrame; got None.")
         d = build_design(formula, data, vc_formulas=vc_formulas, trials=trials, offset=offset)
@@ -134,15 +134,11 @@ class BayesMixedGLM:
 
     def logposterior(self, params):
         """Log joint density :math:`\\log p(y, fe, vcp, vc)` (all constants included)."""
-        from .objectives import LogJoint
-
         fe, vcp, vc = self._unpack(params)
         return LogJoint(self)(fe, vcp, vc, hessian=False)[0]
 
     def logposterior_grad(self, params):
         """Gradient of :meth:`logposterior`, packed as ``[fe, vcp, vc]``."""
-        from .objectives import LogJoint
-
         fe, vcp, vc = self._unpack(params)
         _, g_fe, g_vcp, g_vc, _ = LogJoint(self)(fe, vcp, vc, hessian=False)
         return np.concatenate([g_fe, g_vcp, g_vc])
@@ -164,9 +160,7 @@ class BayesMixedGLM:
         ``method``, ``minim_opts`` and ``rng`` are accepted so that statsmodels code runs
         unchanged; they are ignored (the optimizer is a deterministic sparse Newton method).
         """
-        from .laplace import fit_map
-
-        return fit_map(self, scale_fe=scale_fe, tol=tol, max_iter=max_iter)
+        return laplace.fit_map(self, scale_fe=scale_fe, tol=tol, max_iter=max_iter)
 
     fit = fit_map
 
@@ -177,15 +171,11 @@ class BayesMixedGLM:
         ``fit_method``, ``minim_opts``, ``verbose`` and ``rng`` are accepted for statsmodels
         compatibility and ignored (deterministic start, Newton/fixed-point then L-BFGS).
         """
-        from .vb import fit_vb
-
-        return fit_vb(self, mean=mean, sd=sd, scale_fe=scale_fe, tol=tol, max_iter=max_iter)
+        return vb.fit_vb(self, mean=mean, sd=sd, scale_fe=scale_fe, tol=tol, max_iter=max_iter)
 
     def fit_laplace(self, **kwargs):
         """Integrated (nested) Laplace approximation (see :mod:`mglm_core.nested`)."""
-        from .nested import fit_laplace
-
-        return fit_laplace(self, **kwargs)
+        return nested.fit_laplace(self, **kwargs)
 
     def with_exog(self, exog):
         """A copy of the model with another fixed-effects design (same everything else)."""

@@ -49,14 +49,27 @@ class RowSums:
 
 @dataclass(frozen=True)
 class _Chunk:
+    """One block of rows. ``XT`` is X transposed and contiguous (row sums over it
+    are contiguous dot products); ``ZT`` the transpose of Z in CSR form;
+    ``pair_row`` the chunk-local row of each nonzero pair of Z'WZ; ``ll_const``
+    memoises the eta-free part of the log-likelihood per family."""
+
     rows: slice
-    X: np.ndarray
+    XT: np.ndarray
     Z: sp.csr_matrix
+    ZT: sp.csr_matrix
     Z2: sp.csr_matrix
     y: np.ndarray
     trials: np.ndarray | None
     offset: np.ndarray | None
     pairs: slice
+    pair_row: np.ndarray
+    pair_val: np.ndarray
+    ll_const: dict
+
+    @property
+    def X(self):
+        return self.XT.T
 
 
 class RowData:
@@ -71,16 +84,21 @@ class RowData:
         for a in range(0, self.n, chunk_rows):
             b = min(a + chunk_rows, self.n)
             Zc = Z[a:b]
+            pairs = slice(int(self._pair_start[a]), int(self._pair_start[b]))
             chunks.append(
                 _Chunk(
                     rows=slice(a, b),
-                    X=X[a:b],
+                    XT=np.ascontiguousarray(X[a:b].T),
                     Z=Zc,
+                    ZT=Zc.T.tocsr(),
                     Z2=Zc.multiply(Zc).tocsr(),
                     y=y[a:b],
                     trials=None if trials is None else trials[a:b],
                     offset=None if offset is None else offset[a:b],
-                    pairs=slice(int(self._pair_start[a]), int(self._pair_start[b])),
+                    pairs=pairs,
+                    pair_row=(self._pair_row[pairs] - a).astype(np.int32),
+                    pair_val=self._pair_val[pairs],
+                    ll_const={},
                 )
             )
         self.chunks = tuple(chunks)
@@ -93,7 +111,15 @@ class RowData:
         group_start = np.repeat(np.cumsum(per_nz) - per_nz, per_nz)
         second = Z.indptr[row_of_nz[first]] + (np.arange(first.size) - group_start)
         keys = Z.indices[first].astype(np.int64) * self.q + Z.indices[second]
-        uniq, pos = np.unique(keys, return_inverse=True)
+        if nnz_row.size and nnz_row.max() <= 1:
+            # one nonzero per row (a single grouping factor): the pattern is diagonal, no sort needed
+            cols = Z.indices[first]
+            used = np.flatnonzero(np.bincount(cols, minlength=self.q))
+            slot = np.zeros(self.q, dtype=np.int64)
+            slot[used] = np.arange(used.size)
+            uniq, pos = used * (self.q + 1), slot[cols]
+        else:
+            uniq, pos = np.unique(keys, return_inverse=True)
         self._pair_pos = pos
         self._pair_row = row_of_nz[first]
         self._pair_val = Z.data[first] * Z.data[second]
@@ -117,7 +143,7 @@ class RowData:
 
     @staticmethod
     def _eta(c, fe, vc):
-        eta = c.X @ fe if c.X.shape[1] else np.zeros(c.y.size)
+        eta = fe @ c.XT if c.XT.shape[0] else np.zeros(c.y.size)
         if c.Z.shape[1]:
             eta = eta + c.Z @ vc
         if c.offset is not None:
@@ -175,24 +201,27 @@ class RowData:
         zwz = np.zeros(self._gram_nnz) if hessian else None
         for c in self.chunks:
             eta = self._eta(c, fe, vc)
+            if family.name not in c.ll_const:  # eta-free part of the log-likelihood, summed once
+                c.ll_const[family.name] = float(np.sum(family.log_base_measure(c.y, c.trials)))
+            ll += c.ll_const[family.name]
             if row_var is not None:
-                ll_i, score, _, d2 = family.gaussian_expectation(c.y, eta, row_var[c.rows], c.trials)
+                ll_i, score, _, d2 = family.gaussian_expectation(c.y, eta, row_var[c.rows], c.trials,
+                                                                 const=False)
                 w = -d2
             elif fe_var is None:
-                ll_i = family.loglike(c.y, eta, c.trials)
-                score, w = family.score_weight(c.y, eta, c.trials)
+                ll_i, score, w = family.loglike_score_weight(c.y, eta, c.trials, const=False)
             else:
                 X2 = c.X**2
                 v = X2 @ fe_var if p else np.zeros(eta.size)
                 if q:
                     v = v + c.Z2 @ vc_var
-                ll_i, score, _, d2 = family.gaussian_expectation(c.y, eta, v, c.trials)
+                ll_i, score, _, d2 = family.gaussian_expectation(c.y, eta, v, c.trials, const=False)
                 w = -d2
             ll += float(np.sum(ll_i))
             if p:
-                xs += c.X.T @ score
+                xs += c.XT @ score
             if q:
-                zs += c.Z.T @ score
+                zs += c.ZT @ score
             if mean_field:
                 if p:
                     x2w += X2.T @ w
@@ -200,17 +229,14 @@ class RowData:
                     z2w += c.Z2.T @ w
             if hessian:
                 if p:
-                    wx = c.X * w[:, None]
-                    xwx += c.X.T @ wx
+                    wxt = c.XT * w
+                    xwx += c.XT @ wxt.T
                     if q:
-                        zwx += c.Z.T @ wx
+                        for j in range(p):
+                            zwx[:, j] += c.ZT @ wxt[j]
                 if q:
-                    pr = c.pairs
-                    zwz += np.bincount(
-                        self._pair_pos[pr],
-                        weights=w[self._pair_row[pr] - c.rows.start] * self._pair_val[pr],
-                        minlength=self._gram_nnz,
-                    )
+                    zwz += np.bincount(self._pair_pos[c.pairs], weights=w[c.pair_row] * c.pair_val,
+                                       minlength=self._gram_nnz)
         return RowSums(
             loglike=ll,
             x_score=xs,

@@ -52,3 +52,28 @@ def test_family_lookup():
         get_family(sm.families.Binomial)
     with pytest.raises(DataError, match="must be 'binomial' or 'poisson'"):
         get_family("gamma")
+
+
+@pytest.mark.parametrize("family", [Binomial(), Poisson()])
+@pytest.mark.parametrize("with_trials", [False, True])
+def test_fused_loglike_score_weight_matches_the_separate_functions(family, with_trials):
+    """The one-pass hot path equals loglike + score_weight, extreme eta included,
+    and ``const=False`` drops exactly the log base measure."""
+    rng = np.random.default_rng(1)
+    n = 500
+    trials = rng.integers(1, 10, n).astype(float) if (with_trials and family.name == "binomial") else None
+    if family.name == "binomial":
+        eta = rng.normal(0, 3, n)
+        eta[:3] = [700.0, -700.0, 0.0]
+        y = (rng.random(n) < 0.5) * 1.0 if trials is None else np.floor(trials * rng.random(n))
+    else:
+        eta = rng.normal(0, 1.5, n)
+        y = rng.poisson(2.0, n).astype(float)
+    ll, score, w = family.loglike_score_weight(y, eta.copy(), trials)
+    s0, w0 = family.score_weight(y, eta, trials)
+    ll0 = family.loglike(y, eta, trials).sum()
+    assert ll == pytest.approx(ll0, rel=1e-13, abs=1e-9)
+    np.testing.assert_allclose(score, s0, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(w, w0, rtol=1e-12, atol=1e-300)
+    ll_nc = family.loglike_score_weight(y, eta.copy(), trials, const=False)[0]
+    assert ll - ll_nc == pytest.approx(family.log_base_measure(y, trials).sum(), rel=1e-12, abs=1e-12)
