@@ -11,13 +11,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mglm_core.simulate import simulate_arrays  # noqa: E402
 
+REPEAT_BELOW = 2.0
 
-def main(lib, method, n, q, family, factors):
-    """Time model construction plus the fit (imports and data simulation excluded, for both libraries)."""
+
+def fit_once(lib, method, y, X, Z, ident, family):
+    """Model construction plus one fit; returns (seconds, fe, vcp, converged)."""
     import mglm_core as mg
     from statsmodels.genmod import bayes_mixed_glm as smb
 
-    y, X, Z, ident, truth = simulate_arrays(n, q, family, n_factors=factors, seed=0)
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -31,9 +32,23 @@ def main(lib, method, n, q, family, factors):
             res = getattr(model, f"fit_{method}")(rng=0)
             fe, vcp = res.fe_mean, res.vcp_mean
             converged = not any("converge" in str(w.message) for w in caught)
-    seconds = time.perf_counter() - t0
+    return time.perf_counter() - t0, fe, vcp, converged
+
+
+def main(lib, method, n, q, family, factors):
+    """Time model construction plus the fit (imports and data simulation excluded, for both libraries).
+
+    A fit that takes under REPEAT_BELOW seconds is repeated twice more on the same data and the
+    fastest of the three is reported (the same rule for both libraries): on a shared 2-core machine
+    a single sub-second timing is mostly scheduler noise.
+    """
+    y, X, Z, ident, truth = simulate_arrays(n, q, family, n_factors=factors, seed=0)
+    seconds, fe, vcp, converged = fit_once(lib, method, y, X, Z, ident, family)
+    times = [seconds]
+    if seconds < REPEAT_BELOW:
+        times += [fit_once(lib, method, y, X, Z, ident, family)[0] for _ in range(2)]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "fe": list(map(float, fe)),
+    print(json.dumps({"seconds": min(times), "times": times, "peak_mb": peak_mb, "fe": list(map(float, fe)),
                       "vcp": list(map(float, vcp)), "converged": bool(converged)}))
 
 

@@ -102,7 +102,7 @@ def write(rows, args):
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python benchmarks/run_benchmarks.py"
         f"{' --full' if args.full else ''} --budget {args.budget:.0f}` on {platform.machine()}, "
         f"Python {platform.python_version()}, 2 cores. Wall seconds of model construction plus the fit (imports and data simulation excluded, for "
-        "both), peak resident memory of the fitting process, and the largest absolute difference of fixed "
+        "both; a fit under 2 s is run three times on the same data and the fastest is shown, for both libraries), peak resident memory of the fitting process, and the largest absolute difference of fixed "
         "effects and log-SDs between the two libraries' same-named method. statsmodels is stopped at the "
         f"budget ({args.budget:.0f} s) and shown as \"> budget\"; ratios against a stopped run are lower bounds. "
         f"statsmodels is not run above q = {args.sm_max_q} (its dense (p+k+q)² Hessian alone would not fit the budget). "

@@ -65,7 +65,7 @@ class BayesMixedGLM:
 
     def __init__(self, endog, exog, exog_vc=None, ident=None, family="binomial", vcp_p=1.0, fe_p=2.0,
                  fep_names=None, vcp_names=None, vc_names=None, *, trials=None, offset=None,
-                 design=None, chunk_rows=262144):
+                 design=None, chunk_rows=None):
         self.family = get_family(family)
         self.endog = checks.as_endog(endog)
         n = self.endog.size

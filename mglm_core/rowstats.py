@@ -73,13 +73,24 @@ class _Chunk:
 
 
 class RowData:
-    """Rows of a model split into chunks of at most ``chunk_rows`` rows."""
+    """Rows of a model split into chunks of at most ``chunk_rows`` rows.
 
-    def __init__(self, X, Z, y, trials=None, offset=None, chunk_rows=262144):
+    By default (``chunk_rows=None``) chunks are small enough that each one's
+    temporaries stay in cache and are reused by the allocator (16k rows), and
+    large enough that the per-chunk cost of the q- and Gram-sized sums stays
+    below the per-row cost (at least twice those sizes), up to 256k rows.
+    """
+
+    def __init__(self, X, Z, y, trials=None, offset=None, chunk_rows=None):
         self.n, self.p = X.shape
         self.q = Z.shape[1]
         Z = sp.csr_matrix(Z)
         self._build_gram_pattern(Z)
+        if chunk_rows is None:
+            chunk_rows = int(min(262144, max(16384, 2 * (self._gram_nnz + self.q * (self.p + 1)))))
+        if chunk_rows < 1:
+            raise ValueError(f"`chunk_rows` must be a positive integer; got {chunk_rows}.")
+        self.chunk_rows = chunk_rows
         chunks = []
         for a in range(0, self.n, chunk_rows):
             b = min(a + chunk_rows, self.n)
