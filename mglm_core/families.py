@@ -105,6 +105,13 @@ class Binomial(Family):
         p = expit(eta)
         return y - n * p, n * p * (1.0 - p)
 
+    def working_response(self, y, trials):
+        r"""IRLS start: :math:`p_0 = (y + 1/2)/(n + 1)`, response :math:`\operatorname{logit} p_0`,
+        weight :math:`n p_0 (1 - p_0)`."""
+        n = 1.0 if trials is None else trials
+        p0 = (y + 0.5) / (n + 1.0)
+        return np.log(p0 / (1.0 - p0)), n * p0 * (1.0 - p0)
+
     def log_base_measure(self, y, trials):
         r""":math:`\log\binom{n_i}{y_i}` (zero for Bernoulli rows)."""
         if trials is None:
@@ -266,8 +273,13 @@ class Poisson(Family):
         mu = np.exp(eta)
         return y - mu, mu
 
+    def working_response(self, y, trials=None):
+        r"""IRLS start: :math:`\mu_0 = y + 1/2`, response :math:`\log\mu_0`, weight :math:`\mu_0`."""
+        mu0 = y + 0.5
+        return np.log(mu0), mu0
+
     def log_base_measure(self, y, trials=None):
-        """:math:`-\log y_i!`."""
+        r""":math:`-\log y_i!`."""
         return -gammaln(y + 1)
 
     def loglike_score_weight(self, y, eta, trials=None, const=True):
@@ -285,6 +297,30 @@ class Poisson(Family):
         mu = np.exp(m + 0.5 * v)
         e_ll = y * m - mu
         return (e_ll + self.log_base_measure(y) if const else e_ll), y - mu, -0.5 * mu, -mu
+
+
+@dataclass(frozen=True)
+class WorkingGaussian(Family):
+    r"""The weighted least-squares surrogate of one IRLS step (used for starting values).
+
+    ``y`` carries the working response :math:`z_i` and ``trials`` the working weights
+    :math:`w_i`: :math:`\ell_i = -\tfrac12 w_i (z_i - \eta_i)^2`.
+    """
+
+    name = "working"
+
+    def loglike(self, y, eta, trials):
+        return -0.5 * trials * (y - eta) ** 2
+
+    def score_weight(self, y, eta, trials):
+        return trials * (y - eta), trials
+
+    def log_base_measure(self, y, trials):
+        return np.zeros_like(y)
+
+    def loglike_score_weight(self, y, eta, trials, const=True):
+        r = y - eta
+        return float(-0.5 * (trials * r) @ r), trials * r, trials
 
 
 _STATSMODELS_NAMES = {"Binomial": "binomial", "Poisson": "poisson"}

@@ -2,7 +2,7 @@ r"""The MAP / Laplace fit: the joint posterior mode and a Gaussian around it.
 
 The mode of :math:`\log p(fe, vcp, vc \mid y)` is found by damped Newton steps
 on the sparse Hessian (:mod:`mglm_core.newton`), in two stages from a
-deterministic start (fe = 0, vcp = 0, vc = 0): first (fe, vc) with the SDs held
+deterministic start (vcp = 0 and (fe, vc) from one IRLS step, :func:`irls_start`): first (fe, vc) with the SDs held
 at 1, a concave problem, then all parameters jointly. The posterior covariance
 is the inverse negative Hessian at the mode: its (fe, vcp) block is formed
 densely from the Schur complement, the random-effect variances come from the
@@ -21,11 +21,12 @@ import warnings
 import numpy as np
 
 from .errors import ConvergenceWarning
+from .families import WorkingGaussian
 from .newton import newton_ascent
 from .objectives import LogJoint
 from .results import BayesMixedGLMResults, FitDiagnostics
 
-__all__ = ["fit_map", "degenerate_components", "scaling_transform", "working_model"]
+__all__ = ["fit_map", "degenerate_components", "scaling_transform", "working_model", "irls_start"]
 
 
 def scaling_transform(X):
@@ -49,6 +50,45 @@ def scaling_transform(X):
         i0 = const[0]
         M[i0, ixs] = -center[ixs] / sc[ixs] / X[0, i0]
     return Xs, M
+
+
+def irls_start(model):
+    """Deterministic starting values ``(vc, fe)``: one IRLS step from the data.
+
+    The working response and weights of the family at :math:`\mu_0 \approx y`
+    (:meth:`~mglm_core.families.Binomial.working_response`) define a penalised weighted
+    least-squares problem in (fe, vc) with the SDs at 1; its solution, one Newton step on
+    the same sparse structure, is where the Newton iterations start (as R's ``glm`` starts).
+    """
+    z, w = model.family.working_response(model.endog, model.trials)
+    lj = LogJoint(model, rows=model.rows.with_response(z, w), family=WorkingGaussian())
+    res = newton_ascent(conditional_fun(lj, np.zeros(model.k_vcp)), np.zeros(model.k_vc),
+                        np.zeros(model.k_fep), tol=1e-12, max_iter=1)
+    if not (np.all(np.isfinite(res.u)) and np.all(np.isfinite(res.b))):
+        return np.zeros(model.k_vc), np.zeros(model.k_fep)
+    return res.u, res.b
+
+
+def conditional_vcp_mode(model, vc, n_iter=30):
+    r"""The log-SDs maximising the joint density given the random effects ``vc``.
+
+    For component k with :math:`m_k` effects and :math:`s_k = \sum vc_j^2`, the
+    maximiser of :math:`-\tfrac12 s_k e^{-2v} - m_k v - v^2/(2\,vcp\_p^2)` solves
+    :math:`s_k e^{-2v} = m_k + v/vcp\_p^2`; Newton's method on this concave 1-D
+    problem, started from :math:`\tfrac12\log(s_k/m_k)` (clipped to [-5, 5]).
+    """
+    s = np.bincount(model.ident, weights=vc**2, minlength=model.k_vcp)
+    m = model.vc_count.astype(float)
+    v = np.clip(0.5 * np.log(np.maximum(s, 1e-300) / np.maximum(m, 1.0)), -5.0, 5.0)
+    for _ in range(n_iter):
+        e = s * np.exp(-2.0 * v)
+        g = e - m - v / model.vcp_p**2
+        h = 2.0 * e + 1.0 / model.vcp_p**2
+        step = np.clip(g / h, -1.0, 1.0)
+        v = v + step
+        if np.all(np.abs(step) < 1e-10):
+            break
+    return v
 
 
 def working_model(model, scale_fe):
@@ -111,13 +151,15 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200):
     work, M = working_model(model, scale_fe)
     lj = LogJoint(work)
     p, k, q = work.k_fep, work.k_vcp, work.k_vc
-    # Stage 1 only supplies a start for the joint search: stop once within 0.01 of its maximum.
-    stage1 = newton_ascent(conditional_fun(lj, np.zeros(k)), np.zeros(q), np.zeros(p), tol=max(tol, 1e-2),
+    # Stage 1 only supplies a start for the joint search: stop once within 1 of its maximum,
+    # then move each log-SD to its conditional mode given those random effects.
+    stage1 = newton_ascent(conditional_fun(lj, np.zeros(k)), *irls_start(work), tol=max(tol, 1.0),
                            max_iter=max_iter)
+    vcp0 = conditional_vcp_mode(work, stage1.u)
     def collapsing(u, b):
         return "a variance component is collapsing" if degenerate_components(work, b[p:], u) else None
 
-    res = newton_ascent(_joint_fun(lj, p), stage1.u, np.concatenate([stage1.b, np.zeros(k)]), tol=tol,
+    res = newton_ascent(_joint_fun(lj, p), stage1.u, np.concatenate([stage1.b, vcp0]), tol=tol,
                         max_iter=max_iter, stop=collapsing)
     n_iter = stage1.n_iter + res.n_iter
     falling = degenerate_components(work, res.b[p:], res.u) if not res.converged else []

@@ -18,7 +18,12 @@ them to the m = p + k fixed effects and variance parameters, and :math:`C`
   :math:`\mathrm{diag}(A^{-1}) + \mathrm{rowsum}\big((A^{-1}B S^{-1}) \circ (A^{-1}B)\big)`.
 
 :math:`A` is diagonal for a single random-effect term (each row of Z has one
-nonzero per term), and the diagonal path costs O(q m). Otherwise A is factored
+nonzero per term), and the diagonal path costs O(q m). Crossed factors make A
+a block matrix whose larger factor's block is diagonal while elimination fills
+the rest in completely; then (:class:`SchurDenseLDL`) the diagonal part
+:math:`P` (a maximal independent set of A's graph) is eliminated exactly and
+the dense Schur complement :math:`S_D = A_{DD} - A_{DP} A_{PP}^{-1} A_{PD}` of
+the remaining columns is factored by LAPACK. Otherwise A is factored
 by SuperLU with a fill-reducing symmetric ordering and no pivoting (an
 :math:`LDL^\top` factorisation), and :math:`\mathrm{diag}(A^{-1})` comes from
 the Takahashi recursion on the factor's sparsity pattern: no dense q x q
@@ -31,7 +36,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-__all__ = ["NotPositiveDefinite", "SparseLDL", "BorderedFactor"]
+__all__ = ["NotPositiveDefinite", "SparseLDL", "SchurDenseLDL", "factor_spd", "BorderedFactor"]
 
 
 class NotPositiveDefinite(ArithmeticError):
@@ -175,6 +180,186 @@ class SparseLDL:
         return out
 
 
+DENSE_TAIL_MAX = 4000  # largest dense Schur complement (columns) factored by LAPACK
+
+
+def _independent_set(A):
+    """A maximal independent set of the graph of A (columns with no off-diagonal entry between them).
+
+    Deterministic and vectorised: in rounds, an undecided column joins the set when its key
+    (number of neighbours, then index) is below every undecided neighbour's, and its neighbours
+    are excluded. For crossed factors the levels of the factor with more levels (fewer
+    neighbours each) are taken in the first round.
+    """
+    q = A.shape[0]
+    coo = A.tocoo()
+    off = coo.row != coo.col
+    G = sp.csc_matrix((np.ones(int(off.sum()), dtype=np.int8), (coo.row[off], coo.col[off])), shape=A.shape)
+    G.sum_duplicates()
+    indptr, indices = G.indptr, G.indices
+    deg = np.diff(indptr)
+    key = deg.astype(np.int64) * q + np.arange(q)
+    state = np.zeros(q, dtype=np.int8)  # 0 undecided, 1 in the set, 2 excluded
+    has_nb = deg > 0
+    starts = indptr[:-1][has_nb]
+    big = np.iinfo(np.int64).max
+    while True:
+        und = state == 0
+        if not und.any():
+            break
+        nk = np.where(state[indices] == 0, key[indices], big)
+        min_nb = np.full(q, big)
+        if starts.size:
+            min_nb[has_nb] = np.minimum.reduceat(nk, starts)
+        sel = und & (key < min_nb)
+        state[sel] = 1
+        nb = indices[np.repeat(sel, deg)]
+        state[nb[state[nb] == 0]] = 2
+    return np.flatnonzero(state == 1)
+
+
+class SchurDenseLDL:
+    r"""Factorisation of a sparse SPD matrix whose block on ``P`` is diagonal and whose Schur
+    complement on the rest ``D`` is dense.
+
+    With :math:`A = \begin{pmatrix} \mathrm{diag}(d) & N \\ N^\top & A_{DD}\end{pmatrix}` and
+    :math:`S = A_{DD} - N^\top \mathrm{diag}(d)^{-1} N = L L^\top`:
+    :math:`\log\det A = \sum \log d + \log\det S`, and
+
+    .. math::
+
+        (A^{-1})_{DD} = S^{-1},\quad
+        (A^{-1})_{PD} = -\mathrm{diag}(d)^{-1} N S^{-1},\quad
+        \mathrm{diag}(A^{-1})_{P} = 1/d_i + n_i^\top S^{-1} n_i / d_i^2 .
+
+    The selected inverse needs :math:`N S^{-1}` only on the pattern of N; it is formed in
+    row blocks (memory bounded by about 4e6 doubles per block).
+    """
+
+    is_diagonal = False
+
+    def __init__(self, A, P, D):
+        A = sp.csr_matrix(A)
+        self.n = A.shape[0]
+        self.P, self.D = P, D
+        d = A.diagonal()[P]
+        if np.any(~(d > 0)):
+            raise NotPositiveDefinite("sparse block is not positive definite")
+        self.dP = d
+        N = A[P][:, D].tocsr()
+        N.sort_indices()
+        self.N = N
+        A_DD = A[D][:, D].toarray()
+        if N.nnz and N.nnz >= 0.1 * N.shape[0] * N.shape[1] and N.shape[0] * N.shape[1] <= 5e7:
+            Nd = N.toarray()
+            S = A_DD - (Nd.T / d) @ Nd
+        else:
+            S = A_DD - (N.T @ sp.diags(1.0 / d) @ N).toarray()
+        S = 0.5 * (S + S.T)
+        try:
+            self.S_chol = sla.cho_factor(S, lower=True)
+        except np.linalg.LinAlgError as exc:
+            raise NotPositiveDefinite("sparse block is not positive definite") from exc
+        if np.any(~(np.diag(self.S_chol[0]) > 0)):
+            raise NotPositiveDefinite("sparse block is not positive definite")
+        self.pos = np.empty(self.n, dtype=np.int64)  # position of each column within P or D
+        self.pos[P] = np.arange(P.size)
+        self.pos[D] = np.arange(D.size)
+        self.in_P = np.zeros(self.n, dtype=bool)
+        self.in_P[P] = True
+
+    def logdet(self) -> float:
+        return float(np.sum(np.log(self.dP)) + 2.0 * np.sum(np.log(np.diag(self.S_chol[0]))))
+
+    def solve(self, b):
+        b = np.asarray(b, dtype=float)
+        vec = b.ndim == 1
+        b2 = b[:, None] if vec else b
+        dP = self.dP[:, None]
+        y_P = b2[self.P] / dP
+        x_D = sla.cho_solve(self.S_chol, b2[self.D] - self.N.T @ y_P)
+        x_P = y_P - (self.N @ x_D) / dP
+        out = np.empty_like(b2)
+        out[self.P], out[self.D] = x_P, x_D
+        return out[:, 0] if vec else out
+
+    def _selected(self):
+        if hasattr(self, "_sel"):
+            return self._sel
+        Sinv = sla.cho_solve(self.S_chol, np.eye(self.D.size))
+        N, dP = self.N, self.dP
+        quad = np.empty(self.P.size)
+        on_N = np.empty(N.nnz)  # (N S^{-1}) on the pattern of N
+        step = max(1, int(4e6 // max(self.D.size, 1)))
+        for a in range(0, self.P.size, step):
+            b = min(a + step, self.P.size)
+            Nb = N[a:b]
+            M = Nb @ Sinv
+            lo, hi = N.indptr[a], N.indptr[b]
+            rows = np.repeat(np.arange(b - a), np.diff(Nb.indptr))
+            vals = M[rows, Nb.indices]
+            on_N[lo:hi] = vals
+            quad[a:b] = np.bincount(rows, weights=vals * Nb.data, minlength=b - a)
+        diag = np.empty(self.n)
+        diag[self.P] = 1.0 / dP + quad / dP**2
+        diag[self.D] = np.diag(Sinv)
+        self._sel = (Sinv, -on_N / np.repeat(dP, np.diff(N.indptr)), diag)
+        return self._sel
+
+    def diag_inverse(self) -> np.ndarray:
+        return self._selected()[2].copy()
+
+    def inverse_on_pattern(self, a, b):
+        """Entries :math:`(A^{-1})_{a_t b_t}` for index pairs on the sparsity pattern of A."""
+        a, b = np.asarray(a), np.asarray(b)
+        Sinv, on_N, diag = self._selected()
+        out = np.empty(a.size)
+        same = a == b
+        out[same] = diag[a[same]]
+        pa, pb = self.in_P[a], self.in_P[b]
+        both_D = ~same & ~pa & ~pb
+        out[both_D] = Sinv[self.pos[a[both_D]], self.pos[b[both_D]]]
+        mixed = ~same & (pa != pb)
+        if np.any(~same & pa & pb):
+            raise ValueError("entries requested off the sparsity pattern")
+        if mixed.any():
+            ip = np.where(pa, a, b)[mixed]
+            jd = np.where(pa, b, a)[mixed]
+            r, c = self.pos[ip], self.pos[jd]
+            N = self.N
+            k = _positions_in_rows(N, r, c)
+            k = np.minimum(k, max(N.nnz - 1, 0))
+            if N.nnz == 0 or np.any(k >= N.indptr[r + 1]) or np.any(N.indices[k] != c):
+                raise ValueError("entries requested off the sparsity pattern")
+            out[mixed] = on_N[k]
+        return out
+
+
+def _positions_in_rows(M, r, c):
+    """Positions in ``M.data`` of the entries (r, c) of a CSR matrix with sorted indices."""
+    keys = np.repeat(np.arange(M.shape[0], dtype=np.int64), np.diff(M.indptr)) * M.shape[1] + M.indices
+    return np.searchsorted(keys, r.astype(np.int64) * M.shape[1] + c)
+
+
+def factor_spd(A):
+    """Factor a sparse SPD matrix by the cheapest exact route (diagonal, dense Schur, or SuperLU)."""
+    A = sp.csc_matrix(A)
+    q = A.shape[0]
+    diag = A.diagonal()
+    if q == 0 or A.nnz == np.count_nonzero(diag) or (A - sp.diags(diag)).count_nonzero() == 0:
+        return SparseLDL(A)
+    P = _independent_set(A)
+    D = np.setdiff1d(np.arange(q), P)
+    if 0 < D.size <= DENSE_TAIL_MAX:
+        N = A[P][:, D]
+        row_nnz = np.diff(sp.csr_matrix(N).indptr).astype(np.int64)
+        # the Schur complement is dense when its pattern (bounded by sum of squared row counts) fills it
+        if D.size <= 64 or float(row_nnz @ row_nnz) >= 0.05 * D.size**2:
+            return SchurDenseLDL(A, P, D)
+    return SparseLDL(A)
+
+
+
 class BorderedFactor:
     """Factorisation of the bordered SPD matrix ``[[A, B], [B.T, C]]``.
 
@@ -191,7 +376,7 @@ class BorderedFactor:
     def __init__(self, A, B, C):
         self.q = A.shape[0]
         self.m = C.shape[0]
-        self.A = SparseLDL(A) if self.q else None
+        self.A = factor_spd(A) if self.q else None
         B = np.asarray(B.toarray() if sp.issparse(B) else B, dtype=float).reshape(self.q, self.m)
         self.B = B
         self.AinvB = self.A.solve(B) if self.q and self.m else np.zeros((self.q, self.m))

@@ -38,7 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import ConvergenceWarning
-from .laplace import conditional_fun
+from .laplace import conditional_fun, irls_start
 from .newton import newton_ascent
 from .objectives import LOG_2PI, LogJoint
 from .results import BayesMixedGLMResults, FitDiagnostics, VcpGrid
@@ -57,8 +57,7 @@ class _Conditional:
         self.model = model
         self.lj = LogJoint(model)
         self.tol = tol
-        self.u = np.zeros(model.k_vc)
-        self.b = np.zeros(model.k_fep)
+        self.u, self.b = irls_start(model)
         self.n_inner = 0
         self.failures = 0
         self.cache = {}

@@ -74,14 +74,16 @@ def _blocks(model, rs, fe_prec_diag, vc_mean, prec_k, sumsq_k, with_vcp):
 class LogJoint:
     """The log joint density of a model (see the module docstring)."""
 
-    def __init__(self, model):
+    def __init__(self, model, rows=None, family=None):
         self.model = model
+        self.rows = model.rows if rows is None else rows
+        self.family = model.family if family is None else family
         self.const = _prior_constant(model)
 
     def __call__(self, fe, vcp, vc, hessian=True, with_vcp=True):
         """Return ``(value, g_fe, g_vcp, g_vc, blocks)``; blocks ordered ``[vc | fe, (vcp)]``."""
         m = self.model
-        rs = m.rows.reduce(m.family, fe, vc, hessian=hessian)
+        rs = self.rows.reduce(self.family, fe, vc, hessian=hessian)
         with np.errstate(over="ignore"):
             prec_k = np.exp(-2.0 * vcp)
         prec = prec_k[m.ident]

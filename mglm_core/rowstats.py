@@ -20,7 +20,8 @@ sparsity pattern of :math:`Z^\top Z`, and each evaluation is one weighted
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -140,6 +141,13 @@ class RowData:
         self._gram_indices = (uniq % self.q).astype(np.int32)
         self._gram_indptr = np.searchsorted(rows, np.arange(self.q + 1)).astype(np.int32)
         self._gram_nnz = uniq.size
+
+    def with_response(self, y, trials=None) -> "RowData":
+        """The same design with another response (and trials); shares every design array."""
+        out = copy.copy(self)
+        out.chunks = tuple(replace(c, y=y[c.rows], trials=None if trials is None else trials[c.rows], ll_const={})
+                           for c in self.chunks)
+        return out
 
     def gram(self, data) -> sp.csr_matrix:
         """A matrix with the pattern of Z'Z and the given values."""

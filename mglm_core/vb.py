@@ -27,7 +27,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from .errors import ConvergenceWarning, DataError
-from .laplace import conditional_fun, working_model
+from .laplace import conditional_fun, irls_start, working_model
 from .newton import newton_ascent
 from .objectives import Elbo, LogJoint, VBPoint
 from .results import BayesMixedGLMResults, FitDiagnostics
@@ -58,7 +58,7 @@ def _start(model, mean, sd):
     n = p + k + q
     if mean is None:
         lj = LogJoint(model)
-        st = newton_ascent(conditional_fun(lj, np.zeros(k)), np.zeros(q), np.zeros(p), tol=1e-8, max_iter=50)
+        st = newton_ascent(conditional_fun(lj, np.zeros(k)), *irls_start(model), tol=1e-8, max_iter=50)
         mean = np.concatenate([st.b, np.zeros(k), st.u])
     mean = np.asarray(mean, dtype=float)
     if mean.shape != (n,):

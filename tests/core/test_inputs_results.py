@@ -106,9 +106,13 @@ def test_binomial_trials_equal_bernoulli_expansion():
     """Invariance: successes out of n give the same posterior as the expanded 0/1 rows."""
     agg = mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data=load("cbpp"), trials="size")
     long = mg.BayesMixedGLM.from_formula("y ~ period + (1 | herd)", data=load("cbpp_long"))
+    ma, mb = agg.fit_map(), long.fit_map()
+    np.testing.assert_allclose(ma.fe_mean, mb.fe_mean, atol=1e-7)
+    np.testing.assert_allclose(ma.vcp_mean, mb.vcp_mean, atol=1e-7)
     a, b = agg.fit_laplace(), long.fit_laplace()
-    np.testing.assert_allclose(a.fe_mean, b.fe_mean, atol=1e-6)
-    np.testing.assert_allclose(a.vcp_mean, b.vcp_mean, atol=1e-6)
+    # the integrated fit's inner and vcp-mode searches stop at ~1e-6 (different starting points)
+    np.testing.assert_allclose(a.fe_mean, b.fe_mean, atol=1e-5)
+    np.testing.assert_allclose(a.vcp_mean, b.vcp_mean, atol=5e-5)
     np.testing.assert_allclose(a.log_marginal_likelihood - b.log_marginal_likelihood, 185.4757, atol=1e-3)
 
 
