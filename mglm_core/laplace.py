@@ -63,7 +63,7 @@ def irls_start(model):
     z, w = model.family.working_response(model.endog, model.trials)
     lj = LogJoint(model, rows=model.rows.with_response(z, w), family=WorkingGaussian())
     res = newton_ascent(conditional_fun(lj, np.zeros(model.k_vcp)), np.zeros(model.k_vc),
-                        np.zeros(model.k_fep), tol=1e-12, max_iter=1)
+                        np.zeros(model.k_fep), tol=1e-12, max_iter=1, reuse=model.symbolic)
     if not (np.all(np.isfinite(res.u)) and np.all(np.isfinite(res.b))):
         return np.zeros(model.k_vc), np.zeros(model.k_fep)
     return res.u, res.b
@@ -154,13 +154,13 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200):
     # Stage 1 only supplies a start for the joint search: stop once within 1 of its maximum,
     # then move each log-SD to its conditional mode given those random effects.
     stage1 = newton_ascent(conditional_fun(lj, np.zeros(k)), *irls_start(work), tol=max(tol, 1.0),
-                           max_iter=max_iter)
+                           max_iter=max_iter, reuse=work.symbolic)
     vcp0 = conditional_vcp_mode(work, stage1.u)
     def collapsing(u, b):
         return "a variance component is collapsing" if degenerate_components(work, b[p:], u) else None
 
     res = newton_ascent(_joint_fun(lj, p), stage1.u, np.concatenate([stage1.b, vcp0]), tol=tol,
-                        max_iter=max_iter, stop=collapsing)
+                        max_iter=max_iter, stop=collapsing, reuse=work.symbolic)
     n_iter = stage1.n_iter + res.n_iter
     falling = degenerate_components(work, res.b[p:], res.u) if not res.converged else []
     target = -work.vc_count * work.vcp_p**2  # the degenerate mode of each component's log-SD
@@ -172,7 +172,7 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200):
         for j in falling:
             u[work.ident == j] = 0.0
             b[p + j] = target[j]
-        res = newton_ascent(_joint_fun(lj, p), u, b, tol=tol, max_iter=max_iter)
+        res = newton_ascent(_joint_fun(lj, p), u, b, tol=tol, max_iter=max_iter, reuse=work.symbolic)
         n_iter += res.n_iter
     fe, vcp, vc = res.b[:p], res.b[p:], res.u
     msgs = []

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg as sla
+from scipy.linalg.blas import dsyrk as syrk
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-__all__ = ["NotPositiveDefinite", "SparseLDL", "SchurDenseLDL", "factor_spd", "BorderedFactor"]
+__all__ = ["NotPositiveDefinite", "SparseLDL", "SchurDenseLDL", "Symbolic", "factor_spd", "BorderedFactor"]
 
 
 class NotPositiveDefinite(ArithmeticError):
@@ -218,6 +219,27 @@ def _independent_set(A):
     return np.flatnonzero(state == 1)
 
 
+def _independent_classes(row, col, groups):
+    """Columns of the largest union of whole classes (``groups``, e.g. variance components)
+    with no off-diagonal entry among them, chosen greedily by class size.
+
+    For crossed factors this is the factor with the most levels (and any further factors
+    that do not share rows with it), which the structural :func:`_independent_set` cannot
+    always find when the factors' levels have similar numbers of neighbours.
+    """
+    groups = np.asarray(groups)
+    k = int(groups.max()) + 1 if groups.size else 0
+    off = row != col
+    adj = np.zeros((k, k), dtype=bool)
+    adj[groups[row[off]], groups[col[off]]] = True
+    sizes = np.bincount(groups, minlength=k)
+    chosen = []
+    for c in np.argsort(-sizes, kind="stable"):
+        if not adj[c, c] and not adj[c, chosen].any():
+            chosen.append(c)
+    return np.flatnonzero(np.isin(groups, chosen))
+
+
 class SchurDenseLDL:
     r"""Factorisation of a sparse SPD matrix whose block on ``P`` is diagonal and whose Schur
     complement on the rest ``D`` is dense.
@@ -238,35 +260,35 @@ class SchurDenseLDL:
 
     is_diagonal = False
 
-    def __init__(self, A, P, D):
-        A = sp.csr_matrix(A)
+    def __init__(self, A, symbolic):
+        sym = symbolic
+        self.symbolic = sym
         self.n = A.shape[0]
+        P, D = sym.P, sym.D
         self.P, self.D = P, D
-        d = A.diagonal()[P]
+        d = A.data[sym.diag_src]
         if np.any(~(d > 0)):
             raise NotPositiveDefinite("sparse block is not positive definite")
         self.dP = d
-        N = A[P][:, D].tocsr()
-        N.sort_indices()
+        N = sp.csr_matrix((A.data[sym.N_src], sym.N_indices, sym.N_indptr), shape=(P.size, D.size))
         self.N = N
-        A_DD = A[D][:, D].toarray()
-        if N.nnz and N.nnz >= 0.1 * N.shape[0] * N.shape[1] and N.shape[0] * N.shape[1] <= 5e7:
-            Nd = N.toarray()
-            S = A_DD - (Nd.T / d) @ Nd
+        row_nnz = np.diff(N.indptr).astype(np.int64)
+        if N.nnz and float(row_nnz @ row_nnz) * 20.0 >= float(P.size) * D.size**2:
+            # N is dense enough for BLAS: S = A_DD - Ns' Ns with Ns = diag(d)^(-1/2) N
+            Ns = N.toarray()
+            Ns /= np.sqrt(d)[:, None]
+            S = syrk(-1.0, Ns, trans=1, lower=1)  # lower triangle of -Ns' Ns (all cho_factor reads)
         else:
-            S = A_DD - (N.T @ sp.diags(1.0 / d) @ N).toarray()
-        S = 0.5 * (S + S.T)
+            S = -(N.T @ sp.diags(1.0 / d) @ N).toarray()
+        lower = sym.dd_r >= sym.dd_c
+        S[sym.dd_r[lower], sym.dd_c[lower]] += A.data[sym.dd_src[lower]]
         try:
-            self.S_chol = sla.cho_factor(S, lower=True)
+            self.S_chol = sla.cho_factor(S, lower=True, overwrite_a=True, check_finite=False)
         except np.linalg.LinAlgError as exc:
             raise NotPositiveDefinite("sparse block is not positive definite") from exc
         if np.any(~(np.diag(self.S_chol[0]) > 0)):
             raise NotPositiveDefinite("sparse block is not positive definite")
-        self.pos = np.empty(self.n, dtype=np.int64)  # position of each column within P or D
-        self.pos[P] = np.arange(P.size)
-        self.pos[D] = np.arange(D.size)
-        self.in_P = np.zeros(self.n, dtype=bool)
-        self.in_P[P] = True
+        self.pos, self.in_P = sym.pos, sym.in_P
 
     def logdet(self) -> float:
         return float(np.sum(np.log(self.dP)) + 2.0 * np.sum(np.log(np.diag(self.S_chol[0]))))
@@ -277,7 +299,7 @@ class SchurDenseLDL:
         b2 = b[:, None] if vec else b
         dP = self.dP[:, None]
         y_P = b2[self.P] / dP
-        x_D = sla.cho_solve(self.S_chol, b2[self.D] - self.N.T @ y_P)
+        x_D = sla.cho_solve(self.S_chol, b2[self.D] - self.N.T @ y_P, check_finite=False)
         x_P = y_P - (self.N @ x_D) / dP
         out = np.empty_like(b2)
         out[self.P], out[self.D] = x_P, x_D
@@ -286,7 +308,7 @@ class SchurDenseLDL:
     def _selected(self):
         if hasattr(self, "_sel"):
             return self._sel
-        Sinv = sla.cho_solve(self.S_chol, np.eye(self.D.size))
+        Sinv = sla.cho_solve(self.S_chol, np.eye(self.D.size), check_finite=False)
         N, dP = self.N, self.dP
         quad = np.empty(self.P.size)
         on_N = np.empty(N.nnz)  # (N S^{-1}) on the pattern of N
@@ -341,23 +363,72 @@ def _positions_in_rows(M, r, c):
     return np.searchsorted(keys, r.astype(np.int64) * M.shape[1] + c)
 
 
-def factor_spd(A):
-    """Factor a sparse SPD matrix by the cheapest exact route (diagonal, dense Schur, or SuperLU)."""
-    A = sp.csc_matrix(A)
-    q = A.shape[0]
-    diag = A.diagonal()
-    if q == 0 or A.nnz == np.count_nonzero(diag) or (A - sp.diags(diag)).count_nonzero() == 0:
-        return SparseLDL(A)
-    P = _independent_set(A)
-    D = np.setdiff1d(np.arange(q), P)
-    if 0 < D.size <= DENSE_TAIL_MAX:
-        N = A[P][:, D]
-        row_nnz = np.diff(sp.csr_matrix(N).indptr).astype(np.int64)
-        # the Schur complement is dense when its pattern (bounded by sum of squared row counts) fills it
-        if D.size <= 64 or float(row_nnz @ row_nnz) >= 0.05 * D.size**2:
-            return SchurDenseLDL(A, P, D)
-    return SparseLDL(A)
+class Symbolic:
+    """The pattern-only part of :func:`factor_spd`: which route, and for the dense-Schur route
+    the partition (P, D) and where N, diag(A_PP) and A_DD sit in A's data.
 
+    Newton iterations keep the pattern of A, so this analysis is done once and reused
+    (:meth:`matches` checks the pattern, O(nnz)).
+    """
+
+    def __init__(self, A, groups=None):
+        self.shape = A.shape
+        self.indptr, self.indices = A.indptr.copy(), A.indices.copy()
+        q = A.shape[0]
+        col = np.repeat(np.arange(q), np.diff(A.indptr))
+        row = A.indices
+        self.diagonal = bool(np.all(row == col))
+        self.route = "diagonal" if self.diagonal else "superlu"
+        if self.diagonal:
+            return
+        P = _independent_classes(row, col, groups) if groups is not None else _independent_set(A)
+        D = np.setdiff1d(np.arange(q), P)
+        in_P = np.zeros(q, dtype=bool)
+        in_P[P] = True
+        selN = in_P[row] & ~in_P[col]
+        if not (0 < D.size <= DENSE_TAIL_MAX):
+            return
+        row_nnz = np.bincount(row[selN], minlength=q)[P].astype(np.int64)
+        # the Schur complement is dense when its pattern (bounded by the sum of squared row counts) fills it
+        if not (D.size <= 64 or float(row_nnz @ row_nnz) >= 0.05 * D.size**2):
+            return
+        self.route = "schur"
+        pos = np.empty(q, dtype=np.int64)
+        pos[P], pos[D] = np.arange(P.size), np.arange(D.size)
+        self.P, self.D, self.pos, self.in_P = P, D, pos, in_P
+        seld = (row == col) & in_P[row]
+        self.diag_src = np.empty(P.size, dtype=np.int64)
+        self.diag_src[pos[row[seld]]] = np.flatnonzero(seld)
+        r, c, src = pos[row[selN]], pos[col[selN]], np.flatnonzero(selN)
+        order = np.lexsort((c, r))
+        self.N_indices = c[order].astype(np.int32)
+        self.N_indptr = np.searchsorted(r[order], np.arange(P.size + 1)).astype(np.int32)
+        self.N_src = src[order]
+        selD = ~in_P[row] & ~in_P[col]
+        self.dd_r, self.dd_c, self.dd_src = pos[row[selD]], pos[col[selD]], np.flatnonzero(selD)
+
+    def matches(self, A) -> bool:
+        return (A.shape == self.shape and A.indptr.size == self.indptr.size and A.indices.size == self.indices.size
+                and np.array_equal(A.indptr, self.indptr) and np.array_equal(A.indices, self.indices))
+
+
+def factor_spd(A, symbolic=None):
+    """Factor a sparse SPD matrix by the cheapest exact route (diagonal, dense Schur, or SuperLU).
+
+    ``symbolic`` is a :class:`Symbolic` (from an earlier factorisation's ``factor.symbolic``,
+    or made once per model with the variance components as ``groups``); it is reused
+    when A has the same pattern.
+    """
+    A = sp.csc_matrix(A)
+    if not A.has_canonical_format:
+        A.sum_duplicates()
+    if symbolic is None or not symbolic.matches(A):
+        symbolic = Symbolic(A)
+    if symbolic.route == "schur":
+        return SchurDenseLDL(A, symbolic)
+    f = SparseLDL(A)
+    f.symbolic = symbolic
+    return f
 
 
 class BorderedFactor:
@@ -367,16 +438,22 @@ class BorderedFactor:
     ----------
     A : sparse (q, q)
         Sparse SPD block.
+    reuse : BorderedFactor or Symbolic, optional
+        An earlier factorisation, or a pattern analysis, reused if A's pattern is the same.
     B : ndarray (q, m)
         Coupling block (dense; m is small).
     C : ndarray (m, m)
         Dense border block.
     """
 
-    def __init__(self, A, B, C):
+    def __init__(self, A, B, C, reuse=None):
         self.q = A.shape[0]
         self.m = C.shape[0]
-        self.A = factor_spd(A) if self.q else None
+        if isinstance(reuse, Symbolic) or reuse is None:
+            sym = reuse
+        else:
+            sym = getattr(reuse.A, "symbolic", None) if reuse.A is not None else None
+        self.A = factor_spd(A, sym) if self.q else None
         B = np.asarray(B.toarray() if sp.issparse(B) else B, dtype=float).reshape(self.q, self.m)
         self.B = B
         self.AinvB = self.A.solve(B) if self.q and self.m else np.zeros((self.q, self.m))

@@ -27,6 +27,7 @@ import numpy as np
 from . import checks, laplace, nested, vb
 from .design import build_design
 from .families import get_family
+from .linalg import Symbolic
 from .objectives import LogJoint
 from .rowstats import RowData
 
@@ -91,6 +92,15 @@ class BayesMixedGLM:
         self.vc_count = np.bincount(self.ident, minlength=self.k_vcp).astype(float)
         self.design = design
         self.rows = RowData(self.exog, self.exog_vc, self.endog, self.trials, self.offset, chunk_rows)
+        self._symbolic = None
+
+    @property
+    def symbolic(self):
+        """Pattern analysis of the random-effect block of the Hessian (computed once, reused by
+        every factorisation; see :class:`mglm_core.linalg.Symbolic`)."""
+        if self._symbolic is None and self.k_vc:
+            self._symbolic = Symbolic(self.rows.hessian_pattern(), groups=self.ident)
+        return self._symbolic
 
     # -- construction from formulas ---------------------------------------------------------
     @classmethod

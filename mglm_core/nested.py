@@ -58,6 +58,7 @@ class _Conditional:
         self.lj = LogJoint(model)
         self.tol = tol
         self.u, self.b = irls_start(model)
+        self.symbolic = model.symbolic  # pattern analysis reused by every inner fit
         self.n_inner = 0
         self.failures = 0
         self.cache = {}
@@ -71,7 +72,8 @@ class _Conditional:
         return out
 
     def _solve(self, vcp):
-        nr = newton_ascent(conditional_fun(self.lj, vcp), self.u, self.b, tol=self.tol, max_iter=100)
+        nr = newton_ascent(conditional_fun(self.lj, vcp), self.u, self.b, tol=self.tol, max_iter=100,
+                           reuse=self.symbolic)
         self.n_inner += nr.n_iter
         if nr.factor is None or not np.isfinite(nr.value):
             self.failures += 1
@@ -112,7 +114,7 @@ def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-8):
         g_b = rs.x_score - b * fe_prec
         A = (rs.z_wz + sp.diags(prec)).tocsc() if model.k_vc else sp.csc_matrix((0, 0))
         try:
-            factor = BorderedFactor(A, rs.z_wx, rs.x_wx + np.diag(fe_prec))
+            factor = BorderedFactor(A, rs.z_wx, rs.x_wx + np.diag(fe_prec), reuse=factor)
         except NotPositiveDefinite:
             return u0, b0, f0, False
         du, db = factor.solve(g_u, g_b)

@@ -36,16 +36,16 @@ class NewtonResult:
     message: str = ""
 
 
-def _damped_factor(A, B, C, lam):
+def _damped_factor(A, B, C, lam, reuse=None):
     if lam == 0.0:
-        return BorderedFactor(A, B, C)
+        return BorderedFactor(A, B, C, reuse)
     q, m = A.shape[0], C.shape[0]
     scale_a = lam * (1.0 + np.abs(A.diagonal())) if q else np.zeros(0)
     scale_c = lam * (1.0 + np.abs(np.diag(C))) if m else np.zeros(0)
-    return BorderedFactor(A + sp.diags(scale_a), B, C + np.diag(scale_c))
+    return BorderedFactor(A + sp.diags(scale_a), B, C + np.diag(scale_c), reuse)
 
 
-def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop=None):
+def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop=None, reuse=None):
     """Maximise ``fun`` by damped Newton steps.
 
     Parameters
@@ -59,6 +59,9 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
         Threshold on the Newton decrement.
     stop : callable, optional
         ``stop(u, b) -> str or None``; a message ends the iterations early (not converged).
+    reuse : BorderedFactor, optional
+        A factorisation of an earlier problem with the same sparsity pattern (its pattern
+        analysis is reused).
 
     Returns
     -------
@@ -84,7 +87,7 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
     for it in range(1, max_iter + 1):
         while True:
             try:
-                factor = _damped_factor(A, B, C, lam)
+                factor = _damped_factor(A, B, C, lam, factor if factor is not None else reuse)
                 break
             except NotPositiveDefinite:
                 lam = max(10.0 * lam, 1e-6)
@@ -131,7 +134,7 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
         lam = 0.0 if lam < 1e-5 else lam / 10.0
     if converged or factor is None:
         try:
-            factor = BorderedFactor(A, B, C)
+            factor = BorderedFactor(A, B, C, factor if factor is not None else reuse)
         except NotPositiveDefinite:
             factor = None
             message += "; the Hessian at the final point is not negative definite"

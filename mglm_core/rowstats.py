@@ -149,6 +149,12 @@ class RowData:
                            for c in self.chunks)
         return out
 
+    def hessian_pattern(self) -> sp.csc_matrix:
+        """The sparsity pattern of :math:`Z^\top W Z` plus a diagonal (ones as values)."""
+        A = (self.gram(np.ones(self._gram_nnz)) + sp.eye(self.q, format="csr")).tocsc()
+        A.sum_duplicates()
+        return A
+
     def gram(self, data) -> sp.csr_matrix:
         """A matrix with the pattern of Z'Z and the given values."""
         return sp.csr_matrix((data, self._gram_indices, self._gram_indptr), shape=(self.q, self.q))

@@ -58,7 +58,8 @@ def _start(model, mean, sd):
     n = p + k + q
     if mean is None:
         lj = LogJoint(model)
-        st = newton_ascent(conditional_fun(lj, np.zeros(k)), *irls_start(model), tol=1e-8, max_iter=50)
+        st = newton_ascent(conditional_fun(lj, np.zeros(k)), *irls_start(model), tol=1e-8, max_iter=50,
+                           reuse=model.symbolic)
         mean = np.concatenate([st.b, np.zeros(k), st.u])
     mean = np.asarray(mean, dtype=float)
     if mean.shape != (n,):
@@ -88,7 +89,8 @@ def _coordinate_phase(elbo, pt, tol, max_outer=100):
             A, B, C = blocks if hessian else (None, None, None)
             return v, g.vc_mean, np.concatenate([g.fe_mean, g.vcp_mean]), A, B, C
 
-        nr = newton_ascent(fun, pt.vc_mean, np.concatenate([pt.fe_mean, pt.vcp_mean]), tol=tol, max_iter=5)
+        nr = newton_ascent(fun, pt.vc_mean, np.concatenate([pt.fe_mean, pt.vcp_mean]), tol=tol, max_iter=5,
+                           reuse=elbo.model.symbolic)
         pt = _with(pt, fe_mean=nr.b[:p], vcp_mean=nr.b[p:], vc_mean=nr.u)
         new_value, _, _, rs = elbo(pt, grad=False)
         for _ in range(3):
