@@ -112,7 +112,7 @@ def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-8):
         rs = model.rows.reduce(model.family, b, u, row_var=v, hessian=True)
         g_u = rs.z_score - u * prec
         g_b = rs.x_score - b * fe_prec
-        A = (rs.z_wz + sp.diags(prec)).tocsc() if model.k_vc else sp.csc_matrix((0, 0))
+        A = model.rows.with_diagonal(rs.z_wz, prec) if model.k_vc else sp.csc_matrix((0, 0))
         try:
             factor = BorderedFactor(A, rs.z_wx, rs.x_wx + np.diag(fe_prec), reuse=factor)
         except NotPositiveDefinite:

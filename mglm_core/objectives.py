@@ -58,7 +58,7 @@ def _blocks(model, rs, fe_prec_diag, vc_mean, prec_k, sumsq_k, with_vcp):
     """Negative-Hessian blocks shared by the joint density and the ELBO."""
     ident = model.ident
     p, k = model.k_fep, model.k_vcp
-    A = (rs.z_wz + sp.diags(prec_k[ident])).tocsc() if model.k_vc else sp.csc_matrix((0, 0))
+    A = model.rows.with_diagonal(rs.z_wz, prec_k[ident]) if model.k_vc else sp.csc_matrix((0, 0))
     C_fe = rs.x_wx + np.diag(fe_prec_diag)
     if not with_vcp:
         return A, rs.z_wx, C_fe

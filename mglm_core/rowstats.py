@@ -123,15 +123,13 @@ class RowData:
         group_start = np.repeat(np.cumsum(per_nz) - per_nz, per_nz)
         second = Z.indptr[row_of_nz[first]] + (np.arange(first.size) - group_start)
         keys = Z.indices[first].astype(np.int64) * self.q + Z.indices[second]
+        diag_keys = np.arange(self.q, dtype=np.int64) * (self.q + 1)  # every diagonal entry is in the pattern
         if nnz_row.size and nnz_row.max() <= 1:
-            # one nonzero per row (a single grouping factor): the pattern is diagonal, no sort needed
-            cols = Z.indices[first]
-            used = np.flatnonzero(np.bincount(cols, minlength=self.q))
-            slot = np.zeros(self.q, dtype=np.int64)
-            slot[used] = np.arange(used.size)
-            uniq, pos = used * (self.q + 1), slot[cols]
+            # one nonzero per row (a single grouping factor): the pattern is the diagonal, no sort needed
+            uniq, pos = diag_keys, Z.indices[first].astype(np.int64)
         else:
-            uniq, pos = np.unique(keys, return_inverse=True)
+            uniq = np.unique(np.concatenate([keys, diag_keys]))
+            pos = np.searchsorted(uniq, keys)
         self._pair_pos = pos
         self._pair_row = row_of_nz[first]
         self._pair_val = Z.data[first] * Z.data[second]
@@ -141,6 +139,7 @@ class RowData:
         self._gram_indices = (uniq % self.q).astype(np.int32)
         self._gram_indptr = np.searchsorted(rows, np.arange(self.q + 1)).astype(np.int32)
         self._gram_nnz = uniq.size
+        self._gram_diag = np.searchsorted(uniq, diag_keys)
 
     def with_response(self, y, trials=None) -> "RowData":
         """The same design with another response (and trials); shares every design array."""
@@ -150,10 +149,15 @@ class RowData:
         return out
 
     def hessian_pattern(self) -> sp.csc_matrix:
-        """The sparsity pattern of :math:`Z^\top W Z` plus a diagonal (ones as values)."""
-        A = (self.gram(np.ones(self._gram_nnz)) + sp.eye(self.q, format="csr")).tocsc()
-        A.sum_duplicates()
-        return A
+        """The sparsity pattern of :math:`Z^\top W Z` and its diagonal (ones as values)."""
+        return self.with_diagonal(self.gram(np.ones(self._gram_nnz)), 0.0)
+
+    def with_diagonal(self, gram, diag) -> sp.csc_matrix:
+        """``gram + diag(diag)`` as CSC, for a matrix from :meth:`gram` (symmetric, so its CSR
+        arrays are also its CSC arrays; the pattern already holds the diagonal)."""
+        data = gram.data.copy()
+        data[self._gram_diag] += diag
+        return sp.csc_matrix((data, self._gram_indices, self._gram_indptr), shape=(self.q, self.q))
 
     def gram(self, data) -> sp.csr_matrix:
         """A matrix with the pattern of Z'Z and the given values."""
