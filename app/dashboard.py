@@ -15,6 +15,7 @@ import panel as pn
 import param
 
 from app import adapter, plots
+from app.live import LivePlot
 from app.data import DEMOS, MAX_UPLOAD_MB, column_overview
 from app.state import AppState, problem_size
 
@@ -144,14 +145,12 @@ class Dashboard(pn.viewable.Viewer):
 
         truth = st.param.truth
         outcome = fit.param.outcome
-        self.forest_pane = pn.pane.HoloViews(
-            pn.bind(self._forest, outcome, view.param.exp_scale, view.param.include_intercept, truth),
-            sizing_mode="stretch_width", min_height=380)
-        self.density_pane = pn.pane.HoloViews(pn.bind(self._density, outcome, truth),
-                                              sizing_mode="stretch_width", min_height=380)
-        self.caterpillar_pane = pn.pane.HoloViews(
-            pn.bind(self._caterpillar, outcome, view.param.re_term, view.param.re_search, view.param.re_top_k, truth),
-            sizing_mode="stretch_width", min_height=400)
+        # Live plots: a refit that changes numbers only updates the Bokeh data in place.
+        self.forest_pane = LivePlot(self._forest, outcome, view.param.exp_scale, view.param.include_intercept, truth,
+                                    sizing_mode="stretch_width", min_height=380)
+        self.density_pane = LivePlot(self._density, outcome, truth, sizing_mode="stretch_width", min_height=380)
+        self.caterpillar_pane = LivePlot(self._caterpillar, outcome, view.param.re_term, view.param.re_search,
+                                         view.param.re_top_k, truth, sizing_mode="stretch_width", min_height=400)
 
         fe_tab = pn.Column(
             pn.Row(pn.widgets.Checkbox.from_param(view.param.exp_scale, css_classes=["exp-toggle"]),

@@ -334,6 +334,7 @@ class AppState(param.Parameterized):
     sim = param.ClassSelector(class_=param.Parameterized, doc="SimSettings")
     columns_version = param.Integer(default=0, doc="Incremented after the offered columns changed (views rebuild).")
     debounce = param.Number(default=0.05, doc="Seconds to wait after the last change before a live refit.")
+    quiet_fit_seconds = param.Number(default=0.3, doc="A fit shows its progress once it has run this long.")
     live_limit = param.Integer(default=LIVE_FIT_LIMIT)
 
     _SPEC_KEYS = ["response", "trials", "fixed_numeric", "fixed_factors", "groups", "slopes", "offset", "family",
@@ -499,7 +500,8 @@ class AppState(param.Parameterized):
         self._generation += 1
         generation = self._generation
         delay = 0 if immediate else self.debounce
-        self.fit.param.update(status="waiting", message="Refitting...")
+        if immediate:
+            self.fit.param.update(status="waiting", message="Refitting...")
         param.parameterized.async_executor(lambda: self._debounced_fit(generation, delay))
 
     async def _debounced_fit(self, generation: int, delay: float) -> None:
@@ -522,10 +524,14 @@ class AppState(param.Parameterized):
         try:
             outcome = self._cache.get(request.key)
             if outcome is None:
-                self.fit.param.update(status="fitting", progress=-1,
-                                      message=f"Fitting {request.formula} ({adapter.method_label(request.method)})...")
+                task = asyncio.ensure_future(asyncio.to_thread(adapter.fit, request))
+                # Quick (live) refits swap the result in without a "fitting" flash; longer ones show progress.
+                done, _ = await asyncio.wait({task}, timeout=self.quiet_fit_seconds)
+                if not done:
+                    self.fit.param.update(status="fitting", progress=-1, message=(
+                        f"Fitting {request.formula} ({adapter.method_label(request.method)})..."))
                 try:
-                    outcome = await asyncio.to_thread(adapter.fit, request)
+                    outcome = await task
                 except Exception as exc:
                     self._fit_failed(exc)
                     return

@@ -53,7 +53,7 @@ def scaling_transform(X):
 
 
 def irls_start(model):
-    """Deterministic starting values ``(vc, fe)``: one IRLS step from the data.
+    r"""Deterministic starting values ``(vc, fe)``: one IRLS step from the data.
 
     The working response and weights of the family at :math:`\mu_0 \approx y`
     (:meth:`~mglm_core.families.Binomial.working_response`) define a penalised weighted

@@ -47,11 +47,13 @@ class NotPositiveDefinite(ArithmeticError):
 class SparseLDL:
     """Factorisation :math:`P A P^\top = L D L^\top` of a sparse SPD matrix."""
 
-    def __init__(self, A):
-        A = sp.csc_matrix(A)
+    def __init__(self, A, diagonal=None):
+        A = A if sp.isspmatrix_csc(A) else sp.csc_matrix(A)
         self.n = A.shape[0]
         diag = A.diagonal()
-        self.is_diagonal = A.nnz == np.count_nonzero(diag) or (A - sp.diags(diag)).count_nonzero() == 0
+        if diagonal is None:
+            diagonal = A.nnz == np.count_nonzero(diag) or (A - sp.diags(diag)).count_nonzero() == 0
+        self.is_diagonal = diagonal
         if self.is_diagonal:
             if np.any(~(diag > 0)):
                 raise NotPositiveDefinite("diagonal block has a non-positive entry")
@@ -419,14 +421,14 @@ def factor_spd(A, symbolic=None):
     or made once per model with the variance components as ``groups``); it is reused
     when A has the same pattern.
     """
-    A = sp.csc_matrix(A)
+    A = A if sp.isspmatrix_csc(A) else sp.csc_matrix(A)
     if not A.has_canonical_format:
         A.sum_duplicates()
     if symbolic is None or not symbolic.matches(A):
         symbolic = Symbolic(A)
     if symbolic.route == "schur":
         return SchurDenseLDL(A, symbolic)
-    f = SparseLDL(A)
+    f = SparseLDL(A, diagonal=True if symbolic.diagonal else None)
     f.symbolic = symbolic
     return f
 

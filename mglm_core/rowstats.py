@@ -33,7 +33,9 @@ __all__ = ["RowData", "RowSums"]
 class RowSums:
     """Sums over rows at one point (fields as in the module docstring).
 
-    ``x_wx``, ``z_wx`` and ``z_wz`` are None when the Hessian was not asked for.
+    ``x_wx``, ``z_wx`` and ``z_wz`` are None when the Hessian was not asked for; ``z_wz``
+    holds the values of :math:`Z^\top W Z` on the Gram pattern (:meth:`RowData.gram` makes
+    the matrix, :meth:`RowData.with_diagonal` the precision block).
     ``z2_w`` and ``x2_w`` are the diagonals :math:`(Z\\circ Z)^\\top w` and
     :math:`(X\\circ X)^\\top w`, computed for mean-field variances only (None otherwise).
     """
@@ -45,7 +47,7 @@ class RowSums:
     z2_w: np.ndarray | None
     x_wx: np.ndarray | None = None
     z_wx: np.ndarray | None = None
-    z_wz: sp.csr_matrix | None = None
+    z_wz: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -150,12 +152,12 @@ class RowData:
 
     def hessian_pattern(self) -> sp.csc_matrix:
         """The sparsity pattern of :math:`Z^\top W Z` and its diagonal (ones as values)."""
-        return self.with_diagonal(self.gram(np.ones(self._gram_nnz)), 0.0)
+        return self.with_diagonal(np.ones(self._gram_nnz), 0.0)
 
-    def with_diagonal(self, gram, diag) -> sp.csc_matrix:
-        """``gram + diag(diag)`` as CSC, for a matrix from :meth:`gram` (symmetric, so its CSR
-        arrays are also its CSC arrays; the pattern already holds the diagonal)."""
-        data = gram.data.copy()
+    def with_diagonal(self, gram_data, diag) -> sp.csc_matrix:
+        """The matrix with values ``gram_data`` on the Gram pattern plus ``diag(diag)``, as CSC
+        (symmetric, so its CSR arrays are also its CSC arrays; the pattern holds the diagonal)."""
+        data = np.array(gram_data, dtype=float)
         data[self._gram_diag] += diag
         return sp.csc_matrix((data, self._gram_indices, self._gram_indptr), shape=(self.q, self.q))
 
@@ -274,5 +276,5 @@ class RowData:
             z2_w=z2w,
             x_wx=xwx,
             z_wx=zwx,
-            z_wz=None if zwz is None else self.gram(zwz),
+            z_wz=zwz,
         )
