@@ -44,6 +44,37 @@ class NotPositiveDefinite(ArithmeticError):
     """Raised when a matrix expected to be positive definite is not."""
 
 
+class _NotChordal(Exception):
+    """The stored pattern of L lacks a fill entry the Takahashi recursion needs."""
+
+
+def _chordal_closure(L):
+    r"""L (CSC, unit diagonal stored, sorted) with the pattern of the symbolic factor.
+
+    Column j's entries below the diagonal, except the first (its parent p in the
+    elimination tree), belong to column p as well; visiting the columns in order and
+    merging them into the parent closes the pattern. Added entries are explicit zeros.
+    """
+    n = L.shape[0]
+    rows, vals = [], []
+    for j in range(n):
+        a, b = L.indptr[j], L.indptr[j + 1]
+        rows.append(L.indices[a:b])
+        vals.append(L.data[a:b])
+    for j in range(n):
+        r = rows[j]
+        below = r[r > j]
+        if below.size > 1:
+            p = below[0]
+            merged = np.union1d(rows[p], below[1:])
+            if merged.size != rows[p].size:
+                v = np.zeros(merged.size)
+                v[np.searchsorted(merged, rows[p])] = vals[p]
+                rows[p], vals[p] = merged, v
+    indptr = np.concatenate([[0], np.cumsum([r.size for r in rows])])
+    return sp.csc_matrix((np.concatenate(vals), np.concatenate(rows), indptr), shape=L.shape)
+
+
 class SparseLDL:
     """Factorisation :math:`P A P^\top = L D L^\top` of a sparse SPD matrix."""
 
@@ -98,6 +129,14 @@ class SparseLDL:
             return 1.0 / self.d
         L = sp.csc_matrix(self._lu.L)
         L.sort_indices()
+        try:
+            return self._takahashi(L)
+        except _NotChordal:
+            # SuperLU leaves out fill entries that are numerically zero; restore them as explicit
+            # zeros (the symbolic factor's pattern) and run the recursion again
+            return self._takahashi(_chordal_closure(L))
+
+    def _takahashi(self, L):
         n, d = self.n, self.d
         indptr, indices, data = L.indptr, L.indices, L.data
         below = np.diff(indptr) - 1  # entries below the diagonal (the unit diagonal is stored)
@@ -137,7 +176,7 @@ class SparseLDL:
                 if rest.size:
                     pos = np.minimum(np.searchsorted(rows[k], rest), max(rows[k].size - 1, 0))
                     if rows[k].size == 0 or not np.array_equal(rows[k][pos], rest):
-                        raise NotPositiveDefinite("factor pattern is not chordal")
+                        raise _NotChordal()
                     col = vals[k][pos]
                     M[a_ + 1:, a_] = col
                     M[a_, a_ + 1:] = col
@@ -183,7 +222,7 @@ class SparseLDL:
         return out
 
 
-DENSE_TAIL_MAX = 4000  # largest dense Schur complement (columns) factored by LAPACK
+DENSE_TAIL_MAX = 5000  # largest dense Schur complement (columns) factored by LAPACK
 
 
 def _independent_set(A):

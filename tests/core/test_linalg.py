@@ -77,3 +77,22 @@ def test_indefinite_crossed_block_is_reported():
     A = A - sp.eye(A.shape[0]) * 50.0
     with pytest.raises(NotPositiveDefinite):
         factor_spd(A)
+
+
+def test_selected_inverse_when_superlu_drops_cancelled_fill(monkeypatch):
+    """Fill that cancels exactly is not stored by SuperLU; the Takahashi recursion then
+    restores the symbolic pattern (explicit zeros) and still matches the dense inverse."""
+    import mglm_core.linalg as la
+
+    n = 6
+    A = np.eye(n) * 4.0
+    A[0, 1:] = A[1:, 0] = 2.0
+    A[1:, 1:] += 1.0 - np.eye(n - 1)  # each fill entry 1 - 2 * 2 / 4 is exactly 0
+    calls = []
+    closure = la._chordal_closure
+    monkeypatch.setattr(la, "_chordal_closure", lambda L: (calls.append(1), closure(L))[1])
+    f = la.SparseLDL(sp.csc_matrix(A))
+    np.testing.assert_allclose(f.diag_inverse(), np.diag(np.linalg.inv(A)), rtol=1e-12)
+    assert calls  # the fallback ran
+    r, c = np.nonzero(A)
+    np.testing.assert_allclose(f.inverse_on_pattern(r, c), np.linalg.inv(A)[r, c], rtol=1e-12, atol=1e-15)
