@@ -75,6 +75,9 @@ class Dashboard(pn.viewable.Viewer):
     # ------------------------------------------------------------------ build
     def _build(self) -> None:
         st, spec, fit, view, sim = self.state, self.state.spec, self.state.fit, self.state.view, self.state.sim
+        # linked to spec by a watcher: made once here, not with the column widgets at every data load
+        self._family_widget = pn.widgets.RadioButtonGroup.from_param(
+            spec.param.family, button_type="primary", button_style="outline", sizing_mode="stretch_width")
 
         # ---- data
         # (a Select set to a value outside its options silently breaks the session's updates: use a placeholder)
@@ -277,8 +280,7 @@ class Dashboard(pn.viewable.Viewer):
         spec, w, cw = self.state.spec, dict(sizing_mode="stretch_width"), self._column_widget
         return pn.Column(
             cw(pn.widgets.Select, spec, "response", name="Response", **w),
-            pn.widgets.RadioButtonGroup.from_param(spec.param.family, button_type="primary",
-                                                   button_style="outline", **w),
+            self._family_widget,
             cw(pn.widgets.Select, spec, "trials", name="Trials (binomial counts out of n)", **w),
             self._alerts["response"],
             cw(pn.widgets.MultiChoice, spec, "fixed_numeric", **w),
