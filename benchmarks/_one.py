@@ -15,7 +15,7 @@ REPEAT_BELOW = 2.0
 
 
 def fit_once(lib, method, y, X, Z, ident, family):
-    """Model construction plus one fit; returns (seconds, fe, vcp, converged)."""
+    """Model construction plus one fit; returns (seconds, fe, vcp, converged, message)."""
     import mglm_core as mg
     from statsmodels.genmod import bayes_mixed_glm as smb
 
@@ -26,13 +26,15 @@ def fit_once(lib, method, y, X, Z, ident, family):
             model = mg.BayesMixedGLM(y, X, Z, ident, family=family)
             res = getattr(model, f"fit_{method}")()
             fe, vcp, converged = res.fe_mean, res.vcp_mean, res.converged
+            message = "" if converged else "; ".join(res.diagnostics.warnings)[:160]
         else:
             cls = smb.BinomialBayesMixedGLM if family == "binomial" else smb.PoissonBayesMixedGLM
             model = cls(y, X, Z, ident)
             res = getattr(model, f"fit_{method}")(rng=0)
             fe, vcp = res.fe_mean, res.vcp_mean
             converged = not any("converge" in str(w.message) for w in caught)
-    return time.perf_counter() - t0, fe, vcp, converged
+            message = ""
+    return time.perf_counter() - t0, fe, vcp, converged, message
 
 
 def main(lib, method, n, q, family, factors):
@@ -43,13 +45,14 @@ def main(lib, method, n, q, family, factors):
     a single sub-second timing is mostly scheduler noise.
     """
     y, X, Z, ident, truth = simulate_arrays(n, q, family, n_factors=factors, seed=0)
-    seconds, fe, vcp, converged = fit_once(lib, method, y, X, Z, ident, family)
+    seconds, fe, vcp, converged, message = fit_once(lib, method, y, X, Z, ident, family)
     times = [seconds]
     if seconds < REPEAT_BELOW:
         times += [fit_once(lib, method, y, X, Z, ident, family)[0] for _ in range(2)]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": min(times), "times": times, "peak_mb": peak_mb, "fe": list(map(float, fe)),
-                      "vcp": list(map(float, vcp)), "converged": bool(converged)}))
+                      "vcp": list(map(float, vcp)), "converged": bool(converged),
+                      "message": message}))
 
 
 if __name__ == "__main__":

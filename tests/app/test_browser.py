@@ -218,3 +218,49 @@ def test_session_answers_during_long_fit(page):
     page.get_by_text("FITTED").first.wait_for(timeout=120_000)
     wait_sources(page, ["term", "mean", "y"], lambda s: "Anger" in s["term"], timeout=30)
     assert page.console_errors == []
+
+
+def test_compare_methods_and_exports(page, tmp_path, monkeypatch):
+    """The comparison fits every method; the CSV, HTML and script downloads carry the fitted numbers,
+    and the downloaded script refits the same model."""
+    import runpy
+
+    import pandas as pd
+
+    import mglm_core as mg
+    from app.data import load_demo
+    from app.state import ModelSpec
+
+    model = mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data=load_demo("cbpp"),
+                                          family="binomial", trials="size")
+    methods = list(ModelSpec.param.method.objects.values())
+    fits = {m: getattr(model, f"fit_{m}")() for m in methods}
+    wait_sources(page, ["term", "mean", "y"], lambda s: len(s["mean"]) == 4)
+
+    open_tab(page, "Laplace vs VB")
+    page.get_by_role("button", name="Fit with every method").click()
+    both = wait_sources(page, ["term", "mean", "y", "method"], lambda s: len(set(s["method"])) == len(methods),
+                        timeout=90)[0]
+    for m, res in fits.items():
+        got = [v for v, lab in zip(both["mean"], both["method"]) if lab == m]
+        np.testing.assert_allclose(got, res.fe_mean, rtol=1e-5)
+
+    open_tab(page, "Summary & export")
+    default = fits[ModelSpec().method]
+
+    def download(label):
+        with page.expect_download(timeout=30_000) as dl:
+            page.get_by_role("button", name=label).first.click()
+        out = tmp_path / dl.value.suggested_filename
+        dl.value.save_as(out)
+        return out
+
+    fe = pd.read_csv(download("Fixed effects CSV"))
+    np.testing.assert_allclose(fe["mean"].to_numpy(float), default.fe_mean, rtol=1e-5)
+    html = download("Forest plot HTML").read_text()
+    assert "<html" in html.lower() and "bokeh" in html.lower()
+    script = download("Download script")
+    monkeypatch.chdir(ROOT)  # the script reads demo_data/... relative to the repository
+    ns = runpy.run_path(str(script))
+    np.testing.assert_allclose(ns["res"].fe_mean, default.fe_mean, rtol=1e-6)
+    assert page.console_errors == []
