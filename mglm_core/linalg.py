@@ -31,13 +31,65 @@ matrix is ever formed.
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 import numpy as np
 import scipy.linalg as sla
 from scipy.linalg.blas import dsyrk as syrk
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-__all__ = ["NotPositiveDefinite", "SparseLDL", "SchurDenseLDL", "Symbolic", "factor_spd", "BorderedFactor"]
+__all__ = ["NotPositiveDefinite", "SparseLDL", "SchurDenseLDL", "Symbolic", "factor_spd", "BorderedFactor",
+           "single_threaded_blas"]
+
+#: Dense blocks up to this size are faster on one BLAS thread (thread wake-ups cost more than they save).
+BLAS_THREADS_FROM = 2000
+
+
+class _BlasLimit:
+    """Process-wide "one BLAS thread" while any fit with small dense blocks runs.
+
+    Reference counted and locked, so that concurrent fits (dashboard sessions run fits in
+    worker threads) restore the original setting only when the last of them ends.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._ctx = None
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                try:
+                    from threadpoolctl import threadpool_limits
+
+                    self._ctx = threadpool_limits(limits=1, user_api="blas")
+                except Exception:  # pragma: no cover - no controllable BLAS
+                    self._ctx = None
+            self._depth += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._ctx is not None:
+                self._ctx.restore_original_limits()
+                self._ctx = None
+
+
+_BLAS_LIMIT = _BlasLimit()
+
+
+@contextmanager
+def single_threaded_blas(dense_size: int):
+    """Run the block on one BLAS thread if the largest dense block has fewer than
+    :data:`BLAS_THREADS_FROM` rows (on a 2-core machine a 500 x 500 Cholesky is 4x faster so)."""
+    if dense_size >= BLAS_THREADS_FROM:
+        yield
+        return
+    with _BLAS_LIMIT:
+        yield
 
 
 class NotPositiveDefinite(ArithmeticError):
@@ -223,6 +275,7 @@ class SparseLDL:
 
 
 DENSE_TAIL_MAX = 5000  # largest dense Schur complement (columns) factored by LAPACK
+DENSE_SMALL = 1000  # up to this size the dense route is taken even for a sparse Schur complement
 
 
 def _independent_set(A):
@@ -431,7 +484,7 @@ class Symbolic:
             return
         row_nnz = np.bincount(row[selN], minlength=q)[P].astype(np.int64)
         # the Schur complement is dense when its pattern (bounded by the sum of squared row counts) fills it
-        if not (D.size <= 64 or float(row_nnz @ row_nnz) >= 0.05 * D.size**2):
+        if not (D.size <= DENSE_SMALL or float(row_nnz @ row_nnz) >= 0.05 * D.size**2):
             return
         self.route = "schur"
         pos = np.empty(q, dtype=np.int64)

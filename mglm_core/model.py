@@ -27,7 +27,7 @@ import numpy as np
 from . import checks, laplace, nested, vb
 from .design import build_design
 from .families import get_family
-from .linalg import Symbolic
+from .linalg import Symbolic, single_threaded_blas
 from .objectives import LogJoint
 from .rowstats import RowData
 
@@ -93,6 +93,12 @@ class BayesMixedGLM:
         self.design = design
         self.rows = RowData(self.exog, self.exog_vc, self.endog, self.trials, self.offset, chunk_rows)
         self._symbolic = None
+
+    def _blas(self):
+        """BLAS threads for this model's fits: one unless a dense block is large."""
+        sym = self.symbolic
+        dense = sym.D.size if sym is not None and sym.route == "schur" else 0
+        return single_threaded_blas(max(dense, self.k_fep + self.k_vcp))
 
     @property
     def symbolic(self):
@@ -170,7 +176,8 @@ class BayesMixedGLM:
         ``method``, ``minim_opts`` and ``rng`` are accepted so that statsmodels code runs
         unchanged; they are ignored (the optimizer is a deterministic sparse Newton method).
         """
-        return laplace.fit_map(self, scale_fe=scale_fe, tol=tol, max_iter=max_iter)
+        with self._blas():
+            return laplace.fit_map(self, scale_fe=scale_fe, tol=tol, max_iter=max_iter)
 
     fit = fit_map
 
@@ -181,11 +188,13 @@ class BayesMixedGLM:
         ``fit_method``, ``minim_opts``, ``verbose`` and ``rng`` are accepted for statsmodels
         compatibility and ignored (deterministic start, Newton/fixed-point then L-BFGS).
         """
-        return vb.fit_vb(self, mean=mean, sd=sd, scale_fe=scale_fe, tol=tol, max_iter=max_iter)
+        with self._blas():
+            return vb.fit_vb(self, mean=mean, sd=sd, scale_fe=scale_fe, tol=tol, max_iter=max_iter)
 
     def fit_laplace(self, **kwargs):
         """Integrated (nested) Laplace approximation (see :mod:`mglm_core.nested`)."""
-        return nested.fit_laplace(self, **kwargs)
+        with self._blas():
+            return nested.fit_laplace(self, **kwargs)
 
     def with_exog(self, exog):
         """A copy of the model with another fixed-effects design (same everything else)."""

@@ -96,3 +96,24 @@ def test_selected_inverse_when_superlu_drops_cancelled_fill(monkeypatch):
     assert calls  # the fallback ran
     r, c = np.nonzero(A)
     np.testing.assert_allclose(f.inverse_on_pattern(r, c), np.linalg.inv(A)[r, c], rtol=1e-12, atol=1e-15)
+
+
+def test_single_threaded_blas_nests_and_restores():
+    """Small dense blocks run on one BLAS thread; nested (or concurrent) uses restore the
+    original setting only when the last one ends; large blocks keep the threads."""
+    from threadpoolctl import threadpool_info
+
+    from mglm_core.linalg import single_threaded_blas
+
+    def threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = threads()
+    with single_threaded_blas(100):
+        assert all(t == 1 for t in threads())
+        with single_threaded_blas(50):
+            assert all(t == 1 for t in threads())
+        assert all(t == 1 for t in threads())
+    assert threads() == before
+    with single_threaded_blas(10_000):
+        assert threads() == before
