@@ -65,15 +65,17 @@ class FitOutcome:
     seconds: float
 
 
-def fit(request: FitRequest) -> FitOutcome:
-    """Build the model and fit it; library warnings are collected, errors propagate."""
+def fit(request: FitRequest, progress=None) -> FitOutcome:
+    """Build the model and fit it; library warnings are collected, errors propagate.
+
+    ``progress(fraction, message)`` is called from the fitting thread as the fit goes on."""
     t0 = time.perf_counter()
     with _warnings.catch_warnings(record=True) as caught:
         _warnings.simplefilter("always")
         model = mg.BayesMixedGLM.from_formula(
             request.formula, vc_formulas=None, data=request.data, family=request.family,
             trials=request.trials, offset=request.offset, vcp_p=request.vcp_p, fe_p=request.fe_p)
-        result = getattr(model, f"fit_{request.method}")()
+        result = getattr(model, f"fit_{request.method}")(callback=progress)
     messages: list[str] = []
     for w in caught:  # numpy's RuntimeWarnings (overflow in exp...) are noise to a user; keep the library's own
         if issubclass(w.category, UserWarning) and str(w.message) not in messages:

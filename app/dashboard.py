@@ -111,7 +111,8 @@ class Dashboard(pn.viewable.Viewer):
         # ---- method, priors, fit
         self.fit_button = pn.widgets.Button(name="Fit model", button_type="primary", **w)
         self.fit_button.on_click(self._on_fit_click)
-        progress = pn.indicators.Progress(value=-1, active=True, bar_color="primary", height=10,
+        progress = pn.indicators.Progress(value=fit.param.progress, active=pn.bind(lambda v: v < 0, fit.param.progress),
+                                          bar_color="primary", height=10,
                                           visible=pn.bind(lambda s: s in ("fitting", "waiting"), fit.param.status),
                                           sizing_mode="stretch_width")
         mode_note = pn.pane.Markdown(pn.bind(self._mode_note, fit.param.status, spec.param.auto_fit),

@@ -13,6 +13,7 @@ parameters (log-SD of each random-effect term), ``vc`` the random effects themse
 from __future__ import annotations
 
 import asyncio
+import time
 import re
 from collections import OrderedDict
 
@@ -524,7 +525,7 @@ class AppState(param.Parameterized):
         try:
             outcome = self._cache.get(request.key)
             if outcome is None:
-                task = asyncio.ensure_future(asyncio.to_thread(adapter.fit, request))
+                task = asyncio.ensure_future(asyncio.to_thread(adapter.fit, request, self._progress_reporter(request)))
                 # Quick (live) refits swap the result in without a "fitting" flash; longer ones show progress.
                 done, _ = await asyncio.wait({task}, timeout=self.quiet_fit_seconds)
                 if not done:
@@ -542,6 +543,25 @@ class AppState(param.Parameterized):
         if self._rerun:
             self._rerun = False
             await self.fit_async()
+
+    def _progress_reporter(self, request):
+        """A callback for the fitting thread: hands the fraction (at most ten times a second) to the
+        session's event loop, which shows it once the fit has been running visibly."""
+        loop = asyncio.get_running_loop()
+        last = {"t": 0.0, "pct": -1}
+        label = f"Fitting {request.formula} ({adapter.method_label(request.method)})"
+
+        def show(pct, message):
+            if self.fit.status == "fitting":
+                self.fit.param.update(progress=pct, message=f"{label}: {message} ({pct} %)")
+
+        def report(fraction, message):
+            now, pct = time.monotonic(), int(100 * fraction)
+            if pct != last["pct"] and (now - last["t"] >= 0.1 or pct == 100):
+                last.update(t=now, pct=pct)
+                loop.call_soon_threadsafe(show, pct, message)
+
+        return report
 
     def _invalid(self) -> None:
         kept = " The previous result is still shown." if self.fit.outcome is not None else ""

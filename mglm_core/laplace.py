@@ -24,6 +24,7 @@ from .errors import ConvergenceWarning
 from .families import WorkingGaussian
 from .newton import newton_ascent
 from .objectives import LogJoint
+from .progress import Progress
 from .results import BayesMixedGLMResults, FitDiagnostics
 
 __all__ = ["fit_map", "degenerate_components", "scaling_transform", "working_model", "irls_start"]
@@ -130,7 +131,7 @@ def conditional_fun(lj, vcp):
     return fun
 
 
-def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200):
+def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200, callback=None):
     """Posterior mode and Laplace approximation (statsmodels' ``fit_map``).
 
     Parameters
@@ -142,25 +143,30 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200):
         the original scale.
     tol : float
         Newton-decrement tolerance.
+    callback : callable, optional
+        ``callback(fraction, message)`` as the fit progresses (:mod:`mglm_core.progress`).
 
     Returns
     -------
     BayesMixedGLMResults
     """
     t0 = time.perf_counter()
+    prog = Progress(callback)
     work, M = working_model(model, scale_fe)
     lj = LogJoint(work)
     p, k, q = work.k_fep, work.k_vcp, work.k_vc
     # Stage 1 only supplies a start for the joint search: stop once within 1 of its maximum,
     # then move each log-SD to its conditional mode given those random effects.
     stage1 = newton_ascent(conditional_fun(lj, np.zeros(k)), *irls_start(work), tol=max(tol, 1.0),
-                           max_iter=max_iter, reuse=work.symbolic)
+                           max_iter=max_iter, reuse=work.symbolic,
+                           progress=prog.stage(0.0, 0.3, "start (log-SDs at 0)", max(tol, 1.0)))
     vcp0 = conditional_vcp_mode(work, stage1.u)
     def collapsing(u, b):
         return "a variance component is collapsing" if degenerate_components(work, b[p:], u) else None
 
     res = newton_ascent(_joint_fun(lj, p), stage1.u, np.concatenate([stage1.b, vcp0]), tol=tol,
-                        max_iter=max_iter, stop=collapsing, reuse=work.symbolic)
+                        max_iter=max_iter, stop=collapsing, reuse=work.symbolic,
+                        progress=prog.stage(0.3, 0.97, "posterior mode", tol))
     n_iter = stage1.n_iter + res.n_iter
     falling = degenerate_components(work, res.b[p:], res.u) if not res.converged else []
     target = -work.vc_count * work.vcp_p**2  # the degenerate mode of each component's log-SD
@@ -199,6 +205,7 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200):
         T = np.eye(p + k)
         T[:p, :p] = M
         cov = T @ cov @ T.T
+    prog.done()
     for msg in msgs:
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)
     sd = np.sqrt(np.maximum(np.diag(cov), 0.0))

@@ -170,26 +170,28 @@ class BayesMixedGLM:
         return eta if linear else self.family.mean(eta)
 
     # -- fits ---------------------------------------------------------------------------------
-    def fit_map(self, *, scale_fe=False, tol=1e-10, max_iter=200, method=None, minim_opts=None, rng=None):
+    def fit_map(self, *, scale_fe=False, tol=1e-10, max_iter=200, method=None, minim_opts=None, rng=None,
+                callback=None):
         """Posterior mode and its Laplace approximation (see :mod:`mglm_core.laplace`).
 
         ``method``, ``minim_opts`` and ``rng`` are accepted so that statsmodels code runs
         unchanged; they are ignored (the optimizer is a deterministic sparse Newton method).
         """
         with self._blas():
-            return laplace.fit_map(self, scale_fe=scale_fe, tol=tol, max_iter=max_iter)
+            return laplace.fit_map(self, scale_fe=scale_fe, tol=tol, max_iter=max_iter, callback=callback)
 
     fit = fit_map
 
     def fit_vb(self, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500, fit_method=None,
-               minim_opts=None, verbose=False, rng=None):
+               minim_opts=None, verbose=False, rng=None, callback=None):
         """Mean-field variational Bayes (see :mod:`mglm_core.vb`).
 
         ``fit_method``, ``minim_opts``, ``verbose`` and ``rng`` are accepted for statsmodels
         compatibility and ignored (deterministic start, Newton/fixed-point then L-BFGS).
         """
         with self._blas():
-            return vb.fit_vb(self, mean=mean, sd=sd, scale_fe=scale_fe, tol=tol, max_iter=max_iter)
+            return vb.fit_vb(self, mean=mean, sd=sd, scale_fe=scale_fe, tol=tol, max_iter=max_iter,
+                             callback=callback)
 
     def fit_laplace(self, **kwargs):
         """Integrated (nested) Laplace approximation (see :mod:`mglm_core.nested`)."""

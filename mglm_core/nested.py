@@ -41,6 +41,7 @@ from .errors import ConvergenceWarning
 from .laplace import conditional_fun, irls_start
 from .newton import newton_ascent
 from .objectives import LOG_2PI, LogJoint
+from .progress import Progress
 from .results import BayesMixedGLMResults, FitDiagnostics, VcpGrid
 
 __all__ = ["fit_laplace"]
@@ -165,7 +166,7 @@ def _fd_grad_hess(f, x, h):
     return f0, g, H
 
 
-def _maximise_theta(f, x0, bounds, h=1e-3, tol=1e-3, max_iter=50):
+def _maximise_theta(f, x0, bounds, h=1e-3, tol=1e-3, max_iter=50, progress=None):
     """Newton ascent on a low-dimensional, smooth log density with finite-difference derivatives.
 
     Steps are projected on the box ``bounds``; a non-concave curvature falls back to a
@@ -190,6 +191,8 @@ def _maximise_theta(f, x0, bounds, h=1e-3, tol=1e-3, max_iter=50):
             t *= 0.5
         moved = np.max(np.abs(xn - x))
         x = xn
+        if progress is not None:
+            progress(it)
         if moved < tol:
             f0, g, H = _fd_grad_hess(f, x, h)
             return x, f0, g, -0.5 * (H + H.T), True, it
@@ -223,7 +226,7 @@ def _grid_points(logf, k, step):
     return seen
 
 
-def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True):
+def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callback=None):
     """Integrated nested Laplace fit (see the module docstring).
 
     Parameters
@@ -236,6 +239,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True):
     refine : bool
         Replace each conditional Laplace Gaussian by its variational refinement
         (:func:`refine_conditional`): better means for binary and small-count data.
+    callback : callable, optional
+        ``callback(fraction, message)`` as the fit progresses (:mod:`mglm_core.progress`).
 
     Returns
     -------
@@ -244,6 +249,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True):
         ``log_marginal_likelihood``.
     """
     t0 = time.perf_counter()
+    prog = Progress(callback)
     p, k, q = model.k_fep, model.k_vcp, model.k_vc
     cond = _Conditional(model, tol)
     msgs = []
@@ -259,7 +265,9 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True):
         v = cond(theta)[0]
         return v if np.isfinite(v) else -1e300
 
-    mode, _, grad, H, search_ok, n_outer = _maximise_theta(logpost, np.zeros(k), vcp_bounds)
+    mode, _, grad, H, search_ok, n_outer = _maximise_theta(
+        logpost, np.zeros(k), vcp_bounds,
+        progress=lambda it: prog.report(0.3 * (1.0 - 0.6**it), f"mode of the log-SD posterior, iteration {it}"))
     at_bound = np.isclose(mode, vcp_bounds[0], atol=1e-3) | np.isclose(mode, vcp_bounds[1], atol=1e-3)
     if at_bound.any():
         names = ", ".join(model.vcp_names[j] for j in np.flatnonzero(at_bound))
@@ -290,7 +298,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True):
 
     fe_m, fe_c, vc_m, vc_v, logps = [], [], [], [], []
     n_unrefined = 0
-    for th in thetas:
+    for t_, th in enumerate(thetas):
+        prog.report(0.35 + 0.63 * t_ / len(thetas), f"integration point {t_ + 1} of {len(thetas)}")
         logp, nr = cond(th)
         if nr.factor is None:
             continue
@@ -340,6 +349,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True):
     converged = search_ok and not at_bound.any()
     if not search_ok:
         msgs.append("The search for the mode of the log-SD posterior did not converge.")
+    prog.done()
     for msg in msgs:
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)
     diag = FitDiagnostics(

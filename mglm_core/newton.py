@@ -45,7 +45,8 @@ def _damped_factor(A, B, C, lam, reuse=None):
     return BorderedFactor(A + sp.diags(scale_a), B, C + np.diag(scale_c), reuse)
 
 
-def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop=None, reuse=None):
+def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop=None, reuse=None,
+                  progress=None):
     """Maximise ``fun`` by damped Newton steps.
 
     Parameters
@@ -62,6 +63,8 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
     reuse : BorderedFactor, optional
         A factorisation of an earlier problem with the same sparsity pattern (its pattern
         analysis is reused).
+    progress : callable, optional
+        ``progress(iteration, decrement)``, called once per iteration.
 
     Returns
     -------
@@ -99,6 +102,8 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
         decrement = float(gu @ du + gb @ db)
         grad_norm = float(np.sqrt(gu @ gu + gb @ gb))
         log.append({"iter": it, "value": value, "grad_norm": grad_norm, "decrement": decrement, "damping": lam})
+        if progress is not None:
+            progress(it, abs(decrement))
         if lam == 0.0 and 0.0 <= decrement < 2.0 * tol:
             converged = True
             message = "Newton decrement below tolerance"

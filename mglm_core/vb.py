@@ -30,6 +30,7 @@ from .errors import ConvergenceWarning, DataError
 from .laplace import conditional_fun, irls_start, working_model
 from .newton import newton_ascent
 from .objectives import Elbo, LogJoint, VBPoint
+from .progress import Progress
 from .results import BayesMixedGLMResults, FitDiagnostics
 
 __all__ = ["fit_vb"]
@@ -76,7 +77,7 @@ def _start(model, mean, sd):
     return VBPoint(mean[:p], mean[p:p + k], mean[p + k:], sd[:p], sd[p:p + k], sd[p + k:])
 
 
-def _coordinate_phase(elbo, pt, tol, max_outer=100):
+def _coordinate_phase(elbo, pt, tol, max_outer=100, progress=None):
     p = elbo.model.k_fep
     value = elbo(pt, grad=False)[0]
     n_iter = 0
@@ -104,12 +105,14 @@ def _coordinate_phase(elbo, pt, tol, max_outer=100):
             break
         gain = new_value - value
         value = new_value
+        if progress is not None:
+            progress(n_iter, abs(gain) / max(1.0, abs(value)))
         if gain < tol * max(1.0, abs(value)):
             break
     return pt, value, n_iter
 
 
-def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500, gtol=1e-5):
+def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500, gtol=1e-5, callback=None):
     """Mean-field variational Bayes fit (statsmodels' ``fit_vb``).
 
     Parameters
@@ -128,6 +131,8 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
         Convergence threshold on the largest entry of the scaled gradient: the
         gradient in each mean times its SD (so a unit is one posterior SD) and
         the gradient in each log-SD.
+    callback : callable, optional
+        ``callback(fraction, message)`` as the fit progresses (:mod:`mglm_core.progress`).
 
     Returns
     -------
@@ -136,11 +141,13 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
         a lower bound on :math:`\\log p(y)`.
     """
     t0 = time.perf_counter()
+    prog = Progress(callback)
     work, M = working_model(model, scale_fe)
     p, k, q = work.k_fep, work.k_vcp, work.k_vc
     elbo = Elbo(work)
     pt = _start(work, mean, sd)
-    pt, value, n_outer = _coordinate_phase(elbo, pt, tol)
+    prog.report(0.05, "start")
+    pt, value, n_outer = _coordinate_phase(elbo, pt, tol, progress=prog.stage(0.05, 0.7, "coordinate ascent", tol))
 
     def neg(x):
         cand = _unpack(x, p, k, q)
@@ -157,15 +164,25 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
     n_par = p + k + q
     scale = np.concatenate([np.exp(x0[n_par:]), np.ones(n_par)])
 
+    last_grad = {}
+
     def neg_scaled(z):
         f, g = neg(x0 + scale * z)
-        return f, g * scale
+        last_grad["g"] = g * scale
+        return f, last_grad["g"]
 
     f0, g0 = neg_scaled(np.zeros_like(x0))
     n_polish, message = 0, "coordinate phase reached the gradient tolerance"
     z, fval, grad = np.zeros_like(x0), f0, g0
+    polish = prog.stage(0.7, 0.97, "L-BFGS polish", gtol)
+    step = iter(range(1, max_iter + 2))
+
+    def polish_callback(intermediate_result):  # the last gradient evaluated is (nearly always) the iterate's
+        polish(next(step), float(np.max(np.abs(last_grad["g"]))))
+
     if g0.size and np.max(np.abs(g0)) > gtol:
         opt = minimize(neg_scaled, z, jac=True, method="L-BFGS-B",
+                       callback=polish_callback if polish is not None else None,
                        options={"maxiter": max_iter, "gtol": gtol, "ftol": 1e-15, "maxcor": 20})
         z, fval, grad, n_polish, message = opt.x, opt.fun, opt.jac, opt.nit, str(opt.message)
     pt = _unpack(x0 + scale * z, p, k, q)
@@ -179,6 +196,7 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
     if M is not None:
         fe = M @ fe
         fe_sd = np.sqrt((M**2) @ (pt.fe_sd**2))
+    prog.done()
     for msg in msgs:
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)
     diag = FitDiagnostics(

@@ -182,3 +182,23 @@ def test_sessions_are_independent():
     b.load_demo("Salamanders", fit=False)
     assert a.spec.response == "incidence" and b.spec.response == "count"
     assert a.spec is not b.spec
+
+
+def test_long_fit_reports_progress_through_the_event_loop():
+    """A fit off the event loop shows a determinate, increasing progress (0-100) and its stage."""
+    import asyncio
+
+    from app.state import AppState
+
+    st = AppState()
+    st.load_demo("grouseticks", fit=False)
+    st.spec.method = "laplace"
+    st.quiet_fit_seconds = 0.0  # show progress at once
+    seen = []
+    st.fit.param.watch(lambda e: seen.append((e.new, st.fit.message)), "progress")
+    asyncio.run(st.fit_async())
+    assert st.fit.status == "done" and st.fit.outcome is not None
+    shown = [p for p, _ in seen if p > 0]
+    assert len(shown) >= 3 and shown == sorted(shown) and shown[-1] >= 90
+    assert any("integration point" in m for _, m in seen)
+    assert st.fit.progress == 0  # reset when the fit ends

@@ -256,3 +256,22 @@ def test_contraception_raw_age_squared_vb_is_not_zero():
     vb, lap = model.fit_vb(), model.fit_laplace()
     assert vb.converged and np.all(vb.fe_mean != 0)
     assert np.all(np.abs(vb.fe_mean - lap.fe_mean) < 0.25 * lap.fe_sd)
+
+
+@pytest.mark.parametrize("method", ["map", "vb", "laplace"])
+def test_progress_callback_is_monotone_and_ends_at_one(method):
+    """Every fit reports an increasing fraction in [0, 1] ending at 1, and the callback does not
+    change the result."""
+    model = mg.BayesMixedGLM.from_formula("TICKS ~ YEAR + (1 | BROOD) + (1 | LOCATION)",
+                                          data=load("grouseticks"), family="poisson")
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = getattr(model, f"fit_{method}")(callback=lambda f, msg: seen.append((f, msg)))
+        plain = getattr(model, f"fit_{method}")()
+    fractions = [f for f, _ in seen]
+    assert len(seen) >= 3 and fractions[-1] == 1.0
+    assert all(0.0 <= a <= b <= 1.0 for a, b in zip(fractions, fractions[1:]))
+    assert any(0.2 < f < 0.99 for f in fractions)  # reports along the way, not only at the end
+    assert all(isinstance(m, str) and m for _, m in seen)
+    np.testing.assert_allclose(res.fe_mean, plain.fe_mean, rtol=1e-12)
