@@ -37,6 +37,19 @@ def check_formula(text: str, columns) -> None:
     _check(text, list(columns))
 
 
+def formula_columns(text: str) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(response columns, fixed-effect columns, grouping factors, random-slope columns) of a formula,
+    parsed by the library's safe grammar; all empty when the text does not parse."""
+    from mglm_core.design import formula_columns as _columns
+    from mglm_core.errors import FormulaError
+
+    try:
+        fc = _columns(text)
+    except FormulaError:
+        return [], [], [], []
+    return list(fc.response), list(fc.fixed), list(fc.groups), list(fc.slopes)
+
+
 @dataclass(frozen=True)
 class FitRequest:
     """Everything needed to reproduce one fit (the data are already cleaned)."""

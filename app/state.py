@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import re
 from collections import OrderedDict
 
 import numpy as np
@@ -29,8 +28,6 @@ NONE = "(none)"
 #: n * q (rows x random-effect columns) up to which the model refits live as controls move.
 LIVE_FIT_LIMIT = 250_000
 FAMILIES = ["binomial", "poisson"]
-_TOKEN = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
-_RE_TERM = re.compile(r"\(([^()|]*)\|\s*([^()|]*?)\s*\)")
 
 
 class DataState(param.Parameterized):
@@ -159,20 +156,17 @@ class FitState(param.Parameterized):
 
 
 def _used_columns(formula: str, columns: list[str], extra=()) -> list[str]:
-    tokens = set(_TOKEN.findall(formula))
-    used = [c for c in columns if c in tokens]
+    response, fixed, groups, slopes = adapter.formula_columns(formula)
+    named = set(response + fixed + groups + slopes)
+    used = [c for c in columns if c in named]
     return list(dict.fromkeys(used + [c for c in extra if c and c != NONE]))
 
 
 def formula_parts(formula: str) -> tuple[str, list[str], list[str]]:
-    """(response, fixed-effect tokens, grouping factors) of an lme4-style formula (no evaluation)."""
-    if "~" not in formula:
-        return "", [], []
-    lhs, rhs = formula.split("~", 1)
-    groups = [g.strip() for _, g in _RE_TERM.findall(rhs)]
-    fixed_rhs = _RE_TERM.sub("", rhs)
-    fixed = [t for t in _TOKEN.findall(fixed_rhs) if t not in ("C", "I", "log", "exp", "np")]
-    return lhs.strip(), fixed, groups
+    """(response, fixed-effect columns, grouping factors) of an lme4-style formula (the library's
+    parser: nothing is evaluated; empty when the formula does not parse)."""
+    response, fixed, groups, _ = adapter.formula_columns(formula)
+    return (response[0] if response else ""), fixed, groups
 
 
 def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:

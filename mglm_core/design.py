@@ -78,7 +78,7 @@ import scipy.sparse as sp
 
 from .errors import DataError, DataWarning, FormulaError
 
-__all__ = ["Design", "DesignSpec", "VCTerm", "build_design", "check_formula"]
+__all__ = ["Design", "DesignSpec", "FormulaColumns", "VCTerm", "build_design", "check_formula", "formula_columns"]
 
 
 # ---------------------------------------------------------------------------
@@ -506,6 +506,59 @@ def _split_rhs(formula: str, rhs: list[_Token]) -> tuple[str, list[_BarTerm]]:
         prev_idx = idx
     fixed = "".join(pieces).strip()
     return (fixed if fixed else "1"), bars
+
+
+@dataclass(frozen=True)
+class FormulaColumns:
+    """The data columns a formula uses, by role (from :func:`formula_columns`)."""
+
+    response: tuple[str, ...]
+    fixed: tuple[str, ...]
+    groups: tuple[str, ...]
+    slopes: tuple[str, ...]
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.response + self.fixed + self.groups + self.slopes))
+
+
+def _names(tokens: list[_Token]) -> list[str]:
+    """Column names among tokens: names and backticks that are not functions (``log(``),
+    namespaces (``np.``) or keyword arguments (``levels=``)."""
+    out = []
+    for k, t in enumerate(tokens):
+        if t.kind == "backtick":
+            out.append(t.column)
+            continue
+        if t.kind != "name":
+            continue
+        after = tokens[k + 1].text if k + 1 < len(tokens) else ""
+        before = tokens[k - 1].text if k > 0 else ""
+        if after in ("(", ".", "=") or before in (".", "="):
+            continue
+        out.append(t.column)
+    return list(dict.fromkeys(out))
+
+
+def formula_columns(formula: str, columns: Iterable[str] | None = None) -> FormulaColumns:
+    """The columns a formula refers to, by role, parsed with the same grammar as the fits
+    (nothing is evaluated). Raises :class:`FormulaError` for a malformed formula and, when the
+    data's ``columns`` are given, for anything :func:`check_formula` rejects.
+
+    >>> formula_columns("y ~ x + log(z) + (1 | g) + (0 + x | g:h)").groups
+    ('g', 'h')
+    """
+    if columns is not None:
+        check_formula(formula, columns)
+    tokens = _tokenize(formula)
+    lhs, rhs, _ = _split_tilde(formula, tokens)
+    resp = _parse_response(formula, lhs)
+    fixed_text, bars = _split_rhs(formula, rhs)
+    response = tuple(c for c in (resp.successes, resp.failures, resp.total) if c)
+    fixed = tuple(_names(_tokenize(fixed_text))) if fixed_text != "1" else ()
+    groups = tuple(dict.fromkeys(f for b in bars for f in b.factors))
+    slopes = tuple(dict.fromkeys(c for b in bars for sl in b.slopes for c in _names(_tokenize(sl))))
+    return FormulaColumns(response, fixed, groups, slopes)
 
 
 # ---------------------------------------------------------------------------

@@ -408,3 +408,22 @@ def test_large_sparse_build_is_linear_in_nonzeros():
     assert d.exog_vc.nnz == n
     assert d.exog_vc.shape == (n, df["g"].nunique())
     assert elapsed < 5.0
+
+def test_formula_columns_by_role():
+    """The columns a formula uses, parsed by the safe grammar (functions, namespaces and
+    keyword names are not columns; cbind gives both response columns)."""
+    from mglm_core.design import formula_columns
+    from mglm_core.errors import FormulaError
+
+    fc = formula_columns("y ~ x + log(z) + (1 | g) + (0 + x | g:h)")
+    assert fc.response == ("y",) and fc.fixed == ("x", "z") and fc.groups == ("g", "h") and fc.slopes == ("x",)
+    fc = formula_columns('cbind(s, n - s) ~ C(a, levels=["u", "v"]) + I(age^2) + np.log(w) + `odd name` '
+                         "+ (1 + t || g) + (1 | g/h)")
+    assert fc.response == ("s", "n") and fc.fixed == ("a", "age", "w", "odd name")
+    assert fc.groups == ("g", "h") and fc.slopes == ("t",)
+    assert fc.all == ("s", "n", "a", "age", "w", "odd name", "g", "h", "t")
+    assert formula_columns("y ~ 1 + (1 | g)").fixed == ()
+    with pytest.raises(FormulaError):
+        formula_columns("y ~ x + (1 | )")
+    with pytest.raises(FormulaError, match="__import__"):
+        formula_columns("y ~ __import__('os')", columns=["y", "x"])
