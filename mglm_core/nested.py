@@ -15,10 +15,11 @@ joint density. Its mode :math:`\theta^*` and curvature
 :math:`\Sigma = (-\nabla^2 \log\tilde p)^{-1}` (finite differences) define
 standardised coordinates :math:`\theta = \theta^* + \Sigma^{1/2} z`:
 
-* k <= 2 components: a regular grid in z (step 0.75 for k = 1, 1.2 for k = 2),
-  explored outwards from the mode while the log density is within 6.5 (k = 1)
-  or 5 (k = 2) of its maximum, weights :math:`\propto \tilde p(\theta \mid y)`;
-* k > 2: a Gaussian in :math:`\theta` with the 2k axial points
+* k <= 3 components: a regular grid in z (step 0.75, 1.2, 1.5 for k = 1, 2, 3),
+  explored outwards from the mode while the log density is within 6.5, 5, 4.5
+  of its maximum, weights :math:`\propto \tilde p(\theta \mid y)` (the grid
+  follows skewed posteriors of small SDs, which a Gaussian in :math:`\theta` misses);
+* k > 3: a Gaussian in :math:`\theta` with the 2k axial points
   :math:`\pm\sqrt{k}` along the axes of z (weights 1/2k), exact for the
   mean and covariance of a Gaussian.
 
@@ -46,9 +47,9 @@ from .results import BayesMixedGLMResults, FitDiagnostics, VcpGrid
 
 __all__ = ["fit_laplace"]
 
-_STEP = {1: 0.75, 2: 1.2}
-_DROP_K = {1: 6.5, 2: 5.0}
-_GRID_MAX_K = 2
+_STEP = {1: 0.75, 2: 1.2, 3: 1.5}
+_DROP_K = {1: 6.5, 2: 5.0, 3: 4.5}
+_GRID_MAX_K = 3
 
 
 class _Conditional:
@@ -86,7 +87,7 @@ class _Conditional:
         return logp, nr
 
 
-def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-8):
+def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-6):
     r"""Gaussian variational refinement of the conditional posterior :math:`p(fe, vc \mid vcp, y)`.
 
     The Laplace approximation centres the conditional Gaussian at the mode; for
