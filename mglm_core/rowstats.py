@@ -124,14 +124,12 @@ class RowData:
         first = np.repeat(np.arange(Z.nnz), per_nz)
         group_start = np.repeat(np.cumsum(per_nz) - per_nz, per_nz)
         second = Z.indptr[row_of_nz[first]] + (np.arange(first.size) - group_start)
-        keys = Z.indices[first].astype(np.int64) * self.q + Z.indices[second]
         diag_keys = np.arange(self.q, dtype=np.int64) * (self.q + 1)  # every diagonal entry is in the pattern
         if nnz_row.size and nnz_row.max() <= 1:
             # one nonzero per row (a single grouping factor): the pattern is the diagonal, no sort needed
             uniq, pos = diag_keys, Z.indices[first].astype(np.int64)
         else:
-            uniq = np.unique(np.concatenate([keys, diag_keys]))
-            pos = np.searchsorted(uniq, keys)
+            uniq, pos = self._pattern_positions(Z, nnz_row, row_of_nz, first, group_start, diag_keys)
         self._pair_pos = pos
         self._pair_row = row_of_nz[first]
         self._pair_val = Z.data[first] * Z.data[second]
@@ -142,6 +140,34 @@ class RowData:
         self._gram_indptr = np.searchsorted(rows, np.arange(self.q + 1)).astype(np.int32)
         self._gram_nnz = uniq.size
         self._gram_diag = np.searchsorted(uniq, diag_keys)
+
+    def _pattern_positions(self, Z, nnz_row, row_of_nz, first, group_start, diag_keys):
+        """Sorted keys ``row * q + col`` of the Gram pattern and each pair's position in it.
+
+        Only the pairs above the diagonal are sorted: within a row block of m nonzeros the pair
+        (i, j) has its mirror (j, i) at the transposed place, and diagonal pairs go to the
+        diagonal entries (all in the pattern).
+        """
+        q = self.q
+        row = row_of_nz[first]
+        m = nnz_row[row].astype(np.int64)
+        i = first - Z.indptr[row]  # place of the first nonzero in its row
+        j = np.arange(first.size) - group_start  # place of the second
+        upper = np.flatnonzero(i < j)
+        a_up = Z.indices[first[upper]].astype(np.int64)
+        b_up = Z.indices[first[upper] - i[upper] + j[upper]].astype(np.int64)
+        uu, inv = np.unique(a_up * q + b_up, return_inverse=True)
+        all_keys = np.concatenate([diag_keys, uu, (uu % q) * q + uu // q])
+        order = np.argsort(all_keys, kind="stable")
+        rank = np.empty(all_keys.size, dtype=np.int64)
+        rank[order] = np.arange(all_keys.size)
+        pos = np.empty(first.size, dtype=np.int64)
+        diag = np.flatnonzero(i == j)
+        pos[diag] = rank[Z.indices[first[diag]]]
+        pos[upper] = rank[q + inv]
+        mirror = group_start[upper] + (j[upper] - i[upper]) * m[upper] + i[upper]  # pair (j, i) of the row
+        pos[mirror] = rank[q + uu.size + inv]
+        return all_keys[order], pos
 
     def with_response(self, y, trials=None) -> "RowData":
         """The same design with another response (and trials); shares every design array."""
