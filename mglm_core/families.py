@@ -28,12 +28,31 @@ closed form :math:`\mathrm{E}\,e^{\eta} = e^{m + v/2}`.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import expit, gammaln, ndtr
 
 __all__ = ["Family", "Binomial", "Poisson", "get_family"]
+
+
+@functools.lru_cache(maxsize=None)
+def _hermite_rule(k):
+    """Gauss--Hermite nodes and weights for the standard normal (weights sum to 1); constants."""
+    x, w = np.polynomial.hermite_e.hermegauss(k)
+    w = w / w.sum()
+    x.setflags(write=False)
+    w.setflags(write=False)
+    return x, w
+
+
+@functools.lru_cache(maxsize=None)
+def _legendre_rule(n):
+    x, w = np.polynomial.legendre.leggauss(n)
+    x.setflags(write=False)
+    w.setflags(write=False)
+    return x, w
 
 
 def _softplus(eta):
@@ -84,14 +103,10 @@ class Binomial(Family):
     _gh: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        x, w = np.polynomial.legendre.leggauss(self.n_quad)
+        x, w = _legendre_rule(self.n_quad)
         object.__setattr__(self, "_nodes", x)
         object.__setattr__(self, "_weights", w)
-        rules = []
-        for k in (5, 6, 8, 20):
-            xh, wh = np.polynomial.hermite_e.hermegauss(k)
-            rules.append((xh, wh / wh.sum()))
-        object.__setattr__(self, "_gh", tuple(rules))
+        object.__setattr__(self, "_gh", tuple(_hermite_rule(k) for k in (5, 6, 8, 20)))
 
     def loglike(self, y, eta, trials):
         n = 1.0 if trials is None else trials
