@@ -330,9 +330,11 @@ class Dashboard(pn.viewable.Viewer):
 
     def _mode_note(self, status, auto):
         size = problem_size(self.state.spec, self.state.data)
-        live = self.state.is_live()
-        how = "refits live as you change the model" if live else "press **Fit model** after changes"
-        return f"Problem size n×q = {size:,}: {how}."
+        if self.state.is_live():
+            return f"Problem size n×q = {size:,}: refits live as you change the model."
+        if not auto:
+            return f"Problem size n×q = {size:,}: press **Fit model** after changes."
+        return f"Press **Fit model** after changes: {self.state._not_live_reason()}."
 
     def _status_text(self, message, status):
         label = {"done": "FITTED", "fitting": "FITTING", "waiting": "WAITING", "error": "ERROR",

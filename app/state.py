@@ -331,6 +331,7 @@ class AppState(param.Parameterized):
     debounce = param.Number(default=0.05, doc="Seconds to wait after the last change before a live refit.")
     quiet_fit_seconds = param.Number(default=0.3, doc="A fit shows its progress once it has run this long.")
     live_limit = param.Integer(default=LIVE_FIT_LIMIT)
+    live_seconds = param.Number(default=1.5, doc="A model whose last fit took longer refits only on the Fit button.")
 
     _SPEC_KEYS = ["response", "trials", "fixed_numeric", "fixed_factors", "groups", "slopes", "offset", "family",
                   "method", "fe_p", "vcp_p", "use_formula", "formula_text"]
@@ -343,6 +344,7 @@ class AppState(param.Parameterized):
         params.setdefault("sim", SimSettings())
         super().__init__(**params)
         self._cache: OrderedDict = OrderedDict()
+        self._slow: dict = {}  # (data version, formula, method) -> seconds of its last fit, if slow
         self._generation = 0
         self._busy = False
         self._rerun = False
@@ -462,8 +464,19 @@ class AppState(param.Parameterized):
         errors[key] = message
         self.errors = errors
 
+    def _slow_key(self):
+        return (self.data.version, self.spec.formula(), self.spec.method)
+
     def is_live(self) -> bool:
-        return self.spec.auto_fit and problem_size(self.spec, self.data) <= self.live_limit
+        """Refit live: auto-fit on, n x q within the live limit, and this model's last fit was quick."""
+        return (self.spec.auto_fit and problem_size(self.spec, self.data) <= self.live_limit
+                and self._slow_key() not in self._slow)
+
+    def _not_live_reason(self) -> str:
+        if self._slow_key() in self._slow:
+            return (f"its last fit took {self._slow[self._slow_key()]:.1f} s; live refits are for fits under "
+                    f"{self.live_seconds:g} s")
+        return f"n x q = {problem_size(self.spec, self.data):,} is above the live limit {self.live_limit:,}"
 
     def make_request(self) -> adapter.FitRequest | None:
         """Validate; on success the cleaned data and spec, frozen. On failure, errors are set and None returned."""
@@ -488,9 +501,8 @@ class AppState(param.Parameterized):
             self._invalid()
             return
         if not (immediate or self.is_live()):
-            self.fit.param.update(status="stale", message="The model changed: press Fit to refit "
-                                  f"(n x q = {problem_size(self.spec, self.data):,} is above the live limit "
-                                  f"{self.live_limit:,}).")
+            self.fit.param.update(status="stale", message=f"The model changed: press Fit to refit "
+                                  f"({self._not_live_reason()}).")
             return
         self._generation += 1
         generation = self._generation
@@ -578,6 +590,8 @@ class AppState(param.Parameterized):
         return True
 
     def _fit_done(self, outcome) -> None:
+        if outcome.seconds > self.live_seconds and outcome.request.data_key.startswith(f"{self.data.version}:"):
+            self._slow[(self.data.version, outcome.request.formula, outcome.request.method)] = outcome.seconds
         self._cache[outcome.request.key] = outcome
         self._cache.move_to_end(outcome.request.key)
         while len(self._cache) > 12:

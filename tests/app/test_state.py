@@ -202,3 +202,21 @@ def test_long_fit_reports_progress_through_the_event_loop():
     assert len(shown) >= 3 and shown == sorted(shown) and shown[-1] >= 90
     assert any("integration point" in m for _, m in seen)
     assert st.fit.progress == 0  # reset when the fit ends
+
+
+def test_a_slow_model_leaves_live_mode():
+    """A model whose fit took longer than live_seconds refits on the Fit button only (its slider
+    changes mark the result stale and say why); a quick one keeps refitting live."""
+    from app.state import AppState
+
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    st.spec.method = "vb"
+    assert st.is_live() and st.fit_now()
+    st.live_seconds = 0.0  # every fit counts as slow from now on
+    assert st.fit_now() and not st.is_live()
+    st.spec.fe_p = 1.5
+    assert st.fit.status == "stale" and "last fit took" in st.fit.message
+    st.spec.method = "map"  # another model: refits live (once), until its own fit proved slow
+    assert st.fit.status == "done" and st.fit.outcome.request.method == "map"
+    assert not st.is_live()
