@@ -6,7 +6,6 @@ library and the API contract is absorbed in this file only.
 from __future__ import annotations
 
 import time
-import warnings as _warnings
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -79,25 +78,19 @@ class FitOutcome:
 
 
 def fit(request: FitRequest, progress=None) -> FitOutcome:
-    """Build the model and fit it; library warnings are collected, errors propagate.
+    """Build the model and fit it; errors propagate.
 
-    ``progress(fraction, message)`` is called from the fitting thread as the fit goes on."""
+    The library's messages come from the result (``result.warnings``: the fit's and the data's),
+    not from capturing warnings: ``warnings.catch_warnings`` swaps process-wide state and is not
+    safe in the worker threads where sessions fit concurrently. ``progress(fraction, message)``
+    is called from the fitting thread as the fit goes on."""
     t0 = time.perf_counter()
-    with _warnings.catch_warnings(record=True) as caught:
-        _warnings.simplefilter("always")
-        model = mg.BayesMixedGLM.from_formula(
-            request.formula, vc_formulas=None, data=request.data, family=request.family,
-            trials=request.trials, offset=request.offset, vcp_p=request.vcp_p, fe_p=request.fe_p)
-        result = getattr(model, f"fit_{request.method}")(callback=progress)
-    messages: list[str] = []
-    for w in caught:  # numpy's RuntimeWarnings (overflow in exp...) are noise to a user; keep the library's own
-        if issubclass(w.category, UserWarning) and str(w.message) not in messages:
-            messages.append(str(w.message))
-    for msg in getattr(result, "warnings", ()) or ():
-        if str(msg) not in messages:
-            messages.append(str(msg))
-    return FitOutcome(result=result, request=request, warnings=tuple(messages),
-                      seconds=time.perf_counter() - t0)
+    model = mg.BayesMixedGLM.from_formula(
+        request.formula, vc_formulas=None, data=request.data, family=request.family,
+        trials=request.trials, offset=request.offset, vcp_p=request.vcp_p, fe_p=request.fe_p)
+    result = getattr(model, f"fit_{request.method}")(callback=progress)
+    messages = tuple(dict.fromkeys(str(m) for m in (getattr(result, "warnings", ()) or ())))
+    return FitOutcome(result=result, request=request, warnings=messages, seconds=time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------- result access

@@ -205,8 +205,9 @@ def check_positive(value, name):
     return v
 
 
-def check_family_data(family, y, trials):
-    """Family-specific checks on the response."""
+def check_family_data(family, y, trials) -> list[str]:
+    """Family-specific checks on the response; returns the notes it also issued as warnings."""
+    notes: list[str] = []
     if family.name == "binomial":
         if trials is None:
             bad = ~np.isin(y, (0.0, 1.0))
@@ -231,12 +232,9 @@ def check_family_data(family, y, trials):
         lo = y.sum() == 0
         hi = y.sum() == (trials.sum() if trials is not None else y.size)
         if lo or hi:
-            warnings.warn(
-                f"endog is {'all failures' if lo else 'all successes'}: the fixed-effect intercept "
-                "is identified only by its prior.",
-                DataWarning,
-                stacklevel=4,
-            )
+            notes.append(f"endog is {'all failures' if lo else 'all successes'}: the fixed-effect intercept "
+                         "is identified only by its prior.")
+            warnings.warn(notes[-1], DataWarning, stacklevel=4)
     elif family.name == "poisson":
         if trials is not None:
             raise DataError("`trials` must be None for the Poisson family; use `offset` for exposure.")
@@ -247,3 +245,4 @@ def check_family_data(family, y, trials):
             raise DataError(
                 f"endog must be integer counts for the Poisson family; got {y[i]:g} at row {i}."
             )
+    return notes

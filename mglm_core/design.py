@@ -935,6 +935,8 @@ class Design:
     offset : ndarray (n,) or None
     n_dropped : int
         Rows dropped for missing values.
+    notes : tuple of str
+        The data warnings issued while building (also carried on every fit's ``warnings``).
     spec : DesignSpec
         Rebuilds the columns on new data.
     vc_terms : tuple of VCTerm
@@ -953,6 +955,7 @@ class Design:
     n_dropped: int
     spec: DesignSpec
     vc_terms: tuple[VCTerm, ...]
+    notes: tuple[str, ...] = ()
 
     @property
     def n_obs(self) -> int:
@@ -1081,6 +1084,7 @@ def build_design(
                 extra_bad.append(f"{name} ({int(m.sum())})")
                 bad |= m
     n_dropped = int(bad.sum())
+    notes: list[str] = []
     if n_dropped:
         per_col = na.sum()
         where = [f"{c} ({int(k)})" for c, k in per_col.items() if k] + extra_bad
@@ -1089,9 +1093,10 @@ def build_design(
                 "data must have at least one row without missing values in the used columns; "
                 f"got 0 of {len(data)} rows (missing in: {', '.join(where)})."
             )
+        notes.append(f"dropped {n_dropped} of {len(data)} rows with missing values "
+                     f"(missing in: {', '.join(where)}).")
         warnings.warn(
-            f"dropped {n_dropped} of {len(data)} rows with missing values "
-            f"(missing in: {', '.join(where)}).",
+            notes[-1],
             DataWarning,
             stacklevel=2,
         )
@@ -1188,4 +1193,5 @@ def build_design(
         n_dropped=n_dropped,
         spec=spec,
         vc_terms=tuple(terms),
+        notes=tuple(notes),
     )

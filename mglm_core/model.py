@@ -77,7 +77,7 @@ class BayesMixedGLM:
         self.ident, self.vcp_names = checks.as_ident(ident, self.exog_vc.shape[1], vcp_names)
         self.trials = None if trials is None else checks.as_row_vector(trials, "trials", n)
         self.offset = None if offset is None else checks.as_row_vector(offset, "offset", n)
-        checks.check_family_data(self.family, self.endog, self.trials)
+        notes = checks.check_family_data(self.family, self.endog, self.trials)
         self.vcp_p = checks.check_positive(vcp_p, "vcp_p")
         self.fe_p = checks.check_positive(fe_p, "fe_p")
         self.k_fep, self.k_vc = self.exog.shape[1], self.exog_vc.shape[1]
@@ -91,6 +91,8 @@ class BayesMixedGLM:
             )
         self.vc_count = np.bincount(self.ident, minlength=self.k_vcp).astype(float)
         self.design = design
+        #: data warnings from building the model (also on every fit's ``warnings``)
+        self.notes = tuple(getattr(design, "notes", ()) or ()) + tuple(notes)
         self.rows = RowData(self.exog, self.exog_vc, self.endog, self.trials, self.offset, chunk_rows)
         self._symbolic = None
 

@@ -118,7 +118,8 @@ class BayesMixedGLMResults:
 
     @property
     def warnings(self):
-        return self.diagnostics.warnings
+        """The fit's warnings, then the data warnings from building the model."""
+        return tuple(self.diagnostics.warnings) + tuple(getattr(self.model, "notes", ()))
 
     @property
     def seconds(self):

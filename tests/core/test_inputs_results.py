@@ -132,3 +132,17 @@ def test_subclass_from_formula_takes_statsmodels_positional_priors():
     data = load("Salamanders")
     model = mg.PoissonBayesMixedGLM.from_formula("count ~ mined", {"site": "0 + C(site)"}, data, 0.5, 3.0)
     assert (model.vcp_p, model.fe_p, model.family.name) == (0.5, 3.0, "poisson")
+
+
+def test_data_warnings_are_carried_on_every_fit():
+    """Warnings from building the model (dropped rows, an all-failure outcome) are also on each
+    result's ``warnings``, so callers need not capture Python warnings (not thread-safe)."""
+    df = load("cbpp_long").copy()
+    df.loc[:4, "period"] = np.nan
+    with pytest.warns(mg.DataWarning, match="dropped 5"):
+        model = mg.BayesMixedGLM.from_formula("y ~ period + (1 | herd)", data=df)
+    assert any("dropped 5" in w for w in model.fit_vb().warnings)
+    zeros = df.dropna().assign(y=0)
+    with pytest.warns(mg.DataWarning, match="all failures"):
+        m0 = mg.BayesMixedGLM.from_formula("y ~ period + (1 | herd)", data=zeros)
+    assert any("all failures" in w for w in m0.fit_laplace().warnings)
