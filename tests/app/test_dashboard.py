@@ -16,5 +16,30 @@ def test_reloading_data_does_not_accumulate_watchers():
     parts = [st, st.spec, st.data, st.view, st.fit]
     before = [_watchers(o) for o in parts]
     for name in ("grouseticks", "cbpp", "grouseticks", "cbpp"):
-        st.load_demo(name)
+        st.load_demo(name, fit=False)
     assert [_watchers(o) for o in parts] == before
+
+
+def test_notebook_cells_build_and_fit_the_dashboard(monkeypatch):
+    """The code cells of notebooks/dashboard.ipynb run in order (as Jupyter would run them), the
+    dashboard renders to Bokeh models, and its fit is the library's fit of the same model."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    import mglm_core as mg
+
+    root = Path(__file__).resolve().parents[2]
+    nb = json.loads((root / "notebooks" / "dashboard.ipynb").read_text())
+    monkeypatch.chdir(root / "notebooks")
+    ns: dict = {}
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), "dashboard.ipynb", "exec"), ns)  # the repository's own notebook
+    dash = ns["dash"]
+    assert dash.__panel__().get_root(Document()) is not None
+    res = dash.state.fit.result
+    model = mg.BayesMixedGLM.from_formula("count ~ mined + (1 | site)", data=ns["df"], family="poisson")
+    direct = getattr(model, f"fit_{dash.state.spec.method}")()
+    np.testing.assert_allclose(res.fe_mean, direct.fe_mean, rtol=1e-6)
