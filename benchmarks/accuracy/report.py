@@ -41,10 +41,15 @@ def _alarm(signum, frame):
 
 
 def fit(case, method):
+    """One fit within the budget; an mglm fit under 1 s is repeated twice and the fastest time kept
+    (a single sub-second timing on a shared 2-core machine is mostly noise)."""
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(BUDGET)
     try:
-        return _fit(case, method)
+        out = _fit(case, method)
+        if out is not None and method.startswith("mglm") and out["seconds"] < 1.0:
+            out["seconds"] = min([out["seconds"]] + [_fit(case, method)["seconds"] for _ in range(2)])
+        return out
     finally:
         signal.alarm(0)
 
@@ -136,6 +141,7 @@ def main():
              "(fe mean ≤ 0.1; vc mean ≤ 0.1 for 95 % and ≤ 0.25 all; vcp mean ≤ 0.2; fe SD ratio in [0.9, 1.1]; "
              "vcp SD ratio in [0.85, 1.15]; vc SD ratio in [0.85, 1.15] for 90 %).", ""]
     summary = {m: [0, 0] for m in METHODS}
+    speed = []  # (case, laplace s, map s, NUTS s)
     for case in CASES:
         path = HERE / "reference" / f"{case.name}.json"
         if not path.exists():
@@ -162,6 +168,11 @@ def main():
             if fitted is None:
                 lines.append(f"| {method} | not applicable (trials/offset) | | | | | | | | |")
                 continue
+            if method in ("mglm laplace", "mglm map"):
+                if method == "mglm laplace":
+                    speed.append([case.name, fitted["seconds"], None, ref["seconds"]])
+                elif speed and speed[-1][0] == case.name:
+                    speed[-1][2] = fitted["seconds"]
             m = metrics(fitted, ref)
             b = bars(m)
             failed = [k for k, ok in b.items() if not ok]
@@ -177,6 +188,16 @@ def main():
                 f"{vc['ratio_min']:.2f}–{vc['ratio_max']:.2f} ({share_sd:.0%}) | {fitted['seconds']:.2f} | "
                 f"{ref['seconds'] / max(fitted['seconds'], 1e-9):.0f}× | {', '.join(failed) or 'none'} |")
         lines.append("")
+    lines += ["## Speed of fit_laplace", "",
+              "Seconds of the fit (model built beforehand; fastest of three under 1 s), against fit_map on the "
+              "same model and against the NUTS run (bars: at most 5× fit_map, at least 100× faster than NUTS).",
+              "", "| case | fit_laplace s | fit_map s | × fit_map | NUTS s | × faster than NUTS |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, lap, mp, nuts in speed:
+        rel = f"{lap / mp:.1f}" if mp else ""
+        lines.append(f"| {name} | {lap:.3f} | {mp:.3f} | {rel} | {nuts:.0f} | {nuts / lap:.0f} |"
+                     if mp else f"| {name} | {lap:.3f} | | | {nuts:.0f} | {nuts / lap:.0f} |")
+    lines += [""]
     lines += lme4_comparison()
     lines += ["## Bars held, all cases", "", "| method | bars held |", "|---|---:|"]
     lines += [f"| {m} | {a} / {b} |" for m, (a, b) in summary.items()]
