@@ -87,7 +87,7 @@ class _Conditional:
         return logp, nr
 
 
-def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-6):
+def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-6, shift=None):
     r"""Gaussian variational refinement of the conditional posterior :math:`p(fe, vc \mid vcp, y)`.
 
     The Laplace approximation centres the conditional Gaussian at the mode; for
@@ -102,6 +102,9 @@ def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-6):
     the row variances :math:`\mathrm{Var}\,\eta_i` come from the selected
     inverse (:meth:`~mglm_core.rowstats.RowData.latent_row_variances`).
 
+    ``shift``, the refinement's change of (u, b) at a neighbouring point, starts the
+    iterations from the Laplace solution moved by it (the change varies smoothly with vcp).
+
     Returns ``(u, b, factor, converged)``.
     """
     from .linalg import BorderedFactor, NotPositiveDefinite
@@ -109,6 +112,8 @@ def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-6):
     prec = np.exp(-2.0 * vcp)[model.ident] if model.k_vc else np.zeros(0)
     fe_prec = np.full(model.k_fep, 1.0 / model.fe_p**2)
     u0, b0, f0 = u, b, factor
+    if shift is not None:
+        u, b = u + shift[0], b + shift[1]
     for _ in range(max_iter):
         v = model.rows.latent_row_variances(factor)
         rs = model.rows.reduce(model.family, b, u, row_var=v, hessian=True)
@@ -299,6 +304,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
 
     fe_m, fe_c, vc_m, vc_v, logps = [], [], [], [], []
     n_unrefined = 0
+    shift = None
     for t_, th in enumerate(thetas):
         prog.report(0.35 + 0.63 * t_ / len(thetas), f"integration point {t_ + 1} of {len(thetas)}")
         logp, nr = cond(th)
@@ -306,10 +312,12 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             continue
         u, b, factor = nr.u, nr.b, nr.factor
         if refine:
-            u, b, factor, ok = refine_conditional(model, th, u, b, factor)
+            u_l, b_l = u, b
+            u, b, factor, ok = refine_conditional(model, th, u, b, factor, shift=shift)
             n_unrefined += not ok
             if ok:
                 logp = conditional_elbo(model, th, u, b, factor)
+                shift = (u - u_l, b - b_l)
         logps.append(logp)
         fe_m.append(b)
         fe_c.append(factor.border_inverse())
