@@ -344,7 +344,7 @@ class AppState(param.Parameterized):
         params.setdefault("sim", SimSettings())
         super().__init__(**params)
         self._cache: OrderedDict = OrderedDict()
-        self._slow: dict = {}  # (data version, formula, method) -> seconds of its last fit, if slow
+        self._slow: dict = {}  # model key (see _slow_key) -> seconds of its last fit, if that was slow
         self._generation = 0
         self._busy = False
         self._rerun = False
@@ -464,8 +464,11 @@ class AppState(param.Parameterized):
         errors[key] = message
         self.errors = errors
 
-    def _slow_key(self):
-        return (self.data.version, self.spec.formula(), self.spec.method)
+    def _slow_key(self, request=None):
+        r = request or self.spec
+        trials, offset = (r.trials, r.offset) if request else (self.spec.trials, self.spec.offset)
+        formula = request.formula if request else self.spec.formula()
+        return (self.data.version, formula, r.family, r.method, trials or NONE, offset or NONE)
 
     def is_live(self) -> bool:
         """Refit live: auto-fit on, n x q within the live limit, and this model's last fit was quick."""
@@ -590,8 +593,12 @@ class AppState(param.Parameterized):
         return True
 
     def _fit_done(self, outcome) -> None:
-        if outcome.seconds > self.live_seconds and outcome.request.data_key.startswith(f"{self.data.version}:"):
-            self._slow[(self.data.version, outcome.request.formula, outcome.request.method)] = outcome.seconds
+        if outcome.request.data_key.startswith(f"{self.data.version}:"):
+            key = self._slow_key(outcome.request)
+            if outcome.seconds > self.live_seconds:
+                self._slow[key] = outcome.seconds
+            else:  # quick again (e.g. the first fit was slowed by other sessions): live again
+                self._slow.pop(key, None)
         self._cache[outcome.request.key] = outcome
         self._cache.move_to_end(outcome.request.key)
         while len(self._cache) > 12:

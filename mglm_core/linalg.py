@@ -251,11 +251,28 @@ class SparseLDL:
             return 1.0 / self.d[a]
         if not hasattr(self, "_selected"):
             self.diag_inverse()
-        rows, vals, T, j0, sig_diag = self._selected
         iperm = self._perm  # original index i sits at permuted position perm[i]
         pa, pb = iperm[a], iperm[b]
         lo, hi = np.minimum(pa, pb), np.maximum(pa, pb)
-        out = np.empty(a.size)
+        try:
+            return self._lookup(lo, hi)
+        except _NotChordal:
+            # an entry of A's pattern that SuperLU did not store in L (an exact zero of A, or fill
+            # that cancelled): add the requested entries to L's pattern, close it, and recompute
+            L = sp.csc_matrix(self._lu.L)
+            extra = sp.csc_matrix((np.zeros(lo.size), (hi, lo)), shape=L.shape)
+            L = sp.csc_matrix((np.concatenate([L.tocoo().data, extra.tocoo().data]),
+                               (np.concatenate([L.tocoo().row, extra.tocoo().row]),
+                                np.concatenate([L.tocoo().col, extra.tocoo().col]))), shape=L.shape)
+            L.sum_duplicates()
+            L.sort_indices()
+            self._takahashi(_chordal_closure(L))
+            return self._lookup(lo, hi)
+
+    def _lookup(self, lo, hi):
+        """Entries (lo, hi) (permuted, lo <= hi) of the selected inverse; _NotChordal if one is not stored."""
+        rows, vals, T, j0, sig_diag = self._selected
+        out = np.empty(lo.size)
         same = lo == hi
         out[same] = sig_diag[lo[same]]
         tail = ~same & (lo >= j0)
@@ -270,6 +287,8 @@ class SparseLDL:
                 k = cols[grp[0]]
                 want = hi[order[grp]]
                 pos = np.searchsorted(rows[k], want)
+                if rows[k].size == 0 or np.any(pos >= rows[k].size) or not np.array_equal(rows[k][pos], want):
+                    raise _NotChordal()
                 out[order[grp]] = vals[k][pos]
         return out
 
@@ -402,7 +421,10 @@ class SchurDenseLDL:
     def _selected(self):
         if hasattr(self, "_sel"):
             return self._sel
-        Sinv = sla.cho_solve(self.S_chol, np.eye(self.D.size), check_finite=False)
+        Sinv, info = sla.lapack.dpotri(self.S_chol[0], lower=1)  # lower triangle of S^{-1}
+        if info != 0:
+            raise NotPositiveDefinite("Schur complement is not positive definite")
+        Sinv = np.tril(Sinv) + np.tril(Sinv, -1).T
         N, dP = self.N, self.dP
         quad = np.empty(self.P.size)
         on_N = np.empty(N.nnz)  # (N S^{-1}) on the pattern of N
@@ -483,8 +505,11 @@ class Symbolic:
         if not (0 < D.size <= DENSE_TAIL_MAX):
             return
         row_nnz = np.bincount(row[selN], minlength=q)[P].astype(np.int64)
-        # the Schur complement is dense when its pattern (bounded by the sum of squared row counts) fills it
-        if not (D.size <= DENSE_SMALL or float(row_nnz @ row_nnz) >= 0.05 * D.size**2):
+        # off-diagonal fill of the Schur complement (at most sum over P rows of r (r - 1)): dense when it
+        # fills a good part of S, or when S is small and not (nearly) diagonal -- a diagonal S (random
+        # slopes on one factor, nested factors) is left to SuperLU
+        fill = float(row_nnz @ (row_nnz - 1))
+        if not (fill >= 0.05 * D.size**2 or (D.size <= DENSE_SMALL and fill >= D.size)):
             return
         self.route = "schur"
         pos = np.empty(q, dtype=np.int64)

@@ -263,6 +263,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         logp, nr = cond(np.zeros(0))
         cov = nr.factor.border_inverse()
         vc_var = nr.factor.sparse_diag_inverse()
+        prog.done()
         diag = FitDiagnostics(True, nr.n_iter, nr.grad_norm, time.perf_counter() - t0, logp)
         return BayesMixedGLMResults(model, "laplace", nr.b, np.sqrt(np.diag(cov)), np.zeros(0), np.zeros(0),
                                     nr.u, np.sqrt(vc_var), diag, border_cov=cov, log_marginal_likelihood=logp)
@@ -302,9 +303,9 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         log_evidence_base = None
     thetas = mode + zs @ root.T
 
-    fe_m, fe_c, vc_m, vc_v, logps = [], [], [], [], []
+    fe_m, fe_c, vc_m, vc_v, logps, used = [], [], [], [], [], []
     n_unrefined = 0
-    shift = None
+    shifts = []  # (z, refinement's change of (u, b)) at the points refined so far
     for t_, th in enumerate(thetas):
         prog.report(0.35 + 0.63 * t_ / len(thetas), f"integration point {t_ + 1} of {len(thetas)}")
         logp, nr = cond(th)
@@ -313,16 +314,19 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         u, b, factor = nr.u, nr.b, nr.factor
         if refine:
             u_l, b_l = u, b
-            u, b, factor, ok = refine_conditional(model, th, u, b, factor, shift=shift)
+            near = min(shifts, key=lambda s_: float(np.sum((s_[0] - zs[t_]) ** 2)))[1] if shifts else None
+            u, b, factor, ok = refine_conditional(model, th, u, b, factor, shift=near)
             n_unrefined += not ok
             if ok:
                 logp = conditional_elbo(model, th, u, b, factor)
-                shift = (u - u_l, b - b_l)
+                shifts.append((zs[t_], (u - u_l, b - b_l)))
+        used.append(t_)
         logps.append(logp)
         fe_m.append(b)
         fe_c.append(factor.border_inverse())
         vc_m.append(u)
         vc_v.append(factor.sparse_diag_inverse())
+    thetas, zs = thetas[used], zs[used]
     if k <= _GRID_MAX_K:
         logw = np.array(logps)
         lmax = logw.max()

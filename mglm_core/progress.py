@@ -39,6 +39,7 @@ class Progress:
         """A hook ``hook(iteration, size)`` for an iterative stage that ends when ``size`` (a Newton
         decrement, an objective change, a gradient) falls below ``tol``; reports in [lo, hi]."""
         first = []
+        tol = max(float(tol), 1e-300)
 
         def hook(iteration, size):
             s = max(float(size), tol) if math.isfinite(size) else 10 * tol

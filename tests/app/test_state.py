@@ -220,3 +220,15 @@ def test_a_slow_model_leaves_live_mode():
     st.spec.method = "map"  # another model: refits live (once), until its own fit proved slow
     assert st.fit.status == "done" and st.fit.outcome.request.method == "map"
     assert not st.is_live()
+
+
+def test_a_slow_model_is_live_again_after_a_quick_fit():
+    from app.state import AppState
+
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    st.spec.method = "vb"
+    st.live_seconds = 0.0
+    assert st.fit_now() and not st.is_live()
+    st.live_seconds = 60.0
+    assert st.fit_now() and st.is_live()  # the same model, fitted quickly this time

@@ -275,3 +275,12 @@ def test_progress_callback_is_monotone_and_ends_at_one(method):
     assert any(0.2 < f < 0.99 for f in fractions)  # reports along the way, not only at the end
     assert all(isinstance(m, str) and m for _, m in seen)
     np.testing.assert_allclose(res.fe_mean, plain.fe_mean, rtol=1e-12)
+
+
+def test_progress_with_zero_tolerance_does_not_fail():
+    model = mg.BayesMixedGLM.from_formula("TICKS ~ YEAR + (1 | BROOD)", data=load("grouseticks"), family="poisson")
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit_map(tol=0.0, max_iter=20, callback=lambda f, m: seen.append(f))
+    assert seen and seen[-1] == 1.0

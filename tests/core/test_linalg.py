@@ -117,3 +117,22 @@ def test_single_threaded_blas_nests_and_restores():
     assert threads() == before
     with single_threaded_blas(10_000):
         assert threads() == before
+
+
+def test_inverse_on_pattern_with_explicit_zeros_in_A():
+    """Entries of A's pattern that are exactly zero (rows with zero binomial trials) are not stored
+    in SuperLU's L; the selected inverse still returns them (no IndexError, no wrong value)."""
+    from mglm_core.linalg import SparseLDL
+
+    n = 7
+    A = np.eye(n) * 3.0
+    for i, j in [(0, 3), (1, 4), (2, 5), (3, 6), (4, 6), (0, 5)]:
+        A[i, j] = A[j, i] = 0.5
+    S = sp.csc_matrix(A)
+    S[1, 4] = S[4, 1] = 0.0  # explicit zeros kept in the pattern
+    assert S.nnz == np.count_nonzero(A) and S[1, 4] == 0.0
+    f = SparseLDL(S)
+    C = S.tocsr()
+    r, c = np.repeat(np.arange(n), np.diff(C.indptr)), C.indices  # the whole pattern, zeros included
+    Ainv = np.linalg.inv(S.toarray())
+    np.testing.assert_allclose(f.inverse_on_pattern(r, c), Ainv[r, c], rtol=1e-12, atol=1e-15)
