@@ -67,7 +67,10 @@ def forest_plot(results, exp_scale: bool = False, truth: dict | None = None, fam
     terms = list(first.term)
     ypos = {t: len(terms) - 1 - i for i, t in enumerate(terms)}
     n = len(results)
-    layers = [hv.VLine(1.0 if exp_scale else 0.0).opts(color=COLORS["ref"], line_dash="dashed", line_width=1.5)]
+    ref = 1.0 if exp_scale else 0.0
+    layers = [hv.VLine(ref).opts(color=COLORS["ref"], line_dash="dashed", line_width=1.5),
+              # an invisible point on the reference line keeps it inside the x range (a VLine does not count)
+              hv.Scatter([(ref, (len(terms) - 1) / 2)], group="Reference").opts(alpha=0, size=1, tools=[])]
     for i, (label, res) in enumerate(results.items()):
         df = forest_data(res, exp_scale, include_intercept)
         df = df[df.term.isin(ypos)]

@@ -83,3 +83,11 @@ def test_tables_and_html(cbpp_state):
     assert len(plots.re_summary(res)) == 15
     html = plots.to_html(plots.forest_plot(res))
     assert html.startswith("<!DOCTYPE html>") and "Bokeh" in html
+
+
+def test_forest_x_range_includes_the_reference_line(cbpp_state):
+    """cbpp's intervals all lie below 0; the zero line must still be on the plot (and 1 on the exp scale)."""
+    res = cbpp_state.fit.result
+    for exp_scale, ref in ((False, 0.0), (True, 1.0)):
+        fig = hv.render(plots.forest_plot(res, exp_scale=exp_scale), backend="bokeh")
+        assert fig.x_range.start < ref < fig.x_range.end, (exp_scale, fig.x_range.start, fig.x_range.end)
