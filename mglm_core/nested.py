@@ -15,7 +15,7 @@ joint density. Its mode :math:`\theta^*` and curvature
 :math:`\Sigma = (-\nabla^2 \log\tilde p)^{-1}` (finite differences) define
 standardised coordinates :math:`\theta = \theta^* + \Sigma^{1/2} z`:
 
-* k <= 3 components: a regular grid in z (step 0.75, 1.2, 1.5 for k = 1, 2, 3),
+* k <= 3 components: a regular grid in z (step 1, 1.5, 1.5 for k = 1, 2, 3),
   explored outwards from the mode while the log density is within 6.5, 5, 4.5
   of its maximum, weights :math:`\propto \tilde p(\theta \mid y)` (the grid
   follows skewed posteriors of small SDs, which a Gaussian in :math:`\theta` misses);
@@ -47,7 +47,7 @@ from .results import BayesMixedGLMResults, FitDiagnostics, VcpGrid
 
 __all__ = ["fit_laplace"]
 
-_STEP = {1: 0.75, 2: 1.2, 3: 1.5}
+_STEP = {1: 1.0, 2: 1.5, 3: 1.5}
 _DROP_K = {1: 6.5, 2: 5.0, 3: 4.5}
 _GRID_MAX_K = 3
 
