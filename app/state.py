@@ -255,11 +255,12 @@ def prepare_data(spec: ModelSpec, data: DataState) -> tuple[pd.DataFrame, int]:
         s = sub[c]
         if c in groups or c in data.categorical or not is_numeric(s):
             if not isinstance(s.dtype, pd.CategoricalDtype):
+                text = s.astype(str).where(s.notna())  # vectorised str(v); missing stays missing
                 if is_numeric(s):
                     levels = [str(v) for v in sorted(s.dropna().unique())]
-                    sub[c] = pd.Categorical(s.map(lambda v: None if pd.isna(v) else str(v)), categories=levels)
+                    sub[c] = pd.Categorical(text, categories=levels)
                 else:
-                    sub[c] = pd.Categorical(s.map(lambda v: None if pd.isna(v) else str(v)))
+                    sub[c] = pd.Categorical(text)
     n0 = len(sub)
     sub = sub.dropna().reset_index(drop=True)
     if any(isinstance(sub[c].dtype, pd.CategoricalDtype) for c in sub.columns):
