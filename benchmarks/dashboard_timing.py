@@ -106,6 +106,7 @@ def in_browser(repeats=3):
                     handle.press("ArrowLeft")
                     pg.wait_for_function("() => window.__forestChanged !== undefined", timeout=30_000)
                     refits.append((pg.evaluate("() => window.__forestChanged") - t0) / 1000.0)
+                    print(f"refit {len(refits)}: {refits[-1]:.3f} s", flush=True)
                     pg.wait_for_timeout(800)
                 pg.close()
             b.close()
