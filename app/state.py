@@ -466,10 +466,10 @@ class AppState(param.Parameterized):
         self.errors = errors
 
     def _slow_key(self, request=None):
+        """The model a fit time belongs to: of ``request``, or of the current spec."""
         r = request or self.spec
-        trials, offset = (r.trials, r.offset) if request else (self.spec.trials, self.spec.offset)
         formula = request.formula if request else self.spec.formula()
-        return (self.data.version, formula, r.family, r.method, trials or NONE, offset or NONE)
+        return (self.data.version, formula, r.family, r.method, r.trials or NONE, r.offset or NONE)
 
     def is_live(self) -> bool:
         """Refit live: auto-fit on, n x q within the live limit, and this model's last fit was quick."""

@@ -259,12 +259,10 @@ class SparseLDL:
         except _NotChordal:
             # an entry of A's pattern that SuperLU did not store in L (an exact zero of A, or fill
             # that cancelled): add the requested entries to L's pattern, close it, and recompute
-            L = sp.csc_matrix(self._lu.L)
-            extra = sp.csc_matrix((np.zeros(lo.size), (hi, lo)), shape=L.shape)
-            L = sp.csc_matrix((np.concatenate([L.tocoo().data, extra.tocoo().data]),
-                               (np.concatenate([L.tocoo().row, extra.tocoo().row]),
-                                np.concatenate([L.tocoo().col, extra.tocoo().col]))), shape=L.shape)
-            L.sum_duplicates()
+            L = sp.coo_matrix(self._lu.L)
+            L = sp.csc_matrix((np.concatenate([L.data, np.zeros(lo.size)]),
+                               (np.concatenate([L.row, hi]), np.concatenate([L.col, lo]))), shape=L.shape)
+            L.sum_duplicates()  # keeps the added explicit zeros
             L.sort_indices()
             self._takahashi(_chordal_closure(L))
             return self._lookup(lo, hi)
@@ -493,9 +491,8 @@ class Symbolic:
         q = A.shape[0]
         col = np.repeat(np.arange(q), np.diff(A.indptr))
         row = A.indices
-        self.diagonal = bool(np.all(row == col))
-        self.route = "diagonal" if self.diagonal else "superlu"
-        if self.diagonal:
+        self.route = "diagonal" if np.all(row == col) else "superlu"
+        if self.route == "diagonal":
             return
         P = _independent_classes(row, col, groups) if groups is not None else _independent_set(A)
         D = np.setdiff1d(np.arange(q), P)
@@ -545,7 +542,7 @@ def factor_spd(A, symbolic=None):
         symbolic = Symbolic(A)
     if symbolic.route == "schur":
         return SchurDenseLDL(A, symbolic)
-    f = SparseLDL(A, diagonal=True if symbolic.diagonal else None)
+    f = SparseLDL(A, diagonal=True if symbolic.route == "diagonal" else None)
     f.symbolic = symbolic
     return f
 

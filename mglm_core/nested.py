@@ -293,13 +293,11 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         step = _STEP[k]
         pts = _grid_points(lambda z: cond(mode + root @ z)[0], k, step)
         zs = np.array(list(pts.keys()), dtype=float) * step
-        logw = np.array(list(pts.values()))
-        keep = logw > logw.max() - _DROP_K[k] - 3
-        zs, logw = zs[keep], logw[keep]
+        logp_grid = np.array(list(pts.values()))
+        zs = zs[logp_grid > logp_grid.max() - _DROP_K[k] - 3]
         log_evidence_base = k * np.log(step) + log_jac
     else:
         zs = np.vstack([s * np.sqrt(k) * np.eye(k)[i] for i in range(k) for s in (-1, 1)])
-        logw = np.full(len(zs), -np.log(2 * k))
         log_evidence_base = None
     thetas = mode + zs @ root.T
 
@@ -326,7 +324,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         fe_c.append(factor.border_inverse())
         vc_m.append(u)
         vc_v.append(factor.sparse_diag_inverse())
-    thetas, zs = thetas[used], zs[used]
+    thetas = thetas[used]
     if k <= _GRID_MAX_K:
         logw = np.array(logps)
         lmax = logw.max()

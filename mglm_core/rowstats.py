@@ -123,39 +123,37 @@ class RowData:
         per_nz = nnz_row[row_of_nz]  # partners of each nonzero (same row)
         first = np.repeat(np.arange(Z.nnz), per_nz)
         group_start = np.repeat(np.cumsum(per_nz) - per_nz, per_nz)
-        second = Z.indptr[row_of_nz[first]] + (np.arange(first.size) - group_start)
+        self._pair_row = row_of_nz[first]
+        second = Z.indptr[self._pair_row] + (np.arange(first.size) - group_start)
         diag_keys = np.arange(self.q, dtype=np.int64) * (self.q + 1)  # every diagonal entry is in the pattern
+        self._pair_val = Z.data[first] * Z.data[second]
+        self._pair_start = np.concatenate([[0], np.cumsum(nnz_row.astype(np.int64) ** 2)])
         if nnz_row.size and nnz_row.max() <= 1:
             # one nonzero per row (a single grouping factor): the pattern is the diagonal, no sort needed
             uniq, pos = diag_keys, Z.indices[first].astype(np.int64)
         else:
-            uniq, pos = self._pattern_positions(Z, nnz_row, row_of_nz, first, group_start, diag_keys)
+            uniq, pos = self._pattern_positions(Z, nnz_row, first, second, diag_keys)
         self._pair_pos = pos
-        self._pair_row = row_of_nz[first]
-        self._pair_val = Z.data[first] * Z.data[second]
-        pair_count_row = nnz_row.astype(np.int64) ** 2
-        self._pair_start = np.concatenate([[0], np.cumsum(pair_count_row)])
         rows = uniq // self.q
         self._gram_indices = (uniq % self.q).astype(np.int32)
         self._gram_indptr = np.searchsorted(rows, np.arange(self.q + 1)).astype(np.int32)
         self._gram_nnz = uniq.size
         self._gram_diag = np.searchsorted(uniq, diag_keys)
 
-    def _pattern_positions(self, Z, nnz_row, row_of_nz, first, group_start, diag_keys):
+    def _pattern_positions(self, Z, nnz_row, first, second, diag_keys):
         """Sorted keys ``row * q + col`` of the Gram pattern and each pair's position in it.
 
         Only the pairs above the diagonal are sorted: within a row block of m nonzeros the pair
         (i, j) has its mirror (j, i) at the transposed place, and diagonal pairs go to the
         diagonal entries (all in the pattern).
         """
-        q = self.q
-        row = row_of_nz[first]
+        q, row = self.q, self._pair_row
+        start = Z.indptr[row]
         m = nnz_row[row].astype(np.int64)
-        i = first - Z.indptr[row]  # place of the first nonzero in its row
-        j = np.arange(first.size) - group_start  # place of the second
+        i, j = first - start, second - start  # places of the two nonzeros in their row
         upper = np.flatnonzero(i < j)
         a_up = Z.indices[first[upper]].astype(np.int64)
-        b_up = Z.indices[first[upper] - i[upper] + j[upper]].astype(np.int64)
+        b_up = Z.indices[second[upper]].astype(np.int64)
         uu, inv = np.unique(a_up * q + b_up, return_inverse=True)
         all_keys = np.concatenate([diag_keys, uu, (uu % q) * q + uu // q])
         order = np.argsort(all_keys, kind="stable")
@@ -165,7 +163,7 @@ class RowData:
         diag = np.flatnonzero(i == j)
         pos[diag] = rank[Z.indices[first[diag]]]
         pos[upper] = rank[q + inv]
-        mirror = group_start[upper] + (j[upper] - i[upper]) * m[upper] + i[upper]  # pair (j, i) of the row
+        mirror = self._pair_start[row[upper]] + j[upper] * m[upper] + i[upper]  # pair (j, i) of the row
         pos[mirror] = rank[q + uu.size + inv]
         return all_keys[order], pos
 
