@@ -50,44 +50,70 @@ __all__ = ["fit_laplace"]
 _STEP = {1: 1.0, 2: 1.5, 3: 1.5}
 _DROP_K = {1: 6.5, 2: 5.0, 3: 4.5}
 _GRID_MAX_K = 3
+_REFINE_DROP = 2.5  # refine the conditional Gaussians within this of the top log density
 
 
 class _Conditional:
-    """Inner Laplace approximations at given vcp, warm started from the last one."""
+    """Inner Laplace approximations at given vcp.
+
+    Each solve starts from the nearest solved point moved along the mode's first-order
+    change, :math:`\hat x(\theta') \approx \hat x(\theta) + (d\hat x/d\theta)(\theta' - \theta)` with
+    :math:`d\hat x/d\theta_k = H^{-1}\,\partial g/\partial\theta_k` and
+    :math:`\partial g_{u_j}/\partial\theta_k = 2 u_j e^{-2\theta_k}` for the effects of component k
+    (implicit differentiation of :math:`g(\hat x(\theta), \theta) = 0`): close points converge in one
+    Newton step.
+    """
+
+    max_points = 256  # solved points kept for warm starts
 
     def __init__(self, model, tol):
         self.model = model
         self.lj = LogJoint(model)
         self.tol = tol
-        self.u, self.b = irls_start(model)
+        self.start = irls_start(model)
         self.symbolic = model.symbolic  # pattern analysis reused by every inner fit
         self.n_inner = 0
         self.failures = 0
         self.cache = {}
+        self.points = []  # (theta, u, b, du/dtheta, db/dtheta)
 
     def __call__(self, vcp):
         key = tuple(np.round(np.asarray(vcp, dtype=float), 12))
         if key in self.cache:
             return self.cache[key]
-        out = self._solve(vcp)
+        out = self._solve(np.asarray(vcp, dtype=float))
         self.cache[key] = out
         return out
 
+    def _warm_start(self, vcp):
+        if not self.points:
+            return self.start
+        th = np.array([pt[0] for pt in self.points])
+        i = int(np.argmin(np.sum((th - vcp) ** 2, axis=1)))
+        t0, u, b, su, sb = self.points[i]
+        d = vcp - t0
+        return u + su @ d, b + sb @ d
+
     def _solve(self, vcp):
-        nr = newton_ascent(conditional_fun(self.lj, vcp), self.u, self.b, tol=self.tol, max_iter=100,
+        u0, b0 = self._warm_start(vcp)
+        nr = newton_ascent(conditional_fun(self.lj, vcp), u0, b0, tol=self.tol, max_iter=100,
                            reuse=self.symbolic)
         self.n_inner += nr.n_iter
         if nr.factor is None or not np.isfinite(nr.value):
             self.failures += 1
             return -np.inf, nr
-        if nr.converged:
-            self.u, self.b = nr.u, nr.b
         m = self.model
+        if nr.converged and len(self.points) < self.max_points:
+            dg = np.zeros((m.k_vc, m.k_vcp))
+            if m.k_vc:
+                dg[np.arange(m.k_vc), m.ident] = 2.0 * nr.u * np.exp(-2.0 * vcp)[m.ident]
+            su, sb = nr.factor.solve(dg, np.zeros((m.k_fep, m.k_vcp)))
+            self.points.append((vcp.copy(), nr.u, nr.b, su, sb))
         logp = nr.value + 0.5 * (m.k_fep + m.k_vc) * LOG_2PI - 0.5 * nr.factor.logdet()
         return logp, nr
 
 
-def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-6, shift=None):
+def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-4, shift=None):
     r"""Gaussian variational refinement of the conditional posterior :math:`p(fe, vc \mid vcp, y)`.
 
     The Laplace approximation centres the conditional Gaussian at the mode; for
@@ -102,20 +128,26 @@ def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-6, shift=No
     the row variances :math:`\mathrm{Var}\,\eta_i` come from the selected
     inverse (:meth:`~mglm_core.rowstats.RowData.latent_row_variances`).
 
-    ``shift``, the refinement's change of (u, b) at a neighbouring point, starts the
-    iterations from the Laplace solution moved by it (the change varies smoothly with vcp).
+    ``shift``, the refinement's change of (u, b) and of the row variances at a
+    neighbouring point (both vary smoothly with vcp), starts the iterations from the
+    Laplace solution moved by it.
 
-    Returns ``(u, b, factor, converged)``.
+    Returns ``(u, b, factor, converged, shift)`` with this point's ``shift``.
     """
     from .linalg import BorderedFactor, NotPositiveDefinite
 
     prec = np.exp(-2.0 * vcp)[model.ident] if model.k_vc else np.zeros(0)
     fe_prec = np.full(model.k_fep, 1.0 / model.fe_p**2)
     u0, b0, f0 = u, b, factor
+    dv = 0.0
     if shift is not None:
-        u, b = u + shift[0], b + shift[1]
+        u, b, dv = u + shift[0], b + shift[1], shift[2]
+    v_lap = None
     for _ in range(max_iter):
         v = model.rows.latent_row_variances(factor)
+        if v_lap is None:
+            v_lap = v
+            v = np.maximum(v + dv, 0.0)
         rs = model.rows.reduce(model.family, b, u, row_var=v, hessian=True)
         g_u = rs.z_score - u * prec
         g_b = rs.x_score - b * fe_prec
@@ -123,14 +155,14 @@ def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-6, shift=No
         try:
             factor = BorderedFactor(A, rs.z_wx, rs.x_wx + np.diag(fe_prec), reuse=factor)
         except NotPositiveDefinite:
-            return u0, b0, f0, False
+            return u0, b0, f0, False, None
         du, db = factor.solve(g_u, g_b)
         u, b = u + du, b + db
         if not (np.all(np.isfinite(u)) and np.all(np.isfinite(b))):
-            return u0, b0, f0, False
+            return u0, b0, f0, False, None
         if float(g_u @ du + g_b @ db) < tol:
-            return u, b, factor, True
-    return u, b, factor, False
+            return u, b, factor, True, (u - u0, b - b0, v - v_lap)
+    return u, b, factor, False, None
 
 
 def conditional_elbo(model, vcp, u, b, factor):
@@ -172,7 +204,7 @@ def _fd_grad_hess(f, x, h):
     return f0, g, H
 
 
-def _maximise_theta(f, x0, bounds, h=1e-3, tol=1e-3, max_iter=50, progress=None):
+def _maximise_theta(f, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None):
     """Newton ascent on a low-dimensional, smooth log density with finite-difference derivatives.
 
     Steps are projected on the box ``bounds``; a non-concave curvature falls back to a
@@ -301,29 +333,41 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         log_evidence_base = None
     thetas = mode + zs @ root.T
 
-    fe_m, fe_c, vc_m, vc_v, logps, used = [], [], [], [], [], []
+    # Refine where the Laplace log density is within _REFINE_DROP of its maximum, from the
+    # highest point outwards; elsewhere (little mass) add the nearest refined point's corrections.
+    lap = np.array([cond(th)[0] for th in thetas])
+    refine_at = lap > lap.max() - _REFINE_DROP if k <= _GRID_MAX_K else np.ones(len(thetas), bool)
+    out = {}
     n_unrefined = 0
-    shifts = []  # (z, refinement's change of (u, b)) at the points refined so far
-    for t_, th in enumerate(thetas):
-        prog.report(0.35 + 0.63 * t_ / len(thetas), f"integration point {t_ + 1} of {len(thetas)}")
+    corrections = []  # (z, (du, db, d row var), d logp, d vc var, d fe cov) at the points refined so far
+    for i_, t_ in enumerate(np.argsort(-lap, kind="stable")):
+        th = thetas[t_]
+        prog.report(0.35 + 0.63 * i_ / len(thetas), f"integration point {i_ + 1} of {len(thetas)}")
         logp, nr = cond(th)
         if nr.factor is None:
             continue
         u, b, factor = nr.u, nr.b, nr.factor
-        if refine:
-            u_l, b_l = u, b
-            near = min(shifts, key=lambda s_: float(np.sum((s_[0] - zs[t_]) ** 2)))[1] if shifts else None
-            u, b, factor, ok = refine_conditional(model, th, u, b, factor, shift=near)
+        fe_cov, vc_var_t = factor.border_inverse(), factor.sparse_diag_inverse()
+        near = (min(corrections, key=lambda c_: float(np.sum((c_[0] - zs[t_]) ** 2)))
+                if refine and corrections else None)
+        if refine and refine_at[t_]:
+            u, b, factor, ok, shift = refine_conditional(model, th, u, b, factor,
+                                                         shift=near[1] if near else None)
             n_unrefined += not ok
             if ok:
-                logp = conditional_elbo(model, th, u, b, factor)
-                shifts.append((zs[t_], (u - u_l, b - b_l)))
-        used.append(t_)
-        logps.append(logp)
-        fe_m.append(b)
-        fe_c.append(factor.border_inverse())
-        vc_m.append(u)
-        vc_v.append(factor.sparse_diag_inverse())
+                elbo = conditional_elbo(model, th, u, b, factor)
+                fe_ref, vc_ref = factor.border_inverse(), factor.sparse_diag_inverse()
+                corrections.append((zs[t_], shift, elbo - logp, vc_ref - vc_var_t, fe_ref - fe_cov))
+                logp, fe_cov, vc_var_t = elbo, fe_ref, vc_ref
+        elif near is not None:
+            _, (du, db, _), dlogp, dvar, dcov = near
+            u, b, logp = u + du, b + db, logp + dlogp
+            vc_var_t = np.maximum(vc_var_t + dvar, 0.5 * vc_var_t)
+            fe_cov = fe_cov + dcov
+        out[t_] = (logp, b, fe_cov, u, vc_var_t)
+    used = sorted(out)
+    logps = [out[t_][0] for t_ in used]
+    fe_m, fe_c, vc_m, vc_v = ([out[t_][j] for t_ in used] for j in (1, 2, 3, 4))
     thetas = thetas[used]
     if k <= _GRID_MAX_K:
         logw = np.array(logps)

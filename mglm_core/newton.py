@@ -137,7 +137,8 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
             message = reason
             break
         lam = 0.0 if lam < 1e-5 else lam / 10.0
-    if converged or factor is None:
+    if factor is None:
+        # (A converged iteration ends with ``factor`` already the undamped factorisation at (u, b).)
         try:
             factor = BorderedFactor(A, B, C, factor if factor is not None else reuse)
         except NotPositiveDefinite:
