@@ -172,6 +172,12 @@ class Binomial(Family):
         p = expit(eta)
         return p if trials is None else trials * p
 
+    def weight_derivative(self, y, eta, trials):
+        r""":math:`dw/d\eta = n\,p(1-p)(1-2p)` (:math:`w = -\ell''`)."""
+        p = expit(eta)
+        out = p * (1.0 - p) * (1.0 - 2.0 * p)
+        return out if trials is None else trials * out
+
     def gaussian_expectation(self, y, m, v, trials, chunk=32768, const=True):
         r"""Return ``E l, dE/dm, dE/dv, E l''`` for ``eta ~ N(m, v)``.
 
@@ -308,6 +314,10 @@ class Poisson(Family):
         return ll, y - mu, mu
 
     def mean(self, eta, trials=None):
+        return np.exp(eta)
+
+    def weight_derivative(self, y, eta, trials=None):
+        r""":math:`dw/d\eta = \mu` (:math:`w = -\ell'' = \mu`)."""
         return np.exp(eta)
 
     def gaussian_expectation(self, y, m, v, trials=None, const=True):

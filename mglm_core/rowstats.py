@@ -237,6 +237,18 @@ class RowData:
             out[c.rows] = v
         return out
 
+    def weight_derivative_sums(self, family, fe, vc, row_var):
+        r"""``(X^T r, Z^T r)`` with :math:`r_i = w_i'(\eta_i)\, v_i`: the third-order term of
+        :math:`d \log\det H / d\eta` (``w'`` from :meth:`Family.weight_derivative`, ``v`` = ``row_var``)."""
+        xr, zr = np.zeros(self.p), np.zeros(self.q)
+        for c in self.chunks:
+            r = family.weight_derivative(c.y, self._eta(c, fe, vc), c.trials) * row_var[c.rows]
+            if self.p:
+                xr += c.XT @ r
+            if self.q:
+                zr += c.ZT @ r
+        return xr, zr
+
     def reduce(self, family, fe, vc, fe_var=None, vc_var=None, hessian=True, row_var=None) -> RowSums:
         """Sum the row statistics over all chunks.
 

@@ -100,6 +100,24 @@ def test_elbo_gradient_finite_differences(family):
     np.testing.assert_allclose(ga, fd, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family,trials", [("binomial", None), ("binomial", 6), ("poisson", None)])
+def test_integrated_log_density_gradient_finite_differences(family, trials):
+    """The analytic gradient of the Laplace log density of vcp (random slopes and a crossed factor:
+    three components, the third-order term through the row variances) against central differences."""
+    from mglm_core.simulate import simulate_glmm
+
+    sim = simulate_glmm(family=family, n_groups=25, group_size=12, n_groups2=8, sd=0.7, sd2=0.4,
+                        trials=trials, seed=3)
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g) + (0 + x | g) + (1 | h)", data=sim.data,
+                                          family=family, trials=None if trials is None else "n")
+    cond = _Conditional(model, 1e-13)
+    vcp = np.array([-0.4, -1.0, 0.2])
+    _, g = cond.value_grad(vcp)
+    h = 1e-4
+    fd = np.array([(cond(vcp + h * e)[0] - cond(vcp - h * e)[0]) / (2 * h) for e in np.eye(3)])
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6)
+
+
 def test_elbo_against_brute_force_integration():
     """One fixed effect, one component with one random effect: a 3-d integral by a product rule."""
     y = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
