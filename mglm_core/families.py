@@ -87,6 +87,14 @@ class Family:
             ll = ll - self.log_base_measure(y, trials)
         return (float(np.sum(ll)),) + tuple(self.score_weight(y, eta, trials))
 
+    def weight_derivative(self, y, eta, trials):  # pragma: no cover - abstract
+        r""":math:`dw_i/d\eta_i` of the weight :math:`w_i = -\ell_i''` (the integrated fit's gradient)."""
+        raise NotImplementedError
+
+    def weight_second_derivative(self, y, eta, trials):  # pragma: no cover - abstract
+        r""":math:`d^2w_i/d\eta_i^2` (the integrated fit's second-order correction)."""
+        raise NotImplementedError
+
     def mean(self, eta, trials=None):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -176,6 +184,13 @@ class Binomial(Family):
         r""":math:`dw/d\eta = n\,p(1-p)(1-2p)` (:math:`w = -\ell''`)."""
         p = expit(eta)
         out = p * (1.0 - p) * (1.0 - 2.0 * p)
+        return out if trials is None else trials * out
+
+    def weight_second_derivative(self, y, eta, trials):
+        r""":math:`d^2w/d\eta^2 = n\,p(1-p)(1-6p(1-p))`."""
+        p = expit(eta)
+        pq = p * (1.0 - p)
+        out = pq * (1.0 - 6.0 * pq)
         return out if trials is None else trials * out
 
     def gaussian_expectation(self, y, m, v, trials, chunk=32768, const=True):
@@ -318,6 +333,10 @@ class Poisson(Family):
 
     def weight_derivative(self, y, eta, trials=None):
         r""":math:`dw/d\eta = \mu` (:math:`w = -\ell'' = \mu`)."""
+        return np.exp(eta)
+
+    def weight_second_derivative(self, y, eta, trials=None):
+        r""":math:`d^2w/d\eta^2 = \mu`."""
         return np.exp(eta)
 
     def gaussian_expectation(self, y, m, v, trials=None, const=True):

@@ -19,16 +19,20 @@ gradient) defines standardised coordinates :math:`\theta = \theta^* + \Sigma^{1/
 
 * k <= 3 components: a regular grid in z (step 1, 1.5, 1.5 for k = 1, 2, 3),
   explored outwards from the mode while the log density is within 6.5, 5, 4.5
-  of its maximum, weights :math:`\propto \tilde p(\theta \mid y)` (the grid
+  of its maximum, weights :math:`\propto \tilde p(\theta \mid y)\,e^{\epsilon(\theta)}` (the grid
   follows skewed posteriors of small SDs, which a Gaussian in :math:`\theta` misses);
 * k > 3: a Gaussian in :math:`\theta` with the 2k axial points
   :math:`\pm\sqrt{k}` along the axes of z (weights 1/2k), exact for the
   mean and covariance of a Gaussian.
 
+:math:`\epsilon(\theta)` is the second-order correction of the Laplace value
+(:meth:`_Conditional.second_order`, Shun & McCullagh 1995): with observation-level
+effects of Poisson counts the plain Laplace value is biased against large SDs
+(grouseticks' ``INDEX``: 0.19 posterior SDs low; 0.02 with the correction).
 At the points whose log density is within 2.5 of the top, the conditional
-Gaussian is refined variationally (:func:`refine_conditional`) and its ELBO
-replaces the Laplace value; the other points (little mass) get the nearest
-refined point's corrections of the log density, the mean and the variances.
+Gaussian is refined variationally (:func:`refine_conditional`: better means for
+binary data); the other points (little mass) are moved by the nearest refined
+point's changes of the mean and the variances.
 Posterior means and variances of fe and vc are mixtures over the points of
 the conditional Gaussian approximations:
 :math:`\mathrm{E}x = \sum_t w_t \hat x_t`,
@@ -120,6 +124,27 @@ class _Conditional:
         xr, zr = m.rows.weight_derivative_sums(m.family, nr.b, nr.u, v)
         return logp, g - 0.5 * (xr @ sb + zr @ su)
 
+    def second_order(self, vcp):
+        r"""The second-order correction of the Laplace value at ``vcp`` (Shun & McCullagh 1995).
+
+        .. math::
+
+            \epsilon = -\tfrac18 \sum_i w_i'' v_i^2 + \tfrac18\, t^\top H^{-1} t
+              + \tfrac1{12} \sum_i w_i'^2 v_i^3, \qquad t = \sum_i w_i' v_i\, x_i,
+
+        the :math:`O(1/n)` terms of :math:`\log\int e^{f}` beyond the Laplace value, for
+        :math:`f` a sum of row terms :math:`\ell_i(x_i^\top x)` (:math:`w = -\ell''`); the last
+        term keeps the pairs i = j of :math:`\sum_{ij} w_i' w_j' (x_i^\top H^{-1} x_j)^3`.
+        """
+        logp, nr, _, _ = self._entry(vcp)
+        if nr.factor is None:
+            return 0.0
+        m = self.model
+        v = m.rows.latent_row_variances(nr.factor)
+        xr, zr, s4, s3 = m.rows.second_order_terms(m.family, nr.b, nr.u, v)
+        a, b = nr.factor.solve(zr, xr)
+        return -s4 / 8.0 + float(zr @ a + xr @ b) / 8.0 + s3 / 12.0
+
     def _warm_start(self, vcp):
         if not self.points:
             return self.start
@@ -198,28 +223,6 @@ def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-4, shift=No
         if float(g_u @ du + g_b @ db) < tol:
             return u, b, factor, True, (u - u0, b - b0, v - v_lap)
     return u, b, factor, False, None
-
-
-def conditional_elbo(model, vcp, u, b, factor):
-    r"""ELBO of the Gaussian :math:`N((u, b), H^{-1})` for :math:`p(y, fe, vc, vcp)` at fixed ``vcp``.
-
-    A lower bound on :math:`\log p(y, vcp)`, used as the log weight of ``vcp``
-    after refinement (tighter than the Laplace value for binary data).
-    """
-    v = model.rows.latent_row_variances(factor)
-    rs = model.rows.reduce(model.family, b, u, row_var=v, hessian=False)
-    p, q = model.k_fep, model.k_vc
-    prec_k = np.exp(-2.0 * vcp)
-    vc_var = factor.sparse_diag_inverse()
-    fe_cov = factor.border_inverse()
-    value = rs.loglike
-    if q:
-        value += (-0.5 * q * LOG_2PI - float(model.vc_count @ vcp)
-                  - 0.5 * float(np.sum(prec_k[model.ident] * (u**2 + vc_var))))
-    value += -0.5 * p * (LOG_2PI + 2 * np.log(model.fe_p)) - 0.5 * (float(b @ b) + np.trace(fe_cov)) / model.fe_p**2
-    value += -0.5 * model.k_vcp * (LOG_2PI + 2 * np.log(model.vcp_p)) - 0.5 * float(vcp @ vcp) / model.vcp_p**2
-    value += 0.5 * (p + q) * (1.0 + LOG_2PI) - 0.5 * factor.logdet()
-    return value
 
 
 def _grad_hessian(fg, x, g, h):
@@ -339,6 +342,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     msgs = []
     if k == 0:
         logp, nr = cond(np.zeros(0))
+        logp += cond.second_order(np.zeros(0))
         cov = nr.factor.border_inverse()
         vc_var = nr.factor.sparse_diag_inverse()
         prog.done()
@@ -379,35 +383,36 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         log_evidence_base = None
     thetas = mode + zs @ root.T
 
-    # Refine where the Laplace log density is within _REFINE_DROP of its maximum, from the
-    # highest point outwards; elsewhere (little mass) add the nearest refined point's corrections.
+    # Log weights: the Laplace value plus its second-order correction at every point. Moments: the
+    # conditional Gaussian refined where the log density is within _REFINE_DROP of its top (from the
+    # highest point outwards); elsewhere (little mass) moved by the nearest refined point's changes.
     lap = np.array([cond(th)[0] for th in thetas])
     refine_at = lap > lap.max() - _REFINE_DROP if k <= _GRID_MAX_K else np.ones(len(thetas), bool)
     out = {}
     n_unrefined = 0
-    corrections = []  # (z, (du, db, d row var), d logp, d vc var, d fe cov) at the points refined so far
+    changes = []  # (z, (du, db, d row var), d vc var, d fe cov) at the points refined so far
     for i_, t_ in enumerate(np.argsort(-lap, kind="stable")):
         th = thetas[t_]
         prog.report(0.35 + 0.63 * i_ / len(thetas), f"integration point {i_ + 1} of {len(thetas)}")
         logp, nr = cond(th)
         if nr.factor is None:
             continue
+        logp += cond.second_order(th)
         u, b, factor = nr.u, nr.b, nr.factor
         fe_cov, vc_var_t = factor.border_inverse(), factor.sparse_diag_inverse()
-        near = (min(corrections, key=lambda c_: float(np.sum((c_[0] - zs[t_]) ** 2)))
-                if refine and corrections else None)
+        near = (min(changes, key=lambda c_: float(np.sum((c_[0] - zs[t_]) ** 2)))
+                if refine and changes else None)
         if refine and refine_at[t_]:
             u, b, factor, ok, shift = refine_conditional(model, th, u, b, factor,
                                                          shift=near[1] if near else None)
             n_unrefined += not ok
             if ok:
-                elbo = conditional_elbo(model, th, u, b, factor)
                 fe_ref, vc_ref = factor.border_inverse(), factor.sparse_diag_inverse()
-                corrections.append((zs[t_], shift, elbo - logp, vc_ref - vc_var_t, fe_ref - fe_cov))
-                logp, fe_cov, vc_var_t = elbo, fe_ref, vc_ref
+                changes.append((zs[t_], shift, vc_ref - vc_var_t, fe_ref - fe_cov))
+                fe_cov, vc_var_t = fe_ref, vc_ref
         elif near is not None:
-            _, (du, db, _), dlogp, dvar, dcov = near
-            u, b, logp = u + du, b + db, logp + dlogp
+            _, (du, db, _), dvar, dcov = near
+            u, b = u + du, b + db
             vc_var_t = np.maximum(vc_var_t + dvar, 0.5 * vc_var_t)
             fe_cov = fe_cov + dcov
         out[t_] = (logp, b, fe_cov, u, vc_var_t)
@@ -423,7 +428,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         w /= w.sum()
     else:
         w = np.full(len(logps), 1.0 / len(logps))
-        log_ml = logpost(mode) + 0.5 * k * LOG_2PI + log_jac
+        log_ml = logpost(mode) + cond.second_order(mode) + 0.5 * k * LOG_2PI + log_jac
     fe_m, fe_c = np.array(fe_m), np.array(fe_c)
     vc_m, vc_v = np.array(vc_m).reshape(len(w), q), np.array(vc_v).reshape(len(w), q)
     fe_mean = w @ fe_m

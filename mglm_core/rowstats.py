@@ -249,6 +249,48 @@ class RowData:
                 zr += c.ZT @ r
         return xr, zr
 
+    def row_patterns(self):
+        """``(pattern, count)``: an id per row, equal for rows with the same design row
+        :math:`(x_i, z_i)` (two fixed random projections of the row, compared exactly), and the
+        number of distinct rows. Computed once."""
+        if getattr(self, "_patterns", None) is None:
+            rng = np.random.default_rng(20261124)
+            r, s = rng.standard_normal((2, self.p)), rng.standard_normal((2, self.q))
+            keys = np.empty((self.n, 2))
+            for c in self.chunks:
+                keys[c.rows] = (r @ c.XT).T + (c.Z @ s.T if self.q else 0.0)
+            _, pattern = np.unique(keys, axis=0, return_inverse=True)
+            pattern = pattern.ravel()
+            self._patterns = (pattern, int(pattern.max()) + 1 if self.n else 0)
+        return self._patterns
+
+    def second_order_terms(self, family, fe, vc, row_var):
+        r"""``(X^T t, Z^T t, s_4, s_3)`` for the second-order Laplace correction, with
+        :math:`t_i = w_i' v_i`, :math:`s_4 = \sum_i w_i'' v_i^2` and
+        :math:`s_3 = \sum_{i,j:\,x_i = x_j} w_i' w_j' v_i^3` (the pairs of identical design rows,
+        for which :math:`x_i^\top H^{-1} x_j = v_i`: the same value whether rows are aggregated
+        into trials or not)."""
+        xr, zr = np.zeros(self.p), np.zeros(self.q)
+        pattern, n_pat = self.row_patterns()
+        d1_pat, v_pat = np.zeros(n_pat), np.zeros(n_pat)
+        s4 = 0.0
+        for c in self.chunks:
+            eta = self._eta(c, fe, vc)
+            v = row_var[c.rows]
+            d1 = family.weight_derivative(c.y, eta, c.trials)
+            d2 = family.weight_second_derivative(c.y, eta, c.trials)
+            r = d1 * v
+            s4 += float(d2 @ v**2)
+            pat = pattern[c.rows]
+            d1_pat += np.bincount(pat, weights=d1, minlength=n_pat)
+            v_pat[pat] = v
+            if self.p:
+                xr += c.XT @ r
+            if self.q:
+                zr += c.ZT @ r
+        s3 = float((d1_pat * d1_pat) @ v_pat**3)
+        return xr, zr, s4, s3
+
     def reduce(self, family, fe, vc, fe_var=None, vc_var=None, hessian=True, row_var=None) -> RowSums:
         """Sum the row statistics over all chunks.
 

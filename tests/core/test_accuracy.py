@@ -41,9 +41,9 @@ def test_map_collapses_where_the_integrated_fit_does_not():
 
 def test_three_components_follow_the_skewed_sd_posterior():
     """grouseticks (BROOD, INDEX, LOCATION): the 3-D grid in log-SD space follows LOCATION's
-    skewed posterior (a Gaussian design gave an SD ratio of 0.67 and a mean 0.39 SD off).
-    Every bar holds except INDEX's log-SD mean, 0.21 SD low (observation-level effects of
-    Poisson counts: the conditional approximations' bias), checked here at 0.25."""
+    skewed posterior (a Gaussian design gave an SD ratio of 0.67 and a mean 0.39 SD off), and the
+    second-order correction removes the plain Laplace value's bias against a large SD of the
+    observation-level INDEX effect (0.19 posterior SDs low without it). Every bar holds."""
     ref = json.loads((ROOT / "benchmarks" / "accuracy" / "reference" / "grouseticks.json").read_text())
     res = BY_NAME["grouseticks"].model().fit_laplace()
     assert res.vcp_grid is not None and len(res.vcp_grid.points) == 3
@@ -54,7 +54,8 @@ def test_three_components_follow_the_skewed_sd_posterior():
         if part == "fe":
             assert err.max() <= 0.1 and 0.9 <= ratio.min() and ratio.max() <= 1.1
         elif part == "vcp":
-            assert err.max() <= 0.25 and 0.85 <= ratio.min() and ratio.max() <= 1.15, (err, ratio)
+            assert err.max() <= 0.2 and 0.85 <= ratio.min() and ratio.max() <= 1.15, (err, ratio)
+            assert err[res.vcp_names.index("INDEX")] <= 0.1, err
         else:
             assert err.max() <= 0.25 and np.mean(err <= 0.1) >= 0.95
             assert np.mean(np.abs(ratio - 1) <= 0.15) >= 0.9

@@ -118,6 +118,32 @@ def test_integrated_log_density_gradient_finite_differences(family, trials):
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("family,y", [("poisson", [3.0, 0.0, 7.0]), ("binomial", [1.0, 0.0, 1.0])])
+def test_second_order_correction_moves_the_laplace_value_towards_the_integral(family, y):
+    """log p(y, vcp) by a fine 2-D grid over (fe, vc) against the Laplace value with and without
+    its second-order correction (three rows, an intercept and one random effect on two rows)."""
+    from scipy.special import gammaln
+
+    y = np.array(y)
+    X, Z = np.ones((3, 1)), np.array([[1.0], [1.0], [0.0]])
+    model = mg.BayesMixedGLM(y, X, Z, [0], family=family, fe_p=1.0, vcp_p=1.0)
+    vcp = np.array([0.3])
+    cond = _Conditional(model, 1e-13)
+    laplace = cond(vcp)[0]
+    corrected = laplace + cond.second_order(vcp)
+    g = np.linspace(-8, 8, 801)
+    F, U = np.meshgrid(g, g, indexing="ij")
+    eta = F[None] + Z[:, 0, None, None] * U[None]
+    if family == "poisson":
+        ll = np.sum(y[:, None, None] * eta - np.exp(eta) - gammaln(y + 1)[:, None, None], axis=0)
+    else:
+        ll = np.sum(y[:, None, None] * eta - np.logaddexp(0, eta), axis=0)
+    sd = np.exp(vcp[0])
+    lp = ll - 0.5 * F**2 - 0.5 * (U / sd) ** 2 - np.log(sd) - np.log(2 * np.pi)
+    exact = np.log(np.sum(np.exp(lp)) * (g[1] - g[0]) ** 2) - 0.5 * np.log(2 * np.pi) - 0.5 * vcp[0] ** 2
+    assert abs(corrected - exact) < 0.5 * abs(laplace - exact) and abs(laplace - exact) > 0.01
+
+
 def test_elbo_against_brute_force_integration():
     """One fixed effect, one component with one random effect: a 3-d integral by a product rule."""
     y = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
