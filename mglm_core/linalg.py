@@ -388,9 +388,11 @@ class SchurDenseLDL:
             # N is dense enough for BLAS: S = A_DD - Ns' Ns with Ns = diag(d)^(-1/2) N
             Ns = N.toarray()
             Ns /= np.sqrt(d)[:, None]
-            S = syrk(-1.0, Ns, trans=1, lower=1)  # lower triangle of -Ns' Ns (all cho_factor reads)
+            # lower triangle of -Ns' Ns (all cho_factor reads), Fortran-ordered: Ns.T is passed
+            # as the Fortran view it is, so neither syrk nor the in-place Cholesky copies
+            S = syrk(-1.0, Ns.T, trans=0, lower=1)
         else:
-            S = -(N.T @ sp.diags(1.0 / d) @ N).toarray()
+            S = -(N.T @ sp.diags(1.0 / d) @ N).toarray(order="F")
         lower = sym.dd_r >= sym.dd_c
         S[sym.dd_r[lower], sym.dd_c[lower]] += A.data[sym.dd_src[lower]]
         try:
