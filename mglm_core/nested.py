@@ -60,6 +60,7 @@ __all__ = ["fit_laplace"]
 _STEP = {1: 1.0, 2: 1.5, 3: 1.5}
 _DROP_K = {1: 6.5, 2: 5.0, 3: 4.5}
 _GRID_MAX_K = 3
+_GRID_TOL = 1e-7  # inner Newton decrement at the integration points
 _REFINE_DROP = 2.5  # refine the conditional Gaussians within this of the top log density
 
 
@@ -87,14 +88,15 @@ class _Conditional:
         self.cache = {}
         self.points = []  # (theta, u, b, du/dtheta, db/dtheta)
 
-    def __call__(self, vcp):
-        """``(log p~(vcp | y) + const, NewtonResult)`` at ``vcp``."""
-        return self._entry(vcp)[:2]
+    def __call__(self, vcp, tol=None):
+        """``(log p~(vcp | y) + const, NewtonResult)`` at ``vcp``; ``tol`` overrides the inner
+        tolerance for a point not solved yet."""
+        return self._entry(vcp, tol)[:2]
 
-    def _entry(self, vcp):
+    def _entry(self, vcp, tol=None):
         key = tuple(np.round(np.asarray(vcp, dtype=float), 12))
         if key not in self.cache:
-            self.cache[key] = self._solve(np.asarray(vcp, dtype=float))
+            self.cache[key] = self._solve(np.asarray(vcp, dtype=float), self.tol if tol is None else tol)
         return self.cache[key]
 
     def value_grad(self, vcp):
@@ -154,9 +156,9 @@ class _Conditional:
         d = vcp - t0
         return u + su @ d, b + sb @ d
 
-    def _solve(self, vcp):
+    def _solve(self, vcp, tol):
         u0, b0 = self._warm_start(vcp)
-        nr = newton_ascent(conditional_fun(self.lj, vcp), u0, b0, tol=self.tol, max_iter=100,
+        nr = newton_ascent(conditional_fun(self.lj, vcp), u0, b0, tol=tol, max_iter=100,
                            reuse=self.symbolic)
         self.n_inner += nr.n_iter
         if nr.factor is None or not np.isfinite(nr.value):
@@ -373,7 +375,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
 
     if k <= _GRID_MAX_K:
         step = _STEP[k]
-        pts = _grid_points(lambda z: cond(mode + root @ z)[0], k, step)
+        # grid points need the log density to ~1e-4, not the 1e-11 of the mode search's differences
+        pts = _grid_points(lambda z: cond(mode + root @ z, tol=_GRID_TOL)[0], k, step)
         zs = np.array(list(pts.keys()), dtype=float) * step
         logp_grid = np.array(list(pts.values()))
         zs = zs[logp_grid > logp_grid.max() - _DROP_K[k] - 3]
