@@ -56,6 +56,10 @@ DEMOS: dict[str, DemoSpec] = {
                  ("district",), description="Contraceptive use in Bangladesh, 60 districts."),
         DemoSpec("VerbAgg", "VerbAgg.csv", "r2_01", "binomial", ("Anger", "Gender", "btype", "situ"),
                  ("id", "item"), description="Verbal aggression items: 316 people x 24 items (crossed)."),
+        DemoSpec("guImmun", "guImmun.csv", "immun_01", "binomial",
+                 ("kid2p", "mom25p", "ord", "ethn", "momEd", "husEd", "momWork", "rural", "pcInd81"), ("mom", "comm"),
+                 description="Child immunisation in Guatemala: 2159 children of 1595 mothers in 161 communities "
+                             "(mothers nested in communities; most have one child in the data)."),
     ]
 }
 
