@@ -53,6 +53,7 @@ from .laplace import conditional_fun, irls_start
 from .newton import newton_ascent
 from .objectives import LOG_2PI, LogJoint
 from .progress import Progress
+from .quadrature import IndependentEffects
 from .results import BayesMixedGLMResults, FitDiagnostics, VcpGrid
 
 __all__ = ["fit_laplace"]
@@ -61,6 +62,7 @@ _STEP = {1: 1.0, 2: 1.5, 3: 1.5}
 _DROP_K = {1: 6.5, 2: 5.0, 3: 4.5}
 _GRID_MAX_K = 3
 _GRID_TOL = 1e-7  # inner Newton decrement at the integration points
+_SPREAD_MAX = 3.0  # largest range of the second-order correction within one SD of the mode
 _REFINE_DROP = 2.5  # refine the conditional Gaussians within this of the top log density
 
 
@@ -87,6 +89,9 @@ class _Conditional:
         self.failures = 0
         self.cache = {}
         self.points = []  # (theta, u, b, du/dtheta, db/dtheta)
+        self.quad = IndependentEffects.find(model)
+        self.correction = "second_order"
+        self.delta = {}  # correction at each solved vcp
 
     def __call__(self, vcp, tol=None):
         """``(log p~(vcp | y) + const, NewtonResult)`` at ``vcp``; ``tol`` overrides the inner
@@ -125,6 +130,42 @@ class _Conditional:
         v = m.rows.latent_row_variances(nr.factor)
         xr, zr = m.rows.weight_derivative_sums(m.family, nr.b, nr.u, v)
         return logp, g - 0.5 * (xr @ sb + zr @ su)
+
+    def corrected(self, vcp, tol=None):
+        """``(log p~(vcp | y) + correction + const, NewtonResult)``: the Laplace value plus
+        :meth:`second_order` (``self.correction == "second_order"``) or the exact one-dimensional
+        integration of the conditionally independent component (``"quadrature"``,
+        :class:`~mglm_core.quadrature.IndependentEffects`), or nothing (``None``)."""
+        logp, nr = self(vcp, tol)
+        if self.correction is None or not np.isfinite(logp):
+            return logp, nr
+        key = tuple(np.round(np.asarray(vcp, dtype=float), 12))
+        if key not in self.delta:
+            vcp = np.asarray(vcp, dtype=float)
+            self.delta[key] = (self.second_order(vcp) if self.correction == "second_order"
+                               else self.quad.correction(self.model, vcp, nr.b, nr.u))
+        return logp + self.delta[key], nr
+
+    def use(self, correction):
+        """Switch the correction of :meth:`corrected` (``"second_order"``, ``"quadrature"`` or None)."""
+        if correction != self.correction:
+            self.correction, self.delta = correction, {}
+
+    def corrected_value_grad(self, vcp, h=1e-2):
+        """:meth:`corrected` and its gradient: :meth:`value_grad` plus central differences of the
+        correction (which has no closed-form derivative)."""
+        f, g = self.value_grad(vcp)
+        if self.correction is None or not np.isfinite(f):
+            return f, g
+        vcp = np.asarray(vcp, dtype=float)
+        f_c = self.corrected(vcp)[0]
+        dg = np.empty(vcp.size)
+        for i in range(vcp.size):
+            e = np.zeros(vcp.size)
+            e[i] = h
+            dg[i] = ((self.corrected(vcp + e)[0] - self(vcp + e)[0])
+                     - (self.corrected(vcp - e)[0] - self(vcp - e)[0])) / (2 * h)
+        return f_c, g + dg
 
     def second_order(self, vcp):
         r"""The second-order correction of the Laplace value at ``vcp`` (Shun & McCullagh 1995).
@@ -289,6 +330,21 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
     return x, f0, g, -_grad_hessian(lambda x_: safe(x_), x, g, h), converged, it
 
 
+def _correction_spread(cond, mode, H):
+    """Range of the correction over the mode and the points one posterior SD away along each axis."""
+    k = mode.size
+    sd = np.sqrt(np.maximum(np.diag(np.linalg.pinv(H)), 0.0))
+    vals = [cond.corrected(mode)[0] - cond(mode)[0]]
+    for i in range(k):
+        for sgn in (-1.0, 1.0):
+            th = mode.copy()
+            th[i] += sgn * sd[i]
+            f_c, f = cond.corrected(th, tol=_GRID_TOL)[0], cond(th)[0]
+            if np.isfinite(f_c) and np.isfinite(f):
+                vals.append(f_c - f)
+    return float(np.ptp(vals))
+
+
 def _grid_points(logf, k, step):
     """Explore a regular grid in z outwards from 0 while within _DROP_K[k] of the maximum."""
     drop = _DROP_K[k]
@@ -344,7 +400,6 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     msgs = []
     if k == 0:
         logp, nr = cond(np.zeros(0))
-        logp += cond.second_order(np.zeros(0))
         cov = nr.factor.border_inverse()
         vc_var = nr.factor.sparse_diag_inverse()
         prog.done()
@@ -353,12 +408,29 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
                                     nr.u, np.sqrt(vc_var), diag, border_cov=cov, log_marginal_likelihood=logp)
 
     def logpost(theta):
-        v = cond(theta)[0]
+        v = cond.corrected(theta)[0]
         return v if np.isfinite(v) else -1e300
 
-    mode, _, grad, H, search_ok, n_outer = _maximise_theta(
-        cond.value_grad, np.zeros(k), vcp_bounds,
-        progress=lambda it: prog.report(0.3 * (1.0 - 0.6**it), f"mode of the log-SD posterior, iteration {it}"))
+    search = dict(progress=lambda it: prog.report(0.3 * (1.0 - 0.6**it),
+                                                  f"mode of the log-SD posterior, iteration {it}"))
+    mode, _, grad, H, search_ok, n_outer = _maximise_theta(cond.value_grad, np.zeros(k), vcp_bounds, **search)
+    # The second-order correction is a series in the row variances Var(eta_i): with few rows per
+    # effect and a large SD (binary data, one or two rows per mother) it runs away. Then the exact
+    # integration of the conditionally independent component takes its place.
+    spread = _correction_spread(cond, mode, H)
+    if spread > _SPREAD_MAX:
+        cond.use("quadrature" if cond.quad is not None else None)
+        mode, _, grad, H, search_ok, n_more = _maximise_theta(cond.corrected_value_grad, mode, vcp_bounds, **search)
+        n_outer += n_more
+        msgs.append(
+            "Few observations per random effect for the variances involved: the second-order correction of "
+            f"the Laplace approximation varies by {spread:.0f} log units within one posterior SD of the mode, "
+            "outside its range. "
+            + (f"The effects of {model.vcp_names[cond.quad.component]} were integrated exactly instead; the "
+               "posterior of the SDs is still approximate (check against MCMC)."
+               if cond.quad is not None else
+               "The plain Laplace approximation was used; the posterior of the SDs is approximate (check "
+               "against MCMC)."))
     at_bound = np.isclose(mode, vcp_bounds[0], atol=1e-3) | np.isclose(mode, vcp_bounds[1], atol=1e-3)
     if at_bound.any():
         names = ", ".join(model.vcp_names[j] for j in np.flatnonzero(at_bound))
@@ -376,7 +448,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     if k <= _GRID_MAX_K:
         step = _STEP[k]
         # grid points need the log density to ~1e-4, not the 1e-11 of the mode search's differences
-        pts = _grid_points(lambda z: cond(mode + root @ z, tol=_GRID_TOL)[0], k, step)
+        pts = _grid_points(lambda z: cond.corrected(mode + root @ z, tol=_GRID_TOL)[0], k, step)
         zs = np.array(list(pts.keys()), dtype=float) * step
         logp_grid = np.array(list(pts.values()))
         zs = zs[logp_grid > logp_grid.max() - _DROP_K[k] - 3]
@@ -389,7 +461,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     # Log weights: the Laplace value plus its second-order correction at every point. Moments: the
     # conditional Gaussian refined where the log density is within _REFINE_DROP of its top (from the
     # highest point outwards); elsewhere (little mass) moved by the nearest refined point's changes.
-    lap = np.array([cond(th)[0] for th in thetas])
+    lap = np.array([cond.corrected(th)[0] for th in thetas])
     refine_at = lap > lap.max() - _REFINE_DROP if k <= _GRID_MAX_K else np.ones(len(thetas), bool)
     out = {}
     n_unrefined = 0
@@ -397,10 +469,9 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     for i_, t_ in enumerate(np.argsort(-lap, kind="stable")):
         th = thetas[t_]
         prog.report(0.35 + 0.63 * i_ / len(thetas), f"integration point {i_ + 1} of {len(thetas)}")
-        logp, nr = cond(th)
+        logp, nr = cond.corrected(th)
         if nr.factor is None:
             continue
-        logp += cond.second_order(th)
         u, b, factor = nr.u, nr.b, nr.factor
         fe_cov, vc_var_t = factor.border_inverse(), factor.sparse_diag_inverse()
         near = (min(changes, key=lambda c_: float(np.sum((c_[0] - zs[t_]) ** 2)))
@@ -431,7 +502,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         w /= w.sum()
     else:
         w = np.full(len(logps), 1.0 / len(logps))
-        log_ml = logpost(mode) + cond.second_order(mode) + 0.5 * k * LOG_2PI + log_jac
+        log_ml = logpost(mode) + 0.5 * k * LOG_2PI + log_jac
     fe_m, fe_c = np.array(fe_m), np.array(fe_c)
     vc_m, vc_v = np.array(vc_m).reshape(len(w), q), np.array(vc_v).reshape(len(w), q)
     fe_mean = w @ fe_m
