@@ -29,6 +29,12 @@ gradient) defines standardised coordinates :math:`\theta = \theta^* + \Sigma^{1/
 (:meth:`_Conditional.second_order`, Shun & McCullagh 1995): with observation-level
 effects of Poisson counts the plain Laplace value is biased against large SDs
 (grouseticks' ``INDEX``: 0.19 posterior SDs low; 0.02 with the correction).
+The series is in the variances of the linear predictors; with few rows per effect
+and a large SD (binary data, one or two children per mother: guImmun) it runs away.
+When it varies by more than 3 within one posterior SD of the mode, the fit switches
+to :class:`~mglm_core.quadrature.NestedMarginal` (the effects of the innermost
+component integrated exactly by adaptive Gauss–Hermite quadrature, the rest by
+Laplace; gradient by differences), finds the mode again, and warns.
 At the points whose log density is within 2.5 of the top, the conditional
 Gaussian is refined variationally (:func:`refine_conditional`: better means for
 binary data); the other points (little mass) are moved by the nearest refined
@@ -53,7 +59,7 @@ from .laplace import conditional_fun, irls_start
 from .newton import newton_ascent
 from .objectives import LOG_2PI, LogJoint
 from .progress import Progress
-from .quadrature import IndependentEffects
+from .quadrature import IndependentEffects, NestedMarginal
 from .results import BayesMixedGLMResults, FitDiagnostics, VcpGrid
 
 __all__ = ["fit_laplace"]
@@ -90,6 +96,7 @@ class _Conditional:
         self.cache = {}
         self.points = []  # (theta, u, b, du/dtheta, db/dtheta)
         self.quad = IndependentEffects.find(model)
+        self.nested = None if self.quad is None else NestedMarginal.build(model, self.quad)
         self.correction = "second_order"
         self.delta = {}  # correction at each solved vcp
 
@@ -133,8 +140,10 @@ class _Conditional:
 
     def corrected(self, vcp, tol=None):
         """``(log p~(vcp | y) + correction + const, NewtonResult)``: the Laplace value plus
-        :meth:`second_order` (``self.correction == "second_order"``) or the exact one-dimensional
-        integration of the conditionally independent component (``"quadrature"``,
+        :meth:`second_order` (``self.correction == "second_order"``), or replaced by the nested
+        approximation with the conditionally independent component integrated exactly
+        (``"nested"``, :class:`~mglm_core.quadrature.NestedMarginal`), or corrected by exact
+        one-dimensional integrals at the joint mode (``"quadrature"``,
         :class:`~mglm_core.quadrature.IndependentEffects`), or nothing (``None``)."""
         logp, nr = self(vcp, tol)
         if self.correction is None or not np.isfinite(logp):
@@ -142,8 +151,13 @@ class _Conditional:
         key = tuple(np.round(np.asarray(vcp, dtype=float), 12))
         if key not in self.delta:
             vcp = np.asarray(vcp, dtype=float)
-            self.delta[key] = (self.second_order(vcp) if self.correction == "second_order"
-                               else self.quad.correction(self.model, vcp, nr.b, nr.u))
+            if self.correction == "second_order":
+                self.delta[key] = self.second_order(vcp)
+            elif self.correction == "nested":
+                D = self.nested.D
+                self.delta[key] = self.nested.log_marginal(vcp, nr.u[D], nr.b) - logp
+            else:
+                self.delta[key] = self.quad.correction(self.model, vcp, nr.b, nr.u)
         return logp + self.delta[key], nr
 
     def use(self, correction):
@@ -279,12 +293,13 @@ def _grad_hessian(fg, x, g, h):
     return 0.5 * (H + H.T)
 
 
-def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None):
+def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None, f=None, max_step=2.0):
     """Quasi-Newton ascent on a low-dimensional, smooth log density with an analytic gradient.
 
-    ``fg(x) -> (f, gradient)``. The Hessian starts from central differences of the gradient and
-    is updated by BFGS; steps are projected on the box ``bounds``, with backtracking on f. At the
-    end the Hessian is recomputed by differences (it standardises the integration grid).
+    ``fg(x) -> (f, gradient)``; ``f(x)``, when given, is the value alone (for the line search).
+    The Hessian starts from central differences of the gradient and is updated by BFGS; steps
+    are clipped to ``max_step`` and projected on the box ``bounds``, with backtracking on f. At
+    the end the Hessian is recomputed by differences (it standardises the integration grid).
     Returns ``(x, f(x), gradient, -Hessian, converged, iterations)``.
     """
     lo, hi = bounds
@@ -294,9 +309,13 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         ok = np.isfinite(f_) and np.all(np.isfinite(g_))
         return (f_, g_) if ok else (-np.inf, np.zeros_like(x_))
 
+    def value(x_):
+        v = f(x_) if f is not None else fg(x_)[0]
+        return v if np.isfinite(v) else -np.inf
+
     x = np.clip(np.asarray(x0, dtype=float), lo, hi)
     f0, g = safe(x)
-    B = -_grad_hessian(lambda x_: safe(x_), x, g, h)  # -Hessian, kept positive definite
+    B = -_grad_hessian(safe, x, g, h)  # -Hessian, kept positive definite
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
@@ -305,17 +324,17 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
             step = evecs @ ((evecs.T @ g) / evals)
         else:
             step = g / max(1.0, np.abs(g).max())
-        step = np.clip(step, -2.0, 2.0)
+        step = np.clip(step, -max_step, max_step)
         if np.max(np.abs(step)) < tol:
             converged = True
             break
         t = 1.0
         while True:
             xn = np.clip(x + t * step, lo, hi)
-            fn, gn = safe(xn)
-            if fn >= f0 - 1e-12 or t < 1e-4:
+            if value(xn) >= f0 - 1e-12 or t < 1e-4:
                 break
             t *= 0.5
+        fn, gn = safe(xn)
         s_, y_ = xn - x, g - gn
         if s_ @ y_ > 1e-10:  # BFGS update of -Hessian
             Bs = B @ s_
@@ -327,7 +346,7 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         if moved < tol:
             converged = True
             break
-    return x, f0, g, -_grad_hessian(lambda x_: safe(x_), x, g, h), converged, it
+    return x, f0, g, -_grad_hessian(safe, x, g, h), converged, it
 
 
 def _correction_spread(cond, mode, H):
@@ -413,24 +432,28 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
 
     search = dict(progress=lambda it: prog.report(0.3 * (1.0 - 0.6**it),
                                                   f"mode of the log-SD posterior, iteration {it}"))
-    mode, _, grad, H, search_ok, n_outer = _maximise_theta(cond.value_grad, np.zeros(k), vcp_bounds, **search)
+    mode, _, grad, H, search_ok, n_outer = _maximise_theta(cond.value_grad, np.zeros(k), vcp_bounds,
+                                                           f=lambda th: cond(th)[0], **search)
     # The second-order correction is a series in the row variances Var(eta_i): with few rows per
     # effect and a large SD (binary data, one or two rows per mother) it runs away. Then the exact
     # integration of the conditionally independent component takes its place.
     spread = _correction_spread(cond, mode, H)
     if spread > _SPREAD_MAX:
-        cond.use("quadrature" if cond.quad is not None else None)
-        mode, _, grad, H, search_ok, n_more = _maximise_theta(cond.corrected_value_grad, mode, vcp_bounds, **search)
+        fallback = "nested" if cond.nested is not None else "quadrature" if cond.quad is not None else None
+        cond.use(fallback)
+        mode, _, grad, H, search_ok, n_more = _maximise_theta(
+            cond.corrected_value_grad, mode, vcp_bounds, f=lambda th: cond.corrected(th)[0], max_step=0.5, **search)
         n_outer += n_more
+        how = {"nested": f"the effects of {model.vcp_names[cond.quad.component]} were integrated exactly "
+                         "(adaptive Gauss-Hermite) and the rest by Laplace instead",
+               "quadrature": f"exact integrals over the effects of {model.vcp_names[cond.quad.component]} "
+                             "corrected the Laplace value instead",
+               None: "the plain Laplace value was used"}[fallback]
         msgs.append(
             "Few observations per random effect for the variances involved: the second-order correction of "
             f"the Laplace approximation varies by {spread:.0f} log units within one posterior SD of the mode, "
-            "outside its range. "
-            + (f"The effects of {model.vcp_names[cond.quad.component]} were integrated exactly instead; the "
-               "posterior of the SDs is still approximate (check against MCMC)."
-               if cond.quad is not None else
-               "The plain Laplace approximation was used; the posterior of the SDs is approximate (check "
-               "against MCMC)."))
+            f"outside its range; {how}."
+            + ("" if fallback == "nested" else " The posterior of the SDs is approximate (check against MCMC)."))
     at_bound = np.isclose(mode, vcp_bounds[0], atol=1e-3) | np.isclose(mode, vcp_bounds[1], atol=1e-3)
     if at_bound.any():
         names = ", ".join(model.vcp_names[j] for j in np.flatnonzero(at_bound))
