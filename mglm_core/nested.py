@@ -293,11 +293,13 @@ def _grad_hessian(fg, x, g, h):
     return 0.5 * (H + H.T)
 
 
-def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None, f=None, max_step=2.0):
+def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None, f=None, max_step=2.0,
+                    neg_hessian=None):
     """Quasi-Newton ascent on a low-dimensional, smooth log density with an analytic gradient.
 
     ``fg(x) -> (f, gradient)``; ``f(x)``, when given, is the value alone (for the line search).
-    The Hessian starts from central differences of the gradient and is updated by BFGS; steps
+    The Hessian starts from ``-neg_hessian`` if given, else from central differences of the
+    gradient, and is updated by BFGS; steps
     are clipped to ``max_step`` and projected on the box ``bounds``, with backtracking on f. At
     the end the Hessian is recomputed by differences (it standardises the integration grid).
     Returns ``(x, f(x), gradient, -Hessian, converged, iterations)``.
@@ -315,7 +317,7 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
 
     x = np.clip(np.asarray(x0, dtype=float), lo, hi)
     f0, g = safe(x)
-    B = -_grad_hessian(safe, x, g, h)  # -Hessian, kept positive definite
+    B = -_grad_hessian(safe, x, g, h) if neg_hessian is None else np.array(neg_hessian, dtype=float)
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
@@ -442,7 +444,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         fallback = "nested" if cond.nested is not None else "quadrature" if cond.quad is not None else None
         cond.use(fallback)
         mode, _, grad, H, search_ok, n_more = _maximise_theta(
-            cond.corrected_value_grad, mode, vcp_bounds, f=lambda th: cond.corrected(th)[0], max_step=0.5, **search)
+            cond.corrected_value_grad, mode, vcp_bounds, f=lambda th: cond.corrected(th)[0], max_step=0.5,
+            neg_hessian=H, **search)
         n_outer += n_more
         how = {"nested": f"the effects of {model.vcp_names[cond.quad.component]} were integrated exactly "
                          "(adaptive Gauss-Hermite) and the rest by Laplace instead",
