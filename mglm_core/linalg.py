@@ -278,17 +278,28 @@ class SparseLDL:
             out[tail] = T[lo[tail] - j0, hi[tail] - j0]
         rest = np.flatnonzero(~same & ~tail)
         if rest.size:
-            order = rest[np.argsort(lo[rest], kind="stable")]
-            cols = lo[order]
-            bounds = np.flatnonzero(np.diff(cols)) + 1
-            for grp in np.split(np.arange(order.size), bounds):
-                k = cols[grp[0]]
-                want = hi[order[grp]]
-                pos = np.searchsorted(rows[k], want)
-                if rows[k].size == 0 or np.any(pos >= rows[k].size) or not np.array_equal(rows[k][pos], want):
-                    raise _NotChordal()
-                out[order[grp]] = vals[k][pos]
+            keys, flat_vals = self._flat_selected()
+            want = lo[rest].astype(np.int64) * self.n + hi[rest]
+            pos = np.minimum(np.searchsorted(keys, want), max(keys.size - 1, 0))
+            if keys.size == 0 or not np.array_equal(keys[pos], want):
+                raise _NotChordal()
+            out[rest] = flat_vals[pos]
         return out
+
+    def _flat_selected(self):
+        """The stored entries of the sparse part of the selected inverse as sorted keys
+        ``column * n + row`` and their values (built once per Takahashi run)."""
+        sel = self._selected
+        cached = getattr(self, "_flat", None)
+        if cached is None or cached[0] is not sel:
+            rows, vals = sel[0], sel[1]
+            cols = [j for j in range(self.n) if rows[j] is not None]
+            lens = np.array([rows[j].size for j in cols], dtype=np.int64)
+            col_of = np.repeat(np.array(cols, dtype=np.int64), lens)
+            r = np.concatenate([rows[j] for j in cols]).astype(np.int64) if cols else np.zeros(0, np.int64)
+            v = np.concatenate([vals[j] for j in cols]) if cols else np.zeros(0)
+            self._flat = cached = (sel, col_of * self.n + r, v)  # columns ascending, rows sorted within
+        return cached[1], cached[2]
 
 
 DENSE_TAIL_MAX = 5000  # largest dense Schur complement (columns) factored by LAPACK
