@@ -171,6 +171,24 @@ def test_nested_marginal_integrates_the_innermost_effects_exactly():
     assert abs(value - exact) < 2e-3 and abs(laplace - exact) > 0.1
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_few_rows_per_group_switch_to_the_nested_approximation(seed):
+    """300 groups of 2 binary rows, true SD 2.5: the second-order series runs away, the fit warns and
+    integrates the groups exactly; the log-SD posterior moves up from the plain Laplace mode (biased
+    low for such data) and covers the truth."""
+    from mglm_core.nested import _maximise_theta
+    from mglm_core.simulate import simulate_glmm
+
+    sim = simulate_glmm(family="binomial", n_groups=300, group_size=2, sd=2.5, seed=seed)
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g)", data=sim.data)
+    res = model.fit_laplace()
+    assert any("integrated exactly" in w for w in res.warnings)
+    cond = _Conditional(model, 1e-11)
+    laplace_mode = _maximise_theta(cond.value_grad, np.zeros(1), (-12.0, 8.0), f=lambda th: cond(th)[0])[0]
+    assert res.vcp_mean[0] - laplace_mode[0] > res.vcp_sd[0]
+    assert abs(res.vcp_mean[0] - np.log(2.5)) < 2.5 * res.vcp_sd[0]
+
+
 def test_elbo_against_brute_force_integration():
     """One fixed effect, one component with one random effect: a 3-d integral by a product rule."""
     y = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
