@@ -64,15 +64,16 @@ def test_three_components_follow_the_skewed_sd_posterior():
 @pytest.mark.slow
 def test_few_rows_per_effect_switch_to_exact_inner_integration():
     """guImmun (1595 mothers with one to three binary rows, SD about 2.6): the second-order series
-    runs away, the fit warns and integrates the mothers' effects exactly. The SDs then match NUTS
-    (plain Laplace puts the mothers' log-SD 7 posterior SDs low); fixed-effect means stay within
-    0.11 reference SDs (kid2p, a within-mother covariate, is the largest; bar 0.1)."""
+    runs away, the fit warns and integrates the mothers' effects exactly. Every bar holds: plain
+    Laplace puts the mothers' log-SD 7 posterior SDs low, and the conditional Gaussian's mean of
+    kid2p (a within-mother covariate) is 0.11 SD off without the nested approximation's skewness shift."""
     ref = json.loads((ROOT / "benchmarks" / "accuracy" / "reference" / "guImmun.json").read_text())
     res = BY_NAME["guImmun"].model().fit_laplace()
     assert any("integrated exactly" in w for w in res.warnings)
     err = {part: np.abs(getattr(res, f"{part}_mean") - np.array(ref[f"{part}_mean"])) / np.array(ref[f"{part}_sd"])
            for part in ("fe", "vcp", "vc")}
     assert err["vcp"].max() <= 0.2 and err["vc"].max() <= 0.25 and np.mean(err["vc"] <= 0.1) >= 0.95
-    assert err["fe"].max() <= 0.12
-    ratio = res.vcp_sd / np.array(ref["vcp_sd"])
-    assert 0.85 <= ratio.min() and ratio.max() <= 1.15
+    assert err["fe"].max() <= 0.1
+    for part, (lo, hi) in (("fe", (0.9, 1.1)), ("vcp", (0.85, 1.15))):
+        ratio = getattr(res, f"{part}_sd") / np.array(ref[f"{part}_sd"])
+        assert lo <= ratio.min() and ratio.max() <= hi, (part, ratio)

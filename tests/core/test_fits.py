@@ -189,6 +189,34 @@ def test_few_rows_per_group_switch_to_the_nested_approximation(seed):
     assert abs(res.vcp_mean[0] - np.log(2.5)) < 2.5 * res.vcp_sd[0]
 
 
+def test_nested_fe_mean_shift_moves_the_mode_to_the_posterior_mean():
+    """Three effects with one or two binary rows, SD 2.2, an intercept: E[fe | vcp, y] by brute force
+    (the effects integrated on a grid for every intercept value) against the nested approximation's
+    mode and its mode plus the skewness shift."""
+    from mglm_core.quadrature import IndependentEffects, NestedMarginal
+
+    y = np.array([1.0, 0.0, 1.0, 1.0, 1.0])
+    Z = np.zeros((5, 3))
+    Z[[0, 1], 0] = Z[[2, 3], 1] = Z[4, 2] = 1.0
+    model = mg.BayesMixedGLM(y, np.ones((5, 1)), Z, [0, 0, 0], family="binomial", fe_p=1.0)
+    vcp = np.array([0.8])
+    nested = NestedMarginal.build(model, IndependentEffects.find(model))
+    nr = _Conditional(model, 1e-13)(vcp)[1]
+    shift = nested.fe_mean_shift(vcp, nr.u[nested.D], nr.b)
+    mode = nested.last[1]
+    f = np.linspace(-6, 6, 1201)[:, None]
+    u = np.linspace(-25, 25, 2001)[None, :]
+    sd = np.exp(vcp[0])
+    log_f = -0.5 * f[:, 0] ** 2
+    for rows in ([0, 1], [2, 3], [4]):
+        ll = sum(y[i] * (f + u) - np.logaddexp(0, f + u) for i in rows) - 0.5 * (u / sd) ** 2
+        mx = ll.max(axis=1, keepdims=True)
+        log_f += (mx + np.log(np.exp(ll - mx).sum(axis=1, keepdims=True)))[:, 0]
+    w = np.exp(log_f - log_f.max())
+    exact = float(np.sum(w * f[:, 0]) / np.sum(w))
+    assert abs(mode[0] + shift[0] - exact) < 0.3 * abs(mode[0] - exact)
+
+
 def test_elbo_against_brute_force_integration():
     """One fixed effect, one component with one random effect: a 3-d integral by a product rule."""
     y = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
