@@ -146,9 +146,7 @@ class _Conditional:
         """``(log p~(vcp | y) + correction + const, NewtonResult)``: the Laplace value plus
         :meth:`second_order` (``self.correction == "second_order"``), or replaced by the nested
         approximation with the conditionally independent component integrated exactly
-        (``"nested"``, :class:`~mglm_core.quadrature.NestedMarginal`), or corrected by exact
-        one-dimensional integrals at the joint mode (``"quadrature"``,
-        :class:`~mglm_core.quadrature.IndependentEffects`), or nothing (``None``)."""
+        (``"nested"``, :class:`~mglm_core.quadrature.NestedMarginal`), or nothing (``None``)."""
         logp, nr = self(vcp, tol)
         if self.correction is None or not np.isfinite(logp):
             return logp, nr
@@ -157,16 +155,14 @@ class _Conditional:
             vcp = np.asarray(vcp, dtype=float)
             if self.correction == "second_order":
                 self.delta[key] = self.second_order(vcp)
-            elif self.correction == "nested":
+            else:  # "nested"
                 D = self.nested.D
                 self.delta[key] = self.nested.log_marginal(vcp, nr.u[D], nr.b) - logp
                 self.outer_fe[key] = None if self.nested.last is None else self.nested.last[1]
-            else:
-                self.delta[key] = self.quad.correction(self.model, vcp, nr.b, nr.u)
         return logp + self.delta[key], nr
 
     def use(self, correction):
-        """Switch the correction of :meth:`corrected` (``"second_order"``, ``"quadrature"`` or None)."""
+        """Switch the correction of :meth:`corrected` (``"second_order"``, ``"nested"`` or None)."""
         if correction != self.correction:
             self.correction, self.delta, self.outer_fe = correction, {}, {}
 
@@ -446,22 +442,20 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     # integration of the conditionally independent component takes its place.
     spread = _correction_spread(cond, mode, H)
     if spread > _SPREAD_MAX:
-        fallback = "nested" if cond.nested is not None else "quadrature" if cond.quad is not None else None
+        fallback = "nested" if cond.nested is not None else None
         cond.use(fallback)
         mode, _, grad, H, search_ok, n_more = _maximise_theta(
             cond.corrected_value_grad, mode, vcp_bounds, f=lambda th: cond.corrected(th)[0], max_step=0.5,
             neg_hessian=H, **search)
         n_outer += n_more
-        how = {"nested": f"the effects of {model.vcp_names[cond.quad.component]} were integrated exactly "
-                         "(adaptive Gauss-Hermite) and the rest by Laplace instead",
-               "quadrature": f"exact integrals over the effects of {model.vcp_names[cond.quad.component]} "
-                             "corrected the Laplace value instead",
-               None: "the plain Laplace value was used"}[fallback]
+        how = (f"the effects of {model.vcp_names[cond.quad.component]} were integrated exactly (adaptive "
+               "Gauss-Hermite) and the rest by Laplace instead" if fallback else
+               "no component has one effect per row, so the plain Laplace value was used; the posterior of "
+               "the SDs is approximate (check against MCMC)")
         msgs.append(
             "Few observations per random effect for the variances involved: the second-order correction of "
             f"the Laplace approximation varies by {spread:.0f} log units within one posterior SD of the mode, "
-            f"outside its range; {how}."
-            + ("" if fallback == "nested" else " The posterior of the SDs is approximate (check against MCMC)."))
+            f"outside its range; {how}.")
     at_bound = np.isclose(mode, vcp_bounds[0], atol=1e-3) | np.isclose(mode, vcp_bounds[1], atol=1e-3)
     if at_bound.any():
         names = ", ".join(model.vcp_names[j] for j in np.flatnonzero(at_bound))

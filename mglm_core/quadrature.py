@@ -1,31 +1,23 @@
 r"""Exact one-dimensional integration of the random effects of one component.
 
 Pick the component :math:`P` whose effects never share a row with another effect of
-:math:`P` (an observation-level effect, or the innermost factor of a nested design:
-mothers within communities). Given the fixed effects and the other random effects
-(:math:`a`), the effects of :math:`P` are independent, and the integral over them is a
-product of one-dimensional integrals
+:math:`P` (an observation-level effect, the innermost factor of a nested design: mothers
+within communities, or one of two crossed factors). Given the fixed effects and the other
+random effects (:math:`a`), the effects of :math:`P` are independent, and the integral
+over them is a product of one-dimensional integrals
 
 .. math::
 
     I_j(a) = \int \exp h_j(u)\,du, \qquad
     h_j(u) = \sum_{i \in R_j} \ell_i(a_i + z_i u) - \frac{u^2}{2\sigma_P^2} - \tfrac12\log(2\pi\sigma_P^2),
 
-over the rows :math:`R_j` of effect :math:`j`. The Laplace value of the whole integral
-replaces each :math:`I_j` by its Laplace value
-:math:`\hat I_j = \exp h_j(\hat u_j)\,\sqrt{2\pi / c_j}` at the joint mode
-(:math:`c_j = -h_j''(\hat u_j)`). With few rows per effect (binary data: one to three
-children per mother) that is where the Laplace approximation fails; the correction
-
-.. math::
-
-    \delta(\theta) = \sum_j \log I_j(\hat a) - \log \hat I_j(\hat a)
-
-computes each :math:`I_j` by adaptive Gauss–Hermite quadrature around :math:`\hat u_j`
-with scale :math:`c_j^{-1/2}` (exact for a Gaussian integrand, so :math:`\delta = 0`
-when the Laplace value is exact). The other coordinates stay at their joint mode: they
-are informed by many rows, where the Laplace approximation is accurate. Cost: a few
-passes over the rows of :math:`P` per node, ``nodes`` passes in all.
+over the rows :math:`R_j` of effect :math:`j`. The Laplace approximation replaces each
+:math:`I_j` by :math:`\exp h_j(\hat u_j)\,\sqrt{2\pi / c_j}` (:math:`c_j = -h_j''(\hat u_j)`);
+with few rows per effect and a large SD (binary data: one to three children per mother)
+that is where it fails. :class:`NestedMarginal` computes each :math:`I_j` by adaptive
+Gauss–Hermite quadrature around :math:`\hat u_j` with scale :math:`c_j^{-1/2}` (exact for a
+Gaussian integrand) and applies the Laplace approximation over :math:`a` only, which is
+informed by many rows.
 """
 from __future__ import annotations
 
@@ -33,11 +25,11 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import logsumexp
 
-__all__ = ["IndependentEffects"]
+__all__ = ["IndependentEffects", "NestedMarginal"]
 
 
 class IndependentEffects:
-    """The rows of one conditionally independent component and the correction :math:`\\delta`.
+    """The rows of one conditionally independent component and the Gauss–Hermite rule.
 
     Parameters
     ----------
@@ -79,35 +71,13 @@ class IndependentEffects:
                 best, best_m = k, cols.size
         return None if best is None else cls(model, best, nodes)
 
-    def correction(self, model, vcp, fe, vc):
-        """:math:`\\delta(\\theta)` at the conditional mode ``(fe, vc)`` for log-SDs ``vcp``."""
-        fam = model.family
-        eta = model.rows.linear_predictor(fe, vc)[self.rows]
-        u_hat = vc[self.effect]
-        a = eta - self.z * u_hat
-        m = self.cols.size
-        prec = np.exp(-2.0 * vcp[self.component])
-        _, w = fam.score_weight(self.y, eta, self.trials)
-        c = np.bincount(self.local, weights=w * self.z**2, minlength=m) + prec
-        s = np.sqrt(2.0 / c)
-        u0 = vc[self.cols]
-        h0 = np.bincount(self.local, weights=fam.loglike(self.y, eta, self.trials), minlength=m) - 0.5 * prec * u0**2
-        H = np.empty((m, self.x.size))
-        for k, xk in enumerate(self.x):
-            uk = u0 + s * xk
-            ll = fam.loglike(self.y, a + self.z * uk[self.local], self.trials)
-            H[:, k] = np.bincount(self.local, weights=ll, minlength=m) - 0.5 * prec * uk**2
-        log_exact = logsumexp(H + self.logw, axis=1) + np.log(s)
-        log_laplace = h0 + 0.5 * np.log(np.pi)  # h(u0) + log sqrt(2 pi / c) = h(u0) + log(s sqrt(pi))
-        return float(np.sum(log_exact - log_laplace - np.log(s)))
-
 
 class NestedMarginal:
     r"""The log marginal density of the log-SDs with the component :math:`P` integrated exactly.
 
-    For designs where the rows of each effect of :math:`P` share the same other random effects
-    (:math:`P` nested in them, or no other component), :math:`a = (fe, u_D)` enters each
-    one-dimensional integral :math:`I_j(a)` (module docstring) through the rows of :math:`j`, and
+    Given :math:`a = (fe, u_D)` (the fixed effects and the other components), the effects of
+    :math:`P` are independent and :math:`a` enters each one-dimensional integral :math:`I_j(a)`
+    (module docstring) through the rows of :math:`j` (nested or crossed designs alike), and
 
     .. math::
 
@@ -128,10 +98,9 @@ class NestedMarginal:
         self.model, self.ie = model, ie
         rows = ie.rows
         m = ie.cols.size
-        first = np.zeros(m, dtype=np.int64)
-        first[ie.local[::-1]] = rows[::-1]  # a row of each effect
         self.D = D
-        self.ZDg = Z[:, D][first].tocsr() if D.size else sp.csr_matrix((m, 0))
+        self.ZDp = Z[:, D][rows].tocsr() if D.size else sp.csr_matrix((rows.size, 0))  # other effects of P's rows
+        self._zd_coo = self.ZDp.tocoo()
         rest = np.setdiff1d(np.arange(model.endog.size), rows)
         self.rest = rest
         self.ZDr = Z[:, D][rest].tocsr() if D.size else sp.csr_matrix((rest.size, 0))
@@ -149,22 +118,9 @@ class NestedMarginal:
 
     @classmethod
     def build(cls, model, ie):
-        """The marginal for ``ie``'s component, or None when an effect's rows differ in their other
-        random effects (crossed designs)."""
+        """The marginal for ``ie``'s component (``ie`` from :meth:`IndependentEffects.find`)."""
         Z = sp.csr_matrix(model.exog_vc)
-        D = np.flatnonzero(model.ident != ie.component)
-        if D.size:
-            rng = np.random.default_rng(7)
-            key = Z[:, D] @ rng.standard_normal((D.size, 2))
-            key = key[ie.rows]
-            for c in range(2):
-                lo = np.full(ie.cols.size, np.inf)
-                hi = np.full(ie.cols.size, -np.inf)
-                np.minimum.at(lo, ie.local, key[:, c])
-                np.maximum.at(hi, ie.local, key[:, c])
-                if np.any(hi - lo > 1e-12 * (1.0 + np.abs(hi))):
-                    return None
-        return cls(model, ie, Z, D)
+        return cls(model, ie, Z, np.flatnonzero(model.ident != ie.component))
 
     def _inner_modes(self, a, prec):
         """Modes and curvatures of the one-dimensional integrands (vectorised Newton)."""
@@ -195,7 +151,7 @@ class NestedMarginal:
         loc = ie.local
 
         def fun(uD, fe, hessian):
-            a = self.Xp @ fe + (self.ZDg @ uD)[loc]
+            a = self.Xp @ fe + self.ZDp @ uD
             if self.off_p is not None:
                 a = a + self.off_p
             u0, c = self._inner_modes(a, prec)
@@ -228,23 +184,30 @@ class NestedMarginal:
             Es = np.sum(P_row * S, axis=1)
             Ew = np.sum(P_row * W, axis=1)
             g_fe = self.Xp.T @ Es + self.Xr.T @ s_r - fe / model.fe_p**2
-            g_D = self.ZDg.T @ np.bincount(loc, weights=Es, minlength=m) + self.ZDr.T @ s_r - prec_D * uD
+            g_D = self.ZDp.T @ Es + self.ZDr.T @ s_r - prec_D * uD
             if not hessian:
                 return value, g_D, g_fe, None, None, None
             dev = S - Es[:, None]  # s_ik - E s_i
             G = self.group  # effects x rows of P, indicator
-            t = G @ dev  # m x K: sum over the rows of each effect
             d = np.stack([G @ (self.Xp * dev[:, k][:, None]) for k in range(K)], axis=1)  # m x K x p
             C = (self.Xp * Ew[:, None]).T @ self.Xp + (self.Xr * w_r[:, None]).T @ self.Xr
             dw = (d * np.sqrt(pi)[:, :, None]).reshape(m * K, p)
             C -= dw.T @ dw
             C += np.eye(p) / model.fe_p**2
-            cD = G @ Ew - np.sum(pi * t**2, axis=1)
-            A = (self.ZDg.T @ sp.diags(cD) @ self.ZDg + self.ZDr.T @ sp.diags(w_r) @ self.ZDr
-                 + sp.diags(prec_D)).tocsc() if self.D.size else sp.csc_matrix((0, 0))
-            ex = G @ (self.Xp * Ew[:, None])
-            ex -= np.einsum("jk,jka->ja", pi * t, d)
-            B = (self.ZDg.T @ ex + self.ZDr.T @ (self.Xr * w_r[:, None])) if self.D.size else np.zeros((0, p))
+            if self.D.size:
+                # D-part of d_jk = sum over the rows of j of z_Di (s_ik - E s_i): sparse, m x q_D per node
+                A = (self.ZDp.T @ sp.diags(Ew) @ self.ZDp + self.ZDr.T @ sp.diags(w_r) @ self.ZDr
+                     + sp.diags(prec_D)).tocsc()
+                B = self.ZDp.T @ (self.Xp * Ew[:, None]) + self.ZDr.T @ (self.Xr * w_r[:, None])
+                # rows (j, k) of M hold sqrt(pi_jk) sum_{i in j} z_Di (s_ik - E s_i): A -= M'M, B -= M' (sqrt(pi) d)
+                zc = self._zd_coo
+                row_jk = (loc[zc.row] * K)[:, None] + np.arange(K)
+                vals = zc.data[:, None] * np.sqrt(P_row[zc.row]) * dev[zc.row]
+                M = sp.csr_matrix((vals.ravel(), (row_jk.ravel(), np.repeat(zc.col, K))), shape=(m * K, self.D.size))
+                A = (A - M.T @ M).tocsc()
+                B = B - M.T @ (d * np.sqrt(pi)[:, :, None]).reshape(m * K, p)
+            else:
+                A, B = sp.csc_matrix((0, 0)), np.zeros((0, p))
             return value, g_D, g_fe, A, np.asarray(B), C
 
         return fun

@@ -77,3 +77,21 @@ def test_few_rows_per_effect_switch_to_exact_inner_integration():
     for part, (lo, hi) in (("fe", (0.9, 1.1)), ("vcp", (0.85, 1.15))):
         ratio = getattr(res, f"{part}_sd") / np.array(ref[f"{part}_sd"])
         assert lo <= ratio.min() and ratio.max() <= hi, (part, ratio)
+
+
+def test_crossed_design_with_two_rows_per_group_uses_the_nested_approximation():
+    """300 groups of two binary rows (SD 3) crossed with 20 items: the groups are integrated exactly
+    given the items and fixed effects (the second-order series would put the groups' log-SD 1.2 SD
+    high and fixed effects 0.9 SD off). Every bar holds against NUTS."""
+    ref = json.loads((ROOT / "benchmarks" / "accuracy" / "reference" / "sim_binary_crossed_pairs.json").read_text())
+    res = BY_NAME["sim_binary_crossed_pairs"].model().fit_laplace()
+    assert any("integrated exactly" in w for w in res.warnings)
+    for part in ("fe", "vcp", "vc"):
+        rm, rs = np.array(ref[f"{part}_mean"]), np.array(ref[f"{part}_sd"])
+        err, ratio = np.abs(getattr(res, f"{part}_mean") - rm) / rs, getattr(res, f"{part}_sd") / rs
+        bound, (lo, hi) = {"fe": (0.1, (0.9, 1.1)), "vcp": (0.2, (0.85, 1.15)), "vc": (0.25, (0.85, 1.15))}[part]
+        assert err.max() <= bound, (part, err.max())
+        if part == "vc":
+            assert np.mean(err <= 0.1) >= 0.95 and np.mean((ratio >= lo) & (ratio <= hi)) >= 0.9
+        else:
+            assert lo <= ratio.min() and ratio.max() <= hi, (part, ratio)
