@@ -44,9 +44,9 @@ class IndependentEffects:
         Z = sp.csc_matrix(model.exog_vc)
         cols = np.flatnonzero(model.ident == component)
         Zc = Z[:, cols].tocoo()
+        Zc.eliminate_zeros()  # a row belongs to the effect it has a nonzero for
         self.component = int(component)
         self.rows = Zc.row.astype(np.int64)
-        self.effect = cols[Zc.col]  # global column of each row's effect
         self.local = Zc.col.astype(np.int64)  # 0..m-1
         self.z = Zc.data.astype(float)
         self.cols = cols
