@@ -71,7 +71,7 @@ _STEP = {1: 1.0, 2: 1.5, 3: 1.5}
 _DROP_K = {1: 6.5, 2: 5.0, 3: 4.5}
 _GRID_MAX_K = 3
 _GRID_TOL = 1e-7  # inner Newton decrement at the integration points
-_SPREAD_MAX = 3.0  # largest range of the second-order correction within one SD of the mode
+_SPREAD_MAX = 3.0  # largest range of the second-order correction over the integration points
 _REFINE_DROP = 2.5  # refine the conditional Gaussians within this of the top log density
 
 
@@ -280,7 +280,7 @@ def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-4, shift=No
             return u0, b0, f0, False, None
         if float(g_u @ du + g_b @ db) < tol:
             return u, b, factor, True, (u - u0, b - b0, v - v_lap)
-    return u, b, factor, False, None
+    return u0, b0, f0, False, None
 
 
 def _grad_hessian(fg, x, g, h):
@@ -319,7 +319,7 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
     x = np.clip(np.asarray(x0, dtype=float), lo, hi)
     f0, g = safe(x)
     B = -_grad_hessian(safe, x, g, h) if neg_hessian is None else np.array(neg_hessian, dtype=float)
-    converged = False
+    converged = refreshed = False
     it = 0
     for it in range(1, max_iter + 1):
         evals, evecs = np.linalg.eigh(0.5 * (B + B.T))
@@ -334,9 +334,18 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         t = 1.0
         while True:
             xn = np.clip(x + t * step, lo, hi)
-            if value(xn) >= f0 - 1e-12 or t < 1e-4:
+            if value(xn) >= f0 - 1e-12:
                 break
             t *= 0.5
+            if t < 1e-4:
+                xn = None
+                break
+        if xn is None:  # no ascent along the step: restart from a difference Hessian once, else stop
+            if refreshed:
+                break
+            B, refreshed = -_grad_hessian(safe, x, g, h), True
+            continue
+        refreshed = False
         fn, gn = safe(xn)
         s_, y_ = xn - x, g - gn
         if s_ @ y_ > 1e-10:  # BFGS update of -Hessian
@@ -346,25 +355,35 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         x, f0, g = xn, fn, gn
         if progress is not None:
             progress(it)
-        if moved < tol:
+        if moved < tol and t == 1.0:
             converged = True
             break
     return x, f0, g, -_grad_hessian(safe, x, g, h), converged, it
 
 
-def _correction_spread(cond, mode, H):
-    """Range of the correction over the mode and the points one posterior SD away along each axis."""
-    k = mode.size
-    sd = np.sqrt(np.maximum(np.diag(np.linalg.pinv(H)), 0.0))
-    vals = [cond.corrected(mode)[0] - cond(mode)[0]]
-    for i in range(k):
-        for sgn in (-1.0, 1.0):
-            th = mode.copy()
-            th[i] += sgn * sd[i]
-            f_c, f = cond.corrected(th, tol=_GRID_TOL)[0], cond(th)[0]
-            if np.isfinite(f_c) and np.isfinite(f):
-                vals.append(f_c - f)
-    return float(np.ptp(vals))
+def _design(cond, mode, H, k, msgs):
+    """Integration points around ``mode`` in the coordinates standardised by ``H`` (-Hessian):
+    ``(root, log_jac, zs, thetas, log_evidence_base)`` (module docstring), laid out on
+    ``cond.corrected``."""
+    evals, evecs = np.linalg.eigh(0.5 * (H + H.T))
+    if np.any(evals <= 0):
+        msgs.append("The curvature of the log-SD posterior at its mode is not negative definite; "
+                    "using a diagonal approximation.")
+        evals = np.maximum(np.abs(evals), 1e-2)
+    root = evecs / np.sqrt(evals)  # theta = mode + root @ z
+    log_jac = -0.5 * float(np.sum(np.log(evals)))
+    if k <= _GRID_MAX_K:
+        step = _STEP[k]
+        # grid points need the log density to ~1e-4, not the 1e-11 of the mode search's differences
+        pts = _grid_points(lambda z: cond.corrected(mode + root @ z, tol=_GRID_TOL)[0], k, step)
+        zs = np.array(list(pts.keys()), dtype=float) * step
+        logp_grid = np.array(list(pts.values()))
+        zs = zs[logp_grid > logp_grid.max() - _DROP_K[k] - 3]
+        log_evidence_base = k * np.log(step) + log_jac
+    else:
+        zs = np.vstack([s * np.sqrt(k) * np.eye(k)[i] for i in range(k) for s in (-1, 1)])
+        log_evidence_base = None
+    return root, log_jac, zs, mode + zs @ root.T, log_evidence_base
 
 
 def _grid_points(logf, k, step):
@@ -435,12 +454,17 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
 
     search = dict(progress=lambda it: prog.report(0.3 * (1.0 - 0.6**it),
                                                   f"mode of the log-SD posterior, iteration {it}"))
+    cond.use(None)  # the design is laid out on the plain Laplace density
     mode, _, grad, H, search_ok, n_outer = _maximise_theta(cond.value_grad, np.zeros(k), vcp_bounds,
                                                            f=lambda th: cond(th)[0], **search)
+    design = _design(cond, mode, H, k, msgs)
     # The second-order correction is a series in the row variances Var(eta_i): with few rows per
-    # effect and a large SD (binary data, one or two rows per mother) it runs away. Then the exact
-    # integration of the conditionally independent component takes its place.
-    spread = _correction_spread(cond, mode, H)
+    # effect and a large SD (binary data, one or two rows per mother) it runs away. Its range over
+    # the design decides; beyond _SPREAD_MAX the exact integration of the conditionally
+    # independent component takes its place, with its own mode and design.
+    cond.use("second_order")
+    eps = np.array([cond.corrected(th, tol=_GRID_TOL)[0] - cond(th, tol=_GRID_TOL)[0] for th in design[3]])
+    spread = float(np.ptp(eps[np.isfinite(eps)])) if np.isfinite(eps).any() else np.inf
     if spread > _SPREAD_MAX:
         fallback = "nested" if cond.nested is not None else None
         cond.use(fallback)
@@ -448,40 +472,21 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             cond.corrected_value_grad, mode, vcp_bounds, f=lambda th: cond.corrected(th)[0], max_step=0.5,
             neg_hessian=H, **search)
         n_outer += n_more
+        design = _design(cond, mode, H, k, msgs)
         how = (f"the effects of {model.vcp_names[cond.quad.component]} were integrated exactly (adaptive "
                "Gauss-Hermite) and the rest by Laplace instead" if fallback else
-               "no component has one effect per row, so the plain Laplace value was used; the posterior of "
-               "the SDs is approximate (check against MCMC)")
+               "no component has at most one effect per row, so the plain Laplace value was used; the "
+               "posterior of the SDs is approximate (check against MCMC)")
         msgs.append(
             "Few observations per random effect for the variances involved: the second-order correction of "
-            f"the Laplace approximation varies by {spread:.0f} log units within one posterior SD of the mode, "
+            f"the Laplace approximation varies by {spread:.0f} log units over the integration points, "
             f"outside its range; {how}.")
+    root, log_jac, zs, thetas, log_evidence_base = design
     at_bound = np.isclose(mode, vcp_bounds[0], atol=1e-3) | np.isclose(mode, vcp_bounds[1], atol=1e-3)
     if at_bound.any():
         names = ", ".join(model.vcp_names[j] for j in np.flatnonzero(at_bound))
         msgs.append(f"The posterior of the log-SD of {names} peaks at the search bound; its SD is "
                     "essentially unidentified by the data (the prior dominates).")
-    cond(mode)  # warm start from the mode
-    evals, evecs = np.linalg.eigh(0.5 * (H + H.T))
-    if np.any(evals <= 0):
-        msgs.append("The curvature of the log-SD posterior at its mode is not negative definite; "
-                    "using a diagonal approximation.")
-        evals = np.maximum(np.abs(evals), 1e-2)
-    root = evecs / np.sqrt(evals)  # theta = mode + root @ z
-    log_jac = -0.5 * float(np.sum(np.log(evals)))
-
-    if k <= _GRID_MAX_K:
-        step = _STEP[k]
-        # grid points need the log density to ~1e-4, not the 1e-11 of the mode search's differences
-        pts = _grid_points(lambda z: cond.corrected(mode + root @ z, tol=_GRID_TOL)[0], k, step)
-        zs = np.array(list(pts.keys()), dtype=float) * step
-        logp_grid = np.array(list(pts.values()))
-        zs = zs[logp_grid > logp_grid.max() - _DROP_K[k] - 3]
-        log_evidence_base = k * np.log(step) + log_jac
-    else:
-        zs = np.vstack([s * np.sqrt(k) * np.eye(k)[i] for i in range(k) for s in (-1, 1)])
-        log_evidence_base = None
-    thetas = mode + zs @ root.T
 
     # Log weights: the Laplace value plus its second-order correction at every point. Moments: the
     # conditional Gaussian refined where the log density is within _REFINE_DROP of its top (from the
@@ -575,7 +580,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         model=model, method="laplace", fe_mean=fe_mean, fe_sd=sd[:p], vcp_mean=vcp_mean, vcp_sd=sd[p:],
         vc_mean=vc_mean, vc_sd=np.sqrt(np.maximum(vc_var, 0.0)), diagnostics=diag, border_cov=cov,
         vcp_grid=grid, log_marginal_likelihood=float(log_ml),
-        extra={"vcp_mode": mode, "vcp_points": thetas, "weights": w},
+        extra={"vcp_mode": mode, "vcp_points": thetas, "weights": w, "correction_spread": spread},
     )
 
 
@@ -592,7 +597,7 @@ def _marginal_grid(thetas, w, root, k, n=201):
     for j in range(k):
         x = thetas[:, j]
         sdj = float(np.sqrt(np.sum(root[j] ** 2)))
-        if k == 1:
+        if k == 1 and x.size >= 3:
             order = np.argsort(x)
             xs, lw = x[order], np.log(np.maximum(w[order], 1e-300))
             g = np.linspace(xs[0], xs[-1], n)

@@ -137,8 +137,9 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
             message = reason
             break
         lam = 0.0 if lam < 1e-5 else lam / 10.0
-    if factor is None:
-        # (A converged iteration ends with ``factor`` already the undamped factorisation at (u, b).)
+    if factor is None or not converged:
+        # A converged iteration ends with ``factor`` already the undamped factorisation at (u, b);
+        # otherwise the last one may be damped or belong to the previous iterate.
         try:
             factor = BorderedFactor(A, B, C, factor if factor is not None else reuse)
         except NotPositiveDefinite:

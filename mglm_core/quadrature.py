@@ -102,7 +102,6 @@ class NestedMarginal:
         self.ZDp = Z[:, D][rows].tocsr() if D.size else sp.csr_matrix((rows.size, 0))  # other effects of P's rows
         self._zd_coo = self.ZDp.tocoo()
         rest = np.setdiff1d(np.arange(model.endog.size), rows)
-        self.rest = rest
         self.ZDr = Z[:, D][rest].tocsr() if D.size else sp.csr_matrix((rest.size, 0))
         X = model.exog
         self.Xp, self.Xr = X[rows], X[rest]
@@ -113,7 +112,7 @@ class NestedMarginal:
         self.tr = None if model.trials is None else model.trials[rest]
         self.uhat = np.zeros(m)
         self.group = sp.csr_matrix((np.ones(rows.size), (ie.local, np.arange(rows.size))), shape=(m, rows.size))
-        self.start = None  # (vcp, u_D, fe) of the last solution: warm start for the next
+        self.start = None  # (u_D, fe, their starts) of the last solution: warm start for the next
         self.last = None  # (u_D, fe, factor) at the last optimum
 
     @classmethod
@@ -135,7 +134,7 @@ class NestedMarginal:
             u += step
             if np.max(np.abs(step)) < 1e-10:
                 break
-        s, w = fam.score_weight(ie.y, a + ie.z * u[ie.local], ie.trials)
+        _, w = fam.score_weight(ie.y, a + ie.z * u[ie.local], ie.trials)
         c = np.bincount(ie.local, weights=ie.z**2 * w, minlength=m) + prec
         self.uhat = u
         return u, c
@@ -212,18 +211,19 @@ class NestedMarginal:
 
         return fun
 
-    def log_marginal(self, vcp, uD, fe, tol=1e-8):
+    def log_marginal(self, vcp, uD, fe, tol=1e-7):
         """:math:`\\log p(y, \\theta)` by the nested approximation, from the start ``(u_D, fe)``."""
         from .newton import newton_ascent
 
         uD0, fe0 = uD, fe
         vcp = np.asarray(vcp, dtype=float)
         if self.start is not None:  # the last solution moved along the joint mode's change
-            uD, fe = self.start[1] + (uD - self.start[3]), self.start[2] + (fe - self.start[4])
+            uD, fe = self.start[0] + (uD - self.start[2]), self.start[1] + (fe - self.start[3])
         res = newton_ascent(self.objective(vcp), uD, fe, tol=tol, max_iter=30, max_halvings=10)
         if res.factor is None or not np.isfinite(res.value):
+            self.last = None
             return -np.inf
-        self.start = (vcp, res.u, res.b, uD0, fe0)
+        self.start = (res.u, res.b, uD0, fe0)
         self.last = (res.u, res.b, res.factor)
         dim = self.D.size + self.model.k_fep
         return res.value + 0.5 * dim * np.log(2.0 * np.pi) - 0.5 * res.factor.logdet()
