@@ -217,6 +217,21 @@ def test_nested_fe_mean_shift_moves_the_mode_to_the_posterior_mean():
     assert abs(mode[0] + shift[0] - exact) < 0.3 * abs(mode[0] - exact)
 
 
+@pytest.mark.parametrize("n_groups,group_size,sd", [(150, 2, 3.0), (200, 1, 2.5)])
+def test_a_correction_that_runs_away_far_from_the_mode_is_caught(n_groups, group_size, sd):
+    """Within one SD of the Laplace mode the second-order correction looks tame here, but it grows
+    without bound further out; judged over the whole grid, the fit switches to the nested
+    approximation instead of collapsing onto one far point (it returned an SD of 0.002, or failed
+    with a single-point spline)."""
+    from mglm_core.simulate import simulate_glmm
+
+    sim = simulate_glmm(family="binomial", n_groups=n_groups, group_size=group_size, sd=sd, seed=1)
+    res = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g)", data=sim.data).fit_laplace()
+    assert any("integrated exactly" in w for w in res.warnings)
+    assert len(res.extra["weights"]) >= 5 and res.extra["weights"].max() < 0.5
+    assert 0.1 < res.vcp_sd[0] < 1.5 and np.all(np.abs(res.fe_mean) < 5)
+
+
 def test_elbo_against_brute_force_integration():
     """One fixed effect, one component with one random effect: a 3-d integral by a product rule."""
     y = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
