@@ -341,6 +341,19 @@ def _independent_set(A):
     return np.flatnonzero(state == 1)
 
 
+def class_adjacency(row, col, groups):
+    """``(adj, sizes)``: ``adj[a, b]`` when an off-diagonal entry (row, col) of a symmetric pattern
+    joins classes a and b (``groups`` per column, e.g. the variance component of each random
+    effect); ``adj[c, c]`` is False exactly when no two columns of class c meet, which on the Gram
+    pattern of Z means at most one nonzero of class c per row. ``sizes``: columns per class."""
+    groups = np.asarray(groups)
+    k = int(groups.max()) + 1 if groups.size else 0
+    off = row != col
+    adj = np.zeros((k, k), dtype=bool)
+    adj[groups[row[off]], groups[col[off]]] = True
+    return adj, np.bincount(groups, minlength=k)
+
+
 def _independent_classes(row, col, groups):
     """Columns of the largest union of whole classes (``groups``, e.g. variance components)
     with no off-diagonal entry among them, chosen greedily by class size.
@@ -350,11 +363,7 @@ def _independent_classes(row, col, groups):
     always find when the factors' levels have similar numbers of neighbours.
     """
     groups = np.asarray(groups)
-    k = int(groups.max()) + 1 if groups.size else 0
-    off = row != col
-    adj = np.zeros((k, k), dtype=bool)
-    adj[groups[row[off]], groups[col[off]]] = True
-    sizes = np.bincount(groups, minlength=k)
+    adj, sizes = class_adjacency(row, col, groups)
     chosen = []
     for c in np.argsort(-sizes, kind="stable"):
         if not adj[c, c] and not adj[c, chosen].any():

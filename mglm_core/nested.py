@@ -51,6 +51,7 @@ by the same rule.
 """
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 
@@ -98,11 +99,20 @@ class _Conditional:
         self.failures = 0
         self.cache = {}
         self.points = []  # (theta, u, b, du/dtheta, db/dtheta)
-        self.quad = IndependentEffects.find(model)
-        self.nested = None if self.quad is None else NestedMarginal.build(model, self.quad)
-        self.correction = "second_order"
+        self.correction = None
         self.delta = {}  # correction at each solved vcp
         self.outer_fe = {}  # nested mode: the fixed effects' mode with the inner component integrated
+
+    @staticmethod
+    def _key(vcp):
+        return tuple(np.round(np.asarray(vcp, dtype=float), 12))
+
+    @functools.cached_property
+    def nested(self):
+        """The :class:`~mglm_core.quadrature.NestedMarginal` of the model (None without a component
+        with one effect per row); built on first use, only for the fits that switch to it."""
+        ie = IndependentEffects.find(self.model)
+        return None if ie is None else NestedMarginal.build(self.model, ie)
 
     def __call__(self, vcp, tol=None):
         """``(log p~(vcp | y) + const, NewtonResult)`` at ``vcp``; ``tol`` overrides the inner
@@ -110,7 +120,7 @@ class _Conditional:
         return self._entry(vcp, tol)[:2]
 
     def _entry(self, vcp, tol=None):
-        key = tuple(np.round(np.asarray(vcp, dtype=float), 12))
+        key = self._key(vcp)
         if key not in self.cache:
             self.cache[key] = self._solve(np.asarray(vcp, dtype=float), self.tol if tol is None else tol)
         return self.cache[key]
@@ -150,7 +160,7 @@ class _Conditional:
         logp, nr = self(vcp, tol)
         if self.correction is None or not np.isfinite(logp):
             return logp, nr
-        key = tuple(np.round(np.asarray(vcp, dtype=float), 12))
+        key = self._key(vcp)
         if key not in self.delta:
             vcp = np.asarray(vcp, dtype=float)
             if self.correction == "second_order":
@@ -199,7 +209,7 @@ class _Conditional:
             return 0.0
         m = self.model
         v = m.rows.latent_row_variances(nr.factor)
-        xr, zr, s4, s3 = m.rows.second_order_terms(m.family, nr.b, nr.u, v)
+        xr, zr, s4, s3 = m.rows.weight_derivative_sums(m.family, nr.b, nr.u, v, second_order=True)
         a, b = nr.factor.solve(zr, xr)
         return -s4 / 8.0 + float(zr @ a + xr @ b) / 8.0 + s3 / 12.0
 
@@ -454,7 +464,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
 
     search = dict(progress=lambda it: prog.report(0.3 * (1.0 - 0.6**it),
                                                   f"mode of the log-SD posterior, iteration {it}"))
-    cond.use(None)  # the design is laid out on the plain Laplace density
+    # the design is first laid out on the plain Laplace density (cond.correction is None)
     mode, _, grad, H, search_ok, n_outer = _maximise_theta(cond.value_grad, np.zeros(k), vcp_bounds,
                                                            f=lambda th: cond(th)[0], **search)
     design = _design(cond, mode, H, k, msgs)
@@ -473,7 +483,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             neg_hessian=H, **search)
         n_outer += n_more
         design = _design(cond, mode, H, k, msgs)
-        how = (f"the effects of {model.vcp_names[cond.quad.component]} were integrated exactly (adaptive "
+        how = (f"the effects of {model.vcp_names[cond.nested.ie.component]} were integrated exactly (adaptive "
                "Gauss-Hermite) and the rest by Laplace instead" if fallback else
                "no component has at most one effect per row, so the plain Laplace value was used; the "
                "posterior of the SDs is approximate (check against MCMC)")
@@ -491,18 +501,18 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     # Log weights: the Laplace value plus its second-order correction at every point. Moments: the
     # conditional Gaussian refined where the log density is within _REFINE_DROP of its top (from the
     # highest point outwards); elsewhere (little mass) moved by the nearest refined point's changes.
-    lap = np.array([cond.corrected(th)[0] for th in thetas])
+    logd = np.array([cond.corrected(th)[0] for th in thetas])
     fe_shift = None
     if cond.correction == "nested":
         # fixed-effect means from the nested approximation (its mode plus the skewness shift at the
         # mode of vcp): the conditional Gaussian's means are biased with few rows per effect
         _, nr_mode = cond(mode)
         fe_shift = cond.nested.fe_mean_shift(mode, nr_mode.u[cond.nested.D], nr_mode.b)
-    refine_at = lap > lap.max() - _REFINE_DROP if k <= _GRID_MAX_K else np.ones(len(thetas), bool)
+    refine_at = logd > logd.max() - _REFINE_DROP if k <= _GRID_MAX_K else np.ones(len(thetas), bool)
     out = {}
     n_unrefined = 0
     changes = []  # (z, (du, db, d row var), d vc var, d fe cov) at the points refined so far
-    for i_, t_ in enumerate(np.argsort(-lap, kind="stable")):
+    for i_, t_ in enumerate(np.argsort(-logd, kind="stable")):
         th = thetas[t_]
         prog.report(0.35 + 0.63 * i_ / len(thetas), f"integration point {i_ + 1} of {len(thetas)}")
         logp, nr = cond.corrected(th)
@@ -525,7 +535,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             u, b = u + du, b + db
             vc_var_t = np.maximum(vc_var_t + dvar, 0.5 * vc_var_t)
             fe_cov = fe_cov + dcov
-        fe_outer = cond.outer_fe.get(tuple(np.round(th, 12))) if fe_shift is not None else None
+        fe_outer = cond.outer_fe.get(cond._key(th)) if fe_shift is not None else None
         if fe_outer is not None:
             b = fe_outer + fe_shift  # nested mode: mean of fe with the inner component integrated exactly
         out[t_] = (logp, b, fe_cov, u, vc_var_t)

@@ -43,8 +43,7 @@ class IndependentEffects:
     def __init__(self, model, component, nodes=24):
         Z = sp.csc_matrix(model.exog_vc)
         cols = np.flatnonzero(model.ident == component)
-        Zc = Z[:, cols].tocoo()
-        Zc.eliminate_zeros()  # a row belongs to the effect it has a nonzero for
+        Zc = Z[:, cols].tocoo()  # exog_vc holds no explicit zeros (checks.as_exog_vc)
         self.component = int(component)
         self.rows = Zc.row.astype(np.int64)
         self.local = Zc.col.astype(np.int64)  # 0..m-1
@@ -58,18 +57,15 @@ class IndependentEffects:
     @classmethod
     def find(cls, model, nodes=24):
         """The component with the most effects among those with at most one nonzero per row
-        (None if there is none)."""
+        (None if there is none), from the Gram pattern of ``exog_vc``."""
         if not model.k_vc:
             return None
-        Z = sp.csr_matrix(model.exog_vc)
-        Z.eliminate_zeros()
-        best, best_m = None, 0
-        for k in range(model.k_vcp):
-            cols = np.flatnonzero(model.ident == k)
-            per_row = np.diff(Z[:, cols].tocsr().indptr)
-            if per_row.max(initial=0) <= 1 and cols.size > best_m:
-                best, best_m = k, cols.size
-        return None if best is None else cls(model, best, nodes)
+        from .linalg import class_adjacency
+
+        A = model.rows.hessian_pattern().tocoo()
+        adj, sizes = class_adjacency(A.row, A.col, model.ident)
+        ok = np.flatnonzero(~np.diag(adj) & (sizes > 0))
+        return None if ok.size == 0 else cls(model, int(ok[np.argmax(sizes[ok])]), nodes)
 
 
 class NestedMarginal:

@@ -237,18 +237,6 @@ class RowData:
             out[c.rows] = v
         return out
 
-    def weight_derivative_sums(self, family, fe, vc, row_var):
-        r"""``(X^T r, Z^T r)`` with :math:`r_i = w_i'(\eta_i)\, v_i`: the third-order term of
-        :math:`d \log\det H / d\eta` (``w'`` from :meth:`Family.weight_derivative`, ``v`` = ``row_var``)."""
-        xr, zr = np.zeros(self.p), np.zeros(self.q)
-        for c in self.chunks:
-            r = family.weight_derivative(c.y, self._eta(c, fe, vc), c.trials) * row_var[c.rows]
-            if self.p:
-                xr += c.XT @ r
-            if self.q:
-                zr += c.ZT @ r
-        return xr, zr
-
     def row_patterns(self):
         """``(pattern, count)``: an id per row, equal for rows with the same design row
         :math:`(x_i, z_i)` (two fixed random projections of the row, compared exactly), and the
@@ -264,32 +252,37 @@ class RowData:
             self._patterns = (pattern, int(pattern.max()) + 1 if self.n else 0)
         return self._patterns
 
-    def second_order_terms(self, family, fe, vc, row_var):
-        r"""``(X^T t, Z^T t, s_4, s_3)`` for the second-order Laplace correction, with
-        :math:`t_i = w_i' v_i`, :math:`s_4 = \sum_i w_i'' v_i^2` and
-        :math:`s_3 = \sum_{i,j:\,x_i = x_j} w_i' w_j' v_i^3` (the pairs of identical design rows,
-        for which :math:`x_i^\top H^{-1} x_j = v_i`: the same value whether rows are aggregated
-        into trials or not)."""
+    def weight_derivative_sums(self, family, fe, vc, row_var, second_order=False):
+        r"""``(X^T t, Z^T t)`` with :math:`t_i = w_i'(\eta_i)\, v_i` (``w'`` from
+        :meth:`Family.weight_derivative`, ``v`` = ``row_var``): the third-order term of
+        :math:`d \log\det H / d\eta`.
+
+        With ``second_order``, also :math:`s_4 = \sum_i w_i'' v_i^2` and
+        :math:`s_3 = \sum_{i,j:\,x_i = x_j} w_i' w_j' v_i^3` for the second-order Laplace correction
+        (the pairs of identical design rows, for which :math:`x_i^\top H^{-1} x_j = v_i`: the same
+        value whether rows are aggregated into trials or not): ``(X^T t, Z^T t, s_4, s_3)``."""
         xr, zr = np.zeros(self.p), np.zeros(self.q)
-        pattern, n_pat = self.row_patterns()
-        d1_pat, v_pat = np.zeros(n_pat), np.zeros(n_pat)
-        s4 = 0.0
+        if second_order:
+            pattern, n_pat = self.row_patterns()
+            d1_pat, v_pat = np.zeros(n_pat), np.zeros(n_pat)
+            s4 = 0.0
         for c in self.chunks:
             eta = self._eta(c, fe, vc)
             v = row_var[c.rows]
             d1 = family.weight_derivative(c.y, eta, c.trials)
-            d2 = family.weight_second_derivative(c.y, eta, c.trials)
             r = d1 * v
-            s4 += float(d2 @ v**2)
-            pat = pattern[c.rows]
-            d1_pat += np.bincount(pat, weights=d1, minlength=n_pat)
-            v_pat[pat] = v
             if self.p:
                 xr += c.XT @ r
             if self.q:
                 zr += c.ZT @ r
-        s3 = float((d1_pat * d1_pat) @ v_pat**3)
-        return xr, zr, s4, s3
+            if second_order:
+                s4 += float(family.weight_second_derivative(c.y, eta, c.trials) @ v**2)
+                pat = pattern[c.rows]
+                d1_pat += np.bincount(pat, weights=d1, minlength=n_pat)
+                v_pat[pat] = v
+        if not second_order:
+            return xr, zr
+        return xr, zr, s4, float((d1_pat * d1_pat) @ v_pat**3)
 
     def reduce(self, family, fe, vc, fe_var=None, vc_var=None, hessian=True, row_var=None) -> RowSums:
         """Sum the row statistics over all chunks.
