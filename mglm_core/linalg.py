@@ -304,6 +304,7 @@ class SparseLDL:
 
 DENSE_TAIL_MAX = 5000  # largest dense Schur complement (columns) factored by LAPACK
 DENSE_SMALL = 1000  # up to this size the dense route is taken even for a sparse Schur complement
+DENSE_ALWAYS = 300  # up to this size the dense route is taken even for a diagonal Schur complement
 
 
 def _independent_set(A):
@@ -528,7 +529,7 @@ class Symbolic:
         # fills a good part of S, or when S is small and not (nearly) diagonal -- a diagonal S (random
         # slopes on one factor, nested factors) is left to SuperLU
         fill = float(row_nnz @ (row_nnz - 1))
-        if not (fill >= 0.05 * D.size**2 or (D.size <= DENSE_SMALL and fill >= D.size)):
+        if not (fill >= 0.05 * D.size**2 or (D.size <= DENSE_SMALL and fill >= D.size) or D.size <= DENSE_ALWAYS):
             return
         self.route = "schur"
         pos = np.empty(q, dtype=np.int64)

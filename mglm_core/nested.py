@@ -31,10 +31,12 @@ effects of Poisson counts the plain Laplace value is biased against large SDs
 (grouseticks' ``INDEX``: 0.19 posterior SDs low; 0.02 with the correction).
 The series is in the variances of the linear predictors; with few rows per effect
 and a large SD (binary data, one or two children per mother: guImmun) it runs away.
-When it varies by more than 3 within one posterior SD of the mode, the fit switches
+When it varies by more than 3 over the mode and the axial points :math:`z = \pm 3`
+(checked before the design is laid out), the fit switches
 to :class:`~mglm_core.quadrature.NestedMarginal` (the effects of the innermost
 component integrated exactly by adaptive Gauss–Hermite quadrature, the rest by
-Laplace; gradient by differences), finds the mode again, and warns; the fixed-effect
+Laplace; gradient and curvature by differences of its difference to the Laplace value),
+finds the mode again, and warns; the fixed-effect
 means then come from that approximation (its mode plus the first-order skewness shift,
 :meth:`~mglm_core.quadrature.NestedMarginal.fe_mean_shift`), as the conditional
 Gaussian's are biased there (guImmun's kid2p: 0.11 SD).
@@ -72,7 +74,8 @@ _STEP = {1: 1.0, 2: 1.5, 3: 1.5}
 _DROP_K = {1: 6.5, 2: 5.0, 3: 4.5}
 _GRID_MAX_K = 3
 _GRID_TOL = 1e-7  # inner Newton decrement at the integration points
-_SPREAD_MAX = 3.0  # largest range of the second-order correction over the integration points
+_SPREAD_MAX = 3.0  # largest range of the second-order correction over the probe points
+_PROBE_Z = 3.0  # the probe points: the mode and z = +-_PROBE_Z along the axes
 _REFINE_DROP = 2.5  # refine the conditional Gaussians within this of the top log density
 
 
@@ -192,6 +195,30 @@ class _Conditional:
                      - (self.corrected(vcp - e)[0] - self(vcp - e)[0])) / (2 * h)
         return f_c, g + dg
 
+    def corrected_hessian(self, vcp, h=1e-2):
+        """The Hessian of :meth:`corrected`: differences of the analytic gradient of the Laplace
+        value plus second differences of the correction, on the stencil of
+        :meth:`corrected_value_grad` (whose points are cached) and the diagonal pairs
+        :math:`\pm h(e_i + e_j)`."""
+        vcp = np.asarray(vcp, dtype=float)
+        H = _grad_hessian(self.value_grad, vcp, None, h)
+        if self.correction is None:
+            return H
+        k = vcp.size
+        E = h * np.eye(k)
+
+        def d(x):
+            return self.corrected(x)[0] - self(x)[0]
+
+        d0 = d(vcp)
+        dp, dm = [d(vcp + E[i]) for i in range(k)], [d(vcp - E[i]) for i in range(k)]
+        Hd = np.diag([(dp[i] - 2.0 * d0 + dm[i]) / h**2 for i in range(k)])
+        for i in range(k):
+            for j in range(i + 1, k):
+                Hd[i, j] = Hd[j, i] = (d(vcp + E[i] + E[j]) - dp[i] - dp[j] + 2.0 * d0 - dm[i] - dm[j]
+                                       + d(vcp - E[i] - E[j])) / (2.0 * h**2)
+        return H + Hd
+
     def second_order(self, vcp):
         r"""The second-order correction of the Laplace value at ``vcp`` (Shun & McCullagh 1995).
 
@@ -305,14 +332,15 @@ def _grad_hessian(fg, x, g, h):
 
 
 def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None, f=None, max_step=2.0,
-                    neg_hessian=None):
+                    neg_hessian=None, hessian=None):
     """Quasi-Newton ascent on a low-dimensional, smooth log density with an analytic gradient.
 
     ``fg(x) -> (f, gradient)``; ``f(x)``, when given, is the value alone (for the line search).
     The Hessian starts from ``-neg_hessian`` if given, else from central differences of the
     gradient, and is updated by BFGS; steps
     are clipped to ``max_step`` and projected on the box ``bounds``, with backtracking on f. At
-    the end the Hessian is recomputed by differences (it standardises the integration grid).
+    the end the Hessian is recomputed (it standardises the integration grid): by ``hessian(x)``
+    if given, else by central differences of the gradient.
     Returns ``(x, f(x), gradient, -Hessian, converged, iterations)``.
     """
     lo, hi = bounds
@@ -368,20 +396,28 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         if moved < tol and t == 1.0:
             converged = True
             break
-    return x, f0, g, -_grad_hessian(safe, x, g, h), converged, it
+    H = hessian(x) if hessian is not None else None
+    if H is None or not np.all(np.isfinite(H)):
+        H = _grad_hessian(safe, x, g, h)
+    return x, f0, g, -H, converged, it
+
+
+def _standardise(H, msgs):
+    """``(root, log_jac)``: :math:`\theta = \theta^* + \mathrm{root}\, z` has unit curvature in z
+    for the -Hessian ``H``; ``log_jac`` is :math:`\log|\det \mathrm{root}|`."""
+    evals, evecs = np.linalg.eigh(0.5 * (H + H.T))
+    if np.any(evals <= 0):
+        msgs.append("The curvature of the log-SD posterior at its mode is not negative definite; "
+                    "using a diagonal approximation.")
+        evals = np.maximum(np.abs(evals), 1e-2)
+    return evecs / np.sqrt(evals), -0.5 * float(np.sum(np.log(evals)))
 
 
 def _design(cond, mode, H, k, msgs):
     """Integration points around ``mode`` in the coordinates standardised by ``H`` (-Hessian):
     ``(root, log_jac, zs, thetas, log_evidence_base)`` (module docstring), laid out on
     ``cond.corrected``."""
-    evals, evecs = np.linalg.eigh(0.5 * (H + H.T))
-    if np.any(evals <= 0):
-        msgs.append("The curvature of the log-SD posterior at its mode is not negative definite; "
-                    "using a diagonal approximation.")
-        evals = np.maximum(np.abs(evals), 1e-2)
-    root = evecs / np.sqrt(evals)  # theta = mode + root @ z
-    log_jac = -0.5 * float(np.sum(np.log(evals)))
+    root, log_jac = _standardise(H, msgs)
     if k <= _GRID_MAX_K:
         step = _STEP[k]
         # grid points need the log density to ~1e-4, not the 1e-11 of the mode search's differences
@@ -464,33 +500,34 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
 
     search = dict(progress=lambda it: prog.report(0.3 * (1.0 - 0.6**it),
                                                   f"mode of the log-SD posterior, iteration {it}"))
-    # the design is first laid out on the plain Laplace density (cond.correction is None)
+    # the mode of the plain Laplace density first (cond.correction is None)
     mode, _, grad, H, search_ok, n_outer = _maximise_theta(cond.value_grad, np.zeros(k), vcp_bounds,
                                                            f=lambda th: cond(th)[0], **search)
-    design = _design(cond, mode, H, k, msgs)
     # The second-order correction is a series in the row variances Var(eta_i): with few rows per
     # effect and a large SD (binary data, one or two rows per mother) it runs away. Its range over
-    # the design decides; beyond _SPREAD_MAX the exact integration of the conditionally
-    # independent component takes its place, with its own mode and design.
+    # the mode and the axial points z = +-3 (grid points) decides; beyond _SPREAD_MAX the exact
+    # integration of the conditionally independent component takes its place, with its own mode.
     cond.use("second_order")
-    eps = np.array([cond.corrected(th, tol=_GRID_TOL)[0] - cond(th, tol=_GRID_TOL)[0] for th in design[3]])
+    root = _standardise(H, [])[0]
+    probe = [mode] + [mode + root @ (s * _PROBE_Z * np.eye(k)[i]) for i in range(k) for s in (-1, 1)]
+    eps = np.array([cond.corrected(th, tol=_GRID_TOL)[0] - cond(th, tol=_GRID_TOL)[0] for th in probe])
     spread = float(np.ptp(eps[np.isfinite(eps)])) if np.isfinite(eps).any() else np.inf
     if spread > _SPREAD_MAX:
         fallback = "nested" if cond.nested is not None else None
         cond.use(fallback)
         mode, _, grad, H, search_ok, n_more = _maximise_theta(
             cond.corrected_value_grad, mode, vcp_bounds, f=lambda th: cond.corrected(th)[0], max_step=0.5,
-            neg_hessian=H, **search)
+            neg_hessian=H, hessian=cond.corrected_hessian, **search)
         n_outer += n_more
-        design = _design(cond, mode, H, k, msgs)
         how = (f"the effects of {model.vcp_names[cond.nested.ie.component]} were integrated exactly (adaptive "
                "Gauss-Hermite) and the rest by Laplace instead" if fallback else
                "no component has at most one effect per row, so the plain Laplace value was used; the "
                "posterior of the SDs is approximate (check against MCMC)")
         msgs.append(
             "Few observations per random effect for the variances involved: the second-order correction of "
-            f"the Laplace approximation varies by {spread:.0f} log units over the integration points, "
+            f"the Laplace approximation varies by {spread:.0f} log units within three posterior SDs of the mode, "
             f"outside its range; {how}.")
+    design = _design(cond, mode, H, k, msgs)
     root, log_jac, zs, thetas, log_evidence_base = design
     at_bound = np.isclose(mode, vcp_bounds[0], atol=1e-3) | np.isclose(mode, vcp_bounds[1], atol=1e-3)
     if at_bound.any():

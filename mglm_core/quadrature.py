@@ -145,23 +145,21 @@ class NestedMarginal:
         sig2 = 1.0 / prec
         loc = ie.local
 
+        y = ie.y[:, None]
+        tr = None if ie.trials is None else ie.trials[:, None]
+        zcol = ie.z[:, None]
+        G = self.group  # effects x rows of P, indicator
+        K = ie.x.size
+
         def fun(uD, fe, hessian):
             a = self.Xp @ fe + self.ZDp @ uD
             if self.off_p is not None:
                 a = a + self.off_p
             u0, c = self._inner_modes(a, prec)
             sc = np.sqrt(2.0 / c)
-            K = ie.x.size
-            Hk = np.empty((m, K))
-            S, W = [], []
-            for k, xk in enumerate(ie.x):
-                uk = u0 + sc * xk
-                eta = a + ie.z * uk[loc]
-                Hk[:, k] = np.bincount(loc, weights=fam.loglike(ie.y, eta, ie.trials), minlength=m) - 0.5 * prec * uk**2
-                s_, w_ = fam.score_weight(ie.y, eta, ie.trials)
-                S.append(s_)
-                W.append(w_)
-            lw = Hk + ie.logw
+            U = u0[:, None] + sc[:, None] * ie.x  # effects x nodes
+            eta = a[:, None] + zcol * U[loc]  # rows of P x nodes
+            lw = G @ fam.loglike(y, eta, tr) - 0.5 * prec * U**2 + ie.logw
             logI = logsumexp(lw, axis=1)
             pi = np.exp(lw - logI[:, None])  # tilted weights per effect and node
             value = float(np.sum(logI + np.log(sc)) - 0.5 * m * np.log(2.0 * np.pi * sig2))
@@ -174,33 +172,33 @@ class NestedMarginal:
                       - 0.5 * self.D.size * np.log(2.0 * np.pi))
             value += -0.5 * float(fe @ fe) / model.fe_p**2 - 0.5 * p * np.log(2.0 * np.pi * model.fe_p**2)
             value += -0.5 * float(vcp @ vcp) / model.vcp_p**2 - 0.5 * vcp.size * np.log(2.0 * np.pi * model.vcp_p**2)
-            S, W = np.array(S).T, np.array(W).T  # rows x nodes
+            S, W = fam.score_weight(y, eta, tr)  # rows x nodes
             P_row = pi[loc]
-            Es = np.sum(P_row * S, axis=1)
-            Ew = np.sum(P_row * W, axis=1)
+            Es = np.einsum("ik,ik->i", P_row, S)
+            Ew = np.einsum("ik,ik->i", P_row, W)
             g_fe = self.Xp.T @ Es + self.Xr.T @ s_r - fe / model.fe_p**2
             g_D = self.ZDp.T @ Es + self.ZDr.T @ s_r - prec_D * uD
             if not hessian:
                 return value, g_D, g_fe, None, None, None
             dev = S - Es[:, None]  # s_ik - E s_i
-            G = self.group  # effects x rows of P, indicator
-            d = np.stack([G @ (self.Xp * dev[:, k][:, None]) for k in range(K)], axis=1)  # m x K x p
+            # d_jk = sqrt(pi_jk) sum over the rows i of j of x_i (s_ik - E s_i): (effects * nodes) x p
+            sq = np.sqrt(pi)
+            dw = (G @ (dev[:, :, None] * self.Xp[:, None, :]).reshape(dev.shape[0], K * p)).reshape(m, K, p)
+            dw = (dw * sq[:, :, None]).reshape(m * K, p)
             C = (self.Xp * Ew[:, None]).T @ self.Xp + (self.Xr * w_r[:, None]).T @ self.Xr
-            dw = (d * np.sqrt(pi)[:, :, None]).reshape(m * K, p)
             C -= dw.T @ dw
             C += np.eye(p) / model.fe_p**2
             if self.D.size:
-                # D-part of d_jk = sum over the rows of j of z_Di (s_ik - E s_i): sparse, m x q_D per node
+                # D-part of d_jk, sparse (effects * nodes) x q_D: A -= M'M, B -= M' d
                 A = (self.ZDp.T @ sp.diags(Ew) @ self.ZDp + self.ZDr.T @ sp.diags(w_r) @ self.ZDr
                      + sp.diags(prec_D)).tocsc()
                 B = self.ZDp.T @ (self.Xp * Ew[:, None]) + self.ZDr.T @ (self.Xr * w_r[:, None])
-                # rows (j, k) of M hold sqrt(pi_jk) sum_{i in j} z_Di (s_ik - E s_i): A -= M'M, B -= M' (sqrt(pi) d)
                 zc = self._zd_coo
                 row_jk = (loc[zc.row] * K)[:, None] + np.arange(K)
-                vals = zc.data[:, None] * np.sqrt(P_row[zc.row]) * dev[zc.row]
+                vals = zc.data[:, None] * sq[loc[zc.row]] * dev[zc.row]
                 M = sp.csr_matrix((vals.ravel(), (row_jk.ravel(), np.repeat(zc.col, K))), shape=(m * K, self.D.size))
                 A = (A - M.T @ M).tocsc()
-                B = B - M.T @ (d * np.sqrt(pi)[:, :, None]).reshape(m * K, p)
+                B = B - M.T @ dw
             else:
                 A, B = sp.csc_matrix((0, 0)), np.zeros((0, p))
             return value, g_D, g_fe, A, np.asarray(B), C
