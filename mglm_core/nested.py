@@ -36,11 +36,13 @@ When it varies by more than 3 over the mode and the axial points :math:`z = \pm 
 to :class:`~mglm_core.quadrature.NestedMarginal` (the effects of the innermost
 component integrated exactly by adaptive Gauss–Hermite quadrature, the rest by
 Laplace; gradient and curvature by differences of its difference to the Laplace value),
-finds the mode again, and warns; the fixed-effect
-means then come from that approximation (its mode plus the first-order skewness shift,
-:meth:`~mglm_core.quadrature.NestedMarginal.fe_mean_shift`), as the conditional
-Gaussian's are biased there (guImmun's kid2p: 0.11 SD).
-At the points whose log density is within 2.5 of the top, the conditional
+finds the mode again, and warns; the moments at every point
+then come from that approximation (:meth:`~mglm_core.quadrature.NestedMarginal.moments`:
+the fixed effects' mode plus the first-order skewness shift
+:meth:`~mglm_core.quadrature.NestedMarginal.fe_mean_shift`, the exact tilted moments of the
+integrated effects), as the conditional Gaussian's are biased there (guImmun's kid2p: 0.11 SD;
+effects with two binary rows and an SD of 4: 0.3 SD).
+Otherwise, at the points whose log density is within 2.5 of the top, the conditional
 Gaussian is refined variationally (:func:`refine_conditional`: better means for
 binary data); the other points (little mass) are moved by the nearest refined
 point's changes of the mean and the variances.
@@ -104,7 +106,7 @@ class _Conditional:
         self.points = []  # (theta, u, b, du/dtheta, db/dtheta)
         self.correction = None
         self.delta = {}  # correction at each solved vcp
-        self.outer_fe = {}  # nested mode: the fixed effects' mode with the inner component integrated
+        self.nested_optimum = {}  # nested mode: NestedMarginal.last (its optimum) at each solved vcp
 
     @staticmethod
     def _key(vcp):
@@ -171,13 +173,13 @@ class _Conditional:
             else:  # "nested"
                 D = self.nested.D
                 self.delta[key] = self.nested.log_marginal(vcp, nr.u[D], nr.b) - logp
-                self.outer_fe[key] = None if self.nested.last is None else self.nested.last[1]
+                self.nested_optimum[key] = self.nested.last
         return logp + self.delta[key], nr
 
     def use(self, correction):
         """Switch the correction of :meth:`corrected` (``"second_order"``, ``"nested"`` or None)."""
         if correction != self.correction:
-            self.correction, self.delta, self.outer_fe = correction, {}, {}
+            self.correction, self.delta, self.nested_optimum = correction, {}, {}
 
     def corrected_value_grad(self, vcp, h=1e-2):
         """:meth:`corrected` and its gradient: :meth:`value_grad` plus central differences of the
@@ -555,6 +557,18 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         logp, nr = cond.corrected(th)
         if nr.factor is None:
             continue
+        if fe_shift is not None:
+            # nested mode: the moments of the nested approximation (fe with the inner component
+            # integrated exactly, plus the skewness shift; the inner effects' tilted moments)
+            opt = cond.nested_optimum.get(cond._key(th))
+            if opt is None:
+                continue
+            mom = cond.nested.moments(th, opt)
+            fe_m, fe_cov, vc_m, vc_v, dmu_dfe = mom
+            vc_m = vc_m.copy()
+            vc_m[cond.nested.ie.cols] += dmu_dfe @ fe_shift
+            out[t_] = (logp, fe_m + fe_shift, fe_cov, vc_m, vc_v)
+            continue
         u, b, factor = nr.u, nr.b, nr.factor
         fe_cov, vc_var_t = factor.border_inverse(), factor.sparse_diag_inverse()
         near = (min(changes, key=lambda c_: float(np.sum((c_[0] - zs[t_]) ** 2)))
@@ -572,9 +586,6 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             u, b = u + du, b + db
             vc_var_t = np.maximum(vc_var_t + dvar, 0.5 * vc_var_t)
             fe_cov = fe_cov + dcov
-        fe_outer = cond.outer_fe.get(cond._key(th)) if fe_shift is not None else None
-        if fe_outer is not None:
-            b = fe_outer + fe_shift  # nested mode: mean of fe with the inner component integrated exactly
         out[t_] = (logp, b, fe_cov, u, vc_var_t)
     used = sorted(out)
     logps = [out[t_][0] for t_ in used]

@@ -107,6 +107,8 @@ class NestedMarginal:
         self.yr = model.endog[rest]
         self.tr = None if model.trials is None else model.trials[rest]
         self.uhat = np.zeros(m)
+        self._y = ie.y[:, None]
+        self._tr = None if ie.trials is None else ie.trials[:, None]
         self.group = sp.csr_matrix((np.ones(rows.size), (ie.local, np.arange(rows.size))), shape=(m, rows.size))
         self.start = None  # (u_D, fe, their starts) of the last solution: warm start for the next
         self.last = None  # (u_D, fe, factor) at the last optimum
@@ -135,6 +137,92 @@ class NestedMarginal:
         self.uhat = u
         return u, c
 
+    def _nodes(self, uD, fe, prec):
+        """The adaptive Gauss–Hermite rule of every effect of P given ``(u_D, fe)``: nodes
+        ``U`` (effects x nodes), the rows' linear predictors there ``eta`` (rows x nodes), the
+        scales ``sc``, :math:`\log I_j` (without the prior's and the rule's constants) and the
+        tilted weights ``pi`` (effects x nodes, rows summing to 1)."""
+        ie = self.ie
+        a = self.Xp @ fe + self.ZDp @ uD
+        if self.off_p is not None:
+            a = a + self.off_p
+        u0, c = self._inner_modes(a, prec)
+        sc = np.sqrt(2.0 / c)
+        U = u0[:, None] + sc[:, None] * ie.x
+        eta = a[:, None] + ie.z[:, None] * U[ie.local]
+        lw = self.group @ self.model.family.loglike(self._y, eta, self._tr) - 0.5 * prec * U**2 + ie.logw
+        logI = logsumexp(lw, axis=1)
+        return U, eta, sc, logI, np.exp(lw - logI[:, None])
+
+    def moments(self, vcp, optimum=None):
+        r"""Posterior moments given the log-SDs ``vcp`` at the optimum of :meth:`log_marginal` there
+        (``optimum``, its :attr:`last`; by default the last one): ``(fe_mean, fe_cov, vc_mean, vc_var, dmu_dfe)``.
+
+        The fixed effects and the other components :math:`a = (u_D, fe)`: the mode
+        :math:`\hat a` and :math:`H^{-1}` (:math:`H = -\nabla^2 F(\hat a)`). The effects of P:
+        the tilted moments of the quadrature at :math:`\hat a`,
+        :math:`\mu_j = \sum_k \pi_{jk} u_{jk}` and :math:`\tau_j = \sum_k \pi_{jk} u_{jk}^2 - \mu_j^2`
+        (exact given :math:`a`: no Gaussian assumed for :math:`u_j`, whose posterior is skewed with
+        few binary rows), with the variance of :math:`a` carried through by the law of total
+        variance, :math:`\mathrm{Var}\,u_j \approx \tau_j + g_j^\top H^{-1} g_j`,
+        :math:`g_j = \partial\mu_j/\partial a = \sum_{i \in j} \mathrm{Cov}_j(u, s_i)\,(z_{Di}, x_i)`.
+        Also returns :math:`\partial\mu_P/\partial fe` (effects x p) for shifting the means.
+        """
+        optimum = self.last if optimum is None else optimum
+        if optimum is None:
+            return None
+        model, ie = self.model, self.ie
+        uD, fe, F = optimum
+        vcp = np.asarray(vcp, dtype=float)
+        prec = np.exp(-2.0 * vcp[ie.component])
+        U, eta, _, _, pi = self._nodes(uD, fe, prec)
+        mu = np.einsum("jk,jk->j", pi, U)
+        tau = np.maximum(np.einsum("jk,jk->j", pi, U**2) - mu**2, 0.0)
+        S, _ = model.family.score_weight(self._y, eta, self._tr)
+        P_row = pi[ie.local]
+        dev_s = S - np.einsum("ik,ik->i", P_row, S)[:, None]
+        c = np.einsum("ik,ik,ik->i", P_row, U[ie.local] - mu[ie.local][:, None], dev_s)  # d mu_j / d a_i
+        Gc = self.group @ sp.diags(c)
+        g_f = np.asarray(Gc @ self.Xp)
+        fe_cov = F.border_inverse()
+        quad = np.zeros(mu.size)
+        if self.D.size:
+            g_D = (Gc @ self.ZDp).tocsr()
+            quad += self._quad_sparse(F.A, g_D)
+            r = (g_D @ F.AinvB if F.m else 0.0) - g_f
+        else:
+            r = -g_f
+        if F.m:
+            quad += np.einsum("ij,ij->i", r @ fe_cov, r)
+        vc_mean = np.empty(model.k_vc)
+        vc_var = np.empty(model.k_vc)
+        vc_mean[ie.cols], vc_var[ie.cols] = mu, tau + quad
+        if self.D.size:
+            vc_mean[self.D], vc_var[self.D] = uD, F.sparse_diag_inverse()
+        return fe.copy(), fe_cov, vc_mean, vc_var, g_f
+
+    @staticmethod
+    def _quad_sparse(A, g):
+        r""":math:`g_j^\top A^{-1} g_j` for the rows of the sparse ``g``: from :math:`A^{-1}` on the pairs
+        of columns that share a row (selected inverse, on A's pattern), else by solves in blocks."""
+        lens = np.diff(g.indptr)
+        row_of = np.repeat(np.arange(g.shape[0]), lens)  # the row of each entry
+        n_partner = lens[row_of]  # each entry pairs with every entry of its row
+        first = np.repeat(np.arange(g.nnz), n_partner)
+        offs = np.arange(first.size) - np.repeat(np.cumsum(n_partner) - n_partner, n_partner)
+        second = np.repeat(g.indptr[row_of], n_partner) + offs
+        try:
+            sig = A.inverse_on_pattern(g.indices[first], g.indices[second])
+            return np.bincount(row_of[first], weights=g.data[first] * g.data[second] * sig,
+                               minlength=g.shape[0])
+        except ValueError:
+            out = np.empty(g.shape[0])
+            step = max(1, int(2e6 // max(g.shape[1], 1)))
+            for a in range(0, g.shape[0], step):
+                gb = g[a:a + step].toarray()
+                out[a:a + step] = np.einsum("ij,ji->i", gb, A.solve(gb.T))
+            return out
+
     def objective(self, vcp):
         """``fun(u_D, fe, hessian)`` for :func:`~mglm_core.newton.newton_ascent` at log-SDs ``vcp``."""
         model, ie, fam = self.model, self.ie, self.model.family
@@ -145,23 +233,12 @@ class NestedMarginal:
         sig2 = 1.0 / prec
         loc = ie.local
 
-        y = ie.y[:, None]
-        tr = None if ie.trials is None else ie.trials[:, None]
-        zcol = ie.z[:, None]
+        y, tr = self._y, self._tr
         G = self.group  # effects x rows of P, indicator
         K = ie.x.size
 
         def fun(uD, fe, hessian):
-            a = self.Xp @ fe + self.ZDp @ uD
-            if self.off_p is not None:
-                a = a + self.off_p
-            u0, c = self._inner_modes(a, prec)
-            sc = np.sqrt(2.0 / c)
-            U = u0[:, None] + sc[:, None] * ie.x  # effects x nodes
-            eta = a[:, None] + zcol * U[loc]  # rows of P x nodes
-            lw = G @ fam.loglike(y, eta, tr) - 0.5 * prec * U**2 + ie.logw
-            logI = logsumexp(lw, axis=1)
-            pi = np.exp(lw - logI[:, None])  # tilted weights per effect and node
+            U, eta, sc, logI, pi = self._nodes(uD, fe, prec)
             value = float(np.sum(logI + np.log(sc)) - 0.5 * m * np.log(2.0 * np.pi * sig2))
             eta_r = self.Xr @ fe + self.ZDr @ uD
             if self.off_r is not None:
