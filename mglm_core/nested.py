@@ -159,59 +159,72 @@ class _Conditional:
 
     def corrected(self, vcp, tol=None):
         """``(log p~(vcp | y) + correction + const, NewtonResult)``: the Laplace value plus
-        :meth:`second_order` (``self.correction == "second_order"``), or replaced by the nested
-        approximation with the conditionally independent component integrated exactly
-        (``"nested"``, :class:`~mglm_core.quadrature.NestedMarginal`), or nothing (``None``)."""
+        :meth:`second_order` (``self.correction == "second_order"``), or nothing (``None``); or
+        ``(value, None)`` with the value of the nested approximation, the conditionally independent
+        component integrated exactly (``"nested"``, :class:`~mglm_core.quadrature.NestedMarginal`)."""
+        if self.correction == "nested":
+            return self._nested_value(vcp), None
         logp, nr = self(vcp, tol)
         if self.correction is None or not np.isfinite(logp):
             return logp, nr
         key = self._key(vcp)
         if key not in self.delta:
-            vcp = np.asarray(vcp, dtype=float)
-            if self.correction == "second_order":
-                self.delta[key] = self.second_order(vcp)
-            else:  # "nested"
-                D = self.nested.D
-                self.delta[key] = self.nested.log_marginal(vcp, nr.u[D], nr.b) - logp
-                self.nested_optimum[key] = self.nested.last
+            self.delta[key] = self.second_order(np.asarray(vcp, dtype=float))
         return logp + self.delta[key], nr
+
+    def _nested_value(self, vcp):
+        """The nested approximation's log density at ``vcp``, started from the nearest point solved
+        (the Laplace mode's solution for the first)."""
+        key = self._key(vcp)
+        if key not in self.delta:
+            vcp = np.asarray(vcp, dtype=float)
+            solved = [(k_, opt) for k_, opt in self.nested_optimum.items() if opt is not None]
+            if solved:
+                uD, fe = min(solved, key=lambda kv: float(np.sum((np.array(kv[0]) - vcp) ** 2)))[1][:2]
+            else:
+                nr = self(vcp)[1]
+                uD, fe = nr.u[self.nested.D], nr.b
+            self.nested.start = None
+            self.delta[key] = self.nested.log_marginal(vcp, uD, fe)
+            self.nested_optimum[key] = self.nested.last
+        return self.delta[key]
 
     def use(self, correction):
         """Switch the correction of :meth:`corrected` (``"second_order"``, ``"nested"`` or None)."""
         if correction != self.correction:
             self.correction, self.delta, self.nested_optimum = correction, {}, {}
 
+    def _base_and_difference(self):
+        """The part of :meth:`corrected` with an analytic gradient (:meth:`value_grad`, or None for
+        the nested approximation) and the rest as a function of vcp (differenced)."""
+        if self.correction == "nested":
+            return None, lambda x: self.corrected(x)[0]
+        return self.value_grad, lambda x: self.corrected(x)[0] - self(x)[0]
+
     def corrected_value_grad(self, vcp, h=1e-2):
         """:meth:`corrected` and its gradient: :meth:`value_grad` plus central differences of the
-        correction (which has no closed-form derivative)."""
-        f, g = self.value_grad(vcp)
+        correction (which has no closed-form derivative), or central differences of the nested value."""
+        vcp = np.asarray(vcp, dtype=float)
+        base, d = self._base_and_difference()
+        f, g = base(vcp) if base is not None else (self.corrected(vcp)[0], np.zeros(vcp.size))
         if self.correction is None or not np.isfinite(f):
             return f, g
-        vcp = np.asarray(vcp, dtype=float)
-        f_c = self.corrected(vcp)[0]
-        dg = np.empty(vcp.size)
-        for i in range(vcp.size):
-            e = np.zeros(vcp.size)
-            e[i] = h
-            dg[i] = ((self.corrected(vcp + e)[0] - self(vcp + e)[0])
-                     - (self.corrected(vcp - e)[0] - self(vcp - e)[0])) / (2 * h)
-        return f_c, g + dg
+        E = h * np.eye(vcp.size)
+        dg = np.array([(d(vcp + E[i]) - d(vcp - E[i])) / (2 * h) for i in range(vcp.size)])
+        return self.corrected(vcp)[0], g + dg
 
     def corrected_hessian(self, vcp, h=1e-2):
         """The Hessian of :meth:`corrected`: differences of the analytic gradient of the Laplace
-        value plus second differences of the correction, on the stencil of
+        value (if part of it) plus second differences of the rest, on the stencil of
         :meth:`corrected_value_grad` (whose points are cached) and the diagonal pairs
         :math:`\pm h(e_i + e_j)`."""
         vcp = np.asarray(vcp, dtype=float)
-        H = _grad_hessian(self.value_grad, vcp, None, h)
+        base, d = self._base_and_difference()
+        k = vcp.size
+        H = _grad_hessian(base, vcp, None, h) if base is not None else np.zeros((k, k))
         if self.correction is None:
             return H
-        k = vcp.size
         E = h * np.eye(k)
-
-        def d(x):
-            return self.corrected(x)[0] - self(x)[0]
-
         d0 = d(vcp)
         dp, dm = [d(vcp + E[i]) for i in range(k)], [d(vcp - E[i]) for i in range(k)]
         Hd = np.diag([(dp[i] - 2.0 * d0 + dm[i]) / h**2 for i in range(k)])
@@ -545,8 +558,10 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     if cond.correction == "nested":
         # fixed-effect means from the nested approximation (its mode plus the skewness shift at the
         # mode of vcp): the conditional Gaussian's means are biased with few rows per effect
-        _, nr_mode = cond(mode)
-        fe_shift = cond.nested.fe_mean_shift(mode, nr_mode.u[cond.nested.D], nr_mode.b)
+        cond.corrected(mode)
+        opt = cond.nested_optimum.get(cond._key(mode))
+        fe_shift = (cond.nested.fe_mean_shift(mode, opt[0], opt[1]) if opt is not None
+                    else np.zeros(model.k_fep))
     refine_at = logd > logd.max() - _REFINE_DROP if k <= _GRID_MAX_K else np.ones(len(thetas), bool)
     out = {}
     n_unrefined = 0
@@ -555,8 +570,6 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         th = thetas[t_]
         prog.report(0.35 + 0.63 * i_ / len(thetas), f"integration point {i_ + 1} of {len(thetas)}")
         logp, nr = cond.corrected(th)
-        if nr.factor is None:
-            continue
         if fe_shift is not None:
             # nested mode: the moments of the nested approximation (fe with the inner component
             # integrated exactly, plus the skewness shift; the inner effects' tilted moments)
@@ -568,6 +581,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             vc_m = vc_m.copy()
             vc_m[cond.nested.ie.cols] += dmu_dfe @ fe_shift
             out[t_] = (logp, fe_m + fe_shift, fe_cov, vc_m, vc_v)
+            continue
+        if nr.factor is None:
             continue
         u, b, factor = nr.u, nr.b, nr.factor
         fe_cov, vc_var_t = factor.border_inverse(), factor.sparse_diag_inverse()
