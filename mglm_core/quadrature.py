@@ -110,8 +110,33 @@ class NestedMarginal:
         self._y = ie.y[:, None]
         self._tr = None if ie.trials is None else ie.trials[:, None]
         self.group = sp.csr_matrix((np.ones(rows.size), (ie.local, np.arange(rows.size))), shape=(m, rows.size))
+        self._pairs = self._row_pairs(self.group, ie.x.size)
+        self._reuse = None  # the last factorisation (its pattern analysis is reused)
         self.start = None  # (u_D, fe, their starts) of the last solution: warm start for the next
         self.last = None  # (u_D, fe, factor) at the last optimum
+
+    @staticmethod
+    def _row_pairs(group, n_nodes, max_work=3e7):
+        """The pairs (i, i') of rows of P in the same effect (both orders, i = i' included) as the
+        pattern of a rows x rows CSR matrix: ``(first, second, effect, indices, indptr)``; None when
+        :math:`\sum_j n_j^2` times the nodes exceeds ``max_work`` (effects with many rows)."""
+        G = group.tocsr()
+        G.sort_indices()
+        n = np.diff(G.indptr)
+        if float(n @ n) * n_nodes > max_work:
+            return None
+        eff = np.repeat(np.arange(G.shape[0]), n)  # effect of each row (in G's order)
+        rows = G.indices
+        partners = n[eff]
+        first = np.repeat(rows, partners)
+        offs = np.arange(first.size) - np.repeat(np.cumsum(partners) - partners, partners)
+        second = rows[np.repeat(G.indptr[eff], partners) + offs]
+        order = np.lexsort((second, first))
+        first, second = first[order], second[order]
+        indptr = np.searchsorted(first, np.arange(G.shape[1] + 1))
+        effect = np.empty(G.shape[1], dtype=np.int64)
+        effect[rows] = eff
+        return first, second, effect[first], second.astype(np.int32), indptr.astype(np.int32)
 
     @classmethod
     def build(cls, model, ie):
@@ -258,6 +283,8 @@ class NestedMarginal:
             if not hessian:
                 return value, g_D, g_fe, None, None, None
             dev = S - Es[:, None]  # s_ik - E s_i
+            if self._pairs is not None:
+                return (value, g_D, g_fe) + self._hessian_pairs(pi, dev, Ew, w_r, prec_D)
             # d_jk = sqrt(pi_jk) sum over the rows i of j of x_i (s_ik - E s_i): (effects * nodes) x p
             sq = np.sqrt(pi)
             dw = (G @ (dev[:, :, None] * self.Xp[:, None, :]).reshape(dev.shape[0], K * p)).reshape(m, K, p)
@@ -282,6 +309,30 @@ class NestedMarginal:
 
         return fun
 
+    def _hessian_pairs(self, pi, dev, Ew, w_r, prec_D):
+        r"""The blocks ``(A, B, C)`` of :math:`-\nabla^2 F` over :math:`(u_D, fe)`: a weighted Gram
+        matrix of the rows, :math:`\tilde X^\top W \tilde X` with :math:`\tilde X = (Z_D, X)`, whose
+        weights on the rows of P are block diagonal by effect,
+        :math:`W_{ii'} = \delta_{ii'}\,\mathrm{E}_j w_i - \mathrm{Cov}_j(s_i, s_{i'})`
+        (i, i' rows of effect j), plus the priors' precisions."""
+        first, second, effect, indices, indptr = self._pairs
+        model, p = self.model, self.model.k_fep
+        vals = -np.einsum("tk,tk,tk->t", pi[effect], dev[first], dev[second])
+        diag = first == second
+        vals[diag] += Ew[first[diag]]
+        Wp = sp.csr_matrix((vals, indices, indptr), shape=(Ew.size, Ew.size))
+        WX = Wp @ self.Xp
+        WXr = self.Xr * w_r[:, None]
+        C = self.Xp.T @ WX + self.Xr.T @ WXr + np.eye(p) / model.fe_p**2
+        if not self.D.size:
+            return sp.csc_matrix((0, 0)), np.zeros((0, p)), C
+        A = self.ZDp.T @ (Wp @ self.ZDp) + sp.diags(prec_D)
+        B = self.ZDp.T @ WX
+        if self.yr.size:
+            A = A + self.ZDr.T @ sp.diags(w_r) @ self.ZDr
+            B = B + self.ZDr.T @ WXr
+        return A.tocsc(), np.asarray(B), C
+
     def log_marginal(self, vcp, uD, fe, tol=1e-7):
         """:math:`\\log p(y, \\theta)` by the nested approximation, from the start ``(u_D, fe)``."""
         from .newton import newton_ascent
@@ -290,10 +341,11 @@ class NestedMarginal:
         vcp = np.asarray(vcp, dtype=float)
         if self.start is not None:  # the last solution moved along the joint mode's change
             uD, fe = self.start[0] + (uD - self.start[2]), self.start[1] + (fe - self.start[3])
-        res = newton_ascent(self.objective(vcp), uD, fe, tol=tol, max_iter=30, max_halvings=10)
+        res = newton_ascent(self.objective(vcp), uD, fe, tol=tol, max_iter=30, max_halvings=10, reuse=self._reuse)
         if res.factor is None or not np.isfinite(res.value):
             self.last = None
             return -np.inf
+        self._reuse = res.factor
         self.start = (res.u, res.b, uD0, fe0)
         self.last = (res.u, res.b, res.factor)
         dim = self.D.size + self.model.k_fep

@@ -7,6 +7,7 @@ designs with a proper mode (params 1e-4, SDs 1e-3 relative); fit_vb differs by i
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -215,6 +216,31 @@ def test_nested_fe_mean_shift_moves_the_mode_to_the_posterior_mean():
     w = np.exp(log_f - log_f.max())
     exact = float(np.sum(w * f[:, 0]) / np.sum(w))
     assert abs(mode[0] + shift[0] - exact) < 0.3 * abs(mode[0] - exact)
+
+
+@pytest.mark.parametrize("crossed", [True, False])
+def test_nested_hessian_by_row_pairs_equals_the_node_expansion(crossed):
+    """The integrated Hessian over (u_D, fe) as a Gram matrix with block-diagonal row weights (pairs
+    of rows of an effect) against its expansion over the quadrature nodes (the route for effects with
+    many rows): crossed and nested designs, away from the optimum."""
+    from mglm_core.quadrature import IndependentEffects, NestedMarginal
+    from mglm_core.simulate import simulate_glmm
+
+    rng = np.random.default_rng(3)
+    sim = simulate_glmm(family="binomial", n_groups=40, group_size=3, sd=1.5, seed=3)
+    codes = pd.factorize(sim.data["g"])[0]
+    data = sim.data.assign(h=rng.integers(0, 6, len(sim.data)) if crossed else codes // 5)
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g) + (1 | h)", data=data)
+    nested = NestedMarginal.build(model, IndependentEffects.find(model))
+    assert nested._pairs is not None
+    vcp = np.array([0.4, -0.2])
+    uD, fe = rng.normal(0, 0.5, nested.D.size), rng.normal(0, 0.3, model.k_fep)
+    by_pairs = nested.objective(vcp)(uD, fe, True)
+    nested._pairs = None
+    by_nodes = nested.objective(vcp)(uD, fe, True)
+    for a, b in zip(by_pairs[3:], by_nodes[3:]):
+        a, b = (x.toarray() if hasattr(x, "toarray") else x for x in (a, b))
+        assert np.abs(a).max() > 0.1 and np.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_nested_moments_of_the_inner_effects_against_brute_force():
