@@ -347,13 +347,15 @@ def _grad_hessian(fg, x, g, h):
 
 
 def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None, f=None, max_step=2.0,
-                    neg_hessian=None, hessian=None):
+                    neg_hessian=None, hessian=None, refresh_far=True):
     """Quasi-Newton ascent on a low-dimensional, smooth log density with an analytic gradient.
 
     ``fg(x) -> (f, gradient)``; ``f(x)``, when given, is the value alone (for the line search).
     The Hessian starts from ``-neg_hessian`` if given, else from central differences of the
-    gradient, and is updated by BFGS; steps
-    are clipped to ``max_step`` and projected on the box ``bounds``, with backtracking on f. At
+    gradient, and is updated by BFGS, or recomputed by differences after a step that had to be
+    clipped to ``max_step`` or was a gradient step where the model was not concave
+    (``refresh_far``: far from the mode the start's curvature misleads);
+    steps are projected on the box ``bounds``, with backtracking on f. At
     the end the Hessian is recomputed (it standardises the integration grid): by ``hessian(x)``
     if given, else by central differences of the gradient.
     Returns ``(x, f(x), gradient, -Hessian, converged, iterations)``.
@@ -378,8 +380,10 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         evals, evecs = np.linalg.eigh(0.5 * (B + B.T))
         if np.all(evals > 1e-8):
             step = evecs @ ((evecs.T @ g) / evals)
-        else:
+            far = np.max(np.abs(step)) > max_step
+        else:  # not concave here: a gradient step
             step = g / max(1.0, np.abs(g).max())
+            far = True
         step = np.clip(step, -max_step, max_step)
         if np.max(np.abs(step)) < tol:
             converged = True
@@ -401,10 +405,14 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         refreshed = False
         fn, gn = safe(xn)
         s_, y_ = xn - x, g - gn
-        if s_ @ y_ > 1e-10:  # BFGS update of -Hessian
+        moved = np.max(np.abs(xn - x))
+        if far and refresh_far:
+            # the quadratic model asked for more than max_step, or was not concave: its curvature
+            # is from far away
+            B = -_grad_hessian(safe, xn, gn, h)
+        elif s_ @ y_ > 1e-10:  # BFGS update of -Hessian
             Bs = B @ s_
             B = B - np.outer(Bs, Bs) / (s_ @ Bs) + np.outer(y_, y_) / (s_ @ y_)
-        moved = np.max(np.abs(xn - x))
         x, f0, g = xn, fn, gn
         if progress is not None:
             progress(it)
