@@ -21,9 +21,12 @@ gradient) defines standardised coordinates :math:`\theta = \theta^* + \Sigma^{1/
   explored outwards from the mode while the log density is within 6.5, 5, 4.5
   of its maximum, weights :math:`\propto \tilde p(\theta \mid y)\,e^{\epsilon(\theta)}` (the grid
   follows skewed posteriors of small SDs, which a Gaussian in :math:`\theta` misses);
-* k > 3: a Gaussian in :math:`\theta` with the 2k axial points
-  :math:`\pm\sqrt{k}` along the axes of z (weights 1/2k), exact for the
-  mean and covariance of a Gaussian.
+* k > 3: the 2k axial points :math:`\pm\sqrt{k}` along the axes of z, and along
+  each axis a split normal whose two scales come from the log density's drops at
+  those points (INLA's skewness correction, :func:`_split_normal`): the log-SD
+  means and covariance are the split normals', and the points' weights
+  :math:`1/2k \pm m_j/(2\sqrt k)` match each axis's mean (a symmetric rule, 1/2k,
+  is exact for the mean and covariance of a Gaussian only).
 
 :math:`\epsilon(\theta)` is the second-order correction of the Laplace value
 (:meth:`_Conditional.second_order`, Shun & McCullagh 1995): with observation-level
@@ -621,8 +624,10 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         log_ml = lmax + np.log(w.sum()) + log_evidence_base
         w /= w.sum()
     else:
-        w = np.full(len(logps), 1.0 / len(logps))
-        log_ml = logpost(mode) + 0.5 * k * LOG_2PI + log_jac
+        split = _split_normal(logpost(mode), logd, k)
+        w = split["weights"][used]
+        w /= w.sum()
+        log_ml = logpost(mode) + 0.5 * k * LOG_2PI + log_jac + float(np.sum(np.log(split["scale"])))
     fe_m, fe_c = np.array(fe_m), np.array(fe_c)
     vc_m, vc_v = np.array(vc_m).reshape(len(w), q), np.array(vc_v).reshape(len(w), q)
     fe_mean = w @ fe_m
@@ -638,8 +643,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     cov[p:, :p] = cov[:p, p:].T
     grid = _marginal_grid(thetas, w, root, k) if k <= _GRID_MAX_K else None
     if k > _GRID_MAX_K:
-        cov[p:, p:] = root @ root.T
-        vcp_mean = mode
+        cov[p:, p:] = (root * split["var"]) @ root.T
+        vcp_mean = mode + root @ split["mean"]
     sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
     if n_unrefined:
         msgs.append(f"The variational refinement did not converge at {n_unrefined} integration point(s); "
@@ -663,6 +668,30 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         vcp_grid=grid, log_marginal_likelihood=float(log_ml),
         extra={"vcp_mode": mode, "vcp_points": thetas, "weights": w, "correction_spread": spread},
     )
+
+
+def _split_normal(f0, logd, k):
+    r"""Skewness along the axes of z for k > 3 (the design's 2k points :math:`\mp\sqrt k\,e_j`,
+    log densities ``logd`` in that order, ``f0`` at the mode).
+
+    Along axis j the density is taken as a split normal with scales
+    :math:`\sigma_\pm = \sqrt k / \sqrt{2\,(f_0 - f(\pm\sqrt k\,e_j))}` (INLA's skewness
+    correction): mean :math:`m_j = \sqrt{2/\pi}\,(\sigma_+ - \sigma_-)`, second moment
+    :math:`(\sigma_+^3 + \sigma_-^3)/(\sigma_+ + \sigma_-)`. Returns the means, variances,
+    ``scale`` :math:`(\sigma_+ + \sigma_-)/2` (the normalising constant's factor) and point
+    weights :math:`1/2k \pm m_j / (2\sqrt k)` (first moments matched along each axis).
+    """
+    sq = np.sqrt(k)
+    drop = np.asarray(f0 - logd, dtype=float)
+    sig = np.clip(sq / np.sqrt(2.0 * np.maximum(drop, 1e-12)), 0.3, 3.0)
+    sig = np.where(np.isfinite(drop), sig, 0.3)
+    s_minus, s_plus = sig[0::2], sig[1::2]
+    mean = np.sqrt(2.0 / np.pi) * (s_plus - s_minus)
+    var = (s_plus**3 + s_minus**3) / (s_plus + s_minus) - mean**2
+    m = np.clip(mean / sq, -0.9 / k, 0.9 / k)
+    weights = np.empty(2 * k)
+    weights[0::2], weights[1::2] = 1.0 / (2 * k) - m / 2, 1.0 / (2 * k) + m / 2
+    return {"mean": mean, "var": var, "scale": 0.5 * (s_plus + s_minus), "weights": weights}
 
 
 def _marginal_grid(thetas, w, root, k, n=201):

@@ -38,6 +38,22 @@ def _sim(**kw):
     return lambda: simulate_glmm(**kw).data
 
 
+def _four_components(seed=17):
+    """Poisson counts with four variance components: intercepts and x-slopes of g (40 levels), and
+    intercepts of two further crossed factors h (15) and s (10); SDs 0.6, 0.3, 0.4, 0.5."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = 800
+    g, h, s = rng.integers(0, 40, n), rng.integers(0, 15, n), rng.integers(0, 10, n)
+    x = rng.standard_normal(n)
+    a, b, c, d = (rng.normal(0, sd, k) for sd, k in ((0.6, 40), (0.3, 40), (0.4, 15), (0.5, 10)))
+    eta = 0.5 + 0.3 * x + a[g] + b[g] * x + c[h] + d[s]
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x, "g": [f"g{i:02d}" for i in g],
+                         "h": [f"h{i:02d}" for i in h], "s": [f"s{i:02d}" for i in s]})
+
+
 def _contraception():
     df = load("Contraception")
     return df
@@ -67,6 +83,8 @@ CASES = [
     Case("sim_poisson_crossed", "Poisson, crossed 30 x 15, SDs 0.6 / 0.4",
          "y ~ x + (1 | g) + (1 | h)", "poisson",
          data_fn=_sim(family="poisson", n_groups=30, group_size=20, n_groups2=15, sd=0.6, sd2=0.4, seed=16)),
+    Case("sim_poisson_four", "Poisson, four components: intercepts and slopes of 40 groups, two crossed factors",
+         "y ~ x + (1 | g) + (0 + x | g) + (1 | h) + (1 | s)", "poisson", data_fn=_four_components),
     Case("cbpp", "cbpp: incidence out of size, (1|herd)", "incidence ~ period + (1 | herd)", "binomial",
          trials="size", data_fn=lambda: load("cbpp")),
     Case("Salamanders", "Salamanders: count ~ mined + (1|site)", "count ~ mined + (1 | site)", "poisson",
