@@ -117,7 +117,7 @@ class NestedMarginal:
 
     @staticmethod
     def _row_pairs(group, n_nodes, max_work=3e7):
-        """The pairs (i, i') of rows of P in the same effect (both orders, i = i' included) as the
+        r"""The pairs (i, i') of rows of P in the same effect (both orders, i = i' included) as the
         pattern of a rows x rows CSR matrix: ``(first, second, effect, indices, indptr)``; None when
         :math:`\sum_j n_j^2` times the nodes exceeds ``max_work`` (effects with many rows)."""
         G = group.tocsr()
@@ -163,7 +163,7 @@ class NestedMarginal:
         return u, c
 
     def _nodes(self, uD, fe, prec):
-        """The adaptive Gauss–Hermite rule of every effect of P given ``(u_D, fe)``: nodes
+        r"""The adaptive Gauss–Hermite rule of every effect of P given ``(u_D, fe)``: nodes
         ``U`` (effects x nodes), the rows' linear predictors there ``eta`` (rows x nodes), the
         scales ``sc``, :math:`\log I_j` (without the prior's and the rule's constants) and the
         tilted weights ``pi`` (effects x nodes, rows summing to 1)."""

@@ -38,9 +38,14 @@ def test_four_components_split_normal_moves_the_mode_to_the_mean():
     ref = json.loads((ROOT / "benchmarks" / "accuracy" / "reference" / "sim_poisson_four.json").read_text())
     res = BY_NAME["sim_poisson_four"].model().fit_laplace()
     rm, rs = np.array(ref["vcp_mean"]), np.array(ref["vcp_sd"])
-    assert len(res.vcp_names) == 4 and res.vcp_grid is None
+    assert len(res.vcp_names) == 4 and len(res.extra["weights"]) == 8
     assert np.max(np.abs(res.vcp_mean - rm) / rs) < 0.1
     assert np.max(np.abs(res.extra["vcp_mode"] - rm) / rs) > 0.15
+    for j in range(4):  # the tabulated marginals (split normals combined) have the same moments
+        x, d = np.asarray(res.vcp_grid.points[j]), np.asarray(res.vcp_grid.density[j])
+        mean = np.trapezoid(x * d, x)
+        assert abs(mean - res.vcp_mean[j]) < 0.02 * res.vcp_sd[j]
+        assert abs(np.sqrt(np.trapezoid((x - mean) ** 2 * d, x)) / res.vcp_sd[j] - 1) < 0.03
 
 
 def test_map_collapses_where_the_integrated_fit_does_not():
