@@ -85,6 +85,7 @@ _GRID_TOL = 1e-7  # inner Newton decrement at the integration points
 _SPREAD_MAX = 3.0  # largest range of the second-order correction over the probe points
 _PROBE_Z = 3.0  # the probe points: the mode and z = +-_PROBE_Z along the axes
 _SKEW_MAX = 1.15  # the axial design (split normals) when no axis's scale is beyond this factor of 1
+_SKEW_FAR = 1.1  # ... and none measured at the probe points z = +-3 beyond this
 _REFINE_DROP = 2.5  # refine the conditional Gaussians within this of the top log density
 
 
@@ -378,6 +379,10 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         v = f(x_) if f is not None else fg(x_)[0]
         return v if np.isfinite(v) else -np.inf
 
+    def curvature(x_, g_):
+        H_ = hessian(x_) if hessian is not None else None
+        return H_ if H_ is not None and np.all(np.isfinite(H_)) else _grad_hessian(safe, x_, g_, h)
+
     x = np.clip(np.asarray(x0, dtype=float), lo, hi)
     f0, g = safe(x)
     B = -_grad_hessian(safe, x, g, h) if neg_hessian is None else np.array(neg_hessian, dtype=float)
@@ -407,7 +412,7 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         if xn is None:  # no ascent along the step: restart from a difference Hessian once, else stop
             if refreshed:
                 break
-            B, refreshed = -_grad_hessian(safe, x, g, h), True
+            B, refreshed = -curvature(x, g), True
             continue
         refreshed = False
         fn, gn = safe(xn)
@@ -416,7 +421,7 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         if far and refresh_far:
             # the quadratic model asked for more than max_step, or was not concave: its curvature
             # is from far away
-            B = -_grad_hessian(safe, xn, gn, h)
+            B = -curvature(xn, gn)
         elif s_ @ y_ > 1e-10:  # BFGS update of -Hessian
             Bs = B @ s_
             B = B - np.outer(Bs, Bs) / (s_ @ Bs) + np.outer(y_, y_) / (s_ @ y_)
@@ -426,10 +431,7 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         if moved < tol and t == 1.0:
             converged = True
             break
-    H = hessian(x) if hessian is not None else None
-    if H is None or not np.all(np.isfinite(H)):
-        H = _grad_hessian(safe, x, g, h)
-    return x, f0, g, -H, converged, it
+    return x, f0, g, -curvature(x, g), converged, it
 
 
 def _standardise(H, msgs):
@@ -448,13 +450,23 @@ def _design(cond, mode, H, k, msgs):
     ``(root, log_jac, zs, thetas, log_evidence_base, split)`` (module docstring), laid out on
     ``cond.corrected``. ``split`` (:func:`_split_normal`) is None for a grid."""
     root, log_jac = _standardise(H, msgs)
-    zs = np.vstack([s * np.sqrt(k) * np.eye(k)[i] for i in range(k) for s in (-1, 1)])
-    # the axial points first: where the density is close to Gaussian along every axis (no scale
-    # of the split normals beyond _SKEW_MAX) they are the design; a skewed one gets the grid
-    f_axial = np.array([cond.corrected(mode + root @ z, tol=_GRID_TOL)[0] for z in zs])
-    split = _split_normal(cond.corrected(mode)[0], f_axial, k)
-    if k > _GRID_MAX_K or np.all(np.abs(np.log(split["sigma"])) <= np.log(_SKEW_MAX)):
-        return root, log_jac, zs, mode + zs @ root.T, None, split
+    f0 = cond.corrected(mode)[0]
+
+    def scales(r):  # the split normals' scales from the drops at z = -+r along the axes
+        zs_ = np.vstack([s_ * r * np.eye(k)[i] for i in range(k) for s_ in (-1, 1)])
+        f_ = np.array([cond.corrected(mode + root @ z, tol=_GRID_TOL)[0] for z in zs_])
+        return zs_, f_, _split_normal(f0, f_, k, r=r)
+
+    # The axial points are the design where the density is close to Gaussian along every axis out
+    # to z = +-3 (the probe points, grid points too) and at z = +-sqrt(k): a log-SD posterior with
+    # a heavy tail towards SD 0 (few levels, binary data) looks Gaussian at sqrt(k) only.
+    if k <= _GRID_MAX_K:
+        far = scales(_PROBE_Z)[2]["sigma"]
+        near_gaussian = np.all(np.abs(np.log(far)) <= np.log(_SKEW_FAR))
+    if k > _GRID_MAX_K or near_gaussian:
+        zs, _, split = scales(np.sqrt(k))
+        if k > _GRID_MAX_K or np.all(np.abs(np.log(split["sigma"])) <= np.log(_SKEW_MAX)):
+            return root, log_jac, zs, mode + zs @ root.T, None, split
     step = _STEP[k]
     # grid points need the log density to ~1e-4, not the 1e-11 of the mode search's differences
     pts = _grid_points(lambda z: cond.corrected(mode + root @ z, tol=_GRID_TOL)[0], k, step)
@@ -656,8 +668,10 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     if n_unrefined:
         msgs.append(f"The variational refinement did not converge at {n_unrefined} integration point(s); "
                     "the Laplace Gaussian was kept there.")
-    if cond.failures:
-        msgs.append(f"{cond.failures} inner Laplace problem(s) failed and were left out of the integration.")
+    failures = cond.failures + (cond.nested.failures if "nested" in cond.__dict__ and cond.nested else 0)
+    if failures:
+        msgs.append(f"The inner problem could not be solved at {failures} integration point(s) (far out in the "
+                    "log-SDs); they were left out of the integration.")
     converged = search_ok and not at_bound.any()
     if not search_ok:
         msgs.append("The search for the mode of the log-SD posterior did not converge.")
@@ -677,20 +691,22 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     )
 
 
-def _split_normal(f0, logd, k):
-    r"""Skewness along the axes of z for k > 3 (the design's 2k points :math:`\mp\sqrt k\,e_j`,
-    log densities ``logd`` in that order, ``f0`` at the mode).
+def _split_normal(f0, logd, k, r=None):
+    r"""Skewness along the axes of z from the log densities ``logd`` at the 2k points
+    :math:`\mp r\,e_j` (in that order; r defaults to :math:`\sqrt k`, the axial design's), ``f0`` at
+    the mode.
 
     Along axis j the density is taken as a split normal with scales
-    :math:`\sigma_\pm = \sqrt k / \sqrt{2\,(f_0 - f(\pm\sqrt k\,e_j))}` (INLA's skewness
+    :math:`\sigma_\pm = r / \sqrt{2\,(f_0 - f(\pm r\,e_j))}` (INLA's skewness
     correction): mean :math:`m_j = \sqrt{2/\pi}\,(\sigma_+ - \sigma_-)`, second moment
     :math:`(\sigma_+^3 + \sigma_-^3)/(\sigma_+ + \sigma_-)`. Returns the means, variances,
     ``scale`` :math:`(\sigma_+ + \sigma_-)/2` (the normalising constant's factor) and point
-    weights :math:`1/2k \pm m_j / (2\sqrt k)` (first moments matched along each axis).
+    weights :math:`1/2k \pm m_j / (2\sqrt k)` (first moments matched along each axis, for
+    :math:`r = \sqrt k`).
     """
     sq = np.sqrt(k)
     drop = np.asarray(f0 - logd, dtype=float)
-    sig = np.clip(sq / np.sqrt(2.0 * np.maximum(drop, 1e-12)), 0.3, 3.0)
+    sig = np.clip((sq if r is None else r) / np.sqrt(2.0 * np.maximum(drop, 1e-12)), 0.3, 3.0)
     sig = np.where(np.isfinite(drop), sig, 0.3)
     s_minus, s_plus = sig[0::2], sig[1::2]
     mean = np.sqrt(2.0 / np.pi) * (s_plus - s_minus)

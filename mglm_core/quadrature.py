@@ -112,6 +112,7 @@ class NestedMarginal:
         self.group = sp.csr_matrix((np.ones(rows.size), (ie.local, np.arange(rows.size))), shape=(m, rows.size))
         self._pairs = self._row_pairs(self.group, ie.x.size)
         self._reuse = None  # the last factorisation (its pattern analysis is reused)
+        self.failures = 0  # points where the Newton iterations did not converge
         self.start = None  # (u_D, fe, their starts) of the last solution: warm start for the next
         self.last = None  # (u_D, fe, factor) at the last optimum
 
@@ -341,9 +342,12 @@ class NestedMarginal:
         vcp = np.asarray(vcp, dtype=float)
         if self.start is not None:  # the last solution moved along the joint mode's change
             uD, fe = self.start[0] + (uD - self.start[2]), self.start[1] + (fe - self.start[3])
-        res = newton_ascent(self.objective(vcp), uD, fe, tol=tol, max_iter=30, max_halvings=10, reuse=self._reuse)
-        if res.factor is None or not np.isfinite(res.value):
+        res = newton_ascent(self.objective(vcp), uD, fe, tol=tol, max_iter=15, max_halvings=10, reuse=self._reuse)
+        if res.factor is None or not np.isfinite(res.value) or not res.converged:
+            # far out in the log-SDs (SDs of 10 and more) the quadrature loses accuracy and Newton
+            # stalls there: such a point is left out, and counted
             self.last = None
+            self.failures += 1
             return -np.inf
         self._reuse = res.factor
         self.start = (res.u, res.b, uD0, fe0)
