@@ -20,11 +20,15 @@ gradient) defines standardised coordinates :math:`\theta = \theta^* + \Sigma^{1/
 * the 2k axial points :math:`\pm\sqrt{k}` along the axes of z first, and along
   each axis a split normal whose two scales :math:`\sigma_\pm` come from the log
   density's drops at those points (INLA's skewness correction, :func:`_split_normal`).
-  If every scale is within a factor 1.15 of 1 (or k > 3), these points are the design:
+  With one component whose scales are within 15 % of 1 there and within 10 % at the probe
+  points :math:`z = \pm 3` (a heavy tail towards SD 0 shows only there), or with k > 3,
+  these points are the design:
   the log-SD means and covariance are the split normals', and the points' weights
   :math:`1/2k \pm m_j/(2\sqrt k)` match each axis's mean (the symmetric rule, 1/2k,
   is exact for the mean and covariance of a Gaussian);
-* otherwise (k <= 3, a skewed posterior: few levels, an SD near 0 or a large one)
+* otherwise (a skewed posterior: few levels, an SD near 0 or a large one; and always for
+  two or three components, whose skewness can lie off the axes: sparse binary crossed
+  designs looked Gaussian along both axes and had scales of 1.4-1.6 along a diagonal)
   a regular grid in z (step 1, 1.5, 1.5 for k = 1, 2, 3),
   explored outwards from the mode while the log density is within 6.5, 5, 4.5
   of its maximum, weights :math:`\propto \tilde p(\theta \mid y)\,e^{\epsilon(\theta)}` (the grid
@@ -460,7 +464,8 @@ def _design(cond, mode, H, k, msgs):
     # The axial points are the design where the density is close to Gaussian along every axis out
     # to z = +-3 (the probe points, grid points too) and at z = +-sqrt(k): a log-SD posterior with
     # a heavy tail towards SD 0 (few levels, binary data) looks Gaussian at sqrt(k) only.
-    if k <= _GRID_MAX_K:
+    near_gaussian = False
+    if k == 1:  # with two or three components, skewness off the axes goes unseen: the grid
         far = scales(_PROBE_Z)[2]["sigma"]
         near_gaussian = np.all(np.abs(np.log(far)) <= np.log(_SKEW_FAR))
     if k > _GRID_MAX_K or near_gaussian:
