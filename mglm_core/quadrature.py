@@ -27,6 +27,9 @@ from scipy.special import logsumexp
 
 __all__ = ["IndependentEffects", "NestedMarginal"]
 
+#: Up to this many other random effects, (u_D, fe) is handled as one dense block.
+DENSE_OTHER = 100
+
 
 class IndependentEffects:
     """The rows of one conditionally independent component and the Gauss–Hermite rule.
@@ -111,6 +114,11 @@ class NestedMarginal:
         self._tr = None if ie.trials is None else ie.trials[:, None]
         self.group = sp.csr_matrix((np.ones(rows.size), (ie.local, np.arange(rows.size))), shape=(m, rows.size))
         self._pairs = self._row_pairs(self.group, ie.x.size)
+        # few other effects (crossed items, communities): (u_D, fe) is one small dense block, with no
+        # sparse products or sparse factorisation in the Newton iterations
+        self.dense = self._pairs is not None and 0 < D.size <= DENSE_OTHER and rows.size * D.size <= 4e6
+        if self.dense:
+            self.ZDp_d, self.ZDr_d = self.ZDp.toarray(), self.ZDr.toarray()
         self._reuse = None  # the last factorisation (its pattern analysis is reused)
         self.failures = 0  # points where the Newton iterations did not converge
         self.start = None  # (u_D, fe, their starts) of the last solution: warm start for the next
@@ -210,6 +218,15 @@ class NestedMarginal:
         c = np.einsum("ik,ik,ik->i", P_row, U[ie.local] - mu[ie.local][:, None], dev_s)  # d mu_j / d a_i
         Gc = self.group @ sp.diags(c)
         g_f = np.asarray(Gc @ self.Xp)
+        vc_mean = np.empty(model.k_vc)
+        vc_var = np.empty(model.k_vc)
+        if self.dense:
+            nD = self.D.size
+            cov = F.border_inverse()  # of (u_D, fe)
+            g = np.hstack([np.asarray(Gc @ self.ZDp_d), g_f])
+            vc_mean[ie.cols], vc_var[ie.cols] = mu, tau + np.einsum("ij,ij->i", g @ cov, g)
+            vc_mean[self.D], vc_var[self.D] = uD, np.diag(cov)[:nD]
+            return fe.copy(), cov[nD:, nD:], vc_mean, vc_var, g_f
         fe_cov = F.border_inverse()
         quad = np.zeros(mu.size)
         if self.D.size:
@@ -220,8 +237,6 @@ class NestedMarginal:
             r = -g_f
         if F.m:
             quad += np.einsum("ij,ij->i", r @ fe_cov, r)
-        vc_mean = np.empty(model.k_vc)
-        vc_var = np.empty(model.k_vc)
         vc_mean[ie.cols], vc_var[ie.cols] = mu, tau + quad
         if self.D.size:
             vc_mean[self.D], vc_var[self.D] = uD, F.sparse_diag_inverse()
@@ -327,12 +342,49 @@ class NestedMarginal:
         C = self.Xp.T @ WX + self.Xr.T @ WXr + np.eye(p) / model.fe_p**2
         if not self.D.size:
             return sp.csc_matrix((0, 0)), np.zeros((0, p)), C
+        if self.dense:
+            A = self.ZDp_d.T @ (Wp @ self.ZDp_d)
+            A[np.diag_indices_from(A)] += prec_D
+            B = self.ZDp_d.T @ WX
+            if self.yr.size:
+                A += self.ZDr_d.T @ (self.ZDr_d * w_r[:, None])
+                B += self.ZDr_d.T @ WXr
+            return A, B, C
         A = self.ZDp.T @ (Wp @ self.ZDp) + sp.diags(prec_D)
         B = self.ZDp.T @ WX
         if self.yr.size:
             A = A + self.ZDr.T @ sp.diags(w_r) @ self.ZDr
             B = B + self.ZDr.T @ WXr
         return A.tocsc(), np.asarray(B), C
+
+    def _as_border(self, fun):
+        """``fun`` with (u_D, fe) as one dense border (no sparse block), for :attr:`dense`."""
+        nD = self.D.size
+
+        def fun_border(_, a, hessian):
+            value, g_D, g_fe, A, B, C = fun(a[:nD], a[nD:], hessian)
+            if not hessian:
+                return value, np.zeros(0), np.concatenate([g_D, g_fe]), None, None, None
+            full = np.block([[A, B], [B.T, C]])
+            return value, np.zeros(0), np.concatenate([g_D, g_fe]), sp.csc_matrix((0, 0)), np.zeros((0, full.shape[0])), full
+
+        return fun_border
+
+    def _factor(self, A, B, C):
+        """The factorisation of the Hessian blocks in the layout :meth:`log_marginal` uses."""
+        from .linalg import BorderedFactor
+
+        if self.dense:
+            full = np.block([[A, B], [B.T, C]])
+            return BorderedFactor(sp.csc_matrix((0, 0)), np.zeros((0, full.shape[0])), full)
+        return BorderedFactor(A, B, C)
+
+    def _solve(self, F, rhs_D, rhs_fe):
+        """``H^{-1} (rhs_D, rhs_fe)`` with the factor of either layout, as ``(x_D, x_fe)``."""
+        if self.dense:
+            x = F.solve(np.zeros(0), np.concatenate([rhs_D, rhs_fe]))[1]
+            return x[:self.D.size], x[self.D.size:]
+        return F.solve(rhs_D, rhs_fe)
 
     def log_marginal(self, vcp, uD, fe, tol=1e-7):
         """:math:`\\log p(y, \\theta)` by the nested approximation, from the start ``(u_D, fe)``."""
@@ -342,7 +394,14 @@ class NestedMarginal:
         vcp = np.asarray(vcp, dtype=float)
         if self.start is not None:  # the last solution moved along the joint mode's change
             uD, fe = self.start[0] + (uD - self.start[2]), self.start[1] + (fe - self.start[3])
-        res = newton_ascent(self.objective(vcp), uD, fe, tol=tol, max_iter=15, max_halvings=10, reuse=self._reuse)
+        fun = self.objective(vcp)
+        if self.dense:
+            res = newton_ascent(self._as_border(fun), np.zeros(0), np.concatenate([uD, fe]), tol=tol,
+                                max_iter=10, max_halvings=5)
+            if res.factor is not None:
+                res.u, res.b = res.b[:self.D.size], res.b[self.D.size:]
+        else:
+            res = newton_ascent(fun, uD, fe, tol=tol, max_iter=10, max_halvings=5, reuse=self._reuse)
         if res.factor is None or not np.isfinite(res.value) or not res.converged:
             # far out in the log-SDs (SDs of 10 and more) the quadrature loses accuracy and Newton
             # stalls there: such a point is left out, and counted
@@ -363,8 +422,6 @@ class NestedMarginal:
         integrated likelihood. Row r of the fixed-effect part is the derivative of
         :math:`\log\det H` along column r of :math:`\Sigma` (forward differences, p Hessians).
         """
-        from .linalg import BorderedFactor
-
         if not np.isfinite(self.log_marginal(vcp, uD, fe)):
             return np.zeros(self.model.k_fep)
         uD, fe, F = self.last
@@ -372,7 +429,7 @@ class NestedMarginal:
 
         def logdet(u_, b_):
             _, _, _, A, B, C = fun(u_, b_, True)
-            return BorderedFactor(A, B, C).logdet()
+            return self._factor(A, B, C).logdet()
 
         p = fe.size
         shift = np.zeros(p)
@@ -380,6 +437,6 @@ class NestedMarginal:
         for r in range(p):
             e = np.zeros(p)
             e[r] = 1.0
-            wu, wb = F.solve(np.zeros(uD.size), e)
+            wu, wb = self._solve(F, np.zeros(uD.size), e)
             shift[r] = -0.5 * (logdet(uD + h * wu, fe + h * wb) - base) / h
         return shift

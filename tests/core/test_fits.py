@@ -243,6 +243,28 @@ def test_nested_hessian_by_row_pairs_equals_the_node_expansion(crossed):
         assert np.abs(a).max() > 0.1 and np.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_nested_dense_and_sparse_layouts_agree():
+    """Few other effects (20 crossed items) are handled as one dense block with the fixed effects;
+    the value, the moments and the skewness shift equal those of the sparse layout."""
+    from mglm_core.quadrature import IndependentEffects, NestedMarginal
+    from mglm_core.simulate import simulate_glmm
+
+    sim = simulate_glmm(family="binomial", n_groups=60, group_size=2, n_groups2=20, sd=2.0, seed=4)
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g) + (1 | h)", data=sim.data)
+    vcp = np.array([0.7, -0.4])
+    nr = _Conditional(model, 1e-12)(vcp)[1]
+    out = []
+    for dense in (True, False):
+        nested = NestedMarginal.build(model, IndependentEffects.find(model))
+        assert nested.dense
+        nested.dense = dense
+        value = nested.log_marginal(vcp, nr.u[nested.D], nr.b, tol=1e-12)
+        shift = nested.fe_mean_shift(vcp, nr.u[nested.D], nr.b)
+        out.append((value, shift) + nested.moments(vcp))
+    for a, b in zip(*out):
+        assert np.allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
 def test_nested_moments_of_the_inner_effects_against_brute_force():
     """Three effects with one or two binary rows, SD 2.2, an intercept: the posterior means and SDs of
     the effects given vcp, by brute force (the intercept on a grid, each effect's tilted density on a
