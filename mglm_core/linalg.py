@@ -526,8 +526,9 @@ class Symbolic:
             return
         row_nnz = np.bincount(row[selN], minlength=q)[P].astype(np.int64)
         # off-diagonal fill of the Schur complement (at most sum over P rows of r (r - 1)): dense when it
-        # fills a good part of S, or when S is small and not (nearly) diagonal -- a diagonal S (random
-        # slopes on one factor, nested factors) is left to SuperLU
+        # fills a good part of S, when S is small and not (nearly) diagonal, or when S has at most
+        # DENSE_ALWAYS columns; a larger diagonal S (random slopes on one factor, big nested designs)
+        # is left to SuperLU
         fill = float(row_nnz @ (row_nnz - 1))
         if not (fill >= 0.05 * D.size**2 or (D.size <= DENSE_SMALL and fill >= D.size) or D.size <= DENSE_ALWAYS):
             return

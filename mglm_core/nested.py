@@ -402,13 +402,15 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
             far = True
         step = np.clip(step, -max_step, max_step)
         if np.max(np.abs(step)) < tol:
-            converged = True
+            converged = bool(np.isfinite(f0))
             break
         t = 1.0
         while True:
             xn = np.clip(x + t * step, lo, hi)
             if value(xn) >= f0 - 1e-12:
-                break
+                fn, gn = safe(xn)  # a point whose gradient is not finite is rejected like a worse one
+                if np.isfinite(fn):
+                    break
             t *= 0.5
             if t < 1e-4:
                 xn = None
@@ -419,7 +421,6 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
             B, refreshed = -curvature(x, g), True
             continue
         refreshed = False
-        fn, gn = safe(xn)
         s_, y_ = xn - x, g - gn
         moved = np.max(np.abs(xn - x))
         if far and refresh_far:
@@ -433,7 +434,7 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         if progress is not None:
             progress(it)
         if moved < tol and t == 1.0:
-            converged = True
+            converged = bool(np.isfinite(f0))
             break
     return x, f0, g, -curvature(x, g), converged, it
 
@@ -466,11 +467,12 @@ def _design(cond, mode, H, k, msgs):
     # a heavy tail towards SD 0 (few levels, binary data) looks Gaussian at sqrt(k) only.
     near_gaussian = False
     if k == 1:  # with two or three components, skewness off the axes goes unseen: the grid
-        far = scales(_PROBE_Z)[2]["sigma"]
-        near_gaussian = np.all(np.abs(np.log(far)) <= np.log(_SKEW_FAR))
+        _, f_far, far = scales(_PROBE_Z)
+        near_gaussian = np.all(np.isfinite(f_far)) and np.all(np.abs(np.log(far["sigma"])) <= np.log(_SKEW_FAR))
     if k > _GRID_MAX_K or near_gaussian:
-        zs, _, split = scales(np.sqrt(k))
-        if k > _GRID_MAX_K or np.all(np.abs(np.log(split["sigma"])) <= np.log(_SKEW_MAX)):
+        zs, f_axial, split = scales(np.sqrt(k))
+        if k > _GRID_MAX_K or (np.all(np.isfinite(f_axial))
+                               and np.all(np.abs(np.log(split["sigma"])) <= np.log(_SKEW_MAX))):
             return root, log_jac, zs, mode + zs @ root.T, None, split
     step = _STEP[k]
     # grid points need the log density to ~1e-4, not the 1e-11 of the mode search's differences
@@ -673,10 +675,10 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     if n_unrefined:
         msgs.append(f"The variational refinement did not converge at {n_unrefined} integration point(s); "
                     "the Laplace Gaussian was kept there.")
-    failures = cond.failures + (cond.nested.failures if "nested" in cond.__dict__ and cond.nested else 0)
-    if failures:
-        msgs.append(f"The inner problem could not be solved at {failures} integration point(s) (far out in the "
-                    "log-SDs); they were left out of the integration.")
+    dropped = len(zs) - len(used)
+    if dropped:
+        msgs.append(f"The inner problem could not be solved at {dropped} of {len(zs)} integration points (at "
+                    "large SDs); they were left out of the integration.")
     converged = search_ok and not at_bound.any()
     if not search_ok:
         msgs.append("The search for the mode of the log-SD posterior did not converge.")
@@ -712,7 +714,7 @@ def _split_normal(f0, logd, k, r=None):
     sq = np.sqrt(k)
     drop = np.asarray(f0 - logd, dtype=float)
     sig = np.clip((sq if r is None else r) / np.sqrt(2.0 * np.maximum(drop, 1e-12)), 0.3, 3.0)
-    sig = np.where(np.isfinite(drop), sig, 0.3)
+    sig = np.where(np.isfinite(drop), sig, 1.0)  # a failed point says nothing about the shape
     s_minus, s_plus = sig[0::2], sig[1::2]
     mean = np.sqrt(2.0 / np.pi) * (s_plus - s_minus)
     var = (s_plus**3 + s_minus**3) / (s_plus + s_minus) - mean**2
@@ -724,9 +726,9 @@ def _split_normal(f0, logd, k, r=None):
 
 
 def _split_normal_grid(mode, root, split, n=201, draws=20000):
-    r"""Marginal density of each log-SD when :math:`z` has independent split-normal coordinates:
-    exact for a diagonal ``root`` (one component per axis), otherwise a kernel estimate from
-    ``draws`` deterministic draws of :math:`\theta = \theta^* + \mathrm{root}\, z`."""
+    r"""Marginal density of each log-SD when :math:`z` has independent split-normal coordinates: a
+    kernel estimate (a smoothed histogram) from ``draws`` deterministic, stratified draws of
+    :math:`\theta = \theta^* + \mathrm{root}\, z`."""
     from scipy.special import ndtri
 
     k = mode.size

@@ -125,7 +125,7 @@ class NestedMarginal:
         self.last = None  # (u_D, fe, factor) at the last optimum
 
     @staticmethod
-    def _row_pairs(group, n_nodes, max_work=3e7):
+    def _row_pairs(group, n_nodes, max_work=1e7):
         r"""The pairs (i, i') of rows of P in the same effect (both orders, i = i' included) as the
         pattern of a rows x rows CSR matrix: ``(first, second, effect, indices, indptr)``; None when
         :math:`\sum_j n_j^2` times the nodes exceeds ``max_work`` (effects with many rows)."""
@@ -333,7 +333,8 @@ class NestedMarginal:
         (i, i' rows of effect j), plus the priors' precisions."""
         first, second, effect, indices, indptr = self._pairs
         model, p = self.model, self.model.k_fep
-        vals = -np.einsum("tk,tk,tk->t", pi[effect], dev[first], dev[second])
+        sdev = dev * np.sqrt(pi)[self.ie.local]  # two (pairs x nodes) temporaries, not three
+        vals = -np.einsum("tk,tk->t", sdev[first], sdev[second])
         diag = first == second
         vals[diag] += Ew[first[diag]]
         Wp = sp.csr_matrix((vals, indices, indptr), shape=(Ew.size, Ew.size))
@@ -422,6 +423,7 @@ class NestedMarginal:
         integrated likelihood. Row r of the fixed-effect part is the derivative of
         :math:`\log\det H` along column r of :math:`\Sigma` (forward differences, p Hessians).
         """
+        self.start = None  # solve from the given point (the optimum, normally), not the last one
         if not np.isfinite(self.log_marginal(vcp, uD, fe)):
             return np.zeros(self.model.k_fep)
         uD, fe, F = self.last

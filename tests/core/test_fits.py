@@ -265,6 +265,20 @@ def test_nested_dense_and_sparse_layouts_agree():
         assert np.allclose(a, b, rtol=1e-6, atol=1e-8)
 
 
+def test_log_sd_search_steps_over_points_without_a_gradient():
+    """A point where the value is finite but the gradient is not (a failed inner problem on a
+    difference stencil) is rejected by the line search; the search reaches the mode of
+    -(x - 3)^2 instead of stopping there, and never reports convergence at a non-finite value."""
+    from mglm_core.nested import _maximise_theta
+
+    def fg(x):
+        bad = 1.9 <= x[0] <= 2.1
+        return -((x[0] - 3.0) ** 2), np.array([np.nan if bad else -2.0 * (x[0] - 3.0)])
+
+    x, f, g, neg_h, converged, _ = _maximise_theta(fg, np.zeros(1), (-10.0, 10.0), neg_hessian=np.array([[2.0]]))
+    assert converged and abs(x[0] - 3.0) < 1e-3 and np.isfinite(f) and neg_h[0, 0] > 1.0
+
+
 def test_nested_moments_of_the_inner_effects_against_brute_force():
     """Three effects with one or two binary rows, SD 2.2, an intercept: the posterior means and SDs of
     the effects given vcp, by brute force (the intercept on a grid, each effect's tilted density on a
