@@ -53,7 +53,8 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
     ----------
     fun : callable
         ``fun(u, b, hessian) -> (value, g_u, g_b, A, B, C)`` where ``(A, B, C)``
-        are the blocks of the negative Hessian (None when ``hessian`` is False).
+        are the blocks of the negative Hessian (None when ``hessian`` is False). Line searches
+        call it with ``hessian=None`` and use the value alone (the rest may be None then).
     u0, b0 : ndarray
         Starting point.
     tol : float
@@ -115,7 +116,7 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
             un, bn = u + t * du, b + t * db
             # The full step usually succeeds: evaluate it with the Hessian so it can be reused.
             full = fun(un, bn, True) if t == 1.0 else None
-            vn = full[0] if full is not None else fun(un, bn, False)[0]
+            vn = full[0] if full is not None else fun(un, bn, None)[0]
             if np.isfinite(vn) and vn >= value + 1e-4 * t * decrement:
                 accepted = True
                 break

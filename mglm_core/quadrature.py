@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.special import logsumexp
 
 __all__ = ["IndependentEffects", "NestedMarginal"]
 
@@ -185,8 +184,11 @@ class NestedMarginal:
         U = u0[:, None] + sc[:, None] * ie.x
         eta = a[:, None] + ie.z[:, None] * U[ie.local]
         lw = self.group @ self.model.family.loglike(self._y, eta, self._tr) - 0.5 * prec * U**2 + ie.logw
-        logI = logsumexp(lw, axis=1)
-        return U, eta, sc, logI, np.exp(lw - logI[:, None])
+        top = lw.max(axis=1)
+        pi = np.exp(lw - top[:, None])
+        total = pi.sum(axis=1)
+        pi /= total[:, None]
+        return U, eta, sc, top + np.log(total), pi
 
     def moments(self, vcp, optimum=None):
         r"""Posterior moments given the log-SDs ``vcp`` at the optimum of :meth:`log_marginal` there
@@ -265,7 +267,8 @@ class NestedMarginal:
             return out
 
     def objective(self, vcp):
-        """``fun(u_D, fe, hessian)`` for :func:`~mglm_core.newton.newton_ascent` at log-SDs ``vcp``."""
+        """``fun(u_D, fe, hessian)`` for :func:`~mglm_core.newton.newton_ascent` at log-SDs ``vcp``
+        (``hessian=None``: the value alone)."""
         model, ie, fam = self.model, self.ie, self.model.family
         m, p = ie.cols.size, model.k_fep
         prec_k = np.exp(-2.0 * vcp)
@@ -290,6 +293,8 @@ class NestedMarginal:
                       - 0.5 * self.D.size * np.log(2.0 * np.pi))
             value += -0.5 * float(fe @ fe) / model.fe_p**2 - 0.5 * p * np.log(2.0 * np.pi * model.fe_p**2)
             value += -0.5 * float(vcp @ vcp) / model.vcp_p**2 - 0.5 * vcp.size * np.log(2.0 * np.pi * model.vcp_p**2)
+            if hessian is None:  # the value alone (line searches)
+                return value, None, None, None, None, None
             S, W = fam.score_weight(y, eta, tr)  # rows x nodes
             P_row = pi[loc]
             Es = np.einsum("ik,ik->i", P_row, S)
@@ -364,6 +369,8 @@ class NestedMarginal:
 
         def fun_border(_, a, hessian):
             value, g_D, g_fe, A, B, C = fun(a[:nD], a[nD:], hessian)
+            if hessian is None:
+                return value, None, None, None, None, None
             if not hessian:
                 return value, np.zeros(0), np.concatenate([g_D, g_fe]), None, None, None
             full = np.block([[A, B], [B.T, C]])
