@@ -405,11 +405,11 @@ class NestedMarginal:
         fun = self.objective(vcp)
         if self.dense:
             res = newton_ascent(self._as_border(fun), np.zeros(0), np.concatenate([uD, fe]), tol=tol,
-                                max_iter=10, max_halvings=5)
+                                max_iter=6, max_halvings=3)
             if res.factor is not None:
                 res.u, res.b = res.b[:self.D.size], res.b[self.D.size:]
         else:
-            res = newton_ascent(fun, uD, fe, tol=tol, max_iter=10, max_halvings=5, reuse=self._reuse)
+            res = newton_ascent(fun, uD, fe, tol=tol, max_iter=6, max_halvings=3, reuse=self._reuse)
         if res.factor is None or not np.isfinite(res.value) or not res.converged:
             # far out in the log-SDs (SDs of 10 and more) the quadrature loses accuracy and Newton
             # stalls there: such a point is left out, and counted
