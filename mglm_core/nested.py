@@ -113,7 +113,6 @@ class _Conditional:
         self.start = irls_start(model)
         self.symbolic = model.symbolic  # pattern analysis reused by every inner fit
         self.n_inner = 0
-        self.failures = 0
         self.cache = {}
         self.points = []  # (theta, u, b, du/dtheta, db/dtheta)
         self.correction = None
@@ -282,7 +281,6 @@ class _Conditional:
                            reuse=self.symbolic)
         self.n_inner += nr.n_iter
         if nr.factor is None or not np.isfinite(nr.value):
-            self.failures += 1
             return -np.inf, nr, None, None
         m = self.model
         dg = np.zeros((m.k_vc, m.k_vcp))

@@ -119,14 +119,13 @@ class NestedMarginal:
         if self.dense:
             self.ZDp_d, self.ZDr_d = self.ZDp.toarray(), self.ZDr.toarray()
         self._reuse = None  # the last factorisation (its pattern analysis is reused)
-        self.failures = 0  # points where the Newton iterations did not converge
         self.start = None  # (u_D, fe, their starts) of the last solution: warm start for the next
         self.last = None  # (u_D, fe, factor) at the last optimum
 
     @staticmethod
     def _row_pairs(group, n_nodes, max_work=1e7):
         r"""The pairs (i, i') of rows of P in the same effect (both orders, i = i' included) as the
-        pattern of a rows x rows CSR matrix: ``(first, second, effect, indices, indptr)``; None when
+        pattern of a rows x rows CSR matrix: ``(first, second, indices, indptr)``; None when
         :math:`\sum_j n_j^2` times the nodes exceeds ``max_work`` (effects with many rows)."""
         G = group.tocsr()
         G.sort_indices()
@@ -142,9 +141,7 @@ class NestedMarginal:
         order = np.lexsort((second, first))
         first, second = first[order], second[order]
         indptr = np.searchsorted(first, np.arange(G.shape[1] + 1))
-        effect = np.empty(G.shape[1], dtype=np.int64)
-        effect[rows] = eff
-        return first, second, effect[first], second.astype(np.int32), indptr.astype(np.int32)
+        return first, second, second.astype(np.int32), indptr.astype(np.int32)
 
     @classmethod
     def build(cls, model, ie):
@@ -336,7 +333,7 @@ class NestedMarginal:
         weights on the rows of P are block diagonal by effect,
         :math:`W_{ii'} = \delta_{ii'}\,\mathrm{E}_j w_i - \mathrm{Cov}_j(s_i, s_{i'})`
         (i, i' rows of effect j), plus the priors' precisions."""
-        first, second, effect, indices, indptr = self._pairs
+        first, second, indices, indptr = self._pairs
         model, p = self.model, self.model.k_fep
         sdev = dev * np.sqrt(pi)[self.ie.local]  # two (pairs x nodes) temporaries, not three
         vals = -np.einsum("tk,tk->t", sdev[first], sdev[second])
@@ -412,9 +409,8 @@ class NestedMarginal:
             res = newton_ascent(fun, uD, fe, tol=tol, max_iter=6, max_halvings=3, reuse=self._reuse)
         if res.factor is None or not np.isfinite(res.value) or not res.converged:
             # far out in the log-SDs (SDs of 10 and more) the quadrature loses accuracy and Newton
-            # stalls there: such a point is left out, and counted
+            # stalls there: such a point is left out (fit_laplace's warning counts them)
             self.last = None
-            self.failures += 1
             return -np.inf
         self._reuse = res.factor
         self.start = (res.u, res.b, uD0, fe0)
