@@ -116,7 +116,7 @@ class _Conditional:
         self.cache = {}
         self.points = []  # (theta, u, b, du/dtheta, db/dtheta)
         self.correction = None
-        self.delta = {}  # correction at each solved vcp
+        self.delta = {}  # at each solved vcp: the second-order correction, or the nested value
         self.nested_optimum = {}  # nested mode: NestedMarginal.last (its optimum) at each solved vcp
 
     @staticmethod
@@ -437,6 +437,11 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
     return x, f0, g, -curvature(x, g), converged, it
 
 
+def _axial(k, r):
+    """The 2k points :math:`\mp r\,e_j` along the axes of z, in that order."""
+    return np.vstack([s * r * np.eye(k)[i] for i in range(k) for s in (-1, 1)])
+
+
 def _standardise(H, msgs):
     r"""``(root, log_jac)``: :math:`\theta = \theta^* + \mathrm{root}\, z` has unit curvature in z
     for the -Hessian ``H``; ``log_jac`` is :math:`\log|\det \mathrm{root}|`."""
@@ -456,7 +461,7 @@ def _design(cond, mode, H, k, msgs):
     f0 = cond.corrected(mode)[0]
 
     def scales(r):  # the split normals' scales from the drops at z = -+r along the axes
-        zs_ = np.vstack([s_ * r * np.eye(k)[i] for i in range(k) for s_ in (-1, 1)])
+        zs_ = _axial(k, r)
         f_ = np.array([cond.corrected(mode + root @ z, tol=_GRID_TOL)[0] for z in zs_])
         return zs_, f_, _split_normal(f0, f_, k, r=r)
 
@@ -558,7 +563,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     # integration of the conditionally independent component takes its place, with its own mode.
     cond.use("second_order")
     root = _standardise(H, [])[0]
-    probe = [mode] + [mode + root @ (s * _PROBE_Z * np.eye(k)[i]) for i in range(k) for s in (-1, 1)]
+    probe = [mode] + [mode + root @ z for z in _axial(k, _PROBE_Z)]
     eps = np.array([cond.corrected(th, tol=_GRID_TOL)[0] - cond(th, tol=_GRID_TOL)[0] for th in probe])
     spread = float(np.ptp(eps[np.isfinite(eps)])) if np.isfinite(eps).any() else np.inf
     if spread > _SPREAD_MAX:

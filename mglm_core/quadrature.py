@@ -30,6 +30,18 @@ __all__ = ["IndependentEffects", "NestedMarginal"]
 DENSE_OTHER = 100
 
 
+def _pairs_within_rows(indptr):
+    """``(first, second, row)``: the positions, among a CSR matrix's entries, of every pair of entries
+    in the same row (both orders, an entry with itself included), and the row of ``first``."""
+    lens = np.diff(indptr)
+    row = np.repeat(np.arange(lens.size), lens)  # the row of each entry
+    n_partner = lens[row]
+    first = np.repeat(np.arange(int(indptr[-1])), n_partner)
+    offs = np.arange(first.size) - np.repeat(np.cumsum(n_partner) - n_partner, n_partner)
+    second = np.repeat(indptr[row], n_partner) + offs
+    return first, second, row[first]
+
+
 class IndependentEffects:
     """The rows of one conditionally independent component and the Gauss–Hermite rule.
 
@@ -132,12 +144,8 @@ class NestedMarginal:
         n = np.diff(G.indptr)
         if float(n @ n) * n_nodes > max_work:
             return None
-        eff = np.repeat(np.arange(G.shape[0]), n)  # effect of each row (in G's order)
-        rows = G.indices
-        partners = n[eff]
-        first = np.repeat(rows, partners)
-        offs = np.arange(first.size) - np.repeat(np.cumsum(partners) - partners, partners)
-        second = rows[np.repeat(G.indptr[eff], partners) + offs]
+        first, second, _ = _pairs_within_rows(G.indptr)
+        first, second = G.indices[first], G.indices[second]  # rows of P
         order = np.lexsort((second, first))
         first, second = first[order], second[order]
         indptr = np.searchsorted(first, np.arange(G.shape[1] + 1))
@@ -245,16 +253,10 @@ class NestedMarginal:
     def _quad_sparse(A, g):
         r""":math:`g_j^\top A^{-1} g_j` for the rows of the sparse ``g``: from :math:`A^{-1}` on the pairs
         of columns that share a row (selected inverse, on A's pattern), else by solves in blocks."""
-        lens = np.diff(g.indptr)
-        row_of = np.repeat(np.arange(g.shape[0]), lens)  # the row of each entry
-        n_partner = lens[row_of]  # each entry pairs with every entry of its row
-        first = np.repeat(np.arange(g.nnz), n_partner)
-        offs = np.arange(first.size) - np.repeat(np.cumsum(n_partner) - n_partner, n_partner)
-        second = np.repeat(g.indptr[row_of], n_partner) + offs
+        first, second, row = _pairs_within_rows(g.indptr)
         try:
             sig = A.inverse_on_pattern(g.indices[first], g.indices[second])
-            return np.bincount(row_of[first], weights=g.data[first] * g.data[second] * sig,
-                               minlength=g.shape[0])
+            return np.bincount(row, weights=g.data[first] * g.data[second] * sig, minlength=g.shape[0])
         except ValueError:
             out = np.empty(g.shape[0])
             step = max(1, int(2e6 // max(g.shape[1], 1)))

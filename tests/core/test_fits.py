@@ -190,10 +190,10 @@ def test_few_rows_per_group_switch_to_the_nested_approximation(seed):
     assert abs(res.vcp_mean[0] - np.log(2.5)) < 2.5 * res.vcp_sd[0]
 
 
-def test_nested_fe_mean_shift_moves_the_mode_to_the_posterior_mean():
-    """Three effects with one or two binary rows, SD 2.2, an intercept: E[fe | vcp, y] by brute force
-    (the effects integrated on a grid for every intercept value) against the nested approximation's
-    mode and its mode plus the skewness shift."""
+def _three_binary_effects():
+    """Three effects with one or two binary rows, SD 2.2, an intercept (prior SD 1), at vcp = 0.8: the
+    nested approximation (solved, with its skewness shift) and the brute-force posterior, the intercept
+    on a grid ``f`` with weights ``w`` and each effect's tilted moments (E u, E u^2) at every ``f``."""
     from mglm_core.quadrature import IndependentEffects, NestedMarginal
 
     y = np.array([1.0, 0.0, 1.0, 1.0, 1.0])
@@ -204,17 +204,28 @@ def test_nested_fe_mean_shift_moves_the_mode_to_the_posterior_mean():
     nested = NestedMarginal.build(model, IndependentEffects.find(model))
     nr = _Conditional(model, 1e-13)(vcp)[1]
     shift = nested.fe_mean_shift(vcp, nr.u[nested.D], nr.b)
-    mode = nested.last[1]
     f = np.linspace(-6, 6, 1201)[:, None]
     u = np.linspace(-25, 25, 2001)[None, :]
     sd = np.exp(vcp[0])
     log_f = -0.5 * f[:, 0] ** 2
+    tilted = []
     for rows in ([0, 1], [2, 3], [4]):
         ll = sum(y[i] * (f + u) - np.logaddexp(0, f + u) for i in rows) - 0.5 * (u / sd) ** 2
         mx = ll.max(axis=1, keepdims=True)
-        log_f += (mx + np.log(np.exp(ll - mx).sum(axis=1, keepdims=True)))[:, 0]
+        e = np.exp(ll - mx)
+        s = e.sum(axis=1)
+        log_f += mx[:, 0] + np.log(s)
+        tilted.append(((e * u).sum(axis=1) / s, (e * u**2).sum(axis=1) / s))
     w = np.exp(log_f - log_f.max())
-    exact = float(np.sum(w * f[:, 0]) / np.sum(w))
+    return vcp, nested, nr, shift, f[:, 0], w / w.sum(), tilted
+
+
+def test_nested_fe_mean_shift_moves_the_mode_to_the_posterior_mean():
+    """E[fe | vcp, y] by brute force (the effects integrated on a grid for every intercept value)
+    against the nested approximation's mode and its mode plus the skewness shift."""
+    _, nested, _, shift, f, w, _ = _three_binary_effects()
+    mode = nested.last[1]
+    exact = float(w @ f)
     assert abs(mode[0] + shift[0] - exact) < 0.3 * abs(mode[0] - exact)
 
 
@@ -280,38 +291,14 @@ def test_log_sd_search_steps_over_points_without_a_gradient():
 
 
 def test_nested_moments_of_the_inner_effects_against_brute_force():
-    """Three effects with one or two binary rows, SD 2.2, an intercept: the posterior means and SDs of
-    the effects given vcp, by brute force (the intercept on a grid, each effect's tilted density on a
-    grid at every intercept value), against the nested approximation's tilted moments (the law of
-    total variance over the intercept, means moved by the intercept's skewness shift). The Laplace
-    Gaussian's means are 0.2 SD off here."""
-    from mglm_core.quadrature import IndependentEffects, NestedMarginal
-
-    y = np.array([1.0, 0.0, 1.0, 1.0, 1.0])
-    Z = np.zeros((5, 3))
-    Z[[0, 1], 0] = Z[[2, 3], 1] = Z[4, 2] = 1.0
-    model = mg.BayesMixedGLM(y, np.ones((5, 1)), Z, [0, 0, 0], family="binomial", fe_p=1.0)
-    vcp = np.array([0.8])
-    nested = NestedMarginal.build(model, IndependentEffects.find(model))
-    nr = _Conditional(model, 1e-13)(vcp)[1]
-    shift = nested.fe_mean_shift(vcp, nr.u[nested.D], nr.b)
+    """The posterior means and SDs of the effects given vcp, by brute force (the intercept on a grid,
+    each effect's tilted density on a grid at every intercept value), against the nested
+    approximation's tilted moments (the law of total variance over the intercept, means moved by the
+    intercept's skewness shift). The Laplace Gaussian's means are 0.2 SD off here."""
+    vcp, nested, nr, shift, f, w, tilted = _three_binary_effects()
     fe_m, fe_cov, vc_m, vc_v, dmu_dfe = nested.moments(vcp)
     vc_mean = vc_m + dmu_dfe @ shift
-    f = np.linspace(-6, 6, 1201)[:, None]
-    u = np.linspace(-25, 25, 2001)[None, :]
-    sd = np.exp(vcp[0])
-    log_f = -0.5 * f[:, 0] ** 2
-    tilted = []
-    for rows in ([0, 1], [2, 3], [4]):
-        ll = sum(y[i] * (f + u) - np.logaddexp(0, f + u) for i in rows) - 0.5 * (u / sd) ** 2
-        mx = ll.max(axis=1, keepdims=True)
-        e = np.exp(ll - mx)
-        s = e.sum(axis=1)
-        log_f += mx[:, 0] + np.log(s)
-        tilted.append(((e * u).sum(axis=1) / s, (e * u**2).sum(axis=1) / s))
-    w = np.exp(log_f - log_f.max())
-    w /= w.sum()
-    fe_sd = np.sqrt(w @ f[:, 0] ** 2 - (w @ f[:, 0]) ** 2)
+    fe_sd = np.sqrt(w @ f**2 - (w @ f) ** 2)
     assert abs(np.sqrt(fe_cov[0, 0]) / fe_sd - 1) < 0.01
     lap_sd = np.sqrt(nr.factor.sparse_diag_inverse())
     for j, (m1, m2) in enumerate(tilted):
