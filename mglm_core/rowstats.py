@@ -28,6 +28,10 @@ import scipy.sparse as sp
 
 __all__ = ["RowData", "RowSums"]
 
+#: The Gram pattern is found by marking a q x q array when q^2 is at most this (or four times the
+#: within-row pairs), by sorting otherwise.
+_MARK_MAX = 4_000_000
+
 
 @dataclass(frozen=True)
 class RowSums:
@@ -143,9 +147,11 @@ class RowData:
     def _pattern_positions(self, Z, nnz_row, first, second, diag_keys):
         """Sorted keys ``row * q + col`` of the Gram pattern and each pair's position in it.
 
-        Only the pairs above the diagonal are sorted: within a row block of m nonzeros the pair
+        Only the pairs above the diagonal are looked at: within a row block of m nonzeros the pair
         (i, j) has its mirror (j, i) at the transposed place, and diagonal pairs go to the
-        diagonal entries (all in the pattern).
+        diagonal entries (all in the pattern). With q^2 small (at most ``_MARK_MAX`` or four
+        times the pairs), the keys are marked in a q x q array and ranked by a running count,
+        O(q^2 + pairs); otherwise they are sorted.
         """
         q, row = self.q, self._pair_row
         start = Z.indptr[row]
@@ -154,16 +160,27 @@ class RowData:
         upper = np.flatnonzero(i < j)
         a_up = Z.indices[first[upper]].astype(np.int64)
         b_up = Z.indices[second[upper]].astype(np.int64)
+        diag = np.flatnonzero(i == j)
+        mirror = self._pair_start[row[upper]] + j[upper] * m[upper] + i[upper]  # pair (j, i) of the row
+        pos = np.empty(first.size, dtype=np.int64)
+        if q * q <= max(_MARK_MAX, 4 * first.size):
+            mark = np.zeros(q * q, dtype=bool)
+            up_keys, low_keys = a_up * q + b_up, b_up * q + a_up
+            mark[diag_keys] = mark[up_keys] = mark[low_keys] = True
+            keys = np.flatnonzero(mark)
+            rank = np.cumsum(mark, dtype=np.int32 if keys.size < 2**31 else np.int64)
+            rank -= 1
+            pos[diag] = rank[diag_keys[Z.indices[first[diag]]]]
+            pos[upper] = rank[up_keys]
+            pos[mirror] = rank[low_keys]
+            return keys.astype(np.int64), pos
         uu, inv = np.unique(a_up * q + b_up, return_inverse=True)
         all_keys = np.concatenate([diag_keys, uu, (uu % q) * q + uu // q])
         order = np.argsort(all_keys, kind="stable")
         rank = np.empty(all_keys.size, dtype=np.int64)
         rank[order] = np.arange(all_keys.size)
-        pos = np.empty(first.size, dtype=np.int64)
-        diag = np.flatnonzero(i == j)
         pos[diag] = rank[Z.indices[first[diag]]]
         pos[upper] = rank[q + inv]
-        mirror = self._pair_start[row[upper]] + j[upper] * m[upper] + i[upper]  # pair (j, i) of the row
         pos[mirror] = rank[q + uu.size + inv]
         return all_keys[order], pos
 
