@@ -88,6 +88,7 @@ _STEP = {1: 1.0, 2: 1.5, 3: 1.5}
 _DROP_K = {1: 6.5, 2: 5.0, 3: 4.5}
 _GRID_MAX_K = 3
 _GRID_TOL = 1e-7  # inner Newton decrement at the integration points
+_FREE_STEP = 3e-2  # ... where a last Newton step is taken on the previous factorisation (newton_ascent)
 _SPREAD_MAX = 3.0  # largest range of the second-order correction over the probe points
 _PROBE_Z = 3.0  # the probe points: the mode and z = +-_PROBE_Z along the axes
 _SKEW_MAX = 1.15  # the axial design (split normals) when no axis's scale is beyond this factor of 1
@@ -280,18 +281,26 @@ class _Conditional:
     def _solve(self, vcp, tol):
         u0, b0 = self._warm_start(vcp)
         nr = newton_ascent(conditional_fun(self.lj, vcp), u0, b0, tol=tol, max_iter=100,
-                           reuse=self.symbolic)
+                           reuse=self.symbolic, free_step=_FREE_STEP if tol >= _GRID_TOL else None)
         self.n_inner += nr.n_iter
         if nr.factor is None or not np.isfinite(nr.value):
             return -np.inf, nr, None, None
         m = self.model
+        logdet = nr.factor.logdet()
+        if nr.lag is not None:
+            # the factor is at x0 = x^ - dx: log det H(x^) ~ log det H(x0) + sum_i w_i' v_i d eta_i
+            # (w' at the midpoint, v from x0's factor: an error of order dx^2, below _FREE_STEP)
+            du, db = nr.lag
+            xr, zr = m.rows.weight_derivative_sums(m.family, nr.b - 0.5 * db, nr.u - 0.5 * du,
+                                                   m.rows.latent_row_variances(nr.factor))
+            logdet += float(xr @ db + zr @ du)
         dg = np.zeros((m.k_vc, m.k_vcp))
         if m.k_vc:
             dg[np.arange(m.k_vc), m.ident] = 2.0 * nr.u * np.exp(-2.0 * vcp)[m.ident]
         su, sb = nr.factor.solve(dg, np.zeros((m.k_fep, m.k_vcp)))
         if nr.converged and len(self.points) < self.max_points:
             self.points.append((vcp.copy(), nr.u, nr.b, su, sb))
-        logp = nr.value + 0.5 * (m.k_fep + m.k_vc) * LOG_2PI - 0.5 * nr.factor.logdet()
+        logp = nr.value + 0.5 * (m.k_fep + m.k_vc) * LOG_2PI - 0.5 * logdet
         return logp, nr, su, sb
 
 

@@ -34,6 +34,9 @@ class NewtonResult:
     factor: BorderedFactor | None
     log: list = field(default_factory=list)
     message: str = ""
+    #: ``(du, db)`` when the last step was taken without refactoring (``free_step``): ``factor`` is
+    #: then the factorisation at ``(u - du, b - db)``; None when it is at ``(u, b)``.
+    lag: tuple | None = None
 
 
 def _damped_factor(A, B, C, lam, reuse=None):
@@ -46,7 +49,7 @@ def _damped_factor(A, B, C, lam, reuse=None):
 
 
 def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop=None, reuse=None,
-                  progress=None):
+                  progress=None, free_step=None):
     """Maximise ``fun`` by damped Newton steps.
 
     Parameters
@@ -66,6 +69,10 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
         analysis is reused).
     progress : callable, optional
         ``progress(iteration, decrement)``, called once per iteration.
+    free_step : float, optional
+        With an undamped decrement below this, take the full Newton step and stop without
+        factoring at the new point (the iterate is then within about ``decrement**2`` of the
+        optimum; ``factor`` stays at the previous point, recorded in ``lag``).
 
     Returns
     -------
@@ -86,6 +93,7 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
     log = []
     converged = False
     factor = None
+    lag = None
     message = "maximum number of iterations reached"
     it = 0
     for it in range(1, max_iter + 1):
@@ -109,6 +117,13 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
             converged = True
             message = "Newton decrement below tolerance"
             break
+        if free_step is not None and lam == 0.0 and 0.0 <= decrement < free_step:
+            vn, gun, gbn = fun(u + du, b + db, False)[:3]
+            if np.isfinite(vn) and vn >= value:
+                u, b, value, gu, gb = u + du, b + db, vn, gun, gbn
+                converged, lag = True, (du, db)
+                message = "Newton decrement below tolerance after a last step on the previous factorisation"
+                break
         t = 1.0
         accepted = False
         full = None
@@ -146,4 +161,4 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
         except NotPositiveDefinite:
             factor = None
             message += "; the Hessian at the final point is not negative definite"
-    return NewtonResult(u, b, value, float(np.sqrt(gu @ gu + gb @ gb)), converged, it, factor, log, message)
+    return NewtonResult(u, b, value, float(np.sqrt(gu @ gu + gb @ gb)), converged, it, factor, log, message, lag)

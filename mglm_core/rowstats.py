@@ -231,8 +231,11 @@ class RowData:
         .. math:: v_i = z_i^\top A^{-1} z_i + (T^\top z_i - x_i)^\top S^{-1} (T^\top z_i - x_i),
 
         where :math:`z_i^\top A^{-1} z_i` needs :math:`A^{-1}` only on the pattern of
-        :math:`Z^\top Z` (selected inverse).
+        :math:`Z^\top Z` (selected inverse). Kept on the factor (read-only) for later calls.
         """
+        cached = getattr(factor, "_row_variances", None)
+        if cached is not None and cached[0] is self.chunks:
+            return cached[1]
         out = np.zeros(self.n)
         sig = None
         if factor.m:
@@ -252,6 +255,8 @@ class RowData:
                 W = ((c.Z @ factor.AinvB if self.q else 0.0) - c.X) @ Linv_t
                 v += np.einsum("ij,ij->i", W, W)
             out[c.rows] = v
+        out.flags.writeable = False
+        factor._row_variances = (self.chunks, out)  # reused by every caller with this factor
         return out
 
     def row_patterns(self):

@@ -59,6 +59,20 @@ def _contraception():
     return df
 
 
+def _contraception_urban():
+    """Contraception with urban residence as a 0/1 column (for district-level urban slopes)."""
+    df = load("Contraception")
+    df["urbanY"] = (df["urban"] == "Y").astype(float)
+    return df
+
+
+def _cbpp_observations():
+    """cbpp with one level per row (observation-level effects: extra-binomial variation)."""
+    df = load("cbpp")
+    df["obs"] = [f"o{i:02d}" for i in range(len(df))]
+    return df
+
+
 CASES = [
     Case("seed_example", "statsmodels' documented usage: cbpp_long, vc_formulas-equivalent (1|herd)",
          "y ~ period + (1 | herd)", "binomial", data_fn=lambda: load("cbpp_long")),
@@ -84,15 +98,24 @@ CASES = [
     Case("sim_binomial_trials", "binomial with 10 trials, 30 groups of 5, SD 0.7",
          "y ~ x + (1 | g)", "binomial", trials="n",
          data_fn=_sim(family="binomial", n_groups=30, group_size=5, sd=0.7, trials=10, seed=14)),
+    Case("sim_binomial_trials_crossed", "binomial with 5 trials, 40 groups of 6 crossed with 10 levels, SDs 1 / 0.3",
+         "y ~ x + (1 | g) + (1 | h)", "binomial", trials="n",
+         data_fn=_sim(family="binomial", n_groups=40, group_size=6, n_groups2=10, sd=1.0, sd2=0.3, trials=5,
+                      seed=33)),
     Case("sim_poisson_single", "Poisson, 40 groups of 10, SD 0.6",
          "y ~ x + (1 | g)", "poisson", data_fn=_sim(family="poisson", n_groups=40, group_size=10, sd=0.6, seed=15)),
     Case("sim_poisson_crossed", "Poisson, crossed 30 x 15, SDs 0.6 / 0.4",
          "y ~ x + (1 | g) + (1 | h)", "poisson",
          data_fn=_sim(family="poisson", n_groups=30, group_size=20, n_groups2=15, sd=0.6, sd2=0.4, seed=16)),
+    Case("sim_poisson_crossed_zero", "Poisson, crossed 25 x 12, SDs 1.2 / 0.05 (near zero)",
+         "y ~ x + (1 | g) + (1 | h)", "poisson",
+         data_fn=_sim(family="poisson", n_groups=25, group_size=12, n_groups2=12, sd=1.2, sd2=0.05, seed=35)),
     Case("sim_poisson_four", "Poisson, four components: intercepts and slopes of 40 groups, two crossed factors",
          "y ~ x + (1 | g) + (0 + x | g) + (1 | h) + (1 | s)", "poisson", data_fn=_four_components),
     Case("cbpp", "cbpp: incidence out of size, (1|herd)", "incidence ~ period + (1 | herd)", "binomial",
          trials="size", data_fn=lambda: load("cbpp")),
+    Case("cbpp_observations", "cbpp with observation-level effects: (1|herd) + (1|obs)",
+         "incidence ~ period + (1 | herd) + (1 | obs)", "binomial", trials="size", data_fn=_cbpp_observations),
     Case("Salamanders", "Salamanders: count ~ mined + (1|site)", "count ~ mined + (1 | site)", "poisson",
          data_fn=lambda: load("Salamanders")),
     Case("grouseticks", "grouseticks: three random intercepts, centred height",
@@ -100,6 +123,9 @@ CASES = [
          data_fn=lambda: load("grouseticks")),
     Case("Contraception", "Contraception: raw-scale age^2, (1|district)",
          "use_01 ~ age + I(age^2) + urban + livch + (1 | district)", "binomial", data_fn=_contraception),
+    Case("Contraception_slopes", "Contraception: independent district intercepts and urban slopes",
+         "use_01 ~ age + I(age^2) + urbanY + livch + (1 | district) + (0 + urbanY | district)", "binomial",
+         data_fn=_contraception_urban),
     Case("guImmun", "guImmun: binary, (1|mom) + (1|comm), 1595 mothers with 1-3 children",
          "immun_01 ~ kid2p + mom25p + ord + ethn + momEd + husEd + momWork + rural + pcInd81 + (1 | mom) + (1 | comm)",
          "binomial", data_fn=lambda: load("guImmun"), slow=True),
