@@ -672,20 +672,20 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         log_ml = logpost(mode) + 0.5 * k * LOG_2PI + log_jac + float(np.sum(np.log(split["scale"])))
     # between-point (co)variances of a regular grid are short by the lattice factor (exact for a
     # Gaussian, _lattice_factors); the split normals' weights need no such correction
-    spread, log_norm = _lattice_factors(_STEP[k]) if split is None else (1.0, 0.0)
+    lattice_var, log_norm = _lattice_factors(_STEP[k]) if split is None else (1.0, 0.0)
     log_ml -= k * log_norm
     fe_m, fe_c = np.array(fe_m), np.array(fe_c)
     vc_m, vc_v = np.array(vc_m).reshape(len(w), q), np.array(vc_v).reshape(len(w), q)
     fe_mean = w @ fe_m
     vc_mean = w @ vc_m
-    vc_var = w @ vc_v + (w @ vc_m**2 - vc_mean**2) / spread
+    vc_var = w @ vc_v + (w @ vc_m**2 - vc_mean**2) / lattice_var
     vcp_mean = w @ thetas
     dfe = fe_m - fe_mean
     dth = thetas - vcp_mean
     cov = np.zeros((p + k, p + k))
-    cov[:p, :p] = np.einsum("t,tij->ij", w, fe_c) + (dfe * w[:, None]).T @ dfe / spread
-    cov[p:, p:] = (dth * w[:, None]).T @ dth / spread
-    cov[:p, p:] = (dfe * w[:, None]).T @ dth / spread
+    cov[:p, :p] = np.einsum("t,tij->ij", w, fe_c) + (dfe * w[:, None]).T @ dfe / lattice_var
+    cov[p:, p:] = (dth * w[:, None]).T @ dth / lattice_var
+    cov[:p, p:] = (dfe * w[:, None]).T @ dth / lattice_var
     cov[p:, :p] = cov[:p, p:].T
     if split is None:
         grid = _marginal_grid(thetas, w, root, k, np.diag(cov[p:, p:]))
