@@ -97,6 +97,7 @@ _SPREAD_MAX = 3.0  # largest range of the second-order correction over the probe
 _PROBE_Z = 3.0  # the probe points: the mode and z = +-_PROBE_Z along the axes
 _SKEW_MAX = 1.15  # the axial design (split normals) when no axis's scale is beyond this factor of 1
 _SKEW_FAR = 1.1  # ... and none measured at the probe points z = +-3 beyond this
+_SHIFT_MAX = 0.35  # switch to the nested approximation when an effect's conditional mean is this far off
 _REFINE_DROP = 1.0  # refine the conditional Gaussians within this of the top log density
 
 
@@ -131,11 +132,28 @@ class _Conditional:
         return tuple(np.round(np.asarray(vcp, dtype=float), 12))
 
     @functools.cached_property
+    def independent(self):
+        """The :class:`~mglm_core.quadrature.IndependentEffects` of the model (None without a
+        component with at most one effect per row)."""
+        return IndependentEffects.find(self.model)
+
+    @functools.cached_property
     def nested(self):
         """The :class:`~mglm_core.quadrature.NestedMarginal` of the model (None without a component
         with one effect per row); built on first use, only for the fits that switch to it."""
-        ie = IndependentEffects.find(self.model)
+        ie = self.independent
         return None if ie is None else NestedMarginal.build(self.model, ie)
+
+    def conditional_shift(self, vcp):
+        """The largest distance, in conditional SDs, of an effect's exact conditional mean from its
+        Laplace mean at ``vcp`` (:meth:`~mglm_core.quadrature.IndependentEffects.conditional_shift`,
+        the conditionally independent component; 0 without one)."""
+        ie = self.independent
+        nr = self(vcp)[1]
+        if ie is None or nr.factor is None:
+            return 0.0
+        eta = self.model.rows.linear_predictor(nr.b, nr.u)
+        return float(np.max(ie.conditional_shift(self.model, eta, nr.u, np.exp(vcp[ie.component]))[0]))
 
     def __call__(self, vcp, tol=None):
         """``(log p~(vcp | y) + const, NewtonResult)`` at ``vcp``; ``tol`` overrides the inner
@@ -581,7 +599,22 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     probe = [mode] + [mode + root @ z for z in _axial(k, _PROBE_Z)]
     eps = np.array([cond.corrected(th, tol=_GRID_TOL)[0] - cond(th, tol=_GRID_TOL)[0] for th in probe])
     spread = float(np.ptp(eps[np.isfinite(eps)])) if np.isfinite(eps).any() else np.inf
-    if spread > _SPREAD_MAX:
+    # Complete separation (an effect whose outcomes are all 0, or all at the trials) with a large SD
+    # leaves the correction tame but an effect's conditional posterior far from Gaussian: judged by
+    # the exact one-dimensional conditionals of the independent component at the mode
+    shift = cond.conditional_shift(mode) if spread <= _SPREAD_MAX else 0.0
+    if shift > _SHIFT_MAX and cond.nested is not None:
+        cond.use("nested")
+        mode, _, grad, H, search_ok, n_more = _maximise_theta(
+            cond.corrected_value_grad, mode, vcp_bounds, f=lambda th: cond.corrected(th)[0], max_step=0.5,
+            neg_hessian=H, hessian=cond.corrected_hessian, **search)
+        n_outer += n_more
+        msgs.append(
+            f"The conditional posterior of a {model.vcp_names[cond.nested.ie.component]} effect is far from "
+            f"Gaussian (its mean is {shift:.2f} of its SD from the Laplace mean: all of the effect's outcomes at "
+            "one boundary, with a large SD); the effects of that component were integrated exactly (adaptive "
+            "Gauss-Hermite) and the rest by Laplace instead.")
+    elif spread > _SPREAD_MAX:
         fallback = "nested" if cond.nested is not None else None
         cond.use(fallback)
         mode, _, grad, H, search_ok, n_more = _maximise_theta(
@@ -716,7 +749,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         model=model, method="laplace", fe_mean=fe_mean, fe_sd=sd[:p], vcp_mean=vcp_mean, vcp_sd=sd[p:],
         vc_mean=vc_mean, vc_sd=np.sqrt(np.maximum(vc_var, 0.0)), diagnostics=diag, border_cov=cov,
         vcp_grid=grid, log_marginal_likelihood=float(log_ml),
-        extra={"vcp_mode": mode, "vcp_points": thetas, "weights": w, "correction_spread": spread},
+        extra={"vcp_mode": mode, "vcp_points": thetas, "weights": w, "correction_spread": spread,
+               "conditional_shift": shift},
     )
 
 

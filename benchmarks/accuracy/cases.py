@@ -80,6 +80,8 @@ CASES = [
          "y ~ x + (1 | g)", "binomial", data_fn=_sim(family="binomial", n_groups=5, group_size=40, sd=0.05, seed=11)),
     Case("sim_binary_many_groups", "binary, 100 groups of 8, true SD 1",
          "y ~ x + (1 | g)", "binomial", data_fn=_sim(family="binomial", n_groups=100, group_size=8, sd=1.0, seed=12)),
+    Case("sim_binary_separation", "binary, 3 groups of 30, SD 3: one group all ones (complete separation)",
+         "y ~ x + (1 | g)", "binomial", data_fn=_sim(family="binomial", n_groups=3, group_size=30, sd=3.0, seed=5)),
     Case("sim_binary_crossed", "binary, crossed 60 x 30 levels, SDs 0.8 / 0.5",
          "y ~ x + (1 | g) + (1 | h)", "binomial",
          data_fn=_sim(family="binomial", n_groups=60, group_size=20, n_groups2=30, sd=0.8, sd2=0.5, seed=13)),
