@@ -46,7 +46,10 @@ effects of Poisson counts the plain Laplace value is biased against large SDs
 The series is in the variances of the linear predictors; with few rows per effect
 and a large SD (binary data, one or two children per mother: guImmun) it runs away.
 When it varies by more than 3 over the mode and the axial points :math:`z = \pm 3`
-(checked before the design is laid out), the fit switches
+(checked before the design is laid out), or when an effect's exact one-dimensional conditional
+posterior at the mode has its mean more than 0.35 conditional SDs from the Laplace mean
+(complete separation with a large SD: every outcome of an effect at one boundary;
+:meth:`~mglm_core.quadrature.IndependentEffects.conditional_shift`), the fit switches
 to :class:`~mglm_core.quadrature.NestedMarginal` (the effects of the innermost
 component integrated exactly by adaptive Gauss–Hermite quadrature, the rest by
 Laplace; gradient and curvature by differences of its difference to the Laplace value),
