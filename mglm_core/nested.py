@@ -605,8 +605,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     # Complete separation (an effect whose outcomes are all 0, or all at the trials) with a large SD
     # leaves the correction tame but an effect's conditional posterior far from Gaussian: judged by
     # the exact one-dimensional conditionals of the independent component at the mode
-    shift = cond.conditional_shift(mode) if spread <= _SPREAD_MAX else 0.0
-    if shift > _SHIFT_MAX and cond.nested is not None:
+    cond_shift = cond.conditional_shift(mode) if spread <= _SPREAD_MAX else 0.0
+    if cond_shift > _SHIFT_MAX and cond.nested is not None:
         cond.use("nested")
         mode, _, grad, H, search_ok, n_more = _maximise_theta(
             cond.corrected_value_grad, mode, vcp_bounds, f=lambda th: cond.corrected(th)[0], max_step=0.5,
@@ -614,7 +614,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         n_outer += n_more
         msgs.append(
             f"The conditional posterior of a {model.vcp_names[cond.nested.ie.component]} effect is far from "
-            f"Gaussian (its mean is {shift:.2f} of its SD from the Laplace mean: all of the effect's outcomes at "
+            f"Gaussian (its mean is {cond_shift:.2f} of its SD from the Laplace mean: all of the effect's outcomes at "
             "one boundary, with a large SD); the effects of that component were integrated exactly (adaptive "
             "Gauss-Hermite) and the rest by Laplace instead.")
     elif spread > _SPREAD_MAX:
@@ -753,7 +753,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         vc_mean=vc_mean, vc_sd=np.sqrt(np.maximum(vc_var, 0.0)), diagnostics=diag, border_cov=cov,
         vcp_grid=grid, log_marginal_likelihood=float(log_ml),
         extra={"vcp_mode": mode, "vcp_points": thetas, "weights": w, "correction_spread": spread,
-               "conditional_shift": shift},
+               "conditional_shift": cond_shift},
     )
 
 
