@@ -81,7 +81,6 @@ class IndependentEffects:
         ok = np.flatnonzero(~np.diag(adj) & (sizes > 0))
         return None if ok.size == 0 else cls(model, int(ok[np.argmax(sizes[ok])]), nodes)
 
-
     def conditional_shift(self, model, eta, u, sd):
         r"""How far each effect's exact conditional posterior is from its Laplace Gaussian.
 

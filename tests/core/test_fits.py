@@ -174,6 +174,32 @@ def test_second_order_correction_moves_the_laplace_value_towards_the_integral(fa
     assert abs(corrected - exact) < 0.5 * abs(laplace - exact) and abs(laplace - exact) > 0.01
 
 
+@pytest.mark.parametrize("y,sd", [([1.0, 1.0, 1.0, 1.0], 3.0), ([1.0, 0.0, 1.0, 0.0], 1.0)])
+def test_conditional_shift_against_one_dimensional_integration(y, sd):
+    """The exact conditional mean and SD of one effect (four binary rows, the rest fixed) in units
+    of the Laplace SD, against a fine grid: far from Gaussian when all rows are ones (separation)
+    with a large SD, close to it for a balanced effect."""
+    from mglm_core.quadrature import IndependentEffects
+
+    y = np.array(y)
+    X, Z = np.ones((4, 1)), np.ones((4, 1))
+    model = mg.BayesMixedGLM(y, X, Z, [0], family="binomial")
+    ie = IndependentEffects.find(model)
+    fe = 0.3
+    g = np.linspace(-40, 40, 200001)
+    logpost = np.sum(y[:, None] * (fe + g) - np.logaddexp(0, fe + g), axis=0) - 0.5 * (g / sd) ** 2
+    u_hat = g[np.argmax(logpost)]
+    p = np.exp(logpost - logpost.max())
+    p /= p.sum()
+    mean, var = p @ g, p @ g**2 - (p @ g) ** 2
+    mu = 1 / (1 + np.exp(-(fe + u_hat)))
+    s = 1 / np.sqrt(4 * mu * (1 - mu) + 1 / sd**2)
+    shift, sd_ratio = ie.conditional_shift(model, np.full(4, fe + u_hat), np.array([u_hat]), sd)
+    assert shift[0] == pytest.approx(abs(mean - u_hat) / s, abs=2e-3)
+    assert sd_ratio[0] == pytest.approx(np.sqrt(var) / s, abs=2e-3)
+    assert (shift[0] > 0.35) == (y.min() == 1.0)
+
+
 def test_nested_marginal_integrates_the_innermost_effects_exactly():
     """Binary rows, two effects of SD 2.7 with one and two rows (far from Gaussian) and a fixed effect
     pinned by its prior: the nested approximation matches a brute-force 3-D integral, where the
