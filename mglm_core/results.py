@@ -91,6 +91,12 @@ class BayesMixedGLMResults:
     vcp_grid : VcpGrid or None
     log_marginal_likelihood : float or None
         Approximate :math:`\\log p(y)` (laplace), or the ELBO, a lower bound (vb).
+    extra : dict
+        Method-specific details. laplace: ``vcp_mode`` (mode of the log-SD posterior),
+        ``vcp_points`` and ``weights`` (the integration design), ``correction_spread`` (range of the
+        second-order correction over the probe points) and ``conditional_shift`` (largest distance of
+        an effect's exact conditional mean from its Laplace mean, in conditional SDs); both decide
+        the switch to exact inner integration. map: ``collapsed`` (components at the degenerate mode).
     """
 
     model: object
