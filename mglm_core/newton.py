@@ -49,7 +49,7 @@ def _damped_factor(A, B, C, lam, reuse=None):
 
 
 def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop=None, reuse=None,
-                  progress=None, free_step=None):
+                  progress=None, free_step=None, stall_tol=None):
     """Maximise ``fun`` by damped Newton steps.
 
     Parameters
@@ -73,6 +73,10 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
         With an undamped decrement below this, take the full Newton step and stop without
         factoring at the new point (the iterate is then within about ``decrement**2`` of the
         optimum; ``factor`` stays at the previous point, recorded in ``lag``).
+    stall_tol : float, optional
+        An objective known only to about this accuracy (a quadrature): when the line search finds
+        no ascent along an undamped step whose decrement is below it, the point is accepted as
+        converged (by default only below ``1e3 * tol``, machine precision).
 
     Returns
     -------
@@ -137,9 +141,10 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
                 break
             t *= 0.5
         if not accepted:
-            if lam == 0.0 and abs(decrement) < 1e3 * tol:
+            if lam == 0.0 and abs(decrement) < max(1e3 * tol, stall_tol or 0.0):
                 converged = True
-                message = "no further progress possible at machine precision"
+                message = ("no further progress possible at machine precision" if abs(decrement) < 1e3 * tol
+                           else "no further progress possible at the objective's accuracy")
                 break
             lam = max(10.0 * lam, 1e-6)
             if lam > 1e12:

@@ -28,6 +28,9 @@ __all__ = ["IndependentEffects", "NestedMarginal"]
 
 #: Up to this many other random effects, (u_D, fe) is handled as one dense block.
 DENSE_OTHER = 100
+#: The quadrature's value moves by about this much as its nodes follow the modes: a Newton
+#: decrement below it is as converged as the objective allows.
+_STALL_TOL = 1e-2
 
 
 def _pairs_within_rows(indptr):
@@ -434,11 +437,12 @@ class NestedMarginal:
         fun = self.objective(vcp)
         if self.dense:
             res = newton_ascent(self._as_border(fun), np.zeros(0), np.concatenate([uD, fe]), tol=tol,
-                                max_iter=6, max_halvings=3)
+                                max_iter=6, max_halvings=3, stall_tol=_STALL_TOL)
             if res.factor is not None:
                 res.u, res.b = res.b[:self.D.size], res.b[self.D.size:]
         else:
-            res = newton_ascent(fun, uD, fe, tol=tol, max_iter=6, max_halvings=3, reuse=self._reuse)
+            res = newton_ascent(fun, uD, fe, tol=tol, max_iter=6, max_halvings=3, reuse=self._reuse,
+                                stall_tol=_STALL_TOL)
         if res.factor is None or not np.isfinite(res.value) or not res.converged:
             # far out in the log-SDs (SDs of 10 and more) the quadrature loses accuracy and Newton
             # stalls there: such a point is left out (fit_laplace's warning counts them)

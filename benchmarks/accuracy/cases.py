@@ -54,6 +54,20 @@ def _four_components(seed=17):
                          "h": [f"h{i:02d}" for i in h], "s": [f"s{i:02d}" for i in s]})
 
 
+def _poisson_zero_groups(seed=48):
+    """Poisson counts of 30 groups of 3 rows, SD 2.5 and a low baseline: about half the groups have
+    only zeros (one-sided conditional posteriors)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(30), 3)
+    x = rng.standard_normal(g.size)
+    u = rng.normal(0, 2.5, 30)
+    eta = -1.5 + 0.3 * x + u[g]
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x, "g": [f"g{i:02d}" for i in g]})
+
+
 def _contraception():
     df = load("Contraception")
     return df
@@ -112,6 +126,8 @@ CASES = [
     Case("sim_poisson_crossed_zero", "Poisson, crossed 25 x 12, SDs 1.2 / 0.05 (near zero)",
          "y ~ x + (1 | g) + (1 | h)", "poisson",
          data_fn=_sim(family="poisson", n_groups=25, group_size=12, n_groups2=12, sd=1.2, sd2=0.05, seed=35)),
+    Case("sim_poisson_zero_groups", "Poisson, 30 groups of 3 rows, SD 2.5, low baseline: 16 groups all zeros",
+         "y ~ x + (1 | g)", "poisson", data_fn=_poisson_zero_groups),
     Case("sim_poisson_four", "Poisson, four components: intercepts and slopes of 40 groups, two crossed factors",
          "y ~ x + (1 | g) + (0 + x | g) + (1 | h) + (1 | s)", "poisson", data_fn=_four_components),
     Case("cbpp", "cbpp: incidence out of size, (1|herd)", "incidence ~ period + (1 | herd)", "binomial",
