@@ -148,15 +148,19 @@ class _Conditional:
         return None if ie is None else NestedMarginal.build(self.model, ie)
 
     def conditional_shift(self, vcp):
-        """The largest distance, in conditional SDs, of an effect's exact conditional mean from its
-        Laplace mean at ``vcp`` (:meth:`~mglm_core.quadrature.IndependentEffects.conditional_shift`,
-        the conditionally independent component; 0 without one)."""
+        """The largest distance, in conditional SDs, of a separated effect's exact conditional mean
+        from its Laplace mean at ``vcp`` (:meth:`~mglm_core.quadrature.IndependentEffects.conditional_shift`
+        over the :meth:`~mglm_core.quadrature.IndependentEffects.boundary_effects` of the conditionally
+        independent component; 0 without any)."""
         ie = self.independent
+        if ie is None:
+            return 0.0
+        effects = ie.boundary_effects(self.model)
         nr = self(vcp)[1]
-        if ie is None or nr.factor is None:
+        if effects.size == 0 or nr.factor is None:
             return 0.0
         eta = self.model.rows.linear_predictor(nr.b, nr.u)
-        return float(np.max(ie.conditional_shift(self.model, eta, nr.u, np.exp(vcp[ie.component]))[0]))
+        return float(np.max(ie.conditional_shift(self.model, eta, nr.u, np.exp(vcp[ie.component]), effects)[0]))
 
     def __call__(self, vcp, tol=None):
         """``(log p~(vcp | y) + const, NewtonResult)`` at ``vcp``; ``tol`` overrides the inner

@@ -84,29 +84,48 @@ class IndependentEffects:
         ok = np.flatnonzero(~np.diag(adj) & (sizes > 0))
         return None if ok.size == 0 else cls(model, int(ok[np.argmax(sizes[ok])]), nodes)
 
-    def conditional_shift(self, model, eta, u, sd):
-        r"""How far each effect's exact conditional posterior is from its Laplace Gaussian.
+    def boundary_effects(self, model):
+        """The effects all of whose outcomes sit at one boundary of the family's support: all zeros,
+        or (binomial) all at the trials: complete separation, a one-sided conditional posterior."""
+        m = self.cols.size
+        at_zero = np.bincount(self.local, weights=(self.y > 0).astype(float), minlength=m) == 0
+        if model.family.name != "binomial":
+            return np.flatnonzero(at_zero)
+        n = 1.0 if self.trials is None else self.trials
+        at_top = np.bincount(self.local, weights=(self.y < n).astype(float), minlength=m) == 0
+        return np.flatnonzero(at_zero | at_top)
+
+    def conditional_shift(self, model, eta, u, sd, effects=None):
+        r"""How far effects' exact conditional posteriors are from their Laplace Gaussians.
 
         Given everything else at a conditional mode (linear predictor ``eta``, the component's effects
         ``u`` at positions ``self.cols``, SD ``sd``), effect j has the one-dimensional posterior
         :math:`\exp h_j(u)` (module docstring); its Laplace approximation is
-        :math:`N(\hat u_j, c_j^{-1})`. Returns the exact (Gauss–Hermite) mean's distance from
-        :math:`\hat u_j` in units of :math:`c_j^{-1/2}` and the exact SD in the same units, per
-        effect: (0, 1) for a Gaussian posterior. A binary or zero-count effect whose rows are all at
-        one boundary (separation) with a large SD is far from it.
+        :math:`N(\hat u_j, c_j^{-1})`. Returns, for the effects ``effects`` (local indices; default
+        all), the exact (Gauss–Hermite) mean's distance from :math:`\hat u_j` in units of
+        :math:`c_j^{-1/2}` and the exact SD in the same units: (0, 1) for a Gaussian posterior. A
+        binary or zero-count effect whose rows are all at one boundary (separation) with a large SD is
+        far from it. Costs the effects' rows times the nodes.
         """
         m = self.cols.size
+        effects = np.arange(m) if effects is None else np.asarray(effects, dtype=np.int64)
+        keep = np.zeros(m, dtype=bool)
+        keep[effects] = True
+        sel = np.flatnonzero(keep[self.local])
+        pos = np.full(m, -1, dtype=np.int64)
+        pos[effects] = np.arange(effects.size)
+        local, z, y = pos[self.local[sel]], self.z[sel], self.y[sel]
+        trials = None if self.trials is None else self.trials[sel]
         fam = model.family
-        eta_r = eta[self.rows]
-        _, w = fam.score_weight(self.y, eta_r, self.trials)
-        c = np.bincount(self.local, weights=self.z**2 * w, minlength=m) + 1.0 / sd**2
+        eta_r = eta[self.rows[sel]]
+        _, w = fam.score_weight(y, eta_r, trials)
+        c = np.bincount(local, weights=z**2 * w, minlength=effects.size) + 1.0 / sd**2
         s = 1.0 / np.sqrt(c)
         t = np.sqrt(2.0) * self.x  # nodes in units of s
-        U = u[self.cols][:, None] + s[:, None] * t[None, :]
-        E = eta_r[:, None] + (self.z * s[self.local])[:, None] * t[None, :]
-        ll = fam.loglike(self.y[:, None], E, None if self.trials is None else self.trials[:, None])
-        group = sp.csr_matrix((np.ones(self.rows.size), (self.local, np.arange(self.rows.size))),
-                              shape=(m, self.rows.size))
+        U = u[self.cols[effects]][:, None] + s[:, None] * t[None, :]
+        E = eta_r[:, None] + (z * s[local])[:, None] * t[None, :]
+        ll = fam.loglike(y[:, None], E, None if trials is None else trials[:, None])
+        group = sp.csr_matrix((np.ones(sel.size), (local, np.arange(sel.size))), shape=(effects.size, sel.size))
         lw = group @ ll - 0.5 * U**2 / sd**2 + self.logw[None, :]
         lw -= lw.max(axis=1, keepdims=True)
         p = np.exp(lw)

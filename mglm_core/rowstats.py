@@ -269,8 +269,14 @@ class RowData:
             keys = np.empty((self.n, 2))
             for c in self.chunks:
                 keys[c.rows] = (r @ c.XT).T + (c.Z @ s.T if self.q else 0.0)
-            _, pattern = np.unique(keys, axis=0, return_inverse=True)
-            pattern = pattern.ravel()
+            # ids of the distinct key pairs in sorted order (np.unique(axis=0), without its slow
+            # sort of row records)
+            order = np.lexsort((keys[:, 1], keys[:, 0]))
+            k = keys[order]
+            new_key = np.ones(self.n, dtype=bool)
+            new_key[1:] = np.any(k[1:] != k[:-1], axis=1)
+            pattern = np.empty(self.n, dtype=np.int64)
+            pattern[order] = np.cumsum(new_key) - 1
             self._patterns = (pattern, int(pattern.max()) + 1 if self.n else 0)
         return self._patterns
 

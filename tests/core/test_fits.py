@@ -197,7 +197,24 @@ def test_conditional_shift_against_one_dimensional_integration(y, sd):
     shift, sd_ratio = ie.conditional_shift(model, np.full(4, fe + u_hat), np.array([u_hat]), sd)
     assert shift[0] == pytest.approx(abs(mean - u_hat) / s, abs=2e-3)
     assert sd_ratio[0] == pytest.approx(np.sqrt(var) / s, abs=2e-3)
-    assert (shift[0] > 0.35) == (y.min() == 1.0)
+    separated = y.min() == 1.0
+    assert (shift[0] > 0.35) == separated
+    assert ie.boundary_effects(model).tolist() == ([0] if separated else [])
+
+
+def test_boundary_effects_are_the_separated_ones():
+    """All zeros (both families) or all at the trials (binomial): the effects the separation check
+    integrates."""
+    from mglm_core.quadrature import IndependentEffects
+
+    Z = sp.csr_matrix(np.kron(np.eye(4), np.ones((2, 1))))  # four effects of two rows
+    X = np.column_stack([np.ones(8), np.arange(8.0)])
+    counts = np.array([0, 0, 1, 0, 3, 5, 0, 0.0])
+    pois = mg.BayesMixedGLM(counts, X, Z, np.zeros(4, int), family="poisson")
+    assert IndependentEffects.find(pois).boundary_effects(pois).tolist() == [0, 3]
+    succ, trials = np.array([0, 0, 3, 3, 1, 3, 2, 2.0]), np.array([3, 2, 3, 3, 3, 3, 2, 2.0])
+    binom = mg.BayesMixedGLM(succ, X, Z, np.zeros(4, int), family="binomial", trials=trials)
+    assert IndependentEffects.find(binom).boundary_effects(binom).tolist() == [0, 1, 3]
 
 
 def test_nested_marginal_integrates_the_innermost_effects_exactly():
