@@ -372,6 +372,11 @@ def _independent_classes(row, col, groups):
     return np.flatnonzero(np.isin(groups, chosen))
 
 
+#: The dense copy of N kept for the selected inverse (a GEMM instead of a sparse product) up to
+#: this many entries (8 MB).
+_KEEP_DENSE_N = 1_000_000
+
+
 class SchurDenseLDL:
     r"""Factorisation of a sparse SPD matrix whose block on ``P`` is diagonal and whose Schur
     complement on the rest ``D`` is dense.
@@ -405,9 +410,12 @@ class SchurDenseLDL:
         N = sp.csr_matrix((A.data[sym.N_src], sym.N_indices, sym.N_indptr), shape=(P.size, D.size))
         self.N = N
         row_nnz = np.diff(N.indptr).astype(np.int64)
+        self.N_dense = None
         if N.nnz and float(row_nnz @ row_nnz) * 20.0 >= float(P.size) * D.size**2:
             # N is dense enough for BLAS: S = A_DD - Ns' Ns with Ns = diag(d)^(-1/2) N
             Ns = N.toarray()
+            if Ns.size <= _KEEP_DENSE_N:  # for the selected inverse's N S^-1 (a GEMM; freed there)
+                self.N_dense = Ns.copy()
             Ns /= np.sqrt(d)[:, None]
             # lower triangle of -Ns' Ns (all cho_factor reads), Fortran-ordered: Ns.T is passed
             # as the Fortran view it is, so neither syrk nor the in-place Cholesky copies
@@ -453,12 +461,13 @@ class SchurDenseLDL:
         for a in range(0, self.P.size, step):
             b = min(a + step, self.P.size)
             Nb = N[a:b]
-            M = Nb @ Sinv
+            M = self.N_dense[a:b] @ Sinv if self.N_dense is not None else Nb @ Sinv
             lo, hi = N.indptr[a], N.indptr[b]
             rows = np.repeat(np.arange(b - a), np.diff(Nb.indptr))
             vals = M[rows, Nb.indices]
             on_N[lo:hi] = vals
             quad[a:b] = np.bincount(rows, weights=vals * Nb.data, minlength=b - a)
+        self.N_dense = None
         diag = np.empty(self.n)
         diag[self.P] = 1.0 / dP + quad / dP**2
         diag[self.D] = np.diag(Sinv)
@@ -470,28 +479,43 @@ class SchurDenseLDL:
 
     def inverse_on_pattern(self, a, b):
         """Entries :math:`(A^{-1})_{a_t b_t}` for index pairs on the sparsity pattern of A."""
-        a, b = np.asarray(a), np.asarray(b)
         Sinv, on_N, diag = self._selected()
-        out = np.empty(a.size)
-        same = a == b
-        out[same] = diag[a[same]]
-        pa, pb = self.in_P[a], self.in_P[b]
+        same, a_same, both_D, rD, cD, mixed, k = self._plan(a, b)
+        out = np.empty(same.size)
+        out[same] = diag[a_same]
+        out[both_D] = Sinv[rD, cD]
+        out[mixed] = on_N[k]
+        return out
+
+    def _plan(self, a, b):
+        """Where each requested entry sits (diagonal, dense Schur block, or on N's pattern); kept on
+        the pattern analysis for arrays requested again (the Gram pattern, at every point)."""
+        cache = self.symbolic.__dict__.setdefault("_plans", {})
+        hit = cache.get((id(a), id(b)))
+        if hit is not None and hit[0] is a and hit[1] is b:
+            return hit[2]
+        a_, b_ = np.asarray(a), np.asarray(b)
+        same = a_ == b_
+        pa, pb = self.in_P[a_], self.in_P[b_]
         both_D = ~same & ~pa & ~pb
-        out[both_D] = Sinv[self.pos[a[both_D]], self.pos[b[both_D]]]
         mixed = ~same & (pa != pb)
         if np.any(~same & pa & pb):
             raise ValueError("entries requested off the sparsity pattern")
+        k = np.zeros(0, dtype=np.int64)
         if mixed.any():
-            ip = np.where(pa, a, b)[mixed]
-            jd = np.where(pa, b, a)[mixed]
+            ip = np.where(pa, a_, b_)[mixed]
+            jd = np.where(pa, b_, a_)[mixed]
             r, c = self.pos[ip], self.pos[jd]
             N = self.N
             k = _positions_in_rows(N, r, c)
             k = np.minimum(k, max(N.nnz - 1, 0))
             if N.nnz == 0 or np.any(k >= N.indptr[r + 1]) or np.any(N.indices[k] != c):
                 raise ValueError("entries requested off the sparsity pattern")
-            out[mixed] = on_N[k]
-        return out
+        plan = (same, a_[same], both_D, self.pos[a_[both_D]], self.pos[b_[both_D]], mixed, k)
+        if len(cache) > 8:
+            cache.clear()
+        cache[(id(a), id(b))] = (a, b, plan)
+        return plan
 
 
 def _positions_in_rows(M, r, c):

@@ -242,8 +242,9 @@ class RowData:
             # np.linalg.inv: scipy's solve_triangular has a large fixed cost with threaded BLAS
             Linv_t = np.linalg.inv(np.tril(factor.S_chol[0])).T
         if self.q:
-            gram_rows = np.repeat(np.arange(self.q), np.diff(self._gram_indptr))
-            sig = factor.A.inverse_on_pattern(gram_rows, self._gram_indices)
+            if getattr(self, "_gram_rows", None) is None:
+                self._gram_rows = np.repeat(np.arange(self.q), np.diff(self._gram_indptr))
+            sig = factor.A.inverse_on_pattern(self._gram_rows, self._gram_indices)
         for c in self.chunks:
             nr = c.rows.stop - c.rows.start
             v = np.zeros(nr)
