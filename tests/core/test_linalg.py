@@ -63,6 +63,14 @@ def test_dense_schur_route_matches_dense(sizes):
     np.testing.assert_allclose(Ad @ f.solve(b[:, 0]), b[:, 0], atol=1e-9)
     r, c = A.nonzero()
     np.testing.assert_allclose(f.inverse_on_pattern(r, c), Ainv[r, c], rtol=1e-8, atol=1e-12)
+    # another matrix with the same pattern, factored with the same analysis: the entries' lookup,
+    # kept from the first request of the same arrays, gives this matrix's inverse
+    A2 = A.copy()
+    A2.data = A2.data * (1.0 + 0.5 * (np.arange(A2.nnz) % 3 == 0))
+    A2 = (A2 + A2.T) * 0.5 + sp.eye(A2.shape[0]) * 5.0
+    f2 = factor_spd(A2, f.symbolic)
+    assert f2.symbolic is f.symbolic
+    np.testing.assert_allclose(f2.inverse_on_pattern(r, c), np.linalg.inv(A2.toarray())[r, c], rtol=1e-8, atol=1e-12)
     H = np.block([[Ad, B], [B.T, C]])
     Hinv = np.linalg.inv(H)
     bf = BorderedFactor(A, B, C)
