@@ -385,14 +385,17 @@ def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-4, shift=No
     return u0, b0, f0, False, None
 
 
-def _grad_hessian(fg, x, g, h):
-    """Hessian by central differences of the analytic gradient ``fg(x)[1]`` (2k evaluations)."""
+def _grad_hessian(fg, x, g, h, forward=False):
+    """Hessian by central differences of the analytic gradient ``fg(x)[1]`` (2k evaluations), or
+    by forward differences from ``g`` = the gradient at x (k evaluations; an error of order h, for
+    the search's curvature)."""
     k = x.size
+    forward = forward and g is not None and np.all(np.isfinite(g))
     H = np.empty((k, k))
     for i in range(k):
         e = np.zeros(k)
         e[i] = h
-        H[:, i] = (fg(x + e)[1] - fg(x - e)[1]) / (2 * h)
+        H[:, i] = (fg(x + e)[1] - g) / h if forward else (fg(x + e)[1] - fg(x - e)[1]) / (2 * h)
     return 0.5 * (H + H.T)
 
 
@@ -401,7 +404,7 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
     """Quasi-Newton ascent on a low-dimensional, smooth log density with an analytic gradient.
 
     ``fg(x) -> (f, gradient)``; ``f(x)``, when given, is the value alone (for the line search).
-    The Hessian starts from ``-neg_hessian`` if given, else from central differences of the
+    The Hessian starts from ``-neg_hessian`` if given, else from forward differences of the
     gradient, and is updated by BFGS, or recomputed by differences after a step that had to be
     clipped to ``max_step`` or was a gradient step where the model was not concave
     (``refresh_far``: far from the mode the start's curvature misleads);
@@ -421,13 +424,16 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         v = f(x_) if f is not None else fg(x_)[0]
         return v if np.isfinite(v) else -np.inf
 
-    def curvature(x_, g_):
+    def curvature(x_, g_, final=False):
+        # during the search a forward-difference Hessian serves; at the end (it standardises the
+        # integration design) central differences
         H_ = hessian(x_) if hessian is not None else None
-        return H_ if H_ is not None and np.all(np.isfinite(H_)) else _grad_hessian(safe, x_, g_, h)
+        return (H_ if H_ is not None and np.all(np.isfinite(H_))
+                else _grad_hessian(safe, x_, g_, h, forward=not final))
 
     x = np.clip(np.asarray(x0, dtype=float), lo, hi)
     f0, g = safe(x)
-    B = -_grad_hessian(safe, x, g, h) if neg_hessian is None else np.array(neg_hessian, dtype=float)
+    B = -_grad_hessian(safe, x, g, h, forward=True) if neg_hessian is None else np.array(neg_hessian, dtype=float)
     converged = refreshed = False
     it = 0
     for it in range(1, max_iter + 1):
@@ -474,7 +480,7 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         if moved < tol and t == 1.0:
             converged = bool(np.isfinite(f0))
             break
-    return x, f0, g, -curvature(x, g), converged, it
+    return x, f0, g, -curvature(x, g, final=True), converged, it
 
 
 def _axial(k, r):
