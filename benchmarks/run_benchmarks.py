@@ -5,6 +5,7 @@ Usage::
     python benchmarks/run_benchmarks.py                 # the default grid (see GRID below)
     python benchmarks/run_benchmarks.py --full          # n in 1e3..1e6 x q in 10..1e5, both families, 1 and 2 factors
     python benchmarks/run_benchmarks.py --budget 300    # statsmodels' time budget per fit (seconds)
+    python benchmarks/run_benchmarks.py --bars          # only the issue's bar cells -> benchmarks/RESULTS_BARS.md
 
 Each fit runs in its own process (``benchmarks/_one.py``) so peak memory (max RSS) is per fit;
 statsmodels is stopped at the budget and reported as "> budget". Results go to benchmarks/RESULTS.md.
@@ -97,8 +98,11 @@ def main():
     ap.add_argument("--bar-budget", type=float, default=300.0,
                     help="statsmodels' budget in the speed bar's cells (n = 1e5, q = 1e3)")
     ap.add_argument("--mglm-budget", type=float, default=900.0, help="mglm_core's budget per fit")
-    ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    ap.add_argument("--out", default=None,
+                    help="output file (default benchmarks/RESULTS.md, or RESULTS_BARS.md with --bars)")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = str(HERE / ("RESULTS_BARS.md" if args.bars else "RESULTS.md"))
     grid = full_grid() if args.full else GRID
     if args.bars:
         grid = [c for c in grid if c[:2] in BAR_CELLS or c[:2] == (1_000_000, 10_000)]
