@@ -477,19 +477,23 @@ class SchurDenseLDL:
     def diag_inverse(self) -> np.ndarray:
         return self._selected()[2].copy()
 
-    def inverse_on_pattern(self, a, b):
-        """Entries :math:`(A^{-1})_{a_t b_t}` for index pairs on the sparsity pattern of A."""
+    def inverse_on_pattern(self, a, b, keep_plan=False):
+        """Entries :math:`(A^{-1})_{a_t b_t}` for index pairs on the sparsity pattern of A.
+
+        ``keep_plan``: the same (unchanging) arrays will be requested again with this pattern (the
+        Gram pattern at every integration point): where each entry sits is kept on the pattern
+        analysis, keyed by the arrays themselves."""
         Sinv, on_N, diag = self._selected()
-        same, a_same, both_D, rD, cD, mixed, k = self._plan(a, b)
+        same, a_same, both_D, rD, cD, mixed, k = self._plan(a, b, keep_plan)
         out = np.empty(same.size)
         out[same] = diag[a_same]
         out[both_D] = Sinv[rD, cD]
         out[mixed] = on_N[k]
         return out
 
-    def _plan(self, a, b):
-        """Where each requested entry sits (diagonal, dense Schur block, or on N's pattern); kept on
-        the pattern analysis for arrays requested again (the Gram pattern, at every point)."""
+    def _plan(self, a, b, keep=False):
+        """Where each requested entry sits (diagonal, dense Schur block, or on N's pattern); with
+        ``keep``, kept on the pattern analysis for the same arrays requested again."""
         cache = self.symbolic.__dict__.setdefault("_plans", {})
         hit = cache.get((id(a), id(b)))
         if hit is not None and hit[0] is a and hit[1] is b:
@@ -512,9 +516,10 @@ class SchurDenseLDL:
             if N.nnz == 0 or np.any(k >= N.indptr[r + 1]) or np.any(N.indices[k] != c):
                 raise ValueError("entries requested off the sparsity pattern")
         plan = (same, a_[same], both_D, self.pos[a_[both_D]], self.pos[b_[both_D]], mixed, k)
-        if len(cache) > 8:
-            cache.clear()
-        cache[(id(a), id(b))] = (a, b, plan)
+        if keep:
+            if len(cache) >= 4:
+                cache.clear()
+            cache[(id(a), id(b))] = (a, b, plan)
         return plan
 
 

@@ -433,7 +433,8 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
 
     x = np.clip(np.asarray(x0, dtype=float), lo, hi)
     f0, g = safe(x)
-    B = -_grad_hessian(safe, x, g, h, forward=True) if neg_hessian is None else np.array(neg_hessian, dtype=float)
+    B = (-_grad_hessian(safe, x, g, h, forward=bool(np.isfinite(f0))) if neg_hessian is None
+         else np.array(neg_hessian, dtype=float))
     converged = refreshed = False
     it = 0
     for it in range(1, max_iter + 1):
@@ -615,7 +616,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     # Complete separation (an effect whose outcomes are all 0, or all at the trials) with a large SD
     # leaves the correction tame but an effect's conditional posterior far from Gaussian: judged by
     # the exact one-dimensional conditionals of the independent component at the mode
-    cond_shift = cond.conditional_shift(mode) if spread <= _SPREAD_MAX else 0.0
+    cond_shift = cond.conditional_shift(mode) if spread <= _SPREAD_MAX else np.nan  # nan: not measured
     if cond_shift > _SHIFT_MAX and cond.nested is not None:
         cond.use("nested")
         mode, _, grad, H, search_ok, n_more = _maximise_theta(
@@ -890,6 +891,8 @@ def _marginal_grid(thetas, w, root, k, var=None, n=201):
         else:
             mean = float(w @ x)
             v = float(var[j]) if var is not None else float(w @ (x - mean) ** 2)
+            # all points on one value of this log-SD (points dropped): a tenth of the curvature's SD
+            v = max(v, 0.01 * float(np.sum(root[j] ** 2)))
             mode, sm, sp_ = _split_normal_by_moments(mean, v, float(w @ (x - mean) ** 3))
             g = np.linspace(mode - 4.5 * sm, mode + 4.5 * sp_, n)
             d = np.exp(-0.5 * ((g - mode) / np.where(g < mode, sm, sp_)) ** 2)

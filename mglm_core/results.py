@@ -95,7 +95,8 @@ class BayesMixedGLMResults:
         Method-specific details. laplace: ``vcp_mode`` (mode of the log-SD posterior),
         ``vcp_points`` and ``weights`` (the integration design), ``correction_spread`` (range of the
         second-order correction over the probe points) and ``conditional_shift`` (largest distance of
-        an effect's exact conditional mean from its Laplace mean, in conditional SDs); both decide
+        an effect's exact conditional mean from its Laplace mean, in conditional SDs; NaN when the
+        correction's range had already decided); both decide
         the switch to exact inner integration. map: ``collapsed`` (components at the degenerate mode).
     """
 

@@ -21,6 +21,7 @@ sparsity pattern of :math:`Z^\top Z`, and each evaluation is one weighted
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -120,6 +121,7 @@ class RowData:
                 )
             )
         self.chunks = tuple(chunks)
+        self._last_row_variances = None
 
     def _build_gram_pattern(self, Z):
         nnz_row = np.diff(Z.indptr)
@@ -187,6 +189,7 @@ class RowData:
     def with_response(self, y, trials=None) -> "RowData":
         """The same design with another response (and trials); shares every design array."""
         out = copy.copy(self)
+        out._last_row_variances = None
         out.chunks = tuple(replace(c, y=y[c.rows], trials=None if trials is None else trials[c.rows], ll_const={})
                            for c in self.chunks)
         return out
@@ -231,10 +234,10 @@ class RowData:
         .. math:: v_i = z_i^\top A^{-1} z_i + (T^\top z_i - x_i)^\top S^{-1} (T^\top z_i - x_i),
 
         where :math:`z_i^\top A^{-1} z_i` needs :math:`A^{-1}` only on the pattern of
-        :math:`Z^\top Z` (selected inverse). Kept on the factor (read-only) for later calls.
+        :math:`Z^\top Z` (selected inverse). The last factor's are kept (read-only) for the next call.
         """
-        cached = getattr(factor, "_row_variances", None)
-        if cached is not None and cached[0] is self.chunks:
+        cached = self._last_row_variances  # the last factor's (a point's second-order term and
+        if cached is not None and cached[0]() is factor:  # its refinement ask for the same)
             return cached[1]
         out = np.zeros(self.n)
         sig = None
@@ -242,9 +245,10 @@ class RowData:
             # np.linalg.inv: scipy's solve_triangular has a large fixed cost with threaded BLAS
             Linv_t = np.linalg.inv(np.tril(factor.S_chol[0])).T
         if self.q:
+            keep = {"keep_plan": True} if hasattr(factor.A, "_plan") else {}  # the dense-Schur route
             if getattr(self, "_gram_rows", None) is None:
                 self._gram_rows = np.repeat(np.arange(self.q), np.diff(self._gram_indptr))
-            sig = factor.A.inverse_on_pattern(self._gram_rows, self._gram_indices)
+            sig = factor.A.inverse_on_pattern(self._gram_rows, self._gram_indices, **keep)
         for c in self.chunks:
             nr = c.rows.stop - c.rows.start
             v = np.zeros(nr)
@@ -257,7 +261,7 @@ class RowData:
                 v += np.einsum("ij,ij->i", W, W)
             out[c.rows] = v
         out.flags.writeable = False
-        factor._row_variances = (self.chunks, out)  # reused by every caller with this factor
+        self._last_row_variances = (weakref.ref(factor), out)
         return out
 
     def row_patterns(self):

@@ -217,6 +217,18 @@ def test_boundary_effects_are_the_separated_ones():
     assert IndependentEffects.find(binom).boundary_effects(binom).tolist() == [0, 1, 3]
 
 
+def test_tabulated_marginal_stays_proper_when_the_points_share_a_value():
+    """A log-SD on which every point used has the same value (the others dropped) still gets a
+    finite density integrating to one, not 0/0."""
+    from mglm_core.nested import _marginal_grid
+
+    thetas, w = np.array([[0.1, 0.2], [0.1, 0.5]]), np.array([0.5, 0.5])
+    grid = _marginal_grid(thetas, w, 0.3 * np.eye(2), 2, np.array([0.0, 0.0225]))
+    for x, d in zip(grid.points, grid.density):
+        assert np.all(np.isfinite(d)) and np.trapezoid(d, x) == pytest.approx(1.0)
+    assert np.trapezoid(grid.points[0] * grid.density[0], grid.points[0]) == pytest.approx(0.1, abs=1e-3)
+
+
 def test_nested_marginal_integrates_the_innermost_effects_exactly():
     """Binary rows, two effects of SD 2.7 with one and two rows (far from Gaussian) and a fixed effect
     pinned by its prior: the nested approximation matches a brute-force 3-D integral, where the
@@ -391,6 +403,7 @@ def test_a_correction_that_runs_away_far_from_the_mode_is_caught(n_groups, group
     res = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g)", data=sim.data).fit_laplace()
     assert any("integrated exactly" in w for w in res.warnings)
     assert res.extra["correction_spread"] > 3.0  # the range that decided the switch, as reported
+    assert np.isnan(res.extra["conditional_shift"])  # not measured then
     assert len(res.extra["weights"]) >= 2 and res.extra["weights"].max() < 0.9
     assert 0.1 < res.vcp_sd[0] < 1.5 and np.all(np.abs(res.fe_mean) < 5)
 
