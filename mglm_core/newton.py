@@ -20,6 +20,10 @@ from .linalg import BorderedFactor, NotPositiveDefinite
 
 __all__ = ["NewtonResult", "newton_ascent"]
 
+#: Relative rounding of an objective summed over many rows (about 64 machine epsilons): a Newton
+#: decrement below it times |value| is converged whatever the tolerance asked.
+_ROUNDING = 64 * np.finfo(float).eps
+
 
 @dataclass
 class NewtonResult:
@@ -117,7 +121,8 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
         log.append({"iter": it, "value": value, "grad_norm": grad_norm, "decrement": decrement, "damping": lam})
         if progress is not None:
             progress(it, abs(decrement))
-        if lam == 0.0 and 0.0 <= decrement < 2.0 * tol:
+        if lam == 0.0 and 0.0 <= decrement < max(2.0 * tol, _ROUNDING * abs(value)):
+            # (below the objective's rounding, a sum over many rows, no step can be judged)
             converged = True
             message = "Newton decrement below tolerance"
             break
