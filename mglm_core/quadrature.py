@@ -31,6 +31,8 @@ DENSE_OTHER = 100
 #: The quadrature's value moves by about this much as its nodes follow the modes: a Newton
 #: decrement below it is as converged as the objective allows.
 _STALL_TOL = 1e-2
+#: The (never modified) empty sparse block of the dense layout.
+_EMPTY = sp.csc_matrix((0, 0))
 
 
 def _pairs_within_rows(indptr):
@@ -165,6 +167,7 @@ class NestedMarginal:
         self._zd_coo = self.ZDp.tocoo()
         rest = np.setdiff1d(np.arange(model.endog.size), rows)
         self.ZDr = Z[:, D][rest].tocsr() if D.size else sp.csr_matrix((rest.size, 0))
+        self.ZDpT, self.ZDrT = self.ZDp.T.tocsr(), self.ZDr.T.tocsr()  # (no transpose object per call)
         X = model.exog
         self.Xp, self.Xr = X[rows], X[rest]
         off = model.offset
@@ -351,7 +354,7 @@ class NestedMarginal:
             Es = np.einsum("ik,ik->i", P_row, S)
             Ew = np.einsum("ik,ik->i", P_row, W)
             g_fe = self.Xp.T @ Es + self.Xr.T @ s_r - fe / model.fe_p**2
-            g_D = self.ZDp.T @ Es + self.ZDr.T @ s_r - prec_D * uD
+            g_D = self.ZDpT @ Es + self.ZDrT @ s_r - prec_D * uD
             if not hessian:
                 return value, g_D, g_fe, None, None, None
             dev = S - Es[:, None]  # s_ik - E s_i
@@ -366,9 +369,9 @@ class NestedMarginal:
             C += np.eye(p) / model.fe_p**2
             if self.D.size:
                 # D-part of d_jk, sparse (effects * nodes) x q_D: A -= M'M, B -= M' d
-                A = (self.ZDp.T @ sp.diags(Ew) @ self.ZDp + self.ZDr.T @ sp.diags(w_r) @ self.ZDr
+                A = (self.ZDpT @ sp.diags(Ew) @ self.ZDp + self.ZDrT @ sp.diags(w_r) @ self.ZDr
                      + sp.diags(prec_D)).tocsc()
-                B = self.ZDp.T @ (self.Xp * Ew[:, None]) + self.ZDr.T @ (self.Xr * w_r[:, None])
+                B = self.ZDpT @ (self.Xp * Ew[:, None]) + self.ZDrT @ (self.Xr * w_r[:, None])
                 zc = self._zd_coo
                 row_jk = (loc[zc.row] * K)[:, None] + np.arange(K)
                 vals = zc.data[:, None] * sq[loc[zc.row]] * dev[zc.row]
@@ -407,11 +410,11 @@ class NestedMarginal:
                 A += self.ZDr_d.T @ (self.ZDr_d * w_r[:, None])
                 B += self.ZDr_d.T @ WXr
             return A, B, C
-        A = self.ZDp.T @ (Wp @ self.ZDp) + sp.diags(prec_D)
-        B = self.ZDp.T @ WX
+        A = self.ZDpT @ (Wp @ self.ZDp) + sp.diags(prec_D)
+        B = self.ZDpT @ WX
         if self.yr.size:
-            A = A + self.ZDr.T @ sp.diags(w_r) @ self.ZDr
-            B = B + self.ZDr.T @ WXr
+            A = A + self.ZDrT @ sp.diags(w_r) @ self.ZDr
+            B = B + self.ZDrT @ WXr
         return A.tocsc(), np.asarray(B), C
 
     def _as_border(self, fun):
@@ -425,7 +428,7 @@ class NestedMarginal:
             if not hessian:
                 return value, np.zeros(0), np.concatenate([g_D, g_fe]), None, None, None
             full = np.block([[A, B], [B.T, C]])
-            return value, np.zeros(0), np.concatenate([g_D, g_fe]), sp.csc_matrix((0, 0)), np.zeros((0, full.shape[0])), full
+            return value, np.zeros(0), np.concatenate([g_D, g_fe]), _EMPTY, np.zeros((0, full.shape[0])), full
 
         return fun_border
 
@@ -435,7 +438,7 @@ class NestedMarginal:
 
         if self.dense:
             full = np.block([[A, B], [B.T, C]])
-            return BorderedFactor(sp.csc_matrix((0, 0)), np.zeros((0, full.shape[0])), full)
+            return BorderedFactor(_EMPTY, np.zeros((0, full.shape[0])), full)
         return BorderedFactor(A, B, C)
 
     def _solve(self, F, rhs_D, rhs_fe):
