@@ -494,7 +494,7 @@ class SchurDenseLDL:
     def _plan(self, a, b, keep=False):
         """Where each requested entry sits (diagonal, dense Schur block, or on N's pattern); with
         ``keep``, kept on the pattern analysis for the same arrays requested again."""
-        cache = self.symbolic.__dict__.setdefault("_plans", {})
+        cache = self.symbolic.plans
         hit = cache.get((id(a), id(b)))
         if hit is not None and hit[0] is a and hit[1] is b:
             return hit[2]
@@ -540,6 +540,7 @@ class Symbolic:
     def __init__(self, A, groups=None):
         self.shape = A.shape
         self.indptr, self.indices = A.indptr.copy(), A.indices.copy()
+        self.plans = {}  # SchurDenseLDL._plan: where requested entries of the inverse sit
         q = A.shape[0]
         col = np.repeat(np.arange(q), np.diff(A.indptr))
         row = A.indices

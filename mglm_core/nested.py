@@ -617,18 +617,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     # leaves the correction tame but an effect's conditional posterior far from Gaussian: judged by
     # the exact one-dimensional conditionals of the independent component at the mode
     cond_shift = cond.conditional_shift(mode) if spread <= _SPREAD_MAX else np.nan  # nan: not measured
-    if cond_shift > _SHIFT_MAX and cond.nested is not None:
-        cond.use("nested")
-        mode, _, grad, H, search_ok, n_more = _maximise_theta(
-            cond.corrected_value_grad, mode, vcp_bounds, f=lambda th: cond.corrected(th)[0], max_step=0.5,
-            neg_hessian=H, hessian=cond.corrected_hessian, **search)
-        n_outer += n_more
-        msgs.append(
-            f"The conditional posterior of a {model.vcp_names[cond.nested.ie.component]} effect is far from "
-            f"Gaussian (its mean is {cond_shift:.2f} of its SD from the Laplace mean: all of the effect's outcomes at "
-            "one boundary, with a large SD); the effects of that component were integrated exactly (adaptive "
-            "Gauss-Hermite) and the rest by Laplace instead.")
-    elif spread > _SPREAD_MAX:
+    separated = cond_shift > _SHIFT_MAX and cond.nested is not None
+    if separated or spread > _SPREAD_MAX:
         fallback = "nested" if cond.nested is not None else None
         cond.use(fallback)
         mode, _, grad, H, search_ok, n_more = _maximise_theta(
@@ -640,6 +630,9 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
                "no component has at most one effect per row, so the plain Laplace value was used; the "
                "posterior of the SDs is approximate (check against MCMC)")
         msgs.append(
+            f"The conditional posterior of a {model.vcp_names[cond.nested.ie.component]} effect is far from "
+            f"Gaussian (its mean is {cond_shift:.2f} of its SD from the Laplace mean: all of the effect's outcomes "
+            f"at one boundary, with a large SD); {how}." if separated else
             "Few observations per random effect for the variances involved: the second-order correction of "
             f"the Laplace approximation varies by {spread:.0f} log units within three posterior SDs of the mode, "
             f"outside its range; {how}.")

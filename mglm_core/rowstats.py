@@ -143,6 +143,7 @@ class RowData:
         rows = uniq // self.q
         self._gram_indices = (uniq % self.q).astype(np.int32)
         self._gram_indptr = np.searchsorted(rows, np.arange(self.q + 1)).astype(np.int32)
+        self._gram_rows = rows  # the row of each entry (the selected inverse asks for these at every point)
         self._gram_nnz = uniq.size
         self._gram_diag = np.searchsorted(uniq, diag_keys)
 
@@ -246,8 +247,6 @@ class RowData:
             Linv_t = np.linalg.inv(np.tril(factor.S_chol[0])).T
         if self.q:
             keep = {"keep_plan": True} if hasattr(factor.A, "_plan") else {}  # the dense-Schur route
-            if getattr(self, "_gram_rows", None) is None:
-                self._gram_rows = np.repeat(np.arange(self.q), np.diff(self._gram_indptr))
             sig = factor.A.inverse_on_pattern(self._gram_rows, self._gram_indices, **keep)
         for c in self.chunks:
             nr = c.rows.stop - c.rows.start
