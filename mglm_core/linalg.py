@@ -238,11 +238,12 @@ class SparseLDL:
         self._selected = (rows, vals, T, j0, sig_diag)
         return sig_diag[self._perm]
 
-    def inverse_on_pattern(self, a, b):
+    def inverse_on_pattern(self, a, b, keep_plan=False):
         r"""Entries :math:`(A^{-1})_{a_t b_t}` for index pairs on the sparsity pattern of A.
 
         Uses the Takahashi values (every pair on A's pattern lies on the filled
-        pattern of L), so the cost is that of :meth:`diag_inverse`.
+        pattern of L), so the cost is that of :meth:`diag_inverse`. ``keep_plan`` is accepted for
+        the interface of :meth:`SchurDenseLDL.inverse_on_pattern`; nothing is kept here.
         """
         a, b = np.asarray(a), np.asarray(b)
         if self.is_diagonal:

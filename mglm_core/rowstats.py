@@ -246,8 +246,7 @@ class RowData:
             # np.linalg.inv: scipy's solve_triangular has a large fixed cost with threaded BLAS
             Linv_t = np.linalg.inv(np.tril(factor.S_chol[0])).T
         if self.q:
-            keep = {"keep_plan": True} if hasattr(factor.A, "_plan") else {}  # the dense-Schur route
-            sig = factor.A.inverse_on_pattern(self._gram_rows, self._gram_indices, **keep)
+            sig = factor.A.inverse_on_pattern(self._gram_rows, self._gram_indices, keep_plan=True)
         for c in self.chunks:
             nr = c.rows.stop - c.rows.start
             v = np.zeros(nr)
