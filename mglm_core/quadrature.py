@@ -47,6 +47,23 @@ def _pairs_within_rows(indptr):
     return first, second, row[first]
 
 
+def _adaptive_rule(family, y, trials, a, z, local, group, u0, sc, prec, x, logw):
+    r"""The Gauss–Hermite rule of each effect j centred at ``u0[j]`` with scale ``sc[j]``: nodes
+    :math:`U_{jk} = u_{0j} + sc_j x_k`, the linear predictors :math:`a_i + z_i U_{jk}` of its rows
+    (``local`` maps a row to its effect, ``group`` sums rows into effects; ``y`` and ``trials`` as
+    columns), :math:`\log I_j` (without the prior's and the rule's constants) and the tilted
+    weights :math:`\pi_{jk}` (rows summing to 1). ``logw`` are the rule's log weights plus
+    :math:`x_k^2`. Returns ``(U, eta, log_I, pi)``."""
+    U = u0[:, None] + sc[:, None] * x
+    eta = a[:, None] + z[:, None] * U[local]
+    lw = group @ family.loglike(y, eta, trials) - 0.5 * prec * U**2 + logw
+    top = lw.max(axis=1)
+    pi = np.exp(lw - top[:, None])
+    total = pi.sum(axis=1)
+    pi /= total[:, None]
+    return U, eta, top + np.log(total), pi
+
+
 class IndependentEffects:
     """The rows of one conditionally independent component and the Gauss–Hermite rule.
 
@@ -123,15 +140,12 @@ class IndependentEffects:
         _, w = fam.score_weight(y, eta_r, trials)
         c = np.bincount(local, weights=z**2 * w, minlength=effects.size) + 1.0 / sd**2
         s = 1.0 / np.sqrt(c)
-        t = np.sqrt(2.0) * self.x  # nodes in units of s
-        U = u[self.cols[effects]][:, None] + s[:, None] * t[None, :]
-        E = eta_r[:, None] + (z * s[local])[:, None] * t[None, :]
-        ll = fam.loglike(y[:, None], E, None if trials is None else trials[:, None])
+        u0 = u[self.cols[effects]]
         group = sp.csr_matrix((np.ones(sel.size), (local, np.arange(sel.size))), shape=(effects.size, sel.size))
-        lw = group @ ll - 0.5 * U**2 / sd**2 + self.logw[None, :]
-        lw -= lw.max(axis=1, keepdims=True)
-        p = np.exp(lw)
-        p /= p.sum(axis=1, keepdims=True)
+        _, _, _, p = _adaptive_rule(fam, y[:, None], None if trials is None else trials[:, None],
+                                    eta_r - z * u0[local], z, local, group, u0, np.sqrt(2.0) * s,
+                                    1.0 / sd**2, self.x, self.logw)
+        t = np.sqrt(2.0) * self.x  # the nodes in units of s
         mean = p @ t
         return np.abs(mean), np.sqrt(np.maximum(p @ t**2 - mean**2, 0.0))
 
@@ -241,14 +255,9 @@ class NestedMarginal:
             a = a + self.off_p
         u0, c = self._inner_modes(a, prec)
         sc = np.sqrt(2.0 / c)
-        U = u0[:, None] + sc[:, None] * ie.x
-        eta = a[:, None] + ie.z[:, None] * U[ie.local]
-        lw = self.group @ self.model.family.loglike(self._y, eta, self._tr) - 0.5 * prec * U**2 + ie.logw
-        top = lw.max(axis=1)
-        pi = np.exp(lw - top[:, None])
-        total = pi.sum(axis=1)
-        pi /= total[:, None]
-        return U, eta, sc, top + np.log(total), pi
+        U, eta, log_I, pi = _adaptive_rule(self.model.family, self._y, self._tr, a, ie.z, ie.local, self.group,
+                                           u0, sc, prec, ie.x, ie.logw)
+        return U, eta, sc, log_I, pi
 
     def moments(self, vcp, optimum=None):
         r"""Posterior moments given the log-SDs ``vcp`` at the optimum of :meth:`log_marginal` there
