@@ -35,7 +35,7 @@ import threading
 from contextlib import contextmanager
 
 import numpy as np
-import scipy.linalg as sla
+from scipy.linalg import lapack
 from scipy.linalg.blas import dsyrk as syrk
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
@@ -305,6 +305,7 @@ class SparseLDL:
 
 DENSE_TAIL_MAX = 5000  # largest dense Schur complement (columns) factored by LAPACK
 DENSE_SMALL = 1000  # up to this size the dense route is taken even for a sparse Schur complement
+_SCHUR_PAIRS_MAX = 4_000_000  # pairs of entries within rows of N for the bincount route of S
 DENSE_ALWAYS = 300  # up to this size the dense route is taken even for a diagonal Schur complement
 
 
@@ -373,6 +374,35 @@ def _independent_classes(row, col, groups):
     return np.flatnonzero(np.isin(groups, chosen))
 
 
+def _potrf(S, overwrite=False, clean=True, what="sparse block"):
+    """Lower Cholesky factor of a dense SPD matrix by LAPACK's potrf, called directly (scipy's
+    ``cho_factor`` costs more than the factorisation itself for the small blocks of the fits).
+    ``clean=False`` leaves the upper triangle as it was (nothing here reads it)."""
+    L, info = lapack.dpotrf(S, lower=1, clean=int(clean), overwrite_a=int(overwrite))
+    if info != 0 or np.any(~(np.diag(L) > 0)):
+        raise NotPositiveDefinite(f"{what} is not positive definite")
+    return L
+
+
+def _potrs(L, b):
+    """Solve :math:`L L^\top x = b` for the factor of :func:`_potrf` (b a vector or columns)."""
+    x, info = lapack.dpotrs(L, b, lower=1)
+    if info != 0:  # pragma: no cover - only for malformed arguments
+        raise ValueError(f"potrs failed (info = {info})")
+    return x
+
+
+def _potri(L):
+    """The full symmetric inverse :math:`(L L^\top)^{-1}` from the factor of :func:`_potrf`."""
+    inv, info = lapack.dpotri(L, lower=1)  # lower triangle of the inverse; the rest is L's
+    if info != 0:
+        raise NotPositiveDefinite("matrix is not positive definite")
+    low = np.tril(inv)
+    out = low + low.T
+    out.flat[:: out.shape[0] + 1] = np.diagonal(low)
+    return out
+
+
 #: The dense copy of N kept for the selected inverse (a GEMM instead of a sparse product) up to
 #: this many entries (8 MB).
 _KEEP_DENSE_N = 1_000_000
@@ -412,25 +442,29 @@ class SchurDenseLDL:
         self.N = N
         row_nnz = np.diff(N.indptr).astype(np.int64)
         self.N_dense = None
+        pairs = None
         if N.nnz and float(row_nnz @ row_nnz) * 20.0 >= float(P.size) * D.size**2:
             # N is dense enough for BLAS: S = A_DD - Ns' Ns with Ns = diag(d)^(-1/2) N
             Ns = N.toarray()
             if Ns.size <= _KEEP_DENSE_N:  # for the selected inverse's N S^-1 (a GEMM; freed there)
                 self.N_dense = Ns.copy()
             Ns /= np.sqrt(d)[:, None]
-            # lower triangle of -Ns' Ns (all cho_factor reads), Fortran-ordered: Ns.T is passed
+            # lower triangle of -Ns' Ns (all potrf reads), Fortran-ordered: Ns.T is passed
             # as the Fortran view it is, so neither syrk nor the in-place Cholesky copies
             S = syrk(-1.0, Ns.T, trans=0, lower=1)
+        elif (pairs := sym.schur_pairs()) is not None:
+            # lower triangle of -N' diag(d)^-1 N from the pairs of entries within rows of N (one
+            # weighted bincount; no sparse product): entry (a, b), a >= b, sits at b * |D| + a of a
+            # C-ordered array, i.e. at (a, b) of its transpose, a Fortran-ordered view
+            first, second, flat = pairs
+            w = N.data[first] * N.data[second] / d[sym.N_row[first]]
+            S = np.bincount(flat, weights=w, minlength=D.size * D.size).reshape(D.size, D.size).T
+            np.negative(S, out=S)
         else:
             S = -(N.T @ sp.diags(1.0 / d) @ N).toarray(order="F")
         lower = sym.dd_r >= sym.dd_c
         S[sym.dd_r[lower], sym.dd_c[lower]] += A.data[sym.dd_src[lower]]
-        try:
-            self.S_chol = sla.cho_factor(S, lower=True, overwrite_a=True, check_finite=False)
-        except np.linalg.LinAlgError as exc:
-            raise NotPositiveDefinite("sparse block is not positive definite") from exc
-        if np.any(~(np.diag(self.S_chol[0]) > 0)):
-            raise NotPositiveDefinite("sparse block is not positive definite")
+        self.S_chol = (_potrf(S, overwrite=True, clean=False), True)
         self.pos, self.in_P = sym.pos, sym.in_P
 
     def logdet(self) -> float:
@@ -442,32 +476,43 @@ class SchurDenseLDL:
         b2 = b[:, None] if vec else b
         dP = self.dP[:, None]
         y_P = b2[self.P] / dP
-        x_D = sla.cho_solve(self.S_chol, b2[self.D] - self.N.T @ y_P, check_finite=False)
+        x_D = _potrs(self.S_chol[0], b2[self.D] - self._t_matvec(y_P))
         x_P = y_P - (self.N @ x_D) / dP
         out = np.empty_like(b2)
         out[self.P], out[self.D] = x_P, x_D
         return out[:, 0] if vec else out
 
+    def _t_matvec(self, y):
+        """:math:`N^\top y` for a vector or a few columns, by bincounts over N's entries (no
+        transposed matrix is built)."""
+        N, row, nD = self.N, self.symbolic.N_row, self.D.size
+        if y.ndim == 2 and y.shape[1] > 8:
+            return np.asarray(N.T @ y)
+        cols = y[:, None] if y.ndim == 1 else y
+        out = np.empty((nD, cols.shape[1]))
+        for j in range(cols.shape[1]):
+            out[:, j] = np.bincount(N.indices, weights=N.data * cols[row, j], minlength=nD)
+        return out[:, 0] if y.ndim == 1 else out
+
     def _selected(self):
         if hasattr(self, "_sel"):
             return self._sel
-        Sinv, info = sla.lapack.dpotri(self.S_chol[0], lower=1)  # lower triangle of S^{-1}
-        if info != 0:
-            raise NotPositiveDefinite("Schur complement is not positive definite")
-        Sinv = np.tril(Sinv) + np.tril(Sinv, -1).T
+        Sinv = _potri(self.S_chol[0])
         N, dP = self.N, self.dP
         quad = np.empty(self.P.size)
         on_N = np.empty(N.nnz)  # (N S^{-1}) on the pattern of N
         step = max(1, int(4e6 // max(self.D.size, 1)))
         for a in range(0, self.P.size, step):
             b = min(a + step, self.P.size)
-            Nb = N[a:b]
-            M = self.N_dense[a:b] @ Sinv if self.N_dense is not None else Nb @ Sinv
             lo, hi = N.indptr[a], N.indptr[b]
-            rows = np.repeat(np.arange(b - a), np.diff(Nb.indptr))
-            vals = M[rows, Nb.indices]
+            if self.N_dense is not None:
+                M = self.N_dense[a:b] @ Sinv
+            else:
+                M = (N if (a, b) == (0, self.P.size) else N[a:b]) @ Sinv
+            rows = self.symbolic.N_row[lo:hi] - a
+            vals = M[rows, N.indices[lo:hi]]
             on_N[lo:hi] = vals
-            quad[a:b] = np.bincount(rows, weights=vals * Nb.data, minlength=b - a)
+            quad[a:b] = np.bincount(rows, weights=vals * N.data[lo:hi], minlength=b - a)
         self.N_dense = None
         diag = np.empty(self.n)
         diag[self.P] = 1.0 / dP + quad / dP**2
@@ -575,8 +620,33 @@ class Symbolic:
         self.N_indices = c[order].astype(np.int32)
         self.N_indptr = np.searchsorted(r[order], np.arange(P.size + 1)).astype(np.int32)
         self.N_src = src[order]
+        self.N_row = np.repeat(np.arange(P.size, dtype=np.int64), np.diff(self.N_indptr))
         selD = ~in_P[row] & ~in_P[col]
         self.dd_r, self.dd_c, self.dd_src = pos[row[selD]], pos[col[selD]], np.flatnonzero(selD)
+
+    def schur_pairs(self):
+        """``(first, second, flat)`` for the lower triangle of :math:`N^\top \mathrm{diag}(d)^{-1} N`:
+        the pairs of entries of one row of N whose columns are a >= b (positions in N's data) and
+        the place ``b * |D| + a`` of their product in a C-ordered |D| x |D| array; None when
+        there are more than :data:`_SCHUR_PAIRS_MAX` (then a sparse product is cheaper in memory).
+        Built once, on first use."""
+        if not hasattr(self, "_schur_pairs"):
+            m = np.diff(self.N_indptr).astype(np.int64)
+            total = int(m @ m)
+            if total > _SCHUR_PAIRS_MAX:
+                self._schur_pairs = None
+            else:
+                start = self.N_indptr[:-1].astype(np.int64)
+                first = np.repeat(np.arange(self.N_indices.size, dtype=np.int64), m[self.N_row])
+                # the partners of each entry: every entry of its row
+                offset = np.arange(first.size) - np.repeat(np.cumsum(m * m) - m * m, m * m)
+                second = start[self.N_row[first]] + offset % np.maximum(m[self.N_row[first]], 1)
+                keep = second <= first  # column indices are sorted within rows: column a >= b
+                first, second = first[keep], second[keep]
+                nD = self.D.size
+                flat = self.N_indices[second].astype(np.int64) * nD + self.N_indices[first]
+                self._schur_pairs = (first, second, flat)
+        return self._schur_pairs
 
     def matches(self, A) -> bool:
         return (A.shape == self.shape and A.indptr.size == self.indptr.size and A.indices.size == self.indices.size
@@ -631,12 +701,7 @@ class BorderedFactor:
         S = np.asarray(C, dtype=float) - B.T @ self.AinvB
         S = 0.5 * (S + S.T)
         if self.m:
-            try:
-                self.S_chol = sla.cho_factor(S, lower=True)
-            except np.linalg.LinAlgError as exc:
-                raise NotPositiveDefinite("Schur complement is not positive definite") from exc
-            if np.any(~(np.diag(self.S_chol[0]) > 0)):
-                raise NotPositiveDefinite("Schur complement is not positive definite")
+            self.S_chol = (_potrf(S, what="Schur complement"), True)
         self.S = S
 
     def logdet(self) -> float:
@@ -649,7 +714,7 @@ class BorderedFactor:
         """Solve ``H [x; y] = [a; b]``; returns ``(x, y)``."""
         Ainv_a = self.A.solve(a) if self.q else a
         if self.m:
-            y = sla.cho_solve(self.S_chol, b - self.B.T @ Ainv_a)
+            y = _potrs(self.S_chol[0], b - self.B.T @ Ainv_a)
             x = Ainv_a - self.AinvB @ y
         else:
             y = b
@@ -660,7 +725,7 @@ class BorderedFactor:
         """The border block of :math:`H^{-1}`, i.e. :math:`S^{-1}` (m x m)."""
         if not self.m:
             return np.zeros((0, 0))
-        return sla.cho_solve(self.S_chol, np.eye(self.m))
+        return _potri(self.S_chol[0])
 
     def sparse_diag_inverse(self) -> np.ndarray:
         """Diagonal of the random-effect block of :math:`H^{-1}`."""

@@ -485,7 +485,7 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
 
 
 def _axial(k, r):
-    """The 2k points :math:`\mp r\,e_j` along the axes of z, in that order."""
+    r"""The 2k points :math:`\mp r\,e_j` along the axes of z, in that order."""
     return np.vstack([s * r * np.eye(k)[i] for i in range(k) for s in (-1, 1)])
 
 

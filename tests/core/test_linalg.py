@@ -58,8 +58,9 @@ def test_dense_schur_route_matches_dense(sizes):
     Ainv = np.linalg.inv(Ad)
     assert f.logdet() == pytest.approx(np.linalg.slogdet(Ad)[1], rel=1e-11)
     np.testing.assert_allclose(f.diag_inverse(), np.diag(Ainv), rtol=1e-9)
-    b = np.random.default_rng(2).normal(size=(A.shape[0], 3))
-    np.testing.assert_allclose(Ad @ f.solve(b), b, atol=1e-9)
+    b = np.random.default_rng(2).normal(size=(A.shape[0], 12))
+    np.testing.assert_allclose(Ad @ f.solve(b), b, atol=1e-9)  # more columns than the bincount loop takes
+    np.testing.assert_allclose(Ad @ f.solve(b[:, :3]), b[:, :3], atol=1e-9)
     np.testing.assert_allclose(Ad @ f.solve(b[:, 0]), b[:, 0], atol=1e-9)
     r, c = A.nonzero()
     np.testing.assert_allclose(f.inverse_on_pattern(r, c), Ainv[r, c], rtol=1e-8, atol=1e-12)
@@ -189,3 +190,20 @@ def test_newton_ascent_stops_at_the_objectives_rounding():
     res = newton_ascent(fun, np.array([0.3 + 1e-5]), np.array([0.8]), tol=1e-14)
     assert res.converged and len(calls) <= 3
     assert np.allclose(np.concatenate([res.u, res.b]), target, atol=1e-4)
+
+
+@pytest.mark.parametrize("pairs_max", [None, 0])
+def test_sparse_schur_complement_routes_agree(monkeypatch, pairs_max):
+    """A Schur complement too sparse for BLAS is assembled from the pairs of entries within rows of
+    N (one bincount) or, past the pairs' memory cap, by a sparse product: both match dense algebra."""
+    import mglm_core.linalg as la
+
+    if pairs_max is not None:
+        monkeypatch.setattr(la, "_SCHUR_PAIRS_MAX", pairs_max)
+    A, _, _ = _problem(900, (400, 60, 9), 1, seed=11)
+    f = la.factor_spd(A)
+    assert isinstance(f, la.SchurDenseLDL) and f.N_dense is None
+    assert (f.symbolic.schur_pairs() is None) == (pairs_max == 0)
+    Ad = A.toarray()
+    assert f.logdet() == pytest.approx(np.linalg.slogdet(Ad)[1], rel=1e-11)
+    np.testing.assert_allclose(f.diag_inverse(), np.diag(np.linalg.inv(Ad)), rtol=1e-9)
