@@ -87,6 +87,11 @@ class Family:
             ll = ll - self.log_base_measure(y, trials)
         return (float(np.sum(ll)),) + tuple(self.score_weight(y, eta, trials))
 
+    def row_terms(self, y, eta, trials):
+        """``(loglike, score, weight)`` element by element (any broadcastable shapes), in one pass
+        where the family shares the transcendental functions (the quadrature's nodes)."""
+        return (self.loglike(y, eta, trials),) + tuple(self.score_weight(y, eta, trials))
+
     def weight_derivative(self, y, eta, trials):  # pragma: no cover - abstract
         r""":math:`dw_i/d\eta_i` of the weight :math:`w_i = -\ell_i''` (the integrated fit's gradient)."""
         raise NotImplementedError
@@ -127,6 +132,21 @@ class Binomial(Family):
         n = 1.0 if trials is None else trials
         p = expit(eta)
         return y - n * p, n * p * (1.0 - p)
+
+    def row_terms(self, y, eta, trials):
+        r"""``(loglike, score, weight)`` element by element from one exponential: with
+        :math:`t = e^{-|\eta|}` and :math:`r = 1/(1+t)`, :math:`\log(1+e^\eta) = \max(\eta, 0) + \log(1+t)`,
+        :math:`p = r` for :math:`\eta \ge 0` and :math:`t r` otherwise, :math:`p(1-p) = t r^2`."""
+        n = 1.0 if trials is None else trials
+        t = np.exp(-np.abs(eta))
+        r = 1.0 / (1.0 + t)
+        ll = y * eta - n * (np.maximum(eta, 0.0) + np.log1p(t))
+        if trials is not None:
+            ll = ll + self.log_base_measure(y, trials)
+        p = np.where(eta >= 0.0, r, t * r)
+        t *= r
+        t *= r
+        return ll, y - n * p, (t if trials is None else n * t)
 
     def working_response(self, y, trials):
         r"""IRLS start: :math:`p_0 = (y + 1/2)/(n + 1)`, response :math:`\operatorname{logit} p_0`,
@@ -311,6 +331,10 @@ class Poisson(Family):
     def score_weight(self, y, eta, trials=None):
         mu = np.exp(eta)
         return y - mu, mu
+
+    def row_terms(self, y, eta, trials=None):
+        mu = np.exp(eta)
+        return y * eta - mu - gammaln(y + 1), y - mu, mu
 
     def working_response(self, y, trials=None):
         r"""IRLS start: :math:`\mu_0 = y + 1/2`, response :math:`\log\mu_0`, weight :math:`\mu_0`."""

@@ -53,15 +53,17 @@ def _adaptive_rule(family, y, trials, a, z, local, group, u0, sc, prec, x, logw)
     (``local`` maps a row to its effect, ``group`` sums rows into effects; ``y`` and ``trials`` as
     columns), :math:`\log I_j` (without the prior's and the rule's constants) and the tilted
     weights :math:`\pi_{jk}` (rows summing to 1). ``logw`` are the rule's log weights plus
-    :math:`x_k^2`. Returns ``(U, eta, log_I, pi)``."""
+    :math:`x_k^2`. Returns ``(U, eta, log_I, pi, S, W)`` with the rows' scores and weights at the
+    nodes (from the same pass as the log-likelihood, :meth:`~mglm_core.families.Family.row_terms`)."""
     U = u0[:, None] + sc[:, None] * x
     eta = a[:, None] + z[:, None] * U[local]
-    lw = group @ family.loglike(y, eta, trials) - 0.5 * prec * U**2 + logw
+    ll, S, W = family.row_terms(y, eta, trials)
+    lw = group @ ll - 0.5 * prec * U**2 + logw
     top = lw.max(axis=1)
     pi = np.exp(lw - top[:, None])
     total = pi.sum(axis=1)
     pi /= total[:, None]
-    return U, eta, top + np.log(total), pi
+    return U, eta, top + np.log(total), pi, S, W
 
 
 class IndependentEffects:
@@ -142,9 +144,9 @@ class IndependentEffects:
         s = 1.0 / np.sqrt(c)
         u0 = u[self.cols[effects]]
         group = sp.csr_matrix((np.ones(sel.size), (local, np.arange(sel.size))), shape=(effects.size, sel.size))
-        _, _, _, p = _adaptive_rule(fam, y[:, None], None if trials is None else trials[:, None],
+        p = _adaptive_rule(fam, y[:, None], None if trials is None else trials[:, None],
                                     eta_r - z * u0[local], z, local, group, u0, np.sqrt(2.0) * s,
-                                    1.0 / sd**2, self.x, self.logw)
+                                    1.0 / sd**2, self.x, self.logw)[3]
         t = np.sqrt(2.0) * self.x  # the nodes in units of s
         mean = p @ t
         return np.abs(mean), np.sqrt(np.maximum(p @ t**2 - mean**2, 0.0))
@@ -246,18 +248,18 @@ class NestedMarginal:
 
     def _nodes(self, uD, fe, prec):
         r"""The adaptive Gauss–Hermite rule of every effect of P given ``(u_D, fe)``: nodes
-        ``U`` (effects x nodes), the rows' linear predictors there ``eta`` (rows x nodes), the
-        scales ``sc``, :math:`\log I_j` (without the prior's and the rule's constants) and the
-        tilted weights ``pi`` (effects x nodes, rows summing to 1)."""
+        ``U`` (effects x nodes), the scales ``sc``, :math:`\log I_j` (without the prior's and the
+        rule's constants), the tilted weights ``pi`` (effects x nodes, rows summing to 1) and the
+        rows' scores ``S`` and weights ``W`` at the nodes (rows x nodes)."""
         ie = self.ie
         a = self.Xp @ fe + self.ZDp @ uD
         if self.off_p is not None:
             a = a + self.off_p
         u0, c = self._inner_modes(a, prec)
         sc = np.sqrt(2.0 / c)
-        U, eta, log_I, pi = _adaptive_rule(self.model.family, self._y, self._tr, a, ie.z, ie.local, self.group,
-                                           u0, sc, prec, ie.x, ie.logw)
-        return U, eta, sc, log_I, pi
+        U, _, log_I, pi, S, W = _adaptive_rule(self.model.family, self._y, self._tr, a, ie.z, ie.local,
+                                               self.group, u0, sc, prec, ie.x, ie.logw)
+        return U, sc, log_I, pi, S, W
 
     def moments(self, vcp, optimum=None):
         r"""Posterior moments given the log-SDs ``vcp`` at the optimum of :meth:`log_marginal` there
@@ -280,10 +282,9 @@ class NestedMarginal:
         uD, fe, F = optimum
         vcp = np.asarray(vcp, dtype=float)
         prec = np.exp(-2.0 * vcp[ie.component])
-        U, eta, _, _, pi = self._nodes(uD, fe, prec)
+        U, _, _, pi, S, _ = self._nodes(uD, fe, prec)
         mu = np.einsum("jk,jk->j", pi, U)
         tau = np.maximum(np.einsum("jk,jk->j", pi, U**2) - mu**2, 0.0)
-        S, _ = model.family.score_weight(self._y, eta, self._tr)
         P_row = pi[ie.local]
         dev_s = S - np.einsum("ik,ik->i", P_row, S)[:, None]
         c = np.einsum("ik,ik,ik->i", P_row, U[ie.local] - mu[ie.local][:, None], dev_s)  # d mu_j / d a_i
@@ -340,25 +341,23 @@ class NestedMarginal:
         sig2 = 1.0 / prec
         loc = ie.local
 
-        y, tr = self._y, self._tr
         G = self.group  # effects x rows of P, indicator
         K = ie.x.size
 
         def fun(uD, fe, hessian):
-            U, eta, sc, logI, pi = self._nodes(uD, fe, prec)
+            U, sc, logI, pi, S, W = self._nodes(uD, fe, prec)
             value = float(np.sum(logI + np.log(sc)) - 0.5 * m * np.log(2.0 * np.pi * sig2))
             eta_r = self.Xr @ fe + self.ZDr @ uD
             if self.off_r is not None:
                 eta_r = eta_r + self.off_r
-            s_r, w_r = fam.score_weight(self.yr, eta_r, self.tr)
-            value += float(np.sum(fam.loglike(self.yr, eta_r, self.tr)))
+            ll_r, s_r, w_r = fam.row_terms(self.yr, eta_r, self.tr)
+            value += float(np.sum(ll_r))
             value += (-0.5 * float(prec_D @ uD**2) + 0.5 * float(np.sum(np.log(prec_D)))
                       - 0.5 * self.D.size * np.log(2.0 * np.pi))
             value += -0.5 * float(fe @ fe) / model.fe_p**2 - 0.5 * p * np.log(2.0 * np.pi * model.fe_p**2)
             value += -0.5 * float(vcp @ vcp) / model.vcp_p**2 - 0.5 * vcp.size * np.log(2.0 * np.pi * model.vcp_p**2)
             if hessian is None:  # the value alone (line searches)
                 return value, None, None, None, None, None
-            S, W = fam.score_weight(y, eta, tr)  # rows x nodes
             P_row = pi[loc]
             Es = np.einsum("ik,ik->i", P_row, S)
             Ew = np.einsum("ik,ik->i", P_row, W)

@@ -79,3 +79,15 @@ def test_fused_loglike_score_weight_matches_the_separate_functions(family, with_
     np.testing.assert_allclose(w, w0, rtol=1e-12, atol=1e-300)
     ll_nc = family.loglike_score_weight(y, eta.copy(), trials, const=False)[0]
     assert ll - ll_nc == pytest.approx(family.log_base_measure(y, trials).sum(), rel=1e-12, abs=1e-12)
+    # the element-wise one-pass terms (the quadrature's nodes: rows x nodes, y and trials as columns)
+    E = np.stack([eta, -eta, 0.5 * eta], axis=1)
+    tr = None if trials is None else trials[:, None]
+    lr, sr, wr = family.row_terms(y[:, None], E, tr)
+    s1, w1 = family.score_weight(y[:, None], E, tr)
+    assert lr.shape == sr.shape == wr.shape == E.shape
+    np.testing.assert_allclose(lr, family.loglike(y[:, None], E, tr), rtol=1e-13, atol=1e-9)
+    np.testing.assert_allclose(sr, s1, rtol=1e-12, atol=1e-14)
+    if family.name == "binomial":  # p (1 - p) without the cancellation of 1 - p (exact at |eta| = 350)
+        t = np.exp(-np.abs(E))
+        w1 = (1.0 if tr is None else tr) * t / (1.0 + t) ** 2
+    np.testing.assert_allclose(wr, w1, rtol=1e-12, atol=1e-300)
