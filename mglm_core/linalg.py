@@ -483,10 +483,12 @@ class SchurDenseLDL:
         return out[:, 0] if vec else out
 
     def _t_matvec(self, y):
-        """:math:`N^\top y` for a vector or a few columns, by bincounts over N's entries (no
-        transposed matrix is built)."""
+        """:math:`N^\top y`: by BLAS while N's dense copy is kept, for a vector or a few columns of
+        a small N by bincounts over its entries (no transposed matrix is built)."""
         N, row, nD = self.N, self.symbolic.N_row, self.D.size
-        if y.ndim == 2 and y.shape[1] > 8:
+        if self.N_dense is not None:
+            return self.N_dense.T @ y
+        if N.nnz > 50_000 or (y.ndim == 2 and y.shape[1] > 8):  # the transpose's fixed cost pays
             return np.asarray(N.T @ y)
         cols = y[:, None] if y.ndim == 1 else y
         out = np.empty((nD, cols.shape[1]))
