@@ -379,13 +379,14 @@ def _potrf(S, overwrite=False, clean=True, what="sparse block"):
     ``cho_factor`` costs more than the factorisation itself for the small blocks of the fits).
     ``clean=False`` leaves the upper triangle as it was (nothing here reads it)."""
     L, info = lapack.dpotrf(S, lower=1, clean=int(clean), overwrite_a=int(overwrite))
-    if info != 0 or np.any(~(np.diag(L) > 0)):
+    d = np.diag(L)
+    if info != 0 or not np.all(np.isfinite(d) & (d > 0)):
         raise NotPositiveDefinite(f"{what} is not positive definite")
     return L
 
 
 def _potrs(L, b):
-    """Solve :math:`L L^\top x = b` for the factor of :func:`_potrf` (b a vector or columns)."""
+    r"""Solve :math:`L L^\top x = b` for the factor of :func:`_potrf` (b a vector or columns)."""
     x, info = lapack.dpotrs(L, b, lower=1)
     if info != 0:  # pragma: no cover - only for malformed arguments
         raise ValueError(f"potrs failed (info = {info})")
@@ -393,7 +394,7 @@ def _potrs(L, b):
 
 
 def _potri(L):
-    """The full symmetric inverse :math:`(L L^\top)^{-1}` from the factor of :func:`_potrf`."""
+    r"""The full symmetric inverse :math:`(L L^\top)^{-1}` from the factor of :func:`_potrf`."""
     inv, info = lapack.dpotri(L, lower=1)  # lower triangle of the inverse; the rest is L's
     if info != 0:
         raise NotPositiveDefinite("matrix is not positive definite")
@@ -458,7 +459,8 @@ class SchurDenseLDL:
             # C-ordered array, i.e. at (a, b) of its transpose, a Fortran-ordered view
             first, second, flat = pairs
             w = N.data[first] * N.data[second] / d[sym.N_row[first]]
-            S = np.bincount(flat, weights=w, minlength=D.size * D.size).reshape(D.size, D.size).T
+            S = np.bincount(flat, weights=w, minlength=D.size * D.size)  # (int64 when N is empty)
+            S = S.astype(float, copy=False).reshape(D.size, D.size).T
             np.negative(S, out=S)
         else:
             S = -(N.T @ sp.diags(1.0 / d) @ N).toarray(order="F")
@@ -483,7 +485,7 @@ class SchurDenseLDL:
         return out[:, 0] if vec else out
 
     def _t_matvec(self, y):
-        """:math:`N^\top y`: by BLAS while N's dense copy is kept, for a vector or a few columns of
+        r""":math:`N^\top y`: by BLAS while N's dense copy is kept, for a vector or a few columns of
         a small N by bincounts over its entries (no transposed matrix is built)."""
         N, row, nD = self.N, self.symbolic.N_row, self.D.size
         if self.N_dense is not None:
@@ -627,7 +629,7 @@ class Symbolic:
         self.dd_r, self.dd_c, self.dd_src = pos[row[selD]], pos[col[selD]], np.flatnonzero(selD)
 
     def schur_pairs(self):
-        """``(first, second, flat)`` for the lower triangle of :math:`N^\top \mathrm{diag}(d)^{-1} N`:
+        r"""``(first, second, flat)`` for the lower triangle of :math:`N^\top \mathrm{diag}(d)^{-1} N`:
         the pairs of entries of one row of N whose columns are a >= b (positions in N's data) and
         the place ``b * |D| + a`` of their product in a C-ordered |D| x |D| array; None when
         there are more than :data:`_SCHUR_PAIRS_MAX` (then a sparse product is cheaper in memory).

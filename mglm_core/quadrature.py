@@ -145,8 +145,8 @@ class IndependentEffects:
         u0 = u[self.cols[effects]]
         group = sp.csr_matrix((np.ones(sel.size), (local, np.arange(sel.size))), shape=(effects.size, sel.size))
         p = _adaptive_rule(fam, y[:, None], None if trials is None else trials[:, None],
-                                    eta_r - z * u0[local], z, local, group, u0, np.sqrt(2.0) * s,
-                                    1.0 / sd**2, self.x, self.logw)[3]
+                           eta_r - z * u0[local], z, local, group, u0, np.sqrt(2.0) * s,
+                           1.0 / sd**2, self.x, self.logw)[3]
         t = np.sqrt(2.0) * self.x  # the nodes in units of s
         mean = p @ t
         return np.abs(mean), np.sqrt(np.maximum(p @ t**2 - mean**2, 0.0))

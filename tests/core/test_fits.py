@@ -30,7 +30,8 @@ def _design(family, n=400, q=20, seed=1, sd=0.8, slopes=False):
     ident = np.zeros(q, dtype=int)
     if slopes:
         Z = np.hstack([Z, Z * X[:, [1]]])
-        ident = np.concatenate([ident, np.ones(q, dtype=int)])
+        # "shared": intercepts and slopes in one variance component (its columns share rows)
+        ident = np.concatenate([ident, np.full(q, int(slopes != "shared"))])
     u = rng.normal(scale=sd, size=Z.shape[1])
     eta = X @ [-0.3, 0.7] + Z @ u
     if family == "binomial":
@@ -44,7 +45,7 @@ SM = {"binomial": "BinomialBayesMixedGLM", "poisson": "PoissonBayesMixedGLM"}
 
 
 @pytest.mark.parametrize("family", ["binomial", "poisson"])
-@pytest.mark.parametrize("slopes", [False, True])
+@pytest.mark.parametrize("slopes", [False, True, "shared"])
 def test_map_matches_statsmodels(family, slopes):
     y, X, Z, ident = _design(family, n=1500 if slopes else 400, sd=1.0, slopes=slopes)
     ours = mg.BayesMixedGLM(y, X, sp.csr_matrix(Z), ident, family=family).fit_map()

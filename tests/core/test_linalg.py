@@ -42,6 +42,8 @@ def test_indefinite_is_reported():
         BorderedFactor(A, np.array([[3.0], [3.0]]), np.array([[1.0]]))
     with pytest.raises(NotPositiveDefinite):
         BorderedFactor(sp.diags([1.0, -2.0]).tocsc(), np.zeros((2, 1)), np.eye(1))
+    with pytest.raises(NotPositiveDefinite):  # a non-finite border is not a factorisation
+        BorderedFactor(sp.diags([1.0, 2.0]).tocsc(), np.zeros((2, 2)), np.array([[np.inf, 0.0], [0.0, 1.0]]))
 
 
 @pytest.mark.parametrize("sizes", [(60, 25), (120, 80, 7), (300, 40)])
