@@ -82,10 +82,10 @@ class Family:
     def loglike_score_weight(self, y, eta, trials, const=True):
         """The summed ``loglike``, the score and the weight in one pass; ``const=False``
         leaves out :meth:`log_base_measure` (for callers that add it once)."""
-        ll = self.loglike(y, eta, trials)
+        ll, score, weight = self.row_terms(y, eta, trials)
         if not const:
             ll = ll - self.log_base_measure(y, trials)
-        return (float(np.sum(ll)),) + tuple(self.score_weight(y, eta, trials))
+        return float(np.sum(ll)), score, weight
 
     def row_terms(self, y, eta, trials):
         """``(loglike, score, weight)`` element by element (any broadcastable shapes), in one pass

@@ -374,6 +374,18 @@ def _independent_classes(row, col, groups):
     return np.flatnonzero(np.isin(groups, chosen))
 
 
+def pairs_within_rows(indptr):
+    """``(first, second, row)``: the positions, among a CSR matrix's entries, of every pair of entries
+    in the same row (both orders, an entry with itself included), and the row of ``first``."""
+    lens = np.diff(indptr)
+    row = np.repeat(np.arange(lens.size), lens)  # the row of each entry
+    n_partner = lens[row]
+    first = np.repeat(np.arange(int(indptr[-1])), n_partner)
+    offs = np.arange(first.size) - np.repeat(np.cumsum(n_partner) - n_partner, n_partner)
+    second = np.repeat(indptr[row], n_partner) + offs
+    return first, second, row[first]
+
+
 def _potrf(S, overwrite=False, clean=True, what="sparse block"):
     """Lower Cholesky factor of a dense SPD matrix by LAPACK's potrf, called directly (scipy's
     ``cho_factor`` costs more than the factorisation itself for the small blocks of the fits).
@@ -640,11 +652,7 @@ class Symbolic:
             if total > _SCHUR_PAIRS_MAX:
                 self._schur_pairs = None
             else:
-                start = self.N_indptr[:-1].astype(np.int64)
-                first = np.repeat(np.arange(self.N_indices.size, dtype=np.int64), m[self.N_row])
-                # the partners of each entry: every entry of its row
-                offset = np.arange(first.size) - np.repeat(np.cumsum(m * m) - m * m, m * m)
-                second = start[self.N_row[first]] + offset % np.maximum(m[self.N_row[first]], 1)
+                first, second, _ = pairs_within_rows(self.N_indptr)
                 keep = second <= first  # column indices are sorted within rows: column a >= b
                 first, second = first[keep], second[keep]
                 nD = self.D.size

@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from .linalg import pairs_within_rows
+
 __all__ = ["IndependentEffects", "NestedMarginal"]
 
 #: Up to this many other random effects, (u_D, fe) is handled as one dense block.
@@ -33,18 +35,6 @@ DENSE_OTHER = 100
 _STALL_TOL = 1e-2
 #: The (never modified) empty sparse block of the dense layout.
 _EMPTY = sp.csc_matrix((0, 0))
-
-
-def _pairs_within_rows(indptr):
-    """``(first, second, row)``: the positions, among a CSR matrix's entries, of every pair of entries
-    in the same row (both orders, an entry with itself included), and the row of ``first``."""
-    lens = np.diff(indptr)
-    row = np.repeat(np.arange(lens.size), lens)  # the row of each entry
-    n_partner = lens[row]
-    first = np.repeat(np.arange(int(indptr[-1])), n_partner)
-    offs = np.arange(first.size) - np.repeat(np.cumsum(n_partner) - n_partner, n_partner)
-    second = np.repeat(indptr[row], n_partner) + offs
-    return first, second, row[first]
 
 
 def _adaptive_rule(family, y, trials, a, z, local, group, u0, sc, prec, x, logw):
@@ -215,7 +205,7 @@ class NestedMarginal:
         n = np.diff(G.indptr)
         if float(n @ n) * n_nodes > max_work:
             return None
-        first, second, _ = _pairs_within_rows(G.indptr)
+        first, second, _ = pairs_within_rows(G.indptr)
         first, second = G.indices[first], G.indices[second]  # rows of P
         order = np.lexsort((second, first))
         first, second = first[order], second[order]
@@ -318,7 +308,7 @@ class NestedMarginal:
     def _quad_sparse(A, g):
         r""":math:`g_j^\top A^{-1} g_j` for the rows of the sparse ``g``: from :math:`A^{-1}` on the pairs
         of columns that share a row (selected inverse, on A's pattern), else by solves in blocks."""
-        first, second, row = _pairs_within_rows(g.indptr)
+        first, second, row = pairs_within_rows(g.indptr)
         try:
             sig = A.inverse_on_pattern(g.indices[first], g.indices[second])
             return np.bincount(row, weights=g.data[first] * g.data[second] * sig, minlength=g.shape[0])

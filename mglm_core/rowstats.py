@@ -27,6 +27,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import scipy.sparse as sp
 
+from .linalg import pairs_within_rows
+
 __all__ = ["RowData", "RowSums"]
 
 #: The Gram pattern is found by marking a q x q array when q^2 is at most this (or four times the
@@ -125,12 +127,7 @@ class RowData:
 
     def _build_gram_pattern(self, Z):
         nnz_row = np.diff(Z.indptr)
-        row_of_nz = np.repeat(np.arange(self.n), nnz_row)
-        per_nz = nnz_row[row_of_nz]  # partners of each nonzero (same row)
-        first = np.repeat(np.arange(Z.nnz), per_nz)
-        group_start = np.repeat(np.cumsum(per_nz) - per_nz, per_nz)
-        self._pair_row = row_of_nz[first]
-        second = Z.indptr[self._pair_row] + (np.arange(first.size) - group_start)
+        first, second, self._pair_row = pairs_within_rows(Z.indptr)
         diag_keys = np.arange(self.q, dtype=np.int64) * (self.q + 1)  # every diagonal entry is in the pattern
         self._pair_val = Z.data[first] * Z.data[second]
         self._pair_start = np.concatenate([[0], np.cumsum(nnz_row.astype(np.int64) ** 2)])
