@@ -230,6 +230,46 @@ def test_tabulated_marginal_stays_proper_when_the_points_share_a_value():
     assert np.trapezoid(grid.points[0] * grid.density[0], grid.points[0]) == pytest.approx(0.1, abs=1e-3)
 
 
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("skew", ["none", "axis", "diagonal", "cross"])
+def test_grid_extrapolates_only_beyond_the_region(k, skew):
+    """The exploration of the integration grid solves every point within the region (log density
+    within _DROP_K of the top) and extrapolates only points beyond it: exactly for a Gaussian, and
+    for skewed densities (heavier tails along an axis, a diagonal, or a cross term) the extrapolated
+    points' true values lie below the region and the grid's mean and variance are those of the
+    true values at the same points. Fewer points are solved than the grid holds."""
+    from mglm_core.nested import _DROP_K, _STEP, _grid_points, _lattice_factors
+
+    cubic = {"none": lambda z: 0.0,
+             "axis": lambda z: 0.1 * z[0] ** 3 / (1.0 + 0.1 * z[0] ** 2),
+             "diagonal": lambda z: 0.1 * (z[0] + z[1]) ** 3 / 2**1.5 / (1.0 + 0.025 * (z[0] + z[1]) ** 2),
+             "cross": lambda z: 0.15 * z[0] ** 2 * z[1] / (1.0 + 0.05 * z @ z)}[skew]
+    calls = []
+
+    def logf(z):
+        calls.append(z)
+        return float(-0.5 * z @ z + cubic(z))
+
+    step, drop = _STEP[k], _DROP_K[k]
+    pts = _grid_points(logf, k, step)
+    n_solved = len(calls)
+    zs = np.array(list(pts), dtype=float) * step
+    vals = np.array([v for v, _ in pts.values()])
+    pred = np.array([p for _, p in pts.values()])
+    truth = np.array([logf(z) for z in zs])
+    assert 0 < pred.sum() and n_solved == (~pred).sum() < len(pts)
+    assert np.all(truth[pred] < vals.max() - drop)
+    w, w_true = (np.exp(v - v.max()) / np.exp(v - v.max()).sum() for v in (vals, truth))
+    mean, mean_true = w @ zs[:, :2], w_true @ zs[:, :2]
+    np.testing.assert_allclose(mean, mean_true, atol=0.01)
+    np.testing.assert_allclose(w @ (zs[:, :2] - mean) ** 2, w_true @ (zs[:, :2] - mean_true) ** 2, rtol=0.03)
+    if skew == "none":
+        np.testing.assert_allclose(vals, truth, atol=1e-12)
+        assert w @ zs[:, 0] ** 2 / _lattice_factors(step)[0] == pytest.approx(1.0, abs=0.03)
+    else:
+        assert np.max(np.abs(mean_true)) > 0.1  # a skewness that matters
+
+
 def test_nested_marginal_integrates_the_innermost_effects_exactly():
     """Binary rows, two effects of SD 2.7 with one and two rows (far from Gaussian) and a fixed effect
     pinned by its prior: the nested approximation matches a brute-force 3-D integral, where the
