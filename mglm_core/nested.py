@@ -754,8 +754,9 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         out[t_] = (logp, b, fe_cov, u, vc_var_t)
     # points not solved (beyond the region's edge, their log density extrapolated): the moments of
     # the nearest solved point, the random and fixed effects moved along its mode's first-order change
+    solved_used = list(out)
     for t_ in np.flatnonzero(~solved):
-        near = min(out, key=lambda s_: float(np.sum((zs[s_] - zs[t_]) ** 2)), default=None)
+        near = min(solved_used, key=lambda s_: float(np.sum((zs[s_] - zs[t_]) ** 2)), default=None)
         if near is None:
             continue
         _, b, fe_cov, u, vc_var_t = out[near]
