@@ -534,7 +534,8 @@ def _design(cond, mode, H, k, msgs):
     zs = np.array(list(pts.keys()), dtype=float) * step
     logp_grid = np.array([v for v, _ in pts.values()])
     predicted = np.array([pr for _, pr in pts.values()])
-    keep = logp_grid > logp_grid.max() - _DROP_K[k] - 3
+    # points whose inner problem failed (-inf) stay, to be counted in the fit's warning
+    keep = (logp_grid > logp_grid.max() - _DROP_K[k] - 3) | ~np.isfinite(logp_grid)
     zs = zs[keep]
     predicted = np.where(predicted[keep], logp_grid[keep], np.nan)
     return root, log_jac, zs, mode + zs @ root.T, k * np.log(step) + log_jac, None, predicted

@@ -111,13 +111,16 @@ def test_complete_separation_switches_to_exact_inner_integration():
 def test_all_zero_poisson_groups_with_a_large_sd():
     """30 Poisson groups of three rows with an SD of 2.5 and a low baseline, 16 of them all zeros:
     their conditionals are one-sided and the fit integrates them exactly. Above the log-SD mode the
-    quadrature's value is only accurate to about 1e-3, where the inner Newton steps stalled and the
-    points were dropped: the upper tail was cut (log-SD mean 0.35 SD low, SD ratio 0.73). Every bar
-    holds."""
+    quadrature's value is rough (Newton steps stall at a decrement of 0.066 at SD 6.7); points
+    dropped there cut the upper tail (log-SD mean 0.35 SD low and SD ratio 0.73 when stalls above
+    1e-3 were dropped, SD ratio 0.95 above 1e-2). Now only the point beyond SD 8, whose inner
+    Hessian is not negative definite, is left out, and the fit says so. Every bar holds."""
     ref = _reference("sim_poisson_zero_groups")
     res = BY_NAME["sim_poisson_zero_groups"].model().fit_laplace()
-    assert any("integrated exactly" in w for w in res.warnings) and res.converged and len(res.warnings) == 1
+    assert any("integrated exactly" in w for w in res.warnings) and res.converged
+    assert all("integrated exactly" in w or "could not be solved at 1 of" in w for w in res.warnings)
     assert np.max(res.extra["vcp_points"]) > ref["vcp_mean"][0] + 1.5 * ref["vcp_sd"][0]
+    assert 0.97 < res.vcp_sd[0] / ref["vcp_sd"][0] < 1.05
     _assert_bars(res, ref)
 
 
