@@ -478,11 +478,11 @@ class SchurDenseLDL:
             S = -(N.T @ sp.diags(1.0 / d) @ N).toarray(order="F")
         lower = sym.dd_r >= sym.dd_c
         S[sym.dd_r[lower], sym.dd_c[lower]] += A.data[sym.dd_src[lower]]
-        self.S_chol = (_potrf(S, overwrite=True, clean=False), True)
+        self.S_chol = _potrf(S, overwrite=True, clean=False)  # lower Cholesky factor of S
         self.pos, self.in_P = sym.pos, sym.in_P
 
     def logdet(self) -> float:
-        return float(np.sum(np.log(self.dP)) + 2.0 * np.sum(np.log(np.diag(self.S_chol[0]))))
+        return float(np.sum(np.log(self.dP)) + 2.0 * np.sum(np.log(np.diag(self.S_chol))))
 
     def solve(self, b):
         b = np.asarray(b, dtype=float)
@@ -490,7 +490,7 @@ class SchurDenseLDL:
         b2 = b[:, None] if vec else b
         dP = self.dP[:, None]
         y_P = b2[self.P] / dP
-        x_D = _potrs(self.S_chol[0], b2[self.D] - self._t_matvec(y_P))
+        x_D = _potrs(self.S_chol, b2[self.D] - self._t_matvec(y_P))
         x_P = y_P - (self.N @ x_D) / dP
         out = np.empty_like(b2)
         out[self.P], out[self.D] = x_P, x_D
@@ -513,7 +513,7 @@ class SchurDenseLDL:
     def _selected(self):
         if hasattr(self, "_sel"):
             return self._sel
-        Sinv = _potri(self.S_chol[0])
+        Sinv = _potri(self.S_chol)
         N, dP = self.N, self.dP
         quad = np.empty(self.P.size)
         on_N = np.empty(N.nnz)  # (N S^{-1}) on the pattern of N
@@ -713,20 +713,20 @@ class BorderedFactor:
         S = np.asarray(C, dtype=float) - B.T @ self.AinvB
         S = 0.5 * (S + S.T)
         if self.m:
-            self.S_chol = (_potrf(S, what="Schur complement"), True)
+            self.S_chol = _potrf(S, what="Schur complement")  # lower Cholesky factor of S
         self.S = S
 
     def logdet(self) -> float:
         out = self.A.logdet() if self.q else 0.0
         if self.m:
-            out += 2.0 * float(np.sum(np.log(np.diag(self.S_chol[0]))))
+            out += 2.0 * float(np.sum(np.log(np.diag(self.S_chol))))
         return out
 
     def solve(self, a, b):
         """Solve ``H [x; y] = [a; b]``; returns ``(x, y)``."""
         Ainv_a = self.A.solve(a) if self.q else a
         if self.m:
-            y = _potrs(self.S_chol[0], b - self.B.T @ Ainv_a)
+            y = _potrs(self.S_chol, b - self.B.T @ Ainv_a)
             x = Ainv_a - self.AinvB @ y
         else:
             y = b
@@ -737,7 +737,7 @@ class BorderedFactor:
         """The border block of :math:`H^{-1}`, i.e. :math:`S^{-1}` (m x m)."""
         if not self.m:
             return np.zeros((0, 0))
-        return _potri(self.S_chol[0])
+        return _potri(self.S_chol)
 
     def sparse_diag_inverse(self) -> np.ndarray:
         """Diagonal of the random-effect block of :math:`H^{-1}`."""

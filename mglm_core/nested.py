@@ -591,11 +591,11 @@ def _extrapolate(seen, idx):
             if line is None:
                 continue
             pred = 3.0 * line[0] - 3.0 * line[1] + line[2]
-            if any(i for j, i in enumerate(idx) if j != d):
-                centre = tuple(i if j == d else 0 for j, i in enumerate(idx))
-                third = _solved_line(seen, centre, d, s, (0, 1, 2, 3))
-                if third is not None:
-                    pred += third[0] - 3.0 * third[1] + 3.0 * third[2] - third[3]
+            # (for a point on the axis, the centre line is its own line, unsolved at idx: no term)
+            centre = tuple(i if j == d else 0 for j, i in enumerate(idx))
+            third = _solved_line(seen, centre, d, s, (0, 1, 2, 3))
+            if third is not None:
+                pred += third[0] - 3.0 * third[1] + 3.0 * third[2] - third[3]
             out = pred if out is None else max(out, pred)
     return out
 
@@ -715,9 +715,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     out = {}
     n_unrefined = 0
     changes = []  # (z, (du, db, d row var), d vc var, d fe cov) at the points refined so far
-    for i_, t_ in enumerate(np.argsort(-np.where(solved, logd, -np.inf), kind="stable")):
-        if not solved[t_]:
-            break
+    by_density = np.flatnonzero(solved)[np.argsort(-logd[solved], kind="stable")]
+    for i_, t_ in enumerate(by_density):
         th = thetas[t_]
         prog.report(0.35 + 0.63 * i_ / len(thetas), f"integration point {i_ + 1} of {len(thetas)}")
         logp, nr = cond.corrected(th)

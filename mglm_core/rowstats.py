@@ -241,7 +241,7 @@ class RowData:
         sig = None
         if factor.m:
             # np.linalg.inv: scipy's solve_triangular has a large fixed cost with threaded BLAS
-            Linv_t = np.linalg.inv(np.tril(factor.S_chol[0])).T
+            Linv_t = np.linalg.inv(np.tril(factor.S_chol)).T
         if self.q:
             sig = factor.A.inverse_on_pattern(self._gram_rows, self._gram_indices, keep_plan=True)
         for c in self.chunks:
