@@ -51,21 +51,29 @@ class _BlasLimit:
     """Process-wide "one BLAS thread" while any fit with small dense blocks runs.
 
     Reference counted and locked, so that concurrent fits (dashboard sessions run fits in
-    worker threads) restore the original setting only when the last of them ends.
+    worker threads) restore the original setting only when the last of them ends. The BLAS
+    libraries are looked up once (threadpoolctl's scan of the loaded libraries costs about 2 ms,
+    as much as a small fit), on first use, when numpy's and scipy's are loaded.
     """
 
     def __init__(self):
         self._lock = threading.Lock()
         self._depth = 0
         self._ctx = None
+        self._controller = None
+
+    def _limit(self):
+        if self._controller is None:
+            from threadpoolctl import ThreadpoolController
+
+            self._controller = ThreadpoolController()
+        return self._controller.limit(limits=1, user_api="blas")
 
     def __enter__(self):
         with self._lock:
             if self._depth == 0:
                 try:
-                    from threadpoolctl import threadpool_limits
-
-                    self._ctx = threadpool_limits(limits=1, user_api="blas")
+                    self._ctx = self._limit()
                 except Exception:  # pragma: no cover - no controllable BLAS
                     self._ctx = None
             self._depth += 1

@@ -13,10 +13,13 @@ Bayes). :class:`RowData` splits the rows into chunks and adds up per-chunk
 results, so the same fitters run unchanged when the chunks live on other
 machines (each chunk's contribution is computed from that chunk alone).
 
-:math:`Z^\top W Z` is assembled without sparse matrix products: the pairs of
-nonzeros that share a row are listed once, with their position in the fixed
-sparsity pattern of :math:`Z^\top Z`, and each evaluation is one weighted
-``bincount``.
+:math:`Z^\top W Z` is assembled without sparse matrix-matrix products: the pairs
+of nonzeros that share a row are listed once, with their position in the fixed
+sparsity pattern of :math:`Z^\top Z`, as a sparse map :math:`M` (pattern entries
+x rows, :math:`M_{e i} = z_{ia} z_{ib}` for the pair (a, b) of entry e), so that
+each evaluation is one sparse matrix-vector product, :math:`Z^\top W Z = M w` on
+the pattern; its transpose gives the row sums :math:`z_i^\top G z_i = (M^\top g)_i`
+of a matrix G on the pattern (the row variances).
 """
 from __future__ import annotations
 
@@ -61,8 +64,9 @@ class RowSums:
 class _Chunk:
     """One block of rows. ``XT`` is X transposed and contiguous (row sums over it
     are contiguous dot products); ``ZT`` the transpose of Z in CSR form;
-    ``pair_row`` the chunk-local row of each nonzero pair of Z'WZ; ``ll_const``
-    memoises the eta-free part of the log-likelihood per family."""
+    ``gram_map`` (Gram pattern entries x rows) maps row weights to :math:`Z^\top W Z` on the
+    pattern, ``row_map`` is its transpose (module docstring); ``ll_const`` memoises the eta-free
+    part of the log-likelihood per family."""
 
     rows: slice
     XT: np.ndarray
@@ -72,9 +76,8 @@ class _Chunk:
     y: np.ndarray
     trials: np.ndarray | None
     offset: np.ndarray | None
-    pairs: slice
-    pair_row: np.ndarray
-    pair_val: np.ndarray
+    gram_map: sp.csr_matrix
+    row_map: sp.csr_matrix
     ll_const: dict
 
     @property
@@ -106,6 +109,9 @@ class RowData:
             b = min(a + chunk_rows, self.n)
             Zc = Z[a:b]
             pairs = slice(int(self._pair_start[a]), int(self._pair_start[b]))
+            row_map = sp.csr_matrix((self._pair_val[pairs], self._pair_pos[pairs],
+                                     self._pair_start[a:b + 1] - self._pair_start[a]),
+                                    shape=(b - a, self._gram_nnz))
             chunks.append(
                 _Chunk(
                     rows=slice(a, b),
@@ -116,13 +122,13 @@ class RowData:
                     y=y[a:b],
                     trials=None if trials is None else trials[a:b],
                     offset=None if offset is None else offset[a:b],
-                    pairs=pairs,
-                    pair_row=(self._pair_row[pairs] - a).astype(np.int32),
-                    pair_val=self._pair_val[pairs],
+                    gram_map=row_map.T.tocsr(),
+                    row_map=row_map,
                     ll_const={},
                 )
             )
         self.chunks = tuple(chunks)
+        del self._pair_row, self._pair_val, self._pair_pos, self._pair_start  # now in the chunks' maps
         self._last_row_variances = None
 
     def _build_gram_pattern(self, Z):
@@ -248,9 +254,7 @@ class RowData:
             nr = c.rows.stop - c.rows.start
             v = np.zeros(nr)
             if self.q:
-                pr = c.pairs
-                v += np.bincount(self._pair_row[pr] - c.rows.start,
-                                 weights=self._pair_val[pr] * sig[self._pair_pos[pr]], minlength=nr)
+                v += c.row_map @ sig
             if factor.m:
                 W = ((c.Z @ factor.AinvB if self.q else 0.0) - c.X) @ Linv_t
                 v += np.einsum("ij,ij->i", W, W)
@@ -365,8 +369,7 @@ class RowData:
                         for j in range(p):
                             zwx[:, j] += c.ZT @ wxt[j]
                 if q:
-                    zwz += np.bincount(self._pair_pos[c.pairs], weights=w[c.pair_row] * c.pair_val,
-                                       minlength=self._gram_nnz)
+                    zwz += c.gram_map @ w
         return RowSums(
             loglike=ll,
             x_score=xs,
