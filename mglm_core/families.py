@@ -119,7 +119,7 @@ class Binomial(Family):
         x, w = _legendre_rule(self.n_quad)
         object.__setattr__(self, "_nodes", x)
         object.__setattr__(self, "_weights", w)
-        object.__setattr__(self, "_gh", tuple(_hermite_rule(k) for k in (5, 6, 8, 20)))
+        object.__setattr__(self, "_gh", tuple(_hermite_rule(k) for k in (5, 6, 8, 12, 20)))
 
     def loglike(self, y, eta, trials):
         n = 1.0 if trials is None else trials
@@ -224,8 +224,8 @@ class Binomial(Family):
         :math:`e^{-|\eta|}`, so they are integrated by Gauss--Legendre rules on
         :math:`[0, \min(40, m + 9s)]` and :math:`[\max(-40, m - 9s), 0]`
         clipped to :math:`m \pm 9s`. Rows with :math:`s \le 1` use Gauss--Hermite
-        rules instead (5 nodes up to s = 0.2, 6 up to 0.3, 8 up to 0.5, 20 up to 1: error
-        below about 5e-9, and cheaper).
+        rules instead (5 nodes up to s = 0.2, 6 up to 0.3, 8 up to 0.5, 12 up to 0.75, 20 up to 1:
+        error below about 6e-9, and cheaper).
         Accurate to about 1e-9 for any m and s (Gauss--Hermite alone on the
         softplus loses digits when s is large).
         """
@@ -233,7 +233,8 @@ class Binomial(Family):
         tiers = [(s <= 0.2, lambda *a: self._hermite(*a, rule=0)),
                  ((s > 0.2) & (s <= 0.3), lambda *a: self._hermite(*a, rule=1)),
                  ((s > 0.3) & (s <= 0.5), lambda *a: self._hermite(*a, rule=2)),
-                 ((s > 0.5) & (s <= 1.0), lambda *a: self._hermite(*a, rule=3)),
+                 ((s > 0.5) & (s <= 0.75), lambda *a: self._hermite(*a, rule=3)),
+                 ((s > 0.75) & (s <= 1.0), lambda *a: self._hermite(*a, rule=4)),
                  (s > 1.0, self._split_legendre)]
         out = None
         for mask, fn in tiers:
@@ -251,8 +252,8 @@ class Binomial(Family):
             out[0] = out[0] + self.log_base_measure(y, trials)
         return tuple(out)
 
-    def _hermite(self, y, m, s, trials, chunk, rule=3):
-        r"""Gauss--Hermite rules for narrow Gaussians (nodes 5, 6, 8, 20 for s up to 0.2, 0.3, 0.5, 1).
+    def _hermite(self, y, m, s, trials, chunk, rule=4):
+        r"""Gauss--Hermite rules for narrow Gaussians (nodes 5, 6, 8, 12, 20 for s up to 0.2, 0.3, 0.5, 0.75, 1).
 
         One exponential per node: with :math:`t = e^{-|\eta|}` and
         :math:`u = t/(1+t) = \operatorname{expit}(-|\eta|)`,
