@@ -860,10 +860,17 @@ def _split_normal(f0, logd, k, r=None):
 def _split_normal_grid(mode, root, split, n=201, draws=20000):
     r"""Marginal density of each log-SD when :math:`z` has independent split-normal coordinates: a
     kernel estimate (a smoothed histogram) from ``draws`` deterministic, stratified draws of
-    :math:`\theta = \theta^* + \mathrm{root}\, z`."""
+    :math:`\theta = \theta^* + \mathrm{root}\, z`; with one component, the split normal's density itself
+    (:math:`z = (\theta - \theta^*)/r` out to 5 scales on each side)."""
     from scipy.special import ndtri
 
     k = mode.size
+    if k == 1:
+        sm, sp_, r = float(split["s_minus"][0]), float(split["s_plus"][0]), float(root[0, 0])
+        z = np.linspace(-5.0 * sm, 5.0 * sp_, n)
+        z = z if r > 0 else z[::-1]  # increasing in theta
+        d = np.exp(-0.5 * (z / np.where(z < 0, sm, sp_)) ** 2) * (2.0 / (np.sqrt(2 * np.pi) * (sm + sp_) * abs(r)))
+        return VcpGrid((mode[0] + r * z,), (d,))
     u = (np.arange(draws) + 0.5) / draws
     rng = np.random.default_rng(20261124)
     z = np.empty((draws, k))

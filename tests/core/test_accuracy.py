@@ -40,6 +40,12 @@ def test_integrated_laplace_meets_the_accuracy_bars(name):
     assert res.converged and not res.warnings
     assert 0.0 <= res.extra["conditional_shift"] < 0.35  # the separation check saw near-Gaussian effects
     _assert_bars(res, ref)
+    for j in range(len(res.vcp_names)):  # the tabulated marginals have the reported means and SDs
+        x, d = np.asarray(res.vcp_grid.points[j]), np.asarray(res.vcp_grid.density[j])
+        mean = np.trapezoid(x * d, x)
+        assert np.all(np.diff(x) > 0) and abs(np.trapezoid(d, x) - 1) < 1e-3
+        assert abs(mean - res.vcp_mean[j]) < 0.02 * res.vcp_sd[j]
+        assert abs(np.sqrt(np.trapezoid((x - mean) ** 2 * d, x)) / res.vcp_sd[j] - 1) < 0.03
 
 
 def test_four_components_split_normal_moves_the_mode_to_the_mean():
