@@ -77,16 +77,16 @@ class Dashboard(pn.viewable.Viewer):
         st, spec, fit, view, sim = self.state, self.state.spec, self.state.fit, self.state.view, self.state.sim
         # linked to spec by a watcher: made once here, not with the column widgets at every data load
         self._family_widget = pn.widgets.RadioButtonGroup.from_param(
-            spec.param.family, button_type="primary", button_style="outline", sizing_mode="stretch_width")
+            spec.param.family, color="primary", variant="outline", sizing_mode="stretch_width")
 
         # ---- data
         # (a Select set to a value outside its options silently breaks the session's updates: use a placeholder)
-        self.demo_select = pn.widgets.Select(name="Demo data set", options=[OWN_DATA] + list(DEMOS),
+        self.demo_select = pn.widgets.Select(label="Demo data set", options=[OWN_DATA] + list(DEMOS),
                                              value=st.data.dataset if st.data.dataset in DEMOS else OWN_DATA,
                                              sizing_mode="stretch_width")
         self.demo_select.param.watch(self._on_demo, "value")
         self.file_input = pn.widgets.FileInput(accept=".csv,.txt,.tsv,.parquet,.pq,.xlsx,.xls",
-                                               sizing_mode="stretch_width", name="Upload")
+                                               sizing_mode="stretch_width", label="Upload")
         self.file_input.param.watch(self._on_upload, "value")
         data_info = pn.pane.Markdown(pn.bind(self._data_info, st.data.param.df, st.data.param.dataset),
                                      margin=(0, 5), css_classes=["mglm-note"])
@@ -109,7 +109,7 @@ class Dashboard(pn.viewable.Viewer):
             title="2 · Model", sizing_mode="stretch_width", collapsible=True)
 
         # ---- method, priors, fit
-        self.fit_button = pn.widgets.Button(name="Fit model", button_type="primary", **w)
+        self.fit_button = pn.widgets.Button(label="Fit model", color="primary", **w)
         self.fit_button.on_click(self._on_fit_click)
         progress = pn.indicators.Progress(value=fit.param.progress, active=pn.bind(lambda v: v < 0, fit.param.progress),
                                           bar_color="primary", height=10,
@@ -118,7 +118,7 @@ class Dashboard(pn.viewable.Viewer):
         mode_note = pn.pane.Markdown(pn.bind(self._mode_note, fit.param.status, spec.param.auto_fit),
                                      css_classes=["mglm-note"], margin=(0, 5))
         fit_card = pn.Card(
-            pn.widgets.Select.from_param(spec.param.method, name="Method", **w),
+            pn.widgets.Select.from_param(spec.param.method, label="Method", **w),
             pn.widgets.FloatSlider.from_param(spec.param.fe_p, throttled=True, **w),
             pn.widgets.FloatSlider.from_param(spec.param.vcp_p, throttled=True, **w),
             pn.widgets.Checkbox.from_param(spec.param.auto_fit),
@@ -127,7 +127,7 @@ class Dashboard(pn.viewable.Viewer):
 
         # ---- formula
         formula_card = pn.Card(
-            pn.widgets.TextAreaInput.from_param(spec.param.formula_text, name="Model formula (lme4 syntax)",
+            pn.widgets.TextAreaInput.from_param(spec.param.formula_text, label="Model formula (lme4 syntax)",
                                                 height=80, **w),
             pn.widgets.Checkbox.from_param(spec.param.use_formula),
             pn.pane.Markdown("Edit the formula to fit it as typed, e.g. `y ~ x + (1 | g) + (0 + x | g)`. "
@@ -178,19 +178,19 @@ class Dashboard(pn.viewable.Viewer):
         vc_table = pn.widgets.Tabulator(pn.bind(self._vc_df, outcome), formatters=self._fmt(), **table_kw)
         downloads = pn.Row(
             pn.widgets.FileDownload(callback=self._csv_fe, filename="fixed_effects.csv", label="Fixed effects CSV",
-                                    button_type="primary", button_style="outline"),
+                                    color="primary", variant="outline"),
             pn.widgets.FileDownload(callback=self._csv_vc, filename="variance_components.csv",
-                                    label="Variance components CSV", button_type="primary", button_style="outline"),
+                                    label="Variance components CSV", color="primary", variant="outline"),
             pn.widgets.FileDownload(callback=self._csv_re, filename="random_effects.csv", label="Random effects CSV",
-                                    button_type="primary", button_style="outline"),
+                                    color="primary", variant="outline"),
             sizing_mode="stretch_width")
         html_downloads = pn.Row(
             pn.widgets.FileDownload(callback=lambda: self._html("forest"), filename="forest_plot.html",
-                                    label="Forest plot HTML", button_style="outline"),
+                                    label="Forest plot HTML", variant="outline"),
             pn.widgets.FileDownload(callback=lambda: self._html("density"), filename="sd_densities.html",
-                                    label="SD densities HTML", button_style="outline"),
+                                    label="SD densities HTML", variant="outline"),
             pn.widgets.FileDownload(callback=lambda: self._html("caterpillar"), filename="caterpillar.html",
-                                    label="Caterpillar HTML", button_style="outline"),
+                                    label="Caterpillar HTML", variant="outline"),
             sizing_mode="stretch_width")
         code = pn.pane.Markdown(pn.bind(self._snippet_md, outcome), sizing_mode="stretch_width")
         summary_tab = pn.Column(
@@ -198,7 +198,7 @@ class Dashboard(pn.viewable.Viewer):
             vc_table, pn.pane.Markdown("### Export"), downloads, html_downloads,
             pn.pane.Markdown("### Reproduce this fit in Python"), code,
             pn.widgets.FileDownload(callback=self._py, filename="refit_mglm.py", label="Download script",
-                                    button_style="outline"),
+                                    variant="outline"),
             sizing_mode="stretch_width", name="Summary & export")
 
         # ---- data preview
@@ -211,7 +211,7 @@ class Dashboard(pn.viewable.Viewer):
             sizing_mode="stretch_width", name="Data")
 
         # ---- comparison
-        self.compare_button = pn.widgets.Button(name="Fit with every method", button_type="primary", width=260)
+        self.compare_button = pn.widgets.Button(label="Fit with every method", color="primary", width=260)
         self.compare_button.on_click(self._on_compare)
         comparison = fit.param.comparison
         compare_tab = pn.Column(
@@ -226,12 +226,12 @@ class Dashboard(pn.viewable.Viewer):
             sizing_mode="stretch_width", name="Laplace vs VB")
 
         # ---- teaching
-        self.sim_button = pn.widgets.Button(name="Draw data and fit", button_type="success", **w)
+        self.sim_button = pn.widgets.Button(label="Draw data and fit", color="success", **w)
         self.sim_button.on_click(self._on_simulate)
         sim_controls = pn.Column(
             pn.pane.Markdown("### Teaching: simulate with known truth\nSet the true model, draw a data set, fit it, "
                              "and compare: the **red marks** on every plot are the truth."),
-            pn.widgets.RadioButtonGroup.from_param(sim.param.family, button_type="success", button_style="outline"),
+            pn.widgets.RadioButtonGroup.from_param(sim.param.family, color="success", variant="outline"),
             pn.widgets.FloatSlider.from_param(sim.param.intercept), pn.widgets.FloatSlider.from_param(sim.param.slope),
             pn.widgets.FloatSlider.from_param(sim.param.sd), pn.widgets.IntInput.from_param(sim.param.n_groups),
             pn.widgets.IntInput.from_param(sim.param.group_size), pn.widgets.IntInput.from_param(sim.param.seed),
@@ -264,7 +264,7 @@ class Dashboard(pn.viewable.Viewer):
         """
         p = obj.param[pname]
         objects = list(p.objects) if not isinstance(p.objects, dict) else p.objects
-        widget = cls(name=kw.pop("name", p.label), options=objects, value=getattr(obj, pname), **kw)
+        widget = cls(label=kw.pop("label", p.label), options=objects, value=getattr(obj, pname), **kw)
 
         def _write(event):
             if event.new != getattr(obj, pname):
@@ -275,20 +275,20 @@ class Dashboard(pn.viewable.Viewer):
 
     def _categorical_widget(self, _version):
         return self._column_widget(pn.widgets.MultiChoice, self.state.data, "categorical",
-                                   name="Treat as categorical", sizing_mode="stretch_width")
+                                   label="Treat as categorical", sizing_mode="stretch_width")
 
     def _model_widgets(self, _version):
         spec, w, cw = self.state.spec, dict(sizing_mode="stretch_width"), self._column_widget
         return pn.Column(
-            cw(pn.widgets.Select, spec, "response", name="Response", **w),
+            cw(pn.widgets.Select, spec, "response", label="Response", **w),
             self._family_widget,
-            cw(pn.widgets.Select, spec, "trials", name="Trials (binomial counts out of n)", **w),
+            cw(pn.widgets.Select, spec, "trials", label="Trials (binomial counts out of n)", **w),
             self._alerts["response"],
             cw(pn.widgets.MultiChoice, spec, "fixed_numeric", **w),
             cw(pn.widgets.MultiChoice, spec, "fixed_factors", **w),
             self._alerts["fixed"],
-            cw(pn.widgets.MultiChoice, spec, "groups", name="Grouping factors (random intercepts)", **w),
-            cw(pn.widgets.MultiChoice, spec, "slopes", name="Random slopes (numeric)", **w),
+            cw(pn.widgets.MultiChoice, spec, "groups", label="Grouping factors (random intercepts)", **w),
+            cw(pn.widgets.MultiChoice, spec, "slopes", label="Random slopes (numeric)", **w),
             self._alerts["groups"],
             cw(pn.widgets.Select, spec, "offset", **w),
             sizing_mode="stretch_width", margin=0)
