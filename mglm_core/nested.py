@@ -766,11 +766,11 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         out[t_] = (logp, b, fe_cov, u, vc_var_t)
     # points not solved (beyond the region's edge, their log density extrapolated): the moments of
     # the nearest solved point, the random and fixed effects moved along its mode's first-order change
-    solved_used = list(out)
+    solved_used = np.array(list(out), dtype=int)
     for t_ in np.flatnonzero(~solved):
-        near = min(solved_used, key=lambda s_: float(np.sum((zs[s_] - zs[t_]) ** 2)), default=None)
-        if near is None:
-            continue
+        if solved_used.size == 0:
+            break
+        near = int(solved_used[np.argmin(np.sum((zs[solved_used] - zs[t_]) ** 2, axis=1))])
         _, b, fe_cov, u, vc_var_t = out[near]
         entry = cond.cache.get(cond._key(thetas[near])) if fe_shift is None else None
         if entry is not None and entry[2] is not None:
