@@ -195,9 +195,14 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200, callback=None):
     if not res.converged:
         msgs.append(f"The posterior-mode search did not converge ({res.message}; |gradient| = "
                     f"{res.grad_norm:.3g}).")
+    vc_sd_method = "exact"
     if res.factor is not None:
         cov = res.factor.border_inverse()
         vc_var = res.factor.sparse_diag_inverse()
+        if getattr(res.factor.A, "approximate", False):
+            # too many crossed levels to factor (mglm_core.iterative): conjugate-gradient solves,
+            # fe and log-SD covariance exact, random-effect variances approximate
+            vc_sd_method = res.factor.A.diag_method
     else:
         cov = np.full((p + k, p + k), np.nan)
         vc_var = np.full(q, np.nan)
@@ -221,11 +226,13 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200, callback=None):
     sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
     diag = FitDiagnostics(
         converged=res.converged, n_iter=n_iter, grad_norm=res.grad_norm,
-        seconds=time.perf_counter() - t0, objective=res.value, warnings=tuple(msgs), message=res.message,
+        seconds=time.perf_counter() - t0, objective=res.value, warnings=tuple(msgs),
+        message=res.message if vc_sd_method == "exact" else
+        f"{res.message}; random-effect block solved by conjugate gradients, its SDs by {vc_sd_method}",
         log=tuple(res.log),
     )
     return BayesMixedGLMResults(
         model=model, method="map", fe_mean=fe, fe_sd=sd[:p], vcp_mean=vcp, vcp_sd=sd[p:], vc_mean=vc,
         vc_sd=np.sqrt(np.maximum(vc_var, 0.0)), diagnostics=diag, border_cov=cov,
-        extra={"collapsed": tuple(collapsed)},
+        extra={"collapsed": tuple(collapsed), "vc_sd_method": vc_sd_method},
     )

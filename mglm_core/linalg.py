@@ -27,7 +27,11 @@ the remaining columns is factored by LAPACK. Otherwise A is factored
 by SuperLU with a fill-reducing symmetric ordering and no pivoting (an
 :math:`LDL^\top` factorisation), and :math:`\mathrm{diag}(A^{-1})` comes from
 the Takahashi recursion on the factor's sparsity pattern: no dense q x q
-matrix is ever formed.
+matrix is ever formed. Crossed factors whose dense Schur complement would exceed
+:data:`DENSE_TAIL_MAX` columns (two factors of 50,000 levels) cannot be factored
+at all; their block is solved by conjugate gradients
+(:class:`~mglm_core.iterative.IterativeSPD`: solves only, an approximate
+diagonal of the inverse, no log-determinant).
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ from scipy.linalg import lapack
 from scipy.linalg.blas import dsyrk as syrk
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+
+from .iterative import IterativeSPD
 
 __all__ = ["NotPositiveDefinite", "SparseLDL", "SchurDenseLDL", "Symbolic", "factor_spd", "BorderedFactor",
            "single_threaded_blas"]
@@ -315,6 +321,9 @@ DENSE_TAIL_MAX = 5000  # largest dense Schur complement (columns) factored by LA
 DENSE_SMALL = 1000  # up to this size the dense route is taken even for a sparse Schur complement
 _SCHUR_PAIRS_MAX = 4_000_000  # pairs of entries within rows of N for the bincount route of S
 DENSE_ALWAYS = 300  # up to this size the dense route is taken even for a diagonal Schur complement
+#: A Schur complement beyond DENSE_TAIL_MAX columns with at least this many off-diagonal entries per
+#: column (on average) is not factored: its blocks are solved by conjugate gradients (:mod:`.iterative`)
+ITERATIVE_MIN_DEGREE = 8
 
 
 def _independent_set(A):
@@ -611,6 +620,7 @@ class Symbolic:
         self.shape = A.shape
         self.indptr, self.indices = A.indptr.copy(), A.indices.copy()
         self.plans = {}  # SchurDenseLDL._plan: where requested entries of the inverse sit
+        self.groups = None if groups is None else np.asarray(groups)  # variance component of each column
         q = A.shape[0]
         col = np.repeat(np.arange(q), np.diff(A.indptr))
         row = A.indices
@@ -622,7 +632,7 @@ class Symbolic:
         in_P = np.zeros(q, dtype=bool)
         in_P[P] = True
         selN = in_P[row] & ~in_P[col]
-        if not (0 < D.size <= DENSE_TAIL_MAX):
+        if D.size == 0:
             return
         row_nnz = np.bincount(row[selN], minlength=q)[P].astype(np.int64)
         # off-diagonal fill of the Schur complement (at most sum over P rows of r (r - 1)): dense when it
@@ -630,6 +640,13 @@ class Symbolic:
         # DENSE_ALWAYS columns; a larger diagonal S (random slopes on one factor, big nested designs)
         # is left to SuperLU
         fill = float(row_nnz @ (row_nnz - 1))
+        self.P, self.D = P, D
+        if D.size > DENSE_TAIL_MAX:
+            # too large to factor densely; a Schur complement with many entries per column (crossed
+            # factors: a random graph) fills its sparse factor in completely too: conjugate gradients
+            if fill >= ITERATIVE_MIN_DEGREE * D.size:
+                self.route = "iterative"
+            return
         if not (fill >= 0.05 * D.size**2 or (D.size <= DENSE_SMALL and fill >= D.size) or D.size <= DENSE_ALWAYS):
             return
         self.route = "schur"
@@ -674,7 +691,8 @@ class Symbolic:
 
 
 def factor_spd(A, symbolic=None):
-    """Factor a sparse SPD matrix by the cheapest exact route (diagonal, dense Schur, or SuperLU).
+    """Factor a sparse SPD matrix by the cheapest exact route (diagonal, dense Schur, or SuperLU), or
+    prepare it for conjugate-gradient solves when no factorisation fits (:class:`~.iterative.IterativeSPD`).
 
     ``symbolic`` is a :class:`Symbolic` (from an earlier factorisation's ``factor.symbolic``,
     or made once per model with the variance components as ``groups``); it is reused
@@ -687,6 +705,8 @@ def factor_spd(A, symbolic=None):
         symbolic = Symbolic(A)
     if symbolic.route == "schur":
         return SchurDenseLDL(A, symbolic)
+    if symbolic.route == "iterative":
+        return IterativeSPD(A, symbolic, not_pd=NotPositiveDefinite)
     f = SparseLDL(A, diagonal=True if symbolic.route == "diagonal" else None)
     f.symbolic = symbolic
     return f

@@ -84,8 +84,9 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import ConvergenceWarning
+from .errors import ConvergenceWarning, FitError
 from .laplace import conditional_fun, irls_start
+from .linalg import DENSE_TAIL_MAX
 from .newton import newton_ascent
 from .objectives import LOG_2PI, LogJoint
 from .progress import Progress
@@ -648,6 +649,13 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         ``log_marginal_likelihood``.
     """
     t0 = time.perf_counter()
+    if model.symbolic is not None and model.symbolic.route == "iterative":
+        raise FitError(
+            f"fit_laplace needs the exact log-determinant of the random-effect block at every integration point, "
+            f"and this design's block cannot be factored: after eliminating {model.symbolic.P.size} levels exactly, "
+            f"the other {model.symbolic.D.size} crossed levels would leave a dense {model.symbolic.D.size} x "
+            f"{model.symbolic.D.size} matrix (more than {DENSE_TAIL_MAX}). Use fit_map() or fit_vb(), which solve "
+            "it by conjugate gradients.")
     prog = Progress(callback)
     p, k, q = model.k_fep, model.k_vcp, model.k_vc
     cond = _Conditional(model, tol)
