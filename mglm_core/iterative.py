@@ -113,6 +113,7 @@ class IterativeSPD:
             raise not_pd("sparse block is not positive definite")
         self.d = d
         self._A = A.T  # CSR view of the symmetric A: fast products
+        self.max_iter = MAX_ITER
         self.iterations = 0  # conjugate-gradient iterations so far (all solves)
         self.max_residual = 0.0  # worst relative residual of any solve
 
@@ -120,7 +121,8 @@ class IterativeSPD:
         return self._A @ P
 
     def solve(self, b):
-        x, it, res = pcg(self._matvec, np.asarray(b, dtype=float), 1.0 / self.d, not_pd=self._not_pd)
+        x, it, res = pcg(self._matvec, np.asarray(b, dtype=float), 1.0 / self.d, max_iter=self.max_iter,
+                         not_pd=self._not_pd)
         self.iterations += it
         self.max_residual = max(self.max_residual, res)
         return x

@@ -203,6 +203,10 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200, callback=None):
             # too many crossed levels to factor (mglm_core.iterative): conjugate-gradient solves,
             # fe and log-SD covariance exact, random-effect variances approximate
             vc_sd_method = res.factor.A.diag_method
+            if res.factor.A.max_residual > 1e-6:
+                msgs.append(f"The conjugate-gradient solves of the random-effect block stopped at a relative "
+                            f"residual of {res.factor.A.max_residual:.1e} (after {res.factor.A.max_iter} iterations): the "
+                            "results are approximate.")
     else:
         cov = np.full((p + k, p + k), np.nan)
         vc_var = np.full(q, np.nan)

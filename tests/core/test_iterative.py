@@ -116,3 +116,14 @@ def test_fits_on_the_iterative_route_match_the_exact_route(monkeypatch, family, 
     assert "conjugate gradients" in m_it.diagnostics.message
     with pytest.raises(FitError, match=r"fit_laplace needs the exact log-determinant.*Use fit_map\(\) or fit_vb\(\)"):
         model.fit_laplace()
+
+
+def test_unconverged_solves_are_a_warning_on_the_result(monkeypatch):
+    from mglm_core import iterative
+
+    y, X, Z, ident, _ = simulate_arrays(6000, 600, "poisson", n_factors=2, seed=5)
+    monkeypatch.setattr(linalg, "DENSE_TAIL_MAX", 100)
+    monkeypatch.setattr(iterative, "MAX_ITER", 3)
+    with pytest.warns(mg.ConvergenceWarning, match="conjugate-gradient solves .* stopped at a relative residual"):
+        res = mg.BayesMixedGLM(y, X, Z, ident, family="poisson").fit_map()
+    assert any("conjugate-gradient" in w for w in res.diagnostics.warnings)
