@@ -322,8 +322,10 @@ DENSE_SMALL = 1000  # up to this size the dense route is taken even for a sparse
 _SCHUR_PAIRS_MAX = 4_000_000  # pairs of entries within rows of N for the bincount route of S
 DENSE_ALWAYS = 300  # up to this size the dense route is taken even for a diagonal Schur complement
 #: A Schur complement beyond DENSE_TAIL_MAX columns with at least this many off-diagonal entries per
-#: column (on average) is not factored: its blocks are solved by conjugate gradients (:mod:`.iterative`)
-ITERATIVE_MIN_DEGREE = 8
+#: column (on average) is not factored: its blocks are solved by conjugate gradients (:mod:`.iterative`).
+#: Such a complement of crossed factors is a random graph, which has no small separators: its sparse
+#: factor fills in nearly completely (SuperLU did not finish in 300 s on 10,000 x 10,000 levels).
+ITERATIVE_MIN_DEGREE = 2
 
 
 def _independent_set(A):
