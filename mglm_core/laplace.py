@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import ConvergenceWarning
 from .families import WorkingGaussian
+from .linalg import BorderedFactor, NotPositiveDefinite, solve_only
 from .newton import newton_ascent
 from .objectives import LogJoint
 from .progress import Progress
@@ -62,7 +63,7 @@ def scaling_transform(X):
     return Xs, M
 
 
-def irls_start(model):
+def irls_start(model, reuse=None):
     r"""Deterministic starting values ``(vc, fe)``: one IRLS step from the data.
 
     The working response and weights of the family at :math:`\mu_0 \approx y`
@@ -73,7 +74,8 @@ def irls_start(model):
     z, w = model.family.working_response(model.endog, model.trials)
     lj = LogJoint(model, rows=model.rows.with_response(z, w), family=WorkingGaussian())
     res = newton_ascent(conditional_fun(lj, np.zeros(model.k_vcp)), np.zeros(model.k_vc),
-                        np.zeros(model.k_fep), tol=1e-12, max_iter=1, reuse=model.symbolic)
+                        np.zeros(model.k_fep), tol=1e-12, max_iter=1,
+                        reuse=model.symbolic if reuse is None else reuse)
     if not (np.all(np.isfinite(res.u)) and np.all(np.isfinite(res.b))):
         return np.zeros(model.k_vc), np.zeros(model.k_fep)
     return res.u, res.b
@@ -167,15 +169,18 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200, callback=None):
     # Stage 1 only supplies a start for the joint search: stop once within 1 of its maximum, or
     # after the first full step from within _START_STEP of it (its factorisation is not needed),
     # then move each log-SD to its conditional mode given those random effects.
-    stage1 = newton_ascent(conditional_fun(lj, np.zeros(k)), *irls_start(work), tol=max(tol, 1.0),
-                           max_iter=max_iter, reuse=work.symbolic, free_step=_START_STEP,
+    # Newton steps need solves only: by conjugate gradients where the exact factorisation is a large
+    # dense one (linalg.solve_only); the covariance is then factored exactly at the mode
+    steps = solve_only(work.symbolic)
+    stage1 = newton_ascent(conditional_fun(lj, np.zeros(k)), *irls_start(work, steps), tol=max(tol, 1.0),
+                           max_iter=max_iter, reuse=steps, free_step=_START_STEP,
                            progress=prog.stage(0.0, 0.3, "start (log-SDs at 0)", max(tol, 1.0)))
     vcp0 = conditional_vcp_mode(work, stage1.u)
     def collapsing(u, b):
         return "a variance component is collapsing" if degenerate_components(work, b[p:], u) else None
 
     res = newton_ascent(_joint_fun(lj, p), stage1.u, np.concatenate([stage1.b, vcp0]), tol=tol,
-                        max_iter=max_iter, stop=collapsing, reuse=work.symbolic, free_step=_LAST_STEP,
+                        max_iter=max_iter, stop=collapsing, reuse=steps, free_step=_LAST_STEP,
                         progress=prog.stage(0.3, 0.97, "posterior mode", tol))
     n_iter = stage1.n_iter + res.n_iter
     falling = degenerate_components(work, res.b[p:], res.u) if not res.converged else []
@@ -188,13 +193,19 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200, callback=None):
         for j in falling:
             u[work.ident == j] = 0.0
             b[p + j] = target[j]
-        res = newton_ascent(_joint_fun(lj, p), u, b, tol=tol, max_iter=max_iter, reuse=work.symbolic)
+        res = newton_ascent(_joint_fun(lj, p), u, b, tol=tol, max_iter=max_iter, reuse=steps)
         n_iter += res.n_iter
     fe, vcp, vc = res.b[:p], res.b[p:], res.u
     msgs = []
     if not res.converged:
         msgs.append(f"The posterior-mode search did not converge ({res.message}; |gradient| = "
                     f"{res.grad_norm:.3g}).")
+    if steps is not work.symbolic and res.factor is not None:
+        _, _, _, _, blocks = lj(res.b[:p], res.b[p:], res.u, hessian=True)
+        try:
+            res.factor = BorderedFactor(*blocks, work.symbolic)
+        except NotPositiveDefinite:
+            res.factor = None
     vc_sd_method = "exact"
     if res.factor is not None:
         cov = res.factor.border_inverse()

@@ -35,6 +35,7 @@ diagonal of the inverse, no log-determinant).
 """
 from __future__ import annotations
 
+import copy
 import threading
 from contextlib import contextmanager
 
@@ -690,6 +691,23 @@ class Symbolic:
     def matches(self, A) -> bool:
         return (A.shape == self.shape and A.indptr.size == self.indptr.size and A.indices.size == self.indices.size
                 and np.array_equal(A.indptr, self.indptr) and np.array_equal(A.indices, self.indices))
+
+
+#: Newton iterations on a dense Schur complement of at least this many columns solve by conjugate
+#: gradients (:func:`solve_only`): from about this size they are faster than factoring (two crossed
+#: factors of 1,000 levels, n = 1e5: fit_map 0.81 -> 0.39 s; of 4,000 levels, n = 2e5: 8.3 -> 3.1 s).
+SOLVE_ITERATIVE_FROM = 1000
+
+
+def solve_only(symbolic):
+    """The pattern analysis to use where only solves are needed (Newton steps): an iterative copy of
+    ``symbolic`` when it is the dense-Schur route with at least :data:`SOLVE_ITERATIVE_FROM` columns,
+    else ``symbolic`` itself. Fits that report a covariance factor exactly at their end point."""
+    if symbolic is None or symbolic.route != "schur" or symbolic.D.size < SOLVE_ITERATIVE_FROM:
+        return symbolic
+    out = copy.copy(symbolic)
+    out.route = "iterative"
+    return out
 
 
 def factor_spd(A, symbolic=None):

@@ -28,6 +28,7 @@ from scipy.optimize import minimize
 
 from .errors import ConvergenceWarning, DataError
 from .laplace import conditional_fun, irls_start, working_model
+from .linalg import solve_only
 from .newton import newton_ascent
 from .objectives import Elbo, LogJoint, VBPoint
 from .progress import Progress
@@ -59,8 +60,9 @@ def _start(model, mean, sd):
     n = p + k + q
     if mean is None:
         lj = LogJoint(model)
-        st = newton_ascent(conditional_fun(lj, np.zeros(k)), *irls_start(model), tol=1e-8, max_iter=50,
-                           reuse=model.symbolic)
+        steps = solve_only(model.symbolic)
+        st = newton_ascent(conditional_fun(lj, np.zeros(k)), *irls_start(model, steps), tol=1e-8, max_iter=50,
+                           reuse=steps)
         mean = np.concatenate([st.b, np.zeros(k), st.u])
     mean = np.asarray(mean, dtype=float)
     if mean.shape != (n,):
@@ -91,7 +93,7 @@ def _coordinate_phase(elbo, pt, tol, max_outer=100, progress=None):
             return v, g.vc_mean, np.concatenate([g.fe_mean, g.vcp_mean]), A, B, C
 
         nr = newton_ascent(fun, pt.vc_mean, np.concatenate([pt.fe_mean, pt.vcp_mean]), tol=tol, max_iter=5,
-                           reuse=elbo.model.symbolic)
+                           reuse=solve_only(elbo.model.symbolic))
         pt = _with(pt, fe_mean=nr.b[:p], vcp_mean=nr.b[p:], vc_mean=nr.u)
         new_value, _, _, rs = elbo(pt, grad=False)
         for _ in range(3):
