@@ -13,8 +13,8 @@ import scipy.sparse as sp
 
 from .errors import DataError, DataWarning
 
-__all__ = ["as_endog", "as_exog", "as_exog_vc", "as_ident", "as_row_vector", "check_family_data",
-           "check_positive"]
+__all__ = ["as_endog", "as_exog", "as_exog_vc", "as_ident", "as_names", "as_row_vector", "check_count",
+           "check_family_data", "check_nonnegative", "check_positive"]
 
 
 def _describe(values, limit=5):
@@ -63,6 +63,9 @@ def as_exog(exog, n, names=None):
         return np.zeros((n, 0)), []
     if isinstance(exog, type):
         raise DataError(f"`exog` must be data, not a class; got {exog.__name__}.")
+    if isinstance(exog, pd.Series):
+        names = names or [str(exog.name) if exog.name is not None else "FE_1"]
+        exog = exog.to_frame()
     if isinstance(exog, pd.DataFrame):
         for col in exog.columns:
             if not (pd.api.types.is_numeric_dtype(exog[col]) or pd.api.types.is_bool_dtype(exog[col])):
@@ -89,9 +92,8 @@ def as_exog(exog, n, names=None):
     if X.shape[0] != n:
         raise DataError(f"`exog` must have one row per entry of endog; got {X.shape[0]} rows for {n}.")
     p = X.shape[1]
-    names = list(names) if names is not None else [f"FE_{j + 1}" for j in range(p)]
-    if len(names) != p:
-        raise DataError(f"`fep_names` must have one name per column of exog; got {len(names)} for {p}.")
+    names = as_names(names if names is not None else [f"FE_{j + 1}" for j in range(p)], p, "fep_names",
+                     "column of exog")
     for j in range(p):
         col = X[:, j]
         if not np.isfinite(col).all():
@@ -167,7 +169,11 @@ def as_ident(ident, q, vcp_names=None):
         raise DataError(f"`ident` must be given when exog_vc has columns; got None for {q} columns.")
     if isinstance(ident, type):
         raise DataError(f"`ident` must be data, not a class; got {ident.__name__}.")
-    lab = np.asarray(ident)
+    if isinstance(ident, (list, tuple)) and any(isinstance(v, tuple) for v in ident):
+        lab = np.empty(len(ident), dtype=object)  # tuples are labels, not rows of a 2-D array
+        lab[:] = list(ident)
+    else:
+        lab = np.asarray(ident)
     if lab.ndim != 1:
         raise DataError(f"`ident` must be one-dimensional; got shape {lab.shape}.")
     if lab.shape[0] != q:
@@ -187,12 +193,22 @@ def as_ident(ident, q, vcp_names=None):
             vcp_names = [f"VC_{int(u) + 1}" for u in uniq]
         else:
             vcp_names = [str(u) for u in uniq]
-    vcp_names = list(vcp_names)
-    if len(vcp_names) != k:
-        raise DataError(
-            f"`vcp_names` must have one name per distinct ident label; got {len(vcp_names)} for {k} labels."
-        )
-    return codes, vcp_names
+    return codes, as_names(vcp_names, k, "vcp_names", "distinct ident label")
+
+
+def as_names(names, count, what, per):
+    """``names`` as a list of ``count`` distinct strings (``what`` names the argument, ``per`` what
+    each name labels)."""
+    if isinstance(names, str):
+        raise DataError(f"`{what}` must be a list of names; got the string {names!r}.")
+    names = [str(v) for v in names]
+    if len(names) != count:
+        raise DataError(f"`{what}` must have one name per {per}; got {len(names)} for {count}.")
+    seen = set()
+    dup = next((v for v in names if v in seen or seen.add(v)), None)
+    if dup is not None:
+        raise DataError(f"`{what}` must be distinct; got {dup!r} more than once.")
+    return names
 
 
 def check_positive(value, name):
@@ -203,6 +219,23 @@ def check_positive(value, name):
     if not (np.isfinite(v) and v > 0):
         raise DataError(f"`{name}` must be a positive finite number; got {value!r}.")
     return v
+
+
+def check_nonnegative(value, name):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"`{name}` must be a non-negative number; got {value!r}.") from None
+    if not (np.isfinite(v) and v >= 0):
+        raise DataError(f"`{name}` must be a non-negative finite number; got {value!r}.")
+    return v
+
+
+def check_count(value, name):
+    """A positive integer (an iteration limit)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise DataError(f"`{name}` must be a positive integer; got {value!r}.")
+    return int(value)
 
 
 def check_family_data(family, y, trials) -> list[str]:

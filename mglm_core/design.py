@@ -453,6 +453,59 @@ def _parse_bar(formula: str, inner: list[_Token], open_tok: _Token) -> list[_Bar
     return terms
 
 
+#: calls whose arguments formulaic evaluates as Python arithmetic
+_ARITHMETIC_CALLS = ("I", "log", "exp", "sqrt", "log1p", "center", "scale")
+
+
+def _python_arithmetic(formula: str, kept: Sequence[tuple[_Token, int]]) -> str:
+    """The text of the tokens ``kept`` (with their indices, to keep the original spacing of
+    neighbours) for formulaic, with the arithmetic inside calls made safe and Python's:
+
+    * R's power ``^`` inside ``I(...)`` becomes ``**``;
+    * integer literals inside ``I(...)``, ``log(...)`` and the other transforms become floats
+      (``9`` -> ``9.0``), so that constant arithmetic is floating point: Python's integer
+      powers are exact and unbounded (``I(x + 9**9**9)`` would compute a number with 370
+      million digits and never return), float powers overflow at once with an error.
+
+    Integers elsewhere keep their meaning (``0 + x``, ``(a + b)^2``, ``C(x, levels=[1, 2])``).
+    """
+    pieces: list[str] = []
+    stack: list[str] = []
+    prev = None
+    for pos, (t, idx) in enumerate(kept):
+        if prev is not None:
+            pieces.append(formula[kept[pos - 1][0].end : t.start] if idx == prev + 1 else " ")
+        text = t.text
+        if t.text == "(":
+            before = kept[pos - 1][0] if pos > 0 else None
+            stack.append(before.text if before is not None and before.kind == "name" else "group")
+        elif t.text == ")":
+            stack.pop() if stack else None
+        elif t.text == "^" and "I" in stack:
+            text = "**"
+        elif t.kind == "number" and re.fullmatch(r"\d+", t.text) and _in_arithmetic(stack):
+            text = t.text + ".0"
+        pieces.append(text)
+        prev = idx
+    return "".join(pieces)
+
+
+def _integer_text(name: str) -> str:
+    """A column name with the integer literals that :func:`_python_arithmetic` made floats shown as
+    written (``I(x ** 2.0)`` -> ``I(x ** 2)``)."""
+    return re.sub(r"(?<![\w.])(\d+)\.0(?![\w.])", r"\1", name)
+
+
+def _in_arithmetic(stack: Sequence[str]) -> bool:
+    """Inside a transform's arguments, and not inside a ``C(...)`` (whose levels may be integers)."""
+    for name in reversed(stack):
+        if name in _ARITHMETIC_CALLS:
+            return True
+        if name not in ("group",):
+            return False
+    return False
+
+
 def _split_rhs(formula: str, rhs: list[_Token]) -> tuple[str, list[_BarTerm]]:
     """Extract the ``( ... | ... )`` terms; return the fixed-effect text and the terms."""
     keep = [True] * len(rhs)
@@ -488,23 +541,7 @@ def _split_rhs(formula: str, rhs: list[_Token]) -> tuple[str, list[_BarTerm]]:
     # leading '+' left over when the first term was removed
     while kept and kept[0][1].text == "+":
         kept.pop(0)
-    # translate R's power '^' inside I(...) to Python's '**'
-    pieces: list[str] = []
-    stack: list[str] = []
-    prev_idx = None
-    for pos, (idx, t) in enumerate(kept):
-        if prev_idx is not None:
-            pieces.append(formula[rhs[prev_idx].end : t.start] if idx == prev_idx + 1 else " ")
-        text = t.text
-        if t.text == "(":
-            stack.append("I" if pos > 0 and kept[pos - 1][1].text == "I" else "other")
-        elif t.text == ")":
-            stack.pop() if stack else None
-        elif t.text == "^" and "I" in stack:
-            text = "**"
-        pieces.append(text)
-        prev_idx = idx
-    fixed = "".join(pieces).strip()
+    fixed = _python_arithmetic(formula, [(rhs[idx], idx) for idx, _ in kept]).strip()
     return (fixed if fixed else "1"), bars
 
 
@@ -707,7 +744,10 @@ def _grouped_term(
             f"grouping factor `{group}` must have at least 2 levels; got {len(labels)}."
         )
     if slope is not None:
-        _numeric_column(df, slope, "slope")
+        x = _numeric_column(df, slope, "slope")
+        if not np.all(np.isfinite(x)):
+            raise DataError(f"slope `{slope}` of the random-effect term `{name}` must be finite; got "
+                            f"{int((~np.isfinite(x)).sum())} infinite value(s).")
     return VCTerm(
         name=name,
         group=group,
@@ -788,10 +828,13 @@ def _vc_formula_component(df: pd.DataFrame, key: str, text: str) -> VCTerm:
             label = lambda lv: f"{slope}:{prefix}[{lv}]"  # noqa: E731
         return _grouped_term(df, key, (col,), slope, label)
     try:
-        mm = model_matrix(text, df, output="sparse", na_action="ignore", context=_SAFE_CONTEXT)
+        safe = _python_arithmetic(text, [(t, i) for i, t in enumerate(tokens)])
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", category=RuntimeWarning)
+            mm = model_matrix(safe, df, output="sparse", na_action="ignore", context=_SAFE_CONTEXT)
     except Exception as exc:  # formulaic's own errors -> ours, with the text shown
         raise FormulaError(f"vc_formulas[{key!r}]: {exc}", text, 0, len(text)) from exc
-    names = tuple(mm.model_spec.column_names)
+    names = tuple(_integer_text(c) for c in mm.model_spec.column_names)
     return VCTerm(
         name=key,
         group=None,
@@ -805,6 +848,11 @@ def _vc_formula_component(df: pd.DataFrame, key: str, text: str) -> VCTerm:
 # ---------------------------------------------------------------------------
 # spec and design
 # ---------------------------------------------------------------------------
+
+
+def _describe_values(values, limit=5) -> str:
+    vals = [v.item() if isinstance(v, np.generic) else v for v in values]
+    return ", ".join(repr(v) for v in vals[:limit]) + (f", ... ({len(vals)} in all)" if len(vals) > limit else "")
 
 
 def _require_columns(df: pd.DataFrame, cols: Iterable[str], what: str) -> None:
@@ -834,6 +882,9 @@ class DesignSpec:
     vc_terms : tuple of VCTerm
     fixed_columns : tuple of str
         Data columns the fixed part needs.
+    offset : str, "array" or None
+        Where the fit's offset came from: a column of the data (read again from new data), an
+        array (new data must be given its own), or None (no offset).
     """
 
     formula: str
@@ -843,6 +894,9 @@ class DesignSpec:
     vc_terms: tuple[VCTerm, ...]
     fixed_columns: tuple[str, ...]
     _model_spec: Any = field(repr=False, compare=False, default=None)
+    offset: str | None = None
+    #: the fitting data's dtype of each column the design reads (new data is brought to it)
+    _dtypes: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @property
     def vcp_names(self) -> list[str]:
@@ -862,7 +916,8 @@ class DesignSpec:
         """Fixed-effect design ``X`` for ``new_df`` with the fitted columns.
 
         Categorical levels, contrasts and stateful transforms (``center``, ``scale``) are
-        those learned from the fitting data. Missing values give NaN rows.
+        those learned from the fitting data; columns are first brought to the fitting data's kinds
+        (:meth:`conform`). Rows with a missing value give NaN rows.
 
         Raises
         ------
@@ -871,11 +926,21 @@ class DesignSpec:
             in fitting.
         """
         _require_columns(new_df, self.fixed_columns, "the new data")
+        new_df = self.conform(new_df, self.fixed_columns, strict=True)
+        missing = new_df[list(self.fixed_columns)].isna().any(axis=1).to_numpy(dtype=bool)
+        if missing.any():  # rows with a missing value predict NaN (formulaic would refuse a missing level)
+            out = np.full((len(new_df), len(self.exog_names)), np.nan)
+            if not missing.all():
+                out[~missing] = self.exog_for(new_df.loc[~missing])
+            return out
         with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
             warnings.simplefilter("always")
-            mm = self._model_spec.get_model_matrix(
-                new_df, output="pandas", na_action="ignore", context=_SAFE_CONTEXT
-            )
+            try:
+                mm = self._model_spec.get_model_matrix(
+                    new_df, output="pandas", na_action="ignore", context=_SAFE_CONTEXT
+                )
+            except Exception as exc:
+                raise DataError(f"the new data could not be encoded like the fitting data: {exc}") from exc
         for w in caught:
             if "categories outside" in str(w.message) or "not seen" in str(w.message):
                 raise DataError(
@@ -883,6 +948,108 @@ class DesignSpec:
                     f"got {w.message}"
                 )
         return np.asarray(mm.to_numpy(dtype=np.float64))
+
+    def _fit_levels(self, col: str) -> pd.Index | None:
+        """The levels a categorical column took in fitting (from the formulaic spec or the
+        random-effect terms); None if unknown."""
+        for t in self.vc_terms:
+            if col in t.factors:
+                return t._level_values[t.factors.index(col)]
+        dtype = self._dtypes.get(col)
+        if isinstance(dtype, pd.CategoricalDtype):
+            return pd.Index(dtype.categories)
+        enc = getattr(self._model_spec, "encoder_state", {}) or {}
+        for key, (_, state) in enc.items():
+            if key == col or key == f"C({col})":
+                cats = state.get("categories") if isinstance(state, dict) else None
+                if cats is not None:
+                    return pd.Index(cats)
+        return None
+
+    def offset_for(self, new_df: pd.DataFrame, offset=None) -> np.ndarray | None:
+        """The offset for the rows of ``new_df``: ``offset`` if given (a scalar or one value per
+        row), else the fit's offset column read from ``new_df``; None without an offset.
+
+        Raises
+        ------
+        DataError
+            When the model was fitted with an offset array and ``offset`` is not given (new rows
+            have no such column), or the offset is not numeric or has the wrong length.
+        """
+        n = len(new_df)
+        if offset is not None:
+            arr = np.broadcast_to(np.asarray(offset, dtype=np.float64), (n,)) if np.ndim(offset) == 0 else None
+            if arr is None:
+                try:
+                    arr = np.asarray(offset, dtype=np.float64)
+                except (TypeError, ValueError) as exc:
+                    raise DataError(f"`offset` must be numeric; got {type(offset).__name__}.") from exc
+                if arr.shape != (n,):
+                    raise DataError(f"`offset` must have one value per row of the new data; got shape "
+                                    f"{arr.shape} for {n} rows.")
+            return arr
+        if self.offset is None:
+            return None
+        if self.offset == "array":
+            raise DataError("`offset` must be given for new data: the model was fitted with an offset array "
+                            "(e.g. log exposure), which new rows do not have; pass predict(..., offset=...).")
+        _require_columns(new_df, [self.offset], "the new data (the model's offset)")
+        s = new_df[self.offset]
+        if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+            raise DataError(f"offset column `{self.offset}` must be numeric; got dtype {s.dtype}.")
+        return s.to_numpy(dtype=np.float64, na_value=np.nan)
+
+    def conform(self, new_df: pd.DataFrame, columns: Iterable[str], strict: bool = False) -> pd.DataFrame:
+        """``new_df`` with ``columns`` brought to the fitting data's kinds: a column that was
+        categorical (strings, categories) gets the fitted levels matched by their text (so 95 in new
+        data is the level "95"), a numeric one is converted to numbers.
+
+        Raises
+        ------
+        DataError
+            When a column that was numeric in fitting is not numeric in the new data, or (``strict``,
+            the fixed effects) a categorical column has a level not seen in fitting.
+        """
+        out = None
+        for col in columns:
+            dtype = self._dtypes.get(col)
+            if dtype is None or col not in new_df.columns:
+                continue
+            s = new_df[col]
+            was_cat = isinstance(dtype, pd.CategoricalDtype) or not (
+                pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
+            if was_cat:
+                levels = self._fit_levels(col)
+                if levels is None:
+                    continue
+                by_text = {str(v): v for v in levels}
+                if strict:
+                    unseen = [v for v in pd.unique(s.dropna()) if str(v) not in by_text]
+                    if unseen:
+                        raise DataError(
+                            f"fixed-effect column `{col}` in the new data must take levels seen in fitting "
+                            f"({_describe_values(levels)}); got {_describe_values(unseen)}."
+                        )
+                if s.dtype == dtype or len(by_text) != len(levels):
+                    continue
+                new = s.map(lambda v: v if pd.isna(v) else by_text.get(str(v), v)).astype(object)
+                if isinstance(dtype, pd.CategoricalDtype):
+                    new = new.astype(dtype)
+            else:
+                if (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)) and not isinstance(
+                        s.dtype, pd.CategoricalDtype):
+                    continue
+                new = pd.to_numeric(s.astype(object), errors="coerce")
+                bad = new.isna() & s.notna()
+                if bad.any():
+                    raise DataError(
+                        f"column `{col}` in the new data must be numeric, as in fitting; got "
+                        f"{_describe_values(pd.unique(s[bad])[:5])}."
+                    )
+            if out is None:
+                out = new_df.copy()
+            out[col] = new
+        return new_df if out is None else out
 
     def exog_vc_for(self, new_df: pd.DataFrame) -> sp.csr_matrix:
         """Random-effect design ``Z`` for ``new_df``, same q columns in the same order.
@@ -893,6 +1060,7 @@ class DesignSpec:
         """
         cols = sorted({c for t in self.vc_terms for c in t.columns_used()})
         _require_columns(new_df, cols, "the new data")
+        new_df = self.conform(new_df, cols)
         blocks = [t.matrix(new_df) for t in self.vc_terms]
         if not blocks:
             return sp.csr_matrix((len(new_df), 0), dtype=np.float64)
@@ -907,6 +1075,7 @@ class DesignSpec:
         indicator entries in :meth:`exog_vc_for`, but are not listed here.
         """
         out = {}
+        new_df = self.conform(new_df, sorted({f for t in self.vc_terms for f in t.factors}))
         for t in self.vc_terms:
             u = t.unseen(new_df) if all(f in new_df.columns for f in t.factors) else []
             if u:
@@ -1055,6 +1224,8 @@ def build_design(
     for key, text in (vc_formulas or {}).items():
         if not isinstance(text, str):
             raise FormulaError(f"`vc_formulas[{key!r}]` must be a str; got {type(text).__name__}.")
+        if not text.strip():
+            raise FormulaError(f"`vc_formulas[{key!r}]` must be a formula such as '0 + C(g)'; got an empty string.")
         check_formula(text, columns, one_sided=True)
         vc_tokens[key] = _tokenize(text)
 
@@ -1141,7 +1312,7 @@ def build_design(
             rhs[0].start if rhs else len(formula),
         ) from exc
     exog = np.ascontiguousarray(mm.to_numpy(dtype=np.float64))
-    exog_names = [str(c) for c in mm.columns]
+    exog_names = [_integer_text(str(c)) for c in mm.columns]
     if exog.size and not np.all(np.isfinite(exog)):
         j = int(np.flatnonzero(~np.isfinite(exog).all(axis=0))[0])
         k = int((~np.isfinite(exog[:, j])).sum())
@@ -1171,6 +1342,7 @@ def build_design(
     )
 
     fixed_columns = tuple(sorted(mm.model_spec.required_variables))
+    read = set(fixed_columns) | {c for t in terms for c in t.columns_used()}
     spec = DesignSpec(
         formula=formula,
         fixed_formula=fixed_formula,
@@ -1179,6 +1351,8 @@ def build_design(
         vc_terms=tuple(terms),
         fixed_columns=fixed_columns,
         _model_spec=mm.model_spec,
+        offset=offset_col if offset_col is not None else ("array" if offset_arr is not None else None),
+        _dtypes={c: df[c].dtype for c in read if c in df.columns},
     )
     return Design(
         endog=endog,

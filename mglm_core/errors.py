@@ -19,6 +19,8 @@ Hierarchy::
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "MglmError",
     "DataError",
@@ -65,7 +67,8 @@ class FormulaError(MglmError):
         position: int | None = None,
         length: int = 1,
     ):
-        self.message = message
+        # formulaic's own messages (wrapped into this one) carry terminal colour codes
+        self.message = re.sub(r"\x1b\[[0-9;]*m", "", message)
         self.formula = formula
         self.position = position
         self.length = max(int(length), 1)

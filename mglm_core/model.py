@@ -70,8 +70,6 @@ class BayesMixedGLM:
         self.family = get_family(family)
         self.endog = checks.as_endog(endog)
         n = self.endog.size
-        if fep_names is None and hasattr(exog, "columns"):
-            fep_names = [str(c) for c in exog.columns]
         self.exog, self.fep_names = checks.as_exog(exog, n, fep_names)
         self.exog_vc = checks.as_exog_vc(exog_vc, n)
         self.ident, self.vcp_names = checks.as_ident(ident, self.exog_vc.shape[1], vcp_names)
@@ -82,13 +80,13 @@ class BayesMixedGLM:
         self.fe_p = checks.check_positive(fe_p, "fe_p")
         self.k_fep, self.k_vc = self.exog.shape[1], self.exog_vc.shape[1]
         self.k_vcp = len(self.vcp_names)
-        if vc_names is None:
-            vc_names = [f"VC_{self.ident[j] + 1}[{j}]" for j in range(self.k_vc)]
-        self.vc_names = list(vc_names)
-        if len(self.vc_names) != self.k_vc:
-            raise checks.DataError(
-                f"`vc_names` must have one name per column of exog_vc; got {len(self.vc_names)} for {self.k_vc}."
-            )
+        if vc_names is None:  # "<component>[<column>]", the column counted within the component
+            within = np.zeros(self.k_vc, dtype=np.int64)
+            for c in range(self.k_vcp):
+                cols = np.flatnonzero(self.ident == c)
+                within[cols] = np.arange(cols.size)
+            vc_names = [f"{self.vcp_names[self.ident[j]]}[{within[j]}]" for j in range(self.k_vc)]
+        self.vc_names = checks.as_names(vc_names, self.k_vc, "vc_names", "column of exog_vc")
         self.vc_count = np.bincount(self.ident, minlength=self.k_vcp).astype(float)
         self.design = design
         #: data warnings from building the model (also on every fit's ``warnings``)
@@ -162,41 +160,60 @@ class BayesMixedGLM:
         return np.concatenate([g_fe, g_vcp, g_vc])
 
     def predict(self, params, exog=None, linear=False):
-        """Mean (or linear predictor) with the random effects at ``params``' vc."""
-        fe, _, vc = self._unpack(params)
+        r"""statsmodels' ``predict``: the mean (or linear predictor) of the fixed effects,
+        :math:`g^{-1}(X\,fe + \text{offset})`, per trial for the binomial.
+
+        ``params`` may be the full vector ``[fe, vcp, vc]`` or only its first p entries (fe);
+        ``exog`` defaults to the model's design (and then includes the model's offset).
+        For predictions with random effects use the results' ``predict(random_effects=True)``.
+        """
+        params = np.asarray(params, dtype=float).ravel()
+        if params.size < self.k_fep:
+            raise checks.DataError(f"`params` must start with the {self.k_fep} fixed effects; got length "
+                                   f"{params.size}.")
+        fe = params[:self.k_fep]
         if exog is None:
-            eta = self.rows.linear_predictor(fe, vc)
-            return eta if linear else self.family.mean(eta, self.trials)
-        X = np.asarray(exog, dtype=float)
-        eta = X @ fe
+            eta = self.exog @ fe + (self.offset if self.offset is not None else 0.0)
+        else:
+            X = np.asarray(exog, dtype=float)
+            X = X[:, None] if X.ndim == 1 and self.k_fep == 1 else X
+            if X.ndim != 2 or X.shape[1] != self.k_fep:
+                raise checks.DataError(f"`exog` must have {self.k_fep} columns; got shape {X.shape}.")
+            eta = X @ fe
         return eta if linear else self.family.mean(eta)
 
     # -- fits ---------------------------------------------------------------------------------
-    def fit_map(self, *, scale_fe=False, tol=1e-10, max_iter=200, method=None, minim_opts=None, rng=None,
+    def fit_map(self, method=None, minim_opts=None, scale_fe=False, *, tol=1e-10, max_iter=200, rng=None,
                 callback=None):
         """Posterior mode and its Laplace approximation (see :mod:`mglm_core.laplace`).
 
-        ``method``, ``minim_opts`` and ``rng`` are accepted so that statsmodels code runs
-        unchanged; they are ignored (the optimizer is a deterministic sparse Newton method).
+        The positional arguments are statsmodels' (``fit_map(method="BFGS", minim_opts=None,
+        scale_fe=False)``) so that its code runs unchanged; ``method``, ``minim_opts`` and ``rng``
+        are ignored (the optimizer is a deterministic sparse Newton method).
         """
+        tol, max_iter = checks.check_nonnegative(tol, "tol"), checks.check_count(max_iter, "max_iter")
         with self._blas():
             return laplace.fit_map(self, scale_fe=scale_fe, tol=tol, max_iter=max_iter, callback=callback)
 
     fit = fit_map
 
-    def fit_vb(self, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500, fit_method=None,
-               minim_opts=None, verbose=False, rng=None, callback=None):
+    def fit_vb(self, mean=None, sd=None, fit_method=None, minim_opts=None, scale_fe=False, verbose=False, *,
+               tol=1e-9, max_iter=500, rng=None, callback=None):
         """Mean-field variational Bayes (see :mod:`mglm_core.vb`).
 
-        ``fit_method``, ``minim_opts``, ``verbose`` and ``rng`` are accepted for statsmodels
-        compatibility and ignored (deterministic start, Newton/fixed-point then L-BFGS).
+        The positional arguments are statsmodels' (``fit_vb(mean=None, sd=None, fit_method="BFGS",
+        minim_opts=None, scale_fe=False, verbose=False)``); ``fit_method``, ``minim_opts``,
+        ``verbose`` and ``rng`` are ignored (deterministic start, Newton/fixed-point then L-BFGS).
         """
+        tol, max_iter = checks.check_nonnegative(tol, "tol"), checks.check_count(max_iter, "max_iter")
         with self._blas():
             return vb.fit_vb(self, mean=mean, sd=sd, scale_fe=scale_fe, tol=tol, max_iter=max_iter,
                              callback=callback)
 
     def fit_laplace(self, **kwargs):
         """Integrated (nested) Laplace approximation (see :mod:`mglm_core.nested`)."""
+        if "tol" in kwargs:
+            kwargs["tol"] = checks.check_nonnegative(kwargs["tol"], "tol")
         with self._blas():
             return nested.fit_laplace(self, **kwargs)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from .errors import FitError
 from .linalg import BorderedFactor, NotPositiveDefinite
 
 __all__ = ["NewtonResult", "newton_ascent"]
@@ -96,7 +97,8 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
     u, b = np.array(u0, dtype=float), np.array(b0, dtype=float)
     value, gu, gb, A, B, C = fun(u, b, True)
     if not np.isfinite(value):
-        raise FloatingPointError("objective is not finite at the starting point")
+        raise FitError("the objective is not finite at the starting point of the Newton iterations (the "
+                       "likelihood overflows there): check the scale of the covariates (center or scale them).")
     lam = 0.0
     log = []
     converged = False

@@ -250,61 +250,98 @@ class BayesMixedGLMResults:
         return Summary(self)
 
     # -- prediction ----------------------------------------------------------------------------
-    def predict(self, exog=None, exog_vc=None, linear=False, random_effects=True):
-        """Predicted means (or linear predictors) at the posterior means.
+    def predict(self, exog=None, exog_vc=None, linear=False, random_effects=None, offset=None):
+        r"""Predicted means (or linear predictors) at the posterior means.
+
+        As in statsmodels, the default is the population-level prediction
+        :math:`g^{-1}(X\,\overline{fe} + \text{offset})` (the fixed effects only), and the mean is
+        per trial for the binomial (a probability). ``random_effects=True`` adds
+        :math:`Z\,\overline{vc}` (the conditional prediction, lme4's default).
 
         Parameters
         ----------
         exog : DataFrame or array_like, optional
-            New data. A DataFrame goes through the formula's transforms (models
-            built with ``from_formula``); levels of a grouping factor not seen in
-            fitting get random effect 0 (the population level) and a DataWarning
-            that lists them. An array is used as the fixed-effects design.
-            None predicts for the fitting data.
+            New data. A DataFrame goes through the formula's transforms (models built with
+            ``from_formula``), with its columns brought to the fitting data's kinds (a year
+            fitted as the category "95" may be given as the number 95); levels of a grouping
+            factor not seen in fitting get random effect 0 (the population level) and a
+            DataWarning that lists them. An array is the fixed-effects design. None predicts
+            for the fitting data.
         exog_vc : array_like or sparse, optional
-            Random-effects design for an array ``exog``.
+            Random-effects design for an array ``exog`` (then random effects are included
+            unless ``random_effects=False``).
         linear : bool
             Return the linear predictor instead of the mean.
-        random_effects : bool
-            Include the random effects (conditional prediction) or not (population).
+        random_effects : bool, optional
+            Include the random effects (conditional prediction) or not (population). Default:
+            only when ``exog_vc`` is given.
+        offset : float or array_like, optional
+            Offset of the new rows (e.g. log exposure). By default the fitting data's offset for
+            ``exog=None``, the offset column read from a new DataFrame, and 0 for an array
+            ``exog``; a model fitted with an offset array needs it for a new DataFrame.
         """
         m = self.model
-        vc = self.vc_mean if random_effects else np.zeros_like(self.vc_mean)
-        trials = None
+        include = (exog_vc is not None) if random_effects is None else bool(random_effects)
         if exog is None:
-            eta = m.rows.linear_predictor(self.fe_mean, vc)
-            trials = m.trials
+            if exog_vc is not None:
+                raise DataError("`exog_vc` must come with `exog` (the new rows' fixed-effects design); got "
+                                "exog_vc without exog.")
+            vc = self.vc_mean if include else np.zeros_like(self.vc_mean)
+            eta = m.rows.linear_predictor(self.fe_mean, vc)  # the fit's offset included
+            if offset is not None:
+                eta = eta - (m.offset if m.offset is not None else 0.0) + self._offset(offset, eta.size)
         elif isinstance(exog, pd.DataFrame) and m.design is not None:
+            if exog_vc is not None:
+                raise DataError("`exog_vc` must be None for a DataFrame `exog`: the formula builds it; got "
+                                "an exog_vc.")
             spec = m.design.spec
             eta = spec.exog_for(exog) @ self.fe_mean
-            if random_effects and m.k_vc:
+            if include and m.k_vc:
                 unseen = spec.unseen_levels(exog)
                 unseen = {k: v for k, v in unseen.items() if len(v)}
                 if unseen:
                     desc = "; ".join(f"{k}: {list(v)[:5]}" for k, v in unseen.items())
                     warnings.warn(f"levels not seen in fitting get random effect 0: {desc}", DataWarning,
                                   stacklevel=2)
-                eta = eta + spec.exog_vc_for(exog) @ vc
-            off = getattr(spec, "offset_for", None)
-            if off is not None:
-                o = off(exog)
-                if o is not None:
-                    eta = eta + o
+                eta = eta + spec.exog_vc_for(exog) @ self.vc_mean
+            o = spec.offset_for(exog, offset)
+            if o is not None:
+                eta = eta + o
         else:
-            if isinstance(exog, pd.DataFrame):
-                raise DataError("`exog` must be an array for a model built without a formula; got a DataFrame.")
+            if isinstance(exog, pd.DataFrame) and m.design is None:
+                exog = exog.to_numpy(dtype=float) if all(
+                    pd.api.types.is_numeric_dtype(exog[c]) for c in exog.columns) else exog
+                if isinstance(exog, pd.DataFrame):
+                    raise DataError("`exog` must be numeric for a model built without a formula; got a "
+                                    "DataFrame with non-numeric columns.")
             X = np.asarray(exog, dtype=float)
+            if X.ndim == 1 and m.k_fep == 1:
+                X = X[:, None]
             if X.ndim != 2 or X.shape[1] != m.k_fep:
                 raise DataError(f"`exog` must have {m.k_fep} columns; got shape {X.shape}.")
             eta = X @ self.fe_mean
-            if exog_vc is not None and random_effects:
+            if include:
+                if exog_vc is None:
+                    raise DataError("`exog_vc` must be given with an array `exog` for random_effects=True; "
+                                    "got None.")
                 import scipy.sparse as sp
 
                 Zn = sp.csr_matrix(exog_vc)
                 if Zn.shape != (X.shape[0], m.k_vc):
                     raise DataError(f"`exog_vc` must have shape ({X.shape[0]}, {m.k_vc}); got {Zn.shape}.")
-                eta = eta + Zn @ vc
-        return eta if linear else m.family.mean(eta, trials)
+                eta = eta + Zn @ self.vc_mean
+            if offset is not None:
+                eta = eta + self._offset(offset, eta.size)
+        return eta if linear else m.family.mean(eta)
+
+    @staticmethod
+    def _offset(offset, n):
+        arr = np.asarray(offset, dtype=float)
+        if arr.ndim == 0:
+            return np.full(n, float(arr))
+        if arr.shape != (n,):
+            raise DataError(f"`offset` must have one value per predicted row; got shape {arr.shape} for {n} rows.")
+        return arr
 
     def __repr__(self):
         d = self.diagnostics

@@ -61,9 +61,26 @@ class Simulation:
 
 
 def _check_int(value, name, low):
-    if not isinstance(value, (int, np.integer)) or value < low:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise DataError(f"`{name}` must be an integer >= {low}; got {value!r}.")
     return int(value)
+
+
+def _check_sd(value, name):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"`{name}` must be a non-negative number; got {value!r}.") from None
+    if not (np.isfinite(v) and v >= 0):
+        raise DataError(f"`{name}` must be a non-negative number; got {value!r}.")
+    return v
+
+
+def _check_family(family):
+    """The family's name (``"binomial"``/``"poisson"``, any case, or a family object)."""
+    from .families import get_family
+
+    return get_family(family).name
 
 
 def _respond(rng, family, eta, trials):
@@ -101,13 +118,16 @@ def simulate_glmm(family="binomial", n_groups=30, group_size=20, fe=None, sd=0.8
     -------
     Simulation
     """
-    n_groups = _check_int(n_groups, "n_groups", 1)
+    family = _check_family(family)
+    n_groups = _check_int(n_groups, "n_groups", 2)
     group_size = _check_int(group_size, "group_size", 1)
-    if not (np.isfinite(sd) and sd >= 0):
-        raise DataError(f"`sd` must be a non-negative number; got {sd!r}.")
-    fe = dict(fe or ({"Intercept": -0.5, "x": 1.0} if family == "binomial" else {"Intercept": 0.5, "x": 0.3}))
-    if set(fe) - {"Intercept", "x"}:
-        raise DataError(f"`fe` must have keys 'Intercept' and 'x'; got {sorted(fe)}.")
+    sd = _check_sd(sd, "sd")
+    default = {"Intercept": -0.5, "x": 1.0} if family == "binomial" else {"Intercept": 0.5, "x": 0.3}
+    if fe is not None and (not isinstance(fe, dict) or set(fe) - set(default)):
+        raise DataError(f"`fe` must be a dict with keys among 'Intercept' and 'x'; got {fe!r}.")
+    fe = {**default, **{k: float(v) for k, v in (fe or {}).items()}}
+    if trials is not None and family != "binomial":
+        raise DataError(f"`trials` must be None for the {family} family; got {trials!r}.")
     rng = np.random.default_rng(seed)
     n = n_groups * group_size
     width = len(str(n_groups))
@@ -120,7 +140,8 @@ def simulate_glmm(family="binomial", n_groups=30, group_size=20, fe=None, sd=0.8
     sds = {"g": float(sd)}
     re = {"g": pd.Series(u, index=[f"g{c + 1:0{width}d}" for c in range(n_groups)])}
     if n_groups2 is not None:
-        n_groups2 = _check_int(n_groups2, "n_groups2", 1)
+        n_groups2 = _check_int(n_groups2, "n_groups2", 2)
+        sd2 = _check_sd(sd2, "sd2")
         w2 = len(str(n_groups2))
         h_codes = rng.integers(0, n_groups2, size=n)
         v = rng.normal(scale=sd2, size=n_groups2)
@@ -147,8 +168,18 @@ def simulate_arrays(n, q, family="binomial", *, n_factors=1, sd=0.8, fe=(-0.5, 1
     and one standard normal covariate; ``exog_vc`` is CSR with
     ``n * n_factors`` nonzeros.
     """
+    family = _check_family(family)
+    n = _check_int(n, "n", 1)
+    q = _check_int(q, "q", 2)
+    n_factors = _check_int(n_factors, "n_factors", 1)
+    if q // n_factors < 2:
+        raise DataError(f"`q` must give each of the {n_factors} factors at least 2 levels; got q = {q}.")
+    sd = _check_sd(sd, "sd")
+    fe = np.asarray(fe, dtype=float)
+    if fe.shape != (2,):
+        raise DataError(f"`fe` must be (intercept, slope of x); got {fe.tolist()!r}.")
     rng = np.random.default_rng(seed)
-    per = max(1, q // n_factors)
+    per = q // n_factors
     X = np.column_stack([np.ones(n), rng.normal(size=n)])
     eta = X @ np.asarray(fe, dtype=float)
     blocks, ident = [], []

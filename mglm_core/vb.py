@@ -26,8 +26,8 @@ import warnings
 import numpy as np
 from scipy.optimize import minimize
 
-from .errors import ConvergenceWarning, DataError
-from .laplace import conditional_fun, irls_start, working_model
+from .errors import ConvergenceWarning, DataError, FitError
+from .laplace import conditional_fun, conditional_vcp_mode, irls_start, working_model
 from .linalg import solve_only
 from .newton import newton_ascent
 from .objectives import Elbo, LogJoint, VBPoint
@@ -67,16 +67,43 @@ def _start(model, mean, sd):
     mean = np.asarray(mean, dtype=float)
     if mean.shape != (n,):
         raise DataError(f"`mean` must have length {n} (fe, vcp, vc); got shape {mean.shape}.")
+    elbo = Elbo(model)
+    given_sd = sd is not None
     if sd is None:
-        # Curvature-based SDs at the starting means (a fixed SD would make exp(eta) overflow
-        # for covariates on a large raw scale).
-        tiny = VBPoint(mean[:p], mean[p:p + k], mean[p + k:], np.full(p, 1e-8), np.full(k, 1e-8), np.full(q, 1e-8))
-        elbo = Elbo(model)
-        sd = np.concatenate(elbo.fixed_point_sd(tiny, elbo(tiny, grad=False)[3]))
+        sd = _curvature_sd(elbo, mean)
     sd = np.asarray(sd, dtype=float)
     if sd.shape != (n,) or np.any(~(sd > 0)):
         raise DataError(f"`sd` must be {n} positive values (fe, vcp, vc); got shape {sd.shape}.")
-    return VBPoint(mean[:p], mean[p:p + k], mean[p + k:], sd[:p], sd[p:p + k], sd[p + k:])
+    pt = VBPoint(mean[:p], mean[p:p + k], mean[p + k:], sd[:p], sd[p:p + k], sd[p + k:])
+    if given_sd or _finite(elbo, pt):
+        return pt
+    # The SDs at 1 (log-SD 0) can be far too wide for a random slope of a covariate on a large raw
+    # scale (heights in the hundreds): exp(eta) then overflows. Start the log-SDs at their conditional
+    # mode given the random effects instead, and narrow the SDs until the ELBO is finite.
+    mean = mean.copy()
+    mean[p:p + k] = conditional_vcp_mode(model, mean[p + k:])
+    sd = _curvature_sd(elbo, mean)
+    for _ in range(12):
+        pt = VBPoint(mean[:p], mean[p:p + k], mean[p + k:], sd[:p], sd[p:p + k], sd[p + k:])
+        if _finite(elbo, pt):
+            return pt
+        sd = sd * 0.1
+    raise FitError("fit_vb could not find a starting point with a finite ELBO (the expected likelihood "
+                   "overflows): check the scale of the covariates (center or scale them) or use fit_laplace().")
+
+
+def _finite(elbo, pt):
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(elbo(pt, grad=False)[0]))
+
+
+def _curvature_sd(elbo, mean):
+    """Curvature-based SDs at the means ``mean`` (a fixed SD would make exp(eta) overflow for
+    covariates on a large raw scale)."""
+    m = elbo.model
+    p, k, q = m.k_fep, m.k_vcp, m.k_vc
+    tiny = VBPoint(mean[:p], mean[p:p + k], mean[p + k:], np.full(p, 1e-8), np.full(k, 1e-8), np.full(q, 1e-8))
+    return np.concatenate(elbo.fixed_point_sd(tiny, elbo(tiny, grad=False)[3]))
 
 
 def _coordinate_phase(elbo, pt, tol, max_outer=100, progress=None):

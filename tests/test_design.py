@@ -427,3 +427,39 @@ def test_formula_columns_by_role():
         formula_columns("y ~ x + (1 | )")
     with pytest.raises(FormulaError, match="__import__"):
         formula_columns("y ~ __import__('os')", columns=["y", "x"])
+
+
+def test_constant_arithmetic_is_floating_point(small):
+    """Integer powers of constants would be exact and unbounded in Python (9**9**9 never returns):
+    inside transforms the literals are floats, which overflow at once with an error; names keep the
+    integers as written."""
+    import signal
+
+    def stuck(*_):
+        raise AssertionError("formula evaluation did not return")
+
+    old = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(20)
+    try:
+        for formula in ("y ~ I(x + 9**9**9)", "y ~ np.log(9**9**9) + x", "y ~ I(x + 2^99999999)"):
+            with pytest.raises(FormulaError, match="Numerical result out of range"):
+                build_design(formula, small)
+        with pytest.raises(FormulaError, match="Numerical result out of range"):
+            build_design("y ~ x", small, vc_formulas={"a": "0 + C(g):I(x + 9**9**9)"})
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    d = build_design("y ~ I(x^2) + I(2**x) + np.log(x + 10) + C(g, levels=['b', 'a', 'c'])", small)
+    assert d.exog_names[1:4] == ["I(x ** 2)", "I(2 ** x)", "np.log(x + 10)"]
+    np.testing.assert_allclose(d.exog[:, 1:4], np.column_stack([small.x**2, 2.0**small.x, np.log(small.x + 10)]))
+
+
+def test_vc_formula_and_slope_checks(small):
+    with pytest.raises(FormulaError, match=r"`vc_formulas\['b'\]` must be a formula such as"):
+        build_design("y ~ x", small, vc_formulas={"b": " "})
+    bad = small.assign(x=np.where(np.arange(len(small)) == 3, np.inf, small.x))
+    with pytest.raises(DataError, match="slope `x` of the random-effect term `g:x` must be finite; got 1"):
+        build_design("y ~ 1 + (0 + x | g)", bad)
+    with pytest.raises(FormulaError) as err:  # formulaic's message without terminal colour codes
+        build_design("y ~ np . log(z)", small)
+    assert "\x1b" not in str(err.value)

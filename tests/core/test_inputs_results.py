@@ -84,13 +84,20 @@ def test_results_tables_random_effects_and_predict():
     re = res.random_effects("g")
     assert len(re) == 12 and set(re["term"]) == {"g"} and re["level"].iloc[0] == "g01"
     assert res.random_effects(0).equals(re)
-    # In-sample prediction equals prediction on the same frame.
+    # In-sample prediction equals prediction on the same frame, with and without random effects;
+    # the default is statsmodels': the fixed effects only.
     np.testing.assert_allclose(res.predict(), res.predict(sim.data), rtol=1e-10)
+    np.testing.assert_allclose(res.predict(random_effects=True), res.predict(sim.data, random_effects=True),
+                               rtol=1e-10)
+    np.testing.assert_allclose(res.predict(linear=True), model.exog @ res.fe_mean, rtol=1e-12)
+    np.testing.assert_allclose(res.predict(linear=True, random_effects=True),
+                               model.exog @ res.fe_mean + model.exog_vc @ res.vc_mean, rtol=1e-12)
+    np.testing.assert_allclose(model.predict(res.params), res.predict(), rtol=1e-12)
     # Unseen levels get random effect 0, with a warning.
     new = sim.data.head(3).assign(g=["zz", "g01", "zz"])
     with pytest.warns(mg.DataWarning, match="not seen in fitting.*zz"):
-        eta = res.predict(new, linear=True)
-    pop = res.predict(new, linear=True, random_effects=False)
+        eta = res.predict(new, linear=True, random_effects=True)
+    pop = res.predict(new, linear=True)
     assert eta[0] == pytest.approx(pop[0]) and eta[1] != pytest.approx(pop[1])
     # Array-built models have random_effects too.
     arr = mg.BayesMixedGLM(model.endog, model.exog, model.exog_vc, model.ident, family="poisson").fit_vb()
@@ -146,3 +153,124 @@ def test_data_warnings_are_carried_on_every_fit():
     with pytest.warns(mg.DataWarning, match="all failures"):
         m0 = mg.BayesMixedGLM.from_formula("y ~ period + (1 | herd)", data=zeros)
     assert any("all failures" in w for w in m0.fit_laplace().warnings)
+
+
+def test_predict_applies_the_offset_to_new_data():
+    """An offset column is read from new data again; an offset array must be given for new rows."""
+    g = load("grouseticks").assign(logH=lambda d: np.log(d.HEIGHT))
+    res = mg.PoissonBayesMixedGLM.from_formula("TICKS ~ cHEIGHT + (1 | LOCATION)", None, g, offset="logH").fit_vb()
+    model = res.model
+    np.testing.assert_allclose(res.predict(linear=True), model.exog @ res.fe_mean + g.logH, rtol=1e-12)
+    np.testing.assert_allclose(res.predict(g.iloc[:5]), res.predict()[:5], rtol=1e-12)
+    np.testing.assert_allclose(res.predict(g.iloc[:5], random_effects=True),
+                               res.predict(random_effects=True)[:5], rtol=1e-12)
+    np.testing.assert_allclose(res.predict(g.iloc[:5], offset=0.0, linear=True),
+                               res.predict(linear=True)[:5] - g.logH[:5], rtol=1e-12)
+    arr = mg.PoissonBayesMixedGLM.from_formula("TICKS ~ cHEIGHT + (1 | LOCATION)", None, g,
+                                               offset=g.logH.to_numpy()).fit_vb()
+    with pytest.raises(mg.DataError, match="`offset` must be given for new data"):
+        arr.predict(g.iloc[:5])
+    np.testing.assert_allclose(arr.predict(g.iloc[:5], offset=g.logH[:5]), res.predict()[:5], rtol=1e-10)
+
+
+def test_predict_brings_new_columns_to_the_fitted_kinds():
+    """A factor fitted as categories or strings may come as numbers (and back); unknown levels and
+    text in a numeric column are errors naming the column; missing values predict NaN."""
+    g = load("grouseticks")
+    res = mg.PoissonBayesMixedGLM.from_formula("TICKS ~ YEAR + cHEIGHT + (1 | LOCATION)", None, g).fit_vb()
+    new = g.iloc[[0, 200, 300]]
+    base = res.predict(new, random_effects=True)
+    for changed in (new.assign(YEAR=new.YEAR.astype(int)), new.assign(YEAR=new.YEAR.astype(str)),
+                    new.assign(LOCATION=new.LOCATION.astype(int)), new.assign(cHEIGHT=new.cHEIGHT.astype(str))):
+        np.testing.assert_allclose(res.predict(changed, random_effects=True), base, rtol=1e-12)
+    with pytest.raises(mg.DataError, match=r"column `YEAR` in the new data must take levels seen in fitting.*98"):
+        res.predict(new.assign(YEAR=[98, 95, 96]))
+    with pytest.raises(mg.DataError, match="column `YEAR`.*True"):
+        res.predict(new.assign(YEAR=True))
+    with pytest.raises(mg.DataError, match="column `cHEIGHT` in the new data must be numeric"):
+        res.predict(new.assign(cHEIGHT=["a", "b", "c"]))
+    out = res.predict(new.assign(YEAR=["95", None, "97"]))
+    assert np.isnan(out[1]) and np.allclose(out[[0, 2]], res.predict(new)[[0, 2]])
+
+
+def test_predict_follows_statsmodels_and_checks_its_arguments():
+    """Population-level means per trial (probabilities) in both in-sample and new-data paths, as
+    statsmodels' predict; exog_vc without exog is an error."""
+    cbpp = load("cbpp")
+    res = mg.BinomialBayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", None, cbpp, trials="size").fit_vb()
+    p = res.predict()
+    assert np.all((p > 0) & (p < 1))
+    np.testing.assert_allclose(res.predict(cbpp.iloc[:4]), p[:4], rtol=1e-12)
+    np.testing.assert_allclose(res.model.predict(res.params[:res.model.k_fep]), p, rtol=1e-12)
+    with pytest.raises(mg.DataError, match="`exog_vc` must come with `exog`"):
+        res.predict(None, res.model.exog_vc[:3])
+    X3, Z3 = res.model.exog[:3], res.model.exog_vc[:3]
+    np.testing.assert_allclose(res.predict(X3, Z3, linear=True), (X3 @ res.fe_mean + Z3 @ res.vc_mean))
+    np.testing.assert_allclose(res.predict(X3, Z3, linear=True, random_effects=False), X3 @ res.fe_mean)
+    with pytest.raises(mg.DataError, match="`exog_vc` must be given with an array `exog`"):
+        res.predict(X3, random_effects=True)
+
+
+def test_fits_take_statsmodels_positional_arguments_and_check_their_own():
+    model = mg.BayesMixedGLM(Y, X, Z, IDENT)
+    np.testing.assert_array_equal(model.fit_map("BFGS", None, False).params, model.fit_map().params)
+    np.testing.assert_array_equal(model.fit_vb(None, None, "BFGS", None, False, False).params,
+                                  model.fit_vb().params)
+    for kwargs, match in ((dict(tol="a"), "`tol` must be a non-negative number"),
+                          (dict(tol=-1.0), "`tol` must be a non-negative finite number"),
+                          (dict(max_iter=-1), "`max_iter` must be a positive integer; got -1"),
+                          (dict(max_iter=2.5), "`max_iter` must be a positive integer")):
+        for fit in (model.fit_map, model.fit_vb):
+            with pytest.raises(mg.DataError, match=match):
+                fit(**kwargs)
+
+
+def test_names_and_labels():
+    """Default random-effect names follow the component names; tuples are labels; names are distinct;
+    a class or a Series as exog."""
+    Z3 = sp.hstack([Z, Z[:, :2]]).tocsr()
+    m = mg.BayesMixedGLM(Y, X, Z3, [5, 5, 7, 7, 7, 7])
+    assert m.vcp_names == ["VC_6", "VC_8"] and m.vc_names == ["VC_6[0]", "VC_6[1]"] + [f"VC_8[{j}]" for j in range(4)]
+    t = mg.BayesMixedGLM(Y, X, Z3, [("a", 1)] * 2 + [("b", 2)] * 4)
+    assert t.k_vcp == 2 and list(t.ident) == [0, 0, 1, 1, 1, 1]
+    assert list(t.fit_vb().random_effects(1).index) == t.vc_names[2:]
+    with pytest.raises(mg.DataError, match="`fep_names` must be distinct; got 'a' more than once"):
+        mg.BayesMixedGLM(Y, X, Z, IDENT, fep_names=["a", "a"])
+    with pytest.raises(mg.DataError, match="`vcp_names` must be distinct"):
+        mg.BayesMixedGLM(Y, X, Z3, [0, 0, 1, 1, 1, 1], vcp_names=["v", "v"])
+    with pytest.raises(mg.DataError, match="`exog` must be data, not a class; got DataFrame"):
+        mg.BayesMixedGLM(Y, pd.DataFrame, Z, IDENT)
+    assert mg.BayesMixedGLM(Y, pd.Series(X[:, 1], name="x"), Z, IDENT).fep_names == ["x"]
+
+
+def test_fit_vb_starts_where_a_raw_scale_random_slope_does_not_overflow():
+    """A random slope of heights in the hundreds: the start at SD 1 overflows exp(eta); the fit
+    starts from the conditional log-SD mode instead and agrees with the integrated fit."""
+    g = load("grouseticks")
+    model = mg.PoissonBayesMixedGLM.from_formula("TICKS ~ 1 + (0 + HEIGHT | LOCATION)", None, g)
+    vb, lap = model.fit_vb(), model.fit_laplace()
+    assert vb.converged and np.all(np.isfinite(vb.params))
+    assert abs(vb.vcp_mean[0] - lap.vcp_mean[0]) < 0.5 and abs(vb.fe_mean[0] - lap.fe_mean[0]) < 3 * lap.fe_sd[0]
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: mg.simulate.simulate_glmm(n_groups=1), "`n_groups` must be an integer >= 2; got 1"),
+    (lambda: mg.simulate.simulate_glmm(sd="a"), "`sd` must be a non-negative number; got 'a'"),
+    (lambda: mg.simulate.simulate_glmm(n_groups2=5, sd2=-1), "`sd2` must be a non-negative number; got -1"),
+    (lambda: mg.simulate.simulate_glmm(fe={"z": 1}), "`fe` must be a dict with keys among"),
+    (lambda: mg.simulate.simulate_glmm("poisson", trials=5), "`trials` must be None for the poisson family"),
+    (lambda: mg.simulate.simulate_glmm("gamma"), "`family` must be 'binomial' or 'poisson'"),
+    (lambda: mg.simulate.simulate_arrays(100.5, 10), "`n` must be an integer >= 1; got 100.5"),
+    (lambda: mg.simulate.simulate_arrays(100, 10, n_factors=0), "`n_factors` must be an integer >= 1; got 0"),
+    (lambda: mg.simulate.simulate_arrays(100, 3, n_factors=2), "at least 2 levels; got q = 3"),
+    (lambda: mg.simulate.simulate_arrays(100, 10, fe=(1, 2, 3)), r"`fe` must be \(intercept, slope of x\)"),
+    (lambda: mg.simulate.simulate_arrays(100, 10, sd=-1), "`sd` must be a non-negative number; got -1"),
+])
+def test_simulation_arguments_are_checked(call, match):
+    with pytest.raises(mg.DataError, match=match):
+        call()
+
+
+def test_simulation_keeps_given_and_default_truth():
+    sim = mg.simulate.simulate_glmm("Binomial", fe={"x": 2.0}, seed=1)
+    assert sim.family == "binomial" and sim.fe == {"Intercept": -0.5, "x": 2.0}
