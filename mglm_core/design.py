@@ -855,6 +855,20 @@ def _describe_values(values, limit=5) -> str:
     return ", ".join(repr(v) for v in vals[:limit]) + (f", ... ({len(vals)} in all)" if len(vals) > limit else "")
 
 
+def offset_values(offset, n: int) -> np.ndarray:
+    """An offset given for ``n`` predicted rows: a number (the same for every row) or one per row."""
+    try:
+        arr = np.asarray(offset, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"`offset` must be numeric; got {type(offset).__name__}.") from exc
+    if arr.ndim == 0:
+        return np.full(n, float(arr))
+    if arr.shape != (n,):
+        raise DataError(f"`offset` must be a number or one value per predicted row; got shape {arr.shape} "
+                        f"for {n} rows.")
+    return arr
+
+
 def _require_columns(df: pd.DataFrame, cols: Iterable[str], what: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
@@ -976,18 +990,8 @@ class DesignSpec:
             When the model was fitted with an offset array and ``offset`` is not given (new rows
             have no such column), or the offset is not numeric or has the wrong length.
         """
-        n = len(new_df)
         if offset is not None:
-            arr = np.broadcast_to(np.asarray(offset, dtype=np.float64), (n,)) if np.ndim(offset) == 0 else None
-            if arr is None:
-                try:
-                    arr = np.asarray(offset, dtype=np.float64)
-                except (TypeError, ValueError) as exc:
-                    raise DataError(f"`offset` must be numeric; got {type(offset).__name__}.") from exc
-                if arr.shape != (n,):
-                    raise DataError(f"`offset` must have one value per row of the new data; got shape "
-                                    f"{arr.shape} for {n} rows.")
-            return arr
+            return offset_values(offset, len(new_df))
         if self.offset is None:
             return None
         if self.offset == "array":

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .design import offset_values
 from .errors import DataError, DataWarning
 
 __all__ = ["BayesMixedGLMResults", "FitDiagnostics", "VcpGrid"]
@@ -289,7 +290,7 @@ class BayesMixedGLMResults:
             vc = self.vc_mean if include else np.zeros_like(self.vc_mean)
             eta = m.rows.linear_predictor(self.fe_mean, vc)  # the fit's offset included
             if offset is not None:
-                eta = eta - (m.offset if m.offset is not None else 0.0) + self._offset(offset, eta.size)
+                eta = eta - (m.offset if m.offset is not None else 0.0) + offset_values(offset, eta.size)
         elif isinstance(exog, pd.DataFrame) and m.design is not None:
             if exog_vc is not None:
                 raise DataError("`exog_vc` must be None for a DataFrame `exog`: the formula builds it; got "
@@ -308,12 +309,13 @@ class BayesMixedGLMResults:
             if o is not None:
                 eta = eta + o
         else:
-            if isinstance(exog, pd.DataFrame) and m.design is None:
-                exog = exog.to_numpy(dtype=float) if all(
-                    pd.api.types.is_numeric_dtype(exog[c]) for c in exog.columns) else exog
-                if isinstance(exog, pd.DataFrame):
-                    raise DataError("`exog` must be numeric for a model built without a formula; got a "
-                                    "DataFrame with non-numeric columns.")
+            if isinstance(exog, pd.DataFrame):  # a model built from arrays: columns by name if all are there
+                cols = m.fep_names if set(m.fep_names) <= set(map(str, exog.columns)) else list(exog.columns)
+                exog = exog.rename(columns=str)[[str(c) for c in cols]]
+                bad = [c for c in exog.columns if not pd.api.types.is_numeric_dtype(exog[c])]
+                if bad:
+                    raise DataError(f"`exog` column `{bad[0]}` must be numeric for a model built without a formula; "
+                                    f"got dtype {exog[bad[0]].dtype}.")
             X = np.asarray(exog, dtype=float)
             if X.ndim == 1 and m.k_fep == 1:
                 X = X[:, None]
@@ -331,17 +333,8 @@ class BayesMixedGLMResults:
                     raise DataError(f"`exog_vc` must have shape ({X.shape[0]}, {m.k_vc}); got {Zn.shape}.")
                 eta = eta + Zn @ self.vc_mean
             if offset is not None:
-                eta = eta + self._offset(offset, eta.size)
+                eta = eta + offset_values(offset, eta.size)
         return eta if linear else m.family.mean(eta)
-
-    @staticmethod
-    def _offset(offset, n):
-        arr = np.asarray(offset, dtype=float)
-        if arr.ndim == 0:
-            return np.full(n, float(arr))
-        if arr.shape != (n,):
-            raise DataError(f"`offset` must have one value per predicted row; got shape {arr.shape} for {n} rows.")
-        return arr
 
     def __repr__(self):
         d = self.diagnostics

@@ -209,6 +209,12 @@ def test_predict_follows_statsmodels_and_checks_its_arguments():
     np.testing.assert_allclose(res.predict(X3, Z3, linear=True, random_effects=False), X3 @ res.fe_mean)
     with pytest.raises(mg.DataError, match="`exog_vc` must be given with an array `exog`"):
         res.predict(X3, random_effects=True)
+    # a model built from arrays takes a frame's columns by name
+    frame = pd.DataFrame({"a": np.ones(N), "x": X[:, 1]})
+    arr = mg.BayesMixedGLM(Y, frame, Z, IDENT).fit_vb()
+    np.testing.assert_allclose(arr.predict(frame[["x", "a"]].head(3)), arr.predict(X[:3]), rtol=1e-12)
+    with pytest.raises(mg.DataError, match="`exog` column `x` must be numeric"):
+        arr.predict(frame.assign(x="u"))
 
 
 def test_fits_take_statsmodels_positional_arguments_and_check_their_own():
