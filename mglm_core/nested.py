@@ -49,7 +49,11 @@ effects of Poisson counts the plain Laplace value is biased against large SDs
 The series is in the variances of the linear predictors; with few rows per effect
 and a large SD (binary data, one or two children per mother: guImmun) it runs away.
 When it varies by more than 3 over the mode and the axial points :math:`z = \pm 3`
-(checked before the design is laid out), or when an effect's exact one-dimensional conditional
+(checked before the design is laid out), or the terms it leaves out for the effects of the
+conditionally independent component (pairs of different rows of one effect,
+:meth:`~mglm_core.quadrature.IndependentEffects.left_out_pairs`) vary by more than 0.75 there (a few
+binary or low-count rows per effect: the series is unreliable before it runs away; binary groups of
+four rows with an SD of 3 had the log-SD 0.18 posterior SDs low), or when an effect's exact one-dimensional conditional
 posterior at the mode has its mean more than 0.35 conditional SDs from the Laplace mean
 (complete separation with a large SD: every outcome of an effect at one boundary;
 :meth:`~mglm_core.quadrature.IndependentEffects.conditional_shift`), the fit switches
@@ -101,6 +105,7 @@ _GRID_MAX_K = 3
 _GRID_TOL = 1e-7  # inner Newton decrement at the integration points
 _FREE_STEP = 3e-2  # ... where a last Newton step is taken on the previous factorisation (newton_ascent)
 _SPREAD_MAX = 3.0  # largest range of the second-order correction over the probe points
+_LEFT_OUT_MAX = 0.75  # ... and of the pairs of an effect's rows it leaves out (IndependentEffects.left_out_pairs)
 _PROBE_Z = 3.0  # the probe points: the mode and z = +-_PROBE_Z along the axes
 _SKEW_MAX = 1.15  # the axial design (split normals) when no axis's scale is beyond this factor of 1
 _SKEW_FAR = 1.1  # ... and none measured at the probe points z = +-3 beyond this
@@ -166,6 +171,16 @@ class _Conditional:
             return 0.0
         eta = self.model.rows.linear_predictor(nr.b, nr.u)
         return float(np.max(ie.conditional_shift(self.model, eta, nr.u, np.exp(vcp[ie.component]), effects)[0]))
+
+    def left_out(self, vcp):
+        """:meth:`~mglm_core.quadrature.IndependentEffects.left_out_pairs` of the conditionally
+        independent component at the solution for ``vcp`` (0 without one)."""
+        ie = self.independent
+        nr = self(vcp)[1]
+        if ie is None or nr.factor is None:
+            return 0.0
+        eta = self.model.rows.linear_predictor(nr.b, nr.u)
+        return ie.left_out_pairs(self.model, eta, np.exp(vcp[ie.component]))
 
     def __call__(self, vcp, tol=None):
         """``(log p~(vcp | y) + const, NewtonResult)`` at ``vcp``; ``tol`` overrides the inner
@@ -682,17 +697,25 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     # effect and a large SD (binary data, one or two rows per mother) it runs away. Its range over
     # the mode and the axial points z = +-3 (grid points) decides; beyond _SPREAD_MAX the exact
     # integration of the conditionally independent component takes its place, with its own mode.
+    # So does the range of the within-effect pairs of rows the correction leaves out, beyond
+    # _LEFT_OUT_MAX (a few binary or low-count rows per effect: the series is unreliable there
+    # before it runs away).
     cond.use("second_order")
     root = _standardise(H, [])[0]
     probe = [mode] + [mode + root @ z for z in _axial(k, _PROBE_Z)]
     eps = np.array([cond.corrected(th, tol=_GRID_TOL)[0] - cond(th, tol=_GRID_TOL)[0] for th in probe])
     spread = float(np.ptp(eps[np.isfinite(eps)])) if np.isfinite(eps).any() else np.inf
+    left_out = np.nan  # nan: not measured
+    if spread <= _SPREAD_MAX:
+        lo = np.array([cond.left_out(th) for th in probe])
+        left_out = float(np.ptp(lo[np.isfinite(lo)])) if np.isfinite(lo).any() else 0.0
+    few = spread > _SPREAD_MAX or left_out > _LEFT_OUT_MAX
     # Complete separation (an effect whose outcomes are all 0, or all at the trials) with a large SD
     # leaves the correction tame but an effect's conditional posterior far from Gaussian: judged by
     # the exact one-dimensional conditionals of the independent component at the mode
     cond_shift = cond.conditional_shift(mode) if spread <= _SPREAD_MAX else np.nan  # nan: not measured
     separated = cond_shift > _SHIFT_MAX and cond.nested is not None
-    if separated or spread > _SPREAD_MAX:
+    if separated or few:
         fallback = "nested" if cond.nested is not None else None
         cond.use(fallback)
         mode, _, grad, H, search_ok, n_more = _maximise_theta(
@@ -709,7 +732,11 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             f"at one boundary, with a large SD); {how}." if separated else
             "Few observations per random effect for the variances involved: the second-order correction of "
             f"the Laplace approximation varies by {spread:.0f} log units within three posterior SDs of the mode, "
-            f"outside its range; {how}.")
+            f"outside its range; {how}." if spread > _SPREAD_MAX else
+            "Few observations per random effect for the variances involved: the terms of the second-order "
+            "correction of the Laplace approximation that it leaves out (pairs of observations of one "
+            f"{model.vcp_names[cond.independent.component]} effect) vary by {left_out:.1f} log units within three "
+            f"posterior SDs of the mode, outside its range; {how}.")
     design = _design(cond, mode, H, k, msgs)
     root, log_jac, zs, thetas, log_evidence_base, split, predicted = design
     at_bound = np.isclose(mode, vcp_bounds[0], atol=1e-3) | np.isclose(mode, vcp_bounds[1], atol=1e-3)
@@ -845,7 +872,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         model=model, method="laplace", fe_mean=fe_mean, fe_sd=sd[:p], vcp_mean=vcp_mean, vcp_sd=sd[p:],
         vc_mean=vc_mean, vc_sd=np.sqrt(np.maximum(vc_var, 0.0)), diagnostics=diag, border_cov=cov,
         vcp_grid=grid, log_marginal_likelihood=float(log_ml),
-        extra={"vcp_mode": mode, "vcp_points": thetas, "weights": w, "correction_spread": spread,
+        extra={"vcp_mode": mode, "vcp_points": thetas, "weights": w, "correction_spread": spread, "left_out_spread": left_out,
                "conditional_shift": cond_shift},
     )
 

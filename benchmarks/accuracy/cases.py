@@ -24,12 +24,14 @@ class Case:
     vcp_p: float = 1.0
     data_fn: object = field(default=None, repr=False)
     slow: bool = False
+    offset: str | None = None
 
     def data(self):
         return self.data_fn()
 
     def model(self, **kw):
-        args = dict(data=self.data(), family=self.family, trials=self.trials, fe_p=self.fe_p, vcp_p=self.vcp_p)
+        args = dict(data=self.data(), family=self.family, trials=self.trials, fe_p=self.fe_p, vcp_p=self.vcp_p,
+                    offset=self.offset)
         args.update(kw)
         return mg.BayesMixedGLM.from_formula(self.formula, **args)
 
@@ -85,6 +87,82 @@ def _cbpp_observations():
     df = load("cbpp")
     df["obs"] = [f"o{i:02d}" for i in range(len(df))]
     return df
+
+
+def _poisson_offset(seed=104):
+    """Poisson counts with exposure E ~ U(0.5, 5) (offset log E), 50 groups of 6 rows, SD 0.5."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(50), 6)
+    x = rng.standard_normal(g.size)
+    expo = rng.uniform(0.5, 5.0, g.size)
+    u = rng.normal(0, 0.5, 50)
+    eta = np.log(expo) - 0.3 + 0.4 * x + u[g]
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x, "logE": np.log(expo),
+                         "g": [f"g{i:02d}" for i in g]})
+
+
+def _binomial_varying_trials(seed=105):
+    """Binomial with 1..20 trials per row (uniform), 25 groups of 6 rows, SD 0.8."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(25), 6)
+    x = rng.standard_normal(g.size)
+    n = rng.integers(1, 21, g.size)
+    u = rng.normal(0, 0.8, 25)
+    eta = -0.4 + 0.7 * x + u[g]
+    y = rng.binomial(n, 1 / (1 + np.exp(-eta)))
+    return pd.DataFrame({"y": y.astype(float), "n": n.astype(float), "x": x, "g": [f"g{i:02d}" for i in g]})
+
+
+def _poisson_nested(seed=107):
+    """Poisson, nested: 15 levels of a, 4 levels of b within each a (60 a:b cells), 5 rows per cell;
+    SDs 0.7 (a) and 0.4 (a:b). b's labels repeat across a (b1..b4), so only a:b identifies a cell."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    a = np.repeat(np.arange(15), 20)
+    b = np.tile(np.repeat(np.arange(4), 5), 15)
+    x = rng.standard_normal(a.size)
+    ua = rng.normal(0, 0.7, 15)
+    uab = rng.normal(0, 0.4, (15, 4))
+    eta = 0.3 + 0.3 * x + ua[a] + uab[a, b]
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x,
+                         "a": [f"a{i:02d}" for i in a], "b": [f"b{i}" for i in b]})
+
+
+def _binary_slopes(seed=108):
+    """Binary, 60 groups of 10, independent intercepts (SD 0.8) and x-slopes (SD 0.6)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(60), 10)
+    x = rng.standard_normal(g.size)
+    u, v = rng.normal(0, 0.8, 60), rng.normal(0, 0.6, 60)
+    eta = -0.2 + 0.8 * x + u[g] + v[g] * x
+    y = rng.binomial(1, 1 / (1 + np.exp(-eta)))
+    return pd.DataFrame({"y": y.astype(float), "x": x, "g": [f"g{i:02d}" for i in g]})
+
+
+def _binary_three_components(seed=114):
+    """Binary, (1|g) + (0+x|g) + (1|h): 30 g-groups of 10 (SDs 0.9 / 0.5), h with 6 levels (SD 0.3)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(30), 10)
+    h = rng.integers(0, 6, g.size)
+    x = rng.standard_normal(g.size)
+    u, v, w = rng.normal(0, 0.9, 30), rng.normal(0, 0.5, 30), rng.normal(0, 0.3, 6)
+    eta = 0.2 + 0.7 * x + u[g] + v[g] * x + w[h]
+    y = rng.binomial(1, 1 / (1 + np.exp(-eta)))
+    return pd.DataFrame({"y": y.astype(float), "x": x, "g": [f"g{i:02d}" for i in g], "h": [f"h{i}" for i in h]})
 
 
 CASES = [
@@ -150,6 +228,46 @@ CASES = [
     Case("VerbAgg", "VerbAgg: crossed (1|id) + (1|item), n = 7584",
          "r2_01 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)", "binomial",
          data_fn=lambda: load("VerbAgg"), slow=True),
+    # -- a second set, first run as held-out cases (new draws and designs of the same kinds, and
+    # kinds the first set lacked: an exposure offset, varying trials, nesting, slopes)
+    Case("sim_binary_sd15", "binary, 20 groups of 15, SD 1.5",
+         "y ~ x + (1 | g)", "binomial", data_fn=_sim(family="binomial", n_groups=20, group_size=15, sd=1.5, seed=101)),
+    Case("sim_binary_three_levels", "binary, 3 groups of 50, SD 0.3",
+         "y ~ x + (1 | g)", "binomial", data_fn=_sim(family="binomial", n_groups=3, group_size=50, sd=0.3, seed=102)),
+    Case("sim_binary_pairs", "binary, 80 groups of 2 rows, SD 2",
+         "y ~ x + (1 | g)", "binomial", data_fn=_sim(family="binomial", n_groups=80, group_size=2, sd=2.0, seed=110)),
+    Case("sim_binary_groups4_sd3", "binary, 40 groups of 4 rows, SD 3",
+         "y ~ x + (1 | g)", "binomial", data_fn=_sim(family="binomial", n_groups=40, group_size=4, sd=3.0, seed=111)),
+    Case("sim_poisson_offset", "Poisson with an exposure offset log(E), E ~ U(0.5, 5), 50 groups of 6, SD 0.5",
+         "y ~ x + (1 | g)", "poisson", offset="logE", data_fn=_poisson_offset),
+    Case("sim_binomial_varying_trials", "binomial, 1-20 trials per row, 25 groups of 6, SD 0.8",
+         "y ~ x + (1 | g)", "binomial", trials="n", data_fn=_binomial_varying_trials),
+    Case("sim_poisson_crossed_20x10", "Poisson, crossed 20 (15 rows each) x 10 levels, SDs 1.0 / 0.2",
+         "y ~ x + (1 | g) + (1 | h)", "poisson",
+         data_fn=_sim(family="poisson", n_groups=20, group_size=15, n_groups2=10, sd=1.0, sd2=0.2, seed=106)),
+    Case("sim_poisson_lowcount_crossed", "Poisson, intercept -1.5, 60 groups of 3 rows (SD 1.5) x 8 items (SD 0.6)",
+         "y ~ x + (1 | g) + (1 | h)", "poisson",
+         data_fn=_sim(family="poisson", n_groups=60, group_size=3, n_groups2=8, sd=1.5, sd2=0.6,
+                      fe={"Intercept": -1.5, "x": 0.3}, seed=112)),
+    Case("sim_binary_crossed_150x15", "binary, 150 groups of 3 rows (SD 2) crossed with 15 items (SD 0.5)",
+         "y ~ x + (1 | g) + (1 | h)", "binomial",
+         data_fn=_sim(family="binomial", n_groups=150, group_size=3, n_groups2=15, sd=2.0, sd2=0.5, seed=103)),
+    Case("sim_poisson_nested", "Poisson, nested (1|a) + (1|a:b): 15 a x 4 b x 5 rows, SDs 0.7 / 0.4",
+         "y ~ x + (1 | a) + (1 | a:b)", "poisson", data_fn=_poisson_nested),
+    Case("sim_binary_slopes", "binary, (1|g) + (0+x|g), 60 groups of 10, SDs 0.8 / 0.6",
+         "y ~ x + (1 | g) + (0 + x | g)", "binomial", data_fn=_binary_slopes),
+    Case("sim_binary_three_components", "binary, (1|g) + (0+x|g) + (1|h): 30 groups of 10 (SDs 0.9 / 0.5), "
+         "h with 6 levels (SD 0.3)", "y ~ x + (1 | g) + (0 + x | g) + (1 | h)", "binomial",
+         data_fn=_binary_three_components),
+    Case("grouseticks_two", "grouseticks without the observation level: (1|BROOD) + (1|LOCATION)",
+         "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)", "poisson", data_fn=lambda: load("grouseticks")),
+    Case("cbpp_wide_priors", "cbpp (1|herd) with fe_p = 5, vcp_p = 2",
+         "incidence ~ period + (1 | herd)", "binomial", trials="size", fe_p=5.0, vcp_p=2.0,
+         data_fn=lambda: load("cbpp")),
+    Case("Salamanders_cover", "Salamanders: count ~ mined + cover + (1|site)",
+         "count ~ mined + cover + (1 | site)", "poisson", data_fn=lambda: load("Salamanders")),
+    Case("Salamanders_spp_site", "Salamanders: count ~ mined + spp + (1|site) + (1|site:spp)",
+         "count ~ mined + spp + (1 | site) + (1 | site:spp)", "poisson", data_fn=lambda: load("Salamanders")),
 ]
 
 BY_NAME = {c.name: c for c in CASES}

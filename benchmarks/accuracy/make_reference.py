@@ -1,6 +1,6 @@
 """Gold-standard posteriors by long NUTS runs (pymc), stored as JSON summaries.
 
-    python benchmarks/accuracy/make_reference.py [case ...] [--draws 2000 --tune 1500 --chains 4]
+    python benchmarks/accuracy/make_reference.py [case ...] [--draws 2000 --tune 1500 --chains 4 --seed 1]
 
 The sampler sees exactly the model of mglm_core (same design matrices, from the same formula
 code): fe ~ N(0, fe_p^2), vcp ~ N(0, vcp_p^2), vc = exp(vcp[ident]) * z with z ~ N(0, 1)
@@ -54,7 +54,9 @@ def sample(case, draws, tune, chains, seed=1, cores=2):
     out = {"case": case.name, "formula": case.formula, "family": case.family, "fe_p": case.fe_p,
            "vcp_p": case.vcp_p, "draws": draws, "tune": tune, "chains": chains, "seconds": seconds,
            "fe_names": model.fep_names, "vcp_names": model.vcp_names, "vc_names": model.vc_names,
-           "command": "python benchmarks/accuracy/make_reference.py " + case.name}
+           "seed": seed,
+           "command": (f"python benchmarks/accuracy/make_reference.py {case.name} --draws {draws} --tune {tune} "
+                       f"--chains {chains} --seed {seed}")}
     for name in ("fe", "vcp", "vc"):
         arr = post[name].values.reshape(-1, post[name].shape[-1])
         out[f"{name}_mean"] = arr.mean(0).tolist()
@@ -72,6 +74,7 @@ def main():
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--skip-existing", action="store_true")
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     names = args.cases or [c.name for c in CASES]
     (HERE / "reference").mkdir(exist_ok=True)
@@ -79,7 +82,7 @@ def main():
         path = HERE / "reference" / f"{name}.json"
         if args.skip_existing and path.exists():
             continue
-        res = sample(BY_NAME[name], args.draws, args.tune, args.chains, cores=args.cores)
+        res = sample(BY_NAME[name], args.draws, args.tune, args.chains, seed=args.seed, cores=args.cores)
         path.write_text(json.dumps(res, indent=1) + "\n")
         print(name, f"{res['seconds']:.0f}s", "rhat", res["fe_rhat_max"], res["vcp_rhat_max"], res["vc_rhat_max"],
               flush=True)

@@ -218,6 +218,30 @@ def test_boundary_effects_are_the_separated_ones():
     assert IndependentEffects.find(binom).boundary_effects(binom).tolist() == [0, 1, 3]
 
 
+def test_left_out_pairs_by_brute_force():
+    """The within-effect pairs the joint correction leaves out: 1/12 of w'_i w'_j (z_i z_j / c)^3 over
+    the ordered pairs of distinct rows of one effect, pairs of identical design rows excepted."""
+    from mglm_core.quadrature import IndependentEffects
+
+    rng = np.random.default_rng(3)
+    g = np.repeat(np.arange(5), 4)
+    x = np.round(rng.normal(size=g.size), 1)
+    x[[1, 5]] = x[[0, 4]]  # two pairs of identical rows (same effect, same covariate)
+    Z = sp.csr_matrix((np.ones(g.size), (np.arange(g.size), g)))
+    y = rng.poisson(2.0, g.size).astype(float)
+    model = mg.BayesMixedGLM(y, np.column_stack([np.ones(g.size), x]), Z, np.zeros(5, int), family="poisson")
+    ie = IndependentEffects.find(model)
+    eta, sd = rng.normal(0.5, 0.3, g.size), 1.7
+    w = np.exp(eta)  # Poisson: weight and its derivative are the mean
+    c = np.bincount(g, weights=w) + 1 / sd**2
+    total = 0.0
+    for i in range(g.size):
+        for j in range(g.size):
+            if i != j and g[i] == g[j] and x[i] != x[j]:
+                total += w[i] * w[j] / c[g[i]] ** 3 / 12
+    assert ie.left_out_pairs(model, eta, sd) == pytest.approx(total, rel=1e-12)
+
+
 def test_tabulated_marginal_stays_proper_when_the_points_share_a_value():
     """A log-SD on which every point used has the same value (the others dropped) still gets a
     finite density integrating to one, not 0/0."""
