@@ -169,10 +169,12 @@ class IndependentEffects:
         _, w = fam.score_weight(self.y, er, self.trials)
         c = np.bincount(self.local, weights=self.z**2 * w, minlength=m) + 1.0 / sd**2
         q = fam.weight_derivative(self.y, er, self.trials) * self.z**3 / c[self.local] ** 1.5
-        pattern, n_pat = model.rows.row_patterns()
-        alike = np.unique(self.local.astype(np.int64) * n_pat + pattern[self.rows], return_inverse=True)[1]
+        if getattr(self, "_alike", None) is None:  # the rows' classes of identical design rows, once
+            pattern, n_pat = model.rows.row_patterns()
+            self._alike = np.unique(self.local.astype(np.int64) * n_pat + pattern[self.rows],
+                                    return_inverse=True)[1].ravel()
         return (float(np.sum(np.bincount(self.local, weights=q, minlength=m) ** 2))
-                - float(np.sum(np.bincount(alike.ravel(), weights=q) ** 2))) / 12.0
+                - float(np.sum(np.bincount(self._alike, weights=q) ** 2))) / 12.0
 
 
 class NestedMarginal:
