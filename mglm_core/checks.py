@@ -211,24 +211,25 @@ def as_names(names, count, what, per):
     return names
 
 
-def check_positive(value, name):
+def _check_number(value, name, positive):
+    what = "a positive" if positive else "a non-negative"
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise DataError(f"`{name}` must be a positive number; got {value!r}.") from None
-    if not (np.isfinite(v) and v > 0):
-        raise DataError(f"`{name}` must be a positive finite number; got {value!r}.")
+        raise DataError(f"`{name}` must be {what} number; got {value!r}.") from None
+    if not (np.isfinite(v) and (v > 0 if positive else v >= 0)):
+        raise DataError(f"`{name}` must be {what} finite number; got {value!r}.")
     return v
+
+
+def check_positive(value, name):
+    """``value`` as a float, which must be finite and > 0."""
+    return _check_number(value, name, positive=True)
 
 
 def check_nonnegative(value, name):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"`{name}` must be a non-negative number; got {value!r}.") from None
-    if not (np.isfinite(v) and v >= 0):
-        raise DataError(f"`{name}` must be a non-negative finite number; got {value!r}.")
-    return v
+    """``value`` as a float, which must be finite and >= 0."""
+    return _check_number(value, name, positive=False)
 
 
 def check_count(value, name):

@@ -20,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.special import expit
 
+from .checks import check_nonnegative
 from .errors import DataError
 
 __all__ = ["Simulation", "simulate_glmm", "simulate_arrays"]
@@ -64,16 +65,6 @@ def _check_int(value, name, low):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise DataError(f"`{name}` must be an integer >= {low}; got {value!r}.")
     return int(value)
-
-
-def _check_sd(value, name):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"`{name}` must be a non-negative number; got {value!r}.") from None
-    if not (np.isfinite(v) and v >= 0):
-        raise DataError(f"`{name}` must be a non-negative number; got {value!r}.")
-    return v
 
 
 def _check_family(family):
@@ -121,7 +112,7 @@ def simulate_glmm(family="binomial", n_groups=30, group_size=20, fe=None, sd=0.8
     family = _check_family(family)
     n_groups = _check_int(n_groups, "n_groups", 2)
     group_size = _check_int(group_size, "group_size", 1)
-    sd = _check_sd(sd, "sd")
+    sd = check_nonnegative(sd, "sd")
     default = {"Intercept": -0.5, "x": 1.0} if family == "binomial" else {"Intercept": 0.5, "x": 0.3}
     if fe is not None and (not isinstance(fe, dict) or set(fe) - set(default)):
         raise DataError(f"`fe` must be a dict with keys among 'Intercept' and 'x'; got {fe!r}.")
@@ -141,7 +132,7 @@ def simulate_glmm(family="binomial", n_groups=30, group_size=20, fe=None, sd=0.8
     re = {"g": pd.Series(u, index=[f"g{c + 1:0{width}d}" for c in range(n_groups)])}
     if n_groups2 is not None:
         n_groups2 = _check_int(n_groups2, "n_groups2", 2)
-        sd2 = _check_sd(sd2, "sd2")
+        sd2 = check_nonnegative(sd2, "sd2")
         w2 = len(str(n_groups2))
         h_codes = rng.integers(0, n_groups2, size=n)
         v = rng.normal(scale=sd2, size=n_groups2)
@@ -174,7 +165,7 @@ def simulate_arrays(n, q, family="binomial", *, n_factors=1, sd=0.8, fe=(-0.5, 1
     n_factors = _check_int(n_factors, "n_factors", 1)
     if q // n_factors < 2:
         raise DataError(f"`q` must give each of the {n_factors} factors at least 2 levels; got q = {q}.")
-    sd = _check_sd(sd, "sd")
+    sd = check_nonnegative(sd, "sd")
     fe = np.asarray(fe, dtype=float)
     if fe.shape != (2,):
         raise DataError(f"`fe` must be (intercept, slope of x); got {fe.tolist()!r}.")

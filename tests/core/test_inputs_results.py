@@ -262,7 +262,7 @@ def test_fit_vb_starts_where_a_raw_scale_random_slope_does_not_overflow():
 @pytest.mark.parametrize("call,match", [
     (lambda: mg.simulate.simulate_glmm(n_groups=1), "`n_groups` must be an integer >= 2; got 1"),
     (lambda: mg.simulate.simulate_glmm(sd="a"), "`sd` must be a non-negative number; got 'a'"),
-    (lambda: mg.simulate.simulate_glmm(n_groups2=5, sd2=-1), "`sd2` must be a non-negative number; got -1"),
+    (lambda: mg.simulate.simulate_glmm(n_groups2=5, sd2=-1), "`sd2` must be a non-negative finite number; got -1"),
     (lambda: mg.simulate.simulate_glmm(fe={"z": 1}), "`fe` must be a dict with keys among"),
     (lambda: mg.simulate.simulate_glmm("poisson", trials=5), "`trials` must be None for the poisson family"),
     (lambda: mg.simulate.simulate_glmm("gamma"), "`family` must be 'binomial' or 'poisson'"),
@@ -270,7 +270,7 @@ def test_fit_vb_starts_where_a_raw_scale_random_slope_does_not_overflow():
     (lambda: mg.simulate.simulate_arrays(100, 10, n_factors=0), "`n_factors` must be an integer >= 1; got 0"),
     (lambda: mg.simulate.simulate_arrays(100, 3, n_factors=2), "at least 2 levels; got q = 3"),
     (lambda: mg.simulate.simulate_arrays(100, 10, fe=(1, 2, 3)), r"`fe` must be \(intercept, slope of x\)"),
-    (lambda: mg.simulate.simulate_arrays(100, 10, sd=-1), "`sd` must be a non-negative number; got -1"),
+    (lambda: mg.simulate.simulate_arrays(100, 10, sd=-1), "`sd` must be a non-negative finite number; got -1"),
 ])
 def test_simulation_arguments_are_checked(call, match):
     with pytest.raises(mg.DataError, match=match):
