@@ -51,7 +51,7 @@ and a large SD (binary data, one or two children per mother: guImmun) it runs aw
 When it varies by more than 3 over the mode and the axial points :math:`z = \pm 3`
 (checked before the design is laid out), or the terms it leaves out for the effects of the
 conditionally independent component (pairs of different rows of one effect,
-:meth:`~mglm_core.quadrature.IndependentEffects.left_out_pairs`) vary by more than 0.75 there (a few
+:meth:`~mglm_core.quadrature.IndependentEffects.left_out_pairs`) vary by more than 0.5 there (a few
 binary or low-count rows per effect: the series is unreliable before it runs away; binary groups of
 four rows with an SD of 3 had the log-SD 0.18 posterior SDs low), or when an effect's exact one-dimensional conditional
 posterior at the mode has its mean more than 0.35 conditional SDs from the Laplace mean
@@ -105,7 +105,7 @@ _GRID_MAX_K = 3
 _GRID_TOL = 1e-7  # inner Newton decrement at the integration points
 _FREE_STEP = 3e-2  # ... where a last Newton step is taken on the previous factorisation (newton_ascent)
 _SPREAD_MAX = 3.0  # largest range of the second-order correction over the probe points
-_LEFT_OUT_MAX = 0.75  # ... and of the pairs of an effect's rows it leaves out (IndependentEffects.left_out_pairs)
+_LEFT_OUT_MAX = 0.5  # ... and of the pairs of an effect's rows it leaves out (IndependentEffects.left_out_pairs)
 _PROBE_Z = 3.0  # the probe points: the mode and z = +-_PROBE_Z along the axes
 _SKEW_MAX = 1.15  # the axial design (split normals) when no axis's scale is beyond this factor of 1
 _SKEW_FAR = 1.1  # ... and none measured at the probe points z = +-3 beyond this

@@ -132,23 +132,25 @@ def test_all_zero_poisson_groups_with_a_large_sd():
 
 
 @pytest.mark.parametrize("name,err_before", [("sim_binary_groups4_sd3", 0.18), ("sim_poisson_lowcount_crossed", 0.16),
-                                             ("sim_binary_60x10_sd2", 0.185), ("sim_binary_200x10_sd15", 0.143)])
+                                             ("sim_binary_60x10_sd2", 0.185), ("sim_binary_200x10_sd15", 0.143),
+                                             ("sim_poisson_20x2_sd2", 0.093), ("sim_poisson_20x5_sd1", 0.083)])
 def test_left_out_pairs_switch_to_exact_inner_integration(name, err_before):
     """Binary groups of 4 rows with an SD of 3; Poisson groups of 3 low counts (SD 1.5) crossed with
-    8 items; binary groups of 10 rows with SDs of 2 and 1.5: the second-order correction is tame (its
-    range at most 1.3 over the probe points) and no effect is far from Gaussian, yet the corrected
-    Laplace density put the groups' log-SD 0.14-0.19 posterior SDs low (the first two held-out cases,
+    8 items; binary groups of 10 rows with SDs of 2 and 1.5; Poisson groups of 2 and 5 low counts: the
+    second-order correction is tame (its range at most 1.3 over the probe points) and no effect is far
+    from Gaussian, yet the corrected Laplace density put the groups' log-SD 0.08-0.19 posterior SDs low
+    (and the fixed effects' SDs 7-8 % short for the Poisson pairs) (the first two were held-out cases,
     first run against NUTS after the harness was built). The correction keeps only pairs of identical
-    rows of an effect; the pairs of its other rows, which it leaves out, vary by 1.0-3.4 log units
+    rows of an effect; the pairs of its other rows, which it leaves out, vary by 0.6-3.4 log units
     there (at most 0.4 on every case that needs no switch). The fit integrates the groups exactly,
     and the error falls to 0.04 or less."""
     ref = _reference(name)
     res = BY_NAME[name].model().fit_laplace()
-    assert res.extra["left_out_spread"] > 1.0 and res.extra["correction_spread"] < 3.0
+    assert res.extra["left_out_spread"] > 0.5 and res.extra["correction_spread"] < 3.0
     assert any("pairs of observations of one g effect" in w and "integrated exactly" in w for w in res.warnings)
     _assert_bars(res, ref)
     err = np.abs(res.vcp_mean - np.array(ref["vcp_mean"])) / np.array(ref["vcp_sd"])
-    assert err[res.vcp_names.index("g")] < err_before / 4
+    assert err[res.vcp_names.index("g")] < min(err_before / 3, 0.04)
 
 
 @pytest.mark.slow
