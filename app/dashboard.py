@@ -9,6 +9,7 @@ session (``app/main.py``) and a notebook displays it directly::
 from __future__ import annotations
 
 import io
+import re
 
 import pandas as pd
 import panel as pn
@@ -18,6 +19,24 @@ from app import adapter, plots
 from app.live import LivePlot
 from app.data import DEMOS, MAX_UPLOAD_MB, column_overview
 from app.state import AppState, problem_size
+
+
+def literal_markdown(text: str) -> str:
+    """Markdown that shows ``text`` as written: punctuation escaped (a formula's ``**`` or
+    ``__import__`` is not emphasis), and the indented lines of a formula error (the formula and the
+    caret under the bad token) kept as a monospaced block."""
+    out, block = [], []
+    for line in str(text).split("\n"):
+        if line.startswith("    "):
+            block.append(line[4:])
+            continue
+        if block:
+            out.append("```text\n" + "\n".join(block) + "\n```")
+            block = []
+        out.append(re.sub(r"([\\`*_{}\[\]<>()#+\-!|~])", r"\\\1", line))
+    if block:
+        out.append("```text\n" + "\n".join(block) + "\n```")
+    return "\n\n".join(part for part in out if part)
 
 ACCENT = plots.COLORS["accent"]
 OWN_DATA = "(uploaded or simulated data)"
@@ -61,7 +80,7 @@ class Dashboard(pn.viewable.Viewer):
     # ------------------------------------------------------------------ helpers
     def _alert(self, key: str, alert_type: str = "danger") -> pn.pane.Alert:
         errors = self.state.param.errors
-        return pn.pane.Alert(pn.bind(lambda e: e.get(key, ""), errors), alert_type=alert_type,
+        return pn.pane.Alert(pn.bind(lambda e: literal_markdown(e.get(key, "")), errors), alert_type=alert_type,
                              visible=pn.bind(lambda e: bool(e.get(key)), errors),
                              sizing_mode="stretch_width", margin=(2, 5), css_classes=[f"alert-{key}"])
 
@@ -342,13 +361,13 @@ class Dashboard(pn.viewable.Viewer):
         color = {"done": "#059669", "error": "#dc2626", "stale": "#d97706"}.get(status, "#2563eb")
         badge = (f'<span style="background:{color};color:white;border-radius:4px;padding:2px 8px;'
                  f'font-size:0.8em;font-weight:600;margin-right:8px">{label}</span>') if label else ""
-        return f"{badge}{message}" if message else ""
+        return f"{badge}{literal_markdown(message)}" if message else ""
 
     @staticmethod
     def _diag_text(warnings):
         if not warnings:
             return ""
-        return "**Diagnostics**\n\n" + "\n".join(f"- {w}" for w in warnings)
+        return "**Diagnostics**\n\n" + "\n".join(f"- {literal_markdown(w)}" for w in warnings)
 
     def _truth(self, truth, key):
         return (truth or {}).get(key) or None

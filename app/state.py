@@ -59,6 +59,16 @@ class DataState(param.Parameterized):
             self.param.update(df=df, dataset=name, source=source or name, version=self.version + 1)
 
 
+def quote_column(name: str) -> str:
+    """A column name as the formula grammar reads it: bare if it is a plain ASCII identifier that is
+    not a Python keyword or a formula function, else in backticks."""
+    import keyword
+    import re
+
+    plain = re.fullmatch(r"[A-Za-z_][A-Za-z_0-9]*", name) and not keyword.iskeyword(name)
+    return name if plain and name not in ("C", "I", "np") else f"`{name}`"
+
+
 class ModelSpec(param.Parameterized):
     """What to fit. Column choices are offered by role (numeric vs categorical)."""
 
@@ -92,13 +102,15 @@ class ModelSpec(param.Parameterized):
         return list(self.fixed_numeric) + list(self.fixed_factors)
 
     def built_formula(self) -> str:
-        """The formula implied by the column choices (lme4 syntax)."""
+        """The formula implied by the column choices (lme4 syntax); a column whose name is not a plain
+        identifier (spaces, accents, a Python keyword) is quoted in backticks."""
         if not self.response:
             return ""
-        rhs = self.fixed or ["1"]
-        terms = [f"(1 | {g})" for g in self.groups]
-        terms += [f"(0 + {s} | {g})" for g in self.groups for s in self.slopes]
-        return f"{self.response} ~ " + " + ".join(list(rhs) + terms)
+        q = quote_column
+        rhs = [q(c) for c in self.fixed] or ["1"]
+        terms = [f"(1 | {q(g)})" for g in self.groups]
+        terms += [f"(0 + {q(s)} | {q(g)})" for g in self.groups for s in self.slopes]
+        return f"{q(self.response)} ~ " + " + ".join(rhs + terms)
 
     def formula(self) -> str:
         return self.formula_text.strip() if self.use_formula else self.built_formula()
@@ -430,6 +442,9 @@ class AppState(param.Parameterized):
             return
         names = {e.name for e in events}
         spec = self.spec
+        if "family" in names and spec.family == "poisson" and spec.trials != NONE:
+            spec.trials = NONE  # Poisson has no trials (the watcher fires again)
+            return
         if names == {"formula_text"} and not spec.use_formula and spec.formula_text.strip() != spec.built_formula():
             spec.use_formula = True  # the user typed a formula: use it (the watcher fires again)
             return
@@ -614,6 +629,20 @@ class AppState(param.Parameterized):
             warnings=diagnostics(outcome, self.fit.n_dropped, outcome.request.family),
             message=(f"{adapter.method_label(outcome.request.method)} fit of {outcome.request.formula} "
                      f"on {len(outcome.request.data):,} rows: {conv} in {outcome.seconds:.2f} s."))
+        if not self._rerun and self._signature(outcome.request) != self._signature():
+            # the model changed while this fit ran (a change that does not refit live only marked the
+            # result out of date, which the finished fit must not overwrite)
+            self.request_fit()
+
+    def _signature(self, request=None):
+        """What a fit depends on: of ``request``, or of the current data and spec."""
+        if request is not None:
+            return (request.data_key, request.formula, request.family, request.method,
+                    request.trials, request.offset, request.fe_p, request.vcp_p)
+        s = self.spec
+        data_key = f"{self.data.version}:{','.join(self.data.categorical)}"  # as make_request builds it
+        return (data_key, s.formula(), s.family, s.method, None if s.trials == NONE else s.trials,
+                None if s.offset == NONE else s.offset, float(s.fe_p), float(s.vcp_p))
 
     def _fit_failed(self, exc: Exception) -> None:
         if isinstance(exc, adapter.MglmError):

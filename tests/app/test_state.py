@@ -232,3 +232,45 @@ def test_a_slow_model_is_live_again_after_a_quick_fit():
     assert st.fit_now() and not st.is_live()
     st.live_seconds = 60.0
     assert st.fit_now() and st.is_live()  # the same model, fitted quickly this time
+
+
+def test_columns_with_spaces_and_accents_are_quoted_in_the_built_formula():
+    """An upload whose column names are not identifiers: the sidebar's formula quotes them and fits."""
+    from app.state import quote_column
+
+    assert [quote_column(c) for c in ("y", "x 1", "Größe", "class", "C", "温度")] == \
+        ["y", "`x 1`", "`Größe`", "`class`", "`C`", "`温度`"]
+    df = load_demo("cbpp").rename(columns={"incidence": "new cases", "herd": "Herde (Größe)", "period": "x 1"})
+    st = AppState()
+    assert st.load_upload("u.csv", df.to_csv(index=False).encode(), fit=False)
+    st.spec.param.update(response="new cases", family="binomial", trials="size", groups=["Herde (Größe)"],
+                         fixed_numeric=[], fixed_factors=[])
+    st.spec.method = "vb"
+    assert st.spec.formula() == "`new cases` ~ 1 + (1 | `Herde (Größe)`)"
+    assert st.fit_now(), st.errors
+    assert st.fit.result.vcp_names == ["Herde (Größe)"]
+
+
+def test_switching_to_poisson_clears_the_trials(cbpp_state):
+    cbpp_state.spec.auto_fit = False
+    cbpp_state.spec.family = "poisson"
+    assert cbpp_state.spec.trials == NONE and "trials" not in " ".join(cbpp_state.errors.values())
+
+
+def test_a_fit_that_finishes_after_the_model_changed_is_not_shown_as_current(cbpp_state):
+    """A change during a fit that does not refit live marks the result out of date; the fit that was
+    running when it came must not show FITTED for a model the sidebar no longer shows."""
+    old = cbpp_state.fit.outcome
+    cbpp_state.spec.auto_fit = False
+    cbpp_state.spec.fe_p = 0.5  # not live: marked out of date
+    assert cbpp_state.fit.status == "stale"
+    cbpp_state._fit_done(old)  # the fit of the previous model finishes now
+    assert cbpp_state.fit.status == "stale" and "press Fit" in cbpp_state.fit.message
+
+
+def test_messages_are_shown_as_written():
+    from app.dashboard import literal_markdown
+
+    md = literal_markdown("formula: dunder name '__import__' is not allowed\n    y ~ __import__('os')\n        ^^^^")
+    assert "\\_\\_import\\_\\_" in md and "```text\ny ~ __import__('os')\n    ^^^^\n```" in md
+    assert literal_markdown("I(x + 9.0**9.0)") == "I\\(x \\+ 9.0\\*\\*9.0\\)"
