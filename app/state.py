@@ -347,7 +347,9 @@ class AppState(param.Parameterized):
     live_seconds = param.Number(default=1.5, doc="A model whose last fit took longer refits only on the Fit button.")
 
     _SPEC_KEYS = ["response", "trials", "fixed_numeric", "fixed_factors", "groups", "slopes", "offset", "family",
-                  "method", "fe_p", "vcp_p", "use_formula", "formula_text"]
+                  "method", "fe_p", "vcp_p", "use_formula", "formula_text", "auto_fit"]
+    #: the sidebar's column choices: changing one after typing a formula goes back to the built formula
+    _ROLE_KEYS = {"response", "fixed_numeric", "fixed_factors", "groups", "slopes"}
 
     def __init__(self, **params):
         params.setdefault("data", DataState())
@@ -445,6 +447,9 @@ class AppState(param.Parameterized):
         if "family" in names and spec.family == "poisson" and spec.trials != NONE:
             spec.trials = NONE  # Poisson has no trials (the watcher fires again)
             return
+        if spec.use_formula and names & self._ROLE_KEYS:
+            spec.use_formula = False  # the latest choice wins: the sidebar's columns (the watcher fires again)
+            return
         if names == {"formula_text"} and not spec.use_formula and spec.formula_text.strip() != spec.built_formula():
             spec.use_formula = True  # the user typed a formula: use it (the watcher fires again)
             return
@@ -492,6 +497,8 @@ class AppState(param.Parameterized):
                 and self._slow_key() not in self._slow)
 
     def _not_live_reason(self) -> str:
+        if not self.spec.auto_fit:
+            return "live refits are switched off"
         if self._slow_key() in self._slow:
             return (f"its last fit took {self._slow[self._slow_key()]:.1f} s; live refits are for fits under "
                     f"{self.live_seconds:g} s")

@@ -274,3 +274,23 @@ def test_messages_are_shown_as_written():
     md = literal_markdown("formula: dunder name '__import__' is not allowed\n    y ~ __import__('os')\n        ^^^^")
     assert "\\_\\_import\\_\\_" in md and "```text\ny ~ __import__('os')\n    ^^^^\n```" in md
     assert literal_markdown("I(x + 9.0**9.0)") == "I\\(x \\+ 9.0\\*\\*9.0\\)"
+
+
+def test_a_sidebar_choice_after_a_typed_formula_takes_over(cbpp_state):
+    """Typed formula, then a column picked in the sidebar: the latest choice wins (the sidebar's
+    change was silently ignored while the typed formula stayed in use)."""
+    cbpp_state.spec.auto_fit = False
+    cbpp_state.spec.formula_text = "incidence ~ 1 + (1 | herd)"
+    assert cbpp_state.spec.use_formula and cbpp_state.spec.formula() == "incidence ~ 1 + (1 | herd)"
+    cbpp_state.spec.fixed_numeric = ["size"]
+    assert not cbpp_state.spec.use_formula
+    assert cbpp_state.spec.formula() == cbpp_state.spec.formula_text == "incidence ~ size + period + (1 | herd)"
+
+
+def test_live_refits_switched_off_say_so_and_on_again_refit(cbpp_state):
+    cbpp_state.debounce = 0
+    cbpp_state.spec.auto_fit = False
+    cbpp_state.spec.fe_p = 0.5
+    assert cbpp_state.fit.status == "stale" and "live refits are switched off" in cbpp_state.fit.message
+    cbpp_state.spec.auto_fit = True  # back on: the model is fitted again (synchronously here)
+    assert cbpp_state.fit.status == "done" and cbpp_state.fit.outcome.request.fe_p == 0.5
