@@ -329,6 +329,10 @@ class Dashboard(pn.viewable.Viewer):
         ok = self.state.load_upload(self.file_input.filename or "upload.csv", event.new)
         if ok:
             self.demo_select.value = OWN_DATA
+        # forget the file, so that choosing the same file again (after a demo, or after fixing it on disk)
+        # is a new upload: an unchanged value fires no event and the browser's input ignores the same file
+        self.file_input.value = None
+        self.file_input.clear()
 
     async def _on_fit_click(self, event):
         await self.state.fit_async()

@@ -192,6 +192,22 @@ def test_upload_csv_choose_columns_and_fit(page, tmp_path):
     assert page.console_errors == []
 
 
+def test_the_same_file_uploaded_again_loads_again(page, tmp_path):
+    """Upload, switch to a demo, upload the same file again: it loads (an unchanged upload value fired
+    no event and the browser's file input ignored the same file)."""
+    from app.data import load_demo
+
+    path = tmp_path / "again.csv"
+    load_demo("cbpp_long").to_csv(path, index=False)
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    page.get_by_text("again.csv: 842 rows").first.wait_for(timeout=30_000)
+    page.locator("select").first.select_option("Salamanders")
+    page.get_by_text("Salamanders: 644 rows").first.wait_for(timeout=30_000)
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    page.get_by_text("again.csv: 842 rows").first.wait_for(timeout=30_000)
+    assert page.console_errors == []
+
+
 def test_bad_file_shows_message_and_keeps_result(page, tmp_path):
     forest = wait_sources(page, ["term", "mean", "y"], lambda s: len(s["mean"]) == 4)
     bad = tmp_path / "bad.csv"
