@@ -127,7 +127,6 @@ def sd_density_plot(results, truth: dict | None = None, components: list[str] | 
     results = _as_dict(results)
     multi = len(results) > 1
     layers = []
-    ymax = 0.0
     curves = []
     for i, (label, res) in enumerate(results.items()):
         summ = sd_summary(res).set_index("component")
@@ -136,9 +135,13 @@ def sd_density_plot(results, truth: dict | None = None, components: list[str] | 
             color = _color(label, i) if multi else PALETTE[j % len(PALETTE)]
             d = sd_density_data(res, name)
             d["method"] = METHOD_NAMES.get(label, label)
-            ymax = max(ymax, float(np.nanmax(d["density"])) if len(d) else 0.0)
             lab = f"{name} ({METHOD_NAMES.get(label, label)})" if multi else name
             curves.append((d, color, lab, summ.loc[name], j + i * len(names)))
+    # A collapsed posterior (the joint mode's SD near 0: a spike millions high) would flatten every other
+    # curve: the height is set by the others, and the spike runs off the top
+    peaks = np.array([float(np.nanmax(d["density"])) if len(d) else 0.0 for d, *_ in curves])
+    spikes = peaks > 20.0 * np.median(peaks) if peaks.size > 1 else np.zeros(peaks.size, bool)
+    ymax = float(peaks[~spikes].max()) if (~spikes).any() else float(peaks.max(initial=0.0))
     for d, color, lab, s, k in curves:
         hover = [("component", "@component"), ("SD", "@sd{0.0000}"), ("density", "@density{0.000}")]
         layers.append(hv.Area(d, "sd", ["density", "component", "method"]).opts(
@@ -160,9 +163,12 @@ def sd_density_plot(results, truth: dict | None = None, components: list[str] | 
                                                                   line_width=2.5))
     if not layers:
         return empty_plot("No variance components")
+    ylim = {}
+    if spikes.any() and ymax > 0:
+        ylim = {"ylim": (-ymax * (0.1 + 0.05 * max(k for *_, k in curves)), 1.15 * ymax)}
     return hv.Overlay(layers).opts(hv.opts.Overlay(
         title="Random-effect SDs: posterior density, median and 95 % interval", xlabel="standard deviation",
-        ylabel="density", legend_position="top_right", min_height=max(220, height), **_BASE))
+        ylabel="density", legend_position="top_right", min_height=max(220, height), **ylim, **_BASE))
 
 
 # --------------------------------------------------------------------------- caterpillar

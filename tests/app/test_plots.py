@@ -47,6 +47,23 @@ def test_sd_density_uses_vcp_density(cbpp_state):
     assert est["estimate"][0] == pytest.approx(res.vcp_table().loc["herd", "sd_median"])
 
 
+def test_a_collapsed_sd_does_not_flatten_the_other_densities(cbpp_state):
+    """cbpp's MAP SD collapses (a density spike millions high): the comparison's height is set by the
+    other methods' curves, whose peaks stay in view."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = cbpp_state.compare_methods(["map", "vb", "laplace"])
+    results = {m: o.result for m, o in out.items()}
+    fig = hv.render(plots.sd_density_plot(results), backend="bokeh")
+    peaks = {str(d["method"][0]): float(np.max(d["density"])) for d in
+             (m.data for m in fig.select(type=ColumnDataSource)) if "density" in d and "method" in d}
+    assert peaks["Laplace (MAP)"] > 1e3 * peaks["VB"]
+    top = fig.y_range.end
+    assert max(peaks["VB"], peaks["Integrated Laplace"]) < top < 1.5 * max(peaks["VB"], peaks["Integrated Laplace"])
+
+
 def test_caterpillar_sorted_with_search_and_top_k(cbpp_state):
     res = cbpp_state.fit.result
     df = plots.caterpillar_data(res, "herd")
