@@ -62,6 +62,8 @@ class FitRequest:
     offset: str | None = None
     fe_p: float = 2.0
     vcp_p: float = 1.0
+    #: a two-level text or True/False response: (level counted 0, level counted 1); None for numbers
+    response_levels: tuple | None = None
 
     @property
     def key(self) -> tuple:
@@ -171,6 +173,13 @@ def snippet(request: FitRequest, data_source: str) -> str:
     args.append(f"    vcp_p={request.vcp_p!r},")
     cat_cols = [c for c in request.data.columns if isinstance(request.data[c].dtype, pd.CategoricalDtype)]
     lines = ["import pandas as pd", "import mglm_core as mg", "", f"df = pd.read_csv({data_source!r})"]
+    if request.response_levels is not None:
+        from mglm_core.design import formula_columns
+
+        resp = formula_columns(request.formula).response[0]
+        one = str(request.response_levels[1])
+        lines.append(f"df[{resp!r}] = (df[{resp!r}].astype(str) == {one!r}).astype(float).where(df[{resp!r}].notna())"
+                     f"  # {one!r} = 1")
     for c in cat_cols:
         levels = [str(x) for x in request.data[c].cat.categories]
         if len(levels) <= 30:

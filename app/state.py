@@ -13,6 +13,7 @@ parameters (log-SD of each random-effect term), ``vc`` the random effects themse
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import OrderedDict
 
@@ -181,6 +182,20 @@ def formula_parts(formula: str) -> tuple[str, list[str], list[str]]:
     return (response[0] if response else ""), fixed, groups
 
 
+def binary_levels(s: pd.Series) -> tuple | None:
+    """The two levels of a text or True/False column as (counted 0, counted 1): False/True, or the
+    two texts in sorted order ("no" < "yes"); None for numbers or another number of levels."""
+    if is_numeric(s):
+        return None
+    vals = list(pd.unique(s.dropna()))
+    if len(vals) != 2:
+        return None
+    if all(isinstance(v, (bool, np.bool_)) for v in vals):
+        return (False, True)
+    lo, hi = sorted(vals, key=str)
+    return (lo, hi)
+
+
 def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
     """Check the model against the data; returns {control: plain-words message}. Empty = fine."""
     errors: dict[str, str] = {}
@@ -208,16 +223,17 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
     y = df[response]
     trials = spec.trials if spec.trials != NONE else None
     if spec.family == "binomial":
-        if not is_numeric(y):
-            errors["response"] = (f"Response {response!r} is text. The binomial family needs 0/1 values, or success "
-                                  "counts together with a trials column.")
+        if not is_numeric(y) and (binary_levels(y) is None or trials):
+            errors["response"] = (f"Response {response!r} is text. The binomial family needs 0/1 values, a column "
+                                  "with two levels (such as yes/no), or success counts together with a trials "
+                                  "column.")
         elif trials:
             n = df[trials]
             bad = (y < 0) | (y > n)
             if bad.any():
                 errors["response"] = (f"Response {response!r} must be between 0 and the trials column {trials!r}; "
                                       f"{int(bad.sum())} rows are not.")
-        else:
+        elif is_numeric(y):  # (a two-level text column is mapped to 0/1 in prepare_data)
             vals = set(pd.unique(y.dropna()))
             if not vals <= {0, 1}:
                 errors["response"] = (f"Response {response!r} is not binary (values from {y.min():g} to {y.max():g}). "
@@ -262,9 +278,15 @@ def prepare_data(spec: ModelSpec, data: DataState) -> tuple[pd.DataFrame, int]:
     extra = [spec.trials, spec.offset]
     used = _used_columns(formula, data.columns, extra)
     sub = df[used].copy()
-    _, _, groups = formula_parts(formula)
+    response, _, groups = formula_parts(formula)
+    levels01 = binary_levels(sub[response]) if spec.family == "binomial" and response in sub else None
+    if levels01 is not None:  # yes/no, True/False: the second level counts as a success
+        s = sub[response]
+        sub[response] = (s == levels01[1]).astype(float).where(s.notna())
     for c in used:
         s = sub[c]
+        if c == response and levels01 is not None:
+            continue
         if c in groups or c in data.categorical or not is_numeric(s):
             if not isinstance(s.dtype, pd.CategoricalDtype):
                 text = s.astype(str).where(s.notna())  # vectorised str(v); missing stays missing
@@ -307,6 +329,10 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
             out.append(w)
     if n_dropped:
         out.append(f"{n_dropped} rows with missing values in the model's columns were left out.")
+    levels = getattr(outcome.request, "response_levels", None)
+    if levels is not None:
+        out.append(f"The response is text with two levels: {str(levels[1])!r} counts as a success (1), "
+                   f"{str(levels[0])!r} as a failure (0).")
     try:
         vt = adapter.vcp_table(res)
         col = "sd_median" if "sd_median" in vt.columns else None
@@ -419,9 +445,10 @@ class AppState(param.Parameterized):
         spec, data = self.spec, self.data
         num, cat = data.numeric_columns, data.categorical_columns
         binary = [c for c in num if set(pd.unique(data.df[c].dropna())) <= {0, 1}]
+        binary += [c for c in cat if binary_levels(data.df[c]) is not None]  # yes/no, True/False
         response = binary[0] if binary else (num[0] if num else (data.columns[0] if data.columns else None))
         fam = "binomial" if response in binary else "poisson"
-        groups = [c for c in cat if 1 < data.df[c].nunique() < len(data.df)][:1]
+        groups = [c for c in cat if c != response and 1 < data.df[c].nunique() < len(data.df)][:1]
         spec.param.update(response=response, family=fam, groups=groups, fixed_numeric=[], fixed_factors=[])
         spec.formula_text = spec.built_formula()
 
@@ -514,11 +541,14 @@ class AppState(param.Parameterized):
         df, n_dropped = prepare_data(self.spec, self.data)
         self.fit.n_dropped = n_dropped
         cats = ",".join(self.data.categorical)
+        response = formula_parts(self.spec.formula())[0]
+        levels01 = (binary_levels(self.data.df[response]) if self.spec.family == "binomial"
+                    and response in self.data.columns else None)
         return adapter.FitRequest(
             data=df, data_key=f"{self.data.version}:{cats}", formula=self.spec.formula(), family=self.spec.family,
             method=self.spec.method, trials=None if self.spec.trials == NONE else self.spec.trials,
             offset=None if self.spec.offset == NONE else self.spec.offset, fe_p=float(self.spec.fe_p),
-            vcp_p=float(self.spec.vcp_p))
+            vcp_p=float(self.spec.vcp_p), response_levels=levels01)
 
     def request_fit(self, immediate: bool = False) -> None:
         """Called after any change: live refit (debounced) for small models, else mark the result stale."""
@@ -671,9 +701,7 @@ class AppState(param.Parameterized):
         out = {}
         methods = methods or list(self.spec.param.method.objects.values())
         for m in methods:
-            req = adapter.FitRequest(data=base.data, data_key=base.data_key, formula=base.formula,
-                                     family=base.family, method=m, trials=base.trials, offset=base.offset,
-                                     fe_p=base.fe_p, vcp_p=base.vcp_p)
+            req = dataclasses.replace(base, method=m)
             oc = self._cache.get(req.key) or adapter.fit(req)
             self._cache[req.key] = oc
             out[m] = oc

@@ -294,3 +294,21 @@ def test_live_refits_switched_off_say_so_and_on_again_refit(cbpp_state):
     assert cbpp_state.fit.status == "stale" and "live refits are switched off" in cbpp_state.fit.message
     cbpp_state.spec.auto_fit = True  # back on: the model is fitted again (synchronously here)
     assert cbpp_state.fit.status == "done" and cbpp_state.fit.outcome.request.fe_p == 0.5
+
+
+@pytest.mark.parametrize("values, one", [(["no", "yes"], "yes"), ([False, True], True)])
+def test_a_two_level_text_response_is_a_binary_outcome(values, one):
+    """yes/no or True/False outcomes: guessed as the binomial response, fitted as 0/1 (the second level,
+    or True, a success), said so in the diagnostics, and the reproducing snippet maps them the same way."""
+    df = load_demo("cbpp_long")
+    df["y"] = np.where(df["y"] == 1, values[1], values[0])
+    st = AppState()
+    assert st.load_upload("yn.csv", df.to_csv(index=False).encode(), fit=False)
+    assert st.spec.response == "y" and st.spec.family == "binomial" and "y" not in st.spec.groups
+    st.spec.param.update(groups=["herd"], method="vb")
+    assert validate(st.spec, st.data) == {} and st.fit_now(), st.errors
+    ref = mg.BayesMixedGLM.from_formula("y ~ 1 + (1 | herd)", data=load_demo("cbpp_long")).fit_vb()
+    np.testing.assert_allclose(st.fit.result.fe_mean, ref.fe_mean, rtol=1e-6)
+    assert any(f"{str(one)!r} counts as a success" in w for w in st.fit.warnings)
+    code = adapter.snippet(st.fit.outcome.request, "yn.csv")
+    assert f"== {str(one)!r}" in code
