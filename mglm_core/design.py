@@ -1036,7 +1036,8 @@ class DesignSpec:
                         )
                 if s.dtype == dtype or len(by_text) != len(levels):
                     continue
-                new = s.map(lambda v: v if pd.isna(v) else by_text.get(str(v), v)).astype(object)
+                mapped = s.astype(str).map(by_text)  # vectorised: the fitted level with the same text
+                new = mapped.where(mapped.notna() | s.isna(), s.astype(object)).astype(object)
                 if isinstance(dtype, pd.CategoricalDtype):
                     new = new.astype(dtype)
             else:
