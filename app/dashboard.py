@@ -423,6 +423,8 @@ class Dashboard(pn.viewable.Viewer):
             df = pd.concat([fe, vc], ignore_index=True)
             df["method"] = plots.METHOD_NAMES.get(m, m)
             df["seconds"] = oc.seconds
+            notes = ([] if adapter.converged(oc.result) else ["did not converge"]) + list(oc.warnings)
+            df["notes"] = "; ".join(notes)  # a collapsed SD or a failed Hessian is said next to its numbers
             frames.append(df)
         return pd.concat(frames, ignore_index=True)
 

@@ -718,7 +718,9 @@ class AppState(param.Parameterized):
         if out:
             self.fit.comparison = out
             self.fit.compare_status = "  |  ".join(
-                f"{adapter.method_label(m)}: {oc.seconds:.2f} s" for m, oc in out.items())
+                f"{adapter.method_label(m)}: {oc.seconds:.2f} s" + (" (see its notes in the table)" if oc.warnings
+                                                                   or not adapter.converged(oc.result) else "")
+                for m, oc in out.items())
         else:
             self.fit.compare_status = "Fix the model first (see the messages in the sidebar)."
 

@@ -165,6 +165,12 @@ def test_compare_methods(cbpp_state):
     out = cbpp_state.compare_methods(["map", "vb"])
     assert set(out) == {"map", "vb"}
     assert out["vb"].result.method == "vb"
+    # each method's warnings stand next to its numbers (cbpp's MAP SD collapses to 0)
+    from app.dashboard import Dashboard
+
+    table = Dashboard._compare_table(out)
+    notes = table.groupby("method")["notes"].first()
+    assert "Degenerate mode" in notes["Laplace (MAP)"] and "Degenerate" not in notes["VB"]
 
 
 def test_snippet_refits_same_model(cbpp_state, tmp_path, monkeypatch):
