@@ -329,6 +329,13 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
             out.append(w)
     if n_dropped:
         out.append(f"{n_dropped} rows with missing values in the model's columns were left out.")
+    off = outcome.request.offset
+    if off and off in outcome.request.data.columns:
+        v = outcome.request.data[off].to_numpy(dtype=float)
+        if v.size and np.all(v >= 1) and np.all(v == np.round(v)) and v.max() >= 5:
+            out.append(f"The offset {off!r} enters the linear predictor as it is, and its values ({v.min():g} to "
+                       f"{v.max():g}, whole numbers) look like an exposure itself: for rates per unit of it, "
+                       "use its logarithm (a column log(exposure)).")
     levels = getattr(outcome.request, "response_levels", None)
     if levels is not None:
         out.append(f"The response is text with two levels: {str(levels[1])!r} counts as a success (1), "

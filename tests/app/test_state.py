@@ -318,3 +318,17 @@ def test_a_two_level_text_response_is_a_binary_outcome(values, one):
     assert any(f"{str(one)!r} counts as a success" in w for w in st.fit.warnings)
     code = adapter.snippet(st.fit.outcome.request, "yn.csv")
     assert f"== {str(one)!r}" in code
+
+
+def test_an_offset_that_looks_like_a_raw_exposure_is_pointed_out():
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    st.spec.param.update(family="poisson", offset="size", method="vb")
+    assert st.fit_now(), st.errors
+    assert any("'size' enters the linear predictor as it is" in w for w in st.fit.warnings)
+    st.data.df = st.data.df.assign(logsize=np.log(st.data.df["size"]))
+    st.data.version += 1
+    st.spec.update_columns(st.data)
+    st.spec.param.update(family="poisson", offset="logsize")
+    assert st.fit_now(), st.errors
+    assert not any("enters the linear predictor as it is" in w for w in st.fit.warnings)
