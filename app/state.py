@@ -519,6 +519,18 @@ class AppState(param.Parameterized):
         errors[key] = message
         self.errors = errors
 
+    def _data_key(self) -> str:
+        """The data as a fit sees them: the version and the columns treated as categorical."""
+        return f"{self.data.version}:{','.join(self.data.categorical)}"
+
+    def _current_key(self) -> tuple:
+        """:attr:`adapter.FitRequest.key` of the current data and spec (without validating them)."""
+        s = self.spec
+        return adapter.FitRequest(data=None, data_key=self._data_key(), formula=s.formula(), family=s.family,
+                                  method=s.method, trials=None if s.trials == NONE else s.trials,
+                                  offset=None if s.offset == NONE else s.offset, fe_p=float(s.fe_p),
+                                  vcp_p=float(s.vcp_p)).key
+
     def _slow_key(self, request=None):
         """The model a fit time belongs to: of ``request``, or of the current spec."""
         r = request or self.spec
@@ -547,12 +559,11 @@ class AppState(param.Parameterized):
             return None
         df, n_dropped = prepare_data(self.spec, self.data)
         self.fit.n_dropped = n_dropped
-        cats = ",".join(self.data.categorical)
         response = formula_parts(self.spec.formula())[0]
         levels01 = (binary_levels(self.data.df[response]) if self.spec.family == "binomial"
                     and response in self.data.columns else None)
         return adapter.FitRequest(
-            data=df, data_key=f"{self.data.version}:{cats}", formula=self.spec.formula(), family=self.spec.family,
+            data=df, data_key=self._data_key(), formula=self.spec.formula(), family=self.spec.family,
             method=self.spec.method, trials=None if self.spec.trials == NONE else self.spec.trials,
             offset=None if self.spec.offset == NONE else self.spec.offset, fe_p=float(self.spec.fe_p),
             vcp_p=float(self.spec.vcp_p), response_levels=levels01)
@@ -673,20 +684,11 @@ class AppState(param.Parameterized):
             warnings=diagnostics(outcome, self.fit.n_dropped, outcome.request.family),
             message=(f"{adapter.method_label(outcome.request.method)} fit of {outcome.request.formula} "
                      f"on {len(outcome.request.data):,} rows: {conv} in {outcome.seconds:.2f} s."))
-        if not self._rerun and self._signature(outcome.request) != self._signature():
+        if not self._rerun and outcome.request.key != self._current_key():
             # the model changed while this fit ran (a change that does not refit live only marked the
             # result out of date, which the finished fit must not overwrite)
             self.request_fit()
 
-    def _signature(self, request=None):
-        """What a fit depends on: of ``request``, or of the current data and spec."""
-        if request is not None:
-            return (request.data_key, request.formula, request.family, request.method,
-                    request.trials, request.offset, request.fe_p, request.vcp_p)
-        s = self.spec
-        data_key = f"{self.data.version}:{','.join(self.data.categorical)}"  # as make_request builds it
-        return (data_key, s.formula(), s.family, s.method, None if s.trials == NONE else s.trials,
-                None if s.offset == NONE else s.offset, float(s.fe_p), float(s.vcp_p))
 
     def _fit_failed(self, exc: Exception) -> None:
         if isinstance(exc, adapter.MglmError):

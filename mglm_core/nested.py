@@ -872,8 +872,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         model=model, method="laplace", fe_mean=fe_mean, fe_sd=sd[:p], vcp_mean=vcp_mean, vcp_sd=sd[p:],
         vc_mean=vc_mean, vc_sd=np.sqrt(np.maximum(vc_var, 0.0)), diagnostics=diag, border_cov=cov,
         vcp_grid=grid, log_marginal_likelihood=float(log_ml),
-        extra={"vcp_mode": mode, "vcp_points": thetas, "weights": w, "correction_spread": spread, "left_out_spread": left_out,
-               "conditional_shift": cond_shift},
+        extra={"vcp_mode": mode, "vcp_points": thetas, "weights": w, "correction_spread": spread,
+               "left_out_spread": left_out, "conditional_shift": cond_shift},
     )
 
 

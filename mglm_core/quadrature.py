@@ -59,6 +59,13 @@ def _adaptive_rule(family, y, trials, a, z, local, group, u0, sc, prec, x, logw)
     return U, eta, top + np.log(total), pi, S, W
 
 
+def _curvature(family, y, eta, trials, z, local, m, sd):
+    r""":math:`c_j = \sum_{i \in j} z_i^2 w_i + 1/sd^2`: each effect's conditional curvature given the
+    rest (``local`` maps a row to its effect, 0..m-1)."""
+    _, w = family.score_weight(y, eta, trials)
+    return np.bincount(local, weights=z**2 * w, minlength=m) + 1.0 / sd**2
+
+
 class IndependentEffects:
     """The rows of one conditionally independent component and the Gauss–Hermite rule.
 
@@ -132,8 +139,7 @@ class IndependentEffects:
         trials = None if self.trials is None else self.trials[sel]
         fam = model.family
         eta_r = eta[self.rows[sel]]
-        _, w = fam.score_weight(y, eta_r, trials)
-        c = np.bincount(local, weights=z**2 * w, minlength=effects.size) + 1.0 / sd**2
+        c = _curvature(fam, y, eta_r, trials, z, local, effects.size, sd)
         s = 1.0 / np.sqrt(c)
         u0 = u[self.cols[effects]]
         group = sp.csr_matrix((np.ones(sel.size), (local, np.arange(sel.size))), shape=(effects.size, sel.size))
@@ -143,7 +149,6 @@ class IndependentEffects:
         t = np.sqrt(2.0) * self.x  # the nodes in units of s
         mean = p @ t
         return np.abs(mean), np.sqrt(np.maximum(p @ t**2 - mean**2, 0.0))
-
 
     def left_out_pairs(self, model, eta, sd):
         r"""The part of the second-order Laplace correction that the joint correction leaves out for
@@ -166,8 +171,7 @@ class IndependentEffects:
         m = self.cols.size
         fam = model.family
         er = eta[self.rows]
-        _, w = fam.score_weight(self.y, er, self.trials)
-        c = np.bincount(self.local, weights=self.z**2 * w, minlength=m) + 1.0 / sd**2
+        c = _curvature(fam, self.y, er, self.trials, self.z, self.local, m, sd)
         q = fam.weight_derivative(self.y, er, self.trials) * self.z**3 / c[self.local] ** 1.5
         if getattr(self, "_alike", None) is None:  # the rows' classes of identical design rows, once
             pattern, n_pat = model.rows.row_patterns()

@@ -75,8 +75,9 @@ def _start(model, mean, sd):
     if sd.shape != (n,) or np.any(~(sd > 0)):
         raise DataError(f"`sd` must be {n} positive values (fe, vcp, vc); got shape {sd.shape}.")
     pt = VBPoint(mean[:p], mean[p:p + k], mean[p + k:], sd[:p], sd[p:p + k], sd[p + k:])
-    if given_sd or _finite(elbo, pt):
-        return pt
+    value = _value(elbo, pt)
+    if given_sd or np.isfinite(value):
+        return pt, value
     # The SDs at 1 (log-SD 0) can be far too wide for a random slope of a covariate on a large raw
     # scale (heights in the hundreds): exp(eta) then overflows. Start the log-SDs at their conditional
     # mode given the random effects instead, and narrow the SDs until the ELBO is finite.
@@ -85,16 +86,18 @@ def _start(model, mean, sd):
     sd = _curvature_sd(elbo, mean)
     for _ in range(12):
         pt = VBPoint(mean[:p], mean[p:p + k], mean[p + k:], sd[:p], sd[p:p + k], sd[p + k:])
-        if _finite(elbo, pt):
-            return pt
+        value = _value(elbo, pt)
+        if np.isfinite(value):
+            return pt, value
         sd = sd * 0.1
     raise FitError("fit_vb could not find a starting point with a finite ELBO (the expected likelihood "
                    "overflows): check the scale of the covariates (center or scale them) or use fit_laplace().")
 
 
-def _finite(elbo, pt):
+def _value(elbo, pt):
+    """The ELBO at ``pt`` (inf or nan where the expected likelihood overflows, without a warning)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(elbo(pt, grad=False)[0]))
+        return elbo(pt, grad=False)[0]
 
 
 def _curvature_sd(elbo, mean):
@@ -106,9 +109,9 @@ def _curvature_sd(elbo, mean):
     return np.concatenate(elbo.fixed_point_sd(tiny, elbo(tiny, grad=False)[3]))
 
 
-def _coordinate_phase(elbo, pt, tol, max_outer=100, progress=None):
+def _coordinate_phase(elbo, pt, value, tol, max_outer=100, progress=None):
+    """Alternate Newton steps on the means and fixed-point SDs from ``pt``, whose ELBO is ``value``."""
     p = elbo.model.k_fep
-    value = elbo(pt, grad=False)[0]
     n_iter = 0
     for n_iter in range(1, max_outer + 1):
         sds = pt
@@ -174,9 +177,9 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
     work, M = working_model(model, scale_fe)
     p, k, q = work.k_fep, work.k_vcp, work.k_vc
     elbo = Elbo(work)
-    pt = _start(work, mean, sd)
+    pt, value = _start(work, mean, sd)
     prog.report(0.05, "start")
-    pt, value, n_outer = _coordinate_phase(elbo, pt, tol, progress=prog.stage(0.05, 0.7, "coordinate ascent", tol))
+    pt, value, n_outer = _coordinate_phase(elbo, pt, value, tol, progress=prog.stage(0.05, 0.7, "coordinate ascent", tol))
 
     def neg(x):
         cand = _unpack(x, p, k, q)
