@@ -234,15 +234,17 @@ class Dashboard(pn.viewable.Viewer):
         self.compare_button.on_click(self._on_compare)
         comparison = fit.param.comparison
         compare_tab = pn.Column(
-            pn.pane.Markdown("Fit the current model with both approximations on the same data and overlay them. "
-                             "Laplace (MAP) uses the curvature at the joint mode; VB a mean-field Gaussian."),
+            pn.pane.Markdown(
+                "Fit the current model with every method on the same data and overlay them. Integrated "
+                "Laplace integrates the random effects out (the accurate one); Laplace (MAP) uses the curvature "
+                "at the joint mode, which can collapse an SD to 0; VB is a mean-field Gaussian, too narrow."),
             pn.Row(self.compare_button, pn.pane.Markdown(fit.param.compare_status, css_classes=["mglm-note"])),
             pn.pane.HoloViews(pn.bind(self._compare_forest, comparison, view.param.exp_scale, truth),
                               sizing_mode="stretch_width", min_height=340),
             pn.pane.HoloViews(pn.bind(self._compare_density, comparison, truth), sizing_mode="stretch_width",
                               min_height=340),
             pn.widgets.Tabulator(pn.bind(self._compare_table, comparison), **table_kw),
-            sizing_mode="stretch_width", name="Laplace vs VB")
+            sizing_mode="stretch_width", name="Compare methods")
 
         # ---- teaching
         self.sim_button = pn.widgets.Button(label="Draw data and fit", color="success", **w)
@@ -399,7 +401,7 @@ class Dashboard(pn.viewable.Viewer):
 
     def _compare_forest(self, comparison, exp_scale, truth):
         if not comparison:
-            return plots.empty_plot("Press the button to fit both methods")
+            return plots.empty_plot("Press the button to fit every method")
         fam = next(iter(comparison.values())).request.family
         return self._safe(plots.forest_plot, {m: oc.result for m, oc in comparison.items()}, exp_scale=exp_scale,
                           truth=self._truth(truth, "fe"), family=fam, height=300)
@@ -443,7 +445,7 @@ class Dashboard(pn.viewable.Viewer):
         return pd.DataFrame() if outcome is None else plots.vcp_summary(outcome.result)
 
     def _overview(self, df, categorical):
-        return pd.DataFrame() if df is None else column_overview(df, list(categorical))
+        return pd.DataFrame() if df is None else column_overview(df, list(categorical), self.state.data.numeric_columns)
 
     def _snippet(self, outcome) -> str:
         if outcome is None:

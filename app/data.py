@@ -17,7 +17,7 @@ import pandas as pd
 MAX_UPLOAD_MB = 50
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
 
-#: A text column with more distinct values than this cannot be a fixed effect.
+#: A categorical column with more distinct values than this cannot be a fixed effect.
 MAX_FIXED_LEVELS = 50
 
 
@@ -129,12 +129,36 @@ def is_numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
 
 
-def column_overview(df: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
-    """One row per column: type as the model sees it, distinct values, missing values, an example."""
+def numeric_like(series: pd.Series) -> bool:
+    """Whether a column can be treated as numeric: numbers, or text or categories whose values all
+    read as finite numbers (R factors such as cbpp's ``period``, codes read as text). Booleans and
+    columns without any value cannot."""
+    if is_numeric(series):
+        return True
+    if pd.api.types.is_bool_dtype(series):
+        return False
+    values = pd.Series(pd.unique(series.dropna()), dtype=object)
+    if values.empty or values.map(lambda v: isinstance(v, (bool, np.bool_))).any():
+        return False
+    parsed = pd.to_numeric(values.astype(str), errors="coerce")
+    return bool(np.isfinite(parsed.to_numpy(dtype=float)).all())
+
+
+def as_numeric(series: pd.Series) -> pd.Series:
+    """The numbers of a :func:`numeric_like` column (text read as numbers; missing stays missing)."""
+    if is_numeric(series):
+        return series
+    return pd.to_numeric(series.astype(str).where(series.notna()), errors="coerce")
+
+
+def column_overview(df: pd.DataFrame, categorical: list[str], numeric: list[str] | None = None) -> pd.DataFrame:
+    """One row per column: type as the model sees it, distinct values, missing values, an example.
+    ``numeric``: the columns treated as numbers (default: numeric dtype and not in ``categorical``)."""
     rows = []
     for col in df.columns:
         s = df[col]
-        kind = "categorical" if (col in categorical or not is_numeric(s)) else "numeric"
+        treated = (col in numeric) if numeric is not None else (col not in categorical and is_numeric(s))
+        kind = "numeric" if treated else "categorical"
         rows.append({
             "column": col,
             "dtype": str(s.dtype),

@@ -22,8 +22,8 @@ import pandas as pd
 import param
 
 from app import adapter
-from app.data import (DEMOS, MAX_FIXED_LEVELS, DataInputError, default_categorical, is_numeric, load_demo,
-                      read_upload)
+from app.data import (DEMOS, MAX_FIXED_LEVELS, DataInputError, as_numeric, default_categorical, is_numeric,
+                      load_demo, numeric_like, read_upload)
 
 NONE = "(none)"
 #: n * q (rows x random-effect columns) up to which the model refits live as controls move.
@@ -37,26 +37,42 @@ class DataState(param.Parameterized):
     df = param.DataFrame(default=None, allow_None=True, doc="The data set being modelled.")
     dataset = param.String(default="", doc="Data set name (demo name or file name).")
     source = param.String(default="", doc="Where the data came from, for the reproducible snippet.")
-    categorical = param.ListSelector(default=[], objects=[], doc="Columns treated as categorical.")
+    categorical = param.ListSelector(default=[], objects=[], doc=(
+        "Columns that could be numbers, treated as categorical (text columns always are); offered are the "
+        "columns that read as numbers, R factors of numeric codes included."))
     version = param.Integer(default=0, doc="Incremented at every load; part of the fit cache key.")
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._like = (None, {})  # (the frame, {column: numeric_like}) for the current frame
 
     @property
     def columns(self) -> list[str]:
         return [] if self.df is None else [str(c) for c in self.df.columns]
 
+    def can_be_numeric(self, column: str) -> bool:
+        """Whether ``column`` reads as numbers (:func:`app.data.numeric_like`; computed once per frame)."""
+        frame, like = self._like
+        if frame is not self.df:
+            like = {} if self.df is None else {str(c): numeric_like(self.df[c]) for c in self.df.columns}
+            self._like = (self.df, like)
+        return like.get(column, False)
+
     @property
     def numeric_columns(self) -> list[str]:
-        return [c for c in self.columns if c not in self.categorical and is_numeric(self.df[c])]
+        return [c for c in self.columns if c not in self.categorical and self.can_be_numeric(c)]
 
     @property
     def categorical_columns(self) -> list[str]:
-        return [c for c in self.columns if c not in self.numeric_columns]
+        numeric = set(self.numeric_columns)
+        return [c for c in self.columns if c not in numeric]
 
     def set_frame(self, df: pd.DataFrame, name: str, source: str = "") -> None:
-        cats = default_categorical(df)
+        like = {str(c): numeric_like(df[c]) for c in df.columns}
         with param.parameterized.batch_call_watchers(self):
-            self.param.categorical.objects = [str(c) for c in df.columns]
-            self.categorical = cats
+            self._like = (df, like)
+            self.param.categorical.objects = [c for c, ok in like.items() if ok]
+            self.categorical = [str(c) for c in default_categorical(df) if like[str(c)]]
             self.param.update(df=df, dataset=name, source=source or name, version=self.version + 1)
 
 
@@ -246,13 +262,14 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
                                   "Poisson counts must be 0 or more.")
     if response in fixed or response in groups:
         errors["fixed"] = f"The response {response!r} cannot also be a predictor or a grouping factor."
+    numeric = set(data.numeric_columns)
     for col in fixed:
         s = df[col]
-        if col in data.categorical or not is_numeric(s):
+        if col not in numeric:
             k = s.nunique(dropna=True)
-            if k > MAX_FIXED_LEVELS and not is_numeric(s):
-                errors["fixed"] = (f"{col!r} is a text column with {k} distinct values; as a fixed effect it would "
-                                   f"add {k - 1} coefficients. Use it as a grouping factor instead.")
+            if k > MAX_FIXED_LEVELS:
+                errors["fixed"] = (f"{col!r} is a categorical column with {k} distinct values; as a fixed effect it "
+                                   f"would add {k - 1} coefficients. Use it as a grouping factor instead.")
             elif k < 2:
                 errors["fixed"] = f"Fixed effect {col!r} has a single level; it cannot be estimated."
     if not groups:
@@ -283,18 +300,21 @@ def prepare_data(spec: ModelSpec, data: DataState) -> tuple[pd.DataFrame, int]:
     if levels01 is not None:  # yes/no, True/False: the second level counts as a success
         s = sub[response]
         sub[response] = (s == levels01[1]).astype(float).where(s.notna())
+    numeric = set(data.numeric_columns)
     for c in used:
         s = sub[c]
         if c == response and levels01 is not None:
             continue
-        if c in groups or c in data.categorical or not is_numeric(s):
-            if not isinstance(s.dtype, pd.CategoricalDtype):
-                text = s.astype(str).where(s.notna())  # vectorised str(v); missing stays missing
-                if is_numeric(s):
-                    levels = [str(v) for v in sorted(s.dropna().unique())]
-                    sub[c] = pd.Categorical(text, categories=levels)
-                else:
-                    sub[c] = pd.Categorical(text)
+        if c not in groups and c in numeric:
+            if not is_numeric(s):  # numbers written as text, or a factor of numeric codes, treated as numbers
+                sub[c] = as_numeric(s)
+        elif not isinstance(s.dtype, pd.CategoricalDtype):
+            text = s.astype(str).where(s.notna())  # vectorised str(v); missing stays missing
+            if is_numeric(s):
+                levels = [str(v) for v in sorted(s.dropna().unique())]
+                sub[c] = pd.Categorical(text, categories=levels)
+            else:
+                sub[c] = pd.Categorical(text)
     n0 = len(sub)
     sub = sub.dropna().reset_index(drop=True)
     if any(isinstance(sub[c].dtype, pd.CategoricalDtype) for c in sub.columns):

@@ -264,7 +264,7 @@ def test_compare_methods_and_exports(page, tmp_path, monkeypatch):
         fits = {m: getattr(model, f"fit_{m}")() for m in methods}
     wait_sources(page, ["term", "mean", "y"], lambda s: len(s["mean"]) == 4)
 
-    open_tab(page, "Laplace vs VB")
+    open_tab(page, "Compare methods")
     page.get_by_role("button", name="Fit with every method").click()
     for m, res in fits.items():  # one layer (data source) per method
         layer = wait_sources(page, ["term", "mean", "y", "method"],

@@ -5,7 +5,7 @@ import pytest
 
 import mglm_core as mg
 from app import adapter
-from app.data import MAX_UPLOAD_BYTES, DataInputError, load_demo, read_upload
+from app.data import MAX_UPLOAD_BYTES, DataInputError, column_overview, load_demo, read_upload
 from app.state import NONE, AppState, formula_parts, problem_size, validate
 
 
@@ -332,3 +332,52 @@ def test_an_offset_that_looks_like_a_raw_exposure_is_pointed_out():
     st.spec.param.update(family="poisson", offset="logsize")
     assert st.fit_now(), st.errors
     assert not any("enters the linear predictor as it is" in w for w in st.fit.warnings)
+
+
+@pytest.mark.parametrize("values, expected", [
+    (pd.Series(["1", "2", "10", None]), True),                       # numbers written as text
+    (pd.Series(pd.Categorical(["1", "2", "3"])), True),              # an R factor of numeric codes
+    (pd.Series([1.5, 2.0]), True),
+    (pd.Series(["H1", "H2"]), False),
+    (pd.Series(["1", "inf"]), False),                                 # not a finite number
+    (pd.Series([True, False]), False),
+    (pd.Series([None, None], dtype=object), False),
+])
+def test_which_columns_can_be_numbers(values, expected):
+    from app.data import numeric_like
+
+    assert numeric_like(values) is expected
+
+
+def test_a_factor_of_numeric_codes_unticked_as_categorical_is_fitted_as_a_number(cbpp_state):
+    """cbpp's period is an R factor of the codes 1-4: unticking "Treat as categorical" makes it one slope."""
+    st = cbpp_state
+    assert "period" in st.data.param.categorical.objects and "period" in st.data.categorical
+    st.data.categorical = [c for c in st.data.categorical if c != "period"]
+    assert "period" in st.data.numeric_columns and "period" not in st.spec.fixed_factors
+    st.spec.fixed_numeric = ["period"]
+    assert st.spec.formula() == "incidence ~ period + (1 | herd)"
+    assert st.fit_now(), st.errors
+    df = load_demo("cbpp")
+    df["period"] = df["period"].astype(int)
+    direct = mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data=df, family="binomial",
+                                           trials="size").fit_vb()
+    assert list(st.fit.result.fe_names) == ["Intercept", "period"]
+    np.testing.assert_allclose(st.fit.result.fe_mean, direct.fe_mean, rtol=1e-6)
+    roles = column_overview(st.data.df, st.data.categorical, st.data.numeric_columns).set_index("column")["role"]
+    assert roles["period"] == "numeric" and roles["herd"] == "categorical"
+
+
+def test_text_columns_are_always_categorical_and_not_offered_as_numbers():
+    st = AppState()
+    df = pd.DataFrame({"y": [0, 1, 1, 0] * 10, "site": ["s1", "s2", "s3", "s4"] * 10,
+                       "dose": ["1", "2", "4", "8"] * 10})
+    st.load_frame(df, fit=False)
+    assert st.data.param.categorical.objects == ["y", "dose"]   # the columns that read as numbers
+    assert "site" in st.data.categorical_columns and "dose" in st.data.categorical_columns
+    st.data.categorical = []                                     # "dose" as a number
+    assert st.data.numeric_columns == ["y", "dose"]
+    st.spec.param.update(response="y", family="binomial", fixed_numeric=["dose"], fixed_factors=[],
+                         groups=["site"])
+    assert st.fit_now(), st.errors
+    assert list(st.fit.result.fe_names) == ["Intercept", "dose"]
