@@ -49,6 +49,18 @@ def formula_columns(text: str) -> tuple[list[str], list[str], list[str], list[st
     return list(fc.response), list(fc.fixed), list(fc.groups), list(fc.slopes)
 
 
+def random_terms(text: str) -> list[tuple[tuple[str, ...], int]]:
+    """Each random-effect term's grouping factors and columns per level (intercept and slopes), parsed
+    by the library's safe grammar; empty when the text does not parse."""
+    from mglm_core.design import formula_columns as _columns
+    from mglm_core.errors import FormulaError
+
+    try:
+        return list(_columns(text).terms)
+    except FormulaError:
+        return []
+
+
 @dataclass(frozen=True)
 class FitRequest:
     """Everything needed to reproduce one fit (the data are already cleaned)."""

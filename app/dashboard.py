@@ -356,9 +356,9 @@ class Dashboard(pn.viewable.Viewer):
     def _mode_note(self, status, auto):
         size = problem_size(self.state.spec, self.state.data)
         if self.state.is_live():
-            return f"Problem size n×q = {size:,}: refits live as you change the model."
+            return f"Model size {size:,} (rows × random-effect terms): refits live as you change the model."
         if not auto:
-            return f"Problem size n×q = {size:,}: press **Fit model** after changes."
+            return f"Model size {size:,}: press **Fit model** after changes."
         return f"Press **Fit model** after changes: {self.state._not_live_reason()}."
 
     def _status_text(self, message, status):

@@ -553,6 +553,9 @@ class FormulaColumns:
     fixed: tuple[str, ...]
     groups: tuple[str, ...]
     slopes: tuple[str, ...]
+    #: each random-effect bar term's grouping factors and its number of columns per level (the
+    #: intercept and the slopes): ``(1 + x | g:h)`` is ``(("g", "h"), 2)``
+    terms: tuple[tuple[tuple[str, ...], int], ...] = ()
 
     @property
     def all(self) -> tuple[str, ...]:
@@ -595,7 +598,8 @@ def formula_columns(formula: str, columns: Iterable[str] | None = None) -> Formu
     fixed = tuple(_names(_tokenize(fixed_text))) if fixed_text != "1" else ()
     groups = tuple(dict.fromkeys(f for b in bars for f in b.factors))
     slopes = tuple(dict.fromkeys(c for b in bars for sl in b.slopes for c in _names(_tokenize(sl))))
-    return FormulaColumns(response, fixed, groups, slopes)
+    terms = tuple((tuple(b.factors), int(b.intercept) + len(b.slopes)) for b in bars)
+    return FormulaColumns(response, fixed, groups, slopes, terms)
 
 
 # ---------------------------------------------------------------------------

@@ -417,6 +417,8 @@ def test_formula_columns_by_role():
 
     fc = formula_columns("y ~ x + log(z) + (1 | g) + (0 + x | g:h)")
     assert fc.response == ("y",) and fc.fixed == ("x", "z") and fc.groups == ("g", "h") and fc.slopes == ("x",)
+    assert fc.terms == ((("g",), 1), (("g", "h"), 1))  # grouping factors, columns per level
+    assert formula_columns("y ~ x + (1 + t || g) + (1 | g/h)").terms == ((("g",), 2), (("g",), 1), (("g", "h"), 1))
     fc = formula_columns('cbind(s, n - s) ~ C(a, levels=["u", "v"]) + I(age^2) + np.log(w) + `odd name` '
                          "+ (1 + t || g) + (1 | g/h)")
     assert fc.response == ("s", "n") and fc.fixed == ("a", "age", "w", "odd name")

@@ -220,11 +220,13 @@ def test_bad_file_shows_message_and_keeps_result(page, tmp_path):
 
 
 def test_session_answers_during_long_fit(page):
-    # VerbAgg is above the live limit; a typed formula with a third component (3-D log-SD grid) makes the
+    # with live refits off, a typed formula with a third component (3-D log-SD grid) makes the
     # integrated-Laplace fit behind the Fit button take several seconds
     page.locator("select").first.select_option("VerbAgg")
     page.get_by_text("FITTED").first.wait_for(timeout=60_000)
     wait_sources(page, ["term", "mean", "y"], lambda s: "Anger" in s["term"], timeout=30)
+    page.get_by_text("Refit live (small models)").first.click()
+    page.get_by_text("after changes").first.wait_for(timeout=10_000)
     box = page.locator(".bk-input-group", has_text="Model formula").first.locator("textarea").first
     box.fill("r2_01 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item) + (1 | id:btype)")
     box.press("Tab")

@@ -133,10 +133,21 @@ def test_formula_parts():
 
 
 def test_live_vs_button_threshold():
+    """The model size is the random-effect design's nonzeros plus the square of the dense block of
+    several factors: VerbAgg's 316 persons crossed with 24 items (fits in a tenth of a second) is live;
+    two crossed factors of 500 levels over 100,000 rows (a dense 500 x 500 block) are not."""
     st = AppState()
     st.load_demo("cbpp", fit=False)
-    assert problem_size(st.spec, st.data) == 56 * 15 and st.is_live()
+    assert problem_size(st.spec, st.data) == 56 and st.is_live()
     st.load_demo("VerbAgg", fit=False)
+    assert st.spec.formula().endswith("(1 | id) + (1 | item)")
+    assert problem_size(st.spec, st.data) == 7584 * 2 + 24**2 and st.is_live()
+    rng = np.random.default_rng(0)
+    n = 100_000
+    st.load_frame(pd.DataFrame({"y": rng.integers(0, 2, n), "g": rng.integers(0, 500, n).astype(str),
+                                "h": rng.integers(0, 500, n).astype(str)}), fit=False)
+    st.spec.param.update(response="y", family="binomial", groups=["g", "h"])
+    assert problem_size(st.spec, st.data) == 2 * n + 500**2
     assert not st.is_live()
     st.request_fit()
     assert st.fit.status == "stale" and "press Fit" in st.fit.message
