@@ -681,3 +681,32 @@ def test_progress_with_zero_tolerance_does_not_fail():
         warnings.simplefilter("ignore")
         model.fit_map(tol=0.0, max_iter=20, callback=lambda f, m: seen.append(f))
     assert seen and seen[-1] == 1.0
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | g)", "y ~ x + (1 | g) + (1 | h)"])
+def test_nested_hessian_by_row_pairs_and_by_effect_sums_agree(formula):
+    """The Hessian of the nested objective over (u_D, fe) two ways: from the pairs of rows of one effect
+    (the covariances of the row scores; used with other components) and from each effect's sums over its
+    rows at every node (used without)."""
+    from mglm_core.quadrature import IndependentEffects, NestedMarginal
+    from mglm_core.simulate import simulate_glmm
+
+    rng = np.random.default_rng(3)
+    data = simulate_glmm(family="binomial", n_groups=40, group_size=3, sd=1.5, seed=4).data
+    data["h"] = rng.integers(0, 6, len(data)).astype(str)
+    model = mg.BayesMixedGLM.from_formula(formula, data=data)
+    nested = NestedMarginal.build(model, IndependentEffects.find(model))
+    assert nested.by_pairs == (nested.D.size > 0)
+    nested.dense = False  # sparse blocks of the other component either way
+    vcp = np.full(model.k_vcp, 0.3)
+    uD, fe = rng.normal(0, 0.3, nested.D.size), np.array([0.2, -0.4])
+    blocks = []
+    for by_pairs in (True, False):
+        nested.by_pairs = by_pairs
+        value, _, _, A, B, C = nested.objective(vcp)(uD, fe, True)
+        blocks.append((value, A.toarray(), np.asarray(B), C))
+    (v1, A1, B1, C1), (v2, A2, B2, C2) = blocks
+    assert v1 == v2 and A1.shape == (nested.D.size,) * 2
+    np.testing.assert_allclose(C1, C2, rtol=1e-10)
+    np.testing.assert_allclose(B1, B2, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(A1, A2, rtol=1e-10, atol=1e-12)
