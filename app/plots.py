@@ -53,6 +53,33 @@ def forest_data(res, exp_scale: bool = False, include_intercept: bool = True) ->
     return df.reset_index(drop=True)
 
 
+def log_ticks(lo: float, hi: float, most: int = 9) -> list[tuple[float, str]]:
+    """Ticks ``(value, label)`` for a log axis spanning ``lo`` to ``hi`` (both > 0): the 1-2-5 series
+    (0.1, 0.2, 0.5, 1, 2, 5, ...), finer over a narrow range (1, 1.5, 2, 3, 5, 7), evenly spaced round
+    values over a very narrow one (0.95 to 1.05), only the powers of ten over a wide one; at most
+    ``most``. Bokeh's log axis alone labels only powers of ten: one tick (at 1) for odds ratios
+    between 0.3 and 3."""
+    lo, hi = float(min(lo, hi)), float(max(lo, hi))
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo > 0):
+        return []
+    decades = range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+    picked = []
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
+        picked = [m * 10.0**e for e in decades for m in mantissas if lo <= m * 10.0**e <= hi]
+        if len(picked) >= 3:
+            break
+    if len(picked) > most:
+        picked = [10.0**e for e in decades if lo <= 10.0**e <= hi]
+        picked = picked[::int(np.ceil(len(picked) / most))]
+    elif len(picked) < 3 and hi > lo:
+        # a narrow range, where a log axis looks linear: round values 1, 2 or 5 x 10^e apart
+        raw = (hi - lo) / 4.0
+        base = 10.0 ** np.floor(np.log10(raw))
+        step = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
+        picked = list(np.arange(np.ceil(lo / step) * step, hi + step * 1e-9, step))
+    return [(float(np.round(v, 12)), f"{float(np.round(v, 12)):.6g}") for v in picked]
+
+
 def forest_plot(results, exp_scale: bool = False, truth: dict | None = None, family: str = "binomial",
                 include_intercept: bool = True, height: int = 360) -> hv.Overlay:
     """Fixed effects: posterior means with 95 % intervals, a reference line at 0 (or 1 on the exp scale).
@@ -96,10 +123,21 @@ def forest_plot(results, exp_scale: bool = False, truth: dict | None = None, fam
                 color=COLORS["truth"], marker="x", size=14, line_width=3, tools=["hover"],
                 hover_tooltips=[("term", "@term"), ("true value", "@truth{0.0000}")]))
     yticks = [(ypos[t], t) for t in terms]
+    extra = {}
+    if exp_scale:
+        values = [ref] + [v for res in results.values() for col in ("lower", "upper")
+                          for v in forest_data(res, True, include_intercept)[col]]
+        if truth:
+            values += [float(np.exp(v)) for t, v in truth.items() if t in ypos]
+        values = np.asarray(values, dtype=float)
+        values = values[np.isfinite(values) & (values > 0)]
+        ticks = log_ticks(values.min(), values.max()) if values.size else []
+        if ticks:
+            extra["xticks"] = ticks
     return hv.Overlay(layers).opts(
         hv.opts.Overlay(title="Fixed effects: posterior mean and 95 % interval", xlabel=xlabel, ylabel="",
                         yticks=yticks, ylim=(-0.7, len(terms) - 0.3), logx=exp_scale, legend_position="bottom_right",
-                        min_height=max(220, height), **_BASE))
+                        min_height=max(220, height), **extra, **_BASE))
 
 
 # --------------------------------------------------------------------------- variance components

@@ -108,3 +108,22 @@ def test_forest_x_range_includes_the_reference_line(cbpp_state):
     for exp_scale, ref in ((False, 0.0), (True, 1.0)):
         fig = hv.render(plots.forest_plot(res, exp_scale=exp_scale), backend="bokeh")
         assert fig.x_range.start < ref < fig.x_range.end, (exp_scale, fig.x_range.start, fig.x_range.end)
+
+
+@pytest.mark.parametrize("lo, hi, expected", [
+    (0.3, 3.0, [0.5, 1, 2]), (0.15, 0.9, [0.15, 0.2, 0.3, 0.5, 0.7]), (0.8, 1.3, [0.8, 1.0, 1.2]),
+    (0.95, 1.05, [0.95, 1.0, 1.05]), (0.01, 500, [0.01, 0.1, 1, 10, 100]),
+])
+def test_log_axis_ticks(lo, hi, expected):
+    np.testing.assert_allclose([v for v, _ in plots.log_ticks(lo, hi)], expected)
+
+
+def test_forest_exp_scale_ticks_label_the_odds_ratios(cbpp_state):
+    """On the exp scale the axis has ticks between powers of ten: cbpp's odds ratios (0.07 to 1) get
+    0.1, 0.2, 0.5 and 1, not 0.1 and 1 alone."""
+    res = cbpp_state.fit.result
+    fig = hv.render(plots.forest_plot(res, exp_scale=True), backend="bokeh")
+    ticks = list(fig.xaxis[0].ticker.ticks)
+    lower, upper = np.exp(res.fe_mean - 1.96 * res.fe_sd), np.exp(res.fe_mean + 1.96 * res.fe_sd)
+    assert min(ticks) >= min(lower.min(), 1.0) and max(ticks) <= max(upper.max(), 1.0)
+    assert 1.0 in ticks and len(ticks) >= 3
