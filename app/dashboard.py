@@ -140,7 +140,7 @@ class Dashboard(pn.viewable.Viewer):
             pn.widgets.Select.from_param(spec.param.method, label="Method", **w),
             pn.widgets.FloatSlider.from_param(spec.param.fe_p, throttled=True, **w),
             pn.widgets.FloatSlider.from_param(spec.param.vcp_p, throttled=True, **w),
-            pn.widgets.Checkbox.from_param(spec.param.auto_fit),
+            pn.widgets.Checkbox.from_param(spec.param.auto_fit, css_classes=["auto-fit-toggle"]),
             self.fit_button, progress, mode_note,
             title="3 · Priors and fitting", sizing_mode="stretch_width", collapsible=True)
 
@@ -175,11 +175,21 @@ class Dashboard(pn.viewable.Viewer):
         self.caterpillar_pane = LivePlot(self._caterpillar, outcome, view.param.re_term, view.param.re_search,
                                          view.param.re_top_k, truth, sizing_mode="stretch_width", min_height=400)
 
+        # plots of a result that is not the current model's (the data changed and the new fit runs, the
+        # result is out of date, or the last fit failed) are dimmed until the current model's arrives
+        # (styled through a wrapping column: styles set on a HoloViews pane itself fail to sync in Panel 1.9)
+        self._plot_boxes = tuple(pn.Column(p, sizing_mode="stretch_width", margin=0)
+                                 for p in (self.forest_pane, self.density_pane, self.caterpillar_pane))
+        forest_box, density_box, caterpillar_box = self._plot_boxes
+        fit.param.watch(self._dim_plots, ["status", "outcome"])
+        st.data.param.watch(self._dim_plots, ["version", "categorical"])
+        self._dim_plots()
+
         fe_tab = pn.Column(
             pn.Row(pn.widgets.Checkbox.from_param(view.param.exp_scale, css_classes=["exp-toggle"]),
                    pn.widgets.Checkbox.from_param(view.param.include_intercept)),
-            self.forest_pane, sizing_mode="stretch_width", name="Fixed effects")
-        vc_tab = pn.Column(self.density_pane, pn.pane.Markdown(
+            forest_box, sizing_mode="stretch_width", name="Fixed effects")
+        vc_tab = pn.Column(density_box, pn.pane.Markdown(
             "Densities of each random-effect **standard deviation**; the diamond is the posterior median and the bar "
             "the 95 % interval.", css_classes=["mglm-note"]), sizing_mode="stretch_width", name="Variance components")
         re_tab = pn.Column(
@@ -187,7 +197,7 @@ class Dashboard(pn.viewable.Viewer):
                    pn.widgets.TextInput.from_param(view.param.re_search, placeholder="level name contains...",
                                                    width=220),
                    pn.widgets.IntInput.from_param(view.param.re_top_k, width=220)),
-            self.caterpillar_pane, sizing_mode="stretch_width", name="Random effects")
+            caterpillar_box, sizing_mode="stretch_width", name="Random effects")
 
         # ---- summary and export
         table_kw = dict(show_index=False, sizing_mode="stretch_width", disabled=True, theme="bootstrap5",
@@ -273,6 +283,23 @@ class Dashboard(pn.viewable.Viewer):
         self.tabs = pn.Tabs(fe_tab, vc_tab, re_tab, summary_tab, data_tab, compare_tab, teach_tab,
                             sizing_mode="stretch_width", dynamic=True)
         self.main = pn.Column(self.header, self.tabs, sizing_mode="stretch_width")
+
+    def plots_current(self) -> bool:
+        """Whether the plots show the current model's result: not while the result is out of date
+        (``stale``) or a fit failed, nor while the fit of newly loaded data runs (a live refit of the same
+        data keeps the plots bright: they update in place a moment later)."""
+        fit, st = self.state.fit, self.state
+        if fit.outcome is None or fit.status in ("stale", "error"):
+            return fit.outcome is None
+        if fit.status in ("fitting", "waiting"):
+            return fit.outcome.request.data_key == st._data_key()
+        return True
+
+    def _dim_plots(self, *_):
+        style = {"opacity": "1", "transition": "opacity 0.3s"} if self.plots_current() else {
+            "opacity": "0.35", "transition": "opacity 0.3s"}
+        for box in self._plot_boxes:
+            box.styles = style
 
     @staticmethod
     def _column_widget(cls, obj, pname: str, **kw):

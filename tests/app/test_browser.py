@@ -225,8 +225,9 @@ def test_session_answers_during_long_fit(page):
     page.locator("select").first.select_option("VerbAgg")
     page.get_by_text("FITTED").first.wait_for(timeout=60_000)
     wait_sources(page, ["term", "mean", "y"], lambda s: "Anger" in s["term"], timeout=30)
-    page.get_by_text("Refit live (small models)").first.click()
-    page.get_by_text("after changes").first.wait_for(timeout=10_000)
+    toggle = page.locator(".auto-fit-toggle input[type=checkbox]").first
+    toggle.uncheck()
+    page.get_by_text("after changes").first.wait_for(timeout=20_000)
     box = page.locator(".bk-input-group", has_text="Model formula").first.locator("textarea").first
     box.fill("r2_01 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item) + (1 | id:btype)")
     box.press("Tab")

@@ -43,3 +43,24 @@ def test_notebook_cells_build_and_fit_the_dashboard(monkeypatch):
     model = mg.BayesMixedGLM.from_formula("count ~ mined + (1 | site)", data=ns["df"], family="poisson")
     direct = getattr(model, f"fit_{dash.state.spec.method}")()
     np.testing.assert_allclose(res.fe_mean, direct.fe_mean, rtol=1e-6)
+
+
+def test_plots_of_an_out_of_date_result_are_dimmed():
+    """While another data set's fit runs, after a change that leaves the result out of date, and after
+    a failed fit, the plots still show the previous result: dimmed, and bright again with the new fit."""
+    from app import Dashboard
+
+    d = Dashboard()
+    st = d.state
+    opacity = lambda: {box.styles.get("opacity") for box in d._plot_boxes}  # noqa: E731
+    assert st.fit.status == "done" and opacity() == {"1"}
+    st.spec.fe_p = 3.0                          # a live refit of the same data: stays bright
+    st.fit.status = "fitting"
+    assert opacity() == {"1"}
+    st.load_demo("grouseticks", fit=False)      # another data set, its fit not finished
+    st.fit.status = "fitting"
+    assert opacity() == {"0.35"}
+    assert st.fit_now(), st.errors
+    assert opacity() == {"1"}
+    st.fit.status = "stale"
+    assert opacity() == {"0.35"}
