@@ -46,6 +46,7 @@ class DataState(param.Parameterized):
     def __init__(self, **params):
         super().__init__(**params)
         self._like = (None, {})  # (the frame, {column: numeric_like}) for the current frame
+        self._levels = (None, {})  # (the frame, {grouping factors: number of levels})
 
     @property
     def columns(self) -> list[str]:
@@ -58,6 +59,18 @@ class DataState(param.Parameterized):
             like = {} if self.df is None else {str(c): numeric_like(self.df[c]) for c in self.df.columns}
             self._like = (self.df, like)
         return like.get(column, False)
+
+    def n_levels(self, factors: tuple[str, ...]) -> int:
+        """The number of distinct combinations of ``factors`` in the frame (cached per frame: the live
+        decision asks at every change)."""
+        frame, cache = self._levels
+        if frame is not self.df:
+            cache = {}
+            self._levels = (self.df, cache)
+        if factors not in cache:
+            cache[factors] = (int(self.df[factors[0]].nunique()) if len(factors) == 1
+                              else int(self.df.groupby(list(factors), observed=True).ngroups))
+        return cache[factors]
 
     @property
     def numeric_columns(self) -> list[str]:
@@ -340,8 +353,7 @@ def problem_size(spec: ModelSpec, data: DataState) -> int:
             continue
         per_row += columns
         if factors not in levels:
-            levels[factors] = (int(df[factors[0]].nunique()) if len(factors) == 1
-                               else int(df.groupby(list(factors), observed=True).ngroups))
+            levels[factors] = data.n_levels(factors)
     dense = sum(levels.values()) - max(levels.values()) if len(levels) > 1 else 0
     return len(df) * per_row + dense**2
 
