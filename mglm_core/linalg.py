@@ -551,7 +551,7 @@ class SchurDenseLDL:
             quad[a:b] = np.bincount(rows, weights=vals * N.data[lo:hi], minlength=b - a)
         self.N_dense = None
         diag = np.empty(self.n)
-        diag[self.P] = 1.0 / dP + quad / dP**2
+        diag[self.P] = (1.0 + quad / dP) / dP  # (not dP**2: it overflows at a collapsed SD, prec ~ e^400)
         diag[self.D] = np.diag(Sinv)
         self._sel = (Sinv, -on_N / np.repeat(dP, np.diff(N.indptr)), diag)
         return self._sel

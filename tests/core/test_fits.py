@@ -688,3 +688,23 @@ def test_progress_with_zero_tolerance_does_not_fail():
         model.fit_map(tol=0.0, max_iter=20, callback=lambda f, m: seen.append(f))
     assert seen and seen[-1] == 1.0
 
+
+
+def test_a_collapsed_observation_level_sd_raises_no_numpy_overflow():
+    """fit_map at the degenerate mode of an observation-level effect (log-SD -200, precision e^400): the
+    selected inverse divides by the precision twice rather than squaring it, so no RuntimeWarning leaks;
+    the collapse itself is the ConvergenceWarning it should be."""
+    rng = np.random.default_rng(201)
+    g = np.repeat(np.arange(40), 5)
+    x = rng.standard_normal(g.size)
+    eta = 1.0 + 0.3 * x + rng.normal(0, 0.5, 40)[g] + rng.normal(0, 0.6, g.size)
+    df = pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x, "g": g.astype(str),
+                       "obs": np.arange(g.size).astype(str)})
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g) + (1 | obs)", data=df, family="poisson")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = model.fit_map()
+    kinds = {w.category.__name__ for w in caught}
+    assert "RuntimeWarning" not in kinds
+    assert res.vcp_mean[1] == pytest.approx(-200.0)  # the degenerate mode -m vcp_p^2, said so
+    assert "ConvergenceWarning" in kinds and np.all(np.isfinite(res.fe_sd))
