@@ -558,7 +558,7 @@ def _design(cond, mode, H, k, msgs):
         zs, f_axial, split = scales(np.sqrt(k))
         if k > _GRID_MAX_K or (np.all(np.isfinite(f_axial))
                                and np.all(np.abs(np.log(split["sigma"])) <= np.log(_SKEW_MAX))
-                               and not _moments_vary(cond, mode + zs @ root.T)):
+                               and not (np.isfinite(f0) and _moments_vary(cond, mode + zs @ root.T))):
             return root, log_jac, zs, mode + zs @ root.T, None, split, np.full(len(zs), np.nan)
     step = _STEP[k]
     # grid points need the log density to ~1e-4, not the 1e-11 of the mode search's differences
@@ -588,8 +588,8 @@ def _moments_vary(cond, thetas):
     variances = []
     for th in thetas:
         nr = cond(th, tol=_GRID_TOL)[1]
-        if nr.factor is None:
-            return True
+        if nr.factor is None:  # not measurable there: the design stays as the density's shape decided
+            return False
         variances.append(np.diag(nr.factor.border_inverse())[:cond.model.k_fep])
     v = np.array(variances)
     return bool(np.any(v.max(axis=0) > _VAR_RATIO_MAX * np.maximum(v.min(axis=0), 1e-300)))
@@ -839,6 +839,12 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             u, b = u + entry[2] @ d, b + entry[3] @ d
         out[t_] = (logd[t_], b, fe_cov, u, vc_var_t)
     used = sorted(out)
+    if not used:
+        raise FitError(
+            f"fit_laplace could not solve the inner problem at any of its {len(zs)} integration points over the "
+            f"log-SDs (their posterior mode is at {np.round(mode, 2).tolist()}, with a flat curvature there): the "
+            "data do not identify the random-effect SDs, typically because every group's outcomes sit at one "
+            "boundary (complete separation). Use fit_map() or fit_vb(), a smaller vcp_p, or fewer random effects.")
     logps = [out[t_][0] for t_ in used]
     fe_m, fe_c, vc_m, vc_v = ([out[t_][j] for t_ in used] for j in (1, 2, 3, 4))
     thetas = thetas[used]

@@ -708,3 +708,18 @@ def test_a_collapsed_observation_level_sd_raises_no_numpy_overflow():
     assert "RuntimeWarning" not in kinds
     assert res.vcp_mean[1] == pytest.approx(-200.0)  # the degenerate mode -m vcp_p^2, said so
     assert "ConvergenceWarning" in kinds and np.all(np.isfinite(res.fe_sd))
+
+
+def test_complete_separation_by_a_four_level_factor_is_flagged_not_a_crash():
+    """Each of four sites has only zeros or only ones and the dose is one per site: the SD is not
+    identified, the log-SD posterior is flat at its mode and the inner problem fails there. The fit
+    returns with its warnings and converged=False (the choice of the integration grid, which needs the
+    mode solved, must not leave it without any point: that raised a numpy error from inside)."""
+    df = pd.DataFrame({"y": [0.0, 1.0, 1.0, 0.0] * 10, "site": ["s1", "s2", "s3", "s4"] * 10,
+                       "dose": [1.0, 2.0, 4.0, 8.0] * 10})
+    model = mg.BayesMixedGLM.from_formula("y ~ dose + (1 | site)", data=df, family="binomial")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = model.fit_laplace()
+    assert not res.converged and np.all(np.isfinite(res.fe_mean))
+    assert any("not negative definite" in str(w.message) for w in caught)
