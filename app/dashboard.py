@@ -286,14 +286,15 @@ class Dashboard(pn.viewable.Viewer):
 
     def plots_current(self) -> bool:
         """Whether the plots show the current model's result: not while the result is out of date
-        (``stale``) or a fit failed, nor while the fit of newly loaded data runs (a live refit of the same
-        data keeps the plots bright: they update in place a moment later)."""
+        (``stale``) or a fit failed, nor while they show other data (newly loaded data not fitted yet, or
+        a fit of the previous data finishing after the load); a live refit of the same data keeps them
+        bright (they update in place a moment later)."""
         fit, st = self.state.fit, self.state
-        if fit.outcome is None or fit.status in ("stale", "error"):
-            return fit.outcome is None
-        if fit.status in ("fitting", "waiting"):
-            return fit.outcome.request.data_key == st._data_key()
-        return True
+        if fit.outcome is None:
+            return True
+        if fit.status in ("stale", "error"):
+            return False
+        return fit.outcome.request.data_key == st._data_key()
 
     def _dim_plots(self, *_):
         style = {"opacity": "1", "transition": "opacity 0.3s"} if self.plots_current() else {

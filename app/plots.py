@@ -69,15 +69,20 @@ def log_ticks(lo: float, hi: float, most: int = 9) -> list[tuple[float, str]]:
         if len(picked) >= 3:
             break
     if len(picked) > most:
-        picked = [10.0**e for e in decades if lo <= 10.0**e <= hi]
-        picked = picked[::int(np.ceil(len(picked) / most))]
+        powers = [e for e in decades if lo <= 10.0**e <= hi]
+        step = int(np.ceil(len(powers) / most))
+        picked = [10.0**e for e in powers if e % step == 0]  # 10^0 = 1 (the reference) stays
     elif len(picked) < 3 and hi > lo:
         # a narrow range, where a log axis looks linear: round values 1, 2 or 5 x 10^e apart
         raw = (hi - lo) / 4.0
         base = 10.0 ** np.floor(np.log10(raw))
         step = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
         picked = list(np.arange(np.ceil(lo / step) * step, hi + step * 1e-9, step))
-    return [(float(np.round(v, 12)), f"{float(np.round(v, 12)):.6g}") for v in picked]
+    out = {}
+    for v in picked:
+        v = float(f"{v:.12g}")  # round to significant digits (0.30000000000000004 -> 0.3; 1e-15 stays)
+        out.setdefault(f"{v:.6g}", v)  # one tick per label
+    return [(v, label) for label, v in out.items()]
 
 
 def forest_plot(results, exp_scale: bool = False, truth: dict | None = None, family: str = "binomial",

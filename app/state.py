@@ -250,15 +250,23 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
     if not response or response not in cols:
         errors["response"] = "Choose a response column."
         return errors
-    y = df[response]
+    numeric = set(data.numeric_columns)
+
+    def values(col):  # a column the model reads as numbers (text that reads as numbers converted)
+        return as_numeric(df[col]) if col in numeric else df[col]
+
+    y = values(response)
     trials = spec.trials if spec.trials != NONE else None
+    if trials is not None and trials not in numeric:
+        errors["response"] = f"The trials column {trials!r} must hold numbers (counts of trials)."
+        return errors
     if spec.family == "binomial":
         if not is_numeric(y) and (binary_levels(y) is None or trials):
             errors["response"] = (f"Response {response!r} is text. The binomial family needs 0/1 values, a column "
                                   "with two levels (such as yes/no), or success counts together with a trials "
                                   "column.")
         elif trials:
-            n = df[trials]
+            n = values(trials)
             bad = (y < 0) | (y > n)
             if bad.any():
                 errors["response"] = (f"Response {response!r} must be between 0 and the trials column {trials!r}; "
@@ -276,7 +284,6 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
                                   "Poisson counts must be 0 or more.")
     if response in fixed or response in groups:
         errors["fixed"] = f"The response {response!r} cannot also be a predictor or a grouping factor."
-    numeric = set(data.numeric_columns)
     for col in fixed:
         s = df[col]
         if col not in numeric:
@@ -297,7 +304,7 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
     for s in ([] if spec.use_formula else spec.slopes):
         if s in groups:
             errors["groups"] = f"{s!r} cannot be both a grouping factor and a random slope."
-    if spec.offset != NONE and not is_numeric(df[spec.offset]):
+    if spec.offset != NONE and spec.offset not in numeric:
         errors["fixed"] = f"Offset {spec.offset!r} must be numeric."
     return errors
 

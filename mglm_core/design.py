@@ -347,6 +347,8 @@ def _is_col(tok: _Token | None) -> bool:
 
 
 def _parse_response(formula: str, lhs: list[_Token]) -> _Response:
+    if not lhs:
+        raise FormulaError(f"The formula needs a response column left of '~', e.g. 'y ~ x + (1 | g)'; got {formula!r}.")
     texts = [t.text for t in lhs]
     if len(lhs) == 1 and _is_col(lhs[0]):
         return _Response(lhs[0].column)

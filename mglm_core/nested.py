@@ -551,6 +551,11 @@ def _design(cond, mode, H, k, msgs):
     # to z = +-3 (the probe points, grid points too) and at z = +-sqrt(k): a log-SD posterior with
     # a heavy tail towards SD 0 (few levels, binary data) looks Gaussian at sqrt(k) only.
     near_gaussian = False
+    if not np.isfinite(f0):
+        # the inner problem fails at the mode itself (an SD the data do not identify: every level
+        # separated): a grid cannot start there; the axial points, flagged by the fit's warnings
+        zs, _, split = scales(np.sqrt(k))
+        return root, log_jac, zs, mode + zs @ root.T, None, split, np.full(len(zs), np.nan)
     if k == 1:  # with two or three components, skewness off the axes goes unseen: the grid
         _, f_far, far = scales(_PROBE_Z)
         near_gaussian = np.all(np.isfinite(f_far)) and np.all(np.abs(np.log(far["sigma"])) <= np.log(_SKEW_FAR))
@@ -558,7 +563,7 @@ def _design(cond, mode, H, k, msgs):
         zs, f_axial, split = scales(np.sqrt(k))
         if k > _GRID_MAX_K or (np.all(np.isfinite(f_axial))
                                and np.all(np.abs(np.log(split["sigma"])) <= np.log(_SKEW_MAX))
-                               and not (np.isfinite(f0) and _moments_vary(cond, mode + zs @ root.T))):
+                               and not _moments_vary(cond, mode + zs @ root.T)):
             return root, log_jac, zs, mode + zs @ root.T, None, split, np.full(len(zs), np.nan)
     step = _STEP[k]
     # grid points need the log density to ~1e-4, not the 1e-11 of the mode search's differences

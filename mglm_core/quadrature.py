@@ -227,9 +227,11 @@ class NestedMarginal:
         self._pairs = self._row_pairs(self.group, ie.x.size)
         # the Hessian's covariance part from the pairs of rows of one effect (a rows x rows matrix, for
         # the Gram blocks of the other components), or with no other component from each effect's sums
-        # over its rows at every node: those cost rows x nodes x p instead of pairs x nodes (binary
-        # groups of 10 rows: the fit 59 -> 28 ms)
-        self.by_pairs = self._pairs is not None and D.size > 0
+        # over its rows at every node when those are fewer: rows x nodes x p instead of pairs x nodes
+        # (binary groups of 10 rows, p = 2: the fit 60 -> 29 ms; pairs of rows with 30 fixed effects keep
+        # the pairs, 2x faster there and without a rows x nodes x p temporary)
+        n_pairs = 0 if self._pairs is None else self._pairs[0].size
+        self.by_pairs = self._pairs is not None and (D.size > 0 or n_pairs < rows.size * model.k_fep)
         # few other effects (crossed items, communities): (u_D, fe) is one small dense block, with no
         # sparse products or sparse factorisation in the Newton iterations
         self.dense = self._pairs is not None and 0 < D.size <= DENSE_OTHER and rows.size * D.size <= 4e6

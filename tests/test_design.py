@@ -427,6 +427,8 @@ def test_formula_columns_by_role():
     assert formula_columns("y ~ 1 + (1 | g)").fixed == ()
     with pytest.raises(FormulaError):
         formula_columns("y ~ x + (1 | )")
+    with pytest.raises(FormulaError, match="response column left of '~'"):
+        formula_columns("~ (1 | herd)")  # (was an IndexError from the parser, also in the dashboard)
     with pytest.raises(FormulaError, match="__import__"):
         formula_columns("y ~ __import__('os')", columns=["y", "x"])
 

@@ -57,7 +57,8 @@ def test_plots_of_an_out_of_date_result_are_dimmed():
     st.spec.fe_p = 3.0                          # a live refit of the same data: stays bright
     st.fit.status = "fitting"
     assert opacity() == {"1"}
-    st.load_demo("grouseticks", fit=False)      # another data set, its fit not finished
+    st.load_demo("grouseticks", fit=False)      # another data set, not fitted yet: the status is unchanged
+    assert opacity() == {"0.35"}
     st.fit.status = "fitting"
     assert opacity() == {"0.35"}
     assert st.fit_now(), st.errors

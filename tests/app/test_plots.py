@@ -118,6 +118,12 @@ def test_log_axis_ticks(lo, hi, expected):
     np.testing.assert_allclose([v for v, _ in plots.log_ticks(lo, hi)], expected)
 
 
+def test_log_axis_ticks_over_many_decades_and_a_tiny_range():
+    wide = plots.log_ticks(1e-15, 1.0)
+    assert len(wide) <= 9 and wide[-1][0] == 1.0 and all(v > 0 for v, _ in wide)  # 1 kept, no tick at 0
+    assert plots.log_ticks(1.0, 1.0000001) == [(1.0, "1")]  # one tick per label
+
+
 def test_forest_exp_scale_ticks_label_the_odds_ratios(cbpp_state):
     """On the exp scale the axis has ticks between powers of ten: cbpp's odds ratios (0.07 to 1) get
     0.1, 0.2, 0.5 and 1, not 0.1 and 1 alone."""

@@ -392,3 +392,23 @@ def test_text_columns_are_always_categorical_and_not_offered_as_numbers():
                          groups=["site"])
     assert st.fit_now(), st.errors
     assert list(st.fit.result.fe_names) == ["Intercept", "dose"]
+
+
+def test_a_trials_column_of_numbers_written_as_text_is_read_as_numbers():
+    """Numbers written as text in the trials column (a CSV with quoted counts): offered once unticked as
+    categorical, checked and fitted as numbers (the check compared the text with the response before)."""
+    rng = np.random.default_rng(2)
+    st = AppState()
+    df = pd.DataFrame({"k": rng.integers(0, 6, 40), "n": ["5"] * 40, "site": list("abcd") * 10})
+    st.load_frame(df, fit=False)
+    st.data.categorical = []
+    st.spec.param.update(response="k", family="binomial", trials="n", fixed_numeric=[], fixed_factors=[],
+                         groups=["site"])
+    assert validate(st.spec, st.data) == {}
+    assert st.fit_now(), st.errors
+    direct = mg.BayesMixedGLM.from_formula("k ~ 1 + (1 | site)", data=df.assign(n=5.0), family="binomial",
+                                           trials="n").fit_laplace()
+    np.testing.assert_allclose(st.fit.result.fe_mean, direct.fe_mean, rtol=1e-6)
+    st.data.categorical = ["n"]  # treated as categorical, it is no longer offered (nor kept) as the trials
+    assert st.spec.trials == NONE and "n" not in st.spec.param.trials.objects
+    assert "not binary" in validate(st.spec, st.data)["response"]

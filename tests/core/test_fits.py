@@ -723,3 +723,21 @@ def test_complete_separation_by_a_four_level_factor_is_flagged_not_a_crash():
         res = model.fit_laplace()
     assert not res.converged and np.all(np.isfinite(res.fe_mean))
     assert any("not negative definite" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("group_size, n_fixed, by_pairs", [(10, 1, False), (2, 30, True)])
+def test_nested_hessian_route_is_chosen_by_cost(group_size, n_fixed, by_pairs):
+    """Without other components the cheaper route is taken: the sums over each effect's rows cost rows x
+    nodes x p, the pairs of rows pairs x nodes (groups of 10 with one covariate: sums; pairs of rows with
+    30 fixed effects: pairs, twice as fast and without a rows x nodes x p temporary)."""
+    from mglm_core.quadrature import IndependentEffects, NestedMarginal
+
+    rng = np.random.default_rng(5)
+    n_groups = 40
+    g = np.repeat(np.arange(n_groups), group_size)
+    X = np.column_stack([np.ones(g.size), rng.standard_normal((g.size, n_fixed))])
+    y = (rng.random(g.size) < 0.5).astype(float)
+    Z = sp.csr_matrix((np.ones(g.size), (np.arange(g.size), g)), shape=(g.size, n_groups))
+    model = mg.BayesMixedGLM(y, X, Z, np.zeros(n_groups, dtype=int), family="binomial")
+    nested = NestedMarginal.build(model, IndependentEffects.find(model))
+    assert nested._pairs is not None and nested.by_pairs is by_pairs
