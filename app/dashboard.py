@@ -384,7 +384,8 @@ class Dashboard(pn.viewable.Viewer):
     def _mode_note(self, status, auto):
         size = problem_size(self.state.spec, self.state.data)
         if self.state.is_live():
-            return f"Model size {size:,} (rows × random-effect terms): refits live as you change the model."
+            return (f"Model size {size:,} (rows × random-effect terms, plus the dense block of several factors): "
+                    "refits live as you change the model.")
         if not auto:
             return f"Model size {size:,}: press **Fit model** after changes."
         return f"Press **Fit model** after changes: {self.state._not_live_reason()}."

@@ -97,6 +97,8 @@ def forest_plot(results, exp_scale: bool = False, truth: dict | None = None, fam
     xlabel = f"{ratio} (exp scale)" if exp_scale else ("log-odds" if family == "binomial" else "log-rate")
     first = forest_data(next(iter(results.values())), exp_scale, include_intercept)
     terms = list(first.term)
+    if not terms:  # no fixed effects (y ~ 0 + ...), or only the intercept and it is hidden
+        return empty_plot("No fixed effects to show" + ("" if include_intercept else " (the intercept is hidden)"))
     ypos = {t: len(terms) - 1 - i for i, t in enumerate(terms)}
     n = len(results)
     ref = 1.0 if exp_scale else 0.0

@@ -133,3 +133,21 @@ def test_forest_exp_scale_ticks_label_the_odds_ratios(cbpp_state):
     lower, upper = np.exp(res.fe_mean - 1.96 * res.fe_sd), np.exp(res.fe_mean + 1.96 * res.fe_sd)
     assert min(ticks) >= min(lower.min(), 1.0) and max(ticks) <= max(upper.max(), 1.0)
     assert 1.0 in ticks and len(ticks) >= 3
+
+
+def test_forest_without_fixed_effects_to_show_is_a_message_not_a_crash():
+    """An intercept-only model with the intercept hidden has no rows: the plot says so (drawing the
+    empty overlay raised a ValueError inside Bokeh's rendering, past the dashboard's guard)."""
+    import warnings
+
+    import mglm_core as mg
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"y": rng.integers(0, 2, 60).astype(float), "g": list("abc") * 20})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = mg.BayesMixedGLM.from_formula("y ~ 1 + (1 | g)", data=df).fit_vb()
+    el = plots.forest_plot(res, include_intercept=False)
+    hv.render(el, backend="bokeh")
+    assert isinstance(el, hv.Text) and "No fixed effects to show" in el.text
