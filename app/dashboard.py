@@ -323,6 +323,9 @@ class Dashboard(pn.viewable.Viewer):
         return widget
 
     def _categorical_widget(self, _version):
+        if not self.state.data.param.categorical.objects:  # no column reads as numbers: nothing to choose
+            return pn.pane.Markdown("Every column is text, so every column is categorical.",
+                                    css_classes=["mglm-note"], sizing_mode="stretch_width")
         return self._column_widget(pn.widgets.MultiChoice, self.state.data, "categorical",
                                    label="Treat as categorical", sizing_mode="stretch_width")
 

@@ -65,3 +65,20 @@ def test_plots_of_an_out_of_date_result_are_dimmed():
     assert opacity() == {"1"}
     st.fit.status = "stale"
     assert opacity() == {"0.35"}
+
+
+def test_the_categorical_choice_offers_the_columns_that_read_as_numbers():
+    """cbpp's factors of numeric codes are offered (and ticked); a frame of text columns only has nothing
+    to choose, which the sidebar says instead of showing an empty control."""
+    import pandas as pd
+    import panel as pn
+
+    from app import Dashboard
+
+    d = Dashboard()
+    widget = d._categorical_widget(0)
+    assert isinstance(widget, pn.widgets.MultiChoice)
+    assert set(widget.options) == {"herd", "incidence", "size", "period"} and set(widget.value) == {"herd", "period"}
+    d.state.load_frame(pd.DataFrame({"y": ["no", "yes"] * 10, "site": list("abcd") * 5}), fit=False)
+    note = d._categorical_widget(1)
+    assert isinstance(note, pn.pane.Markdown) and "every column is categorical" in note.object
