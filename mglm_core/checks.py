@@ -232,10 +232,11 @@ def check_nonnegative(value, name):
     return _check_number(value, name, positive=False)
 
 
-def check_count(value, name):
-    """A positive integer (an iteration limit)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise DataError(f"`{name}` must be a positive integer; got {value!r}.")
+def check_count(value, name, low=None):
+    """An integer of at least ``low`` (an iteration limit, a number of groups), by default a positive one."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (1 if low is None else low):
+        what = "a positive integer" if low is None else f"an integer >= {low}"
+        raise DataError(f"`{name}` must be {what}; got {value!r}.")
     return int(value)
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.special import expit
 
-from .checks import check_nonnegative
+from .checks import check_count, check_nonnegative
 from .errors import DataError
 
 __all__ = ["Simulation", "simulate_glmm", "simulate_arrays"]
@@ -59,12 +59,6 @@ class Simulation:
     def truth(self):
         return {"fe": self.fe, "sd": self.sd, "vcp": {k: float(np.log(v)) if v > 0 else -np.inf
                                                        for k, v in self.sd.items()}}
-
-
-def _check_int(value, name, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise DataError(f"`{name}` must be an integer >= {low}; got {value!r}.")
-    return int(value)
 
 
 def _check_family(family):
@@ -110,8 +104,8 @@ def simulate_glmm(family="binomial", n_groups=30, group_size=20, fe=None, sd=0.8
     Simulation
     """
     family = _check_family(family)
-    n_groups = _check_int(n_groups, "n_groups", 2)
-    group_size = _check_int(group_size, "group_size", 1)
+    n_groups = check_count(n_groups, "n_groups", 2)
+    group_size = check_count(group_size, "group_size", 1)
     sd = check_nonnegative(sd, "sd")
     default = {"Intercept": -0.5, "x": 1.0} if family == "binomial" else {"Intercept": 0.5, "x": 0.3}
     if fe is not None and (not isinstance(fe, dict) or set(fe) - set(default)):
@@ -131,7 +125,7 @@ def simulate_glmm(family="binomial", n_groups=30, group_size=20, fe=None, sd=0.8
     sds = {"g": float(sd)}
     re = {"g": pd.Series(u, index=[f"g{c + 1:0{width}d}" for c in range(n_groups)])}
     if n_groups2 is not None:
-        n_groups2 = _check_int(n_groups2, "n_groups2", 2)
+        n_groups2 = check_count(n_groups2, "n_groups2", 2)
         sd2 = check_nonnegative(sd2, "sd2")
         w2 = len(str(n_groups2))
         h_codes = rng.integers(0, n_groups2, size=n)
@@ -143,7 +137,7 @@ def simulate_glmm(family="binomial", n_groups=30, group_size=20, fe=None, sd=0.8
         re["h"] = pd.Series(v, index=[f"h{c + 1:0{w2}d}" for c in range(n_groups2)])
     tcol = None
     if trials is not None:
-        trials = _check_int(trials, "trials", 1)
+        trials = check_count(trials, "trials", 1)
         data["n"] = np.full(n, trials)
         tcol = "n"
     data["y"] = _respond(rng, family, eta, trials)
@@ -160,9 +154,9 @@ def simulate_arrays(n, q, family="binomial", *, n_factors=1, sd=0.8, fe=(-0.5, 1
     ``n * n_factors`` nonzeros.
     """
     family = _check_family(family)
-    n = _check_int(n, "n", 1)
-    q = _check_int(q, "q", 2)
-    n_factors = _check_int(n_factors, "n_factors", 1)
+    n = check_count(n, "n", 1)
+    q = check_count(q, "q", 2)
+    n_factors = check_count(n_factors, "n_factors", 1)
     if q // n_factors < 2:
         raise DataError(f"`q` must give each of the {n_factors} factors at least 2 levels; got q = {q}.")
     sd = check_nonnegative(sd, "sd")
