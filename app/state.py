@@ -574,19 +574,22 @@ class AppState(param.Parameterized):
         """The data as a fit sees them: the version and the columns treated as categorical."""
         return f"{self.data.version}:{','.join(self.data.categorical)}"
 
-    def _current_key(self) -> tuple:
-        """:attr:`adapter.FitRequest.key` of the current data and spec (without validating them)."""
+    def _request(self, data=None, response_levels=None) -> adapter.FitRequest:
+        """The fit of the current spec on ``data`` (the prepared frame; None for its key alone)."""
         s = self.spec
-        return adapter.FitRequest(data=None, data_key=self._data_key(), formula=s.formula(), family=s.family,
+        return adapter.FitRequest(data=data, data_key=self._data_key(), formula=s.formula(), family=s.family,
                                   method=s.method, trials=None if s.trials == NONE else s.trials,
                                   offset=None if s.offset == NONE else s.offset, fe_p=float(s.fe_p),
-                                  vcp_p=float(s.vcp_p)).key
+                                  vcp_p=float(s.vcp_p), response_levels=response_levels)
+
+    def _current_key(self) -> tuple:
+        """:attr:`adapter.FitRequest.key` of the current data and spec (without validating them)."""
+        return self._request().key
 
     def _slow_key(self, request=None):
         """The model a fit time belongs to: of ``request``, or of the current spec."""
-        r = request or self.spec
-        formula = request.formula if request else self.spec.formula()
-        return (self.data.version, formula, r.family, r.method, r.trials or NONE, r.offset or NONE)
+        r = request or self._request()
+        return (self.data.version, r.formula, r.family, r.method, r.trials, r.offset)
 
     def is_live(self) -> bool:
         """Refit live: auto-fit on, the model size (:func:`problem_size`) within the live limit, and this
@@ -614,11 +617,7 @@ class AppState(param.Parameterized):
         response = formula_parts(self.spec.formula())[0]
         levels01 = (binary_levels(self.data.df[response]) if self.spec.family == "binomial"
                     and response in self.data.columns else None)
-        return adapter.FitRequest(
-            data=df, data_key=self._data_key(), formula=self.spec.formula(), family=self.spec.family,
-            method=self.spec.method, trials=None if self.spec.trials == NONE else self.spec.trials,
-            offset=None if self.spec.offset == NONE else self.spec.offset, fe_p=float(self.spec.fe_p),
-            vcp_p=float(self.spec.vcp_p), response_levels=levels01)
+        return self._request(df, levels01)
 
     def request_fit(self, immediate: bool = False) -> None:
         """Called after any change: live refit (debounced) for small models, else mark the result stale."""
