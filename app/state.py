@@ -45,32 +45,36 @@ class DataState(param.Parameterized):
 
     def __init__(self, **params):
         super().__init__(**params)
-        self._like = (None, {})  # (the frame, {column: numeric_like}) for the current frame
-        self._levels = (None, {})  # (the frame, {grouping factors: number of levels})
+        self._derived = (None, {})  # (the frame, facts derived from it: reset when the frame changes)
+
+    def _facts(self) -> dict:
+        """Facts derived from the current frame (computed once per frame)."""
+        frame, facts = self._derived
+        if frame is not self.df:
+            facts = {}
+            self._derived = (self.df, facts)
+        return facts
 
     @property
     def columns(self) -> list[str]:
         return [] if self.df is None else [str(c) for c in self.df.columns]
 
     def can_be_numeric(self, column: str) -> bool:
-        """Whether ``column`` reads as numbers (:func:`app.data.numeric_like`; computed once per frame)."""
-        frame, like = self._like
-        if frame is not self.df:
-            like = {} if self.df is None else {str(c): numeric_like(self.df[c]) for c in self.df.columns}
-            self._like = (self.df, like)
-        return like.get(column, False)
+        """Whether ``column`` reads as numbers (:func:`app.data.numeric_like`)."""
+        facts = self._facts()
+        if "numeric_like" not in facts:
+            facts["numeric_like"] = ({} if self.df is None
+                                     else {str(c): numeric_like(self.df[c]) for c in self.df.columns})
+        return facts["numeric_like"].get(column, False)
 
     def n_levels(self, factors: tuple[str, ...]) -> int:
-        """The number of distinct combinations of ``factors`` in the frame (cached per frame: the live
-        decision asks at every change)."""
-        frame, cache = self._levels
-        if frame is not self.df:
-            cache = {}
-            self._levels = (self.df, cache)
-        if factors not in cache:
-            cache[factors] = (int(self.df[factors[0]].nunique()) if len(factors) == 1
-                              else int(self.df.groupby(list(factors), observed=True).ngroups))
-        return cache[factors]
+        """The number of distinct combinations of ``factors`` in the frame (the live decision asks at
+        every change)."""
+        levels = self._facts().setdefault("levels", {})
+        if factors not in levels:
+            levels[factors] = (int(self.df[factors[0]].nunique()) if len(factors) == 1
+                               else int(self.df.groupby(list(factors), observed=True).ngroups))
+        return levels[factors]
 
     @property
     def numeric_columns(self) -> list[str]:
@@ -84,7 +88,7 @@ class DataState(param.Parameterized):
     def set_frame(self, df: pd.DataFrame, name: str, source: str = "") -> None:
         like = {str(c): numeric_like(df[c]) for c in df.columns}
         with param.parameterized.batch_call_watchers(self):
-            self._like = (df, like)
+            self._derived = (df, {"numeric_like": like})
             self.param.categorical.objects = [c for c, ok in like.items() if ok]
             self.categorical = [str(c) for c in default_categorical(df) if like[str(c)]]
             self.param.update(df=df, dataset=name, source=source or name, version=self.version + 1)
