@@ -91,6 +91,7 @@ class IndependentEffects:
         self.trials = None if model.trials is None else model.trials[self.rows]
         x, w = np.polynomial.hermite.hermgauss(nodes)
         self.x, self.logw = x, np.log(w) + x**2
+        self._alike = None  # each row's class of identical design rows within its effect (left_out_pairs)
 
     @classmethod
     def find(cls, model, nodes=24):
@@ -173,7 +174,7 @@ class IndependentEffects:
         er = eta[self.rows]
         c = _curvature(fam, self.y, er, self.trials, self.z, self.local, m, sd)
         q = fam.weight_derivative(self.y, er, self.trials) * self.z**3 / c[self.local] ** 1.5
-        if getattr(self, "_alike", None) is None:  # the rows' classes of identical design rows, once
+        if self._alike is None:  # computed once
             pattern, n_pat = model.rows.row_patterns()
             self._alike = np.unique(self.local.astype(np.int64) * n_pat + pattern[self.rows],
                                     return_inverse=True)[1].ravel()
