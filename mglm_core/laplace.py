@@ -68,17 +68,22 @@ def irls_start(model, reuse=None):
 
     The working response and weights of the family at :math:`\mu_0 \approx y`
     (:meth:`~mglm_core.families.Binomial.working_response`) define a penalised weighted
-    least-squares problem in (fe, vc) with the SDs at 1; its solution, one Newton step on
-    the same sparse structure, is where the Newton iterations start (as R's ``glm`` starts).
+    least-squares problem in (fe, vc) with the SDs at 1; its solution, one linear solve on the
+    same sparse structure (the problem is quadratic: the Newton step from 0 lands on it), is where
+    the Newton iterations start (as R's ``glm`` starts). Zeros when that system cannot be solved.
     """
     z, w = model.family.working_response(model.endog, model.trials)
     lj = LogJoint(model, rows=model.rows.with_response(z, w), family=WorkingGaussian())
-    res = newton_ascent(conditional_fun(lj, np.zeros(model.k_vcp)), np.zeros(model.k_vc),
-                        np.zeros(model.k_fep), tol=1e-12, max_iter=1,
-                        reuse=model.symbolic if reuse is None else reuse)
-    if not (np.all(np.isfinite(res.u)) and np.all(np.isfinite(res.b))):
-        return np.zeros(model.k_vc), np.zeros(model.k_fep)
-    return res.u, res.b
+    zeros_vc, zeros_fe = np.zeros(model.k_vc), np.zeros(model.k_fep)
+    _, g_fe, _, g_vc, blocks = lj(zeros_fe, np.zeros(model.k_vcp), zeros_vc, hessian=True, with_vcp=False)
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            vc, fe = BorderedFactor(*blocks, model.symbolic if reuse is None else reuse).solve(g_vc, g_fe)
+    except NotPositiveDefinite:
+        return zeros_vc, zeros_fe
+    if not (np.all(np.isfinite(vc)) and np.all(np.isfinite(fe))):
+        return zeros_vc, zeros_fe
+    return vc, fe
 
 
 def conditional_vcp_mode(model, vc, n_iter=30):
