@@ -128,20 +128,23 @@ class RowData:
                 )
             )
         self.chunks = tuple(chunks)
-        del self._pair_row, self._pair_val, self._pair_pos, self._pair_start  # now in the chunks' maps
+        del self._pair_val, self._pair_pos, self._pair_start  # now in the chunks' maps
         self._last_row_variances = None
 
     def _build_gram_pattern(self, Z):
         nnz_row = np.diff(Z.indptr)
-        first, second, self._pair_row = pairs_within_rows(Z.indptr)
         diag_keys = np.arange(self.q, dtype=np.int64) * (self.q + 1)  # every diagonal entry is in the pattern
-        self._pair_val = Z.data[first] * Z.data[second]
         self._pair_start = np.concatenate([[0], np.cumsum(nnz_row.astype(np.int64) ** 2)])
-        if nnz_row.size and nnz_row.max() <= 1:
-            # one nonzero per row (a single grouping factor): the pattern is the diagonal, no sort needed
-            uniq, pos = diag_keys, Z.indices[first].astype(np.int64)
+        m = int(nnz_row[0]) if nnz_row.size else 0
+        n_pairs = int(self._pair_start[-1])
+        if nnz_row.size and m >= 1 and np.all(nnz_row == m) and (
+                m == 1 or self.q * self.q <= max(_MARK_MAX, 4 * n_pairs)):
+            # the same number of nonzeros in every row (one per grouping factor): pairs by reshaping
+            uniq, pos, self._pair_val = self._uniform_positions(Z, m, diag_keys)
         else:
-            uniq, pos = self._pattern_positions(Z, nnz_row, first, second, diag_keys)
+            first, second, row = pairs_within_rows(Z.indptr)
+            self._pair_val = Z.data[first] * Z.data[second]
+            uniq, pos = self._pattern_positions(Z, nnz_row, first, second, row, diag_keys)
         self._pair_pos = pos
         rows = uniq // self.q
         self._gram_indices = (uniq % self.q).astype(np.int32)
@@ -150,16 +153,44 @@ class RowData:
         self._gram_nnz = uniq.size
         self._gram_diag = np.searchsorted(uniq, diag_keys)
 
-    def _pattern_positions(self, Z, nnz_row, first, second, diag_keys):
+    def _uniform_positions(self, Z, m, diag_keys):
+        """:meth:`_pattern_positions` for m nonzeros in every row (and a markable q x q array when
+        m > 1), with the pairs' values: row i's pairs are the m x m block ``(a, b)`` of its entries,
+        in the order of :func:`~mglm_core.linalg.pairs_within_rows`."""
+        n, q = Z.shape[0], self.q
+        cols = Z.indices.reshape(n, m).astype(np.int64)
+        vals = Z.data.reshape(n, m)
+        pair_val = (vals[:, :, None] * vals[:, None, :]).ravel()
+        if m == 1:  # a single grouping factor: the pattern is the diagonal
+            return diag_keys, cols[:, 0], pair_val
+        mark = np.zeros(q * q, dtype=bool)
+        mark[diag_keys] = True
+        for a in range(m):
+            for b in range(a + 1, m):
+                mark[cols[:, a] * q + cols[:, b]] = mark[cols[:, b] * q + cols[:, a]] = True
+        keys = np.flatnonzero(mark)
+        del mark
+        rank = np.empty(q * q, dtype=np.int64)  # read only at the marked keys
+        rank[keys] = np.arange(keys.size)
+        pos = np.empty((n, m, m), dtype=np.int64)
+        for a in range(m):
+            pos[:, a, a] = rank[cols[:, a] * (q + 1)]
+            for b in range(a + 1, m):
+                pos[:, a, b] = rank[cols[:, a] * q + cols[:, b]]
+                pos[:, b, a] = rank[cols[:, b] * q + cols[:, a]]
+        return keys, pos.ravel(), pair_val
+
+    def _pattern_positions(self, Z, nnz_row, first, second, row, diag_keys):
         """Sorted keys ``row * q + col`` of the Gram pattern and each pair's position in it.
 
         Only the pairs above the diagonal are looked at: within a row block of m nonzeros the pair
         (i, j) has its mirror (j, i) at the transposed place, and diagonal pairs go to the
         diagonal entries (all in the pattern). With q^2 small (at most ``_MARK_MAX`` or four
-        times the pairs), the keys are marked in a q x q array and ranked by a running count,
-        O(q^2 + pairs); otherwise they are sorted.
+        times the pairs), the keys are marked in a q x q array and ranked in order of the marks,
+        O(q^2 + pairs); otherwise they are sorted. ``(first, second, row)`` as from
+        :func:`~mglm_core.linalg.pairs_within_rows`.
         """
-        q, row = self.q, self._pair_row
+        q = self.q
         start = Z.indptr[row]
         m = nnz_row[row].astype(np.int64)
         i, j = first - start, second - start  # places of the two nonzeros in their row
@@ -174,12 +205,13 @@ class RowData:
             up_keys, low_keys = a_up * q + b_up, b_up * q + a_up
             mark[diag_keys] = mark[up_keys] = mark[low_keys] = True
             keys = np.flatnonzero(mark)
-            rank = np.cumsum(mark, dtype=np.int32 if keys.size < 2**31 else np.int64)
-            rank -= 1
+            del mark
+            rank = np.empty(q * q, dtype=np.int64)  # read only at the marked keys
+            rank[keys] = np.arange(keys.size)
             pos[diag] = rank[diag_keys[Z.indices[first[diag]]]]
             pos[upper] = rank[up_keys]
             pos[mirror] = rank[low_keys]
-            return keys.astype(np.int64), pos
+            return keys, pos
         uu, inv = np.unique(a_up * q + b_up, return_inverse=True)
         all_keys = np.concatenate([diag_keys, uu, (uu % q) * q + uu // q])
         order = np.argsort(all_keys, kind="stable")

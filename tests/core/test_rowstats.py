@@ -1,0 +1,65 @@
+"""Row sums over chunks (mglm_core.rowstats) against direct dense algebra."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import mglm_core.rowstats as rowstats
+from mglm_core.families import Binomial
+from mglm_core.rowstats import RowData
+
+
+def _factors(rng, n, sizes, values=False):
+    """One nonzero per row and factor (random levels), with random values if asked."""
+    blocks = []
+    for s in sizes:
+        v = rng.normal(size=n) if values else np.ones(n)
+        blocks.append(sp.csr_matrix((v, (np.arange(n), rng.integers(0, s, n))), shape=(n, s)))
+    return sp.hstack(blocks).tocsr()
+
+
+def _designs():
+    rng = np.random.default_rng(11)
+    n = 700
+    ragged = _factors(rng, n, (300, 60), values=True).tolil()
+    ragged[::3, 300:] = 0.0  # a third of the rows without the second factor
+    ragged[5, :] = 0.0  # and a row without any random effect
+    ragged = ragged.tocsr()
+    ragged.eliminate_zeros()
+    return {
+        "one factor": _factors(rng, n, (30,)),
+        "two crossed factors": _factors(rng, n, (40, 25)),
+        "two crossed factors of many levels": _factors(rng, n, (300, 200)),
+        "three factors with values (slopes)": _factors(rng, n, (20, 20, 6), values=True),
+        "rows of different lengths": ragged,
+    }
+
+
+@pytest.mark.parametrize("mark_max", [rowstats._MARK_MAX, 0])
+@pytest.mark.parametrize("name", list(_designs()))
+def test_row_sums_match_dense_algebra(name, mark_max, monkeypatch):
+    """Score, X'WX, Z'WX and Z'WZ on the Gram pattern agree with dense products, for one and several
+    nonzeros per row, rows of different lengths, by marking or (with ``_MARK_MAX`` at 0 and many
+    levels) by sorting the pattern's keys, in one chunk and in several."""
+    monkeypatch.setattr(rowstats, "_MARK_MAX", mark_max)
+    Z = _designs()[name]
+    n, q = Z.shape
+    rng = np.random.default_rng(3)
+    X = np.column_stack([np.ones(n), rng.normal(size=n)])
+    y = rng.integers(0, 2, n).astype(float)
+    fe, vc = np.array([-0.3, 0.5]), rng.normal(scale=0.5, size=q)
+    eta = X @ fe + Z @ vc
+    mu = 1.0 / (1.0 + np.exp(-eta))
+    w = mu * (1.0 - mu)
+    Zd = Z.toarray()
+    for chunk_rows in (None, 128):
+        rows = RowData(X, Z, y, chunk_rows=chunk_rows)
+        rs = rows.reduce(Binomial(), fe, vc)
+        np.testing.assert_allclose(rs.z_score, Zd.T @ (y - mu), atol=1e-10)
+        np.testing.assert_allclose(rs.x_score, X.T @ (y - mu), atol=1e-10)
+        np.testing.assert_allclose(rs.x_wx, X.T @ (w[:, None] * X), atol=1e-10)
+        np.testing.assert_allclose(rs.z_wx, Zd.T @ (w[:, None] * X), atol=1e-10)
+        gram = rows.gram(rs.z_wz).toarray()
+        np.testing.assert_allclose(gram, Zd.T @ (w[:, None] * Zd), atol=1e-10)
+        # the pattern is exactly Z'Z's, plus the whole diagonal
+        expected = (np.abs(Zd).T @ np.abs(Zd) > 0) | np.eye(q, dtype=bool)
+        np.testing.assert_array_equal(rows.hessian_pattern().toarray() != 0, expected)
