@@ -63,20 +63,22 @@ class RowSums:
 @dataclass(frozen=True)
 class _Chunk:
     """One block of rows. ``XT`` is X transposed and contiguous (row sums over it
-    are contiguous dot products); ``ZT`` the transpose of Z in CSR form;
+    are contiguous dot products); ``ZT`` the transpose of Z (a CSC view of its CSR arrays: its
+    products scatter as fast as a CSR copy's gather, and cost no copy);
     ``gram_map`` (Gram pattern entries x rows) maps row weights to :math:`Z^\top W Z` on the
-    pattern, ``row_map`` is its transpose (module docstring); ``ll_const`` memoises the eta-free
-    part of the log-likelihood per family."""
+    pattern, ``row_map`` is its transpose (module docstring; ``gram_map`` is the view of
+    ``row_map``'s arrays, as ``ZT``); ``ll_const`` memoises the eta-free part of the
+    log-likelihood per family."""
 
     rows: slice
     XT: np.ndarray
     Z: sp.csr_matrix
-    ZT: sp.csr_matrix
+    ZT: sp.csc_matrix
     Z2: sp.csr_matrix
     y: np.ndarray
     trials: np.ndarray | None
     offset: np.ndarray | None
-    gram_map: sp.csr_matrix
+    gram_map: sp.csc_matrix
     row_map: sp.csr_matrix
     ll_const: dict
 
@@ -117,12 +119,12 @@ class RowData:
                     rows=slice(a, b),
                     XT=np.ascontiguousarray(X[a:b].T),
                     Z=Zc,
-                    ZT=Zc.T.tocsr(),
+                    ZT=Zc.T,
                     Z2=Zc.multiply(Zc).tocsr(),
                     y=y[a:b],
                     trials=None if trials is None else trials[a:b],
                     offset=None if offset is None else offset[a:b],
-                    gram_map=row_map.T.tocsr(),
+                    gram_map=row_map.T,
                     row_map=row_map,
                     ll_const={},
                 )
@@ -386,22 +388,22 @@ class RowData:
             ll += float(np.sum(ll_i))
             if p:
                 xs += c.XT @ score
-            if q:
+            if hessian and p:
+                wxt = c.XT * w
+                xwx += c.XT @ wxt.T
+            if q and hessian and p:  # Z's transpose read once for the score and Z'WX
+                both = c.ZT @ np.column_stack([score, wxt.T])
+                zs += both[:, 0]
+                zwx += both[:, 1:]
+            elif q:
                 zs += c.ZT @ score
             if mean_field:
                 if p:
                     x2w += X2.T @ w
                 if q:
                     z2w += c.Z2.T @ w
-            if hessian:
-                if p:
-                    wxt = c.XT * w
-                    xwx += c.XT @ wxt.T
-                    if q:
-                        for j in range(p):
-                            zwx[:, j] += c.ZT @ wxt[j]
-                if q:
-                    zwz += c.gram_map @ w
+            if hessian and q:
+                zwz += c.gram_map @ w
         return RowSums(
             loglike=ll,
             x_score=xs,
