@@ -372,8 +372,8 @@ def class_adjacency(row, col, groups):
     groups = np.asarray(groups)
     k = int(groups.max()) + 1 if groups.size else 0
     off = row != col
-    adj = np.zeros((k, k), dtype=bool)
-    adj[groups[row[off]], groups[col[off]]] = True
+    pair = groups[row[off]].astype(np.int64) * k + groups[col[off]]
+    adj = (np.bincount(pair, minlength=k * k) > 0).reshape(k, k)
     return adj, np.bincount(groups, minlength=k)
 
 
@@ -694,11 +694,17 @@ class Symbolic:
         seld = (row == col) & in_P[row]
         self.diag_src = np.empty(P.size, dtype=np.int64)
         self.diag_src[pos[row[seld]]] = np.flatnonzero(seld)
-        r, c, src = pos[row[selN]], pos[col[selN]], np.flatnonzero(selN)
-        order = np.lexsort((c, r))
-        self.N_indices = c[order].astype(np.int32)
-        self.N_indptr = np.searchsorted(r[order], np.arange(P.size + 1)).astype(np.int32)
-        self.N_src = src[order]
+        # N's entry (i, j) (rows P, columns D) is A's (P_i, D_j) = (D_j, P_i): taken from A's column
+        # P_i, where (indices sorted) the entries are already in N's row-major order
+        selT = ~in_P[row] & in_P[col]
+        r, c, src = pos[col[selT]], pos[row[selT]], np.flatnonzero(selT)
+        key = r.astype(np.int64) * D.size + c
+        if key.size > 1 and np.any(key[1:] <= key[:-1]):  # (A's indices not sorted)
+            order = np.argsort(key, kind="stable")
+            r, c, src = r[order], c[order], src[order]
+        self.N_indices = c.astype(np.int32)
+        self.N_indptr = np.searchsorted(r, np.arange(P.size + 1)).astype(np.int32)
+        self.N_src = src
         self.N_row = np.repeat(np.arange(P.size, dtype=np.int64), np.diff(self.N_indptr))
         selD = ~in_P[row] & ~in_P[col]
         self.dd_r, self.dd_c, self.dd_src = pos[row[selD]], pos[col[selD]], np.flatnonzero(selD)

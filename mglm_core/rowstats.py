@@ -389,10 +389,14 @@ class RowData:
             if p:
                 xs += c.XT @ score
             if hessian and p:
-                wxt = c.XT * w
-                xwx += c.XT @ wxt.T
-            if q and hessian and p:  # Z's transpose read once for the score and Z'WX
-                both = c.ZT @ np.column_stack([score, wxt.T])
+                # [score, W X] as one C-ordered block: Z's transpose is read once for Z's score and
+                # Z'WX (a product with a non-contiguous block would copy it first)
+                sw = np.empty((score.size, p + 1))
+                sw[:, 0] = score
+                np.multiply(c.XT.T, w[:, None], out=sw[:, 1:])
+                xwx += c.XT @ sw[:, 1:]
+            if q and hessian and p:
+                both = c.ZT @ sw
                 zs += both[:, 0]
                 zwx += both[:, 1:]
             elif q:
