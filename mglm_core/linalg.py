@@ -436,8 +436,8 @@ def _potri(L):
     return out
 
 
-#: The dense copy of N kept for the selected inverse (a GEMM instead of a sparse product) up to
-#: this many entries (8 MB).
+#: The dense copy of N (scaled) is kept for the solves and the selected inverse (BLAS instead of
+#: sparse products) up to this many entries (8 MB).
 _KEEP_DENSE_N = 1_000_000
 
 
@@ -474,14 +474,15 @@ class SchurDenseLDL:
         N = sp.csr_matrix((A.data[sym.N_src], sym.N_indices, sym.N_indptr), shape=(P.size, D.size))
         self.N = N
         row_nnz = np.diff(N.indptr).astype(np.int64)
-        self.N_dense = None
+        self.Ns = None
         pairs = None
         if N.nnz and float(row_nnz @ row_nnz) * 20.0 >= float(P.size) * D.size**2:
             # N is dense enough for BLAS: S = A_DD - Ns' Ns with Ns = diag(d)^(-1/2) N
             Ns = N.toarray()
-            if Ns.size <= _KEEP_DENSE_N:  # for the selected inverse's N S^-1 (a GEMM; freed there)
-                self.N_dense = Ns.copy()
-            Ns /= np.sqrt(d)[:, None]
+            root_d = np.sqrt(d)
+            Ns /= root_d[:, None]
+            if Ns.size <= _KEEP_DENSE_N:  # for solves and the selected inverse (BLAS; freed there)
+                self.Ns, self._root_d = Ns, root_d
             # lower triangle of -Ns' Ns (all potrf reads), Fortran-ordered: Ns.T is passed
             # as the Fortran view it is, so neither syrk nor the in-place Cholesky copies
             S = syrk(-1.0, Ns.T, trans=0, lower=1)
@@ -517,11 +518,11 @@ class SchurDenseLDL:
         return out[:, 0] if vec else out
 
     def _t_matvec(self, y):
-        r""":math:`N^\top y`: by BLAS while N's dense copy is kept, for a vector or a few columns of
-        a small N by bincounts over its entries (no transposed matrix is built)."""
+        r""":math:`N^\top y`: by BLAS while N's dense (scaled) copy is kept, for a vector or a few
+        columns of a small N by bincounts over its entries (no transposed matrix is built)."""
         N, row, nD = self.N, self.symbolic.N_row, self.D.size
-        if self.N_dense is not None:
-            return self.N_dense.T @ y
+        if self.Ns is not None:  # N = diag(d)^(1/2) Ns
+            return self.Ns.T @ (y * (self._root_d if y.ndim == 1 else self._root_d[:, None]))
         if N.nnz > 50_000 or (y.ndim == 2 and y.shape[1] > 8):  # the transpose's fixed cost pays
             return np.asarray(N.T @ y)
         cols = y[:, None] if y.ndim == 1 else y
@@ -532,18 +533,19 @@ class SchurDenseLDL:
 
     def _diag_dense(self):
         r"""The diagonal of :math:`A^{-1}` while N's dense copy is kept, by triangular BLAS alone:
-        with :math:`L^{-1}` (trtri) and :math:`W = L^{-1} N^\top` (trmm),
-        :math:`(S^{-1})_{jj} = \sum_i (L^{-1})_{ij}^2` and :math:`n_i^\top S^{-1} n_i = \|W_{:,i}\|^2`
-        (about 60 % of the cost of :math:`S^{-1}` by potri and the product :math:`N S^{-1}`, which
-        only the entries off the diagonal need). ``L^{-1}`` and ``W`` are kept for :meth:`_selected`."""
+        with :math:`L^{-1}` (trtri) and :math:`W = L^{-1} N_s^\top` (trmm; :math:`N_s =
+        \mathrm{diag}(d)^{-1/2} N`), :math:`(S^{-1})_{jj} = \sum_i (L^{-1})_{ij}^2` and
+        :math:`n_i^\top S^{-1} n_i / d_i = \|W_{:,i}\|^2` (about 60 % of the cost of :math:`S^{-1}`
+        by potri and the product :math:`N S^{-1}`, which only the entries off the diagonal need).
+        ``L^{-1}`` and ``W`` are kept for :meth:`_selected`."""
         Linv, info = lapack.dtrtri(self.S_chol, lower=1)
         if info != 0:  # pragma: no cover - S_chol has a positive diagonal
             raise NotPositiveDefinite("matrix is not positive definite")
         Linv = np.tril(Linv)  # (the upper triangle is the factor's untouched input)
-        W = trmm(1.0, Linv, self.N_dense.T, lower=1)
+        W = trmm(1.0, Linv, self.Ns.T, lower=1)
         self._tri = (Linv, W)
         diag = np.empty(self.n)
-        diag[self.P] = (1.0 + np.einsum("ij,ij->j", W, W) / self.dP) / self.dP
+        diag[self.P] = (1.0 + np.einsum("ij,ij->j", W, W)) / self.dP
         diag[self.D] = np.einsum("ij,ij->j", Linv, Linv)
         return diag
 
@@ -553,7 +555,7 @@ class SchurDenseLDL:
         N, dP = self.N, self.dP
         tri = getattr(self, "_tri", None)
         if tri is not None:
-            # from the diagonal's L^-1 and W = L^-1 N': S^-1 = L^-T L^-1 (lauum), N S^-1 = (L^-T W)'
+            # from the diagonal's L^-1 and W = L^-1 Ns': S^-1 = L^-T L^-1 (lauum), Ns S^-1 = (L^-T W)'
             Linv, W = tri
             low, info = lapack.dlauum(Linv, lower=1)
             Sinv = low + low.T
@@ -568,17 +570,20 @@ class SchurDenseLDL:
         for a in range(0, self.P.size, step):
             b = min(a + step, self.P.size)
             lo, hi = N.indptr[a], N.indptr[b]
+            scale = None
             if NSinv is not None:
-                M = NSinv[a:b]
-            elif self.N_dense is not None:
-                M = self.N_dense[a:b] @ Sinv
+                M, scale = NSinv[a:b], self._root_d[a:b]
+            elif self.Ns is not None:
+                M, scale = self.Ns[a:b] @ Sinv, self._root_d[a:b]
             else:
                 M = (N if (a, b) == (0, self.P.size) else N[a:b]) @ Sinv
             rows = self.symbolic.N_row[lo:hi] - a
             vals = M[rows, N.indices[lo:hi]]
+            if scale is not None:  # (Ns S^-1 -> N S^-1)
+                vals *= scale[rows]
             on_N[lo:hi] = vals
             quad[a:b] = np.bincount(rows, weights=vals * N.data[lo:hi], minlength=b - a)
-        self.N_dense = self._tri = None
+        self.Ns = self._tri = None
         diag = np.empty(self.n)
         diag[self.P] = (1.0 + quad / dP) / dP  # (not dP**2: it overflows at a collapsed SD, prec ~ e^400)
         diag[self.D] = np.diag(Sinv)
@@ -588,7 +593,7 @@ class SchurDenseLDL:
     def diag_inverse(self) -> np.ndarray:
         if hasattr(self, "_sel"):
             return self._sel[2].copy()
-        if self.N_dense is not None:
+        if self.Ns is not None:
             if getattr(self, "_diag", None) is None:
                 self._diag = self._diag_dense()
             return self._diag.copy()
