@@ -11,7 +11,10 @@ where :math:`s_i` is the score and :math:`w_i` the weight of row i at the
 current linear predictor (or their Gaussian expectations, for variational
 Bayes). :class:`RowData` splits the rows into chunks and adds up per-chunk
 results, so the same fitters run unchanged when the chunks live on other
-machines (each chunk's contribution is computed from that chunk alone).
+machines (each chunk's contribution is computed from that chunk alone). On one
+machine the chunks are summed on :data:`ROW_THREADS` threads (numpy's and scipy's
+row kernels release the GIL); the partial sums are added in chunk order, so results do
+not depend on which thread finished first.
 
 :math:`Z^\top W Z` is assembled without sparse matrix-matrix products: the pairs
 of nonzeros that share a row are listed once, with their position in the fixed
@@ -24,7 +27,10 @@ of a matrix G on the pattern (the row variances).
 from __future__ import annotations
 
 import copy
+import os
+import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -37,6 +43,25 @@ __all__ = ["RowData", "RowSums"]
 #: The Gram pattern is found by marking a q x q array when q^2 is at most this (or four times the
 #: within-row pairs), by sorting otherwise.
 _MARK_MAX = 4_000_000
+
+#: Threads that sum the chunks of one row pass (the cores this process may use, at most 8).
+ROW_THREADS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
+                         (os.cpu_count() or 1)))
+#: Rows per chunk at least (below it a chunk's fixed costs dominate; fewer rows are one chunk).
+_MIN_CHUNK = 16384
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's row-pass threads (created on first use). Tasks never wait on other tasks,
+    so fits running concurrently (dashboard sessions) share it without deadlock."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=ROW_THREADS, thread_name_prefix="mglm-rows")
+        return _POOL
 
 
 @dataclass(frozen=True)
@@ -90,10 +115,10 @@ class _Chunk:
 class RowData:
     """Rows of a model split into chunks of at most ``chunk_rows`` rows.
 
-    By default (``chunk_rows=None``) chunks are small enough that each one's
-    temporaries stay in cache and are reused by the allocator (16k rows), and
-    large enough that the per-chunk cost of the q- and Gram-sized sums stays
-    below the per-row cost (at least twice those sizes), up to 256k rows.
+    By default (``chunk_rows=None``) chunks are large enough that the per-chunk cost of the
+    q- and Gram-sized sums stays below the per-row cost (at least twice those sizes and 16k
+    rows), up to 256k rows, and, from twice 16k rows, small enough that every row-pass thread
+    gets one (:data:`ROW_THREADS`).
     """
 
     def __init__(self, X, Z, y, trials=None, offset=None, chunk_rows=None):
@@ -102,7 +127,9 @@ class RowData:
         Z = sp.csr_matrix(Z)
         self._build_gram_pattern(Z)
         if chunk_rows is None:
-            chunk_rows = int(min(262144, max(16384, 2 * (self._gram_nnz + self.q * (self.p + 1)))))
+            chunk_rows = int(min(262144, max(_MIN_CHUNK, 2 * (self._gram_nnz + self.q * (self.p + 1)))))
+            if ROW_THREADS > 1 and self.n >= 2 * _MIN_CHUNK:
+                chunk_rows = min(chunk_rows, max(_MIN_CHUNK, -(-self.n // ROW_THREADS)))
         if chunk_rows < 1:
             raise ValueError(f"`chunk_rows` must be a positive integer; got {chunk_rows}.")
         self.chunk_rows = chunk_rows
@@ -247,12 +274,16 @@ class RowData:
         """A matrix with the pattern of Z'Z and the given values."""
         return sp.csr_matrix((data, self._gram_indices, self._gram_indptr), shape=(self.q, self.q))
 
+    def map_chunks(self, fn):
+        """``[fn(chunk) for chunk in self.chunks]``, on the row-pass threads when there are
+        several chunks (in chunk order either way)."""
+        if len(self.chunks) == 1 or ROW_THREADS == 1:
+            return [fn(c) for c in self.chunks]
+        return list(_pool().map(fn, self.chunks))
+
     def linear_predictor(self, fe, vc):
         """:math:`X\\,fe + Z\\,vc + \\text{offset}` for all rows."""
-        out = np.empty(self.n)
-        for c in self.chunks:
-            out[c.rows] = self._eta(c, fe, vc)
-        return out
+        return np.concatenate(self.map_chunks(lambda c: self._eta(c, fe, vc))) if self.n else np.zeros(0)
 
     @staticmethod
     def _eta(c, fe, vc):
@@ -277,22 +308,21 @@ class RowData:
         cached = self._last_row_variances  # the last factor's (a point's second-order term and
         if cached is not None and cached[0]() is factor:  # its refinement ask for the same)
             return cached[1]
-        out = np.zeros(self.n)
         sig = None
         if factor.m:
             # np.linalg.inv: scipy's solve_triangular has a large fixed cost with threaded BLAS
             Linv_t = np.linalg.inv(np.tril(factor.S_chol)).T
         if self.q:
             sig = factor.A.inverse_on_pattern(self._gram_rows, self._gram_indices, keep_plan=True)
-        for c in self.chunks:
-            nr = c.rows.stop - c.rows.start
-            v = np.zeros(nr)
-            if self.q:
-                v += c.row_map @ sig
+
+        def chunk_variances(c):
+            v = c.row_map @ sig if self.q else np.zeros(c.y.size)
             if factor.m:
                 W = ((c.Z @ factor.AinvB if self.q else 0.0) - c.X) @ Linv_t
                 v += np.einsum("ij,ij->i", W, W)
-            out[c.rows] = v
+            return v
+
+        out = np.concatenate(self.map_chunks(chunk_variances)) if self.n else np.zeros(0)
         out.flags.writeable = False
         self._last_row_variances = (weakref.ref(factor), out)
         return out
@@ -327,27 +357,28 @@ class RowData:
         :math:`s_3 = \sum_{i,j:\,x_i = x_j} w_i' w_j' v_i^3` for the second-order Laplace correction
         (the pairs of identical design rows, for which :math:`x_i^\top H^{-1} x_j = v_i`: the same
         value whether rows are aggregated into trials or not): ``(X^T t, Z^T t, s_4, s_3)``."""
-        xr, zr = np.zeros(self.p), np.zeros(self.q)
         if second_order:
             pattern, n_pat = self.row_patterns()
-            d1_pat, v_pat = np.zeros(n_pat), np.zeros(n_pat)
-            s4 = 0.0
-        for c in self.chunks:
+
+        def chunk_sums(c):
             eta = self._eta(c, fe, vc)
             v = row_var[c.rows]
             d1 = family.weight_derivative(c.y, eta, c.trials)
             r = d1 * v
-            if self.p:
-                xr += c.XT @ r
-            if self.q:
-                zr += c.ZT @ r
+            out = [c.XT @ r, c.ZT @ r]
             if second_order:
-                s4 += float(family.weight_second_derivative(c.y, eta, c.trials) @ v**2)
-                pat = pattern[c.rows]
-                d1_pat += np.bincount(pat, weights=d1, minlength=n_pat)
-                v_pat[pat] = v
+                out.append(float(family.weight_second_derivative(c.y, eta, c.trials) @ v**2))
+                out.append(np.bincount(pattern[c.rows], weights=d1, minlength=n_pat))
+            return out
+
+        parts = self.map_chunks(chunk_sums)
+        xr, zr = sum(part[0] for part in parts), sum(part[1] for part in parts)
         if not second_order:
             return xr, zr
+        s4 = float(sum(part[2] for part in parts))
+        d1_pat = sum(part[3] for part in parts)
+        v_pat = np.zeros(n_pat)
+        v_pat[pattern] = row_var  # (the same for every row of a pattern)
         return xr, zr, s4, float((d1_pat * d1_pat) @ v_pat**3)
 
     def reduce(self, family, fe, vc, fe_var=None, vc_var=None, hessian=True, row_var=None) -> RowSums:
@@ -360,18 +391,13 @@ class RowData:
         :math:`-\\mathrm{E}\\,\\ell_i''`.
         """
         p, q = self.p, self.q
-        ll = 0.0
-        xs, zs = np.zeros(p), np.zeros(q)
         mean_field = row_var is None and fe_var is not None
-        x2w, z2w = (np.zeros(p), np.zeros(q)) if mean_field else (None, None)
-        xwx = np.zeros((p, p)) if hessian else None
-        zwx = np.zeros((q, p)) if hessian else None
-        zwz = np.zeros(self._gram_nnz) if hessian else None
-        for c in self.chunks:
+
+        def chunk_sums(c):
             eta = self._eta(c, fe, vc)
             if family.name not in c.ll_const:  # eta-free part of the log-likelihood, summed once
                 c.ll_const[family.name] = float(np.sum(family.log_base_measure(c.y, c.trials)))
-            ll += c.ll_const[family.name]
+            out = {"ll": c.ll_const[family.name]}
             if row_var is not None:
                 ll_i, score, _, d2 = family.gaussian_expectation(c.y, eta, row_var[c.rows], c.trials,
                                                                  const=False)
@@ -385,29 +411,40 @@ class RowData:
                     v = v + c.Z2 @ vc_var
                 ll_i, score, _, d2 = family.gaussian_expectation(c.y, eta, v, c.trials, const=False)
                 w = -d2
-            ll += float(np.sum(ll_i))
-            if p:
-                xs += c.XT @ score
+            out["ll"] += float(np.sum(ll_i))
+            out["xs"] = c.XT @ score
             if hessian and p:
                 # [score, W X] as one C-ordered block: Z's transpose is read once for Z's score and
                 # Z'WX (a product with a non-contiguous block would copy it first)
                 sw = np.empty((score.size, p + 1))
                 sw[:, 0] = score
                 np.multiply(c.XT.T, w[:, None], out=sw[:, 1:])
-                xwx += c.XT @ sw[:, 1:]
-            if q and hessian and p:
+                out["xwx"] = c.XT @ sw[:, 1:]
                 both = c.ZT @ sw
-                zs += both[:, 0]
-                zwx += both[:, 1:]
-            elif q:
-                zs += c.ZT @ score
+                out["zs"], out["zwx"] = both[:, 0], both[:, 1:]
+            else:
+                out["zs"] = c.ZT @ score
+                if hessian:
+                    out["xwx"], out["zwx"] = np.zeros((p, p)), np.zeros((q, p))
             if mean_field:
-                if p:
-                    x2w += X2.T @ w
-                if q:
-                    z2w += c.Z2.T @ w
-            if hessian and q:
-                zwz += c.gram_map @ w
+                out["x2w"] = X2.T @ w if p else np.zeros(0)
+                out["z2w"] = c.Z2.T @ w
+            if hessian:
+                out["zwz"] = c.gram_map @ w
+            return out
+
+        parts = self.map_chunks(chunk_sums)
+
+        def total(key):
+            acc = parts[0][key]
+            for part in parts[1:]:
+                acc = acc + part[key]
+            return acc
+
+        ll = float(sum(part["ll"] for part in parts))
+        xs, zs = total("xs"), total("zs")
+        x2w, z2w = (total("x2w"), total("z2w")) if mean_field else (None, None)
+        xwx, zwx, zwz = (total("xwx"), total("zwx"), total("zwz")) if hessian else (None, None, None)
         return RowSums(
             loglike=ll,
             x_score=xs,

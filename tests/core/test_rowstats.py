@@ -34,13 +34,15 @@ def _designs():
     }
 
 
-@pytest.mark.parametrize("mark_max", [rowstats._MARK_MAX, 0])
+@pytest.mark.parametrize("mark_max, threads", [(rowstats._MARK_MAX, 2), (0, 1)])
 @pytest.mark.parametrize("name", list(_designs()))
-def test_row_sums_match_dense_algebra(name, mark_max, monkeypatch):
+def test_row_sums_match_dense_algebra(name, mark_max, threads, monkeypatch):
     """Score, X'WX, Z'WX and Z'WZ on the Gram pattern agree with dense products, for one and several
     nonzeros per row, rows of different lengths, by marking or (with ``_MARK_MAX`` at 0 and many
-    levels) by sorting the pattern's keys, in one chunk and in several."""
+    levels) by sorting the pattern's keys, in one chunk and in several, summed on one thread or
+    on the row-pass threads."""
     monkeypatch.setattr(rowstats, "_MARK_MAX", mark_max)
+    monkeypatch.setattr(rowstats, "ROW_THREADS", threads)
     Z = _designs()[name]
     n, q = Z.shape
     rng = np.random.default_rng(3)
@@ -63,3 +65,27 @@ def test_row_sums_match_dense_algebra(name, mark_max, monkeypatch):
         # the pattern is exactly Z'Z's, plus the whole diagonal
         expected = (np.abs(Zd).T @ np.abs(Zd) > 0) | np.eye(q, dtype=bool)
         np.testing.assert_array_equal(rows.hessian_pattern().toarray() != 0, expected)
+        np.testing.assert_allclose(rows.linear_predictor(fe, vc), eta, atol=1e-12)
+
+
+def test_threaded_row_sums_are_reproducible(monkeypatch):
+    """Chunks summed on several threads add up in chunk order: repeated passes are bitwise equal,
+    and equal to one thread's to rounding."""
+    Z = _designs()["two crossed factors"]
+    n = Z.shape[0]
+    rng = np.random.default_rng(5)
+    X = np.column_stack([np.ones(n), rng.normal(size=n)])
+    y = rng.integers(0, 2, n).astype(float)
+    fe, vc = np.array([0.2, -0.4]), rng.normal(size=Z.shape[1])
+    monkeypatch.setattr(rowstats, "ROW_THREADS", 2)
+    rows = RowData(X, Z, y, chunk_rows=50)
+    first = rows.reduce(Binomial(), fe, vc)
+    for _ in range(5):
+        again = rows.reduce(Binomial(), fe, vc)
+        assert again.loglike == first.loglike
+        np.testing.assert_array_equal(again.z_wz, first.z_wz)
+        np.testing.assert_array_equal(again.z_score, first.z_score)
+    monkeypatch.setattr(rowstats, "ROW_THREADS", 1)
+    serial = rows.reduce(Binomial(), fe, vc)
+    assert serial.loglike == first.loglike
+    np.testing.assert_array_equal(serial.z_wz, first.z_wz)
