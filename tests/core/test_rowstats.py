@@ -43,6 +43,7 @@ def test_row_sums_match_dense_algebra(name, mark_max, threads, monkeypatch):
     on the row-pass threads."""
     monkeypatch.setattr(rowstats, "_MARK_MAX", mark_max)
     monkeypatch.setattr(rowstats, "ROW_THREADS", threads)
+    monkeypatch.setattr(rowstats, "_MIN_PARALLEL_CHUNK", 1)  # (small chunks on threads too)
     Z = _designs()[name]
     n, q = Z.shape
     rng = np.random.default_rng(3)
@@ -78,13 +79,18 @@ def test_threaded_row_sums_are_reproducible(monkeypatch):
     y = rng.integers(0, 2, n).astype(float)
     fe, vc = np.array([0.2, -0.4]), rng.normal(size=Z.shape[1])
     monkeypatch.setattr(rowstats, "ROW_THREADS", 2)
+    monkeypatch.setattr(rowstats, "_MIN_PARALLEL_CHUNK", 1)
     rows = RowData(X, Z, y, chunk_rows=50)
+    calls = []
+    pool_map = rowstats._pool().map
+    monkeypatch.setattr(rowstats._pool(), "map", lambda fn, it: calls.append(1) or pool_map(fn, it))
     first = rows.reduce(Binomial(), fe, vc)
     for _ in range(5):
         again = rows.reduce(Binomial(), fe, vc)
         assert again.loglike == first.loglike
         np.testing.assert_array_equal(again.z_wz, first.z_wz)
         np.testing.assert_array_equal(again.z_score, first.z_score)
+    assert len(calls) == 6  # (the passes above ran on the threads)
     monkeypatch.setattr(rowstats, "ROW_THREADS", 1)
     serial = rows.reduce(Binomial(), fe, vc)
     assert serial.loglike == first.loglike
