@@ -204,9 +204,10 @@ class RowData:
                 mark[cols[:, a] * q + cols[:, b]] = mark[cols[:, b] * q + cols[:, a]] = True
         keys = np.flatnonzero(mark)
         del mark
-        rank = np.empty(q * q, dtype=np.int64)  # read only at the marked keys
-        rank[keys] = np.arange(keys.size)
-        pos = np.empty((n, m, m), dtype=np.int64)
+        itype = np.int32 if keys.size < 2**31 else np.int64  # (the map's index type; half the pages)
+        rank = np.empty(q * q, dtype=itype)  # read only at the marked keys
+        rank[keys] = np.arange(keys.size, dtype=itype)
+        pos = np.empty((n, m, m), dtype=itype)
         for a in range(m):
             pos[:, a, a] = rank[cols[:, a] * (q + 1)]
             for b in range(a + 1, m):
@@ -240,8 +241,9 @@ class RowData:
             mark[diag_keys] = mark[up_keys] = mark[low_keys] = True
             keys = np.flatnonzero(mark)
             del mark
-            rank = np.empty(q * q, dtype=np.int64)  # read only at the marked keys
-            rank[keys] = np.arange(keys.size)
+            itype = np.int32 if keys.size < 2**31 else np.int64  # (half the pages)
+            rank = np.empty(q * q, dtype=itype)  # read only at the marked keys
+            rank[keys] = np.arange(keys.size, dtype=itype)
             pos[diag] = rank[diag_keys[Z.indices[first[diag]]]]
             pos[upper] = rank[up_keys]
             pos[mirror] = rank[low_keys]
