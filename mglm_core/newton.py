@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from .errors import FitError
 from .linalg import BorderedFactor, NotPositiveDefinite
 
-__all__ = ["NewtonResult", "newton_ascent"]
+__all__ = ["NewtonResult", "newton_ascent", "chord_ascent"]
 
 #: Relative rounding of an objective summed over many rows (about 64 machine epsilons): a Newton
 #: decrement below it times |value| is converged whatever the tolerance asked.
@@ -174,3 +174,64 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
             factor = None
             message += "; the Hessian at the final point is not negative definite"
     return NewtonResult(u, b, value, float(np.sqrt(gu @ gu + gb @ gb)), converged, it, factor, log, message, lag)
+
+
+def chord_ascent(fun, factor, u0, b0, *, stop, max_iter=30, min_rate=0.5, progress=None):
+    r"""Ascent steps on one fixed factorisation (the chord, or simplified Newton, method).
+
+    Each step solves :math:`F d = g` with the same ``factor`` F of an approximate negative Hessian
+    (for ``fit_map``, the IRLS start's working Hessian) and backtracks along d until the Armijo
+    condition holds; no Hessian is evaluated or factored. Convergence is linear, at a rate set by
+    how far F is from the Hessian, so this serves to bring a start within ``stop`` of a maximum
+    cheaply, and leaves the rest to :func:`newton_ascent`.
+
+    Parameters
+    ----------
+    fun : callable
+        As for :func:`newton_ascent` (called with ``hessian=False``, and ``None`` in line searches).
+    factor : BorderedFactor
+        The fixed factorisation (positive definite).
+    u0, b0 : ndarray
+        Starting point.
+    stop : float
+        The last step is the one taken from a decrement :math:`g^\top F^{-1} g` below this.
+    max_iter : int
+        Steps at most.
+    min_rate : float
+        The steps stop (unfinished) when the decrement falls by less than this factor in a step:
+        F is too far from the Hessian to be worth more steps.
+    progress : callable, optional
+        ``progress(iteration, decrement)``, once per step.
+
+    Returns
+    -------
+    (u, b, n_steps, done): the last point, the steps taken, and whether the decrement fell below
+    ``stop`` (otherwise the point is the best reached, possibly the start).
+    """
+    u, b = np.array(u0, dtype=float), np.array(b0, dtype=float)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        value, gu, gb = fun(u, b, False)[:3]
+    if not np.isfinite(value):
+        return u, b, 0, False
+    last = np.inf
+    for it in range(1, max_iter + 1):
+        du, db = factor.solve(gu, gb)
+        decrement = float(gu @ du + gb @ db)
+        if progress is not None:
+            progress(it, abs(decrement))
+        if not (np.isfinite(decrement) and decrement >= 0.0) or decrement > min_rate * last:
+            return u, b, it - 1, False
+        t = 1.0
+        for _ in range(30):
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                vn, gun, gbn = fun(u + t * du, b + t * db, False)[:3]
+            if np.isfinite(vn) and vn >= value + 1e-4 * t * decrement:
+                break
+            t *= 0.5
+        else:
+            return u, b, it - 1, False
+        u, b, value, gu, gb = u + t * du, b + t * db, vn, gun, gbn
+        if decrement < stop:
+            return u, b, it, True
+        last = decrement
+    return u, b, max_iter, False

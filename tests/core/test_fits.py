@@ -121,6 +121,36 @@ def test_integrated_log_density_gradient_finite_differences(family, trials):
 
 
 @pytest.mark.parametrize("family", ["binomial", "poisson"])
+def test_map_start_by_chord_steps_reaches_the_same_mode(family, monkeypatch):
+    """fit_map's start taken by chord steps on the IRLS factorisation (crossed factors, where
+    factorisations cost most) and by Newton steps alone (as when the chord steps stall) lead to
+    the same mode and covariance, and the chord steps save factorisations."""
+    import mglm_core.laplace as laplace
+    from mglm_core.simulate import simulate_glmm
+
+    sim = simulate_glmm(family=family, n_groups=40, group_size=25, n_groups2=30, sd=0.7, sd2=0.5, seed=3)
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g) + (1 | h)", data=sim.data, family=family)
+    factorisations = []
+    real_factor = laplace.BorderedFactor.__init__
+
+    def counting(self, *args, **kwargs):
+        factorisations.append(1)
+        real_factor(self, *args, **kwargs)
+
+    monkeypatch.setattr(laplace.BorderedFactor, "__init__", counting)
+    chord = model.fit_map()
+    with_chord = len(factorisations)
+    monkeypatch.setattr(laplace, "chord_ascent", lambda fun, factor, u, b, **kw: (u, b, 0, False))
+    factorisations.clear()
+    newton = model.fit_map()
+    assert chord.converged and newton.converged
+    np.testing.assert_allclose(chord.params, newton.params, atol=1e-6)
+    np.testing.assert_allclose(chord.fe_sd, newton.fe_sd, rtol=1e-4)
+    np.testing.assert_allclose(chord.vc_sd, newton.vc_sd, rtol=1e-4)
+    assert with_chord < len(factorisations)
+
+
+@pytest.mark.parametrize("family", ["binomial", "poisson"])
 def test_last_newton_step_on_the_previous_factorisation_keeps_the_log_density(family):
     """Integration points solved with a last Newton step on the previous factorisation (no
     factorisation at the optimum) and the log-determinant carried to first order: their log

@@ -237,3 +237,47 @@ def test_dense_schur_route_with_unsorted_indices():
     assert f.logdet() == pytest.approx(np.linalg.slogdet(A.toarray())[1], rel=1e-11)
     r, c = A.nonzero()
     np.testing.assert_allclose(f.inverse_on_pattern(r, c), Ainv[r, c], rtol=1e-8, atol=1e-12)
+
+
+def _quartic(scale):
+    """A smooth concave objective in (u, b) with its maximum at (1, -2) and curvature 1 + 3 x^2 in
+    each coordinate (so a fixed Hessian is exact only at one point)."""
+    target = np.array([1.0, -2.0])
+
+    def fun(u, b, hessian):
+        d = np.concatenate([u, b]) - target
+        value = -np.sum(0.5 * d**2 + 0.25 * d**4) * scale
+        g = -(d + d**3) * scale
+        return value, g[:1], g[1:], None, None, None
+
+    return fun, target
+
+
+@pytest.mark.parametrize("curvature", [1.0, 1.5])
+def test_chord_ascent_converges_on_a_fixed_factorisation(curvature):
+    """Steps on one factorisation of an approximate Hessian (the IRLS start's in fit_map) reach a
+    point whose gradient is within the stopping decrement, ascending at every step."""
+    from mglm_core.newton import chord_ascent
+
+    fun, target = _quartic(1.0)
+    F = BorderedFactor(sp.csc_matrix(curvature * np.eye(1)), np.zeros((1, 1)), curvature * np.eye(1))
+    seen = []
+    u, b, steps, done = chord_ascent(fun, F, np.array([0.0]), np.array([-1.0]), stop=1e-8,
+                                     progress=lambda it, dec: seen.append(dec))
+    assert done and 2 <= steps < 30
+    assert np.allclose(np.concatenate([u, b]), target, atol=1e-4)
+    assert all(later < earlier for earlier, later in zip(seen, seen[1:]))
+
+
+def test_chord_ascent_stops_when_its_factorisation_is_too_far_off():
+    """A factorisation with 50 times the true curvature: steps 50 times too short, the decrement
+    falls by 2 % a step; the steps stop unfinished (fit_map then takes Newton steps from there),
+    at a point no worse than the start."""
+    from mglm_core.newton import chord_ascent
+
+    fun, target = _quartic(1.0)
+    F = BorderedFactor(sp.csc_matrix(50.0 * np.eye(1)), np.zeros((1, 1)), 50.0 * np.eye(1))
+    u0, b0 = np.array([0.5]), np.array([-1.5])
+    u, b, steps, done = chord_ascent(fun, F, u0, b0, stop=1e-8)
+    assert not done and steps <= 2
+    assert fun(u, b, False)[0] >= fun(u0, b0, False)[0]
