@@ -98,23 +98,32 @@ class _Chunk:
     ``gram_map`` (Gram pattern entries x rows) maps row weights to :math:`Z^\top W Z` on the
     pattern, ``row_map`` is its transpose (module docstring; ``gram_map`` is the view of
     ``row_map``'s arrays, as ``ZT``); ``ll_const`` memoises the eta-free part of the
-    log-likelihood per family."""
+    log-likelihood per family; ``cache`` holds what only some fits need (:attr:`Z2`), shared by
+    the copies of :meth:`RowData.with_response`."""
 
     rows: slice
     XT: np.ndarray
     Z: sp.csr_matrix
     ZT: sp.csc_matrix
-    Z2: sp.csr_matrix
     y: np.ndarray
     trials: np.ndarray | None
     offset: np.ndarray | None
     gram_map: sp.csc_matrix
     row_map: sp.csr_matrix
     ll_const: dict
+    cache: dict
 
     @property
     def X(self):
         return self.XT.T
+
+    @property
+    def Z2(self) -> sp.csr_matrix:
+        """:math:`Z \\circ Z` (for mean-field variances; made on first use)."""
+        z2 = self.cache.get("Z2")
+        if z2 is None:
+            z2 = self.cache["Z2"] = self.Z.multiply(self.Z).tocsr()
+        return z2
 
 
 class RowData:
@@ -141,7 +150,7 @@ class RowData:
         chunks = []
         for a in range(0, self.n, chunk_rows):
             b = min(a + chunk_rows, self.n)
-            Zc = Z[a:b]
+            Zc = Z if (a, b) == (0, self.n) else Z[a:b]
             pairs = slice(int(self._pair_start[a]), int(self._pair_start[b]))
             row_map = sp.csr_matrix((self._pair_val[pairs], self._pair_pos[pairs],
                                      self._pair_start[a:b + 1] - self._pair_start[a]),
@@ -152,13 +161,13 @@ class RowData:
                     XT=np.ascontiguousarray(X[a:b].T),
                     Z=Zc,
                     ZT=Zc.T,
-                    Z2=Zc.multiply(Zc).tocsr(),
                     y=y[a:b],
                     trials=None if trials is None else trials[a:b],
                     offset=None if offset is None else offset[a:b],
                     gram_map=row_map.T,
                     row_map=row_map,
                     ll_const={},
+                    cache={},
                 )
             )
         self.chunks = tuple(chunks)
