@@ -89,7 +89,8 @@ def irls_start(model, reuse=None, with_factor=False):
     factor = None
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            factor = BorderedFactor(*blocks, model.symbolic if reuse is None else reuse)
+            # (single precision where the factorisation is a dense Schur complement: only steps)
+            factor = BorderedFactor(*blocks, model.symbolic if reuse is None else reuse, single=True)
             vc, fe = factor.solve(g_vc, g_fe)
     except NotPositiveDefinite:
         vc, fe = zeros_vc, zeros_fe
