@@ -372,7 +372,8 @@ def class_adjacency(row, col, groups):
     groups = np.asarray(groups)
     k = int(groups.max()) + 1 if groups.size else 0
     off = row != col
-    pair = groups[row[off]].astype(np.int64) * k + groups[col[off]]
+    pair = groups[row[off]].astype(np.int64) * k
+    pair += groups[col[off]]
     adj = (np.bincount(pair, minlength=k * k) > 0).reshape(k, k)
     return adj, np.bincount(groups, minlength=k)
 
@@ -688,12 +689,13 @@ class Symbolic:
         if self.route == "diagonal":
             return
         P = _independent_classes(row, col, groups) if groups is not None else _independent_set(A)
-        D = np.setdiff1d(np.arange(q), P)
         in_P = np.zeros(q, dtype=bool)
         in_P[P] = True
-        selN = in_P[row] & ~in_P[col]
+        D = np.flatnonzero(~in_P)
         if D.size == 0:
             return
+        P_row, P_col = in_P[row], in_P[col]  # (each entry's row and column in P)
+        selN = P_row & ~P_col
         row_nnz = np.bincount(row[selN], minlength=q)[P].astype(np.int64)
         # off-diagonal fill of the Schur complement (at most sum over P rows of r (r - 1)): dense when it
         # fills a good part of S, when S is small and not (nearly) diagonal, or when S has at most
@@ -713,12 +715,12 @@ class Symbolic:
         pos = np.empty(q, dtype=np.int64)
         pos[P], pos[D] = np.arange(P.size), np.arange(D.size)
         self.P, self.D, self.pos, self.in_P = P, D, pos, in_P
-        seld = (row == col) & in_P[row]
+        seld = (row == col) & P_row
         self.diag_src = np.empty(P.size, dtype=np.int64)
         self.diag_src[pos[row[seld]]] = np.flatnonzero(seld)
         # N's entry (i, j) (rows P, columns D) is A's (P_i, D_j) = (D_j, P_i): taken from A's column
         # P_i, where (indices sorted) the entries are already in N's row-major order
-        selT = ~in_P[row] & in_P[col]
+        selT = ~P_row & P_col
         r, c, src = pos[col[selT]], pos[row[selT]], np.flatnonzero(selT)
         key = r.astype(np.int64) * D.size + c
         if key.size > 1 and np.any(key[1:] <= key[:-1]):  # (A's indices not sorted)
@@ -728,7 +730,7 @@ class Symbolic:
         self.N_indptr = np.searchsorted(r, np.arange(P.size + 1)).astype(np.int32)
         self.N_src = src
         self.N_row = np.repeat(np.arange(P.size, dtype=np.int64), np.diff(self.N_indptr))
-        selD = ~in_P[row] & ~in_P[col]
+        selD = ~(P_row | P_col)
         self.dd_r, self.dd_c, self.dd_src = pos[row[selD]], pos[col[selD]], np.flatnonzero(selD)
 
     def schur_pairs(self):
