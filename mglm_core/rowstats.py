@@ -429,19 +429,16 @@ class RowData:
                 w = -d2
             out["ll"] += float(np.sum(ll_i))
             out["xs"] = c.XT @ score
-            if hessian and p:
-                # [score, W X] as one C-ordered block: Z's transpose is read once for Z's score and
-                # Z'WX (a product with a non-contiguous block would copy it first)
-                sw = np.empty((score.size, p + 1))
-                sw[:, 0] = score
-                np.multiply(c.XT.T, w[:, None], out=sw[:, 1:])
-                out["xwx"] = c.XT @ sw[:, 1:]
-                both = c.ZT @ sw
-                out["zs"], out["zwx"] = both[:, 0], both[:, 1:]
-            else:
-                out["zs"] = c.ZT @ score
-                if hessian:
-                    out["xwx"], out["zwx"] = np.zeros((p, p)), np.zeros((q, p))
+            out["zs"] = c.ZT @ score
+            if hessian:
+                # W X by rows of XT (contiguous), Z'WX one column at a time (a product of Z' with an
+                # (n, p) block is slower: it needs the block C-ordered, which takes strided writes)
+                wxt = c.XT * w
+                out["xwx"] = c.XT @ wxt.T
+                zwx = np.empty((q, p))
+                for j in range(p):
+                    zwx[:, j] = c.ZT @ wxt[j]
+                out["zwx"] = zwx
             if mean_field:
                 out["x2w"] = X2.T @ w if p else np.zeros(0)
                 out["z2w"] = c.Z2.T @ w
