@@ -479,6 +479,13 @@ def _potri(L):
 _KEEP_DENSE_N = 1_000_000
 
 
+def N_dense_scaled(N, root_d):
+    """``N.toarray() / root_d[:, None]`` (rows of a sparse N scaled)."""
+    out = N.toarray()
+    out /= root_d[:, None]
+    return out
+
+
 class SchurDenseLDL:
     r"""Factorisation of a sparse SPD matrix whose block on ``P`` is diagonal and whose Schur
     complement on the rest ``D`` is dense.
@@ -516,7 +523,7 @@ class SchurDenseLDL:
         N = sp.csr_matrix((A.data[sym.N_src], sym.N_indices, sym.N_indptr), shape=(P.size, D.size))
         self.N = N
         row_nnz = np.diff(N.indptr).astype(np.int64)
-        self.Ns = None
+        self._dense_N = False  # (N dense and small enough to be densified again for the inverse)
         pairs = None
         if N.nnz and float(row_nnz @ row_nnz) * 20.0 >= float(P.size) * D.size**2:
             # N is dense enough for BLAS: S = A_DD - Ns' Ns with Ns = diag(d)^(-1/2) N
@@ -525,8 +532,8 @@ class SchurDenseLDL:
             Ns /= root_d[:, None]
             if single:
                 Ns = Ns.astype(np.float32)
-            elif Ns.size <= _KEEP_DENSE_N:  # for solves and the selected inverse (BLAS; freed there)
-                self.Ns, self._root_d = Ns, root_d
+            elif Ns.size <= _KEEP_DENSE_N:  # the inverse densifies it again (not kept: memory)
+                self._dense_N, self._root_d = True, root_d
             # lower triangle of -Ns' Ns (all potrf reads), Fortran-ordered: Ns.T is passed
             # as the Fortran view it is, so neither syrk nor the in-place Cholesky copies
             S = (ssyrk if single else syrk)(-1.0, Ns.T, trans=0, lower=1)
@@ -569,8 +576,6 @@ class SchurDenseLDL:
         r""":math:`N^\top y`: by BLAS while N's dense (scaled) copy is kept, for a vector or a few
         columns of a small N by bincounts over its entries (no transposed matrix is built)."""
         N, row, nD = self.N, self.symbolic.N_row, self.D.size
-        if self.Ns is not None:  # N = diag(d)^(1/2) Ns
-            return self.Ns.T @ (y * (self._root_d if y.ndim == 1 else self._root_d[:, None]))
         if N.nnz > 50_000 or (y.ndim == 2 and y.shape[1] > 8):  # the transpose's fixed cost pays
             return np.asarray(N.T @ y)
         cols = y[:, None] if y.ndim == 1 else y
@@ -578,6 +583,10 @@ class SchurDenseLDL:
         for j in range(cols.shape[1]):
             out[:, j] = np.bincount(N.indices, weights=N.data * cols[row, j], minlength=nD)
         return out[:, 0] if y.ndim == 1 else out
+
+    def _scaled_N(self):
+        r""":math:`N_s = \mathrm{diag}(d)^{-1/2} N`, dense (made again where the inverse needs it)."""
+        return N_dense_scaled(self.N, self._root_d)
 
     def _diag_dense(self):
         r"""The diagonal of :math:`A^{-1}` while N's dense copy is kept, by triangular BLAS alone:
@@ -591,7 +600,7 @@ class SchurDenseLDL:
             if info != 0:  # pragma: no cover - S_chol has a positive diagonal
                 raise NotPositiveDefinite("matrix is not positive definite")
             Linv = np.tril(Linv)  # (the upper triangle is the factor's untouched input)
-            W = trmm(1.0, Linv, self.Ns.T, lower=1)
+            W = trmm(1.0, Linv, self._scaled_N().T, lower=1)
         self._tri = (Linv, W)
         diag = np.empty(self.n)
         diag[self.P] = (1.0 + np.einsum("ij,ij->j", W, W)) / self.dP
@@ -622,8 +631,8 @@ class SchurDenseLDL:
             scale = None
             if NSinv is not None:
                 M, scale = NSinv[a:b], self._root_d[a:b]
-            elif self.Ns is not None:
-                M, scale = self.Ns[a:b] @ Sinv, self._root_d[a:b]
+            elif self._dense_N:
+                M, scale = self._scaled_N()[a:b] @ Sinv, self._root_d[a:b]
             else:
                 M = (N if (a, b) == (0, self.P.size) else N[a:b]) @ Sinv
             rows = self.symbolic.N_row[lo:hi] - a
@@ -632,7 +641,7 @@ class SchurDenseLDL:
                 vals *= scale[rows]
             on_N[lo:hi] = vals
             quad[a:b] = np.bincount(rows, weights=vals * N.data[lo:hi], minlength=b - a)
-        self.Ns = self._tri = None
+        self._tri = None
         diag = np.empty(self.n)
         diag[self.P] = (1.0 + quad / dP) / dP  # (not dP**2: it overflows at a collapsed SD, prec ~ e^400)
         diag[self.D] = np.diag(Sinv)
@@ -642,7 +651,7 @@ class SchurDenseLDL:
     def diag_inverse(self) -> np.ndarray:
         if hasattr(self, "_sel"):
             return self._sel[2].copy()
-        if self.Ns is not None:
+        if self._dense_N:
             if getattr(self, "_diag", None) is None:
                 self._diag = self._diag_dense()
             return self._diag.copy()
