@@ -201,27 +201,32 @@ class RowData:
         m > 1), with the pairs' values: row i's pairs are the m x m block ``(a, b)`` of its entries,
         in the order of :func:`~mglm_core.linalg.pairs_within_rows`."""
         n, q = Z.shape[0], self.q
-        cols = Z.indices.reshape(n, m).astype(np.int64)
+        ktype = np.int32 if q * q < 2**31 else np.int64  # (keys row * q + col)
+        cols = Z.indices.reshape(n, m).astype(ktype, copy=False)
         vals = Z.data.reshape(n, m)
         pair_val = (vals[:, :, None] * vals[:, None, :]).ravel()
         if m == 1:  # a single grouping factor: the pattern is the diagonal
-            return diag_keys, cols[:, 0], pair_val
+            return diag_keys, cols[:, 0].astype(np.int64), pair_val
         mark = np.zeros(q * q, dtype=bool)
         mark[diag_keys] = True
+        off = []  # (a, b, keys of the pairs (a, b) and (b, a)) for the places a < b in a row
         for a in range(m):
             for b in range(a + 1, m):
-                mark[cols[:, a] * q + cols[:, b]] = mark[cols[:, b] * q + cols[:, a]] = True
+                upper, lower = cols[:, a] * q + cols[:, b], cols[:, b] * q + cols[:, a]
+                mark[upper] = mark[lower] = True
+                off.append((a, b, upper, lower))
         keys = np.flatnonzero(mark)
         del mark
         itype = np.int32 if keys.size < 2**31 else np.int64  # (the map's index type; half the pages)
         rank = np.empty(q * q, dtype=itype)  # read only at the marked keys
         rank[keys] = np.arange(keys.size, dtype=itype)
+        diag_rank = rank[diag_keys]  # (q entries: the diagonal pairs gather from a small array)
         pos = np.empty((n, m, m), dtype=itype)
         for a in range(m):
-            pos[:, a, a] = rank[cols[:, a] * (q + 1)]
-            for b in range(a + 1, m):
-                pos[:, a, b] = rank[cols[:, a] * q + cols[:, b]]
-                pos[:, b, a] = rank[cols[:, b] * q + cols[:, a]]
+            pos[:, a, a] = diag_rank[cols[:, a]]
+        for a, b, upper, lower in off:
+            pos[:, a, b] = rank[upper]
+            pos[:, b, a] = rank[lower]
         return keys, pos.ravel(), pair_val
 
     def _pattern_positions(self, Z, nnz_row, first, second, row, diag_keys):
