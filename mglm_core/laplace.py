@@ -39,6 +39,9 @@ _CHORD_STOP = 25.0
 #: start within 25 of stage 1's maximum to 1e-5 or better (except where a component collapses and
 #: the search stops short of the degenerate mode), and one factorisation is saved on most.
 _START_STEP = 1000.0
+#: Newton steps of the mode search from a decrement above this factor a dense Schur complement in
+#: single precision (far from the mode a step needs no more; see :func:`~mglm_core.newton.newton_ascent`).
+_SINGLE_ABOVE = 1.0
 #: The mode search ends with a full step on the previous factorisation once the decrement is below
 #: this: the mode is then within about its square of the optimum (machine precision), and the
 #: covariance, from the Hessian one step of at most sqrt(1e-7) = 3e-4 posterior SDs earlier, is off
@@ -209,7 +212,7 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200, callback=None):
 
     res = newton_ascent(_joint_fun(lj, p), u0, np.concatenate([b0, vcp0]), tol=tol,
                         max_iter=max_iter, stop=collapsing, reuse=steps, free_step=_LAST_STEP,
-                        progress=prog.stage(0.3, 0.97, "posterior mode", tol))
+                        progress=prog.stage(0.3, 0.97, "posterior mode", tol), single_above=_SINGLE_ABOVE)
     n_iter += res.n_iter
     falling = degenerate_components(work, res.b[p:], res.u) if not res.converged else []
     target = -work.vc_count * work.vcp_p**2  # the degenerate mode of each component's log-SD

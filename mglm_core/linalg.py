@@ -864,6 +864,7 @@ class BorderedFactor:
         else:
             sym = getattr(reuse.A, "symbolic", None) if reuse.A is not None else None
         self.A = factor_spd(A, sym, single=single) if self.q else None
+        self.single = bool(single)
         B = np.asarray(B.toarray() if sp.issparse(B) else B, dtype=float).reshape(self.q, self.m)
         self.B = B
         self.AinvB = self.A.solve(B) if self.q and self.m else np.zeros((self.q, self.m))

@@ -44,17 +44,17 @@ class NewtonResult:
     lag: tuple | None = None
 
 
-def _damped_factor(A, B, C, lam, reuse=None):
+def _damped_factor(A, B, C, lam, reuse=None, single=False):
     if lam == 0.0:
-        return BorderedFactor(A, B, C, reuse)
+        return BorderedFactor(A, B, C, reuse, single=single)
     q, m = A.shape[0], C.shape[0]
     scale_a = lam * (1.0 + np.abs(A.diagonal())) if q else np.zeros(0)
     scale_c = lam * (1.0 + np.abs(np.diag(C))) if m else np.zeros(0)
-    return BorderedFactor(A + sp.diags(scale_a), B, C + np.diag(scale_c), reuse)
+    return BorderedFactor(A + sp.diags(scale_a), B, C + np.diag(scale_c), reuse, single=single)
 
 
 def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop=None, reuse=None,
-                  progress=None, free_step=None, stall_tol=None):
+                  progress=None, free_step=None, stall_tol=None, single_above=None):
     """Maximise ``fun`` by damped Newton steps.
 
     Parameters
@@ -82,6 +82,12 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
         An objective known only to about this accuracy (a quadrature): when the line search finds
         no ascent along an undamped step whose decrement is below it, the point is accepted as
         converged (by default only below ``1e3 * tol``, machine precision).
+    single_above : float, optional
+        Factor a dense Schur complement in single precision (:class:`~mglm_core.linalg.SchurDenseLDL`,
+        about half the time) while the last decrement was above this (the first iteration counts as
+        above): a step far from the optimum needs no more. A single-precision factorisation is never
+        the one returned, nor the one a converged or last step is judged by: those are refactored
+        in double precision.
 
     Returns
     -------
@@ -106,10 +112,12 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
     lag = None
     message = "maximum number of iterations reached"
     it = 0
+    last = np.inf  # the last decrement
     for it in range(1, max_iter + 1):
+        single = single_above is not None and last > single_above
         while True:
             try:
-                factor = _damped_factor(A, B, C, lam, factor if factor is not None else reuse)
+                factor = _damped_factor(A, B, C, lam, factor if factor is not None else reuse, single)
                 break
             except NotPositiveDefinite:
                 lam = max(10.0 * lam, 1e-6)
@@ -123,6 +131,13 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
         log.append({"iter": it, "value": value, "grad_norm": grad_norm, "decrement": decrement, "damping": lam})
         if progress is not None:
             progress(it, abs(decrement))
+        if single and lam == 0.0 and 0.0 <= decrement < max(2.0 * tol, _ROUNDING * abs(value), free_step or 0.0):
+            # close after all: judge (and keep) a double-precision factorisation
+            factor = BorderedFactor(A, B, C, factor)
+            du, db = factor.solve(gu, gb)
+            decrement = float(gu @ du + gb @ db)
+            log[-1]["decrement"] = decrement
+        last = decrement
         if lam == 0.0 and 0.0 <= decrement < max(2.0 * tol, _ROUNDING * abs(value)):
             # (below the objective's rounding, a sum over many rows, no step can be judged)
             converged = True
@@ -165,9 +180,10 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
             message = reason
             break
         lam = 0.0 if lam < 1e-5 else lam / 10.0
-    if factor is None or not converged:
-        # A converged iteration ends with ``factor`` already the undamped factorisation at (u, b);
-        # otherwise the last one may be damped or belong to the previous iterate.
+    if factor is None or not converged or factor.single:
+        # A converged iteration ends with ``factor`` already the undamped factorisation at (u, b)
+        # (in double precision unless it stalled on a single-precision one); otherwise the last
+        # one may be damped or belong to the previous iterate.
         try:
             factor = BorderedFactor(A, B, C, factor if factor is not None else reuse)
         except NotPositiveDefinite:

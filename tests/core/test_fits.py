@@ -150,6 +150,63 @@ def test_map_start_by_chord_steps_reaches_the_same_mode(family, monkeypatch):
     assert with_chord < len(factorisations)
 
 
+def test_map_single_precision_steps_far_from_the_mode_change_nothing(monkeypatch):
+    """Newton steps far from the mode on single-precision factorisations (crossed factors' dense
+    Schur complement): the same mode and covariance as in double precision throughout, and the
+    factorisation the covariance comes from is a double-precision one."""
+    import mglm_core.laplace as laplace
+    import mglm_core.linalg as linalg
+    from mglm_core.simulate import simulate_glmm
+
+    sim = simulate_glmm(family="binomial", n_groups=40, group_size=25, n_groups2=30, sd=0.7, sd2=0.5, seed=4)
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g) + (1 | h)", data=sim.data, family="binomial")
+    assert model.symbolic.route == "schur"
+    precisions = []
+    real_factor = linalg.SchurDenseLDL.__init__
+
+    def recording(self, A, symbolic, single=False):
+        real_factor(self, A, symbolic, single=single)
+        precisions.append(self.S_chol.dtype)
+
+    monkeypatch.setattr(linalg.SchurDenseLDL, "__init__", recording)
+    mixed = model.fit_map()
+    assert np.float32 in precisions[1:]  # (the first is the IRLS start's)
+    assert precisions[-1] == np.float64
+    monkeypatch.setattr(laplace, "_SINGLE_ABOVE", None)
+    precisions.clear()
+    double = model.fit_map()
+    assert np.float32 not in precisions[1:]
+    assert mixed.converged and double.converged
+    np.testing.assert_allclose(mixed.params, double.params, atol=1e-7)
+    np.testing.assert_allclose(mixed.fe_sd, double.fe_sd, rtol=1e-6)
+    np.testing.assert_allclose(mixed.vc_sd, double.vc_sd, rtol=1e-6)
+
+
+def test_newton_single_precision_start_at_the_optimum_returns_a_double_factor():
+    """A search started at its optimum with single-precision steps allowed: it converges at once
+    on a double-precision factorisation (a single-precision one is never returned)."""
+    from mglm_core.newton import newton_ascent
+
+    rng = np.random.default_rng(2)
+    q, m = 120, 2
+    Z = sp.random(400, q, density=0.03, random_state=3, format="csr")
+    Z.data[:] = 1.0
+    A0 = (Z.T @ Z + sp.eye(q) * 2.0).tocsc()
+    B0 = rng.normal(size=(q, m)) * 0.1
+    C0 = np.eye(m) * 50.0
+    x0 = rng.normal(size=q + m)
+
+    def fun(u, b, hessian):
+        d = np.concatenate([u, b]) - x0
+        H = sp.bmat([[A0, B0], [B0.T, C0]]).toarray()
+        g = -H @ d
+        value = -0.5 * d @ H @ d
+        return (value, g[:q], g[q:]) + ((A0, B0, C0) if hessian else (None, None, None))
+
+    res = newton_ascent(fun, x0[:q], x0[q:], tol=1e-12, single_above=1.0, free_step=1e-7)
+    assert res.converged and not res.factor.single
+
+
 @pytest.mark.parametrize("family", ["binomial", "poisson"])
 def test_last_newton_step_on_the_previous_factorisation_keeps_the_log_density(family):
     """Integration points solved with a last Newton step on the previous factorisation (no
