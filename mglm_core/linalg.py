@@ -36,7 +36,6 @@ diagonal of the inverse, no log-determinant).
 from __future__ import annotations
 
 import copy
-import os
 import threading
 from contextlib import contextmanager
 
@@ -95,35 +94,6 @@ class _BlasLimit:
 
 
 _BLAS_LIMIT = _BlasLimit()
-
-#: Cores this process may use.
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-#: Triangular inversions and products of at least this order run on every core inside a fit's
-#: single-threaded section (500 x 500 on 2 cores: trtri 2.4 -> 1.0 ms, trmm 2.6 -> 1.5 ms; a
-#: Cholesky factorisation of that order is slower on two threads and stays on one).
-TRIANGULAR_THREADS_FROM = 256
-
-
-@contextmanager
-def _all_cores(order: int):
-    """Every core for one dense triangular operation of the given order (from
-    :data:`TRIANGULAR_THREADS_FROM`), whatever the fit's BLAS limit; restored after."""
-    if order < TRIANGULAR_THREADS_FROM or _CORES < 2:
-        yield
-        return
-    try:
-        if _BLAS_LIMIT._controller is None:
-            from threadpoolctl import ThreadpoolController
-
-            _BLAS_LIMIT._controller = ThreadpoolController()
-        limiter = _BLAS_LIMIT._controller.limit(limits=_CORES, user_api="blas")
-    except Exception:  # pragma: no cover - no controllable BLAS
-        yield
-        return
-    try:
-        yield
-    finally:
-        limiter.restore_original_limits()
 
 
 @contextmanager
@@ -595,12 +565,11 @@ class SchurDenseLDL:
         :math:`n_i^\top S^{-1} n_i / d_i = \|W_{:,i}\|^2` (about 60 % of the cost of :math:`S^{-1}`
         by potri and the product :math:`N S^{-1}`, which only the entries off the diagonal need).
         ``L^{-1}`` and ``W`` are kept for :meth:`_selected`."""
-        with _all_cores(self.D.size):
-            Linv, info = lapack.dtrtri(self._chol64(), lower=1)
-            if info != 0:  # pragma: no cover - S_chol has a positive diagonal
-                raise NotPositiveDefinite("matrix is not positive definite")
-            Linv = np.tril(Linv)  # (the upper triangle is the factor's untouched input)
-            W = trmm(1.0, Linv, self._scaled_N().T, lower=1)
+        Linv, info = lapack.dtrtri(self._chol64(), lower=1)
+        if info != 0:  # pragma: no cover - S_chol has a positive diagonal
+            raise NotPositiveDefinite("matrix is not positive definite")
+        Linv = np.tril(Linv)  # (the upper triangle is the factor's untouched input)
+        W = trmm(1.0, Linv, self._scaled_N().T, lower=1)
         self._tri = (Linv, W)
         diag = np.empty(self.n)
         diag[self.P] = (1.0 + np.einsum("ij,ij->j", W, W)) / self.dP
