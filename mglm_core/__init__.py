@@ -12,6 +12,9 @@ from .families import Binomial, Family, Poisson
 from .model import BayesMixedGLM, BinomialBayesMixedGLM, MixedGLM, PoissonBayesMixedGLM
 from .results import BayesMixedGLMResults
 from . import datasets, simulate  # noqa: F401  (submodules as attributes)
+from . import allocator
+
+allocator.settle()  # (the C allocator's thresholds as after any large array: see mglm_core.allocator)
 
 __version__ = "0.1.0"
 
