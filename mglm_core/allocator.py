@@ -31,6 +31,5 @@ def settle() -> None:
     """Raise the allocator's dynamic thresholds once per process (see the module docstring)."""
     global _done
     if not _done:
-        block = np.empty(BLOCK_BYTES // 8)  # never written: no page is touched
-        del block
+        np.empty(BLOCK_BYTES // 8)  # freed at once, never written: no page is touched
         _done = True
