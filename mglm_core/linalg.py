@@ -444,13 +444,13 @@ def _potri(L):
     return out
 
 
-#: The dense copy of N (scaled) is kept for the solves and the selected inverse (BLAS instead of
-#: sparse products) up to this many entries (8 MB).
+#: Up to this many entries (8 MB), a dense N is densified again for the selected inverse (BLAS
+#: instead of sparse products; not kept between, for memory).
 _KEEP_DENSE_N = 1_000_000
 
 
-def N_dense_scaled(N, root_d):
-    """``N.toarray() / root_d[:, None]`` (rows of a sparse N scaled)."""
+def _scaled_dense(N, root_d):
+    r""":math:`N_s = \mathrm{diag}(d)^{-1/2} N` as a dense array (``root_d`` :math:`= \sqrt d`)."""
     out = N.toarray()
     out /= root_d[:, None]
     return out
@@ -497,9 +497,8 @@ class SchurDenseLDL:
         pairs = None
         if N.nnz and float(row_nnz @ row_nnz) * 20.0 >= float(P.size) * D.size**2:
             # N is dense enough for BLAS: S = A_DD - Ns' Ns with Ns = diag(d)^(-1/2) N
-            Ns = N.toarray()
             root_d = np.sqrt(d)
-            Ns /= root_d[:, None]
+            Ns = _scaled_dense(N, root_d)
             if single:
                 Ns = Ns.astype(np.float32)
             elif Ns.size <= _KEEP_DENSE_N:  # the inverse densifies it again (not kept: memory)
@@ -543,8 +542,8 @@ class SchurDenseLDL:
         return out[:, 0] if vec else out
 
     def _t_matvec(self, y):
-        r""":math:`N^\top y`: by BLAS while N's dense (scaled) copy is kept, for a vector or a few
-        columns of a small N by bincounts over its entries (no transposed matrix is built)."""
+        r""":math:`N^\top y`: by a sparse product, or for a vector or a few columns of a small N by
+        bincounts over its entries (no transposed matrix is built)."""
         N, row, nD = self.N, self.symbolic.N_row, self.D.size
         if N.nnz > 50_000 or (y.ndim == 2 and y.shape[1] > 8):  # the transpose's fixed cost pays
             return np.asarray(N.T @ y)
@@ -554,12 +553,8 @@ class SchurDenseLDL:
             out[:, j] = np.bincount(N.indices, weights=N.data * cols[row, j], minlength=nD)
         return out[:, 0] if y.ndim == 1 else out
 
-    def _scaled_N(self):
-        r""":math:`N_s = \mathrm{diag}(d)^{-1/2} N`, dense (made again where the inverse needs it)."""
-        return N_dense_scaled(self.N, self._root_d)
-
     def _diag_dense(self):
-        r"""The diagonal of :math:`A^{-1}` while N's dense copy is kept, by triangular BLAS alone:
+        r"""The diagonal of :math:`A^{-1}` where N is dense (densified again), by triangular BLAS alone:
         with :math:`L^{-1}` (trtri) and :math:`W = L^{-1} N_s^\top` (trmm; :math:`N_s =
         \mathrm{diag}(d)^{-1/2} N`), :math:`(S^{-1})_{jj} = \sum_i (L^{-1})_{ij}^2` and
         :math:`n_i^\top S^{-1} n_i / d_i = \|W_{:,i}\|^2` (about 60 % of the cost of :math:`S^{-1}`
@@ -569,7 +564,7 @@ class SchurDenseLDL:
         if info != 0:  # pragma: no cover - S_chol has a positive diagonal
             raise NotPositiveDefinite("matrix is not positive definite")
         Linv = np.tril(Linv)  # (the upper triangle is the factor's untouched input)
-        W = trmm(1.0, Linv, self._scaled_N().T, lower=1)
+        W = trmm(1.0, Linv, _scaled_dense(self.N, self._root_d).T, lower=1)
         self._tri = (Linv, W)
         diag = np.empty(self.n)
         diag[self.P] = (1.0 + np.einsum("ij,ij->j", W, W)) / self.dP
@@ -601,7 +596,7 @@ class SchurDenseLDL:
             if NSinv is not None:
                 M, scale = NSinv[a:b], self._root_d[a:b]
             elif self._dense_N:
-                M, scale = self._scaled_N()[a:b] @ Sinv, self._root_d[a:b]
+                M, scale = _scaled_dense(self.N[a:b], self._root_d[a:b]) @ Sinv, self._root_d[a:b]
             else:
                 M = (N if (a, b) == (0, self.P.size) else N[a:b]) @ Sinv
             rows = self.symbolic.N_row[lo:hi] - a
