@@ -59,6 +59,17 @@ _POOL = None
 _POOL_LOCK = threading.Lock()
 
 
+def _marked_ranks(mark):
+    """``(keys, rank)``: the positions of the marked entries of a flat q x q array, sorted, and
+    each one's rank among them (``rank`` is read only at the marked positions; int32 below 2^31
+    entries: the map's index type, and half the pages)."""
+    keys = np.flatnonzero(mark)
+    itype = np.int32 if keys.size < 2**31 else np.int64
+    rank = np.empty(mark.size, dtype=itype)
+    rank[keys] = np.arange(keys.size, dtype=itype)
+    return keys, rank
+
+
 def _pool() -> ThreadPoolExecutor:
     """The process's row-pass threads (created on first use). Tasks never wait on other tasks,
     so fits running concurrently (dashboard sessions) share it without deadlock."""
@@ -215,13 +226,10 @@ class RowData:
                 upper, lower = cols[:, a] * q + cols[:, b], cols[:, b] * q + cols[:, a]
                 mark[upper] = mark[lower] = True
                 off.append((a, b, upper, lower))
-        keys = np.flatnonzero(mark)
+        keys, rank = _marked_ranks(mark)
         del mark
-        itype = np.int32 if keys.size < 2**31 else np.int64  # (the map's index type; half the pages)
-        rank = np.empty(q * q, dtype=itype)  # read only at the marked keys
-        rank[keys] = np.arange(keys.size, dtype=itype)
         diag_rank = rank[diag_keys]  # (q entries: the diagonal pairs gather from a small array)
-        pos = np.empty((n, m, m), dtype=itype)
+        pos = np.empty((n, m, m), dtype=rank.dtype)
         for a in range(m):
             pos[:, a, a] = diag_rank[cols[:, a]]
         for a, b, upper, lower in off:
@@ -253,11 +261,8 @@ class RowData:
             mark = np.zeros(q * q, dtype=bool)
             up_keys, low_keys = a_up * q + b_up, b_up * q + a_up
             mark[diag_keys] = mark[up_keys] = mark[low_keys] = True
-            keys = np.flatnonzero(mark)
+            keys, rank = _marked_ranks(mark)
             del mark
-            itype = np.int32 if keys.size < 2**31 else np.int64  # (half the pages)
-            rank = np.empty(q * q, dtype=itype)  # read only at the marked keys
-            rank[keys] = np.arange(keys.size, dtype=itype)
             pos[diag] = rank[diag_keys[Z.indices[first[diag]]]]
             pos[upper] = rank[up_keys]
             pos[mirror] = rank[low_keys]
@@ -444,11 +449,10 @@ class RowData:
                 for j in range(p):
                     zwx[:, j] = c.ZT @ wxt[j]
                 out["zwx"] = zwx
+                out["zwz"] = c.gram_map @ w
             if mean_field:
                 out["x2w"] = X2.T @ w if p else np.zeros(0)
                 out["z2w"] = c.Z2.T @ w
-            if hessian:
-                out["zwz"] = c.gram_map @ w
             return out
 
         parts = self.map_chunks(chunk_sums)
