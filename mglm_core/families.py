@@ -266,25 +266,20 @@ class Binomial(Family):
         n = 1.0 if trials is None else trials
         e_sp, e_p, e_pq = np.empty_like(m), np.empty_like(m), np.empty_like(m)
         step = max(1, min(chunk, 32768 // nodes.size))
-        # scratch allocated once per call (a block-sized allocation in the loop can be an mmap and
-        # munmap each time, with its page faults, depending on the allocator's history)
-        full = np.empty((5, min(step, m.size), nodes.size))
         for a in range(0, m.size, step):
             b = min(a + step, m.size)
-            eta, buf, u = full[0, :b - a], full[1:4, :b - a], full[4, :b - a]
-            np.multiply(s[a:b, None], nodes[None, :], out=eta)
-            eta += m[a:b, None]
+            eta = m[a:b, None] + s[a:b, None] * nodes[None, :]
+            buf = np.empty((3,) + eta.shape)
             np.abs(eta, out=buf[0])
             t = np.negative(buf[0], out=buf[1])
             np.exp(t, out=t)
-            np.add(t, 1.0, out=u)
+            u = np.add(t, 1.0)
             np.divide(t, u, out=u)
             np.log1p(t, out=t)
             np.multiply(u, u, out=buf[2])
             np.subtract(u, buf[2], out=buf[2])
             np.subtract(0.5, u, out=u)
-            np.sign(eta, out=eta)
-            u *= eta
+            u *= np.sign(eta)
             sums = buf @ weights
             e_sp[a:b] = 0.5 * (m[a:b] + sums[0]) + sums[1]
             e_pq[a:b] = sums[2]

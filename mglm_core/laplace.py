@@ -34,10 +34,11 @@ from .results import BayesMixedGLMResults, FitDiagnostics
 #: start: three on the benchmark designs, whose stage 1 took two or three factorisations).
 _CHORD_STOP = 25.0
 #: Stage 1 by Newton steps (where the chord steps stall) ends with a full Newton step, taken
-#: without factoring at its end, once the Newton decrement is below this. The joint search corrects what is left (its first step changes
-#: the log-SDs anyway): on the accuracy harness's 44 designs the modes agree with those from a
-#: start within 25 of stage 1's maximum to 1e-5 or better (except where a component collapses and
-#: the search stops short of the degenerate mode), and one factorisation is saved on most.
+#: without factoring at its end, once the Newton decrement is below this. The joint search
+#: corrects what is left (its first step changes the log-SDs anyway): on the accuracy harness's 44
+#: designs the modes agree with those from a start within 25 of stage 1's maximum to 1e-5 or
+#: better (except where a component collapses and the search stops short of the degenerate mode),
+#: and one factorisation is saved on most.
 _START_STEP = 1000.0
 #: Newton steps of the mode search from a decrement above this factor a dense Schur complement in
 #: single precision (far from the mode a step needs no more; see :func:`~mglm_core.newton.newton_ascent`).
