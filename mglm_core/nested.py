@@ -93,7 +93,7 @@ import scipy.sparse as sp
 from .errors import ConvergenceWarning, FitError
 from .laplace import conditional_fun, irls_start
 from .linalg import DENSE_TAIL_MAX
-from .newton import newton_ascent
+from .newton import chord_ascent, newton_ascent
 from .objectives import LOG_2PI, LogJoint
 from .progress import Progress
 from .quadrature import IndependentEffects, NestedMarginal
@@ -115,6 +115,7 @@ _SHIFT_MAX = 0.35  # switch to the nested approximation when an effect's conditi
 _VAR_RATIO_MAX = 3.0  # the grid when a fixed effect's conditional variance changes this much over the axial points
 _REFINE_DROP = 1.0  # refine the conditional Gaussians within this of the top log density
 _PREDICT_MARGIN = 0.5  # grid points extrapolated this far below the region are not solved (_grid_points)
+_CHORD_STOP = 1e-1  # the first inner solve starts where chord steps on the IRLS factorisation get (_chord_start)
 
 
 class _Conditional:
@@ -134,7 +135,7 @@ class _Conditional:
         self.model = model
         self.lj = LogJoint(model)
         self.tol = tol
-        self.start = irls_start(model)
+        self.start = self._chord_start(model, self.lj)
         self.symbolic = model.symbolic  # pattern analysis reused by every inner fit
         self.n_inner = 0
         self.cache = {}
@@ -144,8 +145,20 @@ class _Conditional:
         self.nested_optimum = {}  # nested mode: NestedMarginal.last (its optimum) at each solved vcp
 
     @staticmethod
+    def _chord_start(model, lj):
+        """The start of the first inner solve (at vcp = 0): the IRLS start moved by chord steps on
+        its working factorisation (:func:`~mglm_core.newton.chord_ascent`: a row pass each, where a
+        Newton step also evaluates and factors the Hessian) until their decrement is below
+        :data:`_CHORD_STOP`."""
+        u0, b0, working = irls_start(model, with_factor=True)
+        if working is not None:
+            u0, b0 = chord_ascent(conditional_fun(lj, np.zeros(model.k_vcp)), working, u0, b0,
+                                  stop=_CHORD_STOP)[:2]
+        return u0, b0
+
+    @staticmethod
     def _key(vcp):
-        return tuple(np.round(np.asarray(vcp, dtype=float), 12))
+        return tuple(round(v, 12) for v in np.asarray(vcp, dtype=float).tolist())
 
     @functools.cached_property
     def independent(self):
@@ -222,6 +235,19 @@ class _Conditional:
         v = m.rows.latent_row_variances(nr.factor)
         xr, zr = m.rows.weight_derivative_sums(m.family, nr.b, nr.u, v)
         return logp, g - 0.5 * (xr @ sb + zr @ su)
+
+    def em_point(self, vcp):
+        r"""The EM update of the log-SDs from the conditional Gaussian at ``vcp``,
+        :math:`\theta_k' = \tfrac12 \log\big(\sum_{j\in k} (\hat u_j^2 + (H^{-1})_{jj}) / m_k\big)`
+        (the stationary point of the expected log prior of the effects, without the log-SD prior and
+        the weights' change): a start for the search (None where the inner problem failed)."""
+        nr = self(vcp)[1]
+        m = self.model
+        if nr.factor is None:
+            return None
+        s = np.bincount(m.ident, weights=nr.u**2 + nr.factor.sparse_diag_inverse(), minlength=m.k_vcp)
+        with np.errstate(divide="ignore"):
+            return 0.5 * np.log(s / np.maximum(m.vc_count, 1))
 
     def corrected(self, vcp, tol=None):
         """``(log p~(vcp | y) + correction + const, NewtonResult)``: the Laplace value plus
@@ -406,6 +432,27 @@ def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-4, shift=No
         if float(g_u @ du + g_b @ db) < tol:
             return u, b, factor, True, (u - u0, b - b0, v - v_lap)
     return u0, b0, f0, False, None
+
+
+def _em_start(cond, bounds):
+    r"""``(x0, -Hessian)`` to start the search for the mode of one component's log-SD: the EM
+    update :math:`\theta_1` of :math:`\theta_0 = 0` (:meth:`_Conditional.em_point`) and the secant
+    :math:`-(g_1 - g_0)/\theta_1` between their gradients, which replaces the forward difference
+    at the start (one inner solve fewer, and the first step starts near the mode); ``(0, None)``
+    (forward differences at 0) when either gradient is not finite or the secant is not concave."""
+    x0 = np.zeros(1)
+    f0, g0 = cond.value_grad(x0)
+    em = cond.em_point(x0) if np.isfinite(f0) and np.all(np.isfinite(g0)) else None
+    if em is None or not np.all(np.isfinite(em)):
+        return x0, None
+    x1 = np.clip(em, *bounds)
+    if abs(x1[0]) < 1e-2:  # too close for a secant: the start is the EM point itself
+        return x1, None
+    f1, g1 = cond.value_grad(x1)
+    c = -(g1[0] - g0[0]) / x1[0]
+    if not (np.isfinite(f1) and np.isfinite(c) and c > 0):
+        return x0, None
+    return x1, np.array([[c]])
 
 
 def _grad_hessian(fg, x, g, h, forward=False):
@@ -721,8 +768,10 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
 
     search = dict(progress=lambda it: prog.report(0.3 * (1.0 - 0.6**it),
                                                   f"mode of the log-SD posterior, iteration {it}"))
-    # the mode of the plain Laplace density first (cond.correction is None)
-    mode, _, grad, H, search_ok, n_outer = _maximise_theta(cond.value_grad, np.zeros(k), vcp_bounds,
+    # the mode of the plain Laplace density first (cond.correction is None); one component: from the
+    # EM update of the start, with the secant between the two as the first curvature
+    x0, B0 = _em_start(cond, vcp_bounds) if k == 1 else (np.zeros(k), None)
+    mode, _, grad, H, search_ok, n_outer = _maximise_theta(cond.value_grad, x0, vcp_bounds, neg_hessian=B0,
                                                            f=lambda th: cond(th)[0], **search)
     # The second-order correction is a series in the row variances Var(eta_i): with few rows per
     # effect and a large SD (binary data, one or two rows per mother) it runs away. Its range over

@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg import lapack
 
 from .linalg import pairs_within_rows
 
@@ -336,8 +337,10 @@ class RowData:
             return cached[1]
         sig = None
         if factor.m:
-            # np.linalg.inv: scipy's solve_triangular has a large fixed cost with threaded BLAS
-            Linv_t = np.linalg.inv(np.tril(factor.S_chol)).T
+            # LAPACK's trtri called directly: scipy's solve_triangular and numpy's inv have fixed
+            # costs of several microseconds, more than the small border's inverse (S_chol's upper
+            # triangle is zero: BorderedFactor cleans it)
+            Linv_t = lapack.dtrtri(factor.S_chol, lower=1)[0].T
         if self.q:
             sig = factor.A.inverse_on_pattern(self._gram_rows, self._gram_indices, keep_plan=True)
 
