@@ -73,7 +73,10 @@ Gaussian is refined variationally (:func:`refine_conditional`: better means for
 binary data); the other points are moved by the nearest refined point's changes of
 the mean and the variances (the changes vary slowly with vcp: refining out to 2.5 below
 the top moved no posterior mean or SD by more than 0.01 reference SDs on the accuracy
-cases, and cost a quarter of the fit).
+cases, and cost a quarter of the fit). The axial design is refined at the mode, and its
+points take the mode's changes: to first order in z their mean is that of refining both
+points, which cost 10-25 % of a single-component fit and moved no posterior mean or SD by
+more than 0.025 reference SDs on the accuracy cases.
 Posterior means and variances of fe and vc are mixtures over the points of
 the conditional Gaussian approximations:
 :math:`\mathrm{E}x = \sum_t w_t \hat x_t`,
@@ -432,6 +435,18 @@ def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-4, shift=No
         if float(g_u @ du + g_b @ db) < tol:
             return u, b, factor, True, (u - u0, b - b0, v - v_lap)
     return u0, b0, f0, False, None
+
+
+def _refined_change(model, vcp, nr):
+    """The changes of :func:`refine_conditional` at ``vcp`` from the Laplace solution ``nr``:
+    ``((du, db, d row var), d vc var, d fe cov)``, or None where the refinement fails."""
+    if nr.factor is None:
+        return None
+    _, _, factor, ok, shift = refine_conditional(model, vcp, nr.u, nr.b, nr.factor)
+    if not ok:
+        return None
+    return (shift, factor.sparse_diag_inverse() - nr.factor.sparse_diag_inverse(),
+            factor.border_inverse() - nr.factor.border_inverse())
 
 
 def _em_start(cond, bounds):
@@ -842,6 +857,12 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     out = {}
     n_unrefined = 0
     changes = []  # (z, (du, db, d row var), d vc var, d fe cov) at the points refined so far
+    if split is not None and refine and fe_shift is None:
+        # the axial design: refined at the mode, whose changes move both points of each axis
+        mode_change = _refined_change(model, mode, cond(mode)[1])
+        if mode_change is not None:
+            changes.append((np.zeros(k), *mode_change))
+            refine_at = np.zeros(len(thetas), bool)
     by_density = np.flatnonzero(solved)[np.argsort(-logd[solved], kind="stable")]
     for i_, t_ in enumerate(by_density):
         th = thetas[t_]
