@@ -119,6 +119,7 @@ _VAR_RATIO_MAX = 3.0  # the grid when a fixed effect's conditional variance chan
 _REFINE_DROP = 1.0  # refine the conditional Gaussians within this of the top log density
 _PREDICT_MARGIN = 0.5  # grid points extrapolated this far below the region are not solved (_grid_points)
 _CHORD_STOP = 1e-1  # the first inner solve starts where chord steps on the IRLS factorisation get (_chord_start)
+_MODE_SD_TOL = 1e-2  # the mode search stops at a Newton step below this fraction of the log-SDs' posterior SDs
 
 
 class _Conditional:
@@ -485,7 +486,7 @@ def _grad_hessian(fg, x, g, h, forward=False):
 
 
 def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None, f=None, max_step=2.0,
-                    neg_hessian=None, hessian=None, refresh_far=True):
+                    neg_hessian=None, hessian=None, refresh_far=True, sd_tol=None):
     """Quasi-Newton ascent on a low-dimensional, smooth log density with an analytic gradient.
 
     ``fg(x) -> (f, gradient)``; ``f(x)``, when given, is the value alone (for the line search).
@@ -499,6 +500,8 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
     forward differences of the gradient (an error of order h = 1e-2 in the
     curvature, a scale error of 0.5 % in the grid's coordinates, which the grid's weights, values of
     the density itself, absorb; central differences cost k more inner solves).
+    The search stops when a Newton step is below ``tol`` in every coordinate, or, with ``sd_tol``,
+    below that fraction of the posterior SDs that the current curvature implies (if larger).
     Returns ``(x, f(x), gradient, -Hessian, converged, iterations)``.
     """
     lo, hi = bounds
@@ -535,14 +538,17 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
     it = 0
     for it in range(1, max_iter + 1):
         evals, evecs = np.linalg.eigh(0.5 * (B + B.T))
+        step_tol = tol
         if np.all(evals > 1e-8):
             step = evecs @ ((evecs.T @ g) / evals)
             far = np.max(np.abs(step)) > max_step
+            if sd_tol is not None:  # the posterior SDs the curvature implies
+                step_tol = np.maximum(tol, sd_tol * np.sqrt(np.sum(evecs**2 / evals, axis=1)))
         else:  # not concave here: a gradient step
             step = g / max(1.0, np.abs(g).max())
             far = True
         step = np.clip(step, -max_step, max_step)
-        if np.max(np.abs(step)) < tol:
+        if np.all(np.abs(step) < step_tol):
             converged = bool(np.isfinite(f0))
             break
         t = 1.0
@@ -787,7 +793,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     # EM update of the start, with the secant between the two as the first curvature
     x0, B0 = _em_start(cond, vcp_bounds) if k == 1 else (np.zeros(k), None)
     mode, _, grad, H, search_ok, n_outer = _maximise_theta(cond.value_grad, x0, vcp_bounds, neg_hessian=B0,
-                                                           f=lambda th: cond(th)[0], **search)
+                                                           f=lambda th: cond(th)[0], sd_tol=_MODE_SD_TOL,
+                                                           **search)
     # The second-order correction is a series in the row variances Var(eta_i): with few rows per
     # effect and a large SD (binary data, one or two rows per mother) it runs away. Its range over
     # the mode and the axial points z = +-3 (grid points) decides; beyond _SPREAD_MAX the exact
