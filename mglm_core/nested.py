@@ -457,6 +457,7 @@ def _em_start(cond, bounds):
     at the start (one inner solve fewer, and the first step starts near the mode); ``(0, None)``
     (forward differences at 0) when either gradient is not finite or the secant is not concave."""
     x0 = np.zeros(1)
+    cond(x0, tol=_GRID_TOL)  # a start's gradient is needed to a few digits only (for the secant)
     f0, g0 = cond.value_grad(x0)
     em = cond.em_point(x0) if np.isfinite(f0) and np.all(np.isfinite(g0)) else None
     if em is None or not np.all(np.isfinite(em)):
