@@ -187,11 +187,9 @@ class IndependentEffects:
         fam = model.family
         er = eta[self.rows]
         c = _curvature(fam, self.y, er, self.trials, self.z, self.local, m, sd)
-        q = fam.weight_derivative(self.y, er, self.trials) * self.z**3 / c[self.local] ** 1.5
-        if self._alike is None:  # computed once
-            pattern, n_pat = model.rows.row_patterns()
-            self._alike = np.unique(self.local.astype(np.int64) * n_pat + pattern[self.rows],
-                                    return_inverse=True)[1].ravel()
+        q = fam.weight_derivative(self.y, er, self.trials) * self.z**3 * (c**-1.5)[self.local]
+        if self._alike is None:  # computed once: rows alike have the same z_i, so the same effect
+            self._alike = model.rows.row_patterns()[0][self.rows]
         return (float(np.sum(np.bincount(self.local, weights=q, minlength=m) ** 2))
                 - float(np.sum(np.bincount(self._alike, weights=q) ** 2))) / 12.0
 

@@ -363,15 +363,22 @@ class RowData:
         if getattr(self, "_patterns", None) is None:
             rng = np.random.default_rng(20261124)
             r, s = rng.standard_normal((2, self.p)), rng.standard_normal((2, self.q))
-            keys = np.empty((self.n, 2))
+            keys = np.empty((2, self.n))  # (each projection contiguous: the sort reads it alone)
             for c in self.chunks:
-                keys[c.rows] = (r @ c.XT).T + (c.Z @ s.T if self.q else 0.0)
-            # ids of the distinct key pairs in sorted order (np.unique(axis=0), without its slow
-            # sort of row records)
-            order = np.lexsort((keys[:, 1], keys[:, 0]))
-            k = keys[order]
+                keys[:, c.rows] = r @ c.XT + ((c.Z @ s.T).T if self.q else 0.0)
+            # ids of the distinct key pairs in sorted order: sorted by the first key alone (a quarter
+            # of a two-key lexsort's time), the second deciding only within its runs of ties; a run
+            # whose second keys differ (different rows with equal first projections: never seen)
+            # is sorted by both keys
+            order = np.argsort(keys[0])
+            k0, k1 = keys[0, order], keys[1, order]
+            tie0, diff1 = k0[1:] == k0[:-1], k1[1:] != k1[:-1]
+            if np.any(tie0 & diff1):
+                order = np.lexsort((keys[1], keys[0]))
+                k0, k1 = keys[0, order], keys[1, order]
+                tie0, diff1 = k0[1:] == k0[:-1], k1[1:] != k1[:-1]
             new_key = np.ones(self.n, dtype=bool)
-            new_key[1:] = np.any(k[1:] != k[:-1], axis=1)
+            new_key[1:] = ~tie0 | diff1
             pattern = np.empty(self.n, dtype=np.int64)
             pattern[order] = np.cumsum(new_key) - 1
             self._patterns = (pattern, int(pattern.max()) + 1 if self.n else 0)
@@ -388,6 +395,7 @@ class RowData:
         value whether rows are aggregated into trials or not): ``(X^T t, Z^T t, s_4, s_3)``."""
         if second_order:
             pattern, n_pat = self.row_patterns()
+            distinct = n_pat == self.n  # no two rows alike: the pairs i = j alone, row by row
 
         def chunk_sums(c):
             eta = self._eta(c, fe, vc)
@@ -397,7 +405,8 @@ class RowData:
             out = [c.XT @ r, c.ZT @ r]
             if second_order:
                 out.append(float(family.weight_second_derivative(c.y, eta, c.trials) @ v**2))
-                out.append(np.bincount(pattern[c.rows], weights=d1, minlength=n_pat))
+                out.append(float((d1 * d1) @ v**3) if distinct else
+                           np.bincount(pattern[c.rows], weights=d1, minlength=n_pat))
             return out
 
         parts = self.map_chunks(chunk_sums)
@@ -405,6 +414,8 @@ class RowData:
         if not second_order:
             return xr, zr
         s4 = float(sum(part[2] for part in parts))
+        if distinct:
+            return xr, zr, s4, float(sum(part[3] for part in parts))
         d1_pat = sum(part[3] for part in parts)
         v_pat = np.zeros(n_pat)
         v_pat[pattern] = row_var  # (the same for every row of a pattern)

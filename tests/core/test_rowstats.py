@@ -95,3 +95,36 @@ def test_threaded_row_sums_are_reproducible(monkeypatch):
     serial = rows.reduce(Binomial(), fe, vc)
     assert serial.loglike == first.loglike
     np.testing.assert_array_equal(serial.z_wz, first.z_wz)
+
+
+@pytest.mark.parametrize("distinct", [True, False])
+def test_second_order_sums_over_pairs_of_identical_rows(distinct):
+    """:math:`s_3 = \\sum_{i,j:\\,x_i = x_j} w_i' w_j' v_i^3` and :math:`s_4 = \\sum_i w_i'' v_i^2`
+    against a double loop over the rows, with repeated design rows (a covariate of four values,
+    ten groups) and with all rows distinct (a continuous covariate), in one chunk and in several;
+    the row patterns partition the rows as the dense design rows do."""
+    rng = np.random.default_rng(8)
+    n = 300
+    g = rng.integers(0, 10, n)
+    x = rng.normal(size=n) if distinct else rng.integers(0, 4, n).astype(float)
+    X = np.column_stack([np.ones(n), x])
+    Z = sp.csr_matrix((np.ones(n), (np.arange(n), g)), shape=(n, 10))
+    y = rng.integers(0, 2, n).astype(float)
+    fe, vc = np.array([0.2, -0.4]), rng.normal(size=10)
+    v = 0.1 + 0.03 * g + 0.02 * x**2  # a function of the design row, as x_i' H^-1 x_i is
+    fam = Binomial()
+    eta = X @ fe + Z @ vc
+    d1, d2 = fam.weight_derivative(y, eta, None), fam.weight_second_derivative(y, eta, None)
+    design = np.column_stack([x, g])
+    same = np.all(design[:, None, :] == design[None, :, :], axis=2)
+    s3 = float(np.sum(same * np.outer(d1, d1) * v[:, None] ** 3))
+    for chunk_rows in (None, 64):
+        rows = RowData(X, Z, y, chunk_rows=chunk_rows)
+        pattern, n_pat = rows.row_patterns()
+        assert np.array_equal(pattern[:, None] == pattern[None, :], same)
+        assert (n_pat == n) == distinct
+        xr, zr, s4_, s3_ = rows.weight_derivative_sums(fam, fe, vc, v, second_order=True)
+        np.testing.assert_allclose(xr, X.T @ (d1 * v), rtol=1e-12)
+        np.testing.assert_allclose(zr, Z.T @ (d1 * v), rtol=1e-12)
+        assert s4_ == pytest.approx(float(d2 @ v**2), rel=1e-12)
+        assert s3_ == pytest.approx(s3, rel=1e-12)
