@@ -23,7 +23,11 @@ a block matrix whose larger factor's block is diagonal while elimination fills
 the rest in completely; then (:class:`SchurDenseLDL`) the diagonal part
 :math:`P` (a maximal independent set of A's graph) is eliminated exactly and
 the dense Schur complement :math:`S_D = A_{DD} - A_{DP} A_{PP}^{-1} A_{PD}` of
-the remaining columns is factored by LAPACK. Otherwise A is factored
+the remaining columns is factored by LAPACK. Where :math:`S_D` itself has a diagonal block
+(nested factors: after the observation-level effects no two broods meet; crossed factors
+beside observation-level effects), it is kept sparse and eliminated in turn
+(:class:`NestedSchurLDL`, level by level down to a small dense block or a diagonal one).
+Otherwise A is factored
 by SuperLU with a fill-reducing symmetric ordering and no pivoting (an
 :math:`LDL^\top` factorisation), and :math:`\mathrm{diag}(A^{-1})` comes from
 the Takahashi recursion on the factor's sparsity pattern: no dense q x q
@@ -47,7 +51,7 @@ import scipy.sparse.linalg as spla
 
 from .iterative import IterativeSPD
 
-__all__ = ["NotPositiveDefinite", "SparseLDL", "SchurDenseLDL", "Symbolic", "factor_spd", "BorderedFactor",
+__all__ = ["NotPositiveDefinite", "SparseLDL", "SchurDenseLDL", "NestedSchurLDL", "Symbolic", "factor_spd", "BorderedFactor",
            "single_threaded_blas"]
 
 #: Dense blocks up to this size are faster on one BLAS thread (thread wake-ups cost more than they save).
@@ -322,6 +326,10 @@ DENSE_TAIL_MAX = 5000  # largest dense Schur complement (columns) factored by LA
 DENSE_SMALL = 1000  # up to this size the dense route is taken even for a sparse Schur complement
 _SCHUR_PAIRS_MAX = 4_000_000  # pairs of entries within rows of N for the bincount route of S
 DENSE_ALWAYS = 300  # up to this size the dense route is taken even for a diagonal Schur complement
+#: A Schur complement of at least this many columns with a diagonal block (nested factors) is eliminated
+#: level by level (:class:`NestedSchurLDL`); below it a dense factorisation costs less than the
+#: extra level's assembly (65 columns: fit_laplace 53 -> 74 ms nested; 181: 162 -> 120 ms).
+NESTED_FROM = 120
 #: A Schur complement beyond DENSE_TAIL_MAX columns with at least this many off-diagonal entries per
 #: column (on average) is not factored: its blocks are solved by conjugate gradients (:mod:`.iterative`).
 #: Such a complement of crossed factors is a random graph, which has no small separators: its sparse
@@ -667,6 +675,93 @@ class SchurDenseLDL:
         return plan
 
 
+class NestedSchurLDL(SchurDenseLDL):
+    r"""Factorisation of a sparse SPD matrix whose block on ``P`` is diagonal and whose Schur
+    complement :math:`S = A_{DD} - N^\top \mathrm{diag}(d)^{-1} N` on the rest is itself sparse with
+    a diagonal block (nested factors; observation-level effects beside groups): :math:`S` is
+    assembled on its pattern and factored by :func:`factor_spd` with the inner pattern analysis
+    (``symbolic.inner``: diagonal, dense Schur, or nested again), so no level is densified.
+
+    With :math:`\Sigma = S^{-1}` on S's pattern (the inner factor's selected inverse),
+    :math:`\log\det A = \sum \log d + \log\det S`, and on A's pattern
+
+    .. math::
+
+        (A^{-1})_{DD} = \Sigma,\quad
+        (A^{-1})_{PD} = -\mathrm{diag}(d)^{-1} N \Sigma,\quad
+        \mathrm{diag}(A^{-1})_{P} = 1/d_i + n_i^\top \Sigma\, n_i / d_i^2,
+
+    where :math:`(N\Sigma)_{ij} = \sum_k N_{ik} \Sigma_{kj}` over the entries k of row i of N,
+    and j is in that row too (the entries requested lie on A's pattern): every :math:`\Sigma_{kj}`
+    needed is on S's pattern, whose off-diagonal part is the pairs that meet in rows of N.
+    """
+
+    def __init__(self, A, symbolic, single=False):
+        sym = symbolic
+        self.symbolic = sym
+        self.n = A.shape[0]
+        self.P, self.D = sym.P, sym.D
+        d = A.data[sym.diag_src]
+        if np.any(~(d > 0)):
+            raise NotPositiveDefinite("sparse block is not positive definite")
+        self.dP = d
+        self.N = sp.csr_matrix((A.data[sym.N_src], sym.N_indices, sym.N_indptr), shape=(self.P.size, self.D.size))
+        first, second, _, _ = sym.s_pairs
+        w = self.N.data[first] * self.N.data[second] / d[sym.N_row[first]]
+        data = (np.bincount(sym.s_dd_pos, weights=A.data[sym.dd_src], minlength=sym.s_nnz)
+                - np.bincount(sym.s_pair_pos, weights=w, minlength=sym.s_nnz))
+        inner = sym.inner
+        S = sp.csc_matrix((data, inner.indices, inner.indptr), shape=inner.shape)
+        self.S_factor = factor_spd(S, inner)
+        self.pos, self.in_P = sym.pos, sym.in_P
+        self._dense_N = False
+
+    def logdet(self) -> float:
+        return float(np.sum(np.log(self.dP)) + self.S_factor.logdet())
+
+    def solve(self, b):
+        b = np.asarray(b, dtype=float)
+        vec = b.ndim == 1
+        b2 = b[:, None] if vec else b
+        dP = self.dP[:, None]
+        y_P = b2[self.P] / dP
+        x_D = self.S_factor.solve(b2[self.D] - self._t_matvec(y_P))
+        x_D = x_D.reshape(-1, b2.shape[1])
+        x_P = y_P - (self.N @ x_D) / dP
+        out = np.empty_like(b2)
+        out[self.P], out[self.D] = x_P, x_D
+        return out[:, 0] if vec else out
+
+    def _selected(self):
+        if hasattr(self, "_sel"):
+            return self._sel
+        N, dP, sym = self.N, self.dP, self.symbolic
+        first, second, a, b = sym.s_pairs
+        sig = self.S_factor.inverse_on_pattern(a, b, keep_plan=True)  # Sigma at the pairs within rows
+        on_N = np.bincount(second, weights=N.data[first] * sig, minlength=N.nnz)  # (N Sigma) on N
+        quad = np.bincount(sym.N_row, weights=on_N * N.data, minlength=self.P.size)
+        diag = np.empty(self.n)
+        diag[self.P] = (1.0 + quad / dP) / dP  # (not dP**2: it overflows at a collapsed SD)
+        diag[self.D] = self.S_factor.diag_inverse()
+        self._sel = (None, -on_N / np.repeat(dP, np.diff(N.indptr)), diag)
+        return self._sel
+
+    def diag_inverse(self) -> np.ndarray:
+        return self._selected()[2].copy()
+
+    def inverse_on_pattern(self, a, b, keep_plan=False):
+        """Entries :math:`(A^{-1})_{a_t b_t}` for index pairs on the sparsity pattern of A (the
+        pairs within D from the inner factor's selected inverse)."""
+        _, on_N, diag = self._selected()
+        same, a_same, both_D, rD, cD, mixed, k = self._plan(a, b, keep_plan)
+        out = np.empty(same.size)
+        out[same] = diag[a_same]
+        if both_D.any():
+            out[both_D] = self.S_factor.inverse_on_pattern(rD, cD, keep_plan=keep_plan)
+        out[mixed] = on_N[k]
+        return out
+
+
 def _positions_in_rows(M, r, c):
     """Positions in ``M.data`` of the entries (r, c) of a CSR matrix with sorted indices."""
     keys = np.repeat(np.arange(M.shape[0], dtype=np.int64), np.diff(M.indptr)) * M.shape[1] + M.indices
@@ -707,6 +802,12 @@ class Symbolic:
         # is left to SuperLU
         fill = float(row_nnz @ (row_nnz - 1))
         self.P, self.D = P, D
+        if (groups is not None and fill > 0 and D.size >= NESTED_FROM
+                and (inner := self._nested_inner(row, col, P, D, in_P, row_nnz))):
+            # the Schur complement is itself sparse with a diagonal block (nested factors, or
+            # observation-level effects beside groups): eliminated level by level (NestedSchurLDL)
+            self.route, self.inner = "nested", inner
+            return
         if D.size > DENSE_TAIL_MAX:
             # too large to factor densely; a Schur complement with many entries per column (crossed
             # factors: a random graph) fills its sparse factor in completely too: conjugate gradients
@@ -716,6 +817,12 @@ class Symbolic:
         if not (fill >= 0.05 * D.size**2 or (D.size <= DENSE_SMALL and fill >= D.size) or D.size <= DENSE_ALWAYS):
             return
         self.route = "schur"
+        self._maps(row, col, P, D, in_P)
+
+    def _maps(self, row, col, P, D, in_P):
+        """Where diag(A_PP), N = A_PD and A_DD sit in A's data (the elimination of P)."""
+        q = in_P.size
+        P_row, P_col = in_P[row], in_P[col]
         pos = np.empty(q, dtype=np.int64)
         pos[P], pos[D] = np.arange(P.size), np.arange(D.size)
         self.P, self.D, self.pos, self.in_P = P, D, pos, in_P
@@ -736,6 +843,51 @@ class Symbolic:
         self.N_row = np.repeat(np.arange(P.size, dtype=np.int64), np.diff(self.N_indptr))
         selD = ~(P_row | P_col)
         self.dd_r, self.dd_c, self.dd_src = pos[row[selD]], pos[col[selD]], np.flatnonzero(selD)
+
+    def _nested_inner(self, row, col, P, D, in_P, row_nnz):
+        r"""The pattern analysis of the Schur complement :math:`S` on D when some variance component
+        of D has a diagonal block in it and eliminating that block leaves a dense part at most half
+        as large as D (else None): nested factors (a brood within one location: after the
+        observations, no two broods meet), or observation-level effects beside nested groups.
+        :math:`S`'s pattern is :math:`A_{DD}`'s and the pairs of columns of D that meet in a row of
+        :math:`N = A_{PD}`. Sets the maps that assemble S's entries (:class:`NestedSchurLDL`)."""
+        g = self.groups[D]
+        k = int(g.max()) + 1
+        P_row, P_col = in_P[row], in_P[col]
+        selN = P_row & ~P_col  # N's entries: rows of A in P, columns in D (A symmetric)
+        pos = np.empty(in_P.size, dtype=np.int64)
+        pos[D] = np.arange(D.size)
+        per_row = np.bincount(row[selN] * k + g[pos[col[selN]]], minlength=int(row.max() + 1) * k)
+        met = np.zeros(k, dtype=bool)
+        met[np.flatnonzero(per_row > 1) % k] = True  # two columns of the class in one row of N
+        selD = ~(P_row | P_col) & (row != col)
+        adj = class_adjacency(pos[row[selD]], pos[col[selD]], g)[0] if selD.any() else np.zeros((k, k), bool)
+        present = np.bincount(g, minlength=k) > 0
+        if not np.any(present & ~met & ~np.diag(adj)) or float(row_nnz @ row_nnz) > _SCHUR_PAIRS_MAX:
+            return None
+        self._maps(row, col, P, D, in_P)
+        first, second, _ = pairs_within_rows(self.N_indptr)
+        a, b = self.N_indices[first].astype(np.int64), self.N_indices[second].astype(np.int64)
+        # S's pattern (CSC: column-major keys, both triangles) and where each term lands in its data
+        keys = np.concatenate([self.dd_c.astype(np.int64) * D.size + self.dd_r, b * D.size + a])
+        s_keys = np.unique(keys)
+        indptr = np.searchsorted(s_keys // D.size, np.arange(D.size + 1)).astype(np.int32)
+        pattern = sp.csc_matrix((np.ones(s_keys.size), (s_keys % D.size).astype(np.int32), indptr),
+                                shape=(D.size, D.size))
+        inner = Symbolic(pattern, groups=g)
+        if inner.route not in ("diagonal", "schur", "nested") or inner.dense_size > D.size // 2:
+            return None
+        pos_keys = np.searchsorted(s_keys, keys)
+        self.s_dd_pos, self.s_pair_pos = pos_keys[:self.dd_src.size], pos_keys[self.dd_src.size:]
+        self.s_pairs, self.s_nnz = (first, second, a, b), s_keys.size
+        return inner
+
+    @property
+    def dense_size(self) -> int:
+        """Columns of the dense block this route factors by LAPACK (0 for none)."""
+        if self.route == "schur":
+            return int(self.D.size)
+        return self.inner.dense_size if self.route == "nested" else 0
 
     def schur_pairs(self):
         r"""``(first, second, flat)`` for the lower triangle of :math:`N^\top \mathrm{diag}(d)^{-1} N`:
@@ -795,6 +947,8 @@ def factor_spd(A, symbolic=None, single=False):
         symbolic = Symbolic(A)
     if symbolic.route == "schur":
         return SchurDenseLDL(A, symbolic, single=single)
+    if symbolic.route == "nested":
+        return NestedSchurLDL(A, symbolic)
     if symbolic.route == "iterative":
         return IterativeSPD(A, symbolic, not_pd=NotPositiveDefinite)
     f = SparseLDL(A, diagonal=True if symbolic.route == "diagonal" else None)

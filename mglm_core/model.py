@@ -97,7 +97,7 @@ class BayesMixedGLM:
     def _blas(self):
         """BLAS threads for this model's fits: one unless a dense block is large."""
         sym = self.symbolic
-        dense = sym.D.size if sym is not None and sym.route == "schur" else 0
+        dense = sym.dense_size if sym is not None else 0
         return single_threaded_blas(max(dense, self.k_fep + self.k_vcp))
 
     @property

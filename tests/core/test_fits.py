@@ -909,3 +909,25 @@ def test_nested_hessian_route_is_chosen_by_cost(group_size, n_fixed, by_pairs):
     model = mg.BayesMixedGLM(y, X, Z, np.zeros(n_groups, dtype=int), family="binomial")
     nested = NestedMarginal.build(model, IndependentEffects.find(model))
     assert nested._pairs is not None and nested.by_pairs is by_pairs
+
+
+def test_nested_elimination_gives_the_fits_of_the_dense_one(monkeypatch):
+    """Observation-level effects beside broods within locations (grouseticks' design): the nested
+    elimination (the Schur complement of broods and locations factored level by level) and the
+    dense one give the same MAP, variational and integrated fits."""
+    import mglm_core.linalg as linalg
+
+    def model():
+        return mg.BayesMixedGLM.from_formula("TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | INDEX) + (1 | LOCATION)",
+                                             data=load("grouseticks"), family="poisson")
+
+    m = model()
+    assert m.symbolic.route == "nested" and m.symbolic.dense_size < m.symbolic.D.size
+    nested = [m.fit_map(), m.fit_vb(), m.fit_laplace()]
+    monkeypatch.setattr(linalg, "NESTED_FROM", 10**9)
+    d = model()
+    assert d.symbolic.route == "schur"
+    dense = [d.fit_map(), d.fit_vb(), d.fit_laplace()]
+    for a, b in zip(nested, dense):
+        for part in ("fe_mean", "fe_sd", "vcp_mean", "vcp_sd", "vc_mean", "vc_sd"):
+            np.testing.assert_allclose(getattr(a, part), getattr(b, part), rtol=1e-6, atol=1e-8)

@@ -305,3 +305,88 @@ def test_single_precision_schur_factor_solves_to_single_precision():
     xa, xb = bf.solve(b[:, 0], np.ones(2))
     H = np.block([[Ad, B], [B.T, C]])
     np.testing.assert_allclose(H @ np.concatenate([xa, xb]), np.concatenate([b[:, 0], np.ones(2)]), atol=1e-4)
+
+
+def _nested_design(levels, seed, values=False):
+    """Rows nested in a hierarchy: one effect per row (observation level) and then, for each level
+    count in ``levels``, a factor whose levels each sit inside one level of the next; ``values``
+    puts random values on the observation-level effects. Returns (Z, ident)."""
+    rng = np.random.default_rng(seed)
+    parent = [rng.integers(0, levels[i + 1], levels[i]) for i in range(len(levels) - 1)]
+    n = 4 * levels[0]
+    member = rng.integers(0, levels[0], n)
+    blocks = [sp.csr_matrix((rng.normal(size=n) if values else np.ones(n), (np.arange(n), np.arange(n))))]
+    for i, size in enumerate(levels):
+        blocks.append(sp.csr_matrix((np.ones(n), (np.arange(n), member)), shape=(n, size)))
+        if i < len(parent):
+            member = parent[i][member]
+    ident = np.concatenate([np.full(b.shape[1], j) for j, b in enumerate(blocks)])
+    return sp.hstack(blocks).tocsr(), ident
+
+
+@pytest.mark.parametrize("levels, values, depth", [((150, 12), False, 1), ((150, 12), True, 1),
+                                                   ((400, 130, 6), False, 2)])
+def test_nested_route_matches_dense(levels, values, depth):
+    """Observation-level effects beside nested groups: after the observations, the groups' Schur
+    complement has a diagonal block (no two broods meet), which is eliminated in turn (again when
+    that leaves a large block), down to a small dense one; logdet, solves, the diagonal of the
+    inverse and the entries on A's pattern match dense algebra, with the analysis reused by a
+    second matrix of the same pattern and inside the bordered factorisation."""
+    from mglm_core.linalg import NestedSchurLDL, Symbolic, factor_spd
+
+    Z, ident = _nested_design(levels, seed=len(levels), values=values)
+    rng = np.random.default_rng(4)
+    n, q = Z.shape
+    w = rng.uniform(0.1, 1.0, n)
+    A = (Z.T @ sp.diags(w) @ Z + sp.diags(rng.uniform(0.5, 2, q))).tocsc()
+    A.sum_duplicates()  # (canonical, as the fits' blocks are)
+    sym = Symbolic(A, groups=ident)
+    inner, d = sym, 0
+    while inner.route == "nested":
+        inner, d = inner.inner, d + 1
+    assert d == depth and inner.route in ("schur", "diagonal") and sym.dense_size <= levels[-1]
+    f = factor_spd(A, sym)
+    assert isinstance(f, NestedSchurLDL) and f.P.size == n  # the observations eliminated first
+    Ad = A.toarray()
+    Ainv = np.linalg.inv(Ad)
+    assert f.logdet() == pytest.approx(np.linalg.slogdet(Ad)[1], rel=1e-11)
+    np.testing.assert_allclose(f.diag_inverse(), np.diag(Ainv), rtol=1e-9)
+    b = rng.normal(size=(q, 12))
+    for cols in (b, b[:, :3], b[:, 0]):
+        np.testing.assert_allclose(Ad @ f.solve(cols), cols, atol=1e-9)
+    r, c = A.nonzero()
+    np.testing.assert_allclose(f.inverse_on_pattern(r, c, keep_plan=True), Ainv[r, c], rtol=1e-8, atol=1e-12)
+    A2 = A.copy()
+    A2.data = A2.data * (1.0 + 0.5 * (np.arange(A2.nnz) % 3 == 0))
+    A2 = ((A2 + A2.T) * 0.5 + sp.eye(q) * 5.0).tocsc()
+    f2 = factor_spd(A2, f.symbolic)
+    A2inv = np.linalg.inv(A2.toarray())
+    np.testing.assert_allclose(f2.inverse_on_pattern(r, c, keep_plan=True), A2inv[r, c], rtol=1e-8, atol=1e-12)
+    X = rng.normal(size=(n, 2))
+    B, C = np.asarray(Z.T @ (w[:, None] * X)), X.T @ (w[:, None] * X) + np.eye(2)
+    H = np.block([[Ad, B], [B.T, C]])
+    bf = BorderedFactor(A, B, C, sym)
+    assert bf.logdet() == pytest.approx(np.linalg.slogdet(H)[1], rel=1e-11)
+    np.testing.assert_allclose(bf.sparse_diag_inverse(), np.diag(np.linalg.inv(H))[:q], rtol=1e-9)
+
+
+def test_nested_route_only_where_a_block_of_the_schur_complement_is_diagonal():
+    """Two crossed factors: the smaller one's levels meet through the rows of the larger one's, so
+    its Schur complement is full: one dense elimination. Beside observation-level effects the
+    same factors are eliminated in turn (no two levels of one factor meet in an observation),
+    leaving the smaller factor dense. A small Schur complement stays dense."""
+    from mglm_core.linalg import NESTED_FROM, Symbolic
+
+    rng = np.random.default_rng(9)
+    n = 900
+    a, b = rng.integers(0, 150, n), rng.integers(0, 90, n)
+    crossed = [sp.csr_matrix((np.ones(n), (np.arange(n), a))), sp.csr_matrix((np.ones(n), (np.arange(n), b)))]
+    Z = sp.hstack(crossed).tocsr()
+    sym = Symbolic((Z.T @ Z + sp.eye(240)).tocsc(), groups=np.r_[np.zeros(150, int), np.ones(90, int)])
+    assert sym.route == "schur" and sym.dense_size == 90
+    Z_obs = sp.hstack([sp.identity(n, format="csr")] + crossed).tocsr()
+    ident = np.r_[np.zeros(n, int), np.ones(150, int), np.full(90, 2)]
+    sym_obs = Symbolic((Z_obs.T @ Z_obs + sp.eye(Z_obs.shape[1])).tocsc(), groups=ident)
+    assert sym_obs.route == "nested" and sym_obs.inner.route == "schur" and sym_obs.dense_size == 90
+    small, ident_small = _nested_design((NESTED_FROM // 2, 5), seed=2)
+    assert Symbolic((small.T @ small + sp.eye(small.shape[1])).tocsc(), groups=ident_small).route == "schur"
