@@ -922,9 +922,10 @@ SOLVE_ITERATIVE_FROM = 1000
 
 def solve_only(symbolic):
     """The pattern analysis to use where only solves are needed (Newton steps): an iterative copy of
-    ``symbolic`` when it is the dense-Schur route with at least :data:`SOLVE_ITERATIVE_FROM` columns,
+    ``symbolic`` when its dense block (dense-Schur or nested route) has at least
+    :data:`SOLVE_ITERATIVE_FROM` columns,
     else ``symbolic`` itself. Fits that report a covariance factor exactly at their end point."""
-    if symbolic is None or symbolic.route != "schur" or symbolic.D.size < SOLVE_ITERATIVE_FROM:
+    if symbolic is None or symbolic.route not in ("schur", "nested") or symbolic.dense_size < SOLVE_ITERATIVE_FROM:
         return symbolic
     out = copy.copy(symbolic)
     out.route = "iterative"
