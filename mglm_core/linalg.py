@@ -802,7 +802,7 @@ class Symbolic:
         # is left to SuperLU
         fill = float(row_nnz @ (row_nnz - 1))
         self.P, self.D = P, D
-        if (groups is not None and fill > 0 and D.size >= NESTED_FROM
+        if (groups is not None and D.size >= NESTED_FROM
                 and (inner := self._nested_inner(row, col, P, D, in_P, row_nnz))):
             # the Schur complement is itself sparse with a diagonal block (nested factors, or
             # observation-level effects beside groups): eliminated level by level (NestedSchurLDL)

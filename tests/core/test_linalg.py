@@ -324,12 +324,13 @@ def _nested_design(levels, seed, values=False):
     return sp.hstack(blocks).tocsr(), ident
 
 
-@pytest.mark.parametrize("levels, values, depth", [((150, 12), False, 1), ((150, 12), True, 1),
+@pytest.mark.parametrize("levels, values, depth", [((150,), False, 1), ((150, 12), False, 1), ((150, 12), True, 1),
                                                    ((400, 130, 6), False, 2)])
 def test_nested_route_matches_dense(levels, values, depth):
     """Observation-level effects beside nested groups: after the observations, the groups' Schur
     complement has a diagonal block (no two broods meet), which is eliminated in turn (again when
-    that leaves a large block), down to a small dense one; logdet, solves, the diagonal of the
+    that leaves a large block), down to a small dense one, or is diagonal (one factor beside the
+    observations: the classic overdispersed Poisson model); logdet, solves, the diagonal of the
     inverse and the entries on A's pattern match dense algebra, with the analysis reused by a
     second matrix of the same pattern and inside the bordered factorisation."""
     from mglm_core.linalg import NestedSchurLDL, Symbolic, factor_spd
@@ -374,7 +375,8 @@ def test_nested_route_only_where_a_block_of_the_schur_complement_is_diagonal():
     """Two crossed factors: the smaller one's levels meet through the rows of the larger one's, so
     its Schur complement is full: one dense elimination. Beside observation-level effects the
     same factors are eliminated in turn (no two levels of one factor meet in an observation),
-    leaving the smaller factor dense. A small Schur complement stays dense."""
+    leaving the smaller factor dense; independent random slopes leave a diagonal one. A small Schur
+    complement stays dense."""
     from mglm_core.linalg import NESTED_FROM, Symbolic
 
     rng = np.random.default_rng(9)
@@ -388,5 +390,12 @@ def test_nested_route_only_where_a_block_of_the_schur_complement_is_diagonal():
     ident = np.r_[np.zeros(n, int), np.ones(150, int), np.full(90, 2)]
     sym_obs = Symbolic((Z_obs.T @ Z_obs + sp.eye(Z_obs.shape[1])).tocsc(), groups=ident)
     assert sym_obs.route == "nested" and sym_obs.inner.route == "schur" and sym_obs.dense_size == 90
+    # independent random slopes beside intercepts: an intercept meets only its own slope, so the
+    # slopes' Schur complement is diagonal
+    g, x = rng.integers(0, 200, n), rng.normal(size=n)
+    Zs = sp.hstack([sp.csr_matrix((np.ones(n), (np.arange(n), g)), shape=(n, 200)),
+                    sp.csr_matrix((x, (np.arange(n), g)), shape=(n, 200))]).tocsr()
+    sym_s = Symbolic((Zs.T @ Zs + sp.eye(400)).tocsc(), groups=np.r_[np.zeros(200, int), np.ones(200, int)])
+    assert sym_s.route == "nested" and sym_s.inner.route == "diagonal" and sym_s.dense_size == 0
     small, ident_small = _nested_design((NESTED_FROM // 2, 5), seed=2)
     assert Symbolic((small.T @ small + sp.eye(small.shape[1])).tocsc(), groups=ident_small).route == "schur"
