@@ -25,7 +25,8 @@ the rest in completely; then (:class:`SchurDenseLDL`) the diagonal part
 the dense Schur complement :math:`S_D = A_{DD} - A_{DP} A_{PP}^{-1} A_{PD}` of
 the remaining columns is factored by LAPACK. Where :math:`S_D` itself has a diagonal block
 (nested factors: after the observation-level effects no two broods meet; crossed factors
-beside observation-level effects), it is kept sparse and eliminated in turn
+beside observation-level effects; one factor beside them, or independent random slopes, where
+it is diagonal), it is kept sparse and eliminated in turn
 (:class:`NestedSchurLDL`, level by level down to a small dense block or a diagonal one).
 Otherwise A is factored
 by SuperLU with a fill-reducing symmetric ordering and no pivoting (an
