@@ -491,16 +491,8 @@ class SchurDenseLDL:
 
     def __init__(self, A, symbolic, single=False):
         sym = symbolic
-        self.symbolic = sym
-        self.n = A.shape[0]
+        d, N = self._eliminate(A, sym)
         P, D = sym.P, sym.D
-        self.P, self.D = P, D
-        d = A.data[sym.diag_src]
-        if np.any(~(d > 0)):
-            raise NotPositiveDefinite("sparse block is not positive definite")
-        self.dP = d
-        N = sp.csr_matrix((A.data[sym.N_src], sym.N_indices, sym.N_indptr), shape=(P.size, D.size))
-        self.N = N
         row_nnz = np.diff(N.indptr).astype(np.int64)
         self._dense_N = False  # (N dense and small enough to be densified again for the inverse)
         pairs = None
@@ -529,7 +521,20 @@ class SchurDenseLDL:
         lower = sym.dd_r >= sym.dd_c
         S[sym.dd_r[lower], sym.dd_c[lower]] += A.data[sym.dd_src[lower]]
         self.S_chol = _potrf(S, overwrite=True, clean=False)  # lower Cholesky factor of S
+
+    def _eliminate(self, A, sym):
+        """Set up the elimination of P: its diagonal ``d`` (positive, else NotPositiveDefinite) and
+        :math:`N = A_{PD}` (CSR), returned and kept."""
+        self.symbolic = sym
+        self.n = A.shape[0]
+        self.P, self.D = sym.P, sym.D
+        d = A.data[sym.diag_src]
+        if np.any(~(d > 0)):
+            raise NotPositiveDefinite("sparse block is not positive definite")
+        self.dP = d
+        self.N = sp.csr_matrix((A.data[sym.N_src], sym.N_indices, sym.N_indptr), shape=(sym.P.size, sym.D.size))
         self.pos, self.in_P = sym.pos, sym.in_P
+        return d, self.N
 
     def logdet(self) -> float:
         return float(np.sum(np.log(self.dP)) + 2.0 * np.sum(np.log(np.diag(self.S_chol).astype(float))))
@@ -544,11 +549,15 @@ class SchurDenseLDL:
         b2 = b[:, None] if vec else b
         dP = self.dP[:, None]
         y_P = b2[self.P] / dP
-        x_D = _potrs(self.S_chol, b2[self.D] - self._t_matvec(y_P))
+        x_D = self._solve_S(b2[self.D] - self._t_matvec(y_P))
         x_P = y_P - (self.N @ x_D) / dP
         out = np.empty_like(b2)
         out[self.P], out[self.D] = x_P, x_D
         return out[:, 0] if vec else out
+
+    def _solve_S(self, rhs):
+        """:math:`S^{-1}` rhs (columns) with the dense Cholesky factor."""
+        return _potrs(self.S_chol, rhs)
 
     def _t_matvec(self, y):
         r""":math:`N^\top y`: by a sparse product, or for a vector or a few columns of a small N by
@@ -699,39 +708,21 @@ class NestedSchurLDL(SchurDenseLDL):
 
     def __init__(self, A, symbolic, single=False):
         sym = symbolic
-        self.symbolic = sym
-        self.n = A.shape[0]
-        self.P, self.D = sym.P, sym.D
-        d = A.data[sym.diag_src]
-        if np.any(~(d > 0)):
-            raise NotPositiveDefinite("sparse block is not positive definite")
-        self.dP = d
-        self.N = sp.csr_matrix((A.data[sym.N_src], sym.N_indices, sym.N_indptr), shape=(self.P.size, self.D.size))
+        d, N = self._eliminate(A, sym)
         first, second, _, _ = sym.s_pairs
-        w = self.N.data[first] * self.N.data[second] / d[sym.N_row[first]]
+        w = N.data[first] * N.data[second] / d[sym.N_row[first]]
         data = (np.bincount(sym.s_dd_pos, weights=A.data[sym.dd_src], minlength=sym.s_nnz)
                 - np.bincount(sym.s_pair_pos, weights=w, minlength=sym.s_nnz))
         inner = sym.inner
         S = sp.csc_matrix((data, inner.indices, inner.indptr), shape=inner.shape)
         self.S_factor = factor_spd(S, inner)
-        self.pos, self.in_P = sym.pos, sym.in_P
         self._dense_N = False
 
     def logdet(self) -> float:
         return float(np.sum(np.log(self.dP)) + self.S_factor.logdet())
 
-    def solve(self, b):
-        b = np.asarray(b, dtype=float)
-        vec = b.ndim == 1
-        b2 = b[:, None] if vec else b
-        dP = self.dP[:, None]
-        y_P = b2[self.P] / dP
-        x_D = self.S_factor.solve(b2[self.D] - self._t_matvec(y_P))
-        x_D = x_D.reshape(-1, b2.shape[1])
-        x_P = y_P - (self.N @ x_D) / dP
-        out = np.empty_like(b2)
-        out[self.P], out[self.D] = x_P, x_D
-        return out[:, 0] if vec else out
+    def _solve_S(self, rhs):
+        return self.S_factor.solve(rhs).reshape(rhs.shape)
 
     def _selected(self):
         if hasattr(self, "_sel"):
