@@ -844,6 +844,8 @@ class Symbolic:
         :math:`S`'s pattern is :math:`A_{DD}`'s and the pairs of columns of D that meet in a row of
         :math:`N = A_{PD}`. Sets the maps that assemble S's entries (:class:`NestedSchurLDL`)."""
         g = self.groups[D]
+        if g.min() == g.max() and float(row_nnz @ (row_nnz - 1)) > 0:
+            return None  # one class in D, two of its columns in a row of N (crossed factors): no block
         k = int(g.max()) + 1
         P_row, P_col = in_P[row], in_P[col]
         selN = P_row & ~P_col  # N's entries: rows of A in P, columns in D (A symmetric)
