@@ -534,6 +534,11 @@ class SchurDenseLDL:
         self.dP = d
         self.N = sp.csr_matrix((A.data[sym.N_src], sym.N_indices, sym.N_indptr), shape=(sym.P.size, sym.D.size))
         self.pos, self.in_P = sym.pos, sym.in_P
+        # P and D as slices where they are runs of columns (observation-level effects first):
+        # views instead of gathered copies in every solve (1 ms per gather of 1e5 x 3 rows)
+        if getattr(sym, "_slices", None) is None:
+            sym._slices = (_as_slice(sym.P), _as_slice(sym.D))
+        self._iP, self._iD = sym._slices
         return d, self.N
 
     def logdet(self) -> float:
@@ -548,11 +553,11 @@ class SchurDenseLDL:
         vec = b.ndim == 1
         b2 = b[:, None] if vec else b
         dP = self.dP[:, None]
-        y_P = b2[self.P] / dP
-        x_D = self._solve_S(b2[self.D] - self._t_matvec(y_P))
+        y_P = b2[self._iP] / dP
+        x_D = self._solve_S(b2[self._iD] - self._t_matvec(y_P))
         x_P = y_P - (self.N @ x_D) / dP
         out = np.empty_like(b2)
-        out[self.P], out[self.D] = x_P, x_D
+        out[self._iP], out[self._iD] = x_P, x_D
         return out[:, 0] if vec else out
 
     def _solve_S(self, rhs):
@@ -752,6 +757,13 @@ class NestedSchurLDL(SchurDenseLDL):
             out[both_D] = self.S_factor.inverse_on_pattern(rD, cD, keep_plan=keep_plan)
         out[mixed] = on_N[k]
         return out
+
+
+def _as_slice(idx):
+    """``idx`` as a slice when it is a run of consecutive increasing integers, else itself."""
+    if idx.size and int(idx[-1]) - int(idx[0]) + 1 == idx.size and np.all(np.diff(idx) == 1):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
 
 
 def _positions_in_rows(M, r, c):
