@@ -331,6 +331,9 @@ DENSE_ALWAYS = 300  # up to this size the dense route is taken even for a diagon
 #: level by level (:class:`NestedSchurLDL`); below it a dense factorisation costs less than the
 #: extra level's assembly (65 columns: fit_laplace 53 -> 74 ms nested; 181: 162 -> 120 ms).
 NESTED_FROM = 120
+#: The nested route keeps the pairs of entries within rows of N (about 20 bytes each): at most this
+#: many (observations beside two nested levels: n = 4e6 rows).
+_NESTED_PAIRS_MAX = 16_000_000
 #: A Schur complement beyond DENSE_TAIL_MAX columns with at least this many off-diagonal entries per
 #: column (on average) is not factored: its blocks are solved by conjugate gradients (:mod:`.iterative`).
 #: Such a complement of crossed factors is a random graph, which has no small separators: its sparse
@@ -869,13 +872,15 @@ class Symbolic:
         selD = ~(P_row | P_col) & (row != col)
         adj = class_adjacency(pos[row[selD]], pos[col[selD]], g)[0] if selD.any() else np.zeros((k, k), bool)
         present = np.bincount(g, minlength=k) > 0
-        if not np.any(present & ~met & ~np.diag(adj)) or float(row_nnz @ row_nnz) > _SCHUR_PAIRS_MAX:
+        if not np.any(present & ~met & ~np.diag(adj)) or float(row_nnz @ row_nnz) > _NESTED_PAIRS_MAX:
             return None
         self._maps(row, col, P, D, in_P)
         first, second, _ = pairs_within_rows(self.N_indptr)
-        a, b = self.N_indices[first].astype(np.int64), self.N_indices[second].astype(np.int64)
+        small = self.N_indices.size < 2**31  # (positions in N's data as int32: half the memory)
+        first, second = (first.astype(np.int32), second.astype(np.int32)) if small else (first, second)
+        a, b = self.N_indices[first], self.N_indices[second]  # (int32 columns of D)
         # S's pattern (CSC: column-major keys, both triangles) and where each term lands in its data
-        keys = np.concatenate([self.dd_c.astype(np.int64) * D.size + self.dd_r, b * D.size + a])
+        keys = np.concatenate([self.dd_c.astype(np.int64) * D.size + self.dd_r, b.astype(np.int64) * D.size + a])
         s_keys = np.unique(keys)
         indptr = np.searchsorted(s_keys // D.size, np.arange(D.size + 1)).astype(np.int32)
         pattern = sp.csc_matrix((np.ones(s_keys.size), (s_keys % D.size).astype(np.int32), indptr),
@@ -884,6 +889,8 @@ class Symbolic:
         if inner.route not in ("diagonal", "schur", "nested") or inner.dense_size > D.size // 2:
             return None
         pos_keys = np.searchsorted(s_keys, keys)
+        if s_keys.size < 2**31:
+            pos_keys = pos_keys.astype(np.int32)
         self.s_dd_pos, self.s_pair_pos = pos_keys[:self.dd_src.size], pos_keys[self.dd_src.size:]
         self.s_pairs, self.s_nnz = (first, second, a, b), s_keys.size
         return inner
