@@ -7,7 +7,7 @@ variational Bayes (``fit_vb``) or the integrated (nested) Laplace
 approximation (``fit_laplace``). The API follows statsmodels'
 ``BayesMixedGLM``; see :mod:`mglm_core.model` for the model.
 """
-from .errors import ConvergenceWarning, DataError, DataWarning, FitError, FormulaError, MglmError
+from .errors import ApproximationWarning, ConvergenceWarning, DataError, DataWarning, FitError, FormulaError, MglmError
 from .families import Binomial, Family, Poisson
 from .model import BayesMixedGLM, BinomialBayesMixedGLM, MixedGLM, PoissonBayesMixedGLM
 from .results import BayesMixedGLMResults
@@ -21,5 +21,6 @@ __version__ = "0.1.0"
 __all__ = [
     "BayesMixedGLM", "BinomialBayesMixedGLM", "PoissonBayesMixedGLM", "MixedGLM", "BayesMixedGLMResults",
     "Family", "Binomial", "Poisson",
-    "MglmError", "DataError", "FormulaError", "FitError", "ConvergenceWarning", "DataWarning",
+    "MglmError", "DataError", "FormulaError", "FitError", "ConvergenceWarning", "ApproximationWarning",
+    "DataWarning",
 ]

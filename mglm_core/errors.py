@@ -14,6 +14,8 @@ Hierarchy::
           └── FitError        a fit could not be carried out
     UserWarning
      ├── ConvergenceWarning   an optimizer stopped before its convergence criterion
+     ├── ApproximationWarning a fit converged with another approximation than its usual one
+     │                        (fit_laplace integrating a component exactly, a diagonal curvature)
      └── DataWarning          the data were changed (e.g. rows with missing values dropped)
 """
 
@@ -27,6 +29,7 @@ __all__ = [
     "FormulaError",
     "FitError",
     "ConvergenceWarning",
+    "ApproximationWarning",
     "DataWarning",
 ]
 
@@ -91,6 +94,11 @@ class FitError(MglmError):
 
 class ConvergenceWarning(UserWarning):
     """An optimizer stopped before meeting its convergence criterion."""
+
+
+class ApproximationWarning(UserWarning):
+    """A fit converged, but with another approximation than its usual one (the message says which
+    and why): not a failure, and ``converged`` stays True."""
 
 
 class DataWarning(UserWarning):

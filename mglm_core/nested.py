@@ -95,7 +95,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import ConvergenceWarning, FitError
+from .errors import ApproximationWarning, ConvergenceWarning, FitError
 from .laplace import conditional_fun, irls_start
 from .linalg import DENSE_TAIL_MAX
 from .newton import chord_ascent, newton_ascent
@@ -604,13 +604,16 @@ def _axial(k, r):
     return np.vstack([s * r * np.eye(k)[i] for i in range(k) for s in (-1, 1)])
 
 
+_DIAGONAL_CURVATURE = ("The curvature of the log-SD posterior at its mode is not negative definite; "
+                       "using a diagonal approximation.")
+
+
 def _standardise(H, msgs):
     r"""``(root, log_jac)``: :math:`\theta = \theta^* + \mathrm{root}\, z` has unit curvature in z
     for the -Hessian ``H``; ``log_jac`` is :math:`\log|\det \mathrm{root}|`."""
     evals, evecs = np.linalg.eigh(0.5 * (H + H.T))
     if np.any(evals <= 0):
-        msgs.append("The curvature of the log-SD posterior at its mode is not negative definite; "
-                    "using a diagonal approximation.")
+        msgs.append(_DIAGONAL_CURVATURE)
         evals = np.maximum(np.abs(evals), 1e-2)
     return evecs / np.sqrt(evals), -0.5 * float(np.sum(np.log(evals)))
 
@@ -786,6 +789,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     p, k, q = model.k_fep, model.k_vcp, model.k_vc
     cond = _Conditional(model, tol)
     msgs = []
+    approximations = {_DIAGONAL_CURVATURE}  # messages of a converged fit's changed approximation
     if k == 0:
         logp, nr = cond(np.zeros(0))
         cov = nr.factor.border_inverse()
@@ -844,7 +848,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
                "Gauss-Hermite) and the rest by Laplace instead" if fallback else
                "no component has at most one effect per row, so the plain Laplace value was used; the "
                "posterior of the SDs is approximate (check against MCMC)")
-        msgs.append(
+        switch = (
             f"The conditional posterior of a {model.vcp_names[cond.nested.ie.component]} effect is far from "
             f"Gaussian (its mean is {cond_shift:.2f} of its SD from the Laplace mean: all of the effect's outcomes "
             f"at one boundary, with a large SD); {how}." if separated else
@@ -855,6 +859,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             "correction of the Laplace approximation that it leaves out (pairs of observations of one "
             f"{model.vcp_names[cond.independent.component]} effect) vary by {left_out:.1f} log units within three "
             f"posterior SDs of the mode, outside its range; {how}.")
+        msgs.append(switch)
+        approximations.add(switch)
     design = _design(cond, mode, H, k, msgs)
     root, log_jac, zs, thetas, log_evidence_base, split, predicted = design
     at_bound = np.isclose(mode, vcp_bounds[0], atol=1e-3) | np.isclose(mode, vcp_bounds[1], atol=1e-3)
@@ -992,7 +998,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         msgs.append("The search for the mode of the log-SD posterior did not converge.")
     prog.done()
     for msg in msgs:
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+        warnings.warn(msg, ApproximationWarning if msg in approximations else ConvergenceWarning, stacklevel=3)
     diag = FitDiagnostics(
         converged=converged, n_iter=int(n_outer), grad_norm=float(np.linalg.norm(grad)),
         seconds=time.perf_counter() - t0, objective=float(log_ml), warnings=tuple(msgs),

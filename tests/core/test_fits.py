@@ -410,16 +410,21 @@ def test_nested_marginal_integrates_the_innermost_effects_exactly():
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_few_rows_per_group_switch_to_the_nested_approximation(seed):
-    """300 groups of 2 binary rows, true SD 2.5: the second-order series runs away, the fit warns and
-    integrates the groups exactly; the log-SD posterior moves up from the plain Laplace mode (biased
+    """300 groups of 2 binary rows, true SD 2.5: the second-order series runs away, the fit warns (an
+    ApproximationWarning: it converged) and integrates the groups exactly; the log-SD posterior moves up from the plain Laplace mode (biased
     low for such data) and covers the truth."""
     from mglm_core.nested import _maximise_theta
     from mglm_core.simulate import simulate_glmm
 
     sim = simulate_glmm(family="binomial", n_groups=300, group_size=2, sd=2.5, seed=seed)
     model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g)", data=sim.data)
-    res = model.fit_laplace()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = model.fit_laplace()
     assert any("integrated exactly" in w for w in res.warnings)
+    # a converged fit with another approximation: said by an ApproximationWarning, not a convergence one
+    kinds = {w.category for w in caught}
+    assert mg.ApproximationWarning in kinds and mg.ConvergenceWarning not in kinds and res.converged
     cond = _Conditional(model, 1e-11)
     laplace_mode = _maximise_theta(cond.value_grad, np.zeros(1), (-12.0, 8.0), f=lambda th: cond(th)[0])[0]
     assert res.vcp_mean[0] - laplace_mode[0] > res.vcp_sd[0]
