@@ -113,11 +113,13 @@ class IndependentEffects:
         (None if there is none), counting the nonzeros of each component in each row of ``exog_vc``."""
         if not model.k_vc:
             return None
-        Z, k = model.exog_vc, model.k_vcp  # canonical CSR (checks.as_exog_vc)
+        Z, k = model.exog_vc, model.k_vcp  # canonical CSR (checks.as_exog_vc): rows in order
         row = np.repeat(np.arange(Z.shape[0], dtype=np.int64), np.diff(Z.indptr))
-        per_row = np.bincount(row * k + model.ident[Z.indices], minlength=Z.shape[0] * k).reshape(-1, k)
+        comp = model.ident[Z.indices]
+        # a component with two nonzeros in a row repeats that row among its entries' (sorted) rows
+        twice = np.array([np.any(np.diff(row[comp == c]) == 0) for c in range(k)], dtype=bool)
         sizes = np.bincount(model.ident, minlength=k)
-        ok = np.flatnonzero(~np.any(per_row > 1, axis=0) & (sizes > 0))
+        ok = np.flatnonzero(~twice & (sizes > 0))
         return None if ok.size == 0 else cls(model, int(ok[np.argmax(sizes[ok])]), nodes)
 
     def boundary_effects(self, model):
