@@ -49,7 +49,7 @@ _SINGLE_ABOVE = 1.0
 #: by a relative 3e-4 at most (the third derivatives are at most of order one in posterior-SD units).
 _LAST_STEP = 1e-7
 
-__all__ = ["fit_map", "degenerate_components", "scaling_transform", "working_model", "irls_start"]
+__all__ = ["fit_map", "degenerate_components", "scaling_transform", "working_model", "irls_start", "chord_start"]
 
 
 def scaling_transform(X):
@@ -101,6 +101,19 @@ def irls_start(model, reuse=None, with_factor=False):
     if not (np.all(np.isfinite(vc)) and np.all(np.isfinite(fe))):
         vc, fe, factor = zeros_vc, zeros_fe, None
     return (vc, fe, factor) if with_factor else (vc, fe)
+
+
+def chord_start(model, lj, stop, reuse=None, max_iter=30, progress=None):
+    """The IRLS start (:func:`irls_start`) moved by chord steps on its working factorisation
+    (:func:`~mglm_core.newton.chord_ascent`: a row pass each, no Hessian) towards the mode of
+    (fe, vc) with the log-SDs at 0, until their decrement is below ``stop``:
+    ``(vc, fe, steps, done)`` (``done`` False when the steps stalled or the start has no
+    factorisation; the point is then the best reached)."""
+    u0, b0, working = irls_start(model, reuse, with_factor=True)
+    if working is None:
+        return u0, b0, 0, False
+    return chord_ascent(conditional_fun(lj, np.zeros(model.k_vcp)), working, u0, b0, stop=stop,
+                        max_iter=max_iter, progress=progress)
 
 
 def conditional_vcp_mode(model, vc, n_iter=30):
@@ -194,17 +207,13 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200, callback=None):
     # Newton steps need solves only: by conjugate gradients where the exact factorisation is a large
     # dense one (linalg.solve_only); the covariance is then factored exactly at the mode
     steps = solve_only(work.symbolic)
-    start_fun = conditional_fun(lj, np.zeros(k))
     start_progress = prog.stage(0.0, 0.3, "start (log-SDs at 0)", max(tol, 1.0))
-    u0, b0, working = irls_start(work, steps, with_factor=True)
     # Most of stage 1 on the IRLS start's factorisation (chord steps: a row pass each, no Hessian);
     # Newton steps only if they stall (the working Hessian too far from the true one)
-    done, n_iter = False, 0
-    if working is not None:
-        u0, b0, n_iter, done = chord_ascent(start_fun, working, u0, b0, stop=_CHORD_STOP,
-                                            max_iter=min(max_iter, 30), progress=start_progress)
+    u0, b0, n_iter, done = chord_start(work, lj, _CHORD_STOP, reuse=steps, max_iter=min(max_iter, 30),
+                                       progress=start_progress)
     if not done:
-        stage1 = newton_ascent(start_fun, u0, b0, tol=max(tol, 1.0), max_iter=max_iter, reuse=steps,
+        stage1 = newton_ascent(conditional_fun(lj, np.zeros(k)), u0, b0, tol=max(tol, 1.0), max_iter=max_iter, reuse=steps,
                                free_step=_START_STEP, progress=start_progress)
         u0, b0, n_iter = stage1.u, stage1.b, n_iter + stage1.n_iter
     vcp0 = conditional_vcp_mode(work, u0)

@@ -96,9 +96,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import ApproximationWarning, ConvergenceWarning, FitError
-from .laplace import conditional_fun, irls_start
+from .laplace import chord_start, conditional_fun
 from .linalg import DENSE_TAIL_MAX
-from .newton import chord_ascent, newton_ascent
+from .newton import newton_ascent
 from .objectives import LOG_2PI, LogJoint
 from .progress import Progress
 from .quadrature import IndependentEffects, NestedMarginal
@@ -120,7 +120,7 @@ _SHIFT_MAX = 0.35  # switch to the nested approximation when an effect's conditi
 _VAR_RATIO_MAX = 3.0  # the grid when a fixed effect's conditional variance changes this much over the axial points
 _REFINE_DROP = 1.0  # refine the conditional Gaussians within this of the top log density
 _PREDICT_MARGIN = 0.5  # grid points extrapolated this far below the region are not solved (_grid_points)
-_CHORD_STOP = 1e-1  # the first inner solve starts where chord steps on the IRLS factorisation get (_chord_start)
+_CHORD_STOP = 1e-1  # the first inner solve starts where chord steps on the IRLS factorisation get (laplace.chord_start)
 _MODE_SD_TOL = 1e-2  # the mode search stops at a Newton step below this fraction of the log-SDs' posterior SDs
 
 
@@ -141,7 +141,8 @@ class _Conditional:
         self.model = model
         self.lj = LogJoint(model)
         self.tol = tol
-        self.start = self._chord_start(model, self.lj)
+        # the first inner solve (at vcp = 0) starts where chord steps on the IRLS factorisation get
+        self.start = chord_start(model, self.lj, _CHORD_STOP)[:2]
         self.symbolic = model.symbolic  # pattern analysis reused by every inner fit
         self.n_inner = 0
         self.cache = {}
@@ -149,18 +150,6 @@ class _Conditional:
         self.correction = None
         self.delta = {}  # at each solved vcp: the second-order correction, or the nested value
         self.nested_optimum = {}  # nested mode: NestedMarginal.last (its optimum) at each solved vcp
-
-    @staticmethod
-    def _chord_start(model, lj):
-        """The start of the first inner solve (at vcp = 0): the IRLS start moved by chord steps on
-        its working factorisation (:func:`~mglm_core.newton.chord_ascent`: a row pass each, where a
-        Newton step also evaluates and factors the Hessian) until their decrement is below
-        :data:`_CHORD_STOP`."""
-        u0, b0, working = irls_start(model, with_factor=True)
-        if working is not None:
-            u0, b0 = chord_ascent(conditional_fun(lj, np.zeros(model.k_vcp)), working, u0, b0,
-                                  stop=_CHORD_STOP)[:2]
-        return u0, b0
 
     @staticmethod
     def _key(vcp):
