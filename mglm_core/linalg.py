@@ -537,11 +537,7 @@ class SchurDenseLDL:
         self.dP = d
         self.N = sp.csr_matrix((A.data[sym.N_src], sym.N_indices, sym.N_indptr), shape=(sym.P.size, sym.D.size))
         self.pos, self.in_P = sym.pos, sym.in_P
-        # P and D as slices where they are runs of columns (observation-level effects first):
-        # views instead of gathered copies in every solve (1 ms per gather of 1e5 x 3 rows)
-        if getattr(sym, "_slices", None) is None:
-            sym._slices = (_as_slice(sym.P), _as_slice(sym.D))
-        self._iP, self._iD = sym._slices
+        self._iP, self._iD = sym.slices  # (P and D, as slices where they are runs of columns)
         return d, self.N
 
     def logdet(self) -> float:
@@ -810,7 +806,7 @@ class Symbolic:
         fill = float(row_nnz @ (row_nnz - 1))
         self.P, self.D = P, D
         if (groups is not None and D.size >= NESTED_FROM
-                and (inner := self._nested_inner(row, col, P, D, in_P, row_nnz))):
+                and (inner := self._nested_inner(row, col, P, D, in_P, P_row, P_col, row_nnz))):
             # the Schur complement is itself sparse with a diagonal block (nested factors, or
             # observation-level effects beside groups): eliminated level by level (NestedSchurLDL)
             self.route, self.inner = "nested", inner
@@ -824,15 +820,17 @@ class Symbolic:
         if not (fill >= 0.05 * D.size**2 or (D.size <= DENSE_SMALL and fill >= D.size) or D.size <= DENSE_ALWAYS):
             return
         self.route = "schur"
-        self._maps(row, col, P, D, in_P)
+        self._maps(row, col, P, D, in_P, P_row, P_col)
 
-    def _maps(self, row, col, P, D, in_P):
-        """Where diag(A_PP), N = A_PD and A_DD sit in A's data (the elimination of P)."""
+    def _maps(self, row, col, P, D, in_P, P_row, P_col):
+        """Where diag(A_PP), N = A_PD and A_DD sit in A's data (the elimination of P); P and D
+        also as slices where they are runs of columns (observation-level effects first: views
+        instead of gathered copies in every solve, 1 ms per gather of 1e5 x 3 rows)."""
         q = in_P.size
-        P_row, P_col = in_P[row], in_P[col]
         pos = np.empty(q, dtype=np.int64)
         pos[P], pos[D] = np.arange(P.size), np.arange(D.size)
         self.P, self.D, self.pos, self.in_P = P, D, pos, in_P
+        self.slices = (_as_slice(P), _as_slice(D))
         seld = (row == col) & P_row
         self.diag_src = np.empty(P.size, dtype=np.int64)
         self.diag_src[pos[row[seld]]] = np.flatnonzero(seld)
@@ -851,7 +849,7 @@ class Symbolic:
         selD = ~(P_row | P_col)
         self.dd_r, self.dd_c, self.dd_src = pos[row[selD]], pos[col[selD]], np.flatnonzero(selD)
 
-    def _nested_inner(self, row, col, P, D, in_P, row_nnz):
+    def _nested_inner(self, row, col, P, D, in_P, P_row, P_col, row_nnz):
         r"""The pattern analysis of the Schur complement :math:`S` on D when some variance component
         of D has a diagonal block in it and eliminating that block leaves a dense part at most half
         as large as D (else None): nested factors (a brood within one location: after the
@@ -862,7 +860,6 @@ class Symbolic:
         if g.min() == g.max() and float(row_nnz @ (row_nnz - 1)) > 0:
             return None  # one class in D, two of its columns in a row of N (crossed factors): no block
         k = int(g.max()) + 1
-        P_row, P_col = in_P[row], in_P[col]
         selN = P_row & ~P_col  # N's entries: rows of A in P, columns in D (A symmetric)
         pos = np.empty(in_P.size, dtype=np.int64)
         pos[D] = np.arange(D.size)
@@ -874,7 +871,7 @@ class Symbolic:
         present = np.bincount(g, minlength=k) > 0
         if not np.any(present & ~met & ~np.diag(adj)) or float(row_nnz @ row_nnz) > _NESTED_PAIRS_MAX:
             return None
-        self._maps(row, col, P, D, in_P)
+        self._maps(row, col, P, D, in_P, P_row, P_col)
         first, second, _ = pairs_within_rows(self.N_indptr)
         small = self.N_indices.size < 2**31  # (positions in N's data as int32: half the memory)
         first, second = (first.astype(np.int32), second.astype(np.int32)) if small else (first, second)
