@@ -62,14 +62,16 @@ posterior at the mode has its mean more than 0.35 conditional SDs from the Lapla
 (complete separation with a large SD: every outcome of an effect at one boundary;
 :meth:`~mglm_core.quadrature.IndependentEffects.conditional_shift`), the fit switches
 to :class:`~mglm_core.quadrature.NestedMarginal` (the effects of the innermost
-component integrated exactly by adaptive Gauss–Hermite quadrature, the rest by
-Laplace; gradient and curvature by differences of its difference to the Laplace value),
+component integrated exactly by adaptive Gauss–Hermite quadrature, with a rule fine enough
+for the largest SD the probe points reach (:meth:`~mglm_core.quadrature.NestedMarginal.use_nodes`),
+the rest by Laplace; gradient and curvature by differences of its difference to the Laplace value),
 finds the mode again, and warns; the moments at every point
 then come from that approximation (:meth:`~mglm_core.quadrature.NestedMarginal.moments`:
-the fixed effects' mode plus the first-order skewness shift
-:meth:`~mglm_core.quadrature.NestedMarginal.fe_mean_shift`, the exact tilted moments of the
-integrated effects), as the conditional Gaussian's are biased there (guImmun's kid2p: 0.11 SD;
-effects with two binary rows and an SD of 4: 0.3 SD).
+the mode of the fixed effects and of the other components' effects plus the first-order skewness
+shift at the mode of vcp, :meth:`~mglm_core.quadrature.NestedMarginal.mean_shift`, the exact tilted
+moments of the integrated effects moved along with them), as the conditional Gaussian's are biased
+there (guImmun's kid2p: 0.11 SD; effects with two binary rows and an SD of 4: 0.3 SD; the items
+crossed with binary pairs of rows, at their mode, 0.1-0.17 SD short).
 Otherwise, at the points whose log density is within 1 of the top, the conditional
 Gaussian is refined variationally (:func:`refine_conditional`: better means for
 binary data); the other points are moved by the nearest refined point's changes of
@@ -828,6 +830,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     separated = cond_shift > _SHIFT_MAX and cond.nested is not None
     if separated or few:
         fallback = "nested" if cond.nested is not None else None
+        if fallback:  # a rule fine enough out to the probe points' largest SD of the component
+            cond.nested.use_nodes(np.exp(max(th[cond.nested.ie.component] for th in probe)))
         cond.use(fallback)
         mode, _, grad, H, search_ok, n_more = _maximise_theta(
             cond.corrected_value_grad, mode, vcp_bounds, f=lambda th: cond.corrected(th)[0], max_step=0.5,
@@ -869,8 +873,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         # mode of vcp): the conditional Gaussian's means are biased with few rows per effect
         cond.corrected(mode)
         opt = cond.nested_optimum.get(cond._key(mode))
-        fe_shift = (cond.nested.fe_mean_shift(mode, opt[0], opt[1]) if opt is not None
-                    else np.zeros(model.k_fep))
+        d_shift, fe_shift = (cond.nested.mean_shift(mode, opt[0], opt[1]) if opt is not None
+                             else (np.zeros(cond.nested.D.size), np.zeros(model.k_fep)))
     refine_at = logd > logd.max() - _REFINE_DROP if split is None else np.ones(len(thetas), bool)
     out = {}
     n_unrefined = 0
@@ -893,9 +897,10 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             if opt is None:
                 continue
             mom = cond.nested.moments(th, opt)
-            fe_m, fe_cov, vc_m, vc_v, dmu_dfe = mom
+            fe_m, fe_cov, vc_m, vc_v, dmu_dfe, dmu_dD = mom
             vc_m = vc_m.copy()
-            vc_m[cond.nested.ie.cols] += dmu_dfe @ fe_shift
+            vc_m[cond.nested.ie.cols] += dmu_dfe @ fe_shift + (dmu_dD @ d_shift if dmu_dD is not None else 0.0)
+            vc_m[cond.nested.D] += d_shift
             out[t_] = (logp, fe_m + fe_shift, fe_cov, vc_m, vc_v)
             continue
         if nr.factor is None:

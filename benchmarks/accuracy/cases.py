@@ -280,6 +280,41 @@ CASES = [
          "count ~ mined + cover + (1 | site)", "poisson", data_fn=lambda: load("Salamanders")),
     Case("Salamanders_spp_site", "Salamanders: count ~ mined + spp + (1|site) + (1|site:spp)",
          "count ~ mined + spp + (1 | site) + (1 | site:spp)", "poisson", data_fn=lambda: load("Salamanders")),
+    # -- a third set, first run as held-out cases (new draws of the same kinds; the binary pairs with an
+    # SD of 4 showed the 24-node rule's roughness at large SDs: Intercept SD ratio 1.12 before
+    # NestedMarginal.use_nodes)
+    Case("sim_binary_crossed_120x2", "binary, 120 groups of 2 rows (SD 2) crossed with 15 items (SD 0.5)",
+         "y ~ x + (1 | g) + (1 | h)", "binomial",
+         data_fn=_sim(family="binomial", n_groups=120, group_size=2, n_groups2=15, sd=2.0, sd2=0.5, seed=301)),
+    Case("sim_binary_8x25", "binary, 8 groups of 25, SD 0.8",
+         "y ~ x + (1 | g)", "binomial", data_fn=_sim(family="binomial", n_groups=8, group_size=25, sd=0.8, seed=302)),
+    Case("sim_binomial3_50x4", "binomial with 3 trials, 50 groups of 4, SD 1.2",
+         "y ~ x + (1 | g)", "binomial", trials="n",
+         data_fn=_sim(family="binomial", n_groups=50, group_size=4, sd=1.2, trials=3, seed=303)),
+    Case("sim_poisson_15x4_sd15", "Poisson, 15 groups of 4 rows, SD 1.5",
+         "y ~ x + (1 | g)", "poisson", data_fn=_sim(family="poisson", n_groups=15, group_size=4, sd=1.5, seed=304)),
+    Case("sim_poisson_crossed_40x6_low", "Poisson, intercept -1, 40 groups of 4 rows (SD 1) crossed with 6 levels "
+         "(SD 0.5)", "y ~ x + (1 | g) + (1 | h)", "poisson",
+         data_fn=_sim(family="poisson", n_groups=40, group_size=4, n_groups2=6, sd=1.0, sd2=0.5,
+                      fe={"Intercept": -1.0, "x": 0.3}, seed=305)),
+    Case("sim_binary_4x60", "binary, 4 groups of 60, SD 1",
+         "y ~ x + (1 | g)", "binomial", data_fn=_sim(family="binomial", n_groups=4, group_size=60, sd=1.0, seed=306)),
+    Case("sim_binary_crossed_80x4", "binary, 80 groups of 4 rows (SD 1.5) crossed with 10 items (SD 1)",
+         "y ~ x + (1 | g) + (1 | h)", "binomial",
+         data_fn=_sim(family="binomial", n_groups=80, group_size=4, n_groups2=10, sd=1.5, sd2=1.0, seed=307)),
+    Case("sim_poisson_100x3_sd03", "Poisson, 100 groups of 3 rows, SD 0.3",
+         "y ~ x + (1 | g)", "poisson", data_fn=_sim(family="poisson", n_groups=100, group_size=3, sd=0.3, seed=308)),
+    Case("sim_binary_50x6_sd01", "binary, 50 groups of 6, SD 0.1 (near zero)",
+         "y ~ x + (1 | g)", "binomial", data_fn=_sim(family="binomial", n_groups=50, group_size=6, sd=0.1, seed=309)),
+    Case("sim_binomial4_crossed_20x8", "binomial with 4 trials, 20 groups of 8 crossed with 8 levels, SDs 0.5 / 0.5",
+         "y ~ x + (1 | g) + (1 | h)", "binomial", trials="n",
+         data_fn=_sim(family="binomial", n_groups=20, group_size=8, n_groups2=8, sd=0.5, sd2=0.5, trials=4,
+                      seed=310)),
+    Case("sim_binary_crossed_pairs_sd4", "binary, 150 groups of 2 rows (SD 4) crossed with 12 items (SD 1)",
+         "y ~ x + (1 | g) + (1 | h)", "binomial",
+         data_fn=_sim(family="binomial", n_groups=150, group_size=2, n_groups2=12, sd=4.0, sd2=1.0, seed=311)),
+    Case("sim_poisson_6x10_sd2", "Poisson, 6 groups of 10, SD 2",
+         "y ~ x + (1 | g)", "poisson", data_fn=_sim(family="poisson", n_groups=6, group_size=10, sd=2.0, seed=312)),
 ]
 
 #: Single factors of two levels, checked against importance sampling (exact_few_levels.py) instead of

@@ -444,7 +444,7 @@ def _three_binary_effects():
     vcp = np.array([0.8])
     nested = NestedMarginal.build(model, IndependentEffects.find(model))
     nr = _Conditional(model, 1e-13)(vcp)[1]
-    shift = nested.fe_mean_shift(vcp, nr.u[nested.D], nr.b)
+    shift = nested.mean_shift(vcp, nr.u[nested.D], nr.b)[1]
     f = np.linspace(-6, 6, 1201)[:, None]
     u = np.linspace(-25, 25, 2001)[None, :]
     sd = np.exp(vcp[0])
@@ -517,10 +517,82 @@ def test_nested_dense_and_sparse_layouts_agree():
         assert nested.dense
         nested.dense = dense
         value = nested.log_marginal(vcp, nr.u[nested.D], nr.b, tol=1e-12)
-        shift = nested.fe_mean_shift(vcp, nr.u[nested.D], nr.b)
-        out.append((value, shift) + nested.moments(vcp))
+        shift_D, shift_fe = nested.mean_shift(vcp, nr.u[nested.D], nr.b)
+        out.append((value, shift_fe) + nested.moments(vcp)[:5])
+        if dense:  # the items' shift too (zero in the sparse layout, which leaves them at the mode)
+            assert np.abs(shift_D).max() > 1e-3
     for a, b in zip(*out):
         assert np.allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_nested_mean_shift_of_another_component_moves_its_mode_to_the_mean():
+    """A crossed design small enough for brute force: three effects of P with one or two binary rows
+    (SD 2.2) and one effect of another component D shared by three rows (SD 1.5), an intercept with
+    prior SD 1. The posterior means of the intercept and of D's effect given vcp (P integrated on a
+    grid for every (intercept, d) of a 2-D grid) against the nested approximation's mode and its
+    mode plus :meth:`NestedMarginal.mean_shift`: the shift removes most of the gap for both (to 0.002
+    and 0.0003 of 0.05 and 0.017)."""
+    from mglm_core.quadrature import IndependentEffects, NestedMarginal
+
+    y = np.array([1.0, 1.0, 1.0, 1.0, 0.0])
+    Z = np.zeros((5, 4))
+    Z[[0, 1], 0] = Z[[2, 3], 1] = Z[4, 2] = 1.0
+    Z[[0, 2, 3], 3] = 1.0  # the effect of D
+    model = mg.BayesMixedGLM(y, np.ones((5, 1)), Z, [0, 0, 0, 1], family="binomial", fe_p=1.0)
+    vcp = np.array([0.8, np.log(1.5)])
+    nested = NestedMarginal.build(model, IndependentEffects.find(model))
+    assert nested.dense and list(nested.D) == [3]
+    nr = _Conditional(model, 1e-13)(vcp)[1]
+    shift_D, shift_fe = nested.mean_shift(vcp, nr.u[nested.D], nr.b)
+    mode_D, mode_fe = nested.last[0], nested.last[1]
+    f = np.linspace(-5, 5, 161)[:, None, None]
+    d = np.linspace(-7, 7, 201)[None, :, None]
+    u = np.linspace(-22, 22, 881)[None, None, :]
+    sd_p, sd_d = np.exp(vcp)
+    log_p = -0.5 * f[..., 0] ** 2 - 0.5 * (d[..., 0] / sd_d) ** 2
+    for rows in ([0, 1], [2, 3], [4]):
+        eta = [f + u + Z[i, 3] * d for i in rows]
+        ll = sum(y[i] * e - np.logaddexp(0, e) for i, e in zip(rows, eta)) - 0.5 * (u / sd_p) ** 2
+        mx = ll.max(axis=2)
+        log_p = log_p + mx + np.log(np.exp(ll - mx[..., None]).sum(axis=2))
+    w = np.exp(log_p - log_p.max())
+    w /= w.sum()
+    exact_fe, exact_D = float(np.sum(w * f[..., 0])), float(np.sum(w * d[..., 0]))
+    assert abs(mode_D[0] - exact_D) > 0.04 and abs(mode_fe[0] - exact_fe) > 0.01  # a gap to close
+    assert abs(mode_D[0] + shift_D[0] - exact_D) < 0.2 * abs(mode_D[0] - exact_D)
+    assert abs(mode_fe[0] + shift_fe[0] - exact_fe) < 0.2 * abs(mode_fe[0] - exact_fe)
+
+
+def test_nested_rule_is_refined_for_large_sds():
+    """Binary pairs of rows crossed with items at SDs of 8.6 and 4.8: the 24-node rule's log marginal
+    and Intercept variance are off (the nodes, about 5 apart in u, slide past each effect's turn of the
+    likelihood), or Newton stalls on it; :meth:`NestedMarginal.use_nodes` takes a rule within 0.05 of a
+    256-node one there and keeps 24 nodes at an SD of 2."""
+    from mglm_core.quadrature import NODES, IndependentEffects, NestedMarginal, _hermite_log_rule
+    from mglm_core.simulate import simulate_glmm
+
+    sim = simulate_glmm(family="binomial", n_groups=100, group_size=2, n_groups2=20, sd=2.5, sd2=0.7, seed=2)
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g) + (1 | h)", data=sim.data)
+    vcp = np.log([8.6, 4.8])
+    nr = _Conditional(model, 1e-10)(vcp)[1]  # the start: the Laplace conditional mode there
+
+    def value(nested, start):
+        nested.start = None
+        v = nested.log_marginal(vcp, *start)
+        return v, (nested.moments(vcp)[1][0, 0] if np.isfinite(v) else np.nan), nested.last
+
+    nested = NestedMarginal.build(model, IndependentEffects.find(model))
+    nested.x, nested.logw = _hermite_log_rule(256)
+    exact = value(nested, (nr.u[nested.D], nr.b))
+    assert np.isfinite(exact[0])
+    assert nested.use_nodes(8.6) > NODES
+    fine = value(nested, (nr.u[nested.D], nr.b))
+    assert abs(fine[0] - exact[0]) < 0.05 and abs(fine[1] / exact[1] - 1) < 0.05
+    assert nested.use_nodes(2.0) == NODES
+    # 24 nodes, even from the exact optimum: Newton stalls on the rough value (the fit drops the point;
+    # where it converged, from another start, it was 2.4 too high with twice the Intercept's variance)
+    rough = value(nested, exact[2][:2])
+    assert not np.isfinite(rough[0]) or (abs(rough[0] - exact[0]) > 0.5 and abs(rough[1] / exact[1] - 1) > 0.3)
 
 
 def test_log_sd_search_steps_over_points_without_a_gradient():
@@ -648,7 +720,7 @@ def test_nested_moments_of_the_inner_effects_against_brute_force():
     approximation's tilted moments (the law of total variance over the intercept, means moved by the
     intercept's skewness shift). The Laplace Gaussian's means are 0.2 SD off here."""
     vcp, nested, nr, shift, f, w, tilted = _three_binary_effects()
-    fe_m, fe_cov, vc_m, vc_v, dmu_dfe = nested.moments(vcp)
+    fe_m, fe_cov, vc_m, vc_v, dmu_dfe, _ = nested.moments(vcp)
     vc_mean = vc_m + dmu_dfe @ shift
     fe_sd = np.sqrt(w @ f**2 - (w @ f) ** 2)
     assert abs(np.sqrt(fe_cov[0, 0]) / fe_sd - 1) < 0.01
@@ -884,18 +956,23 @@ def test_a_collapsed_observation_level_sd_raises_no_numpy_overflow():
 
 
 def test_complete_separation_by_a_four_level_factor_is_flagged_not_a_crash():
-    """Each of four sites has only zeros or only ones and the dose is one per site: the SD is not
-    identified, the log-SD posterior is flat at its mode and the inner problem fails there. The fit
-    returns with its warnings and converged=False (the choice of the integration grid, which needs the
-    mode solved, must not leave it without any point: that raised a numpy error from inside)."""
+    """Each of four sites has only zeros or only ones and the dose is one per site: the likelihood
+    grows with the SD without bound, so its posterior is the prior's upper tail tilted up, and the
+    effects take the sides of their outcomes. The Laplace value runs away; the fit says it
+    integrates the sites exactly instead (an ApproximationWarning), with a rule fine enough for SDs
+    of 10 and more (with 24 nodes the inner problem failed at the mode and the fit fell back to a
+    diagonal curvature, unconverged; before that, the choice of the grid raised a numpy error)."""
     df = pd.DataFrame({"y": [0.0, 1.0, 1.0, 0.0] * 10, "site": ["s1", "s2", "s3", "s4"] * 10,
                        "dose": [1.0, 2.0, 4.0, 8.0] * 10})
     model = mg.BayesMixedGLM.from_formula("y ~ dose + (1 | site)", data=df, family="binomial")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = model.fit_laplace()
-    assert not res.converged and np.all(np.isfinite(res.fe_mean))
-    assert any("not negative definite" in str(w.message) for w in caught)
+    assert res.converged and np.all(np.isfinite(res.fe_mean)) and np.all(np.isfinite(res.vc_sd))
+    assert any(w.category is mg.ApproximationWarning and "integrated exactly" in str(w.message) for w in caught)
+    assert 1.0 < res.vcp_mean[0] < 4.0  # SDs of e to e^4, pulled up from the prior's 0 by the data
+    ones = df.groupby("site")["y"].mean().to_numpy() == 1.0
+    assert np.all((res.vc_mean > 0) == ones) and np.all(np.abs(res.vc_mean) > 3.0)
 
 
 @pytest.mark.parametrize("group_size, n_fixed, by_pairs", [(10, 1, False), (2, 30, True)])
