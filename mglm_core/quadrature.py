@@ -41,6 +41,8 @@ DENSE_OTHER = 100
 #: rule's value is rough at the scale of 0.05-0.1 (a Poisson case stalled at 0.066 with SD 6.7): a
 #: point accepted there is off by about that much, one left out (as not converged) loses all its
 #: weight, which biased that case's SD posterior low (SD ratio 0.95 against NUTS; 1.01 accepted).
+#: (:meth:`NestedMarginal.use_nodes` now takes a finer rule for such SDs; the tolerance stays for
+#: points beyond the SDs it was chosen for.)
 _STALL_TOL = 0.1
 #: The (never modified) empty sparse block of the dense layout.
 _EMPTY = sp.csc_matrix((0, 0))
