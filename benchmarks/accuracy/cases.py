@@ -40,6 +40,14 @@ def _sim(**kw):
     return lambda: simulate_glmm(**kw).data
 
 
+def _simulated(name, description, **sim):
+    """A case on :func:`simulate_glmm`'s data: the formula (with the crossed factor ``h`` when
+    ``n_groups2`` is given), family and trials column follow the simulation's arguments."""
+    formula = "y ~ x + (1 | g)" + (" + (1 | h)" if sim.get("n_groups2") else "")
+    return Case(name, description, formula, sim["family"], trials="n" if sim.get("trials") else None,
+                data_fn=_sim(**sim))
+
+
 def _four_components(seed=17):
     """Poisson counts with four variance components: intercepts and x-slopes of g (40 levels), and
     intercepts of two further crossed factors h (15) and s (10); SDs 0.6, 0.3, 0.4, 0.5."""
@@ -283,38 +291,32 @@ CASES = [
     # -- a third set, first run as held-out cases (new draws of the same kinds; the binary pairs with an
     # SD of 4 showed the 24-node rule's roughness at large SDs: Intercept SD ratio 1.12 before
     # NestedMarginal.use_nodes)
-    Case("sim_binary_crossed_120x2", "binary, 120 groups of 2 rows (SD 2) crossed with 15 items (SD 0.5)",
-         "y ~ x + (1 | g) + (1 | h)", "binomial",
-         data_fn=_sim(family="binomial", n_groups=120, group_size=2, n_groups2=15, sd=2.0, sd2=0.5, seed=301)),
-    Case("sim_binary_8x25", "binary, 8 groups of 25, SD 0.8",
-         "y ~ x + (1 | g)", "binomial", data_fn=_sim(family="binomial", n_groups=8, group_size=25, sd=0.8, seed=302)),
-    Case("sim_binomial3_50x4", "binomial with 3 trials, 50 groups of 4, SD 1.2",
-         "y ~ x + (1 | g)", "binomial", trials="n",
-         data_fn=_sim(family="binomial", n_groups=50, group_size=4, sd=1.2, trials=3, seed=303)),
-    Case("sim_poisson_15x4_sd15", "Poisson, 15 groups of 4 rows, SD 1.5",
-         "y ~ x + (1 | g)", "poisson", data_fn=_sim(family="poisson", n_groups=15, group_size=4, sd=1.5, seed=304)),
-    Case("sim_poisson_crossed_40x6_low", "Poisson, intercept -1, 40 groups of 4 rows (SD 1) crossed with 6 levels "
-         "(SD 0.5)", "y ~ x + (1 | g) + (1 | h)", "poisson",
-         data_fn=_sim(family="poisson", n_groups=40, group_size=4, n_groups2=6, sd=1.0, sd2=0.5,
-                      fe={"Intercept": -1.0, "x": 0.3}, seed=305)),
-    Case("sim_binary_4x60", "binary, 4 groups of 60, SD 1",
-         "y ~ x + (1 | g)", "binomial", data_fn=_sim(family="binomial", n_groups=4, group_size=60, sd=1.0, seed=306)),
-    Case("sim_binary_crossed_80x4", "binary, 80 groups of 4 rows (SD 1.5) crossed with 10 items (SD 1)",
-         "y ~ x + (1 | g) + (1 | h)", "binomial",
-         data_fn=_sim(family="binomial", n_groups=80, group_size=4, n_groups2=10, sd=1.5, sd2=1.0, seed=307)),
-    Case("sim_poisson_100x3_sd03", "Poisson, 100 groups of 3 rows, SD 0.3",
-         "y ~ x + (1 | g)", "poisson", data_fn=_sim(family="poisson", n_groups=100, group_size=3, sd=0.3, seed=308)),
-    Case("sim_binary_50x6_sd01", "binary, 50 groups of 6, SD 0.1 (near zero)",
-         "y ~ x + (1 | g)", "binomial", data_fn=_sim(family="binomial", n_groups=50, group_size=6, sd=0.1, seed=309)),
-    Case("sim_binomial4_crossed_20x8", "binomial with 4 trials, 20 groups of 8 crossed with 8 levels, SDs 0.5 / 0.5",
-         "y ~ x + (1 | g) + (1 | h)", "binomial", trials="n",
-         data_fn=_sim(family="binomial", n_groups=20, group_size=8, n_groups2=8, sd=0.5, sd2=0.5, trials=4,
-                      seed=310)),
-    Case("sim_binary_crossed_pairs_sd4", "binary, 150 groups of 2 rows (SD 4) crossed with 12 items (SD 1)",
-         "y ~ x + (1 | g) + (1 | h)", "binomial",
-         data_fn=_sim(family="binomial", n_groups=150, group_size=2, n_groups2=12, sd=4.0, sd2=1.0, seed=311)),
-    Case("sim_poisson_6x10_sd2", "Poisson, 6 groups of 10, SD 2",
-         "y ~ x + (1 | g)", "poisson", data_fn=_sim(family="poisson", n_groups=6, group_size=10, sd=2.0, seed=312)),
+    _simulated("sim_binary_crossed_120x2", "binary, 120 groups of 2 rows (SD 2) crossed with 15 items (SD 0.5)",
+               family="binomial", n_groups=120, group_size=2, n_groups2=15, sd=2.0, sd2=0.5, seed=301),
+    _simulated("sim_binary_8x25", "binary, 8 groups of 25, SD 0.8",
+               family="binomial", n_groups=8, group_size=25, sd=0.8, seed=302),
+    _simulated("sim_binomial3_50x4", "binomial with 3 trials, 50 groups of 4, SD 1.2",
+               family="binomial", n_groups=50, group_size=4, sd=1.2, trials=3, seed=303),
+    _simulated("sim_poisson_15x4_sd15", "Poisson, 15 groups of 4 rows, SD 1.5",
+               family="poisson", n_groups=15, group_size=4, sd=1.5, seed=304),
+    _simulated("sim_poisson_crossed_40x6_low",
+               "Poisson, intercept -1, 40 groups of 4 rows (SD 1) crossed with 6 levels (SD 0.5)",
+               family="poisson", n_groups=40, group_size=4, n_groups2=6, sd=1.0, sd2=0.5,
+               fe={"Intercept": -1.0, "x": 0.3}, seed=305),
+    _simulated("sim_binary_4x60", "binary, 4 groups of 60, SD 1",
+               family="binomial", n_groups=4, group_size=60, sd=1.0, seed=306),
+    _simulated("sim_binary_crossed_80x4", "binary, 80 groups of 4 rows (SD 1.5) crossed with 10 items (SD 1)",
+               family="binomial", n_groups=80, group_size=4, n_groups2=10, sd=1.5, sd2=1.0, seed=307),
+    _simulated("sim_poisson_100x3_sd03", "Poisson, 100 groups of 3 rows, SD 0.3",
+               family="poisson", n_groups=100, group_size=3, sd=0.3, seed=308),
+    _simulated("sim_binary_50x6_sd01", "binary, 50 groups of 6, SD 0.1 (near zero)",
+               family="binomial", n_groups=50, group_size=6, sd=0.1, seed=309),
+    _simulated("sim_binomial4_crossed_20x8", "binomial with 4 trials, 20 groups of 8 crossed with 8 levels, SDs 0.5 / 0.5",
+               family="binomial", n_groups=20, group_size=8, n_groups2=8, sd=0.5, sd2=0.5, trials=4, seed=310),
+    _simulated("sim_binary_crossed_pairs_sd4", "binary, 150 groups of 2 rows (SD 4) crossed with 12 items (SD 1)",
+               family="binomial", n_groups=150, group_size=2, n_groups2=12, sd=4.0, sd2=1.0, seed=311),
+    _simulated("sim_poisson_6x10_sd2", "Poisson, 6 groups of 10, SD 2",
+               family="poisson", n_groups=6, group_size=10, sd=2.0, seed=312),
 ]
 
 #: Single factors of two levels, checked against importance sampling (exact_few_levels.py) instead of
