@@ -563,6 +563,105 @@ class NestedMarginal:
         dim = self.D.size + self.model.k_fep
         return res.value + 0.5 * dim * np.log(2.0 * np.pi) - 0.5 * res.factor.logdet()
 
+    def second_order(self, vcp, optimum=None):
+        r"""The second-order correction of the Laplace approximation over :math:`a = (u_D, fe)`
+        at the optimum of :meth:`log_marginal` at ``vcp`` (dense layout; None otherwise).
+
+        :math:`F(a) = \sum_j g_j(o_j) + \sum_{i \notin P} \ell_i(o_i) + \text{quadratic}`, with
+        :math:`o_j = \tilde X_j a` the offsets of the rows of effect j (:math:`\tilde x_i = (z_{Di}, x_i)`)
+        and :math:`g_j = \log I_j`. As for the rows of the plain Laplace value (Shun & McCullagh 1995),
+
+        .. math::
+
+            \epsilon = \tfrac18 \sum_j \sum g^{(j)}_{iklm} V_{ik} V_{lm} + \tfrac18\, t^\top \Sigma t
+              + \tfrac1{12} \sum_j \sum g^{(j)}_{ikl} g^{(j)}_{i'k'l'} V_{ii'} V_{kk'} V_{ll'},
+
+        :math:`V = \tilde X \Sigma \tilde X^\top` within an effect, :math:`t = \sum_j \tilde X_j^\top \tau_j`,
+        :math:`\tau_{j,i} = \sum_{kl} g^{(j)}_{ikl} V_{kl}` (the last term keeps the pairs of one
+        effect). The derivatives of :math:`g_j` are tilted expectations and joint cumulants of the
+        rows' derivatives of :math:`\ell` over the quadrature's nodes: with :math:`\Phi = \sum_i \ell_i`,
+        whose derivatives are diagonal in the rows, :math:`\partial^3 g = \mathrm E\,\partial^3\Phi
+        + 3\,\mathrm{Cov}(\partial^2\Phi, \partial\Phi) + \kappa_3(\partial\Phi)` (symmetrised) and
+        :math:`\partial^4 g = \mathrm E\,\partial^4\Phi + 4\,\mathrm{Cov}(\partial^3\Phi, \partial\Phi)
+        + 3\,\mathrm{Cov}(\partial^2\Phi, \partial^2\Phi) + 6\,\kappa_3(\partial^2\Phi, \partial\Phi, \partial\Phi)
+        + \kappa_4(\partial\Phi)`.
+        """
+        optimum = self.last if optimum is None else optimum
+        if optimum is None or not self.dense:
+            return None
+        model, ie, fam = self.model, self.ie, self.model.family
+        uD, fe, F = optimum
+        vcp = np.asarray(vcp, dtype=float)
+        prec = np.exp(-2.0 * vcp[ie.component])
+        U, _, _, pi, S, W = self._nodes(uD, fe, prec)
+        a = self.Xp @ fe + self.ZDp_d @ uD
+        if self.off_p is not None:
+            a = a + self.off_p
+        eta = a[:, None] + ie.z[:, None] * U[ie.local]
+        Xt = np.hstack([self.ZDp_d, self.Xp])  # rows of P: (z_D, x)
+        Sig = F.border_inverse()
+        # each effect's rows in slots 0..n_max-1 (padding: zero in V and in the centred moments)
+        m = ie.cols.size
+        counts = np.bincount(ie.local, minlength=m)
+        order = np.argsort(ie.local, kind="stable")
+        slot = np.empty(ie.local.size, dtype=np.int64)
+        slot[order] = np.arange(ie.local.size) - np.repeat(np.cumsum(counts) - counts, counts)
+
+        def padded(x):  # rows x ... -> effects x n_max x ...
+            out = np.zeros((m, int(counts.max())) + x.shape[1:])
+            out[ie.local, slot] = x
+            return out
+
+        P = pi[:, None, :]  # effects x 1 x nodes
+        Xp_ = padded(Xt)
+        V = np.einsum("jad,jbd->jab", padded(Xt @ Sig), Xp_)  # within-effect covariances of the offsets
+
+        def centred(x):
+            x = padded(x)
+            mean = np.sum(P * x, axis=2)
+            return x - mean[:, :, None], mean
+
+        st, _ = centred(S)
+        l2t, _ = centred(-W)
+        l3t, a3 = centred(-fam.weight_derivative(self._y, eta, self._tr))
+        _, a4 = centred(-fam.weight_second_derivative(self._y, eta, self._tr))
+        Ps = P * st
+        Vd = np.einsum("jaa->ja", V)
+        c23 = np.einsum("jak,jbk->jab", P * l2t, st)  # Cov(l''_a, s_b)
+        c34 = np.einsum("jak,jbk->jab", P * l3t, st)  # Cov(l'''_a, s_b)
+        c22 = np.einsum("jak,jbk->jab", P * l2t, l2t)  # Cov(l''_a, l''_b)
+        C = np.einsum("jak,jbk->jab", Ps, st)  # Cov(s_a, s_b)
+        r = np.einsum("jab,jbk->jak", V, st)  # sum_b V_ab s~_b at each node
+        q = np.sum(st * r, axis=1)  # s~' V s~ at each node
+        w = pi  # effects x nodes
+        # tau_i = sum_kl g_ikl V_kl
+        tau = (a3 * Vd + 2.0 * np.einsum("jab,jab->ja", c23, V) + np.einsum("jkb,jk->jb", c23, Vd)
+               + np.sum(Ps * q[:, None, :], axis=2))
+        # sum_iklm g_iklm V_ik V_lm
+        CV = np.einsum("jab,jbc->jac", C, V)
+        q4 = (np.sum(a4 * Vd**2, axis=1) + 4.0 * np.einsum("jab,ja,jab->j", c34, Vd, V)
+              + np.einsum("jab,ja,jb->j", c22, Vd, Vd) + 2.0 * np.einsum("jab,jab->j", c22, V**2)
+              + 2.0 * np.sum(w * np.sum(l2t * Vd[:, :, None], axis=1) * q, axis=1)
+              + 4.0 * np.sum(w * np.sum(l2t * r**2, axis=1), axis=1)
+              + np.sum(w * q**2, axis=1) - np.sum(w * q, axis=1) ** 2 - 2.0 * np.einsum("jac,jca->j", CV, CV))
+        # each effect's third-derivative tensor, contracted with itself through V
+        eye = np.eye(V.shape[1])
+        g3 = (np.einsum("jak,jbk,jck->jabc", Ps, st, st) + np.einsum("ab,bc,ja->jabc", eye, eye, a3)
+              + np.einsum("ab,jac->jabc", eye, c23) + np.einsum("ac,jab->jabc", eye, c23)
+              + np.einsum("bc,jba->jabc", eye, c23))
+        q33 = float(np.einsum("jabc,jai,jbk,jcl,jikl->", g3, V, V, V, g3, optimize=True))
+        q4 = float(q4.sum())
+        t = np.einsum("jad,ja->d", Xp_, tau)
+        if self.ZDr_d.shape[0]:  # rows outside P: the plain rows' terms
+            Xr = np.hstack([self.ZDr_d, self.Xr])
+            eta_r = self.Xr @ fe + self.ZDr_d @ uD + (0.0 if self.off_r is None else self.off_r)
+            v = np.einsum("id,id->i", Xr @ Sig, Xr)
+            l3r = -fam.weight_derivative(self.yr, eta_r, self.tr)
+            q4 += float(-fam.weight_second_derivative(self.yr, eta_r, self.tr) @ v**2)
+            q33 += float(l3r**2 @ v**3)
+            t = t + Xr.T @ (l3r * v)
+        return q4 / 8.0 + float(t @ Sig @ t) / 8.0 + q33 / 12.0
+
     def mean_shift(self, vcp, uD, fe, h=1e-3):
         r"""Posterior mean minus mode of :math:`a = (u_D, fe)` under :math:`\exp F` at ``vcp``:
         ``(shift_D, shift_fe)``.
