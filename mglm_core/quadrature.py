@@ -34,6 +34,9 @@ __all__ = ["IndependentEffects", "NestedMarginal"]
 NODES = 24
 #: ... and at most this many for larger SDs.
 NODES_MAX = 192
+#: :meth:`NestedMarginal.second_order` is skipped (None) beyond this many entries of the effects'
+#: third-derivative tensors (effects x largest rows per effect cubed).
+SECOND_ORDER_MAX = 4e6
 #: Up to this many other random effects, (u_D, fe) is handled as one dense block.
 DENSE_OTHER = 100
 #: The quadrature's value moves by about this much as its nodes follow the modes: a Newton
@@ -565,7 +568,8 @@ class NestedMarginal:
 
     def second_order(self, vcp, optimum=None):
         r"""The second-order correction of the Laplace approximation over :math:`a = (u_D, fe)`
-        at the optimum of :meth:`log_marginal` at ``vcp`` (dense layout; None otherwise).
+        at the optimum of :meth:`log_marginal` at ``vcp`` (dense layout, and at most
+        :data:`SECOND_ORDER_MAX` entries of the effects' third-derivative tensors; None otherwise).
 
         :math:`F(a) = \sum_j g_j(o_j) + \sum_{i \notin P} \ell_i(o_i) + \text{quadratic}`, with
         :math:`o_j = \tilde X_j a` the offsets of the rows of effect j (:math:`\tilde x_i = (z_{Di}, x_i)`)
@@ -589,7 +593,7 @@ class NestedMarginal:
         optimum = self.last if optimum is None else optimum
         if optimum is None or not self.dense:
             return None
-        model, ie, fam = self.model, self.ie, self.model.family
+        ie, fam = self.ie, self.model.family
         uD, fe, F = optimum
         vcp = np.asarray(vcp, dtype=float)
         prec = np.exp(-2.0 * vcp[ie.component])
@@ -603,6 +607,8 @@ class NestedMarginal:
         # each effect's rows in slots 0..n_max-1 (padding: zero in V and in the centred moments)
         m = ie.cols.size
         counts = np.bincount(ie.local, minlength=m)
+        if m * float(counts.max()) ** 3 > SECOND_ORDER_MAX:  # each effect's third-derivative tensor
+            return None
         order = np.argsort(ie.local, kind="stable")
         slot = np.empty(ie.local.size, dtype=np.int64)
         slot[order] = np.arange(ie.local.size) - np.repeat(np.cumsum(counts) - counts, counts)

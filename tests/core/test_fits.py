@@ -598,6 +598,21 @@ def test_nested_outer_second_order_against_brute_force(sd_d):
     assert abs(exact - laplace - correction) < 0.4 * (exact - laplace)
 
 
+def test_nested_outer_second_order_is_skipped_for_large_effects():
+    """Six groups of 300 rows crossed with ten items: each group's third-derivative tensor would hold
+    300^3 entries, so the outer correction is skipped (None) rather than built."""
+    from mglm_core.quadrature import SECOND_ORDER_MAX, IndependentEffects, NestedMarginal
+    from mglm_core.simulate import simulate_glmm
+
+    sim = simulate_glmm(family="binomial", n_groups=6, group_size=300, n_groups2=10, sd=3.0, sd2=0.5, seed=5)
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g) + (1 | h)", data=sim.data)
+    nested = NestedMarginal.build(model, IndependentEffects.find(model))
+    vcp = np.array([1.0, -0.7])
+    nr = _Conditional(model, 1e-10)(vcp)[1]
+    assert nested.dense and np.isfinite(nested.log_marginal(vcp, nr.u[nested.D], nr.b))
+    assert 6 * 300**3 > SECOND_ORDER_MAX and nested.second_order(vcp) is None
+
+
 def test_nested_rule_is_refined_for_large_sds():
     """Binary pairs of rows crossed with items at SDs of 8.6 and 4.8: the 24-node rule's log marginal
     and Intercept variance are off (the nodes, about 5 apart in u, slide past each effect's turn of the
