@@ -317,6 +317,29 @@ CASES = [
                family="binomial", n_groups=150, group_size=2, n_groups2=12, sd=4.0, sd2=1.0, seed=311),
     _simulated("sim_poisson_6x10_sd2", "Poisson, 6 groups of 10, SD 2",
                family="poisson", n_groups=6, group_size=10, sd=2.0, seed=312),
+    # -- a fourth set, first run as held-out cases after the outer correction (binary and Poisson pairs
+    # crossed with items, SDs up to 5): every bar held
+    _simulated("sim_binary_crossed_200x2_sd3", "binary, 200 groups of 2 rows (SD 3) crossed with 25 items (SD 0.8)",
+               family="binomial", n_groups=200, group_size=2, n_groups2=25, sd=3.0, sd2=0.8, seed=401),
+    _simulated("sim_binary_crossed_60x3", "binary, 60 groups of 3 rows (SD 2.5) crossed with 8 items (SD 1.2)",
+               family="binomial", n_groups=60, group_size=3, n_groups2=8, sd=2.5, sd2=1.2, seed=402),
+    _simulated("sim_poisson_crossed_50x2_low",
+               "Poisson, intercept -1, 50 groups of 2 rows (SD 1.5) crossed with 10 items (SD 0.7)",
+               family="poisson", n_groups=50, group_size=2, n_groups2=10, sd=1.5, sd2=0.7,
+               fe={"Intercept": -1.0, "x": 0.3}, seed=403),
+    _simulated("sim_binomial2_crossed_100x2",
+               "binomial with 2 trials, 100 groups of 2 rows (SD 2) crossed with 15 items (SD 0.5)",
+               family="binomial", n_groups=100, group_size=2, n_groups2=15, sd=2.0, sd2=0.5, trials=2, seed=404),
+    _simulated("sim_binary_30x3_sd25", "binary, 30 groups of 3 rows, SD 2.5",
+               family="binomial", n_groups=30, group_size=3, sd=2.5, seed=405),
+    _simulated("sim_binary_crossed_40x5", "binary, 40 groups of 5 rows (SD 1) crossed with 20 items (SD 1)",
+               family="binomial", n_groups=40, group_size=5, n_groups2=20, sd=1.0, sd2=1.0, seed=406),
+    _simulated("sim_poisson_25x2_sd18", "Poisson, intercept 0, 25 groups of 2 rows, SD 1.8",
+               family="poisson", n_groups=25, group_size=2, sd=1.8, fe={"Intercept": 0.0, "x": 0.3}, seed=407),
+    _simulated("sim_binary_crossed_80x2_sd5", "binary, 80 groups of 2 rows (SD 5) crossed with 10 items (SD 0.5)",
+               family="binomial", n_groups=80, group_size=2, n_groups2=10, sd=5.0, sd2=0.5, seed=408),
+    _simulated("sim_binary_crossed_300x2_sd15", "binary, 300 groups of 2 rows (SD 1.5) crossed with 30 items (SD 0.3)",
+               family="binomial", n_groups=300, group_size=2, n_groups2=30, sd=1.5, sd2=0.3, seed=409),
 ]
 
 #: Single factors of two levels, checked against importance sampling (exact_few_levels.py) instead of
