@@ -302,6 +302,8 @@ class _Conditional:
         Nothing without the dense layout (no correction there).
         """
         nested = self.nested
+        if not nested.dense:
+            return
         theta0 = np.asarray(theta0, dtype=float)
 
         def eps(th):
@@ -323,7 +325,6 @@ class _Conditional:
             dz[i] = 0.5 * (hi - lo) if np.isfinite(lo) and np.isfinite(hi) else 0.0
         # z = root^-1 (theta - theta0): the slope in theta is root^-T times the slope in z
         self.outer = (theta0, e0, np.linalg.solve(root.T, dz))
-
 
     def use(self, correction):
         """Switch the correction of :meth:`corrected` (``"second_order"``, ``"nested"`` or None)."""

@@ -343,7 +343,8 @@ class NestedMarginal:
 
     def moments(self, vcp, optimum=None):
         r"""Posterior moments given the log-SDs ``vcp`` at the optimum of :meth:`log_marginal` there
-        (``optimum``, its :attr:`last`; by default the last one): ``(fe_mean, fe_cov, vc_mean, vc_var, dmu_dfe, dmu_dD)``.
+        (``optimum``, its :attr:`last`; by default the last one):
+        ``(fe_mean, fe_cov, vc_mean, vc_var, dmu_dfe, dmu_dD)``.
 
         The fixed effects and the other components :math:`a = (u_D, fe)`: the mode
         :math:`\hat a` and :math:`H^{-1}` (:math:`H = -\nabla^2 F(\hat a)`). The effects of P:

@@ -165,7 +165,8 @@ def test_binary_pairs_with_a_large_sd_take_a_finer_rule():
     assert res.fe_sd[0] / ref["fe_sd"][0] < 1.05
 
 
-@pytest.mark.parametrize("name,err_before", [("sim_binary_crossed_small_b", 0.123), ("sim_binary_crossed_small", 0.105)])
+@pytest.mark.parametrize("name,err_before", [("sim_binary_crossed_small_b", 0.123),
+                                             ("sim_binary_crossed_small", 0.105)])
 def test_crossed_binary_pairs_take_the_outer_correction(name, err_before):
     """100 groups of two binary rows (SD 2.5) crossed with 20 items (SD 0.7): the groups are integrated
     exactly and the items and fixed effects by Laplace, which falls short of the outer integral by
