@@ -173,6 +173,33 @@ def _binary_three_components(seed=114):
     return pd.DataFrame({"y": y.astype(float), "x": x, "g": [f"g{i:02d}" for i in g], "h": [f"h{i}" for i in h]})
 
 
+def _poisson_observations(seed=508):
+    """Overdispersed Poisson: 40 groups of 5 rows (SD 0.7) and an effect per row (SD 0.5)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(40), 5)
+    x = rng.standard_normal(g.size)
+    eta = 0.4 + 0.3 * x + rng.normal(0, 0.7, 40)[g] + rng.normal(0, 0.5, g.size)
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x, "g": [f"g{i:02d}" for i in g],
+                         "obs": [f"o{i:03d}" for i in range(g.size)]})
+
+
+def _binary_nested(seed=509):
+    """Binary, nested: 10 levels of a (SD 1), 4 levels of b within each (SD 1.5), 5 rows per cell."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    a = np.repeat(np.arange(10), 20)
+    b = np.tile(np.repeat(np.arange(4), 5), 10)
+    x = rng.standard_normal(a.size)
+    eta = -0.3 + 0.8 * x + rng.normal(0, 1.0, 10)[a] + rng.normal(0, 1.5, (10, 4))[a, b]
+    y = (rng.random(a.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "a": [f"a{i:02d}" for i in a], "b": [f"b{i}" for i in b]})
+
+
 CASES = [
     Case("seed_example", "statsmodels' documented usage: cbpp_long, vc_formulas-equivalent (1|herd)",
          "y ~ period + (1 | herd)", "binomial", data_fn=lambda: load("cbpp_long")),
@@ -341,6 +368,26 @@ CASES = [
                family="binomial", n_groups=80, group_size=2, n_groups2=10, sd=5.0, sd2=0.5, seed=408),
     _simulated("sim_binary_crossed_300x2_sd15", "binary, 300 groups of 2 rows (SD 1.5) crossed with 30 items (SD 0.3)",
                family="binomial", n_groups=300, group_size=2, n_groups2=30, sd=1.5, sd2=0.3, seed=409),
+    # -- a fifth set, first run as held-out cases: new draws of the other kinds (nesting, slopes, three and
+    # four components, all-zero groups, an offset, varying trials) and two new designs; every bar held
+    Case("sim_poisson_nested_b", "Poisson, nested (1|a) + (1|a:b), another draw (seed 501)",
+         "y ~ x + (1 | a) + (1 | a:b)", "poisson", data_fn=lambda: _poisson_nested(501)),
+    Case("sim_binary_slopes_b", "binary, (1|g) + (0+x|g), another draw (seed 502)",
+         "y ~ x + (1 | g) + (0 + x | g)", "binomial", data_fn=lambda: _binary_slopes(502)),
+    Case("sim_binary_three_components_b", "binary, (1|g) + (0+x|g) + (1|h), another draw (seed 503)",
+         "y ~ x + (1 | g) + (0 + x | g) + (1 | h)", "binomial", data_fn=lambda: _binary_three_components(503)),
+    Case("sim_poisson_four_b", "Poisson, four components, another draw (seed 504)",
+         "y ~ x + (1 | g) + (0 + x | g) + (1 | h) + (1 | s)", "poisson", data_fn=lambda: _four_components(504)),
+    Case("sim_poisson_zero_groups_b", "Poisson, 30 groups of 3 rows, SD 2.5, low baseline, another draw (seed 505)",
+         "y ~ x + (1 | g)", "poisson", data_fn=lambda: _poisson_zero_groups(505)),
+    Case("sim_poisson_offset_b", "Poisson with an exposure offset, another draw (seed 506)",
+         "y ~ x + (1 | g)", "poisson", offset="logE", data_fn=lambda: _poisson_offset(506)),
+    Case("sim_binomial_varying_trials_b", "binomial, 1-20 trials per row, another draw (seed 507)",
+         "y ~ x + (1 | g)", "binomial", trials="n", data_fn=lambda: _binomial_varying_trials(507)),
+    Case("sim_poisson_observations", "Poisson, 40 groups of 5 rows (SD 0.7) and observation-level effects (SD 0.5)",
+         "y ~ x + (1 | g) + (1 | obs)", "poisson", data_fn=_poisson_observations),
+    Case("sim_binary_nested", "binary, nested (1|a) + (1|a:b): 10 a x 4 b x 5 rows, SDs 1.0 / 1.5",
+         "y ~ x + (1 | a) + (1 | a:b)", "binomial", data_fn=_binary_nested),
 ]
 
 #: Single factors of two levels, checked against importance sampling (exact_few_levels.py) instead of
