@@ -388,6 +388,14 @@ CASES = [
          "y ~ x + (1 | g) + (1 | obs)", "poisson", data_fn=_poisson_observations),
     Case("sim_binary_nested", "binary, nested (1|a) + (1|a:b): 10 a x 4 b x 5 rows, SDs 1.0 / 1.5",
          "y ~ x + (1 | a) + (1 | a:b)", "binomial", data_fn=_binary_nested),
+    # -- a sixth set, first run as held-out cases: other models of the real data sets; every bar held
+    Case("Contraception_district_urban", "Contraception: (1|district) + (1|district:urban), raw-scale age^2",
+         "use_01 ~ age + I(age^2) + urban + livch + (1 | district) + (1 | district:urban)", "binomial",
+         data_fn=_contraception),
+    Case("grouseticks_location_obs", "grouseticks: (1|LOCATION) + (1|INDEX), observation level beside locations",
+         "TICKS ~ YEAR + cHEIGHT + (1 | LOCATION) + (1 | INDEX)", "poisson", data_fn=lambda: load("grouseticks")),
+    Case("cbpp_long_herd_period", "cbpp_long (binary rows): (1|herd) + (1|herd:period)",
+         "y ~ period + (1 | herd) + (1 | herd:period)", "binomial", data_fn=lambda: load("cbpp_long")),
 ]
 
 #: Single factors of two levels, checked against importance sampling (exact_few_levels.py) instead of
