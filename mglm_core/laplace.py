@@ -213,8 +213,8 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200, callback=None):
     u0, b0, n_iter, done = chord_start(work, lj, _CHORD_STOP, reuse=steps, max_iter=min(max_iter, 30),
                                        progress=start_progress)
     if not done:
-        stage1 = newton_ascent(conditional_fun(lj, np.zeros(k)), u0, b0, tol=max(tol, 1.0), max_iter=max_iter, reuse=steps,
-                               free_step=_START_STEP, progress=start_progress)
+        stage1 = newton_ascent(conditional_fun(lj, np.zeros(k)), u0, b0, tol=max(tol, 1.0), max_iter=max_iter,
+                               reuse=steps, free_step=_START_STEP, progress=start_progress)
         u0, b0, n_iter = stage1.u, stage1.b, n_iter + stage1.n_iter
     vcp0 = conditional_vcp_mode(work, u0)
     def collapsing(u, b):

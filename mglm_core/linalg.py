@@ -52,8 +52,8 @@ import scipy.sparse.linalg as spla
 
 from .iterative import IterativeSPD
 
-__all__ = ["NotPositiveDefinite", "SparseLDL", "SchurDenseLDL", "NestedSchurLDL", "Symbolic", "factor_spd", "BorderedFactor",
-           "single_threaded_blas"]
+__all__ = ["NotPositiveDefinite", "SparseLDL", "SchurDenseLDL", "NestedSchurLDL", "Symbolic", "factor_spd",
+           "BorderedFactor", "single_threaded_blas"]
 
 #: Dense blocks up to this size are faster on one BLAS thread (thread wake-ups cost more than they save).
 BLAS_THREADS_FROM = 2000

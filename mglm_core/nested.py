@@ -38,7 +38,8 @@ gradient) defines standardised coordinates :math:`\theta = \theta^* + \Sigma^{1/
   of its maximum (the points just beyond, about half of a grid of two or three components and
   1-3 % of its mass, are not solved when an extrapolation along an axis puts them below the
   region, :func:`_grid_points`: they take the extrapolated value and the nearest solved point's
-  moments moved along its mode's first-order change), weights :math:`\propto \tilde p(\theta \mid y)\,e^{\epsilon(\theta)}`, between-point
+  moments moved along its mode's first-order change), weights
+  :math:`\propto \tilde p(\theta \mid y)\,e^{\epsilon(\theta)}`, between-point
   variances divided by the lattice's factor for a Gaussian (:func:`_lattice_factors`: 0.995 at
   step 1.5; a step of 2, corrected by 0.86, put a sparse binary crossed case's log-SD means 0.3
   SD off) and each log-SD's marginal tabulated as
@@ -847,9 +848,10 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     # the mode of the plain Laplace density first (cond.correction is None); one component: from the
     # EM update of the start, with the secant between the two as the first curvature. (With more
     # components, diagonal secants saved 10-20 % on some fits but moved the mode's curvature by
-    # 0.5 %, enough for a grid point at large SDs of sim_binary_crossed_small_b, where the nested
-    # inner solve is at the edge of failing, to be solved rather than dropped: its Intercept SD
-    # came out 1.13x the reference's.)
+    # 0.5 %, enough, under the 24-node rule then used at every SD, for a grid point at large SDs of
+    # sim_binary_crossed_small_b to be solved rather than dropped: its Intercept SD came out 1.13x
+    # the reference's. The rule is now refined for large SDs (NestedMarginal.use_nodes), which
+    # removed that fragility; the EM start for several components has not been measured since.)
     x0, B0 = _em_start(cond, vcp_bounds) if k == 1 else (np.zeros(k), None)
     mode, _, grad, H, search_ok, n_outer = _maximise_theta(cond.value_grad, x0, vcp_bounds, neg_hessian=B0,
                                                            f=lambda th: cond(th)[0], sd_tol=_MODE_SD_TOL,

@@ -329,17 +329,18 @@ class NestedMarginal:
     def _nodes(self, uD, fe, prec):
         r"""The adaptive Gauss–Hermite rule of every effect of P given ``(u_D, fe)``: nodes
         ``U`` (effects x nodes), the scales ``sc``, :math:`\log I_j` (without the prior's and the
-        rule's constants), the tilted weights ``pi`` (effects x nodes, rows summing to 1) and the
-        rows' scores ``S`` and weights ``W`` at the nodes (rows x nodes)."""
+        rule's constants), the tilted weights ``pi`` (effects x nodes, rows summing to 1), the
+        rows' scores ``S`` and weights ``W`` at the nodes and their linear predictors ``eta``
+        (rows x nodes)."""
         ie = self.ie
         a = self.Xp @ fe + self.ZDp @ uD
         if self.off_p is not None:
             a = a + self.off_p
         u0, c = self._inner_modes(a, prec)
         sc = np.sqrt(2.0 / c)
-        U, _, log_I, pi, S, W = _adaptive_rule(self.model.family, self._y, self._tr, a, ie.z, ie.local,
-                                               self.group, u0, sc, prec, self.x, self.logw)
-        return U, sc, log_I, pi, S, W
+        U, eta, log_I, pi, S, W = _adaptive_rule(self.model.family, self._y, self._tr, a, ie.z, ie.local,
+                                                 self.group, u0, sc, prec, self.x, self.logw)
+        return U, sc, log_I, pi, S, W, eta
 
     def moments(self, vcp, optimum=None):
         r"""Posterior moments given the log-SDs ``vcp`` at the optimum of :meth:`log_marginal` there
@@ -365,7 +366,7 @@ class NestedMarginal:
         uD, fe, F = optimum
         vcp = np.asarray(vcp, dtype=float)
         prec = np.exp(-2.0 * vcp[ie.component])
-        U, _, _, pi, S, _ = self._nodes(uD, fe, prec)
+        U, _, _, pi, S, _, _ = self._nodes(uD, fe, prec)
         mu = np.einsum("jk,jk->j", pi, U)
         tau = np.maximum(np.einsum("jk,jk->j", pi, U**2) - mu**2, 0.0)
         P_row = pi[ie.local]
@@ -428,7 +429,7 @@ class NestedMarginal:
         K = self.x.size
 
         def fun(uD, fe, hessian):
-            U, sc, logI, pi, S, W = self._nodes(uD, fe, prec)
+            U, sc, logI, pi, S, W, _ = self._nodes(uD, fe, prec)
             value = float(np.sum(logI + np.log(sc)) - 0.5 * m * np.log(2.0 * np.pi * sig2))
             eta_r = self.Xr @ fe + self.ZDr @ uD
             if self.off_r is not None:
@@ -595,21 +596,16 @@ class NestedMarginal:
         if optimum is None or not self.dense:
             return None
         ie, fam = self.ie, self.model.family
-        uD, fe, F = optimum
-        vcp = np.asarray(vcp, dtype=float)
-        prec = np.exp(-2.0 * vcp[ie.component])
-        U, _, _, pi, S, W = self._nodes(uD, fe, prec)
-        a = self.Xp @ fe + self.ZDp_d @ uD
-        if self.off_p is not None:
-            a = a + self.off_p
-        eta = a[:, None] + ie.z[:, None] * U[ie.local]
-        Xt = np.hstack([self.ZDp_d, self.Xp])  # rows of P: (z_D, x)
-        Sig = F.border_inverse()
-        # each effect's rows in slots 0..n_max-1 (padding: zero in V and in the centred moments)
         m = ie.cols.size
         counts = np.bincount(ie.local, minlength=m)
         if m * float(counts.max()) ** 3 > SECOND_ORDER_MAX:  # each effect's third-derivative tensor
             return None
+        uD, fe, F = optimum
+        vcp = np.asarray(vcp, dtype=float)
+        _, _, _, pi, S, W, eta = self._nodes(uD, fe, np.exp(-2.0 * vcp[ie.component]))
+        Xt = np.hstack([self.ZDp_d, self.Xp])  # rows of P: (z_D, x)
+        Sig = F.border_inverse()
+        # each effect's rows in slots 0..n_max-1 (padding: zero in V and in the centred moments)
         order = np.argsort(ie.local, kind="stable")
         slot = np.empty(ie.local.size, dtype=np.int64)
         slot[order] = np.arange(ie.local.size) - np.repeat(np.cumsum(counts) - counts, counts)
