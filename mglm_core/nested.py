@@ -300,10 +300,13 @@ class _Conditional:
         items: 0.2 at the mode, 1.1 and 5.4 at SDs of 8 and 11), where its line does not; within two
         posterior SDs it matched importance sampling of the outer integral to 0.04 (the gap grew from
         0.09 to 0.49 along the items' log-SD, which put that log-SD 0.12 posterior SD low without it).
-        Nothing without the dense layout (no correction there).
+        Nothing without other components (the outer Laplace is then over the fixed effects alone,
+        informed by every row: the correction moved no posterior mean or SD of the accuracy cases by
+        more than 0.007 reference SDs and cost up to 2.5 times the fit) or where the correction is not
+        computed (effects with too many rows).
         """
         nested = self.nested
-        if not nested.dense:
+        if not nested.D.size:
             return
         theta0 = np.asarray(theta0, dtype=float)
 

@@ -25,6 +25,7 @@ import functools
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg import lapack
 
 from .linalg import pairs_within_rows
 
@@ -355,9 +356,9 @@ class NestedMarginal:
         few binary rows), with the variance of :math:`a` carried through by the law of total
         variance, :math:`\mathrm{Var}\,u_j \approx \tau_j + g_j^\top H^{-1} g_j`,
         :math:`g_j = \partial\mu_j/\partial a = \sum_{i \in j} \mathrm{Cov}_j(u, s_i)\,(z_{Di}, x_i)`.
-        Also returns :math:`\partial\mu_P/\partial fe` (effects x p) and, in the dense layout,
-        :math:`\partial\mu_P/\partial u_D` (effects x q_D; None otherwise) for shifting the means
-        (:meth:`mean_shift`).
+        Also returns :math:`\partial\mu_P/\partial fe` (effects x p) and
+        :math:`\partial\mu_P/\partial u_D` (effects x q_D, sparse in the sparse layout; None without
+        other components) for shifting the means (:meth:`mean_shift`).
         """
         optimum = self.last if optimum is None else optimum
         if optimum is None:
@@ -396,7 +397,7 @@ class NestedMarginal:
         vc_mean[ie.cols], vc_var[ie.cols] = mu, tau + quad
         if self.D.size:
             vc_mean[self.D], vc_var[self.D] = uD, F.sparse_diag_inverse()
-        return fe.copy(), fe_cov, vc_mean, vc_var, g_f, None
+        return fe.copy(), fe_cov, vc_mean, vc_var, g_f, g_D if self.D.size else None
 
     @staticmethod
     def _quad_sparse(A, g):
@@ -568,10 +569,140 @@ class NestedMarginal:
         dim = self.D.size + self.model.k_fep
         return res.value + 0.5 * dim * np.log(2.0 * np.pi) - 0.5 * res.factor.logdet()
 
+    def _layout_rows(self):
+        r"""The rows' coefficients of :math:`a` split as the factor's blocks: ``(Zs_p, Zs_r, Xb_p, Xb_r)``,
+        the sparse block's (the other components' effects in the sparse layout; None in the dense
+        layout) and the border's (the fixed effects, with the other components' effects in front in
+        the dense layout), for the rows of P and the rest."""
+        if self.dense:
+            return None, None, np.hstack([self.ZDp_d, self.Xp]), np.hstack([self.ZDr_d, self.Xr])
+        if not self.D.size:
+            return None, None, self.Xp, self.Xr
+        return self.ZDp, self.ZDr, self.Xp, self.Xr
+
+    @staticmethod
+    def _pair_covariances(F, Zs, Wb, first, second):
+        r""":math:`\tilde x_a^\top H^{-1} \tilde x_b` for the pairs of rows ``(first, second)``: the sparse
+        block's part :math:`z_a^\top A^{-1} z_b` from A's selected inverse (the pairs' columns share a
+        row of A: on its pattern), plus :math:`w_a^\top w_b` with ``Wb`` the rows'
+        :math:`(T^\top z - x)^\top L^{-\top}` (:meth:`~mglm_core.linalg.BorderedFactor`'s
+        :math:`T = A^{-1}B`, :math:`S = LL^\top`)."""
+        out = np.einsum("td,td->t", Wb[first], Wb[second]) if Wb.shape[1] else np.zeros(first.size)
+        if Zs is None or not Zs.nnz:
+            return out
+        n_nz = np.diff(Zs.indptr)
+        na, nb = n_nz[first], n_nz[second]
+        cnt = na * nb
+        pair = np.repeat(np.arange(first.size), cnt)
+        off = np.arange(pair.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        ea = Zs.indptr[first][pair] + off // nb[pair]
+        eb = Zs.indptr[second][pair] + off % nb[pair]
+        sig = F.A.inverse_on_pattern(Zs.indices[ea], Zs.indices[eb])
+        return out + np.bincount(pair, weights=Zs.data[ea] * Zs.data[eb] * sig, minlength=first.size)
+
+    def _skewness(self, vcp, optimum, third=True):
+        r"""The third- and fourth-order terms of the Laplace approximation over :math:`a = (u_D, fe)` at
+        ``optimum`` (:meth:`second_order`): ``(q4, q33, t_A, t_B, x_A, x_B)`` with :math:`t` split as
+        the factor's blocks (sparse block, border) and :math:`x = H^{-1} t`; ``q4`` and ``q33`` are None
+        without ``third`` or beyond :data:`SECOND_ORDER_MAX` entries of the effects' third-derivative
+        tensors.
+        None beyond :data:`SECOND_ORDER_MAX` entries of their within-effect covariances."""
+        ie, fam = self.ie, self.model.family
+        m = ie.cols.size
+        counts = np.bincount(ie.local, minlength=m)
+        n_max = int(counts.max())
+        if m * float(n_max) ** 2 > SECOND_ORDER_MAX:
+            return None
+        third = third and m * float(n_max) ** 3 <= SECOND_ORDER_MAX
+        uD, fe, F = optimum
+        vcp = np.asarray(vcp, dtype=float)
+        _, _, _, pi, S, W, eta = self._nodes(uD, fe, np.exp(-2.0 * vcp[ie.component]))
+        Zs_p, Zs_r, Xb_p, Xb_r = self._layout_rows()
+        sparse = Zs_p is not None
+        Linv_t = lapack.dtrtri(F.S_chol, lower=1)[0].T if F.m else np.zeros((0, 0))
+
+        def border_rows(Zs, Xb):  # (T' z - x)' L^-T for each row
+            if not F.m:
+                return np.zeros((Xb.shape[0], 0))
+            return ((Zs @ F.AinvB if sparse else 0.0) - Xb) @ Linv_t
+
+        # each effect's rows in slots 0..n_max-1 (padding: zero in V and in the centred moments)
+        order = np.argsort(ie.local, kind="stable")
+        slot = np.empty(ie.local.size, dtype=np.int64)
+        slot[order] = np.arange(ie.local.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        row_at = np.full((m, n_max), -1, dtype=np.int64)
+        row_at[ie.local, slot] = np.arange(ie.local.size)
+        both = (row_at[:, :, None] >= 0) & (row_at[:, None, :] >= 0)
+        first = np.broadcast_to(row_at[:, :, None], both.shape)[both]
+        second = np.broadcast_to(row_at[:, None, :], both.shape)[both]
+        V = np.zeros((m, n_max, n_max))  # within-effect covariances of the offsets
+        V[both] = self._pair_covariances(F, Zs_p, border_rows(Zs_p, Xb_p), first, second)
+
+        def padded(x):  # rows x ... -> effects x n_max x ...
+            out = np.zeros((m, n_max) + x.shape[1:])
+            out[ie.local, slot] = x
+            return out
+
+        P = pi[:, None, :]  # effects x 1 x nodes
+
+        def centred(x):
+            x = padded(x)
+            mean = np.sum(P * x, axis=2)
+            return x - mean[:, :, None], mean
+
+        st, _ = centred(S)
+        l2t, _ = centred(-W)
+        l3t, a3 = centred(-fam.weight_derivative(self._y, eta, self._tr))
+        Ps = P * st
+        Vd = np.einsum("jaa->ja", V)
+        c23 = np.einsum("jak,jbk->jab", P * l2t, st)  # Cov(l''_a, s_b)
+        r = np.einsum("jab,jbk->jak", V, st)  # sum_b V_ab s~_b at each node
+        q = np.sum(st * r, axis=1)  # s~' V s~ at each node
+        w = pi  # effects x nodes
+        # tau_i = sum_kl g_ikl V_kl
+        tau = (a3 * Vd + 2.0 * np.einsum("jab,jab->ja", c23, V) + np.einsum("jkb,jk->jb", c23, Vd)
+               + np.sum(Ps * q[:, None, :], axis=2))
+        q4 = q33 = None
+        if third:
+            # sum_iklm g_iklm V_ik V_lm
+            _, a4 = centred(-fam.weight_second_derivative(self._y, eta, self._tr))
+            c34 = np.einsum("jak,jbk->jab", P * l3t, st)  # Cov(l'''_a, s_b)
+            c22 = np.einsum("jak,jbk->jab", P * l2t, l2t)  # Cov(l''_a, l''_b)
+            C = np.einsum("jak,jbk->jab", Ps, st)  # Cov(s_a, s_b)
+            CV = np.einsum("jab,jbc->jac", C, V)
+            q4 = (np.sum(a4 * Vd**2, axis=1) + 4.0 * np.einsum("jab,ja,jab->j", c34, Vd, V)
+                  + np.einsum("jab,ja,jb->j", c22, Vd, Vd) + 2.0 * np.einsum("jab,jab->j", c22, V**2)
+                  + 2.0 * np.sum(w * np.sum(l2t * Vd[:, :, None], axis=1) * q, axis=1)
+                  + 4.0 * np.sum(w * np.sum(l2t * r**2, axis=1), axis=1)
+                  + np.sum(w * q**2, axis=1) - np.sum(w * q, axis=1) ** 2 - 2.0 * np.einsum("jac,jca->j", CV, CV))
+            q4 = float(q4.sum())
+            # each effect's third-derivative tensor, contracted with itself through V
+            eye = np.eye(n_max)
+            g3 = (np.einsum("jak,jbk,jck->jabc", Ps, st, st) + np.einsum("ab,bc,ja->jabc", eye, eye, a3)
+                  + np.einsum("ab,jac->jabc", eye, c23) + np.einsum("ac,jab->jabc", eye, c23)
+                  + np.einsum("bc,jba->jabc", eye, c23))
+            q33 = float(np.einsum("jabc,jai,jbk,jcl,jikl->", g3, V, V, V, g3, optimize=True))
+        tau_rows = tau[ie.local, slot]
+        t_B = Xb_p.T @ tau_rows
+        t_A = Zs_p.T @ tau_rows if sparse else np.zeros(0)
+        if Xb_r.shape[0]:  # rows outside P: the plain rows' terms
+            eta_r = self.Xr @ fe + self.ZDr @ uD + (0.0 if self.off_r is None else self.off_r)
+            rest = np.arange(Xb_r.shape[0])
+            v = self._pair_covariances(F, Zs_r, border_rows(Zs_r, Xb_r), rest, rest)
+            l3r = -fam.weight_derivative(self.yr, eta_r, self.tr)
+            if q33 is not None:
+                q4 += float(-fam.weight_second_derivative(self.yr, eta_r, self.tr) @ v**2)
+                q33 += float(l3r**2 @ v**3)
+            t_B = t_B + Xb_r.T @ (l3r * v)
+            if sparse:
+                t_A = t_A + Zs_r.T @ (l3r * v)
+        x_A, x_B = F.solve(t_A, t_B)
+        return q4, q33, t_A, t_B, x_A, x_B
+
     def second_order(self, vcp, optimum=None):
         r"""The second-order correction of the Laplace approximation over :math:`a = (u_D, fe)`
-        at the optimum of :meth:`log_marginal` at ``vcp`` (dense layout, and at most
-        :data:`SECOND_ORDER_MAX` entries of the effects' third-derivative tensors; None otherwise).
+        at the optimum of :meth:`log_marginal` at ``vcp`` (None beyond :data:`SECOND_ORDER_MAX`
+        entries of the effects' third-derivative tensors).
 
         :math:`F(a) = \sum_j g_j(o_j) + \sum_{i \notin P} \ell_i(o_i) + \text{quadratic}`, with
         :math:`o_j = \tilde X_j a` the offsets of the rows of effect j (:math:`\tilde x_i = (z_{Di}, x_i)`)
@@ -582,7 +713,9 @@ class NestedMarginal:
             \epsilon = \tfrac18 \sum_j \sum g^{(j)}_{iklm} V_{ik} V_{lm} + \tfrac18\, t^\top \Sigma t
               + \tfrac1{12} \sum_j \sum g^{(j)}_{ikl} g^{(j)}_{i'k'l'} V_{ii'} V_{kk'} V_{ll'},
 
-        :math:`V = \tilde X \Sigma \tilde X^\top` within an effect, :math:`t = \sum_j \tilde X_j^\top \tau_j`,
+        :math:`V = \tilde X \Sigma \tilde X^\top` within an effect (in the sparse layout from the
+        selected inverse of the other components' block: the columns of two rows of one effect share
+        a row of the Hessian), :math:`t = \sum_j \tilde X_j^\top \tau_j`,
         :math:`\tau_{j,i} = \sum_{kl} g^{(j)}_{ikl} V_{kl}` (the last term keeps the pairs of one
         effect). The derivatives of :math:`g_j` are tilted expectations and joint cumulants of the
         rows' derivatives of :math:`\ell` over the quadrature's nodes: with :math:`\Phi = \sum_i \ell_i`,
@@ -593,108 +726,35 @@ class NestedMarginal:
         + \kappa_4(\partial\Phi)`.
         """
         optimum = self.last if optimum is None else optimum
-        if optimum is None or not self.dense:
+        if optimum is None:
             return None
-        ie, fam = self.ie, self.model.family
-        m = ie.cols.size
-        counts = np.bincount(ie.local, minlength=m)
-        if m * float(counts.max()) ** 3 > SECOND_ORDER_MAX:  # each effect's third-derivative tensor
+        terms = self._skewness(vcp, optimum)
+        if terms is None or terms[1] is None:
             return None
-        uD, fe, F = optimum
-        vcp = np.asarray(vcp, dtype=float)
-        _, _, _, pi, S, W, eta = self._nodes(uD, fe, np.exp(-2.0 * vcp[ie.component]))
-        Xt = np.hstack([self.ZDp_d, self.Xp])  # rows of P: (z_D, x)
-        Sig = F.border_inverse()
-        # each effect's rows in slots 0..n_max-1 (padding: zero in V and in the centred moments)
-        order = np.argsort(ie.local, kind="stable")
-        slot = np.empty(ie.local.size, dtype=np.int64)
-        slot[order] = np.arange(ie.local.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        q4, q33, t_A, t_B, x_A, x_B = terms
+        return q4 / 8.0 + float(t_A @ x_A + t_B @ x_B) / 8.0 + q33 / 12.0
 
-        def padded(x):  # rows x ... -> effects x n_max x ...
-            out = np.zeros((m, int(counts.max())) + x.shape[1:])
-            out[ie.local, slot] = x
-            return out
+    def mean_shift(self, vcp, uD, fe):
+        r"""Posterior mean minus mode of :math:`a = (u_D, fe)` under :math:`\exp F` at ``vcp`` (solved
+        from ``(u_D, fe)``): ``(shift_D, shift_fe)``.
 
-        P = pi[:, None, :]  # effects x 1 x nodes
-        Xp_ = padded(Xt)
-        V = np.einsum("jad,jbd->jab", padded(Xt @ Sig), Xp_)  # within-effect covariances of the offsets
-
-        def centred(x):
-            x = padded(x)
-            mean = np.sum(P * x, axis=2)
-            return x - mean[:, :, None], mean
-
-        st, _ = centred(S)
-        l2t, _ = centred(-W)
-        l3t, a3 = centred(-fam.weight_derivative(self._y, eta, self._tr))
-        _, a4 = centred(-fam.weight_second_derivative(self._y, eta, self._tr))
-        Ps = P * st
-        Vd = np.einsum("jaa->ja", V)
-        c23 = np.einsum("jak,jbk->jab", P * l2t, st)  # Cov(l''_a, s_b)
-        c34 = np.einsum("jak,jbk->jab", P * l3t, st)  # Cov(l'''_a, s_b)
-        c22 = np.einsum("jak,jbk->jab", P * l2t, l2t)  # Cov(l''_a, l''_b)
-        C = np.einsum("jak,jbk->jab", Ps, st)  # Cov(s_a, s_b)
-        r = np.einsum("jab,jbk->jak", V, st)  # sum_b V_ab s~_b at each node
-        q = np.sum(st * r, axis=1)  # s~' V s~ at each node
-        w = pi  # effects x nodes
-        # tau_i = sum_kl g_ikl V_kl
-        tau = (a3 * Vd + 2.0 * np.einsum("jab,jab->ja", c23, V) + np.einsum("jkb,jk->jb", c23, Vd)
-               + np.sum(Ps * q[:, None, :], axis=2))
-        # sum_iklm g_iklm V_ik V_lm
-        CV = np.einsum("jab,jbc->jac", C, V)
-        q4 = (np.sum(a4 * Vd**2, axis=1) + 4.0 * np.einsum("jab,ja,jab->j", c34, Vd, V)
-              + np.einsum("jab,ja,jb->j", c22, Vd, Vd) + 2.0 * np.einsum("jab,jab->j", c22, V**2)
-              + 2.0 * np.sum(w * np.sum(l2t * Vd[:, :, None], axis=1) * q, axis=1)
-              + 4.0 * np.sum(w * np.sum(l2t * r**2, axis=1), axis=1)
-              + np.sum(w * q**2, axis=1) - np.sum(w * q, axis=1) ** 2 - 2.0 * np.einsum("jac,jca->j", CV, CV))
-        # each effect's third-derivative tensor, contracted with itself through V
-        eye = np.eye(V.shape[1])
-        g3 = (np.einsum("jak,jbk,jck->jabc", Ps, st, st) + np.einsum("ab,bc,ja->jabc", eye, eye, a3)
-              + np.einsum("ab,jac->jabc", eye, c23) + np.einsum("ac,jab->jabc", eye, c23)
-              + np.einsum("bc,jba->jabc", eye, c23))
-        q33 = float(np.einsum("jabc,jai,jbk,jcl,jikl->", g3, V, V, V, g3, optimize=True))
-        q4 = float(q4.sum())
-        t = np.einsum("jad,ja->d", Xp_, tau)
-        if self.ZDr_d.shape[0]:  # rows outside P: the plain rows' terms
-            Xr = np.hstack([self.ZDr_d, self.Xr])
-            eta_r = self.Xr @ fe + self.ZDr_d @ uD + (0.0 if self.off_r is None else self.off_r)
-            v = np.einsum("id,id->i", Xr @ Sig, Xr)
-            l3r = -fam.weight_derivative(self.yr, eta_r, self.tr)
-            q4 += float(-fam.weight_second_derivative(self.yr, eta_r, self.tr) @ v**2)
-            q33 += float(l3r**2 @ v**3)
-            t = t + Xr.T @ (l3r * v)
-        return q4 / 8.0 + float(t @ Sig @ t) / 8.0 + q33 / 12.0
-
-    def mean_shift(self, vcp, uD, fe, h=1e-3):
-        r"""Posterior mean minus mode of :math:`a = (u_D, fe)` under :math:`\exp F` at ``vcp``:
-        ``(shift_D, shift_fe)``.
-
-        To first order, :math:`\mathrm{E}\,a - \hat a = -\tfrac12\,\Sigma\,\nabla_a \log\det H(a)`
-        at the mode (:math:`H = -\nabla^2 F`, :math:`\Sigma = H^{-1}`): the skewness of the
-        integrated likelihood. Entry r is the derivative of :math:`\log\det H` along column r of
-        :math:`\Sigma` (forward differences, one Hessian each): the fixed effects always, the other
-        components' effects in the dense layout (at most :data:`DENSE_OTHER`; zero otherwise). With
-        binary rows the effects' posteriors are skewed away from 0 (a large item effect saturates its
-        rows' probabilities): sparse binary crossed designs had their items' means 0.1-0.17 posterior
-        SDs short of NUTS's at the mode.
+        To first order, :math:`\mathrm{E}\,a - \hat a = -\tfrac12\,\Sigma\,\nabla_a \log\det H(a)
+        = \tfrac12\,\Sigma t` at the mode (:math:`H = -\nabla^2 F`, :math:`\Sigma = H^{-1}`;
+        :math:`\partial_r \log\det H = -\mathrm{tr}(\Sigma\,\partial_r \nabla^2 F) = -t_r`, with
+        :math:`t` of :meth:`second_order`): the skewness of the integrated likelihood. With binary
+        rows the effects' posteriors are skewed away from 0 (a large item effect saturates its rows'
+        probabilities): sparse binary crossed designs had their items' means 0.1-0.17 posterior SDs
+        short of NUTS's at the mode. Zero where an effect's rows are too many for the within-effect
+        covariances (:data:`SECOND_ORDER_MAX`; the skewness is then small).
         """
         nD, p = self.D.size, self.model.k_fep
         self.start = None  # solve from the given point (the optimum, normally), not the last one
-        if not np.isfinite(self.log_marginal(vcp, uD, fe)):
+        terms = None
+        if np.isfinite(self.log_marginal(vcp, uD, fe)):
+            terms = self._skewness(vcp, self.last, third=False)
+        if terms is None:
             return np.zeros(nD), np.zeros(p)
-        uD, fe, F = self.last
-        fun = self.objective(np.asarray(vcp, dtype=float))
-
-        def logdet(u_, b_):
-            _, _, _, A, B, C = fun(u_, b_, True)
-            return self._factor(A, B, C).logdet()
-
-        base = F.logdet()
-        cols = range(nD + p) if self.dense else range(nD, nD + p)
-        shift = np.zeros(nD + p)
-        for r in cols:
-            e = np.zeros(nD + p)
-            e[r] = 1.0
-            wu, wb = self._solve(F, e[:nD], e[nD:])
-            shift[r] = -0.5 * (logdet(uD + h * wu, fe + h * wb) - base) / h
-        return shift[:nD], shift[nD:]
+        x_A, x_B = terms[4], terms[5]
+        if self.dense:
+            return 0.5 * x_B[:nD], 0.5 * x_B[nD:]
+        return 0.5 * x_A if nD else np.zeros(0), 0.5 * x_B

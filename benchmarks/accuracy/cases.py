@@ -204,6 +204,21 @@ def _binary_nested(seed=509):
     return pd.DataFrame({"y": y, "x": x, "a": [f"a{i:02d}" for i in a], "b": [f"b{i}" for i in b]})
 
 
+def _mothers(seed=603):
+    """Binary, guImmun-like but with more communities: 150 communities (SD 0.8) of 3 mothers each
+    (SD 2), 1-3 children per mother."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = np.array([rng.integers(1, 4) for _ in range(450)])  # children per mother (drawn one by one)
+    mom = np.repeat(np.arange(450), n)
+    comm = mom // 3
+    x = rng.standard_normal(mom.size)
+    eta = 0.5 + 0.6 * x + rng.normal(0, 0.8, 150)[comm] + rng.normal(0, 2.0, 450)[mom]
+    y = (rng.random(mom.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "c": [f"c{i:03d}" for i in comm], "m": [f"m{i:03d}" for i in mom]})
+
 CASES = [
     Case("seed_example", "statsmodels' documented usage: cbpp_long, vc_formulas-equivalent (1|herd)",
          "y ~ period + (1 | herd)", "binomial", data_fn=lambda: load("cbpp_long")),
@@ -399,6 +414,15 @@ CASES = [
          "TICKS ~ YEAR + cHEIGHT + (1 | LOCATION) + (1 | INDEX)", "poisson", data_fn=lambda: load("grouseticks")),
     Case("cbpp_long_herd_period", "cbpp_long (binary rows): (1|herd) + (1|herd:period)",
          "y ~ period + (1 | herd) + (1 | herd:period)", "binomial", data_fn=lambda: load("cbpp_long")),
+    # -- a seventh set, first run as held-out cases: more than 100 effects of the other component (the
+    # nested approximation's sparse layout); every bar held, the two crossed ones with log-SDs 0.11-0.14
+    # reference SDs off until the outer correction was extended to that layout
+    _simulated("sim_binary_crossed_400x3_120", "binary, 400 groups of 3 rows (SD 2.5) crossed with 120 items (SD 0.8)",
+               family="binomial", n_groups=400, group_size=3, n_groups2=120, sd=2.5, sd2=0.8, seed=601),
+    _simulated("sim_binary_crossed_500x2_150", "binary, 500 groups of 2 rows (SD 3) crossed with 150 items (SD 0.7)",
+               family="binomial", n_groups=500, group_size=2, n_groups2=150, sd=3.0, sd2=0.7, seed=602),
+    Case("sim_binary_mothers_150", "binary, 450 mothers (SD 2) with 1-3 children in 150 communities (SD 0.8)",
+         "y ~ x + (1 | c) + (1 | m)", "binomial", data_fn=_mothers),
 ]
 
 #: Single factors of two levels, checked against importance sampling (exact_few_levels.py) instead of

@@ -503,7 +503,9 @@ def test_nested_hessian_by_row_pairs_equals_the_node_expansion(design):
 
 def test_nested_dense_and_sparse_layouts_agree():
     """Few other effects (20 crossed items) are handled as one dense block with the fixed effects;
-    the value, the moments and the skewness shift equal those of the sparse layout."""
+    the value, the moments, the skewness shift (of the items too) and the outer second-order
+    correction equal those of the sparse layout (where the within-effect covariances come from the
+    selected inverse of the items' block)."""
     from mglm_core.quadrature import IndependentEffects, NestedMarginal
     from mglm_core.simulate import simulate_glmm
 
@@ -517,12 +519,55 @@ def test_nested_dense_and_sparse_layouts_agree():
         assert nested.dense
         nested.dense = dense
         value = nested.log_marginal(vcp, nr.u[nested.D], nr.b, tol=1e-12)
+        correction = nested.second_order(vcp)
         shift_D, shift_fe = nested.mean_shift(vcp, nr.u[nested.D], nr.b)
-        out.append((value, shift_fe) + nested.moments(vcp)[:5])
-        if dense:  # the items' shift too (zero in the sparse layout, which leaves them at the mode)
-            assert np.abs(shift_D).max() > 1e-3
+        moments = nested.moments(vcp)
+        out.append((value, correction, shift_D, shift_fe) + moments[:5]
+                   + (np.asarray(sp.csr_matrix(moments[5]).toarray()),))
+        assert abs(correction) > 1e-3 and np.abs(shift_D).max() > 1e-3
     for a, b in zip(*out):
         assert np.allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_nested_mean_shift_is_the_gradient_of_the_log_determinant(dense):
+    """The skewness shift :math:`\tfrac12 \Sigma t` (analytic third derivatives of the integrated
+    likelihood) against :math:`-\tfrac12 \Sigma \nabla \log\det H` by central differences of the
+    Hessian's log-determinant along columns of :math:`\Sigma`: binary pairs of rows nested in 12
+    communities, with rows outside the integrated component (the communities' own rows), in both
+    layouts."""
+    from mglm_core.quadrature import IndependentEffects, NestedMarginal
+
+    rng = np.random.default_rng(8)
+    comm = np.repeat(np.arange(12), 10)
+    mom = np.arange(comm.size) // 2
+    x = rng.standard_normal(comm.size)
+    eta = 0.3 + 0.7 * x + rng.normal(0, 0.8, 12)[comm] + rng.normal(0, 2.0, mom.max() + 1)[mom]
+    y = (rng.random(comm.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    y[-2:] = 1.0
+    data = pd.DataFrame({"y": y, "x": x, "c": comm.astype(str), "m": mom.astype(str)})
+    data.loc[data.index[-1], "m"] = "solo"  # one mother of one child; the last community's
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | c) + (1 | m)", data=data)
+    nested = NestedMarginal.build(model, IndependentEffects.find(model))
+    nested.dense = dense and nested.dense
+    assert nested.dense == dense
+    vcp = np.log([0.8, 2.0]) if model.vcp_names[0] == "c" else np.log([2.0, 0.8])
+    nr = _Conditional(model, 1e-12)(vcp)[1]
+    shift_D, shift_fe = nested.mean_shift(vcp, nr.u[nested.D], nr.b)
+    uD, fe, F = nested.last
+    fun = nested.objective(vcp)
+
+    def logdet(u_, b_):
+        return nested._factor(*fun(u_, b_, True)[3:]).logdet()
+
+    nD, h = nested.D.size, 1e-4
+    shift = np.concatenate([shift_D, shift_fe])
+    for r in [0, 5, nD, nD + 1]:
+        e = np.zeros(nD + model.k_fep)
+        e[r] = 1.0
+        wu, wb = nested._solve(F, e[:nD], e[nD:])
+        fd = -0.25 * (logdet(uD + h * wu, fe + h * wb) - logdet(uD - h * wu, fe - h * wb)) / h
+        assert abs(fd) > 1e-3 and abs(shift[r] - fd) < 1e-4 * max(1.0, abs(fd)) + 1e-6
 
 
 def test_nested_mean_shift_of_another_component_moves_its_mode_to_the_mean():
