@@ -157,7 +157,8 @@ class _Conditional:
         self.correction = None
         self.delta = {}  # at each solved vcp: the second-order correction, or the nested value
         self.nested_optimum = {}  # nested mode: NestedMarginal.last (its optimum) at each solved vcp
-        self.outer = None  # nested mode: the outer Laplace's correction, (theta0, value, slope) (outer_tilt)
+        self.outer = None  # nested mode: the outer Laplace's correction (outer_tilt)
+        self.anchor = None  # the log-SDs at which `independent` picks its component
 
     @staticmethod
     def _key(vcp):
@@ -166,8 +167,14 @@ class _Conditional:
     @functools.cached_property
     def independent(self):
         """The :class:`~mglm_core.quadrature.IndependentEffects` of the model (None without a
-        component with at most one effect per row)."""
-        return IndependentEffects.find(self.model)
+        component with at most one effect per row): of several, the one whose effects' Laplace
+        approximations are the least accurate at the solution for :attr:`anchor` (the mode of the
+        log-SDs' Laplace density, once found), else the one with the most effects."""
+        nr = self(self.anchor)[1] if self.anchor is not None else None
+        if nr is None or nr.factor is None:
+            return IndependentEffects.find(self.model)
+        eta = self.model.rows.linear_predictor(nr.b, nr.u)
+        return IndependentEffects.find(self.model, eta=eta, vcp=np.asarray(self.anchor, dtype=float))
 
     @functools.cached_property
     def nested(self):
@@ -281,9 +288,9 @@ class _Conditional:
                 uD, fe = nr.u[self.nested.D], nr.b
             self.nested.start = None
             value = self.nested.log_marginal(vcp, uD, fe)
-            if self.outer is not None:  # the outer Laplace's correction, linear in vcp (outer_tilt)
-                theta0, e0, slope = self.outer
-                value += e0 + float(slope @ (vcp - theta0))
+            if self.outer is not None:  # the outer Laplace's correction (outer_tilt)
+                theta0, e0, _, root, curves = self.outer[:5]
+                value += e0 + _outer_value(curves, np.linalg.solve(root, vcp - theta0))
             self.delta[key] = value
             self.nested_optimum[key] = self.nested.last
         return self.delta[key]
@@ -310,25 +317,40 @@ class _Conditional:
             return
         theta0 = np.asarray(theta0, dtype=float)
 
-        def eps(th):
+        def terms(th):  # (correction, shift) at th, (nan, None) where not computed
             nr = self(th)[1]
             if nr.factor is None:
-                return np.nan
+                return np.nan, None
             nested.start = None
             if not np.isfinite(nested.log_marginal(th, nr.u[nested.D], nr.b)):
-                return np.nan
-            e = nested.second_order(th)
-            return np.nan if e is None else e
+                return np.nan, None
+            e, shift = nested.outer_terms(th)
+            return (np.nan if e is None else e), (None if shift is None else np.concatenate(shift))
 
-        e0 = eps(theta0)
+        e0, s0 = terms(theta0)
         if not np.isfinite(e0):
             return
         dz = np.zeros(theta0.size)
+        curves, shifts = [], []
         for i in range(theta0.size):
-            lo, hi = eps(theta0 - root[:, i]), eps(theta0 + root[:, i])
+            (lo, s_lo), (hi, s_hi) = terms(theta0 - root[:, i]), terms(theta0 + root[:, i])
+            lo, hi = lo - e0, hi - e0
             dz[i] = 0.5 * (hi - lo) if np.isfinite(lo) and np.isfinite(hi) else 0.0
+            curve = _outer_curve(lo, hi)
+            curves.append(("line", dz[i]) if curve is None else curve)
+            shifts.append(None if s_lo is None or s_hi is None or s0 is None else _shift_curve(s_lo - s0, s_hi - s0))
         # z = root^-1 (theta - theta0): the slope in theta is root^-T times the slope in z
-        self.outer = (theta0, e0, np.linalg.solve(root.T, dz))
+        self.outer = (theta0, e0, np.linalg.solve(root.T, dz), root, curves, s0, shifts)
+
+    def outer_shift(self, vcp):
+        """The skewness shift of (u_D, fe) at ``vcp`` from the curves :meth:`outer_tilt` fitted along the
+        axes (``(shift_D, shift_fe)``), or None without them."""
+        if self.outer is None or self.outer[5] is None:
+            return None
+        theta0, _, _, root, _, s0, shifts = self.outer
+        z = np.linalg.solve(root, np.asarray(vcp, dtype=float) - theta0)
+        s = s0 + sum(_shift_value(c, zi) for c, zi in zip(shifts, z) if c is not None)
+        return s[:self.nested.D.size], s[self.nested.D.size:]
 
     def use(self, correction):
         """Switch the correction of :meth:`corrected` (``"second_order"``, ``"nested"`` or None)."""
@@ -502,6 +524,63 @@ def _refined_change(model, vcp, nr):
         return None
     return (shift, factor.sparse_diag_inverse() - nr.factor.sparse_diag_inverse(),
             factor.border_inverse() - nr.factor.border_inverse())
+
+
+def _outer_curve(lo, hi):
+    r"""The curve :math:`f(z) = A\,(\log(1 + e^{\beta z}) - \log 2)` through :math:`f(-1) =` ``lo``,
+    :math:`f(0) = 0` and :math:`f(1) =` ``hi``, as ``(A, beta)``; None where no such curve passes
+    (``lo`` and ``hi`` of one sign: an extremum at 0) or it is a line to 0.1 %.
+
+    Its slope at 0 is the central difference :math:`(hi - lo)/2`; on one side it levels off at
+    :math:`-A \log 2`, on the other it grows like the line of slope :math:`hi - lo`. With
+    :math:`x = |\beta|`, :math:`hi - lo = A\beta` and :math:`hi + lo = 2A \log\cosh(x/2)`, so
+    :math:`x` solves :math:`2\log\cosh(x/2)/x = |hi + lo|/|hi - lo|` (increasing from 0 to 1).
+    """
+    from scipy.optimize import brentq
+
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi == lo:
+        return None
+    rho = abs(hi + lo) / abs(hi - lo)
+
+    def ratio(x):
+        return 2.0 * (0.5 * x + np.log1p(np.exp(-x)) - np.log(2.0)) / x  # 2 log cosh(x/2) / x
+
+    if rho < 1e-3 or rho >= ratio(60.0):
+        return None
+    x = brentq(lambda x_: ratio(x_) - rho, 1e-6, 60.0, xtol=1e-12)
+    A = (hi + lo) / (2.0 * (0.5 * x + np.log1p(np.exp(-x)) - np.log(2.0)))
+    return A, (hi - lo) / A
+
+
+def _outer_value(curves, z):
+    r""":math:`\sum_i f_i(z_i)` for the per-axis curves of :func:`_outer_curve` (a line of slope ``s`` where
+    ``("line", s)``)."""
+    out = 0.0
+    for (A, beta), zi in zip(curves, z):
+        if A == "line":
+            out += beta * zi
+        else:
+            out += A * (np.logaddexp(0.0, beta * zi) - np.log(2.0))
+    return float(out)
+
+
+def _shift_curve(lo, hi):
+    r"""Per coordinate, :math:`g(z) = c\,(e^{\gamma z} - 1)` through :math:`g(-1) =` ``lo``, :math:`g(0) = 0`
+    and :math:`g(1) =` ``hi`` (:math:`e^\gamma = hi / (-lo)`) where ``lo`` and ``hi`` have opposite signs
+    and that ratio is within [1/4, 4] (a skewness shift that grows with an SD, levelling off towards
+    SD 0), else the line of slope :math:`(hi - lo)/2`: ``(c, gamma, slope, exponential)`` (arrays)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = hi / -lo
+        ok = (r >= 0.25) & (r <= 4.0) & (np.abs(np.log(np.where(r > 0, r, 1.0))) > 1e-6)
+        gamma = np.where(ok, np.log(np.where(ok, r, 2.0)), 0.0)
+        c = np.where(ok, hi / np.expm1(np.where(ok, gamma, 1.0)), 0.0)
+    return c, gamma, 0.5 * (hi - lo), ok
+
+
+def _shift_value(curve, z):
+    """:func:`_shift_curve`'s curves at ``z``."""
+    c, gamma, slope, ok = curve
+    return np.where(ok, c * np.expm1(gamma * z), slope * z)
 
 
 def _em_start(cond, bounds, k):
@@ -870,6 +949,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     # _LEFT_OUT_MAX (a few binary or low-count rows per effect: the series is unreliable there
     # before it runs away).
     cond.use("second_order")
+    cond.anchor = mode
     root = _standardise(H, [])[0]
     probe = [mode] + [mode + root @ z for z in _axial(k, _PROBE_Z)]
     eps = np.array([cond.corrected(th, tol=_GRID_TOL)[0] - cond(th, tol=_GRID_TOL)[0] for th in probe])
@@ -926,12 +1006,14 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     logd = np.array([cond.corrected(th)[0] if s else pv for th, s, pv in zip(thetas, solved, predicted)])
     fe_shift = None
     if cond.correction == "nested":
-        # fixed-effect means from the nested approximation (its mode plus the skewness shift at the
-        # mode of vcp): the conditional Gaussian's means are biased with few rows per effect
+        # fixed-effect means from the nested approximation (its mode plus the skewness shift, from the
+        # curves outer_tilt fitted along the axes, else at the mode of vcp): the conditional
+        # Gaussian's means are biased with few rows per effect
         cond.corrected(mode)
         opt = cond.nested_optimum.get(cond._key(mode))
-        d_shift, fe_shift = (cond.nested.mean_shift(mode, opt[0], opt[1]) if opt is not None
-                             else (np.zeros(cond.nested.D.size), np.zeros(model.k_fep)))
+        d_shift, fe_shift = (cond.outer_shift(mode) or
+                             (cond.nested.mean_shift(mode, opt[0], opt[1]) if opt is not None
+                              else (np.zeros(cond.nested.D.size), np.zeros(model.k_fep))))
     refine_at = logd > logd.max() - _REFINE_DROP if split is None else np.ones(len(thetas), bool)
     out = {}
     n_unrefined = 0
@@ -955,6 +1037,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
                 continue
             mom = cond.nested.moments(th, opt)
             fe_m, fe_cov, vc_m, vc_v, dmu_dfe, dmu_dD = mom
+            d_shift, fe_shift = cond.outer_shift(th) or (d_shift, fe_shift)
             vc_m = vc_m.copy()
             vc_m[cond.nested.ie.cols] += dmu_dfe @ fe_shift + (dmu_dD @ d_shift if dmu_dD is not None else 0.0)
             vc_m[cond.nested.D] += d_shift

@@ -118,9 +118,12 @@ class IndependentEffects:
         self._alike = None  # each row's class of identical design rows within its effect (left_out_pairs)
 
     @classmethod
-    def find(cls, model, nodes=NODES):
-        """The component with the most effects among those with at most one nonzero per row
-        (None if there is none), counting the nonzeros of each component in each row of ``exog_vc``."""
+    def find(cls, model, nodes=NODES, eta=None, vcp=None):
+        """Among the components with at most one nonzero per row (counting the nonzeros of each
+        component in each row of ``exog_vc``; None if there is none): given a conditional mode
+        (linear predictor ``eta`` at log-SDs ``vcp``), the one whose effects' Laplace approximations
+        are the least accurate (:meth:`laplace_error`: the one to integrate exactly); otherwise the
+        one with the most effects."""
         if not model.k_vc:
             return None
         Z, k = model.exog_vc, model.k_vcp  # canonical CSR (checks.as_exog_vc): rows in order
@@ -130,7 +133,30 @@ class IndependentEffects:
         twice = np.array([np.any(np.diff(row[comp == c]) == 0) for c in range(k)], dtype=bool)
         sizes = np.bincount(model.ident, minlength=k)
         ok = np.flatnonzero(~twice & (sizes > 0))
-        return None if ok.size == 0 else cls(model, int(ok[np.argmax(sizes[ok])]), nodes)
+        if ok.size == 0:
+            return None
+        if eta is None or ok.size == 1:
+            return cls(model, int(ok[np.argmax(sizes[ok])]), nodes)
+        found = [cls(model, int(c), nodes) for c in ok]
+        errors = [ie.laplace_error(model, eta, np.exp(vcp[ie.component])) for ie in found]
+        return found[int(np.argmax(errors))]
+
+    def laplace_error(self, model, eta, sd):
+        r"""How far the effects' one-dimensional Laplace approximations are from their integrals, at a
+        conditional mode (linear predictor ``eta``, SD ``sd``): :math:`\sum_j |\epsilon_j|` with
+        :math:`\epsilon_j = h_j^{(4)} / (8 c_j^2) + 5\,(h_j^{(3)})^2 / (24\, c_j^3)` the leading
+        correction of :math:`\log I_j` (module docstring; :math:`h_j^{(3)} = -\sum_i w_i' z_i^3`,
+        :math:`h_j^{(4)} = -\sum_i w_i'' z_i^4`). Large for effects with few binary or low-count rows
+        and a large SD: of two nested factors, communities with three children and an SD of 2 (7.1)
+        rather than their mothers with one or two children and an SD of 0.5 (2.0)."""
+        fam, m = model.family, self.cols.size
+        er = eta[self.rows]
+        c = _curvature(fam, self.y, er, self.trials, self.z, self.local, m, sd)
+        h3 = np.bincount(self.local, weights=fam.weight_derivative(self.y, er, self.trials) * self.z**3,
+                         minlength=m)
+        h4 = np.bincount(self.local, weights=fam.weight_second_derivative(self.y, er, self.trials) * self.z**4,
+                         minlength=m)
+        return float(np.sum(np.abs(-h4 / (8.0 * c**2) + 5.0 * h3**2 / (24.0 * c**3))))
 
     def boundary_effects(self, model):
         """The effects all of whose outcomes sit at one boundary of the family's support: all zeros,
@@ -725,14 +751,27 @@ class NestedMarginal:
         + 3\,\mathrm{Cov}(\partial^2\Phi, \partial^2\Phi) + 6\,\kappa_3(\partial^2\Phi, \partial\Phi, \partial\Phi)
         + \kappa_4(\partial\Phi)`.
         """
+        return self.outer_terms(vcp, optimum)[0]
+
+    def outer_terms(self, vcp, optimum=None):
+        """:meth:`second_order` and :meth:`mean_shift` at the optimum of :meth:`log_marginal` at ``vcp``
+        from one pass: ``(correction, (shift_D, shift_fe))``, either None where not computed."""
         optimum = self.last if optimum is None else optimum
-        if optimum is None:
-            return None
-        terms = self._skewness(vcp, optimum)
-        if terms is None or terms[1] is None:
-            return None
+        terms = None if optimum is None else self._skewness(vcp, optimum)
+        if terms is None:
+            return None, None
         q4, q33, t_A, t_B, x_A, x_B = terms
-        return q4 / 8.0 + float(t_A @ x_A + t_B @ x_B) / 8.0 + q33 / 12.0
+        shift = self._shift(x_A, x_B)
+        if q33 is None:
+            return None, shift
+        return q4 / 8.0 + float(t_A @ x_A + t_B @ x_B) / 8.0 + q33 / 12.0, shift
+
+    def _shift(self, x_A, x_B):
+        r""":math:`\tfrac12 H^{-1} t` (``x`` in the factor's blocks) as ``(shift_D, shift_fe)``."""
+        nD = self.D.size
+        if self.dense:
+            return 0.5 * x_B[:nD], 0.5 * x_B[nD:]
+        return 0.5 * x_A if nD else np.zeros(0), 0.5 * x_B
 
     def mean_shift(self, vcp, uD, fe):
         r"""Posterior mean minus mode of :math:`a = (u_D, fe)` under :math:`\exp F` at ``vcp`` (solved
@@ -754,7 +793,4 @@ class NestedMarginal:
             terms = self._skewness(vcp, self.last, third=False)
         if terms is None:
             return np.zeros(nD), np.zeros(p)
-        x_A, x_B = terms[4], terms[5]
-        if self.dense:
-            return 0.5 * x_B[:nD], 0.5 * x_B[nD:]
-        return 0.5 * x_A if nD else np.zeros(0), 0.5 * x_B
+        return self._shift(terms[4], terms[5])

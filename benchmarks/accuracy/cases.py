@@ -219,6 +219,47 @@ def _mothers(seed=603):
     y = (rng.random(mom.size) < 1 / (1 + np.exp(-eta))).astype(float)
     return pd.DataFrame({"y": y, "x": x, "c": [f"c{i:03d}" for i in comm], "m": [f"m{i:03d}" for i in mom]})
 
+def _mothers_big_communities(seed=705):
+    """Binary: 200 communities (SD 2) of 2 mothers (SD 0.5), 1-2 children each."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = np.array([rng.integers(1, 3) for _ in range(400)])  # children per mother (drawn one by one)
+    mom = np.repeat(np.arange(400), n)
+    comm = mom // 2
+    x = rng.standard_normal(mom.size)
+    eta = -0.5 + 0.5 * x + rng.normal(0, 2.0, 200)[comm] + rng.normal(0, 0.5, 400)[mom]
+    y = (rng.random(mom.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "c": [f"c{i:03d}" for i in comm], "m": [f"m{i:03d}" for i in mom]})
+
+
+def _poisson_obs_sites(seed=706):
+    """Poisson: 150 sites (SD 0.8) of 4 rows, observation-level effects (SD 0.6), low counts."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    site = np.repeat(np.arange(150), 4)
+    x = rng.standard_normal(site.size)
+    eta = -0.3 + 0.4 * x + rng.normal(0, 0.8, 150)[site] + rng.normal(0, 0.6, site.size)
+    y = rng.poisson(np.exp(eta)).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "s": [f"s{i:03d}" for i in site], "obs": [f"o{i:04d}" for i in range(site.size)]})
+
+
+def _slopes_crossed(seed=707):
+    """Binary: (1|g) + (0+x|g) + (1|h): 80 groups of 6 rows (SDs 1.2 / 0.6), h with 110 levels (SD 0.7)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(80), 6)
+    h = rng.integers(0, 110, g.size)
+    x = rng.standard_normal(g.size)
+    eta = 0.2 + 0.5 * x + rng.normal(0, 1.2, 80)[g] + rng.normal(0, 0.6, 80)[g] * x + rng.normal(0, 0.7, 110)[h]
+    y = (rng.random(g.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "g": [f"g{i:02d}" for i in g], "h": [f"h{i:03d}" for i in h]})
+
 CASES = [
     Case("seed_example", "statsmodels' documented usage: cbpp_long, vc_formulas-equivalent (1|herd)",
          "y ~ period + (1 | herd)", "binomial", data_fn=lambda: load("cbpp_long")),
@@ -423,6 +464,26 @@ CASES = [
                family="binomial", n_groups=500, group_size=2, n_groups2=150, sd=3.0, sd2=0.7, seed=602),
     Case("sim_binary_mothers_150", "binary, 450 mothers (SD 2) with 1-3 children in 150 communities (SD 0.8)",
          "y ~ x + (1 | c) + (1 | m)", "binomial", data_fn=_mothers),
+    # -- an eighth set, first run as held-out cases: five held every bar; the communities with large SDs
+    # over mothers with small ones missed four bars (the mothers were integrated exactly, the
+    # communities by Laplace), the slopes crossed with 110 levels two (the outer correction's line
+    # made the log-SDs' left tails too light, the skewness shift at the mode overshot)
+    _simulated("sim_poisson_crossed_300x2_120", "Poisson, intercept -0.5, 300 groups of 2 rows (SD 1.5) crossed "
+               "with 120 items (SD 0.6)", family="poisson", n_groups=300, group_size=2, n_groups2=120, sd=1.5,
+               sd2=0.6, fe={"Intercept": -0.5, "x": 0.3}, seed=701),
+    _simulated("sim_binomial3_crossed_300x2_110", "binomial with 3 trials, 300 groups of 2 rows (SD 2) crossed with "
+               "110 items (SD 0.6)", family="binomial", n_groups=300, group_size=2, n_groups2=110, sd=2.0, sd2=0.6,
+               trials=3, seed=702),
+    _simulated("sim_binary_50x4_sd5", "binary, 50 groups of 4 rows, SD 5", family="binomial", n_groups=50,
+               group_size=4, sd=5.0, seed=703),
+    _simulated("sim_binary_crossed_250x2_sd4_40", "binary, 250 groups of 2 rows (SD 4) crossed with 40 items (SD 1.5)",
+               family="binomial", n_groups=250, group_size=2, n_groups2=40, sd=4.0, sd2=1.5, seed=704),
+    Case("sim_binary_mothers_big_communities", "binary, 200 communities (SD 2) of 2 mothers (SD 0.5) with 1-2 "
+         "children", "y ~ x + (1 | c) + (1 | m)", "binomial", data_fn=_mothers_big_communities),
+    Case("sim_poisson_obs_sites", "Poisson, 150 sites of 4 rows (SD 0.8) and observation-level effects (SD 0.6)",
+         "y ~ x + (1 | s) + (1 | obs)", "poisson", data_fn=_poisson_obs_sites),
+    Case("sim_binary_slopes_crossed", "binary, (1|g) + (0+x|g) + (1|h): 80 groups of 6 rows (SDs 1.2 / 0.6), h drawn "
+         "from 110 levels (SD 0.7)", "y ~ x + (1 | g) + (0 + x | g) + (1 | h)", "binomial", data_fn=_slopes_crossed),
 ]
 
 #: Single factors of two levels, checked against importance sampling (exact_few_levels.py) instead of

@@ -531,7 +531,7 @@ def test_nested_dense_and_sparse_layouts_agree():
 
 @pytest.mark.parametrize("dense", [True, False])
 def test_nested_mean_shift_is_the_gradient_of_the_log_determinant(dense):
-    """The skewness shift :math:`\tfrac12 \Sigma t` (analytic third derivatives of the integrated
+    r"""The skewness shift :math:`\tfrac12 \Sigma t` (analytic third derivatives of the integrated
     likelihood) against :math:`-\tfrac12 \Sigma \nabla \log\det H` by central differences of the
     Hessian's log-determinant along columns of :math:`\Sigma`: binary pairs of rows nested in 12
     communities, with rows outside the integrated component (the communities' own rows), in both
@@ -811,6 +811,78 @@ def test_independent_component_read_from_the_csr_design():
     assert ie3.component == 2 and np.all(ie3.z == 2.0) and np.array_equal(ie3.local, c[ie3.rows])
     only_pairs = mg.BayesMixedGLM(model.endog, np.ones((n, 1)), Z[:, 6:], np.ones(18, int), family="poisson")
     assert IndependentEffects.find(only_pairs) is None
+
+
+def test_laplace_error_measures_the_effects_laplace_gaps():
+    """:meth:`IndependentEffects.laplace_error` against the effects' actual Laplace gaps,
+    :math:`\\sum_j |\\log I_j - \\text{Laplace}_j|` by brute-force integration on a fine grid, for two nested
+    binary factors at a conditional mode: within 35 % of the gaps, and larger for the communities
+    (three children, SD 2) than for their mothers (one or two children, SD 0.5), whose gaps are the
+    smaller; given the mode, :meth:`IndependentEffects.find` picks the communities, without it the
+    mothers (more effects)."""
+    from mglm_core.quadrature import IndependentEffects
+
+    rng = np.random.default_rng(21)
+    n = rng.integers(1, 3, 120)
+    mom = np.repeat(np.arange(120), n)
+    comm = mom // 2
+    x = rng.standard_normal(mom.size)
+    eta = -0.5 + 0.5 * x + rng.normal(0, 2.0, 60)[comm] + rng.normal(0, 0.5, 120)[mom]
+    y = (rng.random(mom.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    data = pd.DataFrame({"y": y, "x": x, "c": [f"c{i:02d}" for i in comm], "m": [f"m{i:03d}" for i in mom]})
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | c) + (1 | m)", data=data)
+    vcp = np.log([2.0, 0.5]) if model.vcp_names[0] == "c" else np.log([0.5, 2.0])
+    nr = _Conditional(model, 1e-12)(vcp)[1]
+    eta_hat = model.rows.linear_predictor(nr.b, nr.u)
+    u = np.linspace(-30, 30, 24001)
+    errors, gaps = {}, {}
+    for comp, name in enumerate(model.vcp_names):
+        ie = IndependentEffects(model, comp)
+        sd = np.exp(vcp[comp])
+        errors[name] = ie.laplace_error(model, eta_hat, sd)
+        a = eta_hat[ie.rows] - ie.z * nr.u[ie.cols][ie.local]  # the rows' offsets without the effect
+        gap = 0.0
+        for j in range(ie.cols.size):
+            r = ie.local == j
+            e = a[r][:, None] + ie.z[r][:, None] * u
+            h = (y[ie.rows[r]][:, None] * e - np.logaddexp(0, e)).sum(axis=0) - 0.5 * (u / sd) ** 2
+            k = np.argmax(h)
+            exact = h[k] + np.log(np.exp(h - h[k]).sum() * (u[1] - u[0]))
+            c = -(h[k + 1] - 2 * h[k] + h[k - 1]) / (u[1] - u[0]) ** 2
+            gap += abs(exact - (h[k] + 0.5 * np.log(2 * np.pi / c)))
+        gaps[name] = gap
+        assert abs(errors[name] / gap - 1) < 0.35, (name, errors[name], gap)
+    assert errors["c"] > 2 * errors["m"] and gaps["c"] > 2 * gaps["m"]
+    ie = IndependentEffects.find(model, eta=eta_hat, vcp=vcp)
+    assert model.vcp_names[ie.component] == "c"
+    assert model.vcp_names[IndependentEffects.find(model).component] == "m"
+
+
+def test_outer_curve_and_shift_curve_pass_through_their_points():
+    """The outer correction's curve along an axis (:func:`_outer_curve`) passes through its three
+    points, has the central difference as its slope at 0, levels off on the side of the smaller
+    change (at :math:`-A\\log 2`) and grows like a line on the other; with an extremum at 0 there is no
+    such curve (the line is used). The shift's curves (:func:`_shift_curve`) pass through theirs, or
+    are lines beyond a ratio of 4."""
+    from mglm_core.nested import _outer_curve, _outer_value, _shift_curve, _shift_value
+
+    for lo, hi in [(-0.421, 0.703), (0.3, -0.1), (-0.087, 0.61)]:
+        A, beta = _outer_curve(lo, hi)
+        f = [_outer_value([(A, beta)], [z]) for z in (-1.0, 0.0, 1.0)]
+        assert np.allclose(f, [lo, 0.0, hi], atol=1e-10)
+        slope = (_outer_value([(A, beta)], [1e-6]) - _outer_value([(A, beta)], [-1e-6])) / 2e-6
+        assert slope == pytest.approx(0.5 * (hi - lo), rel=1e-6)
+        far = [_outer_value([(A, beta)], [z]) for z in (-40.0, 40.0)]
+        small = 0 if abs(lo) < abs(hi) else 1
+        assert far[small] == pytest.approx(-A * np.log(2.0), rel=1e-6)
+        assert abs(far[1 - small]) > 10 * abs(far[small])
+    assert _outer_curve(-0.052, -0.268) is None and _outer_curve(0.1, 0.1) is None
+    lo, hi = np.array([-0.0316, -0.2, 0.01, 0.05]), np.array([0.0456, 0.1, 0.02, -0.5])
+    curve = _shift_curve(lo, hi)
+    assert curve[3].tolist() == [True, True, False, False]
+    for z, want in ((-1.0, lo), (0.0, 0.0 * lo), (1.0, hi)):
+        assert np.allclose(_shift_value(curve, z)[:2], want[:2], atol=1e-12)
+    assert np.allclose(_shift_value(curve, 1.0)[2:], 0.5 * (hi - lo)[2:], atol=1e-12)
 
 
 def test_nested_moments_of_the_inner_effects_against_brute_force():
