@@ -62,18 +62,25 @@ four rows with an SD of 3 had the log-SD 0.18 posterior SDs low), or when an eff
 posterior at the mode has its mean more than 0.35 conditional SDs from the Laplace mean
 (complete separation with a large SD: every outcome of an effect at one boundary;
 :meth:`~mglm_core.quadrature.IndependentEffects.conditional_shift`), the fit switches
-to :class:`~mglm_core.quadrature.NestedMarginal` (the effects of the innermost
-component integrated exactly by adaptive Gauss–Hermite quadrature, with a rule fine enough
+to :class:`~mglm_core.quadrature.NestedMarginal` (the effects of a component with one effect per
+row integrated exactly by adaptive Gauss–Hermite quadrature, of several such components the one
+whose effects' one-dimensional Laplace approximations are the least accurate at the mode
+(:meth:`~mglm_core.quadrature.IndependentEffects.laplace_error`: communities with three binary rows
+and an SD of 2 rather than their mothers with an SD of 0.5), with a rule fine enough
 for the largest SD the probe points reach (:meth:`~mglm_core.quadrature.NestedMarginal.use_nodes`),
 the rest by Laplace, whose own second-order correction over the fixed effects and the other
-components' effects, :meth:`~mglm_core.quadrature.NestedMarginal.second_order`, is added as a line
-in vcp fitted at the Laplace mode and one posterior SD along each axis (:meth:`_Conditional.outer_tilt`:
-the series runs away at large SDs, its line does not; crossed binary pairs had both log-SDs 0.1 SD
-low without it); gradient and curvature by differences of its difference to the Laplace value),
+components' effects, :meth:`~mglm_core.quadrature.NestedMarginal.second_order`, is added as a curve
+along each axis fitted at the Laplace mode and one posterior SD either side (:meth:`_Conditional.outer_tilt`,
+:func:`_outer_curve`: the series runs away at large SDs, the curve grows like a line there and levels
+off towards SD 0, as the series does; crossed binary pairs had both log-SDs 0.1 SD low without it, and a
+line made the left tails too light: log-SDs' posterior SDs 17-19 % short on binary slopes crossed
+with 110 levels); gradient and curvature by differences of its difference to the Laplace value),
 finds the mode again, and warns; the moments at every point
 then come from that approximation (:meth:`~mglm_core.quadrature.NestedMarginal.moments`:
 the mode of the fixed effects and of the other components' effects plus the first-order skewness
-shift at the mode of vcp, :meth:`~mglm_core.quadrature.NestedMarginal.mean_shift`, the exact tilted
+shift, :meth:`~mglm_core.quadrature.NestedMarginal.mean_shift`, from curves in the log-SDs fitted at the
+same points (:func:`_shift_curve`: the shift falls by half towards small SDs; taken at the mode it
+moved a fixed slope's mean 0.18 SD too far), the exact tilted
 moments of the integrated effects moved along with them), as the conditional Gaussian's are biased
 there (guImmun's kid2p: 0.11 SD; effects with two binary rows and an SD of 4: 0.3 SD; the items
 crossed with binary pairs of rows, at their mode, 0.1-0.17 SD short).

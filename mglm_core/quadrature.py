@@ -1,8 +1,9 @@
 r"""Exact one-dimensional integration of the random effects of one component.
 
-Pick the component :math:`P` whose effects never share a row with another effect of
-:math:`P` (an observation-level effect, the innermost factor of a nested design: mothers
-within communities, or one of two crossed factors). Given the fixed effects and the other
+Pick a component :math:`P` whose effects never share a row with another effect of
+:math:`P` (an observation-level effect, a factor of a nested design: mothers within
+communities, or one of two crossed factors; of several, the one whose effects' Laplace
+approximations are the least accurate, :meth:`IndependentEffects.laplace_error`). Given the fixed effects and the other
 random effects (:math:`a`), the effects of :math:`P` are independent, and the integral
 over them is a product of one-dimensional integrals
 
