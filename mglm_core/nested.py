@@ -25,7 +25,8 @@ gradient) defines standardised coordinates :math:`\theta = \theta^* + \Sigma^{1/
   With one component whose scales are within 15 % of 1 there and within 10 % at the probe
   points :math:`z = \pm 3` (a heavy tail towards SD 0 shows only there), and whose fixed effects'
   conditional variances change less than 3-fold between the two points (a factor of two or three
-  levels: the Intercept's variance grows with the SD, :func:`_moments_vary`), or with k > 3,
+  levels: the Intercept's variance grows with the SD, :func:`_moments_vary`), with four
+  components whose scales are within 25 % of 1, or with more than four,
   these points are the design:
   the log-SD means and covariance are the split normals', and the points' weights
   :math:`1/2k \pm m_j/(2\sqrt k)` match each axis's mean (the symmetric rule, 1/2k,
@@ -33,8 +34,8 @@ gradient) defines standardised coordinates :math:`\theta = \theta^* + \Sigma^{1/
 * otherwise (a skewed posterior: few levels, an SD near 0 or a large one; and always for
   two or three components, whose skewness can lie off the axes: sparse binary crossed
   designs looked Gaussian along both axes and had scales of 1.4-1.6 along a diagonal)
-  a regular grid in z (step 1, 1.5, 1.5 for k = 1, 2, 3),
-  explored outwards from the mode while the log density is within 6.5, 5, 4.5
+  a regular grid in z (step 1, 1.5, 1.5, 1.5 for k = 1, 2, 3, 4),
+  explored outwards from the mode while the log density is within 6.5, 5, 4.5, 4
   of its maximum (the points just beyond, about half of a grid of two or three components and
   1-3 % of its mass, are not solved when an extrapolation along an axis puts them below the
   region, :func:`_grid_points`: they take the extrapolated value and the nearest solved point's
@@ -120,9 +121,10 @@ from .results import BayesMixedGLMResults, FitDiagnostics, VcpGrid
 
 __all__ = ["fit_laplace"]
 
-_STEP = {1: 1.0, 2: 1.5, 3: 1.5}
-_DROP_K = {1: 6.5, 2: 5.0, 3: 4.5}
-_GRID_MAX_K = 3
+_STEP = {1: 1.0, 2: 1.5, 3: 1.5, 4: 1.5}
+_DROP_K = {1: 6.5, 2: 5.0, 3: 4.5, 4: 4.0}
+_GRID_MAX_K = 3  # up to this many components the grid unless near-Gaussian (one component)
+_SKEWED_GRID_MAX_K = 4  # ... and up to this many the grid where an axis is skewed
 _GRID_TOL = 1e-7  # inner Newton decrement at the integration points
 _FREE_STEP = 3e-2  # ... where a last Newton step is taken on the previous factorisation (newton_ascent)
 _SPREAD_MAX = 3.0  # largest range of the second-order correction over the probe points
@@ -130,6 +132,8 @@ _LEFT_OUT_MAX = 0.5  # ... and of the pairs of an effect's rows it leaves out (I
 _PROBE_Z = 3.0  # the probe points: the mode and z = +-_PROBE_Z along the axes
 _SKEW_MAX = 1.15  # the axial design (split normals) when no axis's scale is beyond this factor of 1
 _SKEW_FAR = 1.1  # ... and none measured at the probe points z = +-3 beyond this
+_SKEW_MAX_4 = 1.25  # four components: the axial design when no scale is beyond this factor of 1 (draws of a
+# Poisson model with scales 0.85-1.14 hold every bar with it)
 _SHIFT_MAX = 0.35  # switch to the nested approximation when an effect's conditional mean is this far off
 _VAR_RATIO_MAX = 3.0  # the grid when a fixed effect's conditional variance changes this much over the axial points
 _REFINE_DROP = 1.0  # refine the conditional Gaussians within this of the top log density
@@ -776,9 +780,12 @@ def _design(cond, mode, H, k, msgs):
         near_gaussian = np.all(np.isfinite(f_far)) and np.all(np.abs(np.log(far["sigma"])) <= np.log(_SKEW_FAR))
     if k > _GRID_MAX_K or near_gaussian:
         zs, f_axial, split = scales(np.sqrt(k))
-        if k > _GRID_MAX_K or (np.all(np.isfinite(f_axial))
-                               and np.all(np.abs(np.log(split["sigma"])) <= np.log(_SKEW_MAX))
-                               and not _moments_vary(cond, mode + zs @ root.T)):
+        skew = np.max(np.abs(np.log(split["sigma"]))) if np.all(np.isfinite(f_axial)) else np.inf
+        # four components: the grid where an axis is skewed beyond _SKEW_MAX_4 (binary slopes, intercepts
+        # and two crossed factors, scales 0.70-1.35: split normals put the log-SDs' posterior SDs up to
+        # 20 % short; the grid within 7 %); more: the axial points
+        if (k > _SKEWED_GRID_MAX_K or (k > _GRID_MAX_K and skew <= np.log(_SKEW_MAX_4))
+                or (skew <= np.log(_SKEW_MAX) and not _moments_vary(cond, mode + zs @ root.T))):
             return root, log_jac, zs, mode + zs @ root.T, None, split, np.full(len(zs), np.nan)
     step = _STEP[k]
     # grid points need the log density to ~1e-4, not the 1e-11 of the mode search's differences

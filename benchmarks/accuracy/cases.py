@@ -244,7 +244,8 @@ def _poisson_obs_sites(seed=706):
     x = rng.standard_normal(site.size)
     eta = -0.3 + 0.4 * x + rng.normal(0, 0.8, 150)[site] + rng.normal(0, 0.6, site.size)
     y = rng.poisson(np.exp(eta)).astype(float)
-    return pd.DataFrame({"y": y, "x": x, "s": [f"s{i:03d}" for i in site], "obs": [f"o{i:04d}" for i in range(site.size)]})
+    return pd.DataFrame({"y": y, "x": x, "s": [f"s{i:03d}" for i in site],
+                         "obs": [f"o{i:04d}" for i in range(site.size)]})
 
 
 def _slopes_crossed(seed=707):
@@ -259,6 +260,79 @@ def _slopes_crossed(seed=707):
     eta = 0.2 + 0.5 * x + rng.normal(0, 1.2, 80)[g] + rng.normal(0, 0.6, 80)[g] * x + rng.normal(0, 0.7, 110)[h]
     y = (rng.random(g.size) < 1 / (1 + np.exp(-eta))).astype(float)
     return pd.DataFrame({"y": y, "x": x, "g": [f"g{i:02d}" for i in g], "h": [f"h{i:03d}" for i in h]})
+
+def _pois_nested_sites(seed=801):
+    """Poisson, low counts: 100 communities (SD 1.5) of 3 sites (SD 0.3), 1-3 rows per site."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = np.array([rng.integers(1, 4) for _ in range(300)])  # rows per site (drawn one by one)
+    site = np.repeat(np.arange(300), n)
+    comm = site // 3
+    x = rng.standard_normal(site.size)
+    eta = -0.8 + 0.4 * x + rng.normal(0, 1.5, 100)[comm] + rng.normal(0, 0.3, 300)[site]
+    y = rng.poisson(np.exp(eta)).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "c": [f"c{i:03d}" for i in comm], "s": [f"s{i:03d}" for i in site]})
+
+
+def _subjects_items(seed=802):
+    """Binary: 200 subjects of 3 rows (SD 1.5) crossed with 150 items (SD 1), about 4 rows per item."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    subj = np.repeat(np.arange(200), 3)
+    item = rng.integers(0, 150, subj.size)
+    x = rng.standard_normal(subj.size)
+    eta = 0.3 + 0.5 * x + rng.normal(0, 1.5, 200)[subj] + rng.normal(0, 1.0, 150)[item]
+    y = (rng.random(subj.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "g": [f"g{i:03d}" for i in subj], "h": [f"h{i:03d}" for i in item]})
+
+
+def _binomial_observations(seed=803):
+    """Binomial with 5 trials: 40 groups of 5 rows (SD 0.8) and observation-level effects (SD 0.7)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(40), 5)
+    x = rng.standard_normal(g.size)
+    eta = -0.2 + 0.5 * x + rng.normal(0, 0.8, 40)[g] + rng.normal(0, 0.7, g.size)
+    n = np.full(g.size, 5.0)
+    y = rng.binomial(5, 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "n": n, "x": x, "g": [f"g{i:02d}" for i in g],
+                         "obs": [f"o{i:03d}" for i in range(g.size)]})
+
+
+def _slopes_only(seed=806):
+    """Binary: intercepts and x-slopes of 300 groups of 3 rows (SDs 1.5 / 0.8)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(300), 3)
+    x = rng.standard_normal(g.size)
+    eta = 0.1 + 0.6 * x + rng.normal(0, 1.5, 300)[g] + rng.normal(0, 0.8, 300)[g] * x
+    y = (rng.random(g.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "g": [f"g{i:03d}" for i in g]})
+
+
+def _four_binary(seed=807):
+    """Binary, four components: intercepts and x-slopes of 100 groups of 4 rows (SDs 1 / 0.5), crossed
+    factors of 20 and 10 levels (SDs 0.6 / 0.4)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(100), 4)
+    h, k = rng.integers(0, 20, g.size), rng.integers(0, 10, g.size)
+    x = rng.standard_normal(g.size)
+    eta = (0.0 + 0.5 * x + rng.normal(0, 1.0, 100)[g] + rng.normal(0, 0.5, 100)[g] * x + rng.normal(0, 0.6, 20)[h]
+           + rng.normal(0, 0.4, 10)[k])
+    y = (rng.random(g.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "g": [f"g{i:03d}" for i in g], "h": [f"h{i:02d}" for i in h],
+                         "k": [f"k{i}" for i in k]})
 
 CASES = [
     Case("seed_example", "statsmodels' documented usage: cbpp_long, vc_formulas-equivalent (1|herd)",
@@ -484,6 +558,25 @@ CASES = [
          "y ~ x + (1 | s) + (1 | obs)", "poisson", data_fn=_poisson_obs_sites),
     Case("sim_binary_slopes_crossed", "binary, (1|g) + (0+x|g) + (1|h): 80 groups of 6 rows (SDs 1.2 / 0.6), h drawn "
          "from 110 levels (SD 0.7)", "y ~ x + (1 | g) + (0 + x | g) + (1 | h)", "binomial", data_fn=_slopes_crossed),
+    # -- a ninth set, first run as held-out cases: five held every bar; four binary components missed the
+    # log-SDs' SD bar (split normals on skewed axes; the grid now), and binary intercepts and slopes of
+    # groups of three rows miss four bars still (both are integrated by Laplace given each other: see
+    # the closing notes of the accuracy issue)
+    Case("sim_poisson_nested_sites", "Poisson, low counts: 100 communities (SD 1.5) of 3 sites (SD 0.3), 1-3 rows "
+         "per site", "y ~ x + (1 | c) + (1 | s)", "poisson", data_fn=_pois_nested_sites),
+    Case("sim_binary_subjects_items", "binary, 200 subjects of 3 rows (SD 1.5) crossed with 150 items (SD 1)",
+         "y ~ x + (1 | g) + (1 | h)", "binomial", data_fn=_subjects_items),
+    Case("sim_binomial5_observations", "binomial with 5 trials, 40 groups of 5 rows (SD 0.8) and observation-level "
+         "effects (SD 0.7)", "y ~ x + (1 | g) + (1 | obs)", "binomial", trials="n", data_fn=_binomial_observations),
+    _simulated("sim_poisson_100x2_sd25_low", "Poisson, intercept -2, 100 groups of 2 rows, SD 2.5", family="poisson",
+               n_groups=100, group_size=2, sd=2.5, fe={"Intercept": -2.0, "x": 0.3}, seed=804),
+    _simulated("sim_binary_crossed_100x5_sd2_8", "binary, 100 groups of 5 rows (SD 2) crossed with 8 items (SD 1.5)",
+               family="binomial", n_groups=100, group_size=5, n_groups2=8, sd=2.0, sd2=1.5, seed=805),
+    Case("sim_binary_slopes_300x3", "binary, (1|g) + (0+x|g): 300 groups of 3 rows, SDs 1.5 / 0.8",
+         "y ~ x + (1 | g) + (0 + x | g)", "binomial", data_fn=_slopes_only),
+    Case("sim_binary_four_components", "binary, (1|g) + (0+x|g) + (1|h) + (1|k): 100 groups of 4 rows (SDs 1 / 0.5), "
+         "h of 20 levels (SD 0.6), k of 10 (SD 0.4)", "y ~ x + (1 | g) + (0 + x | g) + (1 | h) + (1 | k)", "binomial",
+         data_fn=_four_binary),
 ]
 
 #: Single factors of two levels, checked against importance sampling (exact_few_levels.py) instead of

@@ -204,6 +204,17 @@ def test_held_out_nested_and_slopes_cases_meet_the_bars(name):
     _assert_bars(res, ref)
 
 
+def test_four_skewed_components_take_the_grid():
+    """Binary intercepts and slopes of 100 groups of four rows with two crossed factors: the log-SD
+    posterior is skewed along the axes (split-normal scales 0.70-1.35 at z = +-2), where the axial
+    design put the log-SDs' posterior SDs up to 20 % short of NUTS's; it takes the grid there (all bars),
+    and keeps the axial design on the four-component Poisson model (scales within 15 % of 1)."""
+    res = BY_NAME["sim_binary_four_components"].model().fit_laplace()
+    assert len(res.extra["weights"]) > 8
+    _assert_bars(res, _reference("sim_binary_four_components"))
+    assert len(BY_NAME["sim_poisson_four"].model().fit_laplace().extra["weights"]) == 8
+
+
 @pytest.mark.parametrize("name,err_before", [("sim_binary_groups4_sd3", 0.18), ("sim_poisson_lowcount_crossed", 0.16),
                                              ("sim_binary_60x10_sd2", 0.185), ("sim_binary_200x10_sd15", 0.143),
                                              ("sim_poisson_20x2_sd2", 0.093), ("sim_poisson_20x5_sd1", 0.083)])
