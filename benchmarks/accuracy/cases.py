@@ -204,34 +204,37 @@ def _binary_nested(seed=509):
     return pd.DataFrame({"y": y, "x": x, "a": [f"a{i:02d}" for i in a], "b": [f"b{i}" for i in b]})
 
 
+def _two_levels(seed, n_inner, per_outer, max_rows, sds, fe, family, inner_name):
+    """Two nested factors: ``n_inner`` inner levels (SD ``sds[1]``) with 1 to ``max_rows`` rows each
+    (drawn one by one), ``per_outer`` of them in each outer level ``c`` (SD ``sds[0]``); binary or
+    Poisson rows with fixed effects ``fe`` (Intercept, x)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = np.array([rng.integers(1, max_rows + 1) for _ in range(n_inner)])
+    inner = np.repeat(np.arange(n_inner), n)
+    outer = inner // per_outer
+    n_outer = n_inner // per_outer
+    x = rng.standard_normal(inner.size)
+    eta = fe[0] + fe[1] * x + rng.normal(0, sds[0], n_outer)[outer] + rng.normal(0, sds[1], n_inner)[inner]
+    if family == "poisson":
+        y = rng.poisson(np.exp(eta)).astype(float)
+    else:
+        y = (rng.random(inner.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "c": [f"c{i:03d}" for i in outer],
+                         inner_name: [f"{inner_name}{i:03d}" for i in inner]})
+
+
 def _mothers(seed=603):
     """Binary, guImmun-like but with more communities: 150 communities (SD 0.8) of 3 mothers each
     (SD 2), 1-3 children per mother."""
-    import numpy as np
-    import pandas as pd
+    return _two_levels(seed, 450, 3, 3, (0.8, 2.0), (0.5, 0.6), "binomial", "m")
 
-    rng = np.random.default_rng(seed)
-    n = np.array([rng.integers(1, 4) for _ in range(450)])  # children per mother (drawn one by one)
-    mom = np.repeat(np.arange(450), n)
-    comm = mom // 3
-    x = rng.standard_normal(mom.size)
-    eta = 0.5 + 0.6 * x + rng.normal(0, 0.8, 150)[comm] + rng.normal(0, 2.0, 450)[mom]
-    y = (rng.random(mom.size) < 1 / (1 + np.exp(-eta))).astype(float)
-    return pd.DataFrame({"y": y, "x": x, "c": [f"c{i:03d}" for i in comm], "m": [f"m{i:03d}" for i in mom]})
 
 def _mothers_big_communities(seed=705):
     """Binary: 200 communities (SD 2) of 2 mothers (SD 0.5), 1-2 children each."""
-    import numpy as np
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    n = np.array([rng.integers(1, 3) for _ in range(400)])  # children per mother (drawn one by one)
-    mom = np.repeat(np.arange(400), n)
-    comm = mom // 2
-    x = rng.standard_normal(mom.size)
-    eta = -0.5 + 0.5 * x + rng.normal(0, 2.0, 200)[comm] + rng.normal(0, 0.5, 400)[mom]
-    y = (rng.random(mom.size) < 1 / (1 + np.exp(-eta))).astype(float)
-    return pd.DataFrame({"y": y, "x": x, "c": [f"c{i:03d}" for i in comm], "m": [f"m{i:03d}" for i in mom]})
+    return _two_levels(seed, 400, 2, 2, (2.0, 0.5), (-0.5, 0.5), "binomial", "m")
 
 
 def _poisson_obs_sites(seed=706):
@@ -261,19 +264,10 @@ def _slopes_crossed(seed=707):
     y = (rng.random(g.size) < 1 / (1 + np.exp(-eta))).astype(float)
     return pd.DataFrame({"y": y, "x": x, "g": [f"g{i:02d}" for i in g], "h": [f"h{i:03d}" for i in h]})
 
+
 def _pois_nested_sites(seed=801):
     """Poisson, low counts: 100 communities (SD 1.5) of 3 sites (SD 0.3), 1-3 rows per site."""
-    import numpy as np
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    n = np.array([rng.integers(1, 4) for _ in range(300)])  # rows per site (drawn one by one)
-    site = np.repeat(np.arange(300), n)
-    comm = site // 3
-    x = rng.standard_normal(site.size)
-    eta = -0.8 + 0.4 * x + rng.normal(0, 1.5, 100)[comm] + rng.normal(0, 0.3, 300)[site]
-    y = rng.poisson(np.exp(eta)).astype(float)
-    return pd.DataFrame({"y": y, "x": x, "c": [f"c{i:03d}" for i in comm], "s": [f"s{i:03d}" for i in site]})
+    return _two_levels(seed, 300, 3, 3, (1.5, 0.3), (-0.8, 0.4), "poisson", "s")
 
 
 def _subjects_items(seed=802):
@@ -303,19 +297,6 @@ def _binomial_observations(seed=803):
     y = rng.binomial(5, 1 / (1 + np.exp(-eta))).astype(float)
     return pd.DataFrame({"y": y, "n": n, "x": x, "g": [f"g{i:02d}" for i in g],
                          "obs": [f"o{i:03d}" for i in range(g.size)]})
-
-
-def _slopes_only(seed=806):
-    """Binary: intercepts and x-slopes of 300 groups of 3 rows (SDs 1.5 / 0.8)."""
-    import numpy as np
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    g = np.repeat(np.arange(300), 3)
-    x = rng.standard_normal(g.size)
-    eta = 0.1 + 0.6 * x + rng.normal(0, 1.5, 300)[g] + rng.normal(0, 0.8, 300)[g] * x
-    y = (rng.random(g.size) < 1 / (1 + np.exp(-eta))).astype(float)
-    return pd.DataFrame({"y": y, "x": x, "g": [f"g{i:03d}" for i in g]})
 
 
 def _four_binary(seed=807):
@@ -588,7 +569,8 @@ CASES = [
     _simulated("sim_binary_crossed_100x5_sd2_8", "binary, 100 groups of 5 rows (SD 2) crossed with 8 items (SD 1.5)",
                family="binomial", n_groups=100, group_size=5, n_groups2=8, sd=2.0, sd2=1.5, seed=805),
     Case("sim_binary_slopes_300x3", "binary, (1|g) + (0+x|g): 300 groups of 3 rows, SDs 1.5 / 0.8",
-         "y ~ x + (1 | g) + (0 + x | g)", "binomial", data_fn=_slopes_only),
+         "y ~ x + (1 | g) + (0 + x | g)", "binomial",
+         data_fn=lambda: _slopes(806, 300, 3, "binomial", (1.5, 0.8), (0.1, 0.6))),
     Case("sim_binary_four_components", "binary, (1|g) + (0+x|g) + (1|h) + (1|k): 100 groups of 4 rows (SDs 1 / 0.5), "
          "h of 20 levels (SD 0.6), k of 10 (SD 0.4)", "y ~ x + (1 | g) + (0 + x | g) + (1 | h) + (1 | k)", "binomial",
          data_fn=_four_binary),
