@@ -79,6 +79,17 @@ def _curvature(family, y, eta, trials, z, local, m, sd):
     return np.bincount(local, weights=z**2 * w, minlength=m) + 1.0 / sd**2
 
 
+def _nonzero_pairs(Z, a, b):
+    """For the pairs of rows ``(a[t], b[t])`` of the CSR matrix ``Z``, every pair of their nonzeros:
+    ``(t, entry of row a[t], entry of row b[t])`` (positions among Z's entries)."""
+    n_nz = np.diff(Z.indptr)
+    na, nb = n_nz[a], n_nz[b]
+    cnt = na * nb
+    pair = np.repeat(np.arange(a.size), cnt)
+    off = np.arange(pair.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    return pair, Z.indptr[a][pair] + off // nb[pair], Z.indptr[b][pair] + off % nb[pair]
+
+
 @functools.lru_cache(maxsize=8)
 def _hermite_log_rule(nodes):
     r"""The physicists' Gauss-Hermite rule (weight :math:`e^{-x^2}`) for the adaptive quadrature:
@@ -517,13 +528,7 @@ class NestedMarginal:
         Zp, Zr = self.ZDp, self.ZDr
 
         def expand(Z, a, b):  # (pair, column of row a, column of row b, coefficient) for pairs (a, b)
-            n_nz = np.diff(Z.indptr)
-            na, nb = n_nz[a], n_nz[b]
-            cnt = na * nb
-            pair = np.repeat(np.arange(a.size), cnt)
-            off = np.arange(pair.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-            ea = Z.indptr[a][pair] + off // nb[pair]
-            eb = Z.indptr[b][pair] + off % nb[pair]
+            pair, ea, eb = _nonzero_pairs(Z, a, b)
             return pair, Z.indices[ea].astype(np.int64), Z.indices[eb].astype(np.int64), Z.data[ea] * Z.data[eb]
 
         tp, cp, dp, vp = expand(Zp, first, second)
@@ -654,13 +659,7 @@ class NestedMarginal:
         out = np.einsum("td,td->t", Wb[first], Wb[second]) if Wb.shape[1] else np.zeros(first.size)
         if Zs is None or not Zs.nnz:
             return out
-        n_nz = np.diff(Zs.indptr)
-        na, nb = n_nz[first], n_nz[second]
-        cnt = na * nb
-        pair = np.repeat(np.arange(first.size), cnt)
-        off = np.arange(pair.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        ea = Zs.indptr[first][pair] + off // nb[pair]
-        eb = Zs.indptr[second][pair] + off % nb[pair]
+        pair, ea, eb = _nonzero_pairs(Zs, first, second)
         sig = F.A.inverse_on_pattern(Zs.indices[ea], Zs.indices[eb])
         return out + np.bincount(pair, weights=Zs.data[ea] * Zs.data[eb] * sig, minlength=first.size)
 

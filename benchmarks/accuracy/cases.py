@@ -237,18 +237,24 @@ def _mothers_big_communities(seed=705):
     return _two_levels(seed, 400, 2, 2, (2.0, 0.5), (-0.5, 0.5), "binomial", "m")
 
 
-def _poisson_obs_sites(seed=706):
-    """Poisson: 150 sites (SD 0.8) of 4 rows, observation-level effects (SD 0.6), low counts."""
+def _observation_level(seed, n_groups, rows, sds, fe, group, digits):
+    """Poisson: ``n_groups`` groups (column ``group``) of ``rows`` rows (SD ``sds[0]``) and
+    observation-level effects (SD ``sds[1]``), fixed effects ``fe`` (Intercept, x)."""
     import numpy as np
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    site = np.repeat(np.arange(150), 4)
-    x = rng.standard_normal(site.size)
-    eta = -0.3 + 0.4 * x + rng.normal(0, 0.8, 150)[site] + rng.normal(0, 0.6, site.size)
+    g = np.repeat(np.arange(n_groups), rows)
+    x = rng.standard_normal(g.size)
+    eta = fe[0] + fe[1] * x + rng.normal(0, sds[0], n_groups)[g] + rng.normal(0, sds[1], g.size)
     y = rng.poisson(np.exp(eta)).astype(float)
-    return pd.DataFrame({"y": y, "x": x, "s": [f"s{i:03d}" for i in site],
-                         "obs": [f"o{i:04d}" for i in range(site.size)]})
+    return pd.DataFrame({"y": y, "x": x, group: [f"{group}{i:0{digits[0]}d}" for i in g],
+                         "obs": [f"o{i:0{digits[1]}d}" for i in range(g.size)]})
+
+
+def _poisson_obs_sites(seed=706):
+    """Poisson: 150 sites (SD 0.8) of 4 rows, observation-level effects (SD 0.6), low counts."""
+    return _observation_level(seed, 150, 4, (0.8, 0.6), (-0.3, 0.4), "s", (3, 4))
 
 
 def _slopes_crossed(seed=707):
@@ -329,6 +335,40 @@ def _slopes(seed, n_groups, rows, family, sds, fe):
     else:
         y = (rng.random(g.size) < 1 / (1 + np.exp(-eta))).astype(float)
     return pd.DataFrame({"y": y, "x": x, "g": [f"g{i:03d}" for i in g]})
+
+def _items_few_rows(seed=1001):
+    """Binary: 60 groups of 8 rows (SD 0.5) crossed with 160 items of 3 rows (SD 2.5)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(60), 8)
+    h = rng.permutation(np.repeat(np.arange(160), 3))
+    x = rng.standard_normal(g.size)
+    eta = 0.0 + 0.5 * x + rng.normal(0, 0.5, 60)[g] + rng.normal(0, 2.5, 160)[h]
+    y = (rng.random(g.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "g": [f"g{i:02d}" for i in g], "h": [f"h{i:03d}" for i in h]})
+
+
+def _poisson_observations_big_groups(seed=1002):
+    """Poisson: 60 groups of 5 rows (SD 2) and observation-level effects (SD 0.3)."""
+    return _observation_level(seed, 60, 5, (2.0, 0.3), (-0.5, 0.3), "g", (2, 3))
+
+
+def _three_levels(seed=1003):
+    """Binary, three nested factors: 10 a (SD 1) of 4 b (SD 0.8) of 4 c (SD 1.5), 2 rows per c."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    c = np.repeat(np.arange(160), 2)
+    b = c // 4
+    a = b // 4
+    x = rng.standard_normal(c.size)
+    eta = 0.2 + 0.5 * x + rng.normal(0, 1.0, 10)[a] + rng.normal(0, 0.8, 40)[b] + rng.normal(0, 1.5, 160)[c]
+    y = (rng.random(c.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "a": [f"a{i}" for i in a], "b": [f"b{i:02d}" for i in b],
+                         "c": [f"c{i:03d}" for i in c]})
 
 CASES = [
     Case("seed_example", "statsmodels' documented usage: cbpp_long, vc_formulas-equivalent (1|herd)",
@@ -586,6 +626,16 @@ CASES = [
          "count ~ mined + (1 | site) + (1 | spp)", "poisson", data_fn=lambda: load("Salamanders")),
     Case("Contraception_age_slopes", "Contraception: (1|district) + (0+age|district), raw-scale age^2",
          _CONTRACEPTION + " + (1 | district) + (0 + age | district)", "binomial", data_fn=_contraception),
+    # -- an eleventh set, first run as held-out cases after the changes the tenth prompted: every bar held
+    Case("sim_binary_items_few_rows", "binary, 60 groups of 8 rows (SD 0.5) crossed with 160 items of 3 rows "
+         "(SD 2.5)", "y ~ x + (1 | g) + (1 | h)", "binomial", data_fn=_items_few_rows),
+    Case("sim_poisson_observations_big_groups", "Poisson, 60 groups of 5 rows (SD 2) and observation-level effects "
+         "(SD 0.3)", "y ~ x + (1 | g) + (1 | obs)", "poisson", data_fn=_poisson_observations_big_groups),
+    Case("sim_binary_three_levels_nested", "binary, three nested factors: 10 a (SD 1) of 4 b (SD 0.8) of 4 c (SD 1.5), "
+         "2 rows per c", "y ~ x + (1 | a) + (1 | b) + (1 | c)", "binomial", data_fn=_three_levels),
+    _simulated("sim_binomial2_crossed_150x2_130", "binomial with 2 trials, 150 groups of 2 rows (SD 2) crossed with "
+               "130 items (SD 0.8)", family="binomial", n_groups=150, group_size=2, n_groups2=130, sd=2.0, sd2=0.8,
+               trials=2, seed=1004),
 ]
 
 #: Single factors of two levels, checked against importance sampling (exact_few_levels.py) instead of
