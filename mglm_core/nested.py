@@ -106,6 +106,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -142,6 +143,26 @@ _CHORD_STOP = 1e-1  # the first inner solve starts where chord steps on the IRLS
 _MODE_SD_TOL = 1e-2  # the mode search stops at a Newton step below this fraction of the log-SDs' posterior SDs
 
 
+@dataclass(frozen=True)
+class _OuterCorrection:
+    """The nested approximation's outer second-order correction and skewness shift, fitted along
+    the axes ``root`` around ``theta0`` (:meth:`_Conditional.outer_tilt`): the correction ``e0``
+    there and its ``curves`` (:func:`_outer_curve`; its ``slope`` in vcp at ``theta0``), the shift
+    ``s0`` (u_D then fe; None where not computed) and its curves ``shifts`` (:func:`_shift_curve`)."""
+
+    theta0: np.ndarray
+    e0: float
+    slope: np.ndarray
+    root: np.ndarray
+    curves: list
+    s0: np.ndarray | None
+    shifts: list
+
+    def z(self, vcp):
+        """Coordinates of ``vcp`` along the axes."""
+        return np.linalg.solve(self.root, np.asarray(vcp, dtype=float) - self.theta0)
+
+
 class _Conditional:
     r"""Inner Laplace approximations at given vcp.
 
@@ -168,7 +189,7 @@ class _Conditional:
         self.correction = None
         self.delta = {}  # at each solved vcp: the second-order correction, or the nested value
         self.nested_optimum = {}  # nested mode: NestedMarginal.last (its optimum) at each solved vcp
-        self.outer = None  # nested mode: the outer Laplace's correction (outer_tilt)
+        self.outer = None  # nested mode: the outer Laplace's correction (outer_tilt, _OuterCorrection)
         self.anchor = None  # the log-SDs at which `independent` picks its component
 
     @staticmethod
@@ -301,8 +322,7 @@ class _Conditional:
             self.nested.start = None
             value = self.nested.log_marginal(vcp, uD, fe)
             if self.outer is not None:  # the outer Laplace's correction (outer_tilt)
-                theta0, e0, _, root, curves = self.outer[:5]
-                value += e0 + _outer_value(curves, np.linalg.solve(root, vcp - theta0))
+                value += self.outer.e0 + _outer_value(self.outer.curves, self.outer.z(vcp))
             self.delta[key] = value
             self.nested_optimum[key] = self.nested.last
         return self.delta[key]
@@ -310,15 +330,19 @@ class _Conditional:
     def outer_tilt(self, theta0, root):
         r"""Fit the second-order correction of the nested approximation's outer Laplace
         (:meth:`~mglm_core.quadrature.NestedMarginal.second_order`, over the fixed effects and the
-        other components' effects) as :math:`\epsilon(\theta^*) + s^\top (\theta - \theta^*)`, from its
-        values at ``theta0`` and at :math:`\theta^* \pm \mathrm{root}\, e_i` (one posterior SD along each
-        axis; central differences), and add it to :meth:`corrected` from then on (call it before any
-        nested value is cached).
+        other components' effects) as :math:`\epsilon(\theta^*) + \sum_i f_i(z_i)`, a curve along each
+        axis (:func:`_outer_curve`, a line where none fits) through its values at ``theta0`` and at
+        :math:`\theta^* \pm \mathrm{root}\, e_i` (one posterior SD along each axis), and the skewness
+        shift (:meth:`~mglm_core.quadrature.NestedMarginal.mean_shift`) at the same points as curves
+        per coordinate (:func:`_shift_curve`, read by :meth:`outer_shift`); add the correction to
+        :meth:`corrected` from then on (call it before any nested value is cached).
 
         The correction itself is a series that runs away at large SDs (binary pairs crossed with
-        items: 0.2 at the mode, 1.1 and 5.4 at SDs of 8 and 11), where its line does not; within two
-        posterior SDs it matched importance sampling of the outer integral to 0.04 (the gap grew from
-        0.09 to 0.49 along the items' log-SD, which put that log-SD 0.12 posterior SD low without it).
+        items: 0.2 at the mode, 1.1 and 5.4 at SDs of 8 and 11), where its curve grows only like a
+        line; towards SD 0 it levels off, as the curve does (a line there made the log-SDs' left
+        tails too light). Within two posterior SDs it matched importance sampling of the outer
+        integral to 0.04 (the gap grew from 0.09 to 0.49 along the items' log-SD, which put that
+        log-SD 0.12 posterior SD low without it).
         Nothing without other components (the outer Laplace is then over the fixed effects alone,
         informed by every row: the correction moved no posterior mean or SD of the accuracy cases by
         more than 0.007 reference SDs and cost up to 2.5 times the fit) or where the correction is not
@@ -352,16 +376,15 @@ class _Conditional:
             curves.append(("line", dz[i]) if curve is None else curve)
             shifts.append(None if s_lo is None or s_hi is None or s0 is None else _shift_curve(s_lo - s0, s_hi - s0))
         # z = root^-1 (theta - theta0): the slope in theta is root^-T times the slope in z
-        self.outer = (theta0, e0, np.linalg.solve(root.T, dz), root, curves, s0, shifts)
+        self.outer = _OuterCorrection(theta0, e0, np.linalg.solve(root.T, dz), root, curves, s0, shifts)
 
     def outer_shift(self, vcp):
         """The skewness shift of (u_D, fe) at ``vcp`` from the curves :meth:`outer_tilt` fitted along the
         axes (``(shift_D, shift_fe)``), or None without them."""
-        if self.outer is None or self.outer[5] is None:
+        if self.outer is None or self.outer.s0 is None:
             return None
-        theta0, _, _, root, _, s0, shifts = self.outer
-        z = np.linalg.solve(root, np.asarray(vcp, dtype=float) - theta0)
-        s = s0 + sum(_shift_value(c, zi) for c, zi in zip(shifts, z) if c is not None)
+        z = self.outer.z(vcp)
+        s = self.outer.s0 + sum(_shift_value(c, zi) for c, zi in zip(self.outer.shifts, z) if c is not None)
         return s[:self.nested.D.size], s[self.nested.D.size:]
 
     def use(self, correction):
@@ -566,13 +589,13 @@ def _outer_curve(lo, hi):
         return None
     rho = abs(hi + lo) / abs(hi - lo)
 
-    def ratio(x):
-        return 2.0 * (0.5 * x + np.log1p(np.exp(-x)) - np.log(2.0)) / x  # 2 log cosh(x/2) / x
+    def log_cosh_half(x):  # log cosh(x/2), x > 0
+        return 0.5 * x + np.log1p(np.exp(-x)) - np.log(2.0)
 
-    if rho < 1e-3 or rho >= ratio(60.0):
+    if rho < 1e-3 or rho >= 2.0 * log_cosh_half(60.0) / 60.0:
         return None
-    x = brentq(lambda x_: ratio(x_) - rho, 1e-6, 60.0, xtol=1e-12)
-    A = (hi + lo) / (2.0 * (0.5 * x + np.log1p(np.exp(-x)) - np.log(2.0)))
+    x = brentq(lambda x_: 2.0 * log_cosh_half(x_) / x_ - rho, 1e-6, 60.0, xtol=1e-12)
+    A = (hi + lo) / (2.0 * log_cosh_half(x))
     return A, (hi - lo) / A
 
 
@@ -1171,7 +1194,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         vcp_grid=grid, log_marginal_likelihood=float(log_ml),
         extra={"vcp_mode": mode, "vcp_points": thetas, "weights": w, "correction_spread": spread,
                "left_out_spread": left_out, "conditional_shift": cond_shift,
-               "outer_slope": None if cond.outer is None else cond.outer[2]},
+               "outer_slope": None if cond.outer is None else cond.outer.slope},
     )
 
 

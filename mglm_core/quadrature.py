@@ -26,7 +26,6 @@ import functools
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.linalg import lapack
 
 from .linalg import pairs_within_rows
 
@@ -654,8 +653,7 @@ class NestedMarginal:
         r""":math:`\tilde x_a^\top H^{-1} \tilde x_b` for the pairs of rows ``(first, second)``: the sparse
         block's part :math:`z_a^\top A^{-1} z_b` from A's selected inverse (the pairs' columns share a
         row of A: on its pattern), plus :math:`w_a^\top w_b` with ``Wb`` the rows'
-        :math:`(T^\top z - x)^\top L^{-\top}` (:meth:`~mglm_core.linalg.BorderedFactor`'s
-        :math:`T = A^{-1}B`, :math:`S = LL^\top`)."""
+        :meth:`~mglm_core.linalg.BorderedFactor.border_rows`."""
         out = np.einsum("td,td->t", Wb[first], Wb[second]) if Wb.shape[1] else np.zeros(first.size)
         if Zs is None or not Zs.nnz:
             return out
@@ -682,12 +680,6 @@ class NestedMarginal:
         _, _, _, pi, S, W, eta = self._nodes(uD, fe, np.exp(-2.0 * vcp[ie.component]))
         Zs_p, Zs_r, Xb_p, Xb_r = self._layout_rows()
         sparse = Zs_p is not None
-        Linv_t = lapack.dtrtri(F.S_chol, lower=1)[0].T if F.m else np.zeros((0, 0))
-
-        def border_rows(Zs, Xb):  # (T' z - x)' L^-T for each row
-            if not F.m:
-                return np.zeros((Xb.shape[0], 0))
-            return ((Zs @ F.AinvB if sparse else 0.0) - Xb) @ Linv_t
 
         # each effect's rows in slots 0..n_max-1 (padding: zero in V and in the centred moments)
         order = np.argsort(ie.local, kind="stable")
@@ -699,7 +691,7 @@ class NestedMarginal:
         first = np.broadcast_to(row_at[:, :, None], both.shape)[both]
         second = np.broadcast_to(row_at[:, None, :], both.shape)[both]
         V = np.zeros((m, n_max, n_max))  # within-effect covariances of the offsets
-        V[both] = self._pair_covariances(F, Zs_p, border_rows(Zs_p, Xb_p), first, second)
+        V[both] = self._pair_covariances(F, Zs_p, F.border_rows(Zs_p, Xb_p), first, second)
 
         def padded(x):  # rows x ... -> effects x n_max x ...
             out = np.zeros((m, n_max) + x.shape[1:])
@@ -751,7 +743,7 @@ class NestedMarginal:
         if Xb_r.shape[0]:  # rows outside P: the plain rows' terms
             eta_r = self.Xr @ fe + self.ZDr @ uD + (0.0 if self.off_r is None else self.off_r)
             rest = np.arange(Xb_r.shape[0])
-            v = self._pair_covariances(F, Zs_r, border_rows(Zs_r, Xb_r), rest, rest)
+            v = self._pair_covariances(F, Zs_r, F.border_rows(Zs_r, Xb_r), rest, rest)
             l3r = -fam.weight_derivative(self.yr, eta_r, self.tr)
             if q33 is not None:
                 q4 += float(-fam.weight_second_derivative(self.yr, eta_r, self.tr) @ v**2)

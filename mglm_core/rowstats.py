@@ -35,7 +35,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.linalg import lapack
 
 from .linalg import pairs_within_rows
 
@@ -337,17 +336,14 @@ class RowData:
             return cached[1]
         sig = None
         if factor.m:
-            # LAPACK's trtri called directly: scipy's solve_triangular and numpy's inv have fixed
-            # costs of several microseconds, more than the small border's inverse (S_chol's upper
-            # triangle is zero: BorderedFactor cleans it)
-            Linv_t = lapack.dtrtri(factor.S_chol, lower=1)[0].T
+            factor.border_rows(None, np.zeros((0, self.p)))  # L^-T made once, not on every thread
         if self.q:
             sig = factor.A.inverse_on_pattern(self._gram_rows, self._gram_indices, keep_plan=True)
 
         def chunk_variances(c):
             v = c.row_map @ sig if self.q else np.zeros(c.y.size)
             if factor.m:
-                W = ((c.Z @ factor.AinvB if self.q else 0.0) - c.X) @ Linv_t
+                W = factor.border_rows(c.Z if self.q else None, c.X)
                 v += np.einsum("ij,ij->i", W, W)
             return v
 
