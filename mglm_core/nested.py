@@ -1017,19 +1017,21 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     if separated or few:
         fallback = "nested" if cond.nested is not None else None
         if fallback:  # a rule fine enough out to the probe points' largest SD of the component
-            cond.nested.use_nodes(np.exp(max(th[cond.nested.ie.component] for th in probe)))
+            cond.nested.use_nodes(np.exp(np.max(probe, axis=0)))
             cond.outer_tilt(mode, root)
         cond.use(fallback)
         mode, _, grad, H, search_ok, n_more = _maximise_theta(
             cond.corrected_value_grad, mode, vcp_bounds, f=lambda th: cond.corrected(th)[0], max_step=0.5,
             neg_hessian=H, hessian=cond.corrected_hessian, **search)
         n_outer += n_more
-        how = (f"the effects of {model.vcp_names[cond.nested.ie.component]} were integrated exactly (adaptive "
-               "Gauss-Hermite) and the rest by Laplace instead" if fallback else
+        exact = cond.nested.ie.components if fallback else ()
+        how = (f"the effects of {' and '.join(model.vcp_names[c] for c in exact)} were integrated exactly ("
+               + ("adaptive Gauss-Hermite" if len(exact) == 1 else f"as {len(exact)}-dimensional blocks per level, "
+                  "adaptive Gauss-Hermite") + ") and the rest by Laplace instead" if fallback else
                "no component has at most one effect per row, so the plain Laplace value was used; the "
                "posterior of the SDs is approximate (check against MCMC)")
         switch = (
-            f"The conditional posterior of a {model.vcp_names[cond.nested.ie.component]} effect is far from "
+            f"The conditional posterior of a {model.vcp_names[cond.independent.component]} effect is far from "
             f"Gaussian (its mean is {cond_shift:.2f} of its SD from the Laplace mean: all of the effect's outcomes "
             f"at one boundary, with a large SD); {how}." if separated else
             "Few observations per random effect for the variances involved: the second-order correction of "

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 from .linalg import pairs_within_rows
 
-__all__ = ["IndependentEffects", "NestedMarginal"]
+__all__ = ["EffectBlocks", "IndependentEffects", "NestedMarginal"]
 
 #: Gauss–Hermite nodes per effect, for SDs of the component up to 4 (:meth:`NestedMarginal.use_nodes`).
 NODES = 24
@@ -48,6 +48,14 @@ DENSE_OTHER = 100
 #: (:meth:`NestedMarginal.use_nodes` now takes a finer rule for such SDs; the tolerance stays for
 #: points beyond the SDs it was chosen for.)
 _STALL_TOL = 0.1
+#: Gauss–Hermite nodes per axis of :class:`EffectBlocks`' product rule, up to SDs of 4, ...
+NODES_BLOCK = 10
+#: ... at most this many beyond.
+NODES_BLOCK_MAX = 32
+#: The product rule drops the nodes whose weight is below exp(-_PRUNE) of the largest.
+_PRUNE = 25.0
+#: Blocks are integrated when their rows times the rule's nodes are at most this many.
+BLOCK_WORK_MAX = 2e7
 #: The (never modified) empty sparse block of the dense layout.
 _EMPTY = sp.csc_matrix((0, 0))
 
@@ -127,6 +135,56 @@ class IndependentEffects:
         self.trials = None if model.trials is None else model.trials[self.rows]
         self.x, self.logw = _hermite_log_rule(nodes)
         self._alike = None  # each row's class of identical design rows within its effect (left_out_pairs)
+        self.m = cols.size  # effects
+
+    #: Coordinates per effect (:class:`EffectBlocks`: one per component of the block).
+    d = 1
+
+    @property
+    def components(self):
+        """The components integrated exactly: this one."""
+        return (self.component,)
+
+    def precision(self, vcp):
+        """The effects' prior precision :math:`e^{-2\\theta_P}` at log-SDs ``vcp``."""
+        return np.exp(-2.0 * vcp[self.component])
+
+    def log_normaliser(self, prec):
+        r""":math:`-\tfrac m2 \log(2\pi/prec)`: the effects' prior's normalising constants."""
+        return -0.5 * self.m * np.log(2.0 * np.pi * (1.0 / prec))
+
+    def hermite_rule(self, sd):
+        """The rule for SDs up to ``sd`` (a float, or the SD of every component):
+        ``(nodes, log weights + nodes**2, nodes per axis)`` (:meth:`NestedMarginal.use_nodes`)."""
+        sd = float(sd) if np.ndim(sd) == 0 else float(np.asarray(sd)[self.component])
+        s = sd * float(np.max(np.abs(self.z), initial=1.0))
+        k = NODES if not s > 4.0 else int(min(NODES_MAX, 8 * np.ceil(3.0 * (s / 4.0) ** 2)))
+        return _hermite_log_rule(k) + (k,)
+
+    def modes(self, family, a, prec, u):
+        """Modes and curvatures of the effects' one-dimensional integrands given the rows' offsets
+        ``a``, from ``u`` (vectorised Newton)."""
+        m = self.m
+        u = u.copy()
+        for _ in range(50):
+            s, w = family.score_weight(self.y, a + self.z * u[self.local], self.trials)
+            g = np.bincount(self.local, weights=self.z * s, minlength=m) - prec * u
+            c = np.bincount(self.local, weights=self.z**2 * w, minlength=m) + prec
+            step = np.clip(g / c, -2.0, 2.0)
+            u += step
+            if np.max(np.abs(step)) < 1e-10:
+                break
+        _, w = family.score_weight(self.y, a + self.z * u[self.local], self.trials)
+        return u, np.bincount(self.local, weights=self.z**2 * w, minlength=m) + prec
+
+    def rule(self, family, y, trials, a, group, u0, c, prec, x, logw):
+        r"""The adaptive rule at the modes ``u0`` with curvatures ``c`` (:func:`_adaptive_rule`):
+        ``(U, log_scale, log_I, pi, S, W, eta)`` with :math:`\log sc_j`, the log of the scale of
+        the effects' nodes."""
+        sc = np.sqrt(2.0 / c)
+        U, eta, log_I, pi, S, W = _adaptive_rule(family, y, trials, a, self.z, self.local, group, u0, sc, prec,
+                                                 x, logw)
+        return U, np.log(sc), log_I, pi, S, W, eta
 
     @classmethod
     def find(cls, model, nodes=NODES, eta=None, vcp=None):
@@ -243,6 +301,184 @@ class IndependentEffects:
                 - float(np.sum(np.bincount(self._alike, weights=q) ** 2))) / 12.0
 
 
+@functools.lru_cache(maxsize=8)
+def _tensor_log_rule(nodes, d, prune=_PRUNE):
+    r"""The product of ``d`` :func:`_hermite_log_rule` of ``nodes`` nodes, without the nodes whose
+    weight is below :math:`e^{-\mathrm{prune}}` of the largest (a Gaussian integrand loses less
+    than their count times that): nodes (N x d) and :math:`\log w + |x|^2` (read-only)."""
+    x, lw = _hermite_log_rule(nodes)
+    logw = lw - x**2
+    grids = np.meshgrid(*([np.arange(nodes)] * d), indexing="ij")
+    idx = np.stack([g.ravel() for g in grids], axis=1)
+    total = logw[idx].sum(axis=1)
+    keep = total >= total.max() - prune
+    X = x[idx[keep]]
+    out = total[keep] + np.sum(X**2, axis=1)
+    X.flags.writeable = out.flags.writeable = False
+    return X, out
+
+
+class EffectBlocks:
+    r"""The effects of several components that share their rows by level of one grouping factor
+    (intercepts and slopes of g: ``(1 | g) + (0 + x | g)``), integrated as one block per level.
+
+    Block :math:`j` holds one effect of each component, :math:`u_j \in \mathbb R^d`; row :math:`i` of
+    block :math:`j` has the coefficients :math:`z_i \in \mathbb R^d` (its entries of ``exog_vc`` in
+    those columns), no other row shares them, and given the rest the blocks are independent:
+
+    .. math::
+
+        I_j(a) = \int \exp\Big(\sum_{i \in R_j} \ell_i(a_i + z_i^\top u)
+                 - \tfrac12 \sum_t prec_t\, u_t^2\Big)\,du
+                 \prod_t \sqrt{prec_t / 2\pi}.
+
+    The adaptive rule is the product Gauss–Hermite rule (pruned, :func:`_tensor_log_rule`) mapped
+    through the mode :math:`\hat u_j` and the Cholesky factor of the curvature,
+    :math:`C_j = \sum_{i \in R_j} w_i z_i z_i^\top + \mathrm{diag}(prec) = L_j L_j^\top`:
+    :math:`u = \hat u_j + \sqrt2\,L_j^{-\top} x` (exact for a Gaussian integrand). With a few binary
+    rows per level, intercepts and slopes are both far from Gaussian given the rest, and integrating
+    one of them leaves the other to a Laplace approximation over three rows (300 levels of three
+    binary rows: the slopes' log-SD 0.35 posterior SDs low). Same interface as
+    :class:`IndependentEffects` for :class:`NestedMarginal`.
+
+    Parameters
+    ----------
+    model : BayesMixedGLM
+    components : sequence of int
+        The components, each with at most one nonzero per row; the first names the blocks.
+    nodes : int
+        Gauss–Hermite nodes per axis.
+    """
+
+    def __init__(self, model, components, nodes=NODES_BLOCK):
+        Z = model.exog_vc  # canonical CSR without explicit zeros (checks.as_exog_vc)
+        comps = [int(c) for c in components]
+        row_of = np.repeat(np.arange(Z.shape[0], dtype=np.int64), np.diff(Z.indptr))
+        comp = model.ident[Z.indices]
+        first = comp == comps[0]
+        m = int(np.sum(model.ident == comps[0]))
+        local0 = np.full(model.k_vc, -1, dtype=np.int64)
+        local0[model.ident == comps[0]] = np.arange(m)
+        block_of_row = np.full(Z.shape[0], -1, dtype=np.int64)
+        block_of_row[row_of[first]] = local0[Z.indices[first]]
+        in_set = np.isin(comp, comps)
+        self.rows = np.unique(row_of[in_set])
+        pos = np.full(Z.shape[0], -1, dtype=np.int64)
+        pos[self.rows] = np.arange(self.rows.size)
+        self.z = np.zeros((self.rows.size, len(comps)))
+        self.cols = np.empty((m, len(comps)), dtype=np.int64)
+        for t, c in enumerate(comps):
+            sel = comp == c
+            self.z[pos[row_of[sel]], t] = Z.data[sel]
+            self.cols[block_of_row[row_of[sel]], t] = Z.indices[sel]
+        self.cols = self.cols.ravel()  # block by block, its components in order (the order of moments' means)
+        self.local = block_of_row[self.rows]
+        self.component, self._components = comps[0], tuple(comps)
+        self.m, self.d = m, len(comps)
+        self.y = model.endog[self.rows]
+        self.trials = None if model.trials is None else model.trials[self.rows]
+        self._group = sp.csr_matrix((np.ones(self.rows.size), (self.local, np.arange(self.rows.size))),
+                                    shape=(m, self.rows.size))
+        self._zz = (self.z[:, :, None] * self.z[:, None, :]).reshape(self.rows.size, -1)
+        self.x, self.logw = _tensor_log_rule(nodes, self.d)
+
+    @classmethod
+    def around(cls, model, ie, nodes=NODES_BLOCK, max_work=BLOCK_WORK_MAX):
+        """The blocks of ``ie``'s component and the first other component that pairs with it: at most
+        one nonzero per row, only in rows of ``ie``'s effects, and its effects one to one with
+        ``ie``'s (each in the rows of one of them; a row of ``ie`` may lack it: x = 0 there). None if
+        no component pairs, or if the rows times the rule's nodes exceed ``max_work`` (memory:
+        rows x nodes arrays)."""
+        Z, ident = model.exog_vc, model.ident
+        row_of = np.repeat(np.arange(Z.shape[0], dtype=np.int64), np.diff(Z.indptr))
+        comp = ident[Z.indices]
+        c0 = ie.component
+        col0 = np.full(Z.shape[0], -1, dtype=np.int64)
+        col0[row_of[comp == c0]] = Z.indices[comp == c0]
+        n_nodes = _tensor_log_rule(nodes, 2)[1].size
+        for c in range(model.k_vcp):
+            if c == c0 or np.sum(ident == c) != ie.m:
+                continue
+            sel = comp == c
+            if np.any(np.diff(row_of[sel]) == 0):  # two effects of c in one row
+                continue
+            anchor = col0[row_of[sel]]
+            if anchor.size == 0 or np.any(anchor < 0):  # a row of c without an effect of ie's component
+                continue
+            pairs = np.unique(np.stack([Z.indices[sel], anchor]), axis=1)
+            # one to one, and every effect of either component with rows
+            if not (pairs.shape[1] == ie.m == np.unique(pairs[0]).size == np.unique(pairs[1]).size):
+                continue
+            if ie.rows.size * n_nodes > max_work:
+                return None
+            return cls(model, (c0, c), nodes)
+        return None
+
+    @property
+    def components(self):
+        """The components integrated exactly, the blocks' first."""
+        return self._components
+
+    def precision(self, vcp):
+        """The prior precisions of the block's coordinates at log-SDs ``vcp`` (d,)."""
+        return np.exp(-2.0 * np.asarray(vcp, dtype=float)[list(self._components)])
+
+    def log_normaliser(self, prec):
+        r""":math:`-\tfrac m2 \sum_t \log(2\pi/prec_t)`."""
+        return -0.5 * self.m * float(np.sum(np.log(2.0 * np.pi / prec)))
+
+    def hermite_rule(self, sd):
+        """As :meth:`IndependentEffects.hermite_rule`, per axis, for the largest of the components'
+        SDs times their largest coefficients (``sd`` a float, or the SD of every component)."""
+        sd = (np.full(self.d, float(sd)) if np.ndim(sd) == 0
+              else np.asarray(sd, dtype=float)[list(self._components)])
+        s = float(np.max(sd * np.sqrt(np.mean(self.z**2, axis=0))))
+        k = NODES_BLOCK if not s > 4.0 else int(min(NODES_BLOCK_MAX, 2 * np.ceil(8.0 * (s / 4.0) ** 2)))
+        return _tensor_log_rule(k, self.d) + (k,)
+
+    def _curvatures(self, w, prec):
+        m, d = self.m, self.d
+        C = np.asarray(self._group @ (self._zz * w[:, None])).reshape(m, d, d)
+        C[:, np.arange(d), np.arange(d)] += prec
+        return C
+
+    def modes(self, family, a, prec, u):
+        """Modes (m x d) and curvatures (m x d x d) of the blocks' integrands given the rows'
+        offsets ``a``, from ``u`` (vectorised Newton, steps of at most 2 per coordinate)."""
+        u = u.copy()
+        for _ in range(50):
+            s, w = family.score_weight(self.y, a + np.einsum("id,id->i", self.z, u[self.local]), self.trials)
+            g = np.asarray(self._group @ (self.z * s[:, None])) - prec * u
+            step = np.linalg.solve(self._curvatures(w, prec), g[:, :, None])[:, :, 0]
+            step *= np.minimum(1.0, 2.0 / np.maximum(np.max(np.abs(step), axis=1), 1e-300))[:, None]
+            u += step
+            if np.max(np.abs(step)) < 1e-10:
+                break
+        _, w = family.score_weight(self.y, a + np.einsum("id,id->i", self.z, u[self.local]), self.trials)
+        return u, self._curvatures(w, prec)
+
+    def rule(self, family, y, trials, a, group, u0, C, prec, x, logw):
+        r"""The adaptive rule at the modes ``u0`` with curvatures ``C``: nodes
+        :math:`U_{jk} = \hat u_j + \sqrt2 L_j^{-\top} x_k` (m x nodes x d), :math:`\log|\det \sqrt2
+        L_j^{-\top}|`, :math:`\log I_j` (without the prior's constants), the tilted weights, and
+        the rows' scores, weights and linear predictors at the nodes (rows x nodes), as
+        :meth:`IndependentEffects.rule`."""
+        L = np.linalg.cholesky(C)
+        R = np.sqrt(2.0) * np.linalg.inv(L).transpose(0, 2, 1)
+        U = u0[:, None, :] + x @ R.transpose(0, 2, 1)  # (a batched product: einsum took 20x longer)
+        eta = np.repeat(a[:, None], x.shape[0], axis=1)
+        for t in range(self.d):
+            eta += self.z[:, t, None] * U[:, :, t][self.local]
+        ll, S, W = family.row_terms(y, eta, trials)
+        lw = group @ ll - 0.5 * ((U**2) @ prec) + logw
+        top = lw.max(axis=1)
+        pi = np.exp(lw - top[:, None])
+        total = pi.sum(axis=1)
+        pi /= total[:, None]
+        log_scale = 0.5 * self.d * np.log(2.0) - np.sum(np.log(np.diagonal(L, axis1=1, axis2=2)), axis=1)
+        return U, log_scale, top + np.log(total), pi, S, W, eta
+
+
 class NestedMarginal:
     r"""The log marginal density of the log-SDs with the component :math:`P` integrated exactly.
 
@@ -268,7 +504,7 @@ class NestedMarginal:
     def __init__(self, model, ie, Z, D):
         self.model, self.ie = model, ie
         rows = ie.rows
-        m = ie.cols.size
+        m = ie.m
         self.D = D
         self.ZDp = Z[:, D][rows].tocsr() if D.size else sp.csr_matrix((rows.size, 0))  # other effects of P's rows
         self._zd_coo = self.ZDp.tocoo()
@@ -282,11 +518,11 @@ class NestedMarginal:
         self.off_r = None if off is None else off[rest]
         self.yr = model.endog[rest]
         self.tr = None if model.trials is None else model.trials[rest]
-        self.uhat = np.zeros(m)
+        self.uhat = np.zeros(m) if ie.d == 1 else np.zeros((m, ie.d))
         self._y = ie.y[:, None]
         self._tr = None if ie.trials is None else ie.trials[:, None]
         self.group = sp.csr_matrix((np.ones(rows.size), (ie.local, np.arange(rows.size))), shape=(m, rows.size))
-        self._pairs = self._row_pairs(self.group, ie.x.size)
+        self._pairs = self._row_pairs(self.group, ie.logw.size)
         # the Hessian's covariance part from the pairs of rows of one effect (a rows x rows matrix, for
         # the Gram blocks of the other components), or with no other component from each effect's sums
         # over its rows at every node when those are fewer: rows x nodes x p instead of pairs x nodes
@@ -322,10 +558,12 @@ class NestedMarginal:
         return first, second, second.astype(np.int32), indptr.astype(np.int32)
 
     @classmethod
-    def build(cls, model, ie):
-        """The marginal for ``ie``'s component (``ie`` from :meth:`IndependentEffects.find`)."""
+    def build(cls, model, ie, blocks=True):
+        """The marginal for ``ie``'s component (``ie`` from :meth:`IndependentEffects.find`), with
+        ``blocks`` in the :class:`EffectBlocks` it forms with another component where there are any."""
         Z = sp.csr_matrix(model.exog_vc)
-        return cls(model, ie, Z, np.flatnonzero(model.ident != ie.component))
+        ie = (EffectBlocks.around(model, ie) if blocks else None) or ie
+        return cls(model, ie, Z, np.flatnonzero(~np.isin(model.ident, ie.components)))
 
     def use_nodes(self, sd):
         r"""Take the Gauss–Hermite rule fine enough for SDs of the component up to ``sd``; returns its
@@ -340,45 +578,26 @@ class NestedMarginal:
         (at most :data:`NODES_MAX`). At SDs of 8.6 and 4.8 (binary pairs of rows crossed with 20
         items) 24 nodes put the log density 2.4 too high and the Intercept's conditional variance at
         3.0 instead of 1.46 (112 nodes: within 0.02 of 200 nodes).
+        ``sd`` is a float or the SD of every component (:meth:`IndependentEffects.hermite_rule`,
+        :meth:`EffectBlocks.hermite_rule`: per axis).
         """
-        s = float(sd) * float(np.max(np.abs(self.ie.z), initial=1.0))
-        k = NODES if not s > 4.0 else int(min(NODES_MAX, 8 * np.ceil(3.0 * (s / 4.0) ** 2)))
-        self.x, self.logw = _hermite_log_rule(k)
+        self.x, self.logw, k = self.ie.hermite_rule(sd)
         return k
-
-    def _inner_modes(self, a, prec):
-        """Modes and curvatures of the one-dimensional integrands (vectorised Newton)."""
-        ie, fam = self.ie, self.model.family
-        m = ie.cols.size
-        u = self.uhat.copy()
-        for _ in range(50):
-            s, w = fam.score_weight(ie.y, a + ie.z * u[ie.local], ie.trials)
-            g = np.bincount(ie.local, weights=ie.z * s, minlength=m) - prec * u
-            c = np.bincount(ie.local, weights=ie.z**2 * w, minlength=m) + prec
-            step = np.clip(g / c, -2.0, 2.0)
-            u += step
-            if np.max(np.abs(step)) < 1e-10:
-                break
-        _, w = fam.score_weight(ie.y, a + ie.z * u[ie.local], ie.trials)
-        c = np.bincount(ie.local, weights=ie.z**2 * w, minlength=m) + prec
-        self.uhat = u
-        return u, c
 
     def _nodes(self, uD, fe, prec):
         r"""The adaptive Gauss–Hermite rule of every effect of P given ``(u_D, fe)``: nodes
-        ``U`` (effects x nodes), the scales ``sc``, :math:`\log I_j` (without the prior's and the
+        ``U`` (effects x nodes, x d for blocks), the log scales of the nodes (:meth:`IndependentEffects.rule`),
+        :math:`\log I_j` (without the prior's and the
         rule's constants), the tilted weights ``pi`` (effects x nodes, rows summing to 1), the
         rows' scores ``S`` and weights ``W`` at the nodes and their linear predictors ``eta``
         (rows x nodes)."""
-        ie = self.ie
+        ie, fam = self.ie, self.model.family
         a = self.Xp @ fe + self.ZDp @ uD
         if self.off_p is not None:
             a = a + self.off_p
-        u0, c = self._inner_modes(a, prec)
-        sc = np.sqrt(2.0 / c)
-        U, eta, log_I, pi, S, W = _adaptive_rule(self.model.family, self._y, self._tr, a, ie.z, ie.local,
-                                                 self.group, u0, sc, prec, self.x, self.logw)
-        return U, sc, log_I, pi, S, W, eta
+        u0, c = ie.modes(fam, a, prec, self.uhat)
+        self.uhat = u0
+        return ie.rule(fam, self._y, self._tr, a, self.group, u0, c, prec, self.x, self.logw)
 
     def moments(self, vcp, optimum=None):
         r"""Posterior moments given the log-SDs ``vcp`` at the optimum of :meth:`log_marginal` there
@@ -403,14 +622,22 @@ class NestedMarginal:
         model, ie = self.model, self.ie
         uD, fe, F = optimum
         vcp = np.asarray(vcp, dtype=float)
-        prec = np.exp(-2.0 * vcp[ie.component])
-        U, _, _, pi, S, _, _ = self._nodes(uD, fe, prec)
-        mu = np.einsum("jk,jk->j", pi, U)
-        tau = np.maximum(np.einsum("jk,jk->j", pi, U**2) - mu**2, 0.0)
+        U, _, _, pi, S, _, _ = self._nodes(uD, fe, ie.precision(vcp))
         P_row = pi[ie.local]
         dev_s = S - np.einsum("ik,ik->i", P_row, S)[:, None]
-        c = np.einsum("ik,ik,ik->i", P_row, U[ie.local] - mu[ie.local][:, None], dev_s)  # d mu_j / d a_i
-        Gc = self.group @ sp.diags(c)
+        if ie.d == 1:
+            mu = np.einsum("jk,jk->j", pi, U)
+            tau = np.maximum(np.einsum("jk,jk->j", pi, U**2) - mu**2, 0.0)
+            c = np.einsum("ik,ik,ik->i", P_row, U[ie.local] - mu[ie.local][:, None], dev_s)  # d mu_j / d a_i
+            Gc = self.group @ sp.diags(c)
+        else:  # blocks: each coordinate's moments, as rows j * d + t (ie.cols' order)
+            mu = np.einsum("jk,jkd->jd", pi, U)
+            tau = np.maximum(np.einsum("jk,jkd->jd", pi, U**2) - mu**2, 0.0).ravel()
+            c = np.einsum("ik,ikd,ik->id", P_row, U[ie.local] - mu[ie.local][:, None, :], dev_s)
+            n, d = c.shape
+            coord = ((ie.local * d)[:, None] + np.arange(d)).ravel()
+            Gc = sp.csr_matrix((c.ravel(), (coord, np.repeat(np.arange(n), d))), shape=(ie.m * d, n))
+            mu = mu.ravel()
         g_f = np.asarray(Gc @ self.Xp)
         vc_mean = np.empty(model.k_vc)
         vc_var = np.empty(model.k_vc)
@@ -456,19 +683,18 @@ class NestedMarginal:
         """``fun(u_D, fe, hessian)`` for :func:`~mglm_core.newton.newton_ascent` at log-SDs ``vcp``
         (``hessian=None``: the value alone)."""
         model, ie, fam = self.model, self.ie, self.model.family
-        m, p = ie.cols.size, model.k_fep
+        m, p = ie.m, model.k_fep
         prec_k = np.exp(-2.0 * vcp)
-        prec = prec_k[ie.component]
+        prec = ie.precision(vcp)
         prec_D = prec_k[model.ident[self.D]]
-        sig2 = 1.0 / prec
         loc = ie.local
 
         G = self.group  # effects x rows of P, indicator
-        K = self.x.size
+        K = self.logw.size
 
         def fun(uD, fe, hessian):
-            U, sc, logI, pi, S, W, _ = self._nodes(uD, fe, prec)
-            value = float(np.sum(logI + np.log(sc)) - 0.5 * m * np.log(2.0 * np.pi * sig2))
+            U, log_sc, logI, pi, S, W, _ = self._nodes(uD, fe, prec)
+            value = float(np.sum(logI + log_sc) + ie.log_normaliser(prec))
             eta_r = self.Xr @ fe + self.ZDr @ uD
             if self.off_r is not None:
                 eta_r = eta_r + self.off_r
@@ -669,7 +895,7 @@ class NestedMarginal:
         tensors.
         None beyond :data:`SECOND_ORDER_MAX` entries of their within-effect covariances."""
         ie, fam = self.ie, self.model.family
-        m = ie.cols.size
+        m = ie.m
         counts = np.bincount(ie.local, minlength=m)
         n_max = int(counts.max())
         if m * float(n_max) ** 2 > SECOND_ORDER_MAX:
@@ -677,7 +903,7 @@ class NestedMarginal:
         third = third and m * float(n_max) ** 3 <= SECOND_ORDER_MAX
         uD, fe, F = optimum
         vcp = np.asarray(vcp, dtype=float)
-        _, _, _, pi, S, W, eta = self._nodes(uD, fe, np.exp(-2.0 * vcp[ie.component]))
+        _, _, _, pi, S, W, eta = self._nodes(uD, fe, ie.precision(vcp))
         Zs_p, Zs_r, Xb_p, Xb_r = self._layout_rows()
         sparse = Zs_p is not None
 
