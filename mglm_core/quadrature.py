@@ -377,9 +377,6 @@ class EffectBlocks:
         self.m, self.d = m, len(comps)
         self.y = model.endog[self.rows]
         self.trials = None if model.trials is None else model.trials[self.rows]
-        self._group = sp.csr_matrix((np.ones(self.rows.size), (self.local, np.arange(self.rows.size))),
-                                    shape=(m, self.rows.size))
-        self._zz = (self.z[:, :, None] * self.z[:, None, :]).reshape(self.rows.size, -1)
         self.x, self.logw = _tensor_log_rule(nodes, self.d)
 
     @classmethod
@@ -437,46 +434,58 @@ class EffectBlocks:
         return _tensor_log_rule(k, self.d) + (k,)
 
     def _curvatures(self, w, prec):
-        m, d = self.m, self.d
-        C = np.asarray(self._group @ (self._zz * w[:, None])).reshape(m, d, d)
-        C[:, np.arange(d), np.arange(d)] += prec
-        return C
+        """The blocks' curvatures as ``(C00, C01, C11)`` (each m)."""
+        loc, m, z = self.local, self.m, self.z
+        return (np.bincount(loc, weights=z[:, 0] ** 2 * w, minlength=m) + prec[0],
+                np.bincount(loc, weights=z[:, 0] * z[:, 1] * w, minlength=m),
+                np.bincount(loc, weights=z[:, 1] ** 2 * w, minlength=m) + prec[1])
+
+    def _eta(self, a, u):
+        return a + self.z[:, 0] * u[self.local, 0] + self.z[:, 1] * u[self.local, 1]
 
     def modes(self, family, a, prec, u):
-        """Modes (m x d) and curvatures (m x d x d) of the blocks' integrands given the rows'
-        offsets ``a``, from ``u`` (vectorised Newton, steps of at most 2 per coordinate)."""
+        """Modes (m x 2) and curvatures ``(C00, C01, C11)`` of the blocks' integrands given the rows'
+        offsets ``a``, from ``u`` (vectorised Newton, 2 x 2 systems in closed form, steps of at most
+        2 per coordinate)."""
+        loc, m, z = self.local, self.m, self.z
         u = u.copy()
         for _ in range(50):
-            s, w = family.score_weight(self.y, a + np.einsum("id,id->i", self.z, u[self.local]), self.trials)
-            g = np.asarray(self._group @ (self.z * s[:, None])) - prec * u
-            step = np.linalg.solve(self._curvatures(w, prec), g[:, :, None])[:, :, 0]
+            s, w = family.score_weight(self.y, self._eta(a, u), self.trials)
+            g0 = np.bincount(loc, weights=z[:, 0] * s, minlength=m) - prec[0] * u[:, 0]
+            g1 = np.bincount(loc, weights=z[:, 1] * s, minlength=m) - prec[1] * u[:, 1]
+            c00, c01, c11 = self._curvatures(w, prec)
+            det = c00 * c11 - c01**2
+            step = np.column_stack([(c11 * g0 - c01 * g1) / det, (c00 * g1 - c01 * g0) / det])
             step *= np.minimum(1.0, 2.0 / np.maximum(np.max(np.abs(step), axis=1), 1e-300))[:, None]
             u += step
             if np.max(np.abs(step)) < 1e-10:
                 break
-        _, w = family.score_weight(self.y, a + np.einsum("id,id->i", self.z, u[self.local]), self.trials)
+        _, w = family.score_weight(self.y, self._eta(a, u), self.trials)
         return u, self._curvatures(w, prec)
 
     def rule(self, family, y, trials, a, group, u0, C, prec, x, logw):
         r"""The adaptive rule at the modes ``u0`` with curvatures ``C``: nodes
-        :math:`U_{jk} = \hat u_j + \sqrt2 L_j^{-\top} x_k` (m x nodes x d), :math:`\log|\det \sqrt2
-        L_j^{-\top}|`, :math:`\log I_j` (without the prior's constants), the tilted weights, and
-        the rows' scores, weights and linear predictors at the nodes (rows x nodes), as
-        :meth:`IndependentEffects.rule`."""
-        L = np.linalg.cholesky(C)
-        R = np.sqrt(2.0) * np.linalg.inv(L).transpose(0, 2, 1)
-        U = u0[:, None, :] + x @ R.transpose(0, 2, 1)  # (a batched product: einsum took 20x longer)
-        eta = np.repeat(a[:, None], x.shape[0], axis=1)
-        for t in range(self.d):
-            eta += self.z[:, t, None] * U[:, :, t][self.local]
+        :math:`U_{jk} = \hat u_j + \sqrt2 L_j^{-\top} x_k` (m x nodes x 2; :math:`L_j` the Cholesky
+        factor of :math:`C_j`, in closed form), :math:`\log|\det \sqrt2 L_j^{-\top}|`,
+        :math:`\log I_j` (without the prior's constants), the tilted weights, and the rows' scores,
+        weights and linear predictors at the nodes (rows x nodes), as :meth:`IndependentEffects.rule`."""
+        c00, c01, c11 = C
+        l00 = np.sqrt(c00)
+        l10 = c01 / l00
+        l11 = np.sqrt(c11 - l10**2)
+        r2 = np.sqrt(2.0)
+        U0 = u0[:, 0, None] + (r2 / l00)[:, None] * x[:, 0] - (r2 * l10 / (l00 * l11))[:, None] * x[:, 1]
+        U1 = u0[:, 1, None] + (r2 / l11)[:, None] * x[:, 1]
+        loc = self.local
+        eta = a[:, None] + self.z[:, 0, None] * U0[loc] + self.z[:, 1, None] * U1[loc]
         ll, S, W = family.row_terms(y, eta, trials)
-        lw = group @ ll - 0.5 * ((U**2) @ prec) + logw
+        lw = group @ ll - 0.5 * (prec[0] * U0**2 + prec[1] * U1**2) + logw
         top = lw.max(axis=1)
         pi = np.exp(lw - top[:, None])
         total = pi.sum(axis=1)
         pi /= total[:, None]
-        log_scale = 0.5 * self.d * np.log(2.0) - np.sum(np.log(np.diagonal(L, axis1=1, axis2=2)), axis=1)
-        return U, log_scale, top + np.log(total), pi, S, W, eta
+        log_scale = np.log(2.0) - np.log(l00) - np.log(l11)
+        return np.stack([U0, U1], axis=2), log_scale, top + np.log(total), pi, S, W, eta
 
 
 class NestedMarginal:
