@@ -67,7 +67,10 @@ to :class:`~mglm_core.quadrature.NestedMarginal` (the effects of a component wit
 row integrated exactly by adaptive Gauss–Hermite quadrature, of several such components the one
 whose effects' one-dimensional Laplace approximations are the least accurate at the mode
 (:meth:`~mglm_core.quadrature.IndependentEffects.laplace_error`: communities with three binary rows
-and an SD of 2 rather than their mothers with an SD of 0.5), with a rule fine enough
+and an SD of 2 rather than their mothers with an SD of 0.5); where another component's effects pair
+with that one's level by level (intercepts and slopes of one factor), both as one two-dimensional
+block per level (:class:`~mglm_core.quadrature.EffectBlocks`: with the intercepts alone integrated,
+binary slopes of groups of three rows had their log-SD 0.35 posterior SDs low), with a rule fine enough
 for the largest SD the probe points reach (:meth:`~mglm_core.quadrature.NestedMarginal.use_nodes`),
 the rest by Laplace, whose own second-order correction over the fixed effects and the other
 components' effects, :meth:`~mglm_core.quadrature.NestedMarginal.second_order`, is added as a curve

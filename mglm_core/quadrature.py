@@ -18,7 +18,9 @@ with few rows per effect and a large SD (binary data: one to three children per 
 that is where it fails. :class:`NestedMarginal` computes each :math:`I_j` by adaptive
 Gauss–Hermite quadrature around :math:`\hat u_j` with scale :math:`c_j^{-1/2}` (exact for a
 Gaussian integrand) and applies the Laplace approximation over :math:`a` only, which is
-informed by many rows.
+informed by many rows. Where a second component's effects pair with P's level by level (intercepts
+and slopes of one factor: ``(1 | g) + (0 + x | g)``), :class:`EffectBlocks` integrates both as one
+two-dimensional block per level, by a product rule through each level's mode and curvature.
 """
 from __future__ import annotations
 
@@ -319,11 +321,11 @@ def _tensor_log_rule(nodes, d, prune=_PRUNE):
 
 
 class EffectBlocks:
-    r"""The effects of several components that share their rows by level of one grouping factor
+    r"""The effects of two components that share their rows by level of one grouping factor
     (intercepts and slopes of g: ``(1 | g) + (0 + x | g)``), integrated as one block per level.
 
-    Block :math:`j` holds one effect of each component, :math:`u_j \in \mathbb R^d`; row :math:`i` of
-    block :math:`j` has the coefficients :math:`z_i \in \mathbb R^d` (its entries of ``exog_vc`` in
+    Block :math:`j` holds one effect of each component, :math:`u_j \in \mathbb R^2`; row :math:`i` of
+    block :math:`j` has the coefficients :math:`z_i \in \mathbb R^2` (its entries of ``exog_vc`` in
     those columns), no other row shares them, and given the rest the blocks are independent:
 
     .. math::
@@ -344,8 +346,9 @@ class EffectBlocks:
     Parameters
     ----------
     model : BayesMixedGLM
-    components : sequence of int
-        The components, each with at most one nonzero per row; the first names the blocks.
+    components : (int, int)
+        The components, each with at most one nonzero per row; the first names the blocks
+        (:meth:`around` checks that they pair).
     nodes : int
         Gauss–Hermite nodes per axis.
     """
@@ -426,7 +429,12 @@ class EffectBlocks:
 
     def hermite_rule(self, sd):
         """As :meth:`IndependentEffects.hermite_rule`, per axis, for the largest of the components'
-        SDs times their largest coefficients (``sd`` a float, or the SD of every component)."""
+        SDs times their coefficients' root mean square (``sd`` a float, or the SD of every component):
+        :data:`NODES_BLOCK` up to 4, growing as its square beyond (at most :data:`NODES_BLOCK_MAX`).
+        Binary intercepts with SD 5 and slopes in groups of four rows: 14 nodes per axis put the
+        Intercept's SD 5 % off the converged value, 24 and more within 0.4 %; with SDs up to 4, 10 nodes are
+        within 0.5 % of 24 (their largest slope coefficient, 3.5, does not matter: the rows pin
+        the slope, unlike the intercept of a group whose rows saturate)."""
         sd = (np.full(self.d, float(sd)) if np.ndim(sd) == 0
               else np.asarray(sd, dtype=float)[list(self._components)])
         s = float(np.max(sd * np.sqrt(np.mean(self.z**2, axis=0))))
