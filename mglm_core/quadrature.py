@@ -430,7 +430,8 @@ class EffectBlocks:
     def hermite_rule(self, sd):
         """As :meth:`IndependentEffects.hermite_rule`, per axis, for the largest of the components'
         SDs times their coefficients' root mean square (``sd`` a float, or the SD of every component):
-        :data:`NODES_BLOCK` up to 4, growing as its square beyond (at most :data:`NODES_BLOCK_MAX`).
+        :data:`NODES_BLOCK` up to 4, growing as its square beyond (at most :data:`NODES_BLOCK_MAX`, and
+        at most :data:`BLOCK_WORK_MAX` rows times nodes).
         Binary intercepts with SD 5 and slopes in groups of four rows: 14 nodes per axis put the
         Intercept's SD 5 % off the converged value, 24 and more within 0.4 %; with SDs up to 4, 10 nodes are
         within 0.5 % of 24 (their largest slope coefficient, 3.5, does not matter: the rows pin
@@ -439,6 +440,8 @@ class EffectBlocks:
               else np.asarray(sd, dtype=float)[list(self._components)])
         s = float(np.max(sd * np.sqrt(np.mean(self.z**2, axis=0))))
         k = NODES_BLOCK if not s > 4.0 else int(min(NODES_BLOCK_MAX, 2 * np.ceil(8.0 * (s / 4.0) ** 2)))
+        while k > NODES_BLOCK and self.rows.size * _tensor_log_rule(k, self.d)[1].size > BLOCK_WORK_MAX:
+            k -= 2  # memory: the rows x nodes arrays stay within what :meth:`around` allowed at the base rule
         return _tensor_log_rule(k, self.d) + (k,)
 
     def _curvatures(self, w, prec):

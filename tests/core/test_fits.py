@@ -912,11 +912,13 @@ def _slope_blocks(n_groups=3, rows=3, seed=5, formula="y ~ x + (1 | g) + (0 + x 
     return mg.BayesMixedGLM.from_formula(formula, data=data), data
 
 
-def test_effect_blocks_pair_intercepts_and_slopes_by_level():
+def test_effect_blocks_pair_intercepts_and_slopes_by_level(monkeypatch):
     """(1|g) + (0+x|g): each level's intercept and slope share its rows, one block per level, its
     columns in the block's order; a crossed factor, or a level whose slope column has no nonzero
-    (x = 0 on all its rows), forms no block."""
-    from mglm_core.quadrature import EffectBlocks, IndependentEffects
+    (x = 0 on all its rows), forms no block. The rule grows with the SDs, within the rows-times-nodes
+    budget."""
+    import mglm_core.quadrature as quadrature
+    from mglm_core.quadrature import NODES_BLOCK, EffectBlocks, IndependentEffects
 
     model, data = _slope_blocks()
     ie = IndependentEffects.find(model)
@@ -926,6 +928,10 @@ def test_effect_blocks_pair_intercepts_and_slopes_by_level():
     for i, r in enumerate(blocks.rows):  # each row's coefficients are its entries in its block's columns
         assert np.array_equal(blocks.z[i], Z[r, blocks.cols.reshape(3, 2)[blocks.local[i]]])
     assert EffectBlocks.around(model, ie, max_work=10) is None
+    assert blocks.hermite_rule(1.0)[2] == NODES_BLOCK and blocks.hermite_rule(8.0)[2] > 20
+    monkeypatch.setattr(quadrature, "BLOCK_WORK_MAX", 9 * 200)
+    x, logw, k = blocks.hermite_rule(8.0)
+    assert NODES_BLOCK < k and logw.size * 9 <= 9 * 200 and x.shape == (logw.size, 2)
     crossed = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g) + (1 | h)", data=data)
     assert EffectBlocks.around(crossed, IndependentEffects.find(crossed)) is None
     zero = data.assign(x=np.where(data["g"] == "g1", 0.0, data["x"]))
