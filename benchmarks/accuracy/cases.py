@@ -355,6 +355,35 @@ def _poisson_observations_big_groups(seed=1002):
     return _observation_level(seed, 60, 5, (2.0, 0.3), (-0.5, 0.3), "g", (2, 3))
 
 
+def _binomial3_slopes_crossed(seed=1201):
+    """Binomial with 3 trials: intercepts and x-slopes of 150 groups of 3 rows (SDs 1.5 / 0.9), h drawn
+    from 60 levels (SD 0.6)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(150), 3)
+    h = rng.integers(0, 60, g.size)
+    x = rng.standard_normal(g.size)
+    eta = -0.3 + 0.4 * x + rng.normal(0, 1.5, 150)[g] + rng.normal(0, 0.9, 150)[g] * x + rng.normal(0, 0.6, 60)[h]
+    y = rng.binomial(3, 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "n": 3.0, "x": x, "g": [f"g{i:03d}" for i in g], "h": [f"h{i:02d}" for i in h]})
+
+
+def _slopes_uncentred(seed=1202):
+    """Binary intercepts and slopes of 200 groups of 3 rows (SDs 1.5 / 0.8) on x ~ U(0, 2), not centred:
+    the two are correlated in the posterior."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(200), 3)
+    x = rng.uniform(0, 2, g.size)
+    eta = -0.5 + 0.5 * x + rng.normal(0, 1.5, 200)[g] + rng.normal(0, 0.8, 200)[g] * x
+    y = (rng.random(g.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "g": [f"g{i:03d}" for i in g]})
+
+
 def _three_levels(seed=1003):
     """Binary, three nested factors: 10 a (SD 1) of 4 b (SD 0.8) of 4 c (SD 1.5), 2 rows per c."""
     import numpy as np
@@ -636,6 +665,19 @@ CASES = [
     _simulated("sim_binomial2_crossed_150x2_130", "binomial with 2 trials, 150 groups of 2 rows (SD 2) crossed with "
                "130 items (SD 0.8)", family="binomial", n_groups=150, group_size=2, n_groups2=130, sd=2.0, sd2=0.8,
                trials=2, seed=1004),
+    # -- a twelfth set, first run as held-out cases after intercepts and slopes were integrated as 2-D
+    # blocks per level (EffectBlocks): every bar held
+    Case("sim_binary_slopes_250x2", "binary, (1|g) + (0+x|g): 250 groups of 2 rows, SDs 1.8 / 1",
+         "y ~ x + (1 | g) + (0 + x | g)", "binomial",
+         data_fn=lambda: _slopes(1203, 250, 2, "binomial", (1.8, 1.0), (0.2, 0.5))),
+    Case("sim_poisson_slopes_200x2", "Poisson, (1|g) + (0+x|g): 200 groups of 2 rows, SDs 1.2 / 0.8, intercept -0.5",
+         "y ~ x + (1 | g) + (0 + x | g)", "poisson",
+         data_fn=lambda: _slopes(1204, 200, 2, "poisson", (1.2, 0.8), (-0.5, 0.3))),
+    Case("sim_binomial3_slopes_crossed", "binomial with 3 trials, (1|g) + (0+x|g) + (1|h): 150 groups of 3 rows "
+         "(SDs 1.5 / 0.9), h of 60 levels (SD 0.6)", "y ~ x + (1 | g) + (0 + x | g) + (1 | h)", "binomial",
+         trials="n", data_fn=_binomial3_slopes_crossed),
+    Case("sim_binary_slopes_uncentred", "binary, (1|g) + (0+x|g) with x ~ U(0, 2): 200 groups of 3 rows, SDs 1.5 / 0.8",
+         "y ~ x + (1 | g) + (0 + x | g)", "binomial", data_fn=_slopes_uncentred),
 ]
 
 #: Single factors of two levels, checked against importance sampling (exact_few_levels.py) instead of
