@@ -579,8 +579,8 @@ class NestedMarginal:
 
     @classmethod
     def build(cls, model, ie, blocks=True):
-        """The marginal for ``ie``'s component (``ie`` from :meth:`IndependentEffects.find`), with
-        ``blocks`` in the :class:`EffectBlocks` it forms with another component where there are any."""
+        """The marginal for ``ie``'s component (``ie`` from :meth:`IndependentEffects.find`); with
+        ``blocks``, as :class:`EffectBlocks` with another component that pairs with it, where one does."""
         Z = sp.csr_matrix(model.exog_vc)
         ie = (EffectBlocks.around(model, ie) if blocks else None) or ie
         return cls(model, ie, Z, np.flatnonzero(~np.isin(model.ident, ie.components)))
