@@ -950,17 +950,16 @@ def test_effect_blocks_integrate_intercepts_and_slopes_exactly():
     model, data = _slope_blocks()
     nested = NestedMarginal.build(model, IndependentEffects.find(model))
     assert nested.ie.d == 2 and nested.D.size == 0
-    vcp = np.array([1.0, 0.5])[list(nested.ie.components)]  # log-SDs of (intercepts, slopes)
-    vcp = vcp[np.argsort(nested.ie.components)]
+    vcp = np.array([1.0, 0.5])  # log-SDs of the intercepts (component 0) and the slopes
     fe = np.array([0.2, 0.6])
     fun = nested.objective(vcp)
     value, _, g_fe, _, _, C = fun(np.zeros(0), fe, True)
     X, y = model.exog, model.endog
     sds = np.exp(vcp[list(nested.ie.components)])
-    u = np.linspace(-12, 12, 481)
-    U1, U2 = u[:, None] * sds[0] / 2.7 * 1.2, u[None, :] * sds[1] / 1.6 * 1.2
+    u = np.linspace(-7, 7, 561)  # in prior SDs, in the blocks' order
+    U1, U2 = u[:, None] * sds[0], u[None, :] * sds[1]
     du = (U1[1, 0] - U1[0, 0]) * (U2[0, 1] - U2[0, 0])
-    exact, means, laplace = 0.0, [], 0.0
+    exact, laplace = 0.0, 0.0
     z = nested.ie.z
     for j in range(3):
         rows = np.flatnonzero(nested.ie.local == j)
@@ -971,7 +970,6 @@ def test_effect_blocks_integrate_intercepts_and_slopes_exactly():
         top = lp.max()
         wts = np.exp(lp - top)
         exact += top + np.log(wts.sum() * du)
-        means.append([np.sum(wts * U1) / wts.sum(), np.sum(wts * U2) / wts.sum()])
         k = np.unravel_index(np.argmax(lp), lp.shape)  # Laplace at the grid's mode, curvature by differences
         h11 = (lp[k[0] + 1, k[1]] - 2 * lp[k] + lp[k[0] - 1, k[1]]) / (U1[1, 0] - U1[0, 0]) ** 2
         h22 = (lp[k[0], k[1] + 1] - 2 * lp[k] + lp[k[0], k[1] - 1]) / (U2[0, 1] - U2[0, 0]) ** 2
