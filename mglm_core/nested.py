@@ -315,10 +315,10 @@ class _Conditional:
         key = self._key(vcp)
         if key not in self.delta:
             vcp = np.asarray(vcp, dtype=float)
-            solved = [opt for opt in self.nested_optimum.values() if opt is not None]
+            solved = [(k_, opt) for k_, opt in self.nested_optimum.items() if opt is not None]
             if solved:  # (the keys as one array: a grid of 268 points made 36,000 Python distance calls)
-                keys = np.array([k_ for k_, opt in self.nested_optimum.items() if opt is not None])
-                uD, fe = solved[int(np.argmin(np.sum((keys - vcp) ** 2, axis=1)))][:2]
+                keys = np.array([k_ for k_, _ in solved])
+                uD, fe = solved[int(np.argmin(np.sum((keys - vcp) ** 2, axis=1)))][1][:2]
             else:
                 nr = self(vcp)[1]
                 uD, fe = nr.u[self.nested.D], nr.b

@@ -99,6 +99,18 @@ def _nonzero_pairs(Z, a, b):
     return pair, Z.indptr[a][pair] + off // nb[pair], Z.indptr[b][pair] + off % nb[pair]
 
 
+def _entries(model):
+    """The row and the component of each entry of ``exog_vc`` (canonical CSR: rows in order)."""
+    Z = model.exog_vc
+    return np.repeat(np.arange(Z.shape[0], dtype=np.int64), np.diff(Z.indptr)), model.ident[Z.indices]
+
+
+def _one_per_row(row_of, comp, c):
+    """Whether component ``c`` has at most one entry per row (of :func:`_entries`): two in a row
+    repeat that row among its entries' sorted rows."""
+    return not np.any(np.diff(row_of[comp == c]) == 0)
+
+
 @functools.lru_cache(maxsize=8)
 def _hermite_log_rule(nodes):
     r"""The physicists' Gauss-Hermite rule (weight :math:`e^{-x^2}`) for the adaptive quadrature:
@@ -125,11 +137,12 @@ class IndependentEffects:
     def __init__(self, model, component, nodes=NODES):
         Z = model.exog_vc  # canonical CSR without explicit zeros (checks.as_exog_vc)
         cols = np.flatnonzero(model.ident == component)
-        keep = model.ident[Z.indices] == component
+        row_of, comp = _entries(model)
+        keep = comp == component
         local = np.empty(model.k_vc, dtype=np.int64)
         local[cols] = np.arange(cols.size)
         self.component = int(component)
-        self.rows = np.repeat(np.arange(Z.shape[0], dtype=np.int64), np.diff(Z.indptr))[keep]
+        self.rows = row_of[keep]
         self.local = local[Z.indices[keep]]  # 0..m-1
         self.z = Z.data[keep].astype(float)
         self.cols = cols
@@ -197,13 +210,11 @@ class IndependentEffects:
         one with the most effects."""
         if not model.k_vc:
             return None
-        Z, k = model.exog_vc, model.k_vcp  # canonical CSR (checks.as_exog_vc): rows in order
-        row = np.repeat(np.arange(Z.shape[0], dtype=np.int64), np.diff(Z.indptr))
-        comp = model.ident[Z.indices]
-        # a component with two nonzeros in a row repeats that row among its entries' (sorted) rows
-        twice = np.array([np.any(np.diff(row[comp == c]) == 0) for c in range(k)], dtype=bool)
+        k = model.k_vcp
+        row, comp = _entries(model)
+        once = np.array([_one_per_row(row, comp, c) for c in range(k)], dtype=bool)
         sizes = np.bincount(model.ident, minlength=k)
-        ok = np.flatnonzero(~twice & (sizes > 0))
+        ok = np.flatnonzero(once & (sizes > 0))
         if ok.size == 0:
             return None
         if eta is None or ok.size == 1:
@@ -220,7 +231,7 @@ class IndependentEffects:
         :math:`h_j^{(4)} = -\sum_i w_i'' z_i^4`). Large for effects with few binary or low-count rows
         and a large SD: of two nested factors, communities with three children and an SD of 2 (7.1)
         rather than their mothers with one or two children and an SD of 0.5 (2.0)."""
-        fam, m = model.family, self.cols.size
+        fam, m = model.family, self.m
         er = eta[self.rows]
         c = _curvature(fam, self.y, er, self.trials, self.z, self.local, m, sd)
         h3 = np.bincount(self.local, weights=fam.weight_derivative(self.y, er, self.trials) * self.z**3,
@@ -232,7 +243,7 @@ class IndependentEffects:
     def boundary_effects(self, model):
         """The effects all of whose outcomes sit at one boundary of the family's support: all zeros,
         or (binomial) all at the trials: complete separation, a one-sided conditional posterior."""
-        m = self.cols.size
+        m = self.m
         at_zero = np.bincount(self.local, weights=(self.y > 0).astype(float), minlength=m) == 0
         if model.family.name != "binomial":
             return np.flatnonzero(at_zero)
@@ -252,7 +263,7 @@ class IndependentEffects:
         binary or zero-count effect whose rows are all at one boundary (separation) with a large SD is
         far from it. Costs the effects' rows times the nodes.
         """
-        m = self.cols.size
+        m = self.m
         effects = np.arange(m) if effects is None else np.asarray(effects, dtype=np.int64)
         keep = np.zeros(m, dtype=bool)
         keep[effects] = True
@@ -292,7 +303,7 @@ class IndependentEffects:
         and a large SD they are not, and the series is then unreliable (binary groups of 4 rows with
         SD 3: the corrected Laplace density put the log-SD 0.18 posterior SDs low).
         """
-        m = self.cols.size
+        m = self.m
         fam = model.family
         er = eta[self.rows]
         c = _curvature(fam, self.y, er, self.trials, self.z, self.local, m, sd)
@@ -353,11 +364,13 @@ class EffectBlocks:
         Gauss–Hermite nodes per axis.
     """
 
+    #: Coordinates per block: intercept and slope (the closed-form 2 x 2 algebra of :meth:`modes` and :meth:`rule`).
+    d = 2
+
     def __init__(self, model, components, nodes=NODES_BLOCK):
         Z = model.exog_vc  # canonical CSR without explicit zeros (checks.as_exog_vc)
         comps = [int(c) for c in components]
-        row_of = np.repeat(np.arange(Z.shape[0], dtype=np.int64), np.diff(Z.indptr))
-        comp = model.ident[Z.indices]
+        row_of, comp = _entries(model)
         first = comp == comps[0]
         m = int(np.sum(model.ident == comps[0]))
         local0 = np.full(model.k_vc, -1, dtype=np.int64)
@@ -368,8 +381,8 @@ class EffectBlocks:
         self.rows = np.unique(row_of[in_set])
         pos = np.full(Z.shape[0], -1, dtype=np.int64)
         pos[self.rows] = np.arange(self.rows.size)
-        self.z = np.zeros((self.rows.size, len(comps)))
-        self.cols = np.empty((m, len(comps)), dtype=np.int64)
+        self.z = np.zeros((self.rows.size, self.d))
+        self.cols = np.empty((m, self.d), dtype=np.int64)
         for t, c in enumerate(comps):
             sel = comp == c
             self.z[pos[row_of[sel]], t] = Z.data[sel]
@@ -377,7 +390,7 @@ class EffectBlocks:
         self.cols = self.cols.ravel()  # block by block, its components in order (the order of moments' means)
         self.local = block_of_row[self.rows]
         self.component, self._components = comps[0], tuple(comps)
-        self.m, self.d = m, len(comps)
+        self.m = m
         self.y = model.endog[self.rows]
         self.trials = None if model.trials is None else model.trials[self.rows]
         self.x, self.logw = _tensor_log_rule(nodes, self.d)
@@ -390,8 +403,7 @@ class EffectBlocks:
         no component pairs, or if the rows times the rule's nodes exceed ``max_work`` (memory:
         rows x nodes arrays)."""
         Z, ident = model.exog_vc, model.ident
-        row_of = np.repeat(np.arange(Z.shape[0], dtype=np.int64), np.diff(Z.indptr))
-        comp = ident[Z.indices]
+        row_of, comp = _entries(model)
         c0 = ie.component
         col0 = np.full(Z.shape[0], -1, dtype=np.int64)
         col0[row_of[comp == c0]] = Z.indices[comp == c0]
@@ -399,9 +411,9 @@ class EffectBlocks:
         for c in range(model.k_vcp):
             if c == c0 or np.sum(ident == c) != ie.m:
                 continue
-            sel = comp == c
-            if np.any(np.diff(row_of[sel]) == 0):  # two effects of c in one row
+            if not _one_per_row(row_of, comp, c):
                 continue
+            sel = comp == c
             anchor = col0[row_of[sel]]
             if anchor.size == 0 or np.any(anchor < 0):  # a row of c without an effect of ie's component
                 continue

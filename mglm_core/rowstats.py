@@ -335,8 +335,6 @@ class RowData:
         if cached is not None and cached[0]() is factor:  # its refinement ask for the same)
             return cached[1]
         sig = None
-        if factor.m:
-            factor.border_rows(None, np.zeros((0, self.p)))  # L^-T made once, not on every thread
         if self.q:
             sig = factor.A.inverse_on_pattern(self._gram_rows, self._gram_indices, keep_plan=True)
 
