@@ -316,9 +316,8 @@ class _Conditional:
         if key not in self.delta:
             vcp = np.asarray(vcp, dtype=float)
             solved = [(k_, opt) for k_, opt in self.nested_optimum.items() if opt is not None]
-            if solved:  # (the keys as one array: a grid of 268 points made 36,000 Python distance calls)
-                keys = np.array([k_ for k_, _ in solved])
-                uD, fe = solved[int(np.argmin(np.sum((keys - vcp) ** 2, axis=1)))][1][:2]
+            if solved:
+                uD, fe = _linear_start(vcp, solved)
             else:
                 nr = self(vcp)[1]
                 uD, fe = nr.u[self.nested.D], nr.b
@@ -574,6 +573,31 @@ def _refined_change(model, vcp, nr):
         return None
     return (shift, factor.sparse_diag_inverse() - nr.factor.sparse_diag_inverse(),
             factor.border_inverse() - nr.factor.border_inverse())
+
+
+def _linear_start(vcp, solved, reach=3.0):
+    r"""A start for the nested optimum ``(u_D, fe)`` at ``vcp`` from the ``solved`` points
+    (``[(theta, (u_D, fe, ...))]``): the nearest one's optimum moved along the affine fit, by least
+    squares, of the optima of the points within ``reach`` times its distance (at most 2k + 1 of them),
+    :math:`\hat a(\theta) \approx \hat a(\theta_0) + J^\top (\theta - \theta_0)`, in the directions
+    their differences span (none: the nearest optimum itself). A grid point in line behind two solved
+    ones, or a difference stencil's second point, then starts an error of order step² from its
+    optimum instead of order step (three Newton evaluations per grid point became two)."""
+    keys = np.array([k_ for k_, _ in solved])  # (one array: a grid of 268 points made 36,000 Python distance calls)
+    d2 = np.sum((keys - vcp) ** 2, axis=1)
+    order = np.argsort(d2, kind="stable")
+    i0 = int(order[0])
+    uD0, fe0 = solved[i0][1][:2]
+    k = keys.shape[1]
+    near = [int(i) for i in order[1:2 * k + 1] if d2[i] <= reach**2 * max(d2[i0], 1e-300)]
+    if not near or d2[i0] == 0.0:
+        return uD0, fe0
+    dtheta = keys[near] - keys[i0]
+    a0 = np.concatenate([uD0, fe0])
+    da = np.array([np.concatenate(solved[i][1][:2]) - a0 for i in near])
+    J = np.linalg.lstsq(dtheta, da, rcond=1e-3)[0]
+    a = a0 + (vcp - keys[i0]) @ J
+    return a[:uD0.size], a[uD0.size:]
 
 
 def _outer_curve(lo, hi):

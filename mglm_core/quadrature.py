@@ -572,7 +572,7 @@ class NestedMarginal:
         self.x, self.logw = ie.x, ie.logw  # the rule of _nodes (use_nodes)
         self._reuse = None  # the last factorisation (its pattern analysis is reused)
         self.start = None  # (u_D, fe, their starts) of the last solution: warm start for the next
-        self.last = None  # (u_D, fe, factor) at the last optimum
+        self.last = None  # (u_D, fe, factor, the inner modes) at the last optimum
 
     @staticmethod
     def _row_pairs(group, n_nodes, max_work=1e7):
@@ -654,7 +654,7 @@ class NestedMarginal:
         if optimum is None:
             return None
         model, ie = self.model, self.ie
-        uD, fe, F = optimum
+        uD, fe, F, self.uhat = optimum  # (the inner modes' Newton then starts at its solution)
         vcp = np.asarray(vcp, dtype=float)
         U, _, _, pi, S, _, _ = self._nodes(uD, fe, ie.precision(vcp))
         P_row = pi[ie.local]
@@ -896,7 +896,7 @@ class NestedMarginal:
             return -np.inf
         self._reuse = res.factor
         self.start = (res.u, res.b, uD0, fe0)
-        self.last = (res.u, res.b, res.factor)
+        self.last = (res.u, res.b, res.factor, self.uhat)  # (the modes of the last evaluation, at the optimum)
         dim = self.D.size + self.model.k_fep
         return res.value + 0.5 * dim * np.log(2.0 * np.pi) - 0.5 * res.factor.logdet()
 
@@ -938,7 +938,7 @@ class NestedMarginal:
         if m * float(n_max) ** 2 > SECOND_ORDER_MAX:
             return None
         third = third and m * float(n_max) ** 3 <= SECOND_ORDER_MAX
-        uD, fe, F = optimum
+        uD, fe, F, self.uhat = optimum
         vcp = np.asarray(vcp, dtype=float)
         _, _, _, pi, S, W, eta = self._nodes(uD, fe, ie.precision(vcp))
         Zs_p, Zs_r, Xb_p, Xb_r = self._layout_rows()

@@ -341,6 +341,37 @@ def test_tabulated_marginal_stays_proper_when_the_points_share_a_value():
     assert np.trapezoid(grid.points[0] * grid.density[0], grid.points[0]) == pytest.approx(0.1, abs=1e-3)
 
 
+def test_linear_start_extrapolates_the_optima_of_nearby_points():
+    """The nested solves' warm start: the optima (u_D, fe) of solved points that depend affinely on
+    the log-SDs are extrapolated exactly; from points in a line, only along it (the nearest optimum
+    in the other directions); from one point, its optimum; points beyond reach are not used."""
+    from mglm_core.nested import _linear_start
+
+    rng = np.random.default_rng(3)
+    J, a0 = rng.normal(size=(2, 5)), rng.normal(size=5)
+
+    def solved(thetas, f=lambda th: a0 + th @ J):
+        return [(tuple(th), (f(th)[:3], f(th)[3:], None, None)) for th in np.array(thetas, dtype=float)]
+
+    grid = solved([[0, 0], [1, 0], [0, 1], [1, 1], [2, 0]])
+    uD, fe = _linear_start(np.array([2.0, 1.0]), grid)
+    np.testing.assert_allclose(np.concatenate([uD, fe]), a0 + np.array([2.0, 1.0]) @ J, atol=1e-12)
+    line = solved([[0, 0], [1, 0]])
+    uD, fe = _linear_start(np.array([2.0, 0.5]), line)
+    np.testing.assert_allclose(np.concatenate([uD, fe]), a0 + np.array([2.0, 0.0]) @ J, atol=1e-12)
+    uD, fe = _linear_start(np.array([0.5, 0.5]), solved([[0, 0]]))
+    np.testing.assert_allclose(np.concatenate([uD, fe]), a0)
+    # a quadratic path: the second point of a stencil starts an error of order h^2 from its optimum
+    curved = lambda th: a0 + th @ J + 3.0 * (th @ th) * np.ones(5)  # noqa: E731
+    for h in (1e-1, 1e-2):
+        uD, fe = _linear_start(np.array([-h, 0.0]), solved([[0, 0], [h, 0]], curved))
+        err = np.abs(np.concatenate([uD, fe]) - curved(np.array([-h, 0.0])))
+        assert np.max(err) == pytest.approx(6.0 * h**2, rel=1e-6)
+    far = solved([[0, 0], [5, 0]])
+    uD, fe = _linear_start(np.array([-1.0, 0.0]), far)
+    np.testing.assert_allclose(np.concatenate([uD, fe]), a0)
+
+
 @pytest.mark.parametrize("k", [2, 3])
 @pytest.mark.parametrize("skew", ["none", "axis", "diagonal", "cross"])
 def test_grid_extrapolates_only_beyond_the_region(k, skew):
@@ -554,7 +585,7 @@ def test_nested_mean_shift_is_the_gradient_of_the_log_determinant(dense):
     vcp = np.log([0.8, 2.0]) if model.vcp_names[0] == "c" else np.log([2.0, 0.8])
     nr = _Conditional(model, 1e-12)(vcp)[1]
     shift_D, shift_fe = nested.mean_shift(vcp, nr.u[nested.D], nr.b)
-    uD, fe, F = nested.last
+    uD, fe, F, _ = nested.last
     fun = nested.objective(vcp)
 
     def logdet(u_, b_):
