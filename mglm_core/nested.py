@@ -337,7 +337,8 @@ class _Conditional:
         :math:`\theta^* \pm \mathrm{root}\, e_i` (one posterior SD along each axis), and the skewness
         shift (:meth:`~mglm_core.quadrature.NestedMarginal.mean_shift`) at the same points as curves
         per coordinate (:func:`_shift_curve`, read by :meth:`outer_shift`); add the correction to
-        :meth:`corrected` from then on (call it before any nested value is cached).
+        :meth:`corrected` from then on (call it after :meth:`use` has switched to the nested
+        approximation and before any nested value is cached: its optima start those values' solves).
 
         The correction itself is a series that runs away at large SDs (binary pairs crossed with
         items: 0.2 at the mode, 1.1 and 5.4 at SDs of 8 and 11), where its curve grows only like a
@@ -359,12 +360,16 @@ class _Conditional:
             nr = self(th)[1]
             if nr.factor is None:
                 return np.nan, None
-            nested.start = None
+            # (from the last point's nested optimum moved by the Laplace optima's change between
+            # the two, NestedMarginal.start: two Newton evaluations instead of three from its
+            # Laplace optimum; the optima then start the nested values' solves, _nested_value)
             if not np.isfinite(nested.log_marginal(th, nr.u[nested.D], nr.b)):
                 return np.nan, None
+            self.nested_optimum[self._key(th)] = nested.last
             e, shift = nested.outer_terms(th)
             return (np.nan if e is None else e), (None if shift is None else np.concatenate(shift))
 
+        nested.start = None
         e0, s0 = terms(theta0)
         if not np.isfinite(e0):
             return
@@ -1043,10 +1048,10 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     separated = cond_shift > _SHIFT_MAX and cond.nested is not None
     if separated or few:
         fallback = "nested" if cond.nested is not None else None
+        cond.use(fallback)
         if fallback:  # a rule fine enough out to the probe points' largest SD of the component
             cond.nested.use_nodes(np.exp(np.max(probe, axis=0)))
             cond.outer_tilt(mode, root)
-        cond.use(fallback)
         mode, _, grad, H, search_ok, n_more = _maximise_theta(
             cond.corrected_value_grad, mode, vcp_bounds, f=lambda th: cond.corrected(th)[0], max_step=0.5,
             neg_hessian=H, hessian=cond.corrected_hessian, **search)
