@@ -58,12 +58,11 @@ NODES_BLOCK_MAX = 32
 _PRUNE = 25.0
 #: Blocks are integrated when their rows times the rule's nodes are at most this many.
 BLOCK_WORK_MAX = 2e7
-#: The (never modified) empty sparse block of the dense layout.
 #: The inner modes' Newton stops after a step below this: Newton converges quadratically on these
 #: log-concave integrands, so the mode is then within about its square (1e-12), as after the next
 #: step (which a threshold of 1e-10 waited for, a third of the iterations).
 _MODE_STEP = 1e-6
-
+#: The (never modified) empty sparse block of the dense layout.
 _EMPTY = sp.csc_matrix((0, 0))
 
 
