@@ -1076,6 +1076,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             f"posterior SDs of the mode, outside its range; {how}.")
         msgs.append(switch)
         approximations.add(switch)
+    if cond.correction == "nested":  # the integration points keep their tilted moments (NestedMarginal.moments)
+        cond.nested.keep_tilted = True
     design = _design(cond, mode, H, k, msgs)
     root, log_jac, zs, thetas, log_evidence_base, split, predicted = design
     at_bound = np.isclose(mode, vcp_bounds[0], atol=1e-3) | np.isclose(mode, vcp_bounds[1], atol=1e-3)

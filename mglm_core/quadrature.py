@@ -62,6 +62,9 @@ BLOCK_WORK_MAX = 2e7
 #: log-concave integrands, so the mode is then within about its square (1e-12), as after the next
 #: step (which a threshold of 1e-10 waited for, a third of the iterations).
 _MODE_STEP = 1e-6
+#: The tilted moments of an optimum (:meth:`NestedMarginal._tilted`, rows x d of them) are kept with it
+#: up to this many rows x d (1.6 MB at the limit, per integration point).
+TILTED_KEEP_MAX = 2e5
 #: The (never modified) empty sparse block of the dense layout.
 _EMPTY = sp.csc_matrix((0, 0))
 
@@ -576,7 +579,11 @@ class NestedMarginal:
         self.x, self.logw = ie.x, ie.logw  # the rule of _nodes (use_nodes)
         self._reuse = None  # the last factorisation (its pattern analysis is reused)
         self.start = None  # (u_D, fe, their starts) of the last solution: warm start for the next
-        self.last = None  # (u_D, fe, factor, the inner modes) at the last optimum
+        self.last = None  # (u_D, fe, factor, the inner modes, the tilted moments or None) at the last optimum
+        #: Keep the tilted moments of each optimum (:meth:`_tilted`) with it, for :meth:`moments` (the
+        #: integration points'; fit_laplace sets it for the grid): no second evaluation of the rule.
+        self.keep_tilted = False
+        self._stash = None  # (u_D, fe, U, pi, S - E s) of the last evaluation with the Hessian
 
     @staticmethod
     def _row_pairs(group, n_nodes, max_work=1e7):
@@ -658,26 +665,18 @@ class NestedMarginal:
         if optimum is None:
             return None
         model, ie = self.model, self.ie
-        uD, fe, F, self.uhat = optimum  # (the inner modes' Newton then starts at its solution)
+        uD, fe, F, self.uhat, tilted = optimum  # (the inner modes' Newton then starts at their solution)
         vcp = np.asarray(vcp, dtype=float)
-        U, _, _, pi, S, _, _ = self._nodes(uD, fe, ie.precision(vcp))
-        P_row = pi[ie.local]
-        dev_s = S - np.einsum("ik,ik->i", P_row, S)[:, None]
+        if tilted is None:
+            U, _, _, pi, S, _, _ = self._nodes(uD, fe, ie.precision(vcp))
+            tilted = self._tilted(U, pi, S - np.einsum("ik,ik->i", pi[ie.local], S)[:, None])
+        mu, tau, c = tilted
         if ie.d == 1:
-            mu = np.einsum("jk,jk->j", pi, U)
-            tau = np.maximum(np.einsum("jk,jk->j", pi, U**2) - mu**2, 0.0)
-            c = np.einsum("ik,ik,ik->i", P_row, U[ie.local] - mu[ie.local][:, None], dev_s)  # d mu_j / d a_i
             Gc = self.group @ sp.diags(c)
         else:  # blocks: each coordinate's moments, as rows j * d + t (ie.cols' order)
-            mu = np.einsum("jk,jkd->jd", pi, U)
-            tau = np.maximum(np.einsum("jk,jkd->jd", pi, U**2) - mu**2, 0.0).ravel()
-            Pd = P_row * dev_s
-            c = np.column_stack([np.einsum("ik,ik->i", Pd, U[ie.local, :, t] - mu[ie.local, t, None])
-                                 for t in range(ie.d)])
             n, d = c.shape
             coord = ((ie.local * d)[:, None] + np.arange(d)).ravel()
             Gc = sp.csr_matrix((c.ravel(), (coord, np.repeat(np.arange(n), d))), shape=(ie.m * d, n))
-            mu = mu.ravel()
         g_f = np.asarray(Gc @ self.Xp)
         vc_mean = np.empty(model.k_vc)
         vc_var = np.empty(model.k_vc)
@@ -702,6 +701,25 @@ class NestedMarginal:
         if self.D.size:
             vc_mean[self.D], vc_var[self.D] = uD, F.sparse_diag_inverse()
         return fe.copy(), fe_cov, vc_mean, vc_var, g_f, g_D if self.D.size else None
+
+    def _tilted(self, U, pi, dev):
+        r"""The tilted moments of the effects of P at one evaluation of the rule (``U``, ``pi`` and
+        ``dev`` the rows' :math:`s_{ik} - \mathrm{E}_j s_i`): ``(mu, tau, c)``, the means and variances
+        :math:`\mu_j`, :math:`\tau_j` (effects, or effects * d in ``ie.cols``' order for blocks) and
+        :math:`c_i = \mathrm{Cov}_j(u, s_i)` (rows, rows x d for blocks), whence
+        :math:`\partial\mu_j/\partial a = \sum_{i \in j} c_i\,(z_{Di}, x_i)` (:meth:`moments`)."""
+        ie = self.ie
+        P_row = pi[ie.local]
+        if ie.d == 1:
+            mu = np.einsum("jk,jk->j", pi, U)
+            tau = np.maximum(np.einsum("jk,jk->j", pi, U**2) - mu**2, 0.0)
+            return mu, tau, np.einsum("ik,ik,ik->i", P_row, U[ie.local] - mu[ie.local][:, None], dev)
+        mu = np.einsum("jk,jkd->jd", pi, U)
+        tau = np.maximum(np.einsum("jk,jkd->jd", pi, U**2) - mu**2, 0.0).ravel()
+        Pd = P_row * dev
+        c = np.column_stack([np.einsum("ik,ik->i", Pd, U[ie.local, :, t] - mu[ie.local, t, None])
+                             for t in range(ie.d)])
+        return mu.ravel(), tau, c
 
     @staticmethod
     def _quad_sparse(A, g):
@@ -754,6 +772,8 @@ class NestedMarginal:
             if not hessian:
                 return value, g_D, g_fe, None, None, None
             dev = S - Es[:, None]  # s_ik - E s_i
+            if self.keep_tilted:  # (log_marginal keeps the tilted moments of the optimum's evaluation)
+                self._stash = (uD, fe, U, pi, dev)
             if self.by_pairs:
                 return (value, g_D, g_fe) + self._hessian_pairs(pi, dev, Ew, w_r, prec_D)
             # d_jk = sqrt(pi_jk) sum over the rows i of j of x_i (s_ik - E s_i): (effects * nodes) x p
@@ -900,7 +920,11 @@ class NestedMarginal:
             return -np.inf
         self._reuse = res.factor
         self.start = (res.u, res.b, uD0, fe0)
-        self.last = (res.u, res.b, res.factor, self.uhat)  # (the modes of the last evaluation, at the optimum)
+        tilted, stash, self._stash = None, self._stash, None
+        if (stash is not None and self.ie.rows.size * self.ie.d <= TILTED_KEEP_MAX
+                and np.array_equal(stash[0], res.u) and np.array_equal(stash[1], res.b)):
+            tilted = self._tilted(*stash[2:])  # (the last evaluation with the Hessian is the optimum's)
+        self.last = (res.u, res.b, res.factor, self.uhat, tilted)  # (the modes of the last evaluation, at the optimum)
         dim = self.D.size + self.model.k_fep
         return res.value + 0.5 * dim * np.log(2.0 * np.pi) - 0.5 * res.factor.logdet()
 
@@ -942,7 +966,7 @@ class NestedMarginal:
         if m * float(n_max) ** 2 > SECOND_ORDER_MAX:
             return None
         third = third and m * float(n_max) ** 3 <= SECOND_ORDER_MAX
-        uD, fe, F, self.uhat = optimum
+        uD, fe, F, self.uhat = optimum[:4]
         vcp = np.asarray(vcp, dtype=float)
         _, _, _, pi, S, W, eta = self._nodes(uD, fe, ie.precision(vcp))
         Zs_p, Zs_r, Xb_p, Xb_r = self._layout_rows()

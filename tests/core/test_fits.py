@@ -585,7 +585,7 @@ def test_nested_mean_shift_is_the_gradient_of_the_log_determinant(dense):
     vcp = np.log([0.8, 2.0]) if model.vcp_names[0] == "c" else np.log([2.0, 0.8])
     nr = _Conditional(model, 1e-12)(vcp)[1]
     shift_D, shift_fe = nested.mean_shift(vcp, nr.u[nested.D], nr.b)
-    uD, fe, F, _ = nested.last
+    uD, fe, F = nested.last[:3]
     fun = nested.objective(vcp)
 
     def logdet(u_, b_):
@@ -1037,6 +1037,31 @@ def test_effect_blocks_integrate_intercepts_and_slopes_exactly():
         wts = np.exp(lp - lp.max())
         mean = [np.sum(wts * U1) / wts.sum(), np.sum(wts * U2) / wts.sum()]
         assert np.allclose(vc_m[cols[j]], mean, atol=2e-3)
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | g) + (0 + x | g)", "y ~ x + (1 | g) + (1 | h)"])
+def test_nested_moments_from_the_kept_tilted_moments_equal_a_fresh_evaluation(formula):
+    """With keep_tilted (the integration points), the optimum carries the tilted moments of its last
+    evaluation and moments() uses them instead of evaluating the rule again: the same means,
+    variances and derivatives, for (intercept, slope) blocks and for intercepts crossed with another
+    factor; without it, nothing is kept."""
+    from mglm_core.quadrature import IndependentEffects, NestedMarginal
+
+    model, _ = _slope_blocks(n_groups=12, rows=4, formula=formula)
+    nested = NestedMarginal.build(model, IndependentEffects.find(model))
+    vcp = np.array([0.8, -0.2])
+    start = (np.zeros(nested.D.size), np.zeros(model.k_fep))
+    assert np.isfinite(nested.log_marginal(vcp, *start)) and nested.last[4] is None
+    nested.keep_tilted = True
+    nested.start = None
+    assert np.isfinite(nested.log_marginal(vcp, *start))
+    kept = nested.last
+    assert kept[4] is not None
+    fresh = nested.moments(vcp, kept[:4] + (None,))
+    for a, b in zip(nested.moments(vcp, kept), fresh):
+        if b is not None:
+            b = b.toarray() if sp.issparse(b) else b
+            np.testing.assert_allclose(a.toarray() if sp.issparse(a) else a, b, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("n_groups,group_size,sd", [(150, 2, 3.0), (200, 1, 2.5)])
