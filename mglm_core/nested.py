@@ -601,8 +601,12 @@ def _linear_start(vcp, solved, reach=3.0):
     dtheta = keys[near] - keys[i0]
     a0 = np.concatenate([uD0, fe0])
     da = np.array([np.concatenate(solved[i][1][:2]) - a0 for i in near])
-    J = np.linalg.lstsq(dtheta, da, rcond=1e-3)[0]
-    a = a0 + (vcp - keys[i0]) @ J
+    # minimum-norm least squares through the k x k normal matrix (singular values below 1e-3 of the
+    # largest dropped; np.linalg.lstsq's overhead was a third of the solves' set-up)
+    lam, V = np.linalg.eigh(dtheta.T @ dtheta)
+    keep = lam > 1e-6 * lam[-1]
+    w = (((vcp - keys[i0]) @ V[:, keep]) / lam[keep]) @ V[:, keep].T @ dtheta.T  # weights of the near points
+    a = a0 + w @ da
     return a[:uD0.size], a[uD0.size:]
 
 

@@ -118,6 +118,14 @@ def _one_per_row(row_of, comp, c):
     return not np.any(np.diff(row_of[comp == c]) == 0)
 
 
+def _bordered(A, B, C):
+    """The dense symmetric matrix ``[[A, B], [B^T, C]]`` (np.block's checks cost ten times the copy)."""
+    n, p = B.shape
+    full = np.empty((n + p, n + p))
+    full[:n, :n], full[:n, n:], full[n:, :n], full[n:, n:] = A, B, B.T, C
+    return full
+
+
 @functools.lru_cache(maxsize=8)
 def _hermite_log_rule(nodes):
     r"""The physicists' Gauss-Hermite rule (weight :math:`e^{-x^2}`) for the adaptive quadrature:
@@ -192,9 +200,9 @@ class IndependentEffects:
             s, w = family.score_weight(self.y, a + self.z * u[self.local], self.trials)
             g = np.bincount(self.local, weights=self.z * s, minlength=m) - prec * u
             c = np.bincount(self.local, weights=self.z**2 * w, minlength=m) + prec
-            step = np.clip(g / c, -2.0, 2.0)
+            step = np.minimum(np.maximum(g / c, -2.0), 2.0)  # (np.clip: twice the overhead)
             u += step
-            if np.max(np.abs(step)) < _MODE_STEP:
+            if np.abs(step).max() < _MODE_STEP:
                 break
         _, w = family.score_weight(self.y, a + self.z * u[self.local], self.trials)
         return u, np.bincount(self.local, weights=self.z**2 * w, minlength=m) + prec
@@ -490,7 +498,7 @@ class EffectBlocks:
             step = np.column_stack([(c11 * g0 - c01 * g1) / det, (c00 * g1 - c01 * g0) / det])
             step *= np.minimum(1.0, 2.0 / np.maximum(np.max(np.abs(step), axis=1), 1e-300))[:, None]
             u += step
-            if np.max(np.abs(step)) < _MODE_STEP:
+            if np.abs(step).max() < _MODE_STEP:
                 break
         _, w = family.score_weight(self.y, self._eta(a, u), self.trials)
         return u, self._curvatures(w, prec)
@@ -601,6 +609,19 @@ class NestedMarginal:
         first, second = first[order], second[order]
         indptr = np.searchsorted(first, np.arange(G.shape[1] + 1))
         return first, second, second.astype(np.int32), indptr.astype(np.int32)
+
+    @functools.cached_property
+    def _pair_diagonal(self):
+        """The positions of the pairs (i, i) in :meth:`_row_pairs`' order."""
+        first, second = self._pairs[:2]
+        return np.flatnonzero(first == second)
+
+    @functools.cached_property
+    def _pair_matrix(self):
+        """The rows x rows CSR matrix on the pairs' pattern whose values :meth:`_hessian_pairs` sets."""
+        first, _, indices, indptr = self._pairs
+        n = self.ie.rows.size
+        return sp.csr_matrix((np.zeros(first.size), indices, indptr), shape=(n, n))
 
     @classmethod
     def build(cls, model, ie, blocks=True):
@@ -840,9 +861,10 @@ class NestedMarginal:
         model, p = self.model, self.model.k_fep
         sdev = dev * np.sqrt(pi)[self.ie.local]  # two (pairs x nodes) temporaries, not three
         vals = -np.einsum("tk,tk->t", sdev[first], sdev[second])
-        diag = first == second
+        diag = self._pair_diagonal
         vals[diag] += Ew[first[diag]]
-        Wp = sp.csr_matrix((vals, indices, indptr), shape=(Ew.size, Ew.size))
+        Wp = self._pair_matrix  # (its pattern fixed, only its values set: scipy's checks took 60 us)
+        Wp.data = vals
         WX = Wp @ self.Xp
         WXr = self.Xr * w_r[:, None]
         C = self.Xp.T @ WX + self.Xr.T @ WXr + np.eye(p) / model.fe_p**2
@@ -850,7 +872,7 @@ class NestedMarginal:
             return sp.csc_matrix((0, 0)), np.zeros((0, p)), C
         if self.dense:
             A = self.ZDp_d.T @ (Wp @ self.ZDp_d)
-            A[np.diag_indices_from(A)] += prec_D
+            A.flat[::A.shape[0] + 1] += prec_D
             B = self.ZDp_d.T @ WX
             if self.yr.size:
                 A += self.ZDr_d.T @ (self.ZDr_d * w_r[:, None])
@@ -875,7 +897,7 @@ class NestedMarginal:
                 return value, None, None, None, None, None
             if not hessian:
                 return value, np.zeros(0), np.concatenate([g_D, g_fe]), None, None, None
-            full = np.block([[A, B], [B.T, C]])
+            full = _bordered(A, B, C)
             return value, np.zeros(0), np.concatenate([g_D, g_fe]), _EMPTY, np.zeros((0, full.shape[0])), full
 
         return fun_border
@@ -885,7 +907,7 @@ class NestedMarginal:
         from .linalg import BorderedFactor
 
         if self.dense:
-            full = np.block([[A, B], [B.T, C]])
+            full = _bordered(A, B, C)
             return BorderedFactor(_EMPTY, np.zeros((0, full.shape[0])), full)
         return BorderedFactor(A, B, C)
 
