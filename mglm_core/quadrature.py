@@ -514,10 +514,14 @@ class EffectBlocks:
         l10 = c01 / l00
         l11 = np.sqrt(c11 - l10**2)
         r2 = np.sqrt(2.0)
-        U0 = u0[:, 0, None] + (r2 / l00)[:, None] * x[:, 0] - (r2 * l10 / (l00 * l11))[:, None] * x[:, 1]
-        U1 = u0[:, 1, None] + (r2 / l11)[:, None] * x[:, 1]
-        loc = self.local
-        eta = a[:, None] + self.z[:, 0, None] * U0[loc] + self.z[:, 1, None] * U1[loc]
+        s00, s01, s11 = r2 / l00, -r2 * l10 / (l00 * l11), r2 / l11  # sqrt2 L^-T
+        U0 = u0[:, 0, None] + s00[:, None] * x[:, 0] + s01[:, None] * x[:, 1]
+        U1 = u0[:, 1, None] + s11[:, None] * x[:, 1]
+        loc, z0, z1 = self.local, self.z[:, 0], self.z[:, 1]
+        # eta_ik = a_i + z_i . U_jk as a row constant plus the rows' multiples of the two node
+        # coordinates (four passes over rows x nodes instead of seven)
+        eta = (a + z0 * u0[loc, 0] + z1 * u0[loc, 1])[:, None] + (z0 * s00[loc])[:, None] * x[:, 0]
+        eta += (z0 * s01[loc] + z1 * s11[loc])[:, None] * x[:, 1]
         ll, S, W = family.row_terms(y, eta, trials)
         lw = group @ ll - 0.5 * (prec[0] * U0**2 + prec[1] * U1**2) + logw
         top = lw.max(axis=1)
@@ -591,7 +595,7 @@ class NestedMarginal:
         #: Keep the tilted moments of each optimum (:meth:`_tilted`) with it, for :meth:`moments` (the
         #: integration points'; fit_laplace sets it for the grid): no second evaluation of the rule.
         self.keep_tilted = False
-        self._stash = None  # (u_D, fe, U, pi, S - E s) of the last evaluation with the Hessian
+        self._stash = None  # (vcp, u_D, fe, U, pi, S, W, eta, S - E s) of the last evaluation with the Hessian
 
     @staticmethod
     def _row_pairs(group, n_nodes, max_work=1e7):
@@ -723,6 +727,14 @@ class NestedMarginal:
             vc_mean[self.D], vc_var[self.D] = uD, F.sparse_diag_inverse()
         return fe.copy(), fe_cov, vc_mean, vc_var, g_f, g_D if self.D.size else None
 
+    def _evaluation_at(self, vcp, uD, fe):
+        """``(U, pi, S, W, eta, S - E s)`` of the last evaluation with the Hessian if it was at
+        ``(vcp, u_D, fe)`` (a converged :meth:`log_marginal`'s optimum, normally), else None."""
+        st = self._stash
+        if st is None or not (np.array_equal(st[0], vcp) and np.array_equal(st[1], uD) and np.array_equal(st[2], fe)):
+            return None
+        return st[3:]
+
     def _tilted(self, U, pi, dev):
         r"""The tilted moments of the effects of P at one evaluation of the rule (``U``, ``pi`` and
         ``dev`` the rows' :math:`s_{ik} - \mathrm{E}_j s_i`): ``(mu, tau, c)``, the means and variances
@@ -737,9 +749,8 @@ class NestedMarginal:
             return mu, tau, np.einsum("ik,ik,ik->i", P_row, U[ie.local] - mu[ie.local][:, None], dev)
         mu = np.einsum("jk,jkd->jd", pi, U)
         tau = np.maximum(np.einsum("jk,jkd->jd", pi, U**2) - mu**2, 0.0).ravel()
-        Pd = P_row * dev
-        c = np.column_stack([np.einsum("ik,ik->i", Pd, U[ie.local, :, t] - mu[ie.local, t, None])
-                             for t in range(ie.d)])
+        # (sum_k pi_jk (s_ik - E s_i) = 0: the means need not be subtracted from the nodes)
+        c = np.einsum("ik,ikd->id", P_row * dev, U[ie.local])
         return mu.ravel(), tau, c
 
     @staticmethod
@@ -772,7 +783,7 @@ class NestedMarginal:
         K = self.logw.size
 
         def fun(uD, fe, hessian):
-            U, log_sc, logI, pi, S, W, _ = self._nodes(uD, fe, prec)
+            U, log_sc, logI, pi, S, W, eta = self._nodes(uD, fe, prec)
             value = float(np.sum(logI + log_sc) + ie.log_normaliser(prec))
             eta_r = self.Xr @ fe + self.ZDr @ uD
             if self.off_r is not None:
@@ -793,8 +804,9 @@ class NestedMarginal:
             if not hessian:
                 return value, g_D, g_fe, None, None, None
             dev = S - Es[:, None]  # s_ik - E s_i
-            if self.keep_tilted:  # (log_marginal keeps the tilted moments of the optimum's evaluation)
-                self._stash = (uD, fe, U, pi, dev)
+            # (the optimum's evaluation is the last one with the Hessian: log_marginal keeps its tilted
+            # moments, _skewness its rule)
+            self._stash = (vcp, uD, fe, U, pi, S, W, eta, dev)
             if self.by_pairs:
                 return (value, g_D, g_fe) + self._hessian_pairs(pi, dev, Ew, w_r, prec_D)
             # d_jk = sqrt(pi_jk) sum over the rows i of j of x_i (s_ik - E s_i): (effects * nodes) x p
@@ -942,10 +954,10 @@ class NestedMarginal:
             return -np.inf
         self._reuse = res.factor
         self.start = (res.u, res.b, uD0, fe0)
-        tilted, stash, self._stash = None, self._stash, None
-        if (stash is not None and self.ie.rows.size * self.ie.d <= TILTED_KEEP_MAX
-                and np.array_equal(stash[0], res.u) and np.array_equal(stash[1], res.b)):
-            tilted = self._tilted(*stash[2:])  # (the last evaluation with the Hessian is the optimum's)
+        stash = self._evaluation_at(vcp, res.u, res.b)
+        tilted = (self._tilted(stash[0], stash[1], stash[5])
+                  if self.keep_tilted and stash is not None and self.ie.rows.size * self.ie.d <= TILTED_KEEP_MAX
+                  else None)
         self.last = (res.u, res.b, res.factor, self.uhat, tilted)  # (the modes of the last evaluation, at the optimum)
         dim = self.D.size + self.model.k_fep
         return res.value + 0.5 * dim * np.log(2.0 * np.pi) - 0.5 * res.factor.logdet()
@@ -990,7 +1002,8 @@ class NestedMarginal:
         third = third and m * float(n_max) ** 3 <= SECOND_ORDER_MAX
         uD, fe, F, self.uhat = optimum[:4]
         vcp = np.asarray(vcp, dtype=float)
-        _, _, _, pi, S, W, eta = self._nodes(uD, fe, ie.precision(vcp))
+        stash = self._evaluation_at(vcp, uD, fe)
+        _, pi, S, W, eta = stash[:5] if stash is not None else self._nodes(uD, fe, ie.precision(vcp))[2:]
         Zs_p, Zs_r, Xb_p, Xb_r = self._layout_rows()
         sparse = Zs_p is not None
 
