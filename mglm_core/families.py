@@ -137,16 +137,24 @@ class Binomial(Family):
         r"""``(loglike, score, weight)`` element by element from one exponential: with
         :math:`t = e^{-|\eta|}` and :math:`r = 1/(1+t)`, :math:`\log(1+e^\eta) = \max(\eta, 0) + \log(1+t)`,
         :math:`p = r` for :math:`\eta \ge 0` and :math:`t r` otherwise, :math:`p(1-p) = t r^2`."""
-        n = 1.0 if trials is None else trials
-        t = np.exp(-np.abs(eta))
+        t = np.array(eta, dtype=float)  # (an array even for a scalar: the steps below are in place)
+        np.abs(t, out=t)
+        np.negative(t, out=t)
+        np.exp(t, out=t)
+        softplus = np.log1p(t)
+        softplus += np.maximum(eta, 0.0)
         r = 1.0 / (1.0 + t)
-        ll = y * eta - n * (np.maximum(eta, 0.0) + np.log1p(t))
-        if trials is not None:
-            ll = ll + self.log_base_measure(y, trials)
-        p = np.where(eta >= 0.0, r, t * r)
-        t *= r
-        t *= r
-        return ll, y - n * p, (t if trials is None else n * t)
+        t *= r  # t r = min(p, 1 - p)
+        p = np.where(eta >= 0.0, r, t)
+        t *= r  # t r^2 = p (1 - p)
+        ll = y * eta
+        if trials is None:  # (no multiplications by n = 1)
+            ll -= softplus
+            return ll, y - p, t
+        softplus *= trials
+        ll -= softplus
+        ll += self.log_base_measure(y, trials)
+        return ll, y - trials * p, trials * t
 
     def working_response(self, y, trials):
         r"""IRLS start: :math:`p_0 = (y + 1/2)/(n + 1)`, response :math:`\operatorname{logit} p_0`,
