@@ -147,14 +147,9 @@ class Binomial(Family):
         t *= r  # t r = min(p, 1 - p)
         p = np.where(eta >= 0.0, r, t)
         t *= r  # t r^2 = p (1 - p)
-        ll = y * eta
         if trials is None:  # (no multiplications by n = 1)
-            ll -= softplus
-            return ll, y - p, t
-        softplus *= trials
-        ll -= softplus
-        ll += self.log_base_measure(y, trials)
-        return ll, y - trials * p, trials * t
+            return y * eta - softplus, y - p, t
+        return y * eta - trials * softplus + self.log_base_measure(y, trials), y - trials * p, trials * t
 
     def working_response(self, y, trials):
         r"""IRLS start: :math:`p_0 = (y + 1/2)/(n + 1)`, response :math:`\operatorname{logit} p_0`,

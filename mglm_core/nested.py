@@ -316,13 +316,16 @@ class _Conditional:
         if key not in self.delta:
             vcp = np.asarray(vcp, dtype=float)
             solved = [(k_, opt) for k_, opt in self.nested_optimum.items() if opt is not None]
+            near = None
             if solved:
-                uD, fe = _linear_start(vcp, solved)
+                uD, fe, near = _linear_start(vcp, solved)
             else:
                 nr = self(vcp)[1]
                 uD, fe = nr.u[self.nested.D], nr.b
             self.nested.start = None
             value = self.nested.log_marginal(vcp, uD, fe)
+            if not np.isfinite(value) and near is not None:  # the extrapolated start failed: the nearest optimum's
+                value = self.nested.log_marginal(vcp, *near)
             if self.outer is not None:  # the outer Laplace's correction (outer_tilt)
                 value += self.outer.e0 + _outer_value(self.outer.curves, self.outer.z(vcp))
             self.delta[key] = value
@@ -588,7 +591,9 @@ def _linear_start(vcp, solved, reach=3.0):
     their differences span (none: the nearest optimum itself). A grid point in line behind two solved
     ones, or a difference stencil's second point, then starts an error of order step² from its
     optimum instead of order step: the grids' Newton evaluations per point went from 2.5-3.1 to
-    2.0-2.5 (the floor is two: a step and the check at its end)."""
+    2.0-2.5 (the floor is two: a step and the check at its end). Returns ``(u_D, fe, nearest)``,
+    ``nearest`` the nearest optimum (None when the start is that optimum). Directions whose singular
+    value is below 1e-2 of the largest are left out (the optima are known to the inner tolerance only)."""
     keys = np.array([k_ for k_, _ in solved])  # (one array: a grid of 268 points made 36,000 Python distance calls)
     d2 = np.sum((keys - vcp) ** 2, axis=1)
     order = np.argsort(d2, kind="stable")
@@ -597,17 +602,17 @@ def _linear_start(vcp, solved, reach=3.0):
     k = keys.shape[1]
     near = [int(i) for i in order[1:2 * k + 1] if d2[i] <= reach**2 * max(d2[i0], 1e-300)]
     if not near or d2[i0] == 0.0:
-        return uD0, fe0
+        return uD0, fe0, None
     dtheta = keys[near] - keys[i0]
     a0 = np.concatenate([uD0, fe0])
     da = np.array([np.concatenate(solved[i][1][:2]) - a0 for i in near])
-    # minimum-norm least squares through the k x k normal matrix (singular values below 1e-3 of the
-    # largest dropped; np.linalg.lstsq's overhead was a third of the solves' set-up)
+    # minimum-norm least squares through the k x k normal matrix (np.linalg.lstsq's overhead was a
+    # third of the solves' set-up)
     lam, V = np.linalg.eigh(dtheta.T @ dtheta)
-    keep = lam > 1e-6 * lam[-1]
+    keep = lam > 1e-4 * lam[-1]
     w = (((vcp - keys[i0]) @ V[:, keep]) / lam[keep]) @ V[:, keep].T @ dtheta.T  # weights of the near points
     a = a0 + w @ da
-    return a[:uD0.size], a[uD0.size:]
+    return a[:uD0.size], a[uD0.size:], (uD0, fe0)
 
 
 def _outer_curve(lo, hi):

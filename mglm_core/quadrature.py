@@ -63,8 +63,9 @@ BLOCK_WORK_MAX = 2e7
 #: step (which a threshold of 1e-10 waited for, a third of the iterations).
 _MODE_STEP = 1e-6
 #: The tilted moments of an optimum (:meth:`NestedMarginal._tilted`, rows x d of them) are kept with it
-#: up to this many rows x d (1.6 MB at the limit, per integration point).
-TILTED_KEEP_MAX = 2e5
+#: up to this many rows x d: 160 kB per integration point at the limit, 43 MB for a grid of 268 points
+#: (beyond, :meth:`NestedMarginal.moments` evaluates the rule again).
+TILTED_KEEP_MAX = 2e4
 #: The (never modified) empty sparse block of the dense layout.
 _EMPTY = sp.csc_matrix((0, 0))
 
@@ -595,7 +596,7 @@ class NestedMarginal:
         #: Keep the tilted moments of each optimum (:meth:`_tilted`) with it, for :meth:`moments` (the
         #: integration points'; fit_laplace sets it for the grid): no second evaluation of the rule.
         self.keep_tilted = False
-        self._stash = None  # (vcp, u_D, fe, U, pi, S, W, eta, S - E s) of the last evaluation with the Hessian
+        self._stash = None  # (vcp, rule, u_D, fe, U, pi, S, W, eta, S - E s) of the last evaluation with the Hessian
 
     @staticmethod
     def _row_pairs(group, n_nodes, max_work=1e7):
@@ -729,11 +730,13 @@ class NestedMarginal:
 
     def _evaluation_at(self, vcp, uD, fe):
         """``(U, pi, S, W, eta, S - E s)`` of the last evaluation with the Hessian if it was at
-        ``(vcp, u_D, fe)`` (a converged :meth:`log_marginal`'s optimum, normally), else None."""
+        ``(vcp, u_D, fe)`` under the current rule (a converged :meth:`log_marginal`'s optimum,
+        normally), else None."""
         st = self._stash
-        if st is None or not (np.array_equal(st[0], vcp) and np.array_equal(st[1], uD) and np.array_equal(st[2], fe)):
+        if (st is None or st[1] is not self.logw or not np.array_equal(st[0], vcp)
+                or not np.array_equal(st[2], uD) or not np.array_equal(st[3], fe)):
             return None
-        return st[3:]
+        return st[4:]
 
     def _tilted(self, U, pi, dev):
         r"""The tilted moments of the effects of P at one evaluation of the rule (``U``, ``pi`` and
@@ -783,6 +786,7 @@ class NestedMarginal:
         K = self.logw.size
 
         def fun(uD, fe, hessian):
+            self._stash = None  # (released before this evaluation's arrays are made)
             U, log_sc, logI, pi, S, W, eta = self._nodes(uD, fe, prec)
             value = float(np.sum(logI + log_sc) + ie.log_normaliser(prec))
             eta_r = self.Xr @ fe + self.ZDr @ uD
@@ -806,7 +810,7 @@ class NestedMarginal:
             dev = S - Es[:, None]  # s_ik - E s_i
             # (the optimum's evaluation is the last one with the Hessian: log_marginal keeps its tilted
             # moments, _skewness its rule)
-            self._stash = (vcp, uD, fe, U, pi, S, W, eta, dev)
+            self._stash = (vcp.copy(), self.logw, uD.copy(), fe.copy(), U, pi, S, W, eta, dev)
             if self.by_pairs:
                 return (value, g_D, g_fe) + self._hessian_pairs(pi, dev, Ew, w_r, prec_D)
             # d_jk = sqrt(pi_jk) sum over the rows i of j of x_i (s_ik - E s_i): (effects * nodes) x p
@@ -958,7 +962,9 @@ class NestedMarginal:
         tilted = (self._tilted(stash[0], stash[1], stash[5])
                   if self.keep_tilted and stash is not None and self.ie.rows.size * self.ie.d <= TILTED_KEEP_MAX
                   else None)
-        self.last = (res.u, res.b, res.factor, self.uhat, tilted)  # (the modes of the last evaluation, at the optimum)
+        # (self.uhat: the inner modes of the last evaluation, the optimum's unless Newton stalled on a
+        # rejected trial point; they only start the modes' Newton of moments and _skewness)
+        self.last = (res.u, res.b, res.factor, self.uhat, tilted)
         dim = self.D.size + self.model.k_fep
         return res.value + 0.5 * dim * np.log(2.0 * np.pi) - 0.5 * res.factor.logdet()
 

@@ -354,21 +354,23 @@ def test_linear_start_extrapolates_the_optima_of_nearby_points():
         return [(tuple(th), (f(th)[:3], f(th)[3:], None, None)) for th in np.array(thetas, dtype=float)]
 
     grid = solved([[0, 0], [1, 0], [0, 1], [1, 1], [2, 0]])
-    uD, fe = _linear_start(np.array([2.0, 1.0]), grid)
+    uD, fe, nearest = _linear_start(np.array([2.0, 1.0]), grid)
     np.testing.assert_allclose(np.concatenate([uD, fe]), a0 + np.array([2.0, 1.0]) @ J, atol=1e-12)
     line = solved([[0, 0], [1, 0]])
-    uD, fe = _linear_start(np.array([2.0, 0.5]), line)
+    uD, fe, nearest = _linear_start(np.array([2.0, 0.5]), line)
     np.testing.assert_allclose(np.concatenate([uD, fe]), a0 + np.array([2.0, 0.0]) @ J, atol=1e-12)
-    uD, fe = _linear_start(np.array([0.5, 0.5]), solved([[0, 0]]))
+    np.testing.assert_allclose(np.concatenate(nearest), a0 + np.array([1.0, 0.0]) @ J)  # (the fallback start)
+    uD, fe, nearest = _linear_start(np.array([0.5, 0.5]), solved([[0, 0]]))
     np.testing.assert_allclose(np.concatenate([uD, fe]), a0)
+    assert nearest is None  # (the start is the nearest optimum itself)
     # a quadratic path: the second point of a stencil starts an error of order h^2 from its optimum
     curved = lambda th: a0 + th @ J + 3.0 * (th @ th) * np.ones(5)  # noqa: E731
     for h in (1e-1, 1e-2):
-        uD, fe = _linear_start(np.array([-h, 0.0]), solved([[0, 0], [h, 0]], curved))
+        uD, fe, nearest = _linear_start(np.array([-h, 0.0]), solved([[0, 0], [h, 0]], curved))
         err = np.abs(np.concatenate([uD, fe]) - curved(np.array([-h, 0.0])))
         assert np.max(err) == pytest.approx(6.0 * h**2, rel=1e-6)
     far = solved([[0, 0], [5, 0]])
-    uD, fe = _linear_start(np.array([-1.0, 0.0]), far)
+    uD, fe, nearest = _linear_start(np.array([-1.0, 0.0]), far)
     np.testing.assert_allclose(np.concatenate([uD, fe]), a0)
 
 
@@ -1058,6 +1060,14 @@ def test_nested_moments_from_the_kept_tilted_moments_equal_a_fresh_evaluation(fo
     kept = nested.last
     assert kept[4] is not None
     fresh = nested.moments(vcp, kept[:4] + (None,))
+    # the kept covariances Cov_j(u, s_i), against the formula with the tilted means subtracted
+    U, _, _, pi, S, _, _ = nested._nodes(kept[0], kept[1], nested.ie.precision(vcp))
+    P_row = pi[nested.ie.local]
+    dev = S - np.einsum("ik,ik->i", P_row, S)[:, None]
+    Ud = U.reshape(U.shape[0], U.shape[1], -1)
+    mu = np.einsum("jk,jkd->jd", pi, Ud)
+    c_ref = np.einsum("ik,ikd->id", P_row * dev, Ud[nested.ie.local] - mu[nested.ie.local][:, None, :])
+    np.testing.assert_allclose(np.reshape(kept[4][2], c_ref.shape), c_ref, rtol=1e-8, atol=1e-12)
     for a, b in zip(nested.moments(vcp, kept), fresh):
         if b is not None:
             b = b.toarray() if sp.issparse(b) else b
