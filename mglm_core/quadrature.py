@@ -958,10 +958,10 @@ class NestedMarginal:
             return -np.inf
         self._reuse = res.factor
         self.start = (res.u, res.b, uD0, fe0)
-        stash = self._evaluation_at(vcp, res.u, res.b)
-        tilted = (self._tilted(stash[0], stash[1], stash[5])
-                  if self.keep_tilted and stash is not None and self.ie.rows.size * self.ie.d <= TILTED_KEEP_MAX
-                  else None)
+        tilted = None
+        if self.keep_tilted and self.ie.rows.size * self.ie.d <= TILTED_KEEP_MAX:
+            stash = self._evaluation_at(vcp, res.u, res.b)
+            tilted = None if stash is None else self._tilted(stash[0], stash[1], stash[5])
         # (self.uhat: the inner modes of the last evaluation, the optimum's unless Newton stalled on a
         # rejected trial point; they only start the modes' Newton of moments and _skewness)
         self.last = (res.u, res.b, res.factor, self.uhat, tilted)
