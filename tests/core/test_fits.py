@@ -962,6 +962,7 @@ def test_effect_blocks_pair_intercepts_and_slopes_by_level(monkeypatch):
         assert np.array_equal(blocks.z[i], Z[r, blocks.cols.reshape(3, 2)[blocks.local[i]]])
     assert EffectBlocks.around(model, ie, max_work=10) is None
     assert blocks.hermite_rule(1.0)[2] == NODES_BLOCK and blocks.hermite_rule(8.0)[2] > 20
+    assert blocks.hermite_rule(3.0)[2] == 10 > NODES_BLOCK  # a finer rule from SD 2 on
     monkeypatch.setattr(quadrature, "BLOCK_WORK_MAX", 9 * 200)
     x, logw, k = blocks.hermite_rule(8.0)
     assert NODES_BLOCK < k and logw.size * 9 <= 9 * 200 and x.shape == (logw.size, 2)
