@@ -704,8 +704,9 @@ class NestedMarginal:
             U, _, _, pi, S, _, _ = self._nodes(uD, fe, ie.precision(vcp))
             tilted = self._tilted(U, pi, S - np.einsum("ik,ik->i", pi[ie.local], S)[:, None])
         mu, tau, c = tilted
-        if ie.d == 1:
-            Gc = self.group @ sp.diags(c)
+        if ie.d == 1:  # (the group's pattern with the values scaled: a sparse product took 4x as long)
+            Gc = self.group.copy()
+            Gc.data *= c[Gc.indices]
         else:  # blocks: each coordinate's moments, as rows j * d + t (ie.cols' order)
             n, d = c.shape
             coord = ((ie.local * d)[:, None] + np.arange(d)).ravel()
