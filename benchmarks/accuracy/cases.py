@@ -678,6 +678,20 @@ CASES = [
          trials="n", data_fn=_binomial3_slopes_crossed),
     Case("sim_binary_slopes_uncentred", "binary, (1|g) + (0+x|g) with x ~ U(0, 2): 200 groups of 3 rows, SDs 1.5 / 0.8",
          "y ~ x + (1 | g) + (0 + x | g)", "binomial", data_fn=_slopes_uncentred),
+    # -- a thirteenth set, first run as held-out cases after the blocks' rule went from 10 to 8 nodes
+    # per axis up to SD 2 (EffectBlocks.hermite_rule)
+    Case("sim_binary_slopes_120x5", "binary, (1|g) + (0+x|g): 120 groups of 5 rows, SDs 1.3 / 0.6",
+         "y ~ x + (1 | g) + (0 + x | g)", "binomial",
+         data_fn=lambda: _slopes(1301, 120, 5, "binomial", (1.3, 0.6), (0.1, 0.4))),
+    Case("sim_binary_slopes_100x4_sd2", "binary, (1|g) + (0+x|g): 100 groups of 4 rows, SDs 2 / 0.7",
+         "y ~ x + (1 | g) + (0 + x | g)", "binomial",
+         data_fn=lambda: _slopes(1302, 100, 4, "binomial", (2.0, 0.7), (0.3, 0.5))),
+    Case("sim_binary_slopes_crossed_b", "binary, (1|g) + (0+x|g) + (1|h): 80 groups of 6 rows (SDs 1.2 / 0.6), h "
+         "drawn from 110 levels (SD 0.7), another draw (seed 1303)", "y ~ x + (1 | g) + (0 + x | g) + (1 | h)",
+         "binomial", data_fn=lambda: _slopes_crossed(1303)),
+    Case("sim_poisson_slopes_150x3_low", "Poisson, (1|g) + (0+x|g): 150 groups of 3 rows, SDs 1 / 0.6, intercept -0.7",
+         "y ~ x + (1 | g) + (0 + x | g)", "poisson",
+         data_fn=lambda: _slopes(1304, 150, 3, "poisson", (1.0, 0.6), (-0.7, 0.3))),
 ]
 
 #: Single factors of two levels, checked against importance sampling (exact_few_levels.py) instead of
