@@ -679,7 +679,7 @@ CASES = [
     Case("sim_binary_slopes_uncentred", "binary, (1|g) + (0+x|g) with x ~ U(0, 2): 200 groups of 3 rows, SDs 1.5 / 0.8",
          "y ~ x + (1 | g) + (0 + x | g)", "binomial", data_fn=_slopes_uncentred),
     # -- a thirteenth set, first run as held-out cases after the blocks' rule went from 10 to 8 nodes
-    # per axis up to SD 2 (EffectBlocks.hermite_rule)
+    # per axis up to SD 2 (EffectBlocks.hermite_rule): every bar held
     Case("sim_binary_slopes_120x5", "binary, (1|g) + (0+x|g): 120 groups of 5 rows, SDs 1.3 / 0.6",
          "y ~ x + (1 | g) + (0 + x | g)", "binomial",
          data_fn=lambda: _slopes(1301, 120, 5, "binomial", (1.3, 0.6), (0.1, 0.4))),
