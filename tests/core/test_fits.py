@@ -1092,6 +1092,58 @@ def test_a_correction_that_runs_away_far_from_the_mode_is_caught(n_groups, group
     assert 0.1 < res.vcp_sd[0] < 1.5 and np.all(np.abs(res.fe_mean) < 5)
 
 
+def _exact_one_factor(y, g, family, fe_p=2.0, vcp_p=1.0):
+    """Posterior means and SDs of (Intercept, log-SD, effects) of ``y ~ 1 + (1 | g)`` by brute force: a
+    grid over the Intercept and the log-SD, each effect integrated under its prior by 60 Gauss-Hermite
+    nodes."""
+    from scipy.special import log_expit
+
+    b = np.linspace(-9.0, 4.0, 261)[:, None, None]
+    v = np.linspace(-5.0, 3.0, 161)[None, :, None]
+    x, w = np.polynomial.hermite_e.hermegauss(60)
+    u = np.exp(v) * x
+    logp = -0.5 * (b[..., 0] / fe_p) ** 2 - 0.5 * (v[..., 0] / vcp_p) ** 2
+    effects = []
+    for j in np.unique(g):
+        eta = b + u
+        ll = sum(yi * log_expit(eta) + (1 - yi) * log_expit(-eta) if family == "binomial" else yi * eta - np.exp(eta)
+                 for yi in y[g == j])
+        top = ll.max(axis=-1, keepdims=True)
+        wj = np.exp(ll - top) * w
+        lj = wj.sum(axis=-1)
+        logp = logp + np.log(lj) + top[..., 0]
+        effects.append(((wj * u).sum(-1) / lj, (wj * u**2).sum(-1) / lj))
+    P = np.exp(logp - logp.max())
+    P /= P.sum()
+    B, V = np.broadcast_arrays(b[..., 0], v[..., 0])
+    first, second = zip(*([(B, B**2), (V, V**2)] + effects))
+    mean = np.array([(P * f).sum() for f in first])
+    return mean, np.sqrt(np.array([(P * f).sum() for f in second]) - mean**2)
+
+
+@pytest.mark.parametrize("family,y,group_size", [
+    ("binomial", [1.0, 0, 0] + [0.0] * 9, 3),  # four groups of three binary rows, one event
+    ("poisson", [0.0] * 5 + [1.0] + [0.0] * 14, 5),  # four groups of five counts, one event
+])
+def test_groups_with_one_event_match_exact_integration(family, y, group_size):
+    """Intercepts alone, a single event among the rows: the second-order correction looks tame at the
+    probe points but grows again beyond them (it put all the weight at SD 150, with a posterior SD of 0);
+    the fit notices on its grid and integrates the groups exactly instead. The groups without events
+    are known only through their prior, their conditional variances grow 30-fold between the two points
+    of a split normal, so the grid integrates over the SD (two points put their SDs 30 % short)."""
+    y = np.array(y)
+    g = np.repeat(np.arange(4), group_size)
+    mean, sd = _exact_one_factor(y, g, family)
+    with pytest.warns(mg.ApproximationWarning, match="grow again far from its mode"):
+        res = mg.BayesMixedGLM.from_formula("y ~ 1 + (1 | g)", data=pd.DataFrame({"y": y, "g": g}),
+                                            family=family).fit_laplace()
+    assert res.converged
+    err = np.abs(res.params - mean) / sd
+    ratio = np.r_[res.fe_sd, res.vcp_sd, res.vc_sd] / sd
+    assert err[0] < 0.1 and err[1] < 0.2 and np.all(err[2:] < 0.1), err
+    assert 0.9 < ratio[0] < 1.1 and np.all((0.85 < ratio[1:]) & (ratio[1:] < 1.15)), ratio
+
+
 def test_elbo_against_brute_force_integration():
     """One fixed effect, one component with one random effect: a 3-d integral by a product rule."""
     y = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
