@@ -824,7 +824,7 @@ class NestedMarginal:
             # d_jk = sqrt(pi_jk) sum over the rows i of j of x_i (s_ik - E s_i): (effects * nodes) x p
             sq = np.sqrt(pi)
             # (one column of X at a time: the rows x nodes x p product took 4x the sums over effects)
-            dw = np.stack([G @ (dev * self.Xp[:, [c]]) for c in range(p)], axis=2)
+            dw = (np.stack([G @ (dev * self.Xp[:, [c]]) for c in range(p)], axis=2) if p else np.zeros((m, K, 0)))
             dw = (dw * sq[:, :, None]).reshape(m * K, p)
             C = (self.Xp * Ew[:, None]).T @ self.Xp + (self.Xr * w_r[:, None]).T @ self.Xr
             C -= dw.T @ dw

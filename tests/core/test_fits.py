@@ -1092,14 +1092,14 @@ def test_a_correction_that_runs_away_far_from_the_mode_is_caught(n_groups, group
     assert 0.1 < res.vcp_sd[0] < 1.5 and np.all(np.abs(res.fe_mean) < 5)
 
 
-def _exact_one_factor(y, g, family, fe_p=2.0, vcp_p=1.0):
+def _exact_one_factor(y, g, family, fe_p=2.0, vcp_p=1.0, intercept=True):
     """Posterior means and SDs of (Intercept, log-SD, effects) of ``y ~ 1 + (1 | g)`` by brute force: a
     grid over the Intercept and the log-SD, each effect integrated under its prior by 60 Gauss-Hermite
-    nodes."""
+    nodes. Without ``intercept``, ``y ~ 0 + (1 | g)`` (the Intercept's entries are then 0)."""
     from scipy.special import log_expit
 
-    b = np.linspace(-9.0, 4.0, 261)[:, None, None]
-    v = np.linspace(-5.0, 3.0, 161)[None, :, None]
+    b = (np.linspace(-9.0, 4.0, 261) if intercept else np.zeros(1))[:, None, None]
+    v = np.linspace(-5.0, 5.5, 211)[None, :, None]
     x, w = np.polynomial.hermite_e.hermegauss(60)
     u = np.exp(v) * x
     logp = -0.5 * (b[..., 0] / fe_p) ** 2 - 0.5 * (v[..., 0] / vcp_p) ** 2
@@ -1142,6 +1142,21 @@ def test_groups_with_one_event_match_exact_integration(family, y, group_size):
     ratio = np.r_[res.fe_sd, res.vcp_sd, res.vc_sd] / sd
     assert err[0] < 0.1 and err[1] < 0.2 and np.all(err[2:] < 0.1), err
     assert 0.9 < ratio[0] < 1.1 and np.all((0.85 < ratio[1:]) & (ratio[1:] < 1.15)), ratio
+
+
+def test_no_fixed_effects_on_the_exact_inner_integration():
+    """``y ~ 0 + (1 | g)`` through the exact inner integration (no fixed effects: the Hessian's border
+    is empty; it failed in numpy's stack) against brute force."""
+    y = np.array([1.0, 0, 0] + [0.0] * 9)
+    g = np.repeat(np.arange(4), 3)
+    mean, sd = _exact_one_factor(y, g, "binomial", intercept=False)
+    with pytest.warns(mg.ApproximationWarning, match="integrated exactly"):
+        res = mg.BayesMixedGLM.from_formula("y ~ 0 + (1 | g)", data=pd.DataFrame({"y": y, "g": g})).fit_laplace()
+    assert res.fe_mean.size == 0
+    err = np.abs(res.params - mean[1:]) / sd[1:]
+    ratio = np.r_[res.vcp_sd, res.vc_sd] / sd[1:]
+    assert err[0] < 0.2 and np.all(err[1:] < 0.1), err
+    assert np.all((0.85 < ratio) & (ratio < 1.15)), ratio
 
 
 def test_elbo_against_brute_force_integration():
