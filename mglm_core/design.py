@@ -1170,6 +1170,34 @@ def _extra_array(
     return None, arr
 
 
+def _check_fixed_names(formula: str, fixed_formula: str, spec: Any, columns: Iterable[str]) -> None:
+    """Raise :class:`FormulaError` where a data column's name collides with a column formulaic makes
+    (a column ``Intercept``, or ``h[T.b]`` beside the factor ``h``: pandas would keep one of the two
+    under that name) or with a literal (a column ``1`` reads as the intercept and would be left out)."""
+    names = [str(c) for c in spec.column_names]
+    seen: dict[str, list[str]] = {}
+    for term, sl in spec.term_slices.items():
+        for name in names[sl]:
+            seen.setdefault(name, []).append(str(term))
+    for name, terms in seen.items():
+        if len(terms) > 1:
+            raise FormulaError(
+                f"fixed-effect columns must have distinct names; got {name!r} from the terms "
+                f"{' and '.join(repr(t) for t in terms)}: a data column is named like a column the formula "
+                "makes. Rename the data column.",
+                formula,
+            )
+    cols = set(columns)
+    unread = [c for c in _names(_tokenize(fixed_formula)) if c in cols and c not in spec.required_variables]
+    if unread:
+        raise FormulaError(
+            f"a column in the fixed effects must have a name the formula does not read as a literal; got "
+            f"`{unread[0]}`, which formulaic reads as the number {unread[0]} (for `1`: the intercept), not as "
+            "the column. Rename the data column.",
+            formula,
+        )
+
+
 def build_design(
     formula: str,
     data: pd.DataFrame,
@@ -1322,6 +1350,7 @@ def build_design(
             formula,
             rhs[0].start if rhs else len(formula),
         ) from exc
+    _check_fixed_names(formula, fixed_formula, mm.model_spec, data.columns)
     exog = np.ascontiguousarray(mm.to_numpy(dtype=np.float64))
     exog_names = [_integer_text(str(c)) for c in mm.columns]
     if exog.size and not np.all(np.isfinite(exog)):

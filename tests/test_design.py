@@ -7,6 +7,7 @@ is used as an oracle for ``vc_formulas``; the data sets are the R exports in dem
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 from pathlib import Path
@@ -345,6 +346,25 @@ def test_backtick_column(small):
     d = build_design("y ~ `my x` + (0 + `my x` | g)", df)
     np.testing.assert_array_equal(d.exog[:, 1], df["my x"])
     assert d.vcp_names == ["g:my x"]
+
+
+@pytest.mark.parametrize("rename,formula,message", [
+    ({"x": "Intercept"}, "y ~ Intercept + (1 | g)", "'Intercept' from the terms '1' and 'Intercept'"),
+    ({"x": "h[T.v]"}, "y ~ h + `h[T.v]` + (1 | g)", "'h[T.v]' from the terms 'h' and 'h[T.v]'"),
+    ({"x": "x:z"}, "y ~ `x:z` + x:z + (1 | g)", "'x:z' from the terms"),
+    ({"x": "1"}, "y ~ `1` + (1 | g)", "got `1`, which formulaic reads as the number 1"),
+])
+def test_data_column_named_like_a_made_column_is_an_error(small, rename, formula, message):
+    """A data column named like a column the formula makes (or like a literal) would silently take
+    that column's place, or be left out: pandas keeps one column per name."""
+    df = small.rename(columns=rename)
+    if "x:z" in rename.values():  # the interaction of the columns beside the column named like it
+        df["x"] = small["x"]
+    with pytest.raises(FormulaError, match=re.escape(message)):
+        build_design(formula, df)
+    d = build_design("y ~ `0` + (1 | g)", small.rename(columns={"x": "0"}))  # a name formulaic reads as the column
+    assert d.exog_names == ["Intercept", "0"]
+    np.testing.assert_array_equal(d.exog[:, 1], small["x"])
 
 
 # --------------------------------------------------------------------- validation
