@@ -861,8 +861,29 @@ def _describe_values(values, limit=5) -> str:
     return ", ".join(repr(v) for v in vals[:limit]) + (f", ... ({len(vals)} in all)" if len(vals) > limit else "")
 
 
-def offset_values(offset, n: int) -> np.ndarray:
-    """An offset given for ``n`` predicted rows: a number (the same for every row) or one per row."""
+def _on_rows(arg, index: pd.Index, name: str):
+    """``arg`` unchanged, or a pandas Series aligned on the rows ``index`` by its labels (a Series in
+    another order than the data's rows is read by label, as pandas would; by position it would pair
+    each value with another row)."""
+    if not isinstance(arg, pd.Series) or arg.index.equals(index):
+        return arg
+    if len(arg) == len(index) and arg.index.is_unique and index.is_unique and arg.index.isin(index).all():
+        return arg.reindex(index)
+    extra = arg.index[~arg.index.isin(index)]
+    raise DataError(
+        f"`{name}` must be a Series on the data's rows (its index labels) or an array of one value per row; got a "
+        f"Series of {len(arg)} values for {len(index)} rows"
+        + (f", with labels not among the data's (first: {extra.tolist()[0]!r})" if len(extra) else "")
+        + ("" if arg.index.is_unique else ", with repeated labels")
+        + ". Pass `.to_numpy()` to match by position."
+    )
+
+
+def offset_values(offset, n: int, index: pd.Index | None = None) -> np.ndarray:
+    """An offset given for ``n`` predicted rows: a number (the same for every row) or one per row (a
+    Series by the labels of ``index``, the new data's rows)."""
+    if index is not None:
+        offset = _on_rows(offset, index, "offset")
     try:
         arr = np.asarray(offset, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -997,7 +1018,7 @@ class DesignSpec:
             have no such column), or the offset is not numeric or has the wrong length.
         """
         if offset is not None:
-            return offset_values(offset, len(new_df))
+            return offset_values(offset, len(new_df), new_df.index)
         if self.offset is None:
             return None
         if self.offset == "array":
@@ -1161,6 +1182,7 @@ def _extra_array(
         ):
             raise DataError(f"`{name}` (`{arg}`) must be numeric; got dtype {s.dtype}.")
         return arg, s.to_numpy(dtype=np.float64, na_value=np.nan)
+    arg = _on_rows(arg, data.index, name)
     try:
         arr = np.asarray(arg, dtype=np.float64)
     except (TypeError, ValueError) as exc:

@@ -309,6 +309,7 @@ class BayesMixedGLMResults:
             if o is not None:
                 eta = eta + o
         else:
+            rows = exog.index if isinstance(exog, pd.DataFrame) else None  # (a Series offset by its labels)
             if isinstance(exog, pd.DataFrame):  # a model built from arrays: columns by name if all are there
                 cols = m.fep_names if set(m.fep_names) <= set(map(str, exog.columns)) else list(exog.columns)
                 exog = exog.rename(columns=str)[[str(c) for c in cols]]
@@ -333,7 +334,7 @@ class BayesMixedGLMResults:
                     raise DataError(f"`exog_vc` must have shape ({X.shape[0]}, {m.k_vc}); got {Zn.shape}.")
                 eta = eta + Zn @ self.vc_mean
             if offset is not None:
-                eta = eta + offset_values(offset, eta.size)
+                eta = eta + offset_values(offset, eta.size, rows)
         return eta if linear else m.family.mean(eta)
 
     def __repr__(self):

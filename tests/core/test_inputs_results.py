@@ -135,6 +135,31 @@ def test_poisson_offset_is_exposure():
     assert shifted.fe_mean[1] == pytest.approx(with_off.fe_mean[1], abs=0.01)
 
 
+def test_offset_and_trials_series_are_read_by_the_data_rows_labels():
+    """A pandas Series offset or trials goes with the rows of ``data`` by label (as pandas aligns), so
+    shuffled data give the same fit; a Series on other rows is an error, not a silent pairing by position."""
+    g = load("grouseticks").assign(logH=lambda d: np.log(d.HEIGHT))
+    off = g["logH"]
+    fit = mg.PoissonBayesMixedGLM.from_formula("TICKS ~ cHEIGHT + (1 | LOCATION)", None, g, offset=off).fit_map()
+    shuffled = g.sample(frac=1.0, random_state=3)
+    again = mg.PoissonBayesMixedGLM.from_formula("TICKS ~ cHEIGHT + (1 | LOCATION)", None, shuffled,
+                                                 offset=off).fit_map()
+    np.testing.assert_allclose(again.fe_mean, fit.fe_mean, rtol=1e-6)
+    np.testing.assert_allclose(fit.predict(g.iloc[[2, 0, 1]], offset=off.iloc[:3], linear=True),
+                               fit.predict(linear=True)[[2, 0, 1]], rtol=1e-12)
+    with pytest.raises(mg.DataError, match=r"`offset` must be a Series on the data's rows.*first: 1000"):
+        mg.PoissonBayesMixedGLM.from_formula("TICKS ~ cHEIGHT + (1 | LOCATION)", None, g,
+                                             offset=off.set_axis(np.arange(len(g)) + 1000))
+    cbpp = load("cbpp")
+    size = cbpp["size"]
+    base = mg.BinomialBayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", None, cbpp, trials="size").fit_vb()
+    turned = mg.BinomialBayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", None, cbpp.iloc[::-1],
+                                                   trials=size).fit_vb()
+    np.testing.assert_allclose(turned.fe_mean, base.fe_mean, rtol=1e-5)
+    with pytest.raises(mg.DataError, match=r"`trials` must be a Series.*got a Series of 55 values for 56 rows"):
+        mg.BinomialBayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", None, cbpp, trials=size.iloc[1:])
+
+
 def test_subclass_from_formula_takes_statsmodels_positional_priors():
     data = load("Salamanders")
     model = mg.PoissonBayesMixedGLM.from_formula("count ~ mined", {"site": "0 + C(site)"}, data, 0.5, 3.0)
