@@ -185,6 +185,12 @@ class RowData:
         del self._pair_val, self._pair_pos, self._pair_start  # now in the chunks' maps
         self._last_row_variances = None
 
+    def __getstate__(self):
+        """Pickled without the last factor's row variances (a weak reference: a cache only)."""
+        state = self.__dict__.copy()
+        state["_last_row_variances"] = None
+        return state
+
     def _build_gram_pattern(self, Z):
         nnz_row = np.diff(Z.indptr)
         diag_keys = np.arange(self.q, dtype=np.int64) * (self.q + 1)  # every diagonal entry is in the pattern

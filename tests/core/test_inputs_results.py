@@ -305,3 +305,20 @@ def test_simulation_arguments_are_checked(call, match):
 def test_simulation_keeps_given_and_default_truth():
     sim = mg.simulate.simulate_glmm("Binomial", fe={"x": 2.0}, seed=1)
     assert sim.family == "binomial" and sim.fe == {"Intercept": -0.5, "x": 2.0}
+
+
+def test_models_and_results_pickle_after_every_fit():
+    """A model and its results pickle (to save a session, or to send to a worker) after fit_laplace too,
+    whose cache of row variances holds a weak reference; the unpickled model fits the same."""
+    import pickle
+
+    model = mg.BinomialBayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", None, load("cbpp"),
+                                                  trials="size")
+    fits = [model.fit_laplace(), model.fit_vb()]
+    for res in fits:
+        back = pickle.loads(pickle.dumps(res))
+        np.testing.assert_array_equal(back.fe_mean, res.fe_mean)
+        np.testing.assert_array_equal(back.vc_sd, res.vc_sd)
+    again = pickle.loads(pickle.dumps(model)).fit_laplace()
+    np.testing.assert_allclose(again.fe_mean, fits[0].fe_mean, rtol=1e-10)
+    np.testing.assert_allclose(again.vcp_sd, fits[0].vcp_sd, rtol=1e-10)
