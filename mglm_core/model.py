@@ -93,6 +93,15 @@ class BayesMixedGLM:
         self.notes = tuple(getattr(design, "notes", ()) or ()) + tuple(notes)
         self.rows = RowData(self.exog, self.exog_vc, self.endog, self.trials, self.offset, chunk_rows)
         self._symbolic = None
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        # frozen once built: a changed prior or design would not reach the cached row data and pattern
+        if getattr(self, "_frozen", False) and not name.startswith("_"):
+            raise AttributeError(
+                f"`{name}` of a {type(self).__name__} must not be changed after it is built; got an assignment. "
+                "Build a new model (from_formula or the constructor with other arguments, or with_exog).")
+        object.__setattr__(self, name, value)
 
     def _blas(self):
         """BLAS threads for this model's fits: one unless a dense block is large."""

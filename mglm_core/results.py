@@ -75,6 +75,15 @@ def _interval_from_grid(x, dens, probs=(0.025, 0.5, 0.975)):
     return [float(np.interp(p, cdf, x)) for p in probs]
 
 
+def _read_only(x):
+    """A read-only copy of an array (other values unchanged)."""
+    if not isinstance(x, np.ndarray):
+        return x
+    out = np.array(x)
+    out.flags.writeable = False
+    return out
+
+
 @dataclass(frozen=True)
 class BayesMixedGLMResults:
     """Posterior summaries of a fitted :class:`~mglm_core.model.BayesMixedGLM`.
@@ -114,6 +123,16 @@ class BayesMixedGLMResults:
     vcp_grid: VcpGrid | None = None
     log_marginal_likelihood: float | None = None
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        # read-only copies: a result is a record of the fit (writing into fe_mean would silently
+        # change fe_table, predict and params)
+        for name in ("fe_mean", "fe_sd", "vcp_mean", "vcp_sd", "vc_mean", "vc_sd", "border_cov"):
+            object.__setattr__(self, name, _read_only(getattr(self, name)))
+        object.__setattr__(self, "extra", {k: _read_only(v) for k, v in self.extra.items()})
+        if self.vcp_grid is not None:
+            object.__setattr__(self, "vcp_grid", VcpGrid(tuple(_read_only(x) for x in self.vcp_grid.points),
+                                                         tuple(_read_only(x) for x in self.vcp_grid.density)))
 
     # -- statsmodels-compatible attributes ---------------------------------------------------
     @property

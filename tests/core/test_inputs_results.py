@@ -322,3 +322,18 @@ def test_models_and_results_pickle_after_every_fit():
     again = pickle.loads(pickle.dumps(model)).fit_laplace()
     np.testing.assert_allclose(again.fe_mean, fits[0].fe_mean, rtol=1e-10)
     np.testing.assert_allclose(again.vcp_sd, fits[0].vcp_sd, rtol=1e-10)
+
+
+def test_results_and_models_cannot_be_changed_in_place():
+    """A result's arrays are read-only (writing into fe_mean would change fe_table, predict and params
+    behind the reader's back), and a built model refuses new attribute values (its row data and
+    factorisation pattern are cached from them)."""
+    model = mg.BinomialBayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", None, load("cbpp"),
+                                                  trials="size")
+    res = model.fit_laplace()
+    for arr in (res.fe_mean, res.vc_sd, res.border_cov, res.extra["weights"], res.vcp_grid.density[0]):
+        with pytest.raises(ValueError, match="read-only"):
+            arr[0] = 99.0
+    with pytest.raises(AttributeError, match="`fe_p` of a BinomialBayesMixedGLM must not be changed"):
+        model.fe_p = -1.0
+    assert model.fe_p == 2.0 and res.fe_table()["mean"].iloc[0] == res.fe_mean[0]
