@@ -62,6 +62,7 @@ class Dashboard(pn.viewable.Viewer):
                  data_name: str = "data", **params):
         params.setdefault("state", AppState())
         super().__init__(**params)
+        self._syncs = {}  # (id(obj), parameter) -> (obj, watcher) keeping the newest column widget in step
         st = self.state
         if data is not None:
             st.load_frame(data, data_name, fit=False)
@@ -97,6 +98,9 @@ class Dashboard(pn.viewable.Viewer):
         # linked to spec by a watcher: made once here, not with the column widgets at every data load
         self._family_widget = pn.widgets.RadioButtonGroup.from_param(
             spec.param.family, color="primary", variant="outline", sizing_mode="stretch_width")
+        self._trials_widget = None  # the newest Trials choice, disabled for the Poisson family (one watcher)
+        spec.param.watch(lambda e: self._trials_widget is not None
+                         and self._trials_widget.param.update(disabled=e.new == "poisson"), "family")
 
         # ---- data
         # (a Select set to a value outside its options silently breaks the session's updates: use a placeholder)
@@ -302,24 +306,37 @@ class Dashboard(pn.viewable.Viewer):
         for box in self._plot_boxes:
             box.styles = style
 
-    @staticmethod
-    def _column_widget(cls, obj, pname: str, **kw):
+    def _column_widget(self, cls, obj, pname: str, **kw):
         """A widget for a parameter whose options (data columns) change with the data.
 
         ``from_param`` would push every change of the parameter's ``objects`` to the live widget, and a Select
         whose value is not (yet) among its new options resets itself to the first option and writes that back.
-        These widgets are instead created with the current options and value whenever the columns change, and
-        only write user changes to the parameter.
+        These widgets are instead created with the current options and value whenever the columns change; they
+        write user changes to the parameter and show its value when the state changes it (the trials reset by
+        the Poisson family) while that value is among their options. The newest widget of a parameter is the
+        one kept in step (the watcher of the one it replaced is removed).
         """
         p = obj.param[pname]
         objects = list(p.objects) if not isinstance(p.objects, dict) else p.objects
         widget = cls(label=kw.pop("label", p.label), options=objects, value=getattr(obj, pname), **kw)
+        offered = list(objects.values()) if isinstance(objects, dict) else objects
 
         def _write(event):
             if event.new != getattr(obj, pname):
                 obj.param.update({pname: list(event.new) if isinstance(event.new, list) else event.new})
 
+        def _read(event):
+            new = list(event.new) if isinstance(event.new, (list, tuple)) else event.new
+            shown = all(v in offered for v in new) if isinstance(new, list) else new in offered
+            if shown and widget.value != new:
+                widget.value = new
+
         widget.param.watch(_write, "value")
+        key = (id(obj), pname)
+        if key in self._syncs:
+            old_obj, old_watcher = self._syncs[key]
+            old_obj.param.unwatch(old_watcher)
+        self._syncs[key] = (obj, obj.param.watch(_read, pname))
         return widget
 
     def _categorical_widget(self, _version):
@@ -331,10 +348,12 @@ class Dashboard(pn.viewable.Viewer):
 
     def _model_widgets(self, _version):
         spec, w, cw = self.state.spec, dict(sizing_mode="stretch_width"), self._column_widget
+        self._trials_widget = cw(pn.widgets.Select, spec, "trials", label="Trials (binomial counts out of n)",
+                                 disabled=spec.family == "poisson", **w)
         return pn.Column(
             cw(pn.widgets.Select, spec, "response", label="Response", **w),
             self._family_widget,
-            cw(pn.widgets.Select, spec, "trials", label="Trials (binomial counts out of n)", **w),
+            self._trials_widget,
             self._alerts["response"],
             cw(pn.widgets.MultiChoice, spec, "fixed_numeric", **w),
             cw(pn.widgets.MultiChoice, spec, "fixed_factors", **w),

@@ -216,6 +216,23 @@ def formula_parts(formula: str) -> tuple[str, list[str], list[str]]:
     return (response[0] if response else ""), fixed, groups
 
 
+def _row_numbers(s: pd.Series) -> bool:
+    """Whether a numeric column counts the rows (1..n or 0..n-1, as R's write.csv row names)."""
+    v = s.to_numpy(dtype=float, na_value=np.nan)
+    return v.size > 1 and bool(np.array_equal(v, np.arange(v.size) + v[0])) and v[0] in (0.0, 1.0)
+
+
+def _integer_codes(s: pd.Series) -> bool:
+    """Whether a numeric column looks like a factor stored as numbers: k integers from 0 or 1 with few gaps
+    (up to 1.25 k), 2 <= k <= n/2 (Contraception's districts: 1..61 without 54)."""
+    v = s.dropna().to_numpy(dtype=float)
+    if v.size < 4 or not np.all(v == np.round(v)):
+        return False
+    levels = np.unique(v)
+    return (2 <= levels.size <= v.size // 2 and levels[0] in (0.0, 1.0)
+            and levels[-1] - levels[0] + 1 <= 1.25 * levels.size)
+
+
 def binary_levels(s: pd.Series) -> tuple | None:
     """The two levels of a text or True/False column as (counted 0, counted 1): False/True, or the
     two texts in sorted order ("no" < "yes"); None for numbers or another number of levels."""
@@ -261,10 +278,19 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
 
     y = values(response)
     trials = spec.trials if spec.trials != NONE else None
+    if trials is not None and spec.family == "poisson":
+        errors["response"] = f"The Poisson family has no trials; set Trials to (none) instead of {trials!r}."
+        return errors
     if trials is not None and trials not in numeric:
         errors["response"] = f"The trials column {trials!r} must hold numbers (counts of trials)."
         return errors
-    if spec.family == "binomial":
+    if spec.use_formula and len(adapter.formula_columns(formula)[0]) > 1:  # cbind(successes, failures) ~ ...
+        if spec.family != "binomial":
+            errors["response"] = "A cbind(successes, failures) response needs the binomial family."
+        elif trials is not None:
+            errors["response"] = (f"The cbind(...) response gives the trials itself; set Trials to (none) instead "
+                                  f"of {trials!r}.")
+    elif spec.family == "binomial":
         if not is_numeric(y) and (binary_levels(y) is None or trials):
             errors["response"] = (f"Response {response!r} is text. The binomial family needs 0/1 values, a column "
                                   "with two levels (such as yes/no), or success counts together with a trials "
@@ -453,6 +479,7 @@ class AppState(param.Parameterized):
         self._rerun = False
         self._loading = False
         self._setting_formula = False
+        self._trials_before = None  # the trials column the Poisson family set aside
         self.spec.param.watch(self._on_spec_change, self._SPEC_KEYS)
         self.fit.param.watch(self._on_outcome, ["outcome"])
         self.data.param.watch(self._on_roles_change, ["categorical"])
@@ -486,6 +513,7 @@ class AppState(param.Parameterized):
 
     def _set_data(self, df, name, source, demo, truth, fit: bool) -> None:
         self._loading = True
+        self._trials_before = None
         try:
             self.data.set_frame(df, name, source)
             self._setting_formula = True
@@ -505,13 +533,23 @@ class AppState(param.Parameterized):
     def _guess_roles(self) -> None:
         """For uploaded data: a first response and grouping factor so the user sees something quickly."""
         spec, data = self.spec, self.data
-        num, cat = data.numeric_columns, data.categorical_columns
-        binary = [c for c in num if set(pd.unique(data.df[c].dropna())) <= {0, 1}]
-        binary += [c for c in cat if binary_levels(data.df[c]) is not None]  # yes/no, True/False
-        response = binary[0] if binary else (num[0] if num else (data.columns[0] if data.columns else None))
+        df, n = data.df, len(data.df)
+        rownum = {c for c in data.numeric_columns if _row_numbers(as_numeric(df[c]))}  # R's write.csv row names
+        num = [c for c in data.numeric_columns if c not in rownum]
+        cat = data.categorical_columns
+        codes = [c for c in num if _integer_codes(as_numeric(df[c]))]  # herd 1..15: a factor stored as numbers
+        binary = [c for c in num if set(pd.unique(df[c].dropna())) <= {0, 1}]
+        binary += [c for c in cat if binary_levels(df[c]) is not None]  # yes/no, True/False
+        counts = [c for c in num if c not in codes] or num
+        response = binary[0] if binary else (counts[0] if counts else (data.columns[0] if data.columns else None))
         fam = "binomial" if response in binary else "poisson"
-        groups = [c for c in cat if c != response and 1 < data.df[c].nunique() < len(data.df)][:1]
-        spec.param.update(response=response, family=fam, groups=groups, fixed_numeric=[], fixed_factors=[])
+        # the grouping factor: of the factors with 3 to n/2 levels, the one with most (herds rather than
+        # periods, subjects rather than items' types), else one with two levels
+        levels = {c: df[c].nunique() for c in cat + codes if c != response}
+        wide = [c for c, k in levels.items() if 3 <= k <= n // 2]
+        groups = ([max(wide, key=levels.get)] if wide else [c for c, k in levels.items() if 1 < k < n][:1])
+        spec.param.update(response=response, family=fam, groups=groups, fixed_numeric=[], fixed_factors=[],
+                          trials=NONE, offset=NONE, slopes=[])
         spec.formula_text = spec.built_formula()
 
     def _on_roles_change(self, *_):
@@ -534,7 +572,12 @@ class AppState(param.Parameterized):
         names = {e.name for e in events}
         spec = self.spec
         if "family" in names and spec.family == "poisson" and spec.trials != NONE:
+            self._trials_before = spec.trials  # back to binomial brings it back
             spec.trials = NONE  # Poisson has no trials (the watcher fires again)
+            return
+        if ("family" in names and spec.family == "binomial" and spec.trials == NONE
+                and self._trials_before in spec.param.trials.objects):
+            spec.trials, self._trials_before = self._trials_before, None  # (the watcher fires again)
             return
         if spec.use_formula and names & self._ROLE_KEYS:
             spec.use_formula = False  # the latest choice wins: the sidebar's columns (the watcher fires again)

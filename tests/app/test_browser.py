@@ -166,12 +166,13 @@ def test_upload_csv_choose_columns_and_fit(page, tmp_path):
     from app.data import load_demo
     from app.state import AppState
 
-    df = load_demo("cbpp_long")
+    df = load_demo("cbpp_long").drop(columns="obs")
     df["herd"] = "H" + df["herd"].astype(str)
     path = tmp_path / "long.csv"
     df.to_csv(path, index=False)
     page.locator("input[type=file]").first.set_input_files(str(path))
-    # the upload has no usable grouping factor guessed?  It guesses 'herd' (text); choose 'period' as a factor
+    # the guessed grouping factor is the one with most levels: 'herd' (text; 'period' has 4); choose
+    # 'period' as a categorical fixed effect
     page.get_by_text("long.csv: 842 rows").first.wait_for(timeout=30_000)
     choose(page, "Treat as categorical", "period")
     choose(page, "Categorical fixed effects", "period")

@@ -82,3 +82,21 @@ def test_the_categorical_choice_offers_the_columns_that_read_as_numbers():
     d.state.load_frame(pd.DataFrame({"y": ["no", "yes"] * 10, "site": list("abcd") * 5}), fit=False)
     note = d._categorical_widget(1)
     assert isinstance(note, pn.pane.Markdown) and "every column is categorical" in note.object
+
+
+def test_column_widgets_show_the_values_the_state_sets():
+    """The Trials choice follows the state: Poisson sets it aside (and disables it), binomial brings it
+    back; it used to keep showing `size` while the model ran without trials, and picking `size` again
+    sent no change."""
+    from app import Dashboard
+
+    d = Dashboard()
+    d.__panel__().get_root(Document())
+    trials = next(w for w in d._model_widgets(d.state.columns_version) if getattr(w, "name", "").startswith("Trials"))
+    assert (trials.value, trials.disabled) == ("size", False)
+    d.state.spec.family = "poisson"
+    assert (d.state.spec.trials, trials.value, trials.disabled) == ("(none)", "(none)", True)
+    d.state.spec.family = "binomial"
+    assert (d.state.spec.trials, trials.value, trials.disabled) == ("size", "size", False)
+    trials.value = "(none)"
+    assert d.state.spec.trials == "(none)"

@@ -412,3 +412,42 @@ def test_a_trials_column_of_numbers_written_as_text_is_read_as_numbers():
     st.data.categorical = ["n"]  # treated as categorical, it is no longer offered (nor kept) as the trials
     assert st.spec.trials == NONE and "n" not in st.spec.param.trials.objects
     assert "not binary" in validate(st.spec, st.data)["response"]
+
+
+def test_new_upload_starts_from_a_valid_model(cbpp_state):
+    """Roles guessed for an upload after a binomial-with-trials model: the old trials and offset go
+    (they made a Poisson guess fail with the library's "`trials` must be None")."""
+    import io
+
+    buf = io.BytesIO()
+    load_demo("cbpp").to_csv(buf)  # with R's row names as a first column (pandas' index here)
+    assert cbpp_state.load_upload("cbpp.csv", buf.getvalue(), fit=False)
+    spec = cbpp_state.spec
+    # the row numbers are neither response nor group; the herds' numeric codes are the grouping factor
+    assert spec.formula() == "incidence ~ 1 + (1 | herd)"
+    assert spec.family == "poisson" and spec.trials == NONE and spec.offset == NONE
+    assert validate(spec, cbpp_state.data) == {}
+    assert cbpp_state.fit_now(), cbpp_state.errors
+
+
+def test_cbind_response_and_trials_are_checked_together(cbpp_state):
+    """lme4's cbind(successes, failures) response carries its trials: it fits with Trials (none) as the
+    library's from_formula does, and a Trials column beside it, or Trials with Poisson, is a message
+    next to the response, not the library's error after a fit."""
+    spec = cbpp_state.spec
+    spec.auto_fit = False
+    spec.param.update(trials=NONE, formula_text="cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                      use_formula=True)
+    assert validate(spec, cbpp_state.data) == {}
+    assert cbpp_state.fit_now(), cbpp_state.errors
+    direct = mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data=load_demo("cbpp"),
+                                           trials="size")
+    np.testing.assert_allclose(cbpp_state.fit.result.fe_mean,
+                               getattr(direct, f"fit_{spec.method}")().fe_mean, rtol=1e-6)
+    spec.trials = "size"
+    assert "gives the trials itself" in validate(spec, cbpp_state.data)["response"]
+    spec.param.update(use_formula=False)
+    cbpp_state._loading = True  # (as a stale widget could: Poisson with a trials column)
+    spec.param.update(family="poisson", trials="size")
+    cbpp_state._loading = False
+    assert "Poisson family has no trials" in validate(spec, cbpp_state.data)["response"]
