@@ -174,8 +174,9 @@ def simulate(family: str, n_groups: int, group_size: int, intercept: float, slop
 
 
 # ---------------------------------------------------------------- reproducible snippet
-def snippet(request: FitRequest, data_source: str) -> str:
-    """Python code that refits the same model with mglm_core outside the dashboard."""
+def snippet(request: FitRequest, data_source: str, reader: str | None = None) -> str:
+    """Python code that refits the same model with mglm_core outside the dashboard; ``reader`` is the
+    pandas call that reads ``data_source`` (``pd.read_csv(data_source)`` by default)."""
     args = [f"    {request.formula!r},", "    data=df,", f"    family={request.family!r},"]
     if request.trials:
         args.append(f"    trials={request.trials!r},")
@@ -184,7 +185,7 @@ def snippet(request: FitRequest, data_source: str) -> str:
     args.append(f"    fe_p={request.fe_p!r},")
     args.append(f"    vcp_p={request.vcp_p!r},")
     cat_cols = [c for c in request.data.columns if isinstance(request.data[c].dtype, pd.CategoricalDtype)]
-    lines = ["import pandas as pd", "import mglm_core as mg", "", f"df = pd.read_csv({data_source!r})"]
+    lines = ["import pandas as pd", "import mglm_core as mg", "", f"df = {reader or f'pd.read_csv({data_source!r})'}"]
     if request.response_levels is not None:
         from mglm_core.design import formula_columns
 

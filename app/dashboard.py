@@ -501,7 +501,8 @@ class Dashboard(pn.viewable.Viewer):
     def _snippet(self, outcome) -> str:
         if outcome is None:
             return "# no model fitted yet\n"
-        return adapter.snippet(outcome.request, self.state.data.source or "data.csv")
+        data = self.state.data
+        return adapter.snippet(outcome.request, data.source or "data.csv", data.reader or None)
 
     def _snippet_md(self, outcome):
         return f"```python\n{self._snippet(outcome)}```"

@@ -75,6 +75,22 @@ def load_demo(name: str) -> pd.DataFrame:
     return load_dataset(Path(DEMOS[name].file).stem)
 
 
+def _n_numeric(df: pd.DataFrame) -> int:
+    return sum(pd.api.types.is_numeric_dtype(df[c]) for c in df.columns)
+
+
+def reader_call(path: str, df: pd.DataFrame | None = None) -> str:
+    """The pandas call that reads ``path`` as :func:`read_upload` read it (for the reproducible script):
+    Parquet, Excel, or CSV with the separator and decimal mark found (``df.attrs``)."""
+    suffix = Path(path or "").suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return f"pd.read_parquet({path!r})"
+    if suffix in (".xlsx", ".xls"):
+        return f"pd.read_excel({path!r})"
+    options = (df.attrs.get("read_csv", {}) if df is not None else {})
+    return f"pd.read_csv({path!r}" + "".join(f", {k}={v!r}" for k, v in options.items()) + ")"
+
+
 def read_upload(filename: str, content: bytes) -> pd.DataFrame:
     """Turn uploaded bytes into a DataFrame, or raise DataInputError with a plain message.
 
@@ -106,6 +122,12 @@ def read_upload(filename: str, content: bytes) -> pd.DataFrame:
                 for sep in (";", "\t", "|"):
                     if sep in first:
                         df = pd.read_csv(io.StringIO(text), sep=sep)
+                        df.attrs["read_csv"] = {"sep": sep}
+                        if sep != "|":  # decimal commas (-0,123), as spreadsheets write beside ';' or tabs
+                            comma = pd.read_csv(io.StringIO(text), sep=sep, decimal=",")
+                            if _n_numeric(comma) > _n_numeric(df):
+                                df = comma
+                                df.attrs["read_csv"] = {"sep": sep, "decimal": ","}
                         break
     except DataInputError:
         raise

@@ -23,7 +23,7 @@ import param
 
 from app import adapter
 from app.data import (DEMOS, MAX_FIXED_LEVELS, DataInputError, as_numeric, default_categorical, is_numeric,
-                      load_demo, numeric_like, read_upload)
+                      load_demo, numeric_like, read_upload, reader_call)
 
 NONE = "(none)"
 #: Model size (problem_size: random-effect nonzeros plus the dense block's square) up to which the model
@@ -38,6 +38,7 @@ class DataState(param.Parameterized):
     df = param.DataFrame(default=None, allow_None=True, doc="The data set being modelled.")
     dataset = param.String(default="", doc="Data set name (demo name or file name).")
     source = param.String(default="", doc="Where the data came from, for the reproducible snippet.")
+    reader = param.String(default="", doc="The pandas call that reads the source again (the snippet's).")
     categorical = param.ListSelector(default=[], objects=[], doc=(
         "Columns that could be numbers, treated as categorical (text columns always are); offered are the "
         "columns that read as numbers, R factors of numeric codes included."))
@@ -91,7 +92,8 @@ class DataState(param.Parameterized):
             self._derived = (df, {"numeric_like": like})
             self.param.categorical.objects = [c for c, ok in like.items() if ok]
             self.categorical = [str(c) for c in default_categorical(df) if like[str(c)]]
-            self.param.update(df=df, dataset=name, source=source or name, version=self.version + 1)
+            self.param.update(df=df, dataset=name, source=source or name, reader=reader_call(source or name, df),
+                              version=self.version + 1)
 
 
 def quote_column(name: str) -> str:
