@@ -252,12 +252,20 @@ class Dashboard(pn.viewable.Viewer):
                 "Fit the current model with every method on the same data and overlay them. Integrated "
                 "Laplace integrates the random effects out (the accurate one); Laplace (MAP) uses the curvature "
                 "at the joint mode, which can collapse an SD to 0; VB is a mean-field Gaussian, too narrow."),
-            pn.Row(self.compare_button, pn.pane.Markdown(fit.param.compare_status, css_classes=["mglm-note"])),
-            pn.pane.HoloViews(pn.bind(self._compare_forest, comparison, view.param.exp_scale, truth),
-                              sizing_mode="stretch_width", min_height=340),
-            pn.pane.HoloViews(pn.bind(self._compare_density, comparison, truth), sizing_mode="stretch_width",
-                              min_height=340),
-            pn.widgets.Tabulator(pn.bind(self._compare_table, comparison), **table_kw),
+            pn.Row(self.compare_button, pn.pane.Markdown(fit.param.compare_status, css_classes=["mglm-note"],
+                                                         sizing_mode="stretch_width"), sizing_mode="stretch_width"),
+            pn.pane.Alert("The model has changed since this comparison: **Fit with every method** compares the "
+                          "model the sidebar shows.", alert_type="warning", sizing_mode="stretch_width",
+                          visible=fit.param.compare_current.rx.not_() & comparison.rx.bool(),
+                          css_classes=["compare-stale"]),
+            pn.Column(
+                pn.pane.HoloViews(pn.bind(self._compare_forest, comparison, view.param.exp_scale, truth),
+                                  sizing_mode="stretch_width", min_height=340),
+                pn.pane.HoloViews(pn.bind(self._compare_density, comparison, truth), sizing_mode="stretch_width",
+                                  min_height=340),
+                pn.widgets.Tabulator(pn.bind(self._compare_table, comparison), **table_kw),
+                styles=pn.bind(lambda current: {"opacity": "1" if current else "0.35"}, fit.param.compare_current),
+                sizing_mode="stretch_width"),
             sizing_mode="stretch_width", name="Compare methods")
 
         # ---- teaching

@@ -198,6 +198,7 @@ class FitState(param.Parameterized):
     n_dropped = param.Integer(default=0)
     comparison = param.Dict(default={}, doc="{method key: FitOutcome} for the side-by-side comparison.")
     compare_status = param.String(default="")
+    compare_current = param.Boolean(default=True, doc="Whether the comparison is of the model the sidebar shows.")
 
     @property
     def result(self):
@@ -555,6 +556,7 @@ class AppState(param.Parameterized):
         spec.formula_text = spec.built_formula()
 
     def _on_roles_change(self, *_):
+        self._mark_comparison()
         if self._loading:
             return
         self._loading = True
@@ -567,6 +569,7 @@ class AppState(param.Parameterized):
 
     # ------------------------------------------------------------ fitting
     def _on_spec_change(self, *events):
+        self._mark_comparison()
         if self._loading:
             return
         if self._setting_formula:
@@ -802,6 +805,17 @@ class AppState(param.Parameterized):
                               message="Fit failed; showing the previous result." if self.fit.outcome else "Fit failed.")
 
     # ------------------------------------------------------------ comparison
+    def _mark_comparison(self) -> None:
+        """Mark the comparison out of date once the model differs from the one it fitted (any method)."""
+        comparison = self.fit.comparison
+        if comparison:
+            req = next(iter(comparison.values())).request
+            current = dataclasses.replace(self._request(), method=req.method).key == req.key
+        else:
+            current = True
+        if current != self.fit.compare_current:
+            self.fit.compare_current = current
+
     def compare_methods(self, methods=None) -> dict:
         """Fit the current model with several methods (synchronously); {method: FitOutcome}."""
         base = self.make_request()
@@ -825,7 +839,7 @@ class AppState(param.Parameterized):
             self.fit.compare_status = f"Comparison failed: {exc}"
             return
         if out:
-            self.fit.comparison = out
+            self.fit.param.update(comparison=out, compare_current=True)
             self.fit.compare_status = "  |  ".join(
                 f"{adapter.method_label(m)}: {oc.seconds:.2f} s" + (" (see its notes in the table)" if oc.warnings
                                                                    or not adapter.converged(oc.result) else "")

@@ -100,3 +100,24 @@ def test_column_widgets_show_the_values_the_state_sets():
     assert (d.state.spec.trials, trials.value, trials.disabled) == ("size", "size", False)
     trials.value = "(none)"
     assert d.state.spec.trials == "(none)"
+
+
+def test_a_comparison_of_another_model_is_marked_out_of_date():
+    """After Fit with every method, a change of the model (not of the method shown) marks the comparison
+    out of date (it stayed on screen as if current); changing it back makes it current again."""
+    from app import Dashboard
+
+    d = Dashboard()
+    d.__panel__().get_root(Document())
+    st = d.state
+    st.fit.param.update(comparison=st.compare_methods(["vb", "laplace"]), compare_current=True)
+    stale = next(o for o in d.tabs.objects[5].objects if "compare-stale" in getattr(o, "css_classes", []))
+    assert not stale.visible
+    st.spec.family = "poisson"
+    assert not st.fit.compare_current and stale.visible
+    st.spec.family = "binomial"
+    assert st.fit.compare_current and not stale.visible
+    st.spec.method = "vb"  # another method of the same model: still current
+    assert st.fit.compare_current
+    st.spec.fe_p = 3.0
+    assert not st.fit.compare_current
