@@ -173,8 +173,9 @@ class ModelSpec(param.Parameterized):
                     response=self.response if self.response in cols else (cols[0] if cols else None),
                     trials=self.trials if self.trials in num else NONE,
                     offset=self.offset if self.offset in num else NONE,
-                    fixed_numeric=[c for c in self.fixed_numeric if c in num],
-                    fixed_factors=[c for c in self.fixed_factors if c in cat],
+                    # a fixed effect whose column changed kind stays in the model in the other list
+                    fixed_numeric=[c for c in self.fixed if c in num],
+                    fixed_factors=[c for c in self.fixed if c in cat],
                     groups=[c for c in self.groups if c in cols],
                     slopes=[c for c in self.slopes if c in num],
                 )

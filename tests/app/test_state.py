@@ -389,12 +389,14 @@ def test_which_columns_can_be_numbers(values, expected):
 
 
 def test_a_factor_of_numeric_codes_unticked_as_categorical_is_fitted_as_a_number(cbpp_state):
-    """cbpp's period is an R factor of the codes 1-4: unticking "Treat as categorical" makes it one slope."""
+    """cbpp's period is an R factor of the codes 1-4: unticking "Treat as categorical" makes it one slope
+    (it stays in the model, now among the numeric covariates; it used to drop out), and ticking it again
+    makes it a factor again."""
     st = cbpp_state
     assert "period" in st.data.param.categorical.objects and "period" in st.data.categorical
     st.data.categorical = [c for c in st.data.categorical if c != "period"]
     assert "period" in st.data.numeric_columns and "period" not in st.spec.fixed_factors
-    st.spec.fixed_numeric = ["period"]
+    assert st.spec.fixed_numeric == ["period"]
     assert st.spec.formula() == "incidence ~ period + (1 | herd)"
     assert st.fit_now(), st.errors
     df = load_demo("cbpp")
@@ -405,6 +407,8 @@ def test_a_factor_of_numeric_codes_unticked_as_categorical_is_fitted_as_a_number
     np.testing.assert_allclose(st.fit.result.fe_mean, direct.fe_mean, rtol=1e-6)
     roles = column_overview(st.data.df, st.data.categorical, st.data.numeric_columns).set_index("column")["role"]
     assert roles["period"] == "numeric" and roles["herd"] == "categorical"
+    st.data.categorical = st.data.categorical + ["period"]
+    assert (st.spec.fixed_factors, st.spec.fixed_numeric) == (["period"], [])
 
 
 def test_text_columns_are_always_categorical_and_not_offered_as_numbers():
