@@ -483,3 +483,29 @@ def test_cbind_response_and_trials_are_checked_together(cbpp_state):
     spec.param.update(family="poisson", trials="size")
     cbpp_state._loading = False
     assert "Poisson family has no trials" in validate(spec, cbpp_state.data)["response"]
+
+
+def test_a_slope_sd_is_judged_on_the_linear_predictor_scale():
+    """A random slope's SD is per unit of its covariate: grouseticks' height slope (0.019 per metre,
+    about 0.7 on the linear predictor) is not called degenerate, and neither is it in millimetres; a
+    slope whose variation is small on the linear predictor is (though its SD per unit is not small),
+    and the message gives that scale."""
+    from app.state import diagnostics
+
+    def notes(df, slope, method="laplace"):
+        st = AppState()
+        st.load_frame(df, "data", fit=False)
+        st.spec.param.update(response="TICKS", family="poisson", groups=["BROOD"], fixed_numeric=[slope],
+                             slopes=[slope], method=method)
+        assert st.fit_now(), st.errors
+        return [w for w in diagnostics(st.fit.outcome, 0, "poisson") if "close to zero" in w]
+
+    g = load_demo("grouseticks")[["TICKS", "BROOD", "cHEIGHT"]]
+    assert notes(g, "cHEIGHT") == []
+    assert notes(g.assign(mm=g.cHEIGHT * 1000), "mm") == []
+    rng = np.random.default_rng(2)
+    # a covariate of size 0.01: whatever its slopes' SD per unit, they hardly move the linear predictor
+    sim = pd.DataFrame({"BROOD": np.repeat(np.arange(40), 10), "x": rng.normal(0, 0.01, 400)})
+    sim["TICKS"] = rng.poisson(np.exp(0.5 + rng.normal(0, 0.5, 40)[sim.BROOD]))
+    [note] = notes(sim.astype({"BROOD": str}), "x")
+    assert "'BROOD:x'" in note and "on the linear predictor for its typical size" in note
