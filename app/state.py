@@ -696,7 +696,8 @@ class AppState(param.Parameterized):
         if request is None:
             self._invalid()
             return
-        if not (immediate or self.is_live()):
+        # a model fitted before (its result cached) is shown at once, live or not
+        if not (immediate or self.is_live() or request.key in self._cache):
             self.fit.param.update(status="stale", message=f"The model changed: press Fit to refit "
                                   f"({self._not_live_reason()}).")
             return

@@ -161,6 +161,22 @@ def test_refit_on_prior_change_changes_result(cbpp_state):
     assert not np.allclose(cbpp_state.fit.result.fe_sd, before)
 
 
+def test_a_slow_model_fitted_before_is_shown_at_once(cbpp_state):
+    """A model whose fits are too slow to refit live, switched back to a method whose result is cached,
+    shows that result at once instead of asking for Fit."""
+    st = cbpp_state
+    st.debounce = 0
+    st.live_seconds = 0.0  # every fit counts as slow: no live refits
+    st.spec.method = "laplace"
+    assert st.fit_now() and st.fit.outcome.request.method == "laplace"
+    st.spec.method = "vb"  # cached by the fixture's fit
+    assert st.fit.status == "done" and st.fit.outcome.request.method == "vb"
+    st.spec.fe_p = 0.5  # not fitted before: out of date
+    assert st.fit.status == "stale" and "press Fit" in st.fit.message
+    st.spec.fe_p = 2.0
+    assert st.fit.status == "done" and st.fit.outcome.request.fe_p == 2.0
+
+
 def test_simulation_sets_truth_and_fits():
     st = AppState()
     st.sim.param.update(n_groups=20, group_size=15, seed=3)
