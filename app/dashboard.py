@@ -21,6 +21,10 @@ from app.data import DEMOS, MAX_UPLOAD_MB, column_overview
 from app.state import AppState, problem_size
 
 
+def _rows(n: int) -> str:
+    return f"{n:,} row" + ("" if n == 1 else "s")
+
+
 def literal_markdown(text: str) -> str:
     """Markdown that shows ``text`` as written: punctuation escaped (a formula's ``**`` or
     ``__import__`` is not emphasis), and the indented lines of a formula error (the formula and the
@@ -236,7 +240,7 @@ class Dashboard(pn.viewable.Viewer):
 
         # ---- data preview
         data_tab = pn.Column(
-            pn.pane.Markdown(pn.bind(lambda n, df: f"### {n}: {0 if df is None else len(df):,} rows",
+            pn.pane.Markdown(pn.bind(lambda n, df: f"### {n}: {_rows(0 if df is None else len(df))}",
                                      st.data.param.dataset, st.data.param.df)),
             pn.widgets.Tabulator(pn.bind(self._overview, st.data.param.df, st.data.param.categorical), **table_kw),
             pn.widgets.Tabulator(pn.bind(lambda df: df.head(500) if df is not None else pd.DataFrame(),
@@ -408,7 +412,7 @@ class Dashboard(pn.viewable.Viewer):
     def _data_info(self, df, name):
         if df is None:
             return "No data loaded."
-        return f"**{name}**: {len(df):,} rows, {df.shape[1]} columns." + (
+        return f"**{name}**: {_rows(len(df))}, {df.shape[1]} columns." + (
             f" {DEMOS[name].description}" if name in DEMOS else "")
 
     def _mode_note(self, status, auto):

@@ -263,7 +263,7 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
         try:
             adapter.check_formula(formula, cols)
         except adapter.MglmError as exc:
-            errors["formula"] = f"Formula not accepted: {exc}"
+            errors["formula"] = f"Formula not accepted: {str(exc).removeprefix('formula: ')}"
             return errors
         except Exception as exc:  # last resort: any parser failure is a formula problem
             errors["formula"] = f"Formula not accepted: {exc}"
@@ -333,7 +333,7 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
         if g not in cols:
             errors["groups"] = f"Grouping factor {g!r} is not a column of the data."
         elif df[g].nunique(dropna=True) < 2:
-            errors["groups"] = (f"Grouping factor {g!r} has only one level ({df[g].dropna().iloc[0]!r}); "
+            errors["groups"] = (f"Grouping factor {g!r} has only one level ({str(df[g].dropna().iloc[0])!r}); "
                                 "a random effect needs at least two groups.")
     for s in ([] if spec.use_formula else spec.slopes):
         if s in groups:
@@ -806,7 +806,8 @@ class AppState(param.Parameterized):
             outcome=outcome, status="done", error="",
             warnings=diagnostics(outcome, self.fit.n_dropped, outcome.request.family),
             message=(f"{adapter.method_label(outcome.request.method)} fit of {outcome.request.formula} "
-                     f"on {len(outcome.request.data):,} rows: {conv} in {outcome.seconds:.2f} s."))
+                     f"({outcome.request.family}) on {len(outcome.request.data):,} rows: {conv} in "
+                     f"{outcome.seconds:.2f} s."))
         if not self._rerun and outcome.request.key != self._current_key():
             # the model changed while this fit ran (a change that does not refit live only marked the
             # result out of date, which the finished fit must not overwrite)

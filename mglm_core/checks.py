@@ -267,8 +267,8 @@ def check_family_data(family, y, trials) -> list[str]:
         lo = y.sum() == 0
         hi = y.sum() == (trials.sum() if trials is not None else y.size)
         if lo or hi:
-            notes.append(f"endog is {'all failures' if lo else 'all successes'}: the fixed-effect intercept "
-                         "is identified only by its prior.")
+            notes.append(f"The response (endog) is {'all failures' if lo else 'all successes'}: the fixed-effect "
+                         "intercept is identified only by its prior.")
             warnings.warn(notes[-1], DataWarning, stacklevel=4)
     elif family.name == "poisson":
         if trials is not None:
@@ -280,4 +280,8 @@ def check_family_data(family, y, trials) -> list[str]:
             raise DataError(
                 f"endog must be integer counts for the Poisson family; got {y[i]:g} at row {i}."
             )
+        if y.size and not np.any(y):
+            notes.append("The response (endog) is all zeros: the fixed-effect intercept is identified only by its "
+                         "prior.")
+            warnings.warn(notes[-1], DataWarning, stacklevel=4)
     return notes

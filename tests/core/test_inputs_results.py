@@ -178,6 +178,9 @@ def test_data_warnings_are_carried_on_every_fit():
     with pytest.warns(mg.DataWarning, match="all failures"):
         m0 = mg.BayesMixedGLM.from_formula("y ~ period + (1 | herd)", data=zeros)
     assert any("all failures" in w for w in m0.fit_laplace().warnings)
+    counts = df.dropna().assign(y=0)
+    with pytest.warns(mg.DataWarning, match=r"The response \(endog\) is all zeros"):
+        mg.PoissonBayesMixedGLM.from_formula("y ~ period + (1 | herd)", None, counts)
 
 
 def test_predict_applies_the_offset_to_new_data():
