@@ -94,7 +94,9 @@ def forest_plot(results, exp_scale: bool = False, truth: dict | None = None, fam
     """
     results = _as_dict(results)
     ratio = "odds ratio" if family == "binomial" else "rate ratio"
-    xlabel = f"{ratio} (exp scale)" if exp_scale else ("log-odds" if family == "binomial" else "log-rate")
+    base = "odds" if family == "binomial" else "rate"
+    xlabel = ((f"{ratio} (exp scale" + (f"; the intercept: baseline {base})" if include_intercept else ")"))
+              if exp_scale else ("log-odds" if family == "binomial" else "log-rate"))
     first = forest_data(next(iter(results.values())), exp_scale, include_intercept)
     terms = list(first.term)
     if not terms:  # no fixed effects (y ~ 0 + ...), or only the intercept and it is hidden
@@ -112,8 +114,11 @@ def forest_plot(results, exp_scale: bool = False, truth: dict | None = None, fam
         df["y"] = [ypos[t] + offset for t in df.term]
         df["method"] = METHOD_NAMES.get(label, label)
         color = _color(label, i)
-        hover = [("term", "@term"), ("method", "@method"), ("mean", "@mean{0.0000}"), ("sd", "@sd{0.0000}"),
-                 ("95% interval", "@lower{0.0000} to @upper{0.0000}")]
+        hover = ([("term", "@term"), ("method", "@method"), ("exp(mean)", "@mean{0.0000}"),
+                  ("sd (log scale)", "@sd{0.0000}"), ("95% interval (exp)", "@lower{0.0000} to @upper{0.0000}")]
+                 if exp_scale else
+                 [("term", "@term"), ("method", "@method"), ("mean", "@mean{0.0000}"), ("sd", "@sd{0.0000}"),
+                  ("95% interval", "@lower{0.0000} to @upper{0.0000}")])
         seg = hv.Segments(df, ["lower", "y", "upper", "y"], ["term", "mean", "sd", "method"]).opts(
             color=color, line_width=3, alpha=0.8, tools=["hover"], hover_tooltips=hover)
         pts = hv.Scatter(df, "mean", ["y", "term", "sd", "lower", "upper", "method"],

@@ -2,7 +2,7 @@
 import numpy as np
 import holoviews as hv
 import pytest
-from bokeh.models import ColumnDataSource
+from bokeh.models import ColumnDataSource, HoverTool
 
 from app import plots
 
@@ -28,6 +28,11 @@ def test_forest_exp_scale_and_truth(cbpp_state):
     np.testing.assert_allclose(np.asarray(means["mean"]), np.exp(res.fe_mean))
     truth = [d for d in srcs if "truth" in d][0]
     assert np.asarray(truth["truth"])[0] == pytest.approx(np.exp(-1.4))
+    # the tooltip says which numbers are exponentiated, and the axis that the intercept is the baseline odds
+    fig = hv.render(el, backend="bokeh")
+    tips = [dict(t.tooltips) for t in fig.select(type=HoverTool) if isinstance(t.tooltips, list)]
+    assert any("exp(mean)" in t and "sd (log scale)" in t for t in tips)
+    assert fig.xaxis[0].axis_label == "odds ratio (exp scale; the intercept: baseline odds)"
 
 
 def test_forest_compare_two_methods(cbpp_state):
