@@ -323,6 +323,13 @@ class BayesMixedGLMResults:
                     desc = "; ".join(f"{k}: {list(v)[:5]}" for k, v in unseen.items())
                     warnings.warn(f"levels not seen in fitting get random effect 0: {desc}", DataWarning,
                                   stacklevel=2)
+                factors = sorted({f for t in spec.vc_terms for f in t.factors if f in exog.columns})
+                missing = {f: int(exog[f].isna().sum()) for f in factors}
+                missing = {f: k for f, k in missing.items() if k}
+                if missing:
+                    desc = "; ".join(f"`{f}`: {k} row(s)" for f, k in missing.items())
+                    warnings.warn(f"rows with a missing grouping value get random effect 0 for it (the population "
+                                  f"level): {desc}", DataWarning, stacklevel=2)
                 eta = eta + spec.exog_vc_for(exog) @ self.vc_mean
             o = spec.offset_for(exog, offset)
             if o is not None:

@@ -219,6 +219,11 @@ def test_predict_brings_new_columns_to_the_fitted_kinds():
         res.predict(new.assign(cHEIGHT=["a", "b", "c"]))
     out = res.predict(new.assign(YEAR=["95", None, "97"]))
     assert np.isnan(out[1]) and np.allclose(out[[0, 2]], res.predict(new)[[0, 2]])
+    # a missing grouping value: the population level for that row, said so (it was silent)
+    with pytest.warns(mg.DataWarning, match=r"missing grouping value.*`LOCATION`: 1 row"):
+        out = res.predict(new.assign(LOCATION=[new.LOCATION.iloc[0], None, new.LOCATION.iloc[2]]), random_effects=True)
+    np.testing.assert_allclose(out[[0, 2]], base[[0, 2]], rtol=1e-12)
+    np.testing.assert_allclose(out[1], res.predict(new)[1], rtol=1e-12)
 
 
 def test_predict_follows_statsmodels_and_checks_its_arguments():
