@@ -381,6 +381,8 @@ class _BarTerm:
     factors: tuple[str, ...]
     intercept: bool
     slopes: tuple[str, ...]
+    #: written with ``|`` and several columns per level: lme4 would fit their correlation too
+    correlated: bool = False
 
 
 def _matching(tokens: list[_Token], k: int) -> int:
@@ -449,9 +451,10 @@ def _parse_bar(formula: str, inner: list[_Token], open_tok: _Token) -> list[_Bar
     if len(parts) > 1 and slopes:
         raise _err("nested grouping 'a/b' is only supported for random intercepts", formula, open_tok)
     factors: tuple[str, ...] = ()
+    correlated = inner[bar].text == "|" and int(intercept) + len(slopes) > 1
     for p in parts:  # a/b -> (1|a) + (1|a:b)
         factors = factors + tuple(p)
-        terms.append(_BarTerm(factors, intercept, tuple(slopes)))
+        terms.append(_BarTerm(factors, intercept, tuple(slopes), correlated))
     return terms
 
 
@@ -1338,6 +1341,17 @@ def build_design(
         offset_arr = offset_arr[keep] if offset_arr is not None else None
     else:
         df = data.reset_index(drop=True)
+
+    for bar in bars:
+        if bar.correlated:
+            cols = (["1"] if bar.intercept else ["0"]) + list(bar.slopes)
+            group = ":".join(bar.factors)
+            notes.append(
+                f"({' + '.join(cols)} | {group}) is fitted as independent random effects, "
+                + " + ".join(([f"(1 | {group})"] if bar.intercept else []) + [f"(0 + {s} | {group})" for s in bar.slopes])
+                + ": the model has no correlations between them (lme4 would estimate them). Write "
+                f"({' + '.join(cols)} || {group}) to say so.")
+            warnings.warn(notes[-1], DataWarning, stacklevel=2)
 
     # --- response and trials
     endog = _numeric_column(df, response.successes, "response")

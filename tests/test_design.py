@@ -159,9 +159,20 @@ def test_slope_and_interaction_terms(small):
 
 @pytest.mark.parametrize("term", ["(1 + x | g)", "(x | g)", "(x || g)", "(1 | g) + (0 + x | g)"])
 def test_correlated_syntax_expands_to_independent_components(small, term):
-    d = build_design(f"y ~ {term}", small)
+    """lme4's correlated syntax is fitted as independent components, and says so (an lme4 user would
+    otherwise expect the correlation to be estimated); ``||`` and separate terms say nothing."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        d = build_design(f"y ~ {term}", small)
     assert d.vcp_names == ["g", "g:x"]
     np.testing.assert_array_equal(d.ident, [0, 0, 0, 1, 1, 1])
+    said = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    if term in ("(1 + x | g)", "(x | g)"):
+        assert said == ["(1 + x | g) is fitted as independent random effects, (1 | g) + (0 + x | g): the model "
+                        "has no correlations between them (lme4 would estimate them). Write (1 + x || g) to say so."]
+        assert d.notes == tuple(said)
+    else:
+        assert said == [] and d.notes == ()
 
 
 def test_nested_grouping(small):
