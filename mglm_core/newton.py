@@ -113,6 +113,7 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
     message = "maximum number of iterations reached"
     it = 0
     last = np.inf  # the last decrement
+    undamped_tried = False
     for it in range(1, max_iter + 1):
         single = single_above is not None and last > single_above
         while True:
@@ -158,22 +159,29 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
             # The full step usually succeeds: evaluate it with the Hessian so it can be reused.
             full = fun(un, bn, True) if t == 1.0 else None
             vn = full[0] if full is not None else fun(un, bn, None)[0]
-            if np.isfinite(vn) and vn >= value + 1e-4 * t * decrement:
+            # (a step whose gain is below the value's last digit leaves it equal: no ascent to accept, else
+            # the iterations creep on at the objective's rounding until max_iter; Poisson counts of 2e4)
+            if np.isfinite(vn) and vn >= value + 1e-4 * t * decrement and (vn > value or decrement <= 0.0):
                 accepted = True
                 break
             t *= 0.5
         if not accepted:
-            if lam == 0.0 and abs(decrement) < max(1e3 * tol, stall_tol or 0.0):
-                converged = True
-                message = ("no further progress possible at machine precision" if abs(decrement) < 1e3 * tol
-                           else "no further progress possible at the objective's accuracy")
-                break
+            if abs(decrement) < max(1e3 * tol, stall_tol or 0.0):
+                if lam == 0.0:
+                    converged = True
+                    message = ("no further progress possible at machine precision" if abs(decrement) < 1e3 * tol
+                               else "no further progress possible at the objective's accuracy")
+                    break
+                if not undamped_tried:  # damping left from far away: judge the undamped step once
+                    lam, undamped_tried = 0.0, True
+                    continue
             lam = max(10.0 * lam, 1e-6)
             if lam > 1e12:
                 message = "line search failed"
                 break
             continue
         u, b = un, bn
+        undamped_tried = False
         value, gu, gb, A, B, C = full if (full is not None and t == 1.0) else fun(u, b, True)
         reason = stop(u, b) if stop is not None else None
         if reason:

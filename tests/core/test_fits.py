@@ -1424,3 +1424,21 @@ def test_nested_elimination_gives_the_fits_of_the_dense_one(monkeypatch):
     for a, b in zip(nested, dense):
         for part in ("fe_mean", "fe_sd", "vcp_mean", "vcp_sd", "vc_mean", "vc_sd"):
             np.testing.assert_allclose(getattr(a, part), getattr(b, part), rtol=1e-6, atol=1e-8)
+
+
+def test_large_counts_converge_without_creeping_at_the_rounding():
+    """Poisson counts of about 2e4 a row: the objective's terms (2e5 a row) round its sum at about 1e-9,
+    where Newton's steps used to be accepted with no change of the value until max_iter (a convergence
+    warning with |gradient| 5e-4), and L-BFGS's line search ended ABNORMAL at a scaled gradient of 1.6e-4.
+    Both are the optimum to the objective's accuracy: converged, in a few iterations."""
+    rng = np.random.default_rng(4)
+    g, x = rng.integers(0, 50, 1500), rng.normal(size=1500)
+    y = rng.poisson(np.exp(10 + x + 3 * rng.normal(size=50)[g])).astype(float)
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g)", data=pd.DataFrame({"y": y, "x": x, "g": g.astype(str)}),
+                                          family="poisson")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", mg.ConvergenceWarning)
+        fits = [model.fit_map(), model.fit_vb(), model.fit_laplace()]
+    assert all(r.converged for r in fits) and fits[0].n_iter < 20
+    for r in fits:
+        assert r.fe_mean[1] == pytest.approx(1.0, abs=0.01) and np.exp(r.vcp_mean[0]) == pytest.approx(3.0, rel=0.25)
