@@ -1342,6 +1342,12 @@ def build_design(
     else:
         df = data.reset_index(drop=True)
 
+    # categories without rows (declared but unused, or whose rows were dropped) would make all-zero
+    # dummy columns: they are left out, as the grouping factors' unused levels are
+    for c in used:
+        if isinstance(df[c].dtype, pd.CategoricalDtype) and df[c].nunique(dropna=True) < len(df[c].cat.categories):
+            df[c] = df[c].cat.remove_unused_categories()
+
     for bar in bars:
         if bar.correlated:
             cols = (["1"] if bar.intercept else ["0"]) + list(bar.slopes)
@@ -1387,6 +1393,18 @@ def build_design(
             rhs[0].start if rhs else len(formula),
         ) from exc
     _check_fixed_names(formula, fixed_formula, mm.model_spec, data.columns)
+    for c in sorted(mm.model_spec.required_variables):
+        if c in df.columns and not pd.api.types.is_numeric_dtype(df[c]) and df[c].nunique(dropna=True) == 1:
+            notes.append(f"fixed-effect factor `{c}` has a single level ({df[c].dropna().iloc[0]!s}) in the rows "
+                         "used: it adds no column (the intercept carries it).")
+            warnings.warn(notes[-1], DataWarning, stacklevel=2)
+        elif c in df.columns and df[c].dtype == object and df[c].nunique(dropna=True) > 10:
+            as_num = pd.to_numeric(df[c], errors="coerce")
+            if as_num.notna().all():
+                notes.append(f"fixed-effect column `{c}` holds numbers stored as text (dtype object): it is a "
+                             f"factor of {df[c].nunique()} levels here; convert it with pd.to_numeric to use it as a "
+                             "number.")
+                warnings.warn(notes[-1], DataWarning, stacklevel=2)
     exog = np.ascontiguousarray(mm.to_numpy(dtype=np.float64))
     exog_names = [_integer_text(str(c)) for c in mm.columns]
     if exog.size and not np.all(np.isfinite(exog)):

@@ -227,9 +227,12 @@ class BayesMixedGLM:
             return nested.fit_laplace(self, **kwargs)
 
     def with_exog(self, exog):
-        """A copy of the model with another fixed-effects design (same everything else)."""
+        """A copy of the model with another fixed-effects design (same everything else; the names of
+        the fixed effects kept where the number of columns is the same, else taken from ``exog``)."""
+        shape = np.shape(exog)
+        same = len(shape) == 2 and shape[1] == self.k_fep and not hasattr(exog, "columns")
         return BayesMixedGLM(self.endog, exog, self.exog_vc, self.ident, family=self.family, vcp_p=self.vcp_p,
-                             fe_p=self.fe_p, fep_names=self.fep_names, vcp_names=self.vcp_names,
+                             fe_p=self.fe_p, fep_names=self.fep_names if same else None, vcp_names=self.vcp_names,
                              vc_names=self.vc_names, trials=self.trials, offset=self.offset, design=self.design)
 
     def __repr__(self):

@@ -378,6 +378,27 @@ def test_data_column_named_like_a_made_column_is_an_error(small, rename, formula
     np.testing.assert_array_equal(d.exog[:, 1], small["x"])
 
 
+def test_unused_categories_of_a_fixed_factor_are_left_out(small):
+    """A pandas Categorical with a declared but unused level (or one whose rows were dropped as missing)
+    makes no all-zero dummy column (it was an error), as with the grouping factors; the data are unchanged."""
+    df = small.assign(h=pd.Categorical(small["h"], categories=["u", "v", "w"]))
+    d = build_design("y ~ h + (1 | g)", df)
+    assert d.exog_names == ["Intercept", "h[T.v]"]
+    assert list(df["h"].cat.categories) == ["u", "v", "w"]
+    df.loc[df["h"] == "v", "x"] = np.nan  # every row of level v dropped for a missing x
+    with pytest.warns(DataWarning) as caught:
+        d = build_design("y ~ h + x + (1 | g)", df)
+    assert d.exog_names == ["Intercept", "x"]  # one level left: said so, not silently
+    assert any("`h` has a single level (u) in the rows used" in str(w.message) for w in caught)
+
+
+def test_numbers_stored_as_text_are_pointed_out(small):
+    """An object column of numbers becomes a factor of many levels, as formulaic reads it; said so."""
+    with pytest.warns(DataWarning, match="`x` holds numbers stored as text.*factor of 40 levels.*pd.to_numeric"):
+        d = build_design("y ~ x + (1 | g)", small.assign(x=small["x"].astype(object)))
+    assert len(d.exog_names) == 40
+
+
 # --------------------------------------------------------------------- validation
 
 

@@ -345,3 +345,13 @@ def test_results_and_models_cannot_be_changed_in_place():
     with pytest.raises(AttributeError, match="`fe_p` of a BinomialBayesMixedGLM must not be changed"):
         model.fe_p = -1.0
     assert model.fe_p == 2.0 and res.fe_table()["mean"].iloc[0] == res.fe_mean[0]
+
+
+def test_with_exog_takes_another_number_of_columns():
+    """with_exog keeps the names for a design of the same width and takes new ones otherwise (it reused
+    the old names and failed for another width)."""
+    model = mg.BayesMixedGLM(Y, X, Z, IDENT, fep_names=["const", "x"])
+    assert model.with_exog(X * 2.0).fep_names == ["const", "x"]
+    assert model.with_exog(np.ones((N, 1))).fep_names == ["FE_1"]
+    wide = model.with_exog(pd.DataFrame({"a": X[:, 1], "b": X[:, 1] ** 2, "c": np.ones(N)}))
+    assert wide.fep_names == ["a", "b", "c"] and wide.k_fep == 3
