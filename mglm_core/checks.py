@@ -57,6 +57,21 @@ def as_endog(endog) -> np.ndarray:
     return y
 
 
+def _as_array(value, name):
+    """``np.asarray(value)`` with a ragged list (rows of different lengths) named as such."""
+    try:
+        return np.asarray(value)
+    except ValueError as exc:
+        raise DataError(f"`{name}` must be a rectangular array (rows of equal length); got a "
+                        f"{type(value).__name__} of rows of different lengths.") from None
+
+
+def _distinct_columns(df, name):
+    dup = df.columns[df.columns.duplicated()]
+    if len(dup):
+        raise DataError(f"`{name}` must have distinct column names; got {str(dup[0])!r} more than once.")
+
+
 def as_exog(exog, n, names=None):
     """Return ``(X, names)``: a finite float matrix of full column rank."""
     if exog is None:
@@ -67,6 +82,7 @@ def as_exog(exog, n, names=None):
         names = names or [str(exog.name) if exog.name is not None else "FE_1"]
         exog = exog.to_frame()
     if isinstance(exog, pd.DataFrame):
+        _distinct_columns(exog, "exog")
         for col in exog.columns:
             if not (pd.api.types.is_numeric_dtype(exog[col]) or pd.api.types.is_bool_dtype(exog[col])):
                 raise DataError(
@@ -78,7 +94,7 @@ def as_exog(exog, n, names=None):
     else:
         if sp.issparse(exog):
             exog = exog.toarray()
-        X = np.asarray(exog)
+        X = _as_array(exog, "exog")
         if X.dtype.kind not in "biuf":
             raise DataError(
                 f"`exog` must be numeric; got dtype {X.dtype}. "
@@ -139,7 +155,7 @@ def as_exog_vc(exog_vc, n):
     if sp.issparse(exog_vc):
         Z = sp.csr_matrix(exog_vc, dtype=float)
     else:
-        arr = np.asarray(exog_vc)
+        arr = _as_array(exog_vc, "exog_vc")
         if arr.dtype.kind not in "biuf":
             raise DataError(f"`exog_vc` must be numeric; got dtype {arr.dtype}.")
         if arr.ndim == 1:
@@ -225,6 +241,22 @@ def _check_number(value, name, positive):
 def check_positive(value, name):
     """``value`` as a float, which must be finite and > 0."""
     return _check_number(value, name, positive=True)
+
+
+def check_prior_sd(value, name):
+    """A prior SD: positive, and within 1e-6 to 1e6 (beyond, its precision under- or overflows the
+    objective's arithmetic)."""
+    v = _check_number(value, name, positive=True)
+    if not 1e-6 <= v <= 1e6:
+        raise DataError(f"`{name}` must be a prior SD between 1e-6 and 1e6; got {value!r}.")
+    return v
+
+
+def check_callback(callback):
+    """``callback``: None or a callable ``f(fraction, message)``."""
+    if callback is not None and not callable(callback):
+        raise DataError(f"`callback` must be a function f(fraction, message) or None; got {callback!r}.")
+    return callback
 
 
 def check_nonnegative(value, name):

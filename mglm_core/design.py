@@ -1276,6 +1276,9 @@ def build_design(
     if vc_formulas is not None and not isinstance(vc_formulas, Mapping):
         raise DataError(f"`vc_formulas` must be a dict of name -> formula; got {type(vc_formulas).__name__}.")
     data = data.rename(columns=str) if not all(isinstance(c, str) for c in data.columns) else data
+    dup = data.columns[data.columns.duplicated()]
+    if len(dup):
+        raise DataError(f"`data` must have distinct column names; got {dup[0]!r} more than once.")
     columns = list(data.columns)
 
     # --- parse (never evaluates anything)

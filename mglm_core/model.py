@@ -76,8 +76,8 @@ class BayesMixedGLM:
         self.trials = None if trials is None else checks.as_row_vector(trials, "trials", n)
         self.offset = None if offset is None else checks.as_row_vector(offset, "offset", n)
         notes = checks.check_family_data(self.family, self.endog, self.trials)
-        self.vcp_p = checks.check_positive(vcp_p, "vcp_p")
-        self.fe_p = checks.check_positive(fe_p, "fe_p")
+        self.vcp_p = checks.check_prior_sd(vcp_p, "vcp_p")
+        self.fe_p = checks.check_prior_sd(fe_p, "fe_p")
         self.k_fep, self.k_vc = self.exog.shape[1], self.exog_vc.shape[1]
         self.k_vcp = len(self.vcp_names)
         if vc_names is None:  # "<component>[<column>]", the column counted within the component
@@ -130,6 +130,10 @@ class BayesMixedGLM:
         The design rebuilds the same columns for new data in ``predict``.
         """
         if data is None:
+            if hasattr(vc_formulas, "columns"):
+                raise checks.DataError(
+                    "`data` must be a DataFrame; got None, and a DataFrame as `vc_formulas`: from_formula takes "
+                    "statsmodels' order (formula, vc_formulas, data), so pass it as data=df.")
             raise checks.DataError("`data` must be a DataFrame; got None.")
         d = build_design(formula, data, vc_formulas=vc_formulas, trials=trials, offset=offset)
         return cls._make(d, family if family is not None else cls._default_family, vcp_p, fe_p)
@@ -202,7 +206,8 @@ class BayesMixedGLM:
         """
         tol, max_iter = checks.check_nonnegative(tol, "tol"), checks.check_count(max_iter, "max_iter")
         with self._blas():
-            return laplace.fit_map(self, scale_fe=scale_fe, tol=tol, max_iter=max_iter, callback=callback)
+            return laplace.fit_map(self, scale_fe=scale_fe, tol=tol, max_iter=max_iter,
+                                   callback=checks.check_callback(callback))
 
     fit = fit_map
 
@@ -217,14 +222,24 @@ class BayesMixedGLM:
         tol, max_iter = checks.check_nonnegative(tol, "tol"), checks.check_count(max_iter, "max_iter")
         with self._blas():
             return vb.fit_vb(self, mean=mean, sd=sd, scale_fe=scale_fe, tol=tol, max_iter=max_iter,
-                             callback=callback)
+                             callback=checks.check_callback(callback))
 
-    def fit_laplace(self, **kwargs):
-        """Integrated (nested) Laplace approximation (see :mod:`mglm_core.nested`)."""
-        if "tol" in kwargs:
-            kwargs["tol"] = checks.check_nonnegative(kwargs["tol"], "tol")
+    def fit_laplace(self, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callback=None):
+        """Integrated (nested) Laplace approximation (see :mod:`mglm_core.nested`).
+
+        ``tol``: the inner Newton decrement; ``vcp_bounds``: the box ``(low, high)`` of log-SDs the
+        mode is searched in; ``refine``: the conditional Gaussians refined variationally; ``callback``:
+        ``f(fraction, message)`` as the fit progresses."""
+        tol = checks.check_nonnegative(tol, "tol")
+        try:
+            lo, hi = (float(v) for v in vcp_bounds)
+        except (TypeError, ValueError):
+            raise checks.DataError(f"`vcp_bounds` must be two numbers (low, high); got {vcp_bounds!r}.") from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise checks.DataError(f"`vcp_bounds` must be finite with low < high; got {vcp_bounds!r}.")
         with self._blas():
-            return nested.fit_laplace(self, **kwargs)
+            return nested.fit_laplace(self, tol=tol, vcp_bounds=(lo, hi), refine=bool(refine),
+                                      callback=checks.check_callback(callback))
 
     def with_exog(self, exog):
         """A copy of the model with another fixed-effects design (same everything else; the names of

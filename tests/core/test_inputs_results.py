@@ -33,6 +33,10 @@ IDENT = np.zeros(4, dtype=int)
     (dict(endog=np.zeros(0), exog=np.zeros((0, 2)), exog_vc=None), "`endog` must have at least one row"),
     (dict(exog_vc=np.zeros((N - 1, 4))), "`exog_vc` must have one row per entry of endog"),
     (dict(vcp_names=["a", "b"]), "`vcp_names` must have one name per distinct ident label; got 2 for 1"),
+    (dict(exog=[[1.0, 0.5]] * (N - 1) + [[1.0]]), "`exog` must be a rectangular array"),
+    (dict(exog=pd.DataFrame(X, columns=["a", "a"])), "`exog` must have distinct column names; got 'a' more than once"),
+    (dict(fe_p=1e-300), "`fe_p` must be a prior SD between 1e-6 and 1e6; got 1e-300"),
+    (dict(vcp_p=1e300), "`vcp_p` must be a prior SD between 1e-6 and 1e6"),
 ])
 def test_bad_input_is_named(kwargs, match):
     args = dict(endog=Y, exog=X, exog_vc=Z, ident=IDENT, family="binomial")
@@ -355,3 +359,21 @@ def test_with_exog_takes_another_number_of_columns():
     assert model.with_exog(np.ones((N, 1))).fep_names == ["FE_1"]
     wide = model.with_exog(pd.DataFrame({"a": X[:, 1], "b": X[:, 1] ** 2, "c": np.ones(N)}))
     assert wide.fep_names == ["a", "b", "c"] and wide.k_fep == 3
+
+
+def test_fit_arguments_are_checked_by_name():
+    """A fit's arguments are checked before fitting, with the argument named (they failed deep inside)."""
+    model = mg.BayesMixedGLM(Y, X, Z, IDENT)
+    with pytest.raises(mg.DataError, match="`callback` must be a function f\\(fraction, message\\) or None; got 3"):
+        model.fit_vb(callback=3)
+    with pytest.raises(mg.DataError, match="`vcp_bounds` must be two numbers"):
+        model.fit_laplace(vcp_bounds=3)
+    with pytest.raises(mg.DataError, match="`vcp_bounds` must be finite with low < high"):
+        model.fit_laplace(vcp_bounds=(2.0, -2.0))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_iter'"):
+        model.fit_laplace(max_iter=3)
+    data = load("cbpp")
+    with pytest.raises(mg.DataError, match="a DataFrame as `vc_formulas`.*data=df"):
+        mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data)
+    with pytest.raises(mg.DataError, match="`data` must have distinct column names; got 'size' more than once"):
+        mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data=pd.concat([data, data["size"]], axis=1))
