@@ -50,6 +50,21 @@ CSS = """
 .mglm-note { color: #64748b; font-size: 0.85em; }
 """ % ACCENT
 
+#: The template's page on narrow screens (phones): one scrolling page, the results first and the
+#: controls below them (the template keeps the page at the window's height, the controls in a panel
+#: that scrolls on its own, and the results below the window, out of reach).
+PAGE_CSS = """
+@media (max-width: 768px) {
+  #container { height: auto !important; min-height: 100vh; overflow: visible !important; }
+  #content { flex-direction: column; overflow: visible !important; height: auto !important; }
+  #sidebar { order: 2; height: auto !important; max-height: none !important; overflow: visible !important;
+             width: 100% !important; }
+  #main { order: 1; height: auto !important; max-height: none !important; overflow: visible !important;
+          width: 100% !important; }
+  #header .title, .navbar-brand { font-size: 1.1rem !important; white-space: normal !important; }
+}
+"""
+
 INTRO = """
 **mglm** fits Bayesian generalized linear mixed models (binomial and Poisson) with
 random intercepts and slopes. Choose a data set, the columns by role, and read the
@@ -201,10 +216,11 @@ class Dashboard(pn.viewable.Viewer):
             "Densities of each random-effect **standard deviation**; the diamond is the posterior median and the bar "
             "the 95 % interval.", css_classes=["mglm-note"]), sizing_mode="stretch_width", name="Variance components")
         re_tab = pn.Column(
-            pn.Row(pn.panel(pn.bind(self._re_term_widget, fit.param.outcome)),
-                   pn.widgets.TextInput.from_param(view.param.re_search, placeholder="level name contains...",
-                                                   width=220),
-                   pn.widgets.IntInput.from_param(view.param.re_top_k, width=220)),
+            pn.FlexBox(pn.panel(pn.bind(self._re_term_widget, fit.param.outcome)),
+                       pn.widgets.TextInput.from_param(view.param.re_search, placeholder="level name contains...",
+                                                       width=220),
+                       pn.widgets.IntInput.from_param(view.param.re_top_k, width=220),
+                       flex_wrap="wrap", sizing_mode="stretch_width"),  # (narrow screens: one above the other)
             caterpillar_box, sizing_mode="stretch_width", name="Random effects")
 
         # ---- summary and export
@@ -297,7 +313,8 @@ class Dashboard(pn.viewable.Viewer):
         teach_tab = pn.Row(sim_controls, teach_plots, sizing_mode="stretch_width", name="Teaching")
 
         self.tabs = pn.Tabs(fe_tab, vc_tab, re_tab, summary_tab, data_tab, compare_tab, teach_tab,
-                            sizing_mode="stretch_width", dynamic=True)
+                            sizing_mode="stretch_width", dynamic=True,
+                            stylesheets=[".bk-headers-wrapper, .bk-headers { flex-wrap: wrap; }"])  # (narrow screens: every tab in reach)
         self.main = pn.Column(self.header, self.tabs, sizing_mode="stretch_width")
 
     def plots_current(self) -> bool:
@@ -559,7 +576,8 @@ class Dashboard(pn.viewable.Viewer):
         """A full-page layout for ``panel serve`` (BootstrapTemplate loads nothing from the internet)."""
         tmpl = pn.template.BootstrapTemplate(
             title="mglm · Bayesian GLMM dashboard", sidebar_width=390, header_background=ACCENT,
-            sidebar=[pn.pane.Markdown(INTRO, css_classes=["mglm-note"]), self.sidebar], main=[self.main])
+            sidebar=[pn.pane.Markdown(INTRO, css_classes=["mglm-note"]), self.sidebar], main=[self.main],
+            raw_css=[PAGE_CSS])
         return tmpl
 
     def servable(self, title=None, location=True, area="main", target=None):

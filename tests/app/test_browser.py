@@ -294,3 +294,27 @@ def test_compare_methods_and_exports(page, tmp_path, monkeypatch):
     ns = runpy.run_path(str(script))
     np.testing.assert_allclose(ns["res"].fe_mean, default.fe_mean, rtol=1e-6)
     assert page.console_errors == []
+
+
+def test_phone_screen_shows_the_results_and_scrolls_to_the_controls(chromium, server):
+    """On a 390 x 844 phone the page scrolls: the results come first and the controls below them (the
+    template kept the page at the window's height with the results below it, out of reach), every tab
+    is in reach, and the random-effect controls stay within the screen."""
+    pg = chromium.new_page(viewport={"width": 390, "height": 844})
+    try:
+        pg.goto(server)
+        pg.locator(".bk-tab", has_text="Fixed effects").first.wait_for(timeout=60_000)
+        wait_sources(pg, ["term", "mean", "y"], lambda s: len(s["mean"]) == 4)
+        box = pg.evaluate("""() => { const r = s => document.querySelector(s).getBoundingClientRect();
+            return {main: r('#main').top, side: r('#sidebar').top, height: document.scrollingElement.scrollHeight}; }""")
+        assert box["main"] < 844 and box["main"] < box["side"] and box["height"] > 844
+        for name in ("Teaching", "Compare methods", "Random effects"):
+            tab = pg.locator(".bk-tab", has_text=name).first
+            right = tab.bounding_box()["x"] + tab.bounding_box()["width"]
+            assert right <= 390, name
+        open_tab(pg, "Random effects")
+        search = pg.get_by_placeholder("level name contains...").first
+        search.wait_for(timeout=30_000)
+        assert search.bounding_box()["x"] + search.bounding_box()["width"] <= 390
+    finally:
+        pg.close()
