@@ -221,8 +221,9 @@ def test_bad_file_shows_message_and_keeps_result(page, tmp_path):
 
 
 def test_session_answers_during_long_fit(page):
-    # with live refits off, a typed formula with a third component (3-D log-SD grid) makes the
-    # integrated-Laplace fit behind the Fit button take several seconds
+    # with live refits off, a typed formula with four components makes the integrated-Laplace fit behind
+    # the Fit button take several seconds (about 5 s here; three components took 1.7 s, little margin
+    # for the check below on a faster machine)
     page.locator("select").first.select_option("VerbAgg")
     page.get_by_text("FITTED").first.wait_for(timeout=60_000)
     wait_sources(page, ["term", "mean", "y"], lambda s: "Anger" in s["term"], timeout=30)
@@ -230,7 +231,7 @@ def test_session_answers_during_long_fit(page):
     toggle.uncheck()
     page.get_by_text("after changes").first.wait_for(timeout=20_000)
     box = page.locator(".bk-input-group", has_text="Model formula").first.locator("textarea").first
-    box.fill("r2_01 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item) + (1 | id:btype)")
+    box.fill("r2_01 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item) + (1 | id:btype) + (1 | id:situ)")
     box.press("Tab")
     page.get_by_text("Use my typed formula").first.click()
     page.wait_for_timeout(500)
@@ -244,7 +245,7 @@ def test_session_answers_during_long_fit(page):
     assert still_fitting, "the fit ended before the check; the test needs a longer fit"
     assert answered < 3.0
     page.get_by_text("FITTED").first.wait_for(timeout=120_000)
-    page.get_by_text("(1 | id:btype)").first.wait_for(timeout=30_000)  # the status names the typed model
+    page.get_by_text("(1 | id:situ)").first.wait_for(timeout=30_000)  # the status names the typed model
     assert page.console_errors == []
 
 
