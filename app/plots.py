@@ -19,6 +19,16 @@ COLORS = {"map": "#2563eb", "vb": "#ea580c", "laplace": "#059669", "truth": "#dc
           "accent": "#2563eb", "band": "#bfdbfe"}
 PALETTE = ["#2563eb", "#ea580c", "#059669", "#9333ea", "#d97706", "#0891b2", "#db2777"]
 METHOD_NAMES = {"map": "Laplace (MAP)", "vb": "VB", "laplace": "Integrated Laplace"}
+#: Plots lower than this (the Teaching tab's, beside its controls) are compact: shorter titles and the
+#: toolbar below the plot, where it does not cover the title.
+_COMPACT = 300
+
+
+def _base(height):
+    """The common options, compact below :data:`_COMPACT`."""
+    return {**_BASE, "toolbar": "below"} if height < _COMPACT else _BASE
+
+
 _BASE = dict(responsive=True, toolbar="above", show_grid=True, fontscale=1.05)
 
 
@@ -147,9 +157,10 @@ def forest_plot(results, exp_scale: bool = False, truth: dict | None = None, fam
         if ticks:
             extra["xticks"] = ticks
     return hv.Overlay(layers).opts(
-        hv.opts.Overlay(title="Fixed effects: posterior mean and 95 % interval", xlabel=xlabel, ylabel="",
+        hv.opts.Overlay(title="Fixed effects: posterior mean and 95 % interval" if height >= _COMPACT
+                        else "Fixed effects: mean, 95 % interval", xlabel=xlabel, ylabel="",
                         yticks=yticks, ylim=(-0.7, len(terms) - 0.3), logx=exp_scale, legend_position="bottom_right",
-                        min_height=max(220, height), **extra, **_BASE))
+                        min_height=max(220, height), **extra, **_base(height)))
 
 
 # --------------------------------------------------------------------------- variance components
@@ -209,16 +220,21 @@ def sd_density_plot(results, truth: dict | None = None, components: list[str] | 
             color=color, size=10, marker="diamond", line_color="white", tools=["hover"], hover_tooltips=tips))
     if truth:
         for name, v in truth.items():
-            layers.append(hv.VLine(float(v), label="truth").opts(color=COLORS["truth"], line_dash="dashed",
-                                                                  line_width=2.5))
+            layers.append(hv.VLine(float(v)).opts(color=COLORS["truth"], line_dash="dashed", line_width=2.5))
+        # (a vertical line has no legend entry: a curve of no length at the first true SD carries it)
+        v0 = float(next(iter(truth.values())))
+        layers.append(hv.Curve([(v0, 0.0), (v0, 0.0)], label="truth").opts(color=COLORS["truth"],
+                                                                           line_dash="dashed", line_width=2.5))
     if not layers:
         return empty_plot("No variance components")
     ylim = {}
     if spikes.any() and ymax > 0:
         ylim = {"ylim": (-ymax * (0.1 + 0.05 * max(k for *_, k in curves)), 1.15 * ymax)}
     return hv.Overlay(layers).opts(hv.opts.Overlay(
-        title="Random-effect SDs: posterior density, median and 95 % interval", xlabel="standard deviation",
-        ylabel="density", legend_position="top_right", min_height=max(220, height), **ylim, **_BASE))
+        title="Random-effect SDs: posterior density, median and 95 % interval" if height >= _COMPACT
+        else "Random-effect SDs: posterior density", xlabel="standard deviation",
+        ylabel="density", legend_position="top_right", min_height=max(220, height), **ylim,
+        **_base(height)))
 
 
 # --------------------------------------------------------------------------- caterpillar
@@ -276,7 +292,7 @@ def caterpillar_plot(res, term: str, search: str = "", top_k: int | None = 200, 
     return hv.Overlay(layers).opts(hv.opts.Overlay(
         title=f"Random effects of {term}: {shown}", xlabel=f"{term} levels (sorted by mean)",
         ylabel="effect (linear-predictor scale)", xticks=xticks, xrotation=45 if xticks else 0,
-        legend_position="top_left", min_height=max(220, height), **_BASE))
+        legend_position="top_left", min_height=max(220, height), **_base(height)))
 
 
 # --------------------------------------------------------------------------- tables

@@ -156,3 +156,14 @@ def test_forest_without_fixed_effects_to_show_is_a_message_not_a_crash():
     el = plots.forest_plot(res, include_intercept=False)
     hv.render(el, backend="bokeh")
     assert isinstance(el, hv.Text) and "No fixed effects to show" in el.text
+
+
+def test_compact_plots_keep_their_titles_clear_and_the_truth_in_the_legend(cbpp_state):
+    """The Teaching tab's low plots have short titles and the toolbar below (it covered the cut titles),
+    and the true SD has a legend entry like the other true values."""
+    res = cbpp_state.fit.result
+    small = hv.render(plots.sd_density_plot(res, truth={"herd": 0.8}, height=260), backend="bokeh")
+    assert small.toolbar_location == "below" and small.title.text == "Random-effect SDs: posterior density"
+    assert [item.label.value for item in small.legend[0].items] == ["herd", "truth"]
+    full = hv.render(plots.forest_plot(res, height=360), backend="bokeh")
+    assert full.toolbar_location == "above" and "95 % interval" in full.title.text
