@@ -130,6 +130,7 @@ class Dashboard(pn.viewable.Viewer):
         self.file_input = pn.widgets.FileInput(accept=".csv,.txt,.tsv,.parquet,.pq,.xlsx,.xls",
                                                sizing_mode="stretch_width", label="Upload")
         self.file_input.param.watch(self._on_upload, "value")
+        self.file_input.param.watch(self._on_file_name, "filename")
         data_info = pn.pane.Markdown(pn.bind(self._data_info, st.data.param.df, st.data.param.dataset),
                                      margin=(0, 5), css_classes=["mglm-note"])
         # widgets whose options depend on the data are rebuilt when the columns change: pushing new options to
@@ -403,6 +404,11 @@ class Dashboard(pn.viewable.Viewer):
                 self.state.load_demo(event.new)
             except Exception as exc:
                 self.state._set_error("data", f"Could not load {event.new}: {exc}")
+
+    def _on_file_name(self, event):
+        # an empty file arrives as a name without content (the browser's input sends no value for it)
+        if event.new and self.file_input.value is None:
+            self.state._set_error("data", f"The file {event.new!r} is empty.")
 
     def _on_upload(self, event):
         if event.new is None:

@@ -220,6 +220,14 @@ def test_bad_file_shows_message_and_keeps_result(page, tmp_path):
     assert page.console_errors == []
 
 
+def test_an_empty_file_is_reported_in_the_browser(page, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    page.locator("input[type=file]").first.set_input_files(str(empty))
+    page.get_by_text("The file 'empty.csv' is empty.").first.wait_for(timeout=30_000)
+    assert page.console_errors == []
+
+
 def test_session_answers_during_long_fit(page):
     # with live refits off, a typed formula with four components makes the integrated-Laplace fit behind
     # the Fit button take several seconds (about 5 s here; three components took 1.7 s, little margin

@@ -121,3 +121,13 @@ def test_a_comparison_of_another_model_is_marked_out_of_date():
     assert st.fit.compare_current
     st.spec.fe_p = 3.0
     assert not st.fit.compare_current
+
+
+def test_an_empty_file_is_reported():
+    """The browser's file input sends a name without content for an empty file: said so next to the
+    upload (it was silently ignored)."""
+    from app import Dashboard
+
+    d = Dashboard()
+    d.file_input.filename = "empty.csv"
+    assert d.state.errors.get("data") == "The file 'empty.csv' is empty."
