@@ -147,7 +147,11 @@ class Dashboard(pn.viewable.Viewer):
         # ---- model
         w = dict(sizing_mode="stretch_width")
         self._alerts = {k: self._alert(k) for k in ("response", "fixed", "groups")}
+        # the family choice stays the same widget across data loads (rebuilt with the column choices, a
+        # click on it during a load could be lost)
         model_card = pn.Card(
+            pn.panel(pn.bind(self._response_widget, st.param.columns_version), sizing_mode="stretch_width"),
+            self._family_widget,
             pn.panel(pn.bind(self._model_widgets, st.param.columns_version), sizing_mode="stretch_width"),
             title="2 · Model", sizing_mode="stretch_width", collapsible=True)
 
@@ -376,13 +380,15 @@ class Dashboard(pn.viewable.Viewer):
         return self._column_widget(pn.widgets.MultiChoice, self.state.data, "categorical",
                                    label="Treat as categorical", sizing_mode="stretch_width")
 
+    def _response_widget(self, _version):
+        return self._column_widget(pn.widgets.Select, self.state.spec, "response", label="Response",
+                                   sizing_mode="stretch_width")
+
     def _model_widgets(self, _version):
         spec, w, cw = self.state.spec, dict(sizing_mode="stretch_width"), self._column_widget
         self._trials_widget = cw(pn.widgets.Select, spec, "trials", label="Trials (binomial counts out of n)",
                                  disabled=spec.family == "poisson", **w)
         return pn.Column(
-            cw(pn.widgets.Select, spec, "response", label="Response", **w),
-            self._family_widget,
             self._trials_widget,
             self._alerts["response"],
             cw(pn.widgets.MultiChoice, spec, "fixed_numeric", **w),
