@@ -639,6 +639,13 @@ def _factorize(s: pd.Series) -> tuple[np.ndarray, pd.Index]:
         remap[order] = np.arange(len(order))
         codes = np.where(codes >= 0, remap[codes], -1)
         uniques = uniques[order]
+    labels = [str(u) for u in uniques]
+    if len(set(labels)) < len(labels):  # 1 and "1", True and "True": one name for two levels
+        same = next(a for a in labels if labels.count(a) > 1)
+        kinds = sorted({type(u).__name__ for u in uniques if str(u) == same})
+        raise DataError(f"grouping factor `{s.name}` must have levels with distinct labels; got {same!r} for more "
+                        f"than one level (of types {', '.join(kinds)}). Convert the column to one type, e.g. with "
+                        ".astype(str).")
     return np.asarray(codes, dtype=np.int64), pd.Index(np.asarray(uniques))
 
 

@@ -399,6 +399,14 @@ def test_numbers_stored_as_text_are_pointed_out(small):
     assert len(d.exog_names) == 40
 
 
+def test_levels_that_print_alike_are_named_as_such(small):
+    """A grouping column holding 1 and "1" has two levels with one label: the error names the column and
+    the types (it spoke of `vc_names`, which the user never passed)."""
+    df = small.assign(g=[1, "1", 2, "b"] * 10)
+    with pytest.raises(DataError, match=r"grouping factor `g` must have levels with distinct labels; got '1'.*int, str"):
+        build_design("y ~ (1 | g)", df)
+
+
 # --------------------------------------------------------------------- validation
 
 
