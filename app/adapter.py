@@ -121,7 +121,7 @@ def vcp_density(res, name: str, n: int = 200) -> pd.DataFrame:
 
 
 def random_effects(res, term: str | None = None) -> pd.DataFrame:
-    df = res.random_effects(term) if term is not None else res.random_effects()
+    df = res.random_effects(term, intervals=True)
     return df
 
 

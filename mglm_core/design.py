@@ -955,7 +955,15 @@ class DesignSpec:
 
     @property
     def vc_names(self) -> list[str]:
-        return [c for t in self.vc_terms for c in t.column_names]
+        """The columns' names; a term whose names other terms also make (statsmodels' example
+        ``{"a": "0 + C(Village)", "b": "0 + C(Village)*year_cen"}``) has them prefixed by its
+        component's name: ``a:C(Village)[0]``."""
+        from collections import Counter
+
+        seen = Counter(c for t in self.vc_terms for c in t.column_names)
+        clash = {t.name for t in self.vc_terms if any(seen[c] > 1 for c in t.column_names)} if len(seen) < sum(
+            seen.values()) else set()
+        return [f"{t.name}:{c}" if t.name in clash else c for t in self.vc_terms for c in t.column_names]
 
     @property
     def ident(self) -> np.ndarray:

@@ -28,7 +28,7 @@ from . import checks, laplace, nested, vb
 from .design import build_design
 from .families import get_family
 from .linalg import Symbolic, single_threaded_blas
-from .objectives import LogJoint
+from .objectives import Elbo, LogJoint, VBPoint
 from .rowstats import RowData
 
 __all__ = ["BayesMixedGLM", "BinomialBayesMixedGLM", "PoissonBayesMixedGLM", "MixedGLM"]
@@ -120,7 +120,7 @@ class BayesMixedGLM:
     # -- construction from formulas ---------------------------------------------------------
     @classmethod
     def from_formula(cls, formula, vc_formulas=None, data=None, family="binomial", vcp_p=1.0, fe_p=2.0,
-                     *, trials=None, offset=None):
+                     vcp_names=None, vc_names=None, *, trials=None, offset=None):
         """Build a model from a formula and a DataFrame.
 
         ``formula`` is ``"y ~ fixed terms"`` and may hold lme4-style independent
@@ -136,12 +136,15 @@ class BayesMixedGLM:
                     "statsmodels' order (formula, vc_formulas, data), so pass it as data=df.")
             raise checks.DataError("`data` must be a DataFrame; got None.")
         d = build_design(formula, data, vc_formulas=vc_formulas, trials=trials, offset=offset)
-        return cls._make(d, family if family is not None else cls._default_family, vcp_p, fe_p)
+        return cls._make(d, family if family is not None else cls._default_family, vcp_p, fe_p, vcp_names, vc_names)
 
     @classmethod
-    def _make(cls, d, family, vcp_p, fe_p):
-        kwargs = dict(vcp_p=vcp_p, fe_p=fe_p, fep_names=d.exog_names, vcp_names=d.vcp_names,
-                      vc_names=d.vc_names, trials=d.trials, offset=d.offset, design=d)
+    def _make(cls, d, family, vcp_p, fe_p, vcp_names=None, vc_names=None):
+        # (names given as in statsmodels' from_formula replace the formula's, checked by the constructor)
+        kwargs = dict(vcp_p=vcp_p, fe_p=fe_p, fep_names=d.exog_names,
+                      vcp_names=d.vcp_names if vcp_names is None else vcp_names,
+                      vc_names=d.vc_names if vc_names is None else vc_names, trials=d.trials, offset=d.offset,
+                      design=d)
         if cls is BayesMixedGLM:
             return BayesMixedGLM(d.endog, d.exog, d.exog_vc, d.ident, family=family, **kwargs)
         return cls(d.endog, d.exog, d.exog_vc, d.ident, **kwargs)
@@ -171,6 +174,30 @@ class BayesMixedGLM:
         fe, vcp, vc = self._unpack(params)
         _, g_fe, g_vcp, g_vc, _ = LogJoint(self)(fe, vcp, vc, hessian=False)
         return np.concatenate([g_fe, g_vcp, g_vc])
+
+    def vb_elbo(self, vb_mean, vb_sd):
+        """statsmodels' ``vb_elbo``: the mean-field evidence lower bound at the means ``vb_mean`` and SDs
+        ``vb_sd`` (each packed ``[fe, vcp, vc]``), with its expectations exact (statsmodels integrates the
+        binomial's by a 10-point rule) and all constants included."""
+        return float(Elbo(self)(self._vb_point(vb_mean, vb_sd), grad=False)[0])
+
+    def vb_elbo_grad(self, vb_mean, vb_sd):
+        """statsmodels' ``vb_elbo_grad``: the gradients of :meth:`vb_elbo` with respect to the means and
+        to the SDs, each packed ``[fe, vcp, vc]``."""
+        g = Elbo(self)(self._vb_point(vb_mean, vb_sd))[1]
+        return (np.concatenate([g.fe_mean, g.vcp_mean, g.vc_mean]),
+                np.concatenate([g.fe_sd, g.vcp_sd, g.vc_sd]))
+
+    def _vb_point(self, vb_mean, vb_sd):
+        n = self.k_fep + self.k_vcp + self.k_vc
+        mean, sd = (np.asarray(v, dtype=float).ravel() for v in (vb_mean, vb_sd))
+        if mean.size != n or sd.size != n:
+            raise checks.DataError(f"`vb_mean` and `vb_sd` must each have {n} entries (fe, vcp, vc); got "
+                                   f"{mean.size} and {sd.size}.")
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(sd)) and np.all(sd > 0)):
+            raise checks.DataError("`vb_mean` must be finite and `vb_sd` finite and positive.")
+        (fm, vm, cm), (fs, vs, cs) = self._unpack(mean), self._unpack(sd)
+        return VBPoint(fe_mean=fm, vcp_mean=vm, vc_mean=cm, fe_sd=fs, vcp_sd=vs, vc_sd=cs)
 
     def predict(self, params, exog=None, linear=False):
         r"""statsmodels' ``predict``: the mean (or linear predictor) of the fixed effects,
@@ -261,10 +288,12 @@ class _OneFamilyGLM(BayesMixedGLM):
     _default_family = "binomial"
 
     @classmethod
-    def from_formula(cls, formula, vc_formulas=None, data=None, vcp_p=1.0, fe_p=2.0, *, trials=None, offset=None):
-        """statsmodels' signature: ``from_formula(formula, vc_formulas, data, vcp_p=1, fe_p=2)``."""
+    def from_formula(cls, formula, vc_formulas=None, data=None, vcp_p=1.0, fe_p=2.0, vcp_names=None, vc_names=None,
+                     *, trials=None, offset=None):
+        """statsmodels' signature: ``from_formula(formula, vc_formulas, data, vcp_p=1, fe_p=2, vcp_names=None,
+        vc_names=None)``."""
         return BayesMixedGLM.from_formula.__func__(cls, formula, vc_formulas, data, cls._default_family, vcp_p,
-                                                   fe_p, trials=trials, offset=offset)
+                                                   fe_p, vcp_names, vc_names, trials=trials, offset=offset)
 
     def __init__(self, endog, exog, exog_vc, ident, vcp_p=1.0, fe_p=2.0, fep_names=None, vcp_names=None,
                  vc_names=None, **kwargs):

@@ -75,6 +75,13 @@ def _interval_from_grid(x, dens, probs=(0.025, 0.5, 0.975)):
     return [float(np.interp(p, cdf, x)) for p in probs]
 
 
+def _level(name, component):
+    """The level in a random effect's name: ``g[3]`` -> ``3``, ``a:C(v)[3]`` (a component's prefix) -> ``3``."""
+    if name.startswith(component + ":"):
+        name = name[len(component) + 1:]
+    return name[name.rfind("[") + 1:-1] if name.endswith("]") and "[" in name else name
+
+
 def _read_only(x):
     """A read-only copy of an array (other values unchanged)."""
     if not isinstance(x, np.ndarray):
@@ -240,37 +247,41 @@ class BayesMixedGLMResults:
             return self.vcp_names.index(term)
         raise DataError(f"`term` must be one of {self.vcp_names} or an index; got {term!r}.")
 
-    def random_effects(self, term=None):
+    def random_effects(self, term=None, *, intervals=False):
         """Posterior means and SDs of the random effects.
 
         Parameters
         ----------
         term : str or int, optional
             A component name (``vcp_names``) or index; None for all.
+        intervals : bool
+            Add the 95 % intervals and the names of the term and level (``lower``, ``upper``,
+            ``term``, ``level``); without, the columns are statsmodels' (numbers only, so that
+            ``re.mean()`` or ``np.exp(re)`` work as there).
 
         Returns
         -------
-        DataFrame indexed by ``vc_names`` with columns ``Mean``, ``SD``,
-        ``lower``, ``upper`` (95 %), ``term`` and ``level``.
+        DataFrame indexed by ``vc_names`` with columns ``Mean`` and ``SD`` (and with
+        ``intervals``, ``lower``, ``upper``, ``term`` and ``level``).
         """
         idx = np.arange(self.model.k_vc)
         if term is not None:
             idx = np.flatnonzero(self.model.ident == self._component_index(term))
         names = [self.vc_names[i] for i in idx]
-        levels = [n[n.rfind("[") + 1:-1] if n.endswith("]") and "[" in n else n for n in names]
         m, s = self.vc_mean[idx], self.vc_sd[idx]
-        return pd.DataFrame(
-            {"Mean": m, "SD": s, "lower": m - Z975 * s, "upper": m + Z975 * s,
-             "term": [self.vcp_names[self.model.ident[i]] for i in idx], "level": levels},
-            index=pd.Index(names),
-        )
+        out = pd.DataFrame({"Mean": m, "SD": s}, index=pd.Index(names))
+        if intervals:
+            comps = [self.vcp_names[self.model.ident[i]] for i in idx]
+            levels = [_level(n, c) for n, c in zip(names, comps)]
+            out = out.assign(lower=m - Z975 * s, upper=m + Z975 * s, term=comps, level=levels)
+        return out
 
     def summary(self):
         """statsmodels' summary table with 95 % credible intervals (text, DataFrame, HTML)."""
         return Summary(self)
 
     # -- prediction ----------------------------------------------------------------------------
-    def predict(self, exog=None, exog_vc=None, linear=False, random_effects=None, offset=None):
+    def predict(self, exog=None, linear=False, *, exog_vc=None, random_effects=None, offset=None):
         r"""Predicted means (or linear predictors) at the posterior means.
 
         As in statsmodels, the default is the population-level prediction

@@ -155,7 +155,7 @@ def test_first_screen_shows_fitted_cbpp(page):
 
     open_tab(page, "Random effects")
     cat = wait_sources(page, ["rank", "mean", "level"], lambda s: len(s["rank"]) == 15)
-    expected = res.random_effects("herd").set_index("level")["Mean"]
+    expected = res.random_effects("herd", intervals=True).set_index("level")["Mean"]
     got = dict(zip(cat[0]["level"], cat[0]["mean"]))
     for level, value in expected.items():
         assert got[str(level)] == pytest.approx(value, rel=1e-5)

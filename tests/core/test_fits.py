@@ -1270,7 +1270,7 @@ def test_known_truth_recovered(family):
         assert np.all(np.abs(z) < 3.5), (res.method, z)
         if res.method != "map":  # the joint mode shrinks SDs by design (issue: use fit_laplace)
             assert abs(np.exp(res.vcp_mean[0]) - 0.8) < 0.2, res.method
-        re = res.random_effects("g")
+        re = res.random_effects("g", intervals=True)
         truth = sim.re["g"].reindex(re["level"]).to_numpy()
         assert np.corrcoef(re["Mean"], truth)[0, 1] > 0.8
 
@@ -1442,3 +1442,29 @@ def test_large_counts_converge_without_creeping_at_the_rounding():
     assert all(r.converged for r in fits) and fits[0].n_iter < 20
     for r in fits:
         assert r.fe_mean[1] == pytest.approx(1.0, abs=0.01) and np.exp(r.vcp_mean[0]) == pytest.approx(3.0, rel=0.25)
+
+
+@pytest.mark.parametrize("family", ["binomial", "poisson"])
+def test_vb_elbo_and_its_gradient_as_statsmodels_names_them(family):
+    """statsmodels' ``vb_elbo(mean, sd)`` and ``vb_elbo_grad(mean, sd)`` (the gradients in the means and
+    in the SDs, each packed [fe, vcp, vc]): the gradient against central differences of the value, and the
+    value at the fitted VB point is the fit's objective."""
+    y, X, Z, ident = _design(family, n=200, q=8)
+    model = mg.BayesMixedGLM(y, X, Z, ident, family=family)
+    res = model.fit_vb()
+    mean = np.concatenate([res.fe_mean, res.vcp_mean, res.vc_mean]) + 0.05
+    sd = np.concatenate([res.fe_sd, res.vcp_sd, res.vc_sd]) * 1.1
+    g_mean, g_sd = model.vb_elbo_grad(mean, sd)
+    h = 1e-6
+    for j in (0, model.k_fep, model.k_fep + model.k_vcp + 3):
+        e = np.zeros(mean.size)
+        e[j] = h
+        assert g_mean[j] == pytest.approx((model.vb_elbo(mean + e, sd) - model.vb_elbo(mean - e, sd)) / (2 * h),
+                                          rel=1e-5, abs=1e-6)
+        assert g_sd[j] == pytest.approx((model.vb_elbo(mean, sd + e) - model.vb_elbo(mean, sd - e)) / (2 * h),
+                                        rel=1e-5, abs=1e-6)
+    fitted = model.vb_elbo(np.concatenate([res.fe_mean, res.vcp_mean, res.vc_mean]),
+                           np.concatenate([res.fe_sd, res.vcp_sd, res.vc_sd]))
+    assert fitted == pytest.approx(res.log_marginal_likelihood, rel=1e-9)
+    with pytest.raises(mg.DataError, match="must each have"):
+        model.vb_elbo(mean[:-1], sd)

@@ -85,9 +85,12 @@ def test_results_tables_random_effects_and_predict():
     assert vt.loc["g", "sd_lower"] < vt.loc["g", "sd_median"] < vt.loc["g", "sd_upper"]
     dens = res.vcp_density("g")
     assert np.trapezoid(dens["density"], dens["sd"]) == pytest.approx(1.0, abs=0.02)
-    re = res.random_effects("g")
+    re = res.random_effects("g", intervals=True)
     assert len(re) == 12 and set(re["term"]) == {"g"} and re["level"].iloc[0] == "g01"
-    assert res.random_effects(0).equals(re)
+    assert res.random_effects(0, intervals=True).equals(re)
+    plain = res.random_effects("g")  # statsmodels' columns: numbers only
+    assert list(plain.columns) == ["Mean", "SD"] and plain.equals(re[["Mean", "SD"]])
+    np.testing.assert_allclose(np.exp(plain).to_numpy(), np.exp(re[["Mean", "SD"]].to_numpy()))
     # In-sample prediction equals prediction on the same frame, with and without random effects;
     # the default is statsmodels': the fixed effects only.
     np.testing.assert_allclose(res.predict(), res.predict(sim.data), rtol=1e-10)
@@ -240,10 +243,13 @@ def test_predict_follows_statsmodels_and_checks_its_arguments():
     np.testing.assert_allclose(res.predict(cbpp.iloc[:4]), p[:4], rtol=1e-12)
     np.testing.assert_allclose(res.model.predict(res.params[:res.model.k_fep]), p, rtol=1e-12)
     with pytest.raises(mg.DataError, match="`exog_vc` must come with `exog`"):
-        res.predict(None, res.model.exog_vc[:3])
+        res.predict(None, exog_vc=res.model.exog_vc[:3])
     X3, Z3 = res.model.exog[:3], res.model.exog_vc[:3]
-    np.testing.assert_allclose(res.predict(X3, Z3, linear=True), (X3 @ res.fe_mean + Z3 @ res.vc_mean))
-    np.testing.assert_allclose(res.predict(X3, Z3, linear=True, random_effects=False), X3 @ res.fe_mean)
+    np.testing.assert_allclose(res.predict(X3, exog_vc=Z3, linear=True), (X3 @ res.fe_mean + Z3 @ res.vc_mean))
+    np.testing.assert_allclose(res.predict(X3, exog_vc=Z3, linear=True, random_effects=False), X3 @ res.fe_mean)
+    # statsmodels' positional order: predict(exog, linear)
+    np.testing.assert_allclose(res.predict(X3, True), X3 @ res.fe_mean, rtol=1e-12)
+    np.testing.assert_allclose(res.predict(None, True)[:3], X3 @ res.fe_mean, rtol=1e-12)
     with pytest.raises(mg.DataError, match="`exog_vc` must be given with an array `exog`"):
         res.predict(X3, random_effects=True)
     # a model built from arrays takes a frame's columns by name
@@ -377,3 +383,21 @@ def test_fit_arguments_are_checked_by_name():
         mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data)
     with pytest.raises(mg.DataError, match="`data` must have distinct column names; got 'size' more than once"):
         mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data=pd.concat([data, data["size"]], axis=1))
+
+
+def test_statsmodels_docstring_example_and_its_names():
+    """statsmodels' own example, two vc_formulas components over the same factor: the columns of each are
+    named after it where they clash (it failed: `vc_names` must be distinct), and from_formula takes
+    statsmodels' vcp_names and vc_names."""
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame({"Village": rng.integers(0, 12, 240), "year_cen": rng.normal(size=240)})
+    data["y"] = rng.integers(0, 2, 240).astype(float)
+    random = {"a": "0 + C(Village)", "b": "0 + C(Village)*year_cen"}
+    model = mg.BinomialBayesMixedGLM.from_formula("y ~ year_cen", random, data)
+    assert model.vcp_names == ["a", "b"] and len(set(model.vc_names)) == model.k_vc
+    assert model.vc_names[0] == "a:C(Village)[0]" and model.vc_names[12] == "b:C(Village)[0]"
+    res = model.fit_vb()
+    assert list(res.random_effects("a", intervals=True)["level"][:2]) == ["0", "1"]
+    named = mg.PoissonBayesMixedGLM.from_formula("count ~ mined", {"site": "0 + C(site)"}, load("Salamanders"),
+                                                 vcp_names=["Site"], vc_names=[f"s{i}" for i in range(23)])
+    assert named.vcp_names == ["Site"] and named.vc_names[:2] == ["s0", "s1"]
