@@ -227,6 +227,8 @@ class BayesMixedGLMResults:
         Returns a DataFrame with columns ``sd`` and ``density`` (per unit of SD).
         """
         k = self._component_index(name)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+            raise DataError(f"`n` must be an integer of at least 2 (grid points); got {n!r}.")
         if self.vcp_grid is not None:
             x, d = np.asarray(self.vcp_grid.points[k]), np.asarray(self.vcp_grid.density[k])
             grid = np.linspace(x[0], x[-1], n)
@@ -312,6 +314,9 @@ class BayesMixedGLMResults:
             ``exog``; a model fitted with an offset array needs it for a new DataFrame.
         """
         m = self.model
+        if isinstance(exog, dict) or (isinstance(exog, pd.Series) and m.design is not None):
+            # new rows as a dict of columns, or one row as a Series (as a DataFrame's row)
+            exog = pd.DataFrame(exog) if isinstance(exog, dict) else exog.to_frame().T.infer_objects()
         include = (exog_vc is not None) if random_effects is None else bool(random_effects)
         if exog is None:
             if exog_vc is not None:

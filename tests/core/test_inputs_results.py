@@ -401,3 +401,16 @@ def test_statsmodels_docstring_example_and_its_names():
     named = mg.PoissonBayesMixedGLM.from_formula("count ~ mined", {"site": "0 + C(site)"}, load("Salamanders"),
                                                  vcp_names=["Site"], vc_names=[f"s{i}" for i in range(23)])
     assert named.vcp_names == ["Site"] and named.vc_names[:2] == ["s0", "s1"]
+
+
+def test_predict_takes_a_dict_or_one_row_and_densities_check_their_grid():
+    """New rows as a dict of columns or one row as a Series predict as the DataFrame does (a raw
+    TypeError, a shape error before); vcp_density's grid size is checked by name."""
+    cbpp = load("cbpp")
+    res = mg.BinomialBayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", None, cbpp, trials="size").fit_vb()
+    base = res.predict(cbpp.head(3), random_effects=True)
+    np.testing.assert_allclose(res.predict(cbpp.head(3).to_dict("list"), random_effects=True), base, rtol=1e-12)
+    np.testing.assert_allclose(res.predict(cbpp.iloc[1], random_effects=True), base[1:2], rtol=1e-12)
+    for n in (0, -1, 2.5):
+        with pytest.raises(mg.DataError, match="`n` must be an integer of at least 2"):
+            res.vcp_density("herd", n=n)
