@@ -400,6 +400,9 @@ def _matching(tokens: list[_Token], k: int) -> int:
 def _parse_bar(formula: str, inner: list[_Token], open_tok: _Token) -> list[_BarTerm]:
     bar = next(k for k, t in enumerate(inner) if t.text in ("|", "||"))
     expr, group = inner[:bar], inner[bar + 1 :]
+    if not expr:
+        raise _err("random-effect term needs 1, 0 or slopes before '|' (for an intercept: (1 | g))", formula,
+                   inner[bar])
     # --- grouping: a, a:b, a/b
     if not group:
         raise _err("random-effect term needs a grouping factor after '|'", formula, inner[bar])
@@ -1445,6 +1448,14 @@ def build_design(
             f"variance component names must be unique; got {dup[0]!r} more than once.",
             formula,
         )
+    same = {}
+    for t in terms:  # (1 | g:h) and (1 | h:g): one component twice under two names
+        if t.group is not None:
+            key = (frozenset(t.factors), t.slope)
+            if key in same:
+                raise FormulaError(f"random-effect terms must differ; got {same[key]!r} and {t.name!r}, the same "
+                                   "effects twice.", formula)
+            same[key] = t.name
     blocks = [t.matrix(df) for t in terms]
     n = len(df)
     exog_vc = (

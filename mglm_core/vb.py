@@ -67,13 +67,18 @@ def _start(model, mean, sd):
     mean = np.asarray(mean, dtype=float)
     if mean.shape != (n,):
         raise DataError(f"`mean` must have length {n} (fe, vcp, vc); got shape {mean.shape}.")
+    if not np.all(np.isfinite(mean)):
+        raise DataError(f"`mean` must be finite; got {int(np.sum(~np.isfinite(mean)))} NaN/inf value(s).")
     elbo = Elbo(model)
     given_sd = sd is not None
     if sd is None:
         sd = _curvature_sd(elbo, mean)
     sd = np.asarray(sd, dtype=float)
-    if sd.shape != (n,) or np.any(~(sd > 0)):
+    if sd.shape != (n,):
         raise DataError(f"`sd` must be {n} positive values (fe, vcp, vc); got shape {sd.shape}.")
+    if np.any(~(sd > 0) | ~np.isfinite(sd)):
+        raise DataError(f"`sd` must be {n} positive finite values (fe, vcp, vc); got "
+                        f"{int(np.sum(~(sd > 0) | ~np.isfinite(sd)))} that are not.")
     pt = VBPoint(mean[:p], mean[p:p + k], mean[p + k:], sd[:p], sd[p:p + k], sd[p + k:])
     value = _value(elbo, pt)
     if given_sd or np.isfinite(value):

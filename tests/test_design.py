@@ -190,6 +190,10 @@ def test_formula_terms_come_before_vc_formulas(small):
 def test_duplicate_component_names(small):
     with pytest.raises(FormulaError, match="unique"):
         build_design("y ~ (1 | g)", small, vc_formulas={"g": "0 + C(g)"})
+    with pytest.raises(FormulaError, match="got 'g:h' and 'h:g', the same effects twice"):
+        build_design("y ~ (1 | g:h) + (1 | h:g)", small)
+    with pytest.raises(FormulaError, match=r"needs 1, 0 or slopes before '\|'"):
+        build_design("y ~ (| g)", small)
 
 
 VC_FORMULAS = {

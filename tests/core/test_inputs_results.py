@@ -414,3 +414,12 @@ def test_predict_takes_a_dict_or_one_row_and_densities_check_their_grid():
     for n in (0, -1, 2.5):
         with pytest.raises(mg.DataError, match="`n` must be an integer of at least 2"):
             res.vcp_density("herd", n=n)
+
+
+def test_vb_start_values_are_checked_by_name():
+    model = mg.BayesMixedGLM(Y, X, Z, IDENT)
+    n = 2 + 1 + 4
+    with pytest.raises(mg.DataError, match="`mean` must be finite; got 7 NaN/inf"):
+        model.fit_vb(mean=np.full(n, np.nan))
+    with pytest.raises(mg.DataError, match="`sd` must be 7 positive finite values .* got 1 that are not"):
+        model.fit_vb(sd=np.r_[np.ones(n - 1), -1.0])
