@@ -1439,6 +1439,7 @@ def build_design(
     terms: list[VCTerm] = []
     for bar in bars:
         terms.extend(_bar_components(df, bar))
+    n_bar_terms = len(terms)  # (statsmodels' vc_formulas may repeat a component: not checked)
     for key, text in (vc_formulas or {}).items():
         terms.append(_vc_formula_component(df, str(key), text))
     names = [t.name for t in terms]
@@ -1449,7 +1450,7 @@ def build_design(
             formula,
         )
     same = {}
-    for t in terms:  # (1 | g:h) and (1 | h:g): one component twice under two names
+    for t in terms[:n_bar_terms]:  # (1 | g:h) and (1 | h:g): one component twice under two names
         if t.group is not None:
             key = (frozenset(t.factors), t.slope)
             if key in same:
