@@ -1383,7 +1383,12 @@ def build_design(
     # --- response and trials
     endog = _numeric_column(df, response.successes, "response")
     if response.failures is not None:
-        trials_arr = endog + _numeric_column(df, response.failures, "failures")
+        failures = _numeric_column(df, response.failures, "failures")
+        neg = np.flatnonzero(failures < 0)
+        if neg.size:
+            raise DataError(f"the failures `{response.failures}` in cbind(...) must be >= 0; got {failures[neg[0]]:g} "
+                            f"at row {int(neg[0])} ({neg.size} row(s) in all).")
+        trials_arr = endog + failures
         trials_col = response.failures
     elif response.total is not None:
         trials_arr = _numeric_column(df, response.total, "trials")

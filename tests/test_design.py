@@ -535,3 +535,9 @@ def test_vc_formula_and_slope_checks(small):
     with pytest.raises(FormulaError) as err:  # formulaic's message without terminal colour codes
         build_design("y ~ np . log(z)", small)
     assert "\x1b" not in str(err.value)
+
+
+def test_cbind_failures_must_not_be_negative(small):
+    df = small.assign(s=small["V"].astype(float), f=small["V"] - 2.0)
+    with pytest.raises(DataError, match=r"the failures `f` in cbind\(...\) must be >= 0; got -1 at row"):
+        build_design("cbind(s, f) ~ x + (1 | g)", df)
