@@ -162,7 +162,10 @@ class Dashboard(pn.viewable.Viewer):
                                           bar_color="primary", height=10,
                                           visible=pn.bind(lambda s: s in ("fitting", "waiting"), fit.param.status),
                                           sizing_mode="stretch_width")
-        mode_note = pn.pane.Markdown(pn.bind(self._mode_note, fit.param.status, spec.param.auto_fit),
+        # (on every change of the model too: a method whose fit is quick refits live, and the status may
+        # stay "done" through a cached or quick refit)
+        mode_note = pn.pane.Markdown(pn.bind(self._mode_note, fit.param.status, spec.param.auto_fit,
+                                             fit.param.outcome, spec.param.method, st.param.columns_version),
                                      css_classes=["mglm-note"], margin=(0, 5))
         fit_card = pn.Card(
             pn.widgets.Select.from_param(spec.param.method, label="Method", **w),
@@ -315,6 +318,8 @@ class Dashboard(pn.viewable.Viewer):
                                            view.param.re_top_k, truth, 260), lazy=True,
                                    sizing_mode="stretch_width", min_height=260),
             sizing_mode="stretch_width")
+        self._plot_boxes += (teach_plots,)  # (dimmed with the others while they show another result)
+        self._dim_plots()
         teach_tab = pn.Row(sim_controls, teach_plots, sizing_mode="stretch_width", name="Teaching")
 
         self.tabs = pn.Tabs(fe_tab, vc_tab, re_tab, summary_tab, data_tab, compare_tab, teach_tab,
@@ -444,7 +449,9 @@ class Dashboard(pn.viewable.Viewer):
         return f"**{name}**: {_rows(len(df))}, {df.shape[1]} columns." + (
             f" {DEMOS[name].description}" if name in DEMOS else "")
 
-    def _mode_note(self, status, auto):
+    def _mode_note(self, status, auto, *_):
+        if self.state.errors:  # (an invalid model has no size to speak of)
+            return "Fix the model first (see the messages above)."
         size = problem_size(self.state.spec, self.state.data)
         if self.state.is_live():
             return (f"Model size {size:,} (rows × random-effect terms, plus the dense block of several factors): "
@@ -457,6 +464,9 @@ class Dashboard(pn.viewable.Viewer):
         label = {"done": "FITTED", "fitting": "FITTING", "waiting": "WAITING", "error": "ERROR",
                  "stale": "OUT OF DATE"}.get(status, "")
         color = {"done": "#059669", "error": "#dc2626", "stale": "#d97706"}.get(status, "#2563eb")
+        oc = self.state.fit.outcome
+        if status == "done" and oc is not None and not adapter.converged(oc.result):
+            label, color = "NOT CONVERGED", "#d97706"  # (not the green of a good fit)
         badge = (f'<span style="background:{color};color:white;border-radius:4px;padding:2px 8px;'
                  f'font-size:0.8em;font-weight:600;margin-right:8px">{label}</span>') if label else ""
         return f"{badge}{literal_markdown(message)}" if message else ""
@@ -468,6 +478,11 @@ class Dashboard(pn.viewable.Viewer):
         return "**Diagnostics**\n\n" + "\n".join(f"- {literal_markdown(w)}" for w in warnings)
 
     def _truth(self, truth, key):
+        """The true values of a simulation, only for a result of the simulated data (while its fit runs,
+        the plots still show the previous data's result: no truth on it)."""
+        oc = self.state.fit.outcome
+        if oc is None or oc.request.data_key != self.state._data_key():
+            return None
         return (truth or {}).get(key) or None
 
     def _forest(self, outcome, exp_scale, include_intercept, truth, height=360):

@@ -422,6 +422,9 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
                    "(try the other method or stronger priors).")
     lib_text = " ".join(outcome.warnings).lower()
     for w in outcome.warnings:
+        # the library's advice in the dashboard's words (its methods are chosen in the sidebar)
+        w = w.replace("Use fit_laplace() (the integrated method)", "Choose the Integrated Laplace method")
+        w = w.replace("Use fit_map() or fit_vb()", "Choose the Laplace (MAP) or VB method")
         if w not in out:
             out.append(w)
     if n_dropped:
@@ -449,8 +452,9 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
             if sd * scale[k] < 0.05 and "degenerate" not in lib_text:
                 per = ("" if abs(scale[k] - 1.0) < 1e-9 else
                        f" per unit of the covariate, {sd * scale[k]:.3g} on the linear predictor for its typical size")
+                mode = " (a degenerate variance mode)" if outcome.request.method == "map" else ""
                 out.append(f"The random-effect SD of {name!r} is close to zero ({sd:.3g}{per}): the data show almost "
-                           "no variation between its groups (a degenerate variance mode).")
+                           f"no variation between its groups{mode}.")
     except Exception:
         pass
     try:

@@ -266,10 +266,14 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200, callback=None):
     collapsed = degenerate_components(work, vcp, vc)
     if collapsed:
         names = ", ".join(work.vcp_names[j] for j in collapsed)
+        # (with a tight prior, vcp_p = 0.05, the degenerate point's SD is near 1, not 0)
+        small = all(np.exp(vcp[j]) < 0.05 for j in collapsed)
         msgs.append(
-            f"Degenerate mode: the variance component(s) {names} collapsed to SD ~ 0 (the joint mode of "
-            "random effects and their log-SD is degenerate). Use fit_laplace() (the integrated method) or "
-            "a smaller vcp_p."
+            f"Degenerate mode: the variance component(s) {names} "
+            + ("collapsed to SD ~ 0" if small else "sit at the degenerate point (random effects shrunk to 0, "
+               "log-SD at -m vcp_p^2)")
+            + " (the joint mode of random effects and their log-SD is degenerate). Use fit_laplace() (the "
+            "integrated method)" + (" or a smaller vcp_p." if small else ".")
         )
     if M is not None:
         fe = M @ fe

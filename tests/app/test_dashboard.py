@@ -131,3 +131,29 @@ def test_an_empty_file_is_reported():
     d = Dashboard()
     d.file_input.filename = "empty.csv"
     assert d.state.errors.get("data") == "The file 'empty.csv' is empty."
+
+
+def test_truth_marks_only_on_the_simulated_datas_fit_and_plain_status():
+    """While a simulation's fit runs, the plots show the previous data's result: no truth marks on it (they
+    were drawn on cbpp's Intercept), and the Teaching plots are dimmed with the others. A fit that did not
+    converge is not badged as FITTED, and the library's advice names the dashboard's method."""
+    from app import Dashboard
+
+    d = Dashboard()
+    d.__panel__().get_root(Document())
+    st = d.state
+    st.sim.param.update(n_groups=20, group_size=10, seed=2)
+    st.simulate(fit=False)  # loaded, not fitted yet: the shown result is cbpp's
+    assert st.truth and d._truth(st.truth, "fe") is None and not d.plots_current()
+    assert all(box.styles.get("opacity") == "0.35" for box in d._plot_boxes)
+    assert st.fit_now()
+    assert d._truth(st.truth, "fe") == st.truth["fe"]
+    st.load_demo("cbpp", fit=False)
+    st.spec.param.update(method="map")
+    assert st.fit_now()
+    assert any("Choose the Integrated Laplace method" in w for w in st.fit.warnings)
+    assert not any("fit_laplace()" in w for w in st.fit.warnings)
+    assert ">FITTED<" in d._status_text(st.fit.message, st.fit.status)
+    st.load_demo("grouseticks", fit=False)  # its joint mode's search ends without converging
+    assert st.fit_now() and not st.fit.result.converged
+    assert ">NOT CONVERGED<" in d._status_text(st.fit.message, st.fit.status)
