@@ -185,7 +185,9 @@ def snippet(request: FitRequest, data_source: str, reader: str | None = None) ->
     args.append(f"    fe_p={request.fe_p!r},")
     args.append(f"    vcp_p={request.vcp_p!r},")
     cat_cols = [c for c in request.data.columns if isinstance(request.data[c].dtype, pd.CategoricalDtype)]
-    lines = ["import pandas as pd", "import mglm_core as mg", "", f"df = {reader or f'pd.read_csv({data_source!r})'}"]
+    lines = ["import pandas as pd", "import mglm_core as mg", "",
+             "# the data: the uploaded file, or the dashboard's Data tab's download, beside this script",
+             f"df = {reader or f'pd.read_csv({data_source!r})'}"]
     if request.response_levels is not None:
         from mglm_core.design import formula_columns
 

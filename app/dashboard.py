@@ -82,6 +82,7 @@ class Dashboard(pn.viewable.Viewer):
         params.setdefault("state", AppState())
         super().__init__(**params)
         self._syncs = {}  # (id(obj), parameter) -> (obj, watcher) keeping the newest column widget in step
+        self._uploaded_name = None  # the name of the file whose content was just read (_on_file_name)
         st = self.state
         if data is not None:
             st.load_frame(data, data_name, fit=False)
@@ -263,10 +264,17 @@ class Dashboard(pn.viewable.Viewer):
             sizing_mode="stretch_width", name="Summary & export")
 
         # ---- data preview
+        self.data_download = pn.widgets.FileDownload(callback=self._csv_data, filename=self._data_file(),
+                                                     label="Download the data (CSV)", button_type="primary", width=260)
+        st.data.param.watch(lambda e: setattr(self.data_download, "filename", self._data_file()), "source")
         data_tab = pn.Column(
             pn.pane.Markdown(pn.bind(lambda n, df: f"### {n}: {_rows(0 if df is None else len(df))}",
                                      st.data.param.dataset, st.data.param.df)),
             pn.widgets.Tabulator(pn.bind(self._overview, st.data.param.df, st.data.param.categorical), **table_kw),
+            pn.Row(self.data_download, pn.pane.Markdown(
+                "The table below shows the first 500 rows; the download has them all (the reproducing script "
+                "reads this file).", css_classes=["mglm-note"], sizing_mode="stretch_width"),
+                sizing_mode="stretch_width"),
             pn.widgets.Tabulator(pn.bind(lambda df: df.head(500) if df is not None else pd.DataFrame(),
                                          st.data.param.df), pagination="local", page_size=12, **table_kw),
             sizing_mode="stretch_width", name="Data")
@@ -417,13 +425,18 @@ class Dashboard(pn.viewable.Viewer):
                 self.state._set_error("data", f"Could not load {event.new}: {exc}")
 
     def _on_file_name(self, event):
-        # an empty file arrives as a name without content (the browser's input sends no value for it)
+        # an empty file arrives as a name without content (the browser's input sends no value for it); the
+        # name of a file just read may also come after its content (then it is not news)
+        if event.new and event.new == self._uploaded_name:
+            self._uploaded_name = None
+            return
         if event.new and self.file_input.value is None:
             self.state._set_error("data", f"The file {event.new!r} is empty.")
 
     def _on_upload(self, event):
         if event.new is None:
             return
+        self._uploaded_name = self.file_input.filename
         ok = self.state.load_upload(self.file_input.filename or "upload.csv", event.new)
         if ok:
             self.demo_select.value = OWN_DATA
@@ -580,6 +593,17 @@ class Dashboard(pn.viewable.Viewer):
 
     def _csv_re(self):
         return self._csv(plots.re_summary)
+
+    def _data_file(self) -> str:
+        """The data's file name for the download: the source's, as CSV (an upload keeps its own reader)."""
+        from pathlib import Path
+
+        src = Path(self.state.data.source or "data.csv").name
+        return src if src.lower().endswith(".csv") else f"{Path(src).stem}.csv"
+
+    def _csv_data(self):
+        df = self.state.data.df
+        return io.StringIO(df.to_csv(index=False) if df is not None else "")
 
     def _py(self):
         return io.StringIO(self._snippet(self.state.fit.outcome))

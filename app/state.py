@@ -512,10 +512,11 @@ class AppState(param.Parameterized):
 
     # ------------------------------------------------------------ data in
     def load_demo(self, name: str, fit: bool = True) -> None:
-        self._set_data(load_demo(name), name, f"demo_data/{DEMOS[name].file}", DEMOS[name], truth=None, fit=fit)
+        # (the file the Data tab downloads, and the reproducing script reads; demo_data/ in the repository)
+        self._set_data(load_demo(name), name, DEMOS[name].file, DEMOS[name], truth=None, fit=fit)
 
     def load_frame(self, df: pd.DataFrame, name: str = "data", fit: bool = True) -> None:
-        self._set_data(df, name, name, None, truth=None, fit=fit)
+        self._set_data(df, name, name if name.lower().endswith(".csv") else f"{name}.csv", None, truth=None, fit=fit)
 
     def load_upload(self, filename: str, content: bytes, fit: bool = True) -> bool:
         """Read an uploaded file; on failure show why next to the upload and keep everything else."""

@@ -299,7 +299,10 @@ def test_compare_methods_and_exports(page, tmp_path, monkeypatch):
     html = download("Forest plot HTML").read_text()
     assert "<html" in html.lower() and "bokeh" in html.lower()
     script = download("Download script")
-    monkeypatch.chdir(ROOT)  # the script reads demo_data/... relative to the repository
+    open_tab(page, "Data")
+    data = download("Download the data (CSV)")  # the file the script reads, beside it
+    assert data.name == "cbpp.csv" and len(pd.read_csv(data)) == 56
+    monkeypatch.chdir(tmp_path)
     ns = runpy.run_path(str(script))
     np.testing.assert_allclose(ns["res"].fe_mean, default.fe_mean, rtol=1e-6)
     assert page.console_errors == []
