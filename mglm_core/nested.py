@@ -60,9 +60,10 @@ conditionally independent component (pairs of different rows of one effect,
 :meth:`~mglm_core.quadrature.IndependentEffects.left_out_pairs`) vary by more than 0.5 there (a few
 binary or low-count rows per effect: the series is unreliable before it runs away; binary groups of
 four rows with an SD of 3 had the log-SD 0.18 posterior SDs low), or when an effect's exact one-dimensional conditional
-posterior at the mode has its mean more than 0.35 conditional SDs from the Laplace mean
-(complete separation with a large SD: every outcome of an effect at one boundary;
-:meth:`~mglm_core.quadrature.IndependentEffects.conditional_shift`), the fit switches
+posterior at the mode (and, where a log-SD's posterior SD is above 0.6, at the probe points too) has its
+mean more than 0.35 conditional SDs from the Laplace mean (complete separation with a large SD: every outcome
+of an effect at one boundary; :meth:`~mglm_core.quadrature.IndependentEffects.conditional_shift`; at the mode
+alone, two groups of one binary row had their effects' posterior SDs 25 % short), the fit switches
 to :class:`~mglm_core.quadrature.NestedMarginal` (the effects of a component with one effect per
 row integrated exactly by adaptive Gauss–Hermite quadrature, of several such components the one
 whose effects' one-dimensional Laplace approximations are the least accurate at the mode
@@ -139,6 +140,7 @@ _SKEW_FAR = 1.1  # ... and none measured at the probe points z = +-3 beyond this
 _SKEW_MAX_4 = 1.25  # four components: the axial design when no scale is beyond this factor of 1 (draws of a
 # Poisson model with scales 0.85-1.14 hold every bar with it)
 _SHIFT_MAX = 0.35  # switch to the nested approximation when an effect's conditional mean is this far off
+_WIDE_SD = 0.6  # ... judged at the probe points too where a log-SD's posterior SD is above this
 _VAR_RATIO_MAX = 3.0  # the grid when a fixed effect's conditional variance changes this much over the axial points
 _REFINE_DROP = 1.0  # refine the conditional Gaussians within this of the top log density
 _PREDICT_MARGIN = 0.5  # grid points extrapolated this far below the region are not solved (_grid_points)
@@ -1095,7 +1097,13 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     # Complete separation (an effect whose outcomes are all 0, or all at the trials) with a large SD
     # leaves the correction tame but an effect's conditional posterior far from Gaussian: judged by
     # the exact one-dimensional conditionals of the independent component at the mode
-    cond_shift = cond.conditional_shift(mode) if spread <= _SPREAD_MAX else np.nan  # nan: not measured
+    # ... at the mode, and where the log-SDs' posterior is wide (its SD above _WIDE_SD: a few levels) at the
+    # probe points too: the integration then reaches SDs far from the mode's (two groups of one binary row:
+    # a shift of 0.02 at the mode, SDs of 40 at z = 3; judged at the mode alone, their effects' posterior SDs
+    # came out 25 % short)
+    wide = bool(np.any(np.sqrt(np.sum(root**2, axis=1)) > _WIDE_SD))
+    cond_shift = ((max(cond.conditional_shift(th) for th in probe) if wide else cond.conditional_shift(mode))
+                  if spread <= _SPREAD_MAX else np.nan)  # nan: not measured
     separated = cond_shift > _SHIFT_MAX and cond.nested is not None
 
     def switch(reason):
