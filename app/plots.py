@@ -44,8 +44,16 @@ def _color(label: str, i: int) -> str:
 
 
 def empty_plot(message: str = "No result yet") -> hv.Element:
-    return hv.Text(0, 0, message).opts(xaxis=None, yaxis=None, toolbar=None, height=300, responsive=True,
-                                         show_frame=False)
+    """A message in place of a plot, wrapped into lines that fit a narrow plot (one long line was cut
+    off at both sides)."""
+    import textwrap
+
+    text = "\n".join(textwrap.wrap(message, 48)) or message
+    # (at the middle of the unit square Bokeh gives a plot with nothing else: at (0, 0) it sat in the corner,
+    # cut off)
+    return hv.Text(0.5, 0.5, text).opts(xaxis=None, yaxis=None, toolbar=None, height=300, responsive=True,
+                                        show_frame=False, text_align="center", text_baseline="middle",
+                                        text_font_size="11pt")
 
 
 # --------------------------------------------------------------------------- forest
@@ -195,9 +203,14 @@ def sd_density_plot(results, truth: dict | None = None, components: list[str] | 
         for j, name in enumerate(names):
             color = _color(label, i) if multi else PALETTE[j % len(PALETTE)]
             d = sd_density_data(res, name)
+            if not np.isfinite(d["density"]).any():  # no posterior SD (MAP's Hessian not negative definite)
+                continue
             d["method"] = METHOD_NAMES.get(label, label)
             lab = f"{name} ({METHOD_NAMES.get(label, label)})" if multi else name
             curves.append((d, color, lab, summ.loc[name], j + i * len(names)))
+    if not curves:
+        return empty_plot("No SD densities to draw: the posterior SDs are unavailable (the Hessian at the mode "
+                          "is not negative definite). The Integrated Laplace method gives them.")
     # A collapsed posterior (the joint mode's SD near 0: a spike millions high) would flatten every other
     # curve: the height is set by the others, and the spike runs off the top
     peaks = np.array([float(np.nanmax(d["density"])) if len(d) else 0.0 for d, *_ in curves])

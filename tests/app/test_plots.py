@@ -167,3 +167,22 @@ def test_compact_plots_keep_their_titles_clear_and_the_truth_in_the_legend(cbpp_
     assert [item.label.value for item in small.legend[0].items] == ["herd", "truth"]
     full = hv.render(plots.forest_plot(res, height=360), backend="bokeh")
     assert full.toolbar_location == "above" and "95 % interval" in full.title.text
+
+
+def test_messages_in_place_of_plots_are_centred_and_sd_densities_need_sds():
+    """A message in place of a plot sits in the middle of the plot's unit square, wrapped (at (0, 0) it sat
+    in the corner, cut off); a MAP fit without posterior SDs (its Hessian not negative definite) gets a
+    message instead of an SD plot with a 'nan' axis."""
+    from app.state import AppState
+
+    fig = hv.render(plots.empty_plot("No level of BROOD matches 'zzz' " * 3), backend="bokeh")
+    [text] = [m for m in fig.renderers if hasattr(m.glyph, "text")]
+    src = text.data_source.data
+    assert (src["x"][0], src["y"][0]) == (0.5, 0.5) and (fig.x_range.start, fig.x_range.end) == (0, 1)
+    assert all(len(line) <= 48 for line in src["text"][0].split("\n"))
+    st = AppState()
+    st.load_demo("grouseticks", fit=False)
+    st.spec.method = "map"
+    assert st.fit_now() and not np.isfinite(st.fit.result.vcp_sd).any()
+    el = plots.sd_density_plot(st.fit.result)
+    assert isinstance(el, hv.Text) and "posterior SDs are unavailable" in el.text.replace("\n", " ")
