@@ -429,6 +429,9 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
             out.append(w)
     if n_dropped:
         out.append(f"{n_dropped} rows with missing values in the model's columns were left out.")
+    if outcome.request.method == "vb":  # (its means are good; its SDs are not: benchmarks/ACCURACY.md)
+        out.append("Variational Bayes (mean field) gives good means but posterior SDs that are too narrow, the "
+                   "fixed effects' often several times: for intervals, choose the Integrated Laplace method.")
     off = outcome.request.offset
     if off and off in outcome.request.data.columns:
         v = outcome.request.data[off].to_numpy(dtype=float)

@@ -525,3 +525,11 @@ def test_a_slope_sd_is_judged_on_the_linear_predictor_scale():
     sim["TICKS"] = rng.poisson(np.exp(0.5 + rng.normal(0, 0.5, 40)[sim.BROOD]))
     [note] = notes(sim.astype({"BROOD": str}), "x")
     assert "'BROOD:x'" in note and "on the linear predictor for its typical size" in note
+
+
+def test_vb_results_carry_a_caution_about_their_sds(cbpp_state):
+    """VB's SDs are too narrow (mean field): the diagnostics say so next to its result, not only on the
+    Compare tab."""
+    assert any("too narrow" in w and "Integrated Laplace" in w for w in cbpp_state.fit.warnings)
+    cbpp_state.spec.method = "laplace"
+    assert cbpp_state.fit_now() and not any("too narrow" in w for w in cbpp_state.fit.warnings)
