@@ -75,6 +75,12 @@ def load_demo(name: str) -> pd.DataFrame:
     return load_dataset(Path(DEMOS[name].file).stem)
 
 
+def _file_kind(path: str) -> str:
+    """How a file is read, by its name: ``"parquet"``, ``"excel"`` or ``"csv"`` (text, the rest)."""
+    suffix = Path(path or "").suffix.lower()
+    return "parquet" if suffix in (".parquet", ".pq") else "excel" if suffix in (".xlsx", ".xls") else "csv"
+
+
 def _n_numeric(df: pd.DataFrame) -> int:
     return sum(pd.api.types.is_numeric_dtype(df[c]) for c in df.columns)
 
@@ -82,10 +88,10 @@ def _n_numeric(df: pd.DataFrame) -> int:
 def reader_call(path: str, df: pd.DataFrame | None = None) -> str:
     """The pandas call that reads ``path`` as :func:`read_upload` read it (for the reproducible script):
     Parquet, Excel, or CSV with the separator and decimal mark found (``df.attrs``)."""
-    suffix = Path(path or "").suffix.lower()
-    if suffix in (".parquet", ".pq"):
+    kind = _file_kind(path)
+    if kind == "parquet":
         return f"pd.read_parquet({path!r})"
-    if suffix in (".xlsx", ".xls"):
+    if kind == "excel":
         return f"pd.read_excel({path!r})"
     options = (df.attrs.get("read_csv", {}) if df is not None else {})
     return f"pd.read_csv({path!r}" + "".join(f", {k}={v!r}" for k, v in options.items()) + ")"
@@ -103,9 +109,10 @@ def read_upload(filename: str, content: bytes) -> pd.DataFrame:
             f"The file {filename!r} is {len(content) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB.")
     suffix = Path(filename or "").suffix.lower()
     try:
-        if suffix in (".parquet", ".pq"):
+        kind = _file_kind(filename)
+        if kind == "parquet":
             df = pd.read_parquet(io.BytesIO(content))
-        elif suffix in (".xlsx", ".xls"):
+        elif kind == "excel":
             df = pd.read_excel(io.BytesIO(content))
         else:
             try:

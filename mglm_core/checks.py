@@ -66,7 +66,8 @@ def _as_array(value, name):
                         f"{type(value).__name__} of rows of different lengths.") from None
 
 
-def _distinct_columns(df, name):
+def check_distinct_columns(df, name):
+    """Raise DataError where the DataFrame ``df`` (the argument ``name``) repeats a column name."""
     dup = df.columns[df.columns.duplicated()]
     if len(dup):
         raise DataError(f"`{name}` must have distinct column names; got {str(dup[0])!r} more than once.")
@@ -82,7 +83,7 @@ def as_exog(exog, n, names=None):
         names = names or [str(exog.name) if exog.name is not None else "FE_1"]
         exog = exog.to_frame()
     if isinstance(exog, pd.DataFrame):
-        _distinct_columns(exog, "exog")
+        check_distinct_columns(exog, "exog")
         for col in exog.columns:
             if not (pd.api.types.is_numeric_dtype(exog[col]) or pd.api.types.is_bool_dtype(exog[col])):
                 raise DataError(

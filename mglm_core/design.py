@@ -69,6 +69,7 @@ import keyword
 import re
 import types
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -76,6 +77,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .checks import check_distinct_columns
 from .errors import DataError, DataWarning, FormulaError
 
 __all__ = ["Design", "DesignSpec", "FormulaColumns", "VCTerm", "build_design", "check_formula", "formula_columns"]
@@ -961,11 +963,8 @@ class DesignSpec:
         """The columns' names; a term whose names other terms also make (statsmodels' example
         ``{"a": "0 + C(Village)", "b": "0 + C(Village)*year_cen"}``) has them prefixed by its
         component's name: ``a:C(Village)[0]``."""
-        from collections import Counter
-
         seen = Counter(c for t in self.vc_terms for c in t.column_names)
-        clash = {t.name for t in self.vc_terms if any(seen[c] > 1 for c in t.column_names)} if len(seen) < sum(
-            seen.values()) else set()
+        clash = {t.name for t in self.vc_terms if any(seen[c] > 1 for c in t.column_names)}
         return [f"{t.name}:{c}" if t.name in clash else c for t in self.vc_terms for c in t.column_names]
 
     @property
@@ -1294,9 +1293,7 @@ def build_design(
     if vc_formulas is not None and not isinstance(vc_formulas, Mapping):
         raise DataError(f"`vc_formulas` must be a dict of name -> formula; got {type(vc_formulas).__name__}.")
     data = data.rename(columns=str) if not all(isinstance(c, str) for c in data.columns) else data
-    dup = data.columns[data.columns.duplicated()]
-    if len(dup):
-        raise DataError(f"`data` must have distinct column names; got {dup[0]!r} more than once.")
+    check_distinct_columns(data, "data")
     columns = list(data.columns)
 
     # --- parse (never evaluates anything)

@@ -76,9 +76,9 @@ def _start(model, mean, sd):
     sd = np.asarray(sd, dtype=float)
     if sd.shape != (n,):
         raise DataError(f"`sd` must be {n} positive values (fe, vcp, vc); got shape {sd.shape}.")
-    if np.any(~(sd > 0) | ~np.isfinite(sd)):
-        raise DataError(f"`sd` must be {n} positive finite values (fe, vcp, vc); got "
-                        f"{int(np.sum(~(sd > 0) | ~np.isfinite(sd)))} that are not.")
+    bad = ~(sd > 0) | ~np.isfinite(sd)
+    if np.any(bad):
+        raise DataError(f"`sd` must be {n} positive finite values (fe, vcp, vc); got {int(np.sum(bad))} that are not.")
     pt = VBPoint(mean[:p], mean[p:p + k], mean[p + k:], sd[:p], sd[p:p + k], sd[p + k:])
     value = _value(elbo, pt)
     if given_sd or np.isfinite(value):
