@@ -57,9 +57,13 @@ Safe grammar
 Formula text is never evaluated as arbitrary Python: :func:`check_formula` tokenizes
 it and allows only data columns (bare or backtick-quoted), numbers, the operators
 ``+ - * / ** ^ : ~``, parentheses, ``|``/``||`` inside random-effect terms, and the
-functions ``C, I, log, exp, sqrt, log1p, center, scale, np.log, np.exp, np.sqrt,
-np.log1p`` (plus ``cbind`` on the left-hand side, and ``Treatment('a')``,
-``contr.treatment('a')`` and ``levels=[...]`` inside ``C(...)``). formulaic then
+functions ``C, I, Q, log, log2, log10, exp, sqrt, log1p, center, scale, standardize,
+bs, poly`` and ``np.log, np.log2, np.log10, np.exp, np.sqrt, np.log1p`` (plus ``cbind`` on
+the left-hand side). Inside ``C(...)`` the second argument may name a contrast
+(``Treatment, Sum, Helmert, Poly, Diff`` or ``contr.treatment`` ... ``contr.diff``, bare or
+called, as ``Treatment('a')``) or be ``levels=[...]``. ``Q('a column')`` takes exactly one
+string, which must name a column. ``bs(x, df=4)`` and ``poly(x, degree=2)`` take the keywords
+``df`` and ``degree``, each a whole number from 1 to 30 written as a literal. formulaic then
 evaluates the checked text in a namespace holding only those functions.
 """
 
@@ -100,11 +104,18 @@ _TOKEN_RE = re.compile(
 )
 
 #: functions allowed anywhere in a formula (formulaic provides them)
-FORMULA_FUNCTIONS = ("C", "I", "log", "exp", "sqrt", "log1p", "center", "scale")
+FORMULA_FUNCTIONS = ("C", "I", "Q", "log", "log2", "log10", "exp", "sqrt", "log1p", "center", "scale",
+                     "standardize", "bs", "poly")
 #: functions allowed as ``np.<name>``
-NUMPY_FUNCTIONS = ("log", "exp", "sqrt", "log1p")
-_CONTRAST_FUNCTIONS = ("Treatment",)
+NUMPY_FUNCTIONS = ("log", "log2", "log10", "exp", "sqrt", "log1p")
+#: contrasts allowed as the second argument of ``C(...)`` (formulaic's; bare or called)
+_CONTRAST_FUNCTIONS = ("Treatment", "Sum", "Helmert", "Poly", "Diff")
+_CONTR_NAMES = ("treatment", "sum", "helmert", "poly", "diff")  # ``contr.<name>``
 _C_KEYWORDS = ("levels", "reference", "base")
+#: spline and polynomial bases, with their keywords (each a literal whole number in 1..30)
+_BASIS_FUNCTIONS = ("bs", "poly")
+_BASIS_KEYWORDS = ("df", "degree")
+_BASIS_MAX = 30
 
 # the only namespace formulaic evaluates factors in (besides its own transforms)
 _SAFE_CONTEXT = {
@@ -161,14 +172,18 @@ def _unknown_column(formula: str, tok: _Token, columns: Sequence[str]) -> Formul
     )
 
 
+def _allowed_functions() -> str:
+    return "; allowed functions are: " + ", ".join(FORMULA_FUNCTIONS + tuple(f"np.{f}" for f in NUMPY_FUNCTIONS))
+
+
 def _check_tokens(
     formula: str, tokens: Sequence[_Token], columns: Sequence[str], allow_cbind: bool = False
 ) -> None:
     """Token-level whitelist (see the module docstring). Raises FormulaError."""
     colset = set(columns)
-    # stack of open brackets: (kind, token) with kind in
-    # "group" | "C" | "contrast" | "call" | "list"
-    stack: list[tuple[str, _Token]] = []
+    # stack of open brackets: [kind, token, commas seen] with kind in
+    # "group" | "C" | "contrast" | "call" | "Q" | "basis" | "list"
+    stack: list[list] = []
     i = 0
     n = len(tokens)
 
@@ -177,6 +192,9 @@ def _check_tokens(
 
     def inside(*kinds: str) -> bool:
         return bool(stack) and stack[-1][0] in kinds
+
+    def contrast_argument() -> bool:  # C(x, <here>)
+        return inside("C") and stack[-1][2] == 1
 
     while i < n:
         tok = tokens[i]
@@ -191,78 +209,112 @@ def _check_tokens(
                 attr = nxt(i + 2)
                 call = nxt(i + 3)
                 dotted = f"{name}.{attr.text if attr is not None else ''}"
-                ok = attr is not None and attr.kind == "name" and call is not None and call.text == "("
-                if ok and name == "np" and attr.text in NUMPY_FUNCTIONS:
-                    stack.append(("call", tok))
-                elif ok and name == "contr" and attr.text == "treatment" and inside("C"):
-                    stack.append(("contrast", tok))
+                ok = attr is not None and attr.kind == "name"
+                if ok and name == "contr" and attr.text in _CONTR_NAMES and contrast_argument():
+                    if call is not None and call.text == "(":
+                        stack.append(["contrast", tok, 0])
+                        i += 4
+                    else:
+                        i += 3
+                    continue
+                if ok and call is not None and call.text == "(" and name == "np" and attr.text in NUMPY_FUNCTIONS:
+                    stack.append(["call", tok, 0])
+                    i += 4
+                    continue
+                raise FormulaError(
+                    f"formula: attribute access {dotted!r} is not allowed at position "
+                    f"{tok.start}; allowed are: "
+                    + ", ".join(f"np.{f}" for f in NUMPY_FUNCTIONS)
+                    + " and, as a contrast in C(x, ...), "
+                    + ", ".join(f"contr.{f}" for f in _CONTR_NAMES),
+                    formula,
+                    tok.start,
+                    (attr.end if attr is not None else after.end) - tok.start,
+                )
+            if name in _CONTRAST_FUNCTIONS and contrast_argument():
+                if after is not None and after.text == "(":
+                    stack.append(["contrast", tok, 0])
+                    i += 2
                 else:
-                    raise FormulaError(
-                        f"formula: attribute access {dotted!r} is not allowed at position "
-                        f"{tok.start}; allowed are: "
-                        + ", ".join(f"np.{f}" for f in NUMPY_FUNCTIONS),
-                        formula,
-                        tok.start,
-                        (attr.end if attr is not None else after.end) - tok.start,
-                    )
-                i += 4
+                    i += 1
                 continue
             if after is not None and after.text == "(":
                 if name == "C":
-                    stack.append(("C", tok))
+                    stack.append(["C", tok, 0])
+                elif name == "Q":
+                    stack.append(["Q", tok, 0])
+                elif name in _BASIS_FUNCTIONS:
+                    stack.append(["basis", tok, 0])
                 elif name in FORMULA_FUNCTIONS:
-                    stack.append(("call", tok))
-                elif name in _CONTRAST_FUNCTIONS and inside("C"):
-                    stack.append(("contrast", tok))
+                    stack.append(["call", tok, 0])
                 elif name == "cbind" and allow_cbind and not stack:
-                    stack.append(("call", tok))
+                    stack.append(["call", tok, 0])
                 else:
-                    raise _err(
-                        f"function {name!r} is not allowed",
-                        formula,
-                        tok,
-                        "; allowed functions are: "
-                        + ", ".join(FORMULA_FUNCTIONS + tuple(f"np.{f}" for f in NUMPY_FUNCTIONS)),
-                    )
+                    raise _err(f"function {name!r} is not allowed", formula, tok, _allowed_functions())
                 i += 2
                 continue
-            if name in _C_KEYWORDS and after is not None and after.text == "=" and inside("C", "contrast"):
-                i += 2
-                continue
+            if after is not None and after.text == "=":
+                if name in _C_KEYWORDS and inside("C", "contrast"):
+                    i += 2
+                    continue
+                if name in _BASIS_KEYWORDS and inside("basis"):
+                    value, close = nxt(i + 2), nxt(i + 3)
+                    if (value is None or value.kind != "number" or not re.fullmatch(r"\d+", value.text)
+                            or not 1 <= int(value.text) <= _BASIS_MAX or close is None
+                            or close.text not in (",", ")")):
+                        raise _err(f"`{name}=` must be a whole number from 1 to {_BASIS_MAX} written as a "
+                                   f"literal (e.g. {name}=3)", formula, value if value is not None else tok)
+                    i += 3
+                    continue
+                raise _err(f"keyword argument {name!r} is not allowed here", formula, tok)
+            if contrast_argument():
+                raise _err(f"the second argument of C() must be a contrast ({', '.join(_CONTRAST_FUNCTIONS)}, "
+                           f"contr.treatment, ...) or levels=[...]; got {name!r}", formula, tok)
+            if inside("Q"):
+                raise _err(f"Q() takes the column name as a quoted string, e.g. Q('{name}'); got {name!r}",
+                           formula, tok)
             if name not in colset:
                 raise _unknown_column(formula, tok, columns)
         elif tok.kind == "backtick":
             if tok.column not in colset:
                 raise _unknown_column(formula, tok, columns)
         elif tok.kind == "string":
-            if not inside("list", "contrast"):
+            if inside("Q"):
+                if stack[-1][2] or nxt(i - 1).text != "(" or after is None or after.text != ")":
+                    raise _err("Q() takes exactly one quoted column name", formula, tok)
+                if tok.text[1:-1] not in colset:
+                    raise _unknown_column(formula, _Token("backtick", tok.text, tok.start, tok.end), columns)
+            elif not inside("list", "contrast"):
                 raise _err(
-                    f"string constant {tok.text} is not allowed here (only in C(x, levels=[...]) "
-                    "or C(x, Treatment('a')))",
+                    f"string constant {tok.text} is not allowed here (only in C(x, levels=[...]), "
+                    "C(x, Treatment('a')) or Q('a column'))",
                     formula,
                     tok,
                 )
         elif tok.kind == "op":
             t = tok.text
             if t == "(":
-                stack.append(("group", tok))
+                stack.append(["group", tok, 0])
             elif t == ")":
                 if not stack or stack[-1][0] == "list":
                     raise _err("unmatched ')'", formula, tok)
+                if stack[-1][0] == "Q" and not (i > 0 and tokens[i - 1].kind == "string"):
+                    raise _err("Q() takes exactly one quoted column name", formula, tok)
                 stack.pop()
             elif t == "[":
                 if not inside("C", "contrast"):
                     raise _err("'[' (subscript or list) is not allowed here", formula, tok)
-                stack.append(("list", tok))
+                stack.append(["list", tok, 0])
             elif t == "]":
                 if not inside("list"):
                     raise _err("unmatched ']'", formula, tok)
                 stack.pop()
             elif t == ",":
-                if not inside("C", "contrast", "list", "call"):
+                if not inside("C", "contrast", "list", "call", "basis"):
                     raise _err("',' is only allowed between function arguments", formula, tok)
+                stack[-1][2] += 1
             elif t == "=":
-                raise _err("'=' is only allowed as C(x, levels=[...])", formula, tok)
+                raise _err("'=' is only allowed as C(x, levels=[...]) or bs(x, df=3)", formula, tok)
             elif t == ".":
                 raise _err("attribute access '.' is not allowed", formula, tok)
             elif t == "~":
@@ -272,9 +324,11 @@ def _check_tokens(
                     raise _err(
                         f"{t!r} is only allowed in random-effect terms like (1 | g)", formula, tok
                     )
+        elif tok.kind == "number" and inside("basis") and stack[-1][2] >= 1:
+            raise _err(f"{stack[-1][1].text}() takes its options as keywords (df=, degree=)", formula, tok)
         i += 1
     if stack:
-        kind, tok = stack[-1]
+        kind, tok, _ = stack[-1]
         raise _err("unclosed '['" if kind == "list" else "unclosed '('", formula, tok)
 
 
@@ -464,7 +518,8 @@ def _parse_bar(formula: str, inner: list[_Token], open_tok: _Token) -> list[_Bar
 
 
 #: calls whose arguments formulaic evaluates as Python arithmetic
-_ARITHMETIC_CALLS = ("I", "log", "exp", "sqrt", "log1p", "center", "scale")
+_ARITHMETIC_CALLS = ("I", "log", "log2", "log10", "exp", "sqrt", "log1p", "center", "scale", "standardize",
+                     "bs", "poly")
 
 
 def _python_arithmetic(formula: str, kept: Sequence[tuple[_Token, int]]) -> str:
@@ -493,7 +548,8 @@ def _python_arithmetic(formula: str, kept: Sequence[tuple[_Token, int]]) -> str:
             stack.pop() if stack else None
         elif t.text == "^" and "I" in stack:
             text = "**"
-        elif t.kind == "number" and re.fullmatch(r"\d+", t.text) and _in_arithmetic(stack):
+        elif (t.kind == "number" and re.fullmatch(r"\d+", t.text) and _in_arithmetic(stack)
+              and not (pos > 0 and kept[pos - 1][0].text == "=")):  # bs(x, df=3) keeps its integer
             text = t.text + ".0"
         pieces.append(text)
         prev = idx
@@ -574,19 +630,26 @@ class FormulaColumns:
 
 def _names(tokens: list[_Token]) -> list[str]:
     """Column names among tokens: names and backticks that are not functions (``log(``),
-    namespaces (``np.``) or keyword arguments (``levels=``)."""
+    namespaces (``np.``), keyword arguments (``levels=``) or contrasts (``C(x, Sum)``), and the
+    strings of ``Q('a column')``."""
     out = []
+    stack: list[list] = []  # [function name or "(", commas seen]
     for k, t in enumerate(tokens):
-        if t.kind == "backtick":
-            out.append(t.column)
-            continue
-        if t.kind != "name":
-            continue
-        after = tokens[k + 1].text if k + 1 < len(tokens) else ""
         before = tokens[k - 1].text if k > 0 else ""
-        if after in ("(", ".", "=") or before in (".", "="):
-            continue
-        out.append(t.column)
+        after = tokens[k + 1].text if k + 1 < len(tokens) else ""
+        if t.text == "(" and t.kind == "op":
+            stack.append([before if k > 0 and tokens[k - 1].kind == "name" else "(", 0])
+        elif t.text == ")" and t.kind == "op" and stack:
+            stack.pop()
+        elif t.text == "," and t.kind == "op" and stack:
+            stack[-1][1] += 1
+        elif t.kind == "string" and stack and stack[-1][0] == "Q":
+            out.append(t.text[1:-1])
+        elif t.kind == "backtick":
+            out.append(t.column)
+        elif t.kind == "name" and not (after in ("(", ".", "=") or before in (".", "=")):
+            if not (stack and stack[-1][0] == "C" and stack[-1][1] == 1):  # C(x, Sum)
+                out.append(t.column)
     return list(dict.fromkeys(out))
 
 

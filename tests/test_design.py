@@ -71,6 +71,14 @@ FIXED_NAMES = {
     "y ~ C(g, Treatment('b'))": [
         "Intercept", "C(g, Treatment('b'))[T.a]", "C(g, Treatment('b'))[T.c]",
     ],
+    "y ~ C(g, Sum)": ["Intercept", "C(g, Sum)[S.a]", "C(g, Sum)[S.b]"],
+    "y ~ C(g, contr.sum) + x": ["Intercept", "C(g, contr.sum)[S.a]", "C(g, contr.sum)[S.b]", "x"],
+    "y ~ C(g, Helmert)": ["Intercept", "C(g, Helmert)[H.b]", "C(g, Helmert)[H.c]"],
+    "y ~ C(g, Poly)": ["Intercept", "C(g, Poly)[.L]", "C(g, Poly)[.Q]"],
+    "y ~ C(g, Diff)": ["Intercept", "C(g, Diff)[D.b]", "C(g, Diff)[D.c]"],
+    "y ~ log2(z) + np.log10(z) + standardize(x)": ["Intercept", "log2(z)", "np.log10(z)", "standardize(x)"],
+    "y ~ bs(z, df=3)": ["Intercept", "bs(z, df=3)[1]", "bs(z, df=3)[2]", "bs(z, df=3)[3]"],
+    "y ~ poly(x, degree=2) + (1 | g)": ["Intercept", "poly(x, degree=2)[1]", "poly(x, degree=2)[2]"],
 }
 
 
@@ -80,6 +88,29 @@ def test_fixed_names(small, formula, names):
     assert d.exog_names == names
     assert d.exog.shape == (len(small), len(names))
     assert d.exog.dtype == np.float64
+
+
+@pytest.mark.parametrize("term", ["C(g, Sum)", "C(g, Helmert)", "C(g, Poly)", "C(g, Diff)", "bs(z, df=4)",
+                                  "bs(z, df=5, degree=2)", "Q('my col')", "np.log2(z)"])
+def test_transforms_match_patsy(small, term):
+    """Contrasts, B-splines and Q() give patsy's (statsmodels') columns, value for value."""
+    patsy = pytest.importorskip("patsy")
+    df = small.assign(**{"my col": small["x"] * 3})
+    d = build_design(f"y ~ {term}", df)
+    expected = np.asarray(patsy.dmatrix(term, df, return_type="dataframe"))
+    assert d.exog.shape == expected.shape
+    np.testing.assert_allclose(d.exog, expected, atol=1e-12)
+
+
+def test_spline_basis_of_new_data_uses_the_fitted_knots(small):
+    """bs() and poly() are stateful: a prediction on some rows equals the in-sample one on them."""
+    import mglm_core as mg
+
+    model = mg.BayesMixedGLM.from_formula("y ~ bs(z, df=3) + poly(x, degree=2) + (1 | g)", data=small,
+                                          family="binomial")
+    res = model.fit_vb()
+    rows = small.iloc[[5, 0, 17]]
+    np.testing.assert_allclose(res.predict(rows, linear=True), res.predict(linear=True)[[5, 0, 17]], rtol=1e-10)
 
 
 def test_power_inside_I_is_power(small):
@@ -318,6 +349,19 @@ REJECTED = {
     "y ~ (x": r"unclosed '\('",
     "y ~ ": r"right-hand side is empty",
     "y ~ (1 + C(g) | g)": r"random-effect terms accept only 1, 0 and numeric column names",
+    "y ~ Q(x)": r"Q\(\) takes the column name as a quoted string, e.g. Q\('x'\)",
+    "y ~ Q('nope')": r"unknown column 'nope' at position 6",
+    "y ~ Q('x', 'g')": r"Q\(\) takes exactly one quoted column name",
+    "y ~ Q()": r"Q\(\) takes exactly one quoted column name",
+    "y ~ bs(x, 3)": r"bs\(\) takes its options as keywords",
+    "y ~ bs(x, df=99)": r"`df=` must be a whole number from 1 to 30",
+    "y ~ bs(x, df=9**9**9)": r"`df=` must be a whole number from 1 to 30",
+    "y ~ poly(x, degree=x)": r"`degree=` must be a whole number",
+    "y ~ bs(x, knots=3)": r"keyword argument 'knots' is not allowed",
+    "y ~ C(g, Foo)": r"second argument of C\(\) must be a contrast .*got 'Foo'",
+    "y ~ C(g, contr.bad)": r"attribute access 'contr.bad' is not allowed",
+    "y ~ Sum(x)": r"function 'Sum' is not allowed",
+    "y ~ x + Sum": r"unknown column 'Sum'",
 }
 
 
@@ -335,6 +379,8 @@ ACCEPTED = [
     "y ~ C(g, Treatment('b')) + C(g, levels=['b', 'a'])",
     "y ~ `my col` + (1 | g) + (0 + x || g)",
     "cbind(y, x - y) ~ 1",
+    "y ~ C(g, Sum) + C(g, contr.helmert) + C(g, Diff) + C(g, Poly) + C(g, contr.treatment('b'))",
+    "y ~ Q('my col') + log2(x) + np.log10(x) + bs(x, df=4, degree=3) + poly(x, degree=2) + standardize(x)",
 ]
 
 
@@ -487,6 +533,9 @@ def test_formula_columns_by_role():
     assert fc.response == ("y",) and fc.fixed == ("x", "z") and fc.groups == ("g", "h") and fc.slopes == ("x",)
     assert fc.terms == ((("g",), 1), (("g", "h"), 1))  # grouping factors, columns per level
     assert formula_columns("y ~ x + (1 + t || g) + (1 | g/h)").terms == ((("g",), 2), (("g",), 1), (("g", "h"), 1))
+    # Q's string is a column; a contrast and keyword names are not
+    assert formula_columns("y ~ Q('my col') + C(a, Sum) + C(b, contr.sum) + bs(x, df=3)").fixed == (
+        "my col", "a", "b", "x")
     fc = formula_columns('cbind(s, n - s) ~ C(a, levels=["u", "v"]) + I(age^2) + np.log(w) + `odd name` '
                          "+ (1 + t || g) + (1 | g/h)")
     assert fc.response == ("s", "n") and fc.fixed == ("a", "age", "w", "odd name")
