@@ -173,3 +173,23 @@ def test_truth_marks_only_on_the_simulated_datas_fit_and_plain_status():
     st.load_demo("grouseticks", fit=False)  # its joint mode's search ends without converging
     assert st.fit_now() and not st.fit.result.converged
     assert ">NOT CONVERGED<" in d._status_text(st.fit.message, st.fit.status)
+
+
+def test_served_app_keeps_library_warnings_out_of_the_server_log():
+    """`panel serve app` runs app/main.py: the library's warnings (shown on the page from the result) are not
+    printed to the server's log; other warnings still are."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import runpy, warnings\n"
+            "runpy.run_path('app/main.py')\n"
+            "from mglm_core.errors import DataWarning, ConvergenceWarning\n"
+            "warnings.warn('probe-data', DataWarning)\n"
+            "warnings.warn('probe-convergence', ConvergenceWarning)\n"
+            "warnings.warn('probe-other', UserWarning)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "probe-other" in out.stderr
+    assert "probe-data" not in out.stderr and "probe-convergence" not in out.stderr
