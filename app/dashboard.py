@@ -454,8 +454,8 @@ class Dashboard(pn.viewable.Viewer):
     async def _on_compare(self, event):
         await self.state.compare_async()
 
-    def _on_simulate(self, event):
-        self.state.simulate(fit=True)
+    async def _on_simulate(self, event):
+        await self.state.simulate_async(fit=True)
         self.demo_select.value = OWN_DATA
 
     # ------------------------------------------------------------------ bound renderers

@@ -634,11 +634,24 @@ class AppState(param.Parameterized):
         if self.view.re_term not in terms:
             self.view.re_term = terms[0] if terms else None
 
+    def _simulation_args(self) -> tuple:
+        s = self.sim
+        return (s.family, s.n_groups, s.group_size, s.intercept, s.slope, s.sd, s.seed)
+
     def simulate(self, fit: bool = True) -> None:
         """Teaching mode: draw data with the truth in ``sim`` and fit it."""
-        s = self.sim
         try:
-            sim = adapter.simulate(s.family, s.n_groups, s.group_size, s.intercept, s.slope, s.sd, s.seed)
+            sim = adapter.simulate(*self._simulation_args())
+        except Exception as exc:
+            self._set_error("teach", f"Could not simulate: {exc}")
+            return
+        self.load_simulation(sim, fit=fit)
+
+    async def simulate_async(self, fit: bool = True) -> None:
+        """:meth:`simulate` with the drawing in a worker thread (millions of rows take a second): the session
+        keeps answering meanwhile."""
+        try:
+            sim = await asyncio.to_thread(adapter.simulate, *self._simulation_args())
         except Exception as exc:
             self._set_error("teach", f"Could not simulate: {exc}")
             return

@@ -188,6 +188,45 @@ def test_simulation_sets_truth_and_fits():
     assert abs(st.fit.result.fe_mean[list(st.fit.result.fe_names).index("x")] - 1.0) < 0.6
 
 
+def test_simulation_in_a_worker_thread_loads_the_same_data():
+    """The dashboard's button draws in a thread (simulate_async): the same data and truth as simulate(), and a
+    failure becomes the teaching message."""
+    import asyncio
+    import threading
+
+    a, b = AppState(), AppState()
+    for st in (a, b):
+        st.sim.param.update(n_groups=12, group_size=7, seed=5)
+    a.simulate(fit=False)
+    main = threading.get_ident()
+    drew_in = []
+    real = adapter.simulate
+
+    def spy(*args):
+        drew_in.append(threading.get_ident())
+        return real(*args)
+
+    adapter.simulate = spy
+    try:
+        asyncio.run(b.simulate_async(fit=False))
+    finally:
+        adapter.simulate = real
+    assert drew_in and drew_in[0] != main
+    pd.testing.assert_frame_equal(a.data.df, b.data.df)
+    assert a.truth == b.truth and "teach" not in b.errors
+
+    def broken(*args):
+        raise ValueError("n_groups too large")
+
+    adapter.simulate = broken
+    try:
+        asyncio.run(b.simulate_async(fit=False))
+    finally:
+        adapter.simulate = real
+    assert b.errors["teach"] == "Could not simulate: n_groups too large"
+    pd.testing.assert_frame_equal(a.data.df, b.data.df)  # the data drawn before stay
+
+
 def test_compare_methods(cbpp_state):
     out = cbpp_state.compare_methods(["map", "vb"])
     assert set(out) == {"map", "vb"}
