@@ -167,6 +167,12 @@ def test_compact_plots_keep_their_titles_clear_and_the_truth_in_the_legend(cbpp_
     assert [item.label.value for item in small.legend[0].items] == ["herd", "truth"]
     full = hv.render(plots.forest_plot(res, height=360), backend="bokeh")
     assert full.toolbar_location == "above" and "95 % interval" in full.title.text
+    # the forest's legend (methods, truth) lies below the frame, where it cannot cover a mark
+    truth = {name: 0.0 for name in res.fe_names}
+    forest = hv.render(plots.forest_plot({"laplace": res, "vb": res}, truth=truth, height=360), backend="bokeh")
+    [legend] = [item for item in forest.below if type(item).__name__ == "Legend"]
+    assert not forest.legend or all(item in forest.below for item in forest.legend)
+    assert [item.label.value for item in legend.items][-1] == "truth" and legend.orientation == "horizontal"
 
 
 def test_messages_in_place_of_plots_are_centred_and_sd_densities_need_sds():
