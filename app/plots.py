@@ -6,6 +6,8 @@ or sessions, so each is tested without a browser.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import holoviews as hv
@@ -345,4 +347,6 @@ def to_html(element, title: str = "mglm plot") -> str:
 
     model = hv.render(element.opts(responsive=False, width=900, height=480, clone=True)
                       if hasattr(element, "opts") else element, backend="bokeh")
-    return file_html(model, INLINE, title)
+    # Panel's resources add a loader of its ES-module shims by a path relative to a server (for components
+    # the plots do not use); a saved file has no server, and the request would fail
+    return re.sub(r'<script src="static/[^"]*"></script>\s*', "", file_html(model, INLINE, title))

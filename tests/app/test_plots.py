@@ -105,6 +105,10 @@ def test_tables_and_html(cbpp_state):
     assert len(plots.re_summary(res)) == 15
     html = plots.to_html(plots.forest_plot(res))
     assert html.startswith("<!DOCTYPE html>") and "Bokeh" in html
+    # a saved file loads nothing: no script by a server-relative path or from the internet
+    import re
+
+    assert re.findall(r'<script[^>]*\bsrc="(?!data:)', html) == []
 
 
 def test_forest_x_range_includes_the_reference_line(cbpp_state):
