@@ -44,6 +44,38 @@ def literal_markdown(text: str) -> str:
 
 ACCENT = plots.COLORS["accent"]
 OWN_DATA = "(uploaded or simulated data)"
+# Bokeh 3.9's tab headers take the focus but no key (keyboard support arrives with bokeh/bokeh#15168): one
+# document-level listener (once per page) lets Enter/Space and the arrow, Home and End keys switch tabs through
+# Bokeh's own click handler, so the server hears a keyboard switch as it hears a click, and marks the headers
+# with their ARIA roles. Disabled tabs are skipped.
+TAB_KEYS = """<script>(() => {
+  if (window.__mglmTabKeys) return; window.__mglmTabKeys = true;
+  const tabOf = e => e.composedPath().find(n => n.classList && n.classList.contains("bk-tab"));
+  const mark = t => { t.parentElement.setAttribute("role", "tablist");
+    for (const x of t.parentElement.children) { x.setAttribute("role", "tab");
+      x.setAttribute("aria-selected", String(x.classList.contains("bk-active"))); } };
+  // the server's new tab content re-renders the headers, and the focused one goes with them: for a few
+  // seconds after a switch, a lost focus returns to the active header
+  const keep = root => {
+    const fix = () => { const a = root.querySelector(".bk-tab.bk-active");
+      if (a && !root.activeElement && (document.activeElement === document.body || !document.activeElement)) {
+        a.focus(); mark(a); } };
+    const obs = new MutationObserver(fix);
+    obs.observe(root, {childList: true, subtree: true, attributes: true, attributeFilter: ["class"]});
+    setTimeout(() => obs.disconnect(), 5000);
+  };
+  document.addEventListener("focusin", e => { const t = tabOf(e); if (t) mark(t); }, true);
+  document.addEventListener("keydown", e => {
+    const t = tabOf(e);
+    if (!t || t.classList.contains("bk-disabled") || e.altKey || e.ctrlKey || e.metaKey) return;
+    const tabs = [...t.parentElement.children].filter(x => !x.classList.contains("bk-disabled"));
+    const i = tabs.indexOf(t), n = tabs.length;
+    const target = {"Enter": t, " ": t, "ArrowRight": tabs[(i + 1) % n], "ArrowLeft": tabs[(i - 1 + n) % n],
+                    "Home": tabs[0], "End": tabs[n - 1]}[e.key];
+    if (!target) return;
+    e.preventDefault(); target.click(); target.focus(); mark(target); keep(target.getRootNode());
+  }, true);
+})();</script>"""
 # Plots of another model's result are greyed and faded, not hidden; at 0.65 their axis text keeps a contrast of
 # about 3.7:1 on white (0.35 left 2.4:1, below WCAG's 3:1 for graphics).
 _BRIGHT = {"opacity": "1", "filter": "none", "transition": "opacity 0.3s, filter 0.3s"}
@@ -335,9 +367,11 @@ class Dashboard(pn.viewable.Viewer):
         teach_tab = pn.Row(sim_controls, teach_plots, sizing_mode="stretch_width", name="Teaching")
 
         self.tabs = pn.Tabs(fe_tab, vc_tab, re_tab, summary_tab, data_tab, compare_tab, teach_tab,
-                            sizing_mode="stretch_width", dynamic=True,
-                            stylesheets=[".bk-headers-wrapper, .bk-headers { flex-wrap: wrap; }"])  # (narrow screens: every tab in reach)
-        self.main = pn.Column(self.header, self.tabs, sizing_mode="stretch_width")
+                            sizing_mode="stretch_width", dynamic=True, stylesheets=[
+                                ".bk-headers-wrapper, .bk-headers { flex-wrap: wrap; }",  # narrow screens
+                                f".bk-tab:focus-visible {{ outline: 2px solid {ACCENT}; outline-offset: -2px; }}"])
+        self.main = pn.Column(self.header, self.tabs, pn.pane.HTML(TAB_KEYS, width=0, height=0, margin=0),
+                              sizing_mode="stretch_width")
 
     def plots_current(self) -> bool:
         """Whether the plots show the current model's result: not while the result is out of date

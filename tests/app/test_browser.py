@@ -162,6 +162,44 @@ def test_first_screen_shows_fitted_cbpp(page):
     assert page.console_errors == []
 
 
+# JavaScript: the text of the element that has the keyboard focus, looking into shadow roots
+FOCUSED_JS = """() => { let a = document.activeElement;
+  while (a && a.shadowRoot && a.shadowRoot.activeElement) a = a.shadowRoot.activeElement;
+  return a && a.classList.contains('bk-tab') ? a.textContent : null; }"""
+
+
+def test_tabs_switch_from_the_keyboard(page):
+    """Tab headers take the focus with a visible ring and switch with the arrow keys, Home/End and Enter; the
+    focus stays on the active header when the server's content arrives, and the server shows the chosen tab's
+    content (the SD densities arrive as after a click)."""
+    first = page.locator(".bk-tab", has_text="Fixed effects").first
+    first.focus()
+    assert first.get_attribute("role") == "tab" and first.get_attribute("aria-selected") == "true"
+    outline = first.evaluate("t => getComputedStyle(t).outlineStyle")
+    assert outline == "solid", outline
+
+    def active_is(name):
+        page.wait_for_function(f"() => ({FOCUSED_JS})() === {name!r}", timeout=10_000)
+        tab = page.locator(".bk-tab", has_text=name).first
+        assert "bk-active" in tab.get_attribute("class") and tab.get_attribute("aria-selected") == "true"
+
+    page.keyboard.press("ArrowRight")
+    active_is("Variance components")
+    assert first.get_attribute("aria-selected") == "false"
+    wait_sources(page, ["sd", "density", "component"], lambda s: len(s["sd"]) > 10)
+    page.wait_for_timeout(500)  # (the new content re-renders the headers)
+    active_is("Variance components")  # the focus came back to the re-rendered header
+    page.keyboard.press("End")
+    active_is("Teaching")
+    page.keyboard.press("ArrowRight")  # wraps round
+    active_is("Fixed effects")
+    page.keyboard.press("ArrowLeft")
+    active_is("Teaching")
+    page.keyboard.press("Home")
+    active_is("Fixed effects")
+    assert page.console_errors == []
+
+
 def test_upload_csv_choose_columns_and_fit(page, tmp_path):
     from app.data import load_demo
     from app.state import AppState
