@@ -7,6 +7,13 @@ code): fe ~ N(0, fe_p^2), vcp ~ N(0, vcp_p^2), vc = exp(vcp[ident]) * z with z ~
 (non-centred, the same distribution), binomial-logit or Poisson-log likelihood. pymc is a
 benchmark-only dependency (pip install pymc); it is never imported by the library.
 Writes benchmarks/accuracy/reference/<case>.json with means, SDs, R-hat and ESS.
+
+    python benchmarks/accuracy/make_reference.py --time-only [case ...]
+
+times the same runs again on this machine without touching the summaries, into
+``reference/nuts_timing.json`` (``{case: {"seconds", "machine", "date", "pymc"}}``): the report's speed
+table judges a fit against the NUTS run timed on the machine the report runs on when there is one (a fit
+timed on one machine against a sampler timed on another says as much about the machines as the methods).
 """
 from __future__ import annotations
 
@@ -66,6 +73,38 @@ def sample(case, draws, tune, chains, seed=1, cores=2):
     return out
 
 
+def machine() -> str:
+    """The CPU (model name, family/model and BogoMIPS from ``/proc/cpuinfo``: virtual machines often show only
+    "AMD EPYC") and the number of cores; the platform's processor where there is no ``/proc/cpuinfo``."""
+    import os
+    import platform
+
+    try:
+        info = {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+        model = (f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, "
+                 f"{float(info.get('bogomips', 'nan')):.0f} BogoMIPS)")
+    except (OSError, KeyError, ValueError):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def time_only(names, draws, tune, chains, seed, cores):
+    import pymc as pm
+
+    path = HERE / "reference" / "nuts_timing.json"
+    timing = json.loads(path.read_text()) if path.exists() else {}
+    for name in names:
+        res = sample(BY_NAME[name], draws, tune, chains, seed=seed, cores=cores)
+        timing[name] = {"seconds": res["seconds"], "machine": machine(),
+                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "pymc": pm.__version__,
+                        "draws": draws, "tune": tune, "chains": chains, "cores": cores}
+        path.write_text(json.dumps(timing, indent=1, sort_keys=True) + "\n")
+        print(name, f"{res['seconds']:.1f}s", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cases", nargs="*")
@@ -75,8 +114,12 @@ def main():
     ap.add_argument("--skip-existing", action="store_true")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--time-only", action="store_true", help="time the runs into reference/nuts_timing.json")
     args = ap.parse_args()
     names = args.cases or [c.name for c in CASES]
+    if args.time_only:
+        time_only(names, args.draws, args.tune, args.chains, args.seed, args.cores)
+        return
     (HERE / "reference").mkdir(exist_ok=True)
     for name in names:
         path = HERE / "reference" / f"{name}.json"

@@ -25,6 +25,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
 from cases import BY_NAME, CASES, FEW_LEVELS  # noqa: E402
+from make_reference import machine  # noqa: E402
 
 METHODS = ("mglm laplace", "mglm map", "mglm vb", "statsmodels map", "statsmodels vb")
 _TIMED = ("mglm laplace", "mglm map", "mglm vb", "statsmodels map")  # best of _REPEATS under 1 s
@@ -78,6 +79,16 @@ def _fit(case, method):
             out = dict(fe=(res.fe_mean, res.fe_sd), vcp=(res.vcp_mean, res.vcp_sd), vc=(res.vc_mean, res.vc_sd))
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def nuts_seconds(name, ref, timing, here):
+    """The NUTS run's seconds to judge a fit against, and whether they were timed on this machine
+    (``reference/nuts_timing.json``, by :func:`make_reference.time_only`) rather than taken from the reference
+    run (made on another machine, maybe faster or slower)."""
+    t = timing.get(name)
+    if t is not None and t["machine"] == here:
+        return t["seconds"], True
+    return ref["seconds"], False
 
 
 def metrics(fitted, ref):
@@ -173,16 +184,21 @@ def main():
              "(fe mean ≤ 0.1; vc mean ≤ 0.1 for 95 % and ≤ 0.25 all; vcp mean ≤ 0.2; fe SD ratio in [0.9, 1.1]; "
              "vcp SD ratio in [0.85, 1.15]; vc SD ratio in [0.85, 1.15] for 90 %).", ""]
     summary = {m: [0, 0] for m in METHODS}
-    speed = []  # (case, laplace s, map s, NUTS s, statsmodels map s)
+    speed = []  # (case, laplace s, map s, NUTS s, statsmodels map s, NUTS timed here)
+    here = machine()
+    timing_path = HERE / "reference" / "nuts_timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     for case in CASES:
         path = HERE / "reference" / f"{case.name}.json"
         if not path.exists():
             lines += [f"## {case.name}", "", "No NUTS reference yet.", ""]
             continue
         ref = json.loads(path.read_text())
+        nuts, timed_here = nuts_seconds(case.name, ref, timing, here)
         lines += [f"## {case.name}: {case.description}", "",
                   f"`{case.formula}` ({case.family}); NUTS {ref['chains']}×{ref['draws']} draws "
-                  f"({ref['tune']} tuning), {ref['seconds']:.0f} s; max R-hat fe/vcp/vc "
+                  f"({ref['tune']} tuning), {ref['seconds']:.0f} s"
+                  + (f" ({nuts:.0f} s timed again on this machine)" if timed_here else "") + "; max R-hat fe/vcp/vc "
                   f"{ref['fe_rhat_max']:.3f}/{ref['vcp_rhat_max']:.3f}/{ref['vc_rhat_max']:.3f}, min ESS "
                   f"{min(ref['fe_ess_min'], ref['vcp_ess_min'], ref['vc_ess_min']):.0f}.", "",
                   "| method | fe err | vcp err | vc err (max; share ≤ 0.1) | fe sd ratio | vcp sd ratio | "
@@ -201,7 +217,7 @@ def main():
                 lines.append(f"| {method} | not applicable (trials/offset) | | | | | | | | |")
                 continue
             if method == "mglm laplace":
-                speed.append([case.name, fitted["seconds"], None, ref["seconds"], None])
+                speed.append([case.name, fitted["seconds"], None, nuts, None, timed_here])
             elif method in ("mglm map", "statsmodels map") and speed and speed[-1][0] == case.name:
                 speed[-1][2 if method == "mglm map" else 4] = fitted["seconds"]
             m = metrics(fitted, ref)
@@ -217,13 +233,15 @@ def main():
                 f"{m['fe']['ratio_min']:.2f}–{m['fe']['ratio_max']:.2f} | "
                 f"{m['vcp']['ratio_min']:.2f}–{m['vcp']['ratio_max']:.2f} | "
                 f"{vc['ratio_min']:.2f}–{vc['ratio_max']:.2f} ({share_sd:.0%}) | {fitted['seconds']:.2f} | "
-                f"{ref['seconds'] / max(fitted['seconds'], 1e-9):.0f}× | {', '.join(failed) or 'none'} |")
+                f"{nuts / max(fitted['seconds'], 1e-9):.0f}× | {', '.join(failed) or 'none'} |")
         lines.append("")
     lines += ["## Speed of fit_laplace", "",
               "Seconds of the fit (model built beforehand; fastest of five under 1 s), against our fit_map on "
               "the same model, against statsmodels' fit_map on the same design matrices (not applicable with "
               "trials or an offset) and against the NUTS run (bars: at most 5× fit_map, at least 100× faster "
-              "than NUTS).",
+              f"than NUTS). This machine: {here}. NUTS seconds marked * were timed again on it "
+              "(`make_reference.py --time-only`, same settings, into `reference/nuts_timing.json`); the others "
+              "are the reference runs' own, from the machine that made them.",
               "", "| case | fit_laplace s | fit_map s | × fit_map | statsmodels fit_map s | × statsmodels fit_map "
               "| NUTS s | × faster than NUTS |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -232,8 +250,9 @@ def main():
         return (f"{other:.3f} | {lap / other:.2f}" if lap / other < 0.1 else f"{other:.3f} | {lap / other:.1f}"
                 ) if other else " | "
 
-    for name, lap, mp, nuts, sm in speed:
-        lines.append(f"| {name} | {lap:.3f} | {cells(lap, mp)} | {cells(lap, sm)} | {nuts:.0f} | {nuts / lap:.0f} |")
+    for name, lap, mp, nuts, sm, timed_here in speed:
+        lines.append(f"| {name} | {lap:.3f} | {cells(lap, mp)} | {cells(lap, sm)} | {nuts:.0f}{'*' if timed_here else ''}"
+                     f" | {nuts / lap:.0f} |")
     lines += [""]
     lines += few_levels_comparison()
     lines += lme4_comparison()
