@@ -120,15 +120,17 @@ def test_integrated_log_density_gradient_finite_differences(family, trials):
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["binomial", "poisson"])
-def test_map_start_by_chord_steps_reaches_the_same_mode(family, monkeypatch):
+@pytest.mark.parametrize("family,sds", [("binomial", (1.5, 1.0)), ("poisson", (0.7, 0.5))])
+def test_map_start_by_chord_steps_reaches_the_same_mode(family, sds, monkeypatch):
     """fit_map's start taken by chord steps on the IRLS factorisation (crossed factors, where
     factorisations cost most) and by Newton steps alone (as when the chord steps stall) lead to
-    the same mode and covariance, and the chord steps save factorisations."""
+    the same mode and covariance, and the chord steps save factorisations. (SDs the binary data's MAP
+    does not collapse: with 0.7 and 0.5 both components walk to the degenerate mode, whose 45 Newton
+    steps vary by one with the CPU's rounding and swamp the start's saving.)"""
     import mglm_core.laplace as laplace
     from mglm_core.simulate import simulate_glmm
 
-    sim = simulate_glmm(family=family, n_groups=40, group_size=25, n_groups2=30, sd=0.7, sd2=0.5, seed=3)
+    sim = simulate_glmm(family=family, n_groups=40, group_size=25, n_groups2=30, sd=sds[0], sd2=sds[1], seed=3)
     model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g) + (1 | h)", data=sim.data, family=family)
     factorisations = []
     real_factor = laplace.BorderedFactor.__init__
