@@ -196,6 +196,13 @@ def _check_tokens(
     def contrast_argument() -> bool:  # C(x, <here>)
         return inside("C") and stack[-1][2] == 1
 
+    def contrast(tok: _Token, opening: _Token | None, width: int) -> int:
+        """A contrast's ``width`` tokens, bare (``Sum``) or called (``Sum(``: its bracket opened)."""
+        if opening is not None and opening.text == "(":
+            stack.append(["contrast", tok, 0])
+            return width + 1
+        return width
+
     while i < n:
         tok = tokens[i]
         after = nxt(i + 1)
@@ -211,11 +218,7 @@ def _check_tokens(
                 dotted = f"{name}.{attr.text if attr is not None else ''}"
                 ok = attr is not None and attr.kind == "name"
                 if ok and name == "contr" and attr.text in _CONTR_NAMES and contrast_argument():
-                    if call is not None and call.text == "(":
-                        stack.append(["contrast", tok, 0])
-                        i += 4
-                    else:
-                        i += 3
+                    i += contrast(tok, call, 3)
                     continue
                 if ok and call is not None and call.text == "(" and name == "np" and attr.text in NUMPY_FUNCTIONS:
                     stack.append(["call", tok, 0])
@@ -232,11 +235,7 @@ def _check_tokens(
                     (attr.end if attr is not None else after.end) - tok.start,
                 )
             if name in _CONTRAST_FUNCTIONS and contrast_argument():
-                if after is not None and after.text == "(":
-                    stack.append(["contrast", tok, 0])
-                    i += 2
-                else:
-                    i += 1
+                i += contrast(tok, after, 1)
                 continue
             if after is not None and after.text == "(":
                 if name == "C":
