@@ -532,19 +532,30 @@ def _python_arithmetic(formula: str, kept: Sequence[tuple[_Token, int]]) -> str:
       million digits and never return), float powers overflow at once with an error.
 
     Integers elsewhere keep their meaning (``0 + x``, ``(a + b)^2``, ``C(x, levels=[1, 2])``).
+    A bare ``Treatment`` contrast (patsy's ``C(x, Treatment)``) is called: formulaic's ``Treatment`` is a
+    function that makes the contrast (:func:`_integer_text` shows the name as written).
     """
     pieces: list[str] = []
     stack: list[str] = []
+    commas: list[int] = []
     prev = None
     for pos, (t, idx) in enumerate(kept):
         if prev is not None:
             pieces.append(formula[kept[pos - 1][0].end : t.start] if idx == prev + 1 else " ")
         text = t.text
+        after = kept[pos + 1][0].text if pos + 1 < len(kept) else ""
         if t.text == "(":
             before = kept[pos - 1][0] if pos > 0 else None
             stack.append(before.text if before is not None and before.kind == "name" else "group")
+            commas.append(0)
         elif t.text == ")":
             stack.pop() if stack else None
+            commas.pop() if commas else None
+        elif t.text == "," and commas:
+            commas[-1] += 1
+        elif t.kind == "name" and t.text == "Treatment" and stack and stack[-1] == "C" and commas[-1] == 1 \
+                and after != "(":
+            text = "Treatment()"
         elif t.text == "^" and "I" in stack:
             text = "**"
         elif (t.kind == "number" and re.fullmatch(r"\d+", t.text) and _in_arithmetic(stack)
@@ -556,8 +567,10 @@ def _python_arithmetic(formula: str, kept: Sequence[tuple[_Token, int]]) -> str:
 
 
 def _integer_text(name: str) -> str:
-    """A column name with the integer literals that :func:`_python_arithmetic` made floats shown as
-    written (``I(x ** 2.0)`` -> ``I(x ** 2)``)."""
+    """A column name as the formula wrote it: with the integer literals that :func:`_python_arithmetic` made
+    floats (``I(x ** 2.0)`` -> ``I(x ** 2)``) and the bare ``Treatment`` contrast it called
+    (``C(g, Treatment())`` -> ``C(g, Treatment)``, patsy's name)."""
+    name = re.sub(r"(?<=, )Treatment\(\)(?=[,)])", "Treatment", name)
     return re.sub(r"(?<![\w.])(\d+)\.0(?![\w.])", r"\1", name)
 
 

@@ -72,6 +72,7 @@ FIXED_NAMES = {
         "Intercept", "C(g, Treatment('b'))[T.a]", "C(g, Treatment('b'))[T.c]",
     ],
     "y ~ C(g, Sum)": ["Intercept", "C(g, Sum)[S.a]", "C(g, Sum)[S.b]"],
+    "y ~ C(g, Treatment)": ["Intercept", "C(g, Treatment)[T.b]", "C(g, Treatment)[T.c]"],  # patsy's names
     "y ~ C(g, contr.sum) + x": ["Intercept", "C(g, contr.sum)[S.a]", "C(g, contr.sum)[S.b]", "x"],
     "y ~ C(g, Helmert)": ["Intercept", "C(g, Helmert)[H.b]", "C(g, Helmert)[H.c]"],
     "y ~ C(g, Poly)": ["Intercept", "C(g, Poly)[.L]", "C(g, Poly)[.Q]"],
@@ -90,7 +91,7 @@ def test_fixed_names(small, formula, names):
     assert d.exog.dtype == np.float64
 
 
-@pytest.mark.parametrize("term", ["C(g, Sum)", "C(g, Helmert)", "C(g, Poly)", "C(g, Diff)", "bs(z, df=4)",
+@pytest.mark.parametrize("term", ["C(g, Treatment)", "C(g, Sum)", "C(g, Helmert)", "C(g, Poly)", "C(g, Diff)", "bs(z, df=4)",
                                   "bs(z, df=5, degree=2)", "Q('my col')", "np.log2(z)"])
 def test_transforms_match_patsy(small, term):
     """Contrasts, B-splines and Q() give patsy's (statsmodels') columns, value for value."""
