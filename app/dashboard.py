@@ -44,6 +44,7 @@ def literal_markdown(text: str) -> str:
 
 ACCENT = plots.COLORS["accent"]
 OWN_DATA = "(uploaded or simulated data)"
+# (and names the inputs Bokeh leaves without an accessible name, from their visible labels)
 # Bokeh 3.9's tab headers take the focus but no key (keyboard support arrives with bokeh/bokeh#15168): one
 # document-level listener (once per page) lets Enter/Space and the arrow, Home and End keys switch tabs through
 # Bokeh's own click handler, so the server hears a keyboard switch as it hears a click, and marks the headers
@@ -75,6 +76,21 @@ TAB_KEYS = """<script>(() => {
     if (!target) return;
     e.preventDefault(); target.click(); target.focus(); mark(target); keep(target.getRootNode());
   }, true);
+  // Bokeh leaves some inputs without an accessible name: a checkbox's text is a sibling div, a multi-choice's
+  // label points at its hidden select, a slider's handle is apart from its title. Name them from that text.
+  const text = el => el ? el.textContent.trim().replace(/:\s*$/, "") : "";
+  const label = (el, from) => { if (!el.hasAttribute("aria-label") && text(from)) el.setAttribute("aria-label", text(from)); };
+  const nameAll = root => {
+    for (const el of root.querySelectorAll("*")) {
+      if (el.shadowRoot) nameAll(el.shadowRoot);
+      if (el.matches("input[type=checkbox]") && el.parentNode === root) label(el, root.querySelector(".bk-label"));
+      else if (el.matches(".choices[role=combobox]")) label(el, el.parentNode.querySelector(":scope > label"));
+      else if (el.matches(".noUi-handle[role=slider]")) label(el, root.querySelector(".bk-slider-title"));
+      else if (el.matches(".bk-tab") && !el.hasAttribute("role")) mark(el);
+    }
+  };
+  document.addEventListener("focusin", () => nameAll(document), true);
+  setInterval(() => nameAll(document), 1500);
 })();</script>"""
 # Plots of another model's result are greyed and faded, not hidden; at 0.65 their axis text keeps a contrast of
 # about 3.7:1 on white (0.35 left 2.4:1, below WCAG's 3:1 for graphics).
