@@ -44,6 +44,13 @@ def literal_markdown(text: str) -> str:
 
 ACCENT = plots.COLORS["accent"]
 OWN_DATA = "(uploaded or simulated data)"
+def _bounded_input(parameter, **kw) -> pn.widgets.IntInput:
+    """A whole-number input whose label gives its range: the browser sets a number typed outside it back to
+    the previous value without a word, so the label says what is accepted."""
+    lo, hi = parameter.bounds
+    return pn.widgets.IntInput.from_param(parameter, name=f"{parameter.label} ({lo:,}–{hi:,})", **kw)
+
+
 # (and names the inputs Bokeh leaves without an accessible name, from their visible labels)
 # Bokeh 3.9's tab headers take the focus but no key (keyboard support arrives with bokeh/bokeh#15168): one
 # document-level listener (once per page) lets Enter/Space and the arrow, Home and End keys switch tabs through
@@ -280,7 +287,7 @@ class Dashboard(pn.viewable.Viewer):
             pn.FlexBox(pn.panel(pn.bind(self._re_term_widget, fit.param.outcome)),
                        pn.widgets.TextInput.from_param(view.param.re_search, placeholder="level name contains...",
                                                        width=220),
-                       pn.widgets.IntInput.from_param(view.param.re_top_k, width=220),
+                       _bounded_input(view.param.re_top_k, width=220),
                        flex_wrap="wrap", sizing_mode="stretch_width"),  # (narrow screens: one above the other)
             caterpillar_box, sizing_mode="stretch_width", name="Random effects")
 
@@ -364,8 +371,8 @@ class Dashboard(pn.viewable.Viewer):
                              "and compare: the **red marks** on every plot are the truth."),
             pn.widgets.RadioButtonGroup.from_param(sim.param.family, color="success", variant="outline"),
             pn.widgets.FloatSlider.from_param(sim.param.intercept), pn.widgets.FloatSlider.from_param(sim.param.slope),
-            pn.widgets.FloatSlider.from_param(sim.param.sd), pn.widgets.IntInput.from_param(sim.param.n_groups),
-            pn.widgets.IntInput.from_param(sim.param.group_size), pn.widgets.IntInput.from_param(sim.param.seed),
+            pn.widgets.FloatSlider.from_param(sim.param.sd), _bounded_input(sim.param.n_groups),
+            _bounded_input(sim.param.group_size), _bounded_input(sim.param.seed),
             self.sim_button, self._alert("teach"), width=320)
         # Lazy: the teaching plots are computed only while the Teaching tab is on screen, so a live refit
         # elsewhere does not pay for them.

@@ -193,3 +193,19 @@ def test_served_app_keeps_library_warnings_out_of_the_server_log():
     assert out.returncode == 0, out.stderr
     assert "probe-other" in out.stderr
     assert "probe-data" not in out.stderr and "probe-convergence" not in out.stderr
+
+
+def test_whole_number_inputs_state_their_range():
+    """A number typed outside an input's range is set back by the browser without a word: each label says
+    what is accepted, from the parameter's bounds."""
+    import panel as pn
+
+    from app import Dashboard
+
+    d = Dashboard()
+    names = {w.name for w in d.__panel__().select(pn.widgets.IntInput)}
+    st = d.state
+    for p in (st.sim.param.n_groups, st.sim.param.group_size, st.sim.param.seed, st.view.param.re_top_k):
+        lo, hi = p.bounds
+        assert f"{p.label} ({lo:,}–{hi:,})" in names, names
+    assert "Number of groups (2–5,000)" in names
