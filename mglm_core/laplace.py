@@ -217,24 +217,32 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200, callback=None):
                                reuse=steps, free_step=_START_STEP, progress=start_progress)
         u0, b0, n_iter = stage1.u, stage1.b, n_iter + stage1.n_iter
     vcp0 = conditional_vcp_mode(work, u0)
+    jumped: set[int] = set()  # components moved to their degenerate mode
+
     def collapsing(u, b):
-        return "a variance component is collapsing" if degenerate_components(work, b[p:], u) else None
+        new = set(degenerate_components(work, b[p:], u)) - jumped
+        return "a variance component is collapsing" if new else None
 
     res = newton_ascent(_joint_fun(lj, p), u0, np.concatenate([b0, vcp0]), tol=tol,
                         max_iter=max_iter, stop=collapsing, reuse=steps, free_step=_LAST_STEP,
                         progress=prog.stage(0.3, 0.97, "posterior mode", tol), single_above=_SINGLE_ABOVE)
     n_iter += res.n_iter
-    falling = degenerate_components(work, res.b[p:], res.u) if not res.converged else []
     target = -work.vc_count * work.vcp_p**2  # the degenerate mode of each component's log-SD
-    if falling and np.all(target[falling] > -300.0):
+    for _ in range(k):
+        falling = sorted(set(degenerate_components(work, res.b[p:], res.u)) - jumped) if not res.converged else []
+        if not (falling and np.all(target[falling] > -300.0)):
+            break
         # The walk towards the degenerate mode is slow (the log-SD falls by O(1) per step); jump to it:
         # with a component's random effects at 0 its log-SD maximises -m_k vcp - vcp^2 / (2 vcp_p^2).
         # (Below -300 the mode is not representable: exp(-2 vcp) overflows; the fit stops where it is.)
+        # Another component may start falling once one is there: the search stops again and it jumps too
+        # (binary data over 40 x 30 crossed levels: the second walked down by one per step, 45 steps).
         u, b = res.u.copy(), res.b.copy()
         for j in falling:
             u[work.ident == j] = 0.0
             b[p + j] = target[j]
-        res = newton_ascent(_joint_fun(lj, p), u, b, tol=tol, max_iter=max_iter, reuse=steps)
+        jumped.update(falling)
+        res = newton_ascent(_joint_fun(lj, p), u, b, tol=tol, max_iter=max_iter, stop=collapsing, reuse=steps)
         n_iter += res.n_iter
     fe, vcp, vc = res.b[:p], res.b[p:], res.u
     msgs = []

@@ -1245,6 +1245,34 @@ def test_map_degenerate_mode_is_flagged():
     assert -1.5 < lap.vcp_mean[0] < 0.5
 
 
+def test_map_jumps_to_the_degenerate_mode_of_components_that_fall_in_turn():
+    """Binary data over 40 x 30 crossed levels: fit_map's joint mode is degenerate in both components, the
+    second starting to fall only once the first is at its degenerate point. Both jump there (log-SD
+    -m vcp_p^2, effects 0) instead of the second walking down by about one per Newton step (61 steps before),
+    and the fixed effects are the mode of the plain logistic regression under their prior."""
+    from scipy.optimize import minimize
+
+    from mglm_core.simulate import simulate_glmm
+
+    sim = simulate_glmm(family="binomial", n_groups=40, group_size=25, n_groups2=30, sd=0.7, sd2=0.5, seed=3)
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g) + (1 | h)", data=sim.data, family="binomial")
+    with pytest.warns(mg.ConvergenceWarning, match="Degenerate mode"):
+        res = model.fit_map()
+    assert res.converged and res.extra["collapsed"] == (0, 1)
+    np.testing.assert_allclose(res.vcp_mean, -model.vc_count * model.vcp_p**2, atol=1e-6)
+    assert np.max(np.abs(res.vc_mean)) < 1e-8
+    assert res.diagnostics.n_iter <= 30
+
+    X, y = model.exog, model.endog
+
+    def neg(b):
+        eta = X @ b
+        return np.sum(np.logaddexp(0.0, eta) - y * eta) + 0.5 * np.sum(b**2) / model.fe_p**2
+
+    plain = minimize(neg, np.zeros(X.shape[1]), method="BFGS", options={"gtol": 1e-10})
+    np.testing.assert_allclose(res.fe_mean, plain.x, atol=1e-6)
+
+
 def test_map_is_deterministic_and_scale_fe_backtransforms():
     y, X, Z, ident = _design("poisson")
     X = X.copy()
