@@ -193,6 +193,12 @@ def _check_tokens(
     def inside(*kinds: str) -> bool:
         return bool(stack) and stack[-1][0] in kinds
 
+    def unshadowed(tok: _Token) -> None:
+        """formulaic looks names up in the data first: a column named like a function hides it."""
+        if tok.text in colset:
+            raise _err(f"the data column {tok.text!r} has the name of a formula function and hides it; rename the "
+                       f"column (e.g. df.rename(columns={{{tok.text!r}: {tok.text + '_'!r}}}))", formula, tok)
+
     def contrast_argument() -> bool:  # C(x, <here>)
         return inside("C") and stack[-1][2] == 1
 
@@ -218,9 +224,11 @@ def _check_tokens(
                 dotted = f"{name}.{attr.text if attr is not None else ''}"
                 ok = attr is not None and attr.kind == "name"
                 if ok and name == "contr" and attr.text in _CONTR_NAMES and contrast_argument():
+                    unshadowed(tok)
                     i += contrast(tok, call, 3)
                     continue
                 if ok and call is not None and call.text == "(" and name == "np" and attr.text in NUMPY_FUNCTIONS:
+                    unshadowed(tok)
                     stack.append(["call", tok, 0])
                     i += 4
                     continue
@@ -235,9 +243,12 @@ def _check_tokens(
                     (attr.end if attr is not None else after.end) - tok.start,
                 )
             if name in _CONTRAST_FUNCTIONS and contrast_argument():
+                unshadowed(tok)
                 i += contrast(tok, after, 1)
                 continue
             if after is not None and after.text == "(":
+                if name in FORMULA_FUNCTIONS:
+                    unshadowed(tok)
                 if name == "C":
                     stack.append(["C", tok, 0])
                 elif name == "Q":

@@ -390,6 +390,17 @@ def test_check_formula_accepts(formula):
     check_formula(formula, COLUMNS)
 
 
+@pytest.mark.parametrize("formula,column", [("y ~ log(x)", "log"), ("y ~ np.log(x)", "np"), ("y ~ C(g)", "C"),
+                                            ("y ~ C(g, Sum)", "Sum"), ("y ~ C(g, contr.sum)", "contr")])
+def test_a_column_named_like_a_function_is_named_in_the_error(small, formula, column):
+    """formulaic looks names up in the data first, so a column named like a formula function hides it (its
+    error was "'Series' object is not callable"); the check names the column instead."""
+    df = small.assign(**{column: 1.0})
+    with pytest.raises(FormulaError, match=f"the data column '{column}' has the name of a formula function"):
+        build_design(formula, df)
+    build_design("y ~ x", df)  # the column itself is fine
+
+
 def test_formula_error_caret():
     with pytest.raises(FormulaError) as info:
         check_formula("y ~ x + foo", COLUMNS)
