@@ -44,18 +44,12 @@ def literal_markdown(text: str) -> str:
 
 ACCENT = plots.COLORS["accent"]
 OWN_DATA = "(uploaded or simulated data)"
-def _bounded_input(parameter, **kw) -> pn.widgets.IntInput:
-    """A whole-number input whose label gives its range: the browser sets a number typed outside it back to
-    the previous value without a word, so the label says what is accepted."""
-    lo, hi = parameter.bounds
-    return pn.widgets.IntInput.from_param(parameter, name=f"{parameter.label} ({lo:,}–{hi:,})", **kw)
 
-
-# (and names the inputs Bokeh leaves without an accessible name, from their visible labels)
 # Bokeh 3.9's tab headers take the focus but no key (keyboard support arrives with bokeh/bokeh#15168): one
 # document-level listener (once per page) lets Enter/Space and the arrow, Home and End keys switch tabs through
 # Bokeh's own click handler, so the server hears a keyboard switch as it hears a click, and marks the headers
-# with their ARIA roles. Disabled tabs are skipped.
+# with their ARIA roles (disabled tabs are skipped). The script also names the inputs Bokeh leaves without an
+# accessible name, from their visible labels.
 TAB_KEYS = """<script>(() => {
   if (window.__mglmTabKeys) return; window.__mglmTabKeys = true;
   const tabOf = e => e.composedPath().find(n => n.classList && n.classList.contains("bk-tab"));
@@ -72,7 +66,6 @@ TAB_KEYS = """<script>(() => {
     obs.observe(root, {childList: true, subtree: true, attributes: true, attributeFilter: ["class"]});
     setTimeout(() => obs.disconnect(), 5000);
   };
-  document.addEventListener("focusin", e => { const t = tabOf(e); if (t) mark(t); }, true);
   document.addEventListener("keydown", e => {
     const t = tabOf(e);
     if (!t || t.classList.contains("bk-disabled") || e.altKey || e.ctrlKey || e.metaKey) return;
@@ -96,13 +89,22 @@ TAB_KEYS = """<script>(() => {
       else if (el.matches(".bk-tab") && !el.hasAttribute("role")) mark(el);
     }
   };
-  document.addEventListener("focusin", () => nameAll(document), true);
+  document.addEventListener("focusin", e => { nameAll(document); const t = tabOf(e); if (t) mark(t); }, true);
   setInterval(() => nameAll(document), 1500);
 })();</script>"""
 # Plots of another model's result are greyed and faded, not hidden; at 0.65 their axis text keeps a contrast of
 # about 3.7:1 on white (0.35 left 2.4:1, below WCAG's 3:1 for graphics).
 _BRIGHT = {"opacity": "1", "filter": "none", "transition": "opacity 0.3s, filter 0.3s"}
 _DIMMED = {"opacity": "0.65", "filter": "grayscale(0.85)", "transition": "opacity 0.3s, filter 0.3s"}
+
+
+def _bounded_input(parameter, **kw) -> pn.widgets.IntInput:
+    """A whole-number input whose label gives its range: the browser sets a number typed outside it back to
+    the previous value without a word, so the label says what is accepted."""
+    lo, hi = parameter.bounds
+    return pn.widgets.IntInput.from_param(parameter, name=f"{parameter.label} ({lo:,}–{hi:,})", **kw)
+
+
 CSS = """
 :host { --accent: %s; }
 .mglm-status { font-size: 0.95em; color: #334155; }

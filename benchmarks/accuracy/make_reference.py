@@ -96,9 +96,10 @@ def time_only(names, draws, tune, chains, seed, cores):
 
     path = HERE / "reference" / "nuts_timing.json"
     timing = json.loads(path.read_text()) if path.exists() else {}
+    here = machine()
     for name in names:
         res = sample(BY_NAME[name], draws, tune, chains, seed=seed, cores=cores)
-        timing[name] = {"seconds": res["seconds"], "machine": machine(),
+        timing[name] = {"seconds": res["seconds"], "machine": here,
                         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "pymc": pm.__version__,
                         "draws": draws, "tune": tune, "chains": chains, "cores": cores}
         path.write_text(json.dumps(timing, indent=1, sort_keys=True) + "\n")
