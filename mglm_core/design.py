@@ -547,25 +547,14 @@ def _python_arithmetic(formula: str, kept: Sequence[tuple[_Token, int]]) -> str:
     function that makes the contrast (:func:`_integer_text` shows the name as written).
     """
     pieces: list[str] = []
-    stack: list[str] = []
-    commas: list[int] = []
     prev = None
-    for pos, (t, idx) in enumerate(kept):
+    for pos, (t, stack, commas) in enumerate(_frames([t for t, _ in kept])):
+        idx = kept[pos][1]
         if prev is not None:
             pieces.append(formula[kept[pos - 1][0].end : t.start] if idx == prev + 1 else " ")
         text = t.text
         after = kept[pos + 1][0].text if pos + 1 < len(kept) else ""
-        if t.text == "(":
-            before = kept[pos - 1][0] if pos > 0 else None
-            stack.append(before.text if before is not None and before.kind == "name" else "group")
-            commas.append(0)
-        elif t.text == ")":
-            stack.pop() if stack else None
-            commas.pop() if commas else None
-        elif t.text == "," and commas:
-            commas[-1] += 1
-        elif t.kind == "name" and t.text == "Treatment" and stack and stack[-1] == "C" and commas[-1] == 1 \
-                and after != "(":
+        if t.kind == "name" and t.text == "Treatment" and _at_contrast(stack, commas) and after != "(":
             text = "Treatment()"
         elif t.text == "^" and "I" in stack:
             text = "**"
@@ -575,6 +564,30 @@ def _python_arithmetic(formula: str, kept: Sequence[tuple[_Token, int]]) -> str:
         pieces.append(text)
         prev = idx
     return "".join(pieces)
+
+
+def _frames(tokens: Sequence[_Token]):
+    """Each token with the brackets around it: ``(token, names, commas)``, ``names`` the functions whose
+    brackets enclose the token, innermost last (``"group"`` for a plain bracket), and ``commas`` the commas
+    seen so far inside the innermost (0 outside any). A bracket is reported once it has opened or closed."""
+    names: list[str] = []
+    commas: list[int] = []
+    for k, t in enumerate(tokens):
+        if t.kind == "op" and t.text == "(":
+            before = tokens[k - 1] if k > 0 else None
+            names.append(before.text if before is not None and before.kind == "name" else "group")
+            commas.append(0)
+        elif t.kind == "op" and t.text == ")" and names:
+            names.pop()
+            commas.pop()
+        elif t.kind == "op" and t.text == "," and commas:
+            commas[-1] += 1
+        yield t, names, (commas[-1] if commas else 0)
+
+
+def _at_contrast(names: Sequence[str], commas: int) -> bool:
+    """Whether a token is the second argument of ``C(...)``: its contrast (``C(x, Sum)``)."""
+    return bool(names) and names[-1] == "C" and commas == 1
 
 
 def _integer_text(name: str) -> str:
@@ -656,23 +669,16 @@ def _names(tokens: list[_Token]) -> list[str]:
     namespaces (``np.``), keyword arguments (``levels=``) or contrasts (``C(x, Sum)``), and the
     strings of ``Q('a column')``."""
     out = []
-    stack: list[list] = []  # [function name or "(", commas seen]
-    for k, t in enumerate(tokens):
+    for k, (t, stack, commas) in enumerate(_frames(tokens)):
         before = tokens[k - 1].text if k > 0 else ""
         after = tokens[k + 1].text if k + 1 < len(tokens) else ""
-        if t.text == "(" and t.kind == "op":
-            stack.append([before if k > 0 and tokens[k - 1].kind == "name" else "(", 0])
-        elif t.text == ")" and t.kind == "op" and stack:
-            stack.pop()
-        elif t.text == "," and t.kind == "op" and stack:
-            stack[-1][1] += 1
-        elif t.kind == "string" and stack and stack[-1][0] == "Q":
+        if t.kind == "string" and stack and stack[-1] == "Q":
             out.append(t.text[1:-1])
         elif t.kind == "backtick":
             out.append(t.column)
-        elif t.kind == "name" and not (after in ("(", ".", "=") or before in (".", "=")):
-            if not (stack and stack[-1][0] == "C" and stack[-1][1] == 1):  # C(x, Sum)
-                out.append(t.column)
+        elif (t.kind == "name" and not (after in ("(", ".", "=") or before in (".", "="))
+              and not _at_contrast(stack, commas)):  # C(x, Sum)
+            out.append(t.column)
     return list(dict.fromkeys(out))
 
 
