@@ -61,7 +61,9 @@ functions ``C, I, Q, log, log2, log10, exp, sqrt, log1p, center, scale, standard
 bs, poly`` and ``np.log, np.log2, np.log10, np.exp, np.sqrt, np.log1p`` (plus ``cbind`` on
 the left-hand side). Inside ``C(...)`` the second argument may name a contrast
 (``Treatment, Sum, Helmert, Poly, Diff`` or ``contr.treatment`` ... ``contr.diff``, bare or
-called, as ``Treatment('a')``) or be ``levels=[...]``. ``Q('a column')`` takes exactly one
+called) or be ``levels=[...]``. Only the treatment contrast takes an option, its reference level, as
+patsy's ``Treatment('a')`` / ``Treatment(reference='a')`` or ``contr.treatment(base='a')`` (formulaic's:
+the level itself, not R's position); a level the column lacks is an error that lists its levels. ``Q('a column')`` takes exactly one
 string, which must name a column. ``bs(x, df=4)`` and ``poly(x, degree=2)`` take the keywords
 ``df`` and ``degree``, each a whole number from 1 to 30 written as a literal. formulaic then
 evaluates the checked text in a namespace holding only those functions.
@@ -111,7 +113,9 @@ NUMPY_FUNCTIONS = ("log", "log2", "log10", "exp", "sqrt", "log1p")
 #: contrasts allowed as the second argument of ``C(...)`` (formulaic's; bare or called)
 _CONTRAST_FUNCTIONS = ("Treatment", "Sum", "Helmert", "Poly", "Diff")
 _CONTR_NAMES = ("treatment", "sum", "helmert", "poly", "diff")  # ``contr.<name>``
-_C_KEYWORDS = ("levels", "reference", "base")
+#: the keyword each contrast takes (the reference level), as formulaic spells it: patsy's ``Treatment(reference=)``
+#: and R's ``contr.treatment(base=)``; the other contrasts take no options here
+_CONTRAST_KEYWORDS = {"Treatment": "reference", "contr.treatment": "base"}
 #: spline and polynomial bases, with their keywords (each a literal whole number in 1..30)
 _BASIS_FUNCTIONS = ("bs", "poly")
 _BASIS_KEYWORDS = ("df", "degree")
@@ -202,16 +206,26 @@ def _check_tokens(
     def contrast_argument() -> bool:  # C(x, <here>)
         return inside("C") and stack[-1][2] == 1
 
-    def contrast(tok: _Token, opening: _Token | None, width: int) -> int:
-        """A contrast's ``width`` tokens, bare (``Sum``) or called (``Sum(``: its bracket opened)."""
+    def contrast(tok: _Token, opening: _Token | None, width: int, name: str) -> int:
+        """A contrast's ``width`` tokens, bare (``Sum``) or called (``Sum(``: its bracket opened, ``name`` kept
+        for its options)."""
         if opening is not None and opening.text == "(":
-            stack.append(["contrast", tok, 0])
+            stack.append(["contrast", tok, 0, name])
             return width + 1
         return width
+
+    def contrast_option(tok: _Token) -> None:
+        """Inside a called contrast: only Treatment and contr.treatment take an option (the reference level)."""
+        name = stack[-1][3]
+        if name not in _CONTRAST_KEYWORDS and not (tok.kind == "op" and tok.text == ")"):
+            raise _err(f"{name}() takes no options here (only Treatment(reference=...) and contr.treatment(base=...) "
+                       f"name a reference level); write {name} or {name}()", formula, tok)
 
     while i < n:
         tok = tokens[i]
         after = nxt(i + 1)
+        if inside("contrast"):
+            contrast_option(tok)
         if tok.kind == "name":
             name = tok.text
             if name.startswith("__"):
@@ -225,7 +239,7 @@ def _check_tokens(
                 ok = attr is not None and attr.kind == "name"
                 if ok and name == "contr" and attr.text in _CONTR_NAMES and contrast_argument():
                     unshadowed(tok)
-                    i += contrast(tok, call, 3)
+                    i += contrast(tok, call, 3, dotted)
                     continue
                 if ok and call is not None and call.text == "(" and name == "np" and attr.text in NUMPY_FUNCTIONS:
                     unshadowed(tok)
@@ -244,7 +258,7 @@ def _check_tokens(
                 )
             if name in _CONTRAST_FUNCTIONS and contrast_argument():
                 unshadowed(tok)
-                i += contrast(tok, after, 1)
+                i += contrast(tok, after, 1, name)
                 continue
             if after is not None and after.text == "(":
                 if name in FORMULA_FUNCTIONS:
@@ -264,7 +278,15 @@ def _check_tokens(
                 i += 2
                 continue
             if after is not None and after.text == "=":
-                if name in _C_KEYWORDS and inside("C", "contrast"):
+                if name == "levels" and inside("C"):
+                    i += 2
+                    continue
+                if inside("contrast"):
+                    contrast_option(tok)
+                    wanted = _CONTRAST_KEYWORDS[stack[-1][3]]
+                    if name != wanted:
+                        raise _err(f"{stack[-1][3]}() names its reference level as {wanted}=...; got {name}=",
+                                   formula, tok)
                     i += 2
                     continue
                 if name in _BASIS_KEYWORDS and inside("basis"):
@@ -338,7 +360,7 @@ def _check_tokens(
             raise _err(f"{stack[-1][1].text}() takes its options as keywords (df=, degree=)", formula, tok)
         i += 1
     if stack:
-        kind, tok, _ = stack[-1]
+        kind, tok = stack[-1][:2]
         raise _err("unclosed '['" if kind == "list" else "unclosed '('", formula, tok)
 
 
@@ -1304,6 +1326,52 @@ def _extra_array(
     return None, arr
 
 
+def _check_reference_levels(formula: str, tokens: Sequence[_Token], df: pd.DataFrame) -> None:
+    """Raise :class:`FormulaError` where ``C(x, Treatment(reference=r))`` or ``C(x, contr.treatment(base=r))``
+    names a level ``r`` that ``x`` does not have in the rows used, listing its levels (formulaic said only
+    "Value `2` for `TreatmentContrasts.base` is not among the provided levels"). A number for a factor of
+    text levels (a column of codes made categorical) is the usual slip: the message shows the quoted level."""
+    import ast
+
+    for k, tok in enumerate(tokens[:-6]):
+        if not (tok.text == "C" and tokens[k + 1].text == "(" and tokens[k + 2].kind in ("name", "backtick")
+                and tokens[k + 3].text == ","):
+            continue
+        col, j = tokens[k + 2].column, k + 4
+        if tokens[j].text == "contr" and j + 2 < len(tokens):
+            j += 2
+        if tokens[j].text not in ("Treatment", "treatment") or j + 1 >= len(tokens) or tokens[j + 1].text != "(":
+            continue
+        j += 2
+        if j + 1 < len(tokens) and tokens[j + 1].text == "=":
+            j += 2
+        if j + 1 >= len(tokens) or tokens[j].kind not in ("string", "number") or tokens[j + 1].text != ")":
+            continue
+        close = _matching(list(tokens), k + 1)
+        if any(t.text == "levels" for t in tokens[j + 1:close]) or col not in df.columns:
+            continue  # (levels=[...] sets the levels; formulaic checks the reference against them)
+        value = ast.literal_eval(tokens[j].text)
+        s = df[col]
+        levels = list(s.cat.categories if isinstance(s.dtype, pd.CategoricalDtype) else pd.unique(s.dropna()))
+        if not isinstance(s.dtype, pd.CategoricalDtype):
+            try:
+                levels = sorted(levels)
+            except TypeError:
+                pass
+        if any(value == v for v in levels):
+            continue
+        levels = [v.item() if isinstance(v, np.generic) else v for v in levels]
+        shown = ", ".join(repr(v) for v in levels[:12]) + (", ..." if len(levels) > 12 else "")
+        if not isinstance(value, str) and str(value) in [str(v) for v in levels]:
+            hint = f" (the levels are text: write {str(value)!r})"
+        elif isinstance(value, int) and 1 <= value <= len(levels):
+            hint = f" (it names a level, not a position: R's base={value} is {levels[value - 1]!r} here)"
+        else:
+            hint = ""
+        raise _err(f"the reference level {tokens[j].text} is not a level of `{col}`{hint}; its levels are {shown}",
+                   formula, tokens[j])
+
+
 def _check_fixed_names(formula: str, fixed_formula: str, spec: Any, columns: Iterable[str]) -> None:
     """Raise :class:`FormulaError` where a data column's name collides with a column formulaic makes
     (a column ``Intercept``, or ``h[T.b]`` beside the factor ``h``: pandas would keep one of the two
@@ -1495,6 +1563,7 @@ def build_design(
             raise DataError(f"{label} must be finite; got non-finite values.")
 
     # --- fixed part (formulaic; the text has passed the safe-grammar check)
+    _check_reference_levels(formula, rhs, df)
     try:
         # non-finite values (log of a negative, ...) are reported below as a DataError
         with warnings.catch_warnings(), np.errstate(all="ignore"):

@@ -363,6 +363,13 @@ REJECTED = {
     "y ~ C(g, contr.bad)": r"attribute access 'contr.bad' is not allowed",
     "y ~ Sum(x)": r"function 'Sum' is not allowed",
     "y ~ x + Sum": r"unknown column 'Sum'",
+    # each contrast's option: patsy's Treatment(reference=), R's contr.treatment(base=), none for the others
+    "y ~ C(g, Treatment(base='b'))": r"Treatment\(\) names its reference level as reference=\.\.\.; got base=",
+    "y ~ C(g, contr.treatment(reference='b'))": r"contr\.treatment\(\) names its reference level as base=",
+    "y ~ C(g, Treatment(levels=['b']))": r"got levels=",
+    "y ~ C(g, Sum(omit='b'))": r"Sum\(\) takes no options here .* write Sum or Sum\(\)",
+    "y ~ C(g, Helmert('a'))": r"Helmert\(\) takes no options here",
+    "y ~ C(g, contr.poly(2))": r"contr\.poly\(\) takes no options here",
 }
 
 
@@ -381,6 +388,7 @@ ACCEPTED = [
     "y ~ `my col` + (1 | g) + (0 + x || g)",
     "cbind(y, x - y) ~ 1",
     "y ~ C(g, Sum) + C(g, contr.helmert) + C(g, Diff) + C(g, Poly) + C(g, contr.treatment('b'))",
+    "y ~ C(g, Treatment(reference='b')) + C(g, contr.treatment(base='b')) + C(g, Sum()) + C(g, Treatment(), levels=['b', 'a'])",
     "y ~ Q('my col') + log2(x) + np.log10(x) + bs(x, df=4, degree=3) + poly(x, degree=2) + standardize(x)",
 ]
 
@@ -388,6 +396,30 @@ ACCEPTED = [
 @pytest.mark.parametrize("formula", ACCEPTED)
 def test_check_formula_accepts(formula):
     check_formula(formula, COLUMNS)
+
+
+@pytest.mark.parametrize("formula,message", [
+    ("y ~ C(g, Treatment(reference='z'))", r"the reference level 'z' is not a level of `g`; its levels are 'a', 'b', 'c'"),
+    ("y ~ C(g, contr.treatment(base=2))", r"not a level of `g` \(it names a level, not a position: R's base=2 is 'b' here\)"),
+    ("y ~ C(k, Treatment(2))", r"not a level of `k` \(the levels are text: write '2'\); its levels are '1', '2', '3'"),
+    ("y ~ C(n, Treatment(7))", r"the reference level 7 is not a level of `n`; its levels are 1, 2, 3 at position 19"),
+])
+def test_a_reference_level_the_column_lacks_is_named_with_its_levels(formula, message):
+    """formulaic's message was "Value `2` for `TreatmentContrasts.base` is not among the provided levels"."""
+    df = pd.DataFrame({"y": [0.0, 1.0, 1.0, 0.0, 1.0, 0.0], "g": list("abcabc"), "n": [1, 2, 3, 1, 2, 3]})
+    df["k"] = pd.Categorical(df["n"].astype(str))
+    with pytest.raises(FormulaError, match=message):
+        build_design(formula, df)
+
+
+def test_a_reference_level_changes_the_treatment_contrast_as_patsy_and_r_name_it():
+    """Treatment(reference=), Treatment('b'), contr.treatment(base=) and a numeric level of a numeric column all
+    drop the named level: the fitted design equals the one with that level first."""
+    df = pd.DataFrame({"y": [0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0], "g": list("abcabca"), "n": [1, 2, 3, 1, 2, 3, 1]})
+    want = build_design("y ~ C(g, levels=['b', 'a', 'c'])", df).exog
+    for term in ("C(g, Treatment(reference='b'))", "C(g, Treatment('b'))", "C(g, contr.treatment(base='b'))"):
+        np.testing.assert_array_equal(build_design(f"y ~ {term}", df).exog, want)
+    np.testing.assert_array_equal(build_design("y ~ C(n, Treatment(2))", df).exog, want)
 
 
 @pytest.mark.parametrize("formula,column", [("y ~ log(x)", "log"), ("y ~ np.log(x)", "np"), ("y ~ C(g)", "C"),
