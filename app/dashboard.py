@@ -98,18 +98,56 @@ _BRIGHT = {"opacity": "1", "filter": "none", "transition": "opacity 0.3s, filter
 _DIMMED = {"opacity": "0.65", "filter": "grayscale(0.85)", "transition": "opacity 0.3s, filter 0.3s"}
 
 
-def _bounded_input(parameter, **kw) -> pn.widgets.IntInput:
-    """A whole-number input whose label gives its range: the browser sets a number typed outside it back to
-    the previous value without a word, so the label says what is accepted."""
-    lo, hi = parameter.bounds
-    return pn.widgets.IntInput.from_param(parameter, name=f"{parameter.label} ({lo:,}–{hi:,})", **kw)
-
-
 CSS = """
 :host { --accent: %s; }
-.mglm-status { font-size: 0.95em; color: #334155; }
-.mglm-note { color: #64748b; font-size: 0.85em; }
+:host(.mglm-status) { font-size: 0.95em; color: #334155; }
+:host(.mglm-note) { color: #64748b; }
 """ % ACCENT
+#: a pane's classes and the sheet that styles them (each Bokeh model has its own shadow root: a sheet on a
+#: layout, or the page's CSS, does not reach the panes inside it)
+NOTE = dict(css_classes=["mglm-note"], stylesheets=[CSS])
+STATUS = dict(css_classes=["mglm-status"], stylesheets=[CSS])
+
+
+def _bounded_input(obj: param.Parameterized, name: str, **kw) -> pn.Column:
+    """A whole-number input for the bounded parameter ``name`` of ``obj``, its range in the label.
+
+    The browser is not told the bounds (it would set a number outside them back to the previous value
+    without a word): a number outside them is brought to the nearest bound here, and a note under the
+    input says so (an emptied input returns to the parameter's value). The parameter only ever holds
+    values within its bounds."""
+    p = obj.param[name]
+    lo, hi = p.bounds
+    label = f"{p.label} ({lo:,}–{hi:,})"
+    widget = pn.widgets.IntInput(name=label, value=getattr(obj, name), **kw)
+    note = pn.pane.Markdown("", visible=False, **NOTE, margin=(0, 10))
+
+    resetting = []  # (set while this watcher puts a value back: the note it wrote stays)
+
+    def put_back(value, message):
+        note.param.update(object=message, visible=True)
+        resetting.append(True)
+        try:
+            widget.value = value  # (this watcher again, in range: the parameter follows)
+        finally:
+            resetting.pop()
+
+    def typed(event):
+        v = event.new
+        if v is None:
+            put_back(getattr(obj, name), f"Enter a whole number from {lo:,} to {hi:,}.")
+        elif v < lo or v > hi:
+            kept = min(max(v, lo), hi)
+            put_back(kept, f"{p.label} must be from {lo:,} to {hi:,}; got {v:,}, so it is {kept:,}.")
+        else:
+            if not resetting:
+                note.visible = False
+            setattr(obj, name, v)
+
+    widget.param.watch(typed, "value")
+    obj.param.watch(lambda e: setattr(widget, "value", e.new), name)
+    return pn.Column(widget, note, margin=0, sizing_mode=kw.get("sizing_mode"))
+
 
 #: The template's page on narrow screens (phones): one scrolling page, the results first and the
 #: controls below them (the template keeps the page at the window's height, the controls in a panel
@@ -194,7 +232,7 @@ class Dashboard(pn.viewable.Viewer):
         self.file_input.param.watch(self._on_upload, "value")
         self.file_input.param.watch(self._on_file_name, "filename")
         data_info = pn.pane.Markdown(pn.bind(self._data_info, st.data.param.df, st.data.param.dataset),
-                                     margin=(0, 5), css_classes=["mglm-note"])
+                                     margin=(0, 5), **NOTE)
         # widgets whose options depend on the data are rebuilt when the columns change: pushing new options to
         # a live Select races with its value (the browser resets it to the first option and sends that back)
         categorical = pn.panel(pn.bind(self._categorical_widget, st.param.columns_version),
@@ -228,7 +266,7 @@ class Dashboard(pn.viewable.Viewer):
         # stay "done" through a cached or quick refit)
         mode_note = pn.pane.Markdown(pn.bind(self._mode_note, fit.param.status, spec.param.auto_fit,
                                              fit.param.outcome, spec.param.method, st.param.columns_version),
-                                     css_classes=["mglm-note"], margin=(0, 5))
+                                     **NOTE, margin=(0, 5))
         fit_card = pn.Card(
             pn.widgets.Select.from_param(spec.param.method, label="Method", **w),
             pn.widgets.FloatSlider.from_param(spec.param.fe_p, throttled=True, **w),
@@ -244,7 +282,7 @@ class Dashboard(pn.viewable.Viewer):
             pn.widgets.Checkbox.from_param(spec.param.use_formula),
             pn.pane.Markdown("Edit the formula to fit it as typed, e.g. `y ~ x + (1 | g) + (0 + x | g)`. "
                              "It is checked by a safe parser; nothing is evaluated as Python.",
-                             css_classes=["mglm-note"], margin=(0, 5)),
+                             **NOTE, margin=(0, 5)),
             self._alert("formula"),
             title="4 · Formula", sizing_mode="stretch_width", collapsible=True)
 
@@ -252,7 +290,7 @@ class Dashboard(pn.viewable.Viewer):
 
         # ---- main: status and diagnostics
         status = pn.pane.Markdown(pn.bind(self._status_text, fit.param.message, fit.param.status),
-                                  css_classes=["mglm-status"], sizing_mode="stretch_width", margin=(0, 10))
+                                  **STATUS, sizing_mode="stretch_width", margin=(0, 10))
         diag = pn.pane.Alert(pn.bind(self._diag_text, fit.param.warnings), alert_type="warning",
                              visible=pn.bind(bool, fit.param.warnings), sizing_mode="stretch_width",
                              css_classes=["alert-diagnostics"])
@@ -284,12 +322,12 @@ class Dashboard(pn.viewable.Viewer):
             forest_box, sizing_mode="stretch_width", name="Fixed effects")
         vc_tab = pn.Column(density_box, pn.pane.Markdown(
             "Densities of each random-effect **standard deviation**; the diamond is the posterior median and the bar "
-            "the 95 % interval.", css_classes=["mglm-note"]), sizing_mode="stretch_width", name="Variance components")
+            "the 95 % interval.", **NOTE), sizing_mode="stretch_width", name="Variance components")
         re_tab = pn.Column(
             pn.FlexBox(pn.panel(pn.bind(self._re_term_widget, fit.param.outcome)),
                        pn.widgets.TextInput.from_param(view.param.re_search, placeholder="level name contains...",
                                                        width=220),
-                       _bounded_input(view.param.re_top_k, width=220),
+                       _bounded_input(view, "re_top_k", width=220),
                        flex_wrap="wrap", sizing_mode="stretch_width"),  # (narrow screens: one above the other)
             caterpillar_box, sizing_mode="stretch_width", name="Random effects")
 
@@ -334,7 +372,7 @@ class Dashboard(pn.viewable.Viewer):
             pn.widgets.Tabulator(pn.bind(self._overview, st.data.param.df, st.data.param.categorical), **table_kw),
             pn.Row(self.data_download, pn.pane.Markdown(
                 "The table below shows the first 500 rows; the download has them all (the reproducing script "
-                "reads this file).", css_classes=["mglm-note"], sizing_mode="stretch_width"),
+                "reads this file).", **NOTE, sizing_mode="stretch_width"),
                 sizing_mode="stretch_width"),
             pn.widgets.Tabulator(pn.bind(lambda df: df.head(500) if df is not None else pd.DataFrame(),
                                          st.data.param.df), pagination="local", page_size=12, **table_kw),
@@ -349,7 +387,7 @@ class Dashboard(pn.viewable.Viewer):
                 "Fit the current model with every method on the same data and overlay them. Integrated "
                 "Laplace integrates the random effects out (the accurate one); Laplace (MAP) uses the curvature "
                 "at the joint mode, which can collapse an SD to 0; VB is a mean-field Gaussian, too narrow."),
-            pn.Row(self.compare_button, pn.pane.Markdown(fit.param.compare_status, css_classes=["mglm-note"],
+            pn.Row(self.compare_button, pn.pane.Markdown(fit.param.compare_status, **NOTE,
                                                          sizing_mode="stretch_width"), sizing_mode="stretch_width"),
             pn.pane.Alert("The model has changed since this comparison: **Fit with every method** compares the "
                           "model the sidebar shows.", alert_type="warning", sizing_mode="stretch_width",
@@ -373,8 +411,8 @@ class Dashboard(pn.viewable.Viewer):
                              "and compare: the **red marks** on every plot are the truth."),
             pn.widgets.RadioButtonGroup.from_param(sim.param.family, color="success", variant="outline"),
             pn.widgets.FloatSlider.from_param(sim.param.intercept), pn.widgets.FloatSlider.from_param(sim.param.slope),
-            pn.widgets.FloatSlider.from_param(sim.param.sd), _bounded_input(sim.param.n_groups),
-            _bounded_input(sim.param.group_size), _bounded_input(sim.param.seed),
+            pn.widgets.FloatSlider.from_param(sim.param.sd), _bounded_input(sim, "n_groups"),
+            _bounded_input(sim, "group_size"), _bounded_input(sim, "seed"),
             self.sim_button, self._alert("teach"), width=320)
         # Lazy: the teaching plots are computed only while the Teaching tab is on screen, so a live refit
         # elsewhere does not pay for them.
@@ -451,7 +489,7 @@ class Dashboard(pn.viewable.Viewer):
     def _categorical_widget(self, _version):
         if not self.state.data.param.categorical.objects:  # no column reads as numbers: nothing to choose
             return pn.pane.Markdown("Every column is text, so every column is categorical.",
-                                    css_classes=["mglm-note"], sizing_mode="stretch_width")
+                                    **NOTE, sizing_mode="stretch_width")
         return self._column_widget(pn.widgets.MultiChoice, self.state.data, "categorical",
                                    label="Treat as categorical", sizing_mode="stretch_width")
 
@@ -689,7 +727,7 @@ class Dashboard(pn.viewable.Viewer):
         """A full-page layout for ``panel serve`` (BootstrapTemplate loads nothing from the internet)."""
         tmpl = pn.template.BootstrapTemplate(
             title="mglm · Bayesian GLMM dashboard", sidebar_width=390, header_background=ACCENT,
-            sidebar=[pn.pane.Markdown(INTRO, css_classes=["mglm-note"]), self.sidebar], main=[self.main],
+            sidebar=[pn.pane.Markdown(INTRO, **NOTE), self.sidebar], main=[self.main],
             raw_css=[PAGE_CSS])
         return tmpl
 

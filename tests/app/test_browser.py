@@ -200,6 +200,20 @@ def test_tabs_switch_from_the_keyboard(page):
     assert page.console_errors == []
 
 
+def test_a_number_outside_its_range_is_brought_to_the_bound_with_a_note(page):
+    """Typed in the browser, 9999 groups become 5,000 with a note under the input (Bokeh's own bounds would
+    have set the old value back without a word)."""
+    open_tab(page, "Teaching")
+    box = page.locator(".bk-input-group", has_text="Number of groups").first.locator("input").first
+    box.fill("9999")
+    box.press("Enter")
+    page.get_by_text("Number of groups must be from 2 to 5,000; got 9,999, so it is 5,000.").first.wait_for(
+        timeout=10_000)
+    page.wait_for_function("(el) => el.value.replace(/[^0-9]/g, '') === '5000'", arg=box.element_handle(),
+                           timeout=10_000)
+    assert page.console_errors == []
+
+
 def test_every_control_has_an_accessible_name(page):
     """Chromium's accessibility tree (shadow roots included) has no unnamed button, checkbox, combobox,
     slider, text box or tab: Bokeh leaves checkboxes, multi-choices and slider handles unnamed, and the page

@@ -209,3 +209,29 @@ def test_whole_number_inputs_state_their_range():
         lo, hi = p.bounds
         assert f"{p.label} ({lo:,}–{hi:,})" in names, names
     assert "Number of groups (2–5,000)" in names
+
+
+def test_a_whole_number_outside_its_range_is_brought_to_the_bound_with_a_note():
+    """The browser is not given the bounds (it would revert a number outside them silently): the server brings
+    it to the nearest bound and says so under the input; the parameter only ever holds values in range."""
+    import panel as pn
+
+    from app import Dashboard
+
+    d = Dashboard()
+    sim = d.state.sim
+    box = next(c for c in d.__panel__().select(pn.Column) if c.objects
+               and isinstance(c.objects[0], pn.widgets.IntInput) and c.objects[0].name.startswith("Number of groups"))
+    widget, note = box.objects
+    assert widget.start is None and widget.end is None and not note.visible
+    widget.value = 12_345
+    assert (widget.value, sim.n_groups) == (5000, 5000)
+    assert note.visible and note.object == "Number of groups must be from 2 to 5,000; got 12,345, so it is 5,000."
+    widget.value = 40
+    assert sim.n_groups == 40 and not note.visible
+    widget.value = -3
+    assert (widget.value, sim.n_groups) == (2, 2) and "got -3, so it is 2" in note.object
+    widget.value = None  # an emptied input
+    assert (widget.value, sim.n_groups) == (2, 2) and note.object == "Enter a whole number from 2 to 5,000."
+    sim.n_groups = 77  # set from code: the input follows
+    assert widget.value == 77 and not note.visible
