@@ -399,6 +399,116 @@ def _three_levels(seed=1003):
     return pd.DataFrame({"y": y, "x": x, "a": [f"a{i}" for i in a], "b": [f"b{i:02d}" for i in b],
                          "c": [f"c{i:03d}" for i in c]})
 
+def _labels(prefix, codes):
+    return [f"{prefix}{k:03d}" for k in codes]
+
+
+def _bernoulli(rng, eta):
+    import numpy as np
+
+    return (rng.random(eta.size) < 1 / (1 + np.exp(-eta))).astype(float)
+
+
+def _crossed_three(seed=2001):
+    """Binary rows (600) over three crossed factors of 50, 20 and 8 levels drawn at random; SDs 1, 0.6, 0.4."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = 600
+    g, h, s = rng.integers(0, 50, n), rng.integers(0, 20, n), rng.integers(0, 8, n)
+    x = rng.standard_normal(n)
+    a, b, c = rng.normal(0, 1.0, 50), rng.normal(0, 0.6, 20), rng.normal(0, 0.4, 8)
+    eta = -0.3 + 0.5 * x + a[g] + b[h] + c[s]
+    return pd.DataFrame({"y": _bernoulli(rng, eta), "x": x, "g": _labels("g", g), "h": _labels("h", h),
+                         "s": _labels("s", s)})
+
+
+def _one_factor(seed, n_groups, rows, sd, fe, family):
+    """One factor of ``n_groups`` levels of ``rows`` rows each (an array: unbalanced), SD ``sd``, fixed
+    effects ``fe`` (intercept, slope of x ~ N(0, 1))."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), rows)
+    x = rng.standard_normal(g.size)
+    eta = fe[0] + fe[1] * x + rng.normal(0, sd, n_groups)[g]
+    y = _bernoulli(rng, eta) if family == "binomial" else rng.poisson(np.exp(eta)).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "g": _labels("g", g)})
+
+
+def _unbalanced(seed=2008):
+    """80 groups of 1-30 binary rows (geometric sizes, mean about 8), SD 1.2."""
+    import numpy as np
+
+    sizes = np.minimum(np.random.default_rng(seed).geometric(0.12, 80), 30)
+    return _one_factor(seed + 1, 80, sizes, 1.2, (-0.4, 0.7), "binomial")
+
+
+def _binomial20_crossed(seed=2003):
+    """Binomial with 20 trials, 25 groups of 6 rows crossed with 10 levels drawn at random, SDs 0.5 / 0.5."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(25), 6)
+    h = rng.integers(0, 10, g.size)
+    x = rng.standard_normal(g.size)
+    a, b = rng.normal(0, 0.5, 25), rng.normal(0, 0.5, 10)
+    p = 1 / (1 + np.exp(-(0.4 + 0.3 * x + a[g] + b[h])))
+    return pd.DataFrame({"y": rng.binomial(20, p).astype(float), "n": 20.0, "x": x, "g": _labels("g", g),
+                         "h": _labels("h", h)})
+
+
+def _covariates(seed=2005):
+    """Binary, 40 groups of 8 rows (SD 0.9), with x1 ~ N(0, 1), x2 ~ U(0, 10) on its raw scale and a
+    three-level factor f."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(40), 8)
+    n = g.size
+    x1, x2, f = rng.standard_normal(n), rng.uniform(0, 10, n), rng.choice(["a", "b", "c"], n)
+    u = rng.normal(0, 0.9, 40)
+    eta = 0.5 + 0.6 * x1 - 0.15 * x2 + np.select([f == "b", f == "c"], [0.5, -0.7], 0.0) + u[g]
+    return pd.DataFrame({"y": _bernoulli(rng, eta), "x1": x1, "x2": x2, "f": f, "g": _labels("g", g)})
+
+
+def _poisson_slopes_crossed(seed=2006):
+    """Poisson, intercepts and x-slopes of 60 groups of 4 rows (SDs 0.7 / 0.4), crossed with 30 levels
+    drawn at random (SD 0.5)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(60), 4)
+    h = rng.integers(0, 30, g.size)
+    x = rng.standard_normal(g.size)
+    a, b, c = rng.normal(0, 0.7, 60), rng.normal(0, 0.4, 60), rng.normal(0, 0.5, 30)
+    eta = 0.2 + 0.3 * x + a[g] + b[g] * x + c[h]
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x, "g": _labels("g", g),
+                         "h": _labels("h", h)})
+
+
+def _poisson_offset_crossed(seed=2009):
+    """Poisson with exposure E ~ U(0.5, 4) (offset log E), 40 groups of 5 rows crossed with 12 levels
+    drawn at random; SDs 0.6 / 0.4."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(40), 5)
+    h = rng.integers(0, 12, g.size)
+    expo = rng.uniform(0.5, 4, g.size)
+    x = rng.standard_normal(g.size)
+    a, b = rng.normal(0, 0.6, 40), rng.normal(0, 0.4, 12)
+    eta = np.log(expo) - 0.5 + 0.3 * x + a[g] + b[h]
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x, "logE": np.log(expo),
+                         "g": _labels("g", g), "h": _labels("h", h)})
+
+
 CASES = [
     Case("seed_example", "statsmodels' documented usage: cbpp_long, vc_formulas-equivalent (1|herd)",
          "y ~ period + (1 | herd)", "binomial", data_fn=lambda: load("cbpp_long")),
@@ -692,6 +802,27 @@ CASES = [
     Case("sim_poisson_slopes_150x3_low", "Poisson, (1|g) + (0+x|g): 150 groups of 3 rows, SDs 1 / 0.6, intercept -0.7",
          "y ~ x + (1 | g) + (0 + x | g)", "poisson",
          data_fn=lambda: _slopes(1304, 150, 3, "poisson", (1.0, 0.6), (-0.7, 0.3))),
+    # a fourteenth held-out set (each held every bar on its first run)
+    Case("sim_binary_crossed_three", "binary, three crossed factors of 50, 20 and 8 levels over 600 rows, SDs 1 / "
+         "0.6 / 0.4", "y ~ x + (1 | g) + (1 | h) + (1 | s)", "binomial", data_fn=_crossed_three),
+    Case("sim_poisson_high_counts", "Poisson, counts near 20 (intercept 3), 30 groups of 4 rows, SD 0.3",
+         "y ~ x + (1 | g)", "poisson", data_fn=lambda: _one_factor(2002, 30, 4, 0.3, (3.0, 0.2), "poisson")),
+    Case("sim_binomial20_crossed", "binomial with 20 trials, 25 groups of 6 rows crossed with 10 levels, SDs 0.5 / 0.5",
+         "y ~ x + (1 | g) + (1 | h)", "binomial", trials="n", data_fn=_binomial20_crossed),
+    Case("sim_binary_rare_events", "binary rare events (intercept -3.5, 5 % ones), 100 groups of 10 rows, SD 1",
+         "y ~ x + (1 | g)", "binomial", data_fn=lambda: _one_factor(2004, 100, 10, 1.0, (-3.5, 0.4), "binomial")),
+    Case("sim_binary_covariates", "binary, x1 + raw-scale x2 in 0-10 + a three-level factor, 40 groups of 8, SD 0.9",
+         "y ~ x1 + x2 + f + (1 | g)", "binomial", data_fn=_covariates),
+    Case("sim_poisson_slopes_crossed", "Poisson, (1|g) + (0+x|g) + (1|h): 60 groups of 4 rows (SDs 0.7 / 0.4), h of "
+         "30 levels (SD 0.5)", "y ~ x + (1 | g) + (0 + x | g) + (1 | h)", "poisson", data_fn=_poisson_slopes_crossed),
+    Case("sim_binary_3x20_sd2", "binary, 3 groups of 20 rows, SD 2",
+         "y ~ x + (1 | g)", "binomial", data_fn=lambda: _one_factor(2007, 3, 20, 2.0, (0.2, 0.5), "binomial")),
+    Case("sim_binary_unbalanced", "binary, 80 groups of 1-30 rows (geometric sizes), SD 1.2",
+         "y ~ x + (1 | g)", "binomial", data_fn=_unbalanced),
+    Case("sim_poisson_offset_crossed", "Poisson with an exposure offset, 40 groups of 5 rows crossed with 12 levels, "
+         "SDs 0.6 / 0.4", "y ~ x + (1 | g) + (1 | h)", "poisson", offset="logE", data_fn=_poisson_offset_crossed),
+    Case("sim_binary_60x5_sd4", "binary, 60 groups of 5 rows, SD 4",
+         "y ~ x + (1 | g)", "binomial", data_fn=lambda: _one_factor(2010, 60, 5, 4.0, (0.3, 0.5), "binomial")),
 ]
 
 #: Single factors of two levels, checked against importance sampling (exact_few_levels.py) instead of
