@@ -11,7 +11,7 @@ Writes benchmarks/accuracy/reference/<case>.json with means, SDs, R-hat and ESS.
     python benchmarks/accuracy/make_reference.py --time-only [case ...]
 
 times the same runs again on this machine without touching the summaries, into
-``reference/nuts_timing.json`` (``{case: {"seconds", "machine", "date", "pymc"}}``): the report's speed
+``reference/nuts_timing.json`` (where a reference run records its own time too) (``{case: {"seconds", "machine", "date", "pymc"}}``): the report's speed
 table judges a fit against the NUTS run timed on the machine the report runs on when there is one (a fit
 timed on one machine against a sampler timed on another says as much about the machines as the methods).
 """
@@ -91,18 +91,25 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
-def time_only(names, draws, tune, chains, seed, cores):
+def record_time(name, res, cores, source=None):
+    """Add the run's seconds to ``reference/nuts_timing.json`` with this machine (``source``: how it was
+    timed, when not by ``--time-only``)."""
     import pymc as pm
 
     path = HERE / "reference" / "nuts_timing.json"
     timing = json.loads(path.read_text()) if path.exists() else {}
-    here = machine()
+    timing[name] = {"seconds": res["seconds"], "machine": machine(),
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "pymc": pm.__version__,
+                    "draws": res["draws"], "tune": res["tune"], "chains": res["chains"], "cores": cores}
+    if source:
+        timing[name]["source"] = source
+    path.write_text(json.dumps(timing, indent=1, sort_keys=True) + "\n")
+
+
+def time_only(names, draws, tune, chains, seed, cores):
     for name in names:
         res = sample(BY_NAME[name], draws, tune, chains, seed=seed, cores=cores)
-        timing[name] = {"seconds": res["seconds"], "machine": here,
-                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "pymc": pm.__version__,
-                        "draws": draws, "tune": tune, "chains": chains, "cores": cores}
-        path.write_text(json.dumps(timing, indent=1, sort_keys=True) + "\n")
+        record_time(name, res, cores)
         print(name, f"{res['seconds']:.1f}s", flush=True)
 
 
@@ -128,6 +135,7 @@ def main():
             continue
         res = sample(BY_NAME[name], args.draws, args.tune, args.chains, seed=args.seed, cores=args.cores)
         path.write_text(json.dumps(res, indent=1) + "\n")
+        record_time(name, res, args.cores, source="the reference run")
         print(name, f"{res['seconds']:.0f}s", "rhat", res["fe_rhat_max"], res["vcp_rhat_max"], res["vc_rhat_max"],
               flush=True)
 

@@ -239,9 +239,10 @@ def main():
               "Seconds of the fit (model built beforehand; fastest of five under 1 s), against our fit_map on "
               "the same model, against statsmodels' fit_map on the same design matrices (not applicable with "
               "trials or an offset) and against the NUTS run (bars: at most 5× fit_map, at least 100× faster "
-              f"than NUTS). This machine: {here}. NUTS seconds marked * were timed again on it "
-              "(`make_reference.py --time-only`, same settings, into `reference/nuts_timing.json`); the others "
-              "are the reference runs' own, from the machine that made them.",
+              f"than NUTS). This machine: {here}. NUTS seconds marked * were timed on it "
+              "(the reference run made here, or `make_reference.py --time-only` with the same settings; both into "
+              "`reference/nuts_timing.json`); the others are the reference runs' own, from the machine that made "
+              "them.",
               "", "| case | fit_laplace s | fit_map s | × fit_map | statsmodels fit_map s | × statsmodels fit_map "
               "| NUTS s | × faster than NUTS |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
