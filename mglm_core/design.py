@@ -63,8 +63,8 @@ the left-hand side). Inside ``C(...)`` the second argument may name a contrast
 (``Treatment, Sum, Helmert, Poly, Diff`` or ``contr.treatment`` ... ``contr.diff``, bare or
 called) or be ``levels=[...]``. Only the treatment contrast takes an option, its reference level, as
 patsy's ``Treatment('a')`` / ``Treatment(reference='a')`` or ``contr.treatment(base='a')`` (formulaic's:
-the level itself, not R's position); a level the column lacks is an error that lists its levels. ``Q('a column')`` takes exactly one
-string, which must name a column. ``bs(x, df=4)`` and ``poly(x, degree=2)`` take the keywords
+the level itself, not R's position); a level the column lacks is an error that lists its levels.
+``Q('a column')`` takes exactly one string, which must name a column. ``bs(x, df=4)`` and ``poly(x, degree=2)`` take the keywords
 ``df`` and ``degree``, each a whole number from 1 to 30 written as a literal. formulaic then
 evaluates the checked text in a namespace holding only those functions.
 """
@@ -281,8 +281,7 @@ def _check_tokens(
                 if name == "levels" and inside("C"):
                     i += 2
                     continue
-                if inside("contrast"):
-                    contrast_option(tok)
+                if inside("contrast"):  # (a contrast without options was refused above)
                     wanted = _CONTRAST_KEYWORDS[stack[-1][3]]
                     if name != wanted:
                         raise _err(f"{stack[-1][3]}() names its reference level as {wanted}=...; got {name}=",
