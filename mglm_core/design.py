@@ -63,7 +63,9 @@ the left-hand side). Inside ``C(...)`` the second argument may name a contrast
 (``Treatment, Sum, Helmert, Poly, Diff`` or ``contr.treatment`` ... ``contr.diff``, bare or
 called) or be ``levels=[...]``. Only the treatment contrast takes an option, its reference level, as
 patsy's ``Treatment('a')`` / ``Treatment(reference='a')`` or ``contr.treatment(base='a')`` (formulaic's:
-the level itself, not R's position); a level the column lacks is an error that lists its levels.
+the level itself, not R's position); a level the column lacks is an error that lists its levels, and
+``levels=[...]`` must list exactly the column's values (formulaic would count a value left out as the
+reference level).
 ``Q('a column')`` takes exactly one string, which must name a column. ``bs(x, df=4)`` and ``poly(x, degree=2)`` take the keywords
 ``df`` and ``degree``, each a whole number from 1 to 30 written as a literal. formulaic then
 evaluates the checked text in a namespace holding only those functions.
@@ -1325,50 +1327,84 @@ def _extra_array(
     return None, arr
 
 
-def _check_reference_levels(formula: str, tokens: Sequence[_Token], df: pd.DataFrame) -> None:
-    """Raise :class:`FormulaError` where ``C(x, Treatment(reference=r))`` or ``C(x, contr.treatment(base=r))``
-    names a level ``r`` that ``x`` does not have in the rows used, listing its levels (formulaic said only
-    "Value `2` for `TreatmentContrasts.base` is not among the provided levels"). A number for a factor of
-    text levels (a column of codes made categorical) is the usual slip: the message shows the quoted level."""
+def _column_levels(s: pd.Series) -> list:
+    """A factor's levels as formulaic orders them: a categorical's categories, else the sorted distinct values
+    (as Python scalars, for messages)."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        levels = list(s.cat.categories)
+    else:
+        levels = list(pd.unique(s.dropna()))
+        try:
+            levels = sorted(levels)
+        except TypeError:
+            pass
+    return [v.item() if isinstance(v, np.generic) else v for v in levels]
+
+
+def _shown(values, limit=12) -> str:
+    return ", ".join(repr(v) for v in values[:limit]) + (", ..." if len(values) > limit else "")
+
+
+def _check_factor_levels(formula: str, tokens: Sequence[_Token], df: pd.DataFrame) -> None:
+    """Raise :class:`FormulaError` where ``C(x, ...)`` names levels that do not fit the column ``x`` in the rows
+    used (formulaic would build the model regardless):
+
+    * ``levels=[...]`` must list every value of ``x`` and only values of ``x``: formulaic turns a value left
+      out into a row without any level (it would be counted as the reference level, with only a warning;
+      patsy refuses it), and a listed level without rows into a column of zeros;
+    * the reference level of ``Treatment(reference=r)`` / ``contr.treatment(base=r)`` must be a level of ``x``
+      (formulaic said only "Value `2` for `TreatmentContrasts.base` is not among the provided levels"). A
+      number for a factor of text levels (a column of codes made categorical) is the usual slip: the message
+      shows the quoted level, and R's position (``base=2``) gets the level it meant.
+    """
     import ast
 
-    for k, tok in enumerate(tokens[:-6]):
+    for k, tok in enumerate(tokens[:-4]):
         if not (tok.text == "C" and tokens[k + 1].text == "(" and tokens[k + 2].kind in ("name", "backtick")
                 and tokens[k + 3].text == ","):
             continue
-        col, j = tokens[k + 2].column, k + 4
-        if tokens[j].text == "contr" and j + 2 < len(tokens):
-            j += 2
-        if tokens[j].text not in ("Treatment", "treatment") or j + 1 >= len(tokens) or tokens[j + 1].text != "(":
-            continue
-        j += 2
-        if j + 1 < len(tokens) and tokens[j + 1].text == "=":
-            j += 2
-        if j + 1 >= len(tokens) or tokens[j].kind not in ("string", "number") or tokens[j + 1].text != ")":
+        col = tokens[k + 2].column
+        if col not in df.columns:
             continue
         close = _matching(list(tokens), k + 1)
-        if any(t.text == "levels" for t in tokens[j + 1:close]) or col not in df.columns:
-            continue  # (levels=[...] sets the levels; formulaic checks the reference against them)
-        value = ast.literal_eval(tokens[j].text)
-        s = df[col]
-        levels = list(s.cat.categories if isinstance(s.dtype, pd.CategoricalDtype) else pd.unique(s.dropna()))
-        if not isinstance(s.dtype, pd.CategoricalDtype):
-            try:
-                levels = sorted(levels)
-            except TypeError:
-                pass
+        inner = tokens[k + 4:close]
+        levels = _column_levels(df[col])
+        given = next((i for i in range(len(inner) - 2) if inner[i].text == "levels" and inner[i + 1].text == "="
+                      and inner[i + 2].text == "["), None)
+        if given is not None:
+            opening = inner[given + 2]
+            closing = inner[_matching(inner, given + 2)]
+            listed = ast.literal_eval(formula[opening.start:closing.end])
+            unlisted = [v for v in levels if v not in listed]
+            absent = [v for v in listed if v not in levels]
+            if unlisted or absent:
+                raise _err(f"`levels=` of C({col}, ...) must list every value of `{col}` and only its values (its "
+                           f"values are {_shown(levels)}); "
+                           + "; ".join(([f"not listed: {_shown(unlisted)}"] if unlisted else [])
+                                       + ([f"not values of `{col}`: {_shown(absent)}"] if absent else [])),
+                           formula, opening)
+            continue  # (the reference level is checked against the listed levels by formulaic)
+        j = 0
+        if inner and inner[0].text == "contr" and len(inner) > 2:
+            j = 2
+        if not (len(inner) > j + 1 and inner[j].text in ("Treatment", "treatment") and inner[j + 1].text == "("):
+            continue
+        j += 2
+        if j + 1 < len(inner) and inner[j + 1].text == "=":
+            j += 2
+        if j + 1 >= len(inner) or inner[j].kind not in ("string", "number") or inner[j + 1].text != ")":
+            continue
+        value = ast.literal_eval(inner[j].text)
         if any(value == v for v in levels):
             continue
-        levels = [v.item() if isinstance(v, np.generic) else v for v in levels]
-        shown = ", ".join(repr(v) for v in levels[:12]) + (", ..." if len(levels) > 12 else "")
         if not isinstance(value, str) and str(value) in [str(v) for v in levels]:
             hint = f" (the levels are text: write {str(value)!r})"
         elif isinstance(value, int) and 1 <= value <= len(levels):
             hint = f" (it names a level, not a position: R's base={value} is {levels[value - 1]!r} here)"
         else:
             hint = ""
-        raise _err(f"the reference level {tokens[j].text} is not a level of `{col}`{hint}; its levels are {shown}",
-                   formula, tokens[j])
+        raise _err(f"the reference level {inner[j].text} is not a level of `{col}`{hint}; its levels are "
+                   f"{_shown(levels)}", formula, inner[j])
 
 
 def _check_fixed_names(formula: str, fixed_formula: str, spec: Any, columns: Iterable[str]) -> None:
@@ -1562,7 +1598,7 @@ def build_design(
             raise DataError(f"{label} must be finite; got non-finite values.")
 
     # --- fixed part (formulaic; the text has passed the safe-grammar check)
-    _check_reference_levels(formula, rhs, df)
+    _check_factor_levels(formula, rhs, df)
     try:
         # non-finite values (log of a negative, ...) are reported below as a DataError
         with warnings.catch_warnings(), np.errstate(all="ignore"):

@@ -412,6 +412,22 @@ def test_a_reference_level_the_column_lacks_is_named_with_its_levels(formula, me
         build_design(formula, df)
 
 
+@pytest.mark.parametrize("formula,message", [
+    ("y ~ C(g, levels=['b', 'a'])", r"`levels=` of C\(g, \.\.\.\) must list every value of `g` and only its values "
+                                    r"\(its values are 'a', 'b', 'c'\); not listed: 'c' at position 16"),
+    ("y ~ C(g, Sum, levels=['c', 'b', 'a', 'z'])", r"not values of `g`: 'z'"),
+    ("y ~ C(n, levels=['1', '2', '3'])", r"not listed: 1, 2, 3; not values of `n`: '1', '2', '3'"),
+])
+def test_levels_must_list_exactly_the_values_of_the_column(formula, message):
+    """formulaic turned a value missing from levels=[...] into a row without any level (counted as the reference
+    level, with a warning only; patsy refuses it) and a listed level without rows into a column of zeros."""
+    df = pd.DataFrame({"y": [0.0, 1.0, 1.0, 0.0, 1.0, 0.0], "g": list("abcabc"), "n": [1, 2, 3, 1, 2, 3]})
+    with pytest.raises(FormulaError, match=message):
+        build_design(formula, df)
+    exog = build_design("y ~ C(g, levels=['c', 'a', 'b'])", df).exog  # every value listed: c is the reference
+    np.testing.assert_array_equal(exog[:, 1:], np.column_stack([df.g == "a", df.g == "b"]).astype(float))
+
+
 def test_a_reference_level_changes_the_treatment_contrast_as_patsy_and_r_name_it():
     """Treatment(reference=), Treatment('b'), contr.treatment(base=) and a numeric level of a numeric column all
     drop the named level: the fitted design equals the one with that level first."""
