@@ -1407,6 +1407,27 @@ def _check_factor_levels(formula: str, tokens: Sequence[_Token], df: pd.DataFram
                    f"{_shown(levels)}", formula, inner[j])
 
 
+def _check_numeric_arguments(formula: str, tokens: Sequence[_Token], df: pd.DataFrame) -> None:
+    """Raise :class:`FormulaError` where a text or categorical column is the argument of a numeric transform
+    (``log(g)``, ``I(g * 2)``, ``poly(g, degree=2)``): numpy's message ("loop of ufunc does not support argument
+    0 of type str") named neither the column nor the fix. A column inside ``C(...)`` within the transform is
+    left to formulaic."""
+    for t, names, _ in _frames(tokens):
+        if t.kind == "string" and names and names[-1] == "Q":
+            col = t.text[1:-1]
+        elif t.kind in ("name", "backtick"):
+            col = t.column
+        else:
+            continue
+        if col not in df.columns or not _is_categorical_like(df[col]):
+            continue
+        inner = next((n for n in reversed(names) if n not in ("group", "Q")), None)
+        if inner in _ARITHMETIC_CALLS:
+            written = col if col.isidentifier() else f"`{col}`"
+            raise _err(f"{inner}() needs numbers, but `{col}` is a factor (values {_shown(_column_levels(df[col]), 5)});"
+                       f" use C({written}) for its levels, or convert the column to numbers", formula, t)
+
+
 def _check_fixed_names(formula: str, fixed_formula: str, spec: Any, columns: Iterable[str]) -> None:
     """Raise :class:`FormulaError` where a data column's name collides with a column formulaic makes
     (a column ``Intercept``, or ``h[T.b]`` beside the factor ``h``: pandas would keep one of the two
@@ -1599,6 +1620,7 @@ def build_design(
 
     # --- fixed part (formulaic; the text has passed the safe-grammar check)
     _check_factor_levels(formula, rhs, df)
+    _check_numeric_arguments(formula, rhs, df)
     try:
         # non-finite values (log of a negative, ...) are reported below as a DataError
         with warnings.catch_warnings(), np.errstate(all="ignore"):

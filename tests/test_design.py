@@ -428,6 +428,23 @@ def test_levels_must_list_exactly_the_values_of_the_column(formula, message):
     np.testing.assert_array_equal(exog[:, 1:], np.column_stack([df.g == "a", df.g == "b"]).astype(float))
 
 
+@pytest.mark.parametrize("formula,message", [
+    ("y ~ log(g)", r"log\(\) needs numbers, but `g` is a factor \(values 'a', 'b', 'c'\); use C\(g\) for its levels"),
+    ("y ~ np.sqrt(g) + n", r"sqrt\(\) needs numbers, but `g`"),
+    ("y ~ I((n + g) * 2)", r"I\(\) needs numbers, but `g`"),
+    ("y ~ poly(Q('my g'), degree=2)", r"poly\(\) needs numbers, but `my g` is a factor .* use C\(`my g`\)"),
+    ("y ~ center(k)", r"center\(\) needs numbers, but `k` is a factor \(values '1', '2', '3'\)"),
+])
+def test_a_factor_inside_a_numeric_transform_is_named(formula, message):
+    """numpy's message was "loop of ufunc does not support argument 0 of type str"; a factor inside C() within
+    I() stays allowed."""
+    df = pd.DataFrame({"y": [0.0, 1.0, 1.0, 0.0, 1.0, 0.0], "g": list("abcabc"), "n": [1.0, 2, 3, 1, 2, 3]})
+    df["k"], df["my g"] = pd.Categorical(df["n"].astype(int).astype(str)), df["g"]
+    with pytest.raises(FormulaError, match=message):
+        build_design(formula, df)
+    assert build_design("y ~ I(C(g)) + log(n)", df).exog.shape == (6, 4)
+
+
 def test_a_reference_level_changes_the_treatment_contrast_as_patsy_and_r_name_it():
     """Treatment(reference=), Treatment('b'), contr.treatment(base=) and a numeric level of a numeric column all
     drop the named level: the fitted design equals the one with that level first."""
@@ -541,8 +558,10 @@ def test_validation_errors(small):
         build_design("y + x", small)
     with pytest.raises(DataError, match=r"`trials` must be None when the response is cbind"):
         build_design("cbind(y, x) ~ 1", small, trials="z")
-    with pytest.raises(FormulaError, match=r"could not build the fixed effects"):
+    with pytest.raises(FormulaError, match=r"I\(\) needs numbers, but `g` is a factor"):
         build_design("y ~ I(g**2)", small)
+    with pytest.raises(FormulaError, match=r"could not build the fixed effects .*`df` must be greater than 3"):
+        build_design("y ~ bs(x, df=2)", small)
     with pytest.raises(DataError, match=r"fixed-effect column `log\(x\)` must be finite"):
         build_design("y ~ log(x)", small)  # x has negative values
 
