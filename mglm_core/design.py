@@ -270,7 +270,7 @@ def _check_tokens(
                 elif name == "Q":
                     stack.append(["Q", tok, 0])
                 elif name in _BASIS_FUNCTIONS:
-                    stack.append(["basis", tok, 0])
+                    stack.append(["basis", tok, 0, {}])  # (its options, by keyword: value token)
                 elif name in FORMULA_FUNCTIONS:
                     stack.append(["call", tok, 0])
                 elif name == "cbind" and allow_cbind and not stack:
@@ -297,6 +297,7 @@ def _check_tokens(
                             or close.text not in (",", ")")):
                         raise _err(f"`{name}=` must be a whole number from 1 to {_BASIS_MAX} written as a "
                                    f"literal (e.g. {name}=3)", formula, value if value is not None else tok)
+                    stack[-1][3][name] = value
                     i += 3
                     continue
                 raise _err(f"keyword argument {name!r} is not allowed here", formula, tok)
@@ -333,6 +334,13 @@ def _check_tokens(
                     raise _err("unmatched ')'", formula, tok)
                 if stack[-1][0] == "Q" and not (i > 0 and tokens[i - 1].kind == "string"):
                     raise _err("Q() takes exactly one quoted column name", formula, tok)
+                if stack[-1][0] == "basis" and stack[-1][1].text == "bs" and "df" in stack[-1][3]:
+                    # (formulaic's own message said "`df` must be greater than 3" of df=2, and accepts 3)
+                    opts = stack[-1][3]
+                    degree = int(opts["degree"].text) if "degree" in opts else 3
+                    if int(opts["df"].text) < degree:
+                        raise _err(f"bs() needs df of at least its degree ({degree}); got df={opts['df'].text}",
+                                   formula, opts["df"])
                 stack.pop()
             elif t == "[":
                 if not inside("C", "contrast"):
@@ -1352,8 +1360,8 @@ def _check_factor_levels(formula: str, tokens: Sequence[_Token], df: pd.DataFram
     * ``levels=[...]`` must list every value of ``x`` and only values of ``x``: formulaic turns a value left
       out into a row without any level (it would be counted as the reference level, with only a warning;
       patsy refuses it), and a listed level without rows into a column of zeros;
-    * the reference level of ``Treatment(reference=r)`` / ``contr.treatment(base=r)`` must be a level of ``x``
-      (formulaic said only "Value `2` for `TreatmentContrasts.base` is not among the provided levels"). A
+    * the reference level of ``Treatment(reference=r)`` / ``contr.treatment(base=r)`` must be a level of ``x``,
+      in the order ``levels=`` gives where it does (formulaic said only "Value `2` for `TreatmentContrasts.base` is not among the provided levels"). A
       number for a factor of text levels (a column of codes made categorical) is the usual slip: the message
       shows the quoted level, and R's position (``base=2``) gets the level it meant.
     """
@@ -1383,7 +1391,7 @@ def _check_factor_levels(formula: str, tokens: Sequence[_Token], df: pd.DataFram
                            + "; ".join(([f"not listed: {_shown(unlisted)}"] if unlisted else [])
                                        + ([f"not values of `{col}`: {_shown(absent)}"] if absent else [])),
                            formula, opening)
-            continue  # (the reference level is checked against the listed levels by formulaic)
+            levels = list(listed)  # (in the order given: R's position of a reference level counts in it)
         j = 0
         if inner and inner[0].text == "contr" and len(inner) > 2:
             j = 2

@@ -359,6 +359,8 @@ REJECTED = {
     "y ~ bs(x, df=9**9**9)": r"`df=` must be a whole number from 1 to 30",
     "y ~ poly(x, degree=x)": r"`degree=` must be a whole number",
     "y ~ bs(x, knots=3)": r"keyword argument 'knots' is not allowed",
+    "y ~ bs(x, df=2)": r"bs\(\) needs df of at least its degree \(3\); got df=2 at position 13",
+    "y ~ bs(x, degree=5, df=4)": r"bs\(\) needs df of at least its degree \(5\); got df=4",
     "y ~ C(g, Foo)": r"second argument of C\(\) must be a contrast .*got 'Foo'",
     "y ~ C(g, contr.bad)": r"attribute access 'contr.bad' is not allowed",
     "y ~ Sum(x)": r"function 'Sum' is not allowed",
@@ -443,6 +445,18 @@ def test_a_factor_inside_a_numeric_transform_is_named(formula, message):
     with pytest.raises(FormulaError, match=message):
         build_design(formula, df)
     assert build_design("y ~ I(C(g)) + log(n)", df).exog.shape == (6, 4)
+
+
+def test_what_formulaic_still_refuses_is_a_formula_error(small, monkeypatch):
+    """Past the checks, formulaic's own error is wrapped in a FormulaError that names the fixed part."""
+    import formulaic
+
+    def refuse(*args, **kwargs):
+        raise ValueError("cannot evaluate")
+
+    monkeypatch.setattr(formulaic, "model_matrix", refuse)
+    with pytest.raises(FormulaError, match=r"could not build the fixed effects from 'x \+ g': cannot evaluate"):
+        build_design("y ~ x + g + (1 | h)", small)
 
 
 def test_a_reference_level_changes_the_treatment_contrast_as_patsy_and_r_name_it():
@@ -560,8 +574,8 @@ def test_validation_errors(small):
         build_design("cbind(y, x) ~ 1", small, trials="z")
     with pytest.raises(FormulaError, match=r"I\(\) needs numbers, but `g` is a factor"):
         build_design("y ~ I(g**2)", small)
-    with pytest.raises(FormulaError, match=r"could not build the fixed effects .*`df` must be greater than 3"):
-        build_design("y ~ bs(x, df=2)", small)
+    with pytest.raises(FormulaError, match=r"the reference level 'z' is not a level of `g`; its levels are 'c', 'a', 'b'"):
+        build_design("y ~ C(g, Treatment('z'), levels=['c', 'a', 'b'])", small)
     with pytest.raises(DataError, match=r"fixed-effect column `log\(x\)` must be finite"):
         build_design("y ~ log(x)", small)  # x has negative values
 
