@@ -162,19 +162,35 @@ def _binary_slopes(seed=108):
     return pd.DataFrame({"y": y.astype(float), "x": x, "g": [f"g{i:02d}" for i in g]})
 
 
-def _binary_three_components(seed=114):
-    """Binary, (1|g) + (0+x|g) + (1|h): 30 g-groups of 10 (SDs 0.9 / 0.5), h with 6 levels (SD 0.3)."""
+def _slopes_with_crossed(seed, n_groups, rows, n_h, sds, fe, respond, labels=("g{:03d}", "h{:03d}"), **extra):
+    """Intercepts and x-slopes of ``n_groups`` groups of ``rows`` rows and intercepts of a factor ``h`` of
+    ``n_h`` levels drawn at random per row (SDs ``sds``, in that order), fixed effects ``fe`` (intercept, slope
+    of x ~ N(0, 1)), the response drawn by ``respond(rng, eta)``; ``labels`` format the level codes and
+    ``extra`` columns (trials) follow the response. (The draws come in one order for every case that uses it:
+    h, x, the three effects, the response.)"""
     import numpy as np
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    g = np.repeat(np.arange(30), 10)
-    h = rng.integers(0, 6, g.size)
+    g = np.repeat(np.arange(n_groups), rows)
+    h = rng.integers(0, n_h, g.size)
     x = rng.standard_normal(g.size)
-    u, v, w = rng.normal(0, 0.9, 30), rng.normal(0, 0.5, 30), rng.normal(0, 0.3, 6)
-    eta = 0.2 + 0.7 * x + u[g] + v[g] * x + w[h]
-    y = rng.binomial(1, 1 / (1 + np.exp(-eta)))
-    return pd.DataFrame({"y": y.astype(float), "x": x, "g": [f"g{i:02d}" for i in g], "h": [f"h{i}" for i in h]})
+    a, b, c = rng.normal(0, sds[0], n_groups), rng.normal(0, sds[1], n_groups), rng.normal(0, sds[2], n_h)
+    eta = fe[0] + fe[1] * x + a[g] + b[g] * x + c[h]
+    return pd.DataFrame({"y": respond(rng, eta), **extra, "x": x, "g": [labels[0].format(i) for i in g],
+                         "h": [labels[1].format(i) for i in h]})
+
+
+def _binomial(trials):
+    """``respond`` for :func:`_slopes_with_crossed`: binomial counts of ``trials`` (as floats)."""
+    import numpy as np
+
+    return lambda rng, eta: rng.binomial(trials, 1 / (1 + np.exp(-eta))).astype(float)
+
+
+def _binary_three_components(seed=114):
+    """Binary, (1|g) + (0+x|g) + (1|h): 30 g-groups of 10 (SDs 0.9 / 0.5), h with 6 levels (SD 0.3)."""
+    return _slopes_with_crossed(seed, 30, 10, 6, (0.9, 0.5, 0.3), (0.2, 0.7), _binomial(1), labels=("g{:02d}", "h{}"))
 
 
 def _poisson_observations(seed=508):
@@ -259,16 +275,8 @@ def _poisson_obs_sites(seed=706):
 
 def _slopes_crossed(seed=707):
     """Binary: (1|g) + (0+x|g) + (1|h): 80 groups of 6 rows (SDs 1.2 / 0.6), h with 110 levels (SD 0.7)."""
-    import numpy as np
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    g = np.repeat(np.arange(80), 6)
-    h = rng.integers(0, 110, g.size)
-    x = rng.standard_normal(g.size)
-    eta = 0.2 + 0.5 * x + rng.normal(0, 1.2, 80)[g] + rng.normal(0, 0.6, 80)[g] * x + rng.normal(0, 0.7, 110)[h]
-    y = (rng.random(g.size) < 1 / (1 + np.exp(-eta))).astype(float)
-    return pd.DataFrame({"y": y, "x": x, "g": [f"g{i:02d}" for i in g], "h": [f"h{i:03d}" for i in h]})
+    return _slopes_with_crossed(seed, 80, 6, 110, (1.2, 0.6, 0.7), (0.2, 0.5), _bernoulli,
+                                labels=("g{:02d}", "h{:03d}"))
 
 
 def _pois_nested_sites(seed=801):
@@ -358,16 +366,8 @@ def _poisson_observations_big_groups(seed=1002):
 def _binomial3_slopes_crossed(seed=1201):
     """Binomial with 3 trials: intercepts and x-slopes of 150 groups of 3 rows (SDs 1.5 / 0.9), h drawn
     from 60 levels (SD 0.6)."""
-    import numpy as np
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    g = np.repeat(np.arange(150), 3)
-    h = rng.integers(0, 60, g.size)
-    x = rng.standard_normal(g.size)
-    eta = -0.3 + 0.4 * x + rng.normal(0, 1.5, 150)[g] + rng.normal(0, 0.9, 150)[g] * x + rng.normal(0, 0.6, 60)[h]
-    y = rng.binomial(3, 1 / (1 + np.exp(-eta))).astype(float)
-    return pd.DataFrame({"y": y, "n": 3.0, "x": x, "g": [f"g{i:03d}" for i in g], "h": [f"h{i:02d}" for i in h]})
+    return _slopes_with_crossed(seed, 150, 3, 60, (1.5, 0.9, 0.6), (-0.3, 0.4), _binomial(3),
+                                labels=("g{:03d}", "h{:02d}"), n=3.0)
 
 
 def _slopes_uncentred(seed=1202):
@@ -480,16 +480,9 @@ def _poisson_slopes_crossed(seed=2006):
     """Poisson, intercepts and x-slopes of 60 groups of 4 rows (SDs 0.7 / 0.4), crossed with 30 levels
     drawn at random (SD 0.5)."""
     import numpy as np
-    import pandas as pd
 
-    rng = np.random.default_rng(seed)
-    g = np.repeat(np.arange(60), 4)
-    h = rng.integers(0, 30, g.size)
-    x = rng.standard_normal(g.size)
-    a, b, c = rng.normal(0, 0.7, 60), rng.normal(0, 0.4, 60), rng.normal(0, 0.5, 30)
-    eta = 0.2 + 0.3 * x + a[g] + b[g] * x + c[h]
-    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x, "g": _labels("g", g),
-                         "h": _labels("h", h)})
+    return _slopes_with_crossed(seed, 60, 4, 30, (0.7, 0.4, 0.5), (0.2, 0.3),
+                                lambda rng, eta: rng.poisson(np.exp(eta)).astype(float))
 
 
 def _poisson_offset_crossed(seed=2009):
