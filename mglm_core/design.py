@@ -1353,7 +1353,7 @@ def _shown(values, limit=12) -> str:
     return ", ".join(repr(v) for v in values[:limit]) + (", ..." if len(values) > limit else "")
 
 
-def _check_factor_levels(formula: str, tokens: Sequence[_Token], df: pd.DataFrame) -> None:
+def _check_factor_levels(formula: str, tokens: list[_Token], df: pd.DataFrame) -> None:
     """Raise :class:`FormulaError` where ``C(x, ...)`` names levels that do not fit the column ``x`` in the rows
     used (formulaic would build the model regardless):
 
@@ -1361,9 +1361,10 @@ def _check_factor_levels(formula: str, tokens: Sequence[_Token], df: pd.DataFram
       out into a row without any level (it would be counted as the reference level, with only a warning;
       patsy refuses it), and a listed level without rows into a column of zeros;
     * the reference level of ``Treatment(reference=r)`` / ``contr.treatment(base=r)`` must be a level of ``x``,
-      in the order ``levels=`` gives where it does (formulaic said only "Value `2` for `TreatmentContrasts.base` is not among the provided levels"). A
-      number for a factor of text levels (a column of codes made categorical) is the usual slip: the message
-      shows the quoted level, and R's position (``base=2``) gets the level it meant.
+      in the order ``levels=`` gives where it does (formulaic said only "Value `2` for
+      `TreatmentContrasts.base` is not among the provided levels"). A number for a factor of text levels (a
+      column of codes made categorical) is the usual slip: the message shows the quoted level, and R's
+      position (``base=2``) gets the level it meant.
     """
     import ast
 
@@ -1374,7 +1375,7 @@ def _check_factor_levels(formula: str, tokens: Sequence[_Token], df: pd.DataFram
         col = tokens[k + 2].column
         if col not in df.columns:
             continue
-        close = _matching(list(tokens), k + 1)
+        close = _matching(tokens, k + 1)
         inner = tokens[k + 4:close]
         levels = _column_levels(df[col])
         given = next((i for i in range(len(inner) - 2) if inner[i].text == "levels" and inner[i + 1].text == "="
