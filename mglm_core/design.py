@@ -66,9 +66,10 @@ patsy's ``Treatment('a')`` / ``Treatment(reference='a')`` or ``contr.treatment(b
 the level itself, not R's position); a level the column lacks is an error that lists its levels, and
 ``levels=[...]`` must list exactly the column's values (formulaic would count a value left out as the
 reference level).
-``Q('a column')`` takes exactly one string, which must name a column. ``bs(x, df=4)`` and ``poly(x, degree=2)`` take the keywords
-``df`` and ``degree``, each a whole number from 1 to 30 written as a literal. formulaic then
-evaluates the checked text in a namespace holding only those functions.
+``Q('a column')`` takes exactly one string, which must name a column. ``bs(x, df=4)`` and
+``poly(x, degree=2)`` take the keywords ``df`` and ``degree``, each a whole number from 1 to 30
+written as a literal. formulaic then evaluates the checked text in a namespace holding only those
+functions.
 """
 
 from __future__ import annotations
@@ -1433,8 +1434,9 @@ def _check_numeric_arguments(formula: str, tokens: Sequence[_Token], df: pd.Data
         inner = next((n for n in reversed(names) if n not in ("group", "Q")), None)
         if inner in _ARITHMETIC_CALLS:
             written = col if col.isidentifier() else f"`{col}`"
-            raise _err(f"{inner}() needs numbers, but `{col}` is a factor (values {_shown(_column_levels(df[col]), 5)});"
-                       f" use C({written}) for its levels, or convert the column to numbers", formula, t)
+            values = _shown(_column_levels(df[col]), 5)
+            raise _err(f"{inner}() needs numbers, but `{col}` is a factor (values {values}); use C({written}) for "
+                       "its levels, or convert the column to numbers", formula, t)
 
 
 def _check_fixed_names(formula: str, fixed_formula: str, spec: Any, columns: Iterable[str]) -> None:

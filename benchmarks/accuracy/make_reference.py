@@ -10,10 +10,11 @@ Writes benchmarks/accuracy/reference/<case>.json with means, SDs, R-hat and ESS.
 
     python benchmarks/accuracy/make_reference.py --time-only [case ...]
 
-times the same runs again on this machine without touching the summaries, into
-``reference/nuts_timing.json`` (``{case: {"seconds", "machine", "date", "pymc", ...}}``; a reference run
-records its own time there too): the report's speed table judges a fit against the NUTS run timed on the machine the report runs on when there is one (a fit
-timed on one machine against a sampler timed on another says as much about the machines as the methods).
+times the same runs again on this machine without touching the summaries, into ``reference/nuts_timing.json``
+(``{case: {"seconds", "machine", "date", "pymc", ...}}``; a reference run records its own time there too): the
+report's speed table judges a fit against the NUTS run timed on the machine the report runs on when there is
+one (a fit timed on one machine against a sampler timed on another says as much about the machines as the
+methods).
 """
 from __future__ import annotations
 
