@@ -629,6 +629,27 @@ class NestedMarginal:
         return np.flatnonzero(first == second)
 
     @functools.cached_property
+    def _pair_batches(self):
+        r"""The rows of P laid out effect by effect, each effect's rows padded with zero rows to the
+        most rows of any effect, so that the products :math:`\sum_k d_{ik} d_{i'k}` over the pairs
+        of rows of an effect are one batched matrix product (effects x rows x nodes by its transpose)
+        instead of two gathers of pairs x nodes and a sum: ``(slot, position)``, each row's place in
+        the padded (effects * most rows) layout and each pair's in the flattened effects x most rows
+        x most rows products; None when the padding would more than double the products' work
+        (effects of very unequal sizes)."""
+        first, second = self._pairs[:2]
+        sizes = np.bincount(self.ie.local, minlength=self.ie.m)
+        most = int(sizes.max()) if sizes.size else 0
+        if most == 0 or sizes.size * most**2 > 2 * first.size:
+            return None
+        order = np.argsort(self.ie.local, kind="stable")
+        start = np.cumsum(sizes) - sizes
+        slot = np.empty(order.size, dtype=np.int64)
+        slot[order] = self.ie.local[order] * most + np.arange(order.size) - start[self.ie.local[order]]
+        position = slot[first] * most + slot[second] % most
+        return slot, position, most
+
+    @functools.cached_property
     def _pair_matrix(self):
         """The rows x rows CSR matrix on the pairs' pattern whose values :meth:`_hessian_pairs` sets."""
         first, _, indices, indptr = self._pairs
@@ -883,8 +904,16 @@ class NestedMarginal:
         (i, i' rows of effect j), plus the priors' precisions."""
         first, second, indices, indptr = self._pairs
         model, p = self.model, self.model.k_fep
-        sdev = dev * np.sqrt(pi)[self.ie.local]  # two (pairs x nodes) temporaries, not three
-        vals = -np.einsum("tk,tk->t", sdev[first], sdev[second])
+        sdev = dev * np.sqrt(pi)[self.ie.local]
+        batches = self._pair_batches
+        if batches is None:
+            vals = -np.einsum("tk,tk->t", sdev[first], sdev[second])
+        else:  # (a third of the time of the gathers: binary slopes of 80 groups of six rows, 100 nodes)
+            slot, position, most = batches
+            padded = np.zeros((self.ie.m * most, sdev.shape[1]))
+            padded[slot] = sdev
+            padded = padded.reshape(self.ie.m, most, -1)
+            vals = -np.matmul(padded, padded.transpose(0, 2, 1)).ravel()[position]
         diag = self._pair_diagonal
         vals[diag] += Ew[first[diag]]
         Wp = self._pair_matrix  # (its pattern fixed, only its values set: scipy's checks took 60 us)

@@ -536,6 +536,33 @@ def test_nested_hessian_by_row_pairs_equals_the_node_expansion(design):
             assert np.abs(a).max() > 0.1 and np.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("sizes", [(3,), (2, 3, 4), (1, 5), (1, 1, 1, 6)])
+def test_nested_row_pairs_batched_equals_gathered(sizes):
+    """The sums over the nodes for the pairs of rows of an effect as one batched product over effects
+    padded to the most rows (equal and unequal effect sizes, in shuffled row order) against the pairs
+    gathered one by one; effects too unequal for padding take the gathered route."""
+    from mglm_core.quadrature import IndependentEffects, NestedMarginal
+
+    rng = np.random.default_rng(11)
+    n_rows = np.resize(np.array(sizes), 30)
+    g = rng.permutation(np.repeat(np.arange(n_rows.size), n_rows))
+    data = pd.DataFrame({"g": g, "h": rng.integers(0, 5, g.size), "x": rng.normal(size=g.size)})
+    data["y"] = (rng.random(g.size) < 0.4).astype(float)
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g) + (1 | h)", data=data)
+    nested = NestedMarginal.build(model, IndependentEffects.find(model, vcp=np.array([0.3, -0.5])))
+    assert nested.ie.component == model.vcp_names.index("g") and nested.by_pairs
+    batches = nested._pair_batches
+    assert (batches is None) == (sizes == (1, 1, 1, 6))
+    vcp = np.array([0.3, -0.5])
+    uD, fe = rng.normal(0, 0.5, nested.D.size), rng.normal(0, 0.3, model.k_fep)
+    batched = nested.objective(vcp)(uD, fe, True)
+    nested._pair_batches = None
+    gathered = nested.objective(vcp)(uD, fe, True)
+    for a, b in zip(batched[3:], gathered[3:]):
+        a, b = (x.toarray() if hasattr(x, "toarray") else x for x in (a, b))
+        assert np.abs(a).max() > 0.1 and np.allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
 def test_nested_dense_and_sparse_layouts_agree():
     """Few other effects (20 crossed items) are handled as one dense block with the fixed effects;
     the value, the moments, the skewness shift (of the items too) and the outer second-order
