@@ -1117,7 +1117,9 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             cond.outer_tilt(mode, root)
         mode, _, grad, H, search_ok, n_more = _maximise_theta(
             cond.corrected_value_grad, mode, vcp_bounds, f=lambda th: cond.corrected(th)[0], max_step=0.5,
-            neg_hessian=H, hessian=cond.corrected_hessian, **search)
+            neg_hessian=H, hessian=cond.corrected_hessian, sd_tol=_MODE_SD_TOL, **search)
+        # (to 1 % of the posterior SDs, as the first search: on the 60 accuracy cases that switch, 0-16 of their
+        # 11-184 exact evaluations fewer, and no error or SD ratio against the references changed by more than 0.013)
         n_outer += n_more
         exact = cond.nested.ie.components if fallback else ()
         how = (f"the effects of {' and '.join(model.vcp_names[c] for c in exact)} were integrated exactly ("
