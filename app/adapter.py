@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 import mglm_core as mg
@@ -89,6 +90,49 @@ class FitOutcome:
     request: FitRequest
     warnings: tuple[str, ...]
     seconds: float
+
+
+@dataclass(frozen=True)
+class ModelEvidence:
+    r"""One model's log marginal likelihood :math:`\log p(y)` (an integrated-Laplace fit), with what it
+    may be compared against: ``outcome_key`` names the outcome data it explains (family, response,
+    trials and offset values, row by row; :func:`outcome_key`)."""
+
+    key: tuple  #: the fit's FitRequest.key
+    formula: str
+    fe_p: float
+    vcp_p: float
+    n_rows: int
+    n_params: int  #: fixed effects plus variance components
+    log_ml: float
+    outcome_key: str
+
+
+def outcome_key(request: FitRequest) -> str:
+    r"""What a log marginal likelihood is a density of: the family and the values of the response (both
+    columns of cbind), trials and offset, row by row. Two models' values of :math:`\log p(y)` compare only
+    when this is equal (the same rows: a formula whose columns miss values drops other rows)."""
+    import hashlib
+
+    df = request.data
+    columns = formula_columns(request.formula)[0] + [c for c in (request.trials, request.offset) if c]
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{request.family}|{len(df)}|{'|'.join(columns)}".encode())
+    for c in columns:
+        digest.update(pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float).tobytes())
+    return digest.hexdigest()
+
+
+def evidence(outcome: FitOutcome) -> ModelEvidence | None:
+    """The log marginal likelihood of an integrated-Laplace fit (None for the other methods: the MAP
+    fit has none, VB's ELBO is only a lower bound)."""
+    res, req = outcome.result, outcome.request
+    value = getattr(res, "log_marginal_likelihood", None)
+    if req.method != "laplace" or value is None or not np.isfinite(value):
+        return None
+    return ModelEvidence(key=req.key, formula=req.formula, fe_p=req.fe_p, vcp_p=req.vcp_p, n_rows=len(req.data),
+                         n_params=len(res.fe_mean) + len(res.vcp_mean), log_ml=float(value),
+                         outcome_key=outcome_key(req))
 
 
 def fit(request: FitRequest, progress=None) -> FitOutcome:

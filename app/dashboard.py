@@ -18,7 +18,7 @@ import param
 from app import adapter, plots
 from app.live import LivePlot
 from app.data import DEMOS, MAX_UPLOAD_MB, column_overview
-from app.state import AppState, problem_size
+from app.state import AppState, model_comparison, problem_size
 
 
 def _rows(n: int) -> str:
@@ -50,7 +50,7 @@ OWN_DATA = "(uploaded or simulated data)"
 # Bokeh's own click handler, so the server hears a keyboard switch as it hears a click, and marks the headers
 # with their ARIA roles (disabled tabs are skipped). The script also names the inputs Bokeh leaves without an
 # accessible name, from their visible labels.
-TAB_KEYS = """<script>(() => {
+TAB_KEYS = r"""<script>(() => {
   if (window.__mglmTabKeys) return; window.__mglmTabKeys = true;
   const tabOf = e => e.composedPath().find(n => n.classList && n.classList.contains("bk-tab"));
   const mark = t => { t.parentElement.setAttribute("role", "tablist");
@@ -354,9 +354,17 @@ class Dashboard(pn.viewable.Viewer):
                                     label="Caterpillar HTML", variant="outline"),
             sizing_mode="stretch_width")
         code = pn.pane.Markdown(pn.bind(self._snippet_md, outcome), sizing_mode="stretch_width")
+        models_table = pn.widgets.Tabulator(pn.bind(self._models_df, fit.param.models, outcome),
+                                            formatters=self._fmt(), css_classes=["model-comparison"], **table_kw)
+        clear_models = pn.widgets.Button(label="Clear the list", variant="outline", width=160)
+        clear_models.on_click(lambda _: self.state.clear_models())
+        models_box = pn.Column(
+            pn.pane.Markdown("### Model comparison"),
+            pn.pane.Markdown(pn.bind(self._models_note, fit.param.models, outcome), **NOTE, margin=(0, 10)),
+            models_table, clear_models, sizing_mode="stretch_width")
         summary_tab = pn.Column(
             pn.pane.Markdown("### Fixed effects"), fe_table, pn.pane.Markdown("### Variance components (SD scale)"),
-            vc_table, pn.pane.Markdown("### Export"), downloads, html_downloads,
+            vc_table, models_box, pn.pane.Markdown("### Export"), downloads, html_downloads,
             pn.pane.Markdown("### Reproduce this fit in Python"), code,
             pn.widgets.FileDownload(callback=self._py, filename="refit_mglm.py", label="Download script",
                                     variant="outline"),
@@ -651,12 +659,41 @@ class Dashboard(pn.viewable.Viewer):
         return pd.concat(frames, ignore_index=True)
 
     @staticmethod
+    def _models_df(models, outcome):
+        df, _ = model_comparison(models, outcome)
+        if df.empty:
+            return df
+        return df.rename(columns={"log_marginal_likelihood": "log p(y)", "log_bayes_factor": "log BF vs best",
+                                  "posterior_probability": "probability"})
+
+    @staticmethod
+    def _models_note(models, outcome):
+        if outcome is None:
+            return ""
+        if adapter.evidence(outcome) is None:
+            return ("Models are compared by their marginal likelihood p(y), which the **Integrated Laplace** method "
+                    "computes: fit with it to list this model here.")
+        df, others = model_comparison(models, outcome)
+        text = ("Every model fitted with Integrated Laplace to these outcomes (the same response values, row by row), "
+                "best first. **log BF vs best** is the log Bayes factor against the best model: below -1 (a factor "
+                "of 2.7) the data favour the best, below -3 (20) strongly. **probability** assumes every model "
+                "listed equally likely beforehand. Both depend on the priors: a wider fe_p costs a model more per "
+                "fixed effect.")
+        if len(df) == 1:
+            text += " Change the model (a term more or less) to compare it with this one."
+        if others:
+            text += (f" {others} other model(s) fitted to other rows, another response or another family are not "
+                     "listed: their p(y) is of other data.")
+        return text
+
+    @staticmethod
     def _fmt():
         from bokeh.models.widgets.tables import NumberFormatter
 
         f = NumberFormatter(format="0.0000")
         return {c: f for c in ["mean", "sd", "lower_95", "upper_95", "exp_mean", "exp_lower_95", "exp_upper_95",
-                               "sd_estimate", "sd_lower_95", "sd_upper_95", "log_sd_mean", "log_sd_sd"]}
+                               "sd_estimate", "sd_lower_95", "sd_upper_95", "log_sd_mean", "log_sd_sd", "log p(y)",
+                               "log BF vs best", "probability"]}
 
     def _fe_df(self, outcome, exp_scale):
         return pd.DataFrame() if outcome is None else plots.fe_summary(outcome.result, exp_scale=exp_scale)

@@ -198,6 +198,8 @@ class FitState(param.Parameterized):
     warnings = param.List(default=[], doc="Plain-words diagnostics of the shown result.")
     n_dropped = param.Integer(default=0)
     comparison = param.Dict(default={}, doc="{method key: FitOutcome} for the side-by-side comparison.")
+    models = param.List(default=[], doc=(
+        "adapter.ModelEvidence of the integrated-Laplace fits on the current data, oldest first (model comparison)."))
     compare_status = param.String(default="")
     compare_current = param.Boolean(default=True, doc="Whether the comparison is of the model the sidebar shows.")
 
@@ -411,6 +413,33 @@ def problem_size(spec: ModelSpec, data: DataState) -> int:
     return len(df) * per_row + dense**2
 
 
+def model_comparison(models, outcome) -> tuple[pd.DataFrame, int]:
+    r"""The models of ``models`` (:class:`adapter.ModelEvidence`) that explain the same outcomes as the shown
+    fit ``outcome`` (the same family and response values, row by row), best first, and how many others were
+    left out (fitted to other rows, another response or family).
+
+    Columns: the formula (the shown one marked), the priors, the fixed effects and variance components,
+    :math:`\log p(y)`, the log Bayes factor against the best, :math:`\log p(y \mid M) - \max_{M'} \log p(y
+    \mid M')`, and the posterior probability of each model with equal prior odds among those listed."""
+    current = adapter.evidence(outcome) if outcome is not None else None
+    if current is None:
+        return pd.DataFrame(), 0
+    same = [m for m in models if m.outcome_key == current.outcome_key]
+    if not any(m.key == current.key for m in same):
+        same.append(current)
+    log_ml = np.array([m.log_ml for m in same])
+    weights = np.exp(log_ml - log_ml.max())
+    df = pd.DataFrame({
+        "model": [m.formula + ("  (shown)" if m.key == current.key else "") for m in same],
+        "priors": [f"fe_p {m.fe_p:g}, vcp_p {m.vcp_p:g}" for m in same],
+        "parameters": [m.n_params for m in same],
+        "log_marginal_likelihood": log_ml,
+        "log_bayes_factor": log_ml - log_ml.max(),
+        "posterior_probability": weights / weights.sum(),
+    }).sort_values("log_marginal_likelihood", ascending=False, kind="stable", ignore_index=True)
+    return df, sum(m.outcome_key != current.outcome_key for m in models)
+
+
 def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
     """Plain-words warnings for a fit: library warnings, convergence, dropped rows, degenerate SDs, separation."""
     if outcome is None:
@@ -552,7 +581,7 @@ class AppState(param.Parameterized):
             if demo is None:
                 self._guess_roles()
             self.truth = truth
-            self.fit.comparison = {}
+            self.fit.param.update(comparison={}, models=[])
             self.errors = {}
         finally:
             self._loading = False
@@ -818,6 +847,7 @@ class AppState(param.Parameterized):
         self._cache.move_to_end(outcome.request.key)
         while len(self._cache) > 12:
             self._cache.popitem(last=False)
+        self._record_evidence([outcome])
         errors = dict(self.errors)
         errors.pop("fit", None)
         self.errors = errors
@@ -847,6 +877,26 @@ class AppState(param.Parameterized):
                               message="Fit failed; showing the previous result." if self.fit.outcome else "Fit failed.")
 
     # ------------------------------------------------------------ comparison
+    #: model comparison: at most this many models are kept (the oldest go first)
+    MAX_MODELS = 20
+
+    def _record_evidence(self, outcomes) -> None:
+        """Keep the log marginal likelihood of each integrated-Laplace fit among ``outcomes`` made on the current
+        data (a refit of the same model replaces its entry)."""
+        models = list(self.fit.models)
+        for oc in outcomes:
+            if not oc.request.data_key.startswith(f"{self.data.version}:"):
+                continue
+            ev = adapter.evidence(oc)
+            if ev is not None:
+                models = [m for m in models if m.key != ev.key] + [ev]
+        if models != self.fit.models:
+            self.fit.models = models[-self.MAX_MODELS:]
+
+    def clear_models(self) -> None:
+        """Forget the models kept for comparison."""
+        self.fit.models = []
+
     def _mark_comparison(self) -> None:
         """Mark the comparison out of date once the model differs from the one it fitted (any method)."""
         comparison = self.fit.comparison
@@ -882,6 +932,7 @@ class AppState(param.Parameterized):
             return
         if out:
             self.fit.param.update(comparison=out, compare_current=True)
+            self._record_evidence(out.values())
             self.fit.compare_status = "  |  ".join(
                 f"{adapter.method_label(m)}: {oc.seconds:.2f} s" + (" (see its notes in the table)" if oc.warnings
                                                                    or not adapter.converged(oc.result) else "")

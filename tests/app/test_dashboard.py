@@ -235,3 +235,34 @@ def test_a_whole_number_outside_its_range_is_brought_to_the_bound_with_a_note():
     assert (widget.value, sim.n_groups) == (2, 2) and note.object == "Enter a whole number from 2 to 5,000."
     sim.n_groups = 77  # set from code: the input follows
     assert widget.value == 77 and not note.visible
+
+
+def test_summary_tab_compares_the_models_fitted_by_their_marginal_likelihood():
+    """The Summary tab's model comparison shows the integrated fits of these outcomes as the session makes
+    them (its table is the state's, renamed), explains a method without p(y), and its button clears it."""
+    import asyncio
+
+    from app import Dashboard
+
+    d = Dashboard()
+    d.__panel__().get_root(Document())
+    st = d.state
+    summary = d.tabs.objects[3]
+    box = next(o for o in summary.objects if any("model-comparison" in getattr(c, "css_classes", [])
+                                                 for c in getattr(o, "objects", [])))
+    note, table, button = box.objects[1], box.objects[2], box.objects[3]
+    st.spec.method = "laplace"
+    assert st.fit_now()
+    st.spec.param.update(formula_text="incidence ~ (1 | herd)", use_formula=True)
+    assert st.fit_now()
+    shown = table.value
+    assert list(shown.columns[3:]) == ["log p(y)", "log BF vs best", "probability"] and len(shown) == 2
+    assert shown["model"].iloc[0] == "incidence ~ period + (1 | herd)"
+    assert shown["log p(y)"].iloc[1] == st.fit.result.log_marginal_likelihood
+    assert "Bayes factor" in note.object
+    st.spec.method = "vb"
+    assert st.fit_now()
+    assert table.value.empty and "Integrated Laplace" in note.object
+    button.clicks += 1
+    asyncio.run(asyncio.sleep(0))
+    assert st.fit.models == []

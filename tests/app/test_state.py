@@ -572,3 +572,71 @@ def test_vb_results_carry_a_caution_about_their_sds(cbpp_state):
     assert any("too narrow" in w and "Integrated Laplace" in w for w in cbpp_state.fit.warnings)
     cbpp_state.spec.method = "laplace"
     assert cbpp_state.fit_now() and not any("too narrow" in w for w in cbpp_state.fit.warnings)
+
+
+def test_model_comparison_lists_the_integrated_fits_of_the_same_outcomes():
+    """Every integrated-Laplace fit on the current data is kept with its log p(y); the table compares those
+    of the same outcomes as the shown fit (their values are the fits' own, the log Bayes factors and
+    probabilities follow from them), leaves out a fit of another response or of rows a formula drops,
+    lists nothing for a method without p(y), and a new data set clears the list."""
+    from app.state import model_comparison
+
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    st.spec.method = "laplace"
+    assert st.fit_now()
+    with_period = st.fit.result.log_marginal_likelihood
+    st.spec.param.update(formula_text="incidence ~ (1 | herd)", use_formula=True)
+    assert st.fit_now()
+    without = st.fit.result.log_marginal_likelihood
+    st.spec.fe_p = 5.0  # another prior: another model, listed apart
+    assert st.fit_now()
+    wide = st.fit.result.log_marginal_likelihood
+    assert len({with_period, without, wide}) == 3
+    table, others = model_comparison(st.fit.models, st.fit.outcome)
+    assert others == 0 and len(table) == 3
+    assert list(table["log_marginal_likelihood"]) == sorted([with_period, without, wide], reverse=True)
+    assert table["model"].str.endswith("(shown)").sum() == 1
+    assert table.loc[table["model"].str.endswith("(shown)"), "log_marginal_likelihood"].item() == wide
+    np.testing.assert_allclose(table["log_bayes_factor"], table["log_marginal_likelihood"] - max(with_period, without,
+                                                                                                wide))
+    np.testing.assert_allclose(table["posterior_probability"].sum(), 1.0)
+    # cbpp's period effect is real: p(y) favours the model with it (a log Bayes factor of several units)
+    assert with_period - without > 3.0
+    # the same model refitted (the cache) is not listed twice
+    st.spec.fe_p = 2.0
+    assert st.fit_now() and len(st.fit.models) == 3
+
+    # the other methods have no p(y): nothing to compare
+    st.spec.method = "vb"
+    assert st.fit_now()
+    assert model_comparison(st.fit.models, st.fit.outcome)[0].empty
+
+    # a formula whose column misses values drops rows: its p(y) is of other outcomes
+    df = load_demo("cbpp").assign(z=lambda d: np.where(np.arange(len(d)) < 5, np.nan, np.linspace(-1, 1, len(d))))
+    st.load_frame(df, "cbpp_z", fit=False)
+    assert st.fit.models == []
+    st.spec.param.update(formula_text="incidence ~ period + (1 | herd)", use_formula=True, family="binomial",
+                         trials="size", method="laplace")
+    assert st.fit_now()
+    st.spec.formula_text = "incidence ~ period + z + (1 | herd)"
+    assert st.fit_now() and st.fit.n_dropped == 5
+    table, others = model_comparison(st.fit.models, st.fit.outcome)
+    assert len(table) == 1 and others == 1
+    st.clear_models()
+    assert st.fit.models == [] and len(model_comparison(st.fit.models, st.fit.outcome)[0]) == 1
+
+
+def test_outcome_key_names_the_outcomes_a_marginal_likelihood_is_of():
+    """Models compare by p(y) only on the same outcomes: equal keys for two formulas with one response,
+    different ones for another family, response, trials or offset column, or other rows."""
+    df = load_demo("cbpp").assign(herd=lambda d: d["herd"].astype(str), period=lambda d: d["period"].astype(str))
+
+    def key(formula="incidence ~ period + (1 | herd)", family="binomial", trials="size", offset=None, data=df):
+        return adapter.outcome_key(adapter.FitRequest(data=data, data_key="1:", formula=formula, family=family,
+                                                      method="laplace", trials=trials, offset=offset))
+
+    base = key()
+    assert key("incidence ~ (1 | herd)") == base
+    assert len({base, key(family="poisson"), key("size ~ (1 | herd)", trials=None), key(trials=None),
+                key(offset="size"), key(data=df.iloc[1:])}) == 6
