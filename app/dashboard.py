@@ -119,7 +119,7 @@ def _bounded_input(obj: param.Parameterized, name: str, **kw) -> pn.Column:
     p = obj.param[name]
     lo, hi = p.bounds
     label = f"{p.label} ({lo:,}–{hi:,})"
-    widget = pn.widgets.IntInput(name=label, value=getattr(obj, name), **kw)
+    widget = pn.widgets.IntInput(label=label, value=getattr(obj, name), **kw)
     note = pn.pane.Markdown("", visible=False, **NOTE, margin=(0, 10))
 
     resetting = []  # (set while this watcher puts a value back: the note it wrote stays)
@@ -372,7 +372,7 @@ class Dashboard(pn.viewable.Viewer):
 
         # ---- data preview
         self.data_download = pn.widgets.FileDownload(callback=self._csv_data, filename=self._data_file(),
-                                                     label="Download the data (CSV)", button_type="primary", width=260)
+                                                     label="Download the data (CSV)", color="primary", width=260)
         st.data.param.watch(lambda e: setattr(self.data_download, "filename", self._data_file()), "source")
         data_tab = pn.Column(
             pn.pane.Markdown(pn.bind(lambda n, df: f"### {n}: {_rows(0 if df is None else len(df))}",
