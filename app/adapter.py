@@ -117,7 +117,8 @@ def outcome_key(request: FitRequest) -> str:
     df = request.data
     columns = formula_columns(request.formula)[0] + [c for c in (request.trials, request.offset) if c]
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{request.family}|{len(df)}|{'|'.join(columns)}".encode())
+    response = "".join(request.formula.split("~")[0].split())  # (cbind(a, n - a) and cbind(a, n) read a and n)
+    digest.update(f"{request.family}|{len(df)}|{response}|{'|'.join(columns)}".encode())
     for c in columns:
         digest.update(pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float).tobytes())
     return digest.hexdigest()

@@ -628,8 +628,9 @@ def test_model_comparison_lists_the_integrated_fits_of_the_same_outcomes():
 
 
 def test_outcome_key_names_the_outcomes_a_marginal_likelihood_is_of():
-    """Models compare by p(y) only on the same outcomes: equal keys for two formulas with one response,
-    different ones for another family, response, trials or offset column, or other rows."""
+    """Models compare by p(y) only on the same outcomes: equal keys for formulas with one response,
+    different ones for another family, response (cbind's failures or totals too), trials or offset
+    column, or other rows."""
     df = load_demo("cbpp").assign(herd=lambda d: d["herd"].astype(str), period=lambda d: d["period"].astype(str))
 
     def key(formula="incidence ~ period + (1 | herd)", family="binomial", trials="size", offset=None, data=df):
@@ -638,5 +639,7 @@ def test_outcome_key_names_the_outcomes_a_marginal_likelihood_is_of():
 
     base = key()
     assert key("incidence ~ (1 | herd)") == base
+    assert key("incidence~period") == base
     assert len({base, key(family="poisson"), key("size ~ (1 | herd)", trials=None), key(trials=None),
-                key(offset="size"), key(data=df.iloc[1:])}) == 6
+                key(offset="size"), key(data=df.iloc[1:]), key("cbind(incidence, size) ~ period", trials=None),
+                key("cbind(incidence, size - incidence) ~ period", trials=None)}) == 8
