@@ -430,7 +430,7 @@ def model_comparison(models, outcome) -> tuple[pd.DataFrame, int]:
     log_ml = np.array([m.log_ml for m in same])
     weights = np.exp(log_ml - log_ml.max())
     df = pd.DataFrame({
-        "model": [m.formula + ("  (shown)" if m.key == current.key else "") for m in same],
+        "model": [m.formula + (" (shown)" if m.key == current.key else "") for m in same],
         "priors": [f"fe_p {m.fe_p:g}, vcp_p {m.vcp_p:g}" for m in same],
         "parameters": [m.n_params for m in same],
         "log_marginal_likelihood": log_ml,

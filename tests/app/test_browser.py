@@ -379,6 +379,38 @@ def test_compare_methods_and_exports(page, tmp_path, monkeypatch):
     assert page.console_errors == []
 
 
+def test_models_fitted_in_the_session_are_compared_by_their_marginal_likelihood(page):
+    """A formula typed in the sidebar refits; the Summary tab then lists both models, best first, with the
+    library's log p(y) of each."""
+    import warnings
+
+    import mglm_core as mg
+    from app.data import load_demo
+
+    expected = {}
+    for formula in ("incidence ~ period + (1 | herd)", "incidence ~ (1 | herd)"):
+        model = mg.BayesMixedGLM.from_formula(formula, data=load_demo("cbpp"), family="binomial", trials="size")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected[formula] = model.fit_laplace().log_marginal_likelihood
+    wait_sources(page, ["term", "mean", "y"], lambda s: len(s["mean"]) == 4)
+    formula = page.locator("textarea").first
+    formula.fill("incidence ~ (1 | herd)")
+    formula.press("Tab")
+    wait_sources(page, ["term", "mean", "y"], lambda s: len(s["mean"]) == 1)
+    open_tab(page, "Summary & export")
+    rows = page.locator(".model-comparison .tabulator-row")
+    rows.nth(1).wait_for(timeout=30_000)
+    def cell(i, field):
+        return rows.nth(i).locator(f'.tabulator-cell[tabulator-field="{field}"]').inner_text().strip()
+
+    names = [cell(i, "model") for i in range(2)]
+    assert names == ["incidence ~ period + (1 | herd)", "incidence ~ (1 | herd) (shown)"]
+    for i, name in enumerate(names):
+        assert float(cell(i, "log p(y)")) == pytest.approx(expected[name.removesuffix(" (shown)")], abs=1e-3)
+    assert page.console_errors == []
+
+
 def test_phone_screen_shows_the_results_and_scrolls_to_the_controls(chromium, server):
     """On a 390 x 844 phone the page scrolls: the results come first and the controls below them (the
     template kept the page at the window's height with the results below it, out of reach), every tab
