@@ -124,6 +124,11 @@ def outcome_key(request: FitRequest) -> str:
     return digest.hexdigest()
 
 
+def bayes_factors(log_ml):
+    """(log Bayes factors against the best, probabilities with equal prior odds) of log marginal likelihoods."""
+    return mg.comparison.bayes_factors(log_ml)
+
+
 def evidence(outcome: FitOutcome) -> ModelEvidence | None:
     """The log marginal likelihood of an integrated-Laplace fit (None for the other methods: the MAP
     fit has none, VB's ELBO is only a lower bound)."""

@@ -428,14 +428,14 @@ def model_comparison(models, outcome) -> tuple[pd.DataFrame, int]:
     if not any(m.key == current.key for m in same):
         same.append(current)
     log_ml = np.array([m.log_ml for m in same])
-    weights = np.exp(log_ml - log_ml.max())
+    log_bf, probability = adapter.bayes_factors(log_ml)
     df = pd.DataFrame({
         "model": [m.formula + (" (shown)" if m.key == current.key else "") for m in same],
         "priors": [f"fe_p {m.fe_p:g}, vcp_p {m.vcp_p:g}" for m in same],
         "parameters": [m.n_params for m in same],
         "log_marginal_likelihood": log_ml,
-        "log_bayes_factor": log_ml - log_ml.max(),
-        "posterior_probability": weights / weights.sum(),
+        "log_bayes_factor": log_bf,
+        "posterior_probability": probability,
     }).sort_values("log_marginal_likelihood", ascending=False, kind="stable", ignore_index=True)
     return df, sum(m.outcome_key != current.outcome_key for m in models)
 

@@ -11,6 +11,7 @@ from .errors import ApproximationWarning, ConvergenceWarning, DataError, DataWar
 from .families import Binomial, Family, Poisson
 from .model import BayesMixedGLM, BinomialBayesMixedGLM, MixedGLM, PoissonBayesMixedGLM
 from .results import BayesMixedGLMResults
+from .comparison import compare_models
 from . import datasets, simulate  # noqa: F401  (submodules as attributes)
 from . import allocator
 
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BayesMixedGLM", "BinomialBayesMixedGLM", "PoissonBayesMixedGLM", "MixedGLM", "BayesMixedGLMResults",
+    "compare_models",
     "Family", "Binomial", "Poisson",
     "MglmError", "DataError", "FormulaError", "FitError", "ConvergenceWarning", "ApproximationWarning",
     "DataWarning",

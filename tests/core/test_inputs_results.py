@@ -423,3 +423,47 @@ def test_vb_start_values_are_checked_by_name():
         model.fit_vb(mean=np.full(n, np.nan))
     with pytest.raises(mg.DataError, match="`sd` must be 7 positive finite values .* got 1 that are not"):
         model.fit_vb(sd=np.r_[np.ones(n - 1), -1.0])
+
+
+def test_compare_models_ranks_fits_of_the_same_outcomes():
+    """compare_models: cbpp's period effect is favoured over the null model by its log marginal likelihood (the
+    fits' own values; log Bayes factors against the best, probabilities summing to one; a mapping's keys or
+    `names` name the models), and fits it cannot compare are refused by name: fit_vb's ELBO, fit_map, a single
+    fit, other rows, another response or family, and inconsistent names."""
+    import warnings
+
+    df = load("cbpp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mg.ApproximationWarning)
+        period = mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data=df, trials="size").fit_laplace()
+        null = mg.BayesMixedGLM.from_formula("incidence ~ (1 | herd)", data=df, trials="size").fit_laplace()
+        fewer = mg.BayesMixedGLM.from_formula("incidence ~ (1 | herd)", data=df.iloc[1:], trials="size").fit_laplace()
+        counts = mg.BayesMixedGLM.from_formula("incidence ~ (1 | herd)", data=df, family="poisson").fit_laplace()
+    table = mg.compare_models({"null": null, "period": period})
+    assert list(table.index) == ["period", "null"]
+    np.testing.assert_allclose(table["log_marginal_likelihood"],
+                               [period.log_marginal_likelihood, null.log_marginal_likelihood])
+    assert table["log_bayes_factor"].iloc[0] == 0.0
+    log_bf = null.log_marginal_likelihood - period.log_marginal_likelihood
+    assert table["log_bayes_factor"].iloc[1] == pytest.approx(log_bf) and log_bf < -3.0
+    assert table["posterior_probability"].sum() == pytest.approx(1.0)
+    assert list(table["k_fe"]) == [4, 1] and list(table["k_vc"]) == [1, 1]
+    assert list(mg.compare_models([null, period], names=["a", "b"]).index) == ["b", "a"]
+    assert list(mg.compare_models([null, period]).index) == ["model 2", "model 1"]
+
+    vb = mg.BayesMixedGLM.from_formula("incidence ~ (1 | herd)", data=df, trials="size").fit_vb()
+    with pytest.raises(mg.DataError, match="'model 2' is from fit_vb, whose ELBO is only a lower bound"):
+        mg.compare_models([period, vb])
+    map_fit = mg.BayesMixedGLM.from_formula("incidence ~ (1 | herd)", data=df, trials="size").fit_map()
+    with pytest.raises(mg.DataError, match="from fit_map, which has none"):
+        mg.compare_models({"a": period, "b": map_fit})
+    with pytest.raises(mg.DataError, match="at least two fits"):
+        mg.compare_models([period])
+    with pytest.raises(mg.DataError, match=r"'model 2' differs from 'model 1' in its response \(55 rows against 56\)"):
+        mg.compare_models([period, fewer])
+    with pytest.raises(mg.DataError, match="differs from 'model 1' in its family"):
+        mg.compare_models([period, counts])
+    with pytest.raises(mg.DataError, match="one entry per result; got 1 for 2"):
+        mg.compare_models([period, null], names=["a"])
+    with pytest.raises(mg.DataError, match="must be distinct"):
+        mg.compare_models([period, null], names=["a", "a"])
