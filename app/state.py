@@ -669,22 +669,26 @@ class AppState(param.Parameterized):
 
     def simulate(self, fit: bool = True) -> None:
         """Teaching mode: draw data with the truth in ``sim`` and fit it."""
-        try:
-            sim = adapter.simulate(*self._simulation_args())
-        except Exception as exc:
-            self._set_error("teach", f"Could not simulate: {exc}")
-            return
-        self.load_simulation(sim, fit=fit)
+        self._load_drawn(self._draw(), fit)
 
     async def simulate_async(self, fit: bool = True) -> None:
         """:meth:`simulate` with the drawing in a worker thread (millions of rows take a second): the session
         keeps answering meanwhile."""
+        self._load_drawn(await asyncio.to_thread(self._draw), fit)
+
+    def _draw(self):
+        """The simulated data set, or the exception that stopped the drawing (returned, not raised: the
+        message is set on the session's own thread, :meth:`_load_drawn`)."""
         try:
-            sim = await asyncio.to_thread(adapter.simulate, *self._simulation_args())
+            return adapter.simulate(*self._simulation_args())
         except Exception as exc:
-            self._set_error("teach", f"Could not simulate: {exc}")
-            return
-        self.load_simulation(sim, fit=fit)
+            return exc
+
+    def _load_drawn(self, drawn, fit: bool) -> None:
+        if isinstance(drawn, Exception):
+            self._set_error("teach", f"Could not simulate: {drawn}")
+        else:
+            self.load_simulation(drawn, fit=fit)
 
     def _set_error(self, key: str, message: str) -> None:
         errors = dict(self.errors)

@@ -221,9 +221,10 @@ def test_simulation_in_a_worker_thread_loads_the_same_data():
     adapter.simulate = broken
     try:
         asyncio.run(b.simulate_async(fit=False))
+        a.simulate(fit=False)
     finally:
         adapter.simulate = real
-    assert b.errors["teach"] == "Could not simulate: n_groups too large"
+    assert b.errors["teach"] == a.errors["teach"] == "Could not simulate: n_groups too large"
     pd.testing.assert_frame_equal(a.data.df, b.data.df)  # the data drawn before stay
 
 
