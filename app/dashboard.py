@@ -670,10 +670,10 @@ class Dashboard(pn.viewable.Viewer):
     def _models_note(models, outcome):
         if outcome is None:
             return ""
-        if adapter.evidence(outcome) is None:
+        df, others = model_comparison(models, outcome)
+        if df.empty:  # (a method without p(y))
             return ("Models are compared by their marginal likelihood p(y), which the **Integrated Laplace** method "
                     "computes: fit with it to list this model here.")
-        df, others = model_comparison(models, outcome)
         text = ("Every model fitted with Integrated Laplace to these outcomes (the same response values, row by row), "
                 "best first. **log BF vs best** is the log Bayes factor against the best model: below -1 (a factor "
                 "of 2.7) the data favour the best, below -3 (20) strongly. **probability** assumes every model "

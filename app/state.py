@@ -421,7 +421,10 @@ def model_comparison(models, outcome) -> tuple[pd.DataFrame, int]:
     Columns: the formula (the shown one marked), the priors, the fixed effects and variance components,
     :math:`\log p(y)`, the log Bayes factor against the best, :math:`\log p(y \mid M) - \max_{M'} \log p(y
     \mid M')`, and the posterior probability of each model with equal prior odds among those listed."""
-    current = adapter.evidence(outcome) if outcome is not None else None
+    if outcome is None:
+        return pd.DataFrame(), 0
+    # (the shown fit is normally among those kept: no second hash of its response)
+    current = next((m for m in models if m.key == outcome.request.key), None) or adapter.evidence(outcome)
     if current is None:
         return pd.DataFrame(), 0
     same = [m for m in models if m.outcome_key == current.outcome_key]
