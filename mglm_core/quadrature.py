@@ -633,10 +633,10 @@ class NestedMarginal:
         r"""The rows of P laid out effect by effect, each effect's rows padded with zero rows to the
         most rows of any effect, so that the products :math:`\sum_k d_{ik} d_{i'k}` over the pairs
         of rows of an effect are one batched matrix product (effects x rows x nodes by its transpose)
-        instead of two gathers of pairs x nodes and a sum: ``(slot, position)``, each row's place in
-        the padded (effects * most rows) layout and each pair's in the flattened effects x most rows
-        x most rows products; None when the padding would more than double the products' work
-        (effects of very unequal sizes)."""
+        instead of two gathers of pairs x nodes and a sum: ``(slot, position, most)``, each row's place
+        in the padded (effects * most rows) layout, each pair's in the flattened effects x most rows x
+        most rows products, and the most rows; None when the padding would more than double the
+        products' work (effects of very unequal sizes)."""
         first, second = self._pairs[:2]
         sizes = np.bincount(self.ie.local, minlength=self.ie.m)
         most = int(sizes.max()) if sizes.size else 0
