@@ -415,8 +415,14 @@ class Summary:
             f"{m.family.name.capitalize()} Mixed GLM Results ({method})",
             f"n = {m.endog.size}, fixed effects = {m.k_fep}, variance components = {m.k_vcp}, "
             f"random effects = {m.k_vc}; priors: fe ~ N(0, {m.fe_p:g}^2), vcp ~ N(0, {m.vcp_p:g}^2)",
-            f"converged = {d.converged}, iterations = {d.n_iter}, seconds = {d.seconds:.3g}",
+            f"converged = {d.converged}, iterations = {d.n_iter}, seconds = {d.seconds:.3g}" + self._evidence(),
         ]
+
+    def _evidence(self):
+        """The log marginal likelihood (integrated Laplace) or the ELBO, its lower bound (VB), for the header."""
+        value = self.res.log_marginal_likelihood
+        label = {"laplace": "log marginal likelihood", "vb": "ELBO"}.get(self.res.method)
+        return "" if value is None or label is None else f", {label} = {value:.4f}"
 
     def __str__(self):
         lines = self._header()

@@ -71,7 +71,12 @@ def test_seed_example_runs_with_statsmodels_style_code():
     assert isinstance(sm.MixedGLM.from_formula("y ~ period + (1 | herd)", data=data), sm.BayesMixedGLM)
     text = str(result.summary())
     assert "Post. Mean" in text and "97.5%" in text and "herd" in text
+    assert f"ELBO = {result.log_marginal_likelihood:.4f}" in text  # (VB's lower bound, named as such)
     assert "<table" in result.summary()._repr_html_()
+    integrated = model.fit_laplace()
+    assert (f"log marginal likelihood = {integrated.log_marginal_likelihood:.4f}" in str(integrated.summary())
+            and "log marginal likelihood" in integrated.summary()._repr_html_())
+    assert "ELBO" not in str(model.fit_map().summary()) and "marginal" not in str(model.fit_map().summary())
 
 
 def test_results_tables_random_effects_and_predict():
