@@ -77,6 +77,8 @@ class FitRequest:
     vcp_p: float = 1.0
     #: a two-level text or True/False response: (level counted 0, level counted 1); None for numbers
     response_levels: tuple | None = None
+    #: the positions in the session's data of the rows of ``data`` (the others had missing values)
+    rows: object = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> tuple:
@@ -95,8 +97,8 @@ class FitOutcome:
 @dataclass(frozen=True)
 class ModelEvidence:
     r"""One model's log marginal likelihood :math:`\log p(y)` (an integrated-Laplace fit), with what it
-    may be compared against: ``outcome_key`` names the outcome data it explains (family, response,
-    trials and offset values, row by row; :func:`outcome_key`)."""
+    may be compared against: ``outcome_key`` names the outcome data it explains (family, response and
+    trials, row by row; :func:`outcome_key`), ``categorical`` the data's columns read as categories."""
 
     key: tuple  #: the fit's FitRequest.key
     formula: str
@@ -106,21 +108,25 @@ class ModelEvidence:
     n_params: int  #: fixed effects plus variance components
     log_ml: float
     outcome_key: str
+    categorical: str = ""
 
 
-def outcome_key(request: FitRequest) -> str:
-    r"""What a log marginal likelihood is a density of: the family and the values of the response (both
-    columns of cbind), trials and offset, row by row. Two models' values of :math:`\log p(y)` compare only
-    when this is equal (the same rows: a formula whose columns miss values drops other rows)."""
+def outcome_key(outcome: FitOutcome) -> str:
+    r"""What the log marginal likelihood of a fit is a density of, as a hash: the library's
+    :func:`~mglm_core.comparison.outcomes` of the fitted model (family, response and trials, as the model
+    reads them: ``cbind(a, n - a)`` and ``a`` with trials ``n`` alike) and the positions in the session's
+    data of the rows it kept. Two models' values of :math:`\log p(y)` compare only when this is equal."""
     import hashlib
 
-    df = request.data
-    columns = formula_columns(request.formula)[0] + [c for c in (request.trials, request.offset) if c]
+    family, y, trials, kept = mg.comparison.outcomes(outcome.result.model)
+    rows = outcome.request.rows
+    if rows is not None and kept is not None:
+        rows = np.asarray(rows)[kept]
     digest = hashlib.blake2b(digest_size=16)
-    response = "".join(request.formula.split("~")[0].split())  # (cbind(a, n - a) and cbind(a, n) read a and n)
-    digest.update(f"{request.family}|{len(df)}|{response}|{'|'.join(columns)}".encode())
-    for c in columns:
-        digest.update(pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float).tobytes())
+    digest.update(family.encode())
+    for part in (y, trials, rows):  # (each with its length: no two sequences of parts hash alike)
+        digest.update(b"none;" if part is None else
+                      f"{np.size(part)}:".encode() + np.ascontiguousarray(part, dtype=float).tobytes())
     return digest.hexdigest()
 
 
@@ -138,7 +144,7 @@ def evidence(outcome: FitOutcome) -> ModelEvidence | None:
         return None
     return ModelEvidence(key=req.key, formula=req.formula, fe_p=req.fe_p, vcp_p=req.vcp_p, n_rows=len(req.data),
                          n_params=len(res.fe_mean) + len(res.vcp_mean), log_ml=float(value),
-                         outcome_key=outcome_key(req))
+                         outcome_key=outcome_key(outcome), categorical=req.data_key.partition(":")[2])
 
 
 def fit(request: FitRequest, progress=None) -> FitOutcome:

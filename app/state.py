@@ -357,8 +357,9 @@ def _component_scales(model) -> np.ndarray:
     return out
 
 
-def prepare_data(spec: ModelSpec, data: DataState) -> tuple[pd.DataFrame, int]:
-    """The columns the model uses, categorical ones as pandas categories, rows with missing values dropped."""
+def prepare_data(spec: ModelSpec, data: DataState) -> tuple[pd.DataFrame, int, np.ndarray]:
+    """The columns the model uses, categorical ones as pandas categories, rows with missing values dropped:
+    ``(frame, rows dropped, positions of the rows kept)``."""
     df = data.df
     formula = spec.formula()
     extra = [spec.trials, spec.offset]
@@ -384,13 +385,13 @@ def prepare_data(spec: ModelSpec, data: DataState) -> tuple[pd.DataFrame, int]:
                 sub[c] = pd.Categorical(text, categories=levels)
             else:
                 sub[c] = pd.Categorical(text)
-    n0 = len(sub)
-    sub = sub.dropna().reset_index(drop=True)
+    complete = sub.notna().all(axis=1).to_numpy()
+    sub = sub[complete].reset_index(drop=True)
     if any(isinstance(sub[c].dtype, pd.CategoricalDtype) for c in sub.columns):
         for c in sub.columns:
             if isinstance(sub[c].dtype, pd.CategoricalDtype):
                 sub[c] = sub[c].cat.remove_unused_categories()
-    return sub, n0 - len(sub)
+    return sub, int((~complete).sum()), np.flatnonzero(complete)
 
 
 def problem_size(spec: ModelSpec, data: DataState) -> int:
@@ -432,8 +433,12 @@ def model_comparison(models, outcome) -> tuple[pd.DataFrame, int]:
         same.append(current)
     log_ml = np.array([m.log_ml for m in same])
     log_bf, probability = adapter.bayes_factors(log_ml)
+    labels = [m.formula for m in same]
+    for i, m in enumerate(same):  # the same formula on another reading of the columns: say which
+        if sum(o.formula == m.formula and o.fe_p == m.fe_p and o.vcp_p == m.vcp_p for o in same) > 1:
+            labels[i] += f" [categorical: {m.categorical.replace(',', ', ') or 'none'}]"
     df = pd.DataFrame({
-        "model": [m.formula + (" (shown)" if m.key == current.key else "") for m in same],
+        "model": [label + (" (shown)" if m.key == current.key else "") for label, m in zip(labels, same)],
         "priors": [f"fe_p {m.fe_p:g}, vcp_p {m.vcp_p:g}" for m in same],
         "parameters": [m.n_params for m in same],
         "log_marginal_likelihood": log_ml,
@@ -740,12 +745,12 @@ class AppState(param.Parameterized):
         self.errors = {**{k: v for k, v in self.errors.items() if k in ("data", "teach")}, **errors}
         if errors:
             return None
-        df, n_dropped = prepare_data(self.spec, self.data)
+        df, n_dropped, rows = prepare_data(self.spec, self.data)
         self.fit.n_dropped = n_dropped
         response = formula_parts(self.spec.formula())[0]
         levels01 = (binary_levels(self.data.df[response]) if self.spec.family == "binomial"
                     and response in self.data.columns else None)
-        return self._request(df, levels01)
+        return dataclasses.replace(self._request(df, levels01), rows=rows)
 
     def request_fit(self, immediate: bool = False) -> None:
         """Called after any change: live refit (debounced) for small models, else mark the result stale."""

@@ -23,23 +23,43 @@ import pandas as pd
 
 from .errors import DataError
 
-__all__ = ["compare_models", "bayes_factors"]
+__all__ = ["compare_models", "bayes_factors", "outcomes"]
 
 
-def _outcomes(model) -> tuple:
-    """What a model's :math:`p(y)` is a density of: the family and the response, trials and offset."""
-    return (model.family.name, model.endog, model.trials, model.offset)
+def outcomes(model) -> tuple:
+    r"""What a model's :math:`p(y)` is a density of: ``(family, response, trials, rows)``, the trials of a
+    Bernoulli response as ones (None for the Poisson) and ``rows`` the positions of the data's rows a
+    formula kept (None for a model built from arrays). The offset is not among them: it is part of the
+    model (a known term of the linear predictor), so a model with an exposure offset compares with one
+    that estimates a coefficient for it."""
+    trials = model.trials
+    if model.family.name == "binomial" and trials is None:
+        trials = np.ones_like(model.endog)
+    design = getattr(model, "design", None)
+    return model.family.name, model.endog, trials, getattr(design, "rows", None)
 
 
-def _same(a, b) -> bool:
-    return (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape
-                                         and np.array_equal(a, b))
+def _differs(a: tuple, b: tuple) -> str | None:
+    """The first part in which two :func:`outcomes` differ (None if they are the same outcomes)."""
+    if a[0] != b[0]:
+        return f"family ({b[0]}, not {a[0]})"
+    if a[1].shape != b[1].shape:
+        return f"rows ({b[1].size}, not {a[1].size})"
+    if a[3] is not None and b[3] is not None and not np.array_equal(a[3], b[3]):
+        return "rows (the same number, but others of the data: their formulas drop different rows with missing values)"
+    if not np.array_equal(a[1], b[1]):
+        return "response"
+    if (a[2] is None) != (b[2] is None) or (a[2] is not None and not np.array_equal(a[2], b[2])):
+        return "trials"
+    return None
 
 
 def bayes_factors(log_ml) -> tuple[np.ndarray, np.ndarray]:
     r"""Log Bayes factors against the best, :math:`\log p(y \mid M_i) - \max_k \log p(y \mid M_k)`, and
     posterior probabilities with equal prior odds, of models with log marginal likelihoods ``log_ml``."""
     log_ml = np.asarray(log_ml, dtype=float)
+    if log_ml.ndim != 1 or log_ml.size == 0 or not np.all(np.isfinite(log_ml)):
+        raise DataError(f"`log_ml` must be a non-empty sequence of finite log marginal likelihoods; got {log_ml!r}.")
     log_bf = log_ml - log_ml.max()
     weights = np.exp(log_bf)
     return log_bf, weights / weights.sum()
@@ -51,9 +71,10 @@ def compare_models(results: Sequence | Mapping, names: Sequence[str] | None = No
     Parameters
     ----------
     results : sequence or mapping of BayesMixedGLMResults
-        Results of :meth:`~mglm_core.model.BayesMixedGLM.fit_laplace`, all of the same outcomes: the
-        same family, response, trials and offset, row by row (two formulas that drop different rows
-        for missing values explain different data). A mapping's keys name the models.
+        Results of :meth:`~mglm_core.model.BayesMixedGLM.fit_laplace`, all of the same outcomes
+        (:func:`outcomes`): the same family, response and trials, row by row (two formulas that drop
+        different rows for missing values explain different data; offsets may differ, they are part of
+        the models). A mapping's keys name the models.
     names : sequence of str, optional
         Names of the models of a sequence (default ``"model 1"``, ...).
 
@@ -70,8 +91,13 @@ def compare_models(results: Sequence | Mapping, names: Sequence[str] | None = No
     ------
     DataError
         With fewer than two results, a result without a marginal likelihood (``fit_map``; ``fit_vb``,
-        whose ELBO is only a lower bound), or results of different outcomes.
+        whose ELBO is only a lower bound), results of different outcomes, or names that are missing
+        or repeated.
     """
+    from .results import BayesMixedGLMResults
+
+    if isinstance(results, BayesMixedGLMResults):
+        raise DataError("`results` must be a sequence or mapping of fit results, at least two; got one result.")
     if isinstance(results, Mapping):
         if names is not None:
             raise DataError("`names` must be None when `results` is a mapping (its keys name the models); got both.")
@@ -86,28 +112,24 @@ def compare_models(results: Sequence | Mapping, names: Sequence[str] | None = No
     if len(results) < 2:
         raise DataError(f"`results` must hold at least two fits to compare; got {len(results)}.")
     for name, res in zip(names, results):
-        method = getattr(res, "method", None)
-        if method is None or not hasattr(res, "model"):
-            raise DataError(f"`results` must hold fit results (BayesMixedGLMResults); {name!r} is a "
-                            f"{type(res).__name__}.")
-        if method != "laplace":
-            why = "whose ELBO is only a lower bound of it" if method == "vb" else "which has none"
-            raise DataError(f"`results` must be fit_laplace results (their log marginal likelihood); {name!r} is "
-                            f"from fit_{method}, {why}. Refit it with fit_laplace().")
+        if not isinstance(res, BayesMixedGLMResults):
+            raise DataError(f"`results` must hold fit results (BayesMixedGLMResults); got a {type(res).__name__} "
+                            f"as {name!r}.")
+        if res.method != "laplace":
+            why = "whose ELBO is only a lower bound of it" if res.method == "vb" else "which has none"
+            raise DataError(f"`results` must be fit_laplace results (a log marginal likelihood each); got a fit_"
+                            f"{res.method} result as {name!r}, {why}. Refit it with fit_laplace().")
         value = res.log_marginal_likelihood
         if value is None or not np.isfinite(value):
-            raise DataError(f"the log marginal likelihood of {name!r} is {value}: it cannot be compared.")
-    first = _outcomes(results[0].model)
+            raise DataError(f"`results` must have finite log marginal likelihoods; got {value} for {name!r}.")
+    first = outcomes(results[0].model)
     for name, res in zip(names[1:], results[1:]):
-        other = _outcomes(res.model)
-        what = next((w for w, a, b in zip(("family", "response", "trials", "offset"), first, other)
-                     if not (a == b if w == "family" else _same(a, b))), None)
+        what = _differs(first, outcomes(res.model))
         if what is not None:
             raise DataError(
-                f"`results` must be fits of the same outcomes (family, response, trials and offset, row by row); "
-                f"{name!r} differs from {names[0]!r} in its {what}"
-                + (f" ({len(other[1])} rows against {len(first[1])})" if len(other[1]) != len(first[1]) else "")
-                + ": their marginal likelihoods are of different data.")
+                f"`results` must be fits of the same outcomes (family, response and trials, row by row); got "
+                f"{name!r} differing from {names[0]!r} in its {what}: their marginal likelihoods are of different "
+                "data.")
     log_ml = np.array([float(r.log_marginal_likelihood) for r in results])
     log_bf, probability = bayes_factors(log_ml)
     table = pd.DataFrame({

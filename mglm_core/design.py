@@ -1280,6 +1280,9 @@ class Design:
     offset : ndarray (n,) or None
     n_dropped : int
         Rows dropped for missing values.
+    rows : ndarray (n,) of int
+        The positions in ``data`` of the rows kept (all of them unless some were dropped): two
+        designs explain the same observations only if these, and the responses, are equal.
     notes : tuple of str
         The data warnings issued while building (also carried on every fit's ``warnings``).
     spec : DesignSpec
@@ -1301,6 +1304,7 @@ class Design:
     spec: DesignSpec
     vc_terms: tuple[VCTerm, ...]
     notes: tuple[str, ...] = ()
+    rows: np.ndarray | None = None
 
     @property
     def n_obs(self) -> int:
@@ -1723,4 +1727,5 @@ def build_design(
         spec=spec,
         vc_terms=tuple(terms),
         notes=tuple(notes),
+        rows=np.flatnonzero(~bad),
     )

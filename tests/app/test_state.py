@@ -578,8 +578,9 @@ def test_vb_results_carry_a_caution_about_their_sds(cbpp_state):
 def test_model_comparison_lists_the_integrated_fits_of_the_same_outcomes():
     """Every integrated-Laplace fit on the current data is kept with its log p(y); the table compares those
     of the same outcomes as the shown fit (their values are the fits' own, the log Bayes factors and
-    probabilities follow from them), leaves out a fit of another response or of rows a formula drops,
-    lists nothing for a method without p(y), and a new data set clears the list."""
+    probabilities follow from them), leaves out fits of other rows (a formula drops the rows its columns miss,
+    even rows whose outcomes equal others'), lists nothing for a method without p(y), tells apart one formula
+    on two readings of a column, and a new data set clears the list."""
     from app.state import model_comparison
 
     st = AppState()
@@ -613,34 +614,58 @@ def test_model_comparison_lists_the_integrated_fits_of_the_same_outcomes():
     assert st.fit_now()
     assert model_comparison(st.fit.models, st.fit.outcome)[0].empty
 
-    # a formula whose column misses values drops rows: its p(y) is of other outcomes
-    df = load_demo("cbpp").assign(z=lambda d: np.where(np.arange(len(d)) < 5, np.nan, np.linspace(-1, 1, len(d))))
+    # a formula whose column misses values drops rows: its p(y) is of other outcomes, even where the rows
+    # dropped have the same outcomes (rows 5 and 6 alike here, each formula dropping one of them)
+    df = load_demo("cbpp")
+    df.loc[6, ["incidence", "size"]] = df.loc[5, ["incidence", "size"]].to_numpy()
+    df = df.assign(z1=np.linspace(-1, 1, len(df)), z2=np.linspace(1, -1, len(df)), w=np.arange(len(df)) % 3)
+    df.loc[5, "z1"], df.loc[6, "z2"] = np.nan, np.nan
     st.load_frame(df, "cbpp_z", fit=False)
     assert st.fit.models == []
     st.spec.param.update(formula_text="incidence ~ period + (1 | herd)", use_formula=True, family="binomial",
                          trials="size", method="laplace")
     assert st.fit_now()
-    st.spec.formula_text = "incidence ~ period + z + (1 | herd)"
-    assert st.fit_now() and st.fit.n_dropped == 5
+    st.spec.formula_text = "incidence ~ period + z1 + (1 | herd)"
+    assert st.fit_now() and st.fit.n_dropped == 1
+    st.spec.formula_text = "incidence ~ period + z2 + (1 | herd)"
+    assert st.fit_now() and st.fit.n_dropped == 1
+    assert np.array_equal(st._cache[st.fit.models[1].key].result.model.endog, st.fit.result.model.endog)
     table, others = model_comparison(st.fit.models, st.fit.outcome)
-    assert len(table) == 1 and others == 1
+    assert len(table) == 1 and others == 2
     st.clear_models()
     assert st.fit.models == [] and len(model_comparison(st.fit.models, st.fit.outcome)[0]) == 1
+    # the same formula (the sidebar's) with a column read as numbers, then as categories: told apart
+    st.spec.param.update(use_formula=False, response="incidence", trials="size", groups=["herd"])
+    st.data.categorical = [c for c in st.data.categorical if c != "w"]
+    st.spec.param.update(fixed_numeric=["w"], fixed_factors=[])
+    assert st.spec.formula() == "incidence ~ w + (1 | herd)" and st.fit_now()
+    st.data.categorical = st.data.categorical + ["w"]
+    st.spec.fixed_factors = ["w"]
+    assert st.spec.formula() == "incidence ~ w + (1 | herd)" and st.fit_now()
+    labels = [m for m in model_comparison(st.fit.models, st.fit.outcome)[0]["model"] if " ~ w " in m]
+    assert len(labels) == 2 and len(set(labels)) == 2 and all("[categorical:" in label for label in labels)
 
 
 def test_outcome_key_names_the_outcomes_a_marginal_likelihood_is_of():
-    """Models compare by p(y) only on the same outcomes: equal keys for formulas with one response,
-    different ones for another family, response (cbind's failures or totals too), trials or offset
-    column, or other rows."""
-    df = load_demo("cbpp").assign(herd=lambda d: d["herd"].astype(str), period=lambda d: d["period"].astype(str))
+    """Models compare by p(y) only on the same outcomes, as the fitted model reads them: equal keys for
+    formulas with one response, for cbind(successes, total - successes) and successes with trials, and with
+    an offset (part of the model); different ones for another family or response, other trials, or other
+    rows of the session's data (as many, but not the same)."""
+    df = load_demo("cbpp").assign(herd=lambda d: d["herd"].astype(str), period=lambda d: d["period"].astype(str),
+                                  log_size=lambda d: np.log(d["size"]))
 
-    def key(formula="incidence ~ period + (1 | herd)", family="binomial", trials="size", offset=None, data=df):
-        return adapter.outcome_key(adapter.FitRequest(data=data, data_key="1:", formula=formula, family=family,
-                                                      method="laplace", trials=trials, offset=offset))
+    def key(formula="incidence ~ period + (1 | herd)", family="binomial", trials="size", offset=None, rows=None):
+        data = df if rows is None else df.iloc[rows].reset_index(drop=True)
+        request = adapter.FitRequest(data=data, data_key="1:", formula=formula, family=family, method="vb",
+                                     trials=trials, offset=offset, rows=rows)
+        return adapter.outcome_key(adapter.fit(request))
 
     base = key()
     assert key("incidence ~ (1 | herd)") == base
-    assert key("incidence~period") == base
-    assert len({base, key(family="poisson"), key("size ~ (1 | herd)", trials=None), key(trials=None),
-                key(offset="size"), key(data=df.iloc[1:]), key("cbind(incidence, size) ~ period", trials=None),
-                key("cbind(incidence, size - incidence) ~ period", trials=None)}) == 8
+    assert key("cbind(incidence, size - incidence) ~ period + (1 | herd)", trials=None) == base
+    assert key("incidence ~ (1 | herd)", family="poisson", trials=None, offset="log_size") == key(
+        "incidence ~ log_size + (1 | herd)", family="poisson", trials=None)
+    others = [key(family="poisson", trials=None), key("size ~ (1 | herd)", family="poisson", trials=None),
+              key("cbind(incidence, size) ~ period + (1 | herd)", trials=None),
+              key(rows=np.arange(1, 56)), key(rows=np.r_[0, np.arange(2, 56)])]
+    assert len({base, *others}) == 6

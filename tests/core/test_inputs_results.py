@@ -434,7 +434,7 @@ def test_compare_models_ranks_fits_of_the_same_outcomes():
     """compare_models: cbpp's period effect is favoured over the null model by its log marginal likelihood (the
     fits' own values; log Bayes factors against the best, probabilities summing to one; a mapping's keys or
     `names` name the models), and fits it cannot compare are refused by name: fit_vb's ELBO, fit_map, a single
-    fit, other rows, another response or family, and inconsistent names."""
+    fit, other rows (fewer, or as many but others), another family, and inconsistent names."""
     import warnings
 
     df = load("cbpp")
@@ -457,18 +457,61 @@ def test_compare_models_ranks_fits_of_the_same_outcomes():
     assert list(mg.compare_models([null, period]).index) == ["model 2", "model 1"]
 
     vb = mg.BayesMixedGLM.from_formula("incidence ~ (1 | herd)", data=df, trials="size").fit_vb()
-    with pytest.raises(mg.DataError, match="'model 2' is from fit_vb, whose ELBO is only a lower bound"):
+    with pytest.raises(mg.DataError, match="got a fit_vb result as 'model 2', whose ELBO is only a lower bound"):
         mg.compare_models([period, vb])
     map_fit = mg.BayesMixedGLM.from_formula("incidence ~ (1 | herd)", data=df, trials="size").fit_map()
-    with pytest.raises(mg.DataError, match="from fit_map, which has none"):
+    with pytest.raises(mg.DataError, match="got a fit_map result as 'b', which has none"):
         mg.compare_models({"a": period, "b": map_fit})
     with pytest.raises(mg.DataError, match="at least two fits"):
         mg.compare_models([period])
-    with pytest.raises(mg.DataError, match=r"'model 2' differs from 'model 1' in its response \(55 rows against 56\)"):
+    with pytest.raises(mg.DataError, match="at least two; got one result"):
+        mg.compare_models(period)
+    with pytest.raises(mg.DataError, match=r"'model 2' differing from 'model 1' in its rows \(55, not 56\)"):
         mg.compare_models([period, fewer])
-    with pytest.raises(mg.DataError, match="differs from 'model 1' in its family"):
+    with pytest.raises(mg.DataError, match=r"in its family \(poisson, not binomial\)"):
         mg.compare_models([period, counts])
     with pytest.raises(mg.DataError, match="one entry per result; got 1 for 2"):
         mg.compare_models([period, null], names=["a"])
     with pytest.raises(mg.DataError, match="must be distinct"):
         mg.compare_models([period, null], names=["a", "a"])
+    with pytest.raises(mg.DataError, match="`log_ml` must be a non-empty sequence of finite"):
+        mg.comparison.bayes_factors([])
+    with pytest.raises(mg.DataError, match="`log_ml` must be a non-empty sequence of finite"):
+        mg.comparison.bayes_factors([-1.0, np.nan])
+
+
+def test_compare_models_knows_which_rows_and_what_is_part_of_the_model():
+    """Two formulas that each drop one row for a missing value keep as many rows, with the same responses, but
+    not the same rows: refused. An exposure offset is part of the model (compared with a coefficient on the
+    log exposure), and Bernoulli rows without trials are the rows with trials of one."""
+    import warnings
+
+    rng = np.random.default_rng(5)
+    g = np.repeat(np.arange(12), 5)
+    data = pd.DataFrame({"g": g.astype(str), "x1": rng.normal(size=60), "x2": rng.normal(size=60),
+                         "y": (rng.random(60) < 0.5).astype(float)})
+    data.loc[[4, 5], "y"] = 1.0
+    data.loc[4, "x1"] = np.nan
+    data.loc[5, "x2"] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (mg.ApproximationWarning, mg.DataWarning))
+        a = mg.BayesMixedGLM.from_formula("y ~ x1 + (1 | g)", data=data).fit_laplace()
+        b = mg.BayesMixedGLM.from_formula("y ~ x2 + (1 | g)", data=data).fit_laplace()
+    assert np.array_equal(a.model.endog, b.model.endog)
+    with pytest.raises(mg.DataError, match="in its rows \\(the same number, but others of the data"):
+        mg.compare_models([a, b])
+
+    counts = pd.DataFrame({"g": g.astype(str), "expo": np.exp(rng.normal(size=60))})
+    counts["y"] = rng.poisson(counts["expo"] * 2.0).astype(float)
+    counts["log_expo"] = np.log(counts["expo"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mg.ApproximationWarning)
+        offset = mg.BayesMixedGLM.from_formula("y ~ (1 | g)", data=counts, family="poisson",
+                                               offset="log_expo").fit_laplace()
+        slope = mg.BayesMixedGLM.from_formula("y ~ log_expo + (1 | g)", data=counts, family="poisson").fit_laplace()
+        X, Z = np.ones((60, 1)), np.eye(12)[g]
+        bernoulli = mg.BayesMixedGLM(data["y"].to_numpy(), X, Z, np.zeros(12, int)).fit_laplace()
+        ones = mg.BayesMixedGLM(data["y"].to_numpy(), X, Z, np.zeros(12, int), trials=np.ones(60)).fit_laplace()
+    assert len(mg.compare_models({"offset": offset, "slope": slope})) == 2
+    table = mg.compare_models({"without trials": bernoulli, "trials of one": ones})
+    assert table["log_marginal_likelihood"].iloc[0] == pytest.approx(table["log_marginal_likelihood"].iloc[1], abs=1e-6)
