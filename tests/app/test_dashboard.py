@@ -203,7 +203,7 @@ def test_whole_number_inputs_state_their_range():
     from app import Dashboard
 
     d = Dashboard()
-    names = {w.name for w in d.__panel__().select(pn.widgets.IntInput)}
+    names = {w.label for w in d.__panel__().select(pn.widgets.IntInput)}
     st = d.state
     for p in (st.sim.param.n_groups, st.sim.param.group_size, st.sim.param.seed, st.view.param.re_top_k):
         lo, hi = p.bounds
@@ -221,7 +221,7 @@ def test_a_whole_number_outside_its_range_is_brought_to_the_bound_with_a_note():
     d = Dashboard()
     sim = d.state.sim
     box = next(c for c in d.__panel__().select(pn.Column) if c.objects
-               and isinstance(c.objects[0], pn.widgets.IntInput) and c.objects[0].name.startswith("Number of groups"))
+               and isinstance(c.objects[0], pn.widgets.IntInput) and c.objects[0].label.startswith("Number of groups"))
     widget, note = box.objects
     assert widget.start is None and widget.end is None and not note.visible
     widget.value = 12_345
