@@ -104,7 +104,6 @@ class ModelEvidence:
     formula: str
     fe_p: float
     vcp_p: float
-    n_rows: int
     n_params: int  #: fixed effects plus variance components
     log_ml: float
     outcome_key: str
@@ -139,10 +138,10 @@ def evidence(outcome: FitOutcome) -> ModelEvidence | None:
     """The log marginal likelihood of an integrated-Laplace fit (None for the other methods: the MAP
     fit has none, VB's ELBO is only a lower bound)."""
     res, req = outcome.result, outcome.request
-    value = getattr(res, "log_marginal_likelihood", None)
+    value = res.log_marginal_likelihood
     if req.method != "laplace" or value is None or not np.isfinite(value):
         return None
-    return ModelEvidence(key=req.key, formula=req.formula, fe_p=req.fe_p, vcp_p=req.vcp_p, n_rows=len(req.data),
+    return ModelEvidence(key=req.key, formula=req.formula, fe_p=req.fe_p, vcp_p=req.vcp_p,
                          n_params=len(res.fe_mean) + len(res.vcp_mean), log_ml=float(value),
                          outcome_key=outcome_key(outcome), categorical=req.data_key.partition(":")[2])
 

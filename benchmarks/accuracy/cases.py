@@ -399,6 +399,7 @@ def _three_levels(seed=1003):
     return pd.DataFrame({"y": y, "x": x, "a": [f"a{i}" for i in a], "b": [f"b{i:02d}" for i in b],
                          "c": [f"c{i:03d}" for i in c]})
 
+
 def _labels(prefix, codes):
     return [f"{prefix}{k:03d}" for k in codes]
 
