@@ -92,6 +92,14 @@ class Family:
         where the family shares the transcendental functions (the quadrature's nodes)."""
         return (self.loglike(y, eta, trials),) + tuple(self.score_weight(y, eta, trials))
 
+    def effect_terms(self, mu_exp, y, trials, rows, bound):
+        r"""The quadrature's row terms from :math:`E = e^{\eta}` (rows x nodes) instead of
+        :math:`\eta`: ``(N, score, weight)``, with N (effects x nodes) the sums over each effect's
+        rows (``rows``, an :class:`~mglm_core.quadrature.EffectRows`) of the part of ``loglike`` that
+        is neither linear in :math:`\eta` nor :meth:`log_base_measure`; ``bound`` bounds
+        :math:`|\eta|`. None where the family has no such form (the caller then uses :meth:`row_terms`)."""
+        return None
+
     def weight_derivative(self, y, eta, trials):  # pragma: no cover - abstract
         r""":math:`dw_i/d\eta_i` of the weight :math:`w_i = -\ell_i''` (the integrated fit's gradient)."""
         raise NotImplementedError
@@ -150,6 +158,32 @@ class Binomial(Family):
         if trials is None:  # (no multiplications by n = 1)
             return y * eta - softplus, y - p, t
         return y * eta - trials * softplus + self.log_base_measure(y, trials), y - trials * p, trials * t
+
+    def effect_terms(self, mu_exp, y, trials, rows, bound):
+        r"""``(N, score, weight)`` from :math:`E = e^{\eta}` (:meth:`Family.effect_terms`):
+        :math:`q = 1/(1+E) = 1 - p`, :math:`p = Eq`, weight :math:`n\,pq`, and
+        :math:`N_j = -\sum_{i \in j} n_i \log(1 + e^{\eta_i}) = \sum_{i\in j} n_i \log q_i`, the
+        logarithm of products of the :math:`q_i` over runs of an effect's rows short enough
+        (:math:`\log q_i \ge -(|\eta_i| + \log 2)`) not to underflow: one logarithm per run and
+        node instead of one per row and node (no cancellation: :math:`p = Eq` is accurate for small
+        p as :math:`q` is for small :math:`1 - p`). Trials that differ between rows take one
+        logarithm per row."""
+        q = mu_exp + 1.0
+        np.reciprocal(q, out=q)
+        p = mu_exp * q
+        w = p * q
+        run = max(1, int(700.0 / (bound + 1.0)))
+        if trials is None:
+            return rows.sum_log(q, run), y - p, w
+        n = trials.ravel()
+        if n.size and np.all(n == n[0]):
+            c = float(n[0])
+            w *= c
+            return c * rows.sum_log(q, run), y - c * p, w
+        np.log(q, out=q)
+        q *= trials
+        w *= trials
+        return rows.sum(q), y - trials * p, w
 
     def working_response(self, y, trials):
         r"""IRLS start: :math:`p_0 = (y + 1/2)/(n + 1)`, response :math:`\operatorname{logit} p_0`,
@@ -339,6 +373,11 @@ class Poisson(Family):
     def row_terms(self, y, eta, trials=None):
         mu = np.exp(eta)
         return y * eta - mu - gammaln(y + 1), y - mu, mu
+
+    def effect_terms(self, mu_exp, y, trials, rows, bound):
+        r"""``(N, score, weight)`` from :math:`E = \mu` (:meth:`Family.effect_terms`):
+        :math:`N_j = -\sum_{i \in j} \mu_i`, score :math:`y - \mu`, weight :math:`\mu`."""
+        return -rows.sum(mu_exp), y - mu_exp, mu_exp
 
     def working_response(self, y, trials=None):
         r"""IRLS start: :math:`\mu_0 = y + 1/2`, response :math:`\log\mu_0`, weight :math:`\mu_0`."""
