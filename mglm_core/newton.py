@@ -54,7 +54,7 @@ def _damped_factor(A, B, C, lam, reuse=None, single=False):
 
 
 def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop=None, reuse=None,
-                  progress=None, free_step=None, stall_tol=None, single_above=None):
+                  progress=None, free_step=None, stall_tol=None, single_above=None, first=None):
     """Maximise ``fun`` by damped Newton steps.
 
     Parameters
@@ -82,6 +82,8 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
         An objective known only to about this accuracy (a quadrature): when the line search finds
         no ascent along an undamped step whose decrement is below it, the point is accepted as
         converged (by default only below ``1e3 * tol``, machine precision).
+    first : tuple, optional
+        ``fun(u0, b0, True)`` when the caller has it already.
     single_above : float, optional
         Factor a dense Schur complement in single precision (:class:`~mglm_core.linalg.SchurDenseLDL`,
         about half the time) while the last decrement was above this (the first iteration counts as
@@ -101,7 +103,7 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
             return raw_fun(u_, b_, hessian)
 
     u, b = np.array(u0, dtype=float), np.array(b0, dtype=float)
-    value, gu, gb, A, B, C = fun(u, b, True)
+    value, gu, gb, A, B, C = fun(u, b, True) if first is None else first
     if not np.isfinite(value):
         raise FitError("the objective is not finite at the starting point of the Newton iterations (the "
                        "likelihood overflows there): check the scale of the covariates (center or scale them).")

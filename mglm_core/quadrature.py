@@ -24,6 +24,7 @@ two-dimensional block per level, by a product rule through each level's mode and
 """
 from __future__ import annotations
 
+import copy
 import functools
 
 import numpy as np
@@ -50,6 +51,9 @@ DENSE_OTHER = 100
 #: (:meth:`NestedMarginal.use_nodes` now takes a finer rule for such SDs; the tolerance stays for
 #: points beyond the SDs it was chosen for.)
 _STALL_TOL = 0.1
+#: A point solved from its start alone (:meth:`NestedMarginal._one_step`) needs a Newton decrement below this
+#: times :math:`e^{d/2}`, d how far its value is below the caller's floor.
+_ONE_STEP_DECREMENT = 0.1
 #: Gauss–Hermite nodes per axis of :class:`EffectBlocks`' product rule, up to SDs of 2, ...
 NODES_BLOCK = 8
 #: ... this many up to SDs of 4, growing as :math:`(s/4)^2` beyond (:meth:`EffectBlocks.hermite_rule`), ...
@@ -1082,7 +1086,18 @@ class NestedMarginal:
         B = self.ZDpT @ WX
         if self.yr.size:
             B = B + self.ZDrT @ WXr
-        return sp.csc_matrix((data, indices, indptr), shape=(self.D.size, self.D.size)), np.asarray(B), C
+        A = copy.copy(self._gram_template)  # (a new matrix on the shared, canonical pattern: no format checks)
+        A.data = data
+        return A, np.asarray(B), C
+
+    @functools.cached_property
+    def _gram_template(self):
+        """The CSC matrix of :meth:`_gram_map`'s pattern, its canonical format established once."""
+        _, _, _, indices, indptr = self._gram_map
+        A = sp.csc_matrix((np.zeros(indices.size), indices, indptr), shape=(self.D.size, self.D.size))
+        if not A.has_canonical_format:  # (sorted, without duplicates by construction)
+            raise AssertionError("the Gram pattern must be canonical")
+        return A
 
     @functools.cached_property
     def _dense_positions(self):
@@ -1122,23 +1137,30 @@ class NestedMarginal:
             return x[:self.D.size], x[self.D.size:]
         return F.solve(rhs_D, rhs_fe)
 
-    def log_marginal(self, vcp, uD, fe, tol=1e-7):
-        """:math:`\\log p(y, \\theta)` by the nested approximation, from the start ``(u_D, fe)``."""
+    def log_marginal(self, vcp, uD, fe, tol=1e-7, floor=None):
+        """:math:`\\log p(y, \\theta)` by the nested approximation, from the start ``(u_D, fe)``.
+
+        With ``floor``, a point whose value estimated from the start alone falls below it is not
+        solved further (:meth:`_one_step`)."""
         from .newton import newton_ascent
 
         uD0, fe0 = uD, fe
         vcp = np.asarray(vcp, dtype=float)
         if self.start is not None:  # the last solution moved along the joint mode's change
             uD, fe = self.start[0] + (uD - self.start[2]), self.start[1] + (fe - self.start[3])
-        fun = self.objective(vcp)
-        if self.dense:
-            res = newton_ascent(self._as_border(fun), np.zeros(0), np.concatenate([uD, fe]), tol=tol,
-                                max_iter=6, max_halvings=3, stall_tol=_STALL_TOL)
-            if res.factor is not None:
-                res.u, res.b = res.b[:self.D.size], res.b[self.D.size:]
-        else:
-            res = newton_ascent(fun, uD, fe, tol=tol, max_iter=6, max_halvings=3, reuse=self._reuse,
-                                stall_tol=_STALL_TOL)
+        fun = self._as_border(self.objective(vcp)) if self.dense else self.objective(vcp)
+        u, b = (np.zeros(0), np.concatenate([uD, fe])) if self.dense else (uD, fe)
+        first = None
+        if floor is not None:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                first = fun(u, b, True)
+            value = self._one_step(vcp, u, b, first, floor, uD0, fe0)
+            if value is not None:
+                return value
+        res = newton_ascent(fun, u, b, tol=tol, max_iter=6, max_halvings=3, reuse=None if self.dense else self._reuse,
+                            stall_tol=_STALL_TOL, first=first)
+        if self.dense and res.factor is not None:
+            res.u, res.b = res.b[:self.D.size], res.b[self.D.size:]
         if res.factor is None or not np.isfinite(res.value) or not res.converged:
             # far out in the log-SDs (SDs of 10 and more) the quadrature loses accuracy and Newton
             # stalls there: such a point is left out (fit_laplace's warning counts them)
@@ -1155,6 +1177,43 @@ class NestedMarginal:
         self.last = (res.u, res.b, res.factor, self.uhat, tilted)
         dim = self.D.size + self.model.k_fep
         return res.value + 0.5 * dim * np.log(2.0 * np.pi) - 0.5 * res.factor.logdet()
+
+    def _one_step(self, vcp, u, b, first, floor, uD0, fe0):
+        r"""The value of a point of little weight from its start alone: with :math:`F`, its gradient
+        :math:`g` and :math:`H = -\nabla^2 F` at the start :math:`a_0` (``first``, the objective's
+        evaluation there) and the Newton decrement :math:`\delta = g^\top H^{-1} g`,
+        :math:`F(\hat a) \approx F(a_0) + \delta/2` and :math:`\log\det H(\hat a) \approx
+        \log\det H(a_0)` (errors of order :math:`\delta^{3/2}` and :math:`\delta^{1/2}`). Taken
+        when the value so estimated is below ``floor`` (the caller's: far below the largest value seen,
+        where an error of a few hundredths moves a negligible weight) by d and :math:`\delta` is below
+        :data:`_ONE_STEP_DECREMENT` :math:`e^{d/2}`; otherwise None (the point is solved). The optimum kept is
+        :math:`a_0 + H^{-1} g`, with the factorisation and the tilted moments at :math:`a_0`."""
+        from .linalg import BorderedFactor, NotPositiveDefinite
+
+        value, gu, gb, A, B, C = first
+        if not np.isfinite(value):
+            return None
+        try:
+            F = BorderedFactor(A, B, C, None if self.dense else self._reuse)
+        except NotPositiveDefinite:
+            return None
+        du, db = F.solve(gu, gb)
+        decrement = float(gu @ du + gb @ db)
+        dim = self.D.size + self.model.k_fep
+        estimate = value + 0.5 * decrement + 0.5 * dim * np.log(2.0 * np.pi) - 0.5 * F.logdet()
+        if not (estimate < floor and 0.0 <= decrement < _ONE_STEP_DECREMENT * np.exp(0.5 * (floor - estimate))):
+            return None
+        tilted = None
+        if self.keep_tilted and self.ie.rows.size * self.ie.d <= TILTED_KEEP_MAX and self._stash is not None:
+            tilted = self._tilted(self._stash[4], self._stash[5], self._stash[9])
+        u1, b1 = u + du, b + db
+        if self.dense:
+            u1, b1 = b1[:self.D.size], b1[self.D.size:]
+        if not self.dense:
+            self._reuse = F
+        self.start = (u1, b1, uD0, fe0)
+        self.last = (u1, b1, F, self.uhat, tilted)
+        return estimate
 
     def _layout_rows(self):
         r"""The rows' coefficients of :math:`a` split as the factor's blocks: ``(Zs_p, Zs_r, Xb_p, Xb_r)``,
