@@ -789,10 +789,7 @@ class NestedMarginal:
         most = int(sizes.max()) if sizes.size else 0
         if most == 0 or sizes.size * most**2 > 2 * first.size:
             return None
-        order = np.argsort(self.ie.local, kind="stable")
-        start = np.cumsum(sizes) - sizes
-        slot = np.empty(order.size, dtype=np.int64)
-        slot[order] = self.ie.local[order] * most + np.arange(order.size) - start[self.ie.local[order]]
+        slot = self.ie.local * most + self.ie.effect_rows.rank  # (the rows are sorted by effect)
         position = slot[first] * most + slot[second] % most
         return slot, position, most
 
@@ -1262,9 +1259,7 @@ class NestedMarginal:
         sparse = Zs_p is not None
 
         # each effect's rows in slots 0..n_max-1 (padding: zero in V and in the centred moments)
-        order = np.argsort(ie.local, kind="stable")
-        slot = np.empty(ie.local.size, dtype=np.int64)
-        slot[order] = np.arange(ie.local.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        slot = ie.effect_rows.rank  # (the rows are sorted by effect)
         row_at = np.full((m, n_max), -1, dtype=np.int64)
         row_at[ie.local, slot] = np.arange(ie.local.size)
         both = (row_at[:, :, None] >= 0) & (row_at[:, None, :] >= 0)
