@@ -683,7 +683,7 @@ class SchurDenseLDL:
                 raise ValueError("entries requested off the sparsity pattern")
         plan = (same, a_[same], both_D, self.pos[a_[both_D]], self.pos[b_[both_D]], mixed, k)
         if keep:
-            if len(cache) >= 4:
+            if len(cache) >= 8:  # (a few fixed request patterns per pattern analysis: moments, skewness, Gram)
                 cache.clear()
             cache[(id(a), id(b))] = (a, b, plan)
         return plan

@@ -869,13 +869,9 @@ class NestedMarginal:
             U, _, _, pi, S, _, _ = self._nodes(uD, fe, ie.precision(vcp))
             tilted = self._tilted(U, pi, S - np.einsum("ik,ik->i", pi[ie.local], S)[:, None])
         mu, tau, c = tilted
-        if ie.d == 1:  # (the group's pattern with the values scaled: a sparse product took 4x as long)
-            Gc = self.group.copy()
-            Gc.data *= c[Gc.indices]
-        else:  # blocks: each coordinate's moments, as rows j * d + t (ie.cols' order)
-            n, d = c.shape
-            coord = ((ie.local * d)[:, None] + np.arange(d)).ravel()
-            Gc = sp.csr_matrix((c.ravel(), (coord, np.repeat(np.arange(n), d))), shape=(ie.m * d, n))
+        Gc_template, order, g_map, g_template, g_pairs = self._moment_layout
+        Gc = copy.copy(Gc_template)  # (the fixed patterns with new values: no sparse products or format checks)
+        Gc.data = np.ravel(c)[order]
         g_f = np.asarray(Gc @ self.Xp)
         vc_mean = np.empty(model.k_vc)
         vc_var = np.empty(model.k_vc)
@@ -888,9 +884,11 @@ class NestedMarginal:
             return fe.copy(), cov[nD:, nD:], vc_mean, vc_var, g_f, g[:, :nD]
         fe_cov = F.border_inverse()
         quad = np.zeros(mu.size)
+        g_D = None
         if self.D.size:
-            g_D = (Gc @ self.ZDp).tocsr()
-            quad += self._quad_sparse(F.A, g_D)
+            g_D = copy.copy(g_template)
+            g_D.data = g_map @ np.ravel(c)
+            quad += self._quad_sparse(F.A, g_D, g_pairs)
             r = (g_D @ F.AinvB if F.m else 0.0) - g_f
         else:
             r = -g_f
@@ -899,7 +897,39 @@ class NestedMarginal:
         vc_mean[ie.cols], vc_var[ie.cols] = mu, tau + quad
         if self.D.size:
             vc_mean[self.D], vc_var[self.D] = uD, F.sparse_diag_inverse()
-        return fe.copy(), fe_cov, vc_mean, vc_var, g_f, g_D if self.D.size else None
+        return fe.copy(), fe_cov, vc_mean, vc_var, g_f, g_D
+
+    @functools.cached_property
+    def _moment_layout(self):
+        r"""The fixed patterns of :meth:`moments`: :math:`G_c` (effects * d x rows of P, the rows'
+        :math:`c_i = \mathrm{Cov}_j(u, s_i)` placed at their effect's coordinates, row j * d + t as
+        ``ie.cols``' order), as a CSR template and the order of ``c.ravel()`` in its values; and, with
+        other components in the sparse layout, :math:`g_D = G_c Z_{Dp}` as a map ``M`` from
+        ``c.ravel()`` to its values (``g_D.data = M c``), its CSR template and the pairs of its entries
+        within a row with their columns (:meth:`_quad_sparse`). ``c`` may hold zeros: the patterns are
+        structural (a pair of columns of one row of :math:`g_D` shares a row of P's effect, so it lies
+        on the Gram pattern).
+        """
+        ie = self.ie
+        n, d, m = ie.rows.size, ie.d, ie.m
+        entry_row = np.repeat(np.arange(n), d)  # the row of P of each entry of c.ravel()
+        coord = (ie.local[entry_row] * d + np.tile(np.arange(d), n)).astype(np.int64)
+        order = np.lexsort((entry_row, coord))
+        indptr = np.searchsorted(coord[order], np.arange(m * d + 1)).astype(np.int32)
+        Gc = sp.csr_matrix((np.zeros(n * d), entry_row[order].astype(np.int32), indptr), shape=(m * d, n))
+        if self.dense or not self.D.size:
+            return Gc, order, None, None, None
+        qD = self.D.size
+        zr, zc, zv = self._zd_coo.row, self._zd_coo.col, self._zd_coo.data
+        e = (np.repeat(zr, d) * d + np.tile(np.arange(d), zr.size)).astype(np.int64)  # entries of c.ravel()
+        keys = coord[e] * qD + np.repeat(zc, d)
+        uniq, pos = np.unique(keys, return_inverse=True)
+        g_map = sp.csr_matrix((np.repeat(zv, d), (pos, e)), shape=(uniq.size, n * d))
+        g_indptr = np.searchsorted(uniq // qD, np.arange(m * d + 1)).astype(np.int32)
+        g_template = sp.csr_matrix((np.zeros(uniq.size), (uniq % qD).astype(np.int32), g_indptr), shape=(m * d, qD))
+        first, second, row = pairs_within_rows(g_indptr)
+        cols = g_template.indices
+        return Gc, order, g_map, g_template, (first, second, row, cols[first], cols[second])
 
     def _evaluation_at(self, vcp, uD, fe):
         """``(U, pi, S, W, eta, S - E s)`` of the last evaluation with the Hessian if it was at
@@ -930,12 +960,19 @@ class NestedMarginal:
         return mu.ravel(), tau, c
 
     @staticmethod
-    def _quad_sparse(A, g):
+    def _quad_sparse(A, g, pairs=None):
         r""":math:`g_j^\top A^{-1} g_j` for the rows of the sparse ``g``: from :math:`A^{-1}` on the pairs
-        of columns that share a row (selected inverse, on A's pattern), else by solves in blocks."""
-        first, second, row = pairs_within_rows(g.indptr)
+        of columns that share a row (selected inverse, on A's pattern), else by solves in blocks.
+        ``pairs``: ``(first, second, row, column of first, column of second)`` of g's fixed pattern, the same
+        arrays at every call (the factor keeps where their entries sit)."""
+        if pairs is None:
+            first, second, row = pairs_within_rows(g.indptr)
+            a, b, keep = g.indices[first], g.indices[second], False
+        else:
+            first, second, row, a, b = pairs
+            keep = True
         try:
-            sig = A.inverse_on_pattern(g.indices[first], g.indices[second])
+            sig = A.inverse_on_pattern(a, b, keep_plan=keep)
             return np.bincount(row, weights=g.data[first] * g.data[second] * sig, minlength=g.shape[0])
         except ValueError:
             out = np.empty(g.shape[0])
@@ -1224,17 +1261,47 @@ class NestedMarginal:
         return self.ZDp, self.ZDr, self.Xp, self.Xr
 
     @staticmethod
-    def _pair_covariances(F, Zs, Wb, first, second):
+    def _pair_covariances(F, Zs, Wb, first, second, nonzero=None):
         r""":math:`\tilde x_a^\top H^{-1} \tilde x_b` for the pairs of rows ``(first, second)``: the sparse
         block's part :math:`z_a^\top A^{-1} z_b` from A's selected inverse (the pairs' columns share a
         row of A: on its pattern), plus :math:`w_a^\top w_b` with ``Wb`` the rows'
-        :meth:`~mglm_core.linalg.BorderedFactor.border_rows`."""
+        :meth:`~mglm_core.linalg.BorderedFactor.border_rows`. ``nonzero``: :func:`_nonzero_pairs` of the
+        pairs with the two entries' columns, the same arrays at every call (the factor keeps where they sit)."""
         out = np.einsum("td,td->t", Wb[first], Wb[second]) if Wb.shape[1] else np.zeros(first.size)
         if Zs is None or not Zs.nnz:
             return out
-        pair, ea, eb = _nonzero_pairs(Zs, first, second)
-        sig = F.A.inverse_on_pattern(Zs.indices[ea], Zs.indices[eb])
+        if nonzero is None:
+            pair, ea, eb = _nonzero_pairs(Zs, first, second)
+            sig = F.A.inverse_on_pattern(Zs.indices[ea], Zs.indices[eb])
+        else:
+            pair, ea, eb, col_a, col_b = nonzero
+            sig = F.A.inverse_on_pattern(col_a, col_b, keep_plan=True)
         return out + np.bincount(pair, weights=Zs.data[ea] * Zs.data[eb] * sig, minlength=first.size)
+
+    @functools.cached_property
+    def _skewness_layout(self):
+        """The fixed index arrays of :meth:`_skewness`: ``(both, first, second, nonzero_p, rest, nonzero_r)``,
+        with each effect's rows in slots 0..n_max-1, the slot pairs that hold two rows, those pairs of rows
+        of one effect, and :meth:`_pair_covariances`' ``nonzero`` for those
+        pairs and for the rows outside P with themselves (None without a sparse block)."""
+        ie = self.ie
+        n_max = int(np.bincount(ie.local, minlength=ie.m).max())
+        slot = ie.effect_rows.rank  # (the rows are sorted by effect)
+        row_at = np.full((ie.m, n_max), -1, dtype=np.int64)
+        row_at[ie.local, slot] = np.arange(ie.local.size)
+        both = (row_at[:, :, None] >= 0) & (row_at[:, None, :] >= 0)
+        first = np.broadcast_to(row_at[:, :, None], both.shape)[both]
+        second = np.broadcast_to(row_at[:, None, :], both.shape)[both]
+        Zs_p, Zs_r = self._layout_rows()[:2]
+        rest = np.arange(self.Xr.shape[0])
+
+        def nonzero(Zs, a, b):
+            if Zs is None or not Zs.nnz:
+                return None
+            pair, ea, eb = _nonzero_pairs(Zs, a, b)
+            return pair, ea, eb, Zs.indices[ea], Zs.indices[eb]
+
+        return both, first, second, nonzero(Zs_p, first, second), rest, nonzero(Zs_r, rest, rest)
 
     def _skewness(self, vcp, optimum, third=True):
         r"""The third- and fourth-order terms of the Laplace approximation over :math:`a = (u_D, fe)` at
@@ -1245,8 +1312,7 @@ class NestedMarginal:
         None beyond :data:`SECOND_ORDER_MAX` entries of their within-effect covariances."""
         ie, fam = self.ie, self.model.family
         m = ie.m
-        counts = np.bincount(ie.local, minlength=m)
-        n_max = int(counts.max())
+        n_max = int(np.bincount(ie.local, minlength=m).max())
         if m * float(n_max) ** 2 > SECOND_ORDER_MAX:
             return None
         third = third and m * float(n_max) ** 3 <= SECOND_ORDER_MAX
@@ -1260,13 +1326,9 @@ class NestedMarginal:
 
         # each effect's rows in slots 0..n_max-1 (padding: zero in V and in the centred moments)
         slot = ie.effect_rows.rank  # (the rows are sorted by effect)
-        row_at = np.full((m, n_max), -1, dtype=np.int64)
-        row_at[ie.local, slot] = np.arange(ie.local.size)
-        both = (row_at[:, :, None] >= 0) & (row_at[:, None, :] >= 0)
-        first = np.broadcast_to(row_at[:, :, None], both.shape)[both]
-        second = np.broadcast_to(row_at[:, None, :], both.shape)[both]
+        both, first, second, nonzero_p, rest, nonzero_r = self._skewness_layout
         V = np.zeros((m, n_max, n_max))  # within-effect covariances of the offsets
-        V[both] = self._pair_covariances(F, Zs_p, F.border_rows(Zs_p, Xb_p), first, second)
+        V[both] = self._pair_covariances(F, Zs_p, F.border_rows(Zs_p, Xb_p), first, second, nonzero_p)
 
         def padded(x):  # rows x ... -> effects x n_max x ...
             out = np.zeros((m, n_max) + x.shape[1:])
@@ -1307,18 +1369,28 @@ class NestedMarginal:
                   + np.sum(w * q**2, axis=1) - np.sum(w * q, axis=1) ** 2 - 2.0 * np.einsum("jac,jca->j", CV, CV))
             q4 = float(q4.sum())
             # each effect's third-derivative tensor, contracted with itself through V
-            eye = np.eye(n_max)
-            g3 = (np.einsum("jak,jbk,jck->jabc", Ps, st, st) + np.einsum("ab,bc,ja->jabc", eye, eye, a3)
-                  + np.einsum("ab,jac->jabc", eye, c23) + np.einsum("ac,jab->jabc", eye, c23)
-                  + np.einsum("bc,jba->jabc", eye, c23))
-            q33 = float(np.einsum("jabc,jai,jbk,jcl,jikl->", g3, V, V, V, g3, optimize=True))
+            # g3_jabc = sum_k Ps_jak st_jbk st_jck + d_ab d_bc a3_ja + d_ab c23_jac + d_ac c23_jab + d_bc c23_jba
+            # (batched matrix products: a three-operand einsum took 2 ms here)
+            n_k = st.shape[2]
+            g3 = np.matmul((Ps[:, :, None, :] * st[:, None, :, :]).reshape(m, n_max * n_max, n_k),
+                           st.transpose(0, 2, 1)).reshape(m, n_max, n_max, n_max)
+            for a_ in range(n_max):
+                g3[:, a_, a_, a_] += a3[:, a_]
+                g3[:, a_, a_, :] += c23[:, a_, :]
+                g3[:, a_, :, a_] += c23[:, a_, :]
+                g3[:, :, a_, a_] += c23[:, a_, :]
+            # sum g3_jabc V_jai V_jbk V_jcl g3_jikl: g3 carried through V along each axis in turn
+            Vt = V.transpose(0, 2, 1)
+            T = np.matmul(g3.reshape(m, n_max * n_max, n_max), V).reshape(g3.shape)  # [j, a, b, l]
+            T = np.matmul(Vt[:, None], T)  # [j, a, k, l]
+            T = np.matmul(Vt, T.reshape(m, n_max, -1))  # [j, i, (k, l)]
+            q33 = float(np.sum(T * g3.reshape(m, n_max, -1)))
         tau_rows = tau[ie.local, slot]
         t_B = Xb_p.T @ tau_rows
         t_A = Zs_p.T @ tau_rows if sparse else np.zeros(0)
         if Xb_r.shape[0]:  # rows outside P: the plain rows' terms
             eta_r = self.Xr @ fe + self.ZDr @ uD + (0.0 if self.off_r is None else self.off_r)
-            rest = np.arange(Xb_r.shape[0])
-            v = self._pair_covariances(F, Zs_r, F.border_rows(Zs_r, Xb_r), rest, rest)
+            v = self._pair_covariances(F, Zs_r, F.border_rows(Zs_r, Xb_r), rest, rest, nonzero_r)
             l3r = -fam.weight_derivative(self.yr, eta_r, self.tr)
             if q33 is not None:
                 q4 += float(-fam.weight_second_derivative(self.yr, eta_r, self.tr) @ v**2)
