@@ -41,8 +41,10 @@ NODES_MAX = 192
 #: :meth:`NestedMarginal.second_order` is skipped (None) beyond this many entries of the effects'
 #: third-derivative tensors (effects x largest rows per effect cubed).
 SECOND_ORDER_MAX = 4e6
-#: Up to this many other random effects, (u_D, fe) is handled as one dense block.
-DENSE_OTHER = 100
+#: Up to this many other random effects, (u_D, fe) is handled as one dense block. (Measured: with 107-109
+#: other effects dense took 5-8 % less time than the sparse Schur route, with 110-120 the same within the
+#: timings' noise, with 150-161 6-40 % more.)
+DENSE_OTHER = 112
 #: The quadrature's value moves by about this much as its nodes follow the modes: a Newton
 #: decrement below it is as converged as the objective allows. At SDs of 5 and more the 24-node
 #: rule's value is rough at the scale of 0.05-0.1 (a Poisson case stalled at 0.066 with SD 6.7): a
@@ -120,6 +122,23 @@ class EffectRows:
         if self.equal:
             return X.reshape(self.m, self.most, -1).sum(axis=1)
         return self._place(np.add.reduceat(X, self.starts, axis=0))
+
+    def weighted(self, X, P):
+        r""":math:`\sum_k X_{ik} P_{jk\cdot}` for every row i of effect j: ``X`` rows x nodes, ``P`` effects x
+        nodes (rows out) or effects x nodes x d (rows x d out). Equal-sized effects: batched products over
+        the reshaped rows, without gathering P to rows x nodes."""
+        if self.equal:
+            out = np.matmul(X.reshape(self.m, self.most, -1), P if P.ndim == 3 else P[:, :, None])
+            return out.reshape(X.shape[0], -1) if P.ndim == 3 else out.reshape(X.shape[0])
+        if P.ndim == 3:
+            return np.einsum("ik,ikd->id", X, P[self.local])
+        return np.einsum("ik,ik->i", X, P[self.local])
+
+    def scaled(self, X, P):
+        r""":math:`X_{ik} P_{jk}` for every row i of effect j (rows x nodes; ``P`` effects x nodes)."""
+        if self.equal:
+            return (X.reshape(self.m, self.most, -1) * P[:, None, :]).reshape(X.shape)
+        return X * P[self.local]
 
     def sum_log(self, Q, run):
         r""":math:`\sum_{i \in j} \log Q_{ik}` as the logarithms of products over runs of at most
@@ -867,7 +886,7 @@ class NestedMarginal:
         vcp = np.asarray(vcp, dtype=float)
         if tilted is None:
             U, _, _, pi, S, _, _ = self._nodes(uD, fe, ie.precision(vcp))
-            tilted = self._tilted(U, pi, S - np.einsum("ik,ik->i", pi[ie.local], S)[:, None])
+            tilted = self._tilted(U, pi, S - ie.effect_rows.weighted(S, pi)[:, None])
         mu, tau, c = tilted
         Gc_template, order, g_map, g_template, g_pairs = self._moment_layout
         Gc = copy.copy(Gc_template)  # (the fixed patterns with new values: no sparse products or format checks)
@@ -948,15 +967,14 @@ class NestedMarginal:
         :math:`c_i = \mathrm{Cov}_j(u, s_i)` (rows, rows x d for blocks), whence
         :math:`\partial\mu_j/\partial a = \sum_{i \in j} c_i\,(z_{Di}, x_i)` (:meth:`moments`)."""
         ie = self.ie
-        P_row = pi[ie.local]
         if ie.d == 1:
             mu = np.einsum("jk,jk->j", pi, U)
             tau = np.maximum(np.einsum("jk,jk->j", pi, U**2) - mu**2, 0.0)
-            return mu, tau, np.einsum("ik,ik,ik->i", P_row, U[ie.local] - mu[ie.local][:, None], dev)
+            return mu, tau, ie.effect_rows.weighted(dev, pi * (U - mu[:, None]))
         mu = np.einsum("jk,jkd->jd", pi, U)
         tau = np.maximum(np.einsum("jk,jkd->jd", pi, U**2) - mu**2, 0.0).ravel()
         # (sum_k pi_jk (s_ik - E s_i) = 0: the means need not be subtracted from the nodes)
-        c = np.einsum("ik,ikd->id", P_row * dev, U[ie.local])
+        c = ie.effect_rows.weighted(dev, pi[:, :, None] * U)
         return mu.ravel(), tau, c
 
     @staticmethod
@@ -1010,9 +1028,8 @@ class NestedMarginal:
             value += -0.5 * float(vcp @ vcp) / model.vcp_p**2 - 0.5 * vcp.size * np.log(2.0 * np.pi * model.vcp_p**2)
             if hessian is None:  # the value alone (line searches)
                 return value, None, None, None, None, None
-            P_row = pi[loc]
-            Es = np.einsum("ik,ik->i", P_row, S)
-            Ew = np.einsum("ik,ik->i", P_row, W)
+            Es = ie.effect_rows.weighted(S, pi)
+            Ew = ie.effect_rows.weighted(W, pi)
             g_fe = self.Xp.T @ Es + self.Xr.T @ s_r - fe / model.fe_p**2
             g_D = self.ZDpT @ Es + self.ZDrT @ s_r - prec_D * uD
             if not hessian:
@@ -1085,7 +1102,7 @@ class NestedMarginal:
         (i, i' rows of effect j), plus the priors' precisions."""
         first, second, indices, indptr = self._pairs
         model, p = self.model, self.model.k_fep
-        sdev = dev * np.sqrt(pi)[self.ie.local]
+        sdev = self.ie.effect_rows.scaled(dev, np.sqrt(pi))
         batches = self._pair_batches
         if batches is None:
             vals = -np.einsum("tk,tk->t", sdev[first], sdev[second])

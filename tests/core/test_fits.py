@@ -566,8 +566,9 @@ def test_nested_row_pairs_batched_equals_gathered(sizes):
 @pytest.mark.parametrize("sizes", [(4,), (1, 3, 7), (0, 2, 5)])
 def test_effect_rows_sums_and_log_products(sizes):
     """EffectRows' sums and sums of logarithms over each effect's rows (from products over runs of at most
-    ``run`` rows) against the sums of the rows' values and logarithms by effect: equal and unequal effect
-    sizes, an effect without rows (0), and runs shorter than the largest effect."""
+    ``run`` rows) against the sums of the rows' values and logarithms by effect, and its weighted sums and
+    products of each row with its effect's values at the nodes against the gathered forms: equal and unequal
+    effect sizes, an effect without rows (0), and runs shorter than the largest effect."""
     from mglm_core.quadrature import EffectRows
 
     rng = np.random.default_rng(5)
@@ -581,6 +582,11 @@ def test_effect_rows_sums_and_log_products(sizes):
     np.testing.assert_allclose(rows.sum(Q), want_sum, rtol=1e-13, atol=1e-14)
     for run in (1, 2, 3, 100):
         np.testing.assert_allclose(rows.sum_log(Q, run), want_log, rtol=1e-13, atol=1e-13)
+    # each row against its effect's values at the nodes: weighted sums (per coordinate too) and products
+    P, P3 = rng.normal(size=(n.size, 7)), rng.normal(size=(n.size, 7, 2))
+    np.testing.assert_allclose(rows.weighted(Q, P), np.sum(Q * P[local], axis=1), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(rows.weighted(Q, P3), np.einsum("ik,ikd->id", Q, P3[local]), rtol=1e-13, atol=1e-14)
+    np.testing.assert_array_equal(rows.scaled(Q, P), Q * P[local])
     with pytest.raises(ValueError, match="sorted by effect"):
         EffectRows(local[::-1], n.size)
 
