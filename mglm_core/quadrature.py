@@ -618,33 +618,45 @@ class EffectBlocks:
 
     def _curvatures(self, w, prec):
         """The blocks' curvatures as ``(C00, C01, C11)`` (each m)."""
-        loc, m, z = self.local, self.m, self.z
-        return (np.bincount(loc, weights=z[:, 0] ** 2 * w, minlength=m) + prec[0],
-                np.bincount(loc, weights=z[:, 0] * z[:, 1] * w, minlength=m),
-                np.bincount(loc, weights=z[:, 1] ** 2 * w, minlength=m) + prec[1])
+        loc, m = self.local, self.m
+        z00, z01, z11 = self._z_products
+        return (np.bincount(loc, weights=z00 * w, minlength=m) + prec[0],
+                np.bincount(loc, weights=z01 * w, minlength=m),
+                np.bincount(loc, weights=z11 * w, minlength=m) + prec[1])
 
-    def _eta(self, a, u):
-        return a + self.z[:, 0] * u[self.local, 0] + self.z[:, 1] * u[self.local, 1]
+    @functools.cached_property
+    def _z_products(self):
+        """The rows' :math:`z_0^2, z_0 z_1, z_1^2`."""
+        z0, z1 = self.z[:, 0], self.z[:, 1]
+        return z0**2, z0 * z1, z1**2
 
     def modes(self, family, a, prec, u):
         """Modes (m x 2) and curvatures ``(C00, C01, C11)`` of the blocks' integrands given the rows'
         offsets ``a``, from ``u`` (vectorised Newton, 2 x 2 systems in closed form, steps of at most
         2 per coordinate)."""
-        loc, m, z = self.local, self.m, self.z
-        u = u.copy()
+        loc, m = self.local, self.m
+        z0, z1 = self.z[:, 0], self.z[:, 1]
+        u0, u1 = u[:, 0].copy(), u[:, 1].copy()  # (each coordinate's vector: no strided gathers or stacking)
         for _ in range(50):
-            s, w = family.score_weight(self.y, self._eta(a, u), self.trials)
-            g0 = np.bincount(loc, weights=z[:, 0] * s, minlength=m) - prec[0] * u[:, 0]
-            g1 = np.bincount(loc, weights=z[:, 1] * s, minlength=m) - prec[1] * u[:, 1]
+            s, w = family.score_weight(self.y, a + z0 * u0[loc] + z1 * u1[loc], self.trials)
+            g0 = np.bincount(loc, weights=z0 * s, minlength=m) - prec[0] * u0
+            g1 = np.bincount(loc, weights=z1 * s, minlength=m) - prec[1] * u1
             c00, c01, c11 = self._curvatures(w, prec)
             det = c00 * c11 - c01**2
-            step = np.column_stack([(c11 * g0 - c01 * g1) / det, (c00 * g1 - c01 * g0) / det])
-            step *= np.minimum(1.0, 2.0 / np.maximum(np.max(np.abs(step), axis=1), 1e-300))[:, None]
-            u += step
-            if np.abs(step).max() < _MODE_STEP:
+            d0, d1 = (c11 * g0 - c01 * g1) / det, (c00 * g1 - c01 * g0) / det
+            largest = np.maximum(np.abs(d0), np.abs(d1))
+            top = float(largest.max())
+            if top > 2.0:  # (steps of at most 2 per coordinate)
+                f = np.minimum(1.0, 2.0 / np.maximum(largest, 1e-300))
+                d0 *= f
+                d1 *= f
+                top = 2.0
+            u0 += d0
+            u1 += d1
+            if top < _MODE_STEP:
                 break
-        _, w = family.score_weight(self.y, self._eta(a, u), self.trials)
-        return u, self._curvatures(w, prec)
+        _, w = family.score_weight(self.y, a + z0 * u0[loc] + z1 * u1[loc], self.trials)
+        return np.column_stack([u0, u1]), self._curvatures(w, prec)
 
     def _node_axes(self, x):
         """``(v0, i0, v1, i1, full)``: the values of the product rule ``x``'s two coordinates, each
@@ -1102,15 +1114,16 @@ class NestedMarginal:
         (i, i' rows of effect j), plus the priors' precisions."""
         first, second, indices, indptr = self._pairs
         model, p = self.model, self.model.k_fep
-        sdev = self.ie.effect_rows.scaled(dev, np.sqrt(pi))
         batches = self._pair_batches
         if batches is None:
+            sdev = self.ie.effect_rows.scaled(dev, np.sqrt(pi))
             vals = -np.einsum("tk,tk->t", sdev[first], sdev[second])
         else:  # (a third of the time of the gathers: binary slopes of 80 groups of six rows, 100 nodes)
             slot, position, most = batches
-            padded = np.zeros((self.ie.m * most, sdev.shape[1]))
-            padded[slot] = sdev
+            padded = np.zeros((self.ie.m * most, dev.shape[1]))
+            padded[slot] = dev
             padded = padded.reshape(self.ie.m, most, -1)
+            padded *= np.sqrt(pi)[:, None, :]
             vals = -np.matmul(padded, padded.transpose(0, 2, 1)).ravel()[position]
         diag = self._pair_diagonal
         vals[diag] += Ew[first[diag]]
