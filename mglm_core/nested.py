@@ -379,7 +379,7 @@ class _Conditional:
         theta0 = np.asarray(theta0, dtype=float)
 
         def terms(th):  # (correction, shift) at th, (nan, None) where not computed
-            nr = self(th)[1]
+            nr = self(th, tol=_GRID_TOL)[1]  # (its optimum only starts the nested solve)
             if nr.factor is None:
                 return np.nan, None
             # (from the last point's nested optimum moved by the Laplace optima's change between

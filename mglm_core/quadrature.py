@@ -334,8 +334,8 @@ class IndependentEffects:
             c = np.bincount(self.local, weights=self.z**2 * w, minlength=m) + prec
             step = np.minimum(np.maximum(g / c, -2.0), 2.0)  # (np.clip: twice the overhead)
             u += step
-            if np.abs(step).max() < _MODE_STEP:
-                break
+            if np.abs(step).max() < _MODE_STEP:  # (the curvatures before this step: it moved u by less than that)
+                return u, c
         _, w = family.score_weight(self.y, a + self.z * u[self.local], self.trials)
         return u, np.bincount(self.local, weights=self.z**2 * w, minlength=m) + prec
 
@@ -653,8 +653,8 @@ class EffectBlocks:
                 top = 2.0
             u0 += d0
             u1 += d1
-            if top < _MODE_STEP:
-                break
+            if top < _MODE_STEP:  # (the curvatures before this step: it moved u by less than _MODE_STEP)
+                return np.column_stack([u0, u1]), (c00, c01, c11)
         _, w = family.score_weight(self.y, a + z0 * u0[loc] + z1 * u1[loc], self.trials)
         return np.column_stack([u0, u1]), self._curvatures(w, prec)
 
