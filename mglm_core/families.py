@@ -108,6 +108,11 @@ class Family:
         r""":math:`d^2w_i/d\eta_i^2` (the integrated fit's second-order correction)."""
         raise NotImplementedError
 
+    def weight_derivatives(self, y, score, weight, trials):  # pragma: no cover - abstract
+        r""":math:`dw_i/d\eta_i` and :math:`d^2w_i/d\eta_i^2` from the rows' scores and weights at the same
+        :math:`\eta` (:meth:`score_weight`'s), without another exponential."""
+        raise NotImplementedError
+
     def mean(self, eta, trials=None):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -249,6 +254,12 @@ class Binomial(Family):
         pq = p * (1.0 - p)
         out = pq * (1.0 - 6.0 * pq)
         return out if trials is None else trials * out
+
+    def weight_derivatives(self, y, score, weight, trials):
+        r"""With :math:`p = (y - s)/n` and :math:`w = n\,p(1-p)`: :math:`w(1 - 2p)` and :math:`w(1 - 6w/n)`."""
+        n = 1.0 if trials is None else trials
+        p = (y - score) / n
+        return weight * (1.0 - 2.0 * p), weight * (1.0 - 6.0 * weight / n)
 
     def gaussian_expectation(self, y, m, v, trials, chunk=32768, const=True):
         r"""Return ``E l, dE/dm, dE/dv, E l''`` for ``eta ~ N(m, v)``.
@@ -405,6 +416,10 @@ class Poisson(Family):
     def weight_second_derivative(self, y, eta, trials=None):
         r""":math:`d^2w/d\eta^2 = \mu`."""
         return np.exp(eta)
+
+    def weight_derivatives(self, y, score, weight, trials=None):
+        r"""Both are :math:`\mu = w`."""
+        return weight, weight
 
     def gaussian_expectation(self, y, m, v, trials=None, const=True):
         """Closed form: ``E exp(eta) = exp(m + v/2)``."""

@@ -1349,8 +1349,8 @@ class NestedMarginal:
         uD, fe, F, self.uhat = optimum[:4]
         vcp = np.asarray(vcp, dtype=float)
         stash = self._evaluation_at(vcp, uD, fe)
-        _, pi, S, W, eta = stash[:5] if stash is not None else self._nodes(uD, fe, ie.precision(vcp))[2:]
-        eta = eta() if callable(eta) else eta  # (the rules give it as a function where they did not need it)
+        _, pi, S, W = stash[:4] if stash is not None else self._nodes(uD, fe, ie.precision(vcp))[2:6]
+        dw, d2w = fam.weight_derivatives(self._y, S, W, self._tr)  # (from the scores and weights: no exponentials)
         Zs_p, Zs_r, Xb_p, Xb_r = self._layout_rows()
         sparse = Zs_p is not None
 
@@ -1374,7 +1374,7 @@ class NestedMarginal:
 
         st, _ = centred(S)
         l2t, _ = centred(-W)
-        l3t, a3 = centred(-fam.weight_derivative(self._y, eta, self._tr))
+        l3t, a3 = centred(-dw)
         Ps = P * st
         Vd = np.einsum("jaa->ja", V)
         c23 = np.einsum("jak,jbk->jab", P * l2t, st)  # Cov(l''_a, s_b)
@@ -1387,7 +1387,7 @@ class NestedMarginal:
         q4 = q33 = None
         if third:
             # sum_iklm g_iklm V_ik V_lm
-            _, a4 = centred(-fam.weight_second_derivative(self._y, eta, self._tr))
+            _, a4 = centred(-d2w)
             c34 = np.einsum("jak,jbk->jab", P * l3t, st)  # Cov(l'''_a, s_b)
             c22 = np.einsum("jak,jbk->jab", P * l2t, l2t)  # Cov(l''_a, l''_b)
             C = np.einsum("jak,jbk->jab", Ps, st)  # Cov(s_a, s_b)

@@ -91,3 +91,23 @@ def test_fused_loglike_score_weight_matches_the_separate_functions(family, with_
         t = np.exp(-np.abs(E))
         w1 = (1.0 if tr is None else tr) * t / (1.0 + t) ** 2
     np.testing.assert_allclose(wr, w1, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("family", [Binomial(), Poisson()])
+@pytest.mark.parametrize("with_trials", [False, True])
+def test_weight_derivatives_from_scores_and_weights(family, with_trials):
+    """The weight's first and second derivatives from the rows' scores and weights (no exponential) equal
+    those computed from eta, out to |eta| = 30 (where 1 - 2p and 1 - 6 w / n saturate)."""
+    rng = np.random.default_rng(4)
+    n = 400
+    trials = rng.integers(1, 10, n).astype(float) if (with_trials and family.name == "binomial") else None
+    if family.name == "binomial":
+        eta = np.concatenate([rng.normal(0, 3, n - 4), [30.0, -30.0, 0.0, 1e-3]])
+        y = (rng.random(n) < 0.5) * 1.0 if trials is None else np.floor(trials * rng.random(n))
+    else:
+        eta = rng.normal(0, 1.5, n)
+        y = rng.poisson(2.0, n).astype(float)
+    score, weight = family.score_weight(y, eta, trials)
+    d1, d2 = family.weight_derivatives(y, score, weight, trials)
+    np.testing.assert_allclose(d1, family.weight_derivative(y, eta, trials), rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(d2, family.weight_second_derivative(y, eta, trials), rtol=1e-9, atol=1e-15)
