@@ -378,14 +378,20 @@ class _Conditional:
             return
         theta0 = np.asarray(theta0, dtype=float)
 
-        def terms(th):  # (correction, shift) at th, (nan, None) where not computed
-            nr = self(th, tol=_GRID_TOL)[1]  # (its optimum only starts the nested solve)
-            if nr.factor is None:
-                return np.nan, None
-            # (from the last point's nested optimum moved by the Laplace optima's change between
-            # the two, NestedMarginal.start: two Newton evaluations instead of three from its
-            # Laplace optimum; the optima then start the nested values' solves, _nested_value)
-            if not np.isfinite(nested.log_marginal(th, nr.u[nested.D], nr.b)):
+        def terms(th, start=None):  # (correction, shift) at th, (nan, None) where not computed
+            value = -np.inf
+            if start is not None:  # (the mode's nested optimum moved along its Laplace optimum's derivative)
+                nested.start = None
+                value = nested.log_marginal(th, *start)
+            if not np.isfinite(value):
+                nr = self(th, tol=_GRID_TOL)[1]  # (its optimum only starts the nested solve)
+                if nr.factor is None:
+                    return np.nan, None
+                # (from the last point's nested optimum moved by the Laplace optima's change between
+                # the two, NestedMarginal.start: two Newton evaluations instead of three from its
+                # Laplace optimum; the optima then start the nested values' solves, _nested_value)
+                value = nested.log_marginal(th, nr.u[nested.D], nr.b)
+            if not np.isfinite(value):
                 return np.nan, None
             self.nested_optimum[self._key(th)] = nested.last
             e, shift = nested.outer_terms(th)
@@ -395,10 +401,21 @@ class _Conditional:
         e0, s0 = terms(theta0)
         if not np.isfinite(e0):
             return
+        # the other points start from the mode's nested optimum moved by the Laplace optimum's derivative in
+        # the log-SDs there (no Laplace solve at each)
+        opt0, su0, sb0 = self.nested_optimum[self._key(theta0)], *self._entry(theta0)[2:]
+
+        def start(th):
+            if su0 is None:
+                return None
+            d = th - theta0
+            return opt0[0] + su0[nested.D] @ d, opt0[1] + sb0 @ d
+
         dz = np.zeros(theta0.size)
         curves, shifts = [], []
         for i in range(theta0.size):
-            (lo, s_lo), (hi, s_hi) = terms(theta0 - root[:, i]), terms(theta0 + root[:, i])
+            th_lo, th_hi = theta0 - root[:, i], theta0 + root[:, i]
+            (lo, s_lo), (hi, s_hi) = terms(th_lo, start(th_lo)), terms(th_hi, start(th_hi))
             lo, hi = lo - e0, hi - e0
             dz[i] = 0.5 * (hi - lo) if np.isfinite(lo) and np.isfinite(hi) else 0.0
             curve = _outer_curve(lo, hi)
