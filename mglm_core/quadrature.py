@@ -659,15 +659,18 @@ class EffectBlocks:
         return np.column_stack([u0, u1]), self._curvatures(w, prec)
 
     def _node_axes(self, x):
-        """``(v0, i0, v1, i1, full)``: the values of the product rule ``x``'s two coordinates, each
-        node's index into them, and whether the nodes are the full product in its order (the first
-        coordinate's index major)."""
+        """``(v0, i0, v1, i1, full, features)``: the values of the product rule ``x``'s two coordinates, each
+        node's index into them, whether the nodes are the full product in its order (the first
+        coordinate's index major), and the nodes' monomials :math:`1, x_0, x_1, x_0^2, x_0 x_1, x_1^2`
+        (6 x nodes)."""
         if self._axes is None or self._axes[0] is not x:
             v0, i0 = np.unique(x[:, 0], return_inverse=True)
             v1, i1 = np.unique(x[:, 1], return_inverse=True)
             full = (i0.size == v0.size * v1.size and np.array_equal(i0, np.repeat(np.arange(v0.size), v1.size))
                     and np.array_equal(i1, np.tile(np.arange(v1.size), v0.size)))
-            self._axes = (x, v0, i0, v1, i1, full)
+            x0, x1 = x[:, 0], x[:, 1]
+            features = np.stack([np.ones_like(x0), x0, x1, x0**2, x0 * x1, x1**2])
+            self._axes = (x, v0, i0, v1, i1, full, features)
         return self._axes[1:]
 
     def rule(self, family, y, trials, a, group, u0, C, prec, x, logw):
@@ -682,14 +685,15 @@ class EffectBlocks:
         l11 = np.sqrt(c11 - l10**2)
         r2 = np.sqrt(2.0)
         s00, s01, s11 = r2 / l00, -r2 * l10 / (l00 * l11), r2 / l11  # sqrt2 L^-T
-        U0 = u0[:, 0, None] + s00[:, None] * x[:, 0] + s01[:, None] * x[:, 1]
-        U1 = u0[:, 1, None] + s11[:, None] * x[:, 1]
+        m0, m1 = u0[:, 0], u0[:, 1]
+        # U_jk = (m0_j + s00_j x_k0 + s01_j x_k1, m1_j + s11_j x_k1), made only where asked for (moments)
+        U = functools.partial(_block_nodes, m0, m1, s00, s01, s11, x)
         loc, z0, z1 = self.local, self.z[:, 0], self.z[:, 1]
         # eta_ik = a_i + z_i . U_jk = c_i + alpha_i x_k0 + beta_i x_k1: a row constant plus the rows'
         # multiples of the two node coordinates
-        c = a + z0 * u0[loc, 0] + z1 * u0[loc, 1]
+        c = a + z0 * m0[loc] + z1 * m1[loc]
         alpha, beta = z0 * s00[loc], z0 * s01[loc] + z1 * s11[loc]
-        v0, i0, v1, i1, full = self._node_axes(x)
+        v0, i0, v1, i1, full, features = self._node_axes(x)
         bound = float(np.max(np.abs(c)) + np.max(np.abs(alpha)) * np.max(np.abs(v0))
                       + np.max(np.abs(beta)) * np.max(np.abs(v1)))
         terms = None
@@ -698,24 +702,38 @@ class EffectBlocks:
             # only, the product rule's nodes taking each axis's values in a few columns
             A = np.exp(c[:, None] + alpha[:, None] * v0)
             B = np.exp(beta[:, None] * v1)
-            E = (A[:, :, None] * B[:, None, :]).reshape(A.shape[0], -1) if full else A[:, i0] * B[:, i1]
+            E = np.einsum("ij,ik->ijk", A, B).reshape(A.shape[0], -1) if full else A[:, i0] * B[:, i1]
             terms = family.effect_terms(E, y, trials, self.effect_rows, bound)
+        p0, p1 = prec
         if terms is not None:
             N, S, W = terms
             sc_y, sa_y, sb_y = _effect_sums(loc, self.m, y.ravel(), c, alpha, beta)
-            lw = (N + (sc_y + self.base)[:, None] + sa_y[:, None] * x[:, 0] + sb_y[:, None] * x[:, 1]
-                  - 0.5 * (prec[0] * U0**2 + prec[1] * U1**2) + logw)
+            # the rows' linear part and the prior -prec_t U_t^2 / 2 are quadratics in the node x_k: each
+            # effect's six coefficients times the nodes' monomials
+            coef = np.column_stack([sc_y + self.base - 0.5 * (p0 * m0**2 + p1 * m1**2),
+                                    sa_y - p0 * m0 * s00, sb_y - p0 * m0 * s01 - p1 * m1 * s11,
+                                    -0.5 * p0 * s00**2, -p0 * s00 * s01, -0.5 * (p0 * s01**2 + p1 * s11**2)])
+            lw = N + coef @ features + logw
             eta = functools.partial(_linear_nodes, c, (alpha, beta), (x[:, 0], x[:, 1]))
         else:
             eta = _linear_nodes(c, (alpha, beta), (x[:, 0], x[:, 1]))
             ll, S, W = family.row_terms(y, eta, trials)
-            lw = group @ ll - 0.5 * (prec[0] * U0**2 + prec[1] * U1**2) + logw
+            Un = U()
+            lw = group @ ll - 0.5 * (p0 * Un[:, :, 0]**2 + p1 * Un[:, :, 1]**2) + logw
         top = lw.max(axis=1)
         pi = np.exp(lw - top[:, None])
         total = pi.sum(axis=1)
         pi /= total[:, None]
         log_scale = np.log(2.0) - np.log(l00) - np.log(l11)
-        return np.stack([U0, U1], axis=2), log_scale, top + np.log(total), pi, S, W, eta
+        return U, log_scale, top + np.log(total), pi, S, W, eta
+
+
+def _block_nodes(m0, m1, s00, s01, s11, x):
+    r"""The blocks' nodes :math:`U_{jk} = \hat u_j + \sqrt2 L_j^{-\top} x_k` (effects x nodes x 2)."""
+    U = np.empty((m0.size, x.shape[0], 2))
+    U[:, :, 0] = m0[:, None] + s00[:, None] * x[:, 0] + s01[:, None] * x[:, 1]
+    U[:, :, 1] = m1[:, None] + s11[:, None] * x[:, 1]
+    return U
 
 
 class NestedMarginal:
@@ -811,10 +829,12 @@ class NestedMarginal:
         r"""The rows of P laid out effect by effect, each effect's rows padded with zero rows to the
         most rows of any effect, so that the products :math:`\sum_k d_{ik} d_{i'k}` over the pairs
         of rows of an effect are one batched matrix product (effects x rows x nodes by its transpose)
-        instead of two gathers of pairs x nodes and a sum: ``(slot, position, most)``, each row's place
-        in the padded (effects * most rows) layout, each pair's in the flattened effects x most rows x
-        most rows products, and the most rows; None when the padding would more than double the
-        products' work (effects of very unequal sizes)."""
+        instead of two gathers of pairs x nodes and a sum: ``(slot, position, most, Xp_padded)``, each row's
+        place in the padded (effects * most rows) layout (None where every effect has the most rows: the
+        layout is then the rows' own), each pair's in the flattened effects x most rows x most rows products,
+        the most rows, and the fixed effects' rows in the padded layout (effects x most x p, for W X block by
+        block); None when the padding would more than double the products' work (effects of very unequal
+        sizes)."""
         first, second = self._pairs[:2]
         sizes = np.bincount(self.ie.local, minlength=self.ie.m)
         most = int(sizes.max()) if sizes.size else 0
@@ -822,7 +842,10 @@ class NestedMarginal:
             return None
         slot = self.ie.local * most + self.ie.effect_rows.rank  # (the rows are sorted by effect)
         position = slot[first] * most + slot[second] % most
-        return slot, position, most
+        Xp_padded = np.zeros((self.ie.m * most, self.model.k_fep))
+        Xp_padded[slot] = self.Xp
+        # (equal-sized effects: every slot holds its own row, and the padded layout is the rows themselves)
+        return (None if self.ie.effect_rows.equal else slot), position, most, Xp_padded.reshape(self.ie.m, most, -1)
 
     @functools.cached_property
     def _pair_matrix(self):
@@ -979,6 +1002,7 @@ class NestedMarginal:
         :math:`c_i = \mathrm{Cov}_j(u, s_i)` (rows, rows x d for blocks), whence
         :math:`\partial\mu_j/\partial a = \sum_{i \in j} c_i\,(z_{Di}, x_i)` (:meth:`moments`)."""
         ie = self.ie
+        U = U() if callable(U) else U  # (the block rule makes its nodes only where asked for)
         if ie.d == 1:
             mu = np.einsum("jk,jk->j", pi, U)
             tau = np.maximum(np.einsum("jk,jk->j", pi, U**2) - mu**2, 0.0)
@@ -1042,8 +1066,12 @@ class NestedMarginal:
                 return value, None, None, None, None, None
             Es = ie.effect_rows.weighted(S, pi)
             Ew = ie.effect_rows.weighted(W, pi)
-            g_fe = self.Xp.T @ Es + self.Xr.T @ s_r - fe / model.fe_p**2
-            g_D = self.ZDpT @ Es + self.ZDrT @ s_r - prec_D * uD
+            g_fe = self.Xp.T @ Es - fe / model.fe_p**2
+            # (the dense layout's dense copies: a sparse product's overhead is most of its time here)
+            g_D = (self.ZDp_d.T @ Es if self.dense else self.ZDpT @ Es) - prec_D * uD
+            if self.yr.size:
+                g_fe += self.Xr.T @ s_r
+                g_D += self.ZDr_d.T @ s_r if self.dense else self.ZDrT @ s_r
             if not hessian:
                 return value, g_D, g_fe, None, None, None
             dev = S - Es[:, None]  # s_ik - E s_i
@@ -1115,23 +1143,41 @@ class NestedMarginal:
         first, second, indices, indptr = self._pairs
         model, p = self.model, self.model.k_fep
         batches = self._pair_batches
+        m = self.ie.m
         if batches is None:
             sdev = self.ie.effect_rows.scaled(dev, np.sqrt(pi))
             vals = -np.einsum("tk,tk->t", sdev[first], sdev[second])
+            diag = self._pair_diagonal
+            vals[diag] += Ew[first[diag]]
+            Wp = self._pair_matrix  # (its pattern fixed, only its values set: scipy's checks took 60 us)
+            Wp.data = vals
+            WX = Wp @ self.Xp
         else:  # (a third of the time of the gathers: binary slopes of 80 groups of six rows, 100 nodes)
-            slot, position, most = batches
-            padded = np.zeros((self.ie.m * most, dev.shape[1]))
-            padded[slot] = dev
-            padded = padded.reshape(self.ie.m, most, -1)
-            padded *= np.sqrt(pi)[:, None, :]
-            vals = -np.matmul(padded, padded.transpose(0, 2, 1)).ravel()[position]
-        diag = self._pair_diagonal
-        vals[diag] += Ew[first[diag]]
-        Wp = self._pair_matrix  # (its pattern fixed, only its values set: scipy's checks took 60 us)
-        Wp.data = vals
-        WX = Wp @ self.Xp
+            # each effect's block of W by one batched product over the rows padded to the most rows, and
+            # W X block by block (equal-sized effects: the rows themselves, no padding)
+            slot, position, most, Xp_padded = batches
+            if slot is None:
+                padded = dev.reshape(m, most, -1) * np.sqrt(pi)[:, None, :]
+                Ew_padded = Ew.reshape(m, most)
+            else:
+                padded = np.zeros((m * most, dev.shape[1]))
+                padded[slot] = dev
+                padded = padded.reshape(m, most, -1)
+                padded *= np.sqrt(pi)[:, None, :]
+                Ew_padded = np.zeros(m * most)
+                Ew_padded[slot] = Ew
+                Ew_padded = Ew_padded.reshape(m, most)
+            blocks = np.matmul(padded, padded.transpose(0, 2, 1))
+            np.negative(blocks, out=blocks)
+            blocks.reshape(m, most * most)[:, ::most + 1] += Ew_padded
+            vals = blocks.ravel()[position]
+            WX = np.matmul(blocks, Xp_padded).reshape(m * most, p)
+            if slot is not None:
+                WX = WX[slot]
         WXr = self.Xr * w_r[:, None]
-        C = self.Xp.T @ WX + self.Xr.T @ WXr + np.eye(p) / model.fe_p**2
+        C = self.Xp.T @ WX + np.eye(p) / model.fe_p**2
+        if self.yr.size:
+            C += self.Xr.T @ WXr
         if not self.D.size:
             return sp.csc_matrix((0, 0)), np.zeros((0, p)), C
         M_p, M_r, pos_d, indices, indptr = self._gram_map
