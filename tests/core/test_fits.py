@@ -1128,6 +1128,17 @@ def test_effect_blocks_pair_intercepts_and_slopes_by_level(monkeypatch):
     assert EffectBlocks.around(model, ie, max_work=10) is None
     assert blocks.hermite_rule(1.0)[2] == NODES_BLOCK and blocks.hermite_rule(8.0)[2] > 20
     assert blocks.hermite_rule(3.0)[2] == 10 > NODES_BLOCK  # a finer rule from SD 2 on
+    # each axis by its own scale (SD times the coefficients' root mean square): 8 nodes on an axis at
+    # scale 2 or less beside 10 on one between 2 and 4
+    scale = np.sqrt(np.mean(blocks.z**2, axis=0))
+    sd = np.zeros(model.k_vcp)
+    sd[list(blocks.components)] = 1.5 / scale[0], 3.0 / scale[1]
+    x, logw, k = blocks.hermite_rule(sd)
+    assert k == 10 and [np.unique(x[:, t]).size for t in range(2)] == [NODES_BLOCK, 10]
+    # the product of an 8- and a 10-node rule integrates x0^a x1^b e^-|x|^2 exactly for a < 16, b < 20
+    w = np.exp(logw - np.sum(x**2, axis=1))
+    assert w.sum() == pytest.approx(np.pi, rel=1e-9)
+    assert w @ (x[:, 0] ** 2 * x[:, 1] ** 4) == pytest.approx(np.pi * 0.5 * 0.75, rel=1e-9)
     monkeypatch.setattr(quadrature, "BLOCK_WORK_MAX", 9 * 200)
     x, logw, k = blocks.hermite_rule(8.0)
     assert NODES_BLOCK < k and logw.size * 9 <= 9 * 200 and x.shape == (logw.size, 2)
