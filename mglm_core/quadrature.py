@@ -679,10 +679,11 @@ class EffectBlocks:
 
     def rule(self, family, y, trials, a, group, u0, C, prec, x, logw):
         r"""The adaptive rule at the modes ``u0`` with curvatures ``C``: nodes
-        :math:`U_{jk} = \hat u_j + \sqrt2 L_j^{-\top} x_k` (m x nodes x 2; :math:`L_j` the Cholesky
-        factor of :math:`C_j`, in closed form), :math:`\log|\det \sqrt2 L_j^{-\top}|`,
-        :math:`\log I_j` (without the prior's constants), the tilted weights, and the rows' scores,
-        weights and linear predictors at the nodes (rows x nodes), as :meth:`IndependentEffects.rule`."""
+        :math:`U_{jk} = \hat u_j + \sqrt2 L_j^{-\top} x_k` (m x nodes x 2, as a function that makes them:
+        only the moments need them; :math:`L_j` the Cholesky factor of :math:`C_j`, in closed form),
+        :math:`\log|\det \sqrt2 L_j^{-\top}|`, :math:`\log I_j` (without the prior's constants), the tilted
+        weights, and the rows' scores, weights and linear predictors at the nodes (rows x nodes), as
+        :meth:`IndependentEffects.rule`."""
         c00, c01, c11 = C
         l00 = np.sqrt(c00)
         l10 = c01 / l00
@@ -887,7 +888,7 @@ class NestedMarginal:
 
     def _nodes(self, uD, fe, prec):
         r"""The adaptive Gauss–Hermite rule of every effect of P given ``(u_D, fe)``: nodes
-        ``U`` (effects x nodes, x d for blocks), the log scales of the nodes (:meth:`IndependentEffects.rule`),
+        ``U`` (effects x nodes; for blocks a function making them, effects x nodes x d), the log scales of the nodes (:meth:`IndependentEffects.rule`),
         :math:`\log I_j` (without the prior's and the
         rule's constants), the tilted weights ``pi`` (effects x nodes, rows summing to 1), the
         rows' scores ``S`` and weights ``W`` at the nodes and their linear predictors ``eta``
