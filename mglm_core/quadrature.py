@@ -1019,19 +1019,14 @@ class NestedMarginal:
         return mu.ravel(), tau, c
 
     @staticmethod
-    def _quad_sparse(A, g, pairs=None):
+    def _quad_sparse(A, g, pairs):
         r""":math:`g_j^\top A^{-1} g_j` for the rows of the sparse ``g``: from :math:`A^{-1}` on the pairs
         of columns that share a row (selected inverse, on A's pattern), else by solves in blocks.
-        ``pairs``: ``(first, second, row, column of first, column of second)`` of g's fixed pattern, the same
-        arrays at every call (the factor keeps where their entries sit)."""
-        if pairs is None:
-            first, second, row = pairs_within_rows(g.indptr)
-            a, b, keep = g.indices[first], g.indices[second], False
-        else:
-            first, second, row, a, b = pairs
-            keep = True
+        ``pairs``: ``(first, second, row, column of first, column of second)`` of g's fixed pattern
+        (:meth:`_moment_layout`), the same arrays at every call (the factor keeps where their entries sit)."""
+        first, second, row, col_first, col_second = pairs
         try:
-            sig = A.inverse_on_pattern(a, b, keep_plan=keep)
+            sig = A.inverse_on_pattern(col_first, col_second, keep_plan=True)
             return np.bincount(row, weights=g.data[first] * g.data[second] * sig, minlength=g.shape[0])
         except ValueError:
             out = np.empty(g.shape[0])
@@ -1342,21 +1337,18 @@ class NestedMarginal:
         return self.ZDp, self.ZDr, self.Xp, self.Xr
 
     @staticmethod
-    def _pair_covariances(F, Zs, Wb, first, second, nonzero=None):
+    def _pair_covariances(F, Zs, Wb, first, second, nonzero):
         r""":math:`\tilde x_a^\top H^{-1} \tilde x_b` for the pairs of rows ``(first, second)``: the sparse
         block's part :math:`z_a^\top A^{-1} z_b` from A's selected inverse (the pairs' columns share a
         row of A: on its pattern), plus :math:`w_a^\top w_b` with ``Wb`` the rows'
         :meth:`~mglm_core.linalg.BorderedFactor.border_rows`. ``nonzero``: :func:`_nonzero_pairs` of the
-        pairs with the two entries' columns, the same arrays at every call (the factor keeps where they sit)."""
+        pairs with the two entries' columns (:meth:`_skewness_layout`; None without a sparse block), the same
+        arrays at every call (the factor keeps where they sit)."""
         out = np.einsum("td,td->t", Wb[first], Wb[second]) if Wb.shape[1] else np.zeros(first.size)
-        if Zs is None or not Zs.nnz:
-            return out
         if nonzero is None:
-            pair, ea, eb = _nonzero_pairs(Zs, first, second)
-            sig = F.A.inverse_on_pattern(Zs.indices[ea], Zs.indices[eb])
-        else:
-            pair, ea, eb, col_a, col_b = nonzero
-            sig = F.A.inverse_on_pattern(col_a, col_b, keep_plan=True)
+            return out
+        pair, ea, eb, col_a, col_b = nonzero
+        sig = F.A.inverse_on_pattern(col_a, col_b, keep_plan=True)
         return out + np.bincount(pair, weights=Zs.data[ea] * Zs.data[eb] * sig, minlength=first.size)
 
     @functools.cached_property
