@@ -153,13 +153,24 @@ _ONE_STEP_DROP = 2.5
 _CHORD_STOP = 1e-1  # the first inner solve starts where chord steps on the IRLS factorisation get (laplace.chord_start)
 _MODE_SD_TOL = 1e-2  # the mode search stops at a Newton step below this fraction of the log-SDs' posterior SDs
 #: ... and the exact (nested) density's search where the design is the grid whatever the density's shape
-#: (two or three components, _ALWAYS_GRID): the mode is only the grid's origin, and a regular grid integrates
-#: as well from a point a tenth of a posterior SD off it (an axial design is centred at the mode, and its
+#: (_always_grid: two or three components, or four under the exact integration): the mode is only the grid's
+#: origin, and a regular grid integrates as well from a point a tenth of a posterior SD off it (an axial design
+#: is centred at the mode, and its
 #: split normals would read an offset of 0.1 SD as a skewness of 20 %). On the 60 accuracy cases that switch:
 #: 0-11 of their 11-178 exact evaluations fewer, and no error or SD ratio against the references changed by more
 #: than 0.02 (a log-SD's SD ratio of sparse crossed binary data, 0.994 to 0.974).
 _GRID_MODE_SD_TOL = 1e-1
 _ALWAYS_GRID = range(2, _GRID_MAX_K + 1)  # the numbers of components whose design is always the grid (_design)
+
+
+def _always_grid(cond, k):
+    r"""Whether the design for ``k`` components is the grid whatever the density's shape (:func:`_design`):
+    two or three components (:data:`_ALWAYS_GRID`), and up to :data:`_SKEWED_GRID_MAX_K` under the exact
+    inner integration (``cond.correction == "nested"``). That integration takes over where a component has few
+    observations per effect, where the log-SDs' posterior is skewed: the accuracy case with four components
+    that switches went to the grid on its axial probes (scales 0.70-1.35, beyond :data:`_SKEW_MAX_4`), and
+    deciding without them saves their eight exact solves (4 % of its time) for the same means and SDs."""
+    return k in _ALWAYS_GRID or (cond.correction == "nested" and k <= _SKEWED_GRID_MAX_K)
 
 
 @dataclass(frozen=True)
@@ -208,6 +219,7 @@ class _Conditional:
         self.correction = None
         self.delta = {}  # at each solved vcp: the second-order correction, or the nested value
         self.nested_optimum = {}  # nested mode: NestedMarginal.last (its optimum) at each solved vcp
+        self._starts = None  # ... those solved as (log-SDs, count, optima) (_solved)
         self.outer = None  # nested mode: the outer Laplace's correction (outer_tilt, _OuterCorrection)
         self.anchor = None  # the log-SDs at which `independent` picks its component
 
@@ -333,10 +345,10 @@ class _Conditional:
         key = self._key(vcp)
         if key not in self.delta:
             vcp = np.asarray(vcp, dtype=float)
-            solved = [(k_, opt) for k_, opt in self.nested_optimum.items() if opt is not None]
+            keys, optima = self._solved()
             near = None
-            if solved:
-                uD, fe, near = _linear_start(vcp, solved)
+            if optima:
+                uD, fe, near = _linear_start(vcp, keys, optima)
             else:
                 nr = self(vcp)[1]
                 uD, fe = nr.u[self.nested.D], nr.b
@@ -348,7 +360,7 @@ class _Conditional:
                 value = self.nested.log_marginal(vcp, *near)
             value += outer
             self.delta[key] = value
-            self.nested_optimum[key] = self.nested.last
+            self._remember(key, self.nested.last)
         return self.delta[key]
 
     def outer_tilt(self, theta0, root):
@@ -378,6 +390,8 @@ class _Conditional:
             return
         theta0 = np.asarray(theta0, dtype=float)
 
+        values = {}  # the nested values at the points, kept as those of corrected() once the correction is known
+
         def terms(th, start=None):  # (correction, shift) at th, (nan, None) where not computed
             value = -np.inf
             if start is not None:  # (the mode's nested optimum moved along its Laplace optimum's derivative)
@@ -393,7 +407,8 @@ class _Conditional:
                 value = nested.log_marginal(th, nr.u[nested.D], nr.b)
             if not np.isfinite(value):
                 return np.nan, None
-            self.nested_optimum[self._key(th)] = nested.last
+            self._remember(self._key(th), nested.last)
+            values[self._key(th)] = value
             e, shift = nested.outer_terms(th)
             return (np.nan if e is None else e), (None if shift is None else np.concatenate(shift))
 
@@ -423,6 +438,28 @@ class _Conditional:
             shifts.append(None if s_lo is None or s_hi is None or s0 is None else _shift_curve(s_lo - s0, s_hi - s0))
         # z = root^-1 (theta - theta0): the slope in theta is root^-T times the slope in z
         self.outer = _OuterCorrection(theta0, e0, np.linalg.solve(root.T, dz), root, curves, s0, shifts)
+        for key, value in values.items():  # (the values _nested_value would solve for again)
+            self.delta[key] = value + self.outer.e0 + _outer_value(curves, self.outer.z(np.array(key)))
+
+    def axis_quadratic(self):
+        r"""``(gradient, -Hessian)`` in vcp at :meth:`outer_tilt`'s centre :math:`\theta^*` from the
+        corrected values there and at :math:`\theta^* \pm \mathrm{root}\, e_i`: central differences over one
+        posterior SD, :math:`g_z = (f_+ - f_-)/2` and :math:`c_i = 2f_0 - f_+ - f_-` along each axis (none
+        across), mapped by :math:`\mathrm{root}^{-1}`. A start for the search of the exact density's mode, whose
+        first step then needs no difference stencil at :math:`\theta^*`; None without those points, or where a
+        curvature is not positive."""
+        o = self.outer
+        if o is None:
+            return None
+        f = lambda th: self.delta.get(self._key(th), np.nan)  # noqa: E731
+        f0 = f(o.theta0)
+        lo = np.array([f(o.theta0 - o.root[:, i]) for i in range(o.theta0.size)])
+        hi = np.array([f(o.theta0 + o.root[:, i]) for i in range(o.theta0.size)])
+        c = 2.0 * f0 - lo - hi
+        if not (np.isfinite(f0) and np.all(np.isfinite(c)) and np.all(c > 0.0)):
+            return None
+        inv = np.linalg.inv(o.root)  # (k x k)
+        return inv.T @ (0.5 * (hi - lo)), (inv.T * c) @ inv
 
     def outer_shift(self, vcp):
         """The skewness shift of (u_D, fe) at ``vcp`` from the curves :meth:`outer_tilt` fitted along the
@@ -437,6 +474,31 @@ class _Conditional:
         """Switch the correction of :meth:`corrected` (``"second_order"``, ``"nested"`` or None)."""
         if correction != self.correction:
             self.correction, self.delta, self.nested_optimum = correction, {}, {}
+            self._starts = None
+
+    def _remember(self, key, optimum):
+        """Record the nested optimum at ``key`` (None: not solved), also among :meth:`_solved`'s."""
+        if key in self.nested_optimum:
+            self._starts = None  # (replaced: made again from the dictionary on next use)
+        self.nested_optimum[key] = optimum
+        if optimum is not None and self._starts is not None:
+            keys, n, optima = self._starts
+            if n == keys.shape[0]:
+                keys = np.vstack([keys, np.empty_like(keys)])
+            keys[n] = key
+            optima.append(optimum)
+            self._starts = (keys, n + 1, optima)
+
+    def _solved(self):
+        """The solved points' log-SDs (n x k) and nested optima, in the order solved (for
+        :func:`_linear_start`; kept as they come, not rebuilt from :attr:`nested_optimum` per solve)."""
+        if self._starts is None:
+            items = [(k_, opt) for k_, opt in self.nested_optimum.items() if opt is not None]
+            keys = np.array([k_ for k_, _ in items], dtype=float).reshape(len(items), self.model.k_vcp)
+            self._starts = (np.vstack([keys, np.empty((max(16, len(items)), self.model.k_vcp))]), len(items),
+                            [opt for _, opt in items])
+        keys, n, optima = self._starts
+        return keys[:n], optima
 
     def _base_and_difference(self):
         """The part of :meth:`corrected` with an analytic gradient (:meth:`value_grad`, or None for
@@ -619,29 +681,28 @@ def _refined_change(model, vcp, nr):
             factor.border_inverse() - nr.factor.border_inverse())
 
 
-def _linear_start(vcp, solved, reach=3.0):
-    r"""A start for the nested optimum ``(u_D, fe)`` at ``vcp`` from the ``solved`` points
-    (``[(theta, (u_D, fe, ...))]``): the nearest one's optimum moved along the affine fit, by least
-    squares, of the optima of the points within ``reach`` times its distance (at most 2k + 1 of them),
-    :math:`\hat a(\theta) \approx \hat a(\theta_0) + J^\top (\theta - \theta_0)`, in the directions
-    their differences span (none: the nearest optimum itself). A grid point in line behind two solved
+def _linear_start(vcp, keys, optima, reach=3.0):
+    r"""A start for the nested optimum ``(u_D, fe)`` at ``vcp`` from the solved points, their log-SDs
+    ``keys`` (n x k) and optima ``optima`` (``[(u_D, fe, ...)]``): the nearest one's optimum moved along
+    the affine fit, by least squares, of the optima of the points within ``reach`` times its distance (at
+    most 2k + 1 of them), :math:`\hat a(\theta) \approx \hat a(\theta_0) + J^\top (\theta - \theta_0)`,
+    in the directions their differences span (none: the nearest optimum itself). A grid point in line behind two solved
     ones, or a difference stencil's second point, then starts an error of order step² from its
     optimum instead of order step: the grids' Newton evaluations per point went from 2.5-3.1 to
     2.0-2.5 (the floor is two: a step and the check at its end). Returns ``(u_D, fe, nearest)``,
     ``nearest`` the nearest optimum (None when the start is that optimum). Directions whose singular
     value is below 1e-2 of the largest are left out (the optima are known to the inner tolerance only)."""
-    keys = np.array([k_ for k_, _ in solved])  # (one array: a grid of 268 points made 36,000 Python distance calls)
     d2 = np.sum((keys - vcp) ** 2, axis=1)
     order = np.argsort(d2, kind="stable")
     i0 = int(order[0])
-    uD0, fe0 = solved[i0][1][:2]
+    uD0, fe0 = optima[i0][:2]
     k = keys.shape[1]
     near = [int(i) for i in order[1:2 * k + 1] if d2[i] <= reach**2 * max(d2[i0], 1e-300)]
     if not near or d2[i0] == 0.0:
         return uD0, fe0, None
     dtheta = keys[near] - keys[i0]
     a0 = np.concatenate([uD0, fe0])
-    da = np.array([np.concatenate(solved[i][1][:2]) - a0 for i in near])
+    da = np.array([np.concatenate(optima[i][:2]) - a0 for i in near])
     # minimum-norm least squares through the k x k normal matrix (np.linalg.lstsq's overhead was a
     # third of the solves' set-up)
     lam, V = np.linalg.eigh(dtheta.T @ dtheta)
@@ -748,7 +809,7 @@ def _grad_hessian(fg, x, g, h, forward=False):
 
 
 def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None, f=None, max_step=2.0,
-                    neg_hessian=None, hessian=None, refresh_far=True, sd_tol=None):
+                    neg_hessian=None, hessian=None, refresh_far=True, sd_tol=None, gradient0=None):
     """Quasi-Newton ascent on a low-dimensional, smooth log density with an analytic gradient.
 
     ``fg(x) -> (f, gradient)``; ``f(x)``, when given, is the value alone (for the line search).
@@ -764,6 +825,8 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
     the density itself, absorb; central differences cost k more inner solves).
     The search stops when a Newton step is below ``tol`` in every coordinate, or, with ``sd_tol``,
     below that fraction of the posterior SDs that the current curvature implies (if larger).
+    ``gradient0``, an estimate of the gradient at ``x0`` (with ``f``), takes the first step without
+    ``fg(x0)``; the search only stops on gradients of ``fg``.
     Returns ``(x, f(x), gradient, -Hessian, converged, iterations)``.
     """
     lo, hi = bounds
@@ -792,7 +855,8 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         return curvature(x_, g_)
 
     x = np.clip(np.asarray(x0, dtype=float), lo, hi)
-    f0, g = safe(x)
+    rough = gradient0 is not None and f is not None and np.array_equal(x, x0)  # g an estimate
+    f0, g = (value(x), np.asarray(gradient0, dtype=float)) if rough else safe(x)
     B = (-_grad_hessian(safe, x, g, h, forward=bool(np.isfinite(f0))) if neg_hessian is None
          else np.array(neg_hessian, dtype=float))
     converged = refreshed = False
@@ -812,6 +876,10 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
             step = g / max(1.0, np.abs(g).max())
             far = True
         step = np.clip(step, -max_step, max_step)
+        if rough and (np.all(np.abs(step) < step_tol) or not np.isfinite(f0)):  # judged on fg's gradient
+            f0, g = safe(x)
+            rough = False
+            continue
         if np.all(np.abs(step) < step_tol):
             converged = bool(np.isfinite(f0))
             break
@@ -826,6 +894,10 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
             if t < 1e-4:
                 xn = None
                 break
+        if xn is None and rough:  # the estimate's step does not ascend: fg's gradient
+            f0, g = safe(x)
+            rough = False
+            continue
         if xn is None:  # no ascent along the step: restart from a difference Hessian once, else stop
             if sds is not None and np.all(np.abs(step) <= _MODE_SD_TOL * sds):
                 # a Newton step within a hundredth of the posterior SDs along which the density does not
@@ -844,10 +916,10 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
             # the quadratic model asked for more than max_step, or was not concave: its curvature
             # is from far away
             B = -curvature(xn, gn)
-        elif s_ @ y_ > 1e-10:  # BFGS update of -Hessian
+        elif s_ @ y_ > 1e-10 and not rough:  # BFGS update of -Hessian (not from an estimated gradient)
             Bs = B @ s_
             B = B - np.outer(Bs, Bs) / (s_ @ Bs) + np.outer(y_, y_) / (s_ @ y_)
-        x, f0, g = xn, fn, gn
+        x, f0, g, rough = xn, fn, gn, False
         if progress is not None:
             progress(it)
         if moved < tol and t == 1.0:
@@ -899,7 +971,7 @@ def _design(cond, mode, H, k, msgs):
     if k == 1:  # with two or three components, skewness off the axes goes unseen: the grid
         _, f_far, far = scales(_PROBE_Z)
         near_gaussian = np.all(np.isfinite(f_far)) and np.all(np.abs(np.log(far["sigma"])) <= np.log(_SKEW_FAR))
-    if k > _GRID_MAX_K or near_gaussian:
+    if (k > _GRID_MAX_K or near_gaussian) and not _always_grid(cond, k):
         zs, f_axial, split = scales(np.sqrt(k))
         skew = np.max(np.abs(np.log(split["sigma"]))) if np.all(np.isfinite(f_axial)) else np.inf
         # four components: the grid where an axis is skewed beyond _SKEW_MAX_4 (binary slopes, intercepts
@@ -1151,10 +1223,14 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         if fallback:  # a rule fine enough out to the probe points' largest SD of the component
             cond.nested.use_nodes(np.exp(np.max(probe, axis=0)))
             cond.outer_tilt(mode, root)
+        # (from the curvature and slope along the axes at outer_tilt's points where it ran: no difference
+        # stencil at the start)
+        start = cond.axis_quadratic() if fallback else None
         mode, _, grad, H, search_ok, n_more = _maximise_theta(
             cond.corrected_value_grad, mode, vcp_bounds, f=lambda th: cond.corrected(th)[0], max_step=0.5,
-            neg_hessian=H, hessian=cond.corrected_hessian, sd_tol=_GRID_MODE_SD_TOL if k in _ALWAYS_GRID else
-            _MODE_SD_TOL, **search)
+            neg_hessian=H if start is None else start[1], hessian=cond.corrected_hessian,
+            sd_tol=_GRID_MODE_SD_TOL if _always_grid(cond, k) else _MODE_SD_TOL,
+            gradient0=None if start is None else start[0], **search)
         # (to 1 % of the posterior SDs, as the first search: on the 60 accuracy cases that switch, 0-16 of their
         # 11-184 exact evaluations fewer, and no error or SD ratio against the references changed by more than 0.013;
         # to 10 % where a grid follows whatever the density's shape, _GRID_MODE_SD_TOL)

@@ -209,6 +209,43 @@ def test_crossed_binary_pairs_take_the_outer_correction(name, err_before):
     assert res.extra["outer_slope"] is not None and res.extra["outer_slope"][1] > 0.0
 
 
+def test_outer_tilt_keeps_its_values_and_starts_the_search(monkeypatch):
+    """outer_tilt's nine nested solves (its centre and one posterior SD either way along each axis) are
+    kept as the corrected values there: each equals a solve afresh from its optimum to 1e-6; and
+    ``axis_quadratic`` reads the search's first gradient and curvature from them (central differences
+    over one SD), which the exact search then reaches the mode from (sim_binary_crossed_small)."""
+    from mglm_core import nested
+
+    seen = {}
+    original = nested._Conditional.outer_tilt
+
+    def outer_tilt(self, theta0, root):
+        original(self, theta0, root)
+        seen["cond"], seen["theta0"], seen["root"] = self, np.array(theta0, dtype=float), root.copy()
+        seen["kept"] = {k_: self.delta[k_] for k_ in self.delta}
+        seen["start"] = self.axis_quadratic()
+
+    monkeypatch.setattr(nested._Conditional, "outer_tilt", outer_tilt)
+    res = BY_NAME["sim_binary_crossed_small"].model().fit_laplace()
+    cond, theta0, root = seen["cond"], seen["theta0"], seen["root"]
+    k = theta0.size
+    points = [theta0] + [theta0 + s * root[:, i] for i in range(k) for s in (-1, 1)]
+    assert len(seen["kept"]) == 2 * k + 1
+    for th in points:
+        key = cond._key(th)
+        uD, fe = cond.nested_optimum[key][:2]
+        cond.nested.start = None
+        fresh = cond.nested.log_marginal(th, uD, fe) + cond.outer.e0 + nested._outer_value(
+            cond.outer.curves, cond.outer.z(th))
+        assert seen["kept"][key] == pytest.approx(fresh, abs=1e-6)
+    g, neg_h = seen["start"]
+    f = [seen["kept"][cond._key(th)] for th in points]
+    np.testing.assert_allclose(root.T @ g, [(f[2 + 2 * i] - f[1 + 2 * i]) / 2 for i in range(k)], atol=1e-10)
+    np.testing.assert_allclose(np.diag(root.T @ neg_h @ root), [2 * f[0] - f[1 + 2 * i] - f[2 + 2 * i]
+                                                                for i in range(k)], atol=1e-10)
+    assert res.diagnostics.converged
+
+
 @pytest.mark.parametrize("name", ["sim_binary_mothers_big_communities", "sim_binary_slopes_crossed",
                                   "sim_binary_slopes_300x3"])
 def test_held_out_nested_and_slopes_cases_meet_the_bars(name):

@@ -353,26 +353,27 @@ def test_linear_start_extrapolates_the_optima_of_nearby_points():
     J, a0 = rng.normal(size=(2, 5)), rng.normal(size=5)
 
     def solved(thetas, f=lambda th: a0 + th @ J):
-        return [(tuple(th), (f(th)[:3], f(th)[3:], None, None)) for th in np.array(thetas, dtype=float)]
+        thetas = np.array(thetas, dtype=float)
+        return thetas, [(f(th)[:3], f(th)[3:], None, None) for th in thetas]
 
     grid = solved([[0, 0], [1, 0], [0, 1], [1, 1], [2, 0]])
-    uD, fe, nearest = _linear_start(np.array([2.0, 1.0]), grid)
+    uD, fe, nearest = _linear_start(np.array([2.0, 1.0]), *grid)
     np.testing.assert_allclose(np.concatenate([uD, fe]), a0 + np.array([2.0, 1.0]) @ J, atol=1e-12)
     line = solved([[0, 0], [1, 0]])
-    uD, fe, nearest = _linear_start(np.array([2.0, 0.5]), line)
+    uD, fe, nearest = _linear_start(np.array([2.0, 0.5]), *line)
     np.testing.assert_allclose(np.concatenate([uD, fe]), a0 + np.array([2.0, 0.0]) @ J, atol=1e-12)
     np.testing.assert_allclose(np.concatenate(nearest), a0 + np.array([1.0, 0.0]) @ J)  # (the fallback start)
-    uD, fe, nearest = _linear_start(np.array([0.5, 0.5]), solved([[0, 0]]))
+    uD, fe, nearest = _linear_start(np.array([0.5, 0.5]), *solved([[0, 0]]))
     np.testing.assert_allclose(np.concatenate([uD, fe]), a0)
     assert nearest is None  # (the start is the nearest optimum itself)
     # a quadratic path: the second point of a stencil starts an error of order h^2 from its optimum
     curved = lambda th: a0 + th @ J + 3.0 * (th @ th) * np.ones(5)  # noqa: E731
     for h in (1e-1, 1e-2):
-        uD, fe, nearest = _linear_start(np.array([-h, 0.0]), solved([[0, 0], [h, 0]], curved))
+        uD, fe, nearest = _linear_start(np.array([-h, 0.0]), *solved([[0, 0], [h, 0]], curved))
         err = np.abs(np.concatenate([uD, fe]) - curved(np.array([-h, 0.0])))
         assert np.max(err) == pytest.approx(6.0 * h**2, rel=1e-6)
     far = solved([[0, 0], [5, 0]])
-    uD, fe, nearest = _linear_start(np.array([-1.0, 0.0]), far)
+    uD, fe, nearest = _linear_start(np.array([-1.0, 0.0]), *far)
     np.testing.assert_allclose(np.concatenate([uD, fe]), a0)
 
 
@@ -946,6 +947,36 @@ def test_log_sd_search_stops_within_a_fraction_of_the_posterior_sd():
     assert converged and converged_abs and abs(x_abs[0] - 0.4) < 1e-6
     assert abs(x[0] - 0.4) < 0.01 / np.sqrt(1.52)
     assert n_relative < len(calls)
+
+
+def test_log_sd_search_takes_its_first_step_from_an_estimated_gradient():
+    """``gradient0`` (outer_tilt's central differences over one posterior SD) replaces ``fg`` at the
+    start: the search reaches the same mode without evaluating ``fg`` there, and it stops only on
+    ``fg``'s own gradients (a wrong estimate of zero at the start is checked, not taken as converged)."""
+    from mglm_core.nested import _maximise_theta
+
+    calls = []
+
+    def f(x):  # the value alone (cached where the fit calls it)
+        z = x - np.array([0.4, -0.3])
+        return float(-0.5 * 1.52 * z @ z + 0.1 * np.sum(z) ** 3)
+
+    def fg(x):
+        calls.append(x.copy())
+        z = x - np.array([0.4, -0.3])
+        return f(x), -1.52 * z + 0.3 * np.sum(z) ** 2
+
+    x0, H0 = np.array([-0.5, 0.5]), 1.52 * np.eye(2)
+    x_ref, *_, ok_ref, _ = _maximise_theta(fg, x0, (-10.0, 10.0), f=f, neg_hessian=H0, tol=1e-6)
+    calls.clear()
+    estimate = fg(x0)[1] + 0.05  # (an estimate, a little off)
+    calls.clear()
+    x, *_, ok, _ = _maximise_theta(fg, x0, (-10.0, 10.0), f=f, neg_hessian=H0, tol=1e-6, gradient0=estimate)
+    assert ok and ok_ref and np.allclose(x, x_ref, atol=1e-5)
+    assert not any(np.array_equal(c, x0) for c in calls)  # no gradient evaluated at the start
+    calls.clear()
+    x, *_, ok, _ = _maximise_theta(fg, x0, (-10.0, 10.0), f=f, neg_hessian=H0, tol=1e-6, gradient0=np.zeros(2))
+    assert ok and np.allclose(x, x_ref, atol=1e-5) and np.array_equal(calls[0], x0)
 
 
 @pytest.mark.parametrize("formula", ["y ~ x + (1 | g)", "y ~ x + (1 | g) + (1 | h)"])
