@@ -692,7 +692,7 @@ class EffectBlocks:
         s00, s01, s11 = r2 / l00, -r2 * l10 / (l00 * l11), r2 / l11  # sqrt2 L^-T
         m0, m1 = u0[:, 0], u0[:, 1]
         # U_jk = (m0_j + s00_j x_k0 + s01_j x_k1, m1_j + s11_j x_k1), made only where asked for (moments)
-        U = functools.partial(_block_nodes, m0, m1, s00, s01, s11, x)
+        U = _BlockNodes(m0, m1, s00, s01, s11, x, self)
         loc, z0, z1 = self.local, self.z[:, 0], self.z[:, 1]
         # eta_ik = a_i + z_i . U_jk = c_i + alpha_i x_k0 + beta_i x_k1: a row constant plus the rows'
         # multiples of the two node coordinates
@@ -733,12 +733,40 @@ class EffectBlocks:
         return U, log_scale, top + np.log(total), pi, S, W, eta
 
 
-def _block_nodes(m0, m1, s00, s01, s11, x):
-    r"""The blocks' nodes :math:`U_{jk} = \hat u_j + \sqrt2 L_j^{-\top} x_k` (effects x nodes x 2)."""
-    U = np.empty((m0.size, x.shape[0], 2))
-    U[:, :, 0] = m0[:, None] + s00[:, None] * x[:, 0] + s01[:, None] * x[:, 1]
-    U[:, :, 1] = m1[:, None] + s11[:, None] * x[:, 1]
-    return U
+class _BlockNodes:
+    r"""The blocks' nodes :math:`U_{jk} = \hat u_j + S_j x_k` by their parts, :math:`S_j = \sqrt2 L_j^{-\top}`
+    (upper triangular: ``s00, s01, s11``), the rule's nodes ``x`` and its :class:`EffectBlocks`: called, it
+    makes them (effects x nodes x 2); :meth:`tilted` gives their tilted moments without them."""
+
+    __slots__ = ("m0", "m1", "s00", "s01", "s11", "x", "blocks")
+
+    def __init__(self, m0, m1, s00, s01, s11, x, blocks):
+        self.m0, self.m1, self.s00, self.s01, self.s11, self.x, self.blocks = m0, m1, s00, s01, s11, x, blocks
+
+    def __call__(self):
+        x = self.x
+        U = np.empty((self.m0.size, x.shape[0], 2))
+        U[:, :, 0] = self.m0[:, None] + self.s00[:, None] * x[:, 0] + self.s01[:, None] * x[:, 1]
+        U[:, :, 1] = self.m1[:, None] + self.s11[:, None] * x[:, 1]
+        return U
+
+    def tilted(self, pi, dev):
+        r"""``(mu, tau, c)`` of :meth:`NestedMarginal._tilted` from the tilted moments of the rule's nodes,
+        :math:`\mathrm{E}_j x` and :math:`\mathrm{Cov}_j x` (one product of ``pi`` with the nodes' monomials):
+        :math:`\mu_j = \hat u_j + S_j \mathrm{E}_j x`, the variances the diagonal of
+        :math:`S_j \mathrm{Cov}_j(x) S_j^\top`, and :math:`c_i = S_j \sum_k \pi_{jk}\, dev_{ik}\, x_k`
+        (:math:`\sum_k \pi_{jk}\, dev_{ik} = 0`: the constant part drops)."""
+        blocks = self.blocks
+        s00, s01, s11 = self.s00, self.s01, self.s11
+        M = pi @ blocks._node_axes(self.x)[5].T  # E x^a: 1, x0, x1, x0^2, x0 x1, x1^2 (effects x 6)
+        e0, e1 = M[:, 1], M[:, 2]
+        v00, v01, v11 = M[:, 3] - e0**2, M[:, 4] - e0 * e1, M[:, 5] - e1**2
+        mu = np.column_stack([self.m0 + s00 * e0 + s01 * e1, self.m1 + s11 * e1])
+        tau = np.column_stack([s00**2 * v00 + 2.0 * s00 * s01 * v01 + s01**2 * v11, s11**2 * v11])
+        AB = blocks.effect_rows.weighted(dev, pi[:, :, None] * self.x)  # sum_k pi dev x_k (rows x 2)
+        loc = blocks.local
+        c = np.column_stack([s00[loc] * AB[:, 0] + s01[loc] * AB[:, 1], s11[loc] * AB[:, 1]])
+        return mu.ravel(), np.maximum(tau, 0.0).ravel(), c
 
 
 class NestedMarginal:
@@ -1007,16 +1035,11 @@ class NestedMarginal:
         :math:`c_i = \mathrm{Cov}_j(u, s_i)` (rows, rows x d for blocks), whence
         :math:`\partial\mu_j/\partial a = \sum_{i \in j} c_i\,(z_{Di}, x_i)` (:meth:`moments`)."""
         ie = self.ie
-        U = U() if callable(U) else U  # (the block rule makes its nodes only where asked for)
-        if ie.d == 1:
-            mu = np.einsum("jk,jk->j", pi, U)
-            tau = np.maximum(np.einsum("jk,jk->j", pi, U**2) - mu**2, 0.0)
-            return mu, tau, ie.effect_rows.weighted(dev, pi * (U - mu[:, None]))
-        mu = np.einsum("jk,jkd->jd", pi, U)
-        tau = np.maximum(np.einsum("jk,jkd->jd", pi, U**2) - mu**2, 0.0).ravel()
-        # (sum_k pi_jk (s_ik - E s_i) = 0: the means need not be subtracted from the nodes)
-        c = ie.effect_rows.weighted(dev, pi[:, :, None] * U)
-        return mu.ravel(), tau, c
+        if isinstance(U, _BlockNodes):  # (the block rule's nodes by their parts: moments without them)
+            return U.tilted(pi, dev)
+        mu = np.einsum("jk,jk->j", pi, U)
+        tau = np.maximum(np.einsum("jk,jk->j", pi, U**2) - mu**2, 0.0)
+        return mu, tau, ie.effect_rows.weighted(dev, pi * (U - mu[:, None]))
 
     @staticmethod
     def _quad_sparse(A, g, pairs):
