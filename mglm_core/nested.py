@@ -190,7 +190,29 @@ class _OuterCorrection:
 
     def z(self, vcp):
         """Coordinates of ``vcp`` along the axes."""
-        return np.linalg.solve(self.root, np.asarray(vcp, dtype=float) - self.theta0)
+        return self._inverse @ (np.asarray(vcp, dtype=float) - self.theta0)
+
+    @functools.cached_property
+    def _inverse(self):
+        return np.linalg.inv(self.root)  # (k x k; a product per point instead of a solve)
+
+    def shift(self, z):
+        """The skewness shift at ``z`` (:func:`_shift_value` of every axis's curves, one array
+        operation): ``s0`` plus the sum over the axes."""
+        c, gamma, slope, ok = self._shift_arrays
+        z = np.asarray(z, dtype=float)[:, None]
+        return self.s0 + np.sum(np.where(ok, c * np.expm1(gamma * z), slope * z), axis=0)
+
+    @functools.cached_property
+    def _shift_arrays(self):
+        """:attr:`shifts` stacked (axes x coordinates; zeros for an axis without a curve)."""
+        n = self.s0.size
+        out = [np.zeros((len(self.shifts), n)) for _ in range(3)] + [np.zeros((len(self.shifts), n), bool)]
+        for i, curve in enumerate(self.shifts):
+            if curve is not None:
+                for a, part in zip(out, curve):
+                    a[i] = part
+        return tuple(out)
 
 
 class _Conditional:
@@ -466,8 +488,7 @@ class _Conditional:
         axes (``(shift_D, shift_fe)``), or None without them."""
         if self.outer is None or self.outer.s0 is None:
             return None
-        z = self.outer.z(vcp)
-        s = self.outer.s0 + sum(_shift_value(c, zi) for c, zi in zip(self.outer.shifts, z) if c is not None)
+        s = self.outer.shift(self.outer.z(vcp))
         return s[:self.nested.D.size], s[self.nested.D.size:]
 
     def use(self, correction):
