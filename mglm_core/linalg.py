@@ -997,7 +997,7 @@ class BorderedFactor:
         B = np.asarray(B.toarray() if sp.issparse(B) else B, dtype=float).reshape(self.q, self.m)
         self.B = B
         self.AinvB = self.A.solve(B) if self.q and self.m else np.zeros((self.q, self.m))
-        S = np.asarray(C, dtype=float) - B.T @ self.AinvB
+        S = np.asarray(C, dtype=float) - B.T @ self.AinvB if self.q else np.asarray(C, dtype=float)
         S = 0.5 * (S + S.T)
         if self.m:
             self.S_chol = _potrf(S, what="Schur complement")  # lower Cholesky factor of S

@@ -769,7 +769,9 @@ class _BlockNodes:
         v00, v01, v11 = M[:, 3] - e0**2, M[:, 4] - e0 * e1, M[:, 5] - e1**2
         mu = np.column_stack([self.m0 + s00 * e0 + s01 * e1, self.m1 + s11 * e1])
         tau = np.column_stack([s00**2 * v00 + 2.0 * s00 * s01 * v01 + s01**2 * v11, s11**2 * v11])
-        AB = blocks.effect_rows.weighted(dev, pi[:, :, None] * self.x)  # sum_k pi dev x_k (rows x 2)
+        # sum_k pi_jk dev_ik x_k (rows x 2) as one product with the nodes (an effects x nodes x 2 array of
+        # pi x, its last axis of two, cost twice the rest)
+        AB = blocks.effect_rows.scaled(dev, pi) @ self.x
         loc = blocks.local
         c = np.column_stack([s00[loc] * AB[:, 0] + s01[loc] * AB[:, 1], s11[loc] * AB[:, 1]])
         return mu.ravel(), np.maximum(tau, 0.0).ravel(), c
@@ -1078,16 +1080,19 @@ class NestedMarginal:
 
         G = self.group  # effects x rows of P, indicator
         K = self.logw.size
+        no_rows = np.zeros(0)
 
         def fun(uD, fe, hessian):
             self._stash = None  # (released before this evaluation's arrays are made)
             U, log_sc, logI, pi, S, W, eta = self._nodes(uD, fe, prec)
             value = float(np.sum(logI + log_sc) + ie.log_normaliser(prec))
-            eta_r = self.Xr @ fe + self.ZDr @ uD
-            if self.off_r is not None:
-                eta_r = eta_r + self.off_r
-            ll_r, s_r, w_r = fam.row_terms(self.yr, eta_r, self.tr)
-            value += float(np.sum(ll_r))
+            s_r = w_r = no_rows  # (every row in P's effects: no other rows' terms, whose products cost 50 us)
+            if self.yr.size:
+                eta_r = self.Xr @ fe + self.ZDr @ uD
+                if self.off_r is not None:
+                    eta_r = eta_r + self.off_r
+                ll_r, s_r, w_r = fam.row_terms(self.yr, eta_r, self.tr)
+                value += float(np.sum(ll_r))
             value += (-0.5 * float(prec_D @ uD**2) + 0.5 * float(np.sum(np.log(prec_D)))
                       - 0.5 * self.D.size * np.log(2.0 * np.pi))
             value += -0.5 * float(fe @ fe) / model.fe_p**2 - 0.5 * p * np.log(2.0 * np.pi * model.fe_p**2)
