@@ -192,6 +192,21 @@ class _OuterCorrection:
         """Coordinates of ``vcp`` along the axes."""
         return self._inverse @ (np.asarray(vcp, dtype=float) - self.theta0)
 
+    def value(self, vcp):
+        r"""The correction at ``vcp``: :math:`\epsilon(\theta^*) + \sum_i f_i(z_i)` (:func:`_outer_value`,
+        over all axes in one array operation)."""
+        line, A, beta = self._curve_arrays
+        bz = beta * self.z(vcp)
+        return self.e0 + float(np.sum(np.where(line, bz, A * (np.logaddexp(0.0, bz) - np.log(2.0)))))
+
+    @functools.cached_property
+    def _curve_arrays(self):
+        """:attr:`curves` as arrays: whether a line, A (1 for a line), beta (the slope for a line)."""
+        line = np.array([c[0] == "line" for c in self.curves], dtype=bool)
+        A = np.array([1.0 if ln else c[0] for ln, c in zip(line, self.curves)], dtype=float)
+        beta = np.array([c[1] for c in self.curves], dtype=float)
+        return line, A, beta
+
     @functools.cached_property
     def _inverse(self):
         return np.linalg.inv(self.root)  # (k x k; a product per point instead of a solve)
@@ -375,8 +390,7 @@ class _Conditional:
                 nr = self(vcp)[1]
                 uD, fe = nr.u[self.nested.D], nr.b
             self.nested.start = None
-            outer = (self.outer.e0 + _outer_value(self.outer.curves, self.outer.z(vcp)) if self.outer is not None
-                     else 0.0)  # the outer Laplace's correction (outer_tilt)
+            outer = self.outer.value(vcp) if self.outer is not None else 0.0  # the outer Laplace's correction (outer_tilt)
             value = self.nested.log_marginal(vcp, uD, fe, floor=None if floor is None else floor - outer)
             if not np.isfinite(value) and near is not None:  # the extrapolated start failed: the nearest optimum's
                 value = self.nested.log_marginal(vcp, *near)
@@ -461,7 +475,7 @@ class _Conditional:
         # z = root^-1 (theta - theta0): the slope in theta is root^-T times the slope in z
         self.outer = _OuterCorrection(theta0, e0, np.linalg.solve(root.T, dz), root, curves, s0, shifts)
         for key, value in values.items():  # (the values _nested_value would solve for again)
-            self.delta[key] = value + self.outer.e0 + _outer_value(curves, self.outer.z(np.array(key)))
+            self.delta[key] = value + self.outer.value(np.array(key))
 
     def axis_quadratic(self):
         r"""``(gradient, -Hessian)`` in vcp at :meth:`outer_tilt`'s centre :math:`\theta^*` from the

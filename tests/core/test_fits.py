@@ -1147,10 +1147,12 @@ def test_outer_curve_and_shift_curve_pass_through_their_points():
     other = _shift_curve(np.array([0.02, -0.1, 0.3, 0.0]), np.array([-0.05, 0.2, 0.1, 0.01]))
     root = np.array([[0.3, 0.1, 0.0], [0.0, 0.2, 0.05], [0.1, 0.0, 0.4]])
     s0 = np.array([0.1, -0.2, 0.0, 0.3])
-    outer = _OuterCorrection(np.array([0.5, -1.0, 0.2]), 0.0, np.zeros(3), root, [], s0, [curve, None, other])
+    curves = [("line", 0.3), _outer_curve(-0.421, 0.703), ("line", -0.1)]
+    outer = _OuterCorrection(np.array([0.5, -1.0, 0.2]), 0.2, np.zeros(3), root, curves, s0, [curve, None, other])
     th = np.array([0.9, -1.3, 0.0])
     z = outer.z(th)
     np.testing.assert_allclose(root @ z, th - outer.theta0, atol=1e-12)
+    assert outer.value(th) == pytest.approx(0.2 + _outer_value(curves, z), abs=1e-12)
     np.testing.assert_allclose(outer.shift(z), s0 + _shift_value(curve, z[0]) + _shift_value(other, z[2]),
                                atol=1e-12)
 
