@@ -100,6 +100,12 @@ class Family:
         :math:`|\eta|`. None where the family has no such form (the caller then uses :meth:`row_terms`)."""
         return None
 
+    def effect_products(self, mu_exp, y, trials, rows, bound):
+        r"""As :meth:`effect_terms` with :math:`e^{N}` in place of N (effects x nodes), where the family
+        has it as a product that cannot underflow: the quadrature's weights then need no logarithm.
+        None otherwise (the default)."""
+        return None
+
     def weight_derivative(self, y, eta, trials):  # pragma: no cover - abstract
         r""":math:`dw_i/d\eta_i` of the weight :math:`w_i = -\ell_i''` (the integrated fit's gradient)."""
         raise NotImplementedError
@@ -189,6 +195,17 @@ class Binomial(Family):
         q *= trials
         w *= trials
         return rows.sum(q), y - trials * p, w
+
+    def effect_products(self, mu_exp, y, trials, rows, bound):
+        r""":math:`e^{N_j} = \prod_{i \in j} q_i` (:meth:`effect_terms`), the score and the weight, for
+        Bernoulli rows whose effects' products cannot underflow (:math:`q_i \ge e^{-(|\eta_i| + \log 2)}`:
+        at most :math:`700 / (\mathrm{bound} + 1)` rows per effect); else None."""
+        if trials is not None or rows.most > int(700.0 / (bound + 1.0)):
+            return None
+        q = mu_exp + 1.0
+        np.reciprocal(q, out=q)
+        p = mu_exp * q
+        return rows.prod(q), y - p, p * q
 
     def working_response(self, y, trials):
         r"""IRLS start: :math:`p_0 = (y + 1/2)/(n + 1)`, response :math:`\operatorname{logit} p_0`,

@@ -611,6 +611,7 @@ def test_effect_rows_sums_and_log_products(sizes):
     np.testing.assert_allclose(rows.sum(Q), want_sum, rtol=1e-13, atol=1e-14)
     for run in (1, 2, 3, 100):
         np.testing.assert_allclose(rows.sum_log(Q, run), want_log, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(rows.prod(Q), np.exp(want_log), rtol=1e-12)  # (1 for an effect without rows)
     # each row against its effect's values at the nodes: weighted sums (per coordinate too) and products
     P, P3 = rng.normal(size=(n.size, 7)), rng.normal(size=(n.size, 7, 2))
     np.testing.assert_allclose(rows.weighted(Q, P), np.sum(Q * P[local], axis=1), rtol=1e-13, atol=1e-14)
@@ -651,6 +652,18 @@ def test_effect_terms_from_exponentials_equal_the_row_terms(family, trials):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(S, S0, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(W, W0, rtol=1e-10, atol=1e-300)
+    # e^N as products (Bernoulli rows whose products cannot underflow; else None)
+    products = fam.effect_products(np.exp(eta), y, n, EffectRows(local, 6), bound)
+    assert products is None  # (|eta| up to 300 over 13 rows: they could)
+    small = np.clip(eta, -20, 20)
+    products = fam.effect_products(np.exp(small), y, n, EffectRows(local, 6), 20.0)
+    if family == "binomial" and trials is None:
+        N, S, W = fam.effect_terms(np.exp(small), y, n, EffectRows(local, 6), 20.0)
+        np.testing.assert_allclose(np.log(products[0]), N, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(products[1], S, rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(products[2], W, rtol=1e-14, atol=1e-300)
+    else:
+        assert products is None
 
 
 @pytest.mark.parametrize("formula, family", [("y ~ x + (1 | g) + (1 | h)", "binomial"),
