@@ -715,7 +715,7 @@ class EffectBlocks:
         v0, i0, v1, i1, full, features = self._node_axes(x)
         bound = float(np.max(np.abs(c)) + np.max(np.abs(alpha)) * np.max(np.abs(v0))
                       + np.max(np.abs(beta)) * np.max(np.abs(v1)))
-        terms = None
+        terms, product = None, False
         if bound <= _FACTOR_ETA_MAX:
             # e^eta_ik = e^(c_i + alpha_i x_k0) e^(beta_i x_k1): exponentials of rows x (nodes per axis)
             # only, the product rule's nodes taking each axis's values in a few columns
@@ -737,18 +737,9 @@ class EffectBlocks:
                                     sa_y - p0 * m0 * s00, sb_y - p0 * m0 * s01 - p1 * m1 * s11,
                                     -0.5 * p0 * s00**2, -p0 * s00 * s01, -0.5 * (p0 * s01**2 + p1 * s11**2)])
             eta = functools.partial(_linear_nodes, c, (alpha, beta), (x[:, 0], x[:, 1]))
-            if product:
-                # pi_jk from e^N_jk e^(the quadratic - its largest): the node of largest weight keeps at least
-                # e^N >= e^-700 there (effect_products), so no effect's total underflows
-                lw = coef @ features + logw
-                top = lw.max(axis=1)
-                pi = np.exp(lw - top[:, None])
-                pi *= N
-                total = pi.sum(axis=1)
-                pi /= total[:, None]
-                log_scale = np.log(2.0) - np.log(l00) - np.log(l11)
-                return U, log_scale, top + np.log(total), pi, S, W, eta
-            lw = N + coef @ features + logw
+            # (with e^N as products, pi_jk from e^N_jk e^(the quadratic - its largest): the node where the
+            # quadratic is largest keeps at least e^N >= e^-700 (effect_products), so no effect's total underflows)
+            lw = coef @ features + logw if product else N + coef @ features + logw
         else:
             eta = _linear_nodes(c, (alpha, beta), (x[:, 0], x[:, 1]))
             ll, S, W = family.row_terms(y, eta, trials)
@@ -756,6 +747,8 @@ class EffectBlocks:
             lw = group @ ll - 0.5 * (p0 * Un[:, :, 0]**2 + p1 * Un[:, :, 1]**2) + logw
         top = lw.max(axis=1)
         pi = np.exp(lw - top[:, None])
+        if product:
+            pi *= N
         total = pi.sum(axis=1)
         pi /= total[:, None]
         log_scale = np.log(2.0) - np.log(l00) - np.log(l11)
