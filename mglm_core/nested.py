@@ -390,7 +390,7 @@ class _Conditional:
                 nr = self(vcp)[1]
                 uD, fe = nr.u[self.nested.D], nr.b
             self.nested.start = None
-            outer = self.outer.value(vcp) if self.outer is not None else 0.0  # the outer Laplace's correction (outer_tilt)
+            outer = self.outer.value(vcp) if self.outer is not None else 0.0  # (outer_tilt's correction)
             value = self.nested.log_marginal(vcp, uD, fe, floor=None if floor is None else floor - outer)
             if not np.isfinite(value) and near is not None:  # the extrapolated start failed: the nearest optimum's
                 value = self.nested.log_marginal(vcp, *near)
@@ -494,7 +494,7 @@ class _Conditional:
         c = 2.0 * f0 - lo - hi
         if not (np.isfinite(f0) and np.all(np.isfinite(c)) and np.all(c > 0.0)):
             return None
-        inv = np.linalg.inv(o.root)  # (k x k)
+        inv = o._inverse
         return inv.T @ (0.5 * (hi - lo)), (inv.T * c) @ inv
 
     def outer_shift(self, vcp):
