@@ -1305,15 +1305,16 @@ def test_effect_blocks_integrate_intercepts_and_slopes_exactly():
         assert np.allclose(vc_m[cols[j]], mean, atol=2e-3)
 
 
+@pytest.mark.parametrize("rows", [4, np.resize([2, 5, 3, 4], 12)])
 @pytest.mark.parametrize("formula", ["y ~ x + (1 | g) + (0 + x | g)", "y ~ x + (1 | g) + (1 | h)"])
-def test_nested_moments_from_the_kept_tilted_moments_equal_a_fresh_evaluation(formula):
+def test_nested_moments_from_the_kept_tilted_moments_equal_a_fresh_evaluation(formula, rows):
     """With keep_tilted (the integration points), the optimum carries the tilted moments of its last
     evaluation and moments() uses them instead of evaluating the rule again: the same means,
     variances and derivatives, for (intercept, slope) blocks and for intercepts crossed with another
-    factor; without it, nothing is kept."""
+    factor, with equal and unequal numbers of rows per effect; without it, nothing is kept."""
     from mglm_core.quadrature import IndependentEffects, NestedMarginal
 
-    model, _ = _slope_blocks(n_groups=12, rows=4, formula=formula)
+    model, _ = _slope_blocks(n_groups=12, rows=rows, formula=formula)  # (equal and unequal effect sizes)
     nested = NestedMarginal.build(model, IndependentEffects.find(model))
     vcp = np.array([0.8, -0.2])
     start = (np.zeros(nested.D.size), np.zeros(model.k_fep))
