@@ -125,6 +125,16 @@ class EffectRows:
         out[self.present] = sums
         return out
 
+    def padded(self, X):
+        r"""``X`` (rows x ...) laid out effect by effect (effects x most x ...): each effect's rows in slots
+        0..most-1 and zeros after them; where every effect has the most rows, the rows themselves reshaped
+        (a view: not to be written to)."""
+        if self.equal:
+            return X.reshape((self.m, self.most) + X.shape[1:])
+        out = np.zeros((self.m, self.most) + X.shape[1:])
+        out[self.local, self.rank] = X
+        return out
+
     def prod(self, Q):
         r""":math:`\prod_{i \in j} Q_{ik}` (effects x nodes; 1 for an effect without rows)."""
         if self.equal:
@@ -893,16 +903,14 @@ class NestedMarginal:
         block); None when the padding would more than double the products' work (effects of very unequal
         sizes)."""
         first, second = self._pairs[:2]
-        sizes = np.bincount(self.ie.local, minlength=self.ie.m)
-        most = int(sizes.max()) if sizes.size else 0
-        if most == 0 or sizes.size * most**2 > 2 * first.size:
+        rows = self.ie.effect_rows
+        most = rows.most
+        if most == 0 or rows.m * most**2 > 2 * first.size:
             return None
-        slot = self.ie.local * most + self.ie.effect_rows.rank  # (the rows are sorted by effect)
+        slot = rows.local * most + rows.rank  # (the rows are sorted by effect)
         position = slot[first] * most + slot[second] % most
-        Xp_padded = np.zeros((self.ie.m * most, self.model.k_fep))
-        Xp_padded[slot] = self.Xp
         # (equal-sized effects: every slot holds its own row, and the padded layout is the rows themselves)
-        return (None if self.ie.effect_rows.equal else slot), position, most, Xp_padded.reshape(self.ie.m, most, -1)
+        return (None if rows.equal else slot), position, most, rows.padded(self.Xp)
 
     @functools.cached_property
     def _pair_matrix(self):
@@ -1207,17 +1215,8 @@ class NestedMarginal:
             # each effect's block of W by one batched product over the rows padded to the most rows, and
             # W X block by block (equal-sized effects: the rows themselves, no padding)
             slot, position, most, Xp_padded = batches
-            if slot is None:
-                padded = dev.reshape(m, most, -1) * np.sqrt(pi)[:, None, :]
-                Ew_padded = Ew.reshape(m, most)
-            else:
-                padded = np.zeros((m * most, dev.shape[1]))
-                padded[slot] = dev
-                padded = padded.reshape(m, most, -1)
-                padded *= np.sqrt(pi)[:, None, :]
-                Ew_padded = np.zeros(m * most)
-                Ew_padded[slot] = Ew
-                Ew_padded = Ew_padded.reshape(m, most)
+            padded = self.ie.effect_rows.padded(dev) * np.sqrt(pi)[:, None, :]
+            Ew_padded = self.ie.effect_rows.padded(Ew)
             blocks = np.matmul(padded, padded.transpose(0, 2, 1))
             np.negative(blocks, out=blocks)
             blocks.reshape(m, most * most)[:, ::most + 1] += Ew_padded
@@ -1412,7 +1411,7 @@ class NestedMarginal:
         of one effect, and :meth:`_pair_covariances`' ``nonzero`` for those
         pairs and for the rows outside P with themselves (None without a sparse block)."""
         ie = self.ie
-        n_max = int(np.bincount(ie.local, minlength=ie.m).max())
+        n_max = ie.effect_rows.most
         slot = ie.effect_rows.rank  # (the rows are sorted by effect)
         row_at = np.full((ie.m, n_max), -1, dtype=np.int64)
         row_at[ie.local, slot] = np.arange(ie.local.size)
@@ -1439,7 +1438,7 @@ class NestedMarginal:
         None beyond :data:`SECOND_ORDER_MAX` entries of their within-effect covariances."""
         ie, fam = self.ie, self.model.family
         m = ie.m
-        n_max = int(np.bincount(ie.local, minlength=m).max())
+        n_max = ie.effect_rows.most
         if m * float(n_max) ** 2 > SECOND_ORDER_MAX:
             return None
         third = third and m * float(n_max) ** 3 <= SECOND_ORDER_MAX
@@ -1453,14 +1452,10 @@ class NestedMarginal:
 
         # each effect's rows in slots 0..n_max-1 (padding: zero in V and in the centred moments)
         slot = ie.effect_rows.rank  # (the rows are sorted by effect)
+        padded = ie.effect_rows.padded  # (rows x ... -> effects x n_max x ...)
         both, first, second, nonzero_p, rest, nonzero_r = self._skewness_layout
         V = np.zeros((m, n_max, n_max))  # within-effect covariances of the offsets
         V[both] = self._pair_covariances(F, Zs_p, F.border_rows(Zs_p, Xb_p), first, second, nonzero_p)
-
-        def padded(x):  # rows x ... -> effects x n_max x ...
-            out = np.zeros((m, n_max) + x.shape[1:])
-            out[ie.local, slot] = x
-            return out
 
         P = pi[:, None, :]  # effects x 1 x nodes
 
