@@ -179,10 +179,7 @@ class Binomial(Family):
         node instead of one per row and node (no cancellation: :math:`p = Eq` is accurate for small
         p as :math:`q` is for small :math:`1 - p`). Trials that differ between rows take one
         logarithm per row."""
-        q = mu_exp + 1.0
-        np.reciprocal(q, out=q)
-        p = mu_exp * q
-        w = p * q
+        q, p, w = self._complement(mu_exp)
         run = max(1, int(700.0 / (bound + 1.0)))
         if trials is None:
             return rows.sum_log(q, run), y - p, w
@@ -202,10 +199,16 @@ class Binomial(Family):
         at most :math:`700 / (\mathrm{bound} + 1)` rows per effect); else None."""
         if trials is not None or rows.most > int(700.0 / (bound + 1.0)):
             return None
+        q, p, w = self._complement(mu_exp)
+        return rows.prod(q), y - p, w
+
+    @staticmethod
+    def _complement(mu_exp):
+        r""":math:`q = 1/(1+E)`, :math:`p = Eq` and :math:`pq` from :math:`E = e^\eta` (new arrays)."""
         q = mu_exp + 1.0
         np.reciprocal(q, out=q)
         p = mu_exp * q
-        return rows.prod(q), y - p, p * q
+        return q, p, p * q
 
     def working_response(self, y, trials):
         r"""IRLS start: :math:`p_0 = (y + 1/2)/(n + 1)`, response :math:`\operatorname{logit} p_0`,
