@@ -256,7 +256,7 @@ class _Conditional:
         self.correction = None
         self.delta = {}  # at each solved vcp: the second-order correction, or the nested value
         self.nested_optimum = {}  # nested mode: NestedMarginal.last (its optimum) at each solved vcp
-        self._starts = None  # ... those solved as (log-SDs, count, optima) (_solved)
+        self._starts = None  # ... those solved as (log-SDs, count, optima stacked) (_solved)
         self.outer = None  # nested mode: the outer Laplace's correction (outer_tilt, _OuterCorrection)
         self.anchor = None  # the log-SDs at which `independent` picks its component
 
@@ -382,10 +382,10 @@ class _Conditional:
         key = self._key(vcp)
         if key not in self.delta:
             vcp = np.asarray(vcp, dtype=float)
-            keys, optima, vectors = self._solved()
+            keys, vectors = self._solved()
             near = None
-            if optima:
-                uD, fe, near = _linear_start(vcp, keys, optima, vectors=vectors)
+            if keys.shape[0]:
+                uD, fe, near = _linear_start(vcp, keys, vectors, self.nested.D.size)
             else:
                 nr = self(vcp)[1]
                 uD, fe = nr.u[self.nested.D], nr.b
@@ -517,17 +517,16 @@ class _Conditional:
             self._starts = None  # (replaced: made again from the dictionary on next use)
         self.nested_optimum[key] = optimum
         if optimum is not None and self._starts is not None:
-            keys, n, optima, vectors = self._starts
+            keys, n, vectors = self._starts
             if n == keys.shape[0]:
                 keys, vectors = np.vstack([keys, np.empty_like(keys)]), np.vstack([vectors, np.empty_like(vectors)])
             keys[n] = key
             vectors[n, :optimum[0].size], vectors[n, optimum[0].size:] = optimum[0], optimum[1]
-            optima.append(optimum)
-            self._starts = (keys, n + 1, optima, vectors)
+            self._starts = (keys, n + 1, vectors)
 
     def _solved(self):
-        """The solved points' log-SDs (n x k), nested optima and their ``(u_D, fe)`` stacked (n x
-        dim), in the order solved (for :func:`_linear_start`; kept as they come, not rebuilt from
+        """The solved points' log-SDs (n x k) and their nested optima's ``(u_D, fe)`` stacked (n x dim), in
+        the order solved (for :func:`_linear_start`; kept as they come, not rebuilt from
         :attr:`nested_optimum` per solve)."""
         if self._starts is None:
             items = [(k_, opt) for k_, opt in self.nested_optimum.items() if opt is not None]
@@ -536,9 +535,9 @@ class _Conditional:
             vectors = np.array([np.concatenate(opt[:2]) for _, opt in items]).reshape(len(items), dim)
             room = max(16, len(items))
             self._starts = (np.vstack([keys, np.empty((room, keys.shape[1]))]), len(items),
-                            [opt for _, opt in items], np.vstack([vectors, np.empty((room, dim))]))
-        keys, n, optima, vectors = self._starts
-        return keys[:n], optima, vectors[:n]
+                            np.vstack([vectors, np.empty((room, dim))]))
+        keys, n, vectors = self._starts
+        return keys[:n], vectors[:n]
 
     def _base_and_difference(self):
         """The part of :meth:`corrected` with an analytic gradient (:meth:`value_grad`, or None for
@@ -721,37 +720,37 @@ def _refined_change(model, vcp, nr):
             factor.border_inverse() - nr.factor.border_inverse())
 
 
-def _linear_start(vcp, keys, optima, reach=3.0, vectors=None):
+def _linear_start(vcp, keys, vectors, n_D, reach=3.0):
     r"""A start for the nested optimum ``(u_D, fe)`` at ``vcp`` from the solved points, their log-SDs
-    ``keys`` (n x k) and optima ``optima`` (``[(u_D, fe, ...)]``): the nearest one's optimum moved along
-    the affine fit, by least squares, of the optima of the points within ``reach`` times its distance (at
-    most 2k + 1 of them), :math:`\hat a(\theta) \approx \hat a(\theta_0) + J^\top (\theta - \theta_0)`,
-    in the directions their differences span (none: the nearest optimum itself). A grid point in line behind two solved
+    ``keys`` (n x k) and optima ``vectors`` (n x dim, ``u_D`` in the first ``n_D`` columns, then
+    ``fe``): the nearest one's optimum moved along the affine fit, by least squares, of the optima of the
+    points within ``reach`` times its distance (at most 2k + 1 of them),
+    :math:`\hat a(\theta) \approx \hat a(\theta_0) + J^\top (\theta - \theta_0)`, in the directions
+    their differences span (none: the nearest optimum itself). A grid point in line behind two solved
     ones, or a difference stencil's second point, then starts an error of order step² from its
     optimum instead of order step: the grids' Newton evaluations per point went from 2.5-3.1 to
     2.0-2.5 (the floor is two: a step and the check at its end). Returns ``(u_D, fe, nearest)``,
     ``nearest`` the nearest optimum (None when the start is that optimum). Directions whose singular
-    value is below 1e-2 of the largest are left out (the optima are known to the inner tolerance only).
-    ``vectors``: the optima's ``(u_D, fe)`` stacked (n x dim), when the caller keeps them."""
+    value is below 1e-2 of the largest are left out (the optima are known to the inner tolerance only)."""
     d2 = np.sum((keys - vcp) ** 2, axis=1)
     order = np.argsort(d2, kind="stable")
     i0 = int(order[0])
-    uD0, fe0 = optima[i0][:2]
+    a0 = vectors[i0]
+    uD0, fe0 = a0[:n_D], a0[n_D:]
     k = keys.shape[1]
     near = order[1:2 * k + 1]
     near = near[d2[near] <= reach**2 * max(d2[i0], 1e-300)]
     if not near.size or d2[i0] == 0.0:
         return uD0, fe0, None
     dtheta = keys[near] - keys[i0]
-    a0 = np.concatenate([uD0, fe0])
-    da = (vectors[near] if vectors is not None else np.array([np.concatenate(optima[i][:2]) for i in near])) - a0
+    da = vectors[near] - a0
     # minimum-norm least squares through the k x k normal matrix (np.linalg.lstsq's overhead was a
     # third of the solves' set-up)
     lam, V = np.linalg.eigh(dtheta.T @ dtheta)
     keep = lam > 1e-4 * lam[-1]
     w = (((vcp - keys[i0]) @ V[:, keep]) / lam[keep]) @ V[:, keep].T @ dtheta.T  # weights of the near points
     a = a0 + w @ da
-    return a[:uD0.size], a[uD0.size:], (uD0, fe0)
+    return a[:n_D], a[n_D:], (uD0, fe0)
 
 
 def _outer_curve(lo, hi):

@@ -380,9 +380,9 @@ def test_linear_start_extrapolates_the_optima_of_nearby_points():
     rng = np.random.default_rng(3)
     J, a0 = rng.normal(size=(2, 5)), rng.normal(size=5)
 
-    def solved(thetas, f=lambda th: a0 + th @ J):
+    def solved(thetas, f=lambda th: a0 + th @ J):  # (log-SDs, optima stacked, u_D's size)
         thetas = np.array(thetas, dtype=float)
-        return thetas, [(f(th)[:3], f(th)[3:], None, None) for th in thetas]
+        return thetas, np.array([f(th) for th in thetas]), 3
 
     grid = solved([[0, 0], [1, 0], [0, 1], [1, 1], [2, 0]])
     uD, fe, nearest = _linear_start(np.array([2.0, 1.0]), *grid)
