@@ -948,9 +948,9 @@ class NestedMarginal:
 
     def _nodes(self, uD, fe, prec):
         r"""The adaptive Gauss–Hermite rule of every effect of P given ``(u_D, fe)``: nodes
-        ``U`` (effects x nodes; for blocks a function making them, effects x nodes x d), the log scales of the nodes (:meth:`IndependentEffects.rule`),
-        :math:`\log I_j` (without the prior's and the
-        rule's constants), the tilted weights ``pi`` (effects x nodes, rows summing to 1), the
+        ``U`` (effects x nodes; for blocks a :class:`_BlockNodes`, which makes them, effects x nodes x d),
+        the log scales of the nodes (:meth:`IndependentEffects.rule`), :math:`\log I_j` (without the prior's
+        and the rule's constants), the tilted weights ``pi`` (effects x nodes, rows summing to 1), the
         rows' scores ``S`` and weights ``W`` at the nodes and their linear predictors ``eta``
         (rows x nodes)."""
         ie, fam = self.ie, self.model.family
