@@ -277,7 +277,7 @@ def _bordered(A, B, C):
     return full
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _hermite_log_rule(nodes):
     r"""The physicists' Gauss-Hermite rule (weight :math:`e^{-x^2}`) for the adaptive quadrature:
     nodes and :math:`\log w + x^2` (read-only; computed once per size: numpy's ``hermgauss`` takes
@@ -485,7 +485,7 @@ class IndependentEffects:
                 - float(np.sum(np.bincount(self._alike, weights=q) ** 2))) / 12.0
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _tensor_log_rule(nodes, d, prune=_PRUNE):
     r"""The product of ``d`` :func:`_hermite_log_rule` of ``nodes`` nodes (an int, or a tuple of ``d``
     counts: one per axis), without the nodes whose weight is below :math:`e^{-\mathrm{prune}}` of the
@@ -859,7 +859,8 @@ class NestedMarginal:
         self.dense = self._pairs is not None and 0 < D.size <= DENSE_OTHER and rows.size * D.size <= 4e6
         if self.dense:
             self.ZDp_d, self.ZDr_d = self.ZDp.toarray(), self.ZDr.toarray()
-        self.x, self.logw = ie.x, ie.logw  # the rule of _nodes (use_nodes)
+        self.x, self.logw = ie.x, ie.logw  # the rule of _nodes (use_nodes; a point may take a finer one: rule_at)
+        self._rule_sd = None  # the SDs use_nodes' rule was taken for (None: that rule at every point)
         self._reuse = None  # the last factorisation (its pattern analysis is reused)
         self.start = None  # (u_D, fe, their starts) of the last solution: warm start for the next
         self.last = None  # (u_D, fe, factor, the inner modes, the tilted moments or None) at the last optimum
@@ -941,13 +942,28 @@ class NestedMarginal:
         items) 24 nodes put the log density 2.4 too high and the Intercept's conditional variance at
         3.0 instead of 1.46 (112 nodes: within 0.02 of 200 nodes).
         ``sd`` is a float or the SD of every component (:meth:`IndependentEffects.hermite_rule`,
-        :meth:`EffectBlocks.hermite_rule`: per axis).
+        :meth:`EffectBlocks.hermite_rule`: per axis). A point whose SDs are larger still takes the
+        rule for its own (:meth:`rule_at`).
         """
         self.x, self.logw, k = self.ie.hermite_rule(sd)
+        self._rule_sd = sd
         return k
 
-    def _nodes(self, uD, fe, prec):
-        r"""The adaptive Gauss–Hermite rule of every effect of P given ``(u_D, fe)``: nodes
+    def rule_at(self, vcp):
+        r"""``(nodes, log weights + nodes**2)`` of the rule at log-SDs ``vcp``: :meth:`use_nodes`' rule,
+        or where the point's SDs exceed those it was taken for, the rule for the larger of the two
+        (:math:`\max(sd, e^{vcp})` per component). The grid reaches SDs beyond the probe points that chose
+        :meth:`use_nodes`' rule (the exact mode lies elsewhere): there the coarser rule's value is rough, Newton
+        stalls and the point was left out, its weight lost (binary rows each with its own effect, nested in
+        groups of two: a log-SD's mode at 1.46 and the grid out to 3.5 with a rule for SDs up to 4.6; four
+        points left out put the fixed effects' SDs 14 % short)."""
+        if self._rule_sd is None:
+            return self.x, self.logw
+        x, logw, _ = self.ie.hermite_rule(np.maximum(self._rule_sd, np.exp(np.asarray(vcp, dtype=float))))
+        return (x, logw) if logw.size > self.logw.size else (self.x, self.logw)
+
+    def _nodes(self, uD, fe, prec, rule):
+        r"""The adaptive Gauss–Hermite rule (``rule``, :meth:`rule_at`'s) of every effect of P given ``(u_D, fe)``: nodes
         ``U`` (effects x nodes; for blocks a :class:`_BlockNodes`, which makes them, effects x nodes x d),
         the log scales of the nodes (:meth:`IndependentEffects.rule`), :math:`\log I_j` (without the prior's
         and the rule's constants), the tilted weights ``pi`` (effects x nodes, rows summing to 1), the
@@ -959,7 +975,7 @@ class NestedMarginal:
             a = a + self.off_p
         u0, c = ie.modes(fam, a, prec, self.uhat)
         self.uhat = u0
-        return ie.rule(fam, self._y, self._tr, a, self.group, u0, c, prec, self.x, self.logw)
+        return ie.rule(fam, self._y, self._tr, a, self.group, u0, c, prec, *rule)
 
     def moments(self, vcp, optimum=None):
         r"""Posterior moments given the log-SDs ``vcp`` at the optimum of :meth:`log_marginal` there
@@ -985,7 +1001,7 @@ class NestedMarginal:
         uD, fe, F, self.uhat, tilted = optimum  # (the inner modes' Newton then starts at their solution)
         vcp = np.asarray(vcp, dtype=float)
         if tilted is None:
-            U, _, _, pi, S, _, _ = self._nodes(uD, fe, ie.precision(vcp))
+            U, _, _, pi, S, _, _ = self._nodes(uD, fe, ie.precision(vcp), self.rule_at(vcp))
             tilted = self._tilted(U, pi, S - ie.effect_rows.weighted(S, pi)[:, None])
         mu, tau, c = tilted
         Gc_template, order, g_map, g_template, g_pairs = self._moment_layout
@@ -1055,7 +1071,7 @@ class NestedMarginal:
         ``(vcp, u_D, fe)`` under the current rule (a converged :meth:`log_marginal`'s optimum,
         normally; without ``u_D`` and ``fe``, wherever it was at ``vcp``), else None."""
         st = self._stash
-        if st is None or st[1] is not self.logw or not np.array_equal(st[0], vcp):
+        if st is None or st[1] is not self.rule_at(vcp)[1] or not np.array_equal(st[0], vcp):
             return None
         if uD is not None and not (np.array_equal(st[2], uD) and np.array_equal(st[3], fe)):
             return None
@@ -1103,12 +1119,13 @@ class NestedMarginal:
         loc = ie.local
 
         G = self.group  # effects x rows of P, indicator
-        K = self.logw.size
+        rule = self.rule_at(vcp)
+        K = rule[1].size
         no_rows = np.zeros(0)
 
         def fun(uD, fe, hessian):
             self._stash = None  # (released before this evaluation's arrays are made)
-            U, log_sc, logI, pi, S, W, eta = self._nodes(uD, fe, prec)
+            U, log_sc, logI, pi, S, W, eta = self._nodes(uD, fe, prec, rule)
             value = float(np.sum(logI + log_sc) + ie.log_normaliser(prec))
             s_r = w_r = no_rows  # (every row in P's effects: no other rows' terms, whose products cost 50 us)
             if self.yr.size:
@@ -1136,7 +1153,7 @@ class NestedMarginal:
             dev = S - Es[:, None]  # s_ik - E s_i
             # (the optimum's evaluation is the last one with the Hessian: log_marginal keeps its tilted
             # moments, _skewness its rule)
-            self._stash = (vcp.copy(), self.logw, uD.copy(), fe.copy(), U, pi, S, W, eta, dev)
+            self._stash = (vcp.copy(), rule[1], uD.copy(), fe.copy(), U, pi, S, W, eta, dev)
             if self.by_pairs:
                 return (value, g_D, g_fe) + self._hessian_pairs(pi, dev, Ew, w_r, prec_D)
             # d_jk = sqrt(pi_jk) sum over the rows i of j of x_i (s_ik - E s_i): (effects * nodes) x p
@@ -1445,7 +1462,8 @@ class NestedMarginal:
         uD, fe, F, self.uhat = optimum[:4]
         vcp = np.asarray(vcp, dtype=float)
         stash = self._evaluation_at(vcp, uD, fe)
-        _, pi, S, W = stash[:4] if stash is not None else self._nodes(uD, fe, ie.precision(vcp))[2:6]
+        _, pi, S, W = (stash[:4] if stash is not None
+                       else self._nodes(uD, fe, ie.precision(vcp), self.rule_at(vcp))[2:6])
         dw, d2w = fam.weight_derivatives(self._y, S, W, self._tr)  # (from the scores and weights: no exponentials)
         Zs_p, Zs_r, Xb_p, Xb_r = self._layout_rows
         sparse = Zs_p is not None

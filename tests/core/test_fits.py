@@ -903,7 +903,7 @@ def test_nested_rule_is_refined_for_large_sds():
     """Binary pairs of rows crossed with items at SDs of 8.6 and 4.8: the 24-node rule's log marginal
     and Intercept variance are off (the nodes, about 5 apart in u, slide past each effect's turn of the
     likelihood), or Newton stalls on it; :meth:`NestedMarginal.use_nodes` takes a rule within 0.05 of a
-    256-node one there and keeps 24 nodes at an SD of 2."""
+    256-node one there and keeps 24 nodes at an SD of 2, except at points of larger SDs (:meth:`rule_at`)."""
     from mglm_core.quadrature import NODES, IndependentEffects, NestedMarginal, _hermite_log_rule
     from mglm_core.simulate import simulate_glmm
 
@@ -925,9 +925,16 @@ def test_nested_rule_is_refined_for_large_sds():
     fine = value(nested, (nr.u[nested.D], nr.b))
     assert abs(fine[0] - exact[0]) < 0.05 and abs(fine[1] / exact[1] - 1) < 0.05
     assert nested.use_nodes(2.0) == NODES
-    # 24 nodes, even from the exact optimum: Newton stalls on the rough value (the fit drops the point;
-    # where it converged, from another start, it was 2.4 too high with twice the Intercept's variance)
-    rough = value(nested, exact[2][:2])
+    # a point at larger SDs than the rule was taken for takes the rule for its own (rule_at), one within
+    # the SDs that rule (the grid reaches beyond the probe points that chose it: points were left out)
+    assert nested.rule_at(vcp)[1].size > NODES and nested.rule_at(np.log([1.5, 1.0]))[1] is nested.logw
+    again = value(nested, (nr.u[nested.D], nr.b))
+    assert nested.use_nodes(np.exp(vcp)) == nested.rule_at(vcp)[1].size
+    assert again[0] == value(nested, (nr.u[nested.D], nr.b))[0] and abs(again[0] - exact[0]) < 0.05
+    # 24 nodes (a marginal whose rule was never chosen: that rule at every point), even from the exact
+    # optimum: Newton stalls on the rough value (the fit drops the point; where it converged, from another
+    # start, it was 2.4 too high with twice the Intercept's variance)
+    rough = value(NestedMarginal.build(model, IndependentEffects.find(model)), exact[2][:2])
     assert not np.isfinite(rough[0]) or (abs(rough[0] - exact[0]) > 0.5 and abs(rough[1] / exact[1] - 1) > 0.3)
 
 
@@ -1326,7 +1333,7 @@ def test_nested_moments_from_the_kept_tilted_moments_equal_a_fresh_evaluation(fo
     assert kept[4] is not None
     fresh = nested.moments(vcp, kept[:4] + (None,))
     # the kept covariances Cov_j(u, s_i), against the formula with the tilted means subtracted
-    U, _, _, pi, S, _, _ = nested._nodes(kept[0], kept[1], nested.ie.precision(vcp))
+    U, _, _, pi, S, _, _ = nested._nodes(kept[0], kept[1], nested.ie.precision(vcp), nested.rule_at(vcp))
     U = U() if callable(U) else U  # (the block rule makes its nodes on request)
     P_row = pi[nested.ie.local]
     dev = S - np.einsum("ik,ik->i", P_row, S)[:, None]
