@@ -127,7 +127,7 @@ def judge(case, ref):
         warnings.simplefilter("ignore")
         r = model.fit_laplace()
     seconds = time.perf_counter() - t0
-    met = metrics(dict(fe=(r.fe_mean, r.fe_sd), vcp=(r.vcp_mean, r.vcp_sd), vc=(r.vc_mean, r.vc_sd)), ref)
+    met = metrics({"fe": (r.fe_mean, r.fe_sd), "vcp": (r.vcp_mean, r.vcp_sd), "vc": (r.vc_mean, r.vc_sd)}, ref)
     return met, bars(met), seconds
 
 
@@ -183,16 +183,16 @@ def main():
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     text = [
         "# Held-out accuracy check", "",
-        f"Measured {stamp} by `python benchmarks/accuracy/holdout.py --n {args.n} --seed {args.seed}`: "
-        f"fit_laplace on {len(rows)} random cases of the harness's kinds that were not looked at while the method "
-        "was built, against NUTS references (`benchmarks/accuracy/holdout/`), with the bars of "
-        f"`benchmarks/ACCURACY.md`. **Every bar held on {held} of the {judged} cases with a converged reference** "
-        f"(R-hat ≤ {RHAT_MAX}, bulk ESS ≥ {ESS_MIN}).", "",
-        "Columns: the reference's largest R-hat and smallest ESS; largest |mean error| in reference posterior SDs "
-        "(fe, vcp, vc, with the share of random effects within 0.1); ranges of SD ratios (ours / reference); the "
-        "share of random effects whose SD ratio is within [0.85, 1.15]; seconds.", "",
-        "| case | design | R-hat / ESS | fe err | vcp err | vc err (max; share ≤ 0.1) | fe sd ratio | vcp sd ratio "
-        "| vc sd in bar | seconds | bars |",
+        (f"Measured {stamp} by `python benchmarks/accuracy/holdout.py --n {args.n} --seed {args.seed}`: "
+         f"fit_laplace on {len(rows)} random cases of the harness's kinds that were not looked at while the method "
+         "was built, against NUTS references (`benchmarks/accuracy/holdout/`), with the bars of "
+         f"`benchmarks/ACCURACY.md`. **Every bar held on {held} of the {judged} cases with a converged reference** "
+         f"(R-hat ≤ {RHAT_MAX}, bulk ESS ≥ {ESS_MIN})."), "",
+        ("Columns: the reference's largest R-hat and smallest ESS; largest |mean error| in reference posterior SDs "
+         "(fe, vcp, vc, with the share of random effects within 0.1); ranges of SD ratios (ours / reference); the "
+         "share of random effects whose SD ratio is within [0.85, 1.15]; seconds."), "",
+        ("| case | design | R-hat / ESS | fe err | vcp err | vc err (max; share ≤ 0.1) | fe sd ratio | vcp sd ratio "
+         "| vc sd in bar | seconds | bars |"),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         *rows, ""]
     Path(args.out).write_text("\n".join(text))
