@@ -916,7 +916,9 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
         else:  # not concave here: a gradient step
             step = g / max(1.0, np.abs(g).max())
             far = True
-        step = np.clip(step, -max_step, max_step)
+        # (scaled, not clipped coordinate by coordinate: a clipped step can point downhill, as (0.5, 0.5) did
+        # for the Newton step (1.1, 3.8) on a ridge of two log-SDs, and the search stalled)
+        step = step * min(1.0, max_step / max(float(np.max(np.abs(step))), 1e-300))
         if rough and (np.all(np.abs(step) < step_tol) or not np.isfinite(f0)):  # judged on fg's gradient
             f0, g = safe(x)
             rough = False
@@ -1276,10 +1278,13 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         # 11-184 exact evaluations fewer, and no error or SD ratio against the references changed by more than 0.013;
         # to 10 % where a grid follows whatever the density's shape, _GRID_MODE_SD_TOL)
         n_outer += n_more
-        exact = cond.nested.ie.components if fallback else ()
+        exact = cond.nested.components if fallback else ()
         how = (f"the effects of {' and '.join(model.vcp_names[c] for c in exact)} were integrated exactly ("
-               + ("adaptive Gauss-Hermite" if len(exact) == 1 else f"as {len(exact)}-dimensional blocks per level, "
-                  "adaptive Gauss-Hermite") + ") and the rest by Laplace instead" if fallback else
+               + ("adaptive Gauss-Hermite" if len(exact) == 1
+                  else f"adaptive Gauss-Hermite, the {model.vcp_names[exact[1]]} effects within every node of the "
+                  f"{model.vcp_names[exact[0]]} ones" if cond.nested.inner is not None
+                  else f"as {len(exact)}-dimensional blocks per level, adaptive Gauss-Hermite")
+               + ") and the rest by Laplace instead" if fallback else
                "no component has at most one effect per row, so the plain Laplace value was used; the "
                "posterior of the SDs is approximate (check against MCMC)")
         msg = f"{reason}; {how}."
