@@ -144,6 +144,6 @@ def test_log_sd_search_scales_a_long_step_instead_of_clipping_it():
         d = x - c
         return -0.5 * d @ A @ d, -A @ d
 
-    x, _, g, H, ok, _ = _maximise_theta(fg, np.zeros(2), (-12.0, 8.0), max_step=0.5, neg_hessian=A,
+    x, _, _, _, ok, _ = _maximise_theta(fg, np.zeros(2), (-12.0, 8.0), max_step=0.5, neg_hessian=A,
                                         hessian=lambda x_: -A, f=lambda x_: fg(x_)[0])
     assert ok and np.allclose(x, c, atol=1e-3)
