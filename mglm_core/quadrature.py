@@ -277,6 +277,13 @@ def _bordered(A, B, C):
     return full
 
 
+def _grown_count(s, base, step):
+    r"""Gauss–Hermite nodes for a component of scale ``s`` (its SD times its largest coefficient):
+    ``base`` up to 4, beyond :math:`\mathrm{step}\,\lceil 3 (s/4)^2 \rceil` (at most :data:`NODES_MAX`), so that
+    the nodes stay as far apart, relative to the likelihood's turn, as at 4."""
+    return base if not s > 4.0 else int(min(NODES_MAX, step * np.ceil(3.0 * (s / 4.0) ** 2)))
+
+
 @functools.lru_cache(maxsize=64)
 def _hermite_log_rule(nodes):
     r"""The physicists' Gauss-Hermite rule (weight :math:`e^{-x^2}`) for the adaptive quadrature:
@@ -343,8 +350,7 @@ class IndependentEffects:
         """The rule for SDs up to ``sd`` (a float, or the SD of every component):
         ``(nodes, log weights + nodes**2, nodes per axis)`` (:meth:`NestedMarginal.use_nodes`)."""
         sd = float(sd) if np.ndim(sd) == 0 else float(np.asarray(sd)[self.component])
-        s = sd * float(np.max(np.abs(self.z), initial=1.0))
-        k = NODES if not s > 4.0 else int(min(NODES_MAX, 8 * np.ceil(3.0 * (s / 4.0) ** 2)))
+        k = _grown_count(sd * float(np.max(np.abs(self.z), initial=1.0)), NODES, 8)
         return _hermite_log_rule(k) + (k,)
 
     def modes(self, family, a, prec, u):
@@ -846,8 +852,7 @@ class ObservationMarginal:
     def __init__(self, family, z, sd):
         self.family, self.z, self.sd = family, np.asarray(z, dtype=float), float(sd)
         self.name = family.name
-        s = self.sd * float(np.max(np.abs(self.z), initial=1.0))
-        k = INNER_NODES if not s > 4.0 else int(min(NODES_MAX, INNER_NODES * np.ceil(3.0 * (s / 4.0) ** 2)))
+        k = _grown_count(self.sd * float(np.max(np.abs(self.z), initial=1.0)), INNER_NODES, INNER_NODES)
         self.x, self.logw = _hermite_log_rule(k)
         self._modes = {}  # the last inner modes t by the shape of eta: the next call's Newton starts there
 
@@ -1162,8 +1167,10 @@ class NestedMarginal:
         model, ie = self.model, self.ie
         uD, fe, F, self.uhat, tilted = optimum  # (the inner modes' Newton then starts at their solution)
         vcp = np.asarray(vcp, dtype=float)
+        nodes = None  # (the rule's evaluation at the optimum, where made here: _inner_moments takes it too)
         if tilted is None:
-            U, _, _, pi, S, _, _ = self._nodes(uD, fe, ie.precision(vcp), self.rule_at(vcp), self.family_at(vcp))
+            nodes = self._nodes(uD, fe, ie.precision(vcp), self.rule_at(vcp), self.family_at(vcp))
+            U, _, _, pi, S, _, _ = nodes
             tilted = self._tilted(U, pi, S - ie.effect_rows.weighted(S, pi)[:, None])
         mu, tau, c = tilted
         Gc_template, order, g_map, g_template, g_pairs = self._moment_layout
@@ -1196,30 +1203,38 @@ class NestedMarginal:
             vc_mean[self.D], vc_var[self.D] = uD, F.sparse_diag_inverse()
         if self.inner is not None:
             cols = self._inner_cols
-            vc_mean[cols], vc_var[cols] = self._inner_moments(vcp, uD, fe, fe_cov)
+            vc_mean[cols], vc_var[cols] = self._inner_moments(vcp, uD, fe, fe_cov, nodes)
         return fe.copy(), fe_cov, vc_mean, vc_var, g_f, g_D
 
-    def _inner_moments(self, vcp, uD, fe, fe_cov):
+    def _inner_moments(self, vcp, uD, fe, fe_cov, nodes=None):
         r"""Means and variances of the observation-level effects (one per row of P, :attr:`inner`) at the
         optimum ``(u_D, fe)``: over P's nodes k of the row's effect j, the inner tilted moments
         :math:`m_{ik}, v_{ik}` mixed by :math:`\pi_{jk}`, :math:`\mu_i = \sum_k \pi_{jk} m_{ik}`,
         :math:`\tau_i = \sum_k \pi_{jk}(v_{ik} + m_{ik}^2) - \mu_i^2`, plus the fixed effects' variance carried
         through, :math:`g_i^\top \Sigma_{fe}\, g_i` with :math:`g_i = \partial\mu_i/\partial fe =
         \sum_{i' \in j} \mathrm{Cov}(u_i, s_{i'})\, x_{i'}` (over the nodes, and within the row's own inner
-        integral for i' = i)."""
+        integral for i' = i). ``nodes``: :meth:`_nodes` there, if made already."""
         ie = self.ie
         fam = self.family_at(vcp)
-        _, _, _, pi, S, _, eta = self._nodes(uD, fe, ie.precision(vcp), self.rule_at(vcp), fam)
+        if nodes is None:
+            nodes = self._nodes(uD, fe, ie.precision(vcp), self.rule_at(vcp), fam)
+        _, _, _, pi, S, _, eta = nodes
         m, v, c = fam.effect_moments(self._y, eta, self._tr)
         P = pi[ie.local]  # rows x nodes
         mu = np.einsum("ik,ik->i", P, m)
         tau = np.maximum(np.einsum("ik,ik->i", P, v + m**2) - mu**2, 0.0)
         dev = S - np.einsum("ik,ik->i", P, S)[:, None]
-        p = self.model.k_fep
-        Dx = np.stack([self.group @ (dev * self.Xp[:, [t]]) for t in range(p)], axis=2)  # effects x nodes x p
-        g = (np.einsum("ik,ikp->ip", P * (m - mu[:, None]), Dx[ie.local])
+        g = (np.einsum("ik,ikp->ip", P * (m - mu[:, None]), self._effect_sums_x(dev)[ie.local])
              + np.einsum("ik,ik->i", P, c)[:, None] * self.Xp)
         return mu, tau + np.einsum("ip,pq,iq->i", g, fe_cov, g)
+
+    def _effect_sums_x(self, dev):
+        r""":math:`\sum_{i \in j} dev_{ik}\, x_i` for every effect j and node k (effects x nodes x p), one
+        column of X at a time (the rows x nodes x p product took 4x the sums over effects)."""
+        p = self.model.k_fep
+        if not p:
+            return np.zeros((self.ie.m, dev.shape[1], 0))
+        return np.stack([self.group @ (dev * self.Xp[:, [t]]) for t in range(p)], axis=2)
 
     @functools.cached_property
     def _moment_layout(self):
@@ -1305,7 +1320,6 @@ class NestedMarginal:
         prec_D = prec_k[model.ident[self.D]]
         loc = ie.local
 
-        G = self.group  # effects x rows of P, indicator
         rule = self.rule_at(vcp)
         fam_p = self.family_at(vcp)
         K = rule[1].size
@@ -1346,8 +1360,7 @@ class NestedMarginal:
                 return (value, g_D, g_fe) + self._hessian_pairs(pi, dev, Ew, w_r, prec_D)
             # d_jk = sqrt(pi_jk) sum over the rows i of j of x_i (s_ik - E s_i): (effects * nodes) x p
             sq = np.sqrt(pi)
-            # (one column of X at a time: the rows x nodes x p product took 4x the sums over effects)
-            dw = (np.stack([G @ (dev * self.Xp[:, [c]]) for c in range(p)], axis=2) if p else np.zeros((m, K, 0)))
+            dw = self._effect_sums_x(dev)
             dw = (dw * sq[:, :, None]).reshape(m * K, p)
             C = (self.Xp * Ew[:, None]).T @ self.Xp + (self.Xr * w_r[:, None]).T @ self.Xr
             C -= dw.T @ dw
