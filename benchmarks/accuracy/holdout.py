@@ -31,15 +31,9 @@ sys.path.insert(0, str(HERE))
 from cases import Case  # noqa: E402
 from report import bars, metrics  # noqa: E402
 
-from mglm_core.simulate import simulate_glmm  # noqa: E402
+from mglm_core.simulate import _respond, simulate_glmm  # noqa: E402  (its responses: the same draws)
 
 RHAT_MAX, ESS_MIN = 1.01, 400
-
-
-def _respond(rng, family, eta, trials):
-    if family == "poisson":
-        return rng.poisson(np.exp(eta)).astype(float)
-    return rng.binomial(trials or 1, 1.0 / (1.0 + np.exp(-eta))).astype(float)
 
 
 def _slopes(seed, n_groups, rows, family, sds, fe, trials):
