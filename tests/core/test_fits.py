@@ -925,8 +925,8 @@ def test_nested_rule_is_refined_for_large_sds():
     fine = value(nested, (nr.u[nested.D], nr.b))
     assert abs(fine[0] - exact[0]) < 0.05 and abs(fine[1] / exact[1] - 1) < 0.05
     assert nested.use_nodes(2.0) == NODES
-    # a point at larger SDs than the rule was taken for takes the rule for its own (rule_at), one within
-    # the SDs that rule (the grid reaches beyond the probe points that chose it: points were left out)
+    # a point at larger SDs than the rule was taken for takes the rule for its own SDs (rule_at), a point
+    # within them keeps it (the grid reaches beyond the probe points that chose it: points were left out)
     assert nested.rule_at(vcp)[1].size > NODES and nested.rule_at(np.log([1.5, 1.0]))[1] is nested.logw
     again = value(nested, (nr.u[nested.D], nr.b))
     assert nested.use_nodes(np.exp(vcp)) == nested.rule_at(vcp)[1].size
