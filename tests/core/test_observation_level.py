@@ -118,14 +118,45 @@ def test_groups_of_more_rows_keep_the_laplace_route():
     assert NestedMarginal.build(model, IndependentEffects.find(model)).inner is None
 
 
-def test_binary_rows_with_their_own_effects_in_pairs_meet_the_bars():
-    """The held-out case that missed five bars (50 pairs of binary rows, each row with its own effect):
-    with the rows' effects integrated inside the pairs' rule it meets every bar against its long NUTS
-    run (R-hat 1.005, ESS 1036)."""
+def test_observation_shift_matches_the_exact_mean():
+    """The fixed effects' mean minus mode given the log-SDs on the observation-level route (central
+    differences of the gradient, :meth:`NestedMarginal.observation_shift`) against the mean of the
+    exact density exp F(fe) on a grid: six pairs of binary rows put the slope's mode 0.12 of its SD
+    below its mean; mode plus shift is within 0.02."""
+    data = _pairs_data()
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | o) + (1 | c)", data=data)
+    nested = NestedMarginal.build(model, IndependentEffects.find(model))
+    vcp = np.array([0.0, 0.7])[[model.vcp_names.index("o"), model.vcp_names.index("c")]]
+    nested.use_nodes(np.exp(vcp))
+    assert np.isfinite(nested.log_marginal(vcp, np.zeros(0), np.zeros(2)))
+    mode, cov = nested.last[1], nested.last[2].border_inverse()
+    shift_D, shift = nested.mean_shift(vcp, np.zeros(0), mode)
+    assert shift_D.size == 0
+    f = nested.objective(vcp)
+    sd = np.sqrt(np.diag(cov))
+    # the mean of exp F by a 24 x 24 Gauss-Hermite product rule on a Gaussian 1.5 times as wide
+    z, wz = np.polynomial.hermite_e.hermegauss(24)
+    Z = np.stack(np.meshgrid(z, z, indexing="ij"), axis=-1).reshape(-1, 2)
+    a = mode + Z @ (1.5 * np.linalg.cholesky(cov)).T
+    logf = np.array([f(np.zeros(0), a_, None)[0] for a_ in a]) + 0.5 * np.sum(Z**2, axis=1)
+    w = np.outer(wz, wz).ravel() * np.exp(logf - logf.max())
+    exact = w @ a / w.sum()
+    assert abs(exact[1] - mode[1]) > 0.1 * sd[1]
+    assert np.all(np.abs(mode + shift - exact) < 0.02 * sd)
+
+
+@pytest.mark.parametrize("prefix", ["h00_", "h09_"])
+def test_binary_rows_with_their_own_effects_in_small_groups_meet_the_bars(prefix):
+    """Held-out cases of binary rows each with their own effect, nested in small groups. h00 (50 pairs)
+    missed five bars before the rows' effects were integrated inside the pairs' rule (its NUTS run:
+    R-hat 1.005, ESS 1036); h09 (eight groups of four) had its slope's mean 0.14 SD short before the
+    fixed effects' skewness shift (:meth:`NestedMarginal.observation_shift`; its NUTS run: 20000 draws a
+    chain, as the rows' effects' SDs follow their log-SD's tail, whose second moment 2000 draws put 45 %
+    high)."""
     sys.path.insert(0, str(ROOT / "benchmarks" / "accuracy"))
     from holdout import draw_cases, judge
 
-    case = next(c for c in draw_cases(16, 20261206) if c.name.startswith("h00_"))
+    case = next(c for c in draw_cases(16, 20261206) if c.name.startswith(prefix))
     ref = json.loads((ROOT / "benchmarks" / "accuracy" / "holdout" / f"{case.name}.json").read_text())
     met, bars, _ = judge(case, ref)
     assert all(bars.values()), (bars, {k: (v["err_max"], v["ratio_min"], v["ratio_max"]) for k, v in met.items()})
