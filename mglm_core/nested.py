@@ -1264,7 +1264,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         fallback = "nested" if cond.nested is not None else None
         cond.use(fallback)
         if fallback:  # a rule fine enough out to the probe points' largest SD of the component
-            cond.nested.use_nodes(np.exp(np.max(probe, axis=0)))
+            cond.nested.use_nodes(np.exp(probe))
             cond.outer_tilt(mode, root)
         # (from the curvature and slope along the axes at outer_tilt's points where it ran: no difference
         # stencil at the start)

@@ -1124,9 +1124,26 @@ class NestedMarginal:
         :meth:`EffectBlocks.hermite_rule`: per axis). A point whose SDs are larger still takes the
         rule for its own (:meth:`rule_at`).
         """
+        sd = self._resolved_sd(sd)
         self.x, self.logw, k = self.ie.hermite_rule(sd)
         self._rule_sd = sd
         return k
+
+    def _resolved_sd(self, sd):
+        r"""The SDs the rule must resolve, from the components' SDs ``sd`` (a float; one SD per component;
+        or points x components, whose largest is taken). With an observation-level component inside
+        (:attr:`inner`), the groups' rows have its effects integrated: their likelihood turns over
+        :math:`\sqrt{1 + \sigma_c^2/1.7^2}` times as slowly as one row's (a logistic of scale 1.7 convolved
+        with :math:`N(0, \sigma_c^2)`), so the groups' SD is taken as :math:`\sigma_o / \sqrt{1 + \sigma_c^2/1.7^2}`
+        (20 groups of two binary rows: 136 nodes for the groups' SD of 9.5 at the probe points, 4.5 times the
+        work where the rows' SD was 1.5 and more)."""
+        if np.ndim(sd) == 0:
+            return sd
+        sd = np.array(sd, dtype=float)
+        if self.inner is not None:
+            outer = self.ie.component
+            sd[..., outer] = sd[..., outer] / np.sqrt(1.0 + (sd[..., self.inner] / 1.7) ** 2)
+        return np.max(sd, axis=0) if sd.ndim == 2 else sd
 
     def rule_at(self, vcp):
         r"""``(nodes, log weights + nodes**2)`` of the rule at log-SDs ``vcp``: :meth:`use_nodes`' rule,
@@ -1138,7 +1155,7 @@ class NestedMarginal:
         points left out put the fixed effects' SDs 14 % short)."""
         if self._rule_sd is None:
             return self.x, self.logw
-        x, logw, _ = self.ie.hermite_rule(np.maximum(self._rule_sd, np.exp(np.asarray(vcp, dtype=float))))
+        x, logw, _ = self.ie.hermite_rule(np.maximum(self._rule_sd, self._resolved_sd(np.exp(np.asarray(vcp, dtype=float)))))
         return (x, logw) if logw.size > self.logw.size else (self.x, self.logw)
 
     def _nodes(self, uD, fe, prec, rule, fam=None):

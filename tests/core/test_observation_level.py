@@ -109,6 +109,26 @@ def test_nested_marginal_integrates_the_observation_level_inside_the_groups():
     assert abs(value - total) < 1e-4
 
 
+@pytest.mark.parametrize("sd_o,sd_c", [(9.0, 3.0), (9.0, 1.5), (12.0, 4.0)])
+def test_groups_rule_resolves_the_rows_smoothed_likelihood(sd_o, sd_c):
+    """With the rows' own effects integrated, their likelihood turns over more slowly and the groups' rule
+    is taken for SD sd_o / sqrt(1 + (sd_c / 1.7)^2): 32-72 nodes instead of 192, the log density within
+    5e-4 of the 192-node rule's."""
+    data = _pairs_data()
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | o) + (1 | c)", data=data)
+    nested = NestedMarginal.build(model, IndependentEffects.find(model))
+    vcp = np.zeros(2)
+    vcp[model.vcp_names.index("o")], vcp[model.vcp_names.index("c")] = np.log(sd_o), np.log(sd_c)
+    fe = np.array([0.1, 0.6])
+    nodes = nested.use_nodes(np.exp(vcp))
+    assert nodes == nested.ie.hermite_rule(sd_o / np.sqrt(1.0 + (sd_c / 1.7) ** 2))[2] < 100
+    value = nested.objective(vcp)(np.zeros(0), fe, None)[0]
+    nested._rule_sd = None
+    nested.x, nested.logw, fine = nested.ie.hermite_rule(1e3)
+    assert fine == 192
+    assert abs(value - nested.objective(vcp)(np.zeros(0), fe, None)[0]) < 5e-4
+
+
 def test_groups_of_more_rows_keep_the_laplace_route():
     """With five rows per group on average the groups' Laplace approximation holds: no inner route."""
     data = _pairs_data()
