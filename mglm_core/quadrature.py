@@ -29,6 +29,7 @@ import functools
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import ndtr as _ndtr
 
 from .linalg import pairs_within_rows
 
@@ -824,6 +825,14 @@ _INNER_STEP = 1e-4
 OBSERVATION_ROWS_MAX = 4
 #: The step, in posterior SDs, of the central differences of :meth:`NestedMarginal.observation_shift`.
 _SHIFT_STEP = 1.0
+#: Bernoulli rows whose observation-level effect has a scale (SD times coefficient) of at least this take
+#: :class:`ObservationMarginal`'s split rule (Gauss–Laguerre, :data:`SPLIT_NODES` nodes: moments within 2e-5 of
+#: a fine grid at scale 2.5, 2e-7 at 3, 1e-10 from 3.5 up; 12 Gauss–Hermite nodes put the log-likelihood 1e-4 off
+#: at 2.5 and 6e-4 at 4, and 192 are needed for 2e-5 at 9).
+SPLIT_SCALE = 2.5
+SPLIT_NODES = 24
+_SPLIT_LOG_MIN = -600.0  # (a row log-likelihood below this: Gauss–Hermite, the split's M_0 near underflow)
+_SQRT_1_2PI = 1.0 / np.sqrt(2.0 * np.pi)
 
 
 class ObservationMarginal:
@@ -835,13 +844,32 @@ class ObservationMarginal:
         \ell^*_i(\eta) = \log \int p(y_i \mid \eta + z_i \sigma t)\, \phi(t)\, dt,
 
     with :math:`z_i` the row's coefficient of the observation-level component (one effect per row,
-    SD :math:`\sigma`), by adaptive Gauss–Hermite quadrature in :math:`t` for every element of
-    :math:`\eta` (its integrand's mode by Newton, the nodes scaled by its curvature). Score and weight
-    are the tilted moments, :math:`\ell^{*\prime} = \mathrm{E}\,s` and :math:`-\ell^{*\prime\prime} =
-    \mathrm{E}\,w - \mathrm{Var}\,s` (:math:`s, w` the family's at the nodes). With it the component
-    the rows are nested in is integrated exactly as well (:class:`NestedMarginal` with ``inner``): binary
-    rows each with their own effect nested in groups of two, where the Laplace approximation over those
-    groups put the fixed effects 0.25 posterior SDs off.
+    SD :math:`\sigma`). Score and weight are the tilted moments, :math:`\ell^{*\prime} = \mathrm{E}\,s` and
+    :math:`-\ell^{*\prime\prime} = \mathrm{E}\,w - \mathrm{Var}\,s` (:math:`s, w` the family's at the nodes).
+    With it the component the rows are nested in is integrated exactly as well (:class:`NestedMarginal`
+    with ``inner``): binary rows each with their own effect nested in groups of two, where the Laplace
+    approximation over those groups put the fixed effects 0.25 posterior SDs off.
+
+    Two rules:
+
+    * adaptive Gauss–Hermite in :math:`t` for every element of :math:`\eta` (its integrand's mode by
+      Newton, the nodes scaled by its curvature);
+    * for Bernoulli rows whose scale :math:`s = \sigma |z_i|` is at least :data:`SPLIT_SCALE`, where the
+      integrand is a Gaussian cut by a logistic step of width :math:`1/s` and Gauss–Hermite needs
+      192 nodes for :math:`10^{-5}` (at :math:`s = 9`), the split :math:`\mathrm{expit}(v) = H(v) + r(v)`,
+      :math:`r(v) = -\mathrm{sign}(v)\,\mathrm{expit}(-|v|)`: with :math:`a = -\eta/s`, the moments
+      :math:`M_n = \int t^n \phi(t)\, \mathrm{expit}(\eta + s t)\, dt` are
+
+      .. math::
+
+          M_0 = \Phi(-a) + C_0,\quad M_1 = \phi(a) + C_1,\quad M_2 = \Phi(-a) + a\phi(a) + C_2,\quad
+          C_n = \int_0^\infty \frac{e^{-w}}{1 + e^{-w}}\,\big(g_n(-w) - g_n(w)\big)\, dw,
+
+      :math:`g_n(v) = t_v^n \phi(t_v)/s`, :math:`t_v = (v - \eta)/s`, by Gauss–Laguerre (:data:`SPLIT_NODES`
+      nodes: within :math:`2\cdot10^{-5}` of a fine grid from :math:`s = 2.5` up); then
+      :math:`\ell^* = \log M_0`, :math:`\ell^{*\prime} = M_1/(s M_0)`,
+      :math:`\ell^{*\prime\prime} = (M_2 - M_0)/(s^2 M_0) - \ell^{*\prime 2}` (integration by parts), and
+      :math:`y = 0` or :math:`z_i < 0` by reflection.
 
     Parameters
     ----------
@@ -857,7 +885,9 @@ class ObservationMarginal:
         k = _grown_count(self.sd * float(np.max(np.abs(self.z), initial=1.0)), INNER_NODES, INNER_NODES)
         self.x, self.logw = _hermite_log_rule(k)
         self._modes = {}  # the last inner modes t by the shape of eta: the next call's Newton starts there
-        self._last = None  # (eta, its _tilted terms): the rule's evaluation at an optimum, asked again for moments
+        self._last = None  # (eta, moments?, terms): the rule's evaluation at an optimum, asked again for moments
+        #: the split rule for Bernoulli rows (the family is the binomial's and trials are None at the call)
+        self.split = family.name == "binomial" and self.sd * float(np.min(np.abs(self.z), initial=np.inf)) >= SPLIT_SCALE
 
     def log_base_measure(self, y, trials):
         return self.family.log_base_measure(y, trials)
@@ -868,13 +898,54 @@ class ObservationMarginal:
     def effect_products(self, mu_exp, y, trials, rows, bound):
         return None
 
-    def _tilted(self, y, eta, trials):
-        """``(log-likelihood, score, weight, rho, t, node scores)``: the rows' terms at ``eta`` (rows, or
-        rows x nodes with ``y`` and ``trials`` as columns) and the tilted weights ``rho`` over the inner
-        nodes ``t`` (last axis) with the family's scores there."""
+    def _terms(self, y, eta, trials, moments=False):
+        """``(log-likelihood, score, weight)`` of the rows at ``eta`` (rows, or rows x nodes with ``y`` and
+        ``trials`` as columns), with ``moments`` also the tilted mean and variance of ``t`` and its covariance
+        with the row's score."""
         last = self._last
-        if last is not None and last[0].shape == np.shape(eta) and np.array_equal(last[0], eta):
-            return last[1]
+        if (last is not None and last[0].shape == np.shape(eta) and (last[1] or not moments)
+                and np.array_equal(last[0], eta)):
+            return last[2] if moments else last[2][:3]
+        if self.split and trials is None:
+            out = self._split_terms(y, eta)
+            bad = ~(out[0] > _SPLIT_LOG_MIN)  # (far beyond the likelihood's turn: M_0 underflows)
+            if np.any(bad):
+                gh = self._hermite_terms(y, eta, trials)
+                out = tuple(np.where(bad, g, o) for g, o in zip(gh, out))
+        else:
+            out = self._hermite_terms(y, eta, trials)
+        self._last = (np.array(eta, dtype=float), True, out)
+        return out if moments else out[:3]
+
+    def _split_terms(self, y, eta):
+        """:meth:`_terms` for Bernoulli rows by the split rule (the class's notes)."""
+        sz = self.sd * (self.z if np.ndim(eta) == 1 else self.z[:, None])
+        s = np.abs(sz)
+        flip = np.where(np.asarray(y) > 0.5, 1.0, -1.0)  # y = 0: expit(-eta - s t), reflected
+        e = flip * np.asarray(eta, dtype=float)
+        w, f = _split_rule()
+        a = -e / s
+        J0 = _ndtr(-a)
+        J1 = _SQRT_1_2PI * np.exp(-0.5 * a * a)
+        s_ = s[..., None]
+        tp = (w - e[..., None]) / s_
+        tm = (-w - e[..., None]) / s_
+        gp = _SQRT_1_2PI * np.exp(-0.5 * tp * tp) / s_ * f
+        gm = _SQRT_1_2PI * np.exp(-0.5 * tm * tm) / s_ * f
+        M0 = J0 + np.sum(gm - gp, axis=-1)
+        M1 = J1 + np.sum(tm * gm - tp * gp, axis=-1)
+        M2 = J0 + a * J1 + np.sum(tm * tm * gm - tp * tp * gp, axis=-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logl = np.log(M0)
+            r1, r2 = M1 / M0, M2 / M0
+        score = flip * r1 / s
+        weight = np.maximum(score**2 - (r2 - 1.0) / s**2, 0.0)
+        sign = np.sign(sz) * flip  # (the odd moments of the reflected t)
+        var_t = np.maximum(r2 - r1**2, 0.0)
+        return logl, score, weight, sign * r1, var_t, np.sign(sz) * (r2 - 1.0 - r1**2) / s
+
+    def _hermite_terms(self, y, eta, trials):
+        """:meth:`_terms` by adaptive Gauss–Hermite (the class's notes)."""
         fam = self.family
         sz = self.sd * (self.z if np.ndim(eta) == 1 else self.z[:, None])
         last = self._modes.get(np.shape(eta))
@@ -907,30 +978,38 @@ class ObservationMarginal:
         logl = top + np.log(total) + np.log(tau) - 0.5 * np.log(2.0 * np.pi)
         Es = np.einsum("...k,...k->...", rho, S)
         var_s = np.einsum("...k,...k->...", rho, S * S) - Es**2
+        m = np.einsum("...k,...k->...", rho, T)
+        v = np.einsum("...k,...k->...", rho, T * T) - m**2
+        c = np.einsum("...k,...k->...", rho, T * S) - m * Es
         # (E w - Var s >= 0 for the log-concave integral; the sum can dip below where the rule resolves a
         # saturating likelihood poorly: SDs of 30 and more)
-        out = logl, Es, np.maximum(np.einsum("...k,...k->...", rho, W) - var_s, 0.0), rho, T, S
-        self._last = (np.array(eta, dtype=float), out)
-        return out
+        return logl, Es, np.maximum(np.einsum("...k,...k->...", rho, W) - var_s, 0.0), m, np.maximum(v, 0.0), c
 
     def row_terms(self, y, eta, trials):
         """``(log-likelihood, score, weight)`` of the integrated rows."""
-        return self._tilted(y, eta, trials)[:3]
+        return self._terms(y, eta, trials)
 
     def loglike(self, y, eta, trials):
-        return self._tilted(y, eta, trials)[0]
+        return self._terms(y, eta, trials)[0]
 
     def score_weight(self, y, eta, trials):
-        return self._tilted(y, eta, trials)[1:3]
+        return self._terms(y, eta, trials)[1:3]
 
     def effect_moments(self, y, eta, trials):
         r"""The observation-level effects' tilted moments at ``eta``: ``(mean, variance, covariance with
         the row's score)`` of each row's effect :math:`u = \sigma t`."""
-        _, Es, _, rho, T, S = self._tilted(y, eta, trials)
-        m = np.einsum("...k,...k->...", rho, T)
-        v = np.einsum("...k,...k->...", rho, T * T) - m**2
-        c = np.einsum("...k,...k->...", rho, T * S) - m * Es
-        return self.sd * m, self.sd**2 * np.maximum(v, 0.0), self.sd * c
+        m, v, c = self._terms(y, eta, trials, moments=True)[3:]
+        return self.sd * m, self.sd**2 * v, self.sd * c
+
+
+@functools.lru_cache(maxsize=1)
+def _split_rule():
+    r"""Gauss–Laguerre nodes :math:`w_k` and weights :math:`\lambda_k / (1 + e^{-w_k})` of
+    :class:`ObservationMarginal`'s split rule (read-only)."""
+    w, lam = np.polynomial.laguerre.laggauss(SPLIT_NODES)
+    f = lam / (1.0 + np.exp(-w))
+    w.flags.writeable = f.flags.writeable = False
+    return w, f
 
 
 class NestedMarginal:
