@@ -188,7 +188,7 @@ def main():
         "# Held-out accuracy check", "",
         (f"Measured {stamp} by `python benchmarks/accuracy/holdout.py --n {args.n} --seed {args.seed}`: "
          f"fit_laplace on {len(rows)} random cases of the harness's kinds that were not looked at while the method "
-         "was built, against NUTS references (`benchmarks/accuracy/{store.name}/`), with the bars of "
+         f"was built, against NUTS references (`benchmarks/accuracy/{store.name}/`), with the bars of "
          f"`benchmarks/ACCURACY.md`. **Every bar held on {held} of the {judged} cases with a converged reference** "
          f"(R-hat ≤ {RHAT_MAX}, bulk ESS ≥ {ESS_MIN}). Draws a chain: "
          + "; ".join(f"{n} ({', '.join(c) if len(draws) > 1 and len(c) < len(rows) / 2 else 'the others' if len(draws) > 1 else 'all'})"
