@@ -885,7 +885,7 @@ class ObservationMarginal:
         k = _grown_count(self.sd * float(np.max(np.abs(self.z), initial=1.0)), INNER_NODES, INNER_NODES)
         self.x, self.logw = _hermite_log_rule(k)
         self._modes = {}  # the last inner modes t by the shape of eta: the next call's Newton starts there
-        self._last = None  # (eta, moments?, terms): the rule's evaluation at an optimum, asked again for moments
+        self._last = None  # (eta, terms): the rule's evaluation at an optimum, asked again for moments
         #: the split rule for Bernoulli rows (the family is the binomial's and trials are None at the call)
         self.split = family.name == "binomial" and self.sd * float(np.min(np.abs(self.z), initial=np.inf)) >= SPLIT_SCALE
 
@@ -903,9 +903,8 @@ class ObservationMarginal:
         ``trials`` as columns), with ``moments`` also the tilted mean and variance of ``t`` and its covariance
         with the row's score."""
         last = self._last
-        if (last is not None and last[0].shape == np.shape(eta) and (last[1] or not moments)
-                and np.array_equal(last[0], eta)):
-            return last[2] if moments else last[2][:3]
+        if last is not None and last[0].shape == np.shape(eta) and np.array_equal(last[0], eta):
+            return last[1] if moments else last[1][:3]
         if self.split and trials is None:
             out = self._split_terms(y, eta)
             bad = ~(out[0] > _SPLIT_LOG_MIN)  # (far beyond the likelihood's turn: M_0 underflows)
@@ -914,7 +913,7 @@ class ObservationMarginal:
                 out = tuple(np.where(bad, g, o) for g, o in zip(gh, out))
         else:
             out = self._hermite_terms(y, eta, trials)
-        self._last = (np.array(eta, dtype=float), True, out)
+        self._last = (np.array(eta, dtype=float), out)
         return out if moments else out[:3]
 
     def _split_terms(self, y, eta):
