@@ -1097,8 +1097,8 @@ def _grid_step(cond, k):
     r"""The grid's step in z: :data:`_STEP`, or :data:`_STEP_OBSERVATION` where an observation-level component
     is integrated inside the groups' rule (:attr:`~mglm_core.quadrature.NestedMarginal.inner`). Those log-SD
     posteriors are skewed and correlated (binary rows, each with its own effect, in pairs), and a grid of step
-    1.5 placed them by its orientation alone: 50 pairs had the groups' log-SD SD at 0.73 or 0.82 of NUTS's 0.83
-    as the rule of the rows' integrals changed the Hessian at the mode by its 1e-3 errors; at step 1 both gave
+    1.5 placed them by its orientation alone: 50 pairs had the groups' log-SD SD at 0.73 or 0.82 against NUTS's
+    0.83 as the rule of the rows' integrals changed the Hessian at the mode by its 1e-3 errors; at step 1 both gave
     0.82-0.83 (35-47 points, each a few milliseconds on this route)."""
     nested = getattr(cond, "nested", None)  # (a caller's stand-in for _Conditional may have no nested marginal)
     if nested is not None and cond.correction == "nested" and nested.inner is not None:

@@ -916,21 +916,25 @@ class ObservationMarginal:
         self._last = (np.array(eta, dtype=float), out)
         return out if moments else out[:3]
 
+    def _scaled_z(self, eta):
+        r""":math:`\sigma z_i` shaped to broadcast against ``eta`` (rows, or rows x nodes)."""
+        return self.sd * (self.z if np.ndim(eta) == 1 else self.z[:, None])
+
     def _split_terms(self, y, eta):
         """:meth:`_terms` for Bernoulli rows by the split rule (the class's notes)."""
-        sz = self.sd * (self.z if np.ndim(eta) == 1 else self.z[:, None])
+        sz = self._scaled_z(eta)
         s = np.abs(sz)
         flip = np.where(np.asarray(y) > 0.5, 1.0, -1.0)  # y = 0: expit(-eta - s t), reflected
         e = flip * np.asarray(eta, dtype=float)
         w, f = _split_rule()
         a = -e / s
         J0 = _ndtr(-a)
-        J1 = _SQRT_1_2PI * np.exp(-0.5 * a * a)
+        J1 = _phi(a)
         s_ = s[..., None]
         tp = (w - e[..., None]) / s_
         tm = (-w - e[..., None]) / s_
-        gp = _SQRT_1_2PI * np.exp(-0.5 * tp * tp) / s_ * f
-        gm = _SQRT_1_2PI * np.exp(-0.5 * tm * tm) / s_ * f
+        gp = _phi(tp) / s_ * f
+        gm = _phi(tm) / s_ * f
         M0 = J0 + np.sum(gm - gp, axis=-1)
         M1 = J1 + np.sum(tm * gm - tp * gp, axis=-1)
         M2 = J0 + a * J1 + np.sum(tm * tm * gm - tp * tp * gp, axis=-1)
@@ -946,7 +950,7 @@ class ObservationMarginal:
     def _hermite_terms(self, y, eta, trials):
         """:meth:`_terms` by adaptive Gauss–Hermite (the class's notes)."""
         fam = self.family
-        sz = self.sd * (self.z if np.ndim(eta) == 1 else self.z[:, None])
+        sz = self._scaled_z(eta)
         last = self._modes.get(np.shape(eta))
         t = np.zeros(np.shape(eta)) if last is None else last.copy()
         lo, hi = np.full(t.shape, -np.inf), np.full(t.shape, np.inf)
@@ -999,6 +1003,11 @@ class ObservationMarginal:
         the row's score)`` of each row's effect :math:`u = \sigma t`."""
         m, v, c = self._terms(y, eta, trials, moments=True)[3:]
         return self.sd * m, self.sd**2 * v, self.sd * c
+
+
+def _phi(x):
+    """The standard normal density."""
+    return _SQRT_1_2PI * np.exp(-0.5 * x * x)
 
 
 @functools.lru_cache(maxsize=1)
