@@ -972,6 +972,41 @@ def _maximise_theta(fg, x0, bounds, h=1e-2, tol=1e-3, max_iter=50, progress=None
     return x, f0, g, -final_curvature(x, g, secant), converged, it
 
 
+def _fixed_effect_widening(cond, mode):
+    r"""The fixed effects' covariance given the log-SDs relative to its Gaussian approximation, at the mode
+    ``mode``: :meth:`~mglm_core.quadrature.NestedMarginal.covariance_factor` of the nested approximation
+    there (solved again unless the fit took that route), for :func:`_widened` at every integration point;
+    None without a conditionally independent component or with other components (the Laplace over the
+    fixed effects is then over theirs too).
+
+    Binary and low-count rows leave the fixed effects' conditional posterior skewed, and wider than the
+    curvature at its mode: cbpp's period 4 by 2.3 % (eleven events), both given the log-SD's mode and
+    against NUTS, where the conditional Gaussian, refined or not, had it 4.4 % short.
+    """
+    nested = cond.nested
+    if nested is None or nested.D.size or cond.model.k_fep == 0:
+        return None
+    opt = cond.nested_optimum.get(cond._key(mode)) if cond.correction == "nested" else None
+    if opt is None:
+        nr = cond(mode)[1]
+        if nr.factor is None:
+            return None
+        if cond.correction != "nested":
+            nested.use_nodes(np.exp(mode))
+        nested.start = None
+        if not np.isfinite(nested.log_marginal(mode, np.zeros(0), nr.b)):
+            return None
+        opt = nested.last
+    return nested.covariance_factor(mode, opt[1], opt[2].border_inverse())
+
+
+def _widened(cov, factor):
+    r""":math:`L\,\mathrm{factor}\,L^	op` for the root :math:`LL^	op` of ``cov``
+    (:func:`_fixed_effect_widening`)."""
+    root = np.linalg.cholesky(0.5 * (cov + cov.T))
+    return root @ factor @ root.T
+
+
 def _axial(k, r):
     r"""The 2k points :math:`\mp r\,e_j` along the axes of z, in that order."""
     return np.vstack([s * r * np.eye(k)[i] for i in range(k) for s in (-1, 1)])
@@ -1354,6 +1389,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         d_shift, fe_shift = (cond.outer_shift(mode) or
                              (cond.nested.mean_shift(mode, opt[0], opt[1]) if opt is not None
                               else (np.zeros(cond.nested.D.size), np.zeros(model.k_fep))))
+    fe_factor = _fixed_effect_widening(cond, mode)
     refine_at = logd > logd.max() - _REFINE_DROP if split is None else np.ones(len(thetas), bool)
     out = {}
     n_unrefined = 0
@@ -1381,6 +1417,11 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             vc_m = vc_m.copy()
             vc_m[cond.nested.ie.cols] += dmu_dfe @ fe_shift + (dmu_dD @ d_shift if dmu_dD is not None else 0.0)
             vc_m[cond.nested.D] += d_shift
+            if fe_factor is not None:
+                widened = _widened(fe_cov, fe_factor)
+                vc_v = vc_v.copy()  # (the effects' variances carry the fixed effects' through dmu_dfe)
+                vc_v[cond.nested.ie.cols] += np.einsum("ij,ij->i", dmu_dfe @ (widened - fe_cov), dmu_dfe)
+                fe_cov = widened
             out[t_] = (logp, fe_m + fe_shift, fe_cov, vc_m, vc_v)
             continue
         if nr.factor is None:
@@ -1402,7 +1443,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             u, b = u + du, b + db
             vc_var_t = np.maximum(vc_var_t + dvar, 0.5 * vc_var_t)
             fe_cov = fe_cov + dcov
-        out[t_] = (logp, b, fe_cov, u, vc_var_t)
+        out[t_] = (logp, b, fe_cov if fe_factor is None else _widened(fe_cov, fe_factor), u, vc_var_t)
     # points not solved (beyond the region's edge, their log density extrapolated): the moments of
     # the nearest solved point, the random and fixed effects moved along its mode's first-order change
     solved_used = np.array(list(out), dtype=int)

@@ -817,6 +817,11 @@ CASES = [
          "SDs 0.6 / 0.4", "y ~ x + (1 | g) + (1 | h)", "poisson", offset="logE", data_fn=_poisson_offset_crossed),
     Case("sim_binary_60x5_sd4", "binary, 60 groups of 5 rows, SD 4",
          "y ~ x + (1 | g)", "binomial", data_fn=lambda: _one_factor(2010, 60, 5, 4.0, (0.3, 0.5), "binomial")),
+    # the data README's canonical model as written: HEIGHT on its raw scale (403-533 m) under the default
+    # fe_p = 2, which the intercept (about 11 on this scale without a prior) is pulled against
+    Case("grouseticks_raw_height", "grouseticks: the canonical model, HEIGHT in metres (raw scale), default priors",
+         "TICKS ~ YEAR + HEIGHT + (1 | BROOD) + (1 | INDEX) + (1 | LOCATION)", "poisson",
+         data_fn=lambda: load("grouseticks")),
 ]
 
 #: Single factors of two levels, checked against importance sampling (exact_few_levels.py) instead of

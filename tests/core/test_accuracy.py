@@ -80,7 +80,9 @@ def test_a_factor_of_two_or_three_levels_matches_importance_sampling(name):
     out (benchmarks/accuracy/exact_few_levels.py; NUTS gives these SDs only to 5-15 %). The conditional
     variances change 4- to 12-fold over the two axial points, so the fit integrates on the grid: SDs within
     5 % (with the seeds' spread), where the two-point design put the Intercept's SD 8.5 % low with three
-    levels, 5.5 % low with two Poisson levels and an effect's SD 16 % low beside a level without events."""
+    levels, 5.5 % low with two Poisson levels and an effect's SD 16 % low beside a level without events.
+    The fixed effects' SDs within 1 %: before their conditional covariance was widened for its skewness
+    (``_fixed_effect_widening``) the slope beside the level without events had 0.963 of its SD."""
     ref = json.loads((ROOT / "benchmarks" / "accuracy" / "reference" / f"{name}.exact_is.json").read_text())
     res = BY_NAME[name].model().fit_laplace()
     assert len(res.extra["weights"]) > 2  # the grid, not the two-point design
@@ -88,8 +90,39 @@ def test_a_factor_of_two_or_three_levels_matches_importance_sampling(name):
         rm, rs = np.array(ref[f"{part}_mean"]), np.array(ref[f"{part}_sd"])
         slack = 2.0 * np.array(ref["spread"][f"{part}_sd"]) / rs
         ratio = getattr(res, f"{part}_sd") / rs
-        assert np.all(np.abs(ratio - 1.0) <= np.maximum(0.05, slack)), (part, ratio)
+        tol = 0.01 if part == "fe" else 0.05
+        assert np.all(np.abs(ratio - 1.0) <= np.maximum(tol, slack)), (part, ratio)
         assert np.max(np.abs(getattr(res, f"{part}_mean") - rm) / rs) < 0.1, part
+
+
+def test_fixed_effects_covariance_factor_matches_the_exact_conditional():
+    """Near-separation (a slope beside groups whose rows are all 0 or all 1): given the log-SD, the fixed
+    effects' SDs under exp F (the effects integrated exactly) by a 20 x 20 Gauss-Hermite product rule are up
+    to 2.7 % wider than the Laplace ones; :meth:`NestedMarginal.covariance_factor` has them within 0.2 %, for
+    any step from a quarter to one posterior SD."""
+    from mglm_core.quadrature import IndependentEffects, NestedMarginal
+
+    model = BY_NAME["sim_binary_separation"].model()
+    vcp = np.array([_reference("sim_binary_separation")["vcp_mean"][0]])
+    nested = NestedMarginal.build(model, IndependentEffects.find(model))
+    nested.use_nodes(np.exp(vcp))
+    assert np.isfinite(nested.log_marginal(vcp, np.zeros(0), np.zeros(model.k_fep)))
+    mode, cov = nested.last[1], nested.last[2].border_inverse()
+    f = nested.objective(vcp)
+    z, wz = np.polynomial.hermite_e.hermegauss(20)
+    Z = np.stack(np.meshgrid(z, z, indexing="ij"), axis=-1).reshape(-1, 2)
+    root = np.linalg.cholesky(cov)
+    a = mode + Z @ (1.3 * root).T
+    logf = np.array([f(np.zeros(0), a_, None)[0] for a_ in a]) + 0.5 * np.sum(Z**2, axis=1)
+    w = np.outer(wz, wz).ravel() * np.exp(logf - logf.max())
+    w /= w.sum()
+    exact = np.sqrt(w @ (a - w @ a) ** 2)
+    laplace = np.sqrt(np.diag(cov))
+    assert np.max(exact / laplace) > 1.02
+    for h in (0.25, 0.5, 1.0):
+        factor = nested.covariance_factor(vcp, mode, cov, h=h)
+        widened = np.sqrt(np.diag(root @ factor @ root.T))
+        np.testing.assert_allclose(widened, exact, rtol=2e-3)
 
 
 def test_four_components_split_normal_moves_the_mode_to_the_mean():
