@@ -1001,7 +1001,7 @@ def _fixed_effect_widening(cond, mode):
 
 
 def _widened(cov, factor):
-    r""":math:`L\,\mathrm{factor}\,L^	op` for the root :math:`LL^	op` of ``cov``
+    r""":math:`L\,\mathrm{factor}\,L^\top` for the root :math:`LL^\top` of ``cov``
     (:func:`_fixed_effect_widening`)."""
     root = np.linalg.cholesky(0.5 * (cov + cov.T))
     return root @ factor @ root.T
