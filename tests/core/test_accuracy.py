@@ -35,7 +35,8 @@ def _assert_bars(res, ref):
 @pytest.mark.parametrize("name", ["sim_binary_many_groups", "cbpp", "sim_poisson_single", "sim_poisson_four",
                                   "cbpp_observations", "Contraception_slopes", "sim_poisson_offset",
                                   "sim_binomial_varying_trials", "sim_binary_sd15", "sim_poisson_nested",
-                                  "sim_binary_covariates", "sim_poisson_offset_crossed", "sim_binomial20_crossed"])
+                                  "sim_binary_covariates", "sim_poisson_offset_crossed", "sim_binomial20_crossed",
+                                  "grouseticks_raw_height"])
 def test_integrated_laplace_meets_the_accuracy_bars(name):
     ref = _reference(name)
     res = BY_NAME[name].model().fit_laplace()
