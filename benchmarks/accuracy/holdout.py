@@ -146,6 +146,9 @@ def main():
     ap.add_argument("--sample", action="store_true", help="run NUTS for the cases without a reference")
     ap.add_argument("--resample", nargs="*", default=[], metavar="CASE",
                     help="run NUTS again for these cases (with --draws, --tune: a longer run where ESS was short)")
+    ap.add_argument("--centred", action="store_true",
+                    help="sample the effects in centred coordinates (groups of many rows, where the non-centred "
+                         "ones mix slowly)")
     ap.add_argument("--draws", type=int, default=2000)
     ap.add_argument("--tune", type=int, default=1500)
     ap.add_argument("--out", default=None, help="the report (default HOLDOUT.md, HOLDOUT_<seed>.md for another seed)")
@@ -163,10 +166,10 @@ def main():
                 continue
             from make_reference import sample
 
-            ref = sample(case, args.draws, args.tune, 4)
+            ref = sample(case, args.draws, args.tune, 4, centred=args.centred)
             ref["command"] = (f"python benchmarks/accuracy/holdout.py --n {args.n} --seed {args.seed} "
                               + (f"--resample {case.name} " if case.name in args.resample else "--sample ")
-                              + f"--draws {args.draws} --tune {args.tune}")
+                              + f"--draws {args.draws} --tune {args.tune}" + (" --centred" if args.centred else ""))
             path.write_text(json.dumps(ref, indent=1) + "\n")
         ref = json.loads(path.read_text())
         draws.setdefault(ref["draws"], []).append(case.name[:3])

@@ -4,8 +4,8 @@
 
 The sampler sees exactly the model of mglm_core (same design matrices, from the same formula
 code): fe ~ N(0, fe_p^2), vcp ~ N(0, vcp_p^2), vc = exp(vcp[ident]) * z with z ~ N(0, 1)
-(non-centred, the same distribution), binomial-logit or Poisson-log likelihood. pymc is a
-benchmark-only dependency (pip install pymc); it is never imported by the library.
+(non-centred; centred with ``centred=True``, the same distribution), binomial-logit or Poisson-log
+likelihood. pymc is a benchmark-only dependency (pip install pymc); it is never imported by the library.
 Writes benchmarks/accuracy/reference/<case>.json with means, SDs, R-hat and ESS.
 
     python benchmarks/accuracy/make_reference.py --time-only [case ...]
@@ -37,7 +37,7 @@ from cases import BY_NAME, CASES  # noqa: E402
 QR_COND = 1e3
 
 
-def sample(case, draws, tune, chains, seed=1, cores=2):
+def sample(case, draws, tune, chains, seed=1, cores=2, centred=False):
     import arviz as az
     import pymc as pm
     import pytensor.sparse as ps
@@ -60,8 +60,12 @@ def sample(case, draws, tune, chains, seed=1, cores=2):
         else:
             fe = pm.Normal("fe", 0.0, model.fe_p, shape=model.k_fep)
         vcp = pm.Normal("vcp", 0.0, model.vcp_p, shape=model.k_vcp)
-        z = pm.Normal("z", 0.0, 1.0, shape=model.k_vc)
-        vc = pm.Deterministic("vc", pt.exp(vcp)[model.ident] * z)
+        if centred:  # (groups with many rows each: their effects are well identified, the non-centred
+            # coordinates then correlate the Intercept with every z, and NUTS mixes slowly)
+            vc = pm.Normal("vc", 0.0, pt.exp(vcp)[model.ident], shape=model.k_vc)
+        else:
+            z = pm.Normal("z", 0.0, 1.0, shape=model.k_vc)
+            vc = pm.Deterministic("vc", pt.exp(vcp)[model.ident] * z)
         eta = pt.dot(X, fe) + ps.structured_dot(ps.as_sparse_variable(Z), vc[:, None])[:, 0]
         if model.offset is not None:
             eta = eta + model.offset
@@ -79,6 +83,7 @@ def sample(case, draws, tune, chains, seed=1, cores=2):
            "vcp_p": case.vcp_p, "draws": draws, "tune": tune, "chains": chains, "seconds": seconds,
            "fe_names": model.fep_names, "vcp_names": model.vcp_names, "vc_names": model.vc_names,
            "seed": seed, "fe_parametrisation": "qr" if qr else "direct",
+           "vc_parametrisation": "centred" if centred else "non-centred",
            "command": (f"python benchmarks/accuracy/make_reference.py {case.name} --draws {draws} --tune {tune} "
                        f"--chains {chains} --seed {seed}")}
     for name in ("fe", "vcp", "vc"):
