@@ -157,7 +157,7 @@ def main():
     out = args.out or str(HERE.parents[0] / (f"HOLDOUT_{args.seed}.md" if other else "HOLDOUT.md"))
     store = HERE / (f"holdout_{args.seed}" if other else "holdout")
     store.mkdir(exist_ok=True)
-    rows, held, judged, draws = [], 0, 0, {}
+    rows, held, judged, draws, centred = [], 0, 0, {}, []
     for case in draw_cases(args.n, args.seed):
         path = store / f"{case.name}.json"
         if not path.exists() or case.name in args.resample:
@@ -173,6 +173,8 @@ def main():
             path.write_text(json.dumps(ref, indent=1) + "\n")
         ref = json.loads(path.read_text())
         draws.setdefault(ref["draws"], []).append(case.name[:3])
+        if ref.get("vc_parametrisation") == "centred":
+            centred.append(case.name[:3])
         ok_ref, rhat, ess = converged(ref)
         met, b, seconds = judge(case, ref, repeat=3)
         vc = met["vc"]
@@ -201,7 +203,9 @@ def main():
                      for n, c in sorted(draws.items())) + ". "
          "Where observation-level effects are barely informed by their rows their posterior SDs follow the second "
          "moment of their SD, a tail quantity that 2000 draws can estimate poorly (the first seed's h09: 45 % high "
-         "against 20000 draws, with a bulk ESS of 1979), hence the longer runs."), "",
+         "against 20000 draws, with a bulk ESS of 1979), hence the longer runs."
+         + (f" The effects sampled in centred coordinates (groups of many rows, where the non-centred ones mix "
+            f"slowly): {', '.join(centred)}." if centred else "")), "",
         ("Columns: the reference's largest R-hat and smallest ESS; largest |mean error| in reference posterior SDs "
          "(fe, vcp, vc, with the share of random effects within 0.1); ranges of SD ratios (ours / reference); the "
          "share of random effects whose SD ratio is within [0.85, 1.15]; seconds of fit_laplace (the fastest of three runs, "
