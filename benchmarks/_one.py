@@ -27,6 +27,8 @@ def fit_once(lib, method, y, X, Z, ident, family):
             res = getattr(model, f"fit_{method}")()
             fe, vcp, converged = res.fe_mean, res.vcp_mean, res.converged
             message = "" if converged else "; ".join(res.diagnostics.warnings)[:160]
+            if method == "laplace":  # how many integration points and inner Newton iterations it took
+                message = "; ".join(filter(None, [res.diagnostics.message, message]))
         else:
             cls = smb.BinomialBayesMixedGLM if family == "binomial" else smb.PoissonBayesMixedGLM
             model = cls(y, X, Z, ident)

@@ -543,6 +543,18 @@ class SchurDenseLDL:
     def logdet(self) -> float:
         return float(np.sum(np.log(self.dP)) + 2.0 * np.sum(np.log(np.diag(self.S_chol).astype(float))))
 
+    def held_bytes(self) -> int:
+        """Bytes of the dense arrays held: the Schur complement's factor and the inverses kept for reuse."""
+        out = self.S_chol.nbytes
+        sel, tri = getattr(self, "_sel", None), getattr(self, "_tri", None)
+        out += sel[0].nbytes if sel is not None and sel[0] is not None else 0
+        return out + (sum(a.nbytes for a in tri) if tri else 0)
+
+    def release(self):
+        """Drop the inverses kept for reuse (:meth:`_selected`, :meth:`_diag_dense`; made again on demand)."""
+        for name in ("_sel", "_tri", "_diag"):
+            self.__dict__.pop(name, None)
+
     def _chol64(self):
         """The Cholesky factor of S in double precision (a single-precision one converted)."""
         return self.S_chol if self.S_chol.dtype == float else self.S_chol.astype(float)
@@ -724,6 +736,13 @@ class NestedSchurLDL(SchurDenseLDL):
 
     def logdet(self) -> float:
         return float(np.sum(np.log(self.dP)) + self.S_factor.logdet())
+
+    def held_bytes(self) -> int:
+        return held_bytes(self.S_factor)
+
+    def release(self):
+        self.__dict__.pop("_sel", None)
+        release(self.S_factor)
 
     def _solve_S(self, rhs):
         return self.S_factor.solve(rhs).reshape(rhs.shape)
@@ -942,6 +961,20 @@ def solve_only(symbolic):
     return out
 
 
+def held_bytes(factor) -> int:
+    """Bytes of the dense arrays a factorisation holds (0 for the routes without a dense block, or None)."""
+    f = getattr(factor, "held_bytes", None)
+    return int(f()) if f is not None else 0
+
+
+def release(factor):
+    """Drop the inverses a factorisation keeps for reuse (made again on demand; nothing for the
+    routes without a dense block, or None)."""
+    f = getattr(factor, "release", None)
+    if f is not None:
+        f()
+
+
 def factor_spd(A, symbolic=None, single=False):
     """Factor a sparse SPD matrix by the cheapest exact route (diagonal, dense Schur, or SuperLU), or
     prepare it for conjugate-gradient solves when no factorisation fits (:class:`~.iterative.IterativeSPD`).
@@ -1003,6 +1036,16 @@ class BorderedFactor:
             self.S_chol = _potrf(S, what="Schur complement")  # lower Cholesky factor of S
         self.S = S
         self._linv_t = None  # L^-T (border_rows), made on first use
+
+    def held_bytes(self) -> int:
+        """Bytes of the dense arrays held: the sparse block's factor's (:func:`held_bytes`), the border's
+        Schur complement and its factor, and the coupling block with its solve."""
+        out = held_bytes(self.A) + self.B.nbytes + self.AinvB.nbytes + self.S.nbytes
+        return out + (self.S_chol.nbytes if self.m else 0)
+
+    def release(self):
+        """Drop what the sparse block's factor keeps for reuse (:func:`release`)."""
+        release(self.A)
 
     def logdet(self) -> float:
         out = self.A.logdet() if self.q else 0.0

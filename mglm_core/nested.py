@@ -123,7 +123,7 @@ import scipy.sparse as sp
 
 from .errors import ApproximationWarning, ConvergenceWarning, FitError
 from .laplace import chord_start, conditional_fun
-from .linalg import DENSE_TAIL_MAX
+from .linalg import DENSE_TAIL_MAX, held_bytes, release
 from .newton import newton_ascent
 from .objectives import LOG_2PI, LogJoint
 from .progress import Progress
@@ -254,6 +254,11 @@ class _Conditional:
     """
 
     max_points = 256  # solved points kept for warm starts
+    #: Bytes of dense factors (:func:`~mglm_core.linalg.held_bytes`) the solved points may hold together.
+    #: Beyond it the older points' kept inverses are dropped, then the oldest points themselves (solved
+    #: again, from a warm start, if asked for again): two crossed factors of 5,000 levels each hold
+    #: 400 MB a point, and the 30 points of a fit held 12 GB.
+    memory_max = 1 << 30
 
     def __init__(self, model, tol):
         self.model = model
@@ -264,6 +269,7 @@ class _Conditional:
         self.symbolic = model.symbolic  # pattern analysis reused by every inner fit
         self.n_inner = 0
         self.cache = {}
+        self.cache_tol, self.forgotten = {}, {}  # the inner tolerance of each point solved, and of those forgotten
         self.points = []  # (theta, u, b, du/dtheta, db/dtheta)
         self.correction = None
         self.delta = {}  # at each solved vcp: the second-order correction, or the nested value
@@ -328,8 +334,54 @@ class _Conditional:
     def _entry(self, vcp, tol=None):
         key = self._key(vcp)
         if key not in self.cache:
-            self.cache[key] = self._solve(np.asarray(vcp, dtype=float), self.tol if tol is None else tol)
+            # (a point forgotten by _bound_memory is solved again to the tolerance it was first solved to)
+            tol = self.forgotten.pop(key, self.tol if tol is None else tol)
+            self.cache[key] = self._solve(np.asarray(vcp, dtype=float), tol)
+            self.cache_tol[key] = tol
+            self._bound_memory(key)
         return self.cache[key]
+
+    def _bound_memory(self, newest):
+        """Keep the dense factors of the solved points (the Laplace solutions', and the nested optima's)
+        within :attr:`memory_max`: drop what the other points' factors keep for reuse, then forget the
+        oldest points' factors, solutions first (never ``newest``'s). A forgotten solution is solved again
+        where asked for again (:meth:`_entry`), a forgotten optimum's factor where its moments are
+        (:meth:`nested_optimum_at`)."""
+        factors = {("laplace", k_): e[1].factor for k_, e in self.cache.items()}
+        factors.update({("nested", k_): o[2] for k_, o in self.nested_optimum.items() if o is not None})
+        held = {w: held_bytes(f) for w, f in factors.items()}
+        if sum(held.values()) <= self.memory_max:
+            return
+        for w, f in factors.items():
+            if w[1] != newest:
+                release(f)
+                held[w] = held_bytes(f)
+        total = sum(held.values())
+        for (where, k_), size in held.items():
+            if total <= self.memory_max:
+                break
+            if k_ == newest or not size:
+                continue
+            if where == "laplace":
+                del self.cache[k_]
+                self.forgotten[k_] = self.cache_tol.pop(k_)
+            else:
+                o = self.nested_optimum[k_]
+                self.nested_optimum[k_] = (o[0], o[1], None, *o[3:])
+            total -= size
+
+    def nested_optimum_at(self, vcp):
+        """The nested optimum at a solved ``vcp`` (None where it was not solved), its factorisation
+        solved for again where :meth:`_bound_memory` forgot it (the value kept is the first one's)."""
+        key = self._key(vcp)
+        opt = self.nested_optimum.get(key)
+        if opt is not None and opt[2] is None:
+            value = self.delta.pop(key, None)
+            self._nested_value(np.asarray(vcp, dtype=float))
+            if value is not None:
+                self.delta[key] = value
+            opt = self.nested_optimum.get(key)
+        return opt
 
     def value_grad(self, vcp):
         r"""The log density and its gradient in vcp.
@@ -528,6 +580,8 @@ class _Conditional:
         if key in self.nested_optimum:
             self._starts = None  # (replaced: made again from the dictionary on next use)
         self.nested_optimum[key] = optimum
+        if optimum is not None:
+            self._bound_memory(key)
         if optimum is not None and self._starts is not None:
             keys, n, vectors = self._starts
             if n == keys.shape[0]:
@@ -999,7 +1053,7 @@ def _fixed_effect_widening(cond, mode):
     nested = cond.nested
     if nested is None or nested.D.size or cond.model.k_fep == 0:
         return None
-    opt = cond.nested_optimum.get(cond._key(mode)) if cond.correction == "nested" else None
+    opt = cond.nested_optimum_at(mode) if cond.correction == "nested" else None
     if opt is None:
         nr = cond(mode)[1]
         if nr.factor is None:
@@ -1421,7 +1475,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         if fe_shift is not None:
             # nested mode: the moments of the nested approximation (fe with the inner component
             # integrated exactly, plus the skewness shift; the inner effects' tilted moments)
-            opt = cond.nested_optimum.get(cond._key(th))
+            opt = cond.nested_optimum_at(th)
             if opt is None:
                 continue
             mom = cond.nested.moments(th, opt)
@@ -1465,7 +1519,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             break
         near = int(solved_used[np.argmin(np.sum((zs[solved_used] - zs[t_]) ** 2, axis=1))])
         _, b, fe_cov, u, vc_var_t = out[near]
-        entry = cond.cache.get(cond._key(thetas[near])) if fe_shift is None else None
+        entry = cond._entry(thetas[near]) if fe_shift is None else None  # (a point solved: cached, or solved again)
         if entry is not None and entry[2] is not None:
             d = thetas[t_] - thetas[near]
             u, b = u + entry[2] @ d, b + entry[3] @ d

@@ -602,9 +602,11 @@ class EffectBlocks:
             anchor = col0[row_of[sel]]
             if anchor.size == 0 or np.any(anchor < 0):  # a row of c without an effect of ie's component
                 continue
-            pairs = np.unique(np.stack([Z.indices[sel], anchor]), axis=1)
+            cols = Z.indices[sel].astype(np.int64)
+            pairs = np.unique(cols * Z.shape[1] + anchor)  # the distinct (effect, anchor) pairs, as one key
             # one to one, and every effect of either component with rows
-            if not (pairs.shape[1] == ie.m == np.unique(pairs[0]).size == np.unique(pairs[1]).size):
+            if not (pairs.size == ie.m == np.unique(pairs // Z.shape[1]).size
+                    == np.unique(pairs % Z.shape[1]).size):
                 continue
             if ie.rows.size * n_nodes > max_work:
                 return None
