@@ -188,7 +188,7 @@ def write_laplace(rows, args):
             f"| {n:,} | {q:,} | {family} | {factors} | {fmt_time(ours, args.mglm_budget)} | "
             f"{ours.get('peak_mb', float('nan')):.0f} | {fmt_time(our_map, args.mglm_budget)} | "
             f"{_times(ours, our_map)} | {fmt_time(sm)} | {_times(ours, sm)} | {ours.get('converged', '')} | "
-            f"{ours.get('message', '')} |"
+            f"{ours.get('message', '') or ours.get('error', '')} |"
         )
     Path(args.out).write_text("\n".join(lines) + "\n")
 
