@@ -124,7 +124,7 @@ def main():
         for method in METHODS:
             ours = run_one("mglm", method, n, q, family, factors, args.mglm_budget)
             sm = None
-            budget = max(args.budget, args.bar_budget) if (n, q) in BAR_CELLS else args.budget
+            budget = _sm_budget(n, q, args)
             if q <= args.sm_max_q:
                 sm = run_one("statsmodels", method, n, q, family, factors, budget)
                 if sm is not None:
@@ -132,6 +132,11 @@ def main():
             rows.append((n, q, family, factors, method, ours, sm))
             print(n, q, family, factors, method, fmt_time(ours, args.mglm_budget), fmt_time(sm, budget), flush=True)
     write(rows, args)
+
+
+def _sm_budget(n, q, args):
+    """statsmodels' time budget in a cell: ``--bar-budget`` in the speed bar's cells, else ``--budget``."""
+    return max(args.budget, args.bar_budget) if (n, q) in BAR_CELLS else args.budget
 
 
 def laplace_main(grid, args):
@@ -144,7 +149,7 @@ def laplace_main(grid, args):
         ours["budget"] = our_map["budget"] = args.mglm_budget
         sm = None
         if q <= args.sm_max_q:
-            budget = max(args.budget, args.bar_budget) if (n, q) in BAR_CELLS else args.budget
+            budget = _sm_budget(n, q, args)
             sm = run_one("statsmodels", "map", n, q, family, factors, budget)
             sm["budget"] = budget
         rows.append((n, q, family, factors, ours, our_map, sm))

@@ -270,6 +270,7 @@ class _Conditional:
         self.n_inner = 0
         self.cache = {}
         self.cache_tol, self.forgotten = {}, {}  # the inner tolerance of each point solved, and of those forgotten
+        self._admitted = 0  # what the factors held may come to, in bytes, at most (_bound_memory)
         self.points = []  # (theta, u, b, du/dtheta, db/dtheta)
         self.correction = None
         self.delta = {}  # at each solved vcp: the second-order correction, or the nested value
@@ -338,18 +339,26 @@ class _Conditional:
             tol = self.forgotten.pop(key, self.tol if tol is None else tol)
             self.cache[key] = self._solve(np.asarray(vcp, dtype=float), tol)
             self.cache_tol[key] = tol
-            self._bound_memory(key)
+            self._bound_memory(key, self.cache[key][1].factor)
         return self.cache[key]
 
-    def _bound_memory(self, newest):
+    def _bound_memory(self, newest, factor):
         """Keep the dense factors of the solved points (the Laplace solutions', and the nested optima's)
-        within :attr:`memory_max`: drop what the other points' factors keep for reuse, then forget the
-        oldest points' factors, solutions first (never ``newest``'s). A forgotten solution is solved again
-        where asked for again (:meth:`_entry`), a forgotten optimum's factor where its moments are
-        (:meth:`nested_optimum_at`)."""
+        within :attr:`memory_max`, ``factor`` the one just solved at ``newest``: drop what the other points'
+        factors keep for reuse, then forget the oldest points' factors, solutions first (never
+        ``newest``'s). A forgotten solution is solved again where asked for again (:meth:`_entry`), a
+        forgotten optimum's factor where its moments are (:meth:`nested_optimum_at`).
+
+        The points are measured only once four times what their factors held when solved (a dense
+        Schur factor and the inverses it keeps come to about three times the factor) may exceed the bound: a fit of
+        small factors does not measure its hundreds of points at every solve."""
+        self._admitted += 4 * held_bytes(factor)
+        if self._admitted <= self.memory_max:
+            return
         factors = {("laplace", k_): e[1].factor for k_, e in self.cache.items()}
         factors.update({("nested", k_): o[2] for k_, o in self.nested_optimum.items() if o is not None})
         held = {w: held_bytes(f) for w, f in factors.items()}
+        self._admitted = 4 * sum(held.values())
         if sum(held.values()) <= self.memory_max:
             return
         for w, f in factors.items():
@@ -369,6 +378,7 @@ class _Conditional:
                 o = self.nested_optimum[k_]
                 self.nested_optimum[k_] = (o[0], o[1], None, *o[3:])
             total -= size
+        self._admitted = 4 * total
 
     def nested_optimum_at(self, vcp):
         """The nested optimum at a solved ``vcp`` (None where it was not solved), its factorisation
@@ -581,7 +591,7 @@ class _Conditional:
             self._starts = None  # (replaced: made again from the dictionary on next use)
         self.nested_optimum[key] = optimum
         if optimum is not None:
-            self._bound_memory(key)
+            self._bound_memory(key, optimum[2])
         if optimum is not None and self._starts is not None:
             keys, n, vectors = self._starts
             if n == keys.shape[0]:

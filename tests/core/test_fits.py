@@ -1667,8 +1667,8 @@ def test_laplace_within_a_memory_bound_gives_the_same_fit(monkeypatch, kw, neste
         holding = []
         real_bound = _Conditional._bound_memory
 
-        def recording(self, newest):
-            real_bound(self, newest)
+        def recording(self, newest, factor):
+            real_bound(self, newest, factor)
             factors = [(k_, e[1].factor) for k_, e in self.cache.items()]
             factors += [(k_, o[2]) for k_, o in self.nested_optimum.items() if o is not None]
             holding.append({k_ for k_, f in factors if linalg.held_bytes(f)} - {newest})
