@@ -903,8 +903,8 @@ def test_nested_rule_is_refined_for_large_sds():
     """Binary pairs of rows crossed with items at SDs of 8.6 and 4.8: the 24-node rule's log marginal
     and Intercept variance are off (the nodes, about 5 apart in u, slide past each effect's turn of the
     likelihood), or Newton stalls on it; :meth:`NestedMarginal.use_nodes` takes a rule within 0.05 of a
-    256-node one there and keeps 24 nodes at an SD of 2, except at points of larger SDs (:meth:`rule_at`)."""
-    from mglm_core.quadrature import NODES, IndependentEffects, NestedMarginal, _hermite_log_rule
+    256-node one there, keeps 24 nodes at an SD of 3 and 12 at 2, except at points of larger SDs (:meth:`rule_at`)."""
+    from mglm_core.quadrature import NODES, NODES_NARROW, IndependentEffects, NestedMarginal, _hermite_log_rule
     from mglm_core.simulate import simulate_glmm
 
     sim = simulate_glmm(family="binomial", n_groups=100, group_size=2, n_groups2=20, sd=2.5, sd2=0.7, seed=2)
@@ -924,7 +924,7 @@ def test_nested_rule_is_refined_for_large_sds():
     assert nested.use_nodes(8.6) > NODES
     fine = value(nested, (nr.u[nested.D], nr.b))
     assert abs(fine[0] - exact[0]) < 0.05 and abs(fine[1] / exact[1] - 1) < 0.05
-    assert nested.use_nodes(2.0) == NODES
+    assert nested.use_nodes(3.0) == NODES and nested.use_nodes(2.0) == NODES_NARROW < NODES
     # a point at larger SDs than the rule was taken for takes the rule for its own SDs (rule_at), a point
     # within them keeps it (the grid reaches beyond the probe points that chose it: points were left out)
     assert nested.rule_at(vcp)[1].size > NODES and nested.rule_at(np.log([1.5, 1.0]))[1] is nested.logw
@@ -936,6 +936,34 @@ def test_nested_rule_is_refined_for_large_sds():
     # start, it was 2.4 too high with twice the Intercept's variance)
     rough = value(NestedMarginal.build(model, IndependentEffects.find(model)), exact[2][:2])
     assert not np.isfinite(rough[0]) or (abs(rough[0] - exact[0]) > 0.5 and abs(rough[1] / exact[1] - 1) > 0.3)
+
+
+def test_narrow_rule_gives_the_24_node_fit(monkeypatch):
+    """Ten Poisson rows per effect, 600 effects of SD 0.8 (integrated exactly: the left-out terms of the
+    second-order correction grow with the effects): the fit takes :data:`NODES_NARROW` nodes, and gives
+    the fit of 24 nodes (the rule up to SDs of 4) to 0.001 posterior SD."""
+    from mglm_core import quadrature
+    from mglm_core.simulate import simulate_arrays
+
+    y, X, Z, ident, _ = simulate_arrays(6000, 600, "poisson", n_factors=1, sd=0.8, seed=3)
+    taken = []
+    rule = quadrature.IndependentEffects.hermite_rule
+
+    def spy(self, sd):
+        out = rule(self, sd)
+        taken.append(out[2])
+        return out
+
+    monkeypatch.setattr(quadrature.IndependentEffects, "hermite_rule", spy)
+    narrow = mg.BayesMixedGLM(y, X, Z, ident, family="poisson").fit_laplace()
+    assert narrow.converged and len(narrow.extra["weights"]) > 2 and set(taken) == {quadrature.NODES_NARROW}
+    taken.clear()
+    monkeypatch.setattr(quadrature, "NARROW_SD", 0.0)
+    wide = mg.BayesMixedGLM(y, X, Z, ident, family="poisson").fit_laplace()
+    assert set(taken) == {quadrature.NODES}
+    for mean, sd in (("fe_mean", "fe_sd"), ("vcp_mean", "vcp_sd"), ("vc_mean", "vc_sd")):
+        assert np.max(np.abs(getattr(narrow, mean) - getattr(wide, mean)) / getattr(wide, sd)) < 1e-3
+        assert np.max(np.abs(getattr(narrow, sd) / getattr(wide, sd) - 1)) < 1e-3
 
 
 def test_log_sd_search_steps_over_points_without_a_gradient():
