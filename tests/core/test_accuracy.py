@@ -51,22 +51,14 @@ def test_integrated_laplace_meets_the_accuracy_bars(name):
         assert abs(np.sqrt(np.trapezoid((x - mean) ** 2 * d, x)) / res.vcp_sd[j] - 1) < 0.03
 
 
-def test_blocks_on_the_eight_node_rule_meet_the_accuracy_bars(monkeypatch):
+def test_blocks_on_the_eight_node_rule_meet_the_accuracy_bars(rules_taken):
     """Binary slopes of 120 groups of five rows (SDs 1.3 / 0.6; a held-out case of the accuracy
     harness): the fit integrates intercepts and slopes exactly as two-dimensional blocks on the
     8-node rule (SDs up to 2) and meets every bar against its NUTS reference."""
     from mglm_core import quadrature
     from mglm_core.errors import ApproximationWarning
 
-    rules = []
-    hermite_rule = quadrature.EffectBlocks.hermite_rule
-
-    def spy(self, sd):
-        rule = hermite_rule(self, sd)
-        rules.append(rule[2])
-        return rule
-
-    monkeypatch.setattr(quadrature.EffectBlocks, "hermite_rule", spy)
+    rules = rules_taken(quadrature.EffectBlocks)
     with pytest.warns(ApproximationWarning, match="2-dimensional blocks"):
         res = BY_NAME["sim_binary_slopes_120x5"].model().fit_laplace()
     # (use_nodes' rule first, then rule_at's at every point: a finer one only beyond the SDs it was taken for)

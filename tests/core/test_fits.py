@@ -938,7 +938,7 @@ def test_nested_rule_is_refined_for_large_sds():
     assert not np.isfinite(rough[0]) or (abs(rough[0] - exact[0]) > 0.5 and abs(rough[1] / exact[1] - 1) > 0.3)
 
 
-def test_narrow_rule_gives_the_24_node_fit(monkeypatch):
+def test_narrow_rule_gives_the_24_node_fit(monkeypatch, rules_taken):
     """Ten Poisson rows per effect, 600 effects of SD 0.8 (integrated exactly: the left-out terms of the
     second-order correction grow with the effects): the fit takes :data:`NODES_NARROW` nodes, and gives
     the fit of 24 nodes (the rule up to SDs of 4) to 0.001 posterior SD."""
@@ -946,15 +946,7 @@ def test_narrow_rule_gives_the_24_node_fit(monkeypatch):
     from mglm_core.simulate import simulate_arrays
 
     y, X, Z, ident, _ = simulate_arrays(6000, 600, "poisson", n_factors=1, sd=0.8, seed=3)
-    taken = []
-    rule = quadrature.IndependentEffects.hermite_rule
-
-    def spy(self, sd):
-        out = rule(self, sd)
-        taken.append(out[2])
-        return out
-
-    monkeypatch.setattr(quadrature.IndependentEffects, "hermite_rule", spy)
+    taken = rules_taken(quadrature.IndependentEffects)
     narrow = mg.BayesMixedGLM(y, X, Z, ident, family="poisson").fit_laplace()
     assert narrow.converged and len(narrow.extra["weights"]) > 2 and set(taken) == {quadrature.NODES_NARROW}
     taken.clear()
