@@ -355,8 +355,7 @@ class _Conditional:
         self._admitted += 4 * held_bytes(factor)
         if self._admitted <= self.memory_max:
             return
-        factors = {("laplace", k_): e[1].factor for k_, e in self.cache.items()}
-        factors.update({("nested", k_): o[2] for k_, o in self.nested_optimum.items() if o is not None})
+        factors = self.solved_factors()
         held = {w: held_bytes(f) for w, f in factors.items()}
         self._admitted = 4 * sum(held.values())
         if sum(held.values()) <= self.memory_max:
@@ -379,6 +378,13 @@ class _Conditional:
                 self.nested_optimum[k_] = (o[0], o[1], None, *o[3:])
             total -= size
         self._admitted = 4 * total
+
+    def solved_factors(self):
+        """The factorisations of the solved points, by ``("laplace", key)`` (the Laplace solutions') and
+        ``("nested", key)`` (the nested optima's; None where :meth:`_bound_memory` forgot it)."""
+        factors = {("laplace", k_): e[1].factor for k_, e in self.cache.items()}
+        factors.update({("nested", k_): o[2] for k_, o in self.nested_optimum.items() if o is not None})
+        return factors
 
     def nested_optimum_at(self, vcp):
         """The nested optimum at a solved ``vcp`` (None where it was not solved), its factorisation
