@@ -110,6 +110,11 @@ def wait_sources(pg, cols, predicate, timeout=60.0):
     raise AssertionError(f"no data source with {cols} satisfying the condition; have {sources(pg, *cols)}")
 
 
+def shown(pg, text, timeout=30_000):
+    """Wait until ``text`` is on screen (the same text may also sit in a hidden tab)."""
+    pg.get_by_text(text).locator("visible=true").first.wait_for(timeout=timeout)
+
+
 def open_tab(pg, name):
     pg.locator(".bk-tab", has_text=name).first.click()
 
@@ -118,13 +123,22 @@ def choose(pg, label, option, attempts=5):
     """Pick an option in the MultiChoice whose label is ``label`` (Choices.js: type and press Enter).
 
     The sidebar rebuilds its column widgets when the columns change, so the pick is retried until
-    the chosen item shows in the widget (no fixed sleeps: the server may be slow).
+    the chosen item shows in the widget (no fixed sleeps: the server may be slow). Enter is pressed only
+    while the highlighted suggestion is ``option`` itself: in a widget about to be replaced, whose options
+    lack it, Choices' fuzzy search would offer (and Enter pick) another column ('herd' for 'period').
     """
     for _ in range(attempts):
         group = pg.locator(".bk-input-group", has_text=label).first
-        group.locator("input").first.click()
+        box = group.locator("input").first
+        box.click()
         pg.keyboard.type(option)
-        pg.keyboard.press("Enter")
+        try:
+            group.locator(".choices__item--choice.is-highlighted", has_text=option).first.wait_for(
+                state="visible", timeout=3_000)
+            if group.locator(".choices__item--choice.is-highlighted").first.inner_text().strip() == option:
+                pg.keyboard.press("Enter")
+        except Exception:
+            pass
         pg.keyboard.press("Escape")
         chip = pg.locator(".bk-input-group", has_text=label).first.locator(
             ".choices__list--multiple .choices__item", has_text=option)
@@ -132,7 +146,10 @@ def choose(pg, label, option, attempts=5):
             chip.first.wait_for(state="visible", timeout=5_000)
             return
         except Exception:
-            continue
+            try:
+                box.fill("")  # (the typed text, left in a widget that stays)
+            except Exception:
+                pass
     raise AssertionError(f"could not choose {option!r} in {label!r}")
 
 
@@ -243,8 +260,10 @@ def test_upload_csv_choose_columns_and_fit(page, tmp_path):
     df.to_csv(path, index=False)
     page.locator("input[type=file]").first.set_input_files(str(path))
     # the guessed grouping factor is the one with most levels: 'herd' (text; 'period' has 4); choose
-    # 'period' as a categorical fixed effect
+    # 'period' as a categorical fixed effect. The first fit's status line comes after the sidebar's new
+    # column widgets: until then the demo's widgets are on screen, where 'period' is already chosen.
     page.get_by_text("long.csv: 842 rows").first.wait_for(timeout=30_000)
+    shown(page, "fit of y ~ 1 + (1 | herd) (binomial) on 842 rows", timeout=60_000)
     choose(page, "Treat as categorical", "period")
     choose(page, "Categorical fixed effects", "period")
 
@@ -254,6 +273,8 @@ def test_upload_csv_choose_columns_and_fit(page, tmp_path):
     st.spec.param.update(fixed_factors=["period"])
     assert st.fit_now(), st.errors
     res = st.fit.result
+    # (the demo's fit of cbpp has the same fixed effects: the status line tells the upload's fit apart)
+    shown(page, "fit of y ~ period + (1 | herd) (binomial) on 842 rows", timeout=90_000)
     forest = wait_sources(page, ["term", "mean", "y"], lambda s: len(s["mean"]) == len(res.fe_mean), timeout=90)
     np.testing.assert_allclose(forest[0]["mean"], res.fe_mean, rtol=1e-5)
     open_tab(page, "Random effects")
