@@ -448,6 +448,14 @@ def model_comparison(models, outcome) -> tuple[pd.DataFrame, int]:
     return df, sum(m.outcome_key != current.outcome_key for m in models)
 
 
+def _groups_also_fixed(res) -> list[str]:
+    """Grouping factors (random intercepts) whose levels also have fixed coefficients: a fixed-effect term
+    named ``g[...]`` or ``C(g)[...]`` alone (not in an interaction) for a random-effect term ``g``."""
+    fe = [str(n) for n in res.fe_names if ":" not in str(n)]
+    return [g for g in adapter.re_terms(res) if ":" not in g
+            and any(n.startswith((f"{g}[", f"C({g})[")) for n in fe)]
+
+
 def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
     """Plain-words warnings for a fit: library warnings, convergence, dropped rows, degenerate SDs, separation."""
     if outcome is None:
@@ -497,6 +505,10 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
                            f"no variation between its groups{mode}.")
     except Exception:
         pass
+    for g in _groups_also_fixed(res):
+        out.append(f"{g!r} is both a categorical fixed effect and a grouping factor: each of its levels has its "
+                   "own fixed coefficient, so its random effects have nothing left to explain (they stay near "
+                   f"zero, and their SD follows mostly the prior). Keep {g!r} in one of the two roles.")
     try:
         ft = adapter.fe_table(res)
         big = ft.index[(ft["mean"].abs() > 8) | (ft["sd"] > 5)]

@@ -567,6 +567,30 @@ def test_a_slope_sd_is_judged_on_the_linear_predictor_scale():
     assert "'BROOD:x'" in note and "on the linear predictor for its typical size" in note
 
 
+def test_a_grouping_factor_that_is_also_a_fixed_effect_is_pointed_out():
+    """cbpp's herd chosen as a categorical fixed effect as well as the grouping factor (typed as C(herd)
+    too): its random effects are pushed towards zero, and the diagnostics say why. The canonical model, a
+    slope's term (herd:size) and a nested grouping whose coarser factor is fixed (herd:period with period
+    fixed) are not flagged."""
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    st.spec.method = "laplace"
+    assert st.fit_now() and not any("both a categorical" in w for w in st.fit.warnings)
+    canonical = np.abs(st.fit.result.random_effects("herd")["Mean"]).max()
+    st.spec.fixed_factors = ["period", "herd"]
+    assert st.fit_now(), st.errors
+    [note] = [w for w in st.fit.warnings if "both a categorical" in w]
+    assert note.startswith("'herd' is both") and "Keep 'herd' in one of the two roles" in note
+    assert np.abs(st.fit.result.random_effects("herd")["Mean"]).max() < canonical / 2
+    st.spec.param.update(formula_text="incidence ~ period + C(herd) + (1 | herd)", use_formula=True)
+    assert st.fit_now(), st.errors
+    assert any(w.startswith("'herd' is both") for w in st.fit.warnings)
+    for formula in ["incidence ~ period + (1 | herd) + (0 + size | herd)", "incidence ~ period + (1 | herd:period)"]:
+        st.spec.param.update(formula_text=formula, use_formula=True)
+        assert st.fit_now(), st.errors
+        assert not any("both a categorical" in w for w in st.fit.warnings), formula
+
+
 def test_vb_results_carry_a_caution_about_their_sds(cbpp_state):
     """VB's SDs are too narrow (mean field): the diagnostics say so next to its result, not only on the
     Compare tab."""
