@@ -4,6 +4,7 @@ Run alone (one browser session at a time):  python -m pytest tests/app/test_brow
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -14,6 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+try:
+    from playwright.sync_api import Error as PlaywrightError
+except ImportError:  # (the browser tests are then skipped or fail at their fixture)
+    PlaywrightError = Exception
 
 pytestmark = pytest.mark.browser
 
@@ -119,6 +125,24 @@ def open_tab(pg, name):
     pg.locator(".bk-tab", has_text=name).first.click()
 
 
+def _visible(locator, timeout) -> bool:
+    try:
+        locator.wait_for(state="visible", timeout=timeout)
+        return True
+    except PlaywrightError:
+        return False
+
+
+def _suggested(group, option) -> bool:
+    """Whether the MultiChoice's highlighted suggestion is ``option`` itself (waits up to 3 s for it)."""
+    highlighted = group.locator(".choices__item--choice.is-highlighted")
+    if not _visible(highlighted.filter(has_text=option).first, 3_000):
+        return False
+    with contextlib.suppress(PlaywrightError):
+        return highlighted.first.inner_text(timeout=1_000).strip() == option
+    return False
+
+
 def choose(pg, label, option, attempts=5):
     """Pick an option in the MultiChoice whose label is ``label`` (Choices.js: type and press Enter).
 
@@ -132,24 +156,15 @@ def choose(pg, label, option, attempts=5):
         box = group.locator("input").first
         box.click()
         pg.keyboard.type(option)
-        try:
-            group.locator(".choices__item--choice.is-highlighted", has_text=option).first.wait_for(
-                state="visible", timeout=3_000)
-            if group.locator(".choices__item--choice.is-highlighted").first.inner_text().strip() == option:
-                pg.keyboard.press("Enter")
-        except Exception:
-            pass
+        if _suggested(group, option):
+            pg.keyboard.press("Enter")
         pg.keyboard.press("Escape")
         chip = pg.locator(".bk-input-group", has_text=label).first.locator(
             ".choices__list--multiple .choices__item", has_text=option)
-        try:
-            chip.first.wait_for(state="visible", timeout=5_000)
+        if _visible(chip.first, 5_000):
             return
-        except Exception:
-            try:
-                box.fill("")  # (the typed text, left in a widget that stays)
-            except Exception:
-                pass
+        with contextlib.suppress(PlaywrightError):  # (the typed text, left in a widget that stays)
+            box.fill("", timeout=1_000)
     raise AssertionError(f"could not choose {option!r} in {label!r}")
 
 
@@ -337,13 +352,12 @@ def test_session_answers_during_long_fit(page):
     page.wait_for_timeout(500)
     page.get_by_role("button", name="Fit model").click()
     page.get_by_text("FITTING").first.wait_for(timeout=30_000)
-    t0 = time.time()
     page.locator(".exp-toggle input[type=checkbox]").first.click()  # a server round trip redraws the forest
     wait_sources(page, ["term", "mean", "y"], lambda s: "Anger" in s["term"] and min(s["mean"]) > 0, timeout=10)
-    answered = time.time() - t0
+    # the answer came while the fit still ran: a session blocked by its fit would send the redrawn forest
+    # together with the fit's end (no time bar here: a loaded machine answers more slowly)
     still_fitting = page.get_by_text("FITTING").first.is_visible()
     assert still_fitting, "the fit ended before the check; the test needs a longer fit"
-    assert answered < 3.0
     page.get_by_text("FITTED").first.wait_for(timeout=120_000)
     page.get_by_text("(1 | id:situ)").first.wait_for(timeout=30_000)  # the status names the typed model
     assert page.console_errors == []
