@@ -51,11 +51,12 @@ def empty_plot(message: str = "No result yet") -> hv.Element:
     import textwrap
 
     text = "\n".join(textwrap.wrap(message, 48)) or message
-    # (at the middle of the unit square Bokeh gives a plot with nothing else: at (0, 0) it sat in the corner,
-    # cut off)
-    return hv.Text(0.5, 0.5, text).opts(xaxis=None, yaxis=None, toolbar=None, height=300, responsive=True,
-                                        show_frame=False, text_align="center", text_baseline="middle",
-                                        text_font_size="11pt")
+    # At the middle of the unit square, on axes of its own: Panel links the axes of plots in one layout
+    # that share dimension names, and on hv.Text's default x and y the message took the range of a forest
+    # plot elsewhere on the page (the Compare tab's placeholder sat near its right edge).
+    return hv.Text(0.5, 0.5, text, kdims=["message_x", "message_y"]).opts(
+        xaxis=None, yaxis=None, toolbar=None, height=300, responsive=True, xlim=(0, 1), ylim=(0, 1),
+        show_frame=False, text_align="center", text_baseline="middle", text_font_size="11pt")
 
 
 # --------------------------------------------------------------------------- forest

@@ -2,7 +2,8 @@
 import numpy as np
 import holoviews as hv
 import pytest
-from bokeh.models import ColumnDataSource, HoverTool
+import bokeh.plotting
+from bokeh.models import ColumnDataSource, GlyphRenderer, HoverTool
 
 from app import plots
 
@@ -191,6 +192,22 @@ def test_messages_in_place_of_plots_are_centred_and_sd_densities_need_sds():
     assert (src["x"][0], src["y"][0]) == (0.5, 0.5) and (fig.x_range.start, fig.x_range.end) == (0, 1)
     assert all(len(line) <= 48 for line in src["text"][0].split("\n"))
     st = AppState()
+    # beside a forest plot in one Panel layout (the Compare tab below the Fixed effects tab), the message
+    # keeps its own axes: Panel links the ranges of plots sharing dimension names, and on hv.Text's
+    # default x the message took the forest's range and sat near the right edge
+    import panel as pn
+
+    st.load_demo("cbpp", fit=False)
+    assert st.fit_now()
+    layout = pn.Column(pn.pane.HoloViews(plots.forest_plot(st.fit.result)),
+                       pn.pane.HoloViews(plots.empty_plot("Press the button")))
+    root = layout.get_root()
+    figs = list(root.select({"type": bokeh.plotting.figure}))
+    [message_fig] = [f for f in figs if any(isinstance(r, GlyphRenderer) and hasattr(r.glyph, "text")
+                                            for r in f.renderers)]
+    [forest_fig] = [f for f in figs if f is not message_fig]
+    assert (message_fig.x_range.start, message_fig.x_range.end) == (0, 1)
+    assert message_fig.x_range is not forest_fig.x_range and message_fig.y_range is not forest_fig.y_range
     st.load_demo("grouseticks", fit=False)
     st.spec.method = "map"
     assert st.fit_now() and not np.isfinite(st.fit.result.vcp_sd).any()
