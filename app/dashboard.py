@@ -402,10 +402,12 @@ class Dashboard(pn.viewable.Viewer):
                           visible=fit.param.compare_current.rx.not_() & comparison.rx.bool(),
                           css_classes=["compare-stale"]),
             pn.Column(
+                # (axes not linked to the other tabs' plots of the same dimensions: zooming here, or a MAP SD
+                # collapsed to 0, would move the Fixed effects and Variance components plots too)
                 pn.pane.HoloViews(pn.bind(self._compare_forest, comparison, view.param.exp_scale, truth),
-                                  sizing_mode="stretch_width", min_height=340),
+                                  sizing_mode="stretch_width", min_height=340, linked_axes=False),
                 pn.pane.HoloViews(pn.bind(self._compare_density, comparison, truth), sizing_mode="stretch_width",
-                                  min_height=340),
+                                  min_height=340, linked_axes=False),
                 pn.widgets.Tabulator(pn.bind(self._compare_table, comparison), **table_kw),
                 styles=pn.bind(lambda current: _BRIGHT if current else _DIMMED, fit.param.compare_current),
                 sizing_mode="stretch_width"),

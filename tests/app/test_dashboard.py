@@ -139,6 +139,29 @@ def test_a_comparison_of_another_model_is_marked_out_of_date():
     assert not st.fit.compare_current
 
 
+def test_the_comparison_plots_do_not_move_the_other_tabs_axes():
+    """The Compare tab's forest and SD densities have axes of their own: linked to the Fixed effects and
+    Variance components plots (same dimensions), MAP's collapsed SD stretched the main density's axis to 0
+    and a zoom in one moved the other."""
+    import bokeh.plotting
+
+    from app import Dashboard
+
+    d = Dashboard()
+    d.state.fit.param.update(comparison=d.state.compare_methods(["map", "laplace"]), compare_current=True)
+    d.tabs.dynamic = False  # (every tab rendered, as after visiting them all)
+    root = d.__panel__().get_root(Document())
+    figs = {}
+    for f in root.select({"type": bokeh.plotting.figure}):
+        figs.setdefault(f.title.text if f.title else "", []).append(f)
+    forests = figs["Fixed effects: posterior mean and 95 % interval"]
+    densities = figs["Random-effect SDs: posterior density, median and 95 % interval"]
+    assert len(forests) == 2 and len(densities) == 2
+    assert forests[0].x_range is not forests[1].x_range and densities[0].x_range is not densities[1].x_range
+    main_density = next(f for f in densities if len(f.legend[0].items) == 1)  # (one method: the main tab's)
+    assert main_density.x_range.start > 0.1  # (linked, it started at MAP's SD of 0)
+
+
 def test_an_empty_file_is_reported():
     """The browser's file input sends a name without content for an empty file: said so next to the
     upload (it was silently ignored)."""
