@@ -109,6 +109,18 @@ NOTE = dict(css_classes=["mglm-note"], stylesheets=[CSS])
 STATUS = dict(css_classes=["mglm-status"], stylesheets=[CSS])
 
 
+#: the Data tab's table shows at most this many rows (the download has them all)
+PREVIEW_ROWS = 500
+
+
+def _preview_note(df) -> str:
+    """The note beside the data download: how much of the data the table shows."""
+    n = 0 if df is None else len(df)
+    shown = (f"The table below shows the first {PREVIEW_ROWS} of the {n:,} rows; the download has them all"
+             if n > PREVIEW_ROWS else f"The table below shows all {n:,} rows")
+    return shown + " (the reproducing script reads the downloaded file)."
+
+
 def _bounded_input(obj: param.Parameterized, name: str, **kw) -> pn.Column:
     """A whole-number input for the bounded parameter ``name`` of ``obj``, its range in the label.
 
@@ -378,11 +390,10 @@ class Dashboard(pn.viewable.Viewer):
             pn.pane.Markdown(pn.bind(lambda n, df: f"### {n}: {_rows(0 if df is None else len(df))}",
                                      st.data.param.dataset, st.data.param.df)),
             pn.widgets.Tabulator(pn.bind(self._overview, st.data.param.df, st.data.param.categorical), **table_kw),
-            pn.Row(self.data_download, pn.pane.Markdown(
-                "The table below shows the first 500 rows; the download has them all (the reproducing script "
-                "reads this file).", **NOTE, sizing_mode="stretch_width"),
+            pn.Row(self.data_download, pn.pane.Markdown(pn.bind(_preview_note, st.data.param.df), **NOTE,
+                                                        sizing_mode="stretch_width"),
                 sizing_mode="stretch_width"),
-            pn.widgets.Tabulator(pn.bind(lambda df: df.head(500) if df is not None else pd.DataFrame(),
+            pn.widgets.Tabulator(pn.bind(lambda df: df.head(PREVIEW_ROWS) if df is not None else pd.DataFrame(),
                                          st.data.param.df), pagination="local", page_size=12, **table_kw),
             sizing_mode="stretch_width", name="Data")
 

@@ -289,3 +289,24 @@ def test_summary_tab_compares_the_models_fitted_by_their_marginal_likelihood():
     button.clicks += 1
     asyncio.run(asyncio.sleep(0))
     assert st.fit.models == []
+
+
+def test_the_data_tab_says_how_many_rows_its_table_shows():
+    """The note beside the download names the rows shown: all of cbpp's 56 (it said "the first 500" of
+    them), and the first 500 of a larger upload, whose table holds exactly those."""
+    import numpy as np
+    import pandas as pd
+    import panel as pn
+
+    from app import Dashboard
+    from app.dashboard import PREVIEW_ROWS
+
+    d = Dashboard()
+    d.__panel__().get_root(Document())
+    data_tab = d.tabs.objects[4]
+    note = next(o for o in data_tab.objects[2].objects if isinstance(o, pn.pane.Markdown))
+    table = data_tab.objects[3]
+    assert "shows all 56 rows" in note.object and len(table.value) == 56
+    big = pd.DataFrame({"y": np.arange(1200) % 2, "g": np.arange(1200) % 30})
+    d.state.load_frame(big, "big", fit=False)
+    assert f"first {PREVIEW_ROWS} of the 1,200 rows" in note.object and len(table.value) == PREVIEW_ROWS
