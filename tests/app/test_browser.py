@@ -159,8 +159,7 @@ def choose(pg, label, option, attempts=5):
         if _suggested(group, option):
             pg.keyboard.press("Enter")
         pg.keyboard.press("Escape")
-        chip = pg.locator(".bk-input-group", has_text=label).first.locator(
-            ".choices__list--multiple .choices__item", has_text=option)
+        chip = group.locator(".choices__list--multiple .choices__item", has_text=option)
         if _visible(chip.first, 5_000):
             return
         with contextlib.suppress(PlaywrightError):  # (the typed text, left in a widget that stays)
