@@ -288,12 +288,14 @@ class _Conditional:
         """The :class:`~mglm_core.quadrature.IndependentEffects` of the model (None without a
         component with at most one effect per row): of several, the one whose effects' Laplace
         approximations are the least accurate at the solution for :attr:`anchor` (the mode of the
-        log-SDs' Laplace density, once found), else the one with the most effects."""
+        log-SDs' Laplace density, once found), else the one with the most effects. Its rows in the
+        data's order (the checks' sums do not need them by effect; :attr:`nested` sorts them)."""
         nr = self(self.anchor)[1] if self.anchor is not None else None
         if nr is None or nr.factor is None:
-            return IndependentEffects.find(self.model)
+            return IndependentEffects.find(self.model, by_effect=False)
         eta = self.model.rows.linear_predictor(nr.b, nr.u)
-        return IndependentEffects.find(self.model, eta=eta, vcp=np.asarray(self.anchor, dtype=float))
+        return IndependentEffects.find(self.model, eta=eta, vcp=np.asarray(self.anchor, dtype=float),
+                                       by_effect=False)
 
     @functools.cached_property
     def nested(self):
