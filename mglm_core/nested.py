@@ -769,7 +769,7 @@ def refine_conditional(model, vcp, u, b, factor, max_iter=30, tol=1e-4, shift=No
         elif damped:  # the row variances averaged with the last ones used
             v = 0.5 * (v + v_used)
         v_used = v
-        rs = model.rows.reduce(model.family, b, u, row_var=v, hessian=True)
+        rs = model.rows.reduce(model.family, b, u, row_var=v, hessian=True, value=False)
         g_u = rs.z_score - u * prec
         g_b = rs.x_score - b * fe_prec
         A = model.rows.with_diagonal(rs.z_wz, prec) if model.k_vc else sp.csc_matrix((0, 0))

@@ -421,14 +421,15 @@ class RowData:
         v_pat[pattern] = row_var  # (the same for every row of a pattern)
         return xr, zr, s4, float((d1_pat * d1_pat) @ v_pat**3)
 
-    def reduce(self, family, fe, vc, fe_var=None, vc_var=None, hessian=True, row_var=None) -> RowSums:
+    def reduce(self, family, fe, vc, fe_var=None, vc_var=None, hessian=True, row_var=None, value=True) -> RowSums:
         """Sum the row statistics over all chunks.
 
         With ``fe_var``/``vc_var`` (variational variances) the row terms are
         Gaussian expectations over :math:`\\eta_i \\sim N(m_i, v_i)` with
         :math:`v_i = (X\\circ X)_i\\, fe\\_var + (Z\\circ Z)_i\\, vc\\_var`, or with
         ``row_var`` given, :math:`v_i` = ``row_var[i]``; the weight is then
-        :math:`-\\mathrm{E}\\,\\ell_i''`.
+        :math:`-\\mathrm{E}\\,\\ell_i''`. Without ``value``, those expectations skip the log-likelihood
+        (its logarithms) and ``ll`` is nan.
         """
         p, q = self.p, self.q
         mean_field = row_var is None and fe_var is not None
@@ -440,7 +441,7 @@ class RowData:
             out = {"ll": c.ll_const[family.name]}
             if row_var is not None:
                 ll_i, score, _, d2 = family.gaussian_expectation(c.y, eta, row_var[c.rows], c.trials,
-                                                                 const=False)
+                                                                 const=False, value=value)
                 w = -d2
             elif fe_var is None:
                 ll_i, score, w = family.loglike_score_weight(c.y, eta, c.trials, const=False)
@@ -451,7 +452,7 @@ class RowData:
                     v = v + c.Z2 @ vc_var
                 ll_i, score, _, d2 = family.gaussian_expectation(c.y, eta, v, c.trials, const=False)
                 w = -d2
-            out["ll"] += float(np.sum(ll_i))
+            out["ll"] += float(np.sum(ll_i)) if ll_i is not None else np.nan
             out["xs"] = c.XT @ score
             out["zs"] = c.ZT @ score
             if hessian:

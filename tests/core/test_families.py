@@ -30,6 +30,22 @@ def test_binomial_expectation_against_quadrature(m, s):
     assert dv[0] == pytest.approx(num[0], abs=1e-5)
 
 
+@pytest.mark.parametrize("family", [Binomial(), Poisson()])
+def test_expectation_without_value_has_the_same_derivatives(family):
+    # every binomial tier in one call (s from 0.05 to 3: rows of several tiers at once) and each tier alone
+    rng = np.random.default_rng(3)
+    m, s = rng.normal(0.0, 2.0, 400), np.linspace(0.05, 3.0, 400)
+    y = rng.integers(0, 6, 400).astype(float)
+    n = np.full(400, 5.0) if family.name == "binomial" else None
+    for rows in [slice(None), s <= 0.2, (s > 0.3) & (s <= 0.5), s > 1.0]:
+        tr = None if n is None else n[rows]
+        full = family.gaussian_expectation(y[rows], m[rows], s[rows] ** 2, tr)
+        lean = family.gaussian_expectation(y[rows], m[rows], s[rows] ** 2, tr, value=False)
+        assert lean[0] is None
+        for a, b in zip(full[1:], lean[1:]):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_poisson_expectation_is_exact():
     fam = Poisson()
     y, m, v = np.array([4.0]), np.array([1.3]), np.array([16.0])
