@@ -333,21 +333,41 @@ def test_boundary_effects_are_the_separated_ones():
     succ, trials = np.array([0, 0, 3, 3, 1, 3, 2, 2.0]), np.array([3, 2, 3, 3, 3, 3, 2, 2.0])
     binom = mg.BayesMixedGLM(succ, X, Z, np.zeros(4, int), family="binomial", trials=trials)
     assert IndependentEffects.find(binom).boundary_effects(binom).tolist() == [0, 1, 3]
+    assert IndependentEffects.find(binom, by_effect=False).boundary_effects(binom).tolist() == [0, 1, 3]
 
 
-def test_left_out_pairs_by_brute_force():
+@pytest.mark.parametrize("m", [1, 7, 65536, 70000])
+def test_rows_sorted_by_effect_as_by_a_stable_sort(m):
+    """The linear sorts (radix on 16-bit ids up to 65,536 effects, a counting sort beyond) give numpy's
+    stable order: ties keep the rows' order; a row outside every effect (-1) comes first."""
+    from mglm_core.quadrature import _sort_by_effect
+
+    rng = np.random.default_rng(m)
+    local = rng.integers(0, m, 5000)
+    local[-1] = m - 1  # (the largest id, once at least)
+    np.testing.assert_array_equal(_sort_by_effect(local, m), np.argsort(local, kind="stable"))
+    local[::7] = -1
+    np.testing.assert_array_equal(_sort_by_effect(local, m), np.argsort(local, kind="stable"))
+
+
+@pytest.mark.parametrize("by_effect", [True, False])
+def test_left_out_pairs_by_brute_force(by_effect):
     """The within-effect pairs the joint correction leaves out: 1/12 of w'_i w'_j (z_i z_j / c)^3 over
-    the ordered pairs of distinct rows of one effect, pairs of identical design rows excepted."""
+    the ordered pairs of distinct rows of one effect, pairs of identical design rows excepted; the same
+    with the rows taken in the data's order (the effects' rows interleaved) as sorted by effect."""
     from mglm_core.quadrature import IndependentEffects
 
     rng = np.random.default_rng(3)
     g = np.repeat(np.arange(5), 4)
     x = np.round(rng.normal(size=g.size), 1)
     x[[1, 5]] = x[[0, 4]]  # two pairs of identical rows (same effect, same covariate)
+    order = rng.permutation(g.size)
+    g, x = g[order], x[order]
     Z = sp.csr_matrix((np.ones(g.size), (np.arange(g.size), g)))
     y = rng.poisson(2.0, g.size).astype(float)
     model = mg.BayesMixedGLM(y, np.column_stack([np.ones(g.size), x]), Z, np.zeros(5, int), family="poisson")
-    ie = IndependentEffects.find(model)
+    ie = IndependentEffects.find(model, by_effect=by_effect)
+    assert ie.every_row == (not by_effect) and (ie.effect_rows is None) == (not by_effect)
     eta, sd = rng.normal(0.5, 0.3, g.size), 1.7
     w = np.exp(eta)  # Poisson: weight and its derivative are the mean
     c = np.bincount(g, weights=w) + 1 / sd**2
