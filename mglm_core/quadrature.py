@@ -346,13 +346,18 @@ class IndependentEffects:
             self.rows, self.local, self.z = self.rows[order], self.local[order], self.z[order]
         self.effect_rows = EffectRows(self.local, self.m) if by_effect else None
         self.cols = cols
-        self.y = model.endog if self.every_row else model.endog[self.rows]
-        self.trials = None if model.trials is None else model.trials if self.every_row else model.trials[self.rows]
+        self.y = model.endog[self.in_data]
+        self.trials = None if model.trials is None else model.trials[self.in_data]
         self.x, self.logw = _hermite_log_rule(nodes)
         self._alike = None  # each row's class of identical design rows within its effect (left_out_pairs)
         self.base = np.bincount(self.local, weights=model.family.log_base_measure(self.y, self.trials),
                                 minlength=self.m)  # each effect's sum of the rows' log base measure
         self.unit_z = bool(np.all(self.z == 1.0))
+
+    @property
+    def in_data(self):
+        """The index of the rows in the data's row arrays (all of them, as a view, where :attr:`every_row`)."""
+        return slice(None) if self.every_row else self.rows
 
     def by_effect(self, model):
         """This component's :class:`IndependentEffects` with the rows sorted by effect (itself if they are)."""
@@ -438,7 +443,7 @@ class IndependentEffects:
         and a large SD: of two nested factors, communities with three children and an SD of 2 (7.1)
         rather than their mothers with one or two children and an SD of 0.5 (2.0)."""
         fam, m = model.family, self.m
-        er = eta[self.rows]
+        er = eta[self.in_data]
         c = _curvature(fam, self.y, er, self.trials, self.z, self.local, m, sd)
         h3 = np.bincount(self.local, weights=fam.weight_derivative(self.y, er, self.trials) * self.z**3,
                          minlength=m)
@@ -511,17 +516,12 @@ class IndependentEffects:
         """
         m = self.m
         fam = model.family
-        score, w = fam.score_weight(self.y, eta if self.every_row else eta[self.rows], self.trials)
+        score, w = fam.score_weight(self.y, eta[self.in_data], self.trials)
         w1 = fam.weight_derivatives(self.y, score, w, self.trials)[0]  # (from the same pass: no second exp)
-        if self.unit_z:
-            c = np.bincount(self.local, weights=w, minlength=m) + 1.0 / sd**2
-            q = w1 * (c**-1.5)[self.local]
-        else:
-            c = np.bincount(self.local, weights=self.z**2 * w, minlength=m) + 1.0 / sd**2
-            q = w1 * self.z**3 * (c**-1.5)[self.local]
+        c = np.bincount(self.local, weights=w if self.unit_z else self.z**2 * w, minlength=m) + 1.0 / sd**2
+        q = (w1 if self.unit_z else w1 * self.z**3) * (c**-1.5)[self.local]
         if self._alike is None:  # computed once: rows alike have the same z_i, so the same effect
-            alike = model.rows.row_patterns()[0]
-            self._alike = alike if self.every_row else alike[self.rows]
+            self._alike = model.rows.row_patterns()[0][self.in_data]
         return (float(np.sum(np.bincount(self.local, weights=q, minlength=m) ** 2))
                 - float(np.sum(np.bincount(self._alike, weights=q) ** 2))) / 12.0
 
