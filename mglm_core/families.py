@@ -65,6 +65,10 @@ class Family:
 
     name = "family"
     link = "identity"
+    #: The log-likelihood is :math:`y\eta - e^{\eta}` plus a base measure (Poisson): its only nonlinear term
+    #: is :math:`e^{\eta}`, so rows sharing an effect with coefficient 1 enter that effect's integral through
+    #: :math:`\sum_i y_i` and :math:`\sum_i e^{a_i}` alone (:class:`~mglm_core.quadrature.SeparableRows`).
+    exp_linear = False
 
     def loglike(self, y, eta, trials):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -400,6 +404,7 @@ class Poisson(Family):
 
     name = "poisson"
     link = "log"
+    exp_linear = True
 
     def loglike(self, y, eta, trials=None):
         return y * eta - np.exp(eta) - gammaln(y + 1)

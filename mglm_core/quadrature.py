@@ -135,6 +135,7 @@ class EffectRows:
         r"""``X`` (rows x ...) laid out effect by effect (effects x most x ...): each effect's rows in slots
         0..most-1 and zeros after them; where every effect has the most rows, the rows themselves reshaped
         (a view: not to be written to)."""
+        X = _dense(X)
         if self.equal:
             return X.reshape((self.m, self.most) + X.shape[1:])
         out = np.zeros((self.m, self.most) + X.shape[1:])
@@ -153,10 +154,19 @@ class EffectRows:
             return X.reshape(self.m, self.most, -1).sum(axis=1)
         return self._place(np.add.reduceat(X, self.starts, axis=0))
 
+    def max(self, x):
+        r""":math:`\max_{i \in j} x_i` (effects; :math:`-\infty` for an effect without rows)."""
+        if self.equal:
+            return x.reshape(self.m, self.most).max(axis=1)
+        return self._place(np.maximum.reduceat(x, self.starts), -np.inf)
+
     def weighted(self, X, P):
         r""":math:`\sum_k X_{ik} P_{jk\cdot}` for every row i of effect j: ``X`` rows x nodes, ``P`` effects x
         nodes (rows out) or effects x nodes x d (rows x d out). Equal-sized effects: batched products over
-        the reshaped rows, without gathering P to rows x nodes."""
+        the reshaped rows, without gathering P to rows x nodes; :class:`SeparableRows` by their parts."""
+        if isinstance(X, SeparableRows) and P.ndim == 2:
+            return X.weighted(P)
+        X = _dense(X)
         if self.equal:
             out = np.matmul(X.reshape(self.m, self.most, -1), P if P.ndim == 3 else P[:, :, None])
             return out.reshape(X.shape[0], -1) if P.ndim == 3 else out.reshape(X.shape[0])
@@ -166,6 +176,7 @@ class EffectRows:
 
     def scaled(self, X, P):
         r""":math:`X_{ik} P_{jk}` for every row i of effect j (rows x nodes; ``P`` effects x nodes)."""
+        X = _dense(X)
         if self.equal:
             return (X.reshape(self.m, self.most, -1) * P[:, None, :]).reshape(X.shape)
         return X * P[self.local]
@@ -183,6 +194,92 @@ class EffectRows:
         logs = np.log(np.multiply.reduceat(Q, runs, axis=0))
         effect = self.local[runs]
         return self._place(np.add.reduceat(logs, np.flatnonzero(np.r_[True, effect[1:] != effect[:-1]]), axis=0))
+
+
+def _dense(X):
+    """``X`` as an array (a :class:`SeparableRows` expanded)."""
+    return X.dense() if isinstance(X, SeparableRows) else X
+
+
+class SeparableRows:
+    r"""A rows x nodes array of the form :math:`X_{ik} = A_i + B_i\,Q_{jk}`, j the effect of row i, kept
+    by its parts: the Poisson scores and weights at the nodes of effects whose coefficient is 1 on every
+    row, :math:`e^{\eta_{ik}} = e^{c_i}\,e^{s_j x_k}` (:meth:`IndependentEffects.rule`). Sums over each
+    effect's rows and node-weighted sums per row then cost rows + effects x nodes instead of rows x nodes
+    (a million rows in effects of ten, 12 nodes: the rule's work per evaluation about 15 times smaller);
+    anything else takes the expanded array (:meth:`dense`).
+
+    Parameters
+    ----------
+    A, B : ndarray or float
+        The rows' parts (rows; ``A`` may be a scalar).
+    Q : ndarray
+        Effects x nodes.
+    local : ndarray of int
+        Each row's effect.
+    """
+
+    __slots__ = ("A", "B", "Q", "local")
+
+    def __init__(self, A, B, Q, local):
+        self.A, self.B, self.Q, self.local = A, B, Q, local
+
+    @property
+    def shape(self):
+        return (self.local.size, self.Q.shape[1])
+
+    def dense(self):
+        """The rows x nodes array."""
+        return self.A[:, None] + self.B[:, None] * self.Q[self.local] if np.ndim(self.A) else \
+            self.A + self.B[:, None] * self.Q[self.local]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.dense()
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, rows):
+        """The expanded rows ``rows`` (an index array)."""
+        A = self.A[rows][:, None] if np.ndim(self.A) else self.A
+        return A + self.B[rows][:, None] * self.Q[self.local[rows]]
+
+    def __neg__(self):
+        return SeparableRows(-self.A, -self.B, self.Q, self.local)
+
+    def __sub__(self, column):
+        r""":math:`X_{ik} - v_i` for a column ``v`` (rows x 1)."""
+        return SeparableRows(self.A - np.asarray(column)[:, 0], self.B, self.Q, self.local)
+
+    def weighted(self, P):
+        r""":math:`\sum_k X_{ik} P_{jk} = A_i \sum_k P_{jk} + B_i \sum_k P_{jk} Q_{jk}` (``P`` effects x nodes)."""
+        out = self.B * np.einsum("jk,jk->j", P, self.Q)[self.local]
+        return out + self.A * P.sum(axis=1)[self.local]
+
+    def node_gram(self, group, Y, P):
+        r""":math:`\sum_j \sum_k P_{jk}\, d_{jk} d_{jk}^\top` with :math:`d_{jk} = \sum_{i \in j} X_{ik} Y_i`
+        (columns of ``Y``; ``P`` effects x nodes): with the effects' sums :math:`a_j = \sum A_i Y_i`,
+        :math:`b_j = \sum B_i Y_i`, :math:`\bar Q_j = \sum_k P_{jk} Q_{jk}` and :math:`\tilde Q = Q - \bar Q`,
+        :math:`d_{jk} = r_j + b_j \tilde Q_{jk}` (:math:`r_j = a_j + b_j \bar Q_j`), a sum of four
+        p x p products over the effects; centred so that no difference of large terms is taken where
+        :math:`r_j` vanishes (the scores' deviations from their tilted means)."""
+        b = group @ (self.B[:, None] * Y)
+        a = group @ (np.broadcast_to(self.A, self.B.shape)[:, None] * Y)
+        s0 = P.sum(axis=1)
+        Qbar = np.einsum("jk,jk->j", P, self.Q) / s0
+        Qt = self.Q - Qbar[:, None]
+        t1 = np.einsum("jk,jk->j", P, Qt)
+        t2 = np.einsum("jk,jk->j", P, Qt * Qt)
+        r = a + b * Qbar[:, None]
+        cross = (r * t1[:, None]).T @ b
+        return (r * s0[:, None]).T @ r + cross + cross.T + (b * t2[:, None]).T @ b
+
+    def effect_sums(self, group, Y):
+        r""":math:`\sum_{i \in j} X_{ik} Y_{it}` (effects x nodes x columns of ``Y``, rows x t; ``group`` the
+        effects x rows indicator matrix) from the effects' sums of :math:`A_i Y_i` and :math:`B_i Y_i`."""
+        b = group @ (self.B[:, None] * Y)
+        out = b[:, None, :] * self.Q[:, :, None]
+        if np.ndim(self.A) or self.A != 0.0:
+            out += (group @ (np.broadcast_to(self.A, self.B.shape)[:, None] * Y))[:, None, :]
+        return out
 
 
 def _effect_sums(local, m, y, *coefs):
@@ -353,6 +450,10 @@ class IndependentEffects:
         self.base = np.bincount(self.local, weights=model.family.log_base_measure(self.y, self.trials),
                                 minlength=self.m)  # each effect's sum of the rows' log base measure
         self.unit_z = bool(np.all(self.z == 1.0))
+        #: Poisson effects with coefficient 1 on every row, sorted by effect: an effect's rows enter its
+        #: integral through :math:`\sum_i y_i` and :math:`\sum_i e^{a_i}` (:meth:`modes`, :meth:`rule`)
+        self.separable = bool(self.unit_z and model.family.exp_linear and by_effect and self.m)
+        self.y_sum = np.bincount(self.local, weights=self.y, minlength=self.m) if self.separable else None
 
     @property
     def in_data(self):
@@ -390,6 +491,8 @@ class IndependentEffects:
     def modes(self, family, a, prec, u):
         """Modes and curvatures of the effects' one-dimensional integrands given the rows' offsets
         ``a``, from ``u`` (vectorised Newton)."""
+        if self.separable and family.exp_linear:
+            return self._separable_modes(a, prec, u)
         m = self.m
         u = u.copy()
         for _ in range(50):
@@ -403,14 +506,68 @@ class IndependentEffects:
         _, w = family.score_weight(self.y, a + self.z * u[self.local], self.trials)
         return u, np.bincount(self.local, weights=self.z**2 * w, minlength=m) + prec
 
+    def _log_sum_exp(self, a):
+        r""":math:`\log \sum_{i \in j} e^{a_i}` for every effect j (:math:`-\infty` without rows)."""
+        top = self.effect_rows.max(a)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return top + np.log(np.bincount(self.local, weights=np.exp(a - top[self.local]), minlength=self.m))
+
+    def _separable_modes(self, a, prec, u):
+        r""":meth:`modes` for :attr:`separable` effects: :math:`h_j'(u) = Y_j - e^{u + L_j} - prec\,u` with
+        :math:`Y_j = \sum_{i \in j} y_i`, :math:`L_j = \log \sum_{i \in j} e^{a_i}` (one pass over the rows,
+        then Newton over the effects alone)."""
+        lse = self._log_sum_exp(a)
+        u = u.copy()
+        for _ in range(50):
+            e = np.exp(u + lse)
+            c = e + prec
+            step = np.minimum(np.maximum((self.y_sum - e - prec * u) / c, -2.0), 2.0)
+            u += step
+            if np.abs(step).max() < _MODE_STEP:
+                return u, c
+        return u, np.exp(u + lse) + prec
+
     def rule(self, family, y, trials, a, group, u0, c, prec, x, logw):
         r"""The adaptive rule at the modes ``u0`` with curvatures ``c`` (:func:`_adaptive_rule`):
         ``(U, log_scale, log_I, pi, S, W, eta)`` with :math:`\log sc_j`, the log of the scale of
         the effects' nodes."""
         sc = np.sqrt(2.0 / c)
-        U, eta, log_I, pi, S, W = _adaptive_rule(family, y, trials, a, self.z, self.local, group, u0, sc, prec,
-                                                 x, logw, self.effect_rows, self.base, self.unit_z)
+        out = self._separable_rule(a, u0, sc, prec, x, logw) if self.separable and family.exp_linear else None
+        if out is None:
+            out = _adaptive_rule(family, y, trials, a, self.z, self.local, group, u0, sc, prec, x, logw,
+                                 self.effect_rows, self.base, self.unit_z)
+        U, eta, log_I, pi, S, W = out
         return U, np.log(sc), log_I, pi, S, W, eta
+
+    def _separable_rule(self, a, u0, sc, prec, x, logw):
+        r""":func:`_adaptive_rule` for :attr:`separable` effects: with :math:`c_i = a_i + u_{0j}` and
+        :math:`Q_{jk} = e^{sc_j x_k}`, :math:`e^{\eta_{ik}} = e^{c_i} Q_{jk}`, so
+        :math:`\log I_j` takes :math:`\sum_{i \in j} e^{c_i}` and the scores and weights are
+        :class:`SeparableRows`. None where :math:`|\eta|` may exceed :data:`_FACTOR_ETA_MAX`."""
+        local = self.local
+        c = a + u0[local]
+        if float(np.max(np.abs(c)) + np.max(sc) * np.max(np.abs(x))) > _FACTOR_ETA_MAX:
+            return None
+        step = sc[:, None] * x
+        U = step + u0[:, None]
+        Q = np.exp(step)
+        ec = np.exp(c)
+        lin = np.bincount(local, weights=self.y * c, minlength=self.m) + self.base
+        # (in place: effects x nodes temporaries are most of this rule's time)
+        lw = np.multiply(U, U, out=step)
+        lw *= -0.5 * prec
+        lw -= np.bincount(local, weights=ec, minlength=self.m)[:, None] * Q
+        lw += (self.y_sum * sc)[:, None] * x
+        lw += lin[:, None]
+        lw += logw
+        top = lw.max(axis=1)
+        lw -= top[:, None]
+        pi = np.exp(lw, out=lw)
+        total = pi.sum(axis=1)
+        pi /= total[:, None]
+        eta = functools.partial(_linear_nodes, c, (sc[local],), (x,))
+        return (U, eta, top + np.log(total), pi, SeparableRows(self.y, -ec, Q, local),
+                SeparableRows(0.0, ec, Q, local))
 
     @classmethod
     def find(cls, model, nodes=NODES, eta=None, vcp=None, by_effect=True):
@@ -918,6 +1075,9 @@ class ObservationMarginal:
     sd : float
     """
 
+    #: (a mixture over the observation-level effect: not :math:`y\eta - e^{\eta}`, whatever the family)
+    exp_linear = False
+
     def __init__(self, family, z, sd):
         self.family, self.z, self.sd = family, np.asarray(z, dtype=float), float(sd)
         self.name = family.name
@@ -1097,7 +1257,9 @@ class NestedMarginal:
             self._inner_z = Zc.data.astype(float)
         self.ZDp = Z[:, D][rows].tocsr() if D.size else sp.csr_matrix((rows.size, 0))  # other effects of P's rows
         self._zd_coo = self.ZDp.tocoo()
-        rest = np.setdiff1d(np.arange(model.endog.size), rows)
+        outside = np.ones(model.endog.size, dtype=bool)
+        outside[rows] = False
+        rest = np.flatnonzero(outside)  # (np.setdiff1d hashes: 0.6 s for a million rows)
         self.ZDr = Z[:, D][rest].tocsr() if D.size else sp.csr_matrix((rest.size, 0))
         self.ZDpT, self.ZDrT = self.ZDp.T.tocsr(), self.ZDr.T.tocsr()  # (no transpose object per call)
         X = model.exog
@@ -1397,6 +1559,8 @@ class NestedMarginal:
         p = self.model.k_fep
         if not p:
             return np.zeros((self.ie.m, dev.shape[1], 0))
+        if isinstance(dev, SeparableRows):
+            return dev.effect_sums(self.group, self.Xp)
         return np.stack([self.group @ (dev * self.Xp[:, [t]]) for t in range(p)], axis=2)
 
     @functools.cached_property
@@ -1521,12 +1685,15 @@ class NestedMarginal:
             self._stash = (vcp.copy(), rule[1], uD.copy(), fe.copy(), U, pi, S, W, eta, dev)
             if self.by_pairs:
                 return (value, g_D, g_fe) + self._hessian_pairs(pi, dev, Ew, w_r, prec_D)
-            # d_jk = sqrt(pi_jk) sum over the rows i of j of x_i (s_ik - E s_i): (effects * nodes) x p
-            sq = np.sqrt(pi)
-            dw = self._effect_sums_x(dev)
-            dw = (dw * sq[:, :, None]).reshape(m * K, p)
             C = (self.Xp * Ew[:, None]).T @ self.Xp + (self.Xr * w_r[:, None]).T @ self.Xr
-            C -= dw.T @ dw
+            if isinstance(dev, SeparableRows) and not self.D.size:  # (no effects x nodes x p array)
+                C -= dev.node_gram(self.group, self.Xp, pi)
+            else:
+                # d_jk = sqrt(pi_jk) sum over the rows i of j of x_i (s_ik - E s_i): (effects * nodes) x p
+                sq = np.sqrt(pi)
+                dw = self._effect_sums_x(dev)
+                dw = (dw * sq[:, :, None]).reshape(m * K, p)
+                C -= dw.T @ dw
             C += np.eye(p) / model.fe_p**2
             if self.D.size:
                 # D-part of d_jk, sparse (effects * nodes) x q_D: A -= M'M, B -= M' d

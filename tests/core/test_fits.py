@@ -641,6 +641,111 @@ def test_effect_rows_sums_and_log_products(sizes):
         EffectRows(local[::-1], n.size)
 
 
+def test_separable_rows_by_their_parts_equal_the_expanded_array():
+    """SeparableRows (X_ik = A_i + B_i Q_jk): weighted sums per row, sums over each effect's rows against
+    columns, the node-weighted Gram matrix of those sums, differences, negation and row gathers against
+    the same operations on the expanded rows x nodes array; unequal effects and a scalar A."""
+    from mglm_core.quadrature import EffectRows, SeparableRows
+
+    rng = np.random.default_rng(21)
+    local = np.repeat(np.arange(5), [1, 4, 2, 7, 3])
+    m, n, K = 5, local.size, 6
+    group = sp.csr_matrix((np.ones(n), (local, np.arange(n))), shape=(m, n))
+    A, B, Q = rng.normal(size=n), rng.normal(size=n), rng.uniform(0.2, 3.0, (m, K))
+    P = rng.dirichlet(np.ones(K), size=m)
+    Y = rng.normal(size=(n, 3))
+    for a in (A, 0.0):
+        X = SeparableRows(a, B, Q, local)
+        D = np.asarray(X)
+        np.testing.assert_allclose(D, (A[:, None] if np.ndim(a) else 0.0) + B[:, None] * Q[local], rtol=1e-15)
+        np.testing.assert_allclose(EffectRows(local, m).weighted(X, P), np.sum(D * P[local], axis=1), rtol=1e-13)
+        sums = np.stack([group @ (D * Y[:, [t]]) for t in range(3)], axis=2)  # effects x nodes x 3
+        np.testing.assert_allclose(X.effect_sums(group, Y), sums, rtol=1e-12, atol=1e-14)
+        d = sums * np.sqrt(P)[:, :, None]
+        np.testing.assert_allclose(X.node_gram(group, Y, P), d.reshape(-1, 3).T @ d.reshape(-1, 3), rtol=1e-12)
+        v = rng.normal(size=(n, 1))
+        np.testing.assert_allclose(np.asarray(X - v), D - v, rtol=1e-14, atol=1e-15)
+        np.testing.assert_array_equal(np.asarray(-X), -D)
+        np.testing.assert_array_equal(X[np.array([3, 0, 9])], D[[3, 0, 9]])
+    np.testing.assert_array_equal(EffectRows(local, 7).max(A), [A[local == j].max() if np.any(local == j) else -np.inf
+                                                               for j in range(7)])
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | g)", "y ~ x + (1 | g) + (1 | h)"])
+def test_poisson_intercepts_integrated_by_effect_sums_equal_the_row_expansion(monkeypatch, formula):
+    """Poisson effects with coefficient 1 enter their integrals through each effect's sum of counts and of
+    exp(a_i): the nested marginal's value, gradient and Hessian blocks (alone and beside a crossed factor,
+    by the nodes' route and by pairs of rows), the tilted moments and a whole fit_laplace on the exact route
+    equal the row-by-row expansion (Poisson treated as any family), with an offset and unequal groups."""
+    from mglm_core.families import Poisson
+    from mglm_core.quadrature import IndependentEffects, NestedMarginal, SeparableRows
+
+    rng = np.random.default_rng(4)
+    sizes = rng.integers(1, 6, 150)
+    g = rng.permutation(np.repeat(np.arange(sizes.size), sizes))
+    data = pd.DataFrame({"g": g, "h": rng.integers(0, 8, g.size), "x": rng.normal(size=g.size),
+                         "log_t": np.log(rng.uniform(0.5, 2.0, g.size))})
+    eta = -0.5 + 0.4 * data["x"] + data["log_t"] + rng.normal(0, 1.5, sizes.size)[g]
+    data["y"] = rng.poisson(np.exp(eta)).astype(float)
+    model = mg.BayesMixedGLM.from_formula(formula, data=data, family="poisson", offset="log_t")
+    vcp = np.array([0.3, -0.6])[:model.k_vcp]
+    uD = rng.normal(0, 0.4, model.k_vc - sizes.size)
+    fe = np.array([-0.4, 0.3])
+
+    def evaluate(separable, by_pairs):
+        nested = NestedMarginal.build(model, IndependentEffects.find(model, vcp=vcp))
+        assert nested.ie.component == model.vcp_names.index("g") and nested.ie.separable
+        nested.ie.separable = separable
+        nested.by_pairs = by_pairs
+        out = nested.objective(vcp)(uD, fe, True)
+        S = nested._stash[6]
+        assert isinstance(S, SeparableRows) == separable
+        U, _, _, pi, S, _, _ = nested._nodes(uD, fe, nested.ie.precision(vcp), nested.rule_at(vcp))
+        tilted = nested._tilted(U, pi, S - nested.ie.effect_rows.weighted(S, pi)[:, None])
+        return out, tilted
+
+    for by_pairs in ((False, True) if "h" in formula else (False,)):
+        (fast, t_fast), (rows, t_rows) = evaluate(True, by_pairs), evaluate(False, by_pairs)
+        assert fast[0] == pytest.approx(rows[0], rel=1e-13)
+        for a, b in zip(fast[1:] + t_fast, rows[1:] + t_rows):
+            a, b = (x.toarray() if hasattr(x, "toarray") else np.asarray(x) for x in (a, b))
+            if a.size:
+                assert np.abs(b).max() > 1e-3 and np.allclose(a, b, rtol=1e-10, atol=1e-12)
+    if "h" not in formula:
+        fits = {}
+        for flag in (True, False):
+            monkeypatch.setattr(Poisson, "exp_linear", flag)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fits[flag] = model.fit_laplace()
+        assert any("integrated exactly" in w for w in fits[True].warnings)
+        # (the same up to where rounding stops the iterations: the mode search, to 1 % of an SD, sets the grid)
+        a, b = fits[True], fits[False]
+        for part in ("fe", "vcp", "vc"):
+            sd = getattr(b, part + "_sd")
+            assert np.all(np.abs(getattr(a, part + "_mean") - getattr(b, part + "_mean")) < 1e-3 * sd)
+            np.testing.assert_allclose(getattr(a, part + "_sd"), sd, rtol=1e-3)
+
+
+def test_poisson_intercepts_far_out_take_the_row_expansion():
+    """Linear predictors beyond the exponential factors' bound (an offset of -700): the separable rule
+    declines and the rows' own terms are used, with a finite value."""
+    from mglm_core.quadrature import IndependentEffects, NestedMarginal
+
+    rng = np.random.default_rng(2)
+    g = np.repeat(np.arange(20), 3)
+    y = rng.poisson(1.0, g.size).astype(float)
+    Z = np.zeros((g.size, 20))
+    Z[np.arange(g.size), g] = 1.0
+    model = mg.BayesMixedGLM(y, np.ones((g.size, 1)), Z, np.zeros(20, dtype=int), family="poisson",
+                             offset=np.where(np.arange(g.size) == 0, -700.0, 0.0))
+    nested = NestedMarginal.build(model, IndependentEffects.find(model))
+    ie = nested.ie
+    a = model.offset[ie.rows]
+    assert ie.separable and ie._separable_rule(a, np.zeros(20), np.full(20, 0.5), 1.0, *nested.rule_at(np.zeros(1))) is None
+    assert np.isfinite(nested.objective(np.zeros(1))(np.zeros(0), np.zeros(1), True)[0])
+
+
 @pytest.mark.parametrize("family, trials", [("binomial", None), ("binomial", "same"), ("binomial", "varying"),
                                             ("poisson", None)])
 def test_effect_terms_from_exponentials_equal_the_row_terms(family, trials):
