@@ -323,8 +323,13 @@ def _adaptive_rule(family, y, trials, a, z, local, group, u0, sc, prec, x, logw,
         if bound <= _FACTOR_ETA_MAX:
             # with z = 1 on every row (intercepts) alpha is each effect's scale: e^eta_ik = e^c_i e^(sc_j x_k),
             # exponentials of rows + effects x nodes
-            E = (np.exp(sc[:, None] * x)[local] * np.exp(c)[:, None] if unit_z
-                 else np.exp(c[:, None] + alpha[:, None] * x))
+            if unit_z and rows.equal:  # (each effect's rows a run of equal length: no gather of effects x nodes)
+                E = (np.exp(sc[:, None] * x)[:, None, :]
+                     * np.exp(c).reshape(rows.m, rows.most)[:, :, None]).reshape(c.size, x.size)
+            elif unit_z:
+                E = np.exp(sc[:, None] * x)[local] * np.exp(c)[:, None]
+            else:
+                E = np.exp(c[:, None] + alpha[:, None] * x)
             terms = family.effect_terms(E, y, trials, rows, bound)
             if terms is not None:
                 N, S, W = terms
