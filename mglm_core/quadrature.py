@@ -21,6 +21,13 @@ Gaussian integrand) and applies the Laplace approximation over :math:`a` only, w
 informed by many rows. Where a second component's effects pair with P's level by level (intercepts
 and slopes of one factor: ``(1 | g) + (0 + x | g)``), :class:`EffectBlocks` integrates both as one
 two-dimensional block per level, by a product rule through each level's mode and curvature.
+
+Poisson effects whose coefficient is 1 on every row (random intercepts) need no work per row and node:
+:math:`\ell_i = y_i\eta_i - e^{\eta_i} - \log y_i!` with :math:`\eta_i = a_i + u`, so
+:math:`h_j(u) = Y_j u - e^{u} \sum_{i \in j} e^{a_i} - u^2/(2\sigma_P^2) + \text{const}`
+(:math:`Y_j = \sum_{i \in j} y_i`): the modes are Newton steps over the effects alone, and the rows'
+scores and weights at the nodes, :math:`y_i - e^{a_i + u_{0j}} Q_{jk}` and :math:`e^{a_i + u_{0j}} Q_{jk}`
+with :math:`Q_{jk} = e^{sc_j x_k}`, are kept by their parts (:class:`SeparableRows`).
 """
 from __future__ import annotations
 
