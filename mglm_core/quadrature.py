@@ -237,15 +237,14 @@ class SeparableRows:
 
     def dense(self):
         """The rows x nodes array."""
-        return self.A[:, None] + self.B[:, None] * self.Q[self.local] if np.ndim(self.A) else \
-            self.A + self.B[:, None] * self.Q[self.local]
+        return self[slice(None)]
 
     def __array__(self, dtype=None, copy=None):
         out = self.dense()
         return out if dtype is None else out.astype(dtype)
 
     def __getitem__(self, rows):
-        """The expanded rows ``rows`` (an index array)."""
+        """The expanded rows ``rows`` (an index array or a slice)."""
         A = self.A[rows][:, None] if np.ndim(self.A) else self.A
         return A + self.B[rows][:, None] * self.Q[self.local[rows]]
 
