@@ -267,25 +267,46 @@ class SeparableRows:
         :math:`d_{jk} = r_j + b_j \tilde Q_{jk}` (:math:`r_j = a_j + b_j \bar Q_j`), a sum of four
         p x p products over the effects; centred so that no difference of large terms is taken where
         :math:`r_j` vanishes (the scores' deviations from their tilted means)."""
-        b = group @ (self.B[:, None] * Y)
-        a = group @ (np.broadcast_to(self.A, self.B.shape)[:, None] * Y)
+        a, b = self._part_sums(group, Y)
         s0 = P.sum(axis=1)
         Qbar = np.einsum("jk,jk->j", P, self.Q) / s0
         Qt = self.Q - Qbar[:, None]
         t1 = np.einsum("jk,jk->j", P, Qt)
         t2 = np.einsum("jk,jk->j", P, Qt * Qt)
-        r = a + b * Qbar[:, None]
+        r = b * Qbar[:, None] if a is None else a + b * Qbar[:, None]
         cross = (r * t1[:, None]).T @ b
         return (r * s0[:, None]).T @ r + cross + cross.T + (b * t2[:, None]).T @ b
 
     def effect_sums(self, group, Y):
         r""":math:`\sum_{i \in j} X_{ik} Y_{it}` (effects x nodes x columns of ``Y``, rows x t; ``group`` the
         effects x rows indicator matrix) from the effects' sums of :math:`A_i Y_i` and :math:`B_i Y_i`."""
-        b = group @ (self.B[:, None] * Y)
+        a, b = self._part_sums(group, Y)
         out = b[:, None, :] * self.Q[:, :, None]
-        if np.ndim(self.A) or self.A != 0.0:
-            out += (group @ (np.broadcast_to(self.A, self.B.shape)[:, None] * Y))[:, None, :]
+        if a is not None:
+            out += a[:, None, :]
         return out
+
+    def _part_sums(self, group, Y):
+        r"""The effects' sums :math:`a_j = \sum_{i \in j} A_i Y_i` (None where A is 0) and
+        :math:`b_j = \sum_{i \in j} B_i Y_i` (effects x columns of ``Y``)."""
+        b = group @ (self.B[:, None] * Y)
+        if not (np.ndim(self.A) or self.A != 0.0):
+            return None, b
+        return group @ (np.broadcast_to(self.A, self.B.shape)[:, None] * Y), b
+
+
+def _tilted_weights(lw, factor=None):
+    r""":math:`\log \sum_k f_{jk} e^{lw_{jk}}` and the weights :math:`\pi_{jk} \propto f_{jk} e^{lw_{jk}}`
+    (rows summing to 1) of a rule's log terms ``lw`` (effects x nodes, overwritten by :math:`\pi`) and
+    its factors ``f`` (1 without ``factor``)."""
+    top = lw.max(axis=1)
+    lw -= top[:, None]
+    pi = np.exp(lw, out=lw)
+    if factor is not None:
+        pi *= factor
+    total = pi.sum(axis=1)
+    pi /= total[:, None]
+    return top + np.log(total), pi
 
 
 def _effect_sums(local, m, y, *coefs):
@@ -346,11 +367,8 @@ def _adaptive_rule(family, y, trials, a, z, local, group, u0, sc, prec, x, logw,
         eta = a[:, None] + z[:, None] * U[local]
         ll, S, W = family.row_terms(y, eta, trials)
         lw = group @ ll - 0.5 * prec * U**2 + logw
-    top = lw.max(axis=1)
-    pi = np.exp(lw - top[:, None])
-    total = pi.sum(axis=1)
-    pi /= total[:, None]
-    return U, eta, top + np.log(total), pi, S, W
+    log_I, pi = _tilted_weights(lw)
+    return U, eta, log_I, pi, S, W
 
 
 def _linear_nodes(c, coefs, nodes):
@@ -563,7 +581,7 @@ class IndependentEffects:
         U = step + u0[:, None]
         Q = np.exp(step)
         ec = np.exp(c)
-        lin = np.bincount(local, weights=self.y * c, minlength=self.m) + self.base
+        lin = _effect_sums(local, self.m, self.y, c)[0] + self.base
         # (in place: effects x nodes temporaries are most of this rule's time)
         lw = np.multiply(U, U, out=step)
         lw *= -0.5 * prec
@@ -571,14 +589,9 @@ class IndependentEffects:
         lw += (self.y_sum * sc)[:, None] * x
         lw += lin[:, None]
         lw += logw
-        top = lw.max(axis=1)
-        lw -= top[:, None]
-        pi = np.exp(lw, out=lw)
-        total = pi.sum(axis=1)
-        pi /= total[:, None]
+        log_I, pi = _tilted_weights(lw)
         eta = functools.partial(_linear_nodes, c, (sc[local],), (x,))
-        return (U, eta, top + np.log(total), pi, SeparableRows(self.y, -ec, Q, local),
-                SeparableRows(0.0, ec, Q, local))
+        return U, eta, log_I, pi, SeparableRows(self.y, -ec, Q, local), SeparableRows(0.0, ec, Q, local)
 
     @classmethod
     def find(cls, model, nodes=NODES, eta=None, vcp=None, by_effect=True):
@@ -966,14 +979,9 @@ class EffectBlocks:
             ll, S, W = family.row_terms(y, eta, trials)
             Un = U()
             lw = group @ ll - 0.5 * (p0 * Un[:, :, 0]**2 + p1 * Un[:, :, 1]**2) + logw
-        top = lw.max(axis=1)
-        pi = np.exp(lw - top[:, None])
-        if product:
-            pi *= N
-        total = pi.sum(axis=1)
-        pi /= total[:, None]
+        log_I, pi = _tilted_weights(lw, N if product else None)
         log_scale = np.log(2.0) - np.log(l00) - np.log(l11)
-        return U, log_scale, top + np.log(total), pi, S, W, eta
+        return U, log_scale, log_I, pi, S, W, eta
 
 
 class _BlockNodes:
