@@ -91,10 +91,11 @@ _MODE_STEP = 1e-4
 #: determinant's change; the grid's values need about 1e-3), for one evaluation fewer at a third of
 #: the points solved by Newton.
 _ESTIMATE_BELOW = 1e-5
-#: The tilted moments of an optimum (:meth:`NestedMarginal._tilted`, rows x d of them) are kept with it
-#: up to this many rows x d: 160 kB per integration point at the limit, 43 MB for a grid of 268 points
-#: (beyond, :meth:`NestedMarginal.moments` evaluates the rule again).
-TILTED_KEEP_MAX = 2e4
+#: The tilted moments of the optima (:meth:`NestedMarginal._tilted`: rows x d covariances and the effects'
+#: means and variances) are kept with them while all those kept hold at most this many numbers, 160 MB (beyond,
+#: :meth:`NestedMarginal.moments` evaluates the rule again): a grid of 268 points of 2e4 rows, or 9 points of a
+#: million rows, whose moments then cost no evaluation of the rule (one was 0.26 s there, 15 % of such a fit).
+TILTED_KEEP_MAX = 2e7
 #: The (never modified) empty sparse block of the dense layout.
 _EMPTY = sp.csc_matrix((0, 0))
 #: The rules take :math:`e^{\eta}` at the nodes as products of a factor per row and one per row and
@@ -1313,6 +1314,7 @@ class NestedMarginal:
         #: Keep the tilted moments of each optimum (:meth:`_tilted`) with it, for :meth:`moments` (the
         #: integration points'; fit_laplace sets it for the grid): no second evaluation of the rule.
         self.keep_tilted = False
+        self._tilted_kept = 0  # how many numbers the kept tilted moments hold (_tilted_if_kept)
         self._stash = None  # (vcp, rule, u_D, fe, U, pi, S, W, eta, S - E s) of the last evaluation with the Hessian
         self._inner_family = None  # family_at's last ObservationMarginal
 
@@ -1896,16 +1898,23 @@ class NestedMarginal:
             return -np.inf
         self._reuse = res.factor
         self.start = (res.u, res.b, uD0, fe0)
-        tilted = None
-        if self.keep_tilted and self.ie.rows.size * self.ie.d <= TILTED_KEEP_MAX:
-            # (a last step not evaluated, estimate_below: the moments of the point it left, as _one_step)
-            stash = self._evaluation_at(vcp, res.u, res.b) if res.lag is None else self._evaluation_at(vcp)
-            tilted = None if stash is None else self._tilted(stash[0], stash[1], stash[5])
+        # (a last step not evaluated, estimate_below: the moments of the point it left, as _one_step)
+        tilted = self._tilted_if_kept(self._evaluation_at(vcp, res.u, res.b) if res.lag is None
+                                      else self._evaluation_at(vcp))
         # (self.uhat: the inner modes of the last evaluation, the optimum's unless Newton stalled on a
         # rejected trial point; they only start the modes' Newton of moments and _skewness)
         self.last = (res.u, res.b, res.factor, self.uhat, tilted)
         dim = self.D.size + self.model.k_fep
         return res.value + 0.5 * dim * np.log(2.0 * np.pi) - 0.5 * res.factor.logdet()
+
+    def _tilted_if_kept(self, stash):
+        """The tilted moments of the evaluation ``stash`` (:meth:`_evaluation_at`'s; None: not made there) where
+        :attr:`keep_tilted` and :data:`TILTED_KEEP_MAX` allow them to be kept with the optimum, else None."""
+        size = self.ie.rows.size * self.ie.d + 2 * self.ie.m * self.ie.d
+        if stash is None or not self.keep_tilted or self._tilted_kept + size > TILTED_KEEP_MAX:
+            return None
+        self._tilted_kept += size
+        return self._tilted(stash[0], stash[1], stash[5])
 
     def _one_step(self, vcp, u, b, first, floor, uD0, fe0):
         r"""The value of a point of little weight from its start alone: with :math:`F`, its gradient
@@ -1932,9 +1941,7 @@ class NestedMarginal:
         estimate = value + 0.5 * decrement + 0.5 * dim * np.log(2.0 * np.pi) - 0.5 * F.logdet()
         if not (estimate < floor and 0.0 <= decrement < _ONE_STEP_DECREMENT * np.exp(0.5 * (floor - estimate))):
             return None
-        tilted = None
-        if self.keep_tilted and self.ie.rows.size * self.ie.d <= TILTED_KEEP_MAX and self._stash is not None:
-            tilted = self._tilted(self._stash[4], self._stash[5], self._stash[9])
+        tilted = self._tilted_if_kept(None if self._stash is None else self._stash[4:])
         u1, b1 = u + du, b + db
         if self.dense:
             u1, b1 = b1[:self.D.size], b1[self.D.size:]

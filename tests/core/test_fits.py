@@ -727,6 +727,38 @@ def test_poisson_intercepts_integrated_by_effect_sums_equal_the_row_expansion(mo
             np.testing.assert_allclose(getattr(a, part + "_sd"), sd, rtol=1e-3)
 
 
+@pytest.mark.parametrize("budget", [0.0, "two points"])
+def test_kept_tilted_moments_equal_the_rule_evaluated_again(monkeypatch, budget):
+    """The integration points keep their tilted moments within TILTED_KEEP_MAX numbers and the rest are
+    evaluated again by moments(): a fit on the exact route with nothing kept, or room for two points, equals
+    the fit that kept every point's (the same posterior, to where the inner modes' Newton stops)."""
+    from mglm_core import quadrature
+
+    rng = np.random.default_rng(11)
+    g = np.repeat(np.arange(40), 4)
+    data = pd.DataFrame({"g": g, "x": rng.normal(size=g.size)})
+    data["y"] = (rng.uniform(size=g.size) < 1 / (1 + np.exp(-(0.3 + 0.8 * data["x"] + rng.normal(0, 1.5, 40)[g]))))
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g)", data=data.astype({"y": float}), family="binomial")
+    kept = []
+    real = quadrature.NestedMarginal._tilted_if_kept
+    monkeypatch.setattr(quadrature.NestedMarginal, "_tilted_if_kept",
+                        lambda self, stash: kept.append(real(self, stash)) or kept[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        every = model.fit_laplace()
+        n_kept = sum(t is not None for t in kept)
+        size = 160 + 2 * 40
+        monkeypatch.setattr(quadrature, "TILTED_KEEP_MAX", 2 * size if budget == "two points" else budget)
+        kept.clear()
+        fewer = model.fit_laplace()
+    assert any("integrated exactly" in w for w in every.warnings) and n_kept >= 5
+    assert sum(t is not None for t in kept) == (2 if budget else 0)
+    for part in ("fe", "vcp", "vc"):
+        sd = getattr(every, part + "_sd")
+        assert np.all(np.abs(getattr(fewer, part + "_mean") - getattr(every, part + "_mean")) < 1e-4 * sd)
+        np.testing.assert_allclose(getattr(fewer, part + "_sd"), sd, rtol=1e-4)
+
+
 def test_poisson_intercepts_far_out_take_the_row_expansion():
     """Linear predictors beyond the exponential factors' bound (an offset of -700): the separable rule
     declines and the rows' own terms are used, with a finite value."""
