@@ -178,16 +178,16 @@ class EffectRows:
         if self.equal:
             out = np.matmul(X.reshape(self.m, self.most, -1), P if P.ndim == 3 else P[:, :, None])
             return out.reshape(X.shape[0], -1) if P.ndim == 3 else out.reshape(X.shape[0])
-        if P.ndim == 3:
-            return np.einsum("ik,ikd->id", X, P[self.local])
-        return np.einsum("ik,ik->i", X, P[self.local])
+        if P.ndim == 3:  # (np.take gathers rows of effects x nodes in half the time of P[self.local])
+            return np.einsum("ik,ikd->id", X, np.take(P, self.local, axis=0))
+        return np.einsum("ik,ik->i", X, np.take(P, self.local, axis=0))
 
     def scaled(self, X, P):
         r""":math:`X_{ik} P_{jk}` for every row i of effect j (rows x nodes; ``P`` effects x nodes)."""
         X = _dense(X)
         if self.equal:
             return (X.reshape(self.m, self.most, -1) * P[:, None, :]).reshape(X.shape)
-        return X * P[self.local]
+        return X * np.take(P, self.local, axis=0)
 
     def sum_log(self, Q, run):
         r""":math:`\sum_{i \in j} \log Q_{ik}` as the logarithms of products over runs of at most
@@ -355,7 +355,7 @@ def _adaptive_rule(family, y, trials, a, z, local, group, u0, sc, prec, x, logw,
                 E = (np.exp(sc[:, None] * x)[:, None, :]
                      * np.exp(c).reshape(rows.m, rows.most)[:, :, None]).reshape(c.size, x.size)
             elif unit_z:
-                E = np.exp(sc[:, None] * x)[local] * np.exp(c)[:, None]
+                E = np.take(np.exp(sc[:, None] * x), local, axis=0) * np.exp(c)[:, None]
             else:
                 E = np.exp(c[:, None] + alpha[:, None] * x)
             terms = family.effect_terms(E, y, trials, rows, bound)
@@ -365,7 +365,7 @@ def _adaptive_rule(family, y, trials, a, z, local, group, u0, sc, prec, x, logw,
                 lw = N + (sc_y + base)[:, None] + sa_y[:, None] * x - 0.5 * prec * U**2 + logw
                 eta = functools.partial(_linear_nodes, c, (alpha,), (x,))
     if lw is None:
-        eta = a[:, None] + z[:, None] * U[local]
+        eta = a[:, None] + z[:, None] * np.take(U, local, axis=0)
         ll, S, W = family.row_terms(y, eta, trials)
         lw = group @ ll - 0.5 * prec * U**2 + logw
     log_I, pi = _tilted_weights(lw)
@@ -1566,11 +1566,11 @@ class NestedMarginal:
                 nodes = self._nodes(uD, fe, ie.precision(vcp), self.rule_at(vcp), fam)
             _, _, _, pi, S, _, eta = nodes
         m, v, c = fam.effect_moments(self._y, eta, self._tr)
-        P = pi[ie.local]  # rows x nodes
+        P = np.take(pi, ie.local, axis=0)  # rows x nodes
         mu = np.einsum("ik,ik->i", P, m)
         tau = np.maximum(np.einsum("ik,ik->i", P, v + m**2) - mu**2, 0.0)
         dev = S - np.einsum("ik,ik->i", P, S)[:, None]
-        g = (np.einsum("ik,ikp->ip", P * (m - mu[:, None]), self._effect_sums_x(dev)[ie.local])
+        g = (np.einsum("ik,ikp->ip", P * (m - mu[:, None]), np.take(self._effect_sums_x(dev), ie.local, axis=0))
              + np.einsum("ik,ik->i", P, c)[:, None] * self.Xp)
         return mu, tau + np.einsum("ip,pq,iq->i", g, fe_cov, g)
 
@@ -1582,7 +1582,16 @@ class NestedMarginal:
             return np.zeros((self.ie.m, dev.shape[1], 0))
         if isinstance(dev, SeparableRows):
             return dev.effect_sums(self.group, self.Xp)
-        return np.stack([self.group @ (dev * self.Xp[:, [t]]) for t in range(p)], axis=2)
+        return np.stack([G @ dev for G in self._group_x], axis=2)
+
+    @functools.cached_property
+    def _group_x(self):
+        r"""The effects x rows matrices :math:`G_t`, :math:`(G_t)_{ji} = x_{it}` for the rows i of effect j (the
+        pattern of :attr:`group`, one per column of X): :math:`G_t\,dev` sums :math:`dev_{ik} x_{it}` over each
+        effect's rows without a rows x nodes product (a million rows by 12 nodes: 35 ms each)."""
+        G = self.group
+        return [sp.csr_matrix((self.Xp[G.indices, t], G.indices, G.indptr), shape=G.shape)
+                for t in range(self.model.k_fep)]
 
     @functools.cached_property
     def _moment_layout(self):
