@@ -168,10 +168,17 @@ class EffectRows:
             return x.reshape(self.m, self.most).max(axis=1)
         return self._place(np.maximum.reduceat(x, self.starts), -np.inf)
 
-    def weighted(self, X, P):
+    def weighted(self, X, P, *more):
         r""":math:`\sum_k X_{ik} P_{jk\cdot}` for every row i of effect j: ``X`` rows x nodes, ``P`` effects x
         nodes (rows out) or effects x nodes x d (rows x d out). Equal-sized effects: batched products over
-        the reshaped rows, without gathering P to rows x nodes; :class:`SeparableRows` by their parts."""
+        the reshaped rows, without gathering P to rows x nodes; :class:`SeparableRows` by their parts.
+        With ``more`` arrays like ``X``, the list of their sums with the same ``P`` (one gather of P)."""
+        if more:
+            Xs, rows_P = (X,) + more, None
+            if not self.equal and P.ndim == 2 and not all(isinstance(X_, SeparableRows) for X_ in Xs):
+                rows_P = np.take(P, self.local, axis=0)
+            return [self.weighted(X_, P) if rows_P is None or isinstance(X_, SeparableRows)
+                    else np.einsum("ik,ik->i", X_, rows_P) for X_ in Xs]
         if isinstance(X, SeparableRows) and P.ndim == 2:
             return X.weighted(P)
         X = _dense(X)
@@ -1699,8 +1706,7 @@ class NestedMarginal:
             value += -0.5 * float(vcp @ vcp) / model.vcp_p**2 - 0.5 * vcp.size * np.log(2.0 * np.pi * model.vcp_p**2)
             if hessian is None:  # the value alone (line searches)
                 return value, None, None, None, None, None
-            Es = ie.effect_rows.weighted(S, pi)
-            Ew = ie.effect_rows.weighted(W, pi)
+            Es, Ew = ie.effect_rows.weighted(S, pi, W)
             g_fe = self.Xp.T @ Es - fe / model.fe_p**2
             # (the dense layout's dense copies: a sparse product's overhead is most of its time here)
             g_D = (self.ZDp_d.T @ Es if self.dense else self.ZDpT @ Es) - prec_D * uD

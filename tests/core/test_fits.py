@@ -637,6 +637,9 @@ def test_effect_rows_sums_and_log_products(sizes):
     np.testing.assert_allclose(rows.weighted(Q, P), np.sum(Q * P[local], axis=1), rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(rows.weighted(Q, P3), np.einsum("ik,ikd->id", Q, P3[local]), rtol=1e-13, atol=1e-14)
     np.testing.assert_array_equal(rows.scaled(Q, P), Q * P[local])
+    Q2 = rng.normal(size=Q.shape)  # (several arrays with one P: each as alone)
+    for got, X in zip(rows.weighted(Q, P, Q2), (Q, Q2)):
+        np.testing.assert_array_equal(got, rows.weighted(X, P))
     with pytest.raises(ValueError, match="sorted by effect"):
         EffectRows(local[::-1], n.size)
 
@@ -659,6 +662,8 @@ def test_separable_rows_by_their_parts_equal_the_expanded_array():
         D = np.asarray(X)
         np.testing.assert_allclose(D, (A[:, None] if np.ndim(a) else 0.0) + B[:, None] * Q[local], rtol=1e-15)
         np.testing.assert_allclose(EffectRows(local, m).weighted(X, P), np.sum(D * P[local], axis=1), rtol=1e-13)
+        for got, X_ in zip(EffectRows(local, m).weighted(X, P, D), (X, D)):  # (with a dense array, one P)
+            np.testing.assert_allclose(got, np.sum(D * P[local], axis=1), rtol=1e-13)
         sums = np.stack([group @ (D * Y[:, [t]]) for t in range(3)], axis=2)  # effects x nodes x 3
         np.testing.assert_allclose(X.effect_sums(group, Y), sums, rtol=1e-12, atol=1e-14)
         d = sums * np.sqrt(P)[:, :, None]
