@@ -536,6 +536,7 @@ class AppState(param.Parameterized):
     debounce = param.Number(default=0.05, doc="Seconds to wait after the last change before a live refit.")
     quiet_fit_seconds = param.Number(default=0.3, doc="A fit shows its progress once it has run this long.")
     live_limit = param.Integer(default=LIVE_FIT_LIMIT)
+    progress_seconds = param.Number(default=0.1, doc="A fit's progress is shown at most once in this many seconds.")
     live_seconds = param.Number(default=1.5, doc="A model whose last fit took longer refits only on the Fit button.")
 
     _SPEC_KEYS = ["response", "trials", "fixed_numeric", "fixed_factors", "groups", "slopes", "offset", "family",
@@ -822,7 +823,7 @@ class AppState(param.Parameterized):
             await self.fit_async()
 
     def _progress_reporter(self, request):
-        """A callback for the fitting thread: hands the fraction (at most ten times a second) to the
+        """A callback for the fitting thread: hands the fraction (at most once in :attr:`progress_seconds`) to the
         session's event loop, which shows it once the fit has been running visibly."""
         loop = asyncio.get_running_loop()
         last = {"t": 0.0, "pct": -1}
@@ -834,7 +835,7 @@ class AppState(param.Parameterized):
 
         def report(fraction, message):
             now, pct = time.monotonic(), int(100 * fraction)
-            if pct != last["pct"] and (now - last["t"] >= 0.1 or pct == 100):
+            if pct != last["pct"] and (now - last["t"] >= self.progress_seconds or pct == 100):
                 last.update(t=now, pct=pct)
                 loop.call_soon_threadsafe(show, pct, message)
 

@@ -295,6 +295,7 @@ def test_long_fit_reports_progress_through_the_event_loop():
     st.load_demo("grouseticks", fit=False)
     st.spec.method = "laplace"
     st.quiet_fit_seconds = 0.0  # show progress at once
+    st.progress_seconds = 0.0  # every change (the fit takes 0.1-0.3 s, as long as the default interval or less)
     seen = []
     st.fit.param.watch(lambda e: seen.append((e.new, st.fit.message)), "progress")
     asyncio.run(st.fit_async())
