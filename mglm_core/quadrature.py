@@ -254,7 +254,7 @@ class SeparableRows:
     def __getitem__(self, rows):
         """The expanded rows ``rows`` (an index array or a slice)."""
         A = self.A[rows][:, None] if np.ndim(self.A) else self.A
-        return A + self.B[rows][:, None] * self.Q[self.local[rows]]
+        return A + self.B[rows][:, None] * np.take(self.Q, self.local[rows], axis=0)
 
     def __neg__(self):
         return SeparableRows(-self.A, -self.B, self.Q, self.local)
