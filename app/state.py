@@ -512,6 +512,8 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
     try:
         ft = adapter.fe_table(res)
         big = ft.index[(ft["mean"].abs() > 8) | (ft["sd"] > 5)]
+        separated = getattr(res.model, "separation", None)  # (the library's warning names those columns)
+        big = [b for b in big if separated is None or str(b) not in separated.columns]
         if len(big):
             words = "success/failure" if family == "binomial" else "zero/non-zero counts"
             out.append("Very large or very uncertain coefficients (" + ", ".join(map(str, big)) +

@@ -13,8 +13,8 @@ import scipy.sparse as sp
 
 from .errors import DataError, DataWarning
 
-__all__ = ["as_endog", "as_exog", "as_exog_vc", "as_ident", "as_names", "as_row_vector", "check_count",
-           "check_family_data", "check_nonnegative", "check_positive"]
+__all__ = ["as_endog", "as_exog", "as_exog_vc", "as_ident", "as_names", "as_row_vector", "check_aligned",
+           "check_components_nonzero", "check_count", "check_family_data", "check_nonnegative", "check_positive"]
 
 
 def _describe(values, limit=5):
@@ -48,6 +48,28 @@ def as_row_vector(x, name, n=None) -> np.ndarray:
             f"`{name}` must be finite; got {int(bad.sum())} NaN/inf value(s), the first at row {i}."
         )
     return arr
+
+
+def check_aligned(**arguments):
+    """Raise DataError where pandas arguments (Series or DataFrames, given by name in order, the first the
+    reference) carry row indexes that differ: rows are matched by position, as statsmodels requires, and
+    a shuffled index would pair one row's response with another's covariates without any sign."""
+    indexed = [(name, value.index) for name, value in arguments.items()
+               if isinstance(value, (pd.Series, pd.DataFrame))]
+    if len(indexed) < 2:
+        return
+    ref_name, ref = indexed[0]
+    for name, index in indexed[1:]:
+        if index.equals(ref):
+            continue
+        if len(index) != len(ref):  # (the row counts are checked, with their own message, where converted)
+            continue
+        pos = int(np.flatnonzero(np.asarray(index != ref))[0])
+        at, at_ref = (v.item() if isinstance(v, np.generic) else v for v in (index[pos], ref[pos]))
+        raise DataError(
+            f"`{name}` must have the same row index as `{ref_name}` (rows are matched by position); got indexes "
+            f"that differ, first at position {pos}: {at!r} against {at_ref!r}. Reorder one like the "
+            f"other (e.g. `{name}.loc[{ref_name}.index]`) or pass arrays.")
 
 
 def as_endog(endog) -> np.ndarray:
@@ -171,6 +193,21 @@ def as_exog_vc(exog_vc, n):
         raise DataError("`exog_vc` must be finite; got NaN/inf entries.")
     Z.eliminate_zeros()
     return Z
+
+
+def check_components_nonzero(Z, ident, vcp_names):
+    """Raise DataError where every column of a variance component is zero in ``Z`` (``exog_vc``): no row
+    carries its effects, so the data say nothing of its SD and the fit would report the prior as its
+    posterior (an all-zero slope column, a grouping factor missing from every kept row)."""
+    if Z.shape[1] == 0:
+        return
+    used = np.bincount(ident[Z.indices], minlength=len(vcp_names)) if Z.nnz else np.zeros(len(vcp_names))
+    empty = [vcp_names[c] for c in np.flatnonzero(used == 0)]
+    if empty:
+        raise DataError(
+            f"every variance component must have a nonzero entry in `exog_vc`; got none in the columns of "
+            f"{_describe(empty)}: no row carries those random effects (an all-zero slope?), so the data say "
+            "nothing of their SD. Leave the component out.")
 
 
 def as_ident(ident, q, vcp_names=None):

@@ -254,7 +254,8 @@ def _check_tokens(
                     f"{tok.start}; allowed are: "
                     + ", ".join(f"np.{f}" for f in NUMPY_FUNCTIONS)
                     + " and, as a contrast in C(x, ...), "
-                    + ", ".join(f"contr.{f}" for f in _CONTR_NAMES),
+                    + ", ".join(f"contr.{f}" for f in _CONTR_NAMES)
+                    + f" (a column whose name holds a dot, as R's data often have, is written in backticks: `{dotted}`)",
                     formula,
                     tok.start,
                     (attr.end if attr is not None else after.end) - tok.start,
@@ -1209,7 +1210,9 @@ class DesignSpec:
                     continue
                 mapped = s.astype(str).map(by_text)  # vectorised: the fitted level with the same text
                 new = mapped.where(mapped.notna() | s.isna(), s.astype(object)).astype(object)
-                if isinstance(dtype, pd.CategoricalDtype):
+                if isinstance(dtype, pd.CategoricalDtype) and not (mapped.isna() & s.notna()).any():
+                    # (with levels not seen in fitting the column stays plain: cast to the fitted categories they
+                    # would become missing, unseen_levels could not name them, and pandas deprecates the cast)
                     new = new.astype(dtype)
             else:
                 if (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)) and not isinstance(
@@ -1443,6 +1446,15 @@ def _check_numeric_arguments(formula: str, tokens: Sequence[_Token], df: pd.Data
                        "its levels, or convert the column to numbers", formula, t)
 
 
+def _is_number(text: str) -> bool:
+    """Whether ``text`` reads as a number (a formula's literal)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_fixed_names(formula: str, fixed_formula: str, spec: Any, columns: Iterable[str]) -> None:
     """Raise :class:`FormulaError` where a data column's name collides with a column formulaic makes
     (a column ``Intercept``, or ``h[T.b]`` beside the factor ``h``: pandas would keep one of the two
@@ -1461,7 +1473,10 @@ def _check_fixed_names(formula: str, fixed_formula: str, spec: Any, columns: Ite
                 formula,
             )
     cols = set(columns)
-    unread = [c for c in _names(_tokenize(fixed_formula)) if c in cols and c not in spec.required_variables]
+    # (numbers only: formulaic's required_variables lists `Sepal` for a backticked `Sepal.Length`, the
+    # name of an attribute access, and nothing for Q('Sepal.Length'), though both read the column)
+    unread = [c for c in _names(_tokenize(fixed_formula))
+              if c in cols and _is_number(c) and c not in spec.required_variables]
     if unread:
         raise FormulaError(
             f"a column in the fixed effects must have a name the formula does not read as a literal; got "

@@ -22,16 +22,28 @@ Three fits share one result type (:class:`~mglm_core.results.BayesMixedGLMResult
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import checks, laplace, nested, vb
 from .design import build_design
+from .errors import DataWarning
 from .families import get_family
 from .linalg import Symbolic, single_threaded_blas
 from .objectives import Elbo, LogJoint, VBPoint
 from .rowstats import RowData
+from .separation import find_separation
 
 __all__ = ["BayesMixedGLM", "BinomialBayesMixedGLM", "PoissonBayesMixedGLM", "MixedGLM"]
+
+
+def _own(arr):
+    """A read-only copy of ``arr`` for the model: the caller's array may change later, and the row data and
+    factorisation pattern are built once from the model's (a write into either would leave the fits behind)."""
+    out = np.array(arr)
+    out.flags.writeable = False
+    return out
 
 
 class BayesMixedGLM:
@@ -68,14 +80,26 @@ class BayesMixedGLM:
                  fep_names=None, vcp_names=None, vc_names=None, *, trials=None, offset=None,
                  design=None, chunk_rows=None):
         self.family = get_family(family)
-        self.endog = checks.as_endog(endog)
+        checks.check_aligned(endog=endog, exog=exog, exog_vc=exog_vc, trials=trials, offset=offset)
+        self.endog = _own(checks.as_endog(endog))
         n = self.endog.size
-        self.exog, self.fep_names = checks.as_exog(exog, n, fep_names)
+        exog, self.fep_names = checks.as_exog(exog, n, fep_names)
+        self.exog = _own(exog)
         self.exog_vc = checks.as_exog_vc(exog_vc, n)
-        self.ident, self.vcp_names = checks.as_ident(ident, self.exog_vc.shape[1], vcp_names)
-        self.trials = None if trials is None else checks.as_row_vector(trials, "trials", n)
-        self.offset = None if offset is None else checks.as_row_vector(offset, "offset", n)
+        ident, self.vcp_names = checks.as_ident(ident, self.exog_vc.shape[1], vcp_names)
+        self.ident = _own(ident)
+        checks.check_components_nonzero(self.exog_vc, self.ident, self.vcp_names)
+        self.trials = None if trials is None else _own(checks.as_row_vector(trials, "trials", n))
+        self.offset = None if offset is None else _own(checks.as_row_vector(offset, "offset", n))
         notes = checks.check_family_data(self.family, self.endog, self.trials)
+        # (a response all at one boundary has its own note, check_family_data's)
+        separation = None if notes else find_separation(self.exog, self.endog, self.trials, self.family.name,
+                                                         self.fep_names)
+        if separation is not None:
+            notes = [*notes, separation.message(self.family.name)]
+            warnings.warn(notes[-1], DataWarning, stacklevel=2)
+        #: the fixed effects' direction that only the prior bounds (:mod:`mglm_core.separation`), or None
+        self.separation = separation
         self.vcp_p = checks.check_prior_sd(vcp_p, "vcp_p")
         self.fe_p = checks.check_prior_sd(fe_p, "fe_p")
         self.k_fep, self.k_vc = self.exog.shape[1], self.exog_vc.shape[1]

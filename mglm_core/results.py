@@ -141,6 +141,11 @@ class BayesMixedGLMResults:
             object.__setattr__(self, "vcp_grid", VcpGrid(tuple(_read_only(x) for x in self.vcp_grid.points),
                                                          tuple(_read_only(x) for x in self.vcp_grid.density)))
 
+    def __setstate__(self, state):
+        # (unpickled and deep-copied arrays come back writable: read-only again, as a fresh result's)
+        self.__dict__.update(state)
+        self.__post_init__()
+
     # -- statsmodels-compatible attributes ---------------------------------------------------
     @property
     def params(self):

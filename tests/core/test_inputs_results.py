@@ -515,3 +515,107 @@ def test_compare_models_knows_which_rows_and_what_is_part_of_the_model():
     assert len(mg.compare_models({"offset": offset, "slope": slope})) == 2
     table = mg.compare_models({"without trials": bernoulli, "trials of one": ones})
     assert table["log_marginal_likelihood"].iloc[0] == pytest.approx(table["log_marginal_likelihood"].iloc[1], abs=1e-6)
+
+
+def test_pandas_arguments_on_other_rows_are_an_error_not_a_pairing_by_position():
+    """endog, exog and exog_vc as pandas objects must carry the same row index (statsmodels raises too): a
+    shuffled exog was paired by position and put the period-2 effect at -0.003 instead of -0.42."""
+    cl = load("cbpp_long")
+    Zdf = pd.get_dummies(cl.herd).astype(float)
+    Xdf = pd.DataFrame({"const": 1.0, "p2": (cl.period == "2").astype(float)}, index=cl.index)
+    shuffled = cl.sample(frac=1, random_state=1).index
+    ident = np.zeros(15, int)
+    with pytest.raises(mg.DataError, match=r"`exog` must have the same row index as `endog`.*position 0: 483 "
+                                           r"against 0.*exog.loc\[endog.index\]"):
+        mg.BinomialBayesMixedGLM(cl.y, Xdf.loc[shuffled], Zdf, ident)
+    with pytest.raises(mg.DataError, match="`exog_vc` must have the same row index as `endog`"):
+        mg.BinomialBayesMixedGLM(cl.y, Xdf, Zdf.loc[shuffled], ident)
+    aligned = mg.BinomialBayesMixedGLM(cl.y, Xdf, Zdf, ident).fit_vb()
+    realigned = mg.BinomialBayesMixedGLM(cl.y.loc[shuffled], Xdf.loc[shuffled], Zdf.loc[shuffled], ident).fit_vb()
+    np.testing.assert_allclose(realigned.fe_mean, aligned.fe_mean, rtol=1e-5)
+    assert aligned.fe_mean[1] < -0.3  # (the period-2 effect the pairing by position lost)
+    # arrays carry no index: taken by position, as before
+    mg.BinomialBayesMixedGLM(cl.y.to_numpy(), Xdf.loc[shuffled].to_numpy(), Zdf, ident)
+
+
+def test_unseen_levels_of_a_categorical_grouping_column_are_named_and_predict_at_the_population_level():
+    """A model fitted on a categorical column (as datasets.load gives) warns of new levels by name, as one fitted
+    on strings did; the new levels used to be cast to missing (a pandas deprecation) and go unreported."""
+    import warnings
+
+    cbpp = load("cbpp")
+    assert isinstance(cbpp.herd.dtype, pd.CategoricalDtype)
+    res = mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data=cbpp, family="binomial",
+                                        trials="size").fit_vb()
+    new = pd.DataFrame({"herd": ["99", "1"], "period": ["1", "1"]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = res.predict(new, random_effects=True)
+    messages = [str(w.message) for w in caught]
+    assert any("levels not seen in fitting" in m and "'99'" in m for m in messages), messages
+    assert not any(issubclass(w.category, (DeprecationWarning, FutureWarning)) or "deprecated" in str(w.message)
+                   for w in caught), messages
+    np.testing.assert_allclose(out[0], res.predict(new.iloc[:1])[0], rtol=1e-12)  # the population level
+    np.testing.assert_allclose(out[1], res.predict(cbpp.iloc[:1], random_effects=True)[0], rtol=1e-12)
+    assert res.model.design.spec.unseen_levels(new) == {"herd": ["99"]}
+
+
+def test_dotted_column_names_are_read_in_backticks_or_q():
+    """R's data have dotted names (Sepal.Length): backticks and Q() read them, a factor's too, with the same fit
+    as a plain name; a column named like a number is still refused (the formula reads the literal)."""
+    cbpp = load("cbpp")
+    x = np.random.default_rng(0).normal(size=len(cbpp))
+    data = cbpp.assign(**{"Sepal.Length": x, "plain": x, "per.iod": cbpp.period, "1": x})
+    base = mg.BayesMixedGLM.from_formula("incidence ~ plain + (1|herd)", data=data, trials="size").fit_map()
+    for formula in ("incidence ~ `Sepal.Length` + (1|herd)", "incidence ~ Q('Sepal.Length') + (1|herd)"):
+        fit = mg.BayesMixedGLM.from_formula(formula, data=data, trials="size").fit_map()
+        np.testing.assert_allclose(fit.fe_mean, base.fe_mean, rtol=1e-10)
+    periods = mg.BayesMixedGLM.from_formula("incidence ~ period + (1|herd)", data=data, trials="size").fit_map()
+    dotted = mg.BayesMixedGLM.from_formula("incidence ~ `per.iod` + (1|herd)", data=data, trials="size")
+    assert dotted.fep_names[1] == "per.iod[T.2]"
+    np.testing.assert_allclose(dotted.fit_map().fe_mean, periods.fe_mean, rtol=1e-10)
+    with pytest.raises(mg.FormulaError, match="reads as the number 1"):
+        mg.BayesMixedGLM.from_formula("incidence ~ `1` + (1|herd)", data=data, trials="size")
+    with pytest.raises(mg.FormulaError, match=r"attribute access 'Sepal.Length'.*backticks: `Sepal.Length`"):
+        mg.BayesMixedGLM.from_formula("incidence ~ Sepal.Length + (1|herd)", data=data, trials="size")
+
+
+def test_unpickled_and_copied_results_and_model_arrays_stay_read_only():
+    """Read-only survives pickling and deep copies (unpickled arrays came back writable, and a write changed
+    fe_table and vcp_density); a model keeps its own read-only copies of the data it was given."""
+    import copy
+    import pickle
+
+    cbpp = load("cbpp")
+    res = mg.BayesMixedGLM.from_formula("incidence ~ period + (1|herd)", data=cbpp, trials="size").fit_laplace()
+    for back in (pickle.loads(pickle.dumps(res)), copy.deepcopy(res)):
+        for arr in (back.fe_mean, back.vcp_grid.points[0], back.vcp_grid.density[0], back.extra["weights"]):
+            with pytest.raises(ValueError, match="read-only"):
+                arr[0] = 5.0
+        np.testing.assert_array_equal(back.fe_table()["mean"], res.fe_table()["mean"])
+    y, X = Y.copy(), X_COPY.copy()
+    model = mg.BayesMixedGLM(y, X, Z, IDENT)
+    fit = model.fit_map()
+    y[:] = 1.0 - y  # the caller's arrays change later: the model's do not
+    X[:, 1] = 0.0
+    for arr in (model.endog, model.exog, model.ident):
+        with pytest.raises(ValueError, match="read-only"):
+            arr[0] = 1
+    np.testing.assert_array_equal(model.fit_map().fe_mean, fit.fe_mean)
+
+
+X_COPY = X
+
+
+def test_a_component_without_any_nonzero_entry_is_an_error():
+    """An all-zero slope (or a component no row carries) was fitted silently, its prior reported as a
+    posterior; an all-zero exog column was already an error."""
+    with pytest.raises(mg.DataError, match=r"variance component must have a nonzero entry.*'herd:z'.*Leave the "
+                                           "component out"):
+        mg.BayesMixedGLM.from_formula("incidence ~ period + (1|herd) + (0 + z|herd)",
+                                      data=load("cbpp").assign(z=0.0), trials="size")
+    Z2 = sp.hstack([Z, sp.csr_matrix((N, 2))]).tocsr()
+    with pytest.raises(mg.DataError, match="got none in the columns of 'b'"):
+        mg.BayesMixedGLM(Y, X, Z2, ["a"] * 4 + ["b"] * 2)
+    # a column of a component that others carry is data (a level without rows): accepted
+    mg.BayesMixedGLM(Y, X, Z2, ["a"] * 3 + ["b"] + ["a"] * 2)

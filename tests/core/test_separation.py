@@ -1,0 +1,111 @@
+"""Separation: directions of the fixed effects that only the prior bounds (mglm_core.separation)."""
+import warnings
+
+import numpy as np
+import pytest
+
+import mglm_core as mg
+from mglm_core.datasets import load
+from mglm_core.separation import find_separation
+
+rng = np.random.default_rng(7)
+
+
+def _rises(X, y, trials, family, beta):
+    """Each row's log-likelihood term along t * beta, t from 0 to 50: rows that rise, rows that fall."""
+    eta = X @ beta
+    n = np.ones_like(y) if trials is None else trials
+    t = np.array([0.0, 50.0])[:, None]
+    if family == "binomial":
+        ll = y * (t * eta) - n * np.logaddexp(0.0, t * eta)
+    else:
+        ll = y * (t * eta) - np.exp(t * eta)
+    change = ll[1] - ll[0]
+    return int(np.sum(change > 1e-9)), int(np.sum(change < -1e-9))
+
+
+def test_complete_separation_by_a_covariate_is_found_with_a_direction_no_row_falls_along():
+    n = 300
+    x = rng.normal(size=n)
+    X = np.column_stack([np.ones(n), x])
+    y = (x > 0.3).astype(float)
+    sep = find_separation(X, y, None, "binomial", ["Intercept", "x"])
+    assert sep is not None and sep.columns == ("Intercept", "x")
+    assert sep.direction[1] > 0 and np.max(np.abs(sep.direction)) == 1.0
+    rise, fall = _rises(X, y, None, "binomial", sep.direction)
+    assert fall == 0 and rise == sep.strict_rows > 0
+    # one outcome flipped across the threshold: the MLE exists, no direction
+    y[np.argmin(np.abs(x - 1.0))] = 0.0
+    assert find_separation(X, y, None, "binomial", ["Intercept", "x"]) is None
+
+
+def test_quasi_separation_with_trials_and_a_poisson_level_without_counts():
+    cbpp = load("cbpp")
+    x = (cbpp.incidence > 0).to_numpy(float)
+    X = np.column_stack([np.ones(len(cbpp)), x])
+    y, size = cbpp.incidence.to_numpy(float), cbpp["size"].to_numpy(float)
+    sep = find_separation(X, y, size, "binomial", ["Intercept", "x"])
+    # the herds with cases have both outcomes (no change along it), the others only failures
+    np.testing.assert_allclose(sep.direction, [-1.0, 1.0])
+    assert _rises(X, y, size, "binomial", sep.direction) == (int(np.sum(x == 0)), 0) == (sep.strict_rows, 0)
+    period = np.column_stack([np.ones(len(cbpp))] + [(cbpp.period == k).to_numpy(float) for k in "234"])
+    assert find_separation(period, y, size, "binomial", ["I", "2", "3", "4"]) is None
+    g = rng.integers(0, 4, 400)
+    Xp = np.column_stack([np.ones(400)] + [(g == k).astype(float) for k in (1, 2, 3)])
+    counts = rng.poisson(2.0, 400).astype(float)
+    counts[g == 2] = 0.0
+    sep = find_separation(Xp, counts, None, "poisson", ["I", "g1", "g2", "g3"])
+    assert sep.columns == ("g2",) and sep.direction[2] == -1.0 and sep.strict_rows == int(np.sum(g == 2))
+
+
+@pytest.mark.parametrize("sample_rows", [100, 10_000])
+def test_sampled_rows_find_a_rare_separating_covariate_and_certify_the_rest(sample_rows):
+    """With more rows than the sample, a sample of full rank whose cone is {0} settles it; a rare covariate
+    (absent from the sample) and a threshold the sample's direction crosses are found by adding rows."""
+    n = 4000
+    x = rng.normal(size=n)
+    X = np.column_stack([np.ones(n), x])
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-x))).astype(float)
+    assert find_separation(X, y, None, "binomial", ["I", "x"], sample_rows=sample_rows) is None
+    rare = np.zeros(n)
+    rare[rng.choice(n, 6, replace=False)] = 1.0
+    y_rare = np.where(rare == 1.0, 1.0, y)
+    X3 = np.column_stack([X, rare])
+    sep = find_separation(X3, y_rare, None, "binomial", ["I", "x", "rare"], sample_rows=sample_rows)
+    assert sep.columns == ("rare",) and sep.strict_rows == 6
+    thresh = (x > 1.5).astype(float)
+    sep = find_separation(X, thresh, None, "binomial", ["I", "x"], sample_rows=sample_rows)
+    assert sep is not None and _rises(X, thresh, None, "binomial", sep.direction)[1] == 0
+
+
+def test_direction_follows_a_column_rescaled():
+    n = 200
+    x = rng.normal(size=n)
+    y = (x > 0).astype(float)
+    a = find_separation(np.column_stack([np.ones(n), x]), y, None, "binomial", ["I", "x"])
+    b = find_separation(np.column_stack([np.ones(n), 100.0 * x]), y, None, "binomial", ["I", "x"])
+    assert a.columns == b.columns
+    np.testing.assert_allclose(b.direction[1] * 100.0 / b.direction[0], a.direction[1] / a.direction[0],
+                               rtol=1e-6)
+
+
+def test_models_warn_of_separation_by_name_on_every_fit():
+    """cbpp with a predictor that marks the herds with cases: fit_laplace put the Intercept at -203 +- 29
+    (MCMC of the same model: -61 +- 42) without a word about it."""
+    cbpp = load("cbpp").assign(x=lambda d: (d.incidence > 0).astype(float))
+    with pytest.warns(mg.DataWarning, match=r"The fixed effects Intercept, x separate the outcomes.*\(Intercept -1, "
+                                            r"x \+1\).*fe_p"):
+        model = mg.BayesMixedGLM.from_formula("incidence ~ x + (1 | herd)", data=cbpp, trials="size")
+    assert model.separation.columns == ("Intercept", "x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for res in (model.fit_map(), model.fit_vb()):
+            assert any("separate the outcomes" in w for w in res.warnings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", mg.DataWarning)
+        plain = mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data=cbpp, trials="size")
+    assert plain.separation is None
+    # a response all at one boundary has its own note, not a second one
+    with pytest.warns(mg.DataWarning) as caught:
+        mg.BayesMixedGLM(np.zeros(20), np.ones((20, 1)), None, None)
+    assert [str(w.message).startswith("The response (endog) is all failures") for w in caught] == [True]
