@@ -176,7 +176,12 @@ def forest_plot(results, exp_scale: bool = False, truth: dict | None = None, fam
 
 # --------------------------------------------------------------------------- variance components
 def sd_density_data(res, name: str, n: int = 200) -> pd.DataFrame:
-    d = adapter.vcp_density(res, name, n=n)
+    """The SD's posterior density for plotting; no rows where the fit has none (a failed mode's NaN SDs:
+    the fit's warnings say why)."""
+    try:
+        d = adapter.vcp_density(res, name, n=n)
+    except adapter.MglmError:
+        return pd.DataFrame({"sd": np.zeros(0), "density": np.zeros(0), "component": name})
     return pd.DataFrame({"sd": d["sd"].to_numpy(float), "density": d["density"].to_numpy(float),
                          "component": name})
 

@@ -1625,6 +1625,10 @@ def build_design(
 
     # --- response and trials
     endog = _numeric_column(df, response.successes, "response")
+    if not np.all(np.isfinite(endog)):  # (before trials, which an infinite response would be blamed on)
+        i = int(np.flatnonzero(~np.isfinite(endog))[0])
+        raise DataError(f"the response `{response.successes}` must be finite; got {endog[i]:g} at row {i} "
+                        f"({int((~np.isfinite(endog)).sum())} row(s) in all).")
     if response.failures is not None:
         failures = _numeric_column(df, response.failures, "failures")
         neg = np.flatnonzero(failures < 0)

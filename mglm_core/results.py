@@ -240,12 +240,17 @@ class BayesMixedGLMResults:
             dens = np.interp(grid, x, d)
         else:
             m, s = self.vcp_mean[k], max(self.vcp_sd[k], 1e-12)
+            if not (np.isfinite(m) and np.isfinite(s)):
+                raise DataError(f"the posterior of `{self.vcp_names[k]}` has no density: its log-SD's mean and SD "
+                                f"are {m:g} and {s:g} (the fit's warnings say why); refit, e.g. with fit_laplace().")
             grid = np.linspace(m - 4.5 * s, m + 4.5 * s, n)
             dens = np.exp(-0.5 * ((grid - m) / s) ** 2) / (s * np.sqrt(2 * np.pi))
         sd = np.exp(grid)
         return pd.DataFrame({"sd": sd, "density": dens / sd})
 
     def _component_index(self, term):
+        if self.model.k_vcp == 0:
+            raise DataError(f"`term` must name a variance component, and this model has none; got {term!r}.")
         if isinstance(term, (int, np.integer)) and not isinstance(term, bool):
             if not 0 <= term < self.model.k_vcp:
                 raise DataError(f"`term` must be between 0 and {self.model.k_vcp - 1}; got {term}.")
@@ -382,6 +387,11 @@ class BayesMixedGLMResults:
                 eta = eta + Zn @ self.vc_mean
             if offset is not None:
                 eta = eta + offset_values(offset, eta.size, rows)
+        missing = np.isnan(eta)
+        if missing.any():  # (the fitting rows are complete: only new rows or a new offset have gaps)
+            warnings.warn(f"{int(missing.sum())} of {missing.size} predictions are NaN, from missing values in "
+                          "the new rows' fixed-effect columns or offset (the first at row "
+                          f"{int(np.flatnonzero(missing)[0])}).", DataWarning, stacklevel=2)
         return eta if linear else m.family.mean(eta)
 
     def __repr__(self):

@@ -228,6 +228,8 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
     # |g|^2 / 2 in these coordinates (Poisson counts of 2e4: terms of 2e5 a row round the sum at 1e-9, a
     # scaled gradient of 1.6e-4 is left): below a millionth of a nat, that is the optimum
     converged = max_grad <= 10 * gtol or ("ABNORMAL" in message and 0.5 * float(grad @ grad) < 1e-6)
+    if converged and max_grad > gtol:  # (L-BFGS stopped short of gtol, at its limit or line search, within 10 gtol)
+        message = f"{message}; the largest scaled gradient entry {max_grad:.2g} is within 10 x gtol: converged"
     msgs = []
     if not converged:
         msgs.append(f"Variational Bayes did not converge: largest scaled gradient entry {max_grad:.3g} "

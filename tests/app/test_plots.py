@@ -213,3 +213,20 @@ def test_messages_in_place_of_plots_are_centred_and_sd_densities_need_sds():
     assert st.fit_now() and not np.isfinite(st.fit.result.vcp_sd).any()
     el = plots.sd_density_plot(st.fit.result)
     assert isinstance(el, hv.Text) and "posterior SDs are unavailable" in el.text.replace("\n", " ")
+
+
+def test_a_fit_without_an_sd_density_plots_the_others(cbpp_state):
+    """A failed mode leaves NaN log-SD summaries: the library says it has no density (it returned NaN
+    silently), and the plot draws the other methods' curves instead of failing."""
+    import dataclasses
+
+    import mglm_core as mg
+
+    res = cbpp_state.fit.result
+    failed = dataclasses.replace(res, vcp_sd=np.array([np.nan]), vcp_grid=None)
+    with pytest.raises(mg.DataError, match="the posterior of `herd` has no density"):
+        failed.vcp_density("herd")
+    assert len(plots.sd_density_data(failed, "herd")) == 0
+    fig = hv.render(plots.sd_density_plot({"map": failed, "laplace": res}), backend="bokeh")
+    curves = [m.data for m in fig.select(type=ColumnDataSource) if "density" in m.data]
+    assert any(len(d["density"]) == 200 for d in curves)

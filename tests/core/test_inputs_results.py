@@ -229,7 +229,8 @@ def test_predict_brings_new_columns_to_the_fitted_kinds():
         res.predict(new.assign(YEAR=True))
     with pytest.raises(mg.DataError, match="column `cHEIGHT` in the new data must be numeric"):
         res.predict(new.assign(cHEIGHT=["a", "b", "c"]))
-    out = res.predict(new.assign(YEAR=["95", None, "97"]))
+    with pytest.warns(mg.DataWarning, match=r"1 of 3 predictions are NaN.*first at row 1"):
+        out = res.predict(new.assign(YEAR=["95", None, "97"]))
     assert np.isnan(out[1]) and np.allclose(out[[0, 2]], res.predict(new)[[0, 2]])
     # a missing grouping value: the population level for that row, said so (it was silent)
     with pytest.warns(mg.DataWarning, match=r"missing grouping value.*`LOCATION`: 1 row"):
@@ -619,3 +620,23 @@ def test_a_component_without_any_nonzero_entry_is_an_error():
         mg.BayesMixedGLM(Y, X, Z2, ["a"] * 4 + ["b"] * 2)
     # a column of a component that others carry is data (a level without rows): accepted
     mg.BayesMixedGLM(Y, X, Z2, ["a"] * 3 + ["b"] + ["a"] * 2)
+
+
+def test_an_infinite_response_is_named_not_blamed_on_trials():
+    cbpp = load("cbpp").assign(incidence=lambda d: d.incidence.astype(float))
+    cbpp.loc[3, "incidence"] = np.inf
+    with pytest.raises(mg.DataError, match=r"the response `incidence` must be finite; got inf at row 3"):
+        mg.BayesMixedGLM.from_formula("incidence ~ period + (1|herd)", data=cbpp, trials="size")
+
+
+def test_density_of_a_model_without_components_and_vb_at_its_iteration_limit_say_what_they_are():
+    y = np.r_[np.zeros(10), np.ones(10)]
+    res = mg.BayesMixedGLM(y, np.ones((20, 1)), None, None).fit_vb()
+    with pytest.raises(mg.DataError, match="this model has none; got 0"):
+        res.vcp_density(0)
+    model = mg.BayesMixedGLM.from_formula("incidence ~ period + (1|herd)", data=load("cbpp"), trials="size")
+    short, full = model.fit_vb(max_iter=1), model.fit_vb()
+    # converged by the gradient (within 10 gtol) though L-BFGS stopped at its limit: the message says both
+    assert short.converged and "ITERATIONS REACHED LIMIT" in short.diagnostics.message
+    assert "within 10 x gtol: converged" in short.diagnostics.message
+    np.testing.assert_allclose(short.fe_mean, full.fe_mean, atol=1e-3)
