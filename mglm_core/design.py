@@ -1199,8 +1199,9 @@ class DesignSpec:
                 if levels is None:
                     continue
                 by_text = {str(v): v for v in levels}
+                text = _level_text(s)
                 if strict:
-                    unseen = [v for v in pd.unique(s.dropna()) if str(v) not in by_text]
+                    unseen = list(pd.unique(s[text.notna() & ~text.isin(list(by_text))].dropna()))
                     if unseen:
                         raise DataError(
                             f"fixed-effect column `{col}` in the new data must take levels seen in fitting "
@@ -1208,7 +1209,7 @@ class DesignSpec:
                         )
                 if s.dtype == dtype or len(by_text) != len(levels):
                     continue
-                mapped = s.astype(str).map(by_text)  # vectorised: the fitted level with the same text
+                mapped = text.map(by_text)  # vectorised: the fitted level with the same text
                 new = mapped.where(mapped.notna() | s.isna(), s.astype(object)).astype(object)
                 if isinstance(dtype, pd.CategoricalDtype) and not (mapped.isna() & s.notna()).any():
                     # (with levels not seen in fitting the column stays plain: cast to the fitted categories they
@@ -1446,6 +1447,18 @@ def _check_numeric_arguments(formula: str, tokens: Sequence[_Token], df: pd.Data
                        "its levels, or convert the column to numbers", formula, t)
 
 
+def _level_text(s: pd.Series) -> pd.Series:
+    """The text of each value of ``s``, as a level's: whole floats as integers (95.0 -> "95"; a year column
+    becomes float when a merge brings missing values), missing values missing."""
+    if pd.api.types.is_float_dtype(s) and not isinstance(s.dtype, pd.CategoricalDtype):
+        v = s.to_numpy(dtype=float, na_value=np.nan)
+        whole = np.isfinite(v) & (v == np.round(v))
+        out = s.astype(str).astype(object)
+        out[whole] = [str(int(x)) for x in v[whole]]
+        return out.where(s.notna())
+    return s.astype(str).where(s.notna())
+
+
 def _is_number(text: str) -> bool:
     """Whether ``text`` reads as a number (a formula's literal)."""
     try:
@@ -1653,6 +1666,11 @@ def build_design(
             raise DataError(f"{label} must be finite; got non-finite values.")
 
     # --- fixed part (formulaic; the text has passed the safe-grammar check)
+    for col in _names(rhs):
+        if col in df.columns and (pd.api.types.is_datetime64_any_dtype(df[col])
+                                  or pd.api.types.is_timedelta64_dtype(df[col])):
+            raise DataError(f"fixed-effect column `{col}` must be numeric or categorical; got dtype {df[col].dtype}. "
+                            "Convert it, e.g. to days since a start or to the year as a factor.")
     _check_factor_levels(formula, rhs, df)
     _check_numeric_arguments(formula, rhs, df)
     try:

@@ -76,10 +76,20 @@ def _interval_from_grid(x, dens, probs=(0.025, 0.5, 0.975)):
 
 
 def _level(name, component):
-    """The level in a random effect's name: ``g[3]`` -> ``3``, ``a:C(v)[3]`` (a component's prefix) -> ``3``."""
-    if name.startswith(component + ":"):
+    """The level in a random effect's name: ``g[3]`` -> ``3``, ``a:C(v)[3]`` (a component's prefix) -> ``3``,
+    ``g[h[10]:x]`` -> ``h[10]:x`` (the bracket that matches the last one: a level may hold brackets)."""
+    if name.startswith(component + "["):
+        name = name[len(component):]
+    elif name.startswith(component + ":"):
         name = name[len(component) + 1:]
-    return name[name.rfind("[") + 1:-1] if name.endswith("]") and "[" in name else name
+    if not name.endswith("]"):
+        return name
+    depth = 0
+    for i in range(len(name) - 1, -1, -1):
+        depth += {"]": 1, "[": -1}.get(name[i], 0)
+        if depth == 0:
+            return name[i + 1:-1]
+    return name
 
 
 def _read_only(x):

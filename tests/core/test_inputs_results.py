@@ -640,3 +640,27 @@ def test_density_of_a_model_without_components_and_vb_at_its_iteration_limit_say
     assert short.converged and "ITERATIONS REACHED LIMIT" in short.diagnostics.message
     assert "within 10 x gtol: converged" in short.diagnostics.message
     np.testing.assert_allclose(short.fe_mean, full.fe_mean, atol=1e-3)
+
+
+def test_random_effect_levels_holding_brackets_keep_their_text():
+    cbpp = load("cbpp")
+    data = cbpp.assign(hh=("h[" + cbpp.herd.astype(str) + "]:x").astype(object))
+    res = mg.BayesMixedGLM.from_formula("incidence ~ period + (1|hh)", data=data, trials="size").fit_vb()
+    table = res.random_effects("hh", intervals=True)
+    assert set(table["level"]) == {f"h[{h}]:x" for h in cbpp.herd.astype(str)}
+    assert (table["term"] == "hh").all()
+
+
+def test_a_date_column_is_named_and_whole_floats_find_their_levels():
+    cbpp = load("cbpp").assign(t=pd.date_range("2020-01-01", periods=56))
+    with pytest.raises(mg.DataError, match=r"fixed-effect column `t` must be numeric or categorical; got dtype "
+                                           r"datetime64"):
+        mg.BayesMixedGLM.from_formula("incidence ~ t + (1|herd)", data=cbpp, trials="size")
+    # a year fitted as a category comes as 95.0 after a merge that brought missing values
+    g = load("grouseticks")
+    res = mg.PoissonBayesMixedGLM.from_formula("TICKS ~ YEAR + cHEIGHT + (1 | LOCATION)", None, g).fit_vb()
+    new = g.iloc[[0, 200, 300]]
+    as_float = new.assign(YEAR=new.YEAR.astype(str).astype(int).astype(float))
+    np.testing.assert_allclose(res.predict(as_float), res.predict(new), rtol=1e-12)
+    with pytest.raises(mg.DataError, match=r"column `YEAR`.*levels seen in fitting.*95.5"):
+        res.predict(as_float.assign(YEAR=[95.5, 96.0, 97.0]))
