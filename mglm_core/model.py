@@ -25,6 +25,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 
 from . import checks, laplace, nested, vb
 from .design import build_design
@@ -104,11 +105,13 @@ class BayesMixedGLM:
         self.fe_p = checks.check_prior_sd(fe_p, "fe_p")
         self.k_fep, self.k_vc = self.exog.shape[1], self.exog_vc.shape[1]
         self.k_vcp = len(self.vcp_names)
-        if vc_names is None:  # "<component>[<column>]", the column counted within the component
-            within = np.zeros(self.k_vc, dtype=np.int64)
+        if vc_names is None:  # "<component>[<column>]": a DataFrame's column name, else counted within the component
+            within = np.zeros(self.k_vc, dtype=object)
             for c in range(self.k_vcp):
                 cols = np.flatnonzero(self.ident == c)
                 within[cols] = np.arange(cols.size)
+            if isinstance(exog_vc, pd.DataFrame) and exog_vc.shape[1] == self.k_vc:
+                within = np.array([str(c) for c in exog_vc.columns], dtype=object)
             vc_names = [f"{self.vcp_names[self.ident[j]]}[{within[j]}]" for j in range(self.k_vc)]
         self.vc_names = checks.as_names(vc_names, self.k_vc, "vc_names", "column of exog_vc")
         self.vc_count = np.bincount(self.ident, minlength=self.k_vcp).astype(float)
@@ -126,6 +129,17 @@ class BayesMixedGLM:
                 f"`{name}` of a {type(self).__name__} must not be changed after it is built; got an assignment. "
                 "Build a new model (from_formula or the constructor with other arguments, or with_exog).")
         object.__setattr__(self, name, value)
+
+    @property
+    def exog_names(self):
+        """The fixed effects' names (statsmodels' models carry them under this name; ``fep_names`` here)."""
+        return list(self.fep_names)
+
+    @property
+    def endog_names(self):
+        """The response's name: the formula's response column, else ``"y"``."""
+        spec = getattr(self.design, "spec", None)
+        return getattr(spec, "response", None) or "y"
 
     def _blas(self):
         """BLAS threads for this model's fits: one unless a dense block is large."""

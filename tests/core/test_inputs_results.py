@@ -664,3 +664,15 @@ def test_a_date_column_is_named_and_whole_floats_find_their_levels():
     np.testing.assert_allclose(res.predict(as_float), res.predict(new), rtol=1e-12)
     with pytest.raises(mg.DataError, match=r"column `YEAR`.*levels seen in fitting.*95.5"):
         res.predict(as_float.assign(YEAR=[95.5, 96.0, 97.0]))
+
+
+def test_statsmodels_names_and_a_data_frames_columns_name_the_effects():
+    cl = load("cbpp_long")
+    Zdf = pd.get_dummies(cl.herd, prefix="herd").astype(float)
+    model = mg.BinomialBayesMixedGLM(cl.y, pd.DataFrame({"const": np.ones(len(cl))}), Zdf, np.zeros(15, int))
+    assert model.vc_names[:2] == ["VC_1[herd_1]", "VC_1[herd_2]"]
+    assert model.exog_names == ["const"] and model.endog_names == "y"
+    assert list(model.fit_vb().random_effects(intervals=True)["level"][:2]) == ["herd_1", "herd_2"]
+    formula = mg.BayesMixedGLM.from_formula("incidence ~ period + (1|herd)", data=load("cbpp"), trials="size")
+    assert formula.endog_names == "incidence" and formula.exog_names == formula.fep_names
+    assert mg.BayesMixedGLM(Y, X, Z, IDENT).vc_names[:2] == ["VC_1[0]", "VC_1[1]"]
