@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from . import checks, laplace, nested, vb
+from . import checks, laplace, nested, separated, vb
 from .design import build_design
 from .errors import DataWarning
 from .families import get_family
@@ -302,9 +302,13 @@ class BayesMixedGLM:
             raise checks.DataError(f"`vcp_bounds` must be two numbers (low, high); got {vcp_bounds!r}.") from None
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise checks.DataError(f"`vcp_bounds` must be finite with low < high; got {vcp_bounds!r}.")
+        callback = checks.check_callback(callback)
         with self._blas():
-            return nested.fit_laplace(self, tol=tol, vcp_bounds=(lo, hi), refine=bool(refine),
-                                      callback=checks.check_callback(callback))
+            if self.separation is not None:  # (the separating direction integrated numerically: mglm_core.separated)
+                return separated.fit_laplace_separated(
+                    self, self.separation, lambda m: nested.fit_laplace(m, tol=tol, vcp_bounds=(lo, hi),
+                                                                        refine=bool(refine)), callback)
+            return nested.fit_laplace(self, tol=tol, vcp_bounds=(lo, hi), refine=bool(refine), callback=callback)
 
     def with_exog(self, exog):
         """A copy of the model with another fixed-effects design (same everything else; the names of

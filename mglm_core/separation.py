@@ -14,7 +14,7 @@ binomial row with both outcomes, bounds its term on both sides). As :math:`X` ha
 some row is then strict (complete or quasi-complete separation; Albert & Anderson 1984). The random
 effects do not change the signs, so the fixed effects' posterior along :math:`\beta` is the prior's
 tail times a likelihood that levels off: one-sided, far from Gaussian, with a mean and SD set by
-``fe_p``. No Laplace or Gaussian approximation (nor MCMC's summary by mean and SD) describes it well.
+``fe_p``. No Gaussian approximation at a mode describes it: :mod:`mglm_core.separated` integrates along it.
 
 The directions satisfying the constraints form a polyhedral cone :math:`C`; separation is
 :math:`C \ne \{0\}`, decided by one linear programme (Konis 2007): maximise
@@ -50,11 +50,15 @@ class Separation:
         The fixed effects with a nonzero entry in ``direction``.
     strict_rows : int
         Rows whose term still rises along it (the others are unchanged).
+    dimension : int
+        The dimension of the cone of such directions (1: this direction alone; two levels of a factor
+        without events each: 2).
     """
 
     direction: np.ndarray
     columns: tuple
     strict_rows: int
+    dimension: int = 1
 
     def message(self, family_name: str) -> str:
         """The warning for this separation, in plain words."""
@@ -64,9 +68,9 @@ class Separation:
         return (f"The fixed effects {', '.join(self.columns)} separate {what}: along the direction ({terms}) "
                 f"the likelihood rises without bound ({self.strict_rows} rows rise, none falls), so only the prior "
                 "(fe_p) keeps these coefficients finite. Their posterior along it is one-sided and far from Gaussian: "
-                "means, SDs and intervals of these coefficients reflect fe_p more than the data, and no fit's "
-                "Gaussian summary is reliable there. Merge or drop the levels concerned, or choose fe_p as a "
-                "deliberate, informative prior.")
+                "fit_map's and fit_vb's Gaussian summaries of them are unreliable (fit_laplace integrates along it "
+                "numerically), and their means, SDs and intervals reflect fe_p more than the data. Merge or drop the "
+                "levels concerned, or choose fe_p as a deliberate, informative prior.")
 
 
 def _signs(y, trials, family_name):
@@ -169,6 +173,11 @@ def find_separation(X, y, trials, family_name, names, sample_rows=SAMPLE_ROWS, s
     size = float(np.abs(eta).max())
     if size == 0.0 or np.any(s[one] * eta[one] < -1e-6 * size) or np.any(np.abs(eta[mixed]) > 1e-6 * size):
         return None
-    strict = int(np.sum(s[one] * eta[one] > 1e-6 * size))
+    rises = s[one] * eta[one] > 1e-6 * size
     cols = tuple(str(names[j]) for j in np.flatnonzero(beta))
-    return Separation(direction=beta, columns=cols, strict_rows=strict)
+    # the cone's dimension: p less the rank of the rows held at zero along it (the rows with both outcomes and
+    # the one-sided rows that do not rise; exact where the direction is inside the cone, as the programme's
+    # maximiser of the rows' sum normally is)
+    held = np.concatenate([np.flatnonzero(mixed), one[~rises]])
+    rank = np.linalg.matrix_rank(Xs[held]) if held.size else 0
+    return Separation(direction=beta, columns=cols, strict_rows=int(rises.sum()), dimension=max(1, p - rank))
