@@ -100,7 +100,7 @@ def reader_call(path: str, df: pd.DataFrame | None = None) -> str:
 def read_upload(filename: str, content: bytes) -> pd.DataFrame:
     """Turn uploaded bytes into a DataFrame, or raise DataInputError with a plain message.
 
-    CSV (UTF-8, falling back to Latin-1 with a note), Parquet and Excel are read.
+    CSV (UTF-8, else Windows' cp1252 or Latin-1, with a note in ``df.attrs["note"]``), Parquet and Excel are read.
     """
     if content is None or len(content) == 0:
         raise DataInputError(f"The file {filename!r} is empty.")
@@ -115,12 +115,16 @@ def read_upload(filename: str, content: bytes) -> pd.DataFrame:
         elif kind == "excel":
             df = pd.read_excel(io.BytesIO(content))
         else:
+            encoding = None
             try:
                 text = content.decode("utf-8-sig")
             except UnicodeDecodeError as exc:
-                raise DataInputError(
-                    f"The file {filename!r} is not UTF-8 text (bad byte at position {exc.start}). "
-                    "Save it as CSV UTF-8 and upload it again.") from None
+                # Windows' Excel writes CSV in cp1252 (Latin-1 with a few more signs in 0x80-0x9f): read so, said so
+                encoding, bad = "cp1252", exc.start
+                try:
+                    text = content.decode(encoding)
+                except UnicodeDecodeError:
+                    encoding, text = "latin-1", content.decode("latin-1")
             if "\x00" in text:
                 raise DataInputError(f"The file {filename!r} looks binary, not a CSV text file.")
             df = pd.read_csv(io.StringIO(text))
@@ -136,6 +140,11 @@ def read_upload(filename: str, content: bytes) -> pd.DataFrame:
                                 df = comma
                                 df.attrs["read_csv"] = {"sep": sep, "decimal": ","}
                         break
+            if encoding is not None:
+                df.attrs["read_csv"] = {**df.attrs.get("read_csv", {}), "encoding": encoding}
+                df.attrs["note"] = (f"The file {filename!r} is not UTF-8 text (the byte at position {bad}); it was "
+                                    f"read as {'Windows' if encoding == 'cp1252' else 'Latin-1'} text ({encoding}), "
+                                    "as Excel on Windows writes CSV: check accented names in the tables.")
     except DataInputError:
         raise
     except ImportError as exc:

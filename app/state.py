@@ -43,6 +43,7 @@ class DataState(param.Parameterized):
         "Columns that could be numbers, treated as categorical (text columns always are); offered are the "
         "columns that read as numbers, R factors of numeric codes included."))
     version = param.Integer(default=0, doc="Incremented at every load; part of the fit cache key.")
+    note = param.String(default="", doc="How the file was read, where the user should know (an encoding).")
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -93,7 +94,7 @@ class DataState(param.Parameterized):
             self.param.categorical.objects = [c for c, ok in like.items() if ok]
             self.categorical = [str(c) for c in default_categorical(df) if like[str(c)]]
             self.param.update(df=df, dataset=name, source=source or name, reader=reader_call(source or name, df),
-                              version=self.version + 1)
+                              version=self.version + 1, note=str(df.attrs.get("note", "")))
 
 
 def quote_column(name: str) -> str:
@@ -365,7 +366,11 @@ def prepare_data(spec: ModelSpec, data: DataState) -> tuple[pd.DataFrame, int, n
     extra = [spec.trials, spec.offset]
     used = _used_columns(formula, data.columns, extra)
     sub = df[used].copy()
-    response, _, groups = formula_parts(formula)
+    response, fixed, groups = formula_parts(formula)
+    # a numeric column that groups and is also a number elsewhere (a fixed effect, log(size), the trials or the
+    # offset) stays numeric: the grouping term takes its levels by itself, as lme4's does; as a category it
+    # became 22 dummy coefficients in the fixed part, and "trials must be numeric"
+    elsewhere = set(fixed) | set(adapter.formula_columns(formula)[3]) | {c for c in extra if c}
     levels01 = binary_levels(sub[response]) if spec.family == "binomial" and response in sub else None
     if levels01 is not None:  # yes/no, True/False: the second level counts as a success
         s = sub[response]
@@ -375,7 +380,7 @@ def prepare_data(spec: ModelSpec, data: DataState) -> tuple[pd.DataFrame, int, n
         s = sub[c]
         if c == response and levels01 is not None:
             continue
-        if c not in groups and c in numeric:
+        if c in numeric and (c not in groups or c in elsewhere):
             if not is_numeric(s):  # numbers written as text, or a factor of numeric codes, treated as numbers
                 sub[c] = as_numeric(s)
         elif not isinstance(s.dtype, pd.CategoricalDtype):
@@ -882,7 +887,8 @@ class AppState(param.Parameterized):
         conv = "converged" if adapter.converged(res) else "NOT converged"
         self.fit.param.update(
             outcome=outcome, status="done", error="",
-            warnings=diagnostics(outcome, self.fit.n_dropped, outcome.request.family),
+            warnings=diagnostics(outcome, self.fit.n_dropped, outcome.request.family)
+            + ([self.data.note] if self.data.note else []),
             message=(f"{adapter.method_label(outcome.request.method)} fit of {outcome.request.formula} "
                      f"({outcome.request.family}) on {len(outcome.request.data):,} rows: {conv} in "
                      f"{outcome.seconds:.2f} s."))

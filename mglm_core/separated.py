@@ -170,8 +170,8 @@ def fit_laplace_separated(model, separation, fit, callback=None):
     vc_var = w @ np.array([r.vc_sd ** 2 for r in results]) + w @ (vc_m - vc_mean) ** 2
     sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
     best = int(np.argmax(w))
-    msgs = [f"The fixed effects' separating direction ({', '.join(separation.columns)}) was integrated numerically "
-            f"over {ts.size} points, each an integrated Laplace fit of the rest."]
+    msgs = [(f"The fixed effects' separating direction ({', '.join(separation.columns)}) was integrated numerically "
+             f"over {ts.size} points, each an integrated Laplace fit of the rest.")]
     msgs += [m for m in dict.fromkeys(dict(caught).get(ts[best], [])) if m not in model.notes]
     if separation.dimension > 1:  # (one direction integrated, the rest of the cone by the fits' Gaussians)
         msgs.append(f"The fixed effects are separated along {separation.dimension} independent directions; one was "

@@ -36,7 +36,7 @@ def test_methods_offered_from_library():
 
 @pytest.mark.parametrize("content, match", [
     (b"", "empty"),
-    (b"\xff\xfe\x00\x81bad,bytes\n\x90,\x91\n", "not UTF-8"),
+    (b"\xff\xfe\x00\x81bad,bytes\n\x90,\x91\n", "looks binary"),
     (b"onlyone\n1\n2\n", "only one column"),
     (b"a,b\n", "no data rows"),
 ])
@@ -52,8 +52,8 @@ def test_file_size_limit():
 
 def test_bad_upload_keeps_previous_result(cbpp_state):
     before = cbpp_state.fit.outcome
-    assert not cbpp_state.load_upload("bad.csv", b"\xff\xfe\xfa")
-    assert "not UTF-8" in cbpp_state.errors["data"]
+    assert not cbpp_state.load_upload("bad.csv", b"\xff\xfe\x00\xfa")
+    assert "looks binary" in cbpp_state.errors["data"]
     assert cbpp_state.fit.outcome is before
     assert cbpp_state.data.dataset == "cbpp"
 
@@ -694,3 +694,37 @@ def test_outcome_key_names_the_outcomes_a_marginal_likelihood_is_of():
               key("cbind(incidence, size) ~ period + (1 | herd)", trials=None),
               key(rows=np.arange(1, 56)), key(rows=np.r_[0, np.arange(2, 56)])]
     assert len({base, *others}) == 6
+
+
+def test_a_numeric_column_that_groups_stays_a_number_elsewhere(cbpp_state):
+    """(1 | size) beside size as a fixed effect, log(size) or the trials: the grouping term takes its levels,
+    the column stays numeric (one slope, as the library and lme4 fit it; it became 22 dummy coefficients, and
+    the trials 'must be numeric; got dtype category')."""
+    cbpp_state.spec.family = "poisson"
+    cbpp_state.spec.param.update(formula_text="incidence ~ period + size + (1 | herd) + (1 | size)")
+    assert cbpp_state.fit_now(), cbpp_state.errors
+    names = list(cbpp_state.fit.result.fe_names)
+    assert names[-1] == "size" and not any(n.startswith("size[") for n in names)
+    assert "size" in cbpp_state.fit.result.vcp_names
+    cbpp_state.spec.family = "binomial"
+    cbpp_state.spec.trials = "size"
+    cbpp_state.spec.param.update(formula_text="incidence ~ period + log(size) + (1 | herd) + (1 | size)")
+    assert cbpp_state.fit_now(), cbpp_state.errors
+    assert "log(size)" in list(cbpp_state.fit.result.fe_names)
+
+
+def test_a_windows_csv_is_read_as_cp1252_with_a_note(cbpp_state):
+    """Excel on Windows writes CSV in cp1252: it was refused ("not UTF-8"), though the reader promised a fallback;
+    it is read, the fit's notes say how, and the reproducible snippet reads it the same way."""
+    frame = load_demo("cbpp").assign(herd=lambda d: "É" + d.herd.astype(str))
+    content = frame.to_csv(index=False).encode("cp1252")
+    df = read_upload("excel.csv", content)
+    assert df["herd"].iloc[0] == "É1" and df.attrs["read_csv"]["encoding"] == "cp1252"
+    assert cbpp_state.load_upload("excel.csv", content, fit=False)
+    assert "encoding='cp1252'" in cbpp_state.data.reader
+    cbpp_state.spec.param.update(response="incidence", family="binomial", trials="size", groups=["herd"])
+    cbpp_state.spec.method = "vb"
+    assert cbpp_state.fit_now(), cbpp_state.errors
+    assert any("read as Windows text (cp1252)" in w for w in cbpp_state.fit.warnings)
+    cbpp_state.load_demo("cbpp", fit=False)
+    assert cbpp_state.data.note == ""
