@@ -108,6 +108,12 @@ class ModelEvidence:
     log_ml: float
     outcome_key: str
     categorical: str = ""
+    offset: str = ""  #: the offset column ("" for none): part of the model, not of the data compared
+
+    @property
+    def label(self) -> str:
+        """The formula, with the offset where there is one (models that differ only by it read alike)."""
+        return self.formula + (f" + offset({self.offset})" if self.offset else "")
 
 
 def outcome_key(outcome: FitOutcome) -> str:
@@ -143,7 +149,8 @@ def evidence(outcome: FitOutcome) -> ModelEvidence | None:
         return None
     return ModelEvidence(key=req.key, formula=req.formula, fe_p=req.fe_p, vcp_p=req.vcp_p,
                          n_params=len(res.fe_mean) + len(res.vcp_mean), log_ml=float(value),
-                         outcome_key=outcome_key(outcome), categorical=req.data_key.partition(":")[2])
+                         outcome_key=outcome_key(outcome), categorical=req.data_key.partition(":")[2],
+                         offset=req.offset or "")
 
 
 def fit(request: FitRequest, progress=None) -> FitOutcome:

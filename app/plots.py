@@ -31,7 +31,8 @@ def _base(height):
     return {**_BASE, "toolbar": "below"} if height < _COMPACT else _BASE
 
 
-_BASE = dict(responsive=True, toolbar="above", show_grid=True, fontscale=1.05)
+_BASE = dict(responsive=True, toolbar="above", show_grid=True, fontscale=1.05,
+             active_tools=["pan"])  # (no wheel zoom until chosen: the wheel scrolls the page past the plots)
 
 
 def _as_dict(results) -> dict:

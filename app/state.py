@@ -240,6 +240,12 @@ def _integer_codes(s: pd.Series) -> bool:
             and levels[-1] - levels[0] + 1 <= 1.25 * levels.size)
 
 
+def _whole_nonnegative(s: pd.Series) -> bool:
+    """Whether a numeric column holds counts: whole numbers from 0."""
+    v = s.dropna().to_numpy(dtype=float)
+    return v.size > 0 and bool(np.all(v >= 0) and np.all(v == np.round(v)))
+
+
 def binary_levels(s: pd.Series) -> tuple | None:
     """The two levels of a text or True/False column as (counted 0, counted 1): False/True, or the
     two texts in sorted order ("no" < "yes"); None for numbers or another number of levels."""
@@ -319,6 +325,10 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
         elif (y < 0).any():
             errors["response"] = (f"Response {response!r} has negative values (minimum {y.min():g}); "
                                   "Poisson counts must be 0 or more.")
+        elif (y.dropna() != np.round(y.dropna())).any():
+            first = y.dropna()[y.dropna() != np.round(y.dropna())].iloc[0]
+            errors["response"] = (f"Response {response!r} has values that are not whole numbers (e.g. {first:g}); "
+                                  "the Poisson family needs counts (0, 1, 2, ...). Is it an exposure or a rate?")
     if response in fixed or response in groups:
         errors["fixed"] = f"The response {response!r} cannot also be a predictor or a grouping factor."
     for col in fixed:
@@ -438,9 +448,9 @@ def model_comparison(models, outcome) -> tuple[pd.DataFrame, int]:
         same.append(current)
     log_ml = np.array([m.log_ml for m in same])
     log_bf, probability = adapter.bayes_factors(log_ml)
-    labels = [m.formula for m in same]
+    labels = [m.label for m in same]
     for i, m in enumerate(same):  # the same formula on another reading of the columns: say which
-        if sum(o.formula == m.formula and o.fe_p == m.fe_p and o.vcp_p == m.vcp_p for o in same) > 1:
+        if sum(o.label == m.label and o.fe_p == m.fe_p and o.vcp_p == m.vcp_p for o in same) > 1:
             labels[i] += f" [categorical: {m.categorical.replace(',', ', ') or 'none'}]"
     df = pd.DataFrame({
         "model": [label + (" (shown)" if m.key == current.key else "") for label, m in zip(labels, same)],
@@ -485,9 +495,14 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
     off = outcome.request.offset
     if off and off in outcome.request.data.columns:
         v = outcome.request.data[off].to_numpy(dtype=float)
-        if v.size and np.all(v >= 1) and np.all(v == np.round(v)) and v.max() >= 5:
+        # whole numbers from 1 (counts of days), or positive values spanning a factor of 3 up to 5 or more
+        # (person-time with decimals): an exposure; its logarithm would rarely be all positive and so spread
+        whole = np.all(v >= 1) and np.all(v == np.round(v))
+        spread = np.all(v > 0) and v.max() >= 3.0 * v.min()
+        if v.size and v.max() >= 5 and (whole or spread):
+            kind = "whole numbers" if whole else "all positive"
             out.append(f"The offset {off!r} enters the linear predictor as it is, and its values ({v.min():g} to "
-                       f"{v.max():g}, whole numbers) look like an exposure itself: for rates per unit of it, "
+                       f"{v.max():g}, {kind}) look like an exposure itself: for rates per unit of it, "
                        "use its logarithm (a column log(exposure)).")
     levels = getattr(outcome.request, "response_levels", None)
     if levels is not None:
@@ -627,7 +642,9 @@ class AppState(param.Parameterized):
         codes = [c for c in num if _integer_codes(as_numeric(df[c]))]  # herd 1..15: a factor stored as numbers
         binary = [c for c in num if set(pd.unique(df[c].dropna())) <= {0, 1}]
         binary += [c for c in cat if binary_levels(df[c]) is not None]  # yes/no, True/False
-        counts = [c for c in num if c not in codes] or num
+        # counts: whole numbers from 0, not factor codes (a decimal column is an exposure or a measurement)
+        whole = [c for c in num if _whole_nonnegative(as_numeric(df[c]))]
+        counts = [c for c in whole if c not in codes] or whole or [c for c in num if c not in codes] or num
         response = binary[0] if binary else (counts[0] if counts else (data.columns[0] if data.columns else None))
         fam = "binomial" if response in binary else "poisson"
         # the grouping factor: of the factors with 3 to n/2 levels, the one with most (herds rather than
@@ -889,8 +906,9 @@ class AppState(param.Parameterized):
             outcome=outcome, status="done", error="",
             warnings=diagnostics(outcome, self.fit.n_dropped, outcome.request.family)
             + ([self.data.note] if self.data.note else []),
-            message=(f"{adapter.method_label(outcome.request.method)} fit of {outcome.request.formula} "
-                     f"({outcome.request.family}) on {len(outcome.request.data):,} rows: {conv} in "
+            message=(f"{adapter.method_label(outcome.request.method)} fit of {outcome.request.formula}"
+                     + (f" + offset({outcome.request.offset})" if outcome.request.offset else "")
+                     + f" ({outcome.request.family}) on {len(outcome.request.data):,} rows: {conv} in "
                      f"{outcome.seconds:.2f} s."))
         if not self._rerun and outcome.request.key != self._current_key():
             # the model changed while this fit ran (a change that does not refit live only marked the

@@ -230,3 +230,14 @@ def test_a_fit_without_an_sd_density_plots_the_others(cbpp_state):
     fig = hv.render(plots.sd_density_plot({"map": failed, "laplace": res}), backend="bokeh")
     curves = [m.data for m in fig.select(type=ColumnDataSource) if "density" in m.data]
     assert any(len(d["density"]) == 200 for d in curves)
+
+
+def test_the_wheel_scrolls_the_page_not_the_plots(cbpp_state):
+    """HoloViews activated wheel zoom, so scrolling the page over a plot zoomed it out to negative SDs."""
+    from bokeh.models import WheelZoomTool
+
+    res = cbpp_state.fit.result
+    for element in (plots.forest_plot(res), plots.sd_density_plot(res), plots.caterpillar_plot(res, "herd")):
+        fig = hv.render(element, backend="bokeh")
+        assert not isinstance(fig.toolbar.active_scroll, WheelZoomTool)
+        assert any(isinstance(t, WheelZoomTool) for t in fig.tools)  # (still offered, when chosen)

@@ -428,6 +428,32 @@ def test_an_offset_that_looks_like_a_raw_exposure_is_pointed_out():
     st.spec.param.update(family="poisson", offset="logsize")
     assert st.fit_now(), st.errors
     assert not any("enters the linear predictor as it is" in w for w in st.fit.warnings)
+    # person-time with decimals (it passed: only whole numbers were checked); the status line names the offset
+    st.data.df = st.data.df.assign(years=st.data.df["size"] * 0.37)
+    st.data.version += 1
+    st.spec.update_columns(st.data)
+    st.spec.param.update(family="poisson", offset="years")
+    assert st.fit_now(), st.errors
+    assert any("'years' enters the linear predictor as it is" in w and "all positive" in w for w in st.fit.warnings)
+    assert "+ offset(years) (poisson)" in st.fit.message
+
+
+def test_models_that_differ_by_their_offset_are_told_apart_in_the_comparison():
+    from app.state import model_comparison
+
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    st.data.df = st.data.df.assign(logsize=np.log(st.data.df["size"]))
+    st.data.version += 1
+    st.spec.update_columns(st.data)
+    st.spec.param.update(family="poisson", method="laplace", offset="logsize")
+    assert st.fit_now(), st.errors
+    st.spec.offset = "(none)"
+    assert st.fit_now(), st.errors
+    table, _ = model_comparison(st.fit.models, st.fit.outcome)
+    labels = list(table["model"])
+    assert len(labels) == 2 and len(set(labels)) == 2
+    assert any("+ offset(logsize)" in label for label in labels)
 
 
 @pytest.mark.parametrize("values, expected", [
@@ -728,3 +754,17 @@ def test_a_windows_csv_is_read_as_cp1252_with_a_note(cbpp_state):
     assert any("read as Windows text (cp1252)" in w for w in cbpp_state.fit.warnings)
     cbpp_state.load_demo("cbpp", fit=False)
     assert cbpp_state.data.note == ""
+
+
+def test_an_upload_without_a_binary_column_guesses_its_counts_and_a_decimal_response_is_named():
+    """site, exposure (decimals), log_exposure, count: the guess took the decimal exposure as a Poisson response
+    and the library's "endog must be integer counts" came back as a failed fit."""
+    rng = np.random.default_rng(1)
+    exposure = rng.uniform(1.0, 50.0, 120).round(2)
+    frame = pd.DataFrame({"site": np.repeat([f"s{i}" for i in range(12)], 10), "exposure": exposure,
+                          "log_exposure": np.log(exposure), "count": rng.poisson(exposure / 5.0)})
+    st = AppState()
+    assert st.load_upload("rates.csv", frame.to_csv(index=False).encode(), fit=False)
+    assert st.spec.response == "count" and st.spec.family == "poisson" and st.spec.groups == ["site"]
+    st.spec.response = "exposure"
+    assert "not whole numbers (e.g. " in validate(st.spec, st.data)["response"]
