@@ -320,7 +320,7 @@ def test_bad_file_shows_message_and_keeps_result(page, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"\xff\xfe\xfa\x00\x81,\x82\n")
     page.locator("input[type=file]").first.set_input_files(str(bad))
-    page.get_by_text("is not UTF-8").first.wait_for(timeout=30_000)
+    page.get_by_text("looks binary, not a CSV").first.wait_for(timeout=30_000)
     again = wait_sources(page, ["term", "mean", "y"], lambda s: len(s["mean"]) == 4)
     assert again[0]["mean"] == forest[0]["mean"]
     assert page.console_errors == []
