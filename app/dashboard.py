@@ -303,7 +303,7 @@ class Dashboard(pn.viewable.Viewer):
         # ---- main: status and diagnostics
         status = pn.pane.Markdown(pn.bind(self._status_text, fit.param.message, fit.param.status),
                                   **STATUS, sizing_mode="stretch_width", margin=(0, 10))
-        diag = pn.pane.Alert(pn.bind(self._diag_text, fit.param.warnings), alert_type="warning",
+        diag = pn.pane.Alert(pn.bind(self._diag_text, fit.param.warnings, fit.param.status), alert_type="warning",
                              visible=pn.bind(bool, fit.param.warnings), sizing_mode="stretch_width",
                              css_classes=["alert-diagnostics"])
         self.header = pn.Column(status, pn.Row(progress.clone()), self._alert("fit"), diag,
@@ -374,13 +374,23 @@ class Dashboard(pn.viewable.Viewer):
             pn.pane.Markdown("### Model comparison"),
             pn.pane.Markdown(pn.bind(self._models_note, fit.param.models, outcome), **NOTE, margin=(0, 10)),
             models_table, clear_models, sizing_mode="stretch_width")
-        summary_tab = pn.Column(
+        # (the tables and exports are the shown result's: dimmed with the plots, and said so, while that is not
+        # the current model's; they exported the previous model without a word)
+        previous = pn.pane.Alert(pn.bind(self._previous_note, fit.param.status, outcome, st.data.param.version),
+                                 alert_type="warning", sizing_mode="stretch_width",
+                                 visible=pn.bind(lambda *_: not self.plots_current(), fit.param.status, outcome,
+                                                 st.data.param.version))
+        results_box = pn.Column(
             pn.pane.Markdown("### Fixed effects"), fe_table, pn.pane.Markdown("### Variance components (SD scale)"),
-            vc_table, models_box, pn.pane.Markdown("### Export"), downloads, html_downloads,
+            vc_table, sizing_mode="stretch_width", margin=0)
+        export_box = pn.Column(
+            pn.pane.Markdown("### Export"), downloads, html_downloads,
             pn.pane.Markdown("### Reproduce this fit in Python"), code,
             pn.widgets.FileDownload(callback=self._py, filename="refit_mglm.py", label="Download script",
-                                    variant="outline"),
-            sizing_mode="stretch_width", name="Summary & export")
+                                    variant="outline"), sizing_mode="stretch_width", margin=0)
+        self._plot_boxes += (results_box, export_box)
+        summary_tab = pn.Column(previous, results_box, models_box, export_box, sizing_mode="stretch_width",
+                                name="Summary & export")
 
         # ---- data preview
         self.data_download = pn.widgets.FileDownload(callback=self._csv_data, filename=self._data_file(),
@@ -606,10 +616,22 @@ class Dashboard(pn.viewable.Viewer):
         return f"{badge}{literal_markdown(message)}" if message else ""
 
     @staticmethod
-    def _diag_text(warnings):
+    def _diag_text(warnings, status=None):
         if not warnings:
             return ""
-        return "**Diagnostics**\n\n" + "\n".join(f"- {literal_markdown(w)}" for w in warnings)
+        # (after a failed fit or a change not fitted yet, the notes are the shown result's, not the model's)
+        title = ("**Diagnostics of the previous fit** (the one still shown)" if status in ("error", "stale")
+                 else "**Diagnostics**")
+        return title + "\n\n" + "\n".join(f"- {literal_markdown(w)}" for w in warnings)
+
+    def _previous_note(self, *_):
+        """Which model the Summary tab's tables and exports are of, while that is not the current one."""
+        oc = self.state.fit.outcome
+        if oc is None or self.plots_current():
+            return ""
+        return (f"These tables and exports are of the last fitted model, **{literal_markdown(oc.request.formula)}** "
+                f"({oc.request.family}, {adapter.method_label(oc.request.method)}), not of the current one: fit the "
+                "current model (or mend what the sidebar points out) to export it.")
 
     def _truth(self, truth, key):
         """The true values of a simulation, only for a result of the simulated data (while its fit runs,

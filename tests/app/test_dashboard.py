@@ -310,3 +310,19 @@ def test_the_data_tab_says_how_many_rows_its_table_shows():
     big = pd.DataFrame({"y": np.arange(1200) % 2, "g": np.arange(1200) % 30})
     d.state.load_frame(big, "big", fit=False)
     assert f"first {PREVIEW_ROWS} of the 1,200 rows" in note.object and len(table.value) == PREVIEW_ROWS
+
+
+def test_the_summary_tab_says_which_model_its_tables_and_exports_are_of():
+    """After a failed fit the Summary tab showed and exported the previous model at full brightness, and the
+    previous fit's diagnostics stood beside the ERROR badge as if they were the current model's."""
+    from app import Dashboard
+
+    d = Dashboard()
+    st = d.state
+    assert d._previous_note() == "" and d._diag_text(["a note"], "done").startswith("**Diagnostics**")
+    st.spec.param.update(formula_text="incidence ~ period + (1 | nosuchcolumn)")
+    assert st.fit.status in ("error", "stale") and not d.plots_current()
+    note = d._previous_note()
+    assert "last fitted model" in note and "period" in note and "herd" in note
+    assert {box.styles.get("opacity") for box in d._plot_boxes} == {"0.65"}
+    assert d._diag_text(["a note"], st.fit.status).startswith("**Diagnostics of the previous fit**")
