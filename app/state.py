@@ -329,8 +329,10 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
             first = y.dropna()[y.dropna() != np.round(y.dropna())].iloc[0]
             errors["response"] = (f"Response {response!r} has values that are not whole numbers (e.g. {first:g}); "
                                   "the Poisson family needs counts (0, 1, 2, ...). Is it an exposure or a rate?")
-    if response in fixed or response in groups:
-        errors["fixed"] = f"The response {response!r} cannot also be a predictor or a grouping factor."
+    if response in groups:
+        errors["groups"] = f"The response {response!r} cannot also be a grouping factor."
+    elif response in fixed:
+        errors["fixed"] = f"The response {response!r} cannot also be a predictor."
     for col in fixed:
         s = df[col]
         if col not in numeric:
@@ -341,7 +343,8 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
             elif k < 2:
                 errors["fixed"] = f"Fixed effect {col!r} has a single level; it cannot be estimated."
     if not groups:
-        errors["groups"] = "Choose at least one grouping factor for the random effects."
+        errors["groups"] = ("Add a random-effect term such as (1 | group) to the formula." if spec.use_formula
+                            else "Choose at least one grouping factor for the random effects.")
     for g in groups:
         if g not in cols:
             errors["groups"] = f"Grouping factor {g!r} is not a column of the data."
@@ -353,6 +356,10 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
             errors["groups"] = f"{s!r} cannot be both a grouping factor and a random slope."
     if spec.offset != NONE and spec.offset not in numeric:
         errors["fixed"] = f"Offset {spec.offset!r} must be numeric."
+    if spec.use_formula:  # (the typed formula's terms: said under it, not beside the Model card's unused widgets)
+        about = [errors.pop(k) for k in ("fixed", "groups") if k in errors]
+        if about:
+            errors["formula"] = " ".join(about)
     return errors
 
 

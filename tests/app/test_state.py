@@ -768,3 +768,17 @@ def test_an_upload_without_a_binary_column_guesses_its_counts_and_a_decimal_resp
     assert st.spec.response == "count" and st.spec.family == "poisson" and st.spec.groups == ["site"]
     st.spec.response = "exposure"
     assert "not whole numbers (e.g. " in validate(st.spec, st.data)["response"]
+
+
+def test_a_typed_formulas_problems_are_said_under_it():
+    """A typed formula without a random-effect term: the message stood beside the Model card's grouping widget,
+    which still showed herd, and told the user to choose one there."""
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    st.spec.param.update(formula_text="incidence ~ period")
+    errors = validate(st.spec, st.data)
+    assert "groups" not in errors and "Add a random-effect term such as (1 | group)" in errors["formula"]
+    st.spec.param.update(formula_text="incidence ~ period + (1 | incidence)")
+    assert "cannot also be a grouping factor" in validate(st.spec, st.data)["formula"]
+    st.spec.param.update(use_formula=False, groups=[])
+    assert "Choose at least one grouping factor" in validate(st.spec, st.data)["groups"]
