@@ -429,7 +429,7 @@ class Dashboard(pn.viewable.Viewer):
                                   sizing_mode="stretch_width", min_height=340, linked_axes=False),
                 pn.pane.HoloViews(pn.bind(self._compare_density, comparison, truth), sizing_mode="stretch_width",
                                   min_height=340, linked_axes=False),
-                pn.widgets.Tabulator(pn.bind(self._compare_table, comparison), **table_kw),
+                pn.widgets.Tabulator(pn.bind(self._compare_table, comparison), formatters=self._fmt(), **table_kw),
                 styles=pn.bind(lambda current: _BRIGHT if current else _DIMMED, fit.param.compare_current),
                 sizing_mode="stretch_width"),
             sizing_mode="stretch_width", name="Compare methods")
@@ -681,10 +681,13 @@ class Dashboard(pn.viewable.Viewer):
             return pd.DataFrame()
         frames = []
         for m, oc in comparison.items():
-            fe = plots.fe_summary(oc.result)[["term", "mean", "sd"]].rename(columns={"term": "parameter"})
+            fe = plots.fe_summary(oc.result)[["term", "mean", "sd"]].rename(
+                columns={"term": "parameter", "mean": "estimate"})
+            fe["estimate is"] = "posterior mean"
             vc = plots.vcp_summary(oc.result)[["component", "sd_estimate"]].rename(
-                columns={"component": "parameter", "sd_estimate": "mean"})
+                columns={"component": "parameter", "sd_estimate": "estimate"})
             vc["parameter"] = "SD(" + vc["parameter"] + ")"
+            vc["estimate is"] = "posterior median"  # (of the SD, as the SD plots mark it; it was headed "mean")
             df = pd.concat([fe, vc], ignore_index=True)
             df["method"] = plots.METHOD_NAMES.get(m, m)
             df["seconds"] = oc.seconds
@@ -728,7 +731,7 @@ class Dashboard(pn.viewable.Viewer):
         f = NumberFormatter(format="0.0000")
         return {c: f for c in ["mean", "sd", "lower_95", "upper_95", "exp_mean", "exp_lower_95", "exp_upper_95",
                                "sd_estimate", "sd_lower_95", "sd_upper_95", "log_sd_mean", "log_sd_sd", "log p(y)",
-                               "log BF vs best", "probability"]}
+                               "log BF vs best", "probability", "estimate"]} | {"seconds": NumberFormatter(format="0.000")}
 
     def _fe_df(self, outcome, exp_scale):
         return pd.DataFrame() if outcome is None else plots.fe_summary(outcome.result, exp_scale=exp_scale)

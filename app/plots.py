@@ -169,8 +169,10 @@ def forest_plot(results, exp_scale: bool = False, truth: dict | None = None, fam
         if ticks:
             extra["xticks"] = ticks
     return hv.Overlay(layers).opts(
-        hv.opts.Overlay(title="Fixed effects: posterior mean and 95 % interval" if height >= _COMPACT
-                        else "Fixed effects: mean, 95 % interval", xlabel=xlabel, ylabel="",
+        hv.opts.Overlay(title=(("Fixed effects: exp(posterior mean) and 95 % interval" if exp_scale else
+                                "Fixed effects: posterior mean and 95 % interval") if height >= _COMPACT
+                               else "Fixed effects: exp(mean), 95 % interval" if exp_scale
+                               else "Fixed effects: mean, 95 % interval"), xlabel=xlabel, ylabel="",
                         yticks=yticks, ylim=(-0.7, len(terms) - 0.3), logx=exp_scale, legend_position="bottom",
                         min_height=max(220, height), **extra, **_base(height)))
 

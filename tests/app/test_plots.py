@@ -241,3 +241,10 @@ def test_the_wheel_scrolls_the_page_not_the_plots(cbpp_state):
         fig = hv.render(element, backend="bokeh")
         assert not isinstance(fig.toolbar.active_scroll, WheelZoomTool)
         assert any(isinstance(t, WheelZoomTool) for t in fig.tools)  # (still offered, when chosen)
+
+
+def test_the_exp_scale_forest_says_it_shows_exp_of_the_mean(cbpp_state):
+    res = cbpp_state.fit.result
+    assert hv.render(plots.forest_plot(res, exp_scale=True), backend="bokeh").title.text.startswith(
+        "Fixed effects: exp(posterior mean)")
+    assert hv.render(plots.forest_plot(res), backend="bokeh").title.text.startswith("Fixed effects: posterior mean")

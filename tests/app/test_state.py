@@ -238,6 +238,10 @@ def test_compare_methods(cbpp_state):
     table = Dashboard._compare_table(out)
     notes = table.groupby("method")["notes"].first()
     assert "Degenerate mode" in notes["Laplace (MAP)"] and "Degenerate" not in notes["VB"]
+    # an SD's estimate is its posterior median (as the SD plots mark it), said so: it was headed "mean"
+    sd_row = table[(table["parameter"] == "SD(herd)") & (table["method"] == "VB")].iloc[0]
+    assert sd_row["estimate is"] == "posterior median"
+    assert sd_row["estimate"] == pytest.approx(out["vb"].result.vcp_table().loc["herd", "sd_median"])
 
 
 def test_snippet_refits_same_model(cbpp_state, tmp_path, monkeypatch):
