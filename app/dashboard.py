@@ -455,10 +455,13 @@ class Dashboard(pn.viewable.Viewer):
             pn.param.ParamFunction(pn.bind(self._caterpillar, outcome, view.param.re_term, view.param.re_search,
                                            view.param.re_top_k, truth, 260), lazy=True,
                                    sizing_mode="stretch_width", min_height=260),
-            sizing_mode="stretch_width")
+            sizing_mode="stretch_width", styles={"flex": "1 1 480px"}, min_width=300)
         self._plot_boxes += (teach_plots,)  # (dimmed with the others while they show another result)
         self._dim_plots()
-        teach_tab = pn.Row(sim_controls, teach_plots, sizing_mode="stretch_width", name="Teaching")
+        # (a FlexBox: on a narrow screen or a projector the plots go below the controls, at full width; beside
+        # them they were squeezed to 70 px at 800 px)
+        teach_tab = pn.FlexBox(sim_controls, teach_plots, flex_wrap="wrap", align_items="flex-start",
+                               sizing_mode="stretch_width", name="Teaching")
 
         self.tabs = pn.Tabs(fe_tab, vc_tab, re_tab, summary_tab, data_tab, compare_tab, teach_tab,
                             sizing_mode="stretch_width", dynamic=True, stylesheets=[
@@ -482,7 +485,7 @@ class Dashboard(pn.viewable.Viewer):
     def _dim_plots(self, *_):
         style = _BRIGHT if self.plots_current() else _DIMMED
         for box in self._plot_boxes:
-            box.styles = style
+            box.styles = {**box.styles, **style}  # (a box's own styles kept: the Teaching plots' flex basis)
 
     def _column_widget(self, cls, obj, pname: str, **kw):
         """A widget for a parameter whose options (data columns) change with the data.
