@@ -160,6 +160,13 @@ def read_upload(filename: str, content: bytes) -> pd.DataFrame:
     df.columns = [str(c).strip() for c in df.columns]
     if len(set(df.columns)) != len(df.columns):
         raise DataInputError(f"The file {filename!r} has repeated column names.")
+    # pandas renames a repeated header (a, a -> a, a.1): said so, as the reader's rename is not the file's name
+    names = set(df.columns)
+    renamed = [c for c in df.columns if "." in c and c.rsplit(".", 1)[1].isdigit() and c.rsplit(".", 1)[0] in names]
+    if renamed and kind != "parquet":  # (CSV and Excel headers are renamed by the reader)
+        note = (f"The file {filename!r} repeats column names; the repeats were renamed "
+                f"{', '.join(repr(c) for c in renamed[:5])}.")
+        df.attrs["note"] = " ".join(filter(None, [df.attrs.get("note", ""), note]))
     return df
 
 

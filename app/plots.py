@@ -254,11 +254,15 @@ def sd_density_plot(results, truth: dict | None = None, components: list[str] | 
     ylim = {}
     if spikes.any() and ymax > 0:
         ylim = {"ylim": (-ymax * (0.1 + 0.05 * max(k for *_, k in curves)), 1.15 * ymax)}
+    from bokeh.models import CustomJSTickFormatter
+
+    # (the intervals sit below the axis's zero: no density there, so no tick labels below it either)
+    no_negative = CustomJSTickFormatter(code="return tick < 0 ? '' : String(+tick.toPrecision(6));")
     return hv.Overlay(layers).opts(hv.opts.Overlay(
         title="Random-effect SDs: posterior density, median and 95 % interval" if height >= _COMPACT
         else "Random-effect SDs: posterior density", xlabel="standard deviation",
-        ylabel="density", legend_position="top_right", min_height=max(220, height), **ylim,
-        **_base(height)))
+        ylabel="density", legend_position="top_right", min_height=max(220, height), yformatter=no_negative,
+        **ylim, **_base(height)))
 
 
 # --------------------------------------------------------------------------- caterpillar

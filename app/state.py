@@ -492,6 +492,7 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
         # the library's advice in the dashboard's words (its methods are chosen in the sidebar)
         w = w.replace("Use fit_laplace() (the integrated method)", "Choose the Integrated Laplace method")
         w = w.replace("Use fit_map() or fit_vb()", "Choose the Laplace (MAP) or VB method")
+        w = w.replace("The response (endog)", "The response")  # (statsmodels' name, not the dashboard's)
         if w not in out:
             out.append(w)
     if n_dropped:

@@ -248,3 +248,11 @@ def test_the_exp_scale_forest_says_it_shows_exp_of_the_mean(cbpp_state):
     assert hv.render(plots.forest_plot(res, exp_scale=True), backend="bokeh").title.text.startswith(
         "Fixed effects: exp(posterior mean)")
     assert hv.render(plots.forest_plot(res), backend="bokeh").title.text.startswith("Fixed effects: posterior mean")
+
+
+def test_the_sd_density_axis_labels_no_negative_densities(cbpp_state):
+    from bokeh.models import CustomJSTickFormatter
+
+    fig = hv.render(plots.sd_density_plot(cbpp_state.fit.result), backend="bokeh")
+    formatter = fig.yaxis[0].formatter
+    assert isinstance(formatter, CustomJSTickFormatter) and "tick < 0 ? ''" in formatter.code

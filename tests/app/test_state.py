@@ -786,3 +786,10 @@ def test_a_typed_formulas_problems_are_said_under_it():
     assert "cannot also be a grouping factor" in validate(st.spec, st.data)["formula"]
     st.spec.param.update(use_formula=False, groups=[])
     assert "Choose at least one grouping factor" in validate(st.spec, st.data)["groups"]
+
+
+def test_a_repeated_header_is_said_to_be_renamed():
+    df = read_upload("dup.csv", b"a,a,b\n1,2,3\n4,5,6\n")
+    assert list(df.columns) == ["a", "a.1", "b"]
+    assert "repeats column names; the repeats were renamed 'a.1'" in df.attrs["note"]
+    assert "note" not in read_upload("ok.csv", b"a,b\n1,2\n3,4\n").attrs
