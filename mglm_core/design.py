@@ -282,6 +282,11 @@ def _check_tokens(
                 i += 2
                 continue
             if after is not None and after.text == "=":
+                second = nxt(i + 2)
+                if second is not None and second.text == "=" and second.start == after.end:
+                    raise _err(f"comparison '{name} ==' is not allowed (the formula grammar has no comparisons); "
+                               "make the indicator a column of the data (df['big'] = df['size'] == 15) and use it",
+                               formula, after)
                 if name == "levels" and inside("C"):
                     i += 2
                     continue

@@ -338,6 +338,7 @@ REJECTED = {
     "y ~ os.system('ls')": r"attribute access 'os.system' is not allowed",
     "y ~ x + foo": r"unknown column 'foo' at position 8; columns are: y, x, g, my col",
     "y ~ x; import os": r"character ';' is not allowed at position 5",
+    "y ~ I(x==1)": r"comparison 'x ==' is not allowed.*make the indicator a column of the data",
     "y ~ x[0]": r"'\[' \(subscript or list\) is not allowed",
     "y ~ 'x'": r"string constant 'x' is not allowed here",
     "y ~ np.random(x)": r"attribute access 'np.random' is not allowed",
