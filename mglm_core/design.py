@@ -153,8 +153,10 @@ def _tokenize(formula: str) -> list[_Token]:
             ch = formula[pos]
             if ch in "`'\"":
                 raise FormulaError(f"formula: unterminated quote {ch!r} at position {pos}", formula, pos)
+            hint = ("; a column name with letters outside ASCII goes in backticks (`hérd`)" if ch.isalpha()
+                    else "")
             raise FormulaError(
-                f"formula: character {ch!r} is not allowed at position {pos}", formula, pos
+                f"formula: character {ch!r} is not allowed at position {pos}{hint}", formula, pos
             )
         kind = m.lastgroup
         if kind != "ws":

@@ -339,6 +339,8 @@ REJECTED = {
     "y ~ x + foo": r"unknown column 'foo' at position 8; columns are: y, x, g, my col",
     "y ~ x; import os": r"character ';' is not allowed at position 5",
     "y ~ I(x==1)": r"comparison 'x ==' is not allowed.*make the indicator a column of the data",
+    "y ~ x + hérd": r"character 'é' is not allowed at position 9; a column name with letters outside ASCII goes in "
+                    r"backticks",
     "y ~ x[0]": r"'\[' \(subscript or list\) is not allowed",
     "y ~ 'x'": r"string constant 'x' is not allowed here",
     "y ~ np.random(x)": r"attribute access 'np.random' is not allowed",
