@@ -92,6 +92,23 @@ def _level(name, component):
     return name
 
 
+class _FrozenDict(dict):
+    """A dict that refuses changes (a result's ``extra``); it pickles and copies as a plain dict's contents."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a result's `extra` must not be changed; got a change (results are records of the fit).")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
+
+    def __reduce__(self):
+        return (_FrozenDict, (dict(self),))
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return _FrozenDict({k: copy.deepcopy(v, memo) for k, v in self.items()})
+
+
 def _read_only(x):
     """A read-only copy of an array (other values unchanged)."""
     if not isinstance(x, np.ndarray):
@@ -146,7 +163,7 @@ class BayesMixedGLMResults:
         # change fe_table, predict and params)
         for name in ("fe_mean", "fe_sd", "vcp_mean", "vcp_sd", "vc_mean", "vc_sd", "border_cov"):
             object.__setattr__(self, name, _read_only(getattr(self, name)))
-        object.__setattr__(self, "extra", {k: _read_only(v) for k, v in self.extra.items()})
+        object.__setattr__(self, "extra", _FrozenDict({k: _read_only(v) for k, v in self.extra.items()}))
         if self.vcp_grid is not None:
             object.__setattr__(self, "vcp_grid", VcpGrid(tuple(_read_only(x) for x in self.vcp_grid.points),
                                                          tuple(_read_only(x) for x in self.vcp_grid.density)))

@@ -594,6 +594,8 @@ def test_unpickled_and_copied_results_and_model_arrays_stay_read_only():
             with pytest.raises(ValueError, match="read-only"):
                 arr[0] = 5.0
         np.testing.assert_array_equal(back.fe_table()["mean"], res.fe_table()["mean"])
+        with pytest.raises(TypeError, match="`extra` must not be changed"):
+            back.extra["weights"] = None
     y, X = Y.copy(), X_COPY.copy()
     model = mg.BayesMixedGLM(y, X, Z, IDENT)
     fit = model.fit_map()
