@@ -300,7 +300,8 @@ def caterpillar_plot(res, term: str, search: str = "", top_k: int | None = 200, 
         hv.HLine(0).opts(color=COLORS["ref"], line_dash="dashed", line_width=1.5),
         hv.Segments(df, ["rank", "lower", "rank", "upper"], ["level", "mean", "sd"]).opts(
             color=COLORS["band"], line_width=width, tools=["hover"], hover_tooltips=hover),
-        hv.Scatter(df, "rank", ["mean", "level", "sd", "lower", "upper"], label="posterior mean").opts(
+        hv.Scatter(df, "rank", ["mean", "level", "sd", "lower", "upper"],
+                   label="posterior mean and 95 % interval").opts(
             color=COLORS["accent"], size=7 if len(df) <= 300 else 4, tools=["hover"], hover_tooltips=hover),
     ]
     if truth:
@@ -318,7 +319,9 @@ def caterpillar_plot(res, term: str, search: str = "", top_k: int | None = 200, 
     if len(df) <= 40:
         xticks = list(zip(df["rank"], df["level"]))
     return hv.Overlay(layers).opts(hv.opts.Overlay(
-        title=f"Random effects of {term}: {shown}", xlabel=f"{term} levels (sorted by mean)",
+        title=f"Random effects of {term}: {shown}",
+        # (above 40 levels the axis counts ranks, not levels: said so, as the numbers looked like level ids)
+        xlabel=f"{term} levels (sorted by mean)" if xticks else f"{term} levels, ranked by posterior mean (hover for names)",
         ylabel="effect (linear-predictor scale)", xticks=xticks, xrotation=45 if xticks else 0,
         legend_position="top_left", min_height=max(220, height), **_base(height)))
 
