@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.linalg import null_space
 from scipy.optimize import linprog
 
@@ -74,58 +75,101 @@ class Separation:
 
 
 def _signs(y, trials, family_name):
-    """``(s, mixed)``: +1 / -1 for rows at the upper / lower boundary (0 elsewhere), and the other rows."""
+    """``(s, mixed)``: +1 / -1 for rows at the upper / lower boundary (0 elsewhere), and the rows whose term is
+    bounded on both sides (a binomial row with both outcomes, a Poisson row with a positive count). A binomial
+    row of no trials is neither: it adds nothing to the likelihood."""
     if family_name == "poisson":
         s = np.where(y <= 0, -1.0, 0.0)
-    else:
-        n = np.ones_like(y) if trials is None else trials
-        s = np.where(y <= 0, -1.0, np.where(y >= n, 1.0, 0.0))
-    return s, s == 0
+        return s, s == 0
+    n = np.ones_like(y) if trials is None else trials
+    s = np.where(n <= 0, 0.0, np.where(y <= 0, -1.0, np.where(y >= n, 1.0, 0.0)))
+    return s, (s == 0) & (n > 0)
 
 
-def _cone_direction(A):
-    r"""The maximiser of :math:`\sum_i a_i^\top \gamma` over :math:`\{A\gamma \ge 0\} \cap [-1, 1]^d`
-    (None where the maximum is 0: the cone is :math:`\{0\}` if A has full column rank)."""
-    d = A.shape[1]
-    if A.shape[0] == 0:
-        return None
-    res = linprog(-A.sum(axis=0), A_ub=-A, b_ub=np.zeros(A.shape[0]), bounds=[(-1.0, 1.0)] * d,
-                  method="highs")
-    if res.status != 0 or -res.fun <= _TOL * max(1.0, float(np.abs(A).sum(axis=1).max())):
-        return None
-    return res.x
+def _cone_is_zero(A):
+    r"""Whether the cone :math:`\{\gamma : A\gamma \ge 0\}` is :math:`\{0\}`, by the cheaper programme first:
+    the maximum of :math:`\sum_i a_i^\top \gamma` over it and the box :math:`[-1, 1]^d` is 0 and A has full column
+    rank (every direction of a larger cone is positive on some row). (Of d variables, not d + rows: at 5000 rows,
+    a tenth of :func:`_relative_interior`'s time, and most models are not separated.)"""
+    m, d = A.shape
+    if m == 0 or np.linalg.matrix_rank(A) < d:
+        return False
+    res = linprog(-A.sum(axis=0), A_ub=-A, b_ub=np.zeros(m), bounds=[(-1.0, 1.0)] * d, method="highs")
+    return res.status == 0 and -res.fun <= _TOL * max(1.0, float(np.abs(A).sum(axis=1).max()))
 
 
-def _cutting_planes(rows, one, sample_rows, seed, rounds=20):
-    r"""The cone's direction over the rows ``one`` (:func:`_cone_direction` of ``rows(one)``), from a sample
-    of them first: a sample of full rank whose cone is :math:`\{0\}` settles it (the sample's cone holds all
-    rows'); else the rows the sample's direction violates (or, for a sample short of rank, the rows outside
-    its span: a rare covariate's) join it, and the programme runs again (a cutting-plane method). All rows
-    at once after ``rounds``."""
+def _relative_interior(A):
+    r"""A direction inside the cone :math:`\{\gamma : A\gamma \ge 0\}` and the rows that are positive somewhere on
+    it, by Freund, Roundy & Todd's programme: maximise :math:`\sum_i \tau_i` over :math:`A\gamma \ge \tau`,
+    :math:`0 \le \tau \le 1` (:math:`\gamma` free). The cone is closed under sums and scaling, so the optimum has
+    :math:`\tau_i = 1` on every row positive somewhere and 0 on the rows zero on all of it; its :math:`\gamma` is
+    positive on all the former, a direction of the relative interior (the sum of the rows, maximised over a box,
+    gave a corner: an edge of a cone of more dimensions, along which rows positive elsewhere were zero).
+    Returns ``(gamma, positive)``; ``gamma`` None where no row is positive anywhere."""
+    m, d = A.shape
+    if m == 0:
+        return None, np.zeros(0, dtype=bool)
+    c = np.concatenate([np.zeros(d), -np.ones(m)])
+    A_ub = sp.hstack([sp.csr_matrix(-A), sp.eye(m, format="csr")], format="csr")
+    res = linprog(c, A_ub=A_ub, b_ub=np.zeros(m), bounds=[(None, None)] * d + [(0.0, 1.0)] * m, method="highs")
+    if res.status != 0:
+        return None, np.zeros(m, dtype=bool)
+    positive = res.x[d:] > 0.5
+    return (res.x[:d] if positive.any() else None), positive
+
+
+def _cone(rows, one, d, sample_rows, seed, rounds=20):
+    r"""``(gamma, rows held)``: a direction of the relative interior of the cone over the one-sided rows ``one``
+    (:func:`_relative_interior`) and those of them zero on all of it; ``(None, None)`` where the cone is
+    :math:`\{0\}`. With more rows than ``sample_rows``, a sample first (its cone holds all rows'): a sample of full
+    rank whose cone is :math:`\{0\}` settles it; else the rows the sample's direction violates or leaves at zero
+    (or, for a sample short of rank, the rows outside its span: a rare covariate's) join it and the programme
+    runs again (cutting planes), until its direction is positive on every row it leaves out. All rows after
+    ``rounds``."""
+    def settle(idx):
+        A = rows(idx)
+        if _cone_is_zero(A):
+            return None, None
+        gamma, positive = _relative_interior(A)
+        return (None, None) if gamma is None else (gamma, idx[~positive])
+
     if one.size <= sample_rows:
-        return _cone_direction(rows(one))
-    idx = np.sort(np.random.default_rng(seed).choice(one, sample_rows, replace=False))
+        return settle(one)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(one, sample_rows, replace=False))
+    A_one = None
     for _ in range(rounds):
         A = rows(idx)
-        gamma = _cone_direction(A)
+        if _cone_is_zero(A):
+            return None, None  # (the sample's cone holds all rows')
+        gamma, positive = _relative_interior(A)
+        if A_one is None:
+            A_one = rows(one)
         if gamma is None:
             rest = null_space(A.T @ A, rcond=1e-10)
             if rest.shape[1] == 0:
-                return None
-            far = one[np.abs(rows(one) @ rest).max(axis=1) > _TOL]
+                return None, None
+            far = one[np.abs(A_one @ rest).max(axis=1) > _TOL]
         else:
-            v = rows(one) @ gamma
-            if np.all(v >= -_TOL * max(1.0, float(np.abs(v).max()))):
-                return gamma
-            worst = np.argsort(v, kind="stable")[:sample_rows]
-            far = one[worst[v[worst] < 0]]
+            v = A_one @ gamma
+            tol = _TOL * max(1.0, float(np.abs(v).max()))
+            # rows violated, or zero along gamma and perhaps positive elsewhere on the cone: not orthogonal to the
+            # span the sample's cone can have (the null space of its rows held at zero), which holds the cone
+            held = A[~positive]
+            span = null_space(held.T @ held, rcond=1e-10) if held.shape[0] else np.eye(d)
+            maybe = np.abs(A_one @ span).max(axis=1) > tol if span.shape[1] else np.zeros(one.size, dtype=bool)
+            bad = (v < -tol) | ((np.abs(v) <= tol) & maybe & ~np.isin(one, idx))
+            if not bad.any():
+                return gamma, idx[~positive]
+            worst = np.flatnonzero(bad)[np.argsort(v[bad], kind="stable")[:sample_rows]]
+            far = one[worst]
         new = np.setdiff1d(far, idx)
         if new.size == 0:
             break
         if new.size > sample_rows:
-            new = np.random.default_rng(seed).choice(new, sample_rows, replace=False)
+            new = rng.choice(new, sample_rows, replace=False)
         idx = np.union1d(idx, new)
-    return _cone_direction(rows(one))
+    return settle(one)
 
 
 def find_separation(X, y, trials, family_name, names, sample_rows=SAMPLE_ROWS, seed=0):
@@ -147,37 +191,39 @@ def find_separation(X, y, trials, family_name, names, sample_rows=SAMPLE_ROWS, s
     s, mixed = _signs(y, trials, family_name)
     scale = np.sqrt(np.einsum("ij,ij->j", X, X) / n)
     scale[scale == 0] = 1.0
+    Xs = X / scale
     # beta = N gamma with N a basis of the null space of the rows with both outcomes (their equalities)
     if mixed.any():
-        Xm = X[mixed] / scale
+        Xm = Xs[mixed]
         G = Xm.T @ Xm  # (p x p: the null space of the rows is that of their Gram matrix)
-        N = null_space(G, rcond=1e-10)  # (G's singular values are the squares of the rows' : 1e-5 relative)
+        N = null_space(G, rcond=1e-10)  # (G's singular values are the squares of the rows': 1e-5 relative)
         if N.shape[1] == 0:
             return None
     else:
         N = np.eye(p)
-    one = np.flatnonzero(~mixed)
-    Xs = X / scale
+    one = np.flatnonzero(s != 0)
 
     def rows(idx):
         return (Xs[idx] @ N) * s[idx, None]
 
-    gamma = _cutting_planes(rows, one, sample_rows, seed)
+    gamma, held = _cone(rows, one, N.shape[1], sample_rows, seed)
     if gamma is None:
         return None
-    beta = (N @ gamma) / scale
+    # small entries zeroed on the columns' standardised scale (on their own, a slope per unit of an income in
+    # the tens of thousands was zeroed and the separation lost), then back to the columns' units
+    b = N @ gamma
+    b = b / np.abs(b).max()
+    b[np.abs(b) < _TOL ** 0.5] = 0.0
+    beta = b / scale
     beta /= np.abs(beta).max()
-    beta[np.abs(beta) < _TOL ** 0.5] = 0.0
     # (a direction the programme's tolerances let through must hold on every row)
-    eta = X @ beta
+    eta = Xs @ b
     size = float(np.abs(eta).max())
     if size == 0.0 or np.any(s[one] * eta[one] < -1e-6 * size) or np.any(np.abs(eta[mixed]) > 1e-6 * size):
         return None
     rises = s[one] * eta[one] > 1e-6 * size
     cols = tuple(str(names[j]) for j in np.flatnonzero(beta))
-    # the cone's dimension: p less the rank of the rows held at zero along it (the rows with both outcomes and
-    # the one-sided rows that do not rise; exact where the direction is inside the cone, as the programme's
-    # maximiser of the rows' sum normally is)
-    held = np.concatenate([np.flatnonzero(mixed), one[~rises]])
-    rank = np.linalg.matrix_rank(Xs[held]) if held.size else 0
+    # the cone's dimension: less the rank of the rows zero on all of it (with both outcomes, or one-sided and held)
+    zero = np.concatenate([np.flatnonzero(mixed), held])
+    rank = np.linalg.matrix_rank(Xs[zero]) if zero.size else 0
     return Separation(direction=beta, columns=cols, strict_rows=int(rises.sum()), dimension=max(1, p - rank))

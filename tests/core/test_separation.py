@@ -185,3 +185,43 @@ def test_a_cone_of_two_separating_directions_is_said_so():
         res = mg.BayesMixedGLM(counts, X, None, None, family="poisson").fit_laplace()
     assert any("separated along 2 independent directions" in str(w.message) for w in caught)
     assert res.fe_mean[2] < -2 and res.fe_mean[3] < -2
+
+
+def test_a_gap_between_the_classes_is_a_cone_of_two_directions_found_inside_it():
+    """Failures at x in [-2, -0.5], successes in [0.5, 2]: (0, 1), (0.4, 1) and (-0.4, 1) all separate. The sum of
+    the rows maximised over a box returned the corner (-0.5, 1), an edge along which one row stayed at zero, and
+    the dimension came out as 1 (the fit then integrated along the edge, 0.6 SD off, without a word)."""
+    x = np.r_[rng.uniform(-2, -0.5, 20), rng.uniform(0.5, 2, 20)]
+    X = np.column_stack([np.ones(40), x])
+    y = (x > 0).astype(float)
+    sep = find_separation(X, y, None, "binomial", ["I", "x"])
+    assert sep.dimension == 2 and sep.strict_rows == 40
+    assert _rises(X, y, None, "binomial", sep.direction) == (40, 0)  # inside: every row rises
+    # touching classes (x = 0.3 on both sides): the cone is the one direction through the touching point
+    touch = np.r_[x, 0.3, 0.3]
+    y_touch = np.r_[y, 0.0, 1.0]
+    sep1 = find_separation(np.column_stack([np.ones(42), touch]), y_touch, None, "binomial", ["I", "x"])
+    assert sep1.dimension == 1
+    np.testing.assert_allclose(sep1.direction[0] / sep1.direction[1], -0.3, rtol=1e-6)
+
+
+def test_a_covariate_in_the_tens_of_thousands_is_not_lost():
+    """An income-like covariate: the slope's entry of the direction, per unit of income, is about 2e-5 of the
+    Intercept's, and was zeroed as negligible (no separation reported)."""
+    income = np.r_[rng.uniform(1e4, 4e4, 30), rng.uniform(5e4, 9e4, 30)]
+    X = np.column_stack([np.ones(60), income])
+    y = (income > 4.5e4).astype(float)
+    sep = find_separation(X, y, None, "binomial", ["I", "income"])
+    assert sep is not None and "income" in sep.columns
+    assert _rises(X, y, None, "binomial", sep.direction)[1] == 0
+
+
+def test_rows_without_trials_neither_bound_nor_hide_a_separation():
+    """A row of no trials adds nothing to the likelihood; counted as "all failures" at x = 1 it held the slope
+    down and hid a complete separation by x."""
+    x = np.r_[rng.uniform(-2, -0.2, 15), rng.uniform(0.2, 2, 15), 1.0]
+    trials = np.r_[np.full(30, 5.0), 0.0]
+    y = np.where(x > 0, trials, 0.0)
+    X = np.column_stack([np.ones(31), x])
+    sep = find_separation(X, y, trials, "binomial", ["Intercept", "x"])
+    assert sep is not None and "x" in sep.columns and sep.direction[1] > 0
