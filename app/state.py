@@ -354,12 +354,12 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
     for s in ([] if spec.use_formula else spec.slopes):
         if s in groups:
             errors["groups"] = f"{s!r} cannot be both a grouping factor and a random slope."
-    if spec.offset != NONE and spec.offset not in numeric:
-        errors["fixed"] = f"Offset {spec.offset!r} must be numeric."
     if spec.use_formula:  # (the typed formula's terms: said under it, not beside the Model card's unused widgets)
         about = [errors.pop(k) for k in ("fixed", "groups") if k in errors]
         if about:
             errors["formula"] = " ".join(about)
+    if spec.offset != NONE and spec.offset not in numeric:  # (chosen in the Model card, typed formula or not)
+        errors["fixed"] = f"Offset {spec.offset!r} must be numeric."
     return errors
 
 

@@ -64,7 +64,7 @@ def check_aligned(**arguments):
             continue
         if len(index) != len(ref):  # (the row counts are checked, with their own message, where converted)
             continue
-        pos = int(np.flatnonzero(np.asarray(index != ref))[0])
+        pos = int(np.flatnonzero(index.to_numpy(dtype=object) != ref.to_numpy(dtype=object))[0])
         at, at_ref = (v.item() if isinstance(v, np.generic) else v for v in (index[pos], ref[pos]))
         raise DataError(
             f"`{name}` must have the same row index as `{ref_name}` (rows are matched by position); got indexes "

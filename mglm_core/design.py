@@ -1206,7 +1206,10 @@ class DesignSpec:
                 if levels is None:
                     continue
                 by_text = {str(v): v for v in levels}
-                text = _level_text(s)
+                # (a value's own text where it names a fitted level, as 1.0 does for float levels; else its text
+                # as a level's, 95.0 -> "95")
+                own = s.astype(str).where(s.notna())
+                text = own.where(own.isin(list(by_text)), _level_text(s))
                 if strict:
                     unseen = list(pd.unique(s[text.notna() & ~text.isin(list(by_text))].dropna()))
                     if unseen:
@@ -1647,7 +1650,8 @@ def build_design(
     endog = _numeric_column(df, response.successes, "response")
     if not np.all(np.isfinite(endog)):  # (before trials, which an infinite response would be blamed on)
         i = int(np.flatnonzero(~np.isfinite(endog))[0])
-        raise DataError(f"the response `{response.successes}` must be finite; got {endog[i]:g} at row {i} "
+        row = int(np.flatnonzero(~bad)[i])  # (the data's row: rows with missing values were dropped before)
+        raise DataError(f"the response `{response.successes}` must be finite; got {endog[i]:g} at row {row} "
                         f"({int((~np.isfinite(endog)).sum())} row(s) in all).")
     if response.failures is not None:
         failures = _numeric_column(df, response.failures, "failures")

@@ -75,13 +75,17 @@ class BayesMixedGLM:
         Binomial trials; ``endog`` then counts successes.
     offset : array_like (n,), optional
         Added to the linear predictor (log exposure for Poisson).
+    check_separation : bool
+        Look for a direction of the fixed effects along which the likelihood rises without bound
+        (:mod:`mglm_core.separation`; warned of, and integrated along by ``fit_laplace``). Default True.
     """
 
     def __init__(self, endog, exog, exog_vc=None, ident=None, family="binomial", vcp_p=1.0, fe_p=2.0,
                  fep_names=None, vcp_names=None, vc_names=None, *, trials=None, offset=None,
-                 design=None, chunk_rows=None):
+                 design=None, chunk_rows=None, check_separation=True):
         self.family = get_family(family)
         checks.check_aligned(endog=endog, exog=exog, exog_vc=exog_vc, trials=trials, offset=offset)
+        self._endog_name = str(endog.name) if isinstance(endog, pd.Series) and endog.name is not None else None
         self.endog = _own(checks.as_endog(endog))
         n = self.endog.size
         exog, self.fep_names = checks.as_exog(exog, n, fep_names)
@@ -94,8 +98,8 @@ class BayesMixedGLM:
         self.offset = None if offset is None else _own(checks.as_row_vector(offset, "offset", n))
         notes = checks.check_family_data(self.family, self.endog, self.trials)
         # (a response all at one boundary has its own note, check_family_data's)
-        separation = None if notes else find_separation(self.exog, self.endog, self.trials, self.family.name,
-                                                         self.fep_names)
+        separation = None if notes or not check_separation else find_separation(
+            self.exog, self.endog, self.trials, self.family.name, self.fep_names)
         if separation is not None:
             notes = [*notes, separation.message(self.family.name)]
             warnings.warn(notes[-1], DataWarning, stacklevel=2)
@@ -111,7 +115,10 @@ class BayesMixedGLM:
                 cols = np.flatnonzero(self.ident == c)
                 within[cols] = np.arange(cols.size)
             if isinstance(exog_vc, pd.DataFrame) and exog_vc.shape[1] == self.k_vc:
-                within = np.array([str(c) for c in exog_vc.columns], dtype=object)
+                named = np.array([str(c) for c in exog_vc.columns], dtype=object)
+                # (the columns' names where they are distinct within each component; else counted, as before)
+                if all(len(set(named[self.ident == c])) == int(np.sum(self.ident == c)) for c in range(self.k_vcp)):
+                    within = named
             vc_names = [f"{self.vcp_names[self.ident[j]]}[{within[j]}]" for j in range(self.k_vc)]
         self.vc_names = checks.as_names(vc_names, self.k_vc, "vc_names", "column of exog_vc")
         self.vc_count = np.bincount(self.ident, minlength=self.k_vcp).astype(float)
@@ -121,6 +128,16 @@ class BayesMixedGLM:
         self.rows = RowData(self.exog, self.exog_vc, self.endog, self.trials, self.offset, chunk_rows)
         self._symbolic = None
         self._frozen = True
+
+    def __setstate__(self, state):
+        # (unpickled arrays come back writable: read-only again; a model pickled before separations were
+        # looked for has none recorded)
+        self.__dict__.update(state)
+        for name in ("endog", "exog", "ident", "trials", "offset"):
+            arr = self.__dict__.get(name)
+            if isinstance(arr, np.ndarray):
+                arr.flags.writeable = False
+        self.__dict__.setdefault("separation", None)
 
     def __setattr__(self, name, value):
         # frozen once built: a changed prior or design would not reach the cached row data and pattern
@@ -137,9 +154,9 @@ class BayesMixedGLM:
 
     @property
     def endog_names(self):
-        """The response's name: the formula's response column, else ``"y"``."""
+        """The response's name: the formula's response column, a named Series' name, else ``"y"``."""
         spec = getattr(self.design, "spec", None)
-        return getattr(spec, "response", None) or "y"
+        return getattr(spec, "response", None) or getattr(self, "_endog_name", None) or "y"
 
     def _blas(self):
         """BLAS threads for this model's fits: one unless a dense block is large."""

@@ -78,9 +78,9 @@ def _interval_from_grid(x, dens, probs=(0.025, 0.5, 0.975)):
 def _level(name, component):
     """The level in a random effect's name: ``g[3]`` -> ``3``, ``a:C(v)[3]`` (a component's prefix) -> ``3``,
     ``g[h[10]:x]`` -> ``h[10]:x`` (the bracket that matches the last one: a level may hold brackets)."""
-    if name.startswith(component + "["):
-        name = name[len(component):]
-    elif name.startswith(component + ":"):
+    if name.startswith(component + "[") and name.endswith("]"):
+        return name[len(component) + 1:-1]  # (the level is all between: it may hold brackets, matched or not)
+    if name.startswith(component + ":"):
         name = name[len(component) + 1:]
     if not name.endswith("]"):
         return name

@@ -66,7 +66,7 @@ def _conditional(model, basis, direction, t):
         warnings.simplefilter("ignore")  # (the data's notes are the model's own, issued when it was built)
         return BayesMixedGLM(model.endog, model.exog @ basis, model.exog_vc, model.ident, family=model.family,
                              vcp_p=model.vcp_p, fe_p=model.fe_p, vcp_names=model.vcp_names, vc_names=model.vc_names,
-                             trials=model.trials, offset=offset)
+                             trials=model.trials, offset=offset, check_separation=False)
 
 
 def _grid_of(points, k, n=201):
@@ -149,9 +149,9 @@ def fit_laplace_separated(model, separation, fit, callback=None):
         raise FitError("fit_laplace could not fit the model at any point along the separated direction of the "
                        f"fixed effects {', '.join(separation.columns)}; use fit_map() or fit_vb(), or a smaller fe_p.")
     lp = np.array([fits[t][0] for t in ts])
-    # trapezoid weights in t (a lone point: weight one)
-    width = np.gradient(ts) if ts.size > 1 else np.ones(1)
-    logw = lp + np.log(np.abs(width))
+    # trapezoid weights in t: half of each neighbouring interval (a lone point: weight one)
+    width = np.ones(1) if ts.size == 1 else 0.5 * (np.diff(ts, prepend=ts[0]) + np.diff(ts, append=ts[-1]))
+    logw = lp + np.log(width)
     log_ml = float(logsumexp(logw))
     w = np.exp(logw - log_ml)
     results = [fits[t][1] for t in ts]

@@ -793,3 +793,8 @@ def test_a_repeated_header_is_said_to_be_renamed():
     assert list(df.columns) == ["a", "a.1", "b"]
     assert "repeats column names; the repeats were renamed 'a.1'" in df.attrs["note"]
     assert "note" not in read_upload("ok.csv", b"a,b\n1,2\n3,4\n").attrs
+
+
+def test_a_name_with_a_year_is_not_taken_for_a_renamed_repeat():
+    df = read_upload("years.csv", b"score,score.2020,g\n1,2,a\n3,4,b\n")
+    assert "note" not in df.attrs

@@ -678,3 +678,27 @@ def test_statsmodels_names_and_a_data_frames_columns_name_the_effects():
     formula = mg.BayesMixedGLM.from_formula("incidence ~ period + (1|herd)", data=load("cbpp"), trials="size")
     assert formula.endog_names == "incidence" and formula.exog_names == formula.fep_names
     assert mg.BayesMixedGLM(Y, X, Z, IDENT).vc_names[:2] == ["VC_1[0]", "VC_1[1]"]
+
+
+def test_review_details_of_names_levels_and_indexes():
+    from mglm_core.results import _level
+
+    assert _level("g[x[1]", "g") == "x[1" and _level("g[h[10]:x]", "g") == "h[10]:x"
+    # indexes of categories differ: named, not a pandas TypeError
+    cl = load("cbpp_long").iloc[:40]
+    y = cl.y.set_axis(pd.CategoricalIndex([f"r{i}" for i in range(40)]))
+    X = pd.DataFrame({"c": np.ones(40)}, index=pd.CategoricalIndex([f"s{i}" for i in range(40)]))
+    with pytest.raises(mg.DataError, match="`exog` must have the same row index as `endog`.*'s0' against 'r0'"):
+        mg.BayesMixedGLM(y, X, None, None)
+    # a named Series names the response; float categories take new floats in predict (95.0 -> "95" broke 1.0)
+    assert mg.BayesMixedGLM(y.rename("cases"), X.set_axis(y.index), None, None).endog_names == "cases"
+    cbpp = load("cbpp")
+    floats = cbpp.assign(p=pd.Categorical(cbpp.period.astype(int).astype(float)))
+    res = mg.BayesMixedGLM.from_formula("incidence ~ p + (1|herd)", data=floats, trials="size").fit_vb()
+    np.testing.assert_allclose(res.predict(pd.DataFrame({"p": [1.0, 2.0], "herd": ["1", "1"]})),
+                               res.predict(floats.iloc[[0, 1]]), rtol=1e-12)
+    # repeated names within a component (two factors' dummies side by side): counted, not an error
+    Zdf = pd.concat([pd.get_dummies(cl.herd).astype(float), pd.get_dummies(cl.period).astype(float)], axis=1)
+    Zdf = Zdf.loc[:, Zdf.sum() > 0]
+    model = mg.BayesMixedGLM(cl.y, np.ones((40, 1)), Zdf, np.zeros(Zdf.shape[1], int))
+    assert model.vc_names[0] == "VC_1[0]"
