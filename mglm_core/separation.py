@@ -54,19 +54,23 @@ class Separation:
     dimension : int
         The dimension of the cone of such directions (1: this direction alone; two levels of a factor
         without events each: 2).
+    span : ndarray (p, dimension) or None
+        An orthonormal basis of the cone's span on the scale of the columns, ``direction`` (normalised) first.
     """
 
     direction: np.ndarray
     columns: tuple
     strict_rows: int
     dimension: int = 1
+    span: np.ndarray | None = None
 
     def message(self, family_name: str) -> str:
         """The warning for this separation, in plain words."""
         terms = ", ".join(f"{c} {v:+.3g}" for c, v in zip(self.columns, self.direction[self.direction != 0]))
         what = ("the outcomes (successes against failures)" if family_name == "binomial"
                 else "the zero counts from the others")
-        return (f"The fixed effects {', '.join(self.columns)} separate {what}: along the direction ({terms}) "
+        cone = (f" (one of a cone of {self.dimension} independent such directions)" if self.dimension > 1 else "")
+        return (f"The fixed effects {', '.join(self.columns)} separate {what}: along the direction ({terms}){cone} "
                 f"the likelihood rises without bound ({self.strict_rows} rows rise, none falls), so only the prior "
                 "(fe_p) keeps these coefficients finite. Their posterior along it is one-sided and far from Gaussian: "
                 "fit_map's and fit_vb's Gaussian summaries of them are unreliable (fit_laplace integrates along it "
@@ -225,5 +229,13 @@ def find_separation(X, y, trials, family_name, names, sample_rows=SAMPLE_ROWS, s
     cols = tuple(str(names[j]) for j in np.flatnonzero(beta))
     # the cone's dimension: less the rank of the rows zero on all of it (with both outcomes, or one-sided and held)
     zero = np.concatenate([np.flatnonzero(mixed), held])
-    rank = np.linalg.matrix_rank(Xs[zero]) if zero.size else 0
-    return Separation(direction=beta, columns=cols, strict_rows=int(rises.sum()), dimension=max(1, p - rank))
+    Z = Xs[zero]
+    inside = null_space(Z.T @ Z, rcond=1e-10) if zero.size else np.eye(p)  # (the span, standardised columns)
+    dimension = max(1, inside.shape[1])
+    # the span on the columns' scale (b -> b / scale), orthonormal, the direction first
+    d_hat = beta / np.linalg.norm(beta)
+    rest = inside / scale[:, None]
+    rest = rest - np.outer(d_hat, d_hat @ rest)
+    u = np.linalg.svd(rest, full_matrices=False)[0]  # (its leading columns: the span less the direction)
+    span = np.column_stack([d_hat, u[:, :dimension - 1]]) if dimension > 1 else d_hat[:, None]
+    return Separation(direction=beta, columns=cols, strict_rows=int(rises.sum()), dimension=dimension, span=span)

@@ -168,23 +168,56 @@ def test_separated_fit_matches_mcmc_with_random_effects(fe_p, b0, b0_sd, s, s_sd
         assert np.trapezoid(density["density"], density["sd"]) == pytest.approx(1.0, abs=0.01)
 
 
-def test_a_cone_of_two_separating_directions_is_said_so():
-    """Two levels of a factor without counts: each direction alone separates (a cone of two dimensions); one
-    is integrated and the fit says that the other's summary is a Gaussian."""
+def test_cones_of_two_directions_are_integrated_over_both_and_larger_ones_said_so():
+    """Two levels of a factor without counts: each direction alone separates (a cone of two dimensions, integrated
+    over both); three such levels: one direction integrated (two would be a grid of grids for little) and the fit
+    says the others' Gaussians are unreliable."""
     g = rng.integers(0, 4, 300)
     X = np.column_stack([np.ones(300)] + [(g == k).astype(float) for k in (1, 2, 3)])
     counts = rng.poisson(2.0, 300).astype(float)
     counts[g >= 2] = 0.0
     sep = find_separation(X, counts, None, "poisson", ["I", "g1", "g2", "g3"])
     assert sep.dimension == 2 and set(sep.columns) == {"g2", "g3"}
+    np.testing.assert_allclose(sep.span.T @ sep.span, np.eye(2), atol=1e-12)
+    np.testing.assert_allclose(sep.span[:2], 0.0, atol=1e-12)  # (the span lies in the levels' coordinates)
     one = counts.copy()
     one[(g == 3) & (np.arange(300) % 2 == 0)] = 1.0
     assert find_separation(X, one, None, "poisson", ["I", "g1", "g2", "g3"]).dimension == 1
+    counts[g >= 1] = 0.0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = mg.BayesMixedGLM(counts, X, None, None, family="poisson").fit_laplace()
-    assert any("separated along 2 independent directions" in str(w.message) for w in caught)
-    assert res.fe_mean[2] < -2 and res.fe_mean[3] < -2
+        model = mg.BayesMixedGLM(counts, X, None, None, family="poisson")
+        assert model.separation.dimension == 3
+        res = model.fit_laplace()
+    assert any("separated along 3 independent directions; 1 was integrated" in str(w.message) for w in caught)
+    assert np.all(res.fe_mean[1:] < -2)
+
+
+def test_a_gap_between_the_classes_matches_the_exact_posterior_over_both_directions():
+    """Failures at x in [-2, -0.5], successes in [0.5, 2], fe_p = 10: the Intercept's posterior SD is 4.3 on an
+    exact 2-D grid; integrated along one direction with a Gaussian across, it was 8.2."""
+    from scipy.special import log_expit, logsumexp
+
+    x = np.r_[np.random.default_rng(0).uniform(-2, -0.5, 20), np.random.default_rng(1).uniform(0.5, 2, 20)]
+    y = (x > 0).astype(float)
+    b0, b1 = np.linspace(-60, 60, 601), np.linspace(-40, 80, 601)
+    B0, B1 = np.meshgrid(b0, b1, indexing="ij")
+    logp = -0.5 * (B0**2 + B1**2) / 100.0 - np.log(2 * np.pi * 100.0)
+    for xi, yi in zip(x, y):
+        eta = B0 + B1 * xi
+        logp += yi * log_expit(eta) + (1 - yi) * log_expit(-eta)
+    w = np.exp(logp - logp.max())
+    w /= w.sum()
+    mean = np.array([(w * B0).sum(), (w * B1).sum()])
+    sd = np.sqrt([(w * (B0 - mean[0]) ** 2).sum(), (w * (B1 - mean[1]) ** 2).sum()])
+    evidence = logsumexp(logp) + np.log((b0[1] - b0[0]) * (b1[1] - b1[0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = mg.BayesMixedGLM(y, np.column_stack([np.ones(40), x]), None, None, fe_p=10.0).fit_laplace()
+    assert res.model.separation.dimension == 2
+    np.testing.assert_array_less(np.abs(res.fe_mean - mean) / sd, 0.02)
+    np.testing.assert_allclose(res.fe_sd / sd, 1.0, atol=0.015)
+    assert res.log_marginal_likelihood == pytest.approx(evidence, abs=0.02)
 
 
 def test_a_gap_between_the_classes_is_a_cone_of_two_directions_found_inside_it():
