@@ -111,6 +111,18 @@ def test_models_warn_of_separation_by_name_on_every_fit():
     assert [str(w.message).startswith("The response (endog) is all failures") for w in caught] == [True]
 
 
+def _grid_summary(logp, b0, b1):
+    """Posterior means, SDs and log evidence of (b0, b1) from the log density ``logp`` on the grid b0 x b1."""
+    from scipy.special import logsumexp
+
+    B0, B1 = np.meshgrid(b0, b1, indexing="ij")
+    w = np.exp(logp - logp.max())
+    w /= w.sum()
+    mean = np.array([(w * B0).sum(), (w * B1).sum()])
+    sd = np.sqrt([(w * (B0 - mean[0]) ** 2).sum(), (w * (B1 - mean[1]) ** 2).sum()])
+    return mean, sd, logsumexp(logp) + np.log((b0[1] - b0[0]) * (b1[1] - b1[0]))
+
+
 def _cbpp_separated():
     cbpp = load("cbpp")
     y = cbpp.incidence.to_numpy(float)
@@ -122,7 +134,7 @@ def test_separated_fit_matches_the_exact_posterior_and_evidence_of_a_glm(fe_p):
     """Without random effects the posterior of (b0, b1) is exact on a 2-D grid: the Laplace at the separated
     mode missed it by several SDs; the direction integrated numerically is within 0.01 SD and 1 % of the SD,
     and its log marginal likelihood within 0.01."""
-    from scipy.special import gammaln, log_expit, logsumexp
+    from scipy.special import gammaln, log_expit
 
     y, size, x, _ = _cbpp_separated()
     b0, b1 = np.linspace(-12 * fe_p - 10, 10, 701), np.linspace(-10, 12 * fe_p + 10, 701)
@@ -132,11 +144,7 @@ def test_separated_fit_matches_the_exact_posterior_and_evidence_of_a_glm(fe_p):
     for xi in (0.0, 1.0):  # (the rows' terms by the value of x: two linear predictors)
         eta, rows = B0 + B1 * xi, x == xi
         logp += y[rows].sum() * log_expit(eta) + (size[rows] - y[rows]).sum() * log_expit(-eta)
-    w = np.exp(logp - logp.max())
-    w /= w.sum()
-    mean = np.array([(w * B0).sum(), (w * B1).sum()])
-    sd = np.sqrt([(w * (B0 - mean[0]) ** 2).sum(), (w * (B1 - mean[1]) ** 2).sum()])
-    evidence = logsumexp(logp) + np.log((b0[1] - b0[0]) * (b1[1] - b1[0]))
+    mean, sd, evidence = _grid_summary(logp, b0, b1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = mg.BayesMixedGLM(y, np.column_stack([np.ones(y.size), x]), None, None, trials=size,
@@ -196,7 +204,7 @@ def test_cones_of_two_directions_are_integrated_over_both_and_larger_ones_said_s
 def test_a_gap_between_the_classes_matches_the_exact_posterior_over_both_directions():
     """Failures at x in [-2, -0.5], successes in [0.5, 2], fe_p = 10: the Intercept's posterior SD is 4.3 on an
     exact 2-D grid; integrated along one direction with a Gaussian across, it was 8.2."""
-    from scipy.special import log_expit, logsumexp
+    from scipy.special import log_expit
 
     x = np.r_[np.random.default_rng(0).uniform(-2, -0.5, 20), np.random.default_rng(1).uniform(0.5, 2, 20)]
     y = (x > 0).astype(float)
@@ -206,11 +214,7 @@ def test_a_gap_between_the_classes_matches_the_exact_posterior_over_both_directi
     for xi, yi in zip(x, y):
         eta = B0 + B1 * xi
         logp += yi * log_expit(eta) + (1 - yi) * log_expit(-eta)
-    w = np.exp(logp - logp.max())
-    w /= w.sum()
-    mean = np.array([(w * B0).sum(), (w * B1).sum()])
-    sd = np.sqrt([(w * (B0 - mean[0]) ** 2).sum(), (w * (B1 - mean[1]) ** 2).sum()])
-    evidence = logsumexp(logp) + np.log((b0[1] - b0[0]) * (b1[1] - b1[0]))
+    mean, sd, evidence = _grid_summary(logp, b0, b1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = mg.BayesMixedGLM(y, np.column_stack([np.ones(40), x]), None, None, fe_p=10.0).fit_laplace()
