@@ -493,6 +493,8 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
         w = w.replace("Use fit_laplace() (the integrated method)", "Choose the Integrated Laplace method")
         w = w.replace("Use fit_map() or fit_vb()", "Choose the Laplace (MAP) or VB method")
         w = w.replace("The response (endog)", "The response")  # (statsmodels' name, not the dashboard's)
+        w = w.replace("fit_map's and fit_vb's", "the MAP and VB methods'").replace(
+            "(fit_laplace integrates", "(Integrated Laplace integrates")
         if w not in out:
             out.append(w)
     if n_dropped:

@@ -798,3 +798,17 @@ def test_a_repeated_header_is_said_to_be_renamed():
 def test_a_name_with_a_year_is_not_taken_for_a_renamed_repeat():
     df = read_upload("years.csv", b"score,score.2020,g\n1,2,a\n3,4,b\n")
     assert "note" not in df.attrs
+
+
+def test_a_separation_is_said_in_the_dashboards_words():
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    st.data.df = st.data.df.assign(x=(st.data.df.incidence > 0).astype(float))
+    st.data.version += 1
+    st.spec.update_columns(st.data)
+    st.spec.method = "vb"
+    st.spec.param.update(formula_text="incidence ~ x + (1 | herd)")
+    assert st.fit_now(), st.errors
+    note = next(w for w in st.fit.warnings if "separate the outcomes" in w)
+    assert "the MAP and VB methods' Gaussian summaries" in note and "Integrated Laplace integrates" in note
+    assert "fit_map" not in note and "fit_laplace" not in note
