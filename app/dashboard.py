@@ -366,10 +366,14 @@ class Dashboard(pn.viewable.Viewer):
                                     label="Caterpillar HTML", variant="outline"),
             sizing_mode="stretch_width")
         code = pn.pane.Markdown(pn.bind(self._snippet_md, outcome), sizing_mode="stretch_width")
+        # (shown only with models to list: an empty table and a "Clear the list" button were an odd empty state)
+        listed = pn.bind(lambda models, oc: not self._models_df(models, oc).empty, fit.param.models, outcome)
         models_table = pn.widgets.Tabulator(pn.bind(self._models_df, fit.param.models, outcome),
-                                            formatters=self._fmt(), css_classes=["model-comparison"], **table_kw)
-        clear_models = pn.widgets.Button(label="Clear the list", variant="outline", width=160)
+                                            formatters=self._fmt(), css_classes=["model-comparison"], visible=listed,
+                                            **table_kw)
+        clear_models = pn.widgets.Button(label="Clear the list", variant="outline", width=160, visible=listed)
         clear_models.on_click(lambda _: self.state.clear_models())
+        self.models_table = models_table
         models_box = pn.Column(
             pn.pane.Markdown("### Model comparison"),
             pn.pane.Markdown(pn.bind(self._models_note, fit.param.models, outcome), **NOTE, margin=(0, 10)),

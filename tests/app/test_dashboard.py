@@ -326,3 +326,14 @@ def test_the_summary_tab_says_which_model_its_tables_and_exports_are_of():
     assert "last fitted model" in note and "period" in note and "herd" in note
     assert {box.styles.get("opacity") for box in d._plot_boxes} == {"0.65"}
     assert d._diag_text(["a note"], st.fit.status).startswith("**Diagnostics of the previous fit**")
+
+
+def test_the_model_comparison_shows_its_table_only_with_models_to_list():
+    from app import Dashboard
+
+    d = Dashboard()  # (the default method, Integrated Laplace: this model is listed)
+    assert d.models_table.visible
+    d.state.spec.method = "vb"
+    d.state.clear_models()
+    assert d.state.fit_now(), d.state.errors
+    assert not d.models_table.visible
