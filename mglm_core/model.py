@@ -324,7 +324,7 @@ class BayesMixedGLM:
             if self.separation is not None:  # (the separating direction integrated numerically: mglm_core.separated)
                 return separated.fit_laplace_separated(
                     self, self.separation, lambda m: nested.fit_laplace(m, tol=tol, vcp_bounds=(lo, hi),
-                                                                        refine=bool(refine)), callback)
+                                                                        refine=bool(refine), quiet=True), callback)
             return nested.fit_laplace(self, tol=tol, vcp_bounds=(lo, hi), refine=bool(refine), callback=callback)
 
     def with_exog(self, exog):

@@ -1300,7 +1300,7 @@ def _solved_line(seen, idx, d, s, steps):
     return vals
 
 
-def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callback=None):
+def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callback=None, quiet=False):
     """Integrated nested Laplace fit (see the module docstring).
 
     Parameters
@@ -1315,6 +1315,10 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         (:func:`refine_conditional`): better means for binary and small-count data.
     callback : callable, optional
         ``callback(fraction, message)`` as the fit progresses (:mod:`mglm_core.progress`).
+    quiet : bool
+        Issue no warnings (they are on the result's ``warnings`` all the same): for the fits that are parts of
+        another (:mod:`mglm_core.separated`), where catching them would swap the process's warning filters
+        under the other threads' fits.
 
     Returns
     -------
@@ -1597,7 +1601,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     if not search_ok:
         msgs.append("The search for the mode of the log-SD posterior did not converge.")
     prog.done()
-    for msg in dict.fromkeys(msgs):  # (a design laid out twice adds its messages twice)
+    for msg in dict.fromkeys(msgs) if not quiet else ():  # (a design laid out twice adds its messages twice)
         warnings.warn(msg, ApproximationWarning if msg in approximations else ConvergenceWarning, stacklevel=3)
     diag = FitDiagnostics(
         converged=converged, n_iter=int(n_outer), grad_norm=float(np.linalg.norm(grad)),

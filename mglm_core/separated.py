@@ -70,11 +70,11 @@ def _conditional(model, basis, span, t):
 
     shift = model.exog @ (span @ t)
     offset = shift if model.offset is None else model.offset + shift
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # (the data's notes are the model's own, issued when it was built)
-        return BayesMixedGLM(model.endog, model.exog @ basis, model.exog_vc, model.ident, family=model.family,
-                             vcp_p=model.vcp_p, fe_p=model.fe_p, vcp_names=model.vcp_names, vc_names=model.vc_names,
-                             trials=model.trials, offset=offset, check_separation=False)
+    # (arrays, data the model was built from: no notes to issue again; no warnings caught either, which would swap
+    # the process's filters under other threads' fits)
+    return BayesMixedGLM(model.endog, model.exog @ basis, model.exog_vc, model.ident, family=model.family,
+                         vcp_p=model.vcp_p, fe_p=model.fe_p, vcp_names=model.vcp_names, vc_names=model.vc_names,
+                         trials=model.trials, offset=offset, check_separation=False)
 
 
 def _adaptive(solve, scale, max_points):
@@ -144,7 +144,7 @@ def _grid_of(points, k, n=201):
 def fit_laplace_separated(model, separation, fit, callback=None):
     """:func:`~mglm_core.nested.fit_laplace` with the separating direction of ``separation`` integrated
     numerically (see the module docstring), over both directions of a cone of two dimensions; ``fit(model)``
-    fits each conditional model."""
+    fits each conditional model, without issuing warnings (their messages are read off its result)."""
     t0 = time.perf_counter()
     prog = Progress(callback)
     p, k = model.k_fep, model.k_vcp
@@ -165,10 +165,8 @@ def fit_laplace_separated(model, separation, fit, callback=None):
                     f"separated direction{'s' if dims > 1 else ''}, point {len(fits) + 1}")
         res, lp = None, -np.inf
         try:
-            with warnings.catch_warnings(record=True) as got:
-                warnings.simplefilter("always")
-                res = fit(_conditional(model, basis, span, np.array(t)))
-            caught[t] = [str(w.message) for w in got]
+            res = fit(_conditional(model, basis, span, np.array(t)))
+            caught[t] = list(res.diagnostics.warnings)
             lml = res.log_marginal_likelihood
             if lml is not None and np.isfinite(lml):
                 lp = (-0.5 * float(np.sum((np.array(t) / scale) ** 2)) - dims * np.log(scale * np.sqrt(2.0 * np.pi))

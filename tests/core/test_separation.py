@@ -262,3 +262,29 @@ def test_rows_without_trials_neither_bound_nor_hide_a_separation():
     X = np.column_stack([np.ones(31), x])
     sep = find_separation(X, y, trials, "binomial", ["Intercept", "x"])
     assert sep is not None and "x" in sep.columns and sep.direction[1] > 0
+
+
+def test_the_parts_of_a_separated_fit_issue_no_warnings_of_their_own():
+    """The conditional fits run quiet (catching their warnings swapped the process's filters under other threads'
+    fits, as the dashboard's sessions are): the separated fit warns once, with the heaviest point's messages, and a
+    quiet fit still carries its messages on the result."""
+    from mglm_core import nested
+
+    zeros = load("cbpp_long").assign(y=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = mg.BayesMixedGLM.from_formula("y ~ period + (1 | herd)", data=zeros)
+    with warnings.catch_warnings(record=True) as loud:
+        warnings.simplefilter("always")
+        res = nested.fit_laplace(model)
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        again = nested.fit_laplace(model, quiet=True)
+    assert loud and not quiet
+    assert again.diagnostics.warnings == res.diagnostics.warnings
+    cbpp = load("cbpp").assign(x=lambda d: (d.incidence > 0).astype(float))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = mg.BayesMixedGLM.from_formula("incidence ~ x + (1 | herd)", data=cbpp, trials="size").fit_laplace()
+    approximations = [str(w.message) for w in caught if issubclass(w.category, mg.ApproximationWarning)]
+    assert len(approximations) == len(set(approximations)) == len(fit.diagnostics.warnings)
