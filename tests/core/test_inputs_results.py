@@ -702,3 +702,14 @@ def test_review_details_of_names_levels_and_indexes():
     Zdf = Zdf.loc[:, Zdf.sum() > 0]
     model = mg.BayesMixedGLM(cl.y, np.ones((40, 1)), Zdf, np.zeros(Zdf.shape[1], int))
     assert model.vc_names[0] == "VC_1[0]"
+
+
+def test_a_missing_component_label_and_a_callback_of_the_wrong_arity_are_named():
+    with pytest.raises(mg.DataError, match="`ident` must not contain None or NaN.*got 4 of them"):
+        mg.BayesMixedGLM(Y, X, Z, [None] * 4)
+    model = mg.BayesMixedGLM(Y, X, Z, IDENT)
+    with pytest.raises(mg.DataError, match=r"`callback` must take two arguments.*\(fraction\)"):
+        model.fit_vb(callback=lambda fraction: None)
+    seen = []
+    model.fit_vb(callback=lambda fraction, message, *rest: seen.append(fraction))
+    assert seen and seen[-1] == 1.0
