@@ -488,3 +488,17 @@ class Summary:
 
     def as_html(self):
         return self._repr_html_()
+
+    @property
+    def tables(self):
+        """The summary's tables, as statsmodels' ``summary().tables`` (DataFrames here): the fit's facts, then the
+        parameters."""
+        facts = pd.DataFrame({"": self._header()})
+        return [facts, self.to_frame()]
+
+    def as_latex(self):
+        """The parameters' table as LaTeX (booktabs), with the fit's facts in its caption."""
+        special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+        caption = "".join(special.get(ch, ch) for ch in "; ".join(self._header()))
+        return self.table.to_latex(float_format=lambda v: f"{v:.4f}", na_rep="", caption=caption, escape=True)

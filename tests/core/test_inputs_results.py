@@ -713,3 +713,15 @@ def test_a_missing_component_label_and_a_callback_of_the_wrong_arity_are_named()
     seen = []
     model.fit_vb(callback=lambda fraction, message, *rest: seen.append(fraction))
     assert seen and seen[-1] == 1.0
+
+
+def test_summary_has_statsmodels_tables_and_latex():
+    res = mg.BayesMixedGLM.from_formula("incidence ~ period + (1|herd)", data=load("cbpp"), trials="size").fit_vb()
+    summary = res.summary()
+    facts, params = summary.tables
+    assert list(params.index) == list(res.fe_names) + list(res.vcp_names)
+    assert "Binomial Mixed GLM Results" in facts.iloc[0, 0]
+    latex = summary.as_latex()
+    # (LaTeX's special characters escaped: a bare % would comment out the rest of the header row)
+    assert r"2.5\%" in latex and r"N(0, 2\textasciicircum{}2)" in latex and "fe \\textasciitilde{} N" in latex
+    assert latex.count("\\\\") == len(params) + 1
