@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from collections import OrderedDict
 
@@ -757,7 +758,9 @@ class AppState(param.Parameterized):
     def _request(self, data=None, response_levels=None) -> adapter.FitRequest:
         """The fit of the current spec on ``data`` (the prepared frame; None for its key alone)."""
         s = self.spec
-        return adapter.FitRequest(data=data, data_key=self._data_key(), formula=s.formula(), family=s.family,
+        # (a formula typed over several lines, on one: it is shown in the status line, labels and the snippet)
+        formula = re.sub(r"\s*[\r\n]+\s*", " ", s.formula()).strip()
+        return adapter.FitRequest(data=data, data_key=self._data_key(), formula=formula, family=s.family,
                                   method=s.method, trials=None if s.trials == NONE else s.trials,
                                   offset=None if s.offset == NONE else s.offset, fe_p=float(s.fe_p),
                                   vcp_p=float(s.vcp_p), response_levels=response_levels)

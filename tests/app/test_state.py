@@ -812,3 +812,12 @@ def test_a_separation_is_said_in_the_dashboards_words():
     note = next(w for w in st.fit.warnings if "separate the outcomes" in w)
     assert "the MAP and VB methods' Gaussian summaries" in note and "Integrated Laplace integrates" in note
     assert "fit_map" not in note and "fit_laplace" not in note
+
+
+def test_a_formula_typed_over_lines_is_shown_on_one():
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    st.spec.method = "vb"
+    st.spec.param.update(formula_text="incidence ~ period\n  + (1 | herd)")
+    assert st.fit_now(), st.errors
+    assert "fit of incidence ~ period + (1 | herd) (binomial)" in st.fit.message
