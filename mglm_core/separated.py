@@ -27,7 +27,7 @@ over the grid's trapezoid weights, and :math:`\log p(y)` is the integral's logar
 Where the separating directions form a cone of two dimensions (:attr:`Separation.dimension`: a gap between the
 classes of a covariate, two factor levels without events), :math:`t` runs over the cone's span, a grid of grids:
 at each point of the first coordinate's grid, the second's, with the inner integral as the outer point's density
-(a GLM with a gap: within 0.001 SD and 0.5 % of the SDs of the exact 2-D posterior, at about 900 conditional fits;
+(a GLM with a gap: within 0.005 SD and 0.4 % of the SDs of the exact 2-D posterior, at 400 conditional fits;
 along one direction with a Gaussian across, the Intercept's SD came out twice the exact). With more dimensions one
 direction is integrated and the fit says that the others' Gaussians are unreliable.
 """
@@ -59,7 +59,7 @@ KEEP_DROP = 12.0
 #: At most this many conditional fits along one direction.
 MAX_POINTS = 60
 #: ... and this many points per axis of a cone of two dimensions (a grid of grids: up to its square).
-MAX_POINTS_2D = 30
+MAX_POINTS_2D = 20
 #: The grid reaches at most this many prior SDs out.
 MAX_Z = 8.0
 
