@@ -609,6 +609,10 @@ class Dashboard(pn.viewable.Viewer):
                     "refits live as you change the model.")
         if not auto:
             return f"Model size {size:,}: press **Fit model** after changes."
+        slow = self.state._slow.get(self.state._slow_key())
+        if slow is not None:  # (this model is slow; another is judged by its own fits: it may refit live)
+            return (f"This model refits on **Fit model** only: its last fit took {slow:.1f} s (live refits are for "
+                    f"fits under {self.state.live_seconds:g} s).")
         return f"Press **Fit model** after changes: {self.state._not_live_reason()}."
 
     def _status_text(self, message, status):

@@ -337,3 +337,17 @@ def test_the_model_comparison_shows_its_table_only_with_models_to_list():
     d.state.clear_models()
     assert d.state.fit_now(), d.state.errors
     assert not d.models_table.visible
+
+
+def test_the_note_of_a_slow_model_speaks_of_that_model():
+    """After a slow fit the note said "Press Fit model after changes", but a change to another model refit live
+    (each model is judged by its own fits): the note now says that this model refits on the button only."""
+    from app import Dashboard
+
+    d = Dashboard()
+    st = d.state
+    st._slow[st._slow_key()] = 5.5
+    note = d._mode_note(st.fit.status, True)
+    assert note.startswith("This model refits on **Fit model** only: its last fit took 5.5 s")
+    st.spec.method = "vb"  # (another model: not known to be slow, live)
+    assert "refits live as you change the model" in d._mode_note(st.fit.status, True)
