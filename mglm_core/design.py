@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import keyword
 import re
+import threading
 import types
 import warnings
 from collections import Counter
@@ -88,6 +89,11 @@ import scipy.sparse as sp
 
 from .checks import check_distinct_columns
 from .errors import DataError, DataWarning, FormulaError
+
+#: Held while this module swaps the process's warning filters (``warnings.catch_warnings`` saves and restores the
+#: one global list: two threads building formulas at once, as the dashboard's sessions do, could restore each
+#: other's filters out of order and leave formulaic's warnings ignored for good).
+_WARNINGS_LOCK = threading.RLock()
 
 __all__ = ["Design", "DesignSpec", "FormulaColumns", "VCTerm", "build_design", "check_formula", "formula_columns"]
 
@@ -844,7 +850,7 @@ class VCTerm:
         """This block of ``Z`` for ``df``; rows with unseen/missing levels are empty."""
         n = len(df)
         if self._formulaic_spec is not None:
-            with warnings.catch_warnings():
+            with _WARNINGS_LOCK, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 mm = self._formulaic_spec.get_model_matrix(df, output="sparse", context=_SAFE_CONTEXT)
             return sp.csr_matrix(mm, dtype=np.float64)
@@ -982,7 +988,7 @@ def _vc_formula_component(df: pd.DataFrame, key: str, text: str) -> VCTerm:
         return _grouped_term(df, key, (col,), slope, label)
     try:
         safe = _python_arithmetic(text, [(t, i) for i, t in enumerate(tokens)])
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
+        with _WARNINGS_LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore", category=RuntimeWarning)
             mm = model_matrix(safe, df, output="sparse", na_action="ignore", context=_SAFE_CONTEXT)
     except Exception as exc:  # formulaic's own errors -> ours, with the text shown
@@ -1126,7 +1132,7 @@ class DesignSpec:
             if not missing.all():
                 out[~missing] = self.exog_for(new_df.loc[~missing])
             return out
-        with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
+        with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
             warnings.simplefilter("always")
             try:
                 mm = self._model_spec.get_model_matrix(
@@ -1686,7 +1692,7 @@ def build_design(
     _check_numeric_arguments(formula, rhs, df)
     try:
         # non-finite values (log of a negative, ...) are reported below as a DataError
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
+        with _WARNINGS_LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore", category=FutureWarning)
             warnings.simplefilter("ignore", category=RuntimeWarning)
             mm = model_matrix(fixed_formula, df, output="pandas", na_action="ignore", context=_SAFE_CONTEXT)

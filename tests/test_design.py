@@ -686,3 +686,26 @@ def test_cbind_failures_must_not_be_negative(small):
     df = small.assign(s=small["V"].astype(float), f=small["V"] - 2.0)
     with pytest.raises(DataError, match=r"the failures `f` in cbind\(...\) must be >= 0; got -1 at row"):
         build_design("cbind(s, f) ~ x + (1 | g)", df)
+
+
+def test_formulas_built_in_threads_leave_the_warning_filters_as_they_were():
+    """Formula building swaps the process's warning filters (catch_warnings): from two threads at once the
+    restores could interleave and leave formulaic's warnings ignored for good; a lock keeps them in order."""
+    import threading
+    import warnings
+
+    from mglm_core.datasets import load
+
+    cbpp = load("cbpp")
+    before = list(warnings.filters)
+
+    def build():
+        for _ in range(20):
+            build_design("incidence ~ period + log(size) + (1 | herd)", cbpp, trials="size")
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert warnings.filters == before
