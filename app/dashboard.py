@@ -445,8 +445,9 @@ class Dashboard(pn.viewable.Viewer):
             pn.pane.Markdown("### Teaching: simulate with known truth\nSet the true model, draw a data set, fit it, "
                              "and compare: the **red marks** on every plot are the truth."),
             pn.widgets.RadioButtonGroup.from_param(sim.param.family, color="success", variant="outline"),
-            pn.widgets.FloatSlider.from_param(sim.param.intercept), pn.widgets.FloatSlider.from_param(sim.param.slope),
-            pn.widgets.FloatSlider.from_param(sim.param.sd), _bounded_input(sim, "n_groups"),
+            # (one format for the three: "1" beside "-0.50" read as two kinds of number)
+            *(pn.widgets.FloatSlider.from_param(sim.param[name], format="0.00") for name in ("intercept", "slope", "sd")),
+            _bounded_input(sim, "n_groups"),
             _bounded_input(sim, "group_size"), _bounded_input(sim, "seed"),
             self.sim_button, self._alert("teach"), width=320)
         # Lazy: the teaching plots are computed only while the Teaching tab is on screen, so a live refit
