@@ -14,7 +14,8 @@ import scipy.sparse as sp
 from .errors import DataError, DataWarning
 
 __all__ = ["as_endog", "as_exog", "as_exog_vc", "as_ident", "as_names", "as_row_vector", "check_aligned",
-           "check_components_nonzero", "check_count", "check_family_data", "check_nonnegative", "check_positive"]
+           "check_components_nonzero", "check_count", "check_family_data", "check_nonnegative", "check_positive",
+           "read_only_copy"]
 
 
 def _describe(values, limit=5):
@@ -48,6 +49,16 @@ def as_row_vector(x, name, n=None) -> np.ndarray:
             f"`{name}` must be finite; got {int(bad.sum())} NaN/inf value(s), the first at row {i}."
         )
     return arr
+
+
+def read_only_copy(x):
+    """A read-only copy of an array (other values unchanged): a model's data and a result's arrays, which
+    later writes by the caller (or into them) would leave out of step with what was built or fitted from them."""
+    if not isinstance(x, np.ndarray):
+        return x
+    out = np.array(x)
+    out.flags.writeable = False
+    return out
 
 
 def check_aligned(**arguments):

@@ -39,14 +39,6 @@ from .separation import find_separation
 __all__ = ["BayesMixedGLM", "BinomialBayesMixedGLM", "PoissonBayesMixedGLM", "MixedGLM"]
 
 
-def _own(arr):
-    """A read-only copy of ``arr`` for the model: the caller's array may change later, and the row data and
-    factorisation pattern are built once from the model's (a write into either would leave the fits behind)."""
-    out = np.array(arr)
-    out.flags.writeable = False
-    return out
-
-
 class BayesMixedGLM:
     """Bayesian generalized linear mixed model with independent Gaussian random effects.
 
@@ -86,16 +78,17 @@ class BayesMixedGLM:
         self.family = get_family(family)
         checks.check_aligned(endog=endog, exog=exog, exog_vc=exog_vc, trials=trials, offset=offset)
         self._endog_name = str(endog.name) if isinstance(endog, pd.Series) and endog.name is not None else None
-        self.endog = _own(checks.as_endog(endog))
+        own = checks.read_only_copy  # (the model's own copies: the caller's arrays may change later)
+        self.endog = own(checks.as_endog(endog))
         n = self.endog.size
         exog, self.fep_names = checks.as_exog(exog, n, fep_names)
-        self.exog = _own(exog)
+        self.exog = own(exog)
         self.exog_vc = checks.as_exog_vc(exog_vc, n)
         ident, self.vcp_names = checks.as_ident(ident, self.exog_vc.shape[1], vcp_names)
-        self.ident = _own(ident)
+        self.ident = own(ident)
         checks.check_components_nonzero(self.exog_vc, self.ident, self.vcp_names)
-        self.trials = None if trials is None else _own(checks.as_row_vector(trials, "trials", n))
-        self.offset = None if offset is None else _own(checks.as_row_vector(offset, "offset", n))
+        self.trials = None if trials is None else own(checks.as_row_vector(trials, "trials", n))
+        self.offset = None if offset is None else own(checks.as_row_vector(offset, "offset", n))
         notes = checks.check_family_data(self.family, self.endog, self.trials)
         # (a response all at one boundary has its own note, check_family_data's)
         separation = None if notes or not check_separation else find_separation(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .checks import read_only_copy
 from .design import offset_values
 from .errors import DataError, DataWarning
 
@@ -109,15 +110,6 @@ class _FrozenDict(dict):
         return _FrozenDict({k: copy.deepcopy(v, memo) for k, v in self.items()})
 
 
-def _read_only(x):
-    """A read-only copy of an array (other values unchanged)."""
-    if not isinstance(x, np.ndarray):
-        return x
-    out = np.array(x)
-    out.flags.writeable = False
-    return out
-
-
 @dataclass(frozen=True)
 class BayesMixedGLMResults:
     """Posterior summaries of a fitted :class:`~mglm_core.model.BayesMixedGLM`.
@@ -162,11 +154,11 @@ class BayesMixedGLMResults:
         # read-only copies: a result is a record of the fit (writing into fe_mean would silently
         # change fe_table, predict and params)
         for name in ("fe_mean", "fe_sd", "vcp_mean", "vcp_sd", "vc_mean", "vc_sd", "border_cov"):
-            object.__setattr__(self, name, _read_only(getattr(self, name)))
-        object.__setattr__(self, "extra", _FrozenDict({k: _read_only(v) for k, v in self.extra.items()}))
+            object.__setattr__(self, name, read_only_copy(getattr(self, name)))
+        object.__setattr__(self, "extra", _FrozenDict({k: read_only_copy(v) for k, v in self.extra.items()}))
         if self.vcp_grid is not None:
-            object.__setattr__(self, "vcp_grid", VcpGrid(tuple(_read_only(x) for x in self.vcp_grid.points),
-                                                         tuple(_read_only(x) for x in self.vcp_grid.density)))
+            object.__setattr__(self, "vcp_grid", VcpGrid(tuple(read_only_copy(x) for x in self.vcp_grid.points),
+                                                         tuple(read_only_copy(x) for x in self.vcp_grid.density)))
 
     def __setstate__(self, state):
         # (unpickled and deep-copied arrays come back writable: read-only again, as a fresh result's)
