@@ -149,14 +149,12 @@ def fit_laplace_separated(model, separation, fit, callback=None):
     t0 = time.perf_counter()
     prog = Progress(callback)
     p, k = model.k_fep, model.k_vcp
-    dims = 2 if separation.dimension == 2 and separation.span is not None and p >= 2 else 1
-    span = (separation.span[:, :dims] if separation.span is not None
-            else (separation.direction / np.linalg.norm(separation.direction))[:, None])
+    dims = 2 if separation.dimension == 2 and p >= 2 else 1
+    span = separation.span[:, :dims]
     basis = null_space(span.T)  # p x (p - dims), orthonormal
     scale = model.fe_p
     budget = MAX_POINTS if dims == 1 else MAX_POINTS_2D
     fits = {}  # t (tuple) -> (log density, result or None)
-    caught = {}
 
     def solve(t):
         t = tuple(float(v) for v in t)
@@ -167,7 +165,6 @@ def fit_laplace_separated(model, separation, fit, callback=None):
         res, lp = None, -np.inf
         try:
             res = fit(_conditional(model, basis, span, np.array(t)))
-            caught[t] = list(res.diagnostics.warnings)
             lml = res.log_marginal_likelihood
             if lml is not None and np.isfinite(lml):
                 lp = (-0.5 * float(np.sum((np.array(t) / scale) ** 2)) - dims * np.log(scale * np.sqrt(2.0 * np.pi))
@@ -224,7 +221,7 @@ def fit_laplace_separated(model, separation, fit, callback=None):
     msgs = [(f"The fixed effects' {what} ({', '.join(named)}) "
              f"{'was' if dims == 1 else 'were'} integrated numerically over {len(points)} points, each an integrated "
              "Laplace fit of the rest.")]
-    msgs += [m for m in dict.fromkeys(caught.get(points[best][0], [])) if m not in model.notes]
+    msgs += [m for m in dict.fromkeys(results[best].diagnostics.warnings) if m not in model.notes]
     if separation.dimension > dims:  # (the rest of the cone by the conditional fits' Gaussians)
         msgs.append(f"The fixed effects are separated along {separation.dimension} independent directions; {dims} "
                     f"{'was' if dims == 1 else 'were'} integrated numerically and the others are summarised by "

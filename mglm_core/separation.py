@@ -17,11 +17,13 @@ tail times a likelihood that levels off: one-sided, far from Gaussian, with a me
 ``fe_p``. No Gaussian approximation at a mode describes it: :mod:`mglm_core.separated` integrates along it.
 
 The directions satisfying the constraints form a polyhedral cone :math:`C`; separation is
-:math:`C \ne \{0\}`, decided by one linear programme (Konis 2007): maximise
-:math:`\sum_i s_i x_i^\top \beta` over :math:`C \cap [-1, 1]^p`, positive exactly when
-:math:`C \ne \{0\}`. The equalities are solved first (:math:`\beta` in the null space of the other rows),
-and with many rows the programme runs on a sample of them first: the cone of a sample holds the
-cone of all rows, so a sample's :math:`\{0\}` (its rows of full rank) settles it.
+:math:`C \ne \{0\}`. The equalities are solved first (:math:`\beta` in the null space of the other rows).
+A cheap linear programme (Konis 2007: maximise :math:`\sum_i s_i x_i^\top \beta` over
+:math:`C \cap [-1, 1]^p`, 0 exactly when :math:`C = \{0\}` for rows of full rank) rules separation out; else
+Freund, Roundy & Todd's programme finds a direction inside :math:`C` and the rows zero on all of it, whence
+the cone's dimension and span. With many rows the programmes run on a sample first: the cone of a sample
+holds the cone of all rows, so a sample's :math:`\{0\}` settles it, and otherwise rows join the sample
+until its direction holds on all of them (cutting planes).
 """
 from __future__ import annotations
 
@@ -54,15 +56,15 @@ class Separation:
     dimension : int
         The dimension of the cone of such directions (1: this direction alone; two levels of a factor
         without events each: 2).
-    span : ndarray (p, dimension) or None
+    span : ndarray (p, dimension)
         An orthonormal basis of the cone's span on the scale of the columns, ``direction`` (normalised) first.
     """
 
     direction: np.ndarray
     columns: tuple
     strict_rows: int
-    dimension: int = 1
-    span: np.ndarray | None = None
+    dimension: int
+    span: np.ndarray
 
     def message(self, family_name: str) -> str:
         """The warning for this separation, in plain words."""
@@ -76,6 +78,12 @@ class Separation:
                 "fit_map's and fit_vb's Gaussian summaries of them are unreliable (fit_laplace integrates along it "
                 "numerically), and their means, SDs and intervals reflect fe_p more than the data. Merge or drop the "
                 "levels concerned, or choose fe_p as a deliberate, informative prior.")
+
+
+def _null_space(A):
+    """An orthonormal basis of the directions every row of ``A`` is zero on (of its Gram matrix, d x d: its
+    singular values are the squares of the rows', so 1e-10 is 1e-5 relative); all of them without rows."""
+    return null_space(A.T @ A, rcond=1e-10) if A.shape[0] else np.eye(A.shape[1])
 
 
 def _signs(y, trials, family_name):
@@ -153,7 +161,7 @@ def _cone(rows, one, d, sample_rows, seed, rounds=20):
         if A_one is None:
             A_one = rows(one)
         if gamma is None:
-            rest = null_space(A.T @ A, rcond=1e-10)
+            rest = _null_space(A)
             if rest.shape[1] == 0:
                 return None, None
             far = one[np.abs(A_one @ rest).max(axis=1) > _TOL]
@@ -162,8 +170,7 @@ def _cone(rows, one, d, sample_rows, seed, rounds=20):
             tol = _TOL * max(1.0, float(np.abs(v).max()))
             # rows violated, or zero along gamma and perhaps positive elsewhere on the cone: not orthogonal to the
             # span the sample's cone can have (the null space of its rows held at zero), which holds the cone
-            held = A[~positive]
-            span = null_space(held.T @ held, rcond=1e-10) if held.shape[0] else np.eye(d)
+            span = _null_space(A[~positive])
             maybe = np.abs(A_one @ span).max(axis=1) > tol if span.shape[1] else np.zeros(one.size, dtype=bool)
             bad = (v < -tol) | ((np.abs(v) <= tol) & maybe & ~np.isin(one, idx))
             if not bad.any():
@@ -200,9 +207,7 @@ def find_separation(X, y, trials, family_name, names, sample_rows=SAMPLE_ROWS, s
     scale[scale == 0] = 1.0
     # beta = N gamma with N a basis of the null space of the rows with both outcomes (their equalities)
     if mixed.any():
-        Xm = X[mixed] / scale
-        G = Xm.T @ Xm  # (p x p: the null space of the rows is that of their Gram matrix)
-        N = null_space(G, rcond=1e-10)  # (G's singular values are the squares of the rows': 1e-5 relative)
+        N = _null_space(X[mixed] / scale)
         if N.shape[1] == 0:
             return None
     else:
@@ -232,8 +237,7 @@ def find_separation(X, y, trials, family_name, names, sample_rows=SAMPLE_ROWS, s
     cols = tuple(str(names[j]) for j in np.flatnonzero(beta))
     # the cone's dimension: less the rank of the rows zero on all of it (with both outcomes, or one-sided and held)
     zero = np.concatenate([np.flatnonzero(mixed), held])
-    Z = Xs[zero]
-    inside = null_space(Z.T @ Z, rcond=1e-10) if zero.size else np.eye(p)  # (the span, standardised columns)
+    inside = _null_space(Xs[zero])  # (the span, standardised columns)
     dimension = max(1, inside.shape[1])
     # the span on the columns' scale (b -> b / scale), orthonormal, the direction first
     d_hat = beta / np.linalg.norm(beta)
