@@ -112,8 +112,13 @@ class ModelEvidence:
 
     @property
     def label(self) -> str:
-        """The formula, with the offset where there is one (models that differ only by it read alike)."""
-        return self.formula + (f" + offset({self.offset})" if self.offset else "")
+        return model_label(self.formula, self.offset)
+
+
+def model_label(formula: str, offset: str | None) -> str:
+    """A model as the dashboard names it: the formula, with the offset where there is one (models that differ
+    only by it read alike without)."""
+    return formula + (f" + offset({offset})" if offset else "")
 
 
 def outcome_key(outcome: FitOutcome) -> str:

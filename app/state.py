@@ -326,8 +326,9 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
         elif (y < 0).any():
             errors["response"] = (f"Response {response!r} has negative values (minimum {y.min():g}); "
                                   "Poisson counts must be 0 or more.")
-        elif (y.dropna() != np.round(y.dropna())).any():
-            first = y.dropna()[y.dropna() != np.round(y.dropna())].iloc[0]
+        elif y.notna().any() and not _whole_nonnegative(y):  # (not negative, from the test above: a fraction)
+            counts = y.dropna()
+            first = counts[counts != np.round(counts)].iloc[0]
             errors["response"] = (f"Response {response!r} has values that are not whole numbers (e.g. {first:g}); "
                                   "the Poisson family needs counts (0, 1, 2, ...). Is it an exposure or a rate?")
     if response in groups:
@@ -919,9 +920,9 @@ class AppState(param.Parameterized):
             outcome=outcome, status="done", error="",
             warnings=diagnostics(outcome, self.fit.n_dropped, outcome.request.family)
             + ([self.data.note] if self.data.note else []),
-            message=(f"{adapter.method_label(outcome.request.method)} fit of {outcome.request.formula}"
-                     + (f" + offset({outcome.request.offset})" if outcome.request.offset else "")
-                     + f" ({outcome.request.family}) on {len(outcome.request.data):,} rows: {conv} in "
+            message=(f"{adapter.method_label(outcome.request.method)} fit of "
+                     f"{adapter.model_label(outcome.request.formula, outcome.request.offset)}"
+                     f" ({outcome.request.family}) on {len(outcome.request.data):,} rows: {conv} in "
                      f"{outcome.seconds:.2f} s."))
         if not self._rerun and outcome.request.key != self._current_key():
             # the model changed while this fit ran (a change that does not refit live only marked the

@@ -245,9 +245,11 @@ def as_ident(ident, q, vcp_names=None):
         raise DataError(f"`ident` must have one entry per column of exog_vc; got {lab.shape[0]} for {q} columns.")
     if lab.dtype.kind == "f" and not np.isfinite(lab).all():
         raise DataError("`ident` must not contain NaN.")
-    if lab.dtype == object and any(v is None or (isinstance(v, float) and not np.isfinite(v)) for v in lab):
+    missing = (sum(v is None or (isinstance(v, float) and not np.isfinite(v)) for v in lab)
+               if lab.dtype == object else 0)
+    if missing:
         raise DataError("`ident` must not contain None or NaN (a missing label is no component); got "
-                        f"{int(sum(v is None or (isinstance(v, float) and not np.isfinite(v)) for v in lab))} of them.")
+                        f"{missing} of them.")
     uniq_first = list(dict.fromkeys(lab.tolist()))
     try:
         uniq = sorted(uniq_first)
@@ -312,12 +314,15 @@ def check_callback(callback):
         import inspect
 
         try:
-            inspect.signature(callback).bind(0.5, "message")
-        except TypeError:
-            raise DataError(f"`callback` must take two arguments, f(fraction, message); got {callback!r}, "
-                            f"whose signature is {inspect.signature(callback)}.") from None
+            signature = inspect.signature(callback)
         except ValueError:  # (a builtin without a signature: taken as it is)
-            pass
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(0.5, "message")
+            except TypeError:
+                raise DataError(f"`callback` must take two arguments, f(fraction, message); got {callback!r}, "
+                                f"whose signature is {signature}.") from None
     return callback
 
 
