@@ -142,7 +142,8 @@ def working_model(model, scale_fe):
     """The model to optimise and the map ``M`` back to original fe (``beta = M @ beta_scaled``; None if unscaled)."""
     if scale_fe and model.k_fep:
         Xs, M = scaling_transform(model.exog)
-        return model.with_exog(Xs), M
+        # (the same columns' span, so the same separation: the model's own search and warning, not a second)
+        return model.with_exog(Xs, check_separation=False), M
     return model, None
 
 

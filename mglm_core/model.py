@@ -320,14 +320,17 @@ class BayesMixedGLM:
                                                                         refine=bool(refine), quiet=True), callback)
             return nested.fit_laplace(self, tol=tol, vcp_bounds=(lo, hi), refine=bool(refine), callback=callback)
 
-    def with_exog(self, exog):
+    def with_exog(self, exog, *, check_separation=True):
         """A copy of the model with another fixed-effects design (same everything else; the names of
-        the fixed effects kept where the number of columns is the same, else taken from ``exog``)."""
+        the fixed effects kept where the number of columns is the same, else taken from ``exog``).
+        ``check_separation``: as the constructor's (False for a design that spans the same columns, whose
+        separation is this model's: the standardised design of ``scale_fe``)."""
         shape = np.shape(exog)
         same = len(shape) == 2 and shape[1] == self.k_fep and not hasattr(exog, "columns")
         return BayesMixedGLM(self.endog, exog, self.exog_vc, self.ident, family=self.family, vcp_p=self.vcp_p,
                              fe_p=self.fe_p, fep_names=self.fep_names if same else None, vcp_names=self.vcp_names,
-                             vc_names=self.vc_names, trials=self.trials, offset=self.offset, design=self.design)
+                             vc_names=self.vc_names, trials=self.trials, offset=self.offset, design=self.design,
+                             check_separation=check_separation)
 
     def __repr__(self):
         return (f"<{type(self).__name__} {self.family.name}: n={self.endog.size}, p={self.k_fep}, "

@@ -288,3 +288,19 @@ def test_the_parts_of_a_separated_fit_issue_no_warnings_of_their_own():
         fit = mg.BayesMixedGLM.from_formula("incidence ~ x + (1 | herd)", data=cbpp, trials="size").fit_laplace()
     approximations = [str(w.message) for w in caught if issubclass(w.category, mg.ApproximationWarning)]
     assert len(approximations) == len(set(approximations)) == len(fit.diagnostics.warnings)
+
+
+def test_scale_fe_does_not_search_or_warn_again():
+    """fit_map(scale_fe=True) and fit_vb(scale_fe=True) fit a standardised copy of the design: the same columns'
+    span and so the same separation, which the model found and warned of when built (the copy searched again
+    and repeated the warning at fit time)."""
+    cbpp = load("cbpp").assign(x=lambda d: (d.incidence > 0).astype(float))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = mg.BayesMixedGLM.from_formula("incidence ~ x + (1 | herd)", data=cbpp, trials="size")
+    for fit in (lambda: model.fit_map(scale_fe=True), lambda: model.fit_vb(scale_fe=True)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = fit()
+        assert not any("separate the outcomes" in str(w.message) for w in caught)
+        assert any("separate the outcomes" in w for w in res.warnings)  # (the model's note, on the result)
