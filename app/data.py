@@ -161,10 +161,10 @@ def read_upload(filename: str, content: bytes) -> pd.DataFrame:
     if len(set(df.columns)) != len(df.columns):
         raise DataInputError(f"The file {filename!r} has repeated column names.")
     # pandas renames a repeated header (a, a -> a, a.1): said so, as the reader's rename is not the file's name
-    names = set(df.columns)
     # (pandas numbers the repeats 1, 2, ...: a suffix up to the number of columns; `score.2020` is a name)
-    renamed = [c for c in df.columns if "." in c and c.rsplit(".", 1)[1].isdigit()
-               and 0 < int(c.rsplit(".", 1)[1]) < len(df.columns) and c.rsplit(".", 1)[0] in names]
+    names = set(df.columns)
+    split = [(c, *c.rsplit(".", 1)) for c in df.columns if "." in c]
+    renamed = [c for c, base, k in split if k.isdigit() and 0 < int(k) < len(names) and base in names]
     if renamed and kind != "parquet":  # (CSV and Excel headers are renamed by the reader)
         note = (f"The file {filename!r} repeats column names; the repeats were renamed "
                 f"{', '.join(repr(c) for c in renamed[:5])}.")
