@@ -8,6 +8,7 @@ session (``app/main.py``) and a notebook displays it directly::
 """
 from __future__ import annotations
 
+import html
 import io
 import re
 
@@ -111,6 +112,14 @@ STATUS = dict(css_classes=["mglm-status"], stylesheets=[CSS])
 
 #: the Data tab's table shows at most this many rows (the download has them all)
 PREVIEW_ROWS = 500
+
+
+def _text_labels(objects) -> dict:
+    """``{label: value}`` with each label's HTML special characters escaped, for widgets that render their
+    labels as HTML (MultiChoice): an uploaded column named ``<img onerror=...>`` is shown as that text and
+    never becomes markup (or script) in the page. The values stay the columns' names."""
+    items = objects.items() if isinstance(objects, dict) else ((v, v) for v in objects)
+    return {html.escape(str(label), quote=False): value for label, value in items}
 
 
 def _preview_note(df) -> str:
@@ -504,6 +513,8 @@ class Dashboard(pn.viewable.Viewer):
         """
         p = obj.param[pname]
         objects = list(p.objects) if not isinstance(p.objects, dict) else p.objects
+        if cls is pn.widgets.MultiChoice:  # its chips and menu render labels as HTML: a column's name is text
+            objects = _text_labels(objects)
         widget = cls(label=kw.pop("label", p.label), options=objects, value=getattr(obj, pname), **kw)
         offered = list(objects.values()) if isinstance(objects, dict) else objects
 

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 try:
@@ -312,6 +313,32 @@ def test_the_same_file_uploaded_again_loads_again(page, tmp_path):
     page.get_by_text("Salamanders: 644 rows").first.wait_for(timeout=30_000)
     page.locator("input[type=file]").first.set_input_files(str(path))
     page.get_by_text("again.csv: 842 rows").first.wait_for(timeout=30_000)
+    assert page.console_errors == []
+
+
+def test_column_names_are_shown_as_text_never_as_markup(page, tmp_path):
+    """A column named like HTML (an uploaded file's header) shows as that text in the column pickers:
+    Choices.js renders its labels as HTML, where ``<img onerror=...>`` ran script in the page."""
+    hostile = "<img src=x onerror=\"document.title='XSS'\">"
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({hostile: [f"s{i % 12}" for i in range(120)], "<b>x</b>": rng.normal(size=120),
+                       "y": rng.integers(0, 2, 120)})
+    path = tmp_path / "names.csv"
+    df.to_csv(path, index=False)
+    title = page.title()
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    page.get_by_text("names.csv: 120 rows").first.wait_for(timeout=30_000)
+    groups = page.locator(".bk-input-group", has_text="Grouping factors").first
+    chip = groups.locator(".choices__list--multiple .choices__item").first
+    chip.wait_for(timeout=30_000)
+    assert hostile in chip.inner_text()  # the guessed grouping factor, its name as text
+    covariates = page.locator(".bk-input-group", has_text="Numeric covariates").first
+    covariates.locator("input").first.click()  # the menu lists the column by its name, as text
+    covariates.locator(".choices__item--choice", has_text="<b>x</b>").first.click()
+    covariates.locator(".choices__list--multiple .choices__item", has_text="<b>x</b>").first.wait_for(timeout=30_000)
+    assert page.locator(".choices img, .choices b").count() == 0
+    page.wait_for_timeout(500)
+    assert page.title() == title
     assert page.console_errors == []
 
 
