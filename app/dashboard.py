@@ -19,7 +19,7 @@ import param
 from app import adapter, plots
 from app.live import LivePlot
 from app.data import DEMOS, MAX_UPLOAD_MB, column_overview
-from app.state import AppState, model_comparison, problem_size
+from app.state import AppState, diagnostics, model_comparison, problem_size
 
 
 def _rows(n: int) -> str:
@@ -174,6 +174,9 @@ def _bounded_input(obj: param.Parameterized, name: str, **kw) -> pn.Column:
 #: controls below them (the template keeps the page at the window's height, the controls in a panel
 #: that scrolls on its own, and the results below the window, out of reach).
 PAGE_CSS = """
+@media (min-width: 769px) and (max-width: 1100px) {
+  html:root { --sidebar-width: 300px; }  /* (a laptop or a projector at 800 px: room for the plots) */
+}
 @media (max-width: 768px) {
   #container { height: auto !important; min-height: 100vh; overflow: visible !important; }
   #content { flex-direction: column; overflow: visible !important; height: auto !important; }
@@ -273,6 +276,9 @@ class Dashboard(pn.viewable.Viewer):
         model_card = pn.Card(
             pn.panel(pn.bind(self._response_widget, st.param.columns_version), sizing_mode="stretch_width"),
             self._family_widget,
+            pn.pane.Markdown("Your typed formula (card 4) is in use, not these choices; changing one of them "
+                             "goes back to them (the typed formula can be restored).", **NOTE, margin=(0, 5),
+                             visible=spec.param.use_formula),
             pn.panel(pn.bind(self._model_widgets, st.param.columns_version), sizing_mode="stretch_width"),
             title="2 · Model", sizing_mode="stretch_width", collapsible=True)
 
@@ -305,6 +311,7 @@ class Dashboard(pn.viewable.Viewer):
                              "It is checked by a safe parser; nothing is evaluated as Python.",
                              **NOTE, margin=(0, 5)),
             self._alert("formula"),
+            pn.panel(pn.bind(self._replaced_note, st.param.replaced_formula), sizing_mode="stretch_width"),
             title="4 · Formula", sizing_mode="stretch_width", collapsible=True)
 
         self.sidebar = pn.Column(data_card, model_card, fit_card, formula_card, sizing_mode="stretch_width")
@@ -358,7 +365,8 @@ class Dashboard(pn.viewable.Viewer):
         fe_table = pn.widgets.Tabulator(pn.bind(self._fe_df, outcome, view.param.exp_scale),
                                         formatters=self._fmt(), **table_kw)
         vc_table = pn.widgets.Tabulator(pn.bind(self._vc_df, outcome), formatters=self._fmt(), **table_kw)
-        downloads = pn.Row(
+        # (FlexBoxes: the buttons wrap onto a second line in a narrow window instead of being cut off)
+        downloads = pn.FlexBox(
             pn.widgets.FileDownload(callback=self._csv_fe, filename="fixed_effects.csv", label="Fixed effects CSV",
                                     color="primary", variant="outline"),
             pn.widgets.FileDownload(callback=self._csv_vc, filename="variance_components.csv",
@@ -366,7 +374,7 @@ class Dashboard(pn.viewable.Viewer):
             pn.widgets.FileDownload(callback=self._csv_re, filename="random_effects.csv", label="Random effects CSV",
                                     color="primary", variant="outline"),
             sizing_mode="stretch_width")
-        html_downloads = pn.Row(
+        html_downloads = pn.FlexBox(
             pn.widgets.FileDownload(callback=lambda: self._html("forest"), filename="forest_plot.html",
                                     label="Forest plot HTML", variant="outline"),
             pn.widgets.FileDownload(callback=lambda: self._html("density"), filename="sd_densities.html",
@@ -377,9 +385,12 @@ class Dashboard(pn.viewable.Viewer):
         code = pn.pane.Markdown(pn.bind(self._snippet_md, outcome), sizing_mode="stretch_width")
         # (shown only with models to list: an empty table and a "Clear the list" button were an odd empty state)
         listed = pn.bind(lambda models, oc: not self._models_df(models, oc).empty, fit.param.models, outcome)
+        # (the columns fitted to the table's width, the formulas wrapped: long formulas pushed the probability
+        # column out of sight)
         models_table = pn.widgets.Tabulator(pn.bind(self._models_df, fit.param.models, outcome),
-                                            formatters=self._fmt(), css_classes=["model-comparison"], visible=listed,
-                                            **table_kw)
+                                            formatters={**self._fmt(), "model": {"type": "textarea"}},
+                                            widths={"model": "40%"}, css_classes=["model-comparison"], visible=listed,
+                                            **{**table_kw, "layout": "fit_columns"})
         clear_models = pn.widgets.Button(label="Clear the list", variant="outline", width=160, visible=listed)
         clear_models.on_click(lambda _: self.state.clear_models())
         self.models_table = models_table
@@ -429,8 +440,9 @@ class Dashboard(pn.viewable.Viewer):
                 "Fit the current model with every method on the same data and overlay them. Integrated "
                 "Laplace integrates the random effects out (the accurate one); Laplace (MAP) uses the curvature "
                 "at the joint mode, which can collapse an SD to 0; VB is a mean-field Gaussian, too narrow."),
-            pn.Row(self.compare_button, pn.pane.Markdown(fit.param.compare_status, **NOTE,
-                                                         sizing_mode="stretch_width"), sizing_mode="stretch_width"),
+            pn.FlexBox(self.compare_button, pn.pane.Markdown(fit.param.compare_status, **NOTE, min_width=260,
+                                                             styles={"flex": "1 1 260px"}),
+                       sizing_mode="stretch_width", flex_wrap="wrap"),
             pn.pane.Alert("The model has changed since this comparison: **Fit with every method** compares the "
                           "model the sidebar shows.", alert_type="warning", sizing_mode="stretch_width",
                           visible=fit.param.compare_current.rx.not_() & comparison.rx.bool(),
@@ -562,6 +574,16 @@ class Dashboard(pn.viewable.Viewer):
             self._alerts["groups"],
             cw(pn.widgets.Select, spec, "offset", **w),
             sizing_mode="stretch_width", margin=0)
+
+    def _replaced_note(self, replaced: str):
+        """Under the formula: the typed formula a column choice replaced, with a button that restores it."""
+        if not replaced:
+            return pn.Column(visible=False)
+        button = pn.widgets.Button(label="Restore my typed formula", button_type="default", sizing_mode="stretch_width")
+        button.on_click(lambda _: self.state.restore_formula())
+        return pn.Column(pn.pane.Alert(f"Your typed formula **{literal_markdown(replaced)}** was replaced by the "
+                                       "sidebar's column choices.", alert_type="warning", margin=(0, 5)),
+                         button, sizing_mode="stretch_width", margin=0)
 
     def _re_term_widget(self, _outcome):
         return self._column_widget(pn.widgets.Select, self.state.view, "re_term", width=220)
@@ -703,19 +725,25 @@ class Dashboard(pn.viewable.Viewer):
         if not comparison:
             return pd.DataFrame()
         frames = []
+        # each method's diagnostics as the main page words them (VB's narrow SDs, an SD near 0), less those
+        # every method has (the data's: rows left out, the response's levels), which the main page shows
+        notes = {m: diagnostics(oc, 0, oc.request.family) for m, oc in comparison.items()}
+        common = set.intersection(*map(set, notes.values())) if len(notes) > 1 else set()
         for m, oc in comparison.items():
             fe = plots.fe_summary(oc.result)[["term", "mean", "sd"]].rename(
                 columns={"term": "parameter", "mean": "estimate"})
-            fe["estimate is"] = "posterior mean"
+            mode = adapter.result_method(oc.result) == "map"  # (the joint mode: modes, the SD's exp(mode))
+            fe["estimate is"] = "posterior mode" if mode else "posterior mean"
             vc = plots.vcp_summary(oc.result)[["component", "sd_estimate"]].rename(
                 columns={"component": "parameter", "sd_estimate": "estimate"})
             vc["parameter"] = "SD(" + vc["parameter"] + ")"
-            vc["estimate is"] = "posterior median"  # (of the SD, as the SD plots mark it; it was headed "mean")
+            # (of the SD, as the SD plots mark it; it was headed "mean")
+            vc["estimate is"] = "joint posterior mode" if mode else "posterior median"
             df = pd.concat([fe, vc], ignore_index=True)
             df["method"] = plots.METHOD_NAMES.get(m, m)
             df["seconds"] = oc.seconds
-            notes = ([] if adapter.converged(oc.result) else ["did not converge"]) + list(oc.warnings)
-            df["notes"] = "; ".join(notes)  # a collapsed SD or a failed Hessian is said next to its numbers
+            # a collapsed SD or a failed Hessian is said next to its numbers
+            df["notes"] = " ".join(n for n in notes[m] if n not in common)
             frames.append(df)
         return pd.concat(frames, ignore_index=True)
 

@@ -46,6 +46,33 @@ def _color(label: str, i: int) -> str:
     return COLORS.get(label, PALETTE[i % len(PALETTE)])
 
 
+#: Axis labels and legend entries longer than this are shortened in the middle (the full text is in the hover
+#: and the tables): one 200-character column name took a forest plot's whole width for its tick label.
+LABEL_MAX = 32
+#: Line styles of the methods overlaid on one plot of SD densities (colours tell the components apart).
+_DASHES = ("solid", "dashed", "dotted", "dashdot")
+
+
+def short_label(text, width: int = LABEL_MAX) -> str:
+    """``text`` with its middle replaced by an ellipsis where it is longer than ``width`` characters."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2 + (width - 1) % 2
+    return text[:head] + "\u2026" + text[len(text) - (width - 1 - head):]
+
+
+def _short_ticks(ticks) -> list[tuple]:
+    """``(position, label)`` ticks with their labels shortened, kept distinct (two long names that differ only
+    in the middle get their positions' numbers)."""
+    labels = [short_label(t) for _, t in ticks]
+    seen = {}
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+    return [(pos, lab if seen[lab] == 1 or lab == str(t) else f"{lab} #{i + 1}")
+            for i, ((pos, t), lab) in enumerate(zip(ticks, labels))]
+
+
 def empty_plot(message: str = "No result yet") -> hv.Element:
     """A message in place of a plot, wrapped into lines that fit a narrow plot (one long line was cut
     off at both sides)."""
@@ -156,7 +183,7 @@ def forest_plot(results, exp_scale: bool = False, truth: dict | None = None, fam
             layers.append(hv.Scatter(tdf, "truth", ["y", "term"], label="truth").opts(
                 color=COLORS["truth"], marker="x", size=14, line_width=3, tools=["hover"],
                 hover_tooltips=[("term", "@term"), ("true value", "@truth{0.0000}")]))
-    yticks = [(ypos[t], t) for t in terms]
+    yticks = _short_ticks([(ypos[t], t) for t in terms])
     extra = {}
     if exp_scale:
         values = [ref] + [v for res in results.values() for col in ("lower", "upper")
@@ -168,11 +195,17 @@ def forest_plot(results, exp_scale: bool = False, truth: dict | None = None, fam
         ticks = log_ticks(values.min(), values.max()) if values.size else []
         if ticks:
             extra["xticks"] = ticks
+    # what the points are: the joint mode's (MAP) estimates are posterior modes, and without a Hessian (a
+    # failed MAP fit) there are no intervals
+    estimate = "mode" if {adapter.result_method(r) for r in results.values()} == {"map"} else "mean"
+    no_sd = all(not np.isfinite(forest_data(r).sd).any() for r in results.values())
+    interval = "(no intervals: see the diagnostics)" if no_sd else "and 95 % interval"
+    title = ((f"Fixed effects: exp(posterior {estimate}) {interval}" if exp_scale else
+              f"Fixed effects: posterior {estimate} {interval}") if height >= _COMPACT
+             else f"Fixed effects: exp({estimate}), 95 % interval" if exp_scale
+             else f"Fixed effects: {estimate}, 95 % interval")
     return hv.Overlay(layers).opts(
-        hv.opts.Overlay(title=(("Fixed effects: exp(posterior mean) and 95 % interval" if exp_scale else
-                                "Fixed effects: posterior mean and 95 % interval") if height >= _COMPACT
-                               else "Fixed effects: exp(mean), 95 % interval" if exp_scale
-                               else "Fixed effects: mean, 95 % interval"), xlabel=xlabel, ylabel="",
+        hv.opts.Overlay(title=title, xlabel=xlabel, ylabel="",
                         yticks=yticks, ylim=(-0.7, len(terms) - 0.3), logx=exp_scale, legend_position="bottom",
                         min_height=max(220, height), **extra, **_base(height)))
 
@@ -200,6 +233,28 @@ def sd_summary(res) -> pd.DataFrame:
                          "sd_lower": np.asarray(lo, float), "sd_upper": np.asarray(hi, float)})
 
 
+def _key(curves) -> list:
+    """``(curves, columns)``: the legend of several methods' SD densities, below the plot (a legend beside it narrowed the frames of
+    the plots above, which Bokeh aligns): the components' colours on its first row, the methods' line styles on
+    the second (not every pair: 3 x 3 entries). Legend-only curves of no length; Bokeh fills a legend of
+    ``ncols`` columns column by column, so the entries alternate, and a row shorter than the other is padded
+    with blank entries (distinct labels of no-break spaces: equal labels would merge)."""
+    x0 = float(curves[0][3]["sd_estimate"])
+    components = {}
+    for _, c, _, _, _, _, name in curves:
+        components.setdefault(short_label(name), (c, "solid", 1.0))
+    methods = {}
+    for d, _, _, _, _, dash, _ in curves:  # (the methods that drew a density)
+        methods.setdefault(str(d["method"].iloc[0]), (COLORS["ref"], dash, 1.0))
+    rows = [list(components.items()), list(methods.items())]
+    ncols = max(map(len, rows))
+    for r, row in enumerate(rows):
+        row += [("\u00a0" * (2 * i + r + 1), ("#ffffff", "solid", 0.0)) for i in range(ncols - len(row))]
+    entries = [row[i] for i in range(ncols) for row in rows]
+    return [hv.Curve([(x0, 0.0), (x0, 0.0)], label=lab).opts(color=c, line_dash=dash, line_width=2.5, alpha=a)
+            for lab, (c, dash, a) in entries], ncols
+
+
 def sd_density_plot(results, truth: dict | None = None, components: list[str] | None = None,
                     height: int = 360) -> hv.Overlay:
     """Posterior densities of the random-effect SDs, with the point estimate (median) and 95 % interval
@@ -212,36 +267,41 @@ def sd_density_plot(results, truth: dict | None = None, components: list[str] | 
         summ = sd_summary(res).set_index("component")
         names = components or list(summ.index)
         for j, name in enumerate(names):
-            color = _color(label, i) if multi else PALETTE[j % len(PALETTE)]
+            # one colour per component; several methods are told apart by their lines' dashes
+            color = PALETTE[j % len(PALETTE)]
             d = sd_density_data(res, name)
             if not np.isfinite(d["density"]).any():  # no posterior SD (MAP's Hessian not negative definite)
                 continue
             d["method"] = METHOD_NAMES.get(label, label)
-            lab = f"{name} ({METHOD_NAMES.get(label, label)})" if multi else name
-            curves.append((d, color, lab, summ.loc[name], j + i * len(names)))
+            lab = f"{name} ({METHOD_NAMES.get(label, label)})" if multi else short_label(name)
+            curves.append((d, color, lab, summ.loc[name], len(curves), _DASHES[i % len(_DASHES)], name))
     if not curves:
         return empty_plot("No SD densities to draw: the posterior SDs are unavailable (the Hessian at the mode "
                           "is not negative definite). The Integrated Laplace method gives them.")
     # A collapsed posterior (the joint mode's SD near 0: a spike millions high) would flatten every other
     # curve: the height is set by the others, and the spike runs off the top
     peaks = np.array([float(np.nanmax(d["density"])) if len(d) else 0.0 for d, *_ in curves])
-    spikes = peaks > 20.0 * np.median(peaks) if peaks.size > 1 else np.zeros(peaks.size, bool)
+    spikes = peaks > 8.0 * np.median(peaks) if peaks.size > 1 else np.zeros(peaks.size, bool)
     ymax = float(peaks[~spikes].max()) if (~spikes).any() else float(peaks.max(initial=0.0))
-    for d, color, lab, s, k in curves:
+    for d, color, lab, s, k, dash, _ in curves:
         hover = [("component", "@component"), ("SD", "@sd{0.0000}"), ("density", "@density{0.000}")]
         layers.append(hv.Area(d, "sd", ["density", "component", "method"]).opts(
             color=color, alpha=0.15, line_alpha=0))
-        layers.append(hv.Curve(d, "sd", ["density", "component", "method"], label=lab).opts(
-            color=color, line_width=2.5, tools=["hover"], hover_tooltips=hover))
+        layers.append(hv.Curve(d, "sd", ["density", "component", "method"], label="" if multi else lab).opts(
+            color=color, line_width=2.5, line_dash=dash, tools=["hover"], hover_tooltips=hover))
         y = -ymax * (0.05 + 0.05 * k)
         iv = pd.DataFrame({"lower": [s["sd_lower"]], "upper": [s["sd_upper"]], "estimate": [s["sd_estimate"]],
                            "y": [y], "component": [lab]})
         tips = [("component", "@component"), ("SD estimate (median)", "@estimate{0.0000}"),
                 ("95% interval", "@lower{0.0000} to @upper{0.0000}")]
         layers.append(hv.Segments(iv, ["lower", "y", "upper", "y"], ["estimate", "component"]).opts(
-            color=color, line_width=4, tools=["hover"], hover_tooltips=tips))
+            color=color, line_width=4, line_dash=dash, tools=["hover"], hover_tooltips=tips))
         layers.append(hv.Scatter(iv, "estimate", ["y", "lower", "upper", "component"]).opts(
             color=color, size=10, marker="diamond", line_color="white", tools=["hover"], hover_tooltips=tips))
+    key_cols = 1
+    if multi:
+        key, key_cols = _key(curves)
+        layers += key
     if truth:
         for name, v in truth.items():
             layers.append(hv.VLine(float(v)).opts(color=COLORS["truth"], line_dash="dashed", line_width=2.5))
@@ -253,15 +313,18 @@ def sd_density_plot(results, truth: dict | None = None, components: list[str] | 
         return empty_plot("No variance components")
     ylim = {}
     if spikes.any() and ymax > 0:
-        ylim = {"ylim": (-ymax * (0.1 + 0.05 * max(k for *_, k in curves)), 1.15 * ymax)}
+        ylim = {"ylim": (-ymax * (0.1 + 0.05 * (len(curves) - 1)), 1.15 * ymax)}
     from bokeh.models import CustomJSTickFormatter
 
     # (the intervals sit below the axis's zero: no density there, so no tick labels below it either)
     no_negative = CustomJSTickFormatter(code="return tick < 0 ? '' : String(+tick.toPrecision(6));")
     return hv.Overlay(layers).opts(hv.opts.Overlay(
-        title="Random-effect SDs: posterior density, median and 95 % interval" if height >= _COMPACT
+        title="Random-effect SDs: density, median, 95 % interval" if height >= _COMPACT
         else "Random-effect SDs: posterior density", xlabel="standard deviation",
-        ylabel="density", legend_position="top_right", min_height=max(220, height), yformatter=no_negative,
+        ylabel="density", legend_position="bottom" if multi else "top_right",
+        legend_cols=key_cols,
+        legend_limit=1000,  # (HoloViews drops the legend of an overlay of more than 25 glyphs: 3 methods x 3 SDs)
+        min_height=max(220, height), yformatter=no_negative,
         **ylim, **_base(height)))
 
 
@@ -301,7 +364,7 @@ def caterpillar_plot(res, term: str, search: str = "", top_k: int | None = 200, 
         hv.Segments(df, ["rank", "lower", "rank", "upper"], ["level", "mean", "sd"]).opts(
             color=COLORS["band"], line_width=width, tools=["hover"], hover_tooltips=hover),
         hv.Scatter(df, "rank", ["mean", "level", "sd", "lower", "upper"],
-                   label="posterior mean and 95 % interval").opts(
+                   label="posterior mean and 95 % interval" if truth else "").opts(
             color=COLORS["accent"], size=7 if len(df) <= 300 else 4, tools=["hover"], hover_tooltips=hover),
     ]
     if truth:
@@ -317,13 +380,15 @@ def caterpillar_plot(res, term: str, search: str = "", top_k: int | None = 200, 
                 hover_tooltips=[("level", "@level"), ("true effect", "@truth{0.0000}")]))
     xticks = None
     if len(df) <= 40:
-        xticks = list(zip(df["rank"], df["level"]))
+        xticks = _short_ticks(list(zip(df["rank"], df["level"])))
     return hv.Overlay(layers).opts(hv.opts.Overlay(
-        title=f"Random effects of {term}: {shown}",
+        title=f"Random effects of {short_label(term)}: {shown}",
         # (above 40 levels the axis counts ranks, not levels: said so, as the numbers looked like level ids)
-        xlabel=f"{term} levels (sorted by mean)" if xticks else f"{term} levels, ranked by posterior mean (hover for names)",
-        ylabel="effect (linear-predictor scale)", xticks=xticks, xrotation=45 if xticks else 0,
-        legend_position="top_left", min_height=max(220, height), **_base(height)))
+        xlabel=(f"{short_label(term)} levels (sorted by mean)" if xticks
+                else f"{short_label(term)} levels, ranked by posterior mean (hover for names)"),
+        ylabel="effect: mean and 95 % interval", xticks=xticks, xrotation=45 if xticks else 0,
+        legend_position="top", legend_opts={"orientation": "horizontal"},
+        min_height=max(220, height), **_base(height)))
 
 
 # --------------------------------------------------------------------------- tables

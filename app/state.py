@@ -567,6 +567,8 @@ class AppState(param.Parameterized):
     view = param.ClassSelector(class_=param.Parameterized, doc="PlotOptions")
     sim = param.ClassSelector(class_=param.Parameterized, doc="SimSettings")
     columns_version = param.Integer(default=0, doc="Incremented after the offered columns changed (views rebuild).")
+    replaced_formula = param.String(default="", doc="A typed formula that a column choice (or unticking it) "
+                                    "replaced by the built one: kept for restore_formula().")
     debounce = param.Number(default=0.05, doc="Seconds to wait after the last change before a live refit.")
     quiet_fit_seconds = param.Number(default=0.3, doc="A fit shows its progress once it has run this long.")
     live_limit = param.Integer(default=LIVE_FIT_LIMIT)
@@ -638,6 +640,7 @@ class AppState(param.Parameterized):
             self.truth = truth
             self.fit.param.update(comparison={}, models=[])
             self.errors = {}
+            self.replaced_formula = ""  # (another data set's columns)
         finally:
             self._loading = False
         self.columns_version += 1
@@ -698,8 +701,14 @@ class AppState(param.Parameterized):
             spec.trials, self._trials_before = self._trials_before, None  # (the watcher fires again)
             return
         if spec.use_formula and names & self._ROLE_KEYS:
+            self.replaced_formula = spec.formula_text.strip()  # (restore_formula brings it back)
             spec.use_formula = False  # the latest choice wins: the sidebar's columns (the watcher fires again)
             return
+        if spec.use_formula:
+            self.replaced_formula = ""
+        elif (names == {"use_formula"} and spec.formula_text.strip()
+              and spec.formula_text.strip() != spec.built_formula()):
+            self.replaced_formula = spec.formula_text.strip()  # unticked by hand: the built formula replaces it
         if names == {"formula_text"} and not spec.use_formula and spec.formula_text.strip() != spec.built_formula():
             spec.use_formula = True  # the user typed a formula: use it (the watcher fires again)
             return
@@ -710,6 +719,12 @@ class AppState(param.Parameterized):
             finally:
                 self._setting_formula = False
         self.request_fit()
+
+    def restore_formula(self) -> None:
+        """Fit the typed formula that a column choice replaced (:attr:`replaced_formula`) again."""
+        if self.replaced_formula:
+            text, self.replaced_formula = self.replaced_formula, ""
+            self.spec.param.update(formula_text=text, use_formula=True)
 
     def _on_outcome(self, event):
         res = self.fit.result

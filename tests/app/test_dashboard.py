@@ -155,7 +155,7 @@ def test_the_comparison_plots_do_not_move_the_other_tabs_axes():
     for f in root.select({"type": bokeh.plotting.figure}):
         figs.setdefault(f.title.text if f.title else "", []).append(f)
     forests = figs["Fixed effects: posterior mean and 95 % interval"]
-    densities = figs["Random-effect SDs: posterior density, median and 95 % interval"]
+    densities = figs["Random-effect SDs: density, median, 95 % interval"]
     assert len(forests) == 2 and len(densities) == 2
     assert forests[0].x_range is not forests[1].x_range and densities[0].x_range is not densities[1].x_range
     main_density = next(f for f in densities if len(f.legend[0].items) == 1)  # (one method: the main tab's)

@@ -256,3 +256,87 @@ def test_the_sd_density_axis_labels_no_negative_densities(cbpp_state):
     fig = hv.render(plots.sd_density_plot(cbpp_state.fit.result), backend="bokeh")
     formatter = fig.yaxis[0].formatter
     assert isinstance(formatter, CustomJSTickFormatter) and "tick < 0 ? ''" in formatter.code
+
+
+def test_long_names_are_shortened_on_the_axes_and_kept_in_the_hover(cbpp_state):
+    """A 200-character column name took a forest plot's whole width for its tick label: labels longer than
+    LABEL_MAX are cut in the middle, kept distinct, and the hover and tables keep the full name."""
+    assert plots.short_label("abc") == "abc"
+    cut = plots.short_label("a" * 50 + "b" * 50)
+    assert len(cut) == plots.LABEL_MAX and cut.startswith("a") and cut.endswith("b") and "\u2026" in cut
+    res = cbpp_state.fit.result
+    long_a, long_b = "x" * 20 + "A" * 100 + "y" * 20, "x" * 20 + "B" * 100 + "y" * 20
+    df = plots.forest_data(res)
+    renamed = dict(zip(df.term, ["Intercept", long_a, long_b, "period4"]))
+    fake = type("R", (), {})()  # the forest reads its table through the adapter: rename the terms there
+    import app.adapter as adapter
+    table = adapter.fe_table(res).rename(index=renamed)
+    orig = adapter.fe_table
+    try:
+        adapter.fe_table = lambda r: table if r is fake else orig(r)
+        el = plots.forest_plot(fake)
+    finally:
+        adapter.fe_table = orig
+    fig = hv.render(el, backend="bokeh")
+    labels = list(fig.yaxis[0].major_label_overrides.values())
+    assert max(map(len, labels)) <= plots.LABEL_MAX + 3 and len(set(labels)) == 4
+    terms = [d for d in (m.data for m in fig.select(type=ColumnDataSource)) if "term" in d and "mean" in d]
+    assert long_a in list(terms[0]["term"])  # the hover's full name
+
+
+def test_several_methods_share_a_colour_per_component_and_a_line_style_per_method():
+    """Comparing methods on three SDs (grouseticks): each component keeps its colour across the methods, each
+    method has its own dashes, and the legend is the key to both (one entry per component and per method that
+    drew a density), beside the plot where it covers no curve."""
+    import warnings
+
+    from app.state import AppState
+
+    st = AppState()
+    st.load_demo("grouseticks", fit=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = st.compare_methods(["vb", "laplace"])
+    fig = hv.render(plots.sd_density_plot({m: o.result for m, o in out.items()}), backend="bokeh")
+    lines = [(r.data_source.data, r.glyph) for r in fig.select(type=GlyphRenderer)
+             if "density" in r.data_source.data and type(r.glyph).__name__ == "Line"]
+    assert len(lines) == 6
+    colour = {}
+    dashes = {}
+    for data, glyph in lines:
+        colour.setdefault(str(data["component"][0]), set()).add(glyph.line_color)
+        dashes.setdefault(str(data["method"][0]), set()).add(tuple(glyph.line_dash))
+    assert all(len(c) == 1 for c in colour.values()) and len(set.union(*colour.values())) == 3
+    assert all(len(d) == 1 for d in dashes.values()) and len(set.union(*dashes.values())) == 2
+    [legend] = fig.legend
+    labels = [i.label.value for i in legend.items]
+    # filled column by column in three columns: the components on the first row, the methods on the second
+    assert labels[::2] == ["BROOD", "INDEX", "LOCATION"] and labels[1::2][:2] == ["VB", "Integrated Laplace"]
+    assert legend.ncols == 3 and not labels[5].strip()  # (a blank entry pads the methods' row)
+    assert legend in fig.below  # (beside the plot it narrowed the frames of the plots above it)
+
+
+def test_the_caterpillar_legend_appears_only_with_true_values(cbpp_state):
+    res = cbpp_state.fit.result
+    plain = hv.render(plots.caterpillar_plot(res, "herd"), backend="bokeh")
+    assert not any(legend.items for legend in plain.legend)
+    with_truth = hv.render(plots.caterpillar_plot(res, "herd", truth={"herd[1]": 0.3}), backend="bokeh")
+    assert with_truth.legend and with_truth.legend[0] in with_truth.above
+
+
+def test_the_forest_title_says_what_the_points_are(cbpp_state):
+    """The joint mode's points are posterior modes; a fit without posterior SDs (MAP's Hessian not negative
+    definite) has no intervals, and its title said "posterior mean and 95 % interval" over bare points."""
+    import dataclasses
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = cbpp_state.compare_methods(["map", "vb"])
+    title = lambda res: hv.render(plots.forest_plot(res), backend="bokeh").title.text  # noqa: E731
+    assert title(out["vb"].result) == "Fixed effects: posterior mean and 95 % interval"
+    assert title(out["map"].result) == "Fixed effects: posterior mode and 95 % interval"
+    assert title({m: o.result for m, o in out.items()}) == "Fixed effects: posterior mean and 95 % interval"
+    res = out["map"].result
+    no_sd = dataclasses.replace(res, fe_sd=np.full_like(res.fe_sd, np.nan))
+    assert title(no_sd) == "Fixed effects: posterior mode (no intervals: see the diagnostics)"

@@ -242,6 +242,10 @@ def test_compare_methods(cbpp_state):
     sd_row = table[(table["parameter"] == "SD(herd)") & (table["method"] == "VB")].iloc[0]
     assert sd_row["estimate is"] == "posterior median"
     assert sd_row["estimate"] == pytest.approx(out["vb"].result.vcp_table().loc["herd", "sd_median"])
+    # the joint mode's estimates are modes; VB's row carries the main page's note on its narrow SDs
+    map_rows = table[table["method"] == "Laplace (MAP)"]
+    assert set(map_rows["estimate is"]) == {"posterior mode", "joint posterior mode"}
+    assert "too narrow" in notes["VB"] and "too narrow" not in notes["Laplace (MAP)"]
 
 
 def test_snippet_refits_same_model(cbpp_state, tmp_path, monkeypatch):
@@ -391,6 +395,29 @@ def test_a_sidebar_choice_after_a_typed_formula_takes_over(cbpp_state):
     cbpp_state.spec.fixed_numeric = ["size"]
     assert not cbpp_state.spec.use_formula
     assert cbpp_state.spec.formula() == cbpp_state.spec.formula_text == "incidence ~ size + period + (1 | herd)"
+    # ... and the typed formula is kept, to be restored (it was lost without a word)
+    assert cbpp_state.replaced_formula == "incidence ~ 1 + (1 | herd)"
+    cbpp_state.restore_formula()
+    assert cbpp_state.spec.use_formula and cbpp_state.spec.formula() == "incidence ~ 1 + (1 | herd)"
+    assert cbpp_state.replaced_formula == ""
+
+
+def test_unticking_a_typed_formula_keeps_it_to_restore_and_a_new_data_set_forgets_it(cbpp_state):
+    cbpp_state.spec.auto_fit = False
+    typed = "incidence ~ period + size + (1 | herd)"
+    cbpp_state.spec.param.update(formula_text=typed, use_formula=True)
+    assert cbpp_state.replaced_formula == ""
+    cbpp_state.spec.use_formula = False
+    assert cbpp_state.spec.formula_text == cbpp_state.spec.built_formula() != typed
+    assert cbpp_state.replaced_formula == typed
+    cbpp_state.spec.param.update(formula_text="incidence ~ 1 + (1 | herd)", use_formula=True)  # typed anew
+    assert cbpp_state.replaced_formula == ""
+    cbpp_state.spec.groups = []
+    assert cbpp_state.replaced_formula == "incidence ~ 1 + (1 | herd)"
+    cbpp_state.load_demo("Salamanders", fit=False)
+    assert cbpp_state.replaced_formula == ""
+    cbpp_state.restore_formula()  # nothing to restore: nothing changes
+    assert not cbpp_state.spec.use_formula
 
 
 def test_live_refits_switched_off_say_so_and_on_again_refit(cbpp_state):
