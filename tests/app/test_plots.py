@@ -269,7 +269,7 @@ def test_long_names_are_shortened_on_the_axes_and_kept_in_the_hover(cbpp_state):
     df = plots.forest_data(res)
     renamed = dict(zip(df.term, ["Intercept", long_a, long_b, "period4"]))
     fake = type("R", (), {})()  # the forest reads its table through the adapter: rename the terms there
-    import app.adapter as adapter
+    from app import adapter
     table = adapter.fe_table(res).rename(index=renamed)
     orig = adapter.fe_table
     try:
@@ -333,7 +333,7 @@ def test_the_forest_title_says_what_the_points_are(cbpp_state):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = cbpp_state.compare_methods(["map", "vb"])
-    title = lambda res: hv.render(plots.forest_plot(res), backend="bokeh").title.text  # noqa: E731
+    title = lambda res: hv.render(plots.forest_plot(res), backend="bokeh").title.text
     assert title(out["vb"].result) == "Fixed effects: posterior mean and 95 % interval"
     assert title(out["map"].result) == "Fixed effects: posterior mode and 95 % interval"
     assert title({m: o.result for m, o in out.items()}) == "Fixed effects: posterior mean and 95 % interval"
