@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from . import checks, laplace, nested, separated, vb
-from .design import build_design
+from .design import build_design, offset_values
 from .errors import DataWarning
 from .families import get_family
 from .linalg import Symbolic, single_threaded_blas
@@ -247,13 +247,17 @@ class BayesMixedGLM:
         (fm, vm, cm), (fs, vs, cs) = self._unpack(mean), self._unpack(sd)
         return VBPoint(fe_mean=fm, vcp_mean=vm, vc_mean=cm, fe_sd=fs, vcp_sd=vs, vc_sd=cs)
 
-    def predict(self, params, exog=None, linear=False):
+    def predict(self, params, exog=None, linear=False, *, offset=None):
         r"""statsmodels' ``predict``: the mean (or linear predictor) of the fixed effects,
         :math:`g^{-1}(X\,fe + \text{offset})`, per trial for the binomial.
 
-        ``params`` may be the full vector ``[fe, vcp, vc]`` or only its first p entries (fe);
-        ``exog`` defaults to the model's design (and then includes the model's offset).
-        For predictions with random effects use the results' ``predict(random_effects=True)``.
+        ``params`` may be the full vector ``[fe, vcp, vc]`` or only its first p entries (fe).
+        ``exog`` defaults to the model's design (and then includes the model's offset). New rows
+        are read as by the results' ``predict``: a DataFrame (or dict of columns) goes through the
+        formula of a model built from one, with the offset column read from it (``offset``
+        overrides); otherwise it is the fixed-effects design, a DataFrame's columns taken by the
+        names ``fep_names`` where it has them all. For predictions with random effects use the
+        results' ``predict(random_effects=True)``.
         """
         params = np.asarray(params, dtype=float).ravel()
         if params.size < self.k_fep:
@@ -262,13 +266,47 @@ class BayesMixedGLM:
         fe = params[:self.k_fep]
         if exog is None:
             eta = self.exog @ fe + (self.offset if self.offset is not None else 0.0)
+            if offset is not None:
+                eta = eta - (self.offset if self.offset is not None else 0.0) + offset_values(offset, eta.size)
         else:
-            X = np.asarray(exog, dtype=float)
-            X = X[:, None] if X.ndim == 1 and self.k_fep == 1 else X
-            if X.ndim != 2 or X.shape[1] != self.k_fep:
-                raise checks.DataError(f"`exog` must have {self.k_fep} columns; got shape {X.shape}.")
-            eta = X @ fe
+            X, o = self.new_rows(exog, offset)
+            eta = X @ fe + (o if o is not None else 0.0)
         return eta if linear else self.family.mean(eta)
+
+    def new_rows(self, exog, offset=None):
+        """``(X, offset)``: the fixed-effects design of new rows and their offset (None without one).
+
+        A DataFrame, a dict of columns or (one row) a Series goes through the formula of a model
+        built from one (its transforms, the fitted levels, the offset column read from the rows
+        unless ``offset`` is given). Otherwise ``exog`` is the fixed-effects design itself: a
+        DataFrame's columns are taken by the names ``fep_names`` where it has them all (else in
+        order), and must be numeric.
+
+        Raises
+        ------
+        DataError
+            For a design of the wrong width, a non-numeric column, or (formula models) missing
+            columns or unseen levels of a fixed factor.
+        """
+        if isinstance(exog, dict) or (isinstance(exog, pd.Series) and self.design is not None):
+            exog = pd.DataFrame(exog) if isinstance(exog, dict) else exog.to_frame().T.infer_objects()
+        if isinstance(exog, pd.DataFrame) and self.design is not None:
+            spec = self.design.spec
+            return spec.exog_for(exog), spec.offset_for(exog, offset)
+        rows = exog.index if isinstance(exog, pd.DataFrame) else None  # (a Series offset by its labels)
+        if isinstance(exog, pd.DataFrame):
+            cols = self.fep_names if set(self.fep_names) <= set(map(str, exog.columns)) else list(exog.columns)
+            exog = exog.rename(columns=str)[[str(c) for c in cols]]
+            bad = [c for c in exog.columns if not pd.api.types.is_numeric_dtype(exog[c])]
+            if bad:
+                raise checks.DataError(f"`exog` column `{bad[0]}` must be numeric for a model built without a "
+                                       f"formula; got dtype {exog[bad[0]].dtype}.")
+        X = np.asarray(exog, dtype=float)
+        if X.ndim == 1 and self.k_fep == 1:
+            X = X[:, None]
+        if X.ndim != 2 or X.shape[1] != self.k_fep:
+            raise checks.DataError(f"`exog` must have {self.k_fep} columns; got shape {X.shape}.")
+        return X, (None if offset is None else offset_values(offset, X.shape[0], rows))
 
     # -- fits ---------------------------------------------------------------------------------
     def fit_map(self, method=None, minim_opts=None, scale_fe=False, *, tol=1e-10, max_iter=200, rng=None,

@@ -380,19 +380,7 @@ class BayesMixedGLMResults:
             if o is not None:
                 eta = eta + o
         else:
-            rows = exog.index if isinstance(exog, pd.DataFrame) else None  # (a Series offset by its labels)
-            if isinstance(exog, pd.DataFrame):  # a model built from arrays: columns by name if all are there
-                cols = m.fep_names if set(m.fep_names) <= set(map(str, exog.columns)) else list(exog.columns)
-                exog = exog.rename(columns=str)[[str(c) for c in cols]]
-                bad = [c for c in exog.columns if not pd.api.types.is_numeric_dtype(exog[c])]
-                if bad:
-                    raise DataError(f"`exog` column `{bad[0]}` must be numeric for a model built without a formula; "
-                                    f"got dtype {exog[bad[0]].dtype}.")
-            X = np.asarray(exog, dtype=float)
-            if X.ndim == 1 and m.k_fep == 1:
-                X = X[:, None]
-            if X.ndim != 2 or X.shape[1] != m.k_fep:
-                raise DataError(f"`exog` must have {m.k_fep} columns; got shape {X.shape}.")
+            X, o = m.new_rows(exog, offset)
             eta = X @ self.fe_mean
             if include:
                 if exog_vc is None:
@@ -404,8 +392,8 @@ class BayesMixedGLMResults:
                 if Zn.shape != (X.shape[0], m.k_vc):
                     raise DataError(f"`exog_vc` must have shape ({X.shape[0]}, {m.k_vc}); got {Zn.shape}.")
                 eta = eta + Zn @ self.vc_mean
-            if offset is not None:
-                eta = eta + offset_values(offset, eta.size, rows)
+            if o is not None:
+                eta = eta + o
         missing = np.isnan(eta)
         if missing.any():  # (the fitting rows are complete: only new rows or a new offset have gaps)
             warnings.warn(f"{int(missing.sum())} of {missing.size} predictions are NaN, from missing values in "

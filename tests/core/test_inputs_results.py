@@ -725,3 +725,30 @@ def test_summary_has_statsmodels_tables_and_latex():
     # (LaTeX's special characters escaped: a bare % would comment out the rest of the header row)
     assert r"2.5\%" in latex and r"N(0, 2\textasciicircum{}2)" in latex and "fe \\textasciitilde{} N" in latex
     assert latex.count("\\\\") == len(params) + 1
+
+
+def test_the_models_predict_reads_new_rows_as_the_results_predict_does():
+    """``model.predict(params, df)`` (statsmodels' signature) turned a formula model's raw data frame into
+    floats: cbpp's four columns passed for the four fixed effects, and the predictions were 1e-9 where the
+    results' predict gave 0.2. New rows now go through the formula, with the offset column."""
+    cbpp = load("cbpp")
+    m = mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data=cbpp, trials="size")
+    r = m.fit_vb()
+    new = cbpp.head(6)
+    np.testing.assert_allclose(m.predict(r.params, new), r.predict(new), rtol=1e-12)
+    np.testing.assert_allclose(m.predict(r.params, new), m.predict(r.params)[:6], rtol=1e-12)
+    np.testing.assert_allclose(m.predict(r.params, {"period": ["1", "4"]}), r.predict({"period": ["1", "4"]}))
+    # an offset column is read from the new rows, and an explicit offset overrides it
+    df = cbpp.assign(log_size=np.log(cbpp["size"]))
+    mp = mg.PoissonBayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data=df, offset="log_size")
+    rp = mp.fit_vb()
+    np.testing.assert_allclose(mp.predict(rp.params, df.head(3)), mp.predict(rp.params)[:3], rtol=1e-12)
+    np.testing.assert_allclose(mp.predict(rp.params, df.head(3), linear=True, offset=0.0),
+                               mp.predict(rp.params, df.head(3), linear=True) - df["log_size"][:3], rtol=1e-12)
+    # a model built from arrays takes a DataFrame's columns by name, and names a text column
+    arr = mg.BayesMixedGLM(m.endog, pd.DataFrame(m.exog, columns=m.fep_names), m.exog_vc, m.ident,
+                           trials=m.trials)
+    X = pd.DataFrame(m.exog[:3], columns=m.fep_names)
+    np.testing.assert_allclose(arr.predict(r.params, X[X.columns[::-1]]), m.predict(r.params)[:3], rtol=1e-12)
+    with pytest.raises(mg.DataError, match="`exog` column `period` must be numeric"):
+        arr.predict(r.params, X.assign(period=["a", "b", "c"])[["Intercept", "period", "period[T.3]", "period[T.4]"]])
