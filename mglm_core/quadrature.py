@@ -1048,6 +1048,10 @@ _SHIFT_STEP = 1.0
 #: The step, in posterior SDs, of the differences of the Hessian in :meth:`NestedMarginal.covariance_factor`
 #: (0.25-1.5 agreed to 0.002 of the SD ratio on the cases of its docstring).
 _VARIANCE_STEP = 0.5
+#: :meth:`NestedMarginal.covariance_factor` is not computed where the Hessian at the centre is this far from
+#: the one inverted (in the standardised coordinates: about 1e-11 on the accuracy cases): the second differences
+#: of step :data:`_VARIANCE_STEP` would carry errors up to 8 times this (0.1 % of the variance at this value).
+_HESSIAN_NOISE_MAX = 1e-4
 #: Bernoulli rows whose observation-level effect has a scale (SD times coefficient) of at least this take
 #: :class:`ObservationMarginal`'s split rule (Gauss–Laguerre, :data:`SPLIT_NODES` nodes: moments within 2e-5 of
 #: a fine grid at scale 2.5, 2e-7 at 3, 1e-10 from 3.5 up; 12 Gauss–Hermite nodes put the log-likelihood 1e-4 off
@@ -2205,7 +2209,12 @@ class NestedMarginal:
         the fixed effects skewed *and* wider than the curvature at the mode says: cbpp's period 4 (eleven
         events) 2.3 % and a slope under near-separation 2.7 %, as a Gauss-Hermite product rule of
         :math:`\exp F` finds; this gets both to 0.1 %. The eigenvalues of :math:`I + \Delta` are kept within
-        [0.5, 2] (the series is for mild skewness). Returns None where :attr:`D` is not empty.
+        [0.5, 2] (the series is for mild skewness). Returns None where :attr:`D` is not empty, and where the
+        Hessian of F at the centre, evaluated again, differs from the one ``fe_cov`` inverts by more than
+        :data:`_HESSIAN_NOISE_MAX` in z: the second differences (divided by :math:`h^2`) would then measure the
+        rounding of the Hessians, not the curvature's change. Millions of trials per row do that (the nested
+        Hessian is a difference of two terms of the order of the trials): at 1e8 trials the Hessians were 28 %
+        apart, and the factor, clipped, put the Intercept's SD at 0.73 or 1.41 times the right one.
         """
         p = fe.size
         if self.D.size or p == 0:
@@ -2213,6 +2222,9 @@ class NestedMarginal:
         fun = self.objective(np.asarray(vcp, dtype=float))
         none = np.zeros(0)
         L = np.linalg.cholesky(0.5 * (fe_cov + fe_cov.T))
+        centre = L.T @ fun(none, fe, True)[5] @ L  # (the -Hessian: I up to rounding)
+        if not np.all(np.isfinite(centre)) or np.abs(centre - np.eye(p)).max() > _HESSIAN_NOISE_MAX:
+            return None
         A = np.empty((p, p, p))  # A[m] = d/dz_m of the Hessian of F
         b = np.zeros((p, p))  # sum_m d^2/dz_m^2 of the Hessian of F
         for m in range(p):

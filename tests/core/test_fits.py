@@ -2099,3 +2099,34 @@ def test_laplace_log_marginal_likelihood_against_brute_force(family):
     assert np.allclose(fitted, exact, atol=0.05)
     assert exact[0] - exact[1] > 1.0
     assert abs((fitted[0] - fitted[1]) - (exact[0] - exact[1])) < 0.05
+
+
+def test_fits_do_not_depend_on_the_scale_of_huge_counts():
+    """Millions of trials or counts per row: the same expected proportions give the same posterior.
+
+    fit_laplace's widening of the fixed effects took second differences of Hessians that, at 1e8 trials,
+    were rounded by 28 %, and put the Intercept's SD at 0.73-1.41 times the right one. fit_vb stopped where
+    the ELBO (-5e8 at Poisson counts of 3e7) moved by less than 1e-9 of itself, half a unit along the ridge
+    of the Intercept and the effects, with the log-SD at -0.55 instead of -2.0, and said it had converged."""
+    rng = np.random.default_rng(4)
+    g = np.repeat(np.arange(10), 10)
+    pr = 1.0 / (1.0 + np.exp(2.0 - 0.3 * rng.normal(size=10)[g]))
+    sds = []
+    for N in (1e6, 1e8, 1e9):
+        df = pd.DataFrame({"y": np.round(N * pr).astype(np.int64), "t": np.full(100, int(N)), "g": g.astype(str)})
+        r = mg.BayesMixedGLM.from_formula("y ~ 1 + (1|g)", data=df, trials="t").fit_laplace()
+        sds.append(r.fe_sd[0])
+    np.testing.assert_allclose(sds, sds[0], rtol=1e-3)
+
+    rng = np.random.default_rng(2)
+    n, g = 120, rng.integers(0, 8, 120)
+    x, counts = rng.normal(size=n), rng.poisson(3, n)
+    fits = {}
+    for scale in (10**3, 10**7):
+        df = pd.DataFrame({"x": x, "g": g.astype(str), "cnt": counts * scale})
+        fits[scale] = mg.BayesMixedGLM.from_formula("cnt ~ x + (1|g)", data=df, family="poisson").fit_vb()
+    small, big = fits[10**3], fits[10**7]
+    assert big.converged
+    assert big.vcp_mean[0] == pytest.approx(small.vcp_mean[0], abs=0.02)
+    assert big.fe_mean[0] - small.fe_mean[0] == pytest.approx(np.log(1e4), abs=0.01)
+    np.testing.assert_allclose(big.vc_mean, small.vc_mean, atol=0.01)
