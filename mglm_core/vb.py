@@ -165,7 +165,8 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
     tol : float
         Relative ELBO tolerance of the coordinate phase.
     max_iter : int
-        Maximum L-BFGS iterations in the polish.
+        Maximum iterations in all: the coordinate phase's (at most 100) and then the L-BFGS polish's.
+        A fit stopped by it before the gradient tolerance is not converged (a ConvergenceWarning).
     gtol : float
         Convergence threshold on the largest entry of the scaled gradient: the
         gradient in each mean times its SD (so a unit is one posterior SD) and
@@ -186,7 +187,9 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
     elbo = Elbo(work)
     pt, value = _start(work, mean, sd)
     prog.report(0.05, "start")
-    pt, value, n_outer = _coordinate_phase(elbo, pt, value, tol, progress=prog.stage(0.05, 0.7, "coordinate ascent", tol))
+    pt, value, n_outer = _coordinate_phase(elbo, pt, value, tol, max_outer=min(100, max_iter),
+                                           progress=prog.stage(0.05, 0.7, "coordinate ascent", tol))
+    polish_iter = max_iter - n_outer
 
     def neg(x):
         cand = _unpack(x, p, k, q)
@@ -220,15 +223,17 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
     n_polish, message = 0, "coordinate phase reached the gradient tolerance"
     z, fval, grad = np.zeros_like(x0), f0, g0
     polish = prog.stage(0.7, 0.97, "L-BFGS polish", gtol)
-    step = iter(range(1, max_iter + 2))
+    step = iter(range(1, polish_iter + 2))
 
     def polish_callback(intermediate_result):  # the last gradient evaluated is (nearly always) the iterate's
         polish(next(step), float(np.max(np.abs(last_grad["g"]))))
 
-    if g0.size and np.max(np.abs(g0)) > gtol:
+    if g0.size and np.max(np.abs(g0)) > gtol and polish_iter <= 0:
+        message = f"the coordinate phase used all {max_iter} iterations (max_iter)"
+    elif g0.size and np.max(np.abs(g0)) > gtol:
         opt = minimize(neg_scaled, z, jac=True, method="L-BFGS-B",
                        callback=polish_callback if polish is not None else None,
-                       options={"maxiter": max_iter, "gtol": gtol, "ftol": 1e-15, "maxcor": 20})
+                       options={"maxiter": polish_iter, "gtol": gtol, "ftol": 1e-15, "maxcor": 20})
         z, fval, grad, n_polish, message = opt.x, opt.fun, opt.jac, opt.nit, str(opt.message)
     fval += shift["f"]
     pt = _unpack(x0 + scale * z, p, k, q)

@@ -2130,3 +2130,15 @@ def test_fits_do_not_depend_on_the_scale_of_huge_counts():
     assert big.vcp_mean[0] == pytest.approx(small.vcp_mean[0], abs=0.02)
     assert big.fe_mean[0] - small.fe_mean[0] == pytest.approx(np.log(1e4), abs=0.01)
     np.testing.assert_allclose(big.vc_mean, small.vc_mean, atol=0.01)
+
+
+def test_fit_vb_max_iter_bounds_the_whole_fit():
+    """``max_iter`` bounded only the L-BFGS polish: fit_vb(max_iter=1) ran 11 iterations and said converged."""
+    m = mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data=load("cbpp"), trials="size")
+    full = m.fit_vb()
+    assert full.converged and full.diagnostics.n_iter > 3
+    with pytest.warns(mg.ConvergenceWarning, match="did not converge"):
+        short = m.fit_vb(max_iter=3)
+    assert not short.converged and short.diagnostics.n_iter == 3 and "max_iter" in short.diagnostics.message
+    again = m.fit_vb(max_iter=full.diagnostics.n_iter)
+    assert again.converged and again.diagnostics.n_iter == full.diagnostics.n_iter
