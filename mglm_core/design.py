@@ -666,17 +666,19 @@ def _split_rhs(formula: str, rhs: list[_Token]) -> tuple[str, list[_BarTerm]]:
             j = _matching(rhs, k)
             inner = rhs[k + 1 : j]
             if any(u.text in ("|", "||") for u in inner):
-                # the term must be joined to the rest by '+'
+                # the term must be added by '+'; a fixed term may follow it with '+' or '-' (lme4's
+                # ``y ~ x + (1 | g) - 1``)
                 if k > 0 and rhs[k - 1].text != "+":
                     raise _err("a random-effect term must be added with '+'", formula, rhs[k - 1])
-                if j + 1 < len(rhs) and rhs[j + 1].text != "+":
-                    raise _err("a random-effect term must be added with '+'", formula, rhs[j + 1])
+                if j + 1 < len(rhs) and rhs[j + 1].text not in ("+", "-"):
+                    raise _err("a random-effect term must be followed by '+' or '-' and a term", formula,
+                               rhs[j + 1])
                 bars.extend(_parse_bar(formula, inner, t))
                 for u in range(k, j + 1):
                     keep[u] = False
                 if k > 0:
                     keep[k - 1] = False
-                elif j + 1 < len(rhs):
+                elif j + 1 < len(rhs) and rhs[j + 1].text == "+":  # (a '-' stays: "(1 | g) - 1" is "-1")
                     keep[j + 1] = False
                 k = j + 1
                 continue

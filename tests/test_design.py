@@ -68,6 +68,9 @@ FIXED_NAMES = {
     "y ~ x + (1 | g)": ["Intercept", "x"],
     "y ~ (1 | g)": ["Intercept"],
     "y ~ (1 | g) + x + (0 + x | h)": ["Intercept", "x"],
+    "y ~ x + (1 | g) - 1": ["x"],  # (lme4 accepts a term subtracted after the random-effect term)
+    "y ~ (1 | g) - 1 + x": ["x"],
+    "y ~ x + (1 | g) + (0 + x | h) - 1": ["x"],
     "y ~ C(g, Treatment('b'))": [
         "Intercept", "C(g, Treatment('b'))[T.a]", "C(g, Treatment('b'))[T.c]",
     ],
@@ -345,7 +348,8 @@ REJECTED = {
     "y ~ 'x'": r"string constant 'x' is not allowed here",
     "y ~ np.random(x)": r"attribute access 'np.random' is not allowed",
     "y ~ I(x | 1)": r"'\|' is only allowed in random-effect terms",
-    "y ~ (1 | g) * x": r"random-effect term must be added with '\+'",
+    "y ~ (1 | g) * x": r"random-effect term must be followed by '\+' or '-' and a term",
+    "y ~ x - (1 | g)": r"random-effect term must be added with '\+' at position 6",
     "y ~ x ~ g": r"exactly one '~'",
     "y x": r"must contain '~'",
     "I(y) ~ x": r"response must be a column name",
