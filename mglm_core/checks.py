@@ -259,7 +259,9 @@ def as_ident(ident, q, vcp_names=None):
     codes = np.fromiter((pos[v] for v in lab.tolist()), dtype=np.int64, count=q)
     k = len(uniq)
     if vcp_names is None:
-        if lab.dtype.kind in "iu":
+        # (numbers, as statsmodels codes them; whole floats too, which pandas makes of integers with gaps: "VC_1",
+        # not "0.0" in every message)
+        if lab.dtype.kind in "iu" or (lab.dtype.kind == "f" and np.all(lab == np.round(lab))):
             vcp_names = [f"VC_{int(u) + 1}" for u in uniq]
         else:
             vcp_names = [str(u) for u in uniq]
