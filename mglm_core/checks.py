@@ -32,6 +32,8 @@ def as_row_vector(x, name, n=None) -> np.ndarray:
         if x.shape[1] != 1:
             raise DataError(f"`{name}` must be one column; got a DataFrame with {x.shape[1]} columns.")
         x = x.iloc[:, 0]
+    if np.iscomplexobj(x):  # (numpy would drop the imaginary part with only a ComplexWarning)
+        raise DataError(f"`{name}` must be real numbers; got complex values.")
     try:
         arr = np.asarray(x, dtype=float)
     except (TypeError, ValueError):

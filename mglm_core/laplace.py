@@ -280,7 +280,7 @@ def fit_map(model, *, scale_fe=False, tol=1e-10, max_iter=200, callback=None):
         msgs.append(
             f"Degenerate mode: the variance component(s) {names} "
             + ("collapsed to SD ~ 0" if small else "sit at the degenerate point (random effects shrunk to 0, "
-               "log-SD at -m vcp_p^2)")
+               "log-SD at -m vcp_p^2 for its m effects)")
             + " (the joint mode of random effects and their log-SD is degenerate). Use fit_laplace() (the "
             "integrated method)" + (" or a smaller vcp_p." if small else ".")
         )

@@ -250,7 +250,7 @@ class BayesMixedGLMResults:
 
         Returns a DataFrame with columns ``sd`` and ``density`` (per unit of SD).
         """
-        k = self._component_index(name)
+        k = self._component_index(name, "name")
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
             raise DataError(f"`n` must be an integer of at least 2 (grid points); got {n!r}.")
         if self.vcp_grid is not None:
@@ -267,16 +267,17 @@ class BayesMixedGLMResults:
         sd = np.exp(grid)
         return pd.DataFrame({"sd": sd, "density": dens / sd})
 
-    def _component_index(self, term):
+    def _component_index(self, term, arg="term"):
+        """The index of the component ``term`` (a name or index), for an argument called ``arg``."""
         if self.model.k_vcp == 0:
-            raise DataError(f"`term` must name a variance component, and this model has none; got {term!r}.")
+            raise DataError(f"`{arg}` must name a variance component, and this model has none; got {term!r}.")
         if isinstance(term, (int, np.integer)) and not isinstance(term, bool):
             if not 0 <= term < self.model.k_vcp:
-                raise DataError(f"`term` must be between 0 and {self.model.k_vcp - 1}; got {term}.")
+                raise DataError(f"`{arg}` must be between 0 and {self.model.k_vcp - 1}; got {term}.")
             return int(term)
         if term in self.vcp_names:
             return self.vcp_names.index(term)
-        raise DataError(f"`term` must be one of {self.vcp_names} or an index; got {term!r}.")
+        raise DataError(f"`{arg}` must be one of {self.vcp_names} or an index; got {term!r}.")
 
     def random_effects(self, term=None, *, intervals=False):
         """Posterior means and SDs of the random effects.

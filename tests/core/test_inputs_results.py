@@ -757,3 +757,13 @@ def test_the_models_predict_reads_new_rows_as_the_results_predict_does():
     np.testing.assert_allclose(arr.predict(r.params, X[X.columns[::-1]]), m.predict(r.params)[:3], rtol=1e-12)
     with pytest.raises(mg.DataError, match="`exog` column `period` must be numeric"):
         arr.predict(r.params, X.assign(period=["a", "b", "c"])[["Intercept", "period", "period[T.3]", "period[T.4]"]])
+
+
+def test_messages_name_the_argument_given_and_complex_data_is_refused():
+    res = mg.BayesMixedGLM.from_formula("incidence ~ period + (1|herd)", data=load("cbpp"), trials="size").fit_vb()
+    with pytest.raises(mg.DataError, match=r"`name` must be one of \['herd'\] or an index; got 'nope'"):
+        res.vcp_density("nope")
+    with pytest.raises(mg.DataError, match=r"`term` must be one of \['herd'\]"):
+        res.random_effects("nope")
+    with pytest.raises(mg.DataError, match="`endog` must be real numbers; got complex values"):
+        mg.BayesMixedGLM(Y + 0j, X, Z, IDENT)
