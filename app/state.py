@@ -273,7 +273,11 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
         try:
             adapter.check_formula(formula, cols)
         except adapter.MglmError as exc:
-            errors["formula"] = f"Formula not accepted: {str(exc).removeprefix('formula: ')}"
+            text = str(exc).removeprefix("formula: ").replace(  # (the library's argument is the Model card's choice)
+                "pass the offset as an argument instead: offset='column' (for log(exposure), a column holding the "
+                "logarithm) or an array", "choose its column under Offset in the Model card (for log(exposure), a "
+                "column holding the logarithm)")
+            errors["formula"] = f"Formula not accepted: {text}"
             return errors
         except Exception as exc:  # last resort: any parser failure is a formula problem
             errors["formula"] = f"Formula not accepted: {exc}"

@@ -285,6 +285,10 @@ def _check_tokens(
                     stack.append(["call", tok, 0])
                 elif name == "cbind" and allow_cbind and not stack:
                     stack.append(["call", tok, 0])
+                elif name == "offset":  # lme4's offset(...) term: here an argument of the model
+                    raise _err("function 'offset' is not allowed in the formula", formula, tok,
+                               "; pass the offset as an argument instead: offset='column' (for log(exposure), a "
+                               "column holding the logarithm) or an array")
                 else:
                     raise _err(f"function {name!r} is not allowed", formula, tok, _allowed_functions())
                 i += 2

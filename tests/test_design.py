@@ -351,6 +351,8 @@ REJECTED = {
     "y ~ (1 | g) * x": r"random-effect term must be followed by '\+' or '-' and a term",
     "y ~ x - (1 | g)": r"random-effect term must be added with '\+' at position 6",
     "y ~ x ~ g": r"exactly one '~'",
+    "y ~ x + offset(log(x))": r"function 'offset' is not allowed in the formula at position 8; pass the offset as an "
+                              r"argument instead: offset='column'",
     "y x": r"must contain '~'",
     "I(y) ~ x": r"response must be a column name",
     "y ~ `nope`": r"unknown column 'nope'",

@@ -122,6 +122,12 @@ def test_formula_with_python_code_is_rejected(text, cbpp_state):
     assert cbpp_state.fit.outcome is before
 
 
+def test_an_offset_term_in_a_typed_formula_points_to_the_model_cards_offset(cbpp_state):
+    cbpp_state.spec.param.update(formula_text="incidence ~ period + offset(log(size)) + (1 | herd)")
+    assert ("function 'offset' is not allowed in the formula at position 21; choose its column under Offset in the "
+            "Model card") in cbpp_state.errors["formula"]
+
+
 def test_typed_formula_is_fitted(cbpp_state):
     cbpp_state.spec.param.update(formula_text="incidence ~ 1 + (1 | herd)")
     assert cbpp_state.fit_now()
