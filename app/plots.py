@@ -359,12 +359,15 @@ def caterpillar_plot(res, term: str, search: str = "", top_k: int | None = 200, 
     hover = [("level", "@level"), ("mean", "@mean{0.0000}"), ("sd", "@sd{0.0000}"),
              ("95% interval", "@lower{0.0000} to @upper{0.0000}")]
     width = 2 if len(df) > 300 else 3
+    # a key only with true values, above the plot (inside it covered intervals), and not on a compact plot (the
+    # Teaching tab's, whose text says the red marks are the truth: above, the key took a third of its height)
+    keyed = bool(truth) and height >= _COMPACT
     layers = [
         hv.HLine(0).opts(color=COLORS["ref"], line_dash="dashed", line_width=1.5),
         hv.Segments(df, ["rank", "lower", "rank", "upper"], ["level", "mean", "sd"]).opts(
             color=COLORS["band"], line_width=width, tools=["hover"], hover_tooltips=hover),
         hv.Scatter(df, "rank", ["mean", "level", "sd", "lower", "upper"],
-                   label="posterior mean and 95 % interval" if truth else "").opts(
+                   label="posterior mean and 95 % interval" if keyed else "").opts(
             color=COLORS["accent"], size=7 if len(df) <= 300 else 4, tools=["hover"], hover_tooltips=hover),
     ]
     if truth:
@@ -375,7 +378,7 @@ def caterpillar_plot(res, term: str, search: str = "", top_k: int | None = 200, 
                 tv.append((r, float(v), lvl))
         if tv:
             tdf = pd.DataFrame(tv, columns=["rank", "truth", "level"])
-            layers.append(hv.Scatter(tdf, "rank", ["truth", "level"], label="truth").opts(
+            layers.append(hv.Scatter(tdf, "rank", ["truth", "level"], label="truth" if keyed else "").opts(
                 color=COLORS["truth"], marker="x", size=9, line_width=2, tools=["hover"],
                 hover_tooltips=[("level", "@level"), ("true effect", "@truth{0.0000}")]))
     xticks = None

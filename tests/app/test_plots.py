@@ -322,6 +322,8 @@ def test_the_caterpillar_legend_appears_only_with_true_values(cbpp_state):
     assert not any(legend.items for legend in plain.legend)
     with_truth = hv.render(plots.caterpillar_plot(res, "herd", truth={"herd[1]": 0.3}), backend="bokeh")
     assert with_truth.legend and with_truth.legend[0] in with_truth.above
+    compact = hv.render(plots.caterpillar_plot(res, "herd", truth={"herd[1]": 0.3}, height=260), backend="bokeh")
+    assert not any(legend.items for legend in compact.legend)  # (the Teaching tab's text says what red is)
 
 
 def test_the_forest_title_says_what_the_points_are(cbpp_state):
