@@ -388,8 +388,10 @@ class Dashboard(pn.viewable.Viewer):
         # (the columns fitted to the table's width, the formulas wrapped: long formulas pushed the probability
         # column out of sight)
         models_table = pn.widgets.Tabulator(pn.bind(self._models_df, fit.param.models, outcome),
-                                            formatters={**self._fmt(), "model": {"type": "textarea"}},
-                                            widths={"model": "40%"}, css_classes=["model-comparison"], visible=listed,
+                                            formatters={**self._fmt(), "model": {"type": "textarea"},
+                                                        "priors": {"type": "textarea"}},
+                                            configuration={"columnDefaults": {"headerWordWrap": True}},
+                                            widths={"model": "36%"}, css_classes=["model-comparison"], visible=listed,
                                             **{**table_kw, "layout": "fit_columns"})
         clear_models = pn.widgets.Button(label="Clear the list", variant="outline", width=160, visible=listed)
         clear_models.on_click(lambda _: self.state.clear_models())
