@@ -109,6 +109,9 @@ class ModelEvidence:
     outcome_key: str
     categorical: str = ""
     offset: str = ""  #: the offset column ("" for none): part of the model, not of the data compared
+    #: the fitted model itself (:func:`model_fingerprint`): the same model typed otherwise, or with an unused
+    #: column read another way, is one entry
+    fingerprint: str = ""
 
     @property
     def label(self) -> str:
@@ -140,6 +143,25 @@ def outcome_key(outcome: FitOutcome) -> str:
     return digest.hexdigest()
 
 
+def model_fingerprint(outcome: FitOutcome) -> str:
+    r"""The fitted model as a hash: its outcomes (:func:`outcome_key`), the fixed-effect and random-effect designs
+    with their names, the components, the offset, the family and the priors. Equal for the same model written
+    with other spacing (``(1|herd)``, ``(1 | herd)``) or fitted after an unused column's reading changed."""
+    import hashlib
+
+    m = outcome.result.model
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(outcome_key(outcome).encode())
+    Z = m.exog_vc.tocsr()
+    names = [list(map(str, m.fep_names)), list(map(str, m.vcp_names)), list(map(str, m.vc_names)),
+             [m.family.name, repr(float(m.fe_p)), repr(float(m.vcp_p))]]
+    digest.update(repr(names).encode())
+    for part in (m.exog, m.ident, Z.indptr, Z.indices, Z.data, m.offset):
+        digest.update(b"none;" if part is None else
+                      f"{np.size(part)}:".encode() + np.ascontiguousarray(part, dtype=float).tobytes())
+    return digest.hexdigest()
+
+
 def bayes_factors(log_ml):
     """(log Bayes factors against the best, probabilities with equal prior odds) of log marginal likelihoods."""
     return mg.comparison.bayes_factors(log_ml)
@@ -155,7 +177,7 @@ def evidence(outcome: FitOutcome) -> ModelEvidence | None:
     return ModelEvidence(key=req.key, formula=req.formula, fe_p=req.fe_p, vcp_p=req.vcp_p,
                          n_params=len(res.fe_mean) + len(res.vcp_mean), log_ml=float(value),
                          outcome_key=outcome_key(outcome), categorical=req.data_key.partition(":")[2],
-                         offset=req.offset or "")
+                         offset=req.offset or "", fingerprint=model_fingerprint(outcome))
 
 
 def fit(request: FitRequest, progress=None) -> FitOutcome:

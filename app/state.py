@@ -154,8 +154,9 @@ class ModelSpec(param.Parameterized):
     def formula(self) -> str:
         return self.formula_text.strip() if self.use_formula else self.built_formula()
 
-    def update_columns(self, data: DataState, demo=None) -> None:
-        """Offer the columns of new data by role and choose sensible defaults."""
+    def update_columns(self, data: DataState, demo=None, keep_formula: bool = False) -> None:
+        """Offer the columns of new data by role and choose sensible defaults; a typed formula in use is kept
+        with ``keep_formula`` (the same data, a column read another way), else the built formula replaces it."""
         cols, num, cat = data.columns, data.numeric_columns, data.categorical_columns
         with param.parameterized.batch_call_watchers(self):
             self.param.response.objects = cols
@@ -180,13 +181,16 @@ class ModelSpec(param.Parameterized):
                     fixed_factors=[c for c in self.fixed if c in cat],
                     groups=[c for c in self.groups if c in cols],
                     slopes=[c for c in self.slopes if c in num],
+                    use_formula=self.use_formula and keep_formula,
                 )
             self.param.update(**values)
-            self.formula_text = self.built_formula()
+            if not self.use_formula:
+                self.formula_text = self.built_formula()
 
     def refresh_roles(self, data: DataState) -> None:
-        """Re-offer columns after the user changed which ones are categorical."""
-        self.update_columns(data, demo=None)
+        """Re-offer columns after the user changed which ones are categorical (a typed formula stays in use: it
+        names its columns, now read the new way; it was replaced by the built one without a word)."""
+        self.update_columns(data, demo=None, keep_formula=True)
 
 
 class FitState(param.Parameterized):
@@ -453,9 +457,13 @@ def model_comparison(models, outcome) -> tuple[pd.DataFrame, int]:
     if outcome is None:
         return pd.DataFrame(), 0
     # (the shown fit is normally among those kept: no second hash of its response)
-    current = next((m for m in models if m.key == outcome.request.key), None) or adapter.evidence(outcome)
+    current = next((m for m in models if m.key == outcome.request.key), None)
     if current is None:
-        return pd.DataFrame(), 0
+        current = adapter.evidence(outcome)
+        if current is None:
+            return pd.DataFrame(), 0
+        # (a fit taken from the cache under another wording of a model kept: that entry is the one shown)
+        current = next((m for m in models if m.fingerprint == current.fingerprint), current)
     same = [m for m in models if m.outcome_key == current.outcome_key]
     if not any(m.key == current.key for m in same):
         same.append(current)
@@ -972,8 +980,8 @@ class AppState(param.Parameterized):
             if not oc.request.data_key.startswith(f"{self.data.version}:"):
                 continue
             ev = adapter.evidence(oc)
-            if ev is not None:
-                models = [m for m in models if m.key != ev.key] + [ev]
+            if ev is not None:  # (the same model, typed otherwise: its latest fit and wording)
+                models = [m for m in models if m.key != ev.key and m.fingerprint != ev.fingerprint] + [ev]
         if models != self.fit.models:
             self.fit.models = models[-self.MAX_MODELS:]
 
