@@ -263,6 +263,15 @@ def simulate(family: str, n_groups: int, group_size: int, intercept: float, slop
 
 
 # ---------------------------------------------------------------- reproducible snippet
+def _numeric_order(levels: list[str]) -> bool:
+    """Whether ``levels`` are numbers' texts in increasing order of the numbers."""
+    try:
+        values = [float(v) for v in levels]
+    except ValueError:
+        return False
+    return values == sorted(values)
+
+
 def snippet(request: FitRequest, data_source: str, reader: str | None = None) -> str:
     """Python code that refits the same model with mglm_core outside the dashboard; ``reader`` is the
     pandas call that reads ``data_source`` (``pd.read_csv(data_source)`` by default)."""
@@ -286,10 +295,15 @@ def snippet(request: FitRequest, data_source: str, reader: str | None = None) ->
                      f"  # {one!r} = 1")
     for c in cat_cols:
         levels = [str(x) for x in request.data[c].cat.categories]
-        if len(levels) <= 30:
-            lines.append(f"df[{c!r}] = pd.Categorical(df[{c!r}].astype(str), categories={levels!r})")
-        else:
+        # the dashboard's order of the levels (the first is a fixed factor's reference): written out, or, for many
+        # levels, as the rule that gives it (text order, or numbers' order: codes 5..44 sort '10' first as text)
+        if len(levels) > 30 and levels == sorted(levels):
             lines.append(f"df[{c!r}] = df[{c!r}].astype(str).astype('category')")
+        elif len(levels) > 30 and _numeric_order(levels):
+            lines.append(f"df[{c!r}] = pd.Categorical(df[{c!r}].astype(str), "
+                         f"categories=sorted(df[{c!r}].dropna().astype(str).unique(), key=float))")
+        else:
+            lines.append(f"df[{c!r}] = pd.Categorical(df[{c!r}].astype(str), categories={levels!r})")
     lines += ["", "model = mg.BayesMixedGLM.from_formula(", *args, ")",
               f"res = model.fit_{request.method}()", "print(res.summary())",
               "print(res.fe_table())", "print(res.vcp_table())"]

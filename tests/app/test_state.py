@@ -291,6 +291,32 @@ def test_snippet_reads_each_upload_format_again(filename, write, tmp_path, monke
     np.testing.assert_allclose(ns["res"].fe_mean, st.fit.result.fe_mean, rtol=1e-6)
 
 
+@pytest.mark.parametrize("codes", [np.arange(5, 45), np.array([f"L{i}" for i in range(40)])])
+def test_snippet_keeps_the_order_of_many_levels(codes, tmp_path, monkeypatch):
+    """A fixed factor of 40 numeric codes (5..44) read as categories: the script sorted them as text, made '10'
+    the reference instead of '5' and gave another Intercept. Text labels keep their own order too."""
+    rng = np.random.default_rng(1)
+    n = 400
+    df = pd.DataFrame({"lvl": np.repeat(codes, n // len(codes)), "g": rng.integers(0, 8, n).astype(str),
+                       "y": rng.integers(0, 2, n)})
+    path = tmp_path / "codes.csv"
+    df.to_csv(path, index=False)
+    st = AppState()
+    assert st.load_upload("codes.csv", path.read_bytes(), fit=False)
+    if "lvl" not in st.data.categorical:
+        st.data.categorical = st.data.categorical + ["lvl"]
+    st.spec.param.update(response="y", family="binomial", groups=["g"], fixed_factors=["lvl"], fixed_numeric=[],
+                         method="vb")
+    assert st.fit_now(), st.errors
+    code = adapter.snippet(st.fit.outcome.request, "codes.csv", st.data.reader)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("builtins.print", lambda *a, **k: None)
+    ns = {}
+    exec(compile(code, "snippet", "exec"), ns)  # the snippet is ours, not user input
+    assert list(ns["res"].fe_names) == list(st.fit.result.fe_names)
+    np.testing.assert_allclose(ns["res"].fe_mean, st.fit.result.fe_mean, rtol=1e-6)
+
+
 def test_sessions_are_independent():
     a, b = AppState(), AppState()
     a.load_demo("cbpp", fit=False)
