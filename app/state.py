@@ -838,6 +838,13 @@ class AppState(param.Parameterized):
             return
         # a model fitted before (its result cached) is shown at once, live or not
         if not (immediate or self.is_live() or request.key in self._cache):
+            if self._busy and self.fit.status == "fitting":
+                # the running fit keeps its status and progress (out of date, they hid a fit still running, and
+                # after it the model queued); its end judges the model then (_fit_done)
+                running = self.fit.message.split(" The model has changed")[0]
+                self.fit.message = (f"{running} The model has changed since: after this fit, press Fit to fit it "
+                                    f"({self._not_live_reason()}).")
+                return
             self.fit.param.update(status="stale", message=f"The model changed: press Fit to refit "
                                   f"({self._not_live_reason()}).")
             return

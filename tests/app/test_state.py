@@ -346,6 +346,33 @@ def test_long_fit_reports_progress_through_the_event_loop():
     assert st.fit.progress == 0  # reset when the fit ends
 
 
+def test_a_change_during_a_fit_leaves_the_fit_shown_running_and_is_judged_after_it():
+    """A change that does not refit live, made while a fit runs: the status stayed "out of date" for the whole
+    fit (51 s), with the progress hidden. Now the running fit keeps its status and says the model changed, and
+    when it ends the result is marked out of date."""
+    import asyncio
+
+    st = AppState()
+    st.load_demo("grouseticks", fit=False)
+    st.spec.method = "laplace"
+    st.quiet_fit_seconds = 0.0
+    st.live_limit = 0  # no change refits live
+
+    async def run():
+        task = asyncio.ensure_future(st.fit_async())
+        while st.fit.status != "fitting":
+            await asyncio.sleep(0.005)
+        st.spec.fe_p = 1.5
+        during = (st.fit.status, st.fit.message)
+        await task
+        return during
+
+    status, message = asyncio.run(run())
+    assert status == "fitting" and message.startswith("Fitting TICKS ~")
+    assert "The model has changed since: after this fit, press Fit to fit it (the model size" in message
+    assert st.fit.status == "stale" and st.fit.outcome.request.fe_p == 2.0
+
+
 def test_a_slow_model_leaves_live_mode():
     """A model whose fit took longer than live_seconds refits on the Fit button only (its slider
     changes mark the result stale and say why); a quick one keeps refitting live."""
