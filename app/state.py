@@ -293,6 +293,14 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
     if not response or response not in cols:
         errors["response"] = "Choose a response column."
         return errors
+    # a column with no values at all drops every row: said by its name (the fit said "`data` must have at least
+    # one row; got 0 rows")
+    empty = [c for c in _used_columns(formula, cols, (spec.trials, spec.offset)) if c in cols and df[c].isna().all()]
+    if empty:
+        where = ("response" if response in empty or spec.trials in empty else
+                 "groups" if any(c in groups for c in empty) else "fixed")
+        errors[where] = f"The column {empty[0]!r} has no values (every row is missing): choose another column."
+        return errors
     numeric = set(data.numeric_columns)
 
     def values(col):  # a column the model reads as numbers (text that reads as numbers converted)
@@ -664,8 +672,9 @@ class AppState(param.Parameterized):
         spec, data = self.spec, self.data
         df, n = data.df, len(data.df)
         rownum = {c for c in data.numeric_columns if _row_numbers(as_numeric(df[c]))}  # R's write.csv row names
-        num = [c for c in data.numeric_columns if c not in rownum]
-        cat = data.categorical_columns
+        filled = {c for c in data.columns if df[c].notna().any()}  # (an empty column is no candidate for any role)
+        num = [c for c in data.numeric_columns if c not in rownum and c in filled]
+        cat = [c for c in data.categorical_columns if c in filled]
         codes = [c for c in num if _integer_codes(as_numeric(df[c]))]  # herd 1..15: a factor stored as numbers
         binary = [c for c in num if set(pd.unique(df[c].dropna())) <= {0, 1}]
         binary += [c for c in cat if binary_levels(df[c]) is not None]  # yes/no, True/False

@@ -317,6 +317,21 @@ def test_snippet_keeps_the_order_of_many_levels(codes, tmp_path, monkeypatch):
     np.testing.assert_allclose(ns["res"].fe_mean, st.fit.result.fe_mean, rtol=1e-6)
 
 
+def test_a_column_without_values_is_never_guessed_and_is_named_when_chosen():
+    """An all-missing column passed as binary (no value outside {0, 1}) and became the response; the fit then
+    said "`data` must have at least one row; got 0 rows"."""
+    df = load_demo("cbpp").assign(empty=np.nan, blank=None)
+    df = df[["empty", "blank", "herd", "incidence", "size", "period"]]
+    st = AppState()
+    st.load_frame(df, "holes", fit=False)
+    assert st.spec.response == "incidence" and "empty" not in st.spec.groups + st.spec.fixed
+    st.spec.param.update(fixed_numeric=["empty"])
+    assert validate(st.spec, st.data) == {
+        "fixed": "The column 'empty' has no values (every row is missing): choose another column."}
+    st.spec.param.update(fixed_numeric=[], response="empty")
+    assert "'empty' has no values" in validate(st.spec, st.data)["response"]
+
+
 def test_sessions_are_independent():
     a, b = AppState(), AppState()
     a.load_demo("cbpp", fit=False)
