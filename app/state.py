@@ -111,6 +111,9 @@ def quote_column(name: str) -> str:
 class ModelSpec(param.Parameterized):
     """What to fit. Column choices are offered by role (numeric vs categorical)."""
 
+    #: the trials column that "Treat as categorical" took out of the trials' options (validate says so), or None
+    trials_categorical = None
+
     response = param.Selector(default=None, objects=[], allow_None=True, doc="Outcome column.")
     trials = param.Selector(default=NONE, objects=[NONE], doc="Number of trials (binomial counts).")
     fixed_numeric = param.ListSelector(default=[], objects=[], label="Numeric covariates")
@@ -190,7 +193,10 @@ class ModelSpec(param.Parameterized):
     def refresh_roles(self, data: DataState) -> None:
         """Re-offer columns after the user changed which ones are categorical (a typed formula stays in use: it
         names its columns, now read the new way; it was replaced by the built one without a word)."""
+        trials = self.trials
         self.update_columns(data, demo=None, keep_formula=True)
+        # (a trials column now read as categories is no longer offered as the trials: validate says why)
+        self.trials_categorical = trials if trials != NONE and trials in data.categorical else None
 
 
 class FitState(param.Parameterized):
@@ -301,6 +307,10 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
                  "groups" if any(c in groups for c in empty) else "fixed")
         errors[where] = f"The column {empty[0]!r} has no values (every row is missing): choose another column."
         return errors
+    if response in data.categorical and data.can_be_numeric(response):
+        errors["response"] = (f"The response {response!r} is marked under Treat as categorical: a response is numbers "
+                              "(0/1, successes or counts), so untick it there.")
+        return errors
     numeric = set(data.numeric_columns)
 
     def values(col):  # a column the model reads as numbers (text that reads as numbers converted)
@@ -336,6 +346,10 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
             if not vals <= {0, 1}:
                 errors["response"] = (f"Response {response!r} is not binary (values from {y.min():g} to {y.max():g}). "
                                       "Choose a trials column for counts out of n, or the Poisson family.")
+                dropped = getattr(spec, "trials_categorical", None)
+                if dropped and dropped in data.categorical:
+                    errors["response"] += (f" (The trials column {dropped!r} is marked under Treat as categorical, so "
+                                           "it is no longer offered as the trials: untick it there.)")
     elif spec.family == "poisson":
         if not is_numeric(y):
             errors["response"] = f"Response {response!r} is text; the Poisson family needs counts (0, 1, 2, ...)."

@@ -84,7 +84,13 @@ def test_non_binary_outcome_with_binomial():
 
 
 def test_text_response():
-    assert "is text" in _errors_for(response="herd", groups=["period"], fixed_factors=[])["response"]
+    # (cbpp's herd is numbers read as categories: said so)
+    assert "is marked under Treat as categorical" in _errors_for(response="herd", groups=["period"],
+                                                                 fixed_factors=[])["response"]
+    st = AppState()
+    st.load_frame(pd.DataFrame({"y": list("abcab") * 4, "g": list("xxyyz") * 4}), fit=False)
+    st.spec.param.update(response="y", family="binomial", groups=["g"])
+    assert "is text" in validate(st.spec, st.data)["response"]
 
 
 def test_negative_counts_with_poisson():
@@ -330,6 +336,22 @@ def test_a_column_without_values_is_never_guessed_and_is_named_when_chosen():
         "fixed": "The column 'empty' has no values (every row is missing): choose another column."}
     st.spec.param.update(fixed_numeric=[], response="empty")
     assert "'empty' has no values" in validate(st.spec, st.data)["response"]
+
+
+def test_a_response_or_trials_read_as_categorical_is_said_in_the_sidebar():
+    """The response marked categorical passed the sidebar's checks and failed in the fit ("must be a numeric
+    column; got dtype category"); the trials marked categorical left the trials unset without a word."""
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    st.data.categorical = st.data.categorical + ["incidence"]
+    assert validate(st.spec, st.data)["response"].startswith(
+        "The response 'incidence' is marked under Treat as categorical")
+    st.data.categorical = [c for c in st.data.categorical if c != "incidence"] + ["size"]
+    assert st.spec.trials == NONE
+    assert "The trials column 'size' is marked under Treat as categorical" in validate(st.spec, st.data)["response"]
+    st.data.categorical = [c for c in st.data.categorical if c != "size"]
+    st.spec.trials = "size"
+    assert validate(st.spec, st.data) == {}
 
 
 def test_sessions_are_independent():
