@@ -431,6 +431,8 @@ def to_html(element, title: str = "mglm plot") -> str:
 
     model = hv.render(element.opts(responsive=False, width=900, height=480, clone=True)
                       if hasattr(element, "opts") else element, backend="bokeh")
-    # Panel's resources add a loader of its ES-module shims by a path relative to a server (for components
-    # the plots do not use); a saved file has no server, and the request would fail
-    return re.sub(r'<script src="static/[^"]*"></script>\s*', "", file_html(model, INLINE, title))
+    # Panel's resources add a loader of its ES-module shims by a path relative to a server, and in a session
+    # holding a table the table's stylesheet from Panel's CDN (for components the plots do not use): a saved
+    # file has no server and may be opened offline, where those requests fail
+    html = re.sub(r'<script src="static/[^"]*"></script>\s*', "", file_html(model, INLINE, title))
+    return re.sub(r'<link rel="stylesheet" href="https?://cdn\.holoviz\.org/[^"]*"[^>]*>\s*', "", html)

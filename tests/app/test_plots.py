@@ -110,6 +110,16 @@ def test_tables_and_html(cbpp_state):
     import re
 
     assert re.findall(r'<script[^>]*\bsrc="(?!data:)', html) == []
+    # ... and no stylesheet either, also when the session holds a table (Panel then links Tabulator's from its CDN)
+    import pandas as pd
+    import panel as pn
+    from bokeh.document import Document
+
+    doc = Document()
+    with pn.io.server.set_curdoc(doc):
+        pn.widgets.Tabulator(pd.DataFrame({"a": [1]})).get_root(doc)
+        html = plots.to_html(plots.forest_plot(res))
+    assert "Bokeh" in html and re.findall(r'<link[^>]*\bhref="https?:', html) == []
 
 
 def test_forest_x_range_includes_the_reference_line(cbpp_state):
