@@ -539,6 +539,7 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
         out.append("Variational Bayes (mean field) gives good means but posterior SDs that are too narrow, the "
                    "fixed effects' often several times: for intervals, choose the Integrated Laplace method.")
     off = outcome.request.offset
+    raw_exposure = False
     if off and off in outcome.request.data.columns:
         v = outcome.request.data[off].to_numpy(dtype=float)
         # whole numbers from 1 (counts of days), or positive values spanning a factor of 3 up to 5 or more
@@ -547,6 +548,7 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
         spread = np.all(v > 0) and v.max() >= 3.0 * v.min()
         if v.size and v.max() >= 5 and (whole or spread):
             kind = "whole numbers" if whole else "all positive"
+            raw_exposure = True
             out.append(f"The offset {off!r} enters the linear predictor as it is, and its values ({v.min():g} to "
                        f"{v.max():g}, {kind}) look like an exposure itself: for rates per unit of it, "
                        "use its logarithm (a column log(exposure)).")
@@ -580,6 +582,8 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
         big = ft.index[(ft["mean"].abs() > 8) | (ft["sd"] > 5)]
         separated = getattr(res.model, "separation", None)  # (the library's warning names those columns)
         big = [b for b in big if separated is None or str(b) not in separated.columns]
+        if raw_exposure:  # (the Intercept then offsets the raw exposure: the note above says why, not separation)
+            big = [b for b in big if str(b).lower() not in ("intercept", "(intercept)")]
         if len(big):
             words = "success/failure" if family == "binomial" else "zero/non-zero counts"
             out.append("Very large or very uncertain coefficients (" + ", ".join(map(str, big)) +

@@ -601,6 +601,23 @@ def test_an_offset_that_looks_like_a_raw_exposure_is_pointed_out():
     assert "+ offset(years) (poisson)" in st.fit.message
 
 
+def test_a_raw_exposure_is_not_also_called_separation():
+    """A raw exposure of 20-30 days as the offset drives the Intercept far below 0: the offset's note says why;
+    the note on "very large coefficients ... perfectly separated" was a false lead."""
+    rng = np.random.default_rng(3)
+    days = rng.integers(20, 31, 120)
+    df = pd.DataFrame({"site": np.repeat([f"s{i}" for i in range(12)], 10), "days": days,
+                       "count": rng.poisson(days / 10.0)})
+    st = AppState()
+    st.load_frame(df, "visits", fit=False)
+    st.spec.param.update(response="count", family="poisson", groups=["site"], fixed_numeric=[], offset="days",
+                         method="vb")
+    assert st.fit_now(), st.errors
+    assert st.fit.result.fe_mean[0] < -8  # (the Intercept offsets the raw exposure)
+    assert any("'days' enters the linear predictor as it is" in w for w in st.fit.warnings)
+    assert not any("Very large" in w for w in st.fit.warnings)
+
+
 def test_models_that_differ_by_their_offset_are_told_apart_in_the_comparison():
     from app.state import model_comparison
 
