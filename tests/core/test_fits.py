@@ -2142,3 +2142,54 @@ def test_fit_vb_max_iter_bounds_the_whole_fit():
     assert not short.converged and short.diagnostics.n_iter == 3 and "max_iter" in short.diagnostics.message
     again = m.fit_vb(max_iter=full.diagnostics.n_iter)
     assert again.converged and again.diagnostics.n_iter == full.diagnostics.n_iter
+
+
+def test_fit_laplace_without_random_effects_integrates_the_fixed_effects():
+    """A GLM (no variance component): fit_laplace returned the mode with the curvature's SDs and the Laplace
+    log p(y). Twenty binary rows: the slope's mean was 0.26 posterior SDs from the exact one, its SD 11 % short,
+    log p(y) 0.08 off. Now a product Gauss-Hermite rule: against a fine 2-D grid, to 1e-3 SDs and 1e-3 in
+    log p(y)."""
+    from scipy.special import expit, logsumexp
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=20)
+    y = rng.binomial(1, expit(-0.3 + 0.8 * x)).astype(float)
+    res = mg.BayesMixedGLM.from_formula("y ~ x", data=pd.DataFrame({"y": y, "x": x})).fit_laplace()
+    b0, b1 = np.meshgrid(np.linspace(-7, 7, 701), np.linspace(-6, 7, 651), indexing="ij")
+    eta = b0[..., None] + b1[..., None] * x
+    lp = (y * eta - np.logaddexp(0, eta)).sum(-1) - 0.5 * (b0**2 + b1**2) / 4 - 2 * np.log(2 * np.sqrt(2 * np.pi))
+    exact_lml = logsumexp(lp) + np.log(14 / 700) + np.log(13 / 650)
+    w = np.exp(lp - lp.max())
+    w /= w.sum()
+    mean = np.array([(w * b0).sum(), (w * b1).sum()])
+    sd = np.sqrt([(w * (b0 - mean[0]) ** 2).sum(), (w * (b1 - mean[1]) ** 2).sum()])
+    np.testing.assert_allclose(res.fe_mean, mean, atol=1e-3 * sd.min())
+    np.testing.assert_allclose(res.fe_sd, sd, rtol=1e-3)
+    assert res.log_marginal_likelihood == pytest.approx(exact_lml, abs=1e-3)
+    assert abs(res.fe_mean[1] - res.model.fit_map().fe_mean[1]) > 0.2 * sd[1]  # (the mode is far from the mean)
+
+    # Poisson counts with an offset, one coefficient: against a 1-D grid
+    rng = np.random.default_rng(5)
+    expo = rng.uniform(0.5, 2.0, 8)
+    counts = rng.poisson(0.7 * expo).astype(float)
+    pois = mg.PoissonBayesMixedGLM(counts, np.ones((8, 1)), None, None, offset=np.log(expo)).fit_laplace()
+    b = np.linspace(-8, 6, 20001)
+    eta = b[:, None] + np.log(expo)
+    lp = (counts * eta - np.exp(eta)).sum(1) - 0.5 * b**2 / 4 - 0.5 * np.log(2 * np.pi * 4)
+    lp -= np.sum([np.log(np.arange(1, c + 1)).sum() for c in counts])
+    w = np.exp(lp - lp.max())
+    w /= w.sum()
+    m1 = (w * b).sum()
+    assert pois.fe_mean[0] == pytest.approx(m1, abs=1e-3 * np.sqrt((w * (b - m1) ** 2).sum()))
+    assert pois.log_marginal_likelihood == pytest.approx(logsumexp(lp) + np.log(b[1] - b[0]), abs=1e-3)
+
+
+def test_fit_laplace_of_a_glm_with_many_fixed_effects_keeps_the_laplace_gaussian():
+    """Beyond four fixed effects the product rule does not run: the mode and the curvature, as fit_map's."""
+    rng = np.random.default_rng(0)
+    X = np.column_stack([np.ones(300), rng.normal(size=(300, 4))])
+    y = rng.binomial(1, 0.4, 300).astype(float)
+    model = mg.BayesMixedGLM(y, X, None, None)
+    lap, mode = model.fit_laplace(), model.fit_map()
+    np.testing.assert_allclose(lap.fe_mean, mode.fe_mean, rtol=1e-6)
+    assert lap.diagnostics.message == ""
