@@ -26,9 +26,9 @@ import warnings
 import numpy as np
 from scipy.optimize import minimize
 
-from .errors import ConvergenceWarning, DataError, FitError
+from .errors import ApproximationWarning, ConvergenceWarning, DataError, FitError
 from .laplace import conditional_fun, conditional_vcp_mode, irls_start, working_model
-from .linalg import solve_only
+from .linalg import BorderedFactor, solve_only
 from .newton import newton_ascent
 from .objectives import Elbo, LogJoint, VBPoint
 from .progress import Progress
@@ -112,6 +112,31 @@ def _curvature_sd(elbo, mean):
     p, k, q = m.k_fep, m.k_vcp, m.k_vc
     tiny = VBPoint(mean[:p], mean[p:p + k], mean[p + k:], np.full(p, 1e-8), np.full(k, 1e-8), np.full(q, 1e-8))
     return np.concatenate(elbo.fixed_point_sd(tiny, elbo(tiny, grad=False)[3]))
+
+
+#: fit_vb warns where a fixed effect's SD is below this fraction of the SD that the joint curvature at its means
+#: gives (:func:`_narrow_fixed_effects`).
+NARROW_RATIO = 0.5
+
+
+def _narrow_fixed_effects(model, pt):
+    r"""``(ratio, index, vb_sd, joint_sd)`` of the fixed effect whose SD is the smallest fraction of the one the
+    curvature of the joint posterior of (fe, vc) gives at the variational means (log-SDs held there), or None
+    (no fixed or random effects, or no factorisation). The mean-field factorisation drops the correlation of the
+    fixed effects with the random effects; the joint curvature keeps it: grouseticks' Intercept had a VB SD of
+    0.020 where the curvature gives 0.16 and the integrated posterior 0.20."""
+    if not (model.k_fep and model.k_vc) or getattr(model.symbolic, "route", None) == "iterative":
+        return None
+    try:
+        _, _, _, A, B, C = conditional_fun(LogJoint(model), pt.vcp_mean)(pt.vc_mean, pt.fe_mean, True)
+        joint = np.sqrt(np.diag(BorderedFactor(A, B, C, reuse=solve_only(model.symbolic)).border_inverse()))
+    except Exception:  # (a Hessian that is not positive definite there: nothing to compare with)
+        return None
+    ratio = pt.fe_sd / joint
+    if not np.all(np.isfinite(ratio)):
+        return None
+    j = int(np.argmin(ratio))
+    return float(ratio[j]), j, float(pt.fe_sd[j]), float(joint[j])
 
 
 def _coordinate_phase(elbo, pt, value, tol, max_outer=100, progress=None):
@@ -253,6 +278,14 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
     if not converged:
         msgs.append(f"Variational Bayes did not converge: largest scaled gradient entry {max_grad:.3g} "
                     f"after {n_outer} coordinate and {n_polish} L-BFGS iterations ({message}).")
+    notes = []
+    narrow = _narrow_fixed_effects(work, pt) if converged else None
+    if narrow is not None and narrow[0] < NARROW_RATIO:
+        ratio, j, vb_sd, joint_sd = narrow
+        name = model.fep_names[j] if M is None else f"the standardised {model.fep_names[j]}"
+        notes.append(f"Variational Bayes' fixed-effect SDs are too narrow: {name}'s is {vb_sd:.3g}, {1 / ratio:.1f} "
+                     f"times narrower than the joint curvature's {joint_sd:.3g} (the mean-field factorisation drops "
+                     "the fixed effects' correlation with the random effects). Use fit_laplace() for intervals.")
     fe, fe_sd = pt.fe_mean, pt.fe_sd
     if M is not None:
         fe = M @ fe
@@ -260,9 +293,11 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
     prog.done()
     for msg in msgs:
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+    for msg in notes:
+        warnings.warn(msg, ApproximationWarning, stacklevel=3)
     diag = FitDiagnostics(
         converged=converged, n_iter=n_outer + n_polish, grad_norm=float(np.linalg.norm(grad)),
-        seconds=time.perf_counter() - t0, objective=-fval, warnings=tuple(msgs), message=message,
+        seconds=time.perf_counter() - t0, objective=-fval, warnings=tuple(msgs + notes), message=message,
     )
     return BayesMixedGLMResults(
         model=model, method="vb", fe_mean=fe, fe_sd=fe_sd, vcp_mean=pt.vcp_mean, vcp_sd=pt.vcp_sd,

@@ -2193,3 +2193,26 @@ def test_fit_laplace_of_a_glm_with_many_fixed_effects_keeps_the_laplace_gaussian
     lap, mode = model.fit_laplace(), model.fit_map()
     np.testing.assert_allclose(lap.fe_mean, mode.fe_mean, rtol=1e-6)
     assert lap.diagnostics.message == ""
+
+
+def test_fit_vb_warns_where_its_fixed_effect_sds_are_too_narrow():
+    """grouseticks: VB's fixed-effect SDs are about ten times the integrated posterior's too small, and the fit said
+    nothing (converged, no warning). It now compares them with the joint curvature at its means."""
+    g = load("grouseticks")
+    model = mg.PoissonBayesMixedGLM.from_formula("TICKS ~ cHEIGHT + YEAR + (1|BROOD) + (1|INDEX) + (1|LOCATION)",
+                                                 data=g)
+    with pytest.warns(mg.ApproximationWarning, match=r"Variational Bayes' fixed-effect SDs are too narrow: .* times "
+                                                       r"narrower than the joint curvature's"):
+        vb = model.fit_vb()
+    assert vb.converged and any("too narrow" in w for w in vb.warnings)
+    lap = model.fit_laplace()
+    assert np.min(vb.fe_sd / lap.fe_sd) < 0.2  # (the warning's ground)
+    # a slope that varies within the groups, and no intercept: the mean field loses little, and says nothing
+    rng = np.random.default_rng(1)
+    grp = np.repeat(np.arange(20), 30)
+    x = rng.normal(size=grp.size)
+    y = rng.poisson(np.exp(0.5 * x + 0.3 * rng.normal(size=20)[grp] + 1.0)).astype(float)
+    Z = sp.csr_matrix((np.ones(grp.size), (np.arange(grp.size), grp)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mg.PoissonBayesMixedGLM(y, x[:, None], Z, np.zeros(20, int)).fit_vb()
