@@ -239,4 +239,10 @@ def fit_laplace_separated(model, separation, fit, callback=None):
         model=model, method="laplace", fe_mean=mean[:p], fe_sd=sd[:p], vcp_mean=mean[p:], vcp_sd=sd[p:],
         vc_mean=vc_mean, vc_sd=np.sqrt(np.maximum(vc_var, 0.0)), diagnostics=diag, border_cov=cov,
         vcp_grid=_grid_of(list(zip(w, results)), k) if k else None, log_marginal_likelihood=log_ml,
-        extra={"separation_points": np.array(ts), "separation_weights": w, "separation_span": span})
+        extra={"separation_points": np.array(ts), "separation_weights": w, "separation_span": span,
+               # (the intervals are the mixture's quantiles: mean -+ 1.96 SD straddled 0 for a separating
+               # coefficient whose mixture has no weight there)
+               "fe_mixture": (w, means[:, :p], np.sqrt(np.maximum(np.array(
+                   [np.diag(T @ (r.border_cov if r.border_cov is not None else np.diag(
+                       np.concatenate([r.fe_sd, r.vcp_sd]) ** 2)) @ T.T)[:p] for r in results]), 0.0))),
+               "vc_mixture": (w, vc_m, np.array([r.vc_sd for r in results]))})

@@ -767,3 +767,14 @@ def test_messages_name_the_argument_given_and_complex_data_is_refused():
         res.random_effects("nope")
     with pytest.raises(mg.DataError, match="`endog` must be real numbers; got complex values"):
         mg.BayesMixedGLM(Y + 0j, X, Z, IDENT)
+
+
+def test_mixture_quantiles_are_a_gaussians_and_a_point_masss():
+    from mglm_core.results import Z975, mixture_quantiles
+
+    lower, upper = mixture_quantiles([1.0], [[2.0, -1.0]], [[0.5, 3.0]])
+    np.testing.assert_allclose(lower, [2.0 - Z975 * 0.5, -1.0 - Z975 * 3.0], rtol=1e-9)
+    np.testing.assert_allclose(upper, [2.0 + Z975 * 0.5, -1.0 + Z975 * 3.0], rtol=1e-9)
+    # two point masses (SD 0) of weights 0.9 and 0.1: the 2.5 % quantile is the first, the 97.5 % the second
+    lower, upper = mixture_quantiles([0.9, 0.1], [[0.0], [10.0]], [[0.0], [0.0]])
+    assert lower[0] == pytest.approx(0.0, abs=1e-6) and upper[0] == pytest.approx(10.0, abs=1e-6)

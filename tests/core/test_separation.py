@@ -154,6 +154,15 @@ def test_separated_fit_matches_the_exact_posterior_and_evidence_of_a_glm(fe_p):
     np.testing.assert_allclose(res.fe_sd / sd, 1.0, atol=0.01)
     assert res.log_marginal_likelihood == pytest.approx(evidence, abs=0.01)
     assert any("integrated numerically" in w for w in res.warnings)
+    # the 95 % intervals are the mixture's quantiles (mean -+ 1.96 SD straddled 0 for the separating coefficient)
+    w = np.exp(logp - logp.max())
+    w /= w.sum()
+    table = res.fe_table()
+    for j, (grid, marginal) in enumerate(((b0, w.sum(axis=1)), (b1, w.sum(axis=0)))):
+        exact = np.interp([0.025, 0.975], np.cumsum(marginal) - 0.5 * marginal, grid)
+        np.testing.assert_allclose(table.iloc[j][["lower", "upper"]].to_numpy(float), exact,
+                                   atol=0.05 * sd[j] + (grid[1] - grid[0]))
+    assert table.loc["x1" if "x1" in table.index else table.index[1], "lower"] > 0
 
 
 @pytest.mark.parametrize("fe_p,b0,b0_sd,s,s_sd", [(2.0, -4.994, 0.685, -0.228, 0.263),
