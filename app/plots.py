@@ -233,7 +233,7 @@ def sd_summary(res) -> pd.DataFrame:
                          "sd_lower": np.asarray(lo, float), "sd_upper": np.asarray(hi, float)})
 
 
-def _key(curves) -> list:
+def _key(curves) -> tuple[list, int]:
     """``(curves, columns)``: the legend of several methods' SD densities, below the plot (a legend beside it narrowed the frames of
     the plots above, which Bokeh aligns): the components' colours on its first row, the methods' line styles on
     the second (not every pair: 3 x 3 entries). Legend-only curves of no length; Bokeh fills a legend of

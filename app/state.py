@@ -303,9 +303,13 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
     # one row; got 0 rows")
     empty = [c for c in _used_columns(formula, cols, (spec.trials, spec.offset)) if c in cols and df[c].isna().all()]
     if empty:
-        where = ("response" if response in empty or spec.trials in empty else
-                 "groups" if any(c in groups for c in empty) else "fixed")
-        errors[where] = f"The column {empty[0]!r} has no values (every row is missing): choose another column."
+        c = empty[0]
+        role, where = (("response", "response") if c == response else ("trials", "response") if c == spec.trials
+                       else ("offset", "fixed") if c == spec.offset else ("grouping factor", "groups") if c in groups
+                       else ("covariate", "fixed"))
+        if spec.use_formula and role not in ("trials", "offset"):  # (named in the typed formula: said under it)
+            where = "formula"
+        errors[where] = f"The {role} column {c!r} has no values (every row is missing): choose another column."
         return errors
     if response in data.categorical and data.can_be_numeric(response):
         errors["response"] = (f"The response {response!r} is marked under Treat as categorical: a response is numbers "
@@ -635,6 +639,7 @@ class AppState(param.Parameterized):
         self._rerun = False
         self._loading = False
         self._setting_formula = False
+        self._changed_note = ""  # said with a running fit's progress: the model changed since it started
         self._trials_before = None  # the trials column the Poisson family set aside
         self.spec.param.watch(self._on_spec_change, self._SPEC_KEYS)
         self.fit.param.watch(self._on_outcome, ["outcome"])
@@ -870,10 +875,11 @@ class AppState(param.Parameterized):
         if not (immediate or self.is_live() or request.key in self._cache):
             if self._busy and self.fit.status == "fitting":
                 # the running fit keeps its status and progress (out of date, they hid a fit still running, and
-                # after it the model queued); its end judges the model then (_fit_done)
-                running = self.fit.message.split(" The model has changed")[0]
-                self.fit.message = (f"{running} The model has changed since: after this fit, press Fit to fit it "
-                                    f"({self._not_live_reason()}).")
+                # after it the model queued); the note stays with its progress, and its end judges the model then
+                # (_fit_done)
+                self._changed_note = (f" The model has changed since: after this fit, press Fit to fit it "
+                                      f"({self._not_live_reason()}).")
+                self.fit.message = self.fit.message.split(" The model has changed")[0] + self._changed_note
                 return
             self.fit.param.update(status="stale", message=f"The model changed: press Fit to refit "
                                   f"({self._not_live_reason()}).")
@@ -902,6 +908,7 @@ class AppState(param.Parameterized):
             self._invalid()
             return
         self._busy = True
+        self._changed_note = ""  # (a change made during the previous fit: judged when it ended)
         try:
             outcome = self._cache.get(request.key)
             if outcome is None:
@@ -933,7 +940,7 @@ class AppState(param.Parameterized):
 
         def show(pct, message):
             if self.fit.status == "fitting":
-                self.fit.param.update(progress=pct, message=f"{label}: {message} ({pct} %)")
+                self.fit.param.update(progress=pct, message=f"{label}: {message} ({pct} %){self._changed_note}")
 
         def report(fraction, message):
             now, pct = time.monotonic(), int(100 * fraction)

@@ -189,6 +189,8 @@ def as_exog_vc(exog_vc, n):
     if isinstance(exog_vc, pd.DataFrame):
         exog_vc = exog_vc.to_numpy()
     if sp.issparse(exog_vc):
+        if exog_vc.dtype.kind == "c":  # (the conversion would drop the imaginary part with only a ComplexWarning)
+            raise DataError("`exog_vc` must be real numbers; got complex values.")
         Z = sp.csr_matrix(exog_vc, dtype=float)
     else:
         arr = _as_array(exog_vc, "exog_vc")

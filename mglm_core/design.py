@@ -1737,11 +1737,12 @@ def build_design(
     n_bar_terms = len(terms)  # (statsmodels' vc_formulas may repeat a component: not checked)
     for key, text in (vc_formulas or {}).items():
         terms.append(_vc_formula_component(df, str(key), text))
-        if "Intercept" in terms[-1].column_names and len(terms[-1].column_names) > 1:
-            # (statsmodels takes it too; the usual intent is one effect per level)
-            notes.append(f"vc_formulas[{str(key)!r}] = {text!r} has an intercept column: its random effects are one "
-                         "shared by every row plus contrasts between the levels, not one effect per level; write "
-                         f"'0 + {text.strip()}' for one effect per level.")
+        explicit = any(t.text == "1" for t in _tokenize(text))  # ("1 + C(g)": an intercept asked for)
+        if "Intercept" in terms[-1].column_names and len(terms[-1].column_names) > 1 and not explicit:
+            # (statsmodels takes it too; its vc_formulas are usually written '0 + C(g)', one effect per column)
+            notes.append(f"vc_formulas[{str(key)!r}] = {text!r} adds an intercept column (one random effect shared by "
+                         f"every row) to its other columns, as formulas do; write '0 + {text.strip()}' for its "
+                         "columns alone, or '1 + ...' to keep the intercept without this warning.")
             warnings.warn(notes[-1], DataWarning, stacklevel=2)
     names = [t.name for t in terms]
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -273,6 +273,13 @@ class BayesMixedGLM:
             eta = X @ fe + (o if o is not None else 0.0)
         return eta if linear else self.family.mean(eta)
 
+    def as_rows(self, exog):
+        """New rows given as a dict of columns, or (a model built from a formula) as one row in a Series, as a
+        DataFrame; anything else unchanged."""
+        if isinstance(exog, dict) or (isinstance(exog, pd.Series) and self.design is not None):
+            return pd.DataFrame(exog) if isinstance(exog, dict) else exog.to_frame().T.infer_objects()
+        return exog
+
     def new_rows(self, exog, offset=None):
         """``(X, offset)``: the fixed-effects design of new rows and their offset (None without one).
 
@@ -288,8 +295,7 @@ class BayesMixedGLM:
             For a design of the wrong width, a non-numeric column, or (formula models) missing
             columns or unseen levels of a fixed factor.
         """
-        if isinstance(exog, dict) or (isinstance(exog, pd.Series) and self.design is not None):
-            exog = pd.DataFrame(exog) if isinstance(exog, dict) else exog.to_frame().T.infer_objects()
+        exog = self.as_rows(exog)
         if isinstance(exog, pd.DataFrame) and self.design is not None:
             spec = self.design.spec
             return spec.exog_for(exog), spec.offset_for(exog, offset)
@@ -301,6 +307,8 @@ class BayesMixedGLM:
             if bad:
                 raise checks.DataError(f"`exog` column `{bad[0]}` must be numeric for a model built without a "
                                        f"formula; got dtype {exog[bad[0]].dtype}.")
+        if np.iscomplexobj(exog):
+            raise checks.DataError("`exog` must be real numbers; got complex values.")
         X = np.asarray(exog, dtype=float)
         if X.ndim == 1 and self.k_fep == 1:
             X = X[:, None]

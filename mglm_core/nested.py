@@ -110,6 +110,12 @@ the conditional Gaussian approximations:
 :math:`\mathrm{Var}\,x = \sum_t w_t (V_t + \hat x_t^2) - (\mathrm{E}x)^2`.
 The log marginal likelihood is :math:`\log \int \tilde p(y, \theta)\,d\theta`
 by the same rule.
+
+A model without random effects (a GLM) has no :math:`\theta`: its fixed effects' posterior is integrated by
+a product Gauss-Hermite rule (:mod:`mglm_core.fixed_quadrature`, up to four fixed effects and 4e6 rows
+times nodes, where the rule resolves it), else the Laplace Gaussian at the mode is kept; ``diagnostics.message``
+says which. Fixed effects separated by the outcomes are integrated along their direction
+(:mod:`mglm_core.separated`).
 """
 from __future__ import annotations
 

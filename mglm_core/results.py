@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtr
 
 from .checks import read_only_copy
 from .design import offset_values
@@ -33,8 +34,6 @@ def mixture_quantiles(w, means, sds, probs=(0.025, 0.975), iterations=60):
     coefficient got [-22.8, 141.1], around 0, where its mixture puts no weight below 8.
     """
     w, means, sds = np.asarray(w, float), np.asarray(means, float), np.asarray(sds, float)
-    from scipy.special import ndtr
-
     lo = np.min(means - 9.0 * sds, axis=0)
     hi = np.max(means + 9.0 * sds, axis=0)
     out = []
@@ -384,9 +383,7 @@ class BayesMixedGLMResults:
             ``exog``; a model fitted with an offset array needs it for a new DataFrame.
         """
         m = self.model
-        if isinstance(exog, dict) or (isinstance(exog, pd.Series) and m.design is not None):
-            # new rows as a dict of columns, or one row as a Series (as a DataFrame's row)
-            exog = pd.DataFrame(exog) if isinstance(exog, dict) else exog.to_frame().T.infer_objects()
+        exog = m.as_rows(exog)  # (a dict of columns, or one row as a Series: a DataFrame)
         include = (exog_vc is not None) if random_effects is None else bool(random_effects)
         if exog is None:
             if exog_vc is not None:
@@ -401,7 +398,8 @@ class BayesMixedGLMResults:
                 raise DataError("`exog_vc` must be None for a DataFrame `exog`: the formula builds it; got "
                                 "an exog_vc.")
             spec = m.design.spec
-            eta = spec.exog_for(exog) @ self.fe_mean
+            X, o = m.new_rows(exog, offset)  # (the fixed part as the model's predict reads it)
+            eta = X @ self.fe_mean
             if include and m.k_vc:
                 unseen = spec.unseen_levels(exog)
                 unseen = {k: v for k, v in unseen.items() if len(v)}
@@ -417,7 +415,6 @@ class BayesMixedGLMResults:
                     warnings.warn(f"rows with a missing grouping value get random effect 0 for it (the population "
                                   f"level): {desc}", DataWarning, stacklevel=2)
                 eta = eta + spec.exog_vc_for(exog) @ self.vc_mean
-            o = spec.offset_for(exog, offset)
             if o is not None:
                 eta = eta + o
         else:

@@ -130,7 +130,7 @@ def _narrow_fixed_effects(model, pt):
     try:
         _, _, _, A, B, C = conditional_fun(LogJoint(model), pt.vcp_mean)(pt.vc_mean, pt.fe_mean, True)
         joint = np.sqrt(np.diag(BorderedFactor(A, B, C, reuse=solve_only(model.symbolic)).border_inverse()))
-    except Exception:  # (a Hessian that is not positive definite there: nothing to compare with)
+    except (ArithmeticError, np.linalg.LinAlgError, ValueError):  # (a Hessian not positive definite there)
         return None
     ratio = pt.fe_sd / joint
     if not np.all(np.isfinite(ratio)):

@@ -721,9 +721,10 @@ def test_a_vc_formula_with_an_intercept_is_warned_of():
     """``vc_formulas={"g": "C(g)"}`` (no ``0 +``) makes an intercept shared by every row plus contrasts, not one
     effect per level: taken, as statsmodels takes it, with a warning that says how to write the usual model."""
     df = pd.DataFrame({"y": [0, 1, 1, 0, 1, 0], "g": list("aabbcc")})
-    with pytest.warns(DataWarning, match=r"vc_formulas\['g'\] = 'C\(g\)' has an intercept column.*'0 \+ C\(g\)'"):
+    with pytest.warns(DataWarning, match=r"vc_formulas\['g'\] = 'C\(g\)' adds an intercept column.*'0 \+ C\(g\)'"):
         d = build_design("y ~ 1", df, vc_formulas={"g": "C(g)"})
     assert d.vc_names[0] == "Intercept"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_design("y ~ 1", df, vc_formulas={"g": "0 + C(g)"})
+        build_design("y ~ 1", df, vc_formulas={"g": "1 + C(g)"})  # (asked for)

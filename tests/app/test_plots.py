@@ -297,7 +297,7 @@ def test_long_names_are_shortened_on_the_axes_and_kept_in_the_hover(cbpp_state):
 def test_several_methods_share_a_colour_per_component_and_a_line_style_per_method():
     """Comparing methods on three SDs (grouseticks): each component keeps its colour across the methods, each
     method has its own dashes, and the legend is the key to both (one entry per component and per method that
-    drew a density), beside the plot where it covers no curve."""
+    drew a density), below the plot where it covers no curve."""
     import warnings
 
     from app.state import AppState

@@ -333,9 +333,14 @@ def test_a_column_without_values_is_never_guessed_and_is_named_when_chosen():
     assert st.spec.response == "incidence" and "empty" not in st.spec.groups + st.spec.fixed
     st.spec.param.update(fixed_numeric=["empty"])
     assert validate(st.spec, st.data) == {
-        "fixed": "The column 'empty' has no values (every row is missing): choose another column."}
-    st.spec.param.update(fixed_numeric=[], response="empty")
-    assert "'empty' has no values" in validate(st.spec, st.data)["response"]
+        "fixed": "The covariate column 'empty' has no values (every row is missing): choose another column."}
+    st.spec.param.update(fixed_numeric=[], offset="empty")
+    assert validate(st.spec, st.data) == {
+        "fixed": "The offset column 'empty' has no values (every row is missing): choose another column."}
+    st.spec.param.update(offset=NONE, formula_text="incidence ~ empty + (1 | herd)", use_formula=True)
+    assert "The covariate column 'empty' has no values" in validate(st.spec, st.data)["formula"]
+    st.spec.param.update(use_formula=False, response="empty")
+    assert "The response column 'empty' has no values" in validate(st.spec, st.data)["response"]
 
 
 def test_a_response_or_trials_read_as_categorical_is_said_in_the_sidebar():
@@ -393,20 +398,26 @@ def test_a_change_during_a_fit_leaves_the_fit_shown_running_and_is_judged_after_
     st.load_demo("grouseticks", fit=False)
     st.spec.method = "laplace"
     st.quiet_fit_seconds = 0.0
+    st.progress_seconds = 0.0  # every change of the progress: the note must stay through them
     st.live_limit = 0  # no change refits live
+    messages = []
+    st.fit.param.watch(lambda e: messages.append(e.new), "message")
 
     async def run():
         task = asyncio.ensure_future(st.fit_async())
         while st.fit.status != "fitting":
             await asyncio.sleep(0.005)
         st.spec.fe_p = 1.5
-        during = (st.fit.status, st.fit.message)
+        during = (st.fit.status, st.fit.message, len(messages))
         await task
         return during
 
-    status, message = asyncio.run(run())
+    status, message, at = asyncio.run(run())
     assert status == "fitting" and message.startswith("Fitting TICKS ~")
-    assert "The model has changed since: after this fit, press Fit to fit it (the model size" in message
+    note = "The model has changed since: after this fit, press Fit to fit it (the model size"
+    assert note in message
+    later = [m for m in messages[at:] if m.startswith("Fitting TICKS ~")]
+    assert later and all(note in m for m in later)  # (the progress's messages kept it)
     assert st.fit.status == "stale" and st.fit.outcome.request.fe_p == 2.0
 
 

@@ -767,6 +767,11 @@ def test_messages_name_the_argument_given_and_complex_data_is_refused():
         res.random_effects("nope")
     with pytest.raises(mg.DataError, match="`endog` must be real numbers; got complex values"):
         mg.BayesMixedGLM(Y + 0j, X, Z, IDENT)
+    with pytest.raises(mg.DataError, match="`exog_vc` must be real numbers; got complex values"):
+        mg.BayesMixedGLM(Y, X, sp.csr_matrix(Z, dtype=complex), IDENT)
+    fit = mg.BayesMixedGLM(Y, X, Z, IDENT).fit_vb()
+    with pytest.raises(mg.DataError, match="`exog` must be real numbers; got complex values"):
+        fit.predict(np.asarray(X) + 1j)
 
 
 def test_mixture_quantiles_are_a_gaussians_and_a_point_masss():
