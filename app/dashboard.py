@@ -119,7 +119,12 @@ def _text_labels(objects) -> dict:
     labels as HTML (MultiChoice): an uploaded column named ``<img onerror=...>`` is shown as that text and
     never becomes markup (or script) in the page. The values stay the columns' names."""
     items = objects.items() if isinstance(objects, dict) else ((v, v) for v in objects)
-    return {html.escape(str(label), quote=False): value for label, value in items}
+    return {_escaped_name(label): value for label, value in items}
+
+
+def _escaped_name(name) -> str:
+    """A column's name for a table header that renders HTML: its text, escaped."""
+    return html.escape(str(name), quote=False)
 
 
 def _preview_note(df) -> str:
@@ -285,10 +290,13 @@ class Dashboard(pn.viewable.Viewer):
         # ---- method, priors, fit
         self.fit_button = pn.widgets.Button(label="Fit model", color="primary", **w)
         self.fit_button.on_click(self._on_fit_click)
-        progress = pn.indicators.Progress(value=fit.param.progress, active=pn.bind(lambda v: v < 0, fit.param.progress),
+        def progress_bar():  # (one under the Fit button, one under the status line: a clone lost the bindings)
+            return pn.indicators.Progress(value=fit.param.progress, active=pn.bind(lambda v: v < 0, fit.param.progress),
                                           bar_color="primary", height=10,
                                           visible=pn.bind(lambda s: s in ("fitting", "waiting"), fit.param.status),
                                           sizing_mode="stretch_width")
+
+        progress = progress_bar()
         # (on every change of the model too: a method whose fit is quick refits live, and the status may
         # stay "done" through a cached or quick refit)
         mode_note = pn.pane.Markdown(pn.bind(self._mode_note, fit.param.status, spec.param.auto_fit,
@@ -322,7 +330,7 @@ class Dashboard(pn.viewable.Viewer):
         diag = pn.pane.Alert(pn.bind(self._diag_text, fit.param.warnings, fit.param.status), alert_type="warning",
                              visible=pn.bind(bool, fit.param.warnings), sizing_mode="stretch_width",
                              css_classes=["alert-diagnostics"])
-        self.header = pn.Column(status, pn.Row(progress.clone()), self._alert("fit"), diag,
+        self.header = pn.Column(status, pn.Row(progress_bar()), self._alert("fit"), diag,
                                 sizing_mode="stretch_width")
 
         truth = st.param.truth
@@ -362,9 +370,13 @@ class Dashboard(pn.viewable.Viewer):
         # ---- summary and export
         table_kw = dict(show_index=False, sizing_mode="stretch_width", disabled=True, theme="bootstrap5",
                         layout="fit_data_stretch")
+        # the results' tables: every column fitted to the width, headers wrapped (fitted to their data, the last
+        # columns were cut off in a narrow window)
+        fitted_kw = {**table_kw, "layout": "fit_columns",
+                     "configuration": {"columnDefaults": {"headerWordWrap": True}}}
         fe_table = pn.widgets.Tabulator(pn.bind(self._fe_df, outcome, view.param.exp_scale),
-                                        formatters=self._fmt(), **table_kw)
-        vc_table = pn.widgets.Tabulator(pn.bind(self._vc_df, outcome), formatters=self._fmt(), **table_kw)
+                                        formatters=self._fmt(), **fitted_kw)
+        vc_table = pn.widgets.Tabulator(pn.bind(self._vc_df, outcome), formatters=self._fmt(), **fitted_kw)
         # (FlexBoxes: the buttons wrap onto a second line in a narrow window instead of being cut off)
         downloads = pn.FlexBox(
             pn.widgets.FileDownload(callback=self._csv_fe, filename="fixed_effects.csv", label="Fixed effects CSV",
@@ -390,9 +402,8 @@ class Dashboard(pn.viewable.Viewer):
         models_table = pn.widgets.Tabulator(pn.bind(self._models_df, fit.param.models, outcome),
                                             formatters={**self._fmt(), "model": {"type": "textarea"},
                                                         "priors": {"type": "textarea"}},
-                                            configuration={"columnDefaults": {"headerWordWrap": True}},
                                             widths={"model": "36%"}, css_classes=["model-comparison"], visible=listed,
-                                            **{**table_kw, "layout": "fit_columns"})
+                                            **fitted_kw)
         clear_models = pn.widgets.Button(label="Clear the list", variant="outline", width=160, visible=listed)
         clear_models.on_click(lambda _: self.state.clear_models())
         self.models_table = models_table
@@ -429,7 +440,10 @@ class Dashboard(pn.viewable.Viewer):
             pn.Row(self.data_download, pn.pane.Markdown(pn.bind(_preview_note, st.data.param.df), **NOTE,
                                                         sizing_mode="stretch_width"),
                 sizing_mode="stretch_width"),
-            pn.widgets.Tabulator(pn.bind(lambda df: df.head(PREVIEW_ROWS) if df is not None else pd.DataFrame(),
+            # (the preview's headers render as HTML: the columns' names escaped, an uploaded header such as
+            # <img onerror=...> is shown as text, never run)
+            pn.widgets.Tabulator(pn.bind(lambda df: df.head(PREVIEW_ROWS).rename(columns=_escaped_name)
+                                         if df is not None else pd.DataFrame(),
                                          st.data.param.df), pagination="local", page_size=12, **table_kw),
             sizing_mode="stretch_width", name="Data")
 
@@ -447,7 +461,9 @@ class Dashboard(pn.viewable.Viewer):
                        sizing_mode="stretch_width", flex_wrap="wrap"),
             pn.pane.Alert("The model has changed since this comparison: **Fit with every method** compares the "
                           "model the sidebar shows.", alert_type="warning", sizing_mode="stretch_width",
-                          visible=fit.param.compare_current.rx.not_() & comparison.rx.bool(),
+                          # (pn.bind: the reactive expression of both stayed True after one update set them together)
+                          visible=pn.bind(lambda current, comp: not current and bool(comp), fit.param.compare_current,
+                                          comparison),
                           css_classes=["compare-stale"]),
             pn.Column(
                 # (axes not linked to the other tabs' plots of the same dimensions: zooming here, or a MAP SD
@@ -456,7 +472,9 @@ class Dashboard(pn.viewable.Viewer):
                                   sizing_mode="stretch_width", min_height=340, linked_axes=False),
                 pn.pane.HoloViews(pn.bind(self._compare_density, comparison, truth), sizing_mode="stretch_width",
                                   min_height=340, linked_axes=False),
-                pn.widgets.Tabulator(pn.bind(self._compare_table, comparison), formatters=self._fmt(), **table_kw),
+                pn.widgets.Tabulator(pn.bind(self._compare_table, comparison),
+                                     formatters={**self._fmt(), "notes": {"type": "textarea"}},
+                                     widths={"notes": "30%"}, **fitted_kw),
                 styles=pn.bind(lambda current: _BRIGHT if current else _DIMMED, fit.param.compare_current),
                 sizing_mode="stretch_width"),
             sizing_mode="stretch_width", name="Compare methods")

@@ -21,17 +21,14 @@ COLORS = {"map": "#2563eb", "vb": "#ea580c", "laplace": "#059669", "truth": "#dc
           "accent": "#2563eb", "band": "#bfdbfe"}
 PALETTE = ["#2563eb", "#ea580c", "#059669", "#9333ea", "#d97706", "#0891b2", "#db2777"]
 METHOD_NAMES = {"map": "Laplace (MAP)", "vb": "VB", "laplace": "Integrated Laplace"}
-#: Plots lower than this (the Teaching tab's, beside its controls) are compact: shorter titles and the
-#: toolbar below the plot, where it does not cover the title.
+#: Plots lower than this (the Teaching tab's, beside its controls) are compact: shorter titles, no key where the
+#: tab's text says what the marks are.
 _COMPACT = 300
 
 
-def _base(height):
-    """The common options, compact below :data:`_COMPACT`."""
-    return {**_BASE, "toolbar": "below"} if height < _COMPACT else _BASE
-
-
-_BASE = dict(responsive=True, toolbar="above", show_grid=True, fontscale=1.05,
+# (the toolbar at the right, HoloViews' place for it: above, it took the title's row, which a narrow window cut
+# off; below a compact plot it sat over the next plot's title, as if it were that plot's)
+_BASE = dict(responsive=True, toolbar="right", show_grid=True, fontscale=1.05,
              active_tools=["pan"])  # (no wheel zoom until chosen: the wheel scrolls the page past the plots)
 
 
@@ -63,14 +60,18 @@ def short_label(text, width: int = LABEL_MAX) -> str:
 
 
 def _short_ticks(ticks) -> list[tuple]:
-    """``(position, label)`` ticks with their labels shortened, kept distinct (two long names that differ only
-    in the middle get their positions' numbers)."""
+    """``(position, label)`` ticks with their labels shortened, kept distinct: labels that shorten alike (long
+    names that differ only in the middle) are numbered among themselves, 1, 2, ..."""
     labels = [short_label(t) for _, t in ticks]
-    seen = {}
-    for lab in labels:
-        seen[lab] = seen.get(lab, 0) + 1
-    return [(pos, lab if seen[lab] == 1 or lab == str(t) else f"{lab} #{i + 1}")
-            for i, ((pos, t), lab) in enumerate(zip(ticks, labels))]
+    shared = {lab for lab in labels if labels.count(lab) > 1}
+    seen: dict[str, int] = {}
+    out = []
+    for (pos, _), lab in zip(ticks, labels):
+        if lab in shared:
+            seen[lab] = seen.get(lab, 0) + 1
+            lab = f"{lab} ({seen[lab]})"
+        out.append((pos, lab))
+    return out
 
 
 def empty_plot(message: str = "No result yet") -> hv.Element:
@@ -207,7 +208,7 @@ def forest_plot(results, exp_scale: bool = False, truth: dict | None = None, fam
     return hv.Overlay(layers).opts(
         hv.opts.Overlay(title=title, xlabel=xlabel, ylabel="",
                         yticks=yticks, ylim=(-0.7, len(terms) - 0.3), logx=exp_scale, legend_position="bottom",
-                        min_height=max(220, height), **extra, **_base(height)))
+                        min_height=max(220, height), **extra, **_BASE))
 
 
 # --------------------------------------------------------------------------- variance components
@@ -325,7 +326,7 @@ def sd_density_plot(results, truth: dict | None = None, components: list[str] | 
         legend_cols=key_cols,
         legend_limit=1000,  # (HoloViews drops the legend of an overlay of more than 25 glyphs: 3 methods x 3 SDs)
         min_height=max(220, height), yformatter=no_negative,
-        **ylim, **_base(height)))
+        **ylim, **_BASE))
 
 
 # --------------------------------------------------------------------------- caterpillar
@@ -391,7 +392,7 @@ def caterpillar_plot(res, term: str, search: str = "", top_k: int | None = 200, 
                 else f"{short_label(term)} levels, ranked by posterior mean (hover for names)"),
         ylabel="effect: mean and 95 % interval", xticks=xticks, xrotation=45 if xticks else 0,
         legend_position="top", legend_opts={"orientation": "horizontal"},
-        min_height=max(220, height), **_base(height)))
+        min_height=max(220, height), **_BASE))
 
 
 # --------------------------------------------------------------------------- tables

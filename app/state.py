@@ -220,6 +220,11 @@ class FitState(param.Parameterized):
         return None if self.outcome is None else self.outcome.result
 
 
+def _compact(formula: str) -> str:
+    """A formula without its spaces (for telling typed formulas apart from built ones)."""
+    return re.sub(r"\s+", "", formula)
+
+
 def _used_columns(formula: str, columns: list[str], extra=()) -> list[str]:
     response, fixed, groups, slopes = adapter.formula_columns(formula)
     named = set(response + fixed + groups + slopes)
@@ -748,13 +753,14 @@ class AppState(param.Parameterized):
             spec.trials, self._trials_before = self._trials_before, None  # (the watcher fires again)
             return
         if spec.use_formula and names & self._ROLE_KEYS:
-            self.replaced_formula = spec.formula_text.strip()  # (restore_formula brings it back)
+            typed = spec.formula_text.strip()  # (restore_formula brings it back, unless the sidebar builds it)
+            self.replaced_formula = typed if _compact(typed) != _compact(spec.built_formula()) else ""
             spec.use_formula = False  # the latest choice wins: the sidebar's columns (the watcher fires again)
             return
         if spec.use_formula:
             self.replaced_formula = ""
         elif (names == {"use_formula"} and spec.formula_text.strip()
-              and spec.formula_text.strip() != spec.built_formula()):
+              and _compact(spec.formula_text) != _compact(spec.built_formula())):
             self.replaced_formula = spec.formula_text.strip()  # unticked by hand: the built formula replaces it
         if names == {"formula_text"} and not spec.use_formula and spec.formula_text.strip() != spec.built_formula():
             spec.use_formula = True  # the user typed a formula: use it (the watcher fires again)
@@ -877,11 +883,11 @@ class AppState(param.Parameterized):
                 # the running fit keeps its status and progress (out of date, they hid a fit still running, and
                 # after it the model queued); the note stays with its progress, and its end judges the model then
                 # (_fit_done)
-                self._changed_note = (f" The model has changed since: after this fit, press Fit to fit it "
-                                      f"({self._not_live_reason()}).")
-                self.fit.message = self.fit.message.split(" The model has changed")[0] + self._changed_note
+                self._changed_note = (f" The model was changed during this fit: press Fit model after it to fit "
+                                      f"the new one ({self._not_live_reason()}).")
+                self.fit.message = self.fit.message.split(" The model was changed")[0] + self._changed_note
                 return
-            self.fit.param.update(status="stale", message=f"The model changed: press Fit to refit "
+            self.fit.param.update(status="stale", message=f"The model changed: press Fit model to refit "
                                   f"({self._not_live_reason()}).")
             return
         self._generation += 1

@@ -337,6 +337,10 @@ def test_column_names_are_shown_as_text_never_as_markup(page, tmp_path):
     covariates.locator(".choices__item--choice", has_text="<b>x</b>").first.click()
     covariates.locator(".choices__list--multiple .choices__item", has_text="<b>x</b>").first.wait_for(timeout=30_000)
     assert page.locator(".choices img, .choices b").count() == 0
+    # the Data tab's preview: its headers render HTML (the onerror ran there too)
+    open_tab(page, "Data")
+    page.locator(".tabulator-col-title", has_text="<b>x</b>").first.wait_for(timeout=30_000)
+    assert page.locator(".tabulator img, .tabulator-col-title b").count() == 0
     page.wait_for_timeout(500)
     assert page.title() == title
     assert page.console_errors == []

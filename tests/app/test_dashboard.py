@@ -136,7 +136,10 @@ def test_a_comparison_of_another_model_is_marked_out_of_date():
     st.spec.method = "vb"  # another method of the same model: still current
     assert st.fit.compare_current
     st.spec.fe_p = 3.0
-    assert not st.fit.compare_current
+    assert not st.fit.compare_current and stale.visible
+    # a new comparison (both parameters set in one update): current, the warning gone (it stayed on)
+    st.fit.param.update(comparison=st.compare_methods(["vb", "laplace"]), compare_current=True)
+    assert not stale.visible
 
 
 def test_the_comparison_plots_do_not_move_the_other_tabs_axes():

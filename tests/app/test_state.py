@@ -414,7 +414,7 @@ def test_a_change_during_a_fit_leaves_the_fit_shown_running_and_is_judged_after_
 
     status, message, at = asyncio.run(run())
     assert status == "fitting" and message.startswith("Fitting TICKS ~")
-    note = "The model has changed since: after this fit, press Fit to fit it (the model size"
+    note = "The model was changed during this fit: press Fit model after it to fit the new one (the model size"
     assert note in message
     later = [m for m in messages[at:] if m.startswith("Fitting TICKS ~")]
     assert later and all(note in m for m in later)  # (the progress's messages kept it)
@@ -504,6 +504,12 @@ def test_a_sidebar_choice_after_a_typed_formula_takes_over(cbpp_state):
     assert cbpp_state.spec.formula() == cbpp_state.spec.formula_text == "incidence ~ size + period + (1 | herd)"
     # ... and the typed formula is kept, to be restored (it was lost without a word)
     assert cbpp_state.replaced_formula == "incidence ~ 1 + (1 | herd)"
+    cbpp_state.restore_formula()
+    cbpp_state.spec.formula_text = "incidence ~ period+(1|herd)"  # (what the sidebar builds once size goes)
+    cbpp_state.spec.fixed_numeric = []
+    assert cbpp_state.replaced_formula == ""  # the typed formula was the sidebar's own: nothing to restore
+    cbpp_state.spec.param.update(formula_text="incidence ~ 1 + (1 | herd)", use_formula=True)
+    cbpp_state.spec.fixed_numeric = ["size"]
     cbpp_state.restore_formula()
     assert cbpp_state.spec.use_formula and cbpp_state.spec.formula() == "incidence ~ 1 + (1 | herd)"
     assert cbpp_state.replaced_formula == ""
