@@ -122,6 +122,13 @@ def _text_labels(objects) -> dict:
     return {_escaped_name(label): value for label, value in items}
 
 
+#: Headers of the results' tables in words that wrap (the columns keep the CSV exports' names)
+_TITLES = {"lower_95": "lower 95 %", "upper_95": "upper 95 %", "exp_mean": "exp(mean)",
+           "exp_lower_95": "exp(lower 95 %)", "exp_upper_95": "exp(upper 95 %)", "sd_estimate": "SD (median)",
+           "sd_lower_95": "SD lower 95 %", "sd_upper_95": "SD upper 95 %", "log_sd_mean": "log-SD mean",
+           "log_sd_sd": "log-SD sd", "parameters": "number of parameters"}
+
+
 def _escaped_name(name) -> str:
     """A column's name for a table header that renders HTML: its text, escaped."""
     return html.escape(str(name), quote=False)
@@ -372,11 +379,12 @@ class Dashboard(pn.viewable.Viewer):
                         layout="fit_data_stretch")
         # the results' tables: every column fitted to the width, headers wrapped (fitted to their data, the last
         # columns were cut off in a narrow window)
-        fitted_kw = {**table_kw, "layout": "fit_columns",
+        fitted_kw = {**table_kw, "layout": "fit_columns", "titles": _TITLES,
                      "configuration": {"columnDefaults": {"headerWordWrap": True}}}
         fe_table = pn.widgets.Tabulator(pn.bind(self._fe_df, outcome, view.param.exp_scale),
-                                        formatters=self._fmt(), **fitted_kw)
-        vc_table = pn.widgets.Tabulator(pn.bind(self._vc_df, outcome), formatters=self._fmt(), **fitted_kw)
+                                        formatters=self._fmt(), widths={"term": "24%"}, **fitted_kw)
+        vc_table = pn.widgets.Tabulator(pn.bind(self._vc_df, outcome), formatters=self._fmt(),
+                                        widths={"component": "20%"}, **fitted_kw)
         # (FlexBoxes: the buttons wrap onto a second line in a narrow window instead of being cut off)
         downloads = pn.FlexBox(
             pn.widgets.FileDownload(callback=self._csv_fe, filename="fixed_effects.csv", label="Fixed effects CSV",
