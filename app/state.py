@@ -125,7 +125,7 @@ class ModelSpec(param.Parameterized):
     method = param.Selector(default="map", objects={"map": "map"}, doc="Fitting method.")
     fe_p = param.Number(default=2.0, bounds=(0.1, 10.0), step=0.1, label="Prior SD of fixed effects (fe_p)")
     vcp_p = param.Number(default=1.0, bounds=(0.05, 5.0), step=0.05,
-                         label="Prior SD of log random-effect SDs (vcp_p)")
+                         label="Prior SD of the log-SDs (vcp_p)")
     use_formula = param.Boolean(default=False, label="Use my typed formula")
     formula_text = param.String(default="", label="Formula")
     auto_fit = param.Boolean(default=True, label="Refit live (small models)")
