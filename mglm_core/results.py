@@ -266,8 +266,9 @@ class BayesMixedGLMResults:
         return lower, upper
 
     def fe_table(self):
-        """Fixed effects: posterior mean, SD and 95 % credible interval (the mixture's quantiles where the
-        posterior is a mixture over integration points whose means spread: a separated direction)."""
+        """Fixed effects: posterior mean, SD and 95 % credible interval: the quantiles of the mixture of
+        conditional Gaussians over the integration points where the fit keeps one (fit_laplace's grid over the
+        log-SDs, a separated direction's grid), else mean -+ 1.96 SD."""
         lower, upper = self._interval("fe", self.fe_mean, self.fe_sd)
         return pd.DataFrame(
             {"mean": self.fe_mean, "sd": self.fe_sd, "lower": lower, "upper": upper},

@@ -89,7 +89,9 @@ def test_results_tables_random_effects_and_predict():
     res = model.fit_laplace()
     fe = res.fe_table()
     assert list(fe.index) == ["Intercept", "x"]
-    np.testing.assert_allclose(fe["upper"] - fe["lower"], 2 * 1.959964 * res.fe_sd, rtol=1e-6)
+    # (the quantiles of the mixture over the log-SD grid: near mean -+ 1.96 SD, skewed by the SD's uncertainty)
+    np.testing.assert_allclose(fe["upper"] - fe["lower"], 2 * 1.959964 * res.fe_sd, rtol=0.05)
+    assert np.all((fe["lower"] < fe["mean"]) & (fe["mean"] < fe["upper"]))
     vt = res.vcp_table()
     assert vt.loc["g", "sd_lower"] < vt.loc["g", "sd_median"] < vt.loc["g", "sd_upper"]
     dens = res.vcp_density("g")
