@@ -179,6 +179,9 @@ _GRID_MODE_SD_TOL = 1e-1
 #: is close to Gaussian unless their events are few (on the accuracy cases with a few hundred to 2000 rows the
 #: widening was 0-3 % of an SD, 0.2 % on Contraception's 1934 rows).
 WIDEN_ROWS_MAX = 50_000
+#: The random effects' mixture over the grid (points x effects, for their intervals' quantiles) is kept up to this
+#: many numbers (its quantiles then take about 0.1 s).
+VC_MIXTURE_MAX = 200_000
 _ALWAYS_GRID = range(2, _GRID_MAX_K + 1)  # the numbers of components whose design is always the grid (_design)
 
 
@@ -1628,7 +1631,9 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         extra={"vcp_mode": mode, "vcp_points": thetas, "weights": w, "correction_spread": spread,
                "left_out_spread": left_out, "conditional_shift": cond_shift,
                "outer_slope": None if cond.outer is None else cond.outer.slope,
-               **({} if split is not None else {"fe_mixture": _fe_mixture(w, fe_m, fe_c, fe_mean, lattice_var)})},
+               **({} if split is not None else {"fe_mixture": _fe_mixture(w, fe_m, fe_c, fe_mean, lattice_var)}),
+               **({} if split is not None or w.size * q > VC_MIXTURE_MAX else
+                  {"vc_mixture": (w, vc_mean + (vc_m - vc_mean) / np.sqrt(lattice_var), np.sqrt(vc_v))})},
     )
 
 

@@ -25,7 +25,7 @@ __all__ = ["BayesMixedGLMResults", "FitDiagnostics", "VcpGrid"]
 Z975 = 1.959963984540054
 
 
-def mixture_quantiles(w, means, sds, probs=(0.025, 0.975), iterations=60):
+def mixture_quantiles(w, means, sds, probs=(0.025, 0.975), iterations=48):
     r"""Quantiles of each column's mixture of Gaussians :math:`\sum_i w_i N(m_{ij}, s_{ij}^2)`, as an array
     ``(len(probs), columns)``, by bisection on the mixture's distribution function (an SD of 0 is a point mass).
 

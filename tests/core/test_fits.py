@@ -2249,3 +2249,40 @@ def test_fixed_effect_intervals_are_the_mixtures_quantiles_over_the_log_sd_grid(
     sd = np.sqrt(w @ b0**2 - (w @ b0) ** 2)
     row = res.fe_table().iloc[0]
     np.testing.assert_array_less(np.abs(np.array([row["lower"], row["upper"]]) - exact) / sd, 0.08)
+
+
+def test_random_effect_intervals_are_the_mixtures_quantiles_over_the_log_sd_grid():
+    """The same five groups of six Poisson counts: each group's effect, mean -+ 1.96 SD missed the exact quantiles
+    by up to 0.44 posterior SDs; the grid's mixture is within 0.12 (measured 0.08)."""
+    from numpy.polynomial.hermite_e import hermegauss
+    from scipy.special import gammaln, logsumexp
+
+    rng = np.random.default_rng(7)
+    for G, m in ((3, 8), (5, 6)):  # (the draws of the test above, in order)
+        g = np.repeat(np.arange(G), m)
+        u = rng.normal(0, 1.0, G)
+        y = (rng.binomial(1, 1 / (1 + np.exp(-0.3 - u[g]))) if G == 3 else rng.poisson(np.exp(0.3 + u[g])))
+    y = y.astype(float)
+    Z = sp.csr_matrix((np.ones(y.size), (np.arange(y.size), g)))
+    table = mg.PoissonBayesMixedGLM(y, np.ones((y.size, 1)), Z, np.zeros(G, int)).fit_laplace().random_effects(
+        intervals=True)
+    x, wts = hermegauss(60)
+    lw = np.log(wts / np.sqrt(2 * np.pi))
+    b0, ls = np.linspace(-6, 6, 241), np.linspace(-6, 3, 121)
+    node_ll = np.empty((ls.size, G, b0.size, x.size))
+    for i, s in enumerate(ls):
+        for j in range(G):
+            eta = b0[:, None, None] + np.exp(s) * x[None, :, None] + 0.0 * y[g == j]
+            node_ll[i, j] = (y[g == j] * eta - np.exp(eta) - gammaln(y[g == j] + 1)).sum(-1) + lw
+    group_ll = logsumexp(node_ll, axis=-1)  # ls x G x b0
+    prior = -0.5 * (b0[None, :] / 2.0) ** 2 - 0.5 * ls[:, None] ** 2
+    for j in range(G):
+        logp = (group_ll.sum(axis=1) - group_ll[:, j] + prior)[..., None] + node_ll[:, j]  # ls x b0 x nodes
+        pos = np.broadcast_to(np.exp(ls)[:, None, None] * x, logp.shape).ravel()
+        w = np.exp(logp.ravel() - logp.max())
+        w /= w.sum()
+        order = np.argsort(pos)
+        exact = np.interp([0.025, 0.975], np.cumsum(w[order]), pos[order])
+        sd = np.sqrt(w @ pos**2 - (w @ pos) ** 2)
+        row = table.iloc[j]
+        np.testing.assert_array_less(np.abs(np.array([row["lower"], row["upper"]]) - exact) / sd, 0.12)
