@@ -129,37 +129,36 @@ def outcome_key(outcome: FitOutcome) -> str:
     :func:`~mglm_core.comparison.outcomes` of the fitted model (family, response and trials, as the model
     reads them: ``cbind(a, n - a)`` and ``a`` with trials ``n`` alike) and the positions in the session's
     data of the rows it kept. Two models' values of :math:`\log p(y)` compare only when this is equal."""
-    import hashlib
-
     family, y, trials, kept = mg.comparison.outcomes(outcome.result.model)
     rows = outcome.request.rows
     if rows is not None and kept is not None:
         rows = np.asarray(rows)[kept]
+    return _digest(family, y, trials, rows)
+
+
+def _digest(text: str, *parts) -> str:
+    """A hash of ``text`` and the arrays ``parts`` (each with its length: no two sequences of parts hash alike;
+    None for an absent one)."""
+    import hashlib
+
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(family.encode())
-    for part in (y, trials, rows):  # (each with its length: no two sequences of parts hash alike)
+    digest.update(text.encode())
+    for part in parts:
         digest.update(b"none;" if part is None else
                       f"{np.size(part)}:".encode() + np.ascontiguousarray(part, dtype=float).tobytes())
     return digest.hexdigest()
 
 
-def model_fingerprint(outcome: FitOutcome) -> str:
-    r"""The fitted model as a hash: its outcomes (:func:`outcome_key`), the fixed-effect and random-effect designs
-    with their names, the components, the offset, the family and the priors. Equal for the same model written
-    with other spacing (``(1|herd)``, ``(1 | herd)``) or fitted after an unused column's reading changed."""
-    import hashlib
-
+def model_fingerprint(outcome: FitOutcome, outcomes: str) -> str:
+    r"""The fitted model as a hash: its outcomes (``outcomes``, the fit's :func:`outcome_key`), the fixed-effect and
+    random-effect designs with their names, the components, the offset, the family and the priors. Equal for the
+    same model written with other spacing (``(1|herd)``, ``(1 | herd)``) or fitted after an unused column's reading
+    changed."""
     m = outcome.result.model
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(outcome_key(outcome).encode())
     Z = m.exog_vc.tocsr()
     names = [list(map(str, m.fep_names)), list(map(str, m.vcp_names)), list(map(str, m.vc_names)),
              [m.family.name, repr(float(m.fe_p)), repr(float(m.vcp_p))]]
-    digest.update(repr(names).encode())
-    for part in (m.exog, m.ident, Z.indptr, Z.indices, Z.data, m.offset):
-        digest.update(b"none;" if part is None else
-                      f"{np.size(part)}:".encode() + np.ascontiguousarray(part, dtype=float).tobytes())
-    return digest.hexdigest()
+    return _digest(outcomes + repr(names), m.exog, m.ident, Z.indptr, Z.indices, Z.data, m.offset)
 
 
 def bayes_factors(log_ml):
@@ -174,10 +173,11 @@ def evidence(outcome: FitOutcome) -> ModelEvidence | None:
     value = res.log_marginal_likelihood
     if req.method != "laplace" or value is None or not np.isfinite(value):
         return None
+    outcomes = outcome_key(outcome)
     return ModelEvidence(key=req.key, formula=req.formula, fe_p=req.fe_p, vcp_p=req.vcp_p,
                          n_params=len(res.fe_mean) + len(res.vcp_mean), log_ml=float(value),
-                         outcome_key=outcome_key(outcome), categorical=req.data_key.partition(":")[2],
-                         offset=req.offset or "", fingerprint=model_fingerprint(outcome))
+                         outcome_key=outcomes, categorical=req.data_key.partition(":")[2],
+                         offset=req.offset or "", fingerprint=model_fingerprint(outcome, outcomes))
 
 
 def fit(request: FitRequest, progress=None) -> FitOutcome:

@@ -1631,19 +1631,19 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         extra={"vcp_mode": mode, "vcp_points": thetas, "weights": w, "correction_spread": spread,
                "left_out_spread": left_out, "conditional_shift": cond_shift,
                "outer_slope": None if cond.outer is None else cond.outer.slope,
-               **({} if split is not None else {"fe_mixture": _fe_mixture(w, fe_m, fe_c, fe_mean, lattice_var)}),
+               **({} if split is not None else
+                  {"fe_mixture": _grid_mixture(w, fe_m, np.einsum("tii->ti", fe_c), fe_mean, lattice_var)}),
                **({} if split is not None or w.size * q > VC_MIXTURE_MAX else
-                  {"vc_mixture": (w, vc_mean + (vc_m - vc_mean) / np.sqrt(lattice_var), np.sqrt(vc_v))})},
+                  {"vc_mixture": _grid_mixture(w, vc_m, vc_v, vc_mean, lattice_var)})},
     )
 
 
-def _fe_mixture(w, fe_m, fe_c, fe_mean, lattice_var):
-    r"""The fixed effects' posterior as the grid's mixture ``(weights, means, SDs)`` (points x p), for quantiles
+def _grid_mixture(w, means, variances, mean, lattice_var):
+    r"""A posterior as the grid's mixture ``(weights, means, SDs)`` (points x parameters), for its quantiles
     (:func:`~mglm_core.results.mixture_quantiles`): each point's conditional Gaussian, its mean moved from the
-    mixture's mean by :math:`1/\sqrt{	ext{lattice factor}}` (the mixture's variance is then the one reported,
-    which corrects the regular grid's between-point variance)."""
-    means = fe_mean + (fe_m - fe_mean) / np.sqrt(lattice_var)
-    return w, means, np.sqrt(np.maximum(np.einsum("tii->ti", fe_c), 0.0))
+    mixture's mean ``mean`` by :math:`1/\sqrt{\text{lattice factor}}` (the mixture's variance is then the one
+    reported, which corrects the regular grid's between-point variance)."""
+    return w, mean + (means - mean) / np.sqrt(lattice_var), np.sqrt(np.maximum(variances, 0.0))
 
 
 def _split_normal(f0, logd, k, r=None):

@@ -394,14 +394,15 @@ class BayesMixedGLMResults:
             eta = m.rows.linear_predictor(self.fe_mean, vc)  # the fit's offset included
             if offset is not None:
                 eta = eta - (m.offset if m.offset is not None else 0.0) + offset_values(offset, eta.size)
-        elif isinstance(exog, pd.DataFrame) and m.design is not None:
-            if exog_vc is not None:
+        else:
+            formula = isinstance(exog, pd.DataFrame) and m.design is not None  # (else exog is the design itself)
+            if formula and exog_vc is not None:
                 raise DataError("`exog_vc` must be None for a DataFrame `exog`: the formula builds it; got "
                                 "an exog_vc.")
-            spec = m.design.spec
-            X, o = m.new_rows(exog, offset)  # (the fixed part as the model's predict reads it)
+            X, o = m.new_rows(exog, offset)  # (the fixed part and the offset as the model's predict reads them)
             eta = X @ self.fe_mean
-            if include and m.k_vc:
+            if formula and include and m.k_vc:
+                spec = m.design.spec
                 unseen = spec.unseen_levels(exog)
                 unseen = {k: v for k, v in unseen.items() if len(v)}
                 if unseen:
@@ -416,12 +417,7 @@ class BayesMixedGLMResults:
                     warnings.warn(f"rows with a missing grouping value get random effect 0 for it (the population "
                                   f"level): {desc}", DataWarning, stacklevel=2)
                 eta = eta + spec.exog_vc_for(exog) @ self.vc_mean
-            if o is not None:
-                eta = eta + o
-        else:
-            X, o = m.new_rows(exog, offset)
-            eta = X @ self.fe_mean
-            if include:
+            elif not formula and include:
                 if exog_vc is None:
                     raise DataError("`exog_vc` must be given with an array `exog` for random_effects=True; "
                                     "got None.")

@@ -205,10 +205,9 @@ def fit_laplace_separated(model, separation, fit, callback=None):
     T[:p, :p - dims], T[p:, p - dims:] = basis, np.eye(k)
     means = np.array([np.concatenate([span @ t + basis @ r.fe_mean, r.vcp_mean]) for t, r in zip(ts, results)])
     mean = w @ means
-    within = np.zeros((p + k, p + k))
-    for wi, r in zip(w, results):
-        cov = r.border_cov if r.border_cov is not None else np.diag(np.concatenate([r.fe_sd, r.vcp_sd]) ** 2)
-        within += wi * (T @ cov @ T.T)
+    rotated = np.array([T @ (r.border_cov if r.border_cov is not None else
+                              np.diag(np.concatenate([r.fe_sd, r.vcp_sd]) ** 2)) @ T.T for r in results])
+    within = sum(wi * cov for wi, cov in zip(w, rotated))
     dev = means - mean
     cov = within + (dev * w[:, None]).T @ dev
     vc_m = np.array([r.vc_mean for r in results])
@@ -242,7 +241,5 @@ def fit_laplace_separated(model, separation, fit, callback=None):
         extra={"separation_points": np.array(ts), "separation_weights": w, "separation_span": span,
                # (the intervals are the mixture's quantiles: mean -+ 1.96 SD straddled 0 for a separating
                # coefficient whose mixture has no weight there)
-               "fe_mixture": (w, means[:, :p], np.sqrt(np.maximum(np.array(
-                   [np.diag(T @ (r.border_cov if r.border_cov is not None else np.diag(
-                       np.concatenate([r.fe_sd, r.vcp_sd]) ** 2)) @ T.T)[:p] for r in results]), 0.0))),
+               "fe_mixture": (w, means[:, :p], np.sqrt(np.maximum(np.einsum("tii->ti", rotated)[:, :p], 0.0))),
                "vc_mixture": (w, vc_m, np.array([r.vc_sd for r in results]))})

@@ -233,18 +233,20 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
 
     last_grad = {}
 
-    shift = {"f": 0.0}
-
     def neg_scaled(z):
         f, g = neg(x0 + scale * z)
         last_grad["g"] = g * scale
-        return f - shift["f"], last_grad["g"]
+        return f, last_grad["g"]
 
     f0, g0 = neg_scaled(np.zeros_like(x0))
-    # L-BFGS-B stops at a relative reduction of f below ftol: relative to -ELBO, 5e8 with Poisson counts of 1e7,
-    # a gain of 0.5 nats was below it (the intercept and the effects half a unit apart along their ridge, the
-    # SD four times too large). Relative to the start's value it is a gain that no longer counts.
-    shift["f"], f0 = f0, 0.0
+
+    def from_start(z):
+        # L-BFGS-B stops at a relative reduction of f below ftol: relative to -ELBO, 5e8 with Poisson counts of
+        # 1e7, a gain of 0.5 nats was below it (the intercept and the effects half a unit apart along their ridge,
+        # the SD four times too large). Relative to the start's value it is a gain that no longer counts.
+        f, g = neg_scaled(z)
+        return f - f0, g
+
     n_polish, message = 0, "coordinate phase reached the gradient tolerance"
     z, fval, grad = np.zeros_like(x0), f0, g0
     polish = prog.stage(0.7, 0.97, "L-BFGS polish", gtol)
@@ -256,11 +258,10 @@ def fit_vb(model, mean=None, sd=None, *, scale_fe=False, tol=1e-9, max_iter=500,
     if g0.size and np.max(np.abs(g0)) > gtol and polish_iter <= 0:
         message = f"the coordinate phase used all {max_iter} iterations (max_iter)"
     elif g0.size and np.max(np.abs(g0)) > gtol:
-        opt = minimize(neg_scaled, z, jac=True, method="L-BFGS-B",
+        opt = minimize(from_start, z, jac=True, method="L-BFGS-B",
                        callback=polish_callback if polish is not None else None,
                        options={"maxiter": polish_iter, "gtol": gtol, "ftol": 1e-15, "maxcor": 20})
-        z, fval, grad, n_polish, message = opt.x, opt.fun, opt.jac, opt.nit, str(opt.message)
-    fval += shift["f"]
+        z, fval, grad, n_polish, message = opt.x, opt.fun + f0, opt.jac, opt.nit, str(opt.message)
     pt = _unpack(x0 + scale * z, p, k, q)
     max_grad = float(np.max(np.abs(grad))) if grad.size else 0.0
     # L-BFGS's line search fails ("ABNORMAL") where the ELBO cannot resolve the gain left, about
