@@ -26,6 +26,10 @@ For a grouping factor ``g`` with levels ``l_1..l_m`` (integer codes ``c_i`` in 0
 
       Z[i, j] = x_i      if j == c_i
 
+  The slope may also be a one-column transform of numeric columns (``(0 + log(w) | g)``,
+  ``scale(w)``, ``I(w^2)``, the calls of the safe grammar but ``bs``/``poly``), component ``g:log(w)``;
+  formulaic evaluates it, and keeps a stateful transform's fitted centre and scale for new data.
+  A factor is not a slope: its levels within groups are ``(1 | g:f)``.
 * ``(1 | g:h)`` -- intercept for every observed combination of ``g`` and ``h``,
   component ``g:h``, columns ``g:h[a:b]`` (combinations in the order of ``g``'s levels,
   then ``h``'s).
@@ -499,6 +503,8 @@ class _BarTerm:
     slopes: tuple[str, ...]
     #: written with ``|`` and several columns per level: lme4 would fit their correlation too
     correlated: bool = False
+    #: each slope's tokens: one column, or a transform's call (``log ( w )``)
+    slope_tokens: tuple[tuple[_Token, ...], ...] = ()
 
 
 def _matching(tokens: list[_Token], k: int) -> int:
@@ -511,6 +517,17 @@ def _matching(tokens: list[_Token], k: int) -> int:
             if depth == 0:
                 return j
     return len(tokens) - 1  # unreachable after _check_tokens
+
+
+def _slope_call(expr: list[_Token], k: int) -> int:
+    """Where a one-column transform's call starts at ``expr[k]`` (``log(``, ``np.log(``): the index of its
+    opening bracket from k (1 or 3); 0 if none starts there."""
+    texts = [t.text for t in expr[k : k + 4]]
+    if texts[:2] and texts[0] in _SLOPE_CALLS and texts[1:2] == ["("] and expr[k].kind == "name":
+        return 1
+    if texts[:2] == ["np", "."] and len(texts) == 4 and texts[2] in NUMPY_FUNCTIONS and texts[3] == "(":
+        return 3
+    return 0
 
 
 def _parse_bar(formula: str, inner: list[_Token], open_tok: _Token) -> list[_BarTerm]:
@@ -538,9 +555,10 @@ def _parse_bar(formula: str, inner: list[_Token], open_tok: _Token) -> list[_Bar
             raise _err(f"operator {t.text!r} is not allowed in a grouping factor", formula, t)
     if len(group) % 2 == 0:
         raise _err("incomplete grouping factor", formula, group[-1])
-    # --- expression: 1, 0, -1, numeric columns joined by + (and a leading/trailing -1)
+    # --- expression: 1, 0, -1, numeric columns or one-column transforms of them joined by + (and a -1)
     intercept = True
     slopes: list[str] = []
+    slope_tokens: list[tuple[_Token, ...]] = []
     k = 0
     sign = "+"
     while k < len(expr):
@@ -549,21 +567,37 @@ def _parse_bar(formula: str, inner: list[_Token], open_tok: _Token) -> list[_Bar
             sign = t.text
             k += 1
             continue
+        end = k + 1
         if t.kind == "number" and t.text in ("0", "1"):
             if t.text == "0" or sign == "-":
                 intercept = False
-        elif _is_col(t) and sign == "+":
+        elif sign == "+" and _is_col(t) and not (k + 1 < len(expr) and expr[k + 1].text in ("(", ".")):
             if t.column not in slopes:
                 slopes.append(t.column)
+                slope_tokens.append((t,))
+        elif sign == "+" and (call := _slope_call(expr, k)):
+            end = _matching(expr, k + call) + 1
+            if end < len(expr) and expr[end].text not in ("+", "-"):
+                raise _err("a random slope must be one column or one transform such as log(x) or I(x^2), joined to "
+                           f"the others by '+'; got {expr[end].text!r} after {t.text}(...)", formula, expr[end])
+            text = formula[t.start : expr[end - 1].end]
+            if text not in slopes:
+                slopes.append(text)
+                slope_tokens.append(tuple(expr[k:end]))
         else:
+            calls = ", ".join(f"{c}(x)" for c in _SLOPE_CALLS)
+            what = (f"{t.text}() gives several columns" if t.text in _BASIS_FUNCTIONS
+                    else "C() makes a factor: for an effect of each of its levels within each group, write "
+                         "(1 | g:f), one SD shared by the pairs of levels" if t.text == "C"
+                    else f"got {t.text!r}")
             raise _err(
-                f"random-effect terms accept only 1, 0 and numeric column names joined by '+'; "
-                f"got {t.text!r}",
+                f"random-effect terms accept only 1, 0, numeric column names and one-column transforms ({calls}) "
+                f"joined by '+'; {what}",
                 formula,
                 t,
             )
         sign = "+"
-        k += 1
+        k = end
     if not intercept and not slopes:
         raise _err("random-effect term has neither an intercept nor a slope", formula, open_tok)
     terms = []
@@ -573,13 +607,15 @@ def _parse_bar(formula: str, inner: list[_Token], open_tok: _Token) -> list[_Bar
     correlated = inner[bar].text == "|" and int(intercept) + len(slopes) > 1
     for p in parts:  # a/b -> (1|a) + (1|a:b)
         factors = factors + tuple(p)
-        terms.append(_BarTerm(factors, intercept, tuple(slopes), correlated))
+        terms.append(_BarTerm(factors, intercept, tuple(slopes), correlated, tuple(slope_tokens)))
     return terms
 
 
 #: calls whose arguments formulaic evaluates as Python arithmetic
 _ARITHMETIC_CALLS = ("I", "log", "log2", "log10", "exp", "sqrt", "log1p", "center", "scale", "standardize",
                      "bs", "poly")
+#: ... those that give one column: a random slope may be one (``(0 + log(w) | g)``)
+_SLOPE_CALLS = tuple(c for c in _ARITHMETIC_CALLS if c not in _BASIS_FUNCTIONS)
 
 
 def _python_arithmetic(formula: str, kept: Sequence[tuple[_Token, int]]) -> str:
@@ -751,7 +787,7 @@ def formula_columns(formula: str, columns: Iterable[str] | None = None) -> Formu
     response = tuple(c for c in (resp.successes, resp.failures, resp.total) if c)
     fixed = tuple(_names(_tokenize(fixed_text))) if fixed_text != "1" else ()
     groups = tuple(dict.fromkeys(f for b in bars for f in b.factors))
-    slopes = tuple(dict.fromkeys(c for b in bars for sl in b.slopes for c in _names(_tokenize(sl))))
+    slopes = tuple(dict.fromkeys(c for b in bars for sl in b.slope_tokens for c in _names(list(sl))))
     terms = tuple((tuple(b.factors), int(b.intercept) + len(b.slopes)) for b in bars)
     return FormulaColumns(response, fixed, groups, slopes, terms)
 
@@ -827,6 +863,9 @@ class VCTerm:
     _level_values: tuple[pd.Index, ...] = field(default=(), repr=False, compare=False)
     _keys: np.ndarray | None = field(default=None, repr=False, compare=False)
     _formulaic_spec: Any = field(default=None, repr=False, compare=False)
+    #: a slope that is a transform (``log(w)``): formulaic's spec of its one column, with the fitted state of
+    #: stateful transforms (``scale(w)``'s centre and scale) for new data
+    _slope_spec: Any = field(default=None, repr=False, compare=False)
 
     @property
     def n_columns(self) -> int:
@@ -835,7 +874,18 @@ class VCTerm:
     def columns_used(self) -> tuple[str, ...]:
         if self._formulaic_spec is not None:
             return tuple(sorted(self._formulaic_spec.required_variables))
+        if self._slope_spec is not None:
+            return self.factors + tuple(sorted(self._slope_spec.required_variables))
         return self.factors + ((self.slope,) if self.slope else ())
+
+    def slope_values(self, df: pd.DataFrame) -> np.ndarray:
+        """The slope's values in the rows of ``df`` (a column, or its transform by the fitted spec)."""
+        if self._slope_spec is None:
+            return _numeric_column(df, self.slope, "slope")
+        with _WARNINGS_LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            mm = self._slope_spec.get_model_matrix(df, output="numpy", na_action="ignore", context=_SAFE_CONTEXT)
+        return np.asarray(mm, dtype=np.float64).reshape(len(df))
 
     def _codes(self, df: pd.DataFrame) -> np.ndarray:
         """Column index (0..m-1) of each row's level; -1 for unseen or missing."""
@@ -865,7 +915,7 @@ class VCTerm:
         if self.slope is None:
             data = np.ones(int(valid.sum()))
         else:
-            data = _numeric_column(df, self.slope, "slope")[valid]
+            data = self.slope_values(df)[valid]
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(valid, out=indptr[1:])
         return sp.csr_matrix((data, codes[valid], indptr), shape=(n, self.n_columns))
@@ -882,10 +932,30 @@ class VCTerm:
         return [":".join(str(v) for v in row) for row in bad.itertuples(index=False)]
 
 
+def _slope_spec(df: pd.DataFrame, name: str, text: str) -> Any:
+    """formulaic's spec of the one column of a transform slope (``log(w)``), built on the fitting rows."""
+    from formulaic import model_matrix
+
+    safe = "0 + " + _python_arithmetic(text, [(t, i) for i, t in enumerate(_tokenize(text))])
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            mm = model_matrix(safe, df, output="numpy", na_action="ignore", context=_SAFE_CONTEXT)
+    except Exception as exc:  # formulaic's own errors -> ours, naming the term
+        raise FormulaError(f"formula: could not build the slope `{text}` of the random-effect term `{name}`: {exc}",
+                           text, 0, len(text)) from exc
+    if mm.shape[1] != 1:
+        raise FormulaError(f"the slope `{text}` of the random-effect term `{name}` must give one column; got "
+                           f"{mm.shape[1]}.", text, 0, len(text))
+    return mm.model_spec
+
+
 def _grouped_term(
-    df: pd.DataFrame, name: str, factors: tuple[str, ...], slope: str | None, label: Any
+    df: pd.DataFrame, name: str, factors: tuple[str, ...], slope: str | None, label: Any,
+    slope_tokens: Sequence[_Token] = (),
 ) -> VCTerm:
-    """Fit-time levels of ``factors``; ``label(level)`` gives the column name."""
+    """Fit-time levels of ``factors``; ``label(level)`` gives the column name. ``slope_tokens``: the slope's
+    tokens, where it is a transform (``log ( w )``) rather than a column."""
     codes_per, levels_per = [], []
     for f in factors:
         c, lv = _factorize(df[f])
@@ -908,12 +978,13 @@ def _grouped_term(
         raise DataError(
             f"grouping factor `{group}` must have at least 2 levels; got {len(labels)}."
         )
-    if slope is not None:
-        x = _numeric_column(df, slope, "slope")
-        if not np.all(np.isfinite(x)):
-            raise DataError(f"slope `{slope}` of the random-effect term `{name}` must be finite; got "
-                            f"{int((~np.isfinite(x)).sum())} infinite value(s).")
-    return VCTerm(
+    spec = _slope_spec(df, name, slope) if len(slope_tokens) > 1 else None
+    if slope is not None and spec is None and _is_categorical_like(df[slope]):
+        vals = ", ".join(repr(v) for v in pd.unique(df[slope])[:3])
+        raise DataError(f"slope `{slope}` must be a numeric column; got dtype {df[slope].dtype} (values like {vals}). "
+                        f"For an effect of each level of `{slope}` within each level of `{group}`, write "
+                        f"(1 | {group}:{slope}): one SD shared by the pairs of levels.")
+    term = VCTerm(
         name=name,
         group=group,
         slope=slope,
@@ -922,7 +993,14 @@ def _grouped_term(
         factors=tuple(factors),
         _level_values=tuple(levels_per),
         _keys=keys,
+        _slope_spec=spec,
     )
+    if slope is not None:
+        x = term.slope_values(df)
+        if not np.all(np.isfinite(x)):
+            raise DataError(f"slope `{slope}` of the random-effect term `{name}` must be finite; got "
+                            f"{int((~np.isfinite(x)).sum())} non-finite value(s).")
+    return term
 
 
 def _bar_components(df: pd.DataFrame, bar: _BarTerm) -> list[VCTerm]:
@@ -930,9 +1008,9 @@ def _bar_components(df: pd.DataFrame, bar: _BarTerm) -> list[VCTerm]:
     out = []
     if bar.intercept:
         out.append(_grouped_term(df, group, bar.factors, None, lambda lv: f"{group}[{lv}]"))
-    for x in bar.slopes:
+    for x, toks in zip(bar.slopes, bar.slope_tokens):
         nm = f"{group}:{x}"
-        out.append(_grouped_term(df, nm, bar.factors, x, lambda lv, nm=nm: f"{nm}[{lv}]"))
+        out.append(_grouped_term(df, nm, bar.factors, x, lambda lv, nm=nm: f"{nm}[{lv}]", toks))
     return out
 
 

@@ -192,6 +192,37 @@ def test_slope_and_interaction_terms(small):
     assert d.vc_terms[1].group == "g:h" and d.vc_terms[1].slope is None
 
 
+def test_transform_slopes_match_their_columns(small):
+    """A random slope may be a one-column transform, as in lme4: ``(1 + log(w) || g)`` has the same Z as the
+    slope of a column holding log(w), named by the transform; a stateful transform keeps the fitted
+    centre and scale for new data."""
+    df = small.assign(w=np.exp(small.x), lw=small.x, x2=small.x**2)
+    d = build_design("y ~ x + (1 + log(w) || g) + (0 + I(x^2) | h)", df)
+    ref = build_design("y ~ x + (1 + lw || g) + (0 + x2 | h)", df)
+    assert d.vcp_names == ["g", "g:log(w)", "h:I(x^2)"]
+    assert d.vc_names[3] == "g:log(w)[a]"
+    np.testing.assert_allclose(d.exog_vc.toarray(), ref.exog_vc.toarray(), rtol=1e-12)
+    assert d.vc_terms[1].columns_used() == ("g", "w")
+    s = build_design("y ~ (0 + scale(w) | g)", df)
+    new = df.iloc[:4].assign(w=[1.0, 2.0, 3.0, 4.0])
+    expect = (new.w - df.w.mean()) / df.w.std()
+    np.testing.assert_allclose(s.spec.exog_vc_for(new).toarray().sum(axis=1), expect, rtol=1e-12)
+    assert s.spec.unseen_levels(new) == {}
+
+
+@pytest.mark.parametrize("formula, error, message", [
+    ("y ~ (0 + bs(x, df=3) | g)", FormulaError, r"one-column transforms \(I\(x\), log\(x\).*bs\(\) gives several"),
+    ("y ~ (0 + C(h) | g)", FormulaError, r"C\(\) makes a factor: for an effect of each of its levels"),
+    ("y ~ (0 + log(x) * 2 | g)", FormulaError, r"a random slope must be one column or one transform.*got '\*'"),
+    ("y ~ (0 + h | g)", DataError, r"slope `h` must be a numeric column.*write \(1 \| g:h\)"),
+    ("y ~ (0 + log(x - 10) | g)", DataError, (r"slope `log\(x - 10\)` of the random-effect term `g:log\(x - 10\)` "
+                                              r"must be finite; got 40 non-finite")),
+])
+def test_slope_errors_say_what_a_slope_may_be(small, formula, error, message):
+    with pytest.raises(error, match=message):
+        build_design(formula, small)
+
+
 @pytest.mark.parametrize("term", ["(1 + x | g)", "(x | g)", "(x || g)", "(1 | g) + (0 + x | g)"])
 def test_correlated_syntax_expands_to_independent_components(small, term):
     """lme4's correlated syntax is fitted as independent components, and says so (an lme4 user would
@@ -358,7 +389,7 @@ REJECTED = {
     "y ~ `nope`": r"unknown column 'nope'",
     "y ~ (x": r"unclosed '\('",
     "y ~ ": r"right-hand side is empty",
-    "y ~ (1 + C(g) | g)": r"random-effect terms accept only 1, 0 and numeric column names",
+    "y ~ (1 + C(g) | g)": r"random-effect terms accept only 1, 0, numeric column names and one-column transforms",
     "y ~ Q(x)": r"Q\(\) takes the column name as a quoted string, e.g. Q\('x'\)",
     "y ~ Q('nope')": r"unknown column 'nope' at position 6",
     "y ~ Q('x', 'g')": r"Q\(\) takes exactly one quoted column name",

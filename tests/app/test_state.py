@@ -1014,3 +1014,12 @@ def test_a_formula_typed_over_lines_is_shown_on_one():
     st.spec.param.update(formula_text="incidence ~ period\n  + (1 | herd)")
     assert st.fit_now(), st.errors
     assert "fit of incidence ~ period + (1 | herd) (binomial)" in st.fit.message
+
+
+def test_a_typed_formula_with_a_transformed_random_slope_is_fitted(cbpp_state):
+    """A random slope written as a transform (lme4's ``(0 + log(size) | herd)``) reads its column and fits, with
+    the component named as typed."""
+    cbpp_state.spec.param.update(formula_text="incidence ~ period + (1 | herd) + (0 + log(size) | herd)")
+    assert "formula" not in cbpp_state.errors
+    assert cbpp_state.fit_now()
+    assert list(cbpp_state.fit.result.vcp_names) == ["herd", "herd:log(size)"]
