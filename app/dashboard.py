@@ -11,12 +11,14 @@ from __future__ import annotations
 import html
 import io
 import re
+from collections.abc import Mapping
+from urllib.parse import urlencode
 
 import pandas as pd
 import panel as pn
 import param
 
-from app import adapter, plots
+from app import adapter, link, plots
 from app.live import LivePlot
 from app.data import DEMOS, MAX_UPLOAD_MB, column_overview
 from app.state import AppState, diagnostics, model_comparison, problem_size
@@ -213,16 +215,19 @@ class Dashboard(pn.viewable.Viewer):
     state = param.ClassSelector(class_=AppState, doc="The session state (data, model, fit).")
 
     def __init__(self, data: pd.DataFrame | None = None, demo: str = "cbpp", spec: dict | None = None,
-                 data_name: str = "data", **params):
+                 data_name: str = "data", query: Mapping[str, str] | None = None, **params):
+        """``query``: a link's URL query (:mod:`app.link`), read after ``demo`` and ``spec``: its demo data set
+        replaces ``demo``, and its model is set on the sidebar."""
         params.setdefault("state", AppState())
         super().__init__(**params)
         self._syncs = {}  # (id(obj), parameter) -> (obj, watcher) keeping the newest column widget in step
         self._uploaded_name = None  # the name of the file whose content was just read (_on_file_name)
+        self._location = None  # the page's URL, kept to the model by _write_link once served (servable)
         st = self.state
         if data is not None:
             st.load_frame(data, data_name, fit=False)
         else:
-            st.load_demo(demo, fit=False)
+            st.load_demo(link.demo_of(query or {}) or demo, fit=False)
         if spec:
             st._loading = True
             try:
@@ -230,8 +235,48 @@ class Dashboard(pn.viewable.Viewer):
                 st.spec.formula_text = st.spec.built_formula()
             finally:
                 st._loading = False
+        notes = link.apply_query(st, query) if query and data is None else []
         st.fit_now()  # the first screen already shows a result
+        if notes:
+            st._set_error("data", "From the link: " + " ".join(n[0].upper() + n[1:] for n in notes))
         self._build()
+        tab = (query or {}).get("tab")
+        self.tabs.active = next((i for i, t in enumerate(self.tabs) if link.tab_key(t.name) == tab), 0)
+
+    @staticmethod
+    def session_query() -> dict[str, str]:
+        """The served page's URL query (``pn.state.session_args``) as text: the link's keys only."""
+        out = {}
+        for key, values in (pn.state.session_args or {}).items():
+            if key in link.KEYS and values:
+                try:
+                    out[key] = values[-1].decode("utf-8")
+                except (UnicodeDecodeError, AttributeError):
+                    continue
+        return out
+
+    def _write_link(self, *_):
+        """Keep the page's URL the link to the model shown (:func:`app.link.query_of`); no query for uploaded
+        or simulated data."""
+        if self._location is None:
+            return
+        active = self.tabs.active
+        tab = link.tab_key(self.tabs[active].name) if 0 < active < len(self.tabs) else ""
+        query = link.query_of(self.state, tab)
+        search = "?" + urlencode(query) if query else ""
+        if self._location.search != search:
+            self._location.search = search
+
+    def link_to(self, location) -> None:
+        """Keep ``location`` (a served page's ``pn.state.location``) the link to the model shown."""
+        self._location = location
+        st = self.state
+        st.spec.param.watch(self._write_link, list(AppState._SPEC_KEYS))
+        st.data.param.watch(self._write_link, ["demo", "categorical"])
+        self.tabs.param.watch(self._write_link, "active")
+        pn.state.onload(self._write_link)  # (once the page is up: the browser's address is synced then)
+        self._share_note.visible = bool(st.data.demo)
+        st.data.param.watch(lambda e: setattr(self._share_note, "visible", bool(e.new)), "demo")
 
     # ------------------------------------------------------------------ helpers
     def _alert(self, key: str, alert_type: str = "danger") -> pn.pane.Alert:
@@ -428,8 +473,12 @@ class Dashboard(pn.viewable.Viewer):
         results_box = pn.Column(
             pn.pane.Markdown("### Fixed effects"), fe_table, pn.pane.Markdown("### Variance components (SD scale)"),
             vc_table, sizing_mode="stretch_width", margin=0)
+        # (shown once served, for a demo data set: link_to)
+        self._share_note = pn.pane.Markdown(
+            "**Share this model:** the page's address opens it again (data set, model, method and tab); copy it "
+            "from the address bar. Uploaded and simulated data are not part of links.", **NOTE, visible=False)
         export_box = pn.Column(
-            pn.pane.Markdown("### Export"), downloads, html_downloads,
+            pn.pane.Markdown("### Export"), self._share_note, downloads, html_downloads,
             pn.pane.Markdown("### Reproduce this fit in Python"), code,
             pn.widgets.FileDownload(callback=self._py, filename="refit_mglm.py", label="Download script",
                                     variant="outline"), sizing_mode="stretch_width", margin=0)
@@ -886,4 +935,10 @@ class Dashboard(pn.viewable.Viewer):
         return tmpl
 
     def servable(self, title=None, location=True, area="main", target=None):
-        return self.template().servable(title=title, location=location, area=area, target=target)
+        """The full page (:meth:`template`) made servable; with ``location``, in a served session, its URL is kept
+        the link to the model shown (:meth:`link_to`)."""
+        page = self.template().servable(title=title, location=location, area=area, target=target)
+        doc = pn.state.curdoc
+        if location and doc is not None and doc.session_context is not None and pn.state.location is not None:
+            self.link_to(pn.state.location)
+        return page

@@ -10,4 +10,4 @@ from mglm_core.errors import ApproximationWarning, ConvergenceWarning, DataWarni
 for _category in (ApproximationWarning, ConvergenceWarning, DataWarning):
     warnings.filterwarnings("ignore", category=_category)
 
-Dashboard().servable(title="mglm dashboard")
+Dashboard(query=Dashboard.session_query()).servable(title="mglm dashboard")

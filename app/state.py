@@ -45,10 +45,12 @@ class DataState(param.Parameterized):
         "columns that read as numbers, R factors of numeric codes included."))
     version = param.Integer(default=0, doc="Incremented at every load; part of the fit cache key.")
     note = param.String(default="", doc="How the file was read, where the user should know (an encoding).")
+    demo = param.String(default="", doc="The demo data set's name, when the data is one (app.link's links).")
 
     def __init__(self, **params):
         super().__init__(**params)
         self._derived = (None, {})  # (the frame, facts derived from it: reset when the frame changes)
+        self.initial_categorical: list[str] = []  # the columns read as categories when the frame was loaded
 
     def _facts(self) -> dict:
         """Facts derived from the current frame (computed once per frame)."""
@@ -88,14 +90,15 @@ class DataState(param.Parameterized):
         numeric = set(self.numeric_columns)
         return [c for c in self.columns if c not in numeric]
 
-    def set_frame(self, df: pd.DataFrame, name: str, source: str = "") -> None:
+    def set_frame(self, df: pd.DataFrame, name: str, source: str = "", demo: str = "") -> None:
         like = {str(c): numeric_like(df[c]) for c in df.columns}
         with param.parameterized.batch_call_watchers(self):
             self._derived = (df, {"numeric_like": like})
             self.param.categorical.objects = [c for c, ok in like.items() if ok]
             self.categorical = [str(c) for c in default_categorical(df) if like[str(c)]]
+            self.initial_categorical = list(self.categorical)
             self.param.update(df=df, dataset=name, source=source or name, reader=reader_call(source or name, df),
-                              version=self.version + 1, note=str(df.attrs.get("note", "")))
+                              version=self.version + 1, note=str(df.attrs.get("note", "")), demo=demo)
 
 
 def quote_column(name: str) -> str:
@@ -653,7 +656,7 @@ class AppState(param.Parameterized):
     # ------------------------------------------------------------ data in
     def load_demo(self, name: str, fit: bool = True) -> None:
         # (the file the Data tab downloads, and the reproducing script reads; demo_data/ in the repository)
-        self._set_data(load_demo(name), name, DEMOS[name].file, DEMOS[name], truth=None, fit=fit)
+        self._set_data(load_demo(name), name, DEMOS[name].file, DEMOS[name], truth=None, fit=fit, demo_name=name)
 
     def load_frame(self, df: pd.DataFrame, name: str = "data", fit: bool = True) -> None:
         self._set_data(df, name, name if name.lower().endswith(".csv") else f"{name}.csv", None, truth=None, fit=fit)
@@ -678,11 +681,11 @@ class AppState(param.Parameterized):
         truth = {"fe": sim.truth_fe, "sd": sim.truth_sd, "re": sim.truth_re}
         self._set_data(sim.data, "simulated", "simulated.csv", demo, truth=truth, fit=fit)
 
-    def _set_data(self, df, name, source, demo, truth, fit: bool) -> None:
+    def _set_data(self, df, name, source, demo, truth, fit: bool, demo_name: str = "") -> None:
         self._loading = True
         self._trials_before = None
         try:
-            self.data.set_frame(df, name, source)
+            self.data.set_frame(df, name, source, demo=demo_name)
             self._setting_formula = True
             self.spec.update_columns(self.data, demo)
             self._setting_formula = False

@@ -498,3 +498,43 @@ def test_phone_screen_shows_the_results_and_scrolls_to_the_controls(chromium, se
         assert search.bounding_box()["x"] + search.bounding_box()["width"] <= 390
     finally:
         pg.close()
+
+
+def test_a_link_opens_its_model_and_the_address_follows_the_model(chromium, server):
+    """A link's query sets the demo data set, the formula, the family, the method and the tab; the address bar
+    then follows the model (here the method), so a reload opens the same model again; uploaded data have no
+    link."""
+    from urllib.parse import parse_qs, urlencode, urlparse
+
+    import mglm_core as mg
+    from app.data import load_demo
+
+    formula = "TICKS ~ YEAR + (1 | BROOD) + (1 | LOCATION)"
+    query = urlencode({"data": "grouseticks", "formula": formula, "family": "poisson", "method": "laplace",
+                       "tab": "variance-components"})
+    pg = chromium.new_page(viewport={"width": 1500, "height": 1000})
+    try:
+        pg.goto(f"{server}?{query}")
+        pg.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=60_000)
+        tab = pg.locator(".bk-tab", has_text="Variance components").first
+        tab.wait_for(timeout=60_000)
+        assert "bk-active" in tab.get_attribute("class")
+        model = mg.BayesMixedGLM.from_formula(formula, data=load_demo("grouseticks"), family="poisson")
+        want = model.fit_laplace().vcp_density("BROOD")["sd"].to_numpy()
+        dens = wait_sources(pg, ["sd", "density", "component"], lambda s: len(s["sd"]) == len(want))
+        assert any(np.allclose(d["sd"], want, rtol=1e-5) for d in dens)
+
+        pg.locator(".bk-input-group", has_text="Method").locator("select").first.select_option(
+            label="Variational Bayes (VB)")
+        pg.wait_for_function("() => new URLSearchParams(location.search).get('method') === 'vb'", timeout=30_000)
+        got = parse_qs(urlparse(pg.url).query)
+        assert got["formula"] == [formula] and got["data"] == ["grouseticks"] and got["tab"] == ["variance-components"]
+
+        pg.reload()
+        pg.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=60_000)
+        want2 = model.fit_vb().vcp_density("BROOD")["sd"].to_numpy()
+        wait_sources(pg, ["sd", "density", "component"],
+                     lambda s: len(s["sd"]) == len(want2) and np.allclose(s["sd"], want2, rtol=1e-5))
+        assert "bk-active" in pg.locator(".bk-tab", has_text="Variance components").first.get_attribute("class")
+    finally:
+        pg.close()

@@ -1,0 +1,132 @@
+"""The dashboard's model as a link: a demo data set and the model, in the page's URL query.
+
+A teacher shares ``/app?data=grouseticks&formula=TICKS+~+YEAR+%2B+(1+%7C+BROOD)&family=poisson`` and every student
+opens the same model and tab; a reload keeps them. The query holds
+
+========== ==========================================================================================
+``data``        a demo data set's name (uploaded and simulated data are not in links: their query is empty)
+``categorical`` the columns read as categories, a JSON list (only where they differ from the file's reading)
+``formula``     the model's formula (the sidebar's, or a typed one)
+``family``      ``binomial`` or ``poisson``; ``trials`` and ``offset`` their columns (or ``(none)``)
+``method``      the fitting method; ``fe_p`` and ``vcp_p`` the priors where not the defaults
+``tab``         the results tab shown, where not the first
+========== ==========================================================================================
+
+Reading a link evaluates nothing: the formula goes through the same safe grammar as a typed one (and is shown with
+its error if it fails it), and every other value must be one of its control's choices, else it is left out with a
+note under the data card.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+
+from app import adapter
+from app.data import DEMOS
+from app.state import AppState, _compact
+
+#: the query's keys, in the order a link writes them
+KEYS = ("data", "categorical", "formula", "family", "trials", "offset", "method", "fe_p", "vcp_p", "tab")
+#: the longest value read from a link (a formula of a few hundred characters is long)
+VALUE_MAX = 2000
+
+
+def tab_key(title: str) -> str:
+    """A tab's title as a link writes it: ``"Summary & export"`` -> ``"summary-export"``."""
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def query_of(state: AppState, tab: str = "") -> dict[str, str]:
+    """The query that opens this session's model again: empty unless the data is a demo data set."""
+    data, spec = state.data, state.spec
+    if not data.demo:
+        return {}
+    query = {"data": data.demo}
+    if sorted(data.categorical) != sorted(data.initial_categorical):
+        query["categorical"] = json.dumps(list(data.categorical))
+    query["formula"] = spec.formula()
+    query["family"] = spec.family
+    query["trials"], query["offset"] = spec.trials, spec.offset  # ("(none)" too: a demo may have trials)
+    query["method"] = spec.method
+    for key in ("fe_p", "vcp_p"):
+        if getattr(spec, key) != spec.param[key].default:
+            query[key] = f"{getattr(spec, key):g}"
+    if tab:
+        query["tab"] = tab
+    return query
+
+
+def demo_of(args: Mapping[str, str]) -> str | None:
+    """The demo data set a link names, if it names one that exists."""
+    name = args.get("data", "")
+    return name if name in DEMOS else None
+
+
+def apply_query(state: AppState, args: Mapping[str, str]) -> list[str]:
+    """Set the model a link describes on ``state``, whose data is already the link's demo (:func:`demo_of`).
+
+    Nothing is fitted here. Returns notes on what the link held that could not be used (the rest is applied)."""
+    notes = []
+    args = {k: v for k, v in args.items() if k in KEYS}
+    for key, value in list(args.items()):
+        if len(value) > VALUE_MAX:
+            notes.append(f"the link's `{key}` is {len(value)} characters long (at most {VALUE_MAX}); left out.")
+            del args[key]
+    if args.get("data") and demo_of(args) is None:
+        notes.append(f"the link's data set {args['data']!r} is not a demo data set ({', '.join(DEMOS)}).")
+        return notes
+    spec, data = state.spec, state.data
+    state._loading = True
+    try:
+        if "categorical" in args:
+            try:
+                cats = json.loads(args["categorical"])
+                if not (isinstance(cats, list) and all(isinstance(c, str) for c in cats)):
+                    raise ValueError
+            except ValueError:
+                notes.append("the link's `categorical` must be a JSON list of column names; left out.")
+            else:
+                offered = data.param.categorical.objects
+                data.categorical = [c for c in offered if c in cats]
+                if unknown := [c for c in cats if c not in offered]:
+                    notes.append(f"the link's categorical columns {unknown} are not columns that read as numbers.")
+                spec.refresh_roles(data)
+        for key in ("family", "trials", "offset", "method", "fe_p", "vcp_p"):
+            if key not in args:
+                continue
+            value = args[key]
+            try:
+                spec.param.update(**{key: float(value) if key in ("fe_p", "vcp_p") else value})
+            except ValueError:
+                bounds = spec.param[key].bounds if key in ("fe_p", "vcp_p") else None
+                what = (f"a number from {bounds[0]:g} to {bounds[1]:g}" if bounds
+                        else "one of " + ", ".join(map(str, _choices(spec, key))))
+                notes.append(f"the link's `{key}` must be {what}; got {value!r} (left at {getattr(spec, key)!r}).")
+        if "formula" in args:
+            _set_formula(spec, data, args["formula"])
+    finally:
+        state._loading = False
+    state.columns_version += 1
+    return notes
+
+
+def _choices(spec, key: str) -> list:
+    objects = spec.param[key].objects
+    return list(objects.values() if isinstance(objects, dict) else objects)
+
+
+def _set_formula(spec, data, text: str) -> None:
+    """The sidebar's choices where they build ``text``, else ``text`` as a typed formula (its errors show there)."""
+    response, fixed, groups, slopes = adapter.formula_columns(text)  # (all empty where it does not parse)
+    if response:
+        num, cat = data.numeric_columns, data.categorical_columns
+        try:
+            spec.param.update(response=response[0], fixed_numeric=[c for c in fixed if c in num],
+                              fixed_factors=[c for c in fixed if c in cat], groups=groups, slopes=slopes)
+        except ValueError:  # a column a sidebar control does not offer
+            pass
+        if _compact(spec.built_formula()) == _compact(text):
+            spec.param.update(formula_text=spec.built_formula(), use_formula=False)
+            return
+    spec.param.update(formula_text=text, use_formula=True)

@@ -1,0 +1,77 @@
+"""Links (app.link): a session's model written as a URL query opens the same model in a new session."""
+import pytest
+
+from app import link
+from app.dashboard import Dashboard
+from app.state import AppState
+
+
+def _model(st: AppState) -> dict:
+    spec = st.spec
+    return {"data": st.data.demo, "categorical": sorted(st.data.categorical), "formula": spec.formula(),
+            "typed": spec.use_formula, "family": spec.family, "trials": spec.trials, "offset": spec.offset,
+            "method": spec.method, "fe_p": spec.fe_p, "vcp_p": spec.vcp_p}
+
+
+def _reopened(st: AppState, tab: str = "") -> Dashboard:
+    return Dashboard(query=link.query_of(st, tab))
+
+
+def test_a_sidebar_model_round_trips_through_its_link():
+    st = AppState()
+    st.load_demo("grouseticks", fit=False)
+    st.spec.param.update(groups=["BROOD", "LOCATION"], method="vb", vcp_p=1.5, fe_p=3.0)
+    d = _reopened(st, "random-effects")
+    assert _model(d.state) == _model(st) and not d.state.spec.use_formula
+    assert d.tabs[d.tabs.active].name == "Random effects"
+    assert d.state.fit.status == "done" and list(d.state.fit.result.vcp_names) == ["BROOD", "LOCATION"]
+
+
+def test_a_typed_formula_round_trips():
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    st.spec.param.update(formula_text="cbind(incidence, size - incidence) ~ period + (1 | herd)", use_formula=True,
+                         trials="(none)")
+    d = _reopened(st)
+    assert _model(d.state) == _model(st) and d.state.spec.use_formula
+    assert d.state.fit.status == "done"
+
+
+def test_a_column_read_as_categories_round_trips():
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    st.data.categorical = ["size"]  # (size is then no longer the trials: a Poisson model of the counts)
+    st.spec.param.update(family="poisson", groups=["herd", "size"])
+    assert link.query_of(st)["categorical"] == '["size"]'
+    d = _reopened(st)
+    assert _model(d.state) == _model(st) and not d.state.spec.use_formula
+    assert list(d.state.fit.result.vcp_names) == ["herd", "size"]
+
+
+def test_a_demo_unchanged_makes_a_short_link_and_other_data_none():
+    st = AppState()
+    st.load_demo("cbpp", fit=False)
+    assert set(link.query_of(st)) == {"data", "formula", "family", "trials", "offset", "method"}
+    st.load_upload("mine.csv", b"y,g\n1,a\n0,b\n1,a\n0,b\n", fit=False)
+    assert link.query_of(st) == {}
+    st.simulate(fit=False)
+    assert link.query_of(st) == {}
+
+
+@pytest.mark.parametrize("query, note", [
+    ({"data": "nosuch"}, "The link's data set 'nosuch' is not a demo data set (cbpp,"),
+    ({"data": "cbpp", "family": "gaussian"}, "The link's `family` must be one of binomial, poisson; got 'gaussian'"),
+    ({"data": "cbpp", "vcp_p": "1e9"}, "The link's `vcp_p` must be a number from 0.05 to 5; got '1e9'"),
+    ({"data": "cbpp", "categorical": "size"}, "The link's `categorical` must be a JSON list of column names"),
+    ({"data": "cbpp", "formula": "y ~ " + "x + " * 600}, "The link's `formula` is 2404 characters long"),
+])
+def test_a_bad_link_opens_the_rest_and_says_what_was_left_out(query, note):
+    d = Dashboard(query=query)
+    assert note in d.state.errors["data"]
+    assert d.state.fit.status == "done"  # (the demo's own model where the link's could not be read)
+
+
+def test_a_links_formula_is_never_evaluated_and_shows_its_error():
+    d = Dashboard(query={"data": "cbpp", "formula": "incidence ~ __import__('os').system('x') + (1 | herd)"})
+    assert d.state.spec.use_formula and "Formula not accepted" in d.state.errors["formula"]
+    assert d.state.fit.result is None
