@@ -81,6 +81,15 @@ class DataState(param.Parameterized):
                                else int(self.df.groupby(list(factors), observed=True).ngroups))
         return levels[factors]
 
+    def all_positive(self, column: str) -> bool:
+        """Whether every value of a numeric ``column`` is above 0 (its logarithm is an offset choice)."""
+        positive = self._facts().setdefault("positive", {})
+        if column not in positive:
+            v = as_numeric(self.df[column]).to_numpy(dtype=float, na_value=np.nan)
+            v = v[~np.isnan(v)]
+            positive[column] = bool(v.size) and bool(np.all(v > 0))
+        return positive[column]
+
     @property
     def numeric_columns(self) -> list[str]:
         return [c for c in self.columns if c not in self.categorical and self.can_be_numeric(c)]
@@ -111,6 +120,25 @@ def quote_column(name: str) -> str:
     return name if plain and name not in ("C", "I", "np") else f"`{name}`"
 
 
+def offset_column(choice: str) -> str:
+    """The column an Offset choice reads: ``size`` for ``size`` and for ``log(size)`` (``log(`my col`)`` too)."""
+    if choice.startswith("log(") and choice.endswith(")"):
+        inner = choice[4:-1]
+        return inner[1:-1] if inner.startswith("`") and inner.endswith("`") else inner
+    return choice
+
+
+def offset_choices(data: "DataState") -> list[str]:
+    """The Offset choices: none, and each numeric column as it is and, where all its values are positive, its
+    logarithm (an exposure's: ``log(size)``; the library reads the expression, :func:`offset_column`)."""
+    out = [NONE]
+    for c in data.numeric_columns:
+        out.append(c)
+        if data.all_positive(c):
+            out.append(f"log({quote_column(c)})")
+    return out
+
+
 class ModelSpec(param.Parameterized):
     """What to fit. Column choices are offered by role (numeric vs categorical)."""
 
@@ -123,7 +151,8 @@ class ModelSpec(param.Parameterized):
     fixed_factors = param.ListSelector(default=[], objects=[], label="Categorical fixed effects")
     groups = param.ListSelector(default=[], objects=[], label="Random intercepts: grouping factors")
     slopes = param.ListSelector(default=[], objects=[], label="Random slopes (numeric, for every group)")
-    offset = param.Selector(default=NONE, objects=[NONE], label="Offset (log exposure)")
+    offset = param.Selector(default=NONE, objects=[NONE], label="Offset (log exposure)",
+                            doc="A numeric column added to the linear predictor, or its logarithm (log(size)).")
     family = param.Selector(default="binomial", objects=FAMILIES)
     method = param.Selector(default="map", objects={"map": "map"}, doc="Fitting method.")
     fe_p = param.Number(default=2.0, bounds=(0.1, 10.0), step=0.1, label="Prior SD of fixed effects (fe_p)")
@@ -167,7 +196,8 @@ class ModelSpec(param.Parameterized):
         with param.parameterized.batch_call_watchers(self):
             self.param.response.objects = cols
             self.param.trials.objects = [NONE] + num
-            self.param.offset.objects = [NONE] + num
+            offsets = offset_choices(data)
+            self.param.offset.objects = offsets
             self.param.fixed_numeric.objects = num
             self.param.fixed_factors.objects = cat
             self.param.groups.objects = cols
@@ -181,7 +211,7 @@ class ModelSpec(param.Parameterized):
                 values = dict(
                     response=self.response if self.response in cols else (cols[0] if cols else None),
                     trials=self.trials if self.trials in num else NONE,
-                    offset=self.offset if self.offset in num else NONE,
+                    offset=self.offset if self.offset in offsets else NONE,
                     # a fixed effect whose column changed kind stays in the model in the other list
                     fixed_numeric=[c for c in self.fixed if c in num],
                     fixed_factors=[c for c in self.fixed if c in cat],
@@ -291,11 +321,7 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
         try:
             adapter.check_formula(formula, cols)
         except adapter.MglmError as exc:
-            text = str(exc).removeprefix("formula: ").replace(  # (the library's argument is the Model card's choice)
-                "pass the offset as an argument instead: offset='column' (for log(exposure), a column holding the "
-                "logarithm) or an array", "choose its column under Offset in the Model card (for log(exposure), a "
-                "column holding the logarithm)")
-            errors["formula"] = f"Formula not accepted: {text}"
+            errors["formula"] = f"Formula not accepted: {str(exc).removeprefix('formula: ')}"
             return errors
         except Exception as exc:  # last resort: any parser failure is a formula problem
             errors["formula"] = f"Formula not accepted: {exc}"
@@ -309,11 +335,12 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
         return errors
     # a column with no values at all drops every row: said by its name (the fit said "`data` must have at least
     # one row; got 0 rows")
-    empty = [c for c in _used_columns(formula, cols, (spec.trials, spec.offset)) if c in cols and df[c].isna().all()]
+    offset = offset_column(spec.offset)
+    empty = [c for c in _used_columns(formula, cols, (spec.trials, offset)) if c in cols and df[c].isna().all()]
     if empty:
         c = empty[0]
         role, where = (("response", "response") if c == response else ("trials", "response") if c == spec.trials
-                       else ("offset", "fixed") if c == spec.offset else ("grouping factor", "groups") if c in groups
+                       else ("offset", "fixed") if c == offset else ("grouping factor", "groups") if c in groups
                        else ("covariate", "fixed"))
         if spec.use_formula and role not in ("trials", "offset"):  # (named in the typed formula: said under it)
             where = "formula"
@@ -402,8 +429,10 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
         about = [errors.pop(k) for k in ("fixed", "groups") if k in errors]
         if about:
             errors["formula"] = " ".join(about)
-    if spec.offset != NONE and spec.offset not in numeric:  # (chosen in the Model card, typed formula or not)
+    if spec.offset != NONE and offset not in numeric:  # (chosen in the Model card, typed formula or not)
         errors["fixed"] = f"Offset {spec.offset!r} must be numeric."
+    elif spec.offset != NONE and offset != spec.offset and not data.all_positive(offset):
+        errors["fixed"] = f"Offset {spec.offset!r} needs values above 0 in every row: {offset!r} has some at or below 0."
     return errors
 
 
@@ -424,7 +453,7 @@ def prepare_data(spec: ModelSpec, data: DataState) -> tuple[pd.DataFrame, int, n
     ``(frame, rows dropped, positions of the rows kept)``."""
     df = data.df
     formula = spec.formula()
-    extra = [spec.trials, spec.offset]
+    extra = [spec.trials, offset_column(spec.offset)]
     used = _used_columns(formula, data.columns, extra)
     sub = df[used].copy()
     response, fixed, groups = formula_parts(formula)
@@ -566,7 +595,7 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
             raw_exposure = True
             out.append(f"The offset {off!r} enters the linear predictor as it is, and its values ({v.min():g} to "
                        f"{v.max():g}, {kind}) look like an exposure itself: for rates per unit of it, "
-                       "use its logarithm (a column log(exposure)).")
+                       f"choose its logarithm, log({quote_column(off)}), under Offset.")
     levels = getattr(outcome.request, "response_levels", None)
     if levels is not None:
         out.append(f"The response is text with two levels: {str(levels[1])!r} counts as a success (1), "

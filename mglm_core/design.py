@@ -34,6 +34,8 @@ For a grouping factor ``g`` with levels ``l_1..l_m`` (integer codes ``c_i`` in 0
   component ``g:h``, columns ``g:h[a:b]`` (combinations in the order of ``g``'s levels,
   then ``h``'s).
 * ``(1 | g/h)`` -- nesting, expanded to ``(1 | g) + (1 | g:h)``.
+* ``offset(log(n))`` -- lme4's offset term (not a random-effect block): one numeric column, evaluated
+  like a transform slope and added to the offset (with an ``offset=`` column, expression or array).
 * ``(1 + x | g)`` and ``(x | g)`` -- in lme4 these are *correlated* intercept and slope.
   mglm only has independent variance components, so both are expanded to
   ``(1 | g) + (0 + x | g)`` (two components ``g`` and ``g:x``), which is exactly lme4's
@@ -196,9 +198,11 @@ def _allowed_functions() -> str:
 
 
 def _check_tokens(
-    formula: str, tokens: Sequence[_Token], columns: Sequence[str], allow_cbind: bool = False
+    formula: str, tokens: Sequence[_Token], columns: Sequence[str], allow_cbind: bool = False,
+    allow_offset: bool = False,
 ) -> None:
-    """Token-level whitelist (see the module docstring). Raises FormulaError."""
+    """Token-level whitelist (see the module docstring). Raises FormulaError. ``allow_offset``: lme4's
+    ``offset(...)`` terms (a two-sided formula's right-hand side, outside any bracket)."""
     colset = set(columns)
     # stack of open brackets: [kind, token, commas seen] with kind in
     # "group" | "C" | "contrast" | "call" | "Q" | "basis" | "list"
@@ -289,10 +293,11 @@ def _check_tokens(
                     stack.append(["call", tok, 0])
                 elif name == "cbind" and allow_cbind and not stack:
                     stack.append(["call", tok, 0])
-                elif name == "offset":  # lme4's offset(...) term: here an argument of the model
-                    raise _err("function 'offset' is not allowed in the formula", formula, tok,
-                               "; pass the offset as an argument instead: offset='column' (for log(exposure), a "
-                               "column holding the logarithm) or an array")
+                elif name == "offset" and allow_offset and not stack:  # lme4's offset(...) term
+                    stack.append(["call", tok, 0])
+                elif name == "offset":
+                    raise _err("offset(...) must be a term of the formula's right-hand side, outside any bracket",
+                               formula, tok, " (y ~ x + offset(log(exposure)) + (1 | g))")
                 else:
                     raise _err(f"function {name!r} is not allowed", formula, tok, _allowed_functions())
                 i += 2
@@ -445,9 +450,9 @@ def check_formula(formula: str, columns: Iterable[str], one_sided: bool = False)
     if not lhs:
         raise _err("the response (left of '~') is missing", formula, tilde)
     _check_tokens(formula, lhs, columns, allow_cbind=True)
-    _check_tokens(formula, rhs, columns)
+    _check_tokens(formula, rhs, columns, allow_offset=True)
     _parse_response(formula, lhs)
-    _split_rhs(formula, rhs)  # structure of the random-effect terms
+    _split_rhs(formula, rhs)  # structure of the random-effect and offset terms
 
 
 # ---------------------------------------------------------------------------
@@ -694,14 +699,33 @@ def _in_arithmetic(stack: Sequence[str]) -> bool:
     return False
 
 
-def _split_rhs(formula: str, rhs: list[_Token]) -> tuple[str, list[_BarTerm]]:
-    """Extract the ``( ... | ... )`` terms; return the fixed-effect text and the terms."""
+def _split_rhs(formula: str, rhs: list[_Token]) -> tuple[str, list[_BarTerm], list[str]]:
+    """Extract the ``( ... | ... )`` and ``offset(...)`` terms; return the fixed-effect text, the random-effect
+    terms and the offsets' expressions (``log(n)`` for ``offset(log(n))``)."""
     keep = [True] * len(rhs)
     bars: list[_BarTerm] = []
+    offsets: list[str] = []
     depth = 0
     k = 0
     while k < len(rhs):
         t = rhs[k]
+        if depth == 0 and t.kind == "name" and t.text == "offset" and k + 1 < len(rhs) and rhs[k + 1].text == "(":
+            j = _matching(rhs, k + 1)
+            if j == k + 2:
+                raise _err("offset() needs the offset's expression, e.g. offset(log(exposure))", formula, t)
+            if k > 0 and rhs[k - 1].text != "+":
+                raise _err("an offset term must be added with '+'", formula, rhs[k - 1])
+            if j + 1 < len(rhs) and rhs[j + 1].text not in ("+", "-"):
+                raise _err("an offset term must be followed by '+' or '-' and a term", formula, rhs[j + 1])
+            offsets.append(formula[rhs[k + 2].start : rhs[j - 1].end])
+            for u in range(k, j + 1):
+                keep[u] = False
+            if k > 0:
+                keep[k - 1] = False
+            elif j + 1 < len(rhs) and rhs[j + 1].text == "+":
+                keep[j + 1] = False
+            k = j + 1
+            continue
         if t.text == "(" and depth == 0 and (k == 0 or rhs[k - 1].kind != "name"):
             j = _matching(rhs, k)
             inner = rhs[k + 1 : j]
@@ -732,7 +756,7 @@ def _split_rhs(formula: str, rhs: list[_Token]) -> tuple[str, list[_BarTerm]]:
     while kept and kept[0][1].text == "+":
         kept.pop(0)
     fixed = _python_arithmetic(formula, [(rhs[idx], idx) for idx, _ in kept]).strip()
-    return (fixed if fixed else "1"), bars
+    return (fixed if fixed else "1"), bars, offsets
 
 
 @dataclass(frozen=True)
@@ -746,10 +770,12 @@ class FormulaColumns:
     #: each random-effect bar term's grouping factors and its number of columns per level (the
     #: intercept and the slopes): ``(1 + x | g:h)`` is ``(("g", "h"), 2)``
     terms: tuple[tuple[tuple[str, ...], int], ...] = ()
+    #: the columns of its ``offset(...)`` terms
+    offset: tuple[str, ...] = ()
 
     @property
     def all(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(self.response + self.fixed + self.groups + self.slopes))
+        return tuple(dict.fromkeys(self.response + self.fixed + self.groups + self.slopes + self.offset))
 
 
 def _names(tokens: list[_Token]) -> list[str]:
@@ -783,13 +809,14 @@ def formula_columns(formula: str, columns: Iterable[str] | None = None) -> Formu
     tokens = _tokenize(formula)
     lhs, rhs, _ = _split_tilde(formula, tokens)
     resp = _parse_response(formula, lhs)
-    fixed_text, bars = _split_rhs(formula, rhs)
+    fixed_text, bars, offsets = _split_rhs(formula, rhs)
     response = tuple(c for c in (resp.successes, resp.failures, resp.total) if c)
     fixed = tuple(_names(_tokenize(fixed_text))) if fixed_text != "1" else ()
     groups = tuple(dict.fromkeys(f for b in bars for f in b.factors))
     slopes = tuple(dict.fromkeys(c for b in bars for sl in b.slope_tokens for c in _names(list(sl))))
     terms = tuple((tuple(b.factors), int(b.intercept) + len(b.slopes)) for b in bars)
-    return FormulaColumns(response, fixed, groups, slopes, terms)
+    offset = tuple(dict.fromkeys(c for text in offsets for c in _names(_tokenize(text))))
+    return FormulaColumns(response, fixed, groups, slopes, terms, offset)
 
 
 # ---------------------------------------------------------------------------
@@ -882,10 +909,7 @@ class VCTerm:
         """The slope's values in the rows of ``df`` (a column, or its transform by the fitted spec)."""
         if self._slope_spec is None:
             return _numeric_column(df, self.slope, "slope")
-        with _WARNINGS_LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            mm = self._slope_spec.get_model_matrix(df, output="numpy", na_action="ignore", context=_SAFE_CONTEXT)
-        return np.asarray(mm, dtype=np.float64).reshape(len(df))
+        return _one_column(self._slope_spec, df)
 
     def _codes(self, df: pd.DataFrame) -> np.ndarray:
         """Column index (0..m-1) of each row's level; -1 for unseen or missing."""
@@ -932,8 +956,9 @@ class VCTerm:
         return [":".join(str(v) for v in row) for row in bad.itertuples(index=False)]
 
 
-def _slope_spec(df: pd.DataFrame, name: str, text: str) -> Any:
-    """formulaic's spec of the one column of a transform slope (``log(w)``), built on the fitting rows."""
+def _one_column_spec(df: pd.DataFrame, text: str, what: str) -> Any:
+    """formulaic's spec of the one numeric column an expression makes (``log(w)``: a transform slope, an
+    offset), built on the fitting rows; ``what`` names it in errors (the text has passed the safe grammar)."""
     from formulaic import model_matrix
 
     safe = "0 + " + _python_arithmetic(text, [(t, i) for i, t in enumerate(_tokenize(text))])
@@ -942,12 +967,19 @@ def _slope_spec(df: pd.DataFrame, name: str, text: str) -> Any:
             warnings.simplefilter("ignore")
             mm = model_matrix(safe, df, output="numpy", na_action="ignore", context=_SAFE_CONTEXT)
     except Exception as exc:  # formulaic's own errors -> ours, naming the term
-        raise FormulaError(f"formula: could not build the slope `{text}` of the random-effect term `{name}`: {exc}",
-                           text, 0, len(text)) from exc
+        raise FormulaError(f"formula: could not build {what}: {exc}", text, 0, len(text)) from exc
     if mm.shape[1] != 1:
-        raise FormulaError(f"the slope `{text}` of the random-effect term `{name}` must give one column; got "
-                           f"{mm.shape[1]}.", text, 0, len(text))
+        raise FormulaError(f"{what} must give one numeric column; got {mm.shape[1]} columns "
+                           f"({', '.join(map(str, mm.model_spec.column_names[:4]))}).", text, 0, len(text))
     return mm.model_spec
+
+
+def _one_column(spec: Any, df: pd.DataFrame) -> np.ndarray:
+    """The values of :func:`_one_column_spec`'s column in the rows of ``df`` (stateful transforms as fitted)."""
+    with _WARNINGS_LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        mm = spec.get_model_matrix(df, output="numpy", na_action="ignore", context=_SAFE_CONTEXT)
+    return np.asarray(mm, dtype=np.float64).reshape(len(df))
 
 
 def _grouped_term(
@@ -978,7 +1010,8 @@ def _grouped_term(
         raise DataError(
             f"grouping factor `{group}` must have at least 2 levels; got {len(labels)}."
         )
-    spec = _slope_spec(df, name, slope) if len(slope_tokens) > 1 else None
+    spec = (_one_column_spec(df, slope, f"the slope `{slope}` of the random-effect term `{name}`")
+            if len(slope_tokens) > 1 else None)
     if slope is not None and spec is None and _is_categorical_like(df[slope]):
         vals = ", ".join(repr(v) for v in pd.unique(df[slope])[:3])
         raise DataError(f"slope `{slope}` must be a numeric column; got dtype {df[slope].dtype} (values like {vals}). "
@@ -1162,7 +1195,8 @@ class DesignSpec:
         Data columns the fixed part needs.
     offset : str, "array" or None
         Where the fit's offset came from: a column of the data (read again from new data), an
-        array (new data must be given its own), or None (no offset).
+        array (new data must be given its own), or None (no offset); its offset terms are added
+        (:attr:`offset_terms`).
     """
 
     formula: str
@@ -1173,6 +1207,10 @@ class DesignSpec:
     fixed_columns: tuple[str, ...]
     _model_spec: Any = field(repr=False, compare=False, default=None)
     offset: str | None = None
+    #: the expressions of its offset terms (``log(n)`` for ``offset(log(n))``, or an expression given as
+    #: ``offset``), added to :attr:`offset`'s values, and formulaic's specs of them
+    offset_terms: tuple[str, ...] = ()
+    _offset_specs: tuple[Any, ...] = field(repr=False, compare=False, default=())
     #: the fitting data's dtype of each column the design reads (new data is brought to it)
     _dtypes: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
@@ -1251,7 +1289,8 @@ class DesignSpec:
 
     def offset_for(self, new_df: pd.DataFrame, offset=None) -> np.ndarray | None:
         """The offset for the rows of ``new_df``: ``offset`` if given (a scalar or one value per
-        row), else the fit's offset column read from ``new_df``; None without an offset.
+        row: the whole offset), else the fit's offset column and offset terms read from ``new_df``;
+        None without an offset.
 
         Raises
         ------
@@ -1261,16 +1300,25 @@ class DesignSpec:
         """
         if offset is not None:
             return offset_values(offset, len(new_df), new_df.index)
-        if self.offset is None:
+        if self.offset is None and not self.offset_terms:
             return None
         if self.offset == "array":
             raise DataError("`offset` must be given for new data: the model was fitted with an offset array "
                             "(e.g. log exposure), which new rows do not have; pass predict(..., offset=...).")
-        _require_columns(new_df, [self.offset], "the new data (the model's offset)")
-        s = new_df[self.offset]
-        if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
-            raise DataError(f"offset column `{self.offset}` must be numeric; got dtype {s.dtype}.")
-        return s.to_numpy(dtype=np.float64, na_value=np.nan)
+        total = np.zeros(len(new_df))
+        if self.offset is not None:
+            _require_columns(new_df, [self.offset], "the new data (the model's offset)")
+            s = new_df[self.offset]
+            if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+                raise DataError(f"offset column `{self.offset}` must be numeric; got dtype {s.dtype}.")
+            total += s.to_numpy(dtype=np.float64, na_value=np.nan)
+        if self.offset_terms:
+            cols = sorted({c for spec in self._offset_specs for c in spec.required_variables})
+            _require_columns(new_df, cols, "the new data (the model's offset)")
+            rows = self.conform(new_df, cols)
+            for spec in self._offset_specs:
+                total += _one_column(spec, rows)
+        return total
 
     def conform(self, new_df: pd.DataFrame, columns: Iterable[str], strict: bool = False) -> pd.DataFrame:
         """``new_df`` with ``columns`` brought to the fitting data's kinds: a column that was
@@ -1660,7 +1708,11 @@ def build_design(
     tokens = _tokenize(formula)
     lhs, rhs, _ = _split_tilde(formula, tokens)
     response = _parse_response(formula, lhs)
-    fixed_formula, bars = _split_rhs(formula, rhs)
+    fixed_formula, bars, offset_texts = _split_rhs(formula, rhs)
+    if isinstance(offset, str) and offset not in data.columns and "(" in offset:
+        # an expression (offset="log(exposure)"): one more offset term, checked like the formula's
+        check_formula(offset, columns, one_sided=True)
+        offset_texts, offset = [*offset_texts, offset], None
     vc_tokens = {}
     for key, text in (vc_formulas or {}).items():
         if not isinstance(text, str):
@@ -1680,7 +1732,7 @@ def build_design(
 
     # --- which columns are used, and drop rows with missing values once
     used: list[str] = []
-    for t in tokens + [t for toks in vc_tokens.values() for t in toks]:
+    for t in tokens + [t for toks in vc_tokens.values() for t in toks] + [t for x in offset_texts for t in _tokenize(x)]:
         if _is_col(t) and t.column in data.columns and t.column not in used:
             used.append(t.column)
     for c in (trials_col, offset_col):
@@ -1808,6 +1860,18 @@ def build_design(
             f"fixed-effect column `{exog_names[j]}` must be finite; got {k} non-finite values."
         )
 
+    # --- offset terms (lme4's offset(log(n)), or an expression given as `offset`), added to an offset column
+    offset_specs = []
+    for text in offset_texts:
+        _check_numeric_arguments(text, _tokenize(text), df)
+        offset_specs.append(_one_column_spec(df, text, f"the offset `{text}`"))
+        v = _one_column(offset_specs[-1], df)
+        if not np.all(np.isfinite(v)):
+            i = int(np.flatnonzero(~np.isfinite(v))[0])
+            raise DataError(f"the offset `{text}` must be finite; got {v[i]:g} at row {int(np.flatnonzero(~bad)[i])} "
+                            f"({int((~np.isfinite(v)).sum())} row(s) in all).")
+        offset_arr = v if offset_arr is None else offset_arr + v
+
     # --- random effects: formula terms first, then vc_formulas
     terms: list[VCTerm] = []
     for bar in bars:
@@ -1846,7 +1910,8 @@ def build_design(
     )
 
     fixed_columns = tuple(sorted(mm.model_spec.required_variables))
-    read = set(fixed_columns) | {c for t in terms for c in t.columns_used()}
+    read = (set(fixed_columns) | {c for t in terms for c in t.columns_used()}
+            | {c for spec_ in offset_specs for c in spec_.required_variables})
     spec = DesignSpec(
         formula=formula,
         fixed_formula=fixed_formula,
@@ -1855,7 +1920,9 @@ def build_design(
         vc_terms=tuple(terms),
         fixed_columns=fixed_columns,
         _model_spec=mm.model_spec,
-        offset=offset_col if offset_col is not None else ("array" if offset_arr is not None else None),
+        offset=offset_col if offset_col is not None else ("array" if offset is not None else None),
+        offset_terms=tuple(offset_texts),
+        _offset_specs=tuple(offset_specs),
         _dtypes={c: df[c].dtype for c in read if c in df.columns},
     )
     return Design(

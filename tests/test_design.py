@@ -382,8 +382,10 @@ REJECTED = {
     "y ~ (1 | g) * x": r"random-effect term must be followed by '\+' or '-' and a term",
     "y ~ x - (1 | g)": r"random-effect term must be added with '\+' at position 6",
     "y ~ x ~ g": r"exactly one '~'",
-    "y ~ x + offset(log(x))": r"function 'offset' is not allowed in the formula at position 8; pass the offset as an "
-                              r"argument instead: offset='column'",
+    "y ~ x + (0 + offset(x) | g)": r"offset\(...\) must be a term of the formula's right-hand side, outside any "
+                                   r"bracket at position 13",
+    "y ~ x - offset(x)": r"an offset term must be added with '\+'",
+    "y ~ offset() + x": r"offset\(\) needs the offset's expression",
     "y x": r"must contain '~'",
     "I(y) ~ x": r"response must be a column name",
     "y ~ `nope`": r"unknown column 'nope'",
@@ -628,6 +630,32 @@ def test_trials_and_offset_columns_and_arrays(small):
     d2 = build_design("y ~ x", df, trials=np.full(40, 3.0), offset=df["off"].to_numpy())
     np.testing.assert_array_equal(d2.trials, d.trials)
     np.testing.assert_array_equal(d2.offset, d.offset)
+
+
+def test_offset_terms_as_lme4_writes_them(small):
+    """``offset(log(z))`` in the formula (lme4's), or the expression given as ``offset``, is the offset of a
+    column holding log(z); it adds to an offset column, and new rows get it from their own z."""
+    df = small.assign(lz=np.log(small.z), w=0.5)
+    by_column = build_design("y ~ x + (1 | g)", df, offset="lz")
+    d = build_design("y ~ x + offset(log(z)) + (1 | g)", df)
+    assert d.exog_names == by_column.exog_names and d.spec.offset_terms == ("log(z)",)
+    np.testing.assert_allclose(d.offset, by_column.offset, rtol=1e-14)
+    np.testing.assert_allclose(build_design("y ~ x + (1 | g)", df, offset="log(z)").offset, by_column.offset)
+    both = build_design("y ~ offset(I(2 * z)) + x", df, offset="w")
+    np.testing.assert_allclose(both.offset, 0.5 + 2 * small.z, rtol=1e-14)
+    new = pd.DataFrame({"x": [0.0, 1.0], "z": [1.0, np.e], "g": ["a", "b"]})
+    np.testing.assert_allclose(d.spec.offset_for(new), [0.0, 1.0], atol=1e-15)
+    np.testing.assert_allclose(d.spec.offset_for(new, offset=3.0), [3.0, 3.0])  # (given: the whole offset)
+    with pytest.raises(DataError, match=r"the offset `log\(x\)` must be finite; got nan at row"):
+        build_design("y ~ offset(log(x))", small)
+    with pytest.raises(FormulaError, match=r"the offset `C\(g\)` must give one numeric column; got 3 columns"):
+        build_design("y ~ x + offset(C(g))", small)
+    from mglm_core.design import formula_columns
+    assert formula_columns("y ~ x + offset(log(z)) + (1 | g)").offset == ("z",)
+    import mglm_core as mg
+    model = mg.BayesMixedGLM.from_formula("y ~ x + offset(log(z)) + (1 | g)", data=df, family="poisson")
+    params = np.r_[0.3, 0.0, np.zeros(model.k_vcp + model.k_vc)]
+    np.testing.assert_allclose(model.predict(params, new), np.exp(0.3) * new.z, rtol=1e-12)
 
 
 def test_intercept_free_fixed_part(small):

@@ -128,10 +128,22 @@ def test_formula_with_python_code_is_rejected(text, cbpp_state):
     assert cbpp_state.fit.outcome is before
 
 
-def test_an_offset_term_in_a_typed_formula_points_to_the_model_cards_offset(cbpp_state):
-    cbpp_state.spec.param.update(formula_text="incidence ~ period + offset(log(size)) + (1 | herd)")
-    assert ("function 'offset' is not allowed in the formula at position 21; choose its column under Offset in the "
-            "Model card") in cbpp_state.errors["formula"]
+def test_an_offset_is_a_typed_term_or_a_logarithm_chosen_in_the_model_card(cbpp_state):
+    """lme4's ``offset(log(size))`` in a typed formula, and ``log(size)`` chosen under Offset, fit the library's
+    model with that offset (a Poisson rate per animal); the reproducing script says so."""
+    df = load_demo("cbpp")
+    want = mg.BayesMixedGLM.from_formula("incidence ~ period + (1 | herd)", data=df, family="poisson",
+                                         offset=np.log(df["size"].to_numpy())).fit_vb()
+    spec = cbpp_state.spec
+    assert "log(size)" in spec.param.offset.objects and "log(incidence)" not in spec.param.offset.objects  # (zeros)
+    spec.param.update(family="poisson")
+    spec.param.update(formula_text="incidence ~ period + offset(log(size)) + (1 | herd)", method="vb")
+    assert "formula" not in cbpp_state.errors and cbpp_state.fit_now()
+    np.testing.assert_allclose(cbpp_state.fit.result.fe_mean, want.fe_mean, rtol=1e-6)
+    spec.param.update(use_formula=False, offset="log(size)")
+    assert spec.formula() == "incidence ~ period + (1 | herd)" and cbpp_state.fit_now()
+    np.testing.assert_allclose(cbpp_state.fit.result.fe_mean, want.fe_mean, rtol=1e-6)
+    assert "offset='log(size)'" in adapter.snippet(cbpp_state.fit.outcome.request, "cbpp.csv")
 
 
 def test_typed_formula_is_fitted(cbpp_state):
