@@ -128,7 +128,7 @@ def offset_column(choice: str) -> str:
     return choice
 
 
-def offset_choices(data: "DataState") -> list[str]:
+def offset_choices(data: DataState) -> list[str]:
     """The Offset choices: none, and each numeric column as it is and, where all its values are positive, its
     logarithm (an exposure's: ``log(size)``; the library reads the expression, :func:`offset_column`)."""
     out = [NONE]

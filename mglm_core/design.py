@@ -291,9 +291,8 @@ def _check_tokens(
                     stack.append(["basis", tok, 0, {}])  # (its options, by keyword: value token)
                 elif name in FORMULA_FUNCTIONS:
                     stack.append(["call", tok, 0])
-                elif name == "cbind" and allow_cbind and not stack:
-                    stack.append(["call", tok, 0])
-                elif name == "offset" and allow_offset and not stack:  # lme4's offset(...) term
+                elif not stack and ((name == "cbind" and allow_cbind)  # (lme4's response and offset(...) term)
+                                    or (name == "offset" and allow_offset)):
                     stack.append(["call", tok, 0])
                 elif name == "offset":
                     raise _err("offset(...) must be a term of the formula's right-hand side, outside any bracket",
