@@ -289,10 +289,8 @@ def _check_tokens(
                     stack.append(["Q", tok, 0])
                 elif name in _BASIS_FUNCTIONS:
                     stack.append(["basis", tok, 0, {}])  # (its options, by keyword: value token)
-                elif name in FORMULA_FUNCTIONS:
-                    stack.append(["call", tok, 0])
-                elif not stack and ((name == "cbind" and allow_cbind)  # (lme4's response and offset(...) term)
-                                    or (name == "offset" and allow_offset)):
+                elif name in FORMULA_FUNCTIONS or (not stack and (  # (and lme4's response and offset(...) term)
+                        (name == "cbind" and allow_cbind) or (name == "offset" and allow_offset))):
                     stack.append(["call", tok, 0])
                 elif name == "offset":
                     raise _err("offset(...) must be a term of the formula's right-hand side, outside any bracket",
