@@ -37,6 +37,11 @@ def check_formula(text: str, columns) -> None:
     _check(text, list(columns))
 
 
+def is_intercept(term) -> bool:
+    """Whether a fixed effect's name is the intercept (the library's ``Intercept``, R's ``(Intercept)``)."""
+    return str(term).lower() in ("intercept", "(intercept)")
+
+
 def formula_columns(text: str) -> tuple[list[str], list[str], list[str], list[str]]:
     """(response columns, fixed-effect and offset columns, grouping factors, random-slope columns) of a formula,
     parsed by the library's safe grammar; all empty when the text does not parse."""

@@ -824,19 +824,26 @@ class Dashboard(pn.viewable.Viewer):
             frames.append(df)
         return pd.concat(frames, ignore_index=True)
 
-    @staticmethod
-    def _models_df(models, outcome):
-        df, _ = model_comparison(models, outcome)
+    def _comparison(self, models, outcome):
+        """:func:`app.state.model_comparison`, computed once for the table, its visibility and its note (the last
+        inputs and result kept, with the inputs themselves, so that their ids name them)."""
+        key = (tuple(map(id, models)), id(outcome))
+        kept = getattr(self, "_kept_comparison", None)
+        if kept is None or kept[0] != key:
+            kept = self._kept_comparison = (key, (list(models), outcome), model_comparison(models, outcome))
+        return kept[2]
+
+    def _models_df(self, models, outcome):
+        df, _ = self._comparison(models, outcome)
         if df.empty:
             return df
         return df.rename(columns={"log_marginal_likelihood": "log p(y)", "log_bayes_factor": "log BF vs best",
                                   "posterior_probability": "probability"})
 
-    @staticmethod
-    def _models_note(models, outcome):
+    def _models_note(self, models, outcome):
         if outcome is None:
             return ""
-        df, others = model_comparison(models, outcome)
+        df, others = self._comparison(models, outcome)
         if df.empty:  # (a method without p(y))
             return ("Models are compared by their marginal likelihood p(y), which the **Integrated Laplace** method "
                     "computes: fit with it to list this model here.")

@@ -96,7 +96,7 @@ def forest_data(res, exp_scale: bool = False, include_intercept: bool = True) ->
                        "sd": ft["sd"].to_numpy(float), "lower": ft["lower"].to_numpy(float),
                        "upper": ft["upper"].to_numpy(float)})
     if not include_intercept:
-        df = df[~df.term.str.lower().isin(["intercept", "(intercept)"])]
+        df = df[~df.term.map(adapter.is_intercept)]
     if exp_scale:
         for c in ("mean", "lower", "upper"):
             df[c] = np.exp(df[c])

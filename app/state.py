@@ -627,7 +627,7 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
         separated = getattr(res.model, "separation", None)  # (the library's warning names those columns)
         big = [b for b in big if separated is None or str(b) not in separated.columns]
         if raw_exposure:  # (the Intercept then offsets the raw exposure: the note above says why, not separation)
-            big = [b for b in big if str(b).lower() not in ("intercept", "(intercept)")]
+            big = [b for b in big if not adapter.is_intercept(b)]
         if len(big):
             words = "success/failure" if family == "binomial" else "zero/non-zero counts"
             out.append("Very large or very uncertain coefficients (" + ", ".join(map(str, big)) +

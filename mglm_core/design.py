@@ -1876,7 +1876,7 @@ def build_design(
     n_bar_terms = len(terms)  # (statsmodels' vc_formulas may repeat a component: not checked)
     for key, text in (vc_formulas or {}).items():
         terms.append(_vc_formula_component(df, str(key), text))
-        explicit = any(t.text == "1" for t in _tokenize(text))  # ("1 + C(g)": an intercept asked for)
+        explicit = any(t.text == "1" for t in vc_tokens[key])  # ("1 + C(g)": an intercept asked for)
         if "Intercept" in terms[-1].column_names and len(terms[-1].column_names) > 1 and not explicit:
             # (statsmodels takes it too; its vc_formulas are usually written '0 + C(g)', one effect per column)
             notes.append(f"vc_formulas[{str(key)!r}] = {text!r} adds an intercept column (one random effect shared by "
