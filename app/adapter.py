@@ -43,8 +43,9 @@ def is_intercept(term) -> bool:
 
 
 def formula_columns(text: str) -> tuple[list[str], list[str], list[str], list[str]]:
-    """(response columns, fixed-effect and offset columns, grouping factors, random-slope columns) of a formula,
-    parsed by the library's safe grammar; all empty when the text does not parse."""
+    """(response columns, fixed-effect columns, grouping factors, random-slope columns) of a formula,
+    parsed by the library's safe grammar; all empty when the text does not parse (:func:`offset_columns`: its
+    offset terms')."""
     from mglm_core.design import formula_columns as _columns
     from mglm_core.errors import FormulaError
 
@@ -52,7 +53,18 @@ def formula_columns(text: str) -> tuple[list[str], list[str], list[str], list[st
         fc = _columns(text)
     except FormulaError:
         return [], [], [], []
-    return list(fc.response), list(dict.fromkeys(fc.fixed + fc.offset)), list(fc.groups), list(fc.slopes)
+    return list(fc.response), list(fc.fixed), list(fc.groups), list(fc.slopes)
+
+
+def offset_columns(text: str) -> list[str]:
+    """The columns of a formula's ``offset(...)`` terms (empty when the text does not parse)."""
+    from mglm_core.design import formula_columns as _columns
+    from mglm_core.errors import FormulaError
+
+    try:
+        return list(_columns(text).offset)
+    except FormulaError:
+        return []
 
 
 def random_terms(text: str) -> list[tuple[tuple[str, ...], int]]:

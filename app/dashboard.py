@@ -235,7 +235,11 @@ class Dashboard(pn.viewable.Viewer):
                 st.spec.formula_text = st.spec.built_formula()
             finally:
                 st._loading = False
-        notes = link.apply_query(st, query) if query and data is None else []
+        try:
+            notes = link.apply_query(st, query) if query and data is None else []
+        except Exception as exc:  # (a link must never take the session down: the demo's own model instead)
+            st._loading = False
+            notes = [f"the link could not be read ({type(exc).__name__}); the data set's own model is shown."]
         st.fit_now()  # the first screen already shows a result
         if notes:
             st._set_error("data", "From the link: " + " ".join(n[0].upper() + n[1:] for n in notes))
@@ -257,18 +261,17 @@ class Dashboard(pn.viewable.Viewer):
 
     def _write_link(self, *_):
         """Keep the page's URL the link to the model shown (:func:`app.link.query_of`); no query for uploaded
-        or simulated data."""
+        or simulated data. The address is replaced, not pushed (Panel's Location pushes a history entry per change,
+        and Back then showed an address of another model than the page's)."""
         if self._location is None:
             return
         active = self.tabs.active
         tab = link.tab_key(self.tabs[active].name) if 0 < active < len(self.tabs) else ""
         query = link.query_of(self.state, tab)
-        search = "?" + urlencode(query) if query else ""
-        if self._location.search != search:
-            self._location.search = search
+        self._address.value = self._location.pathname + ("?" + urlencode(query) if query else "")
 
     def link_to(self, location) -> None:
-        """Keep ``location`` (a served page's ``pn.state.location``) the link to the model shown."""
+        """Keep the served page's address (``location``: its ``pn.state.location``) the link to the model shown."""
         self._location = location
         st = self.state
         st.spec.param.watch(self._write_link, list(AppState._SPEC_KEYS))
@@ -570,7 +573,12 @@ class Dashboard(pn.viewable.Viewer):
                             sizing_mode="stretch_width", dynamic=True, stylesheets=[
                                 ".bk-headers-wrapper, .bk-headers { flex-wrap: wrap; }",  # narrow screens
                                 f".bk-tab:focus-visible {{ outline: 2px solid {ACCENT}; outline-offset: -2px; }}"])
+        # the page's address, kept the link to the model shown once served (_write_link): replaced in the browser's
+        # history, not pushed
+        self._address = pn.widgets.TextInput(visible=False, name="address")
+        self._address.jscallback(value="if (source.value) { window.history.replaceState(null, '', source.value) }")
         self.main = pn.Column(self.header, self.tabs, pn.pane.HTML(TAB_KEYS, width=0, height=0, margin=0),
+                              self._address,
                               sizing_mode="stretch_width")
 
     def plots_current(self) -> bool:

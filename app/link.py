@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 from app import adapter
 from app.data import DEMOS
-from app.state import AppState, _compact
+from app.state import NONE, AppState, _compact
 
 #: the query's keys, in the order a link writes them
 KEYS = ("data", "categorical", "formula", "family", "trials", "offset", "method", "fe_p", "vcp_p", "tab")
@@ -84,7 +84,7 @@ def apply_query(state: AppState, args: Mapping[str, str]) -> list[str]:
                 cats = json.loads(args["categorical"])
                 if not (isinstance(cats, list) and all(isinstance(c, str) for c in cats)):
                     raise ValueError
-            except ValueError:
+            except (ValueError, RecursionError):  # (nested brackets a thousand deep exhaust the parser)
                 notes.append("the link's `categorical` must be a JSON list of column names; left out.")
             else:
                 offered = data.param.categorical.objects
@@ -103,6 +103,8 @@ def apply_query(state: AppState, args: Mapping[str, str]) -> list[str]:
                 what = (f"a number from {bounds[0]:g} to {bounds[1]:g}" if bounds
                         else "one of " + ", ".join(map(str, _choices(spec, key))))
                 notes.append(f"the link's `{key}` must be {what}; got {value!r} (left at {getattr(spec, key)!r}).")
+        if spec.family == "poisson" and "trials" not in args:
+            spec.trials = NONE  # (as choosing the Poisson family in the Model card does)
         if "formula" in args:
             _set_formula(spec, data, args["formula"])
     finally:
@@ -121,6 +123,8 @@ def _set_formula(spec, data, text: str) -> None:
     response, fixed, groups, slopes = adapter.formula_columns(text)  # (all empty where it does not parse)
     if response:
         num, cat = data.numeric_columns, data.categorical_columns
+        keys = ("response", "fixed_numeric", "fixed_factors", "groups", "slopes")
+        before = {k: getattr(spec, k) for k in keys}
         try:
             spec.param.update(response=response[0], fixed_numeric=[c for c in fixed if c in num],
                               fixed_factors=[c for c in fixed if c in cat], groups=groups, slopes=slopes)
@@ -129,4 +133,5 @@ def _set_formula(spec, data, text: str) -> None:
         if _compact(spec.built_formula()) == _compact(text):
             spec.param.update(formula_text=spec.built_formula(), use_formula=False)
             return
+        spec.param.update(**before)  # (the sidebar keeps the demo's choices: it cannot say this formula)
     spec.param.update(formula_text=text, use_formula=True)

@@ -120,9 +120,10 @@ def quote_column(name: str) -> str:
     return name if plain and name not in ("C", "I", "np") else f"`{name}`"
 
 
-def offset_column(choice: str) -> str:
-    """The column an Offset choice reads: ``size`` for ``size`` and for ``log(size)`` (``log(`my col`)`` too)."""
-    if choice.startswith("log(") and choice.endswith(")"):
+def offset_column(choice: str, columns=()) -> str:
+    """The column an Offset choice reads: ``size`` for ``size`` and for ``log(size)`` (``log(`my col`)`` too); a
+    choice that is itself one of ``columns`` (a column named "log(size)") is that column."""
+    if choice not in columns and choice.startswith("log(") and choice.endswith(")"):
         inner = choice[4:-1]
         return inner[1:-1] if inner.startswith("`") and inner.endswith("`") else inner
     return choice
@@ -130,12 +131,14 @@ def offset_column(choice: str) -> str:
 
 def offset_choices(data: DataState) -> list[str]:
     """The Offset choices: none, and each numeric column as it is and, where all its values are positive, its
-    logarithm (an exposure's: ``log(size)``; the library reads the expression, :func:`offset_column`)."""
-    out = [NONE]
+    logarithm (an exposure's: ``log(size)``; the library reads the expression, :func:`offset_column`). No
+    logarithm is offered whose text names a column itself, or of a name with a backtick (the grammar has none)."""
+    out, columns = [NONE], set(data.columns)
     for c in data.numeric_columns:
         out.append(c)
-        if data.all_positive(c):
-            out.append(f"log({quote_column(c)})")
+        log = f"log({quote_column(c)})"
+        if data.all_positive(c) and log not in columns and "`" not in c:
+            out.append(log)
     return out
 
 
@@ -260,7 +263,7 @@ def _compact(formula: str) -> str:
 
 def _used_columns(formula: str, columns: list[str], extra=()) -> list[str]:
     response, fixed, groups, slopes = adapter.formula_columns(formula)
-    named = set(response + fixed + groups + slopes)
+    named = set(response + fixed + groups + slopes + adapter.offset_columns(formula))
     used = [c for c in columns if c in named]
     return list(dict.fromkeys(used + [c for c in extra if c and c != NONE]))
 
@@ -335,7 +338,7 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
         return errors
     # a column with no values at all drops every row: said by its name (the fit said "`data` must have at least
     # one row; got 0 rows")
-    offset = offset_column(spec.offset)
+    offset = offset_column(spec.offset, cols)
     empty = [c for c in _used_columns(formula, cols, (spec.trials, offset)) if c in cols and df[c].isna().all()]
     if empty:
         c = empty[0]
@@ -429,7 +432,12 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
         about = [errors.pop(k) for k in ("fixed", "groups") if k in errors]
         if about:
             errors["formula"] = " ".join(about)
-    if spec.offset != NONE and offset not in numeric:  # (chosen in the Model card, typed formula or not)
+    typed_offsets = adapter.offset_columns(formula) if spec.use_formula else []
+    if spec.offset != NONE and typed_offsets:  # (both would be added: a doubled exposure, without a word)
+        errors["formula"] = (f"The typed formula has its own offset(...) and {spec.offset!r} is chosen under Offset "
+                             "in the Model card: the two would add up. Set Offset to (none), or take offset(...) "
+                             "out of the formula.")
+    elif spec.offset != NONE and offset not in numeric:  # (chosen in the Model card, typed formula or not)
         errors["fixed"] = f"Offset {spec.offset!r} must be numeric."
     elif spec.offset != NONE and offset != spec.offset and not data.all_positive(offset):
         errors["fixed"] = f"Offset {spec.offset!r} needs values above 0 in every row: {offset!r} has some at or below 0."
@@ -453,14 +461,15 @@ def prepare_data(spec: ModelSpec, data: DataState) -> tuple[pd.DataFrame, int, n
     ``(frame, rows dropped, positions of the rows kept)``."""
     df = data.df
     formula = spec.formula()
-    extra = [spec.trials, offset_column(spec.offset)]
+    extra = [spec.trials, offset_column(spec.offset, data.columns)]
     used = _used_columns(formula, data.columns, extra)
     sub = df[used].copy()
     response, fixed, groups = formula_parts(formula)
     # a numeric column that groups and is also a number elsewhere (a fixed effect, log(size), the trials or the
     # offset) stays numeric: the grouping term takes its levels by itself, as lme4's does; as a category it
     # became 22 dummy coefficients in the fixed part, and "trials must be numeric"
-    elsewhere = set(fixed) | set(adapter.formula_columns(formula)[3]) | {c for c in extra if c}
+    elsewhere = (set(fixed) | set(adapter.formula_columns(formula)[3]) | set(adapter.offset_columns(formula))
+                 | {c for c in extra if c})
     levels01 = binary_levels(sub[response]) if spec.family == "binomial" and response in sub else None
     if levels01 is not None:  # yes/no, True/False: the second level counts as a success
         s = sub[response]

@@ -521,6 +521,15 @@ def _matching(tokens: list[_Token], k: int) -> int:
     return len(tokens) - 1  # unreachable after _check_tokens
 
 
+def _is_col_text(text: str) -> bool:
+    """Whether ``text`` is a single column name (bare or in backticks), not an expression."""
+    try:
+        tokens = _tokenize(text)
+    except FormulaError:
+        return True  # (left to the column check, whose message lists the columns)
+    return len(tokens) == 1 and _is_col(tokens[0])
+
+
 def _slope_call(expr: list[_Token], k: int) -> int:
     """Where a one-column transform's call starts at ``expr[k]`` (``log(``, ``np.log(``): the index of its
     opening bracket from k (1 or 3); 0 if none starts there."""
@@ -1300,8 +1309,10 @@ class DesignSpec:
         if self.offset is None and not self.offset_terms:
             return None
         if self.offset == "array":
+            terms = (f", the whole offset: its terms {', '.join(f'offset({t})' for t in self.offset_terms)} included"
+                     if self.offset_terms else "")
             raise DataError("`offset` must be given for new data: the model was fitted with an offset array "
-                            "(e.g. log exposure), which new rows do not have; pass predict(..., offset=...).")
+                            f"(e.g. log exposure), which new rows do not have; pass predict(..., offset=...){terms}.")
         total = np.zeros(len(new_df))
         if self.offset is not None:
             _require_columns(new_df, [self.offset], "the new data (the model's offset)")
@@ -1706,10 +1717,14 @@ def build_design(
     lhs, rhs, _ = _split_tilde(formula, tokens)
     response = _parse_response(formula, lhs)
     fixed_formula, bars, offset_texts = _split_rhs(formula, rhs)
-    if isinstance(offset, str) and offset not in data.columns and "(" in offset:
+    if isinstance(offset, str) and offset not in data.columns and not _is_col_text(offset):
         # an expression (offset="log(exposure)"): one more offset term, checked like the formula's
         check_formula(offset, columns, one_sided=True)
         offset_texts, offset = [*offset_texts, offset], None
+    twice = [t for t in dict.fromkeys(offset_texts) if offset_texts.count(t) > 1]
+    if twice:
+        raise FormulaError(f"offset({twice[0]}) is given twice; offsets add up, so write it once (or "
+                           f"offset(I(2 * {twice[0]})) for twice its values).", formula)
     vc_tokens = {}
     for key, text in (vc_formulas or {}).items():
         if not isinstance(text, str):
@@ -1861,7 +1876,18 @@ def build_design(
     offset_specs = []
     for text in offset_texts:
         _check_numeric_arguments(text, _tokenize(text), df)
-        offset_specs.append(_one_column_spec(df, text, f"the offset `{text}`"))
+        factors = [c for c in _names(_tokenize(text)) if c in df.columns and _is_categorical_like(df[c])]
+        if factors:
+            raise DataError(f"the offset `{text}` must be numeric; `{factors[0]}` is a factor (values "
+                            f"{_shown(_column_levels(df[factors[0]]), 5)}).")
+        # (arithmetic at the top, 2 * expo, is R's arithmetic, as lme4 reads an offset; formulaic's "*" is an
+        # interaction: evaluated inside I(...))
+        depth, top = 0, False
+        for t in _tokenize(text):
+            depth += t.text == "("
+            depth -= t.text == ")"
+            top |= depth == 0 and t.text in ("+", "-", "*", "/", "**", "^")
+        offset_specs.append(_one_column_spec(df, f"I({text})" if top else text, f"the offset `{text}`"))
         v = _one_column(offset_specs[-1], df)
         if not np.all(np.isfinite(v)):
             i = int(np.flatnonzero(~np.isfinite(v))[0])

@@ -432,7 +432,7 @@ class BayesMixedGLMResults:
         missing = np.isnan(eta)
         if missing.any():  # (the fitting rows are complete: only new rows or a new offset have gaps)
             warnings.warn(f"{int(missing.sum())} of {missing.size} predictions are NaN, from missing values in "
-                          "the new rows' fixed-effect columns or offset (the first at row "
+                          "the new rows' columns (fixed effects, random slopes or offset; the first at row "
                           f"{int(np.flatnonzero(missing)[0])}).", DataWarning, stacklevel=2)
         return eta if linear else m.family.mean(eta)
 

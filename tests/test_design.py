@@ -648,10 +648,23 @@ def test_offset_terms_as_lme4_writes_them(small):
     np.testing.assert_allclose(d.spec.offset_for(new, offset=3.0), [3.0, 3.0])  # (given: the whole offset)
     with pytest.raises(DataError, match=r"the offset `log\(x\)` must be finite; got nan at row"):
         build_design("y ~ offset(log(x))", small)
-    with pytest.raises(FormulaError, match=r"the offset `C\(g\)` must give one numeric column; got 3 columns"):
+    with pytest.raises(DataError, match=r"the offset `C\(g\)` must be numeric; `g` is a factor"):
         build_design("y ~ x + offset(C(g))", small)
+    with pytest.raises(FormulaError, match=r"the offset `bs\(x, df=3\)` must give one numeric column; got 3"):
+        build_design("y ~ x + offset(bs(x, df=3))", small)
     from mglm_core.design import formula_columns
     assert formula_columns("y ~ x + offset(log(z)) + (1 | g)").offset == ("z",)
+    # arithmetic as R reads it (formulaic's '*' would be an interaction), and an offset given twice refused
+    np.testing.assert_allclose(build_design("y ~ x", df, offset="z * 2").offset, 2 * small.z, rtol=1e-14)
+    np.testing.assert_allclose(build_design("y ~ x + offset(log(z) - 1)", df).offset, np.log(small.z) - 1)
+    with pytest.raises(FormulaError, match=r"offset\(log\(z\)\) is given twice"):
+        build_design("y ~ x + offset(log(z)) + offset(log(z))", df)
+    with pytest.raises(DataError, match=r"the offset `g` must be numeric; `g` is a factor"):
+        build_design("y ~ x + offset(g)", df)
+    arr = build_design("y ~ x + offset(log(z))", df, offset=np.ones(40))
+    with pytest.raises(DataError, match=r"pass predict\(..., offset=...\), the whole offset: its terms "
+                                        r"offset\(log\(z\)\) included"):
+        arr.spec.offset_for(new)
     import mglm_core as mg
     model = mg.BayesMixedGLM.from_formula("y ~ x + offset(log(z)) + (1 | g)", data=df, family="poisson")
     params = np.r_[0.3, 0.0, np.zeros(model.k_vcp + model.k_vc)]

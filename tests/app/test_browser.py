@@ -502,8 +502,8 @@ def test_phone_screen_shows_the_results_and_scrolls_to_the_controls(chromium, se
 
 def test_a_link_opens_its_model_and_the_address_follows_the_model(chromium, server):
     """A link's query sets the demo data set, the formula, the family, the method and the tab; the address bar
-    then follows the model (here the method), so a reload opens the same model again; uploaded data have no
-    link."""
+    then follows the model (here the method), replaced in the history rather than pushed, so a reload opens the
+    same model again."""
     from urllib.parse import parse_qs, urlencode, urlparse
 
     import mglm_core as mg
@@ -524,9 +524,11 @@ def test_a_link_opens_its_model_and_the_address_follows_the_model(chromium, serv
         dens = wait_sources(pg, ["sd", "density", "component"], lambda s: len(s["sd"]) == len(want))
         assert any(np.allclose(d["sd"], want, rtol=1e-5) for d in dens)
 
+        entries = pg.evaluate("history.length")
         pg.locator(".bk-input-group", has_text="Method").locator("select").first.select_option(
             label="Variational Bayes (VB)")
         pg.wait_for_function("() => new URLSearchParams(location.search).get('method') === 'vb'", timeout=30_000)
+        assert pg.evaluate("history.length") == entries  # (replaced: Back does not show another model's address)
         got = parse_qs(urlparse(pg.url).query)
         assert got["formula"] == [formula] and got["data"] == ["grouseticks"] and got["tab"] == ["variance-components"]
 

@@ -63,6 +63,8 @@ def test_a_demo_unchanged_makes_a_short_link_and_other_data_none():
     ({"data": "cbpp", "family": "gaussian"}, "The link's `family` must be one of binomial, poisson; got 'gaussian'"),
     ({"data": "cbpp", "vcp_p": "1e9"}, "The link's `vcp_p` must be a number from 0.05 to 5; got '1e9'"),
     ({"data": "cbpp", "categorical": "size"}, "The link's `categorical` must be a JSON list of column names"),
+    ({"data": "cbpp", "categorical": "[" * 1000 + "]" * 1000},
+     "The link's `categorical` must be a JSON list of column names"),
     ({"data": "cbpp", "formula": "y ~ " + "x + " * 600}, "The link's `formula` is 2404 characters long"),
 ])
 def test_a_bad_link_opens_the_rest_and_says_what_was_left_out(query, note):
@@ -75,3 +77,14 @@ def test_a_links_formula_is_never_evaluated_and_shows_its_error():
     d = Dashboard(query={"data": "cbpp", "formula": "incidence ~ __import__('os').system('x') + (1 | herd)"})
     assert d.state.spec.use_formula and "Formula not accepted" in d.state.errors["formula"]
     assert d.state.fit.result is None
+
+
+def test_a_typed_formula_the_sidebar_cannot_say_leaves_the_sidebar_as_it_was():
+    """The sidebar shows a link's formula where it builds it; else the formula is typed and the sidebar keeps the
+    data set's own choices (it was set to the formula's columns: unticking the typed formula then fitted
+    ``incidence ~ size + period + (1 | herd) + (0 + size | herd)``, another model)."""
+    text = "incidence ~ period + offset(log(size)) + (0 + log(size) | herd) + (1 | herd)"
+    d = Dashboard(query={"data": "cbpp", "formula": text, "family": "poisson"})
+    spec = d.state.spec
+    assert spec.use_formula and spec.formula() == text and spec.trials == "(none)"
+    assert spec.built_formula() == "incidence ~ period + (1 | herd)"

@@ -1035,3 +1035,32 @@ def test_a_typed_formula_with_a_transformed_random_slope_is_fitted(cbpp_state):
     assert "formula" not in cbpp_state.errors
     assert cbpp_state.fit_now()
     assert list(cbpp_state.fit.result.vcp_names) == ["herd", "herd:log(size)"]
+
+
+def test_an_offset_typed_and_chosen_under_offset_is_refused_rather_than_doubled(cbpp_state):
+    spec = cbpp_state.spec
+    spec.param.update(family="poisson")
+    spec.param.update(offset="log(size)")
+    spec.param.update(formula_text="incidence ~ period + offset(log(size)) + (1 | herd)")
+    assert not cbpp_state.fit_now()
+    assert "has its own offset(...) and 'log(size)' is chosen under Offset" in cbpp_state.errors["formula"]
+    spec.offset = "(none)"
+    assert cbpp_state.fit_now() and "formula" not in cbpp_state.errors
+
+
+def test_an_offset_of_the_response_is_not_called_a_predictor(cbpp_state):
+    cbpp_state.spec.param.update(family="poisson")
+    cbpp_state.spec.param.update(formula_text="incidence ~ period + offset(log(size + 1)) + (1 | herd)")
+    assert cbpp_state.fit_now(), cbpp_state.errors
+
+
+def test_a_column_named_like_a_logarithm_is_read_as_itself():
+    df = pd.DataFrame({"y": [1, 0, 3, 2, 5, 1, 0, 2], "expo": [1.0, 2, 3, 4, 5, 6, 7, 8],
+                       "log(expo)": [10.0] * 8, "g": list("aabbccdd")})
+    st = AppState()
+    st.load_frame(df, "d.csv", fit=False)
+    offsets = st.spec.param.offset.objects
+    assert offsets.count("log(expo)") == 1 and "log(`log(expo)`)" in offsets
+    st.spec.param.update(response="y", family="poisson", groups=["g"], offset="log(expo)")
+    assert st.fit_now(), st.errors
+    np.testing.assert_allclose(st.fit.result.model.offset, 10.0)
