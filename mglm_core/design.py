@@ -80,6 +80,7 @@ functions.
 
 from __future__ import annotations
 
+import itertools
 import keyword
 import re
 import threading
@@ -262,7 +263,7 @@ def _check_tokens(
                     continue
                 if ok and call is not None and call.text == "(" and name == "np" and attr.text in NUMPY_FUNCTIONS:
                     unshadowed(tok)
-                    stack.append(["call", tok, 0])
+                    stack.append(["call", attr, 0])  # (named by its function: "log() takes one argument")
                     i += 4
                     continue
                 raise FormulaError(
@@ -378,6 +379,10 @@ def _check_tokens(
             elif t == ",":
                 if not inside("C", "contrast", "list", "call", "basis"):
                     raise _err("',' is only allowed between function arguments", formula, tok)
+                if inside("call") and stack[-1][1].text != "cbind":  # (numpy's second argument is its output)
+                    name = stack[-1][1].text
+                    hint = " (for other bases: log2(x), log10(x), or I(log(x) / log(b)))" if name == "log" else ""
+                    raise _err(f"{name}() takes one argument{hint}", formula, tok)
                 stack[-1][2] += 1
             elif t == "=":
                 raise _err("'=' is only allowed as C(x, levels=[...]) or bs(x, df=3)", formula, tok)
@@ -1925,6 +1930,12 @@ def build_design(
                                    "effects twice.", formula)
             same[key] = t.name
     blocks = [t.matrix(df) for t in terms]
+    for i, j in itertools.combinations(range(n_bar_terms), 2):  # (log(w) and I(log(w)), a slope I(w**0) and 1)
+        a, b = terms[i], terms[j]
+        if (a.group is not None and set(a.factors) == set(b.factors) and blocks[i].shape == blocks[j].shape
+                and (blocks[i] != blocks[j]).nnz == 0):
+            raise FormulaError(f"random-effect terms must differ; got {a.name!r} and {b.name!r}, whose columns are "
+                               "equal (the same effects twice).", formula)
     n = len(df)
     exog_vc = (
         sp.hstack(blocks, format="csr", dtype=np.float64)

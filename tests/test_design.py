@@ -214,6 +214,10 @@ def test_transform_slopes_match_their_columns(small):
     ("y ~ (0 + bs(x, df=3) | g)", FormulaError, r"one-column transforms \(I\(x\), log\(x\).*bs\(\) gives several"),
     ("y ~ (0 + C(h) | g)", FormulaError, r"C\(\) makes a factor: for an effect of each of its levels"),
     ("y ~ (0 + log(x) * 2 | g)", FormulaError, r"a random slope must be one column or one transform.*got '\*'"),
+    ("y ~ (0 + log(z) + I(log(z)) | g)", FormulaError, r"terms must differ; got 'g:log\(z\)' and 'g:I\(log\(z\)\)', "
+                                                      r"whose columns are equal"),
+    ("y ~ (1 + I(z**0) || g)", FormulaError, r"terms must differ; got 'g' and 'g:I\(z\*\*0\)'"),
+    ("y ~ (0 + log(z, 2) | g)", FormulaError, r"log\(\) takes one argument \(for other bases: log2\(x\)"),
     ("y ~ (0 + h | g)", DataError, r"slope `h` must be a numeric column.*write \(1 \| g:h\)"),
     ("y ~ (0 + log(x - 10) | g)", DataError, (r"slope `log\(x - 10\)` of the random-effect term `g:log\(x - 10\)` "
                                               r"must be finite; got 40 non-finite")),
