@@ -5,6 +5,8 @@ library and the API contract is absorbed in this file only.
 """
 from __future__ import annotations
 
+import re
+
 import time
 from dataclasses import dataclass, field
 
@@ -138,7 +140,18 @@ class ModelEvidence:
 def model_label(formula: str, offset: str | None) -> str:
     """A model as the dashboard names it: the formula, with the offset where there is one (models that differ
     only by it read alike without)."""
+    if offset and not re.fullmatch(r"log\(.*\)", offset):  # (a column: in backticks where no identifier)
+        offset = quote_column(offset)
     return formula + (f" + offset({offset})" if offset else "")
+
+
+def quote_column(name: str) -> str:
+    """A column name as the formula grammar reads it: bare if it is a plain ASCII identifier that is
+    not a Python keyword or a formula function, else in backticks."""
+    import keyword
+
+    plain = re.fullmatch(r"[A-Za-z_][A-Za-z_0-9]*", name) and not keyword.iskeyword(name)
+    return name if plain and name not in ("C", "I", "np") else f"`{name}`"
 
 
 def outcome_key(outcome: FitOutcome) -> str:

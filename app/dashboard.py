@@ -109,6 +109,9 @@ CSS = """
 #: a pane's classes and the sheet that styles them (each Bokeh model has its own shadow root: a sheet on a
 #: layout, or the page's CSS, does not reach the panes inside it)
 NOTE = dict(css_classes=["mglm-note"], stylesheets=[CSS])
+#: where each kind of message is shown (AppState.errors' keys)
+_CARDS = {"response": "card 2 · Model", "fixed": "card 2 · Model", "groups": "card 2 · Model",
+          "formula": "card 4 · Formula", "teach": "the Teaching tab"}
 STATUS = dict(css_classes=["mglm-status"], stylesheets=[CSS])
 
 
@@ -240,12 +243,18 @@ class Dashboard(pn.viewable.Viewer):
         except Exception as exc:  # (a link must never take the session down: the demo's own model instead)
             st._loading = False
             notes = [f"the link could not be read ({type(exc).__name__}); the data set's own model is shown."]
-        st.fit_now()  # the first screen already shows a result
-        if notes:
-            st._set_error("data", "From the link: " + " ".join(n[0].upper() + n[1:] for n in notes))
+        if not st.fit_now() and st.errors:  # the first screen already shows a result, or says why it cannot
+            st._invalid()
+            if query:
+                where = ", ".join(sorted({_CARDS.get(k, k) for k in st.errors if k not in ("data", "link")}))
+                notes.append(f"its model cannot be fitted as it is: see the message in {where or 'the sidebar'}.")
         self._build()
         tab = (query or {}).get("tab")
         self.tabs.active = next((i for i, t in enumerate(self.tabs) if link.tab_key(t.name) == tab), 0)
+        if tab and link.tab_key(self.tabs[self.tabs.active].name) != tab:
+            notes.append(f"the link's tab {tab!r} is not one of {', '.join(link.tab_key(t.name) for t in self.tabs)}.")
+        if notes:
+            st._set_error("link", "From the link: " + " ".join(n[0].upper() + n[1:] for n in notes))
 
     @staticmethod
     def session_query() -> dict[str, str]:
@@ -258,6 +267,14 @@ class Dashboard(pn.viewable.Viewer):
                 except (UnicodeDecodeError, AttributeError):
                     continue
         return out
+
+    @staticmethod
+    def _share_text(demo: str) -> str:
+        if demo:
+            return ("**Share this model:** the page's address opens it again (data set, model, method and tab): copy "
+                    "it from the address bar, or with the button.")
+        return ("**Links** hold the demo data sets only: this data set is not in the page's address. Share the data "
+                "file and the script below instead.")
 
     def _write_link(self, *_):
         """Keep the page's URL the link to the model shown (:func:`app.link.query_of`); no query for uploaded
@@ -278,8 +295,9 @@ class Dashboard(pn.viewable.Viewer):
         st.data.param.watch(self._write_link, ["demo", "categorical"])
         self.tabs.param.watch(self._write_link, "active")
         pn.state.onload(self._write_link)  # (once the page is up: the browser's address is synced then)
-        self._share_note.visible = bool(st.data.demo)
-        st.data.param.watch(lambda e: setattr(self._share_note, "visible", bool(e.new)), "demo")
+        self._share_note.visible = True
+        self._copy_link.visible = bool(st.data.demo)
+        st.data.param.watch(lambda e: setattr(self._copy_link, "visible", bool(e.new)), "demo")
 
     # ------------------------------------------------------------------ helpers
     def _alert(self, key: str, alert_type: str = "danger") -> pn.pane.Alert:
@@ -325,7 +343,7 @@ class Dashboard(pn.viewable.Viewer):
             self.demo_select,
             pn.pane.Markdown(f"**or upload** a CSV, Parquet or Excel file (at most {MAX_UPLOAD_MB} MB):",
                              margin=(0, 5)),
-            self.file_input, self._alert("data"), data_info, categorical,
+            self.file_input, self._alert("data"), self._alert("link", "warning"), data_info, categorical,
             title="1 · Data", sizing_mode="stretch_width", collapsible=True)
 
         # ---- model
@@ -336,8 +354,9 @@ class Dashboard(pn.viewable.Viewer):
         model_card = pn.Card(
             pn.panel(pn.bind(self._response_widget, st.param.columns_version), sizing_mode="stretch_width"),
             self._family_widget,
-            pn.pane.Markdown("Your typed formula (card 4) is in use, not these choices; changing one of them "
-                             "goes back to them (the typed formula can be restored).", **NOTE, margin=(0, 5),
+            pn.pane.Markdown("Your typed formula (card 4) is in use, not these column choices; changing one of them "
+                             "goes back to them (the typed formula can be restored). Trials and Offset apply to the "
+                             "typed formula too.", **NOTE, margin=(0, 5),
                              visible=spec.param.use_formula),
             pn.panel(pn.bind(self._model_widgets, st.param.columns_version), sizing_mode="stretch_width"),
             title="2 · Model", sizing_mode="stretch_width", collapsible=True)
@@ -476,12 +495,13 @@ class Dashboard(pn.viewable.Viewer):
         results_box = pn.Column(
             pn.pane.Markdown("### Fixed effects"), fe_table, pn.pane.Markdown("### Variance components (SD scale)"),
             vc_table, sizing_mode="stretch_width", margin=0)
-        # (shown once served, for a demo data set: link_to)
-        self._share_note = pn.pane.Markdown(
-            "**Share this model:** the page's address opens it again (data set, model, method and tab); copy it "
-            "from the address bar. Uploaded and simulated data are not part of links.", **NOTE, visible=False)
+        # (shown once served: link_to)
+        self._share_note = pn.pane.Markdown(pn.bind(self._share_text, st.data.param.demo), **NOTE, visible=False)
+        self._copy_link = pn.widgets.Button(label="Copy link to this model", variant="outline", visible=False,
+                                            width=220)
+        self._copy_link.js_on_click(code="navigator.clipboard && navigator.clipboard.writeText(window.location.href)")
         export_box = pn.Column(
-            pn.pane.Markdown("### Export"), self._share_note, downloads, html_downloads,
+            pn.pane.Markdown("### Export"), self._share_note, self._copy_link, downloads, html_downloads,
             pn.pane.Markdown("### Reproduce this fit in Python"), code,
             pn.widgets.FileDownload(callback=self._py, filename="refit_mglm.py", label="Download script",
                                     variant="outline"), sizing_mode="stretch_width", margin=0)
@@ -657,7 +677,10 @@ class Dashboard(pn.viewable.Viewer):
             cw(pn.widgets.MultiChoice, spec, "groups", label="Grouping factors (random intercepts)", **w),
             cw(pn.widgets.MultiChoice, spec, "slopes", label="Random slopes (numeric)", **w),
             self._alerts["groups"],
-            cw(pn.widgets.Select, spec, "offset", **w),
+            cw(pn.widgets.Select, spec, "offset", label="Offset (added to the linear predictor)",
+               description="For rates per unit of exposure (time at risk, area, population), choose the "
+                           "logarithm of the exposure, log(column). A column chosen as it is enters unchanged.",
+               **w),
             sizing_mode="stretch_width", margin=0)
 
     def _replaced_note(self, replaced: str):
@@ -721,7 +744,7 @@ class Dashboard(pn.viewable.Viewer):
 
     def _mode_note(self, status, auto, *_):
         if self.state.errors:  # (an invalid model has no size to speak of)
-            return "Fix the model first (see the messages above)."
+            return "Fix the model first (see the messages in the sidebar)."
         size = problem_size(self.state.spec, self.state.data)
         if self.state.is_live():
             return (f"Model size {size:,} (rows × random-effect terms, plus the dense block of several factors): "

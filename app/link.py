@@ -22,6 +22,8 @@ import json
 import re
 from collections.abc import Mapping
 
+import numpy as np
+
 from app import adapter
 from app.data import DEMOS
 from app.state import NONE, AppState, _compact
@@ -74,7 +76,8 @@ def apply_query(state: AppState, args: Mapping[str, str]) -> list[str]:
             notes.append(f"the link's `{key}` is {len(value)} characters long (at most {VALUE_MAX}); left out.")
             del args[key]
     if args.get("data") and demo_of(args) is None:
-        notes.append(f"the link's data set {args['data']!r} is not a demo data set ({', '.join(DEMOS)}).")
+        notes.append(f"the link's data set {args['data']!r} is not a demo data set ({', '.join(DEMOS)}); the first "
+                     "demo data set is shown instead, with its own model.")
         return notes
     spec, data = state.spec, state.data
     state._loading = True
@@ -96,13 +99,26 @@ def apply_query(state: AppState, args: Mapping[str, str]) -> list[str]:
             if key not in args:
                 continue
             value = args[key]
+            if key in ("fe_p", "vcp_p"):  # (as the slider: a number out of range is brought to its bound)
+                lo, hi = spec.param[key].bounds
+                try:
+                    number = float(value)
+                    if not np.isfinite(number):
+                        raise ValueError
+                except ValueError:
+                    notes.append(f"the link's `{key}` must be a number from {lo:g} to {hi:g}; got {value!r} (left at "
+                                 f"{getattr(spec, key):g}).")
+                    continue
+                if not lo <= number <= hi:
+                    notes.append(f"the link's `{key}` must be from {lo:g} to {hi:g}; got {number:g}, so it is "
+                                 f"{min(max(number, lo), hi):g}.")
+                spec.param.update(**{key: min(max(number, lo), hi)})
+                continue
             try:
-                spec.param.update(**{key: float(value) if key in ("fe_p", "vcp_p") else value})
+                spec.param.update(**{key: value})
             except ValueError:
-                bounds = spec.param[key].bounds if key in ("fe_p", "vcp_p") else None
-                what = (f"a number from {bounds[0]:g} to {bounds[1]:g}" if bounds
-                        else "one of " + ", ".join(map(str, _choices(spec, key))))
-                notes.append(f"the link's `{key}` must be {what}; got {value!r} (left at {getattr(spec, key)!r}).")
+                notes.append(f"the link's `{key}` must be one of {_choices(spec, key)}; got {value!r} (left at "
+                             f"{_choices(spec, key, getattr(spec, key))}).")
         if spec.family == "poisson" and "trials" not in args:
             spec.trials = NONE  # (as choosing the Poisson family in the Model card does)
         if "formula" in args:
@@ -113,9 +129,11 @@ def apply_query(state: AppState, args: Mapping[str, str]) -> list[str]:
     return notes
 
 
-def _choices(spec, key: str) -> list:
-    objects = spec.param[key].objects
-    return list(objects.values() if isinstance(objects, dict) else objects)
+def _choices(spec, key: str, value=None) -> str:
+    """A parameter's choices as the sidebar names them (the method's labels with the link's names), or ``value``'s."""
+    labels = getattr(spec.param[key], "names", None) or {}  # ({label: value} where the choices were a dict)
+    named = {v: repr(v) for v in spec.param[key].objects} | {v: f"{v} ({label})" for label, v in labels.items()}
+    return named.get(value, repr(value)) if value is not None else ", ".join(named.values())
 
 
 def _set_formula(spec, data, text: str) -> None:

@@ -110,14 +110,7 @@ class DataState(param.Parameterized):
                               version=self.version + 1, note=str(df.attrs.get("note", "")), demo=demo)
 
 
-def quote_column(name: str) -> str:
-    """A column name as the formula grammar reads it: bare if it is a plain ASCII identifier that is
-    not a Python keyword or a formula function, else in backticks."""
-    import keyword
-    import re
-
-    plain = re.fullmatch(r"[A-Za-z_][A-Za-z_0-9]*", name) and not keyword.iskeyword(name)
-    return name if plain and name not in ("C", "I", "np") else f"`{name}`"
+quote_column = adapter.quote_column  # (the sidebar's formulas and offsets quote names as the grammar reads them)
 
 
 def offset_column(choice: str, columns=()) -> str:
@@ -434,9 +427,11 @@ def validate(spec: ModelSpec, data: DataState) -> dict[str, str]:
             errors["formula"] = " ".join(about)
     typed_offsets = adapter.offset_columns(formula) if spec.use_formula else []
     if spec.offset != NONE and typed_offsets:  # (both would be added: a doubled exposure, without a word)
-        errors["formula"] = (f"The typed formula has its own offset(...) and {spec.offset!r} is chosen under Offset "
-                             "in the Model card: the two would add up. Set Offset to (none), or take offset(...) "
-                             "out of the formula.")
+        errors["formula"] = errors["fixed"] = (
+            f"The typed formula has its own offset(...) and {spec.offset!r} is chosen under Offset in the Model card: "
+            "the two would add up. Set Offset to (none), or take offset(...) out of the formula.")
+    elif spec.offset != NONE and offset == response:
+        errors["fixed"] = f"The offset {spec.offset!r} is the response's column: choose another column under Offset."
     elif spec.offset != NONE and offset not in numeric:  # (chosen in the Model card, typed formula or not)
         errors["fixed"] = f"Offset {spec.offset!r} must be numeric."
     elif spec.offset != NONE and offset != spec.offset and not data.all_positive(offset):
@@ -564,6 +559,37 @@ def _groups_also_fixed(res) -> list[str]:
             and any(n.startswith((f"{g}[", f"C({g})[")) for n in fe)]
 
 
+def _raw_exposure_notes(outcome) -> list[tuple[bool, str]]:
+    """``(strong, note)`` for each offset column that enters as it is (the Offset choice, or a typed formula's
+    ``offset(column)``) and is all positive: an exposure rather than its logarithm, unless its name says log. Strong
+    where its values look like one (whole numbers from 1, or spanning a factor of 3 up to 5 or more: a logarithm
+    would rarely be all positive and so spread); else a gentler word (person-years of 0.5 to 5)."""
+    request, out = outcome.request, []
+    design = getattr(outcome.result.model, "design", None)
+    typed = [t.strip("`") for t in getattr(getattr(design, "spec", None), "offset_terms", ())
+             if t.strip("`") in request.data.columns]
+    for off in dict.fromkeys(([request.offset] if request.offset else []) + typed):
+        if off not in request.data.columns or re.search(r"log|ln", off, re.IGNORECASE):
+            continue
+        v = request.data[off].to_numpy(dtype=float)
+        if not (v.size and np.all(v > 0)):
+            continue
+        where = (f"choose its logarithm, log({quote_column(off)}), under Offset" if off == request.offset
+                 else f"write offset(log({quote_column(off)})) in the formula")
+        whole = np.all(v >= 1) and np.all(v == np.round(v))
+        strong = bool(v.max() >= 5 and (whole or v.max() >= 3.0 * v.min()))
+        if strong:
+            kind = "whole numbers" if whole else "all positive"
+            out.append((True, f"The offset {off!r} enters the linear predictor as it is, and its values ({v.min():g} "
+                              f"to {v.max():g}, {kind}) look like an exposure itself: for rates per unit of it, "
+                              f"{where}."))
+        else:
+            out.append((False, f"The offset {off!r} enters the linear predictor as it is (values {v.min():.3g} to "
+                               f"{v.max():.3g}). If it is an exposure (time, area, population) rather than its "
+                               f"logarithm, {where}: a rate per unit of exposure needs the logarithm."))
+    return out
+
+
 def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
     """Plain-words warnings for a fit: library warnings, convergence, dropped rows, degenerate SDs, separation."""
     if outcome is None:
@@ -591,20 +617,9 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
         # how narrow, says it with numbers)
         out.append("Variational Bayes (mean field) gives good means but posterior SDs that are too narrow, the "
                    "fixed effects' often several times: for intervals, choose the Integrated Laplace method.")
-    off = outcome.request.offset
-    raw_exposure = False
-    if off and off in outcome.request.data.columns:
-        v = outcome.request.data[off].to_numpy(dtype=float)
-        # whole numbers from 1 (counts of days), or positive values spanning a factor of 3 up to 5 or more
-        # (person-time with decimals): an exposure; its logarithm would rarely be all positive and so spread
-        whole = np.all(v >= 1) and np.all(v == np.round(v))
-        spread = np.all(v > 0) and v.max() >= 3.0 * v.min()
-        if v.size and v.max() >= 5 and (whole or spread):
-            kind = "whole numbers" if whole else "all positive"
-            raw_exposure = True
-            out.append(f"The offset {off!r} enters the linear predictor as it is, and its values ({v.min():g} to "
-                       f"{v.max():g}, {kind}) look like an exposure itself: for rates per unit of it, "
-                       f"choose its logarithm, log({quote_column(off)}), under Offset.")
+    out_exposure = _raw_exposure_notes(outcome)
+    raw_exposure = any(strong for strong, _ in out_exposure)
+    out += [text for _, text in out_exposure]
     levels = getattr(outcome.request, "response_levels", None)
     if levels is not None:
         out.append(f"The response is text with two levels: {str(levels[1])!r} counts as a success (1), "
@@ -902,7 +917,7 @@ class AppState(param.Parameterized):
         """Validate; on success the cleaned data and spec, frozen. On failure, errors are set and None returned."""
         errors = validate(self.spec, self.data)
         # a failed upload or simulation stays visible until the next successful load
-        self.errors = {**{k: v for k, v in self.errors.items() if k in ("data", "teach")}, **errors}
+        self.errors = {**{k: v for k, v in self.errors.items() if k in ("data", "teach", "link")}, **errors}
         if errors:
             return None
         df, n_dropped, rows = prepare_data(self.spec, self.data)

@@ -194,8 +194,16 @@ def _unknown_column(formula: str, tok: _Token, columns: Sequence[str]) -> Formul
     )
 
 
-def _allowed_functions() -> str:
-    return "; allowed functions are: " + ", ".join(FORMULA_FUNCTIONS + tuple(f"np.{f}" for f in NUMPY_FUNCTIONS))
+def _allowed_functions(name: str = "") -> str:
+    """The functions a formula may call (with lme4's ``offset`` term, and ``cbind`` on the left), led by the
+    nearest to a misspelled ``name``."""
+    import difflib
+
+    known = FORMULA_FUNCTIONS + ("offset", "cbind")
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.7) if name else []
+    return ((f"; did you mean {near[0]}()?" if near else "") + "; allowed functions are: "
+            + ", ".join(FORMULA_FUNCTIONS + tuple(f"np.{f}" for f in NUMPY_FUNCTIONS))
+            + ", and offset(...) as a term of the right-hand side (cbind(...) on the left)")
 
 
 def _check_tokens(
@@ -297,7 +305,7 @@ def _check_tokens(
                     raise _err("offset(...) must be a term of the formula's right-hand side, outside any bracket",
                                formula, tok, " (y ~ x + offset(log(exposure)) + (1 | g))")
                 else:
-                    raise _err(f"function {name!r} is not allowed", formula, tok, _allowed_functions())
+                    raise _err(f"function {name!r} is not allowed", formula, tok, _allowed_functions(name))
                 i += 2
                 continue
             if after is not None and after.text == "=":
@@ -1896,8 +1904,11 @@ def build_design(
         v = _one_column(offset_specs[-1], df)
         if not np.all(np.isfinite(v)):
             i = int(np.flatnonzero(~np.isfinite(v))[0])
-            raise DataError(f"the offset `{text}` must be finite; got {v[i]:g} at row {int(np.flatnonzero(~bad)[i])} "
-                            f"({int((~np.isfinite(v)).sum())} row(s) in all).")
+            domain = (" (log and sqrt need values above 0, and log of 0 is -inf)"
+                      if any(f in text for f in ("log", "sqrt")) else "")
+            raise DataError(f"the offset `{text}` must be finite in every row; got {int((~np.isfinite(v)).sum())} rows "
+                            f"where it is not, the first at row {int(np.flatnonzero(~bad)[i])} of the data (counted "
+                            f"from 0){domain}.")
         offset_arr = v if offset_arr is None else offset_arr + v
 
     # --- random effects: formula terms first, then vc_formulas
@@ -1918,7 +1929,8 @@ def build_design(
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise FormulaError(
-            f"variance component names must be unique; got {dup[0]!r} more than once.",
+            f"variance component names must be unique; got {dup[0]!r} more than once (a random-effect term written "
+            "twice, or a vc_formulas key that a formula term also makes).",
             formula,
         )
     same = {}

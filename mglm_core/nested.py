@@ -135,7 +135,7 @@ from .newton import newton_ascent
 from .objectives import LOG_2PI, LogJoint
 from .progress import Progress
 from .quadrature import IndependentEffects, NestedMarginal
-from .results import BayesMixedGLMResults, FitDiagnostics, VcpGrid
+from .results import BayesMixedGLMResults, FitDiagnostics, VcpGrid, split_normal
 
 __all__ = ["fit_laplace"]
 
@@ -312,7 +312,13 @@ class _Conditional:
         """The :class:`~mglm_core.quadrature.NestedMarginal` of the model (None without a component
         with one effect per row); built on first use, only for the fits that switch to it."""
         ie = self.independent
-        return None if ie is None else NestedMarginal.build(self.model, ie)
+        if ie is None:
+            return None
+        nested = NestedMarginal.build(self.model, ie)
+        # the integrated effects' skewness for their intervals, where the grid's mixture of the random effects is
+        # likely kept (VC_MIXTURE_MAX: grids have up to a few tens of points)
+        nested.skew = self.model.k_vc * 20 <= VC_MIXTURE_MAX
+        return nested
 
     def conditional_shift(self, vcp):
         """The largest distance, in conditional SDs, of a separated effect's exact conditional mean
@@ -1517,7 +1523,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             if opt is None:
                 continue
             mom = cond.nested.moments(th, opt)
-            fe_m, fe_cov, vc_m, vc_v, dmu_dfe, dmu_dD = mom
+            fe_m, fe_cov, vc_m, vc_v, dmu_dfe, dmu_dD, vc_k = mom
             d_shift, fe_shift = cond.outer_shift(th) or (d_shift, fe_shift)
             vc_m = vc_m.copy()
             vc_m[cond.nested.ie.cols] += dmu_dfe @ fe_shift + (dmu_dD @ d_shift if dmu_dD is not None else 0.0)
@@ -1527,7 +1533,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
                 vc_v = vc_v.copy()  # (the effects' variances carry the fixed effects' through dmu_dfe)
                 vc_v[cond.nested.ie.cols] += np.einsum("ij,ij->i", dmu_dfe @ (widened - fe_cov), dmu_dfe)
                 fe_cov = widened
-            out[t_] = (logp, fe_m + fe_shift, fe_cov, vc_m, vc_v)
+            out[t_] = (logp, fe_m + fe_shift, fe_cov, vc_m, vc_v, vc_k)
             continue
         if nr.factor is None:
             continue
@@ -1548,7 +1554,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             u, b = u + du, b + db
             vc_var_t = np.maximum(vc_var_t + dvar, 0.5 * vc_var_t)
             fe_cov = fe_cov + dcov
-        out[t_] = (logp, b, fe_cov if fe_factor is None else _widened(fe_cov, fe_factor), u, vc_var_t)
+        out[t_] = (logp, b, fe_cov if fe_factor is None else _widened(fe_cov, fe_factor), u, vc_var_t, None)
     # points not solved (beyond the region's edge, their log density extrapolated): the moments of
     # the nearest solved point, the random and fixed effects moved along its mode's first-order change
     solved_used = np.array(list(out), dtype=int)
@@ -1556,12 +1562,12 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         if solved_used.size == 0:
             break
         near = int(solved_used[np.argmin(np.sum((zs[solved_used] - zs[t_]) ** 2, axis=1))])
-        _, b, fe_cov, u, vc_var_t = out[near]
+        _, b, fe_cov, u, vc_var_t, vc_k = out[near]
         entry = cond._entry(thetas[near]) if fe_shift is None else None  # (a point solved: cached, or solved again)
         if entry is not None and entry[2] is not None:
             d = thetas[t_] - thetas[near]
             u, b = u + entry[2] @ d, b + entry[3] @ d
-        out[t_] = (logd[t_], b, fe_cov, u, vc_var_t)
+        out[t_] = (logd[t_], b, fe_cov, u, vc_var_t, vc_k)
     used = sorted(out)
     if not used:
         raise FitError(
@@ -1571,6 +1577,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             "boundary (complete separation). Use fit_map() or fit_vb(), a smaller vcp_p, or fewer random effects.")
     logps = [out[t_][0] for t_ in used]
     fe_m, fe_c, vc_m, vc_v = ([out[t_][j] for t_ in used] for j in (1, 2, 3, 4))
+    vc_k = ([np.zeros(q) if out[t_][5] is None else out[t_][5] for t_ in used]
+            if any(out[t_][5] is not None and np.any(out[t_][5]) for t_ in used) else None)
     thetas = thetas[used]
     if split is None:
         logw = np.array(logps)
@@ -1634,7 +1642,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
                **({} if split is not None else
                   {"fe_mixture": _grid_mixture(w, fe_m, np.einsum("tii->ti", fe_c), fe_mean, lattice_var)}),
                **({} if split is not None or w.size * q > VC_MIXTURE_MAX else
-                  {"vc_mixture": _grid_mixture(w, vc_m, vc_v, vc_mean, lattice_var)})},
+                  {"vc_mixture": _grid_mixture(w, vc_m, vc_v, vc_mean, lattice_var)
+                   + (() if vc_k is None else (np.array(vc_k),))})},
     )
 
 
@@ -1642,7 +1651,8 @@ def _grid_mixture(w, means, variances, mean, lattice_var):
     r"""A posterior as the grid's mixture ``(weights, means, SDs)`` (points x parameters), for its quantiles
     (:func:`~mglm_core.results.mixture_quantiles`): each point's conditional Gaussian, its mean moved from the
     mixture's mean ``mean`` by :math:`1/\sqrt{\text{lattice factor}}` (the mixture's variance is then the one
-    reported, which corrects the regular grid's between-point variance)."""
+    reported, which corrects the regular grid's between-point variance). The random effects' may carry a fourth
+    part, the points' third central moments (the exactly integrated effects': split normals instead)."""
     return w, mean + (means - mean) / np.sqrt(lattice_var), np.sqrt(np.maximum(variances, 0.0))
 
 
@@ -1734,25 +1744,9 @@ def _lattice_factors(h, terms=3):
 
 
 def _split_normal_by_moments(mean, var, third):
-    r"""``(mode, s_minus, s_plus)`` of the split normal with the given mean, variance and third
-    central moment (skewness clipped to the family's range, :math:`|\gamma| < 0.99`): with
-    :math:`d = s_+ - s_-`, mean :math:`= \mathrm{mode} + \sqrt{2/\pi}\, d`, variance
-    :math:`(1 - 2/\pi) d^2 + s_- s_+`, third moment :math:`\sqrt{2/\pi}\, d\,((4/\pi - 1) d^2 + s_- s_+)`."""
-    def moments(r):  # s_minus = 1, s_plus = r
-        d = r - 1.0
-        v = (1.0 - 2.0 / np.pi) * d**2 + r
-        return v, np.sqrt(2.0 / np.pi) * d * ((4.0 / np.pi - 1.0) * d**2 + r) / v**1.5
-
-    gamma = third / var**1.5 if var > 0 else 0.0
-    lo, hi = 1.0 / 8.0, 8.0
-    gamma = float(np.clip(gamma, moments(lo)[1], moments(hi)[1]))
-    for _ in range(60):  # skewness increases with r
-        mid = np.sqrt(lo * hi)
-        lo, hi = (mid, hi) if moments(mid)[1] < gamma else (lo, mid)
-    r = np.sqrt(lo * hi)
-    scale = np.sqrt(var / moments(r)[0])
-    s_minus, s_plus = scale, r * scale
-    return mean - np.sqrt(2.0 / np.pi) * (s_plus - s_minus), s_minus, s_plus
+    """``(mode, s_minus, s_plus)`` of the split normal with the given mean, variance and third central moment
+    (:func:`~mglm_core.results.split_normal`, for one)."""
+    return tuple(float(a) for a in split_normal(mean, var, third))
 
 
 def _marginal_grid(thetas, w, root, k, var=None, n=201):

@@ -92,7 +92,8 @@ _MODE_STEP = 1e-4
 #: the points solved by Newton.
 _ESTIMATE_BELOW = 1e-5
 #: The tilted moments of the optima (:meth:`NestedMarginal._tilted`: rows x d covariances and the effects'
-#: means and variances) are kept with them while all those kept hold at most this many numbers, 160 MB (beyond,
+#: means and variances, with ``skew`` a second rows x d array and the third moments) are kept with them while all
+#: those kept hold at most this many numbers, 160 MB (beyond,
 #: :meth:`NestedMarginal.moments` evaluates the rule again): a grid of 268 points of 2e4 rows, or 9 points of a
 #: million rows, whose moments then cost no evaluation of the rule (one was 0.26 s there, 15 % of such a fit).
 TILTED_KEEP_MAX = 2e7
@@ -1325,6 +1326,9 @@ class NestedMarginal:
         #: Keep the tilted moments of each optimum (:meth:`_tilted`) with it, for :meth:`moments` (the
         #: integration points'; fit_laplace sets it for the grid): no second evaluation of the rule.
         self.keep_tilted = False
+        #: Whether the tilted moments carry what the effects' third central moments need (their intervals:
+        #: ``kappa`` and ``c2`` of :meth:`_tilted`, a second rows x d array); set by the fit
+        self.skew = False
         self._tilted_kept = 0  # how many numbers the kept tilted moments hold (_tilted_if_kept)
         self._stash = None  # (vcp, rule, u_D, fe, U, pi, S, W, eta, S - E s) of the last evaluation with the Hessian
         self._inner_family = None  # family_at's last ObservationMarginal
@@ -1500,7 +1504,8 @@ class NestedMarginal:
     def moments(self, vcp, optimum=None):
         r"""Posterior moments given the log-SDs ``vcp`` at the optimum of :meth:`log_marginal` there
         (``optimum``, its :attr:`last`; by default the last one):
-        ``(fe_mean, fe_cov, vc_mean, vc_var, dmu_dfe, dmu_dD)``.
+        ``(fe_mean, fe_cov, vc_mean, vc_var, dmu_dfe, dmu_dD, vc_third)``, the last the third central moments of
+        the exactly integrated effects given :math:`\hat a` (0 for the others: Gaussian).
 
         The fixed effects and the other components :math:`a = (u_D, fe)`: the mode
         :math:`\hat a` and :math:`H^{-1}` (:math:`H = -\nabla^2 F(\hat a)`). The effects of P:
@@ -1525,39 +1530,57 @@ class NestedMarginal:
             nodes = self._nodes(uD, fe, ie.precision(vcp), self.rule_at(vcp), self.family_at(vcp))
             U, _, _, pi, S, _, _ = nodes
             tilted = self._tilted(U, pi, S - ie.effect_rows.weighted(S, pi)[:, None])
-        mu, tau, c = tilted
+        mu, tau, c, kappa, c2 = tilted
         Gc_template, order, g_map, g_template, g_pairs = self._moment_layout
-        Gc = copy.copy(Gc_template)  # (the fixed patterns with new values: no sparse products or format checks)
-        Gc.data = np.ravel(c)[order]
         vc_mean = np.empty(model.k_vc)
         vc_var = np.empty(model.k_vc)
         if self.dense:
             nD = self.D.size
             cov = F.border_inverse()  # of (u_D, fe)
-            g = np.asarray(Gc @ self._layout_rows[2])  # (u_D, fe) columns in one product
-            vc_mean[ie.cols], vc_var[ie.cols] = mu, tau + np.einsum("ij,ij->i", g @ cov, g)
-            vc_mean[self.D], vc_var[self.D] = uD, np.diag(cov)[:nD]
-            return fe.copy(), cov[nD:, nD:], vc_mean, vc_var, g[:, nD:], g[:, :nD]
-        g_f = np.asarray(Gc @ self.Xp)
-        fe_cov = F.border_inverse()
-        quad = np.zeros(mu.size)
-        g_D = None
-        if self.D.size:
-            g_D = copy.copy(g_template)
-            g_D.data = g_map @ np.ravel(c)
-            quad += self._quad_sparse(F.A, g_D, g_pairs)
-            r = (g_D @ F.AinvB if F.m else 0.0) - g_f
         else:
-            r = -g_f
-        if F.m:
-            quad += np.einsum("ij,ij->i", r @ fe_cov, r)
+            fe_cov = F.border_inverse()
+
+        def carried(cv):
+            r"""For the rows' covariances ``cv`` (:math:`c_i`: the derivatives of the effects' means in the rows'
+            linear predictors), :math:`g_j^\top \mathrm{Cov}(a)\, g_j`, :math:`g_j = \sum_{i \in j} cv_i (z_{Di},
+            x_i)`, and g's parts (fe; u_D)."""
+            Gc = copy.copy(Gc_template)  # (the fixed patterns with new values: no sparse products or format checks)
+            Gc.data = np.ravel(cv)[order]
+            if self.dense:
+                g = np.asarray(Gc @ self._layout_rows[2])  # (u_D, fe) columns in one product
+                return np.einsum("ij,ij->i", g @ cov, g), g[:, nD:], g[:, :nD]
+            g_f = np.asarray(Gc @ self.Xp)
+            quad = np.zeros(mu.size)
+            g_D = None
+            if self.D.size:
+                g_D = copy.copy(g_template)
+                g_D.data = g_map @ np.ravel(cv)
+                quad += self._quad_sparse(F.A, g_D, g_pairs)
+                r = (g_D @ F.AinvB if F.m else 0.0) - g_f
+            else:
+                r = -g_f
+            if F.m:
+                quad += np.einsum("ij,ij->i", r @ fe_cov, r)
+            return quad, g_f, g_D
+
+        quad, g_f, g_D = carried(c)
+        # the third central moments: the conditional ones given a, plus 3 Cov(mu_j(a), tau_j(a)) through a's
+        # uncertainty, g_j' Cov(a) g2_j by polarisation (an all-ones group: its effect's mean falls and its variance
+        # grows as the Intercept rises, which takes back part of the conditional skewness)
+        vc_third = np.zeros(model.k_vc)
+        if kappa is not None:
+            cross = 0.25 * (carried(c + c2)[0] - carried(c - c2)[0])
+            vc_third[ie.cols] = kappa + 3.0 * cross
         vc_mean[ie.cols], vc_var[ie.cols] = mu, tau + quad
+        if self.dense:
+            vc_mean[self.D], vc_var[self.D] = uD, np.diag(cov)[:nD]
+            return fe.copy(), cov[nD:, nD:], vc_mean, vc_var, g_f, g_D, vc_third
         if self.D.size:
             vc_mean[self.D], vc_var[self.D] = uD, F.sparse_diag_inverse()
         if self.inner is not None:
             cols = self._inner_cols
             vc_mean[cols], vc_var[cols] = self._inner_moments(vcp, uD, fe, fe_cov, nodes)
-        return fe.copy(), fe_cov, vc_mean, vc_var, g_f, g_D
+        return fe.copy(), fe_cov, vc_mean, vc_var, g_f, g_D, vc_third
 
     def _inner_moments(self, vcp, uD, fe, fe_cov, nodes=None):
         r"""Means and variances of the observation-level effects (one per row of P, :attr:`inner`) at the
@@ -1649,16 +1672,24 @@ class NestedMarginal:
 
     def _tilted(self, U, pi, dev):
         r"""The tilted moments of the effects of P at one evaluation of the rule (``U``, ``pi`` and
-        ``dev`` the rows' :math:`s_{ik} - \mathrm{E}_j s_i`): ``(mu, tau, c)``, the means and variances
-        :math:`\mu_j`, :math:`\tau_j` (effects, or effects * d in ``ie.cols``' order for blocks) and
+        ``dev`` the rows' :math:`s_{ik} - \mathrm{E}_j s_i`): ``(mu, tau, c, kappa, c2)``, the means and variances
+        :math:`\mu_j`, :math:`\tau_j` (effects, or effects * d in ``ie.cols``' order for blocks),
         :math:`c_i = \mathrm{Cov}_j(u, s_i)` (rows, rows x d for blocks), whence
-        :math:`\partial\mu_j/\partial a = \sum_{i \in j} c_i\,(z_{Di}, x_i)` (:meth:`moments`)."""
+        :math:`\partial\mu_j/\partial a = \sum_{i \in j} c_i\,(z_{Di}, x_i)` (:meth:`moments`), the third
+        central moments :math:`\kappa_j = \sum_k \pi_{jk} (u_{jk} - \mu_j)^3` and
+        :math:`c2_i = \mathrm{Cov}_j((u - \mu_j)^2, s_i)`, whence :math:`\partial\tau_j/\partial a` (the last two
+        None for blocks, and without :attr:`skew`)."""
         ie = self.ie
         if isinstance(U, _BlockNodes):  # (the block rule's nodes by their parts: moments without them)
-            return U.tilted(pi, dev)
+            return (*U.tilted(pi, dev), None, None)
         mu = np.einsum("jk,jk->j", pi, U)
-        tau = np.maximum(np.einsum("jk,jk->j", pi, U**2) - mu**2, 0.0)
-        return mu, tau, ie.effect_rows.weighted(dev, pi * (U - mu[:, None]))
+        centred = U - mu[:, None]
+        tau = np.maximum(np.einsum("jk,jk->j", pi, centred**2), 0.0)
+        c = ie.effect_rows.weighted(dev, pi * centred)
+        if not self.skew:
+            return mu, tau, c, None, None
+        kappa = np.einsum("jk,jk->j", pi, centred**3)
+        return mu, tau, c, kappa, ie.effect_rows.weighted(dev, pi * centred**2)
 
     @staticmethod
     def _quad_sparse(A, g, pairs):
@@ -1929,7 +1960,7 @@ class NestedMarginal:
     def _tilted_if_kept(self, stash):
         """The tilted moments of the evaluation ``stash`` (:meth:`_evaluation_at`'s; None: not made there) where
         :attr:`keep_tilted` and :data:`TILTED_KEEP_MAX` allow them to be kept with the optimum, else None."""
-        size = self.ie.rows.size * self.ie.d + 2 * self.ie.m * self.ie.d
+        size = (1 + self.skew) * self.ie.rows.size * self.ie.d + (2 + self.skew) * self.ie.m * self.ie.d
         if stash is None or not self.keep_tilted or self._tilted_kept + size > TILTED_KEEP_MAX:
             return None
         self._tilted_kept += size

@@ -650,8 +650,13 @@ def test_offset_terms_as_lme4_writes_them(small):
     new = pd.DataFrame({"x": [0.0, 1.0], "z": [1.0, np.e], "g": ["a", "b"]})
     np.testing.assert_allclose(d.spec.offset_for(new), [0.0, 1.0], atol=1e-15)
     np.testing.assert_allclose(d.spec.offset_for(new, offset=3.0), [3.0, 3.0])  # (given: the whole offset)
-    with pytest.raises(DataError, match=r"the offset `log\(x\)` must be finite; got nan at row"):
+    with pytest.raises(DataError, match=r"the offset `log\(x\)` must be finite in every row; got \d+ rows where "
+                                        r"it is not, the first at row \d+ of the data \(counted from 0\) \(log and "
+                                        r"sqrt need values above 0"):
         build_design("y ~ offset(log(x))", small)
+    with pytest.raises(FormulaError, match=r"function 'ofset' is not allowed at position 8; did you "
+                                           r"mean offset\(\)\?; allowed functions are: C, I.*and offset\(...\)"):
+        build_design("y ~ x + ofset(log(z))", small)
     with pytest.raises(DataError, match=r"the offset `C\(g\)` must be numeric; `g` is a factor"):
         build_design("y ~ x + offset(C(g))", small)
     with pytest.raises(FormulaError, match=r"the offset `bs\(x, df=3\)` must give one numeric column; got 3"):

@@ -60,8 +60,11 @@ def test_a_demo_unchanged_makes_a_short_link_and_other_data_none():
 
 @pytest.mark.parametrize("query, note", [
     ({"data": "nosuch"}, "The link's data set 'nosuch' is not a demo data set (cbpp,"),
-    ({"data": "cbpp", "family": "gaussian"}, "The link's `family` must be one of binomial, poisson; got 'gaussian'"),
-    ({"data": "cbpp", "vcp_p": "1e9"}, "The link's `vcp_p` must be a number from 0.05 to 5; got '1e9'"),
+    ({"data": "cbpp", "family": "gaussian"}, "The link's `family` must be one of 'binomial', 'poisson'; got 'gaussian'"),
+    ({"data": "cbpp", "vcp_p": "1e9"}, "The link's `vcp_p` must be from 0.05 to 5; got 1e+09, so it is 5."),
+    ({"data": "cbpp", "fe_p": "nan"}, "The link's `fe_p` must be a number from 0.1 to 10; got 'nan' (left at 2)."),
+    ({"data": "cbpp", "method": "mcmc"}, "The link's `method` must be one of map (Laplace at the mode (MAP)), vb ("),
+    ({"data": "cbpp", "tab": "nope"}, "The link's tab 'nope' is not one of fixed-effects, variance-components"),
     ({"data": "cbpp", "categorical": "size"}, "The link's `categorical` must be a JSON list of column names"),
     ({"data": "cbpp", "categorical": "[" * 1000 + "]" * 1000},
      "The link's `categorical` must be a JSON list of column names"),
@@ -69,7 +72,7 @@ def test_a_demo_unchanged_makes_a_short_link_and_other_data_none():
 ])
 def test_a_bad_link_opens_the_rest_and_says_what_was_left_out(query, note):
     d = Dashboard(query=query)
-    assert note in d.state.errors["data"]
+    assert note in d.state.errors["link"]
     assert d.state.fit.status == "done"  # (the demo's own model where the link's could not be read)
 
 
@@ -88,3 +91,11 @@ def test_a_typed_formula_the_sidebar_cannot_say_leaves_the_sidebar_as_it_was():
     spec = d.state.spec
     assert spec.use_formula and spec.formula() == text and spec.trials == "(none)"
     assert spec.built_formula() == "incidence ~ period + (1 | herd)"
+
+
+def test_a_link_whose_model_cannot_be_fitted_says_so_on_the_first_screen():
+    d = Dashboard(query={"data": "grouseticks", "family": "poisson", "formula": "TICKS ~ YEER + (1 | BROOD)"})
+    st = d.state
+    assert st.fit.status == "error" and "cannot be fitted" in st.fit.message
+    assert "Its model cannot be fitted as it is: see the message in card 4 · Formula." in st.errors["link"]
+    assert "unknown column 'YEER'" in st.errors["formula"]

@@ -1064,3 +1064,48 @@ def test_a_column_named_like_a_logarithm_is_read_as_itself():
     st.spec.param.update(response="y", family="poisson", groups=["g"], offset="log(expo)")
     assert st.fit_now(), st.errors
     np.testing.assert_allclose(st.fit.result.model.offset, 10.0)
+
+
+def _rate_data(years):
+    rng = np.random.default_rng(4)
+    g = np.repeat(np.arange(20), 6)
+    x = rng.normal(size=g.size)
+    y = rng.poisson(years * np.exp(0.5 + 0.3 * x + rng.normal(0, 0.3, 20)[g]))
+    return pd.DataFrame({"y": y, "years": years, "x": x, "clinic": [f"c{k}" for k in g]})
+
+
+@pytest.mark.parametrize("typed", [False, True])
+def test_a_raw_exposure_offset_is_pointed_out_whichever_way_it_was_chosen(typed):
+    """Person-years of 0.5 to 5 entered as they are (the Offset choice, or a typed offset(years)) get a word that
+    their logarithm is what rates need, in the place they were chosen; log(years) gets none."""
+    years = np.random.default_rng(3).uniform(0.5, 4.9, 120)
+    st = AppState()
+    st.load_frame(_rate_data(years), "rates.csv", fit=False)
+    st.spec.param.update(response="y", family="poisson", groups=["clinic"], fixed_numeric=["x"])
+    if typed:
+        st.spec.formula_text = "y ~ x + offset(years) + (1 | clinic)"
+    else:
+        st.spec.offset = "years"
+    assert st.fit_now(), st.errors
+    where = "write offset(log(years)) in the formula" if typed else "choose its logarithm, log(years), under Offset"
+    notes = [w for w in st.fit.warnings if "enters the linear predictor as it is" in w]
+    assert len(notes) == 1 and "If it is an exposure" in notes[0] and where in notes[0], st.fit.warnings
+    if typed:
+        st.spec.formula_text = "y ~ x + offset(log(years)) + (1 | clinic)"
+    else:
+        st.spec.offset = "log(years)"
+    assert st.fit_now()
+    assert not any("enters the linear predictor as it is" in w for w in st.fit.warnings)
+    assert st.fit.result.fe_mean[0] == pytest.approx(0.5, abs=0.2)
+
+
+def test_the_response_is_no_offset_and_two_offsets_are_refused_under_both_cards(cbpp_state):
+    spec = cbpp_state.spec
+    spec.param.update(family="poisson")
+    spec.offset = "incidence"
+    assert not cbpp_state.fit_now()
+    assert "is the response's column" in cbpp_state.errors["fixed"]
+    spec.offset = "log(size)"
+    spec.formula_text = "incidence ~ period + offset(log(size)) + (1 | herd)"
+    assert not cbpp_state.fit_now()
+    assert cbpp_state.errors["fixed"] == cbpp_state.errors["formula"] and "would add up" in cbpp_state.errors["fixed"]
