@@ -447,7 +447,12 @@ class Dashboard(pn.viewable.Viewer):
         # the results' tables: every column fitted to the width, headers wrapped (fitted to their data, the last
         # columns were cut off in a narrow window)
         fitted_kw = {**table_kw, "layout": "fit_columns", "titles": _TITLES,
-                     "configuration": {"columnDefaults": {"headerWordWrap": True}}}
+                     "configuration": {"columnDefaults": {"headerWordWrap": True}},
+                     # (an empty trailing column, 1 px in the header and 10 px in the rows, pushed the rows 9 px past
+                     # the frame: the last column's edge was cut, behind a horizontal scroll bar)
+                     "stylesheets": [".tabulator-row .tabulator-cell:not([tabulator-field]):last-child, "
+                                     ".tabulator-header .tabulator-col:not([tabulator-field]):last-child "
+                                     "{ display: none; }"]}
         fe_table = pn.widgets.Tabulator(pn.bind(self._fe_df, outcome, view.param.exp_scale),
                                         formatters=self._fmt(), widths={"term": "24%"}, **fitted_kw)
         vc_table = pn.widgets.Tabulator(pn.bind(self._vc_df, outcome), formatters=self._fmt(),

@@ -446,7 +446,7 @@ def test_compare_methods_and_exports(page, tmp_path, monkeypatch):
 
 def test_models_fitted_in_the_session_are_compared_by_their_marginal_likelihood(page):
     """A formula typed in the sidebar refits; the Summary tab then lists both models, best first, with the
-    library's log p(y) of each."""
+    library's log p(y) of each; its tables fit their frames."""
     import warnings
 
     import mglm_core as mg
@@ -473,6 +473,14 @@ def test_models_fitted_in_the_session_are_compared_by_their_marginal_likelihood(
     assert names == ["incidence ~ period + (1 | herd)", "incidence ~ (1 | herd) (shown)"]
     for i, name in enumerate(names):
         assert float(cell(i, "log p(y)")) == pytest.approx(expected[name.removesuffix(" (shown)")], abs=1e-3)
+    # every results table fits its frame: no column cut behind a horizontal scroll bar
+    widths = page.evaluate("""() => { const out = [];
+      const walk = (root) => { for (const el of root.querySelectorAll('*')) {
+        if (el.classList && el.classList.contains('tabulator-tableholder') && el.offsetParent)
+          out.push([el.scrollWidth, el.clientWidth]);
+        if (el.shadowRoot) walk(el.shadowRoot); } };
+      walk(document); return out; }""")
+    assert len(widths) >= 3 and all(scroll <= client for scroll, client in widths), widths
     assert page.console_errors == []
 
 
