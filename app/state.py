@@ -559,6 +559,29 @@ def _groups_also_fixed(res) -> list[str]:
             and any(n.startswith((f"{g}[", f"C({g})[")) for n in fe)]
 
 
+#: the library's advice in the dashboard's words (its methods are chosen in the sidebar)
+_DASHBOARD_WORDS = (
+    ("Use fit_laplace() (the integrated method)", "Choose the Integrated Laplace method"),
+    ("Use fit_laplace() for intervals", "Choose the Integrated Laplace method for intervals"),
+    ("use fit_laplace()", "choose the Integrated Laplace method"),
+    ("Use fit_map() or fit_vb(), which solve", "Choose the Laplace (MAP) or VB method, which solve"),
+    ("Use fit_map() or fit_vb()", "Choose the Laplace (MAP) or VB method"),
+    ("use fit_map() or fit_vb()", "choose the Laplace (MAP) or VB method"),
+    ("fit_laplace needs", "Integrated Laplace needs"),
+    ("fit_laplace could not", "Integrated Laplace could not"),
+    ("The response (endog)", "The response"),  # (statsmodels' name, not the dashboard's)
+    ("fit_map's and fit_vb's", "the MAP and VB methods'"),
+    ("(fit_laplace integrates", "(Integrated Laplace integrates"),
+)
+
+
+def in_dashboard_words(text: str) -> str:
+    """A library message with its advice in the dashboard's words (methods, not function calls)."""
+    for old, new in _DASHBOARD_WORDS:
+        text = text.replace(old, new)
+    return text
+
+
 def _raw_exposure_notes(outcome) -> list[tuple[bool, str]]:
     """``(strong, note)`` for each offset column that enters as it is (the Offset choice, or a typed formula's
     ``offset(column)``) and is all positive: an exposure rather than its logarithm, unless its name says log. Strong
@@ -601,13 +624,7 @@ def diagnostics(outcome, n_dropped: int, family: str) -> list[str]:
                    "(try the other method or stronger priors).")
     lib_text = " ".join(outcome.warnings).lower()
     for w in outcome.warnings:
-        # the library's advice in the dashboard's words (its methods are chosen in the sidebar)
-        w = w.replace("Use fit_laplace() (the integrated method)", "Choose the Integrated Laplace method").replace(
-            "Use fit_laplace() for intervals", "Choose the Integrated Laplace method for intervals")
-        w = w.replace("Use fit_map() or fit_vb()", "Choose the Laplace (MAP) or VB method")
-        w = w.replace("The response (endog)", "The response")  # (statsmodels' name, not the dashboard's)
-        w = w.replace("fit_map's and fit_vb's", "the MAP and VB methods'").replace(
-            "(fit_laplace integrates", "(Integrated Laplace integrates")
+        w = in_dashboard_words(w)
         if w not in out:
             out.append(w)
     if n_dropped:
@@ -1065,7 +1082,7 @@ class AppState(param.Parameterized):
 
     def _fit_failed(self, exc: Exception) -> None:
         if isinstance(exc, adapter.MglmError):
-            msg = f"The model could not be fitted: {exc}"
+            msg = f"The model could not be fitted: {in_dashboard_words(str(exc))}"
         else:
             msg = (f"The model could not be fitted ({type(exc).__name__}: {exc}). "
                    "Check the chosen columns; the previous result is still shown.")

@@ -1109,3 +1109,17 @@ def test_the_response_is_no_offset_and_two_offsets_are_refused_under_both_cards(
     spec.formula_text = "incidence ~ period + offset(log(size)) + (1 | herd)"
     assert not cbpp_state.fit_now()
     assert cbpp_state.errors["fixed"] == cbpp_state.errors["formula"] and "would add up" in cbpp_state.errors["fixed"]
+
+
+def test_a_failed_fit_gives_the_librarys_advice_in_the_dashboards_words(cbpp_state, monkeypatch):
+    from mglm_core.errors import FitError
+
+    def fail(request, progress=None):
+        raise FitError("fit_laplace needs the exact log-determinant ... Use fit_map() or fit_vb(), which solve it by "
+                       "conjugate gradients.")
+
+    monkeypatch.setattr(adapter, "fit", fail)
+    cbpp_state.spec.vcp_p = 1.5
+    assert not cbpp_state.fit_now()
+    assert cbpp_state.fit.error == ("The model could not be fitted: Integrated Laplace needs the exact log-determinant "
+                                    "... Choose the Laplace (MAP) or VB method, which solve it by conjugate gradients.")
