@@ -8,8 +8,10 @@ session (``app/main.py``) and a notebook displays it directly::
 """
 from __future__ import annotations
 
+import base64
 import html
 import io
+import json
 import re
 from collections.abc import Mapping
 from urllib.parse import urlencode
@@ -109,6 +111,32 @@ CSS = """
 #: a pane's classes and the sheet that styles them (each Bokeh model has its own shadow root: a sheet on a
 #: layout, or the page's CSS, does not reach the panes inside it)
 NOTE = dict(css_classes=["mglm-note"], stylesheets=[CSS])
+#: The upload input's file, put aside in the browser tab when chosen (kept by _STORE_JS once the server read it);
+#: a file beyond the tab's storage (a few MB) is not kept
+_PENDING_JS = """
+if (source.value) {
+  try {
+    window.sessionStorage.setItem('mglm-upload-pending', JSON.stringify({filename: source.filename, value: source.value}));
+  } catch (e) { window.sessionStorage.removeItem('mglm-upload-pending'); }
+}"""
+#: Signals to the browser tab's store (Dashboard._signal): restore (answered in ``sink``), commit the file put aside,
+#: or clear
+_STORE_JS = """
+const kind = (source.value || '').split(':')[0];
+try {
+  if (kind === 'restore') {
+    const kept = window.sessionStorage.getItem('mglm-upload');
+    sink.value = kept ? kept : 'none:' + source.value;
+  } else if (kind === 'commit') {
+    const pending = window.sessionStorage.getItem('mglm-upload-pending');
+    if (pending) { window.sessionStorage.setItem('mglm-upload', pending); }
+    else { window.sessionStorage.removeItem('mglm-upload'); }
+    window.sessionStorage.removeItem('mglm-upload-pending');
+  } else if (kind === 'clear') {
+    window.sessionStorage.removeItem('mglm-upload');
+  }
+} catch (e) { if (kind === 'restore') { sink.value = 'none:' + source.value; } }
+"""
 #: where each kind of message is shown (AppState.errors' keys)
 _CARDS = {"response": "card 2 · Model", "fixed": "card 2 · Model", "groups": "card 2 · Model",
           "formula": "card 4 · Formula", "teach": "the Teaching tab"}
@@ -238,8 +266,10 @@ class Dashboard(pn.viewable.Viewer):
                 st.spec.formula_text = st.spec.built_formula()
             finally:
                 st._loading = False
+        # a link to an uploaded file: its model is set once the browser tab gives the file back (link_to)
+        self._pending_query = dict(query) if query and query.get("upload") and data is None else None
         try:
-            notes = link.apply_query(st, query) if query and data is None else []
+            notes = link.apply_query(st, query) if query and data is None and not self._pending_query else []
         except Exception as exc:  # (a link must never take the session down: the demo's own model instead)
             st._loading = False
             notes = [f"the link could not be read ({type(exc).__name__}); the data set's own model is shown."]
@@ -269,18 +299,21 @@ class Dashboard(pn.viewable.Viewer):
         return out
 
     @staticmethod
-    def _share_text(demo: str) -> str:
+    def _share_text(demo: str, upload: str) -> str:
         if demo:
             return ("**Share this model:** the page's address opens it again (data set, model, method and tab): copy "
                     "it from the address bar, or with the button.")
-        return ("**Links** hold the demo data sets only: this data set is not in the page's address. Share the data "
-                "file and the script below instead.")
+        if upload:
+            return ("**This model's address** reopens it after a reload in this browser tab, which keeps the uploaded "
+                    "file (up to a few MB). Anyone else needs the file too: share it and the script below.")
+        return ("**Links** hold demo data sets and uploaded files: simulated data are not in the page's address. "
+                "Share the data file and the script below instead.")
 
     def _write_link(self, *_):
         """Keep the page's URL the link to the model shown (:func:`app.link.query_of`); no query for uploaded
         or simulated data. The address is replaced, not pushed (Panel's Location pushes a history entry per change,
         and Back then showed an address of another model than the page's)."""
-        if self._location is None:
+        if self._location is None or self._pending_query:  # (the link's file not given back yet: its address stays)
             return
         active = self.tabs.active
         tab = link.tab_key(self.tabs[active].name) if 0 < active < len(self.tabs) else ""
@@ -292,12 +325,72 @@ class Dashboard(pn.viewable.Viewer):
         self._location = location
         st = self.state
         st.spec.param.watch(self._write_link, list(AppState._SPEC_KEYS))
-        st.data.param.watch(self._write_link, ["demo", "categorical"])
+        st.data.param.watch(self._write_link, ["demo", "upload", "categorical"])
         self.tabs.param.watch(self._write_link, "active")
         pn.state.onload(self._write_link)  # (once the page is up: the browser's address is synced then)
         self._share_note.visible = True
         self._copy_link.visible = bool(st.data.demo)
         st.data.param.watch(lambda e: setattr(self._copy_link, "visible", bool(e.new)), "demo")
+        # the uploaded file kept in the browser tab (sessionStorage) for a reload: stored when chosen, kept once
+        # read (else dropped), given back when the page opens with its link (the browser's side: _build)
+        self._stored.param.watch(self._on_stored, "value")
+        self._seen_version = st.data.version
+        st.param.watch(self._keep_upload, "columns_version")  # (after a load's roles are set: _set_data's end)
+        if self._pending_query:
+            pn.state.onload(lambda: self._signal("restore"))
+
+    def _signal(self, kind: str) -> None:
+        """Ask the browser tab to restore, keep or clear the uploaded file it holds (:data:`_STORE_JS`)."""
+        self._signals = getattr(self, "_signals", 0) + 1
+        self._tab_store.value = f"{kind}:{self._signals}"
+
+    def _keep_upload(self, *_):
+        """New data: the tab keeps a file just read (its link then reopens it), and forgets it for other data; the
+        model of a link to that file (whose tab had lost it) is set once it is uploaded again."""
+        data = self.state.data
+        if data.version == self._seen_version:  # (the same data: a column read another way)
+            return
+        self._seen_version = data.version
+        if not getattr(self, "_restoring", False):  # (a file the tab gave back stays kept as it is)
+            self._signal("commit" if data.upload else "clear")
+        pending = self._pending_query
+        if data.upload and pending and pending.get("upload") == data.upload:
+            self._pending_query = None
+            self._apply_pending(pending)
+
+    def _apply_pending(self, query) -> None:
+        st = self.state
+        try:
+            notes = link.apply_query(st, {k: v for k, v in query.items() if k not in ("data", "upload")})
+        except Exception as exc:  # (a link must never take the session down)
+            st._loading = False
+            notes = [f"the link's model could not be read ({type(exc).__name__})."]
+        if notes:
+            st._set_error("link", "From the link: " + " ".join(n[0].upper() + n[1:] for n in notes))
+        st.request_fit(immediate=True)
+
+    def _on_stored(self, event):
+        """The browser tab's answer to "restore": the file it kept (JSON of its name and base64 content), or
+        ``none:...``."""
+        pending, text = self._pending_query, event.new or ""
+        if not pending or not text:
+            return
+        name = pending["upload"]
+        try:
+            kept = json.loads(text) if not text.startswith("none:") else None
+            content = base64.b64decode(kept["value"]) if kept and kept.get("filename") == name else None
+        except (ValueError, TypeError, KeyError):
+            content = None
+        if content is None:
+            self.state._set_error("link", f"From the link: its data, the uploaded file {name!r}, is not kept in this "
+                                          "browser tab (another tab or browser, or a file of more than a few MB): "
+                                          "upload it again, and the link's model is set for it.")
+            return
+        self._restoring = True
+        try:
+            self.state.load_upload(name, content, fit=False)  # (then _keep_upload sets the link's model and fits)
+        finally:
+            self._restoring = False
 
     # ------------------------------------------------------------------ helpers
     def _alert(self, key: str, alert_type: str = "danger") -> pn.pane.Alert:
@@ -501,7 +594,8 @@ class Dashboard(pn.viewable.Viewer):
             pn.pane.Markdown("### Fixed effects"), fe_table, pn.pane.Markdown("### Variance components (SD scale)"),
             vc_table, sizing_mode="stretch_width", margin=0)
         # (shown once served: link_to)
-        self._share_note = pn.pane.Markdown(pn.bind(self._share_text, st.data.param.demo), **NOTE, visible=False)
+        self._share_note = pn.pane.Markdown(pn.bind(self._share_text, st.data.param.demo, st.data.param.upload),
+                                            **NOTE, visible=False)
         self._copy_link = pn.widgets.Button(label="Copy link to this model", variant="outline", visible=False,
                                             width=220)
         self._copy_link.js_on_click(code="navigator.clipboard && navigator.clipboard.writeText(window.location.href)")
@@ -601,9 +695,15 @@ class Dashboard(pn.viewable.Viewer):
         # the page's address, kept the link to the model shown once served (_write_link): replaced in the browser's
         # history, not pushed
         self._address = pn.widgets.TextInput(visible=False, name="address")
+        # the browser tab's store of an uploaded file (link_to): signals to it, and its answer
+        self._tab_store = pn.widgets.TextInput(visible=False, name="tab store")
+        self._stored = pn.widgets.TextInput(visible=False, name="stored file")
+        # (set before the page is made: callbacks added to a rendered widget do not reach its browser model)
+        self.file_input.jscallback(value=_PENDING_JS)
+        self._tab_store.jscallback(value=_STORE_JS, args={"sink": self._stored})
         self._address.jscallback(value="if (source.value) { window.history.replaceState(null, '', source.value) }")
         self.main = pn.Column(self.header, self.tabs, pn.pane.HTML(TAB_KEYS, width=0, height=0, margin=0),
-                              self._address,
+                              self._address, self._tab_store, self._stored,
                               sizing_mode="stretch_width")
 
     def plots_current(self) -> bool:

@@ -4,7 +4,9 @@ A teacher shares ``/app?data=grouseticks&formula=TICKS+~+YEAR+%2B+(1+%7C+BROOD)&
 opens the same model and tab; a reload keeps them. The query holds
 
 ========== ==========================================================================================
-``data``        a demo data set's name (uploaded and simulated data are not in links: their query is empty)
+``data``        a demo data set's name (simulated data are not in links: their query is empty)
+``upload``      or an uploaded file's name: the browser tab keeps the file (sessionStorage, up to a few MB), and a
+                reload reads it again there; another tab, or another person, is asked to upload it
 ``categorical`` the columns read as categories, a JSON list (only where they differ from the file's reading)
 ``formula``     the model's formula (the sidebar's, or a typed one)
 ``family``      ``binomial`` or ``poisson``; ``trials`` and ``offset`` their columns (or ``(none)``)
@@ -29,7 +31,7 @@ from app.data import DEMOS
 from app.state import NONE, AppState, _compact
 
 #: the query's keys, in the order a link writes them
-KEYS = ("data", "categorical", "formula", "family", "trials", "offset", "method", "fe_p", "vcp_p", "tab")
+KEYS = ("data", "upload", "categorical", "formula", "family", "trials", "offset", "method", "fe_p", "vcp_p", "tab")
 #: the longest value read from a link (a formula of a few hundred characters is long)
 VALUE_MAX = 2000
 
@@ -40,11 +42,15 @@ def tab_key(title: str) -> str:
 
 
 def query_of(state: AppState, tab: str = "") -> dict[str, str]:
-    """The query that opens this session's model again: empty unless the data is a demo data set."""
+    """The query that opens this session's model again: for a demo data set, or an uploaded file (``upload``: its
+    name; the file itself is kept in the browser tab, for a reload there); empty for simulated data."""
     data, spec = state.data, state.spec
-    if not data.demo:
+    if data.demo:
+        query = {"data": data.demo}
+    elif data.upload:
+        query = {"upload": data.upload}
+    else:
         return {}
-    query = {"data": data.demo}
     if sorted(data.categorical) != sorted(data.initial_categorical):
         query["categorical"] = json.dumps(list(data.categorical))
     query["formula"] = spec.formula()

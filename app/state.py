@@ -46,6 +46,8 @@ class DataState(param.Parameterized):
     version = param.Integer(default=0, doc="Incremented at every load; part of the fit cache key.")
     note = param.String(default="", doc="How the file was read, where the user should know (an encoding).")
     demo = param.String(default="", doc="The demo data set's name, when the data is one (app.link's links).")
+    upload = param.String(default="", doc="The uploaded file's name, when the data is one (kept in the browser tab "
+                                          "for a reload: app.link).")
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -99,7 +101,7 @@ class DataState(param.Parameterized):
         numeric = set(self.numeric_columns)
         return [c for c in self.columns if c not in numeric]
 
-    def set_frame(self, df: pd.DataFrame, name: str, source: str = "", demo: str = "") -> None:
+    def set_frame(self, df: pd.DataFrame, name: str, source: str = "", demo: str = "", upload: str = "") -> None:
         like = {str(c): numeric_like(df[c]) for c in df.columns}
         with param.parameterized.batch_call_watchers(self):
             self._derived = (df, {"numeric_like": like})
@@ -107,7 +109,8 @@ class DataState(param.Parameterized):
             self.categorical = [str(c) for c in default_categorical(df) if like[str(c)]]
             self.initial_categorical = list(self.categorical)
             self.param.update(df=df, dataset=name, source=source or name, reader=reader_call(source or name, df),
-                              version=self.version + 1, note=str(df.attrs.get("note", "")), demo=demo)
+                              version=self.version + 1, note=str(df.attrs.get("note", "")), demo=demo,
+                              upload=upload)
 
 
 quote_column = adapter.quote_column  # (the sidebar's formulas and offsets quote names as the grammar reads them)
@@ -741,7 +744,7 @@ class AppState(param.Parameterized):
         except Exception as exc:  # last resort
             self._set_error("data", f"Could not read {filename!r}: {exc}")
             return False
-        self._set_data(df, filename, filename, None, truth=None, fit=fit)
+        self._set_data(df, filename, filename, None, truth=None, fit=fit, upload=filename)
         return True
 
     def load_simulation(self, sim: adapter.Simulated, fit: bool = True) -> None:
@@ -751,11 +754,11 @@ class AppState(param.Parameterized):
         truth = {"fe": sim.truth_fe, "sd": sim.truth_sd, "re": sim.truth_re}
         self._set_data(sim.data, "simulated", "simulated.csv", demo, truth=truth, fit=fit)
 
-    def _set_data(self, df, name, source, demo, truth, fit: bool, demo_name: str = "") -> None:
+    def _set_data(self, df, name, source, demo, truth, fit: bool, demo_name: str = "", upload: str = "") -> None:
         self._loading = True
         self._trials_before = None
         try:
-            self.data.set_frame(df, name, source, demo=demo_name)
+            self.data.set_frame(df, name, source, demo=demo_name, upload=upload)
             self._setting_formula = True
             self.spec.update_columns(self.data, demo)
             self._setting_formula = False

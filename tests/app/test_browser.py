@@ -548,3 +548,52 @@ def test_a_link_opens_its_model_and_the_address_follows_the_model(chromium, serv
         assert "bk-active" in pg.locator(".bk-tab", has_text="Variance components").first.get_attribute("class")
     finally:
         pg.close()
+
+
+def test_a_reload_keeps_an_uploaded_file_and_its_model_and_another_tab_asks_for_the_file(chromium, server, tmp_path):
+    """The browser tab keeps an uploaded file (sessionStorage): a reload reads it again and sets the model of the
+    address (a typed formula, a method); the same address in a new browser context (no file kept) says to upload
+    the file again, and once it is, the link's model is set for it."""
+    from urllib.parse import parse_qs, urlparse
+
+    from app.data import load_demo
+
+    df = load_demo("cbpp_long").drop(columns="obs")
+    df["herd"] = "H" + df["herd"].astype(str)
+    path = tmp_path / "long.csv"
+    df.to_csv(path, index=False)
+    ctx = chromium.new_context(viewport={"width": 1500, "height": 1000})
+    pg = ctx.new_page()
+    try:
+        pg.goto(server)
+        pg.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=60_000)
+        pg.locator(".bk-tab", has_text="Fixed effects").first.wait_for(timeout=60_000)
+        pg.locator("input[type=file]").first.set_input_files(str(path))
+        shown(pg, "fit of y ~ 1 + (1 | herd) (binomial) on 842 rows", timeout=60_000)
+        box = pg.locator("textarea").first
+        box.fill("y ~ period + (1 | herd)")
+        box.press("Tab")
+        shown(pg, "fit of y ~ period + (1 | herd) (binomial) on 842 rows", timeout=60_000)
+        pg.wait_for_function("() => new URLSearchParams(location.search).get('upload') === 'long.csv'",
+                             timeout=30_000)
+        query = parse_qs(urlparse(pg.url).query)
+        assert query["formula"] == ["y ~ period + (1 | herd)"] and "data" not in query
+        address = pg.url
+
+        pg.reload()
+        pg.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=60_000)
+        shown(pg, "fit of y ~ period + (1 | herd) (binomial) on 842 rows", timeout=60_000)
+        pg.get_by_text("long.csv: 842 rows").first.wait_for(timeout=30_000)
+
+        other = chromium.new_page(viewport={"width": 1500, "height": 1000})  # (a new context: nothing kept)
+        try:
+            other.goto(address)
+            other.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=60_000)
+            shown(other, "is not kept in this browser tab", timeout=60_000)
+            assert parse_qs(urlparse(other.url).query)["upload"] == ["long.csv"]  # (the address waits for the file)
+            other.locator("input[type=file]").first.set_input_files(str(path))
+            shown(other, "fit of y ~ period + (1 | herd) (binomial) on 842 rows", timeout=60_000)
+        finally:
+            other.close()
+    finally:
+        ctx.close()

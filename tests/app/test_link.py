@@ -48,12 +48,13 @@ def test_a_column_read_as_categories_round_trips():
     assert list(d.state.fit.result.vcp_names) == ["herd", "size"]
 
 
-def test_a_demo_unchanged_makes_a_short_link_and_other_data_none():
+def test_a_demo_unchanged_makes_a_short_link_an_upload_names_its_file_and_simulated_data_none():
     st = AppState()
     st.load_demo("cbpp", fit=False)
     assert set(link.query_of(st)) == {"data", "formula", "family", "trials", "offset", "method"}
     st.load_upload("mine.csv", b"y,g\n1,a\n0,b\n1,a\n0,b\n", fit=False)
-    assert link.query_of(st) == {}
+    query = link.query_of(st)
+    assert query["upload"] == "mine.csv" and "data" not in query and query["formula"] == "y ~ 1 + (1 | g)"
     st.simulate(fit=False)
     assert link.query_of(st) == {}
 
