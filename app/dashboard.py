@@ -543,9 +543,9 @@ class Dashboard(pn.viewable.Viewer):
                      "configuration": {"columnDefaults": {"headerWordWrap": True}},
                      # (an empty trailing column, 1 px in the header and 10 px in the rows, pushed the rows 9 px past
                      # the frame: the last column's edge was cut, behind a horizontal scroll bar)
-                     "stylesheets": [".tabulator-row .tabulator-cell:not([tabulator-field]):last-child, "
-                                     ".tabulator-header .tabulator-col:not([tabulator-field]):last-child "
-                                     "{ display: none; }"]}
+                     "stylesheets": [(".tabulator-row .tabulator-cell:not([tabulator-field]):last-child, "
+                                      ".tabulator-header .tabulator-col:not([tabulator-field]):last-child "
+                                      "{ display: none; }")]}
         fe_table = pn.widgets.Tabulator(pn.bind(self._fe_df, outcome, view.param.exp_scale),
                                         formatters=self._fmt(), widths={"term": "24%"}, **fitted_kw)
         vc_table = pn.widgets.Tabulator(pn.bind(self._vc_df, outcome), formatters=self._fmt(),

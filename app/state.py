@@ -606,13 +606,13 @@ def _raw_exposure_notes(outcome) -> list[tuple[bool, str]]:
         strong = bool(v.max() >= 5 and (whole or v.max() >= 3.0 * v.min()))
         if strong:
             kind = "whole numbers" if whole else "all positive"
-            out.append((True, f"The offset {off!r} enters the linear predictor as it is, and its values ({v.min():g} "
-                              f"to {v.max():g}, {kind}) look like an exposure itself: for rates per unit of it, "
-                              f"{where}."))
+            out.append((True, (f"The offset {off!r} enters the linear predictor as it is, and its values "
+                               f"({v.min():g} to {v.max():g}, {kind}) look like an exposure itself: for rates per "
+                               f"unit of it, {where}.")))
         else:
-            out.append((False, f"The offset {off!r} enters the linear predictor as it is (values {v.min():.3g} to "
-                               f"{v.max():.3g}). If it is an exposure (time, area, population) rather than its "
-                               f"logarithm, {where}: a rate per unit of exposure needs the logarithm."))
+            out.append((False, (f"The offset {off!r} enters the linear predictor as it is (values {v.min():.3g} to "
+                                f"{v.max():.3g}). If it is an exposure (time, area, population) rather than its "
+                                f"logarithm, {where}: a rate per unit of exposure needs the logarithm.")))
     return out
 
 
