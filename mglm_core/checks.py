@@ -56,6 +56,8 @@ def as_row_vector(x, name, n=None) -> np.ndarray:
 def read_only_copy(x):
     """A read-only copy of an array (other values unchanged): a model's data and a result's arrays, which
     later writes by the caller (or into them) would leave out of step with what was built or fitted from them."""
+    if isinstance(x, tuple):  # (a mixture's parts: weights, means, SDs)
+        return tuple(read_only_copy(v) for v in x)
     if not isinstance(x, np.ndarray):
         return x
     out = np.array(x)

@@ -1455,7 +1455,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
         approximations.add(msg)
 
     if separated:
-        switch(f"The conditional posterior of a {model.vcp_names[cond.independent.component]} effect is far from "
+        switch(f"The conditional posterior of an effect of {model.vcp_names[cond.independent.component]} is far from "
                f"Gaussian (its mean is {cond_shift:.2f} of its SD from the Laplace mean: all of the effect's outcomes "
                "at one boundary, with a large SD)")
     elif spread > _SPREAD_MAX:

@@ -519,9 +519,19 @@ class Summary:
         return [
             f"{m.family.name.capitalize()} Mixed GLM Results ({method})",
             f"n = {m.endog.size}, fixed effects = {m.k_fep}, variance components = {m.k_vcp}, "
-            f"random effects = {m.k_vc}; priors: fe ~ N(0, {m.fe_p:g}^2), vcp ~ N(0, {m.vcp_p:g}^2)",
+            f"random effects = {m.k_vc}; priors: fe ~ N(0, {m.fe_p:g}^2), vcp ~ N(0, {m.vcp_p:g}^2)" + self._offset(),
             f"converged = {d.converged}, iterations = {d.n_iter}, seconds = {d.seconds:.3g}" + self._evidence(),
         ]
+
+    def _offset(self):
+        """The offset, where the model has one: its column and terms for a formula's model."""
+        m = self.res.model
+        if m.offset is None:
+            return ""
+        spec = getattr(getattr(m, "design", None), "spec", None)
+        parts = ([] if spec is None or spec.offset in (None, "array") else [f"`{spec.offset}`"])
+        parts += [f"offset({t})" for t in getattr(spec, "offset_terms", ())]
+        return "; offset: " + (" + ".join(parts) if parts else "given as an array")
 
     def _evidence(self):
         """The log marginal likelihood (integrated Laplace) or the ELBO, its lower bound (VB), for the header."""

@@ -785,3 +785,25 @@ def test_mixture_quantiles_are_a_gaussians_and_a_point_masss():
     # two point masses (SD 0) of weights 0.9 and 0.1: the 2.5 % quantile is the first, the 97.5 % the second
     lower, upper = mixture_quantiles([0.9, 0.1], [[0.0], [10.0]], [[0.0], [0.0]])
     assert lower[0] == pytest.approx(0.0, abs=1e-6) and upper[0] == pytest.approx(10.0, abs=1e-6)
+
+
+def test_summary_names_the_offset_and_the_mixtures_are_read_only():
+    """summary()'s header says where the offset came from (a column and lme4's offset terms); the mixtures kept for
+    the intervals are read-only, as the rest of a result."""
+    import warnings
+
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"expo": rng.uniform(0.5, 5, 120), "x": rng.normal(size=120),
+                       "g": rng.integers(0, 12, 120).astype(str), "w": 0.5})
+    df["y"] = rng.poisson(df.expo)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = mg.BayesMixedGLM.from_formula("y ~ x + offset(log(expo)) + (1 | g)", data=df, family="poisson",
+                                            offset="w").fit_laplace()
+        bare = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g)", data=df, family="poisson").fit_map()
+    assert "; offset: `w` + offset(log(expo))" in str(res.summary())
+    assert "offset" not in str(bare.summary()).split("\n")[2]
+    w, means, sds = res.extra["vc_mixture"][:3]
+    for a in (w, means, sds):
+        with pytest.raises(ValueError, match="read-only"):
+            a[0] = 1.0
