@@ -182,6 +182,10 @@ WIDEN_ROWS_MAX = 50_000
 #: The random effects' mixture over the grid (points x effects, for their intervals' quantiles) is kept up to this
 #: many numbers (its quantiles then take about 0.1 s).
 VC_MIXTURE_MAX = 200_000
+#: The exactly integrated effects' third moments (their intervals' skew, :meth:`NestedMarginal.moments`) are made up
+#: to this many rows: they cost a second rows x nodes product at each point (30 % of a fit of 1e5 Poisson rows in
+#: groups of ten, whose effects' skew is small), and the skewed posteriors they serve are those of few rows
+SKEW_ROWS_MAX = 50_000
 _ALWAYS_GRID = range(2, _GRID_MAX_K + 1)  # the numbers of components whose design is always the grid (_design)
 
 
@@ -316,8 +320,8 @@ class _Conditional:
             return None
         nested = NestedMarginal.build(self.model, ie)
         # the integrated effects' skewness for their intervals, where the grid's mixture of the random effects is
-        # likely kept (VC_MIXTURE_MAX: grids have up to a few tens of points)
-        nested.skew = self.model.k_vc * 20 <= VC_MIXTURE_MAX
+        # likely kept (VC_MIXTURE_MAX: grids have up to a few tens of points), up to SKEW_ROWS_MAX rows
+        nested.skew = self.model.k_vc * 20 <= VC_MIXTURE_MAX and self.model.endog.size <= SKEW_ROWS_MAX
         return nested
 
     def conditional_shift(self, vcp):

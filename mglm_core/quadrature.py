@@ -1540,37 +1540,45 @@ class NestedMarginal:
         else:
             fe_cov = F.border_inverse()
 
-        def carried(cv):
-            r"""For the rows' covariances ``cv`` (:math:`c_i`: the derivatives of the effects' means in the rows'
-            linear predictors), :math:`g_j^\top \mathrm{Cov}(a)\, g_j`, :math:`g_j = \sum_{i \in j} cv_i (z_{Di},
-            x_i)`, and g's parts (fe; u_D)."""
+        def derivatives(cv):
+            r"""For the rows' covariances ``cv`` (:math:`c_i`: the derivatives of a moment of the effects in the
+            rows' linear predictors), :math:`g_j = \sum_{i \in j} cv_i (z_{Di}, x_i)` by its parts: (g, None, None)
+            in the dense layout, else (g_fe, g_D, g_D A^{-1} B - g_fe)."""
             Gc = copy.copy(Gc_template)  # (the fixed patterns with new values: no sparse products or format checks)
             Gc.data = np.ravel(cv)[order]
             if self.dense:
-                g = np.asarray(Gc @ self._layout_rows[2])  # (u_D, fe) columns in one product
-                return np.einsum("ij,ij->i", g @ cov, g), g[:, nD:], g[:, :nD]
+                return np.asarray(Gc @ self._layout_rows[2]), None, None  # (u_D, fe) columns in one product
             g_f = np.asarray(Gc @ self.Xp)
-            quad = np.zeros(mu.size)
             g_D = None
             if self.D.size:
                 g_D = copy.copy(g_template)
                 g_D.data = g_map @ np.ravel(cv)
-                quad += self._quad_sparse(F.A, g_D, g_pairs)
-                r = (g_D @ F.AinvB if F.m else 0.0) - g_f
-            else:
-                r = -g_f
-            if F.m:
-                quad += np.einsum("ij,ij->i", r @ fe_cov, r)
-            return quad, g_f, g_D
+            return g_f, g_D, (g_D @ F.AinvB if self.D.size and F.m else 0.0) - g_f
 
-        quad, g_f, g_D = carried(c)
+        def carried(a, b):
+            r""":math:`g_j^\top \mathrm{Cov}(a)\, h_j` for two :func:`derivatives` (the variance through a's
+            uncertainty, or a covariance of two moments)."""
+            if self.dense:
+                return np.einsum("ij,ij->i", a[0] @ cov, b[0])
+            out = np.zeros(mu.size)
+            if self.D.size:
+                out += self._quad_sparse(F.A, a[1], g_pairs, b[1])
+            if F.m:
+                out += np.einsum("ij,ij->i", a[2] @ fe_cov, b[2])
+            return out
+
+        first = derivatives(c)
+        quad = carried(first, first)
+        if self.dense:
+            g_f, g_D = first[0][:, nD:], first[0][:, :nD]
+        else:
+            g_f, g_D = first[0], first[1]
         # the third central moments: the conditional ones given a, plus 3 Cov(mu_j(a), tau_j(a)) through a's
-        # uncertainty, g_j' Cov(a) g2_j by polarisation (an all-ones group: its effect's mean falls and its variance
-        # grows as the Intercept rises, which takes back part of the conditional skewness)
+        # uncertainty, g_j' Cov(a) g2_j (an all-ones group: its effect's mean falls and its variance grows as the
+        # Intercept rises, which takes back part of the conditional skewness)
         vc_third = np.zeros(model.k_vc)
         if kappa is not None:
-            cross = 0.25 * (carried(c + c2)[0] - carried(c - c2)[0])
-            vc_third[ie.cols] = kappa + 3.0 * cross
+            vc_third[ie.cols] = kappa + 3.0 * carried(first, derivatives(c2))
         vc_mean[ie.cols], vc_var[ie.cols] = mu, tau + quad
         if self.dense:
             vc_mean[self.D], vc_var[self.D] = uD, np.diag(cov)[:nD]
@@ -1692,21 +1700,23 @@ class NestedMarginal:
         return mu, tau, c, kappa, ie.effect_rows.weighted(dev, pi * centred**2)
 
     @staticmethod
-    def _quad_sparse(A, g, pairs):
-        r""":math:`g_j^\top A^{-1} g_j` for the rows of the sparse ``g``: from :math:`A^{-1}` on the pairs
-        of columns that share a row (selected inverse, on A's pattern), else by solves in blocks.
-        ``pairs``: ``(first, second, row, column of first, column of second)`` of g's fixed pattern
-        (:meth:`_moment_layout`), the same arrays at every call (the factor keeps where their entries sit)."""
+    def _quad_sparse(A, g, pairs, h=None):
+        r""":math:`g_j^\top A^{-1} h_j` (``h`` defaults to ``g``) for the rows of the sparse ``g`` and ``h`` (of one
+        pattern): from :math:`A^{-1}` on the pairs of columns that share a row (selected inverse, on A's pattern),
+        else by solves in blocks. ``pairs``: ``(first, second, row, column of first, column of second)`` of the
+        fixed pattern, both orders of every pair (:meth:`_moment_layout`), the same arrays at every call (the
+        factor keeps where their entries sit)."""
+        h = g if h is None else h
         first, second, row, col_first, col_second = pairs
         try:
             sig = A.inverse_on_pattern(col_first, col_second, keep_plan=True)
-            return np.bincount(row, weights=g.data[first] * g.data[second] * sig, minlength=g.shape[0])
+            return np.bincount(row, weights=g.data[first] * h.data[second] * sig, minlength=g.shape[0])
         except ValueError:
             out = np.empty(g.shape[0])
             step = max(1, int(2e6 // max(g.shape[1], 1)))
             for a in range(0, g.shape[0], step):
-                gb = g[a:a + step].toarray()
-                out[a:a + step] = np.einsum("ij,ji->i", gb, A.solve(gb.T))
+                gb, hb = g[a:a + step].toarray(), h[a:a + step].toarray()
+                out[a:a + step] = np.einsum("ij,ji->i", gb, A.solve(hb.T))
             return out
 
     def objective(self, vcp):
