@@ -72,7 +72,8 @@ def demo_of(args: Mapping[str, str]) -> str | None:
 
 
 def apply_query(state: AppState, args: Mapping[str, str]) -> list[str]:
-    """Set the model a link describes on ``state``, whose data is already the link's demo (:func:`demo_of`).
+    """Set the model a link describes on ``state``, whose data is already the link's (its demo, :func:`demo_of`, or
+    its uploaded file, given back by the browser tab: ``app.dashboard``).
 
     Nothing is fitted here. Returns notes on what the link held that could not be used (the rest is applied)."""
     notes = []
