@@ -44,41 +44,39 @@ def is_intercept(term) -> bool:
     return str(term).lower() in ("intercept", "(intercept)")
 
 
-def formula_columns(text: str) -> tuple[list[str], list[str], list[str], list[str]]:
-    """(response columns, fixed-effect columns, grouping factors, random-slope columns) of a formula,
-    parsed by the library's safe grammar; all empty when the text does not parse (:func:`offset_columns`: its
-    offset terms')."""
+def _parsed(text: str):
+    """The library's :class:`~mglm_core.design.FormulaColumns` of a formula (its safe grammar; nothing is
+    evaluated), or None when the text does not parse."""
     from mglm_core.design import formula_columns as _columns
     from mglm_core.errors import FormulaError
 
     try:
-        fc = _columns(text)
+        return _columns(text)
     except FormulaError:
+        return None
+
+
+def formula_columns(text: str) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(response columns, fixed-effect columns, grouping factors, random-slope columns) of a formula,
+    parsed by the library's safe grammar; all empty when the text does not parse (:func:`offset_columns`: its
+    offset terms')."""
+    fc = _parsed(text)
+    if fc is None:
         return [], [], [], []
     return list(fc.response), list(fc.fixed), list(fc.groups), list(fc.slopes)
 
 
 def offset_columns(text: str) -> list[str]:
     """The columns of a formula's ``offset(...)`` terms (empty when the text does not parse)."""
-    from mglm_core.design import formula_columns as _columns
-    from mglm_core.errors import FormulaError
-
-    try:
-        return list(_columns(text).offset)
-    except FormulaError:
-        return []
+    fc = _parsed(text)
+    return [] if fc is None else list(fc.offset)
 
 
 def random_terms(text: str) -> list[tuple[tuple[str, ...], int]]:
     """Each random-effect term's grouping factors and columns per level (intercept and slopes), parsed
     by the library's safe grammar; empty when the text does not parse."""
-    from mglm_core.design import formula_columns as _columns
-    from mglm_core.errors import FormulaError
-
-    try:
-        return list(_columns(text).terms)
-    except FormulaError:
-        return []
+    fc = _parsed(text)
+    return [] if fc is None else list(fc.terms)
 
 
 @dataclass(frozen=True)
@@ -140,9 +138,18 @@ class ModelEvidence:
 def model_label(formula: str, offset: str | None) -> str:
     """A model as the dashboard names it: the formula, with the offset where there is one (models that differ
     only by it read alike without)."""
-    if offset and not re.fullmatch(r"log\(.*\)", offset):  # (a column: in backticks where no identifier)
+    if offset and offset_column(offset) == offset:  # (a column: in backticks where no identifier)
         offset = quote_column(offset)
     return formula + (f" + offset({offset})" if offset else "")
+
+
+def offset_column(choice: str, columns=()) -> str:
+    """The column an Offset choice reads: ``size`` for ``size`` and for ``log(size)`` (``log(`my col`)`` too); a
+    choice that is itself one of ``columns`` (a column named "log(size)") is that column."""
+    if choice not in columns and choice.startswith("log(") and choice.endswith(")"):
+        inner = choice[4:-1]
+        return inner[1:-1] if inner.startswith("`") and inner.endswith("`") else inner
+    return choice
 
 
 def quote_column(name: str) -> str:

@@ -248,12 +248,16 @@ class Dashboard(pn.viewable.Viewer):
     def __init__(self, data: pd.DataFrame | None = None, demo: str = "cbpp", spec: dict | None = None,
                  data_name: str = "data", query: Mapping[str, str] | None = None, **params):
         """``query``: a link's URL query (:mod:`app.link`), read after ``demo`` and ``spec``: its demo data set
-        replaces ``demo``, and its model is set on the sidebar."""
+        replaces ``demo``, and its model is set on the sidebar (for a link to an uploaded file, once the browser tab
+        gives the file back: :meth:`link_to`)."""
         params.setdefault("state", AppState())
         super().__init__(**params)
         self._syncs = {}  # (id(obj), parameter) -> (obj, watcher) keeping the newest column widget in step
         self._uploaded_name = None  # the name of the file whose content was just read (_on_file_name)
         self._location = None  # the page's URL, kept to the model by _write_link once served (servable)
+        self._signals = 0  # signals sent to the browser tab's store of an uploaded file (_signal)
+        self._restoring = False  # (while the file the tab gave back is read: it stays kept as it is)
+        self._kept_comparison = None  # the last model comparison and its inputs (_comparison)
         st = self.state
         if data is not None:
             st.load_frame(data, data_name, fit=False)
@@ -268,11 +272,7 @@ class Dashboard(pn.viewable.Viewer):
                 st._loading = False
         # a link to an uploaded file: its model is set once the browser tab gives the file back (link_to)
         self._pending_query = dict(query) if query and query.get("upload") and data is None else None
-        try:
-            notes = link.apply_query(st, query) if query and data is None and not self._pending_query else []
-        except Exception as exc:  # (a link must never take the session down: the demo's own model instead)
-            st._loading = False
-            notes = [f"the link could not be read ({type(exc).__name__}); the data set's own model is shown."]
+        notes = self._read_link(query) if query and data is None and not self._pending_query else []
         if not st.fit_now() and st.errors:  # the first screen already shows a result, or says why it cannot
             st._invalid()
             if query:
@@ -283,8 +283,20 @@ class Dashboard(pn.viewable.Viewer):
         self.tabs.active = next((i for i, t in enumerate(self.tabs) if link.tab_key(t.name) == tab), 0)
         if tab and link.tab_key(self.tabs[self.tabs.active].name) != tab:
             notes.append(f"the link's tab {tab!r} is not one of {', '.join(link.tab_key(t.name) for t in self.tabs)}.")
+        self._link_notes(notes)
+
+    def _read_link(self, query) -> list[str]:
+        """:func:`app.link.apply_query`'s notes; a link that cannot be read is one more note (a link must never take
+        the session down: the data set's own model stays)."""
+        try:
+            return link.apply_query(self.state, query)
+        except Exception as exc:
+            return [f"the link could not be read ({type(exc).__name__}); the data set's own model is shown."]
+
+    def _link_notes(self, notes) -> None:
+        """Say under the data card what a link held that could not be used."""
         if notes:
-            st._set_error("link", "From the link: " + " ".join(n[0].upper() + n[1:] for n in notes))
+            self.state._set_error("link", "From the link: " + " ".join(n[0].upper() + n[1:] for n in notes))
 
     @staticmethod
     def session_query() -> dict[str, str]:
@@ -310,9 +322,9 @@ class Dashboard(pn.viewable.Viewer):
                 "Share the data file and the script below instead.")
 
     def _write_link(self, *_):
-        """Keep the page's URL the link to the model shown (:func:`app.link.query_of`); no query for uploaded
-        or simulated data. The address is replaced, not pushed (Panel's Location pushes a history entry per change,
-        and Back then showed an address of another model than the page's)."""
+        """Keep the page's URL the link to the model shown (:func:`app.link.query_of`); no query for simulated
+        data. The address is replaced, not pushed (Panel's Location pushes a history entry per change, and Back
+        then showed an address of another model than the page's)."""
         if self._location is None or self._pending_query:  # (the link's file not given back yet: its address stays)
             return
         active = self.tabs.active
@@ -341,7 +353,7 @@ class Dashboard(pn.viewable.Viewer):
 
     def _signal(self, kind: str) -> None:
         """Ask the browser tab to restore, keep or clear the uploaded file it holds (:data:`_STORE_JS`)."""
-        self._signals = getattr(self, "_signals", 0) + 1
+        self._signals += 1
         self._tab_store.value = f"{kind}:{self._signals}"
 
     def _keep_upload(self, *_):
@@ -351,7 +363,7 @@ class Dashboard(pn.viewable.Viewer):
         if data.version == self._seen_version:  # (the same data: a column read another way)
             return
         self._seen_version = data.version
-        if not getattr(self, "_restoring", False):  # (a file the tab gave back stays kept as it is)
+        if not self._restoring:  # (a file the tab gave back stays kept as it is)
             self._signal("commit" if data.upload else "clear")
         pending = self._pending_query
         if data.upload and pending and pending.get("upload") == data.upload:
@@ -359,15 +371,8 @@ class Dashboard(pn.viewable.Viewer):
             self._apply_pending(pending)
 
     def _apply_pending(self, query) -> None:
-        st = self.state
-        try:
-            notes = link.apply_query(st, {k: v for k, v in query.items() if k not in ("data", "upload")})
-        except Exception as exc:  # (a link must never take the session down)
-            st._loading = False
-            notes = [f"the link's model could not be read ({type(exc).__name__})."]
-        if notes:
-            st._set_error("link", "From the link: " + " ".join(n[0].upper() + n[1:] for n in notes))
-        st.request_fit(immediate=True)
+        self._link_notes(self._read_link({k: v for k, v in query.items() if k not in ("data", "upload")}))
+        self.state.request_fit(immediate=True)
 
     def _on_stored(self, event):
         """The browser tab's answer to "restore": the file it kept (JSON of its name and base64 content), or
@@ -382,9 +387,9 @@ class Dashboard(pn.viewable.Viewer):
         except (ValueError, TypeError, KeyError):
             content = None
         if content is None:
-            self.state._set_error("link", f"From the link: its data, the uploaded file {name!r}, is not kept in this "
-                                          "browser tab (another tab or browser, or a file of more than a few MB): "
-                                          "upload it again, and the link's model is set for it.")
+            self._link_notes([(f"its data, the uploaded file {name!r}, is not kept in this browser tab (another tab "
+                               "or browser, or a file of more than a few MB): upload it again, and the link's model is "
+                               "set for it.")])
             return
         self._restoring = True
         try:
@@ -964,7 +969,7 @@ class Dashboard(pn.viewable.Viewer):
         """:func:`app.state.model_comparison`, computed once for the table, its visibility and its note (the last
         inputs and result kept, with the inputs themselves, so that their ids name them)."""
         key = (tuple(map(id, models)), id(outcome))
-        kept = getattr(self, "_kept_comparison", None)
+        kept = self._kept_comparison
         if kept is None or kept[0] != key:
             kept = self._kept_comparison = (key, (list(models), outcome), model_comparison(models, outcome))
         return kept[2]

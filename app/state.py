@@ -114,15 +114,7 @@ class DataState(param.Parameterized):
 
 
 quote_column = adapter.quote_column  # (the sidebar's formulas and offsets quote names as the grammar reads them)
-
-
-def offset_column(choice: str, columns=()) -> str:
-    """The column an Offset choice reads: ``size`` for ``size`` and for ``log(size)`` (``log(`my col`)`` too); a
-    choice that is itself one of ``columns`` (a column named "log(size)") is that column."""
-    if choice not in columns and choice.startswith("log(") and choice.endswith(")"):
-        inner = choice[4:-1]
-        return inner[1:-1] if inner.startswith("`") and inner.endswith("`") else inner
-    return choice
+offset_column = adapter.offset_column
 
 
 def offset_choices(data: DataState) -> list[str]:

@@ -724,6 +724,22 @@ def _split_rhs(formula: str, rhs: list[_Token]) -> tuple[str, list[_BarTerm], li
     keep = [True] * len(rhs)
     bars: list[_BarTerm] = []
     offsets: list[str] = []
+
+    def cut(k: int, j: int, what: str) -> int:
+        """Take the term ``rhs[k..j]`` out of the fixed part, with the '+' that joins it: it must be added by '+',
+        and a fixed term may follow it with '+' or '-' (lme4's ``y ~ x + (1 | g) - 1``). Returns where to go on."""
+        if k > 0 and rhs[k - 1].text != "+":
+            raise _err(f"{what} must be added with '+'", formula, rhs[k - 1])
+        if j + 1 < len(rhs) and rhs[j + 1].text not in ("+", "-"):
+            raise _err(f"{what} must be followed by '+' or '-' and a term", formula, rhs[j + 1])
+        for u in range(k, j + 1):
+            keep[u] = False
+        if k > 0:
+            keep[k - 1] = False
+        elif j + 1 < len(rhs) and rhs[j + 1].text == "+":  # (a '-' stays: "(1 | g) - 1" is "-1")
+            keep[j + 1] = False
+        return j + 1
+
     depth = 0
     k = 0
     while k < len(rhs):
@@ -732,38 +748,15 @@ def _split_rhs(formula: str, rhs: list[_Token]) -> tuple[str, list[_BarTerm], li
             j = _matching(rhs, k + 1)
             if j == k + 2:
                 raise _err("offset() needs the offset's expression, e.g. offset(log(exposure))", formula, t)
-            if k > 0 and rhs[k - 1].text != "+":
-                raise _err("an offset term must be added with '+'", formula, rhs[k - 1])
-            if j + 1 < len(rhs) and rhs[j + 1].text not in ("+", "-"):
-                raise _err("an offset term must be followed by '+' or '-' and a term", formula, rhs[j + 1])
             offsets.append(formula[rhs[k + 2].start : rhs[j - 1].end])
-            for u in range(k, j + 1):
-                keep[u] = False
-            if k > 0:
-                keep[k - 1] = False
-            elif j + 1 < len(rhs) and rhs[j + 1].text == "+":
-                keep[j + 1] = False
-            k = j + 1
+            k = cut(k, j, "an offset term")
             continue
         if t.text == "(" and depth == 0 and (k == 0 or rhs[k - 1].kind != "name"):
             j = _matching(rhs, k)
             inner = rhs[k + 1 : j]
             if any(u.text in ("|", "||") for u in inner):
-                # the term must be added by '+'; a fixed term may follow it with '+' or '-' (lme4's
-                # ``y ~ x + (1 | g) - 1``)
-                if k > 0 and rhs[k - 1].text != "+":
-                    raise _err("a random-effect term must be added with '+'", formula, rhs[k - 1])
-                if j + 1 < len(rhs) and rhs[j + 1].text not in ("+", "-"):
-                    raise _err("a random-effect term must be followed by '+' or '-' and a term", formula,
-                               rhs[j + 1])
+                k = cut(k, j, "a random-effect term")
                 bars.extend(_parse_bar(formula, inner, t))
-                for u in range(k, j + 1):
-                    keep[u] = False
-                if k > 0:
-                    keep[k - 1] = False
-                elif j + 1 < len(rhs) and rhs[j + 1].text == "+":  # (a '-' stays: "(1 | g) - 1" is "-1")
-                    keep[j + 1] = False
-                k = j + 1
                 continue
         if t.text in ("(", "["):
             depth += 1
@@ -1888,18 +1881,15 @@ def build_design(
     # --- offset terms (lme4's offset(log(n)), or an expression given as `offset`), added to an offset column
     offset_specs = []
     for text in offset_texts:
-        _check_numeric_arguments(text, _tokenize(text), df)
-        factors = [c for c in _names(_tokenize(text)) if c in df.columns and _is_categorical_like(df[c])]
+        toks = _tokenize(text)
+        _check_numeric_arguments(text, toks, df)
+        factors = [c for c in _names(toks) if c in df.columns and _is_categorical_like(df[c])]
         if factors:
             raise DataError(f"the offset `{text}` must be numeric; `{factors[0]}` is a factor (values "
                             f"{_shown(_column_levels(df[factors[0]]), 5)}).")
         # (arithmetic at the top, 2 * expo, is R's arithmetic, as lme4 reads an offset; formulaic's "*" is an
         # interaction: evaluated inside I(...))
-        depth, top = 0, False
-        for t in _tokenize(text):
-            depth += t.text == "("
-            depth -= t.text == ")"
-            top |= depth == 0 and t.text in ("+", "-", "*", "/", "**", "^")
+        top = any(not names and t.text in ("+", "-", "*", "/", "**", "^") for t, names, _ in _frames(toks))
         offset_specs.append(_one_column_spec(df, f"I({text})" if top else text, f"the offset `{text}`"))
         v = _one_column(offset_specs[-1], df)
         if not np.all(np.isfinite(v)):

@@ -1747,18 +1747,12 @@ def _lattice_factors(h, terms=3):
         float(np.log1p(2.0 * np.sum(a)))
 
 
-def _split_normal_by_moments(mean, var, third):
-    """``(mode, s_minus, s_plus)`` of the split normal with the given mean, variance and third central moment
-    (:func:`~mglm_core.results.split_normal`, for one)."""
-    return tuple(float(a) for a in split_normal(mean, var, third))
-
-
 def _marginal_grid(thetas, w, root, k, var=None, n=201):
     """Marginal density of each log-SD on a fine grid.
 
     k = 1: the log density at the integration points interpolated by a cubic
     spline in z. k = 2, 3: the split normal with the points' mean, variance (``var``, the grid's
-    corrected for the lattice) and third moment (:func:`_split_normal_by_moments`): the points
+    corrected for the lattice) and third moment (:func:`~mglm_core.results.split_normal`): the points
     project onto an axis too coarsely for a density of their own.
     """
     from scipy.interpolate import CubicSpline
@@ -1776,7 +1770,7 @@ def _marginal_grid(thetas, w, root, k, var=None, n=201):
             v = float(var[j]) if var is not None else float(w @ (x - mean) ** 2)
             # all points on one value of this log-SD (points dropped): a tenth of the curvature's SD
             v = max(v, 0.01 * float(np.sum(root[j] ** 2)))
-            mode, sm, sp_ = _split_normal_by_moments(mean, v, float(w @ (x - mean) ** 3))
+            mode, sm, sp_ = (float(a) for a in split_normal(mean, v, float(w @ (x - mean) ** 3)))
             g = np.linspace(mode - 4.5 * sm, mode + 4.5 * sp_, n)
             d = np.exp(-0.5 * ((g - mode) / np.where(g < mode, sm, sp_)) ** 2)
         area = np.trapezoid(d, g)
