@@ -136,8 +136,9 @@ def newton_ascent(fun, u0, b0, *, tol=1e-10, max_iter=200, max_halvings=40, stop
                     return NewtonResult(u, b, value, float(np.sqrt(gu @ gu + gb @ gb)), False, it, None, log,
                                         message)
         du, db = factor.solve(gu, gb)
-        decrement = float(gu @ du + gb @ db)
-        grad_norm = float(np.sqrt(gu @ gu + gb @ gb))
+        with np.errstate(over="ignore", invalid="ignore"):  # (inf where an extreme SD overflows: not converged)
+            decrement = float(gu @ du + gb @ db)
+            grad_norm = float(np.sqrt(gu @ gu + gb @ gb))
         log.append({"iter": it, "value": value, "grad_norm": grad_norm, "decrement": decrement, "damping": lam})
         if progress is not None:
             progress(it, abs(decrement))

@@ -446,7 +446,8 @@ def test_grid_extrapolates_only_beyond_the_region(k, skew):
         return float(-0.5 * z @ z + cubic(z))
 
     step, drop = _STEP[k], _DROP_K[k]
-    pts = _grid_points(logf, k, step)
+    pts, truncated = _grid_points(logf, k, step)
+    assert not truncated
     n_solved = len(calls)
     zs = np.array(list(pts), dtype=float) * step
     vals = np.array([v for v, _ in pts.values()])
@@ -2053,6 +2054,49 @@ def test_vb_elbo_and_its_gradient_as_statsmodels_names_them(family):
     assert fitted == pytest.approx(res.log_marginal_likelihood, rel=1e-9)
     with pytest.raises(mg.DataError, match="must each have"):
         model.vb_elbo(mean[:-1], sd)
+
+
+@pytest.mark.parametrize("data,vcp_p", [("no group effect", 10.0), ("no group effect", 100.0), ("cbpp", 5.0)])
+def test_a_wide_log_sd_prior_is_integrated_into_its_tail(data, vcp_p):
+    """A wide prior on the log-SD and data that hardly inform a small SD: towards SD 0 the log density levels off
+    into the prior's tail (ten groups of twenty binary rows without a group effect, vcp_p = 10: 4 below the top 25
+    SDs of the mode's curvature away; cbpp's herds, vcp_p = 5: 8 below, over a range of 20 in the log-SD). The
+    grid follows it, and beyond the grid points spaced along the prior's tail (nested._prior_tail) integrate it:
+    the log-SD's mean, SD and 95 % interval match a fine quadrature of the same Laplace density over the log-SD
+    (the interval within 0.2 SDs; the mean had been -5.0 for -9.0 and the SD 1.7 for 5.8 without a group
+    effect, cbpp's SD 0.31 for 0.41), and so does the log marginal likelihood where the second-order correction
+    is negligible. At vcp_p = 100 the density at log-SDs below about -350 (an SD of e^-350) is not representable:
+    those points are left out with a warning (the inner solve had raised a FitError there)."""
+    from mglm_core.nested import _Conditional
+
+    if data == "cbpp":
+        df = load("cbpp")
+        model = mg.BayesMixedGLM.from_formula("cbind(incidence, size - incidence) ~ period + (1 | herd)", data=df,
+                                              vcp_p=vcp_p)
+    else:
+        rng = np.random.default_rng(3)
+        df = pd.DataFrame({"g": np.repeat(np.arange(10), 20).astype(str), "x": rng.normal(size=200)})
+        df["y"] = rng.binomial(1, 0.4, 200)
+        model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g)", data=df, family="binomial", vcp_p=vcp_p)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = model.fit_laplace()
+    cond = _Conditional(model, 1e-10)
+    vs = np.linspace(max(-6 * vcp_p - 5, -340.0), 4.0, 700)
+    lp = np.array([cond(np.array([v]))[0] for v in vs])
+    p = np.exp(lp - lp.max())
+    mean = (p @ vs) / p.sum()
+    sd = np.sqrt((p @ vs**2) / p.sum() - mean**2)
+    quantiles = np.interp([0.025, 0.975], np.cumsum(p) / p.sum(), vs)
+    assert abs(res.vcp_mean[0] - mean) < 0.1 * sd and abs(res.vcp_sd[0] / sd - 1.0) < 0.05
+    np.testing.assert_allclose(res.vcp_table()[["lower", "upper"]].to_numpy(float).ravel(), quantiles, atol=0.2 * sd)
+    if data != "cbpp":  # (cbpp's value carries the second-order correction, 0.09)
+        # (at vcp_p = 100 the grid's step is 15 in the log-SD, its value's error 0.1)
+        log_ml = lp.max() + np.log(p.sum() * (vs[1] - vs[0]))
+        assert res.log_marginal_likelihood == pytest.approx(log_ml, abs=0.02 if vcp_p == 10.0 else 0.1)
+    assert res.converged
+    messages = [str(w.message) for w in caught]
+    assert any("could not be solved" in m_ for m_ in messages) == (vcp_p == 100.0), messages
 
 
 def _brute_force_log_evidence(model, groups):
