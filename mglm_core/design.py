@@ -259,6 +259,13 @@ def _check_tokens(
             if name.startswith("__"):
                 raise _err(f"dunder name {name!r} is not allowed", formula, tok)
             if keyword.iskeyword(name):
+                if name == "as" and after is not None and after.text == "." and nxt(i + 2) is not None:
+                    # (R's as.factor(x), as.numeric(x): no Python keyword meant)
+                    conv = nxt(i + 2).text
+                    raise _err(f"R's as.{conv}() is not a formula function here", formula, tok,
+                               " (R's as.factor(x) is C(x) here)" if conv == "factor" else
+                               " (a numeric column is used as it is)" if conv in ("numeric", "integer", "double")
+                               else _allowed_functions(conv))
                 raise _err(f"keyword {name!r} is not allowed", formula, tok)
             if after is not None and after.text == ".":
                 attr = nxt(i + 2)
@@ -304,6 +311,10 @@ def _check_tokens(
                 elif name == "offset":
                     raise _err("offset(...) must be a term of the formula's right-hand side, outside any bracket",
                                formula, tok, " (y ~ x + offset(log(exposure)) + (1 | g))")
+                elif name in ("factor", "ordered"):
+                    raise _err(f"function {name!r} is not allowed", formula, tok,
+                               " (R's factor(x) is C(x) here: the column's values as the levels of a factor)"
+                               if name == "factor" else " (R's ordered(x) is C(x, Poly) here: polynomial contrasts)")
                 else:
                     raise _err(f"function {name!r} is not allowed", formula, tok, _allowed_functions(name))
                 i += 2
@@ -404,7 +415,9 @@ def _check_tokens(
                         f"{t!r} is only allowed in random-effect terms like (1 | g)", formula, tok
                     )
         elif tok.kind == "number" and inside("basis") and stack[-1][2] >= 1:
-            raise _err(f"{stack[-1][1].text}() takes its options as keywords (df=, degree=)", formula, tok)
+            fn = stack[-1][1].text
+            raise _err(f"{fn}() takes its options as keywords (df=, degree=)", formula, tok,
+                       f" (R's {fn}(x, {tok.text}) is {fn}(x, degree={tok.text}))" if fn == "poly" else "")
         i += 1
     if stack:
         kind, tok = stack[-1][:2]
@@ -481,7 +494,24 @@ def _is_col(tok: _Token | None) -> bool:
     return tok is not None and tok.kind in ("name", "backtick")
 
 
+def _q_columns(tokens: list[_Token]) -> list[_Token]:
+    """``tokens`` with every ``Q('a column')`` as the one backtick token it names (the response, the grouping
+    factors and the slopes read columns by token; the fixed part is formulaic's, which reads Q() itself)."""
+    out, i = [], 0
+    while i < len(tokens):
+        t = tokens[i]
+        if (t.kind == "name" and t.text == "Q" and i + 3 < len(tokens) and tokens[i + 1].text == "("
+                and tokens[i + 2].kind == "string" and tokens[i + 3].text == ")"):
+            out.append(_Token("backtick", f"`{tokens[i + 2].text[1:-1]}`", t.start, tokens[i + 3].end))
+            i += 4
+            continue
+        out.append(t)
+        i += 1
+    return out
+
+
 def _parse_response(formula: str, lhs: list[_Token]) -> _Response:
+    lhs = _q_columns(lhs)
     if not lhs:
         raise FormulaError(f"The formula needs a response column left of '~', e.g. 'y ~ x + (1 | g)'; got {formula!r}.")
     texts = [t.text for t in lhs]
@@ -555,6 +585,7 @@ def _slope_call(expr: list[_Token], k: int) -> int:
 
 
 def _parse_bar(formula: str, inner: list[_Token], open_tok: _Token) -> list[_BarTerm]:
+    inner = _q_columns(inner)
     bar = next(k for k, t in enumerate(inner) if t.text in ("|", "||"))
     expr, group = inner[:bar], inner[bar + 1 :]
     if not expr:
@@ -1013,10 +1044,9 @@ def _grouped_term(
         flat = np.ravel_multi_index(tuple(codes_per), dims)
         keys = np.unique(flat)
         parts = np.unravel_index(keys, dims)
-        labels = [
-            ":".join(str(levels_per[d][parts[d][j]]) for d in range(len(factors)))
-            for j in range(len(keys))
-        ]
+        # (a level holding ':' itself, "10:30", goes in backticks: x:y with z and x with y:z differ)
+        shown = [[f"`{v}`" if ":" in str(v) else str(v) for v in lv] for lv in levels_per]
+        labels = [":".join(shown[d][parts[d][j]] for d in range(len(factors))) for j in range(len(keys))]
     group = ":".join(factors)
     if len(labels) < 2:
         raise DataError(

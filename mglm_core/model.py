@@ -168,15 +168,22 @@ class BayesMixedGLM:
     # -- construction from formulas ---------------------------------------------------------
     @classmethod
     def from_formula(cls, formula, vc_formulas=None, data=None, family="binomial", vcp_p=1.0, fe_p=2.0,
-                     vcp_names=None, vc_names=None, *, trials=None, offset=None):
+                     vcp_names=None, vc_names=None, *, trials=None, offset=None, weights=None):
         """Build a model from a formula and a DataFrame.
 
         ``formula`` is ``"y ~ fixed terms"`` and may hold lme4-style independent
         random terms ``(1 | g)``, ``(0 + x | g)``, ``(1 | g:h)``; ``vc_formulas``
         is statsmodels' dict ``{component name: formula}`` (e.g.
         ``{"herd": "0 + C(herd)"}``). ``trials`` and ``offset`` may be column names.
-        The design rebuilds the same columns for new data in ``predict``.
+        The design rebuilds the same columns for new data in ``predict``. ``weights`` (lme4's way of giving a
+        proportion's trials) is refused with what to write instead.
         """
+        if weights is not None:
+            raise checks.DataError(
+                "`weights` is not an argument of this model: a binomial proportion's number of trials is "
+                "trials='n' with the count of successes as the response, or cbind(successes, failures) ~ ... "
+                "(lme4's glmer(p ~ ..., weights = n) is cbind(p * n, n - p * n) in columns of counts); prior or "
+                "case weights are not part of the model.")
         if data is None:
             if hasattr(vc_formulas, "columns"):
                 raise checks.DataError(
@@ -390,11 +397,12 @@ class _OneFamilyGLM(BayesMixedGLM):
 
     @classmethod
     def from_formula(cls, formula, vc_formulas=None, data=None, vcp_p=1.0, fe_p=2.0, vcp_names=None, vc_names=None,
-                     *, trials=None, offset=None):
+                     *, trials=None, offset=None, weights=None):
         """statsmodels' signature: ``from_formula(formula, vc_formulas, data, vcp_p=1, fe_p=2, vcp_names=None,
         vc_names=None)``."""
         return BayesMixedGLM.from_formula.__func__(cls, formula, vc_formulas, data, cls._default_family, vcp_p,
-                                                   fe_p, vcp_names, vc_names, trials=trials, offset=offset)
+                                                   fe_p, vcp_names, vc_names, trials=trials, offset=offset,
+                                                   weights=weights)
 
     def __init__(self, endog, exog, exog_vc, ident, vcp_p=1.0, fe_p=2.0, fep_names=None, vcp_names=None,
                  vc_names=None, **kwargs):

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+import mglm_core as mg
 from mglm_core.design import Design, build_design, check_formula
 from mglm_core.errors import DataError, DataWarning, FormulaError, MglmError
 
@@ -809,3 +810,46 @@ def test_a_vc_formula_with_an_intercept_is_warned_of():
         warnings.simplefilter("error")
         build_design("y ~ 1", df, vc_formulas={"g": "0 + C(g)"})
         build_design("y ~ 1", df, vc_formulas={"g": "1 + C(g)"})  # (asked for)
+
+
+@pytest.mark.parametrize("formula, message", [
+    ("y ~ factor(h) + (1 | g)", r"function 'factor' is not allowed .*\(R's factor\(x\) is C\(x\) here"),
+    ("y ~ as.factor(h) + (1 | g)", r"R's as.factor\(\) is not a formula function here .*\(R's as.factor\(x\) is C\(x\)"),
+    ("y ~ as.numeric(x) + (1 | g)", r"R's as.numeric\(\) .*\(a numeric column is used as it is\)"),
+    ("y ~ ordered(h) + (1 | g)", r"\(R's ordered\(x\) is C\(x, Poly\) here"),
+    ("y ~ poly(x, 2) + (1 | g)", r"poly\(\) takes its options as keywords .*\(R's poly\(x, 2\) is poly\(x, degree=2\)\)"),
+])
+def test_r_spellings_get_their_equivalents(small, formula, message):
+    """R's factor(), as.factor(), as.numeric(), ordered() and poly(x, 2) are refused with what to write here
+    (as.factor had been "keyword 'as' is not allowed")."""
+    with pytest.raises(FormulaError, match=message):
+        build_design(formula, small)
+
+
+def test_q_names_a_column_everywhere(small):
+    """Q('a column') names a column in the response (alone and in cbind), the grouping factor and a slope, as
+    backticks do (it had been refused outside the fixed part)."""
+    df = small.rename(columns={"y": "n pos", "g": "herd id", "x": "my x"}).assign(**{"n.tot": 3.0})
+    ref = build_design("cbind(`n pos`, `n.tot` - `n pos`) ~ `my x` + (1 + `my x` || `herd id`)", df)
+    d = build_design("cbind(Q('n pos'), Q('n.tot') - Q('n pos')) ~ Q('my x') + (1 + Q('my x') || Q('herd id'))", df)
+    assert d.vcp_names == ref.vcp_names == ["herd id", "herd id:my x"]
+    np.testing.assert_array_equal(d.exog_vc.toarray(), ref.exog_vc.toarray())
+    np.testing.assert_array_equal(d.endog, ref.endog)
+    np.testing.assert_array_equal(d.trials, ref.trials)
+    assert build_design("Q('n pos') ~ 1 + (1 | `herd id`)", df).endog.tolist() == df["n pos"].tolist()
+
+
+def test_levels_holding_the_separator_keep_interactions_apart():
+    """Levels that hold ':' themselves ("10:30") are shown in backticks in an interaction's names, so pairs that
+    differ do not share a name (x:y with z and x with y:z had both been 'a:b[x:y:z]', a DataError)."""
+    df = pd.DataFrame({"a": ["x:y", "x"] * 20, "b": ["z", "y:z"] * 20, "y": np.arange(40) % 3})
+    d = build_design("y ~ 1 + (1 | a/b)", df)
+    assert d.vc_names == ["a[x]", "a[x:y]", "a:b[x:`y:z`]", "a:b[`x:y`:z]"]
+    np.testing.assert_array_equal(d.exog_vc.toarray()[:2, 2:], [[0, 1], [1, 0]])
+
+
+def test_weights_get_what_to_write_instead(small):
+    """lme4's weights= (a proportion's trials) is refused with the arguments that say it here, not a TypeError."""
+    for cls in (mg.BayesMixedGLM, mg.BinomialBayesMixedGLM):
+        with pytest.raises(DataError, match=r"`weights` is not an argument of this model: .*trials='n'"):
+            cls.from_formula("y ~ x + (1 | g)", data=small, weights="z")
