@@ -567,6 +567,8 @@ _DASHBOARD_WORDS = (
     ("The response (endog)", "The response"),  # (statsmodels' name, not the dashboard's)
     ("fit_map's and fit_vb's", "the MAP and VB methods'"),
     ("(fit_laplace integrates", "(Integrated Laplace integrates"),
+    ("give a wider fe_p (lme4's estimates have no prior)",
+     "raise the prior SD of the fixed effects (fe_p; lme4's estimates have no prior)"),
 )
 
 

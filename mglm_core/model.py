@@ -22,12 +22,13 @@ Three fits share one result type (:class:`~mglm_core.results.BayesMixedGLMResult
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
 import pandas as pd
 
-from . import checks, laplace, nested, separated, vb
+from . import checks, laplace, nested, priors, separated, vb
 from .design import build_design, offset_values
 from .errors import DataWarning
 from .families import get_family
@@ -334,8 +335,8 @@ class BayesMixedGLM:
         """
         tol, max_iter = checks.check_nonnegative(tol, "tol"), checks.check_count(max_iter, "max_iter")
         with self._blas():
-            return laplace.fit_map(self, scale_fe=scale_fe, tol=tol, max_iter=max_iter,
-                                   callback=checks.check_callback(callback))
+            return self._with_prior_pull(laplace.fit_map(self, scale_fe=scale_fe, tol=tol, max_iter=max_iter,
+                                                         callback=checks.check_callback(callback)), scale_fe)
 
     fit = fit_map
 
@@ -349,6 +350,7 @@ class BayesMixedGLM:
         """
         tol, max_iter = checks.check_nonnegative(tol, "tol"), checks.check_count(max_iter, "max_iter")
         with self._blas():
+            # (not judged by the prior's pull, _with_prior_pull: the mean-field SDs are too narrow to measure it by)
             return vb.fit_vb(self, mean=mean, sd=sd, scale_fe=scale_fe, tol=tol, max_iter=max_iter,
                              callback=checks.check_callback(callback))
 
@@ -371,7 +373,20 @@ class BayesMixedGLM:
                 return separated.fit_laplace_separated(
                     self, self.separation, lambda m: nested.fit_laplace(m, tol=tol, vcp_bounds=(lo, hi),
                                                                         refine=bool(refine), quiet=True), callback)
-            return nested.fit_laplace(self, tol=tol, vcp_bounds=(lo, hi), refine=bool(refine), callback=callback)
+            return self._with_prior_pull(nested.fit_laplace(self, tol=tol, vcp_bounds=(lo, hi), refine=bool(refine),
+                                                            callback=callback))
+
+    def _with_prior_pull(self, result, scale_fe=False):
+        """``result`` with a warning (issued, and on its ``warnings``) where the fixed effects' prior moves an
+        estimate by more than a posterior SD (:mod:`mglm_core.priors`; the prior on standardised columns with
+        ``scale_fe``: not judged). Fits of separated data, whose prior identifies the separating direction, have
+        their own warning (:mod:`mglm_core.separated`)."""
+        msg = None if scale_fe else priors.prior_pull_message(result, self.fe_p)
+        if msg is None:
+            return result
+        warnings.warn(msg, DataWarning, stacklevel=3)
+        diagnostics = dataclasses.replace(result.diagnostics, warnings=(*result.diagnostics.warnings, msg))
+        return dataclasses.replace(result, diagnostics=diagnostics)
 
     def with_exog(self, exog, *, check_separation=True):
         """A copy of the model with another fixed-effects design (same everything else; the names of

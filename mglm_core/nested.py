@@ -161,7 +161,9 @@ _WIDE_SD = 0.6  # ... judged at the probe points too where a log-SD's posterior 
 _VAR_RATIO_MAX = 3.0  # the grid when a fixed effect's conditional variance changes this much over the axial points
 _REFINE_DROP = 1.0  # refine the conditional Gaussians within this of the top log density
 _PREDICT_MARGIN = 0.5  # grid points extrapolated this far below the region are not solved (_grid_points)
-_Z_MAX = 7.0  # the grid is explored out to this many posterior SDs (at the mode's curvature) along each axis, ...
+#: The grid is explored out to this many posterior SDs (at the mode's curvature) along each axis (grouseticks' BROOD
+#: and LOCATION with fe_p = 100 reach 7.5 along a ridge still 4.7 below the top; 7 had cut it there), ...
+_Z_MAX = 12.0
 #: ... and with one component out to this many, and extrapolated from one side of the mode only
 #: (:func:`_extrapolate`): with a wide prior on the log-SD (vcp_p = 10) and data that hardly inform the SD (ten
 #: groups of binary rows without a group effect), the density towards SD 0 levels off into the prior's own tail,

@@ -1019,6 +1019,18 @@ def test_a_separation_is_said_in_the_dashboards_words():
     assert "fit_map" not in note and "fit_laplace" not in note
 
 
+def test_a_prior_that_decides_the_estimates_is_said_in_the_dashboards_words():
+    """grouseticks with the raw height: the library's warning that the fixed effects' prior holds the Intercept
+    (6.3 where the data want 11.4) reaches the dashboard's warnings, its advice naming the slider."""
+    st = AppState()
+    st.load_demo("grouseticks", fit=False)
+    st.spec.method = "laplace"
+    st.spec.param.update(family="poisson", formula_text="TICKS ~ YEAR + HEIGHT + (1 | BROOD) + (1 | LOCATION)")
+    assert st.fit_now(), st.errors
+    note = next(w for w in st.fit.warnings if "moves Intercept by" in w)
+    assert "raise the prior SD of the fixed effects (fe_p;" in note and "give a wider fe_p" not in note
+
+
 def test_a_formula_typed_over_lines_is_shown_on_one():
     st = AppState()
     st.load_demo("cbpp", fit=False)

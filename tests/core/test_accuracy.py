@@ -40,7 +40,9 @@ def _assert_bars(res, ref):
 def test_integrated_laplace_meets_the_accuracy_bars(name):
     ref = _reference(name)
     res = BY_NAME[name].model().fit_laplace()
-    assert res.converged and not res.warnings
+    # (the raw height in hundreds of metres: the prior N(0, 2^2) decides the Intercept there, and says so)
+    pulled = [w for w in res.warnings if w.startswith("The fixed effects' prior N(0, 2^2) moves Intercept by")]
+    assert res.converged and res.warnings == tuple(pulled) and bool(pulled) == (name == "grouseticks_raw_height")
     assert 0.0 <= res.extra["conditional_shift"] < 0.35  # the separation check saw near-Gaussian effects
     _assert_bars(res, ref)
     for j in range(len(res.vcp_names)):  # the tabulated marginals have the reported means and SDs

@@ -1,4 +1,6 @@
 """Bad input gets clear errors before fitting; results tables, random effects and prediction."""
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -807,3 +809,43 @@ def test_summary_names_the_offset_and_the_mixtures_are_read_only():
     for a in (w, means, sds):
         with pytest.raises(ValueError, match="read-only"):
             a[0] = 1.0
+
+
+def test_prior_pull_is_exact_for_a_gaussian_likelihood():
+    """priors.prior_pull: for a Gaussian likelihood N(beta_hat, Lambda^-1) and the prior N(0, fe_p^2 I), the
+    posterior N(m, Sigma) gives back beta_hat and the move m - beta_hat in posterior SDs exactly, with badly scaled
+    coordinates (an intercept and a covariate in the hundreds); a likelihood that does not identify a direction
+    gives None."""
+    from mglm_core.priors import prior_pull
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(3, 3))
+    D = np.diag([1.0, 100.0, 0.01])
+    lam = D @ (A @ A.T + 3 * np.eye(3)) @ D
+    beta_hat = np.array([11.4, 0.02, -300.0])
+    fe_p = 2.0
+    cov = np.linalg.inv(lam + np.eye(3) / fe_p**2)
+    m = cov @ lam @ beta_hat
+    pull, alone = prior_pull(m, cov, fe_p)
+    np.testing.assert_allclose(alone, beta_hat, rtol=1e-8)
+    np.testing.assert_allclose(pull, (beta_hat - m) / np.sqrt(np.diag(cov)), rtol=1e-8)
+    flat = D @ np.diag([1.0, 1.0, 0.0]) @ D  # (nothing about the third coordinate in the data)
+    assert prior_pull(np.zeros(3), np.linalg.inv(flat + np.eye(3) / fe_p**2), fe_p) is None
+
+
+def test_a_prior_that_decides_the_estimates_warns():
+    """grouseticks with the height in metres: the default prior N(0, 2^2) holds the Intercept at 6.3 where the data
+    want 11.4 (lme4): fit_laplace and fit_map warn, naming the effects it moves and by how much, and carry it on
+    their warnings; with fe_p = 100 (lme4's estimates) or the height scaled, nothing is said. (fit_vb is not judged:
+    its mean-field SDs are far too narrow to measure a move by, and it says so itself.)"""
+    g = load("grouseticks")
+    f = "TICKS ~ YEAR + HEIGHT + (1 | BROOD) + (1 | LOCATION)"
+    for method in ("fit_laplace", "fit_map"):
+        with pytest.warns(mg.DataWarning, match=r"prior N\(0, 2\^2\) moves Intercept by [4-6]\.\d posterior SDs \(to "):
+            res = getattr(mg.BayesMixedGLM.from_formula(f, data=g, family="poisson"), method)()
+        assert any("moves Intercept" in w for w in res.warnings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", mg.DataWarning)
+        wide = mg.BayesMixedGLM.from_formula(f, data=g, family="poisson", fe_p=100.0).fit_laplace()
+        mg.BayesMixedGLM.from_formula(f.replace("HEIGHT", "scale(HEIGHT)"), data=g, family="poisson").fit_laplace()
+    assert wide.fe_mean[0] == pytest.approx(11.4, abs=0.3) and not wide.warnings
