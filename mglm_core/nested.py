@@ -36,8 +36,9 @@ gradient) defines standardised coordinates :math:`\theta = \theta^* + \Sigma^{1/
   designs looked Gaussian along both axes and had scales of 1.4-1.6 along a diagonal)
   a regular grid in z (step 1, 1.5, 1.5, 1.5 for k = 1, 2, 3, 4),
   explored outwards from the mode while the log density is within 6.5, 5, 4.5, 4
-  of its maximum (one component: out to 30 posterior SDs, and where a wide prior leaves a long tail
-  towards SD 0, points spaced along that tail beyond, :func:`_prior_tail`) (the points just beyond, about half of a grid of two or three components and
+  of its maximum (one component: out to 30 posterior SDs, else 12; along an axis where the density is
+  lopsided, points are extrapolated from their own side of the mode, :func:`_extrapolate`; and where a
+  wide prior leaves a long tail towards SD 0, points spaced along that tail beyond, :func:`_prior_tail`) (the points just beyond, about half of a grid of two or three components and
   1-3 % of its mass, are not solved when an extrapolation along an axis puts them below the
   region, :func:`_grid_points`: they take the extrapolated value and the nearest solved point's
   moments moved along its mode's first-order change), weights
@@ -1283,7 +1284,7 @@ def _design(cond, mode, H, k, msgs):
     zs = zs[keep]
     predicted = np.where(predicted[keep], logp_grid[keep], np.nan)
     log_scale = np.zeros(len(zs))
-    tail = _prior_tail(cond, mode, root, zs, logp_grid[keep], step) if k == 1 else None
+    tail = _prior_tail(cond, mode, root, zs, logp_grid[keep], step)
     if tail is not None:
         zs, predicted = np.vstack([zs, tail[0]]), np.concatenate([predicted, np.full(len(tail[0]), np.nan)])
         log_scale = np.concatenate([log_scale, tail[1]])
@@ -1300,47 +1301,70 @@ _TAIL_POINTS = 24
 
 
 def _prior_tail(cond, mode, root, zs, logd, step):
-    r"""Points for the tail of one log-SD's posterior towards SD 0 beyond the grid, where the prior is wide:
-    ``(z, log_scale)``, their coordinates and the log of their spacing relative to the grid's (their weights are
-    the density times the spacing), or None where the tail is negligible.
+    r"""Points for the tails of the log-SDs' posterior towards SD 0 beyond the grid, where the prior is wide:
+    ``(z, log_scale)``, their coordinates and the log of their weight per unit density relative to a grid point's
+    (a grid point stands for a cell of :math:`\mathrm{step}^k |\det \mathrm{root}|`), or None where no tail matters.
 
-    Towards SD 0 the random effects vanish and the likelihood levels off at that of the model without them, so
-    beyond a point :math:`	heta_p` the log density is at most :math:`f_p - (	heta^2 - 	heta_p^2)/(2\,vcp\_p^2)`,
-    the prior's own decay (the likelihood only falls further). With :math:`	heta_p` one prior SD (at least two
-    grid steps) beyond the grid's last point :math:`	heta_e` (solved for this check), the log density linear
-    between the two and that bound beyond, the tail's share of the log-SD's posterior variance about the grid's
-    mean is bounded; where the bound exceeds :data:`_TAIL_VARIANCE`, :data:`_TAIL_POINTS` evenly spaced points
-    cover the tail from the grid's edge to where it is :data:`_TAIL_DROP` below the grid's top (not below a log-SD
-    of -340, whose precision overflows). With the default prior (vcp_p = 1) its decay keeps the tail negligible on
-    the accuracy cases; with vcp_p = 5 cbpp's herd log-SD had its posterior SD 25 % short without it, 2 % with it
-    (against a fine quadrature of the same density), and with vcp_p = 10, 64 % and 4 %."""
+    Towards SD 0 a component's random effects vanish and the likelihood levels off at that of the model without
+    them, so beyond a point :math:`\theta_p` the log density along that log-SD is at most
+    :math:`f_p - (\theta^2 - \theta_p^2)/(2\,vcp\_p^2)`, the prior's own decay (the likelihood only falls further).
+    For each component c: from the grid's point of least :math:`\theta_c`, :math:`\theta_e` (value :math:`f_e`), a
+    point :math:`\theta_p` one prior SD (at least two grid steps) further along :math:`\theta_c` is solved; with the
+    log density linear between the two and that bound beyond, and the other log-SDs spread as at the mode (their
+    conditional Gaussian given :math:`\theta_c`, of volume :math:`W_c`), the tail's share of :math:`\theta_c`'s
+    posterior variance about the grid's mean is bounded. Where the bound exceeds :data:`_TAIL_VARIANCE`,
+    :data:`_TAIL_POINTS` evenly spaced points on the line from :math:`\theta_e` along :math:`\theta_c` cover the
+    tail out to where it is :data:`_TAIL_DROP` below the grid's top (not below a log-SD of -340, whose precision
+    overflows), each standing for its spacing times :math:`W_c`. With a prior SD of at most 1 (the default) its
+    decay keeps the tails negligible (not checked). With vcp_p = 5 cbpp's herd log-SD had its posterior SD 25 %
+    short without it, 2 % with it (against a fine quadrature of the same density), and with vcp_p = 10, 64 % and
+    4 %; an uninformed factor crossed with an informed one, vcp_p = 5: 42 % short without it."""
     finite = np.isfinite(logd)
-    if not finite.any() or root.shape != (1, 1):
+    vp = float(cond.model.vcp_p)
+    if not finite.any() or vp <= 1.0:
         return None
-    r, vp = float(root[0, 0]), float(cond.model.vcp_p)
+    k = mode.size
     top = float(logd[finite].max())
-    theta = mode[0] + r * zs[finite, 0]
-    w = np.exp(logd[finite] - top) * step * r
-    mean = float(w @ theta) / w.sum()
-    var = float(w @ (theta - mean) ** 2)  # (times the grid's mass)
-    edge = int(np.argmin(np.where(finite, zs[:, 0], np.inf)))
-    theta_e, f_e = float(mode[0] + r * zs[edge, 0]), float(logd[edge]) - top
-    theta_p = theta_e - max(vp, 2.0 * step * r)
-    if theta_p < -340.0:
+    theta = mode + zs[finite] @ root.T
+    cell = step**k * abs(float(np.linalg.det(root)))
+    w = np.exp(logd[finite] - top) * cell
+    cov = root @ root.T  # (the log-SDs' covariance at the mode's curvature)
+    prec = np.linalg.inv(cov)
+    out_z, out_scale = [], []
+    for c in range(k):
+        others = [j for j in range(k) if j != c]
+        # the other log-SDs' conditional spread given theta_c: (2 pi)^((k-1)/2) det(prec_others)^(-1/2)
+        log_w = 0.5 * ((k - 1) * np.log(2.0 * np.pi) - np.linalg.slogdet(prec[np.ix_(others, others)])[1]) if others \
+            else 0.0
+        v = theta[:, c]
+        mean = float(w @ v) / w.sum()
+        var = float(w @ (v - mean) ** 2)
+        edge = int(np.argmin(v))
+        theta_e, f_e = theta[edge].copy(), float(logd[finite][edge]) - top
+        theta_p = theta_e.copy()
+        theta_p[c] -= max(vp, 2.0 * step * float(np.sqrt(cov[c, c])))
+        if theta_p[c] < -340.0:
+            continue
+        f_p = cond.corrected(theta_p, tol=_GRID_TOL)[0] - top
+        if not np.isfinite(f_p):
+            continue
+        e, q = float(theta_e[c]), float(theta_p[c])
+        start = e - 0.5 * step * float(np.sqrt(cov[c, c]))  # (about where the grid's cells end along theta_c)
+        end = max(-np.sqrt(q**2 + 2.0 * vp**2 * max(_TAIL_DROP + f_p, 0.0)), -340.0)
+        if end >= start:
+            continue
+        t = np.linspace(min(end, q), start, 400)
+        bound = np.where(t >= q, f_e + (f_p - f_e) * (e - t) / (e - q), f_p - (t**2 - q**2) / (2.0 * vp**2))
+        if float(np.exp(bound + log_w) @ (t - mean) ** 2) * (t[1] - t[0]) <= _TAIL_VARIANCE * var:
+            continue
+        h = (start - end) / _TAIL_POINTS
+        points = np.repeat(theta_e[None, :], _TAIL_POINTS, axis=0)
+        points[:, c] = start - h * (np.arange(_TAIL_POINTS) + 0.5)
+        out_z.append(np.linalg.solve(root, (points - mode).T).T)
+        out_scale.append(np.full(_TAIL_POINTS, np.log(h) + log_w - np.log(cell)))
+    if not out_z:
         return None
-    f_p = cond.corrected(np.array([theta_p]), tol=_GRID_TOL)[0] - top
-    if not np.isfinite(f_p):
-        return None
-    start = theta_e - 0.5 * step * r  # (the grid's points cover half a step either side)
-    end = max(-np.sqrt(theta_p**2 + 2.0 * vp**2 * max(_TAIL_DROP + f_p, 0.0)), -340.0)
-    t = np.linspace(min(end, theta_p), start, 400)
-    bound = np.where(t >= theta_p, f_e + (f_p - f_e) * (theta_e - t) / (theta_e - theta_p),
-                     f_p - (t**2 - theta_p**2) / (2.0 * vp**2))
-    if float(np.exp(bound) @ (t - mean) ** 2) * (t[1] - t[0]) <= _TAIL_VARIANCE * var or end >= start:
-        return None
-    h = (start - end) / _TAIL_POINTS
-    thetas = start - h * (np.arange(_TAIL_POINTS) + 0.5)
-    return ((thetas - mode[0]) / r)[:, None], np.full(_TAIL_POINTS, np.log(h / (step * r)))
+    return np.vstack(out_z), np.concatenate(out_scale)
 
 
 def _runs_away(cond, mode, design, k):
@@ -1419,10 +1443,9 @@ def _grid_points(logf, k, step):
 
     Returns ``({index: (log density, predicted)}, truncated)``, ``truncated`` where a point at the grid's limit
     (:data:`_Z_MAX`, :data:`_Z_MAX_1`) was still within the region. A candidate beyond the region whose log density,
-    extrapolated quadratically along an axis from three solved points in line
-    (:math:`f_{i+1} = 3f_i - 3f_{i-1} + f_{i-2}`, exact for a Gaussian; the largest over the axes), is
-    more than _PREDICT_MARGIN below the threshold is not solved: it keeps the extrapolated value
-    (``predicted``) and is not explored further. Such points lie beyond the region's edge (about
+    extrapolated along an axis from the solved points in line with it on its side of the mode (:func:`_extrapolate`:
+    the largest over the axes), is more than _PREDICT_MARGIN below the threshold is not solved: it keeps its
+    estimated value (``predicted``) and is not explored further. Such points lie beyond the region's edge (about
     half of a grid's points for two or three components, carrying 1-3 % of its mass).
     """
     drop = _DROP_K[k]
@@ -1457,16 +1480,36 @@ def _grid_points(logf, k, step):
     return seen, truncated
 
 
+#: :func:`_extrapolate` reads an axis from each point's own side of the mode only where the log density one step
+#: either side of the mode along it differs by more than this.
+_LOPSIDED = 1.0
+
+
 def _extrapolate(seen, idx):
     r"""The largest extrapolation to ``idx`` along an axis (None without any): quadratic from the
     three solved points in line with it, :math:`f_{i+1} = 3f_i - 3f_{i-1} + f_{i-2}`, plus the
     third difference :math:`f_{i+1} - 3f_i + 3f_{i-1} - f_{i-2}` of the parallel line through the
-    centre where that line is solved (a skewness along the axis: exact for a cubic)."""
+    centre where that line is solved (a skewness along the axis: exact for a cubic).
+
+    Along an axis where the log density is lopsided (its values one step either side of the mode differ by more than
+    :data:`_LOPSIDED`) only the points on ``idx``'s own side of the mode are read (a line through the mode reads the
+    other side's shape: a log-SD posterior steep towards large SDs and levelling off towards SD 0 had the quadratic
+    through the mode put points 1.5 below the top at 13.9 below, and the log-SD's mean 1.2 posterior SDs high):
+    the quadratic three or more steps out, and two steps out the line through the two points towards the mode,
+    :math:`f_{i+1} = 2f_i - f_{i-1}` (above a concave log density beyond them)."""
     out = None
-    for d in range(len(idx)):
+    k = len(idx)
+    for d in range(k):
+        step = tuple(int(j == d) for j in range(k))
+        up, down = seen.get(step), seen.get(tuple(-j for j in step))
+        lopsided = up is None or down is None or not abs(up[0] - down[0]) <= _LOPSIDED
         for s in (-1, 1):
-            if len(idx) == 1 and (s != np.sign(idx[0]) or abs(idx[0]) < 3):
-                continue  # (one component: from its own side of the mode only, see _Z_MAX_1)
+            own = idx[d] != 0 and s == np.sign(idx[d])
+            if lopsided and not (own and abs(idx[d]) >= 3):
+                line = _solved_line(seen, idx, d, s, (1, 2)) if own and abs(idx[d]) >= 2 else None
+                if line is not None:
+                    out = 2.0 * line[0] - line[1] if out is None else max(out, 2.0 * line[0] - line[1])
+                continue
             line = _solved_line(seen, idx, d, s, (1, 2, 3))
             if line is None:
                 continue
