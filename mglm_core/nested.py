@@ -36,10 +36,10 @@ gradient) defines standardised coordinates :math:`\theta = \theta^* + \Sigma^{1/
   designs looked Gaussian along both axes and had scales of 1.4-1.6 along a diagonal)
   a regular grid in z (step 1, 1.5, 1.5, 1.5 for k = 1, 2, 3, 4),
   explored outwards from the mode while the log density is within 6.5, 5, 4.5, 4
-  of its maximum (one component: out to 30 posterior SDs, else 12; along an axis where the density is
-  lopsided, points are extrapolated from their own side of the mode, :func:`_extrapolate`; and where a
-  wide prior leaves a long tail towards SD 0, points spaced along that tail beyond, :func:`_prior_tail`) (the points just beyond, about half of a grid of two or three components and
-  1-3 % of its mass, are not solved when an extrapolation along an axis puts them below the
+  of its maximum (one component: out to 30 posterior SDs, else 12; where a wide prior leaves a long
+  tail towards SD 0, points spaced along that tail beyond, :func:`_prior_tail`) (the points just beyond,
+  about half of a grid of two or three components and 1-3 % of its mass, are not solved when an
+  extrapolation along an axis (from their own side of the mode where the density is lopsided) puts them below the
   region, :func:`_grid_points`: they take the extrapolated value and the nearest solved point's
   moments moved along its mode's first-order change), weights
   :math:`\propto \tilde p(\theta \mid y)\,e^{\epsilon(\theta)}`, between-point
@@ -165,11 +165,11 @@ _PREDICT_MARGIN = 0.5  # grid points extrapolated this far below the region are 
 #: The grid is explored out to this many posterior SDs (at the mode's curvature) along each axis (grouseticks' BROOD
 #: and LOCATION with fe_p = 100 reach 7.5 along a ridge still 4.7 below the top; 7 had cut it there), ...
 _Z_MAX = 12.0
-#: ... and with one component out to this many, and extrapolated from one side of the mode only
-#: (:func:`_extrapolate`): with a wide prior on the log-SD (vcp_p = 10) and data that hardly inform the SD (ten
-#: groups of binary rows without a group effect), the density towards SD 0 levels off into the prior's own tail,
-#: 4 below its top 25 SDs (at the mode's curvature) away; the quadratic through the mode and its two neighbours
-#: had put that side 7.7 below the top at z = -2, and the log-SD's posterior mean was -5.0 where it is -9.0.
+#: ... and with one component out to this many: with a wide prior on the log-SD (vcp_p = 10) and data that hardly
+#: inform the SD (ten groups of binary rows without a group effect), the density towards SD 0 levels off into the
+#: prior's own tail, 4 below its top 25 SDs (at the mode's curvature) away (the quadratic through the mode and its
+#: two neighbours had put that side 7.7 below the top at z = -2, :func:`_extrapolate`, and the log-SD's posterior
+#: mean was -5.0 where it is -9.0).
 _Z_MAX_1 = 30.0
 #: Grid points whose exact (nested) value, estimated from the start of their inner Newton iterations, is this far
 #: below the largest value seen (a weight below 8 % of the largest) keep that estimate when the Newton decrement
