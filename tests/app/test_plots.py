@@ -70,6 +70,30 @@ def test_a_collapsed_sd_does_not_flatten_the_other_densities(cbpp_state):
     assert max(peaks["VB"], peaks["Integrated Laplace"]) < top < 1.5 * max(peaks["VB"], peaks["Integrated Laplace"])
 
 
+def test_over_confident_sd_densities_run_off_the_top_beside_the_integrated_ones():
+    """grouseticks compared: VB's SD densities are 4-13 times as high as the Integrated Laplace's; the plot's height
+    is set by the Integrated Laplace's curves (a curve over twice their height runs off the top), so that none of
+    theirs is flattened (the lowest had been at 6 % of the height)."""
+    import warnings
+
+    from app.state import AppState
+
+    st = AppState()
+    st.load_demo("grouseticks", fit=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = st.compare_methods(["vb", "laplace"])
+    fig = hv.render(plots.sd_density_plot({m: o.result for m, o in out.items()}), backend="bokeh")
+    peaks = {}
+    for d in (m.data for m in fig.select(type=ColumnDataSource)):
+        if "density" in d and "method" in d:
+            peaks.setdefault(str(d["method"][0]), []).append(float(np.max(d["density"])))
+    top = fig.y_range.end
+    assert max(peaks["VB"]) > 4 * max(peaks["Integrated Laplace"])
+    assert max(peaks["Integrated Laplace"]) < top < 2.5 * max(peaks["Integrated Laplace"])
+    assert min(peaks["Integrated Laplace"]) > 0.15 * top
+
+
 def test_caterpillar_sorted_with_search_and_top_k(cbpp_state):
     res = cbpp_state.fit.result
     df = plots.caterpillar_data(res, "herd")
