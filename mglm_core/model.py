@@ -183,8 +183,8 @@ class BayesMixedGLM:
             raise checks.DataError(
                 "`weights` is not an argument of this model: a binomial proportion's number of trials is "
                 "trials='n' with the count of successes as the response, or cbind(successes, failures) ~ ... "
-                "(lme4's glmer(p ~ ..., weights = n) is cbind(p * n, n - p * n) in columns of counts); prior or "
-                "case weights are not part of the model.")
+                "(for lme4's glmer(p ~ ..., weights = n), add a column of successes, p * n, and write "
+                "successes ~ ... with trials='n'); prior or case weights are not part of the model.")
         if data is None:
             if hasattr(vc_formulas, "columns"):
                 raise checks.DataError(

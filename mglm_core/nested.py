@@ -1294,9 +1294,11 @@ def _design(cond, mode, H, k, msgs):
 #: :func:`_prior_tail` integrates the tail towards SD 0 beyond the grid where it may add more than this fraction to
 #: the log-SD's posterior variance, ...
 _TAIL_VARIANCE = 0.01
-#: ... out to where the prior's tail is this far below the grid's top, ...
-_TAIL_DROP = 12.0
-#: ... by this many points.
+#: ... out to where what lies beyond may add less than this fraction (not below this log-SD: e^-2vcp overflows
+#: beyond -350), ...
+_TAIL_BEYOND = 1e-3
+_TAIL_LOWEST = -340.0
+#: ... by this many points (twice as many where the tail is longer than this many grid steps).
 _TAIL_POINTS = 24
 
 
@@ -1313,9 +1315,9 @@ def _prior_tail(cond, mode, root, zs, logd, step):
     log density linear between the two and that bound beyond, and the other log-SDs spread as at the mode (their
     conditional Gaussian given :math:`\theta_c`, of volume :math:`W_c`), the tail's share of :math:`\theta_c`'s
     posterior variance about the grid's mean is bounded. Where the bound exceeds :data:`_TAIL_VARIANCE`,
-    :data:`_TAIL_POINTS` evenly spaced points on the line from :math:`\theta_e` along :math:`\theta_c` cover the
-    tail out to where it is :data:`_TAIL_DROP` below the grid's top (not below a log-SD of -340, whose precision
-    overflows), each standing for its spacing times :math:`W_c`. With a prior SD of at most 1 (the default) its
+    :data:`_TAIL_POINTS` to twice as many evenly spaced points on the line from :math:`\theta_e` along
+    :math:`\theta_c` cover the tail out to where what lies beyond may add under :data:`_TAIL_BEYOND` of the variance
+    (not below a log-SD of -340, whose precision overflows), each standing for its spacing times :math:`W_c`. With a prior SD of at most 1 (the default) its
     decay keeps the tails negligible (not checked). With vcp_p = 5 cbpp's herd log-SD had its posterior SD 25 %
     short without it, 2 % with it (against a fine quadrature of the same density), and with vcp_p = 10, 64 % and
     4 %; an uninformed factor crossed with an informed one, vcp_p = 5: 42 % short without it."""
@@ -1349,19 +1351,24 @@ def _prior_tail(cond, mode, root, zs, logd, step):
         if not np.isfinite(f_p):
             continue
         e, q = float(theta_e[c]), float(theta_p[c])
-        start = e - 0.5 * step * float(np.sqrt(cov[c, c]))  # (about where the grid's cells end along theta_c)
-        end = max(-np.sqrt(q**2 + 2.0 * vp**2 * max(_TAIL_DROP + f_p, 0.0)), -340.0)
-        if end >= start:
+        sd_c = float(np.sqrt(cov[c, c]))
+        start = e - 0.5 * step * sd_c  # (about where the grid's cells end along theta_c)
+        if start <= _TAIL_LOWEST:
             continue
-        t = np.linspace(min(end, q), start, 400)
+        t = np.linspace(_TAIL_LOWEST, start, 4000)
         bound = np.where(t >= q, f_e + (f_p - f_e) * (e - t) / (e - q), f_p - (t**2 - q**2) / (2.0 * vp**2))
-        if float(np.exp(bound + log_w) @ (t - mean) ** 2) * (t[1] - t[0]) <= _TAIL_VARIANCE * var:
+        share = np.cumsum(np.exp(bound + log_w) * (t - mean) ** 2) * (t[1] - t[0])  # (from the far end in)
+        if share[-1] <= _TAIL_VARIANCE * var:
             continue
-        h = (start - end) / _TAIL_POINTS
-        points = np.repeat(theta_e[None, :], _TAIL_POINTS, axis=0)
-        points[:, c] = start - h * (np.arange(_TAIL_POINTS) + 0.5)
+        # out to where what lies beyond may add under _TAIL_BEYOND of the variance (a level 16 below the top from
+        # -100 to -340, vcp_p = 100, had held 60 % of it)
+        end = float(t[min(int(np.searchsorted(share, _TAIL_BEYOND * var)), t.size - 2)])
+        n_t = int(np.clip(np.ceil((start - end) / (2.0 * step * sd_c)), _TAIL_POINTS, 2 * _TAIL_POINTS))
+        h = (start - end) / n_t
+        points = np.repeat(theta_e[None, :], n_t, axis=0)
+        points[:, c] = start - h * (np.arange(n_t) + 0.5)
         out_z.append(np.linalg.solve(root, (points - mode).T).T)
-        out_scale.append(np.full(_TAIL_POINTS, np.log(h) + log_w - np.log(cell)))
+        out_scale.append(np.full(n_t, np.log(h) + log_w - np.log(cell)))
     if not out_z:
         return None
     return np.vstack(out_z), np.concatenate(out_scale)
@@ -1724,6 +1731,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     # (on the Laplace route, skewed effects take their exact one-dimensional moments)
     skewed = _SkewedEffects.find(cond, mode) if fe_shift is None else None
     skew_changes = []  # (z, variance ratio to the Gaussian's, skewness) where the skewed effects' moments were computed
+    on_grid = zs[log_scale == 0] if len(zs) else zs
+    z_lo, z_hi = (on_grid.min(axis=0), on_grid.max(axis=0)) if len(on_grid) else (None, None)
     refine_at = logd > logd.max() - _REFINE_DROP if split is None else np.ones(len(thetas), bool)
     out = {}
     n_unrefined = 0
@@ -1747,7 +1756,11 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
                 continue
             mom = cond.nested.moments(th, opt)
             fe_m, fe_cov, vc_m, vc_v, dmu_dfe, dmu_dD, vc_k = mom
-            d_shift, fe_shift = cond.outer_shift(th) or (d_shift, fe_shift)
+            # (the shift's curves are fitted within a posterior SD of the mode and grow exponentially beyond: the
+            # prior's tail points, _prior_tail, take them at the grid's edge; at a log-SD 14 SDs out the fixed
+            # effects' shift had been 25, at 28 SDs 14563)
+            z_shift = zs[t_] if not log_scale[t_] else np.clip(zs[t_], z_lo, z_hi)
+            d_shift, fe_shift = cond.outer_shift(mode + root @ z_shift) or (d_shift, fe_shift)
             vc_m = vc_m.copy()
             vc_m[cond.nested.ie.cols] += dmu_dfe @ fe_shift + (dmu_dD @ d_shift if dmu_dD is not None else 0.0)
             vc_m[cond.nested.D] += d_shift
@@ -1847,7 +1860,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     cov[:p, p:] = (dfe * w[:, None]).T @ dth / lattice_var
     cov[p:, :p] = cov[:p, p:].T
     if split is None:
-        grid = _marginal_grid(thetas, w, root, k, np.diag(cov[p:, p:]))
+        grid = _marginal_grid(thetas, w, root, k, np.diag(cov[p:, p:]), log_scale=log_scale[used])
     else:
         cov[p:, p:] = (root * split["var"]) @ root.T
         vcp_mean = mode + root @ split["mean"]
@@ -1982,12 +1995,14 @@ def _lattice_factors(h, terms=3):
         float(np.log1p(2.0 * np.sum(a)))
 
 
-def _marginal_grid(thetas, w, root, k, var=None, n=201):
+def _marginal_grid(thetas, w, root, k, var=None, n=201, log_scale=None):
     """Marginal density of each log-SD on a fine grid.
 
     k = 1: the log density at the integration points interpolated by a cubic
-    spline in z. k = 2, 3: the split normal with the points' mean, variance (``var``, the grid's
-    corrected for the lattice) and third moment (:func:`~mglm_core.results.split_normal`): the points
+    spline in z (the weights ``w`` less the points' ``log_scale``: the prior's tail points stand for more than a
+    grid step, :func:`_prior_tail`; with their spacing in the spline the tail's density had been 3.6 times too
+    high and an interval's end 3 SDs too far). k = 2, 3: the split normal with the points' mean, variance (``var``,
+    the grid's corrected for the lattice) and third moment (:func:`~mglm_core.results.split_normal`): the points
     project onto an axis too coarsely for a density of their own.
     """
     from scipy.interpolate import CubicSpline
@@ -1997,8 +2012,12 @@ def _marginal_grid(thetas, w, root, k, var=None, n=201):
         x = thetas[:, j]
         if k == 1 and x.size >= 3:
             order = np.argsort(x)
-            xs, lw = x[order], np.log(np.maximum(w[order], 1e-300))
+            lw_all = np.log(np.maximum(w, 1e-300)) - (0.0 if log_scale is None else log_scale)
+            xs, lw = x[order], lw_all[order]
             g = np.linspace(xs[0], xs[-1], n)
+            if log_scale is not None and np.any(log_scale):  # (the grid's own range as finely as without a tail)
+                core = x[log_scale == 0]
+                g = np.union1d(g, np.linspace(core.min(), core.max(), n))
             d = np.exp(CubicSpline(xs, lw)(g) - lw.max())
         else:
             mean = float(w @ x)

@@ -2056,47 +2056,86 @@ def test_vb_elbo_and_its_gradient_as_statsmodels_names_them(family):
         model.vb_elbo(mean[:-1], sd)
 
 
-@pytest.mark.parametrize("data,vcp_p", [("no group effect", 10.0), ("no group effect", 100.0), ("cbpp", 5.0)])
-def test_a_wide_log_sd_prior_is_integrated_into_its_tail(data, vcp_p):
+@pytest.mark.parametrize("data,vcp_p", [("no group effect", 10.0), ("no group effect", 100.0), ("cbpp", 5.0),
+                                         ("poisson groups", 10.0), ("poisson groups", 100.0)])
+def test_a_wide_log_sd_prior_is_integrated_into_its_tail(data, vcp_p, monkeypatch):
     """A wide prior on the log-SD and data that hardly inform a small SD: towards SD 0 the log density levels off
     into the prior's tail (ten groups of twenty binary rows without a group effect, vcp_p = 10: 4 below the top 25
-    SDs of the mode's curvature away; cbpp's herds, vcp_p = 5: 8 below, over a range of 20 in the log-SD). The
-    grid follows it, and beyond the grid points spaced along the prior's tail (nested._prior_tail) integrate it:
-    the log-SD's mean, SD and 95 % interval match a fine quadrature of the same Laplace density over the log-SD
-    (the interval within 0.2 SDs; the mean had been -5.0 for -9.0 and the SD 1.7 for 5.8 without a group
-    effect, cbpp's SD 0.31 for 0.41), and so does the log marginal likelihood where the second-order correction
-    is negligible. At vcp_p = 100 the density at log-SDs below about -350 (an SD of e^-350) is not representable:
-    those points are left out with a warning (the inner solve had raised a FitError there)."""
-    from mglm_core.nested import _Conditional
+    SDs of the mode's curvature away; cbpp's herds, vcp_p = 5: 8 below, over a range of 20 in the log-SD; eight
+    Poisson groups with a small SD, vcp_p = 100: 16 below, from -100 to -340). The grid follows it, and beyond the
+    grid points spaced along the prior's tail (nested._prior_tail) integrate it: the log-SD's mean, SD and 95 %
+    interval match a fine quadrature of the fit's own density over the log-SD (the interval within 0.2 SDs; the
+    mean had been -5.0 for -9.0 and the SD 1.7 for 5.8 without a group effect, cbpp's SD 0.31 for 0.41, and with
+    the tail's spacing in the density's spline an interval's end had been 3 SDs out), and so does the log
+    marginal likelihood without a group effect. At vcp_p = 100 the density at log-SDs below about -350 (an SD of
+    e^-350) is not representable: those points are left out with a warning (the inner solve had raised a FitError
+    there)."""
+    from mglm_core import nested
 
     if data == "cbpp":
-        df = load("cbpp")
-        model = mg.BayesMixedGLM.from_formula("cbind(incidence, size - incidence) ~ period + (1 | herd)", data=df,
-                                              vcp_p=vcp_p)
+        model = mg.BayesMixedGLM.from_formula("cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                                              data=load("cbpp"), vcp_p=vcp_p)
+    elif data == "poisson groups":
+        rng = np.random.default_rng(1 if vcp_p == 10.0 else 2)
+        groups, rows = (10, 30) if vcp_p == 10.0 else (8, 40)
+        df = pd.DataFrame({"g": np.repeat(np.arange(groups), rows).astype(str)})
+        df["y"] = rng.poisson(np.exp(0.5 + rng.normal(0, 0.3, groups)[df.g.astype(int)]))
+        model = mg.BayesMixedGLM.from_formula("y ~ 1 + (1 | g)", data=df, family="poisson", vcp_p=vcp_p)
     else:
         rng = np.random.default_rng(3)
         df = pd.DataFrame({"g": np.repeat(np.arange(10), 20).astype(str), "x": rng.normal(size=200)})
         df["y"] = rng.binomial(1, 0.4, 200)
         model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g)", data=df, family="binomial", vcp_p=vcp_p)
+    seen = {}
+    design = nested._design
+
+    def keep(cond, *args):
+        seen["cond"] = cond
+        return design(cond, *args)
+
+    monkeypatch.setattr(nested, "_design", keep)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = model.fit_laplace()
-    cond = _Conditional(model, 1e-10)
-    vs = np.linspace(max(-6 * vcp_p - 5, -340.0), 4.0, 700)
-    lp = np.array([cond(np.array([v]))[0] for v in vs])
-    p = np.exp(lp - lp.max())
+    # (the tail coarsely, the core finely: trapezoid weights)
+    vs = np.union1d(np.linspace(max(-6 * vcp_p - 5, -340.0), 4.0, 700), np.linspace(-4.0, 2.0, 400))
+    lp = np.array([seen["cond"].corrected(np.array([v]))[0] for v in vs])  # (the density the fit integrated)
+    p = np.exp(np.where(np.isfinite(lp), lp, -np.inf) - np.max(lp[np.isfinite(lp)]))
+    p *= np.gradient(vs)
     mean = (p @ vs) / p.sum()
     sd = np.sqrt((p @ vs**2) / p.sum() - mean**2)
     quantiles = np.interp([0.025, 0.975], np.cumsum(p) / p.sum(), vs)
-    assert abs(res.vcp_mean[0] - mean) < 0.1 * sd and abs(res.vcp_sd[0] / sd - 1.0) < 0.05
-    np.testing.assert_allclose(res.vcp_table()[["lower", "upper"]].to_numpy(float).ravel(), quantiles, atol=0.2 * sd)
-    if data != "cbpp":  # (cbpp's value carries the second-order correction, 0.09)
+    assert abs(res.vcp_mean[0] - mean) < 0.1 * sd and abs(res.vcp_sd[0] / sd - 1.0) < 0.05, (res.vcp_mean, mean, sd)
+    np.testing.assert_allclose(res.vcp_table()[["lower", "upper"]].to_numpy(float).ravel(), quantiles,
+                               atol=0.2 * sd)
+    if data == "no group effect":
         # (at vcp_p = 100 the grid's step is 15 in the log-SD, its value's error 0.1)
-        log_ml = lp.max() + np.log(p.sum() * (vs[1] - vs[0]))
+        log_ml = np.max(lp[np.isfinite(lp)]) + np.log(p.sum())
         assert res.log_marginal_likelihood == pytest.approx(log_ml, abs=0.02 if vcp_p == 10.0 else 0.1)
     assert res.converged
     messages = [str(w.message) for w in caught]
-    assert any("could not be solved" in m_ for m_ in messages) == (vcp_p == 100.0), messages
+    assert any("could not be solved" in m_ for m_ in messages) == (data == "no group effect" and vcp_p == 100.0), \
+        messages
+
+
+def test_prior_tail_points_on_the_exact_route_keep_the_effects_in_range():
+    """Binary groups crossed with levels, one group all ones (the fit integrates the groups' effects exactly) and
+    vcp_p = 5: the prior's tail points reach log-SDs 14 posterior SDs below the mode, where the skewness shift's
+    curves (fitted within a posterior SD) had given the Intercept a shift of 25 and the effects 1.5e6 (its SD came
+    out 102); they take the shift at the grid's edge, and the Intercept's SD and the effects stay where a fit
+    without the tail puts them."""
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"g": np.repeat(np.arange(10), 20).astype(str), "h": np.tile(np.arange(8), 25).astype(str)})
+    eff, eh = rng.normal(0, 1.5, 10), rng.normal(0, 1.0, 8)
+    df["y"] = rng.binomial(1, 1 / (1 + np.exp(-(0.5 + eff[df.g.astype(int)] + eh[df.h.astype(int)]))))
+    df.loc[df.g == "0", "y"] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = mg.BayesMixedGLM.from_formula("y ~ 1 + (1 | g) + (1 | h)", data=df, family="binomial",
+                                            vcp_p=5.0).fit_laplace()
+    assert len(res.extra["weights"]) > 40  # (the tail's points are there)
+    assert res.fe_sd[0] < 1.5 and abs(res.fe_mean[0]) < 1.0
+    assert res.vc_sd.max() < 4.0 and np.abs(res.vc_mean).max() < 8.0
 
 
 def test_a_lopsided_log_sd_posterior_with_two_components_is_integrated_whole(monkeypatch):
