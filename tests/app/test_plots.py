@@ -70,10 +70,9 @@ def test_a_collapsed_sd_does_not_flatten_the_other_densities(cbpp_state):
     assert max(peaks["VB"], peaks["Integrated Laplace"]) < top < 1.5 * max(peaks["VB"], peaks["Integrated Laplace"])
 
 
-def test_over_confident_sd_densities_run_off_the_top_beside_the_integrated_ones():
-    """grouseticks compared: VB's SD densities are 4-13 times as high as the Integrated Laplace's; the plot's height
-    is set by the Integrated Laplace's curves (a curve over twice their height runs off the top), so that none of
-    theirs is flattened (the lowest had been at 6 % of the height)."""
+@pytest.fixture(scope="module")
+def grouseticks_compared():
+    """The SD densities of grouseticks' VB and Integrated Laplace fits, compared in one plot (Bokeh figure)."""
     import warnings
 
     from app.state import AppState
@@ -83,7 +82,14 @@ def test_over_confident_sd_densities_run_off_the_top_beside_the_integrated_ones(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = st.compare_methods(["vb", "laplace"])
-    fig = hv.render(plots.sd_density_plot({m: o.result for m, o in out.items()}), backend="bokeh")
+    return hv.render(plots.sd_density_plot({m: o.result for m, o in out.items()}), backend="bokeh")
+
+
+def test_over_confident_sd_densities_run_off_the_top_beside_the_integrated_ones(grouseticks_compared):
+    """grouseticks compared: VB's SD densities are 4-13 times as high as the Integrated Laplace's; the plot's height
+    is set by the Integrated Laplace's curves (a curve over twice their height runs off the top), so that none of
+    theirs is flattened (the lowest had been at 6 % of the height)."""
+    fig = grouseticks_compared
     peaks = {}
     for d in (m.data for m in fig.select(type=ColumnDataSource)):
         if "density" in d and "method" in d:
@@ -321,20 +327,11 @@ def test_long_names_are_shortened_on_the_axes_and_kept_in_the_hover(cbpp_state):
     assert long_a in list(terms[0]["term"])  # the hover's full name
 
 
-def test_several_methods_share_a_colour_per_component_and_a_line_style_per_method():
+def test_several_methods_share_a_colour_per_component_and_a_line_style_per_method(grouseticks_compared):
     """Comparing methods on three SDs (grouseticks): each component keeps its colour across the methods, each
     method has its own dashes, and the legend is the key to both (one entry per component and per method that
     drew a density), below the plot where it covers no curve."""
-    import warnings
-
-    from app.state import AppState
-
-    st = AppState()
-    st.load_demo("grouseticks", fit=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = st.compare_methods(["vb", "laplace"])
-    fig = hv.render(plots.sd_density_plot({m: o.result for m, o in out.items()}), backend="bokeh")
+    fig = grouseticks_compared
     lines = [(r.data_source.data, r.glyph) for r in fig.select(type=GlyphRenderer)
              if "density" in r.data_source.data and type(r.glyph).__name__ == "Line"]
     assert len(lines) == 6

@@ -2056,6 +2056,25 @@ def test_vb_elbo_and_its_gradient_as_statsmodels_names_them(family):
         model.vb_elbo(mean[:-1], sd)
 
 
+def _fit_keeping_its_density(model, monkeypatch):
+    """``(fit_laplace's result, its _Conditional, its warnings' messages)``: the conditional keeps the log density
+    over the log-SDs that the fit integrated (its corrections as they were), for a quadrature of its own."""
+    from mglm_core import nested
+
+    seen = {}
+    design = nested._design
+
+    def keep(cond, *args):
+        seen["cond"] = cond
+        return design(cond, *args)
+
+    monkeypatch.setattr(nested, "_design", keep)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = model.fit_laplace()
+    return res, seen["cond"], [str(w.message) for w in caught]
+
+
 @pytest.mark.parametrize("data,vcp_p", [("no group effect", 10.0), ("no group effect", 100.0), ("cbpp", 5.0),
                                          ("poisson groups", 10.0), ("poisson groups", 100.0)])
 def test_a_wide_log_sd_prior_is_integrated_into_its_tail(data, vcp_p, monkeypatch):
@@ -2070,8 +2089,6 @@ def test_a_wide_log_sd_prior_is_integrated_into_its_tail(data, vcp_p, monkeypatc
     marginal likelihood without a group effect. At vcp_p = 100 the density at log-SDs below about -350 (an SD of
     e^-350) is not representable: those points are left out with a warning (the inner solve had raised a FitError
     there)."""
-    from mglm_core import nested
-
     if data == "cbpp":
         model = mg.BayesMixedGLM.from_formula("cbind(incidence, size - incidence) ~ period + (1 | herd)",
                                               data=load("cbpp"), vcp_p=vcp_p)
@@ -2086,20 +2103,10 @@ def test_a_wide_log_sd_prior_is_integrated_into_its_tail(data, vcp_p, monkeypatc
         df = pd.DataFrame({"g": np.repeat(np.arange(10), 20).astype(str), "x": rng.normal(size=200)})
         df["y"] = rng.binomial(1, 0.4, 200)
         model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g)", data=df, family="binomial", vcp_p=vcp_p)
-    seen = {}
-    design = nested._design
-
-    def keep(cond, *args):
-        seen["cond"] = cond
-        return design(cond, *args)
-
-    monkeypatch.setattr(nested, "_design", keep)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        res = model.fit_laplace()
+    res, cond, messages = _fit_keeping_its_density(model, monkeypatch)
     # (the tail coarsely, the core finely: trapezoid weights)
     vs = np.union1d(np.linspace(max(-6 * vcp_p - 5, -340.0), 4.0, 700), np.linspace(-4.0, 2.0, 400))
-    lp = np.array([seen["cond"].corrected(np.array([v]))[0] for v in vs])  # (the density the fit integrated)
+    lp = np.array([cond.corrected(np.array([v]))[0] for v in vs])  # (the density the fit integrated)
     p = np.exp(np.where(np.isfinite(lp), lp, -np.inf) - np.max(lp[np.isfinite(lp)]))
     p *= np.gradient(vs)
     mean = (p @ vs) / p.sum()
@@ -2113,7 +2120,6 @@ def test_a_wide_log_sd_prior_is_integrated_into_its_tail(data, vcp_p, monkeypatc
         log_ml = np.max(lp[np.isfinite(lp)]) + np.log(p.sum())
         assert res.log_marginal_likelihood == pytest.approx(log_ml, abs=0.02 if vcp_p == 10.0 else 0.1)
     assert res.converged
-    messages = [str(w.message) for w in caught]
     assert any("could not be solved" in m_ for m_ in messages) == (data == "no group effect" and vcp_p == 100.0), \
         messages
 
@@ -2145,25 +2151,12 @@ def test_a_lopsided_log_sd_posterior_with_two_components_is_integrated_whole(mon
     below, and cut the region) and integrates the prior's tail beyond it: both log-SDs' means and SDs match a fine
     quadrature of the fit's own density over the two log-SDs (within 0.1 SDs and 5 %; the first had been -3.34 +-
     1.68 for -4.38 +- 2.82)."""
-    from mglm_core import nested
-
     rng = np.random.default_rng(3)
     df = pd.DataFrame({"g": np.repeat(np.arange(10), 20).astype(str), "h": np.tile(np.arange(8), 25).astype(str)})
     eff = rng.normal(0, 1.0, 8)
     df["y"] = rng.binomial(1, 1 / (1 + np.exp(-(-0.3 + eff[df.h.astype(int)]))))
     model = mg.BayesMixedGLM.from_formula("y ~ 1 + (1 | g) + (1 | h)", data=df, family="binomial", vcp_p=5.0)
-    seen = {}
-    design = nested._design
-
-    def keep(cond, *args):
-        seen["cond"] = cond
-        return design(cond, *args)
-
-    monkeypatch.setattr(nested, "_design", keep)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = model.fit_laplace()
-    cond = seen["cond"]  # (the density the fit integrated: its corrections as they were)
+    res, cond, _ = _fit_keeping_its_density(model, monkeypatch)  # (the density the fit integrated)
     a, b = np.linspace(-27, 3, 76), np.linspace(-3, 3, 31)
     v = np.array([[cond.corrected(np.array([x, y]))[0] for y in b] for x in a])
     p = np.exp(np.where(np.isfinite(v), v, -np.inf) - np.max(v[np.isfinite(v)]))
