@@ -1148,7 +1148,7 @@ class _SkewedEffects:
         effects = np.flatnonzero(ie.skewness(model, eta, np.exp(mode[ie.component])) > SKEWED_EFFECT)
         if effects.size == 0:
             return None
-        rows = ie.tilted_moments(model, eta, nr.u, np.exp(mode[ie.component]), effects)[4]
+        rows = ie.tilted_moments(model, eta, nr.u, np.exp(mode[ie.component]), effects, derivatives=False)[4]
         Z = model.exog_vc[rows].tocsr()
         Z.data[np.isin(Z.indices, ie.cols)] = 0.0
         Z.eliminate_zeros()
