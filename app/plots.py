@@ -283,7 +283,12 @@ def sd_density_plot(results, truth: dict | None = None, components: list[str] | 
     # curve: the height is set by the others, and the spike runs off the top. Beside the Integrated Laplace's
     # curves (the accurate ones) any curve over twice their height runs off the top: VB's over-confident SD
     # densities, 4-13 times as high as grouseticks', had left one of those at 6 % of the plot's height.
-    peaks = np.array([float(np.nanmax(d["density"])) if len(d) else 0.0 for d, *_ in curves])
+    # (a curve's peak is taken over its 95 % interval and above: a wide prior's long tail towards SD 0 is a density
+    # per unit of SD growing without bound at 0, cbpp's at vcp_p = 5 to 36 times the herd SD's peak, and runs
+    # off the top too)
+    peaks = np.array([float(np.nanmax(d["density"][d["sd"] >= s["sd_lower"]], initial=0.0)) if len(d) else 0.0
+                      for d, _, _, s, *_ in curves])
+    tall = any(float(np.nanmax(d["density"])) > 1.5 * pk for (d, *_), pk in zip(curves, peaks) if len(d))
     spikes = peaks > 8.0 * np.median(peaks) if peaks.size > 1 else np.zeros(peaks.size, bool)
     accurate = np.array([str(d["method"].iloc[0]) == METHOD_NAMES["laplace"] if len(d) else False
                          for d, *_ in curves])
@@ -319,7 +324,7 @@ def sd_density_plot(results, truth: dict | None = None, components: list[str] | 
     if not layers:
         return empty_plot("No variance components")
     ylim = {}
-    if spikes.any() and ymax > 0:
+    if (spikes.any() or tall) and ymax > 0:
         ylim = {"ylim": (-ymax * (0.1 + 0.05 * (len(curves) - 1)), 1.15 * ymax)}
     from bokeh.models import CustomJSTickFormatter
 

@@ -343,6 +343,14 @@ class BayesMixedGLMResults:
         if self.vcp_grid is not None:
             x, d = np.asarray(self.vcp_grid.points[k]), np.asarray(self.vcp_grid.density[k])
             grid = np.linspace(x[0], x[-1], n)
+            # (a long tail towards SD 0, a wide prior's: half the points over the central 98 % and a margin, or the
+            # points would spread over the tail and leave the peak a handful of them: cbpp at vcp_p = 10, six at
+            # half its height)
+            q_lo, _, q_hi = _interval_from_grid(x, d, (0.01, 0.5, 0.99))
+            if n >= 8 and q_hi - q_lo < 0.25 * (x[-1] - x[0]):
+                core = np.linspace(max(x[0], q_lo - 0.5 * (q_hi - q_lo)), min(x[-1], q_hi + 0.5 * (q_hi - q_lo)),
+                                   n - n // 2)
+                grid = np.union1d(np.linspace(x[0], x[-1], n // 2), core)
             dens = np.interp(grid, x, d)
         else:
             m, s = self.vcp_mean[k], max(self.vcp_sd[k], 1e-12)

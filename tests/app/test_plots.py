@@ -376,3 +376,26 @@ def test_the_forest_title_says_what_the_points_are(cbpp_state):
     res = out["map"].result
     no_sd = dataclasses.replace(res, fe_sd=np.full_like(res.fe_sd, np.nan))
     assert title(no_sd) == "Fixed effects: posterior mode (no intervals: see the diagnostics)"
+
+
+def test_a_wide_priors_tail_towards_sd_zero_runs_off_the_top():
+    """cbpp at vcp_p = 5: the log-SD's posterior has a long tail towards SD 0 (the prior's own), a density per unit
+    of SD that grows without bound at 0 (36 times the herd SD's peak on the density's grid); the plot's height is
+    set by the curve over its 95 % interval, whose peak stays in view, and half of the density's points lie over
+    the central 98 % of the log-SD (spread evenly over the tail, a handful had drawn the peak)."""
+    import warnings
+
+    import mglm_core as mg
+    from mglm_core.datasets import load
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = mg.BayesMixedGLM.from_formula("cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                                            data=load("cbpp"), vcp_p=5.0).fit_laplace()
+    dens = res.vcp_density("herd")
+    lo, hi = np.log(res.vcp_table().loc["herd", ["sd_lower", "sd_upper"]].to_numpy(float))
+    body = dens["density"][dens["sd"] >= np.exp(lo)].max()
+    assert dens["density"].max() > 10 * body
+    assert np.sum((np.log(dens["sd"]) > lo) & (np.log(dens["sd"]) < hi)) >= 40
+    fig = hv.render(plots.sd_density_plot(res), backend="bokeh")
+    assert body < fig.y_range.end < 1.5 * body
