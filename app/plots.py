@@ -297,7 +297,7 @@ def sd_density_plot(results, truth: dict | None = None, components: list[str] | 
     ymax = float(peaks[~spikes].max()) if (~spikes).any() else float(peaks.max(initial=0.0))
     for d, color, lab, s, k, dash, _ in curves:
         hover = [("component", "@component"), ("SD", "@sd{0.0000}"), ("density", "@density{0.000}")]
-        layers.append(hv.Area(d, "sd", ["density", "component", "method"]).opts(
+        layers.append(hv.Area(d, "sd", "density").opts(  # (a second value column is the baseline of an Area)
             color=color, alpha=0.15, line_alpha=0))
         layers.append(hv.Curve(d, "sd", ["density", "component", "method"], label="" if multi else lab).opts(
             color=color, line_width=2.5, line_dash=dash, tools=["hover"], hover_tooltips=hover))

@@ -381,8 +381,9 @@ def test_the_forest_title_says_what_the_points_are(cbpp_state):
 def test_a_wide_priors_tail_towards_sd_zero_runs_off_the_top():
     """cbpp at vcp_p = 5: the log-SD's posterior has a long tail towards SD 0 (the prior's own), a density per unit
     of SD that grows without bound at 0 (36 times the herd SD's peak on the density's grid); the plot's height is
-    set by the curve over its 95 % interval, whose peak stays in view, and half of the density's points lie over
-    the central 98 % of the log-SD (spread evenly over the tail, a handful had drawn the peak)."""
+    set by the curve over its 95 % interval, whose peak stays in view, half of the density's points lie over the
+    central 98 % of the log-SD (spread evenly over the tail, a handful had drawn the peak), and the shading lies
+    under the curve."""
     import warnings
 
     import mglm_core as mg
@@ -399,3 +400,9 @@ def test_a_wide_priors_tail_towards_sd_zero_runs_off_the_top():
     assert np.sum((np.log(dens["sd"]) > lo) & (np.log(dens["sd"]) < hi)) >= 40
     fig = hv.render(plots.sd_density_plot(res), backend="bokeh")
     assert body < fig.y_range.end < 1.5 * body
+    # the shading closes on the zero line, under the curve (with the curve's hover columns as value columns, the
+    # Area had taken the second for its baseline and closed the curve on itself: shaded above it, up to the spike)
+    patch = next(r.data_source.data for r in fig.select(type=GlyphRenderer) if type(r.glyph).__name__ == "Patch")
+    n = len(dens)
+    np.testing.assert_array_equal(np.asarray(patch["y"])[:n], 0.0)
+    np.testing.assert_allclose(np.asarray(patch["y"])[n:][::-1], dens["density"].to_numpy())
