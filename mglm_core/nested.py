@@ -1271,11 +1271,6 @@ def _design(cond, mode, H, k, msgs):
     # grid points need the log density to ~1e-4, not the 1e-11 of the mode search's differences
     pts, truncated = _grid_points(lambda z, floor: cond.corrected(mode + root @ z, tol=_GRID_TOL, floor=floor)[0],
                                   k, step)
-    if truncated:
-        msgs.append(f"The posterior of the log-SDs extends beyond the integration grid ({_Z_MAX_1 if k == 1 else _Z_MAX:g}"
-                    " posterior SDs from its mode, at the mode's curvature): its mean and SD are truncated there. "
-                    "A very wide prior on the log-SDs (vcp_p) lets the data leave a long tail; a smaller vcp_p "
-                    "bounds it.")
     zs = np.array(list(pts.keys()), dtype=float) * step
     logp_grid = np.array([v for v, _ in pts.values()])
     predicted = np.array([pr for _, pr in pts.values()])
@@ -1285,6 +1280,11 @@ def _design(cond, mode, H, k, msgs):
     predicted = np.where(predicted[keep], logp_grid[keep], np.nan)
     log_scale = np.zeros(len(zs))
     tail = _prior_tail(cond, mode, root, zs, logp_grid[keep], step)
+    if truncated and tail is None:  # (where the prior's tail is integrated beyond the grid, the grid's edge is not one)
+        msgs.append(f"The posterior of the log-SDs extends beyond the integration grid ({_Z_MAX_1 if k == 1 else _Z_MAX:g}"
+                    " posterior SDs from its mode, at the mode's curvature): its mean and SD are truncated there. "
+                    f"The prior on the log-SDs (vcp_p = {cond.model.vcp_p:g}) lets the data leave a long tail; a "
+                    "smaller vcp_p bounds it.")
     if tail is not None:
         zs, predicted = np.vstack([zs, tail[0]]), np.concatenate([predicted, np.full(len(tail[0]), np.nan)])
         log_scale = np.concatenate([log_scale, tail[1]])
