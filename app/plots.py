@@ -256,6 +256,19 @@ def _key(curves) -> tuple[list, int]:
             for lab, (c, dash, a) in entries], ncols
 
 
+def _body_peak(d: pd.DataFrame, summary) -> float:
+    """The height of an SD density's body: its highest inner local maximum, or (a curve that only falls, a long
+    tail's 1/SD) its value at the median; 0 without rows."""
+    y = d["density"].to_numpy(float)
+    if y.size == 0 or not np.isfinite(y).any():
+        return 0.0
+    inner = y[1:-1][(y[1:-1] >= y[:-2]) & (y[1:-1] >= y[2:])] if y.size > 2 else np.zeros(0)
+    inner = inner[np.isfinite(inner)]
+    if inner.size:
+        return float(inner.max())
+    return float(np.interp(summary["sd_estimate"], d["sd"].to_numpy(float), y))
+
+
 def sd_density_plot(results, truth: dict | None = None, components: list[str] | None = None,
                     height: int = 360) -> hv.Overlay:
     """Posterior densities of the random-effect SDs, with the point estimate (median) and 95 % interval
@@ -283,11 +296,11 @@ def sd_density_plot(results, truth: dict | None = None, components: list[str] | 
     # curve: the height is set by the others, and the spike runs off the top. Beside the Integrated Laplace's
     # curves (the accurate ones) any curve over twice their height runs off the top: VB's over-confident SD
     # densities, 4-13 times as high as grouseticks', had left one of those at 6 % of the plot's height.
-    # (a curve's peak is taken over its 95 % interval and above: a wide prior's long tail towards SD 0 is a density
-    # per unit of SD growing without bound at 0, cbpp's at vcp_p = 5 to 36 times the herd SD's peak, and runs
-    # off the top too)
-    peaks = np.array([float(np.nanmax(d["density"][d["sd"] >= s["sd_lower"]], initial=0.0)) if len(d) else 0.0
-                      for d, _, _, s, *_ in curves])
+    # (a curve's peak is its highest inner local maximum: a wide prior's long tail towards SD 0 is a density per
+    # unit of SD growing without bound at 0, cbpp's at vcp_p = 5 to 36 times the herd SD's peak, and runs off the
+    # top too; its largest value over the 95 % interval sits at the interval's lower end, grouseticks' LOCATION's
+    # 58 times its density at the median, and had set the height)
+    peaks = np.array([_body_peak(d, s) for d, _, _, s, *_ in curves])
     tall = any(float(np.nanmax(d["density"])) > 1.5 * pk for (d, *_), pk in zip(curves, peaks) if len(d))
     spikes = peaks > 8.0 * np.median(peaks) if peaks.size > 1 else np.zeros(peaks.size, bool)
     accurate = np.array([str(d["method"].iloc[0]) == METHOD_NAMES["laplace"] if len(d) else False

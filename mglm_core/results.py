@@ -347,10 +347,12 @@ class BayesMixedGLMResults:
             # points would spread over the tail and leave the peak a handful of them: cbpp at vcp_p = 10, six at
             # half its height)
             q_lo, _, q_hi = _interval_from_grid(x, d, (0.01, 0.5, 0.99))
-            if n >= 8 and q_hi - q_lo < 0.25 * (x[-1] - x[0]):
+            if n >= 8 and 0.0 < q_hi - q_lo < 0.25 * (x[-1] - x[0]):
                 core = np.linspace(max(x[0], q_lo - 0.5 * (q_hi - q_lo)), min(x[-1], q_hi + 0.5 * (q_hi - q_lo)),
                                    n - n // 2)
                 grid = np.union1d(np.linspace(x[0], x[-1], n // 2), core)
+                # (n points: where the two parts share one, the union has fewer; spread them over its order)
+                grid = np.interp(np.linspace(0.0, grid.size - 1.0, n), np.arange(grid.size), grid)
             dens = np.interp(grid, x, d)
         else:
             m, s = self.vcp_mean[k], max(self.vcp_sd[k], 1e-12)

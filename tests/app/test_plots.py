@@ -398,6 +398,9 @@ def test_a_wide_priors_tail_towards_sd_zero_runs_off_the_top():
     body = dens["density"][dens["sd"] >= np.exp(lo)].max()
     assert dens["density"].max() > 10 * body
     assert np.sum((np.log(dens["sd"]) > lo) & (np.log(dens["sd"]) < hi)) >= 40
+    for n in (2, 3, 8, 9, 200, 201):  # (exactly n points, increasing: the two parts' shared point had made n - 1)
+        d = res.vcp_density("herd", n=n)
+        assert len(d) == n and np.all(np.diff(d["sd"]) > 0)
     fig = hv.render(plots.sd_density_plot(res), backend="bokeh")
     assert body < fig.y_range.end < 1.5 * body
     # the shading closes on the zero line, under the curve (with the curve's hover columns as value columns, the
@@ -406,3 +409,21 @@ def test_a_wide_priors_tail_towards_sd_zero_runs_off_the_top():
     n = len(dens)
     np.testing.assert_array_equal(np.asarray(patch["y"])[:n], 0.0)
     np.testing.assert_allclose(np.asarray(patch["y"])[n:][::-1], dens["density"].to_numpy())
+
+
+def test_a_density_that_only_falls_over_its_interval_does_not_set_the_height():
+    """grouseticks at vcp_p = 5: LOCATION's SD density per unit of SD falls all across its 95 % interval (the 1/SD of
+    a long tail towards SD 0), its largest value there 58 times its value at the median; the plot's height follows
+    the curves' bodies (INDEX's peak), not that value (it had been 33, leaving BROOD's peak at 8 % of the plot)."""
+    import warnings
+
+    import mglm_core as mg
+    from mglm_core.datasets import load
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = mg.BayesMixedGLM.from_formula("TICKS ~ YEAR + HEIGHT + (1 | BROOD) + (1 | INDEX) + (1 | LOCATION)",
+                                            data=load("grouseticks"), family="poisson", vcp_p=5.0).fit_laplace()
+    index = res.vcp_density("INDEX")["density"].max()
+    fig = hv.render(plots.sd_density_plot(res), backend="bokeh")
+    assert index < fig.y_range.end < 1.5 * index
