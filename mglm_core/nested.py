@@ -1126,7 +1126,8 @@ class _SkewedEffects:
     effects: np.ndarray  # local indices in the independent component
     cols: np.ndarray  # their columns of exog_vc
     exact_mean: np.ndarray  # (bool) those that take the exact mean
-    X: np.ndarray  # the effects' rows' fixed-effect design (rows in tilted_moments' order)
+    G: sp.csr_matrix  # effects x their rows (tilted_moments' order): sums over each effect's rows
+    X: np.ndarray  # the rows' fixed-effect design
     Z: sp.csr_matrix  # ... and their exog_vc without the component's columns (None where it has no entries)
 
     @property
@@ -1148,14 +1149,16 @@ class _SkewedEffects:
         effects = np.flatnonzero(ie.skewness(model, eta, np.exp(mode[ie.component])) > SKEWED_EFFECT)
         if effects.size == 0:
             return None
-        rows = ie.tilted_moments(model, eta, nr.u, np.exp(mode[ie.component]), effects, derivatives=False)[4]
+        sel, local = ie.rows_of(effects)
+        rows = ie.rows[sel]
         Z = model.exog_vc[rows].tocsr()
         Z.data[np.isin(Z.indices, ie.cols)] = 0.0
         Z.eliminate_zeros()
         if Z.nnz and effects.size > SKEWED_SOLVES_MAX:
             return None
         exact_mean = np.isin(effects, ie.boundary_effects(model)) & (Z.nnz == 0)
-        return cls(effects, ie.cols[effects], exact_mean, np.asarray(model.exog[rows], dtype=float),
+        G = sp.csr_matrix((np.ones(rows.size), (local, np.arange(rows.size))), shape=(effects.size, rows.size))
+        return cls(effects, ie.cols[effects], exact_mean, G, np.asarray(model.exog[rows], dtype=float),
                    Z if Z.nnz else None)
 
     def moments(self, cond, vcp, u, b, factor):
@@ -1163,9 +1166,8 @@ class _SkewedEffects:
         Hessian's factorisation ``factor`` (see the class)."""
         model, ie = cond.model, cond.independent
         eta = model.rows.linear_predictor(b, u)
-        mu, tau, kappa, _, rows, which, c, c2 = ie.tilted_moments(model, eta, u, np.exp(vcp[ie.component]),
-                                                                  self.effects)
-        G = sp.csr_matrix((np.ones(rows.size), (which, np.arange(rows.size))), shape=(self.effects.size, rows.size))
+        mu, tau, kappa, _, _, _, c, c2 = ie.tilted_moments(model, eta, u, np.exp(vcp[ie.component]), self.effects)
+        G = self.G
         g, g2 = G @ (c[:, None] * self.X), G @ (c2[:, None] * self.X)
         if self.Z is None:
             cov = factor.border_inverse()
@@ -1775,8 +1777,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             continue
         u, b, factor = nr.u, nr.b, nr.factor
         fe_cov, vc_var_t = factor.border_inverse(), factor.sparse_diag_inverse()
-        near = (min(changes, key=lambda c_: float(np.sum((c_[0] - zs[t_]) ** 2)))
-                if refine and changes else None)
+        near = _nearest(changes, zs[t_]) if refine and changes else None
         if refine and refine_at[t_]:
             u, b, factor, ok, shift = refine_conditional(model, th, u, b, factor,
                                                          shift=near[1] if near else None)
@@ -1803,7 +1804,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
                 u = u.copy()
                 u[cols[skewed.exact_mean]] = mean_s[skewed.exact_mean]
             else:
-                _, ratio, skew = min(skew_changes, key=lambda c_: float(np.sum((c_[0] - zs[t_]) ** 2)))
+                _, ratio, skew = _nearest(skew_changes, zs[t_])
                 var_s, third_s = vc_var_t[cols] * ratio, skew * vc_var_t[cols] ** 1.5
             vc_var_t[cols], third[cols] = var_s, third_s
         out[t_] = (logp, b, fe_cov if fe_factor is None else _widened(fe_cov, fe_factor), u, vc_var_t, third)
@@ -1897,6 +1898,11 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
                   {"vc_mixture": _grid_mixture(w, vc_m, vc_v, vc_mean, lattice_var)
                    + (() if vc_k is None else (np.array(vc_k),))})},
     )
+
+
+def _nearest(changes, z):
+    """Of ``changes`` (tuples led by their point's coordinates), the one whose point is nearest ``z``."""
+    return min(changes, key=lambda c_: float(np.sum((c_[0] - z) ** 2)))
 
 
 def _grid_mixture(w, means, variances, mean, lattice_var):

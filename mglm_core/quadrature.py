@@ -380,6 +380,15 @@ def _adaptive_rule(family, y, trials, a, z, local, group, u0, sc, prec, x, logw,
     return U, eta, log_I, pi, S, W
 
 
+def _node_moments(pi, U, third=True):
+    r"""``(mu, centred, tau, kappa)``: the effects' means, their nodes less the means, variances and (with ``third``,
+    else None) third central moments under a rule's tilted weights ``pi`` at its nodes ``U`` (effects x nodes)."""
+    mu = np.einsum("jk,jk->j", pi, U)
+    centred = U - mu[:, None]
+    tau = np.maximum(np.einsum("jk,jk->j", pi, centred**2), 0.0)
+    return mu, centred, tau, (np.einsum("jk,jk->j", pi, centred**3) if third else None)
+
+
 def _linear_nodes(c, coefs, nodes):
     r""":math:`\eta_{ik} = c_i + \sum_t \alpha_{ti} x_{tk}` (rows x nodes)."""
     eta = np.repeat(c[:, None], nodes[0].size, axis=1)
@@ -677,14 +686,9 @@ class IndependentEffects:
         :math:`c2_i = \partial\tau_j/\partial a_i = \mathrm{Cov}_j((u - \mu_j)^2, s_i)` (:math:`s_i` the row's
         score at :math:`a_i + z_i u`). Costs the effects' rows times the rule's nodes (three times that with
         ``derivatives``; without, ``kappa``, ``c`` and ``c2`` are None)."""
-        m = self.m
         effects = np.asarray(effects, dtype=np.int64)
-        keep = np.zeros(m, dtype=bool)
-        keep[effects] = True
-        sel = np.flatnonzero(keep[self.local])
-        pos = np.full(m, -1, dtype=np.int64)
-        pos[effects] = np.arange(effects.size)
-        local, z, y = pos[self.local[sel]], self.z[sel], self.y[sel]
+        sel, local = self.rows_of(effects)
+        z, y = self.z[sel], self.y[sel]
         trials = None if self.trials is None else self.trials[sel]
         fam = model.family
         rows = self.rows[sel]
@@ -695,16 +699,24 @@ class IndependentEffects:
         U, _, _, pi, S, _ = _adaptive_rule(fam, y[:, None], None if trials is None else trials[:, None],
                                            eta_r - z * u0[local], z, local, group, u0, np.sqrt(2.0) * s,
                                            1.0 / sd**2, self.x, self.logw)
-        mu = np.einsum("jk,jk->j", pi, U)
-        centred = U - mu[:, None]
-        tau = np.maximum(np.einsum("jk,jk->j", pi, centred**2), 0.0)
+        mu, centred, tau, kappa = _node_moments(pi, U, third=derivatives)
         if not derivatives:
             return mu, tau, None, s, rows, local, None, None
-        kappa = np.einsum("jk,jk->j", pi, centred**3)
         P = np.take(pi, local, axis=0)  # rows x nodes
         c = np.einsum("ik,ik->i", P * np.take(centred, local, axis=0), S)
         c2 = np.einsum("ik,ik->i", P * np.take(centred**2 - tau[:, None], local, axis=0), S)
         return mu, tau, kappa, s, rows, local, c, c2
+
+    def rows_of(self, effects):
+        """``(positions, local)``: where the rows of the effects ``effects`` (local indices) sit among this
+        component's rows, in their order, and each one's effect as its position in ``effects``
+        (:meth:`tilted_moments`' order)."""
+        keep = np.zeros(self.m, dtype=bool)
+        keep[effects] = True
+        sel = np.flatnonzero(keep[self.local])
+        pos = np.full(self.m, -1, dtype=np.int64)
+        pos[effects] = np.arange(len(effects))
+        return sel, pos[self.local[sel]]
 
     def conditional_shift(self, model, eta, u, sd, effects=None):
         r"""How far effects' exact conditional posteriors are from their Laplace Gaussians.
@@ -1726,13 +1738,10 @@ class NestedMarginal:
         ie = self.ie
         if isinstance(U, _BlockNodes):  # (the block rule's nodes by their parts: moments without them)
             return (*U.tilted(pi, dev), None, None)
-        mu = np.einsum("jk,jk->j", pi, U)
-        centred = U - mu[:, None]
-        tau = np.maximum(np.einsum("jk,jk->j", pi, centred**2), 0.0)
+        mu, centred, tau, kappa = _node_moments(pi, U, third=self.skew)
         c = ie.effect_rows.weighted(dev, pi * centred)
         if not self.skew:
             return mu, tau, c, None, None
-        kappa = np.einsum("jk,jk->j", pi, centred**3)
         return mu, tau, c, kappa, ie.effect_rows.weighted(dev, pi * centred**2)
 
     @staticmethod
