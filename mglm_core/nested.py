@@ -45,10 +45,12 @@ gradient) defines standardised coordinates :math:`\theta = \theta^* + \Sigma^{1/
   :math:`\propto \tilde p(\theta \mid y)\,e^{\epsilon(\theta)}`, between-point
   variances divided by the lattice's factor for a Gaussian (:func:`_lattice_factors`: 0.995 at
   step 1.5; a step of 2, corrected by 0.86, put a sparse binary crossed case's log-SD means 0.3
-  SD off) and each log-SD's marginal tabulated as
-  the split normal with the points' first three moments (:func:`_marginal_grid`) (the grid
-  follows skewed posteriors, which split normals describe only roughly: grouseticks'
-  ``LOCATION``, with scales 0.75 and 1.32, gets an SD ratio of 0.69 from them).
+  SD off) and each log-SD's marginal tabulated from the log density interpolated between the
+  points and integrated over the lattice's cells (:mod:`mglm_core.vcp_marginals`), moved and scaled to
+  the grid's mean and SD (the grid follows skewed posteriors, which split normals describe only
+  roughly: grouseticks' ``LOCATION``, with scales 0.75 and 1.32, gets an SD ratio of 0.69 from them;
+  split normals with the grid's three moments had the marginals' interval ends up to 0.05 SDs off
+  where these are within 0.03).
 
 :math:`\epsilon(\theta)` is the second-order correction of the Laplace value
 (:meth:`_Conditional.second_order`, Shun & McCullagh 1995): with observation-level
@@ -140,6 +142,7 @@ from .objectives import LOG_2PI, LogJoint
 from .progress import Progress
 from .quadrature import IndependentEffects, NestedMarginal
 from .results import BayesMixedGLMResults, FitDiagnostics, VcpGrid, split_normal
+from .vcp_marginals import lattice_marginals
 
 __all__ = ["fit_laplace"]
 
@@ -1861,7 +1864,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     cov[:p, p:] = (dfe * w[:, None]).T @ dth / lattice_var
     cov[p:, :p] = cov[:p, p:].T
     if split is None:
-        grid = _marginal_grid(thetas, w, root, k, np.diag(cov[p:, p:]), log_scale=log_scale[used])
+        grid = _marginal_grid(thetas, w, root, k, np.diag(cov[p:, p:]), log_scale=log_scale[used], mode=mode,
+                              step=_grid_step(cond, k), mean=vcp_mean)
     else:
         cov[p:, p:] = (root * split["var"]) @ root.T
         vcp_mean = mode + root @ split["mean"]
@@ -2001,18 +2005,27 @@ def _lattice_factors(h, terms=3):
         float(np.log1p(2.0 * np.sum(a)))
 
 
-def _marginal_grid(thetas, w, root, k, var=None, n=201, log_scale=None):
+def _marginal_grid(thetas, w, root, k, var=None, n=201, log_scale=None, mode=None, step=None, mean=None):
     """Marginal density of each log-SD on a fine grid.
 
     k = 1: the log density at the integration points interpolated by a cubic
     spline in z (the weights ``w`` less the points' ``log_scale``: the prior's tail points stand for more than a
     grid step, :func:`_prior_tail`; with their spacing in the spline the tail's density had been 3.6 times too
-    high and an interval's end 3 SDs too far). k = 2, 3: the split normal with the points' mean, variance (``var``,
-    the grid's corrected for the lattice) and third moment (:func:`~mglm_core.results.split_normal`): the points
-    project onto an axis too coarsely for a density of their own.
+    high and an interval's end 3 SDs too far). k >= 2 with the lattice's ``mode`` and ``step``: the log density
+    interpolated over the lattice and integrated on a finer one (:func:`~mglm_core.vcp_marginals.lattice_marginals`),
+    moved and scaled to ``mean`` and ``var``. Otherwise (a caller without the lattice, or too few points on it): the
+    split normal with the points' mean, variance (``var``, the grid's corrected for the lattice) and third moment
+    (:func:`~mglm_core.results.split_normal`).
     """
     from scipy.interpolate import CubicSpline
 
+    lattice = np.ones(len(w), bool) if log_scale is None else log_scale == 0  # (the prior's tail points are not)
+    if k >= 2 and step is not None and np.count_nonzero(lattice & (w > 0)) >= 2:
+        lw = np.log(w[lattice & (w > 0)])
+        tail = ~lattice & (w > 0)  # (a tail point's weight is its mass; a lattice point's, its cell's)
+        pts, dens = lattice_marginals(thetas[lattice & (w > 0)], lw, mode, root, step, mean, var,
+                                      tail=(thetas[tail], w[tail] / np.exp(lw.max())), n=n)
+        return VcpGrid(points=pts, density=dens)
     pts, dens = [], []
     for j in range(k):
         x = thetas[:, j]
@@ -2026,13 +2039,13 @@ def _marginal_grid(thetas, w, root, k, var=None, n=201, log_scale=None):
                 g = np.union1d(g, np.linspace(core.min(), core.max(), n))
             d = np.exp(CubicSpline(xs, lw)(g) - lw.max())
         else:
-            mean = float(w @ x)
-            v = float(var[j]) if var is not None else float(w @ (x - mean) ** 2)
+            mean_j = float(w @ x)
+            v = float(var[j]) if var is not None else float(w @ (x - mean_j) ** 2)
             # all points on one value of this log-SD (points dropped): a tenth of the curvature's SD
             v = max(v, 0.01 * float(np.sum(root[j] ** 2)))
-            mode, sm, sp_ = (float(a) for a in split_normal(mean, v, float(w @ (x - mean) ** 3)))
-            g = np.linspace(mode - 4.5 * sm, mode + 4.5 * sp_, n)
-            d = np.exp(-0.5 * ((g - mode) / np.where(g < mode, sm, sp_)) ** 2)
+            mode_j, sm, sp_ = (float(a) for a in split_normal(mean_j, v, float(w @ (x - mean_j) ** 3)))
+            g = np.linspace(mode_j - 4.5 * sm, mode_j + 4.5 * sp_, n)
+            d = np.exp(-0.5 * ((g - mode_j) / np.where(g < mode_j, sm, sp_)) ** 2)
         area = np.trapezoid(d, g)
         pts.append(g)
         dens.append(d / area)
