@@ -127,9 +127,10 @@ def _surface(z, f):
     def poly(x):
         return _monomials(x, degree) @ coef
 
-    if len(z) < 2:
+    try:
+        spline = RBFInterpolator(z, f - poly(z), kernel="thin_plate_spline", degree=1)
+    except (ValueError, np.linalg.LinAlgError):  # (too few points, or all in a line: the polynomial alone)
         return poly
-    spline = RBFInterpolator(z, f - poly(z), kernel="thin_plate_spline", degree=0)
     return lambda x: poly(x) + spline(x)
 
 
