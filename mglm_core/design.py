@@ -731,12 +731,21 @@ def _at_contrast(names: Sequence[str], commas: int) -> bool:
     return bool(names) and names[-1] == "C" and commas == 1
 
 
-def _integer_text(name: str) -> str:
+def _integer_text(name: str, caret: bool = False) -> str:
     """A column name as the formula wrote it: with the integer literals that :func:`_python_arithmetic` made
     floats (``I(x ** 2.0)`` -> ``I(x ** 2)``) and the bare ``Treatment`` contrast it called
-    (``C(g, Treatment())`` -> ``C(g, Treatment)``, patsy's name)."""
+    (``C(g, Treatment())`` -> ``C(g, Treatment)``, patsy's name); with ``caret`` (the formula wrote its powers
+    as R's ``^``, never ``**``: :func:`_writes_caret`) the powers as ``^`` (``I(x^2)``, lme4's name and the
+    random slopes' here)."""
     name = re.sub(r"(?<=, )Treatment\(\)(?=[,)])", "Treatment", name)
-    return re.sub(r"(?<![\w.])(\d+)\.0(?![\w.])", r"\1", name)
+    name = re.sub(r"(?<![\w.])(\d+)\.0(?![\w.])", r"\1", name)
+    return name.replace(" ** ", "^") if caret else name
+
+
+def _writes_caret(text: str) -> bool:
+    """Whether a formula writes powers inside ``I(...)`` as ``^`` and nowhere as ``**``."""
+    ops = [t.text for t, stack, _ in _frames(list(_tokenize(text))) if "I" in stack and t.text in ("^", "**")]
+    return "^" in ops and "**" not in ops
 
 
 def _in_arithmetic(stack: Sequence[str]) -> bool:
@@ -1152,7 +1161,7 @@ def _vc_formula_component(df: pd.DataFrame, key: str, text: str) -> VCTerm:
             mm = model_matrix(safe, df, output="sparse", na_action="ignore", context=_SAFE_CONTEXT)
     except Exception as exc:  # formulaic's own errors -> ours, with the text shown
         raise FormulaError(f"vc_formulas[{key!r}]: {exc}", text, 0, len(text)) from exc
-    names = tuple(_integer_text(c) for c in mm.model_spec.column_names)
+    names = tuple(_integer_text(c, _writes_caret(text)) for c in mm.model_spec.column_names)
     return VCTerm(
         name=key,
         group=None,
@@ -1900,7 +1909,8 @@ def build_design(
                              "number.")
                 warnings.warn(notes[-1], DataWarning, stacklevel=2)
     exog = np.ascontiguousarray(mm.to_numpy(dtype=np.float64))
-    exog_names = [_integer_text(str(c)) for c in mm.columns]
+    caret = _writes_caret(formula)
+    exog_names = [_integer_text(str(c), caret) for c in mm.columns]
     if exog.size and not np.all(np.isfinite(exog)):
         j = int(np.flatnonzero(~np.isfinite(exog).all(axis=0))[0])
         k = int((~np.isfinite(exog[:, j])).sum())
