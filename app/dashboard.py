@@ -22,8 +22,9 @@ import param
 
 from app import adapter, link, plots
 from app.live import LivePlot
-from app.data import DEMOS, MAX_UPLOAD_MB, column_overview
+from app.data import DEMOS, MAX_UPLOAD_BYTES, MAX_UPLOAD_MB, column_overview, too_large_message
 from app.state import AppState, diagnostics, model_comparison, problem_size
+from app.upload import ChunkedUpload
 
 
 def _rows(n: int) -> str:
@@ -111,14 +112,6 @@ CSS = """
 #: a pane's classes and the sheet that styles them (each Bokeh model has its own shadow root: a sheet on a
 #: layout, or the page's CSS, does not reach the panes inside it)
 NOTE = dict(css_classes=["mglm-note"], stylesheets=[CSS])
-#: The upload input's file, put aside in the browser tab when chosen (kept by _STORE_JS once the server read it);
-#: a file beyond the tab's storage (a few MB) is not kept
-_PENDING_JS = """
-if (source.value) {
-  try {
-    window.sessionStorage.setItem('mglm-upload-pending', JSON.stringify({filename: source.filename, value: source.value}));
-  } catch (e) { window.sessionStorage.removeItem('mglm-upload-pending'); }
-}"""
 #: Signals to the browser tab's store (Dashboard._signal): restore (answered in ``sink``), commit the file put aside,
 #: or clear
 _STORE_JS = """
@@ -253,7 +246,6 @@ class Dashboard(pn.viewable.Viewer):
         params.setdefault("state", AppState())
         super().__init__(**params)
         self._syncs = {}  # (id(obj), parameter) -> (obj, watcher) keeping the newest column widget in step
-        self._uploaded_name = None  # the name of the file whose content was just read (_on_file_name)
         self._location = None  # the page's URL, kept to the model by _write_link once served (servable)
         self._signals = 0  # signals sent to the browser tab's store of an uploaded file (_signal)
         self._restoring = False  # (while the file the tab gave back is read: it stays kept as it is)
@@ -427,10 +419,11 @@ class Dashboard(pn.viewable.Viewer):
                                              value=st.data.dataset if st.data.dataset in DEMOS else OWN_DATA,
                                              sizing_mode="stretch_width")
         self.demo_select.param.watch(self._on_demo, "value")
-        self.file_input = pn.widgets.FileInput(accept=".csv,.txt,.tsv,.parquet,.pq,.xlsx,.xls",
-                                               sizing_mode="stretch_width", label="Upload")
+        # (a file over the limit is refused in the browser, before any of it is sent; the others come in chunks)
+        self.file_input = ChunkedUpload(accept=".csv,.txt,.tsv,.parquet,.pq,.xlsx,.xls", max_bytes=MAX_UPLOAD_BYTES,
+                                        sizing_mode="stretch_width", label="Upload")
         self.file_input.param.watch(self._on_upload, "value")
-        self.file_input.param.watch(self._on_file_name, "filename")
+        self.file_input.param.watch(self._on_refused, ["refused", "failed"])
         data_info = pn.pane.Markdown(pn.bind(self._data_info, st.data.param.df, st.data.param.dataset),
                                      margin=(0, 5), **NOTE)
         # widgets whose options depend on the data are rebuilt when the columns change: pushing new options to
@@ -704,7 +697,6 @@ class Dashboard(pn.viewable.Viewer):
         self._tab_store = pn.widgets.TextInput(visible=False, name="tab store")
         self._stored = pn.widgets.TextInput(visible=False, name="stored file")
         # (set before the page is made: callbacks added to a rendered widget do not reach its browser model)
-        self.file_input.jscallback(value=_PENDING_JS)
         self._tab_store.jscallback(value=_STORE_JS, args={"sink": self._stored})
         self._address.jscallback(value="if (source.value) { window.history.replaceState(null, '', source.value) }")
         self.main = pn.Column(self.header, self.tabs, pn.pane.HTML(TAB_KEYS, width=0, height=0, margin=0),
@@ -814,19 +806,19 @@ class Dashboard(pn.viewable.Viewer):
             except Exception as exc:
                 self.state._set_error("data", f"Could not load {event.new}: {exc}")
 
-    def _on_file_name(self, event):
-        # an empty file arrives as a name without content (the browser's input sends no value for it); the
-        # name of a file just read may also come after its content (then it is not news)
-        if event.new and event.new == self._uploaded_name:
-            self._uploaded_name = None
+    def _on_refused(self, event):
+        """A file the browser did not send: over the upload limit, or unreadable."""
+        if event.new is None:
             return
-        if event.new and self.file_input.value is None:
-            self.state._set_error("data", f"The file {event.new!r} is empty.")
+        name, detail = event.new
+        if event.name == "refused":
+            self.state._set_error("data", too_large_message(name, detail))
+        else:
+            self.state._set_error("data", f"The browser could not read {name!r}: {detail}")
 
     def _on_upload(self, event):
         if event.new is None:
             return
-        self._uploaded_name = self.file_input.filename
         ok = self.state.load_upload(self.file_input.filename or "upload.csv", event.new)
         if ok:
             self.demo_select.value = OWN_DATA

@@ -97,6 +97,11 @@ def reader_call(path: str, df: pd.DataFrame | None = None) -> str:
     return f"pd.read_csv({path!r}" + "".join(f", {k}={v!r}" for k, v in options.items()) + ")"
 
 
+def too_large_message(filename: str, size: int) -> str:
+    """What an upload over the limit is told."""
+    return f"The file {filename!r} is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB."
+
+
 def read_upload(filename: str, content: bytes) -> pd.DataFrame:
     """Turn uploaded bytes into a DataFrame, or raise DataInputError with a plain message.
 
@@ -105,8 +110,7 @@ def read_upload(filename: str, content: bytes) -> pd.DataFrame:
     if content is None or len(content) == 0:
         raise DataInputError(f"The file {filename!r} is empty.")
     if len(content) > MAX_UPLOAD_BYTES:
-        raise DataInputError(
-            f"The file {filename!r} is {len(content) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB.")
+        raise DataInputError(too_large_message(filename, len(content)))
     suffix = Path(filename or "").suffix.lower()
     try:
         kind = _file_kind(filename)

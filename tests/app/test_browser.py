@@ -365,6 +365,24 @@ def test_an_empty_file_is_reported_in_the_browser(page, tmp_path):
     assert page.console_errors == []
 
 
+def test_a_file_over_the_limit_is_refused_in_the_browser_and_the_session_goes_on(page, tmp_path):
+    """A file over the upload limit (51 MB here) is refused by the page before any of it is sent, with its size
+    and the limit; the session stays, and a file then chosen loads. (Sent whole, as one websocket message, a file
+    that size closed the connection, and with it the session.)"""
+    from app.data import MAX_UPLOAD_BYTES, load_demo
+
+    big = tmp_path / "big.csv"
+    with big.open("wb") as fh:
+        fh.truncate(MAX_UPLOAD_BYTES + 2**20)
+    page.locator("input[type=file]").first.set_input_files(str(big))
+    page.get_by_text("The file 'big.csv' is 51.0 MB; the limit is 50 MB.").first.wait_for(timeout=30_000)
+    path = tmp_path / "after.csv"
+    load_demo("cbpp_long").to_csv(path, index=False)
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    page.get_by_text("after.csv: 842 rows").first.wait_for(timeout=30_000)
+    assert page.console_errors == []
+
+
 def test_session_answers_during_long_fit(page):
     # with live refits off, a typed formula with four components makes the integrated-Laplace fit behind
     # the Fit button take several seconds (about 5 s here; three components took 1.7 s, little margin

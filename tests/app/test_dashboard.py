@@ -165,14 +165,63 @@ def test_the_comparison_plots_do_not_move_the_other_tabs_axes():
     assert main_density.x_range.start > 0.1  # (linked, it started at MAP's SD of 0)
 
 
+def _send_file(upload, name, content, chunk=4):
+    """The browser side of :class:`app.upload.ChunkedUpload`: a file's messages, in chunks of ``chunk`` bytes."""
+    import base64
+
+    parts = [content[i:i + chunk] for i in range(0, len(content), chunk)]
+    upload._handle_msg({"kind": "start", "name": name, "size": len(content), "chunks": len(parts)})
+    for i, part in enumerate(parts):
+        upload._handle_msg({"kind": "chunk", "index": i, "data": base64.b64encode(part).decode()})
+    upload._handle_msg({"kind": "end", "name": name})
+
+
 def test_an_empty_file_is_reported():
-    """The browser's file input sends a name without content for an empty file: said so next to the
-    upload (it was silently ignored)."""
+    """An empty file arrives as its name and no bytes: said so next to the upload (it was silently ignored)."""
     from app import Dashboard
 
     d = Dashboard()
-    d.file_input.filename = "empty.csv"
+    _send_file(d.file_input, "empty.csv", b"")
     assert d.state.errors.get("data") == "The file 'empty.csv' is empty."
+
+
+def test_an_upload_arrives_in_chunks_and_loads():
+    """A file sent in chunks is joined and read (a file of 7 rows in chunks of 4 bytes); the same file sent again
+    loads again."""
+    from app import Dashboard
+
+    d = Dashboard()
+    content = b"y,x,g\n" + b"".join(f"{i % 2},{i * 0.5},g{i % 3}\n".encode() for i in range(7))
+    _send_file(d.file_input, "tiny.csv", content)
+    assert d.state.data.upload == "tiny.csv" and d.state.data.df.shape == (7, 3), d.state.errors
+    assert d.file_input.value is None  # (forgotten once read: the same file again is news)
+    d.state.load_demo("cbpp", fit=False)
+    _send_file(d.file_input, "tiny.csv", content, chunk=5)
+    assert d.state.data.upload == "tiny.csv"
+
+
+def test_an_upload_over_the_limit_is_refused_with_its_size():
+    """The browser refuses a file over the limit before sending it and says its name and size: the message names
+    both and the limit, and the data stay. A client that sends more than it announced, or more than the limit,
+    or text that is not base64, loads nothing."""
+    from app import Dashboard
+    from app.data import MAX_UPLOAD_MB
+
+    d = Dashboard()
+    before = d.state.data.df
+    d.file_input._handle_msg({"kind": "refused", "name": "big.csv", "size": 120 * 2**20})
+    assert d.state.errors.get("data") == f"The file 'big.csv' is 120.0 MB; the limit is {MAX_UPLOAD_MB} MB."
+    assert d.state.data.df is before
+    d.file_input._handle_msg({"kind": "start", "name": "liar.csv", "size": 3, "chunks": 1})
+    d.file_input._handle_msg({"kind": "chunk", "index": 0, "data": "YWJjZGVm"})  # (6 bytes for 3)
+    d.file_input._handle_msg({"kind": "end", "name": "liar.csv"})
+    assert d.file_input.refused == ("liar.csv", 6) and d.state.data.df is before
+    d.file_input._handle_msg({"kind": "start", "name": "huge.csv", "size": 10**12, "chunks": 1})
+    assert d.file_input.refused == ("huge.csv", 10**12)
+    d.file_input._handle_msg({"kind": "start", "name": "odd.csv", "size": 3, "chunks": 1})
+    d.file_input._handle_msg({"kind": "chunk", "index": 0, "data": "not base64!"})
+    d.file_input._handle_msg({"kind": "end", "name": "odd.csv"})
+    assert d.state.data.df is before and d.state.data.upload != "odd.csv"
 
 
 def test_truth_marks_only_on_the_simulated_datas_fit_and_plain_status():
