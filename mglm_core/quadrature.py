@@ -1628,6 +1628,10 @@ class NestedMarginal:
         if kappa is not None:
             vc_third[ie.cols] = kappa + 3.0 * carried(first, derivatives(c2))
         vc_mean[ie.cols], vc_var[ie.cols] = mu, tau + quad
+        if model.k_fep and ie.d == 1:  # (not for blocks of several effects per row)
+            if nodes is None:
+                nodes = self._nodes(uD, fe, ie.precision(vcp), self.rule_at(vcp), self.family_at(vcp))
+            vc_mean[ie.cols] += self._curvature_shift(nodes, cov[nD:, nD:] if self.dense else fe_cov)
         if self.dense:
             vc_mean[self.D], vc_var[self.D] = uD, np.diag(cov)[:nD]
             return fe.copy(), cov[nD:, nD:], vc_mean, vc_var, g_f, g_D, vc_third
@@ -1637,6 +1641,35 @@ class NestedMarginal:
             cols = self._inner_cols
             vc_mean[cols], vc_var[cols] = self._inner_moments(vcp, uD, fe, fe_cov, nodes)
         return fe.copy(), fe_cov, vc_mean, vc_var, g_f, g_D, vc_third
+
+    def _curvature_shift(self, nodes, fe_cov):
+        r"""The change of the effects' means through the curvature of their conditional means in the fixed
+        effects, :math:`\tfrac12\,\mathrm{tr}(\nabla^2_{fe}\,\mu_j\;\mathrm{Cov}(fe))` (the second-order term
+        of :math:`\mathrm{E}\,\mu_j(fe)` about the optimum; :meth:`moments` carries the first through
+        ``dmu_dfe``), at one evaluation of the rule (``nodes``, :meth:`_nodes`).
+
+        With :math:`F(u) = \sum_{i \in j} \ell_i(x_i^\top fe + z_i u)` the tilted log density's part in fe,
+        :math:`\partial^2 \mu_j / \partial fe\,\partial fe^\top = \mathrm{Cov}_j(u, \nabla^2 F)
+        + \mathrm{E}_j[(u - \mu_j)\, d\, d^\top]`, :math:`d = \nabla F - \mathrm{E}_j \nabla F
+        = \sum_{i \in j} (s_i - \mathrm{E}_j s_i)\, x_i` (the joint third central moment of u and the
+        scores), and :math:`\nabla^2 F = -\sum_{i \in j} w_i x_i x_i^\top`; so with :math:`C = \mathrm{Cov}(fe)
+        = L L^\top` the shift is :math:`\tfrac12(\mathrm{E}_j[(u - \mu_j)\,\|L^\top d\|^2]
+        - \sum_{i \in j} \mathrm{Cov}_j(u, w_i)\, x_i^\top C x_i)`. Three binary groups of 14 rows, two of them
+        all zeros or all ones (an SD of 5, the Intercept's posterior SD 1.7): the middle group's effect, 0.2
+        below its NUTS mean (0.11 posterior SDs) without it, is within 0.03 SDs."""
+        ie = self.ie
+        U, _, _, pi, S, W, _ = nodes
+        evals, evecs = np.linalg.eigh(0.5 * (fe_cov + fe_cov.T))
+        root = evecs * np.sqrt(np.maximum(evals, 0.0))  # (C = root root')
+        mu, centred, _, _ = _node_moments(pi, U, third=False)
+        weight = pi * centred
+        dev = S - ie.effect_rows.weighted(S, pi)[:, None]
+        d = self._effect_sums_x(dev) @ root  # effects x nodes x p
+        spread = np.einsum("jk,jkp,jkp->j", weight, d, d)
+        xr = np.asarray(self.Xp @ root)
+        cw = ie.effect_rows.weighted(W, weight)  # (rows: Cov_j(u, w_i))
+        spread -= self.group @ (cw * np.einsum("ip,ip->i", xr, xr))
+        return 0.5 * spread
 
     def _inner_moments(self, vcp, uD, fe, fe_cov, nodes=None):
         r"""Means and variances of the observation-level effects (one per row of P, :attr:`inner`) at the
