@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 import mglm_core as mg
+from mglm_core.design import canonical_name
 
 MglmError = getattr(mg, "MglmError", ValueError)
 
@@ -189,12 +190,12 @@ def _digest(text: str, *parts) -> str:
 def model_fingerprint(outcome: FitOutcome, outcomes: str) -> str:
     r"""The fitted model as a hash: its outcomes (``outcomes``, the fit's :func:`outcome_key`), the fixed-effect and
     random-effect designs with their names, the components, the offset, the family and the priors. Equal for the
-    same model written with other spacing (``(1|herd)``, ``(1 | herd)``) or fitted after an unused column's reading
-    changed."""
+    same model written with other spacing (``(1|herd)``, ``(1 | herd)``), with its powers as ``I(x^2)`` or ``I(x**2)``,
+    or fitted after an unused column's reading changed."""
     m = outcome.result.model
     Z = m.exog_vc.tocsr()
-    names = [list(map(str, m.fep_names)), list(map(str, m.vcp_names)), list(map(str, m.vc_names)),
-             [m.family.name, repr(float(m.fe_p)), repr(float(m.vcp_p))]]
+    names = [[canonical_name(n) for n in names_] for names_ in (m.fep_names, m.vcp_names, m.vc_names)] + [
+        [m.family.name, repr(float(m.fe_p)), repr(float(m.vcp_p))]]
     return _digest(outcomes + repr(names), m.exog, m.ident, Z.indptr, Z.indices, Z.data, m.offset)
 
 

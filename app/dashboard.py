@@ -120,11 +120,11 @@ try {
   if (kind === 'restore') {
     const kept = window.sessionStorage.getItem('mglm-upload');
     sink.value = kept ? kept : 'none:' + source.value;
-  } else if (kind === 'commit') {
+  } else if (kind === 'commit') {  // (moved, not copied: two copies of a file of 1.5 MB overran the tab's storage)
     const pending = window.sessionStorage.getItem('mglm-upload-pending');
-    if (pending) { window.sessionStorage.setItem('mglm-upload', pending); }
-    else { window.sessionStorage.removeItem('mglm-upload'); }
     window.sessionStorage.removeItem('mglm-upload-pending');
+    window.sessionStorage.removeItem('mglm-upload');
+    if (pending) { window.sessionStorage.setItem('mglm-upload', pending); }
   } else if (kind === 'clear') {
     window.sessionStorage.removeItem('mglm-upload');
   }
@@ -807,14 +807,14 @@ class Dashboard(pn.viewable.Viewer):
                 self.state._set_error("data", f"Could not load {event.new}: {exc}")
 
     def _on_refused(self, event):
-        """A file the browser did not send: over the upload limit, or unreadable."""
+        """A file that did not arrive: refused by the page as over the upload limit, or broken off."""
         if event.new is None:
             return
         name, detail = event.new
         if event.name == "refused":
             self.state._set_error("data", too_large_message(name, detail))
         else:
-            self.state._set_error("data", f"The browser could not read {name!r}: {detail}")
+            self.state._set_error("data", f"The upload of {name!r} failed: {detail}. Choose the file again.")
 
     def _on_upload(self, event):
         if event.new is None:

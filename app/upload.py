@@ -21,8 +21,9 @@ from panel.custom import JSComponent
 
 #: Bytes per chunk, a multiple of 3 so that the chunks' base64 texts join into the whole file's
 CHUNK = 3 * 2**20
-#: Files up to this size are put aside in the browser tab (sessionStorage holds about 5 MB of text)
-KEEP_MAX = 3 * 2**20
+#: Files up to this size are put aside in the browser tab (sessionStorage holds about 5 MB of text, and base64 is
+#: 4/3 of the file: Chromium refused 2 MiB files)
+KEEP_MAX = 3 * 2**19
 
 
 class ChunkedUpload(JSComponent):
@@ -63,26 +64,32 @@ class ChunkedUpload(JSComponent):
       input.className = "mglm-upload";
       model.on("accept", () => { input.accept = model.accept; });
       model.on("msg:custom", (msg) => { if (msg && msg.kind === "clear") { input.value = ""; } });
+      let current = 0;  // the upload under way: a file chosen later stops an earlier one's loop
       input.addEventListener("change", async () => {
         const file = input.files && input.files[0];
         if (!file) { return; }
+        const id = ++current;
+        try { window.sessionStorage.removeItem("mglm-upload-pending"); } catch (e) { }
         if (file.size > model.max_bytes) {
-          model.send_msg({ kind: "refused", name: file.name, size: file.size });
+          model.send_msg({ kind: "refused", id: id, name: file.name, size: file.size });
           input.value = "";
           return;
         }
         const n = Math.ceil(file.size / CHUNK);
         const kept = file.size <= KEEP_MAX ? [] : null;
-        model.send_msg({ kind: "start", name: file.name, size: file.size, chunks: n });
+        model.send_msg({ kind: "start", id: id, name: file.name, size: file.size, chunks: n });
         try {
           for (let i = 0; i < n; i++) {
             const data = await base64Of(file.slice(i * CHUNK, Math.min(file.size, (i + 1) * CHUNK)));
+            if (id !== current) { return; }  // (another file was chosen meanwhile: its start reset the server)
             if (kept) { kept.push(data); }
-            model.send_msg({ kind: "chunk", index: i, data: data });
+            model.send_msg({ kind: "chunk", id: id, index: i, data: data });
           }
         } catch (e) {
-          model.send_msg({ kind: "failed", name: file.name, reason: String(e) });
-          input.value = "";
+          if (id === current) {
+            model.send_msg({ kind: "failed", id: id, name: file.name, reason: String(e) });
+            input.value = "";
+          }
           return;
         }
         try {
@@ -91,7 +98,7 @@ class ChunkedUpload(JSComponent):
                                           JSON.stringify({ filename: file.name, value: kept.join("") }));
           }
         } catch (e) { window.sessionStorage.removeItem("mglm-upload-pending"); }
-        model.send_msg({ kind: "end", name: file.name });
+        model.send_msg({ kind: "end", id: id, name: file.name });
       });
       const label = document.createElement("label");
       label.className = "mglm-upload-label";
@@ -110,52 +117,66 @@ class ChunkedUpload(JSComponent):
 
     def __init__(self, **params):
         super().__init__(**params)
-        self._parts: list[bytes] | None = None
-        self._expected: tuple[str, int] | None = None
-        self._received = 0
+        self._upload: dict | None = None  # the file under way: its upload id, name, size and chunks so far
 
     def clear(self) -> None:
         """Empty the browser's input (choosing the same file again is then a new upload)."""
         self._send_msg({"kind": "clear"})
 
     def _refuse(self, name: str, size: int) -> None:
-        self._parts = None
+        self._upload = None
         self.refused = None  # (the same file refused twice is news twice)
-        self.refused = (str(name), int(size))
+        self.refused = (name, size)
+
+    def _fail(self, name: str, reason: str) -> None:
+        self._upload = None
+        self.failed = None
+        self.failed = (name, reason[:200])
 
     def _handle_msg(self, msg) -> None:
-        """Join the chunks of a file; a file whose chunks overrun its size or ``max_bytes`` (not this page's
-        browser code) is dropped as refused."""
-        if not isinstance(msg, dict):
+        """Join the chunks of the latest file (by its upload id; an earlier one's late messages are ignored), in
+        order. A message that does not fit (not this page's browser code: a chunk out of order or not base64,
+        more bytes than announced, a size over ``max_bytes``) drops the file with a message."""
+        try:
+            kind, uid = msg["kind"], int(msg["id"])
+            name = str(msg.get("name", ""))[:300]
+        except (KeyError, TypeError, ValueError, OverflowError):
             return
-        kind = msg.get("kind")
-        if kind == "refused":
-            self._refuse(msg.get("name", ""), msg.get("size", 0))
-        elif kind == "start":
-            name, size = str(msg.get("name", "")), int(msg.get("size", 0))
-            if size > self.max_bytes:
-                self._refuse(name, size)
-                return
-            self._parts, self._expected, self._received = [], (name, size), 0
-        elif kind == "chunk" and self._parts is not None:
+        if kind in ("refused", "start"):
             try:
-                part = base64.b64decode(msg.get("data", ""), validate=True)
-            except (binascii.Error, ValueError, TypeError):
-                self._parts = None
+                size = int(msg["size"])
+            except (KeyError, TypeError, ValueError, OverflowError):
                 return
-            self._received += len(part)
-            if self._received > self._expected[1]:
-                self._refuse(self._expected[0], self._received)
+            if kind == "refused" or size > self.max_bytes:
+                self._refuse(name, size)
+            elif size < 0:
+                self._fail(name, f"its size was given as {size}")
+            else:
+                self._upload = {"id": uid, "name": name, "size": size, "parts": [], "received": 0}
+            return
+        up = self._upload
+        if up is None or up["id"] != uid:
+            return
+        if kind == "chunk":
+            try:
+                if int(msg["index"]) != len(up["parts"]):
+                    raise ValueError("a chunk arrived out of order")
+                part = base64.b64decode(msg["data"], validate=True)
+            except (KeyError, TypeError, ValueError, OverflowError, binascii.Error) as exc:
+                self._fail(up["name"], f"its transfer broke off ({exc})")
                 return
-            self._parts.append(part)
-        elif kind == "end" and self._parts is not None:
-            name, size = self._expected
-            content, self._parts = b"".join(self._parts), None
-            if len(content) != size:  # (a chunk lost: nothing is loaded)
+            up["received"] += len(part)
+            if up["received"] > up["size"]:
+                self._fail(up["name"], f"more than its {up['size']} bytes arrived")
+                return
+            up["parts"].append(part)
+        elif kind == "end":
+            self._upload = None
+            content = b"".join(up["parts"])
+            if len(content) != up["size"] or name != up["name"]:
+                self._fail(up["name"], f"{len(content)} of its {up['size']} bytes arrived")
                 return
             self.filename = None  # (the same name again is news)
-            self.param.update(filename=name, value=content)
+            self.param.update(filename=up["name"], value=content)
         elif kind == "failed":
-            self._parts = None
-            self.failed = None
-            self.failed = (str(msg.get("name", "")), str(msg.get("reason", ""))[:200])
+            self._fail(up["name"], str(msg.get("reason", "")))

@@ -739,7 +739,30 @@ def _integer_text(name: str, caret: bool = False) -> str:
     random slopes' here)."""
     name = re.sub(r"(?<=, )Treatment\(\)(?=[,)])", "Treatment", name)
     name = re.sub(r"(?<![\w.])(\d+)\.0(?![\w.])", r"\1", name)
-    return name.replace(" ** ", "^") if caret else name
+    return _powers_in_I(name, r" \*\* ", "^") if caret else name
+
+
+def _powers_in_I(name: str, pattern: str, new: str) -> str:
+    """``name`` with the regular expression ``pattern`` replaced by ``new`` inside its ``I(...)`` calls only (not in
+    ``log(z ** 2)``, nor in a column's own name)."""
+    out, i = [], 0
+    while (m := re.search(r"(?<![\w.`])I\(", name[i:])) is not None:
+        start = i + m.start()
+        depth, end = 0, len(name)
+        for j in range(start + 1, len(name)):
+            depth += (name[j] == "(") - (name[j] == ")")
+            if depth == 0:
+                end = j + 1
+                break
+        out += [name[i:start], re.sub(pattern, new, name[start:end])]
+        i = end
+    return "".join(out) + name[i:]
+
+
+def canonical_name(name: str) -> str:
+    """A column's name with the powers inside ``I(...)`` spelled ``**`` (``I(x^2)`` and ``I(x ** 2)`` are one
+    column), for comparing models written either way."""
+    return _powers_in_I(str(name), r"\s*(\*\*|\^)\s*", " ** ")
 
 
 def _writes_caret(text: str) -> bool:

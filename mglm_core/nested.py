@@ -2020,7 +2020,9 @@ def _marginal_grid(thetas, w, root, k, var=None, n=201, log_scale=None, mode=Non
     from scipy.interpolate import CubicSpline
 
     lattice = np.ones(len(w), bool) if log_scale is None else log_scale == 0  # (the prior's tail points are not)
-    if k >= 2 and step is not None and np.count_nonzero(lattice & (w > 0)) >= 2:
+    if k >= 2 and step is not None and mode is not None and np.count_nonzero(lattice & (w > 0)) >= 2:
+        mean = w @ thetas if mean is None else mean
+        var = w @ (thetas - mean) ** 2 if var is None else var
         lw = np.log(w[lattice & (w > 0)])
         tail = ~lattice & (w > 0)  # (a tail point's weight is its mass; a lattice point's, its cell's)
         pts, dens = lattice_marginals(thetas[lattice & (w > 0)], lw, mode, root, step, mean, var,

@@ -73,15 +73,17 @@ def lattice_marginals(thetas, logw, mode, root, step, mean, var, *, tail=None, n
     for j in range(k):
         width = h * float(np.max(np.abs(root[j])))
         x, d = _binned(theta_f[:, j], mass, width)
+        core = (float(x[0]), float(x[-1]))
         on_j = t_comp == j
-        if on_j.any():  # the tail along this log-SD: its points' masses per unit of it
+        if on_j.any():  # the tail along this log-SD: its points' masses per unit of it, each over its spacing
             tx, tm = t_theta[on_j, j], t_mass[on_j]
             order = np.argsort(tx)
             tx, tm = tx[order], tm[order]
             spacing = np.gradient(tx) if tx.size > 1 else np.array([width])
-            lo = float(tx[0] - 0.5 * spacing[0])
-            g = np.union1d(np.linspace(lo, x[-1], n), np.linspace(x[0], x[-1], n))
-            d = np.interp(g, x, d, left=0.0, right=0.0) + np.interp(g, tx, tm / spacing, left=0.0, right=0.0)
+            tx = np.concatenate([[tx[0] - 0.5 * spacing[0]], tx, [tx[-1] + 0.5 * spacing[-1]]])
+            td = np.concatenate([[0.0], tm / spacing, [0.0]])
+            g = np.union1d(np.linspace(tx[0], x[-1], n), np.linspace(x[0], x[-1], n))
+            d = np.interp(g, x, d, left=0.0, right=0.0) + np.interp(g, tx, td, left=0.0, right=0.0)
             x = g
         for c in np.unique(t_comp[t_comp != j]):  # the other tails: a Gaussian about their line
             on_c = t_comp == c
@@ -91,7 +93,7 @@ def lattice_marginals(thetas, logw, mode, root, step, mean, var, *, tail=None, n
             d = np.interp(g, x, d, left=0.0, right=0.0) + float(t_mass[on_c].sum()) * np.exp(
                 -0.5 * ((g - centre) / sd) ** 2) / (sd * np.sqrt(2.0 * np.pi))
             x = g
-        x, d = _matched(x, d, float(mean[j]), float(var[j]), n)
+        x, d = _matched(x, d, float(mean[j]), float(var[j]), n, core)
         pts.append(x)
         dens.append(d)
     return tuple(pts), tuple(dens)
@@ -136,13 +138,14 @@ def _surface(z, f):
 
 def _tail_parts(tail, lattice):
     """The tail points, their masses and the component whose tail each is on (the coordinate in which it lies
-    below the lattice's range; -1 where none)."""
+    below the lattice's range)."""
     if tail is None or not len(tail[0]):
         return np.zeros((0, lattice.shape[1])), np.zeros(0), np.zeros(0, dtype=int)
     t_theta, t_mass = np.asarray(tail[0], dtype=float), np.asarray(tail[1], dtype=float)
     below = lattice.min(axis=0) - t_theta
     comp = np.where(below.max(axis=1) > 0, np.argmax(below, axis=1), -1)
-    return t_theta, t_mass, comp
+    keep = (comp >= 0) & np.isfinite(t_mass) & (t_mass > 0)  # (a point on no tail has no place: dropped)
+    return t_theta[keep], t_mass[keep], comp[keep]
 
 
 def _binned(values, mass, width):
@@ -158,20 +161,21 @@ def _binned(values, mass, width):
     return lo + width * np.arange(size), d / width
 
 
-def _matched(x, d, mean, var, n):
-    """The density ``d`` on ``x`` moved and scaled to ``mean`` and variance ``var``, on n increasing points over
-    its range (n more over its central 99.9 % where that is under a tenth of the range: a long tail)."""
+def _matched(x, d, mean, var, n, core=None):
+    """The density ``d`` on ``x`` moved and scaled to ``mean`` and variance ``var`` (left as it is where either is
+    not finite, or the variance not positive), on n increasing points over its range and, where a tail extends it
+    beyond ``core`` (the lattice's own range, before the move), n more over that core."""
     d = np.maximum(d, 0.0)
     area = np.trapezoid(d, x)
     m0 = np.trapezoid(x * d, x) / area
     v0 = np.trapezoid((x - m0) ** 2 * d, x) / area
-    scale = np.sqrt(var / v0) if v0 > 0 and var > 0 else 1.0
-    x = mean + (x - m0) * scale
+    ok = np.isfinite(mean) and np.isfinite(var) and var > 0 and v0 > 0
+    scale, shift = (np.sqrt(var / v0), mean) if ok else (1.0, m0)
+    x = shift + (x - m0) * scale
     d = d / (area * scale)
-    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (d[1:] + d[:-1]) * np.diff(x))])
-    lo, hi = np.interp([5e-4, 1.0 - 5e-4], cdf / cdf[-1], x)
     g = np.linspace(x[0], x[-1], n)
-    if hi - lo < 0.1 * (x[-1] - x[0]):
-        g = np.union1d(g, np.linspace(lo, hi, n))
+    if core is not None and (core[0] > x[0] + 1e-12 or core[1] < x[-1] - 1e-12):
+        lo, hi = (shift + (np.asarray(core) - m0) * scale)
+        g = np.union1d(g, np.linspace(max(lo, x[0]), min(hi, x[-1]), n))
     out = np.interp(g, x, d)
     return g, out / np.trapezoid(out, g)

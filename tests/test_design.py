@@ -62,6 +62,7 @@ FIXED_NAMES = {
     "y ~ x*g": ["Intercept", "x", "g[T.b]", "g[T.c]", "x:g[T.b]", "x:g[T.c]"],
     "y ~ I(x**2)": ["Intercept", "I(x ** 2)"],
     "y ~ I(x^2)": ["Intercept", "I(x^2)"],  # (as written, as lme4 and the random slopes name it)
+    "y ~ I(x^2) + log(z**2)": ["Intercept", "I(x^2)", "log(z ** 2)"],  # (R's ^ only inside I())
     "y ~ log(z) + np.log(z) + exp(x) + sqrt(z) + log1p(z)": [
         "Intercept", "log(z)", "np.log(z)", "exp(x)", "sqrt(z)", "log1p(z)",
     ],

@@ -165,15 +165,15 @@ def test_the_comparison_plots_do_not_move_the_other_tabs_axes():
     assert main_density.x_range.start > 0.1  # (linked, it started at MAP's SD of 0)
 
 
-def _send_file(upload, name, content, chunk=4):
+def _send_file(upload, name, content, chunk=4, uid=1):
     """The browser side of :class:`app.upload.ChunkedUpload`: a file's messages, in chunks of ``chunk`` bytes."""
     import base64
 
     parts = [content[i:i + chunk] for i in range(0, len(content), chunk)]
-    upload._handle_msg({"kind": "start", "name": name, "size": len(content), "chunks": len(parts)})
+    upload._handle_msg({"kind": "start", "id": uid, "name": name, "size": len(content), "chunks": len(parts)})
     for i, part in enumerate(parts):
-        upload._handle_msg({"kind": "chunk", "index": i, "data": base64.b64encode(part).decode()})
-    upload._handle_msg({"kind": "end", "name": name})
+        upload._handle_msg({"kind": "chunk", "id": uid, "index": i, "data": base64.b64encode(part).decode()})
+    upload._handle_msg({"kind": "end", "id": uid, "name": name})
 
 
 def test_an_empty_file_is_reported():
@@ -183,6 +183,32 @@ def test_an_empty_file_is_reported():
     d = Dashboard()
     _send_file(d.file_input, "empty.csv", b"")
     assert d.state.errors.get("data") == "The file 'empty.csv' is empty."
+
+
+def test_a_file_chosen_during_an_upload_replaces_it():
+    """A second file chosen while the first is being sent: the first's late chunks and end are ignored (their upload
+    id is not the latest), the second loads whole; a chunk out of order drops its file with a message."""
+    import base64
+
+    from app import Dashboard
+
+    d = Dashboard()
+    up = d.file_input
+    first = b"y,x\n" + b"".join(f"{i % 2},{i}\n".encode() for i in range(9))
+    second = b"y,z\n" + b"".join(f"{i % 2},{2 * i}\n".encode() for i in range(11))
+    up._handle_msg({"kind": "start", "id": 1, "name": "a.csv", "size": len(first), "chunks": 2})
+    up._handle_msg({"kind": "chunk", "id": 1, "index": 0, "data": base64.b64encode(first[:6]).decode()})
+    up._handle_msg({"kind": "start", "id": 2, "name": "b.csv", "size": len(second), "chunks": 1})
+    up._handle_msg({"kind": "chunk", "id": 1, "index": 1, "data": base64.b64encode(first[6:]).decode()})
+    up._handle_msg({"kind": "end", "id": 1, "name": "a.csv"})
+    assert d.state.data.upload != "a.csv"
+    up._handle_msg({"kind": "chunk", "id": 2, "index": 0, "data": base64.b64encode(second).decode()})
+    up._handle_msg({"kind": "end", "id": 2, "name": "b.csv"})
+    assert d.state.data.upload == "b.csv" and list(d.state.data.df.columns) == ["y", "z"]
+    up._handle_msg({"kind": "start", "id": 3, "name": "c.csv", "size": 8, "chunks": 2})
+    up._handle_msg({"kind": "chunk", "id": 3, "index": 1, "data": base64.b64encode(b"abcd").decode()})
+    assert d.state.errors.get("data", "").startswith("The upload of 'c.csv' failed: its transfer broke off")
+    assert d.state.data.upload == "b.csv"
 
 
 def test_an_upload_arrives_in_chunks_and_loads():
@@ -196,7 +222,7 @@ def test_an_upload_arrives_in_chunks_and_loads():
     assert d.state.data.upload == "tiny.csv" and d.state.data.df.shape == (7, 3), d.state.errors
     assert d.file_input.value is None  # (forgotten once read: the same file again is news)
     d.state.load_demo("cbpp", fit=False)
-    _send_file(d.file_input, "tiny.csv", content, chunk=5)
+    _send_file(d.file_input, "tiny.csv", content, chunk=5, uid=2)
     assert d.state.data.upload == "tiny.csv"
 
 
@@ -209,18 +235,21 @@ def test_an_upload_over_the_limit_is_refused_with_its_size():
 
     d = Dashboard()
     before = d.state.data.df
-    d.file_input._handle_msg({"kind": "refused", "name": "big.csv", "size": 120 * 2**20})
+    d.file_input._handle_msg({"kind": "refused", "id": 1, "name": "big.csv", "size": 120 * 2**20})
     assert d.state.errors.get("data") == f"The file 'big.csv' is 120.0 MB; the limit is {MAX_UPLOAD_MB} MB."
     assert d.state.data.df is before
-    d.file_input._handle_msg({"kind": "start", "name": "liar.csv", "size": 3, "chunks": 1})
-    d.file_input._handle_msg({"kind": "chunk", "index": 0, "data": "YWJjZGVm"})  # (6 bytes for 3)
-    d.file_input._handle_msg({"kind": "end", "name": "liar.csv"})
-    assert d.file_input.refused == ("liar.csv", 6) and d.state.data.df is before
-    d.file_input._handle_msg({"kind": "start", "name": "huge.csv", "size": 10**12, "chunks": 1})
+    d.file_input._handle_msg({"kind": "start", "id": 2, "name": "liar.csv", "size": 3, "chunks": 1})
+    d.file_input._handle_msg({"kind": "chunk", "id": 2, "index": 0, "data": "YWJjZGVm"})  # (6 bytes for 3)
+    d.file_input._handle_msg({"kind": "end", "id": 2, "name": "liar.csv"})
+    assert d.state.errors.get("data") == "The upload of 'liar.csv' failed: more than its 3 bytes arrived. Choose the file again."
+    d.file_input._handle_msg({"kind": "start", "id": 3, "name": "huge.csv", "size": 10**12, "chunks": 1})
     assert d.file_input.refused == ("huge.csv", 10**12)
-    d.file_input._handle_msg({"kind": "start", "name": "odd.csv", "size": 3, "chunks": 1})
-    d.file_input._handle_msg({"kind": "chunk", "index": 0, "data": "not base64!"})
-    d.file_input._handle_msg({"kind": "end", "name": "odd.csv"})
+    d.file_input._handle_msg({"kind": "start", "id": 4, "name": "odd.csv", "size": 3, "chunks": 1})
+    d.file_input._handle_msg({"kind": "chunk", "id": 4, "index": 0, "data": "not base64!"})
+    d.file_input._handle_msg({"kind": "end", "id": 4, "name": "odd.csv"})
+    for bad in ({"kind": "start"}, {"kind": "start", "id": "x"}, {"kind": "start", "id": 5, "size": "inf"},
+                {"kind": "chunk", "id": None}, "text", None, {"kind": "start", "id": 6, "name": "n.csv", "size": None}):
+        d.file_input._handle_msg(bad)  # (ignored, no exception)
     assert d.state.data.df is before and d.state.data.upload != "odd.csv"
 
 

@@ -1135,3 +1135,17 @@ def test_a_failed_fit_gives_the_librarys_advice_in_the_dashboards_words(cbpp_sta
     assert not cbpp_state.fit_now()
     assert cbpp_state.fit.error == ("The model could not be fitted: Integrated Laplace needs the exact log-determinant "
                                     "... Choose the Laplace (MAP) or VB method, which solve it by conjugate gradients.")
+
+
+def test_a_power_written_either_way_is_one_model_in_the_comparison():
+    """``I(x^2)`` (named as written) and ``I(x**2)`` are one model: refitted with the other spelling it is not
+    listed twice in the session's comparison."""
+    df = load_demo("cbpp").assign(x=lambda d: np.linspace(-1.0, 1.0, len(d)))
+    st = AppState()
+    st.load_frame(df, "cbpp_x", fit=False)
+    st.spec.param.update(formula_text="incidence ~ I(x^2) + (1 | herd)", use_formula=True, family="binomial",
+                         trials="size", method="laplace")
+    assert st.fit_now() and "I(x^2)" in st.fit.result.fe_names
+    st.spec.formula_text = "incidence ~ I(x**2) + (1 | herd)"
+    assert st.fit_now() and "I(x ** 2)" in st.fit.result.fe_names
+    assert len(st.fit.models) == 1

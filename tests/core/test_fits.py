@@ -2242,6 +2242,32 @@ def test_lattice_marginals_recover_a_skewed_density_from_its_coarse_grid():
         np.testing.assert_allclose(_interval_ends(x, d), exact[j], atol=0.04 * np.sqrt(var[j]))
 
 
+def test_lattice_marginals_keep_the_body_fine_beside_a_long_tail():
+    """A Gaussian lattice over two log-SDs plus a prior's tail along the first out to -60 holding 0.5 % of the mass:
+    the tail carries its mass into the first marginal, the second gets it about the tail's line, and the body is
+    still drawn finely (its central part had 6 points when the tail set the grid)."""
+    from mglm_core.vcp_marginals import lattice_marginals
+
+    idx = np.array([(i, j) for i in range(-4, 5) for j in range(-4, 5)], dtype=float)
+    root = 0.5 * np.eye(2)
+    thetas = 1.5 * idx @ root.T
+    lw = -0.5 * np.sum((1.5 * idx) ** 2, axis=1)
+    cells = np.exp(lw).sum()
+    t_theta = np.column_stack([np.linspace(-60.0, -3.0, 48), np.zeros(48)])
+    t_mass = np.full(48, 0.005 * cells / 48)
+    w = np.concatenate([np.exp(lw), t_mass])
+    allth = np.vstack([thetas, t_theta])
+    mean = w @ allth / w.sum()
+    var = w @ (allth - mean) ** 2 / w.sum()
+    pts, dens = lattice_marginals(thetas, lw, np.zeros(2), root, 1.5, mean, var, tail=(t_theta, t_mass))
+    for x, d in zip(pts, dens):
+        assert np.all(np.diff(x) > 0) and np.all(d >= 0) and np.trapezoid(d, x) == pytest.approx(1.0, abs=1e-6)
+    x, d = pts[0], dens[0]
+    assert np.count_nonzero(np.abs(x - mean[0]) < 1.0) >= 50  # (two body SDs either side)
+    below = x < -3.0
+    assert np.trapezoid(d[below], x[below]) == pytest.approx(0.005, rel=0.2)
+
+
 def test_exact_effects_means_carry_the_curvature_of_their_conditional_means_in_the_fixed_effects(monkeypatch):
     """Three groups of 14 binary rows, one all zeros and one all ones (the fit integrates their effects exactly,
     an SD of about 5 and the Intercept's posterior SD 1.6): given the log-SDs, each effect's mean is the mean of
