@@ -1078,6 +1078,21 @@ class _BlockNodes:
         c = np.column_stack([s00[loc] * AB[:, 0] + s01[loc] * AB[:, 1], s11[loc] * AB[:, 1]])
         return mu.ravel(), np.maximum(tau, 0.0).ravel(), c
 
+    def third(self, pi):
+        r"""The effects' third central moments under the tilted weights ``pi`` (effects * 2, in ``ie.cols``'
+        order), from the nodes' central moments: with :math:`a = x_0 - \mathrm{E}_j x_0` and
+        :math:`b = x_1 - \mathrm{E}_j x_1` (effects x nodes), :math:`u_0 - \mu_0 = s_{00} a + s_{01} b` and
+        :math:`u_1 - \mu_1 = s_{11} b`."""
+        x0, x1 = self.x[:, 0], self.x[:, 1]
+        a = x0[None, :] - (pi @ x0)[:, None]
+        b = x1[None, :] - (pi @ x1)[:, None]
+        pa, pb = pi * a, pi * b
+        aaa, aab = np.einsum("jk,jk->j", pa, a * a), np.einsum("jk,jk->j", pa, a * b)
+        abb, bbb = np.einsum("jk,jk->j", pb, a * b), np.einsum("jk,jk->j", pb, b * b)
+        s00, s01, s11 = self.s00, self.s01, self.s11
+        k0 = s00**3 * aaa + 3.0 * s00**2 * s01 * aab + 3.0 * s00 * s01**2 * abb + s01**3 * bbb
+        return np.column_stack([k0, s11**3 * bbb]).ravel()
+
 
 #: :class:`ObservationMarginal`'s Gauss–Hermite nodes per row and outer node up to SDs of 4 (growing as the
 #: square of the SD beyond, as :data:`NODES`): 8 put the nested log density within 0.001 of 24 nodes'
@@ -1625,8 +1640,8 @@ class NestedMarginal:
         # uncertainty, g_j' Cov(a) g2_j (an all-ones group: its effect's mean falls and its variance grows as the
         # Intercept rises, which takes back part of the conditional skewness)
         vc_third = np.zeros(model.k_vc)
-        if kappa is not None:
-            vc_third[ie.cols] = kappa + 3.0 * carried(first, derivatives(c2))
+        if kappa is not None:  # (blocks: the conditional third moments alone, no c2)
+            vc_third[ie.cols] = kappa + (3.0 * carried(first, derivatives(c2)) if c2 is not None else 0.0)
         vc_mean[ie.cols], vc_var[ie.cols] = mu, tau + quad
         if model.k_fep and ie.d == 1:  # (not for blocks of several effects per row)
             ev = self._evaluation_at(vcp, uD, fe) if nodes is None else None  # (the optimum's, where kept)
@@ -1773,10 +1788,10 @@ class NestedMarginal:
         :math:`\partial\mu_j/\partial a = \sum_{i \in j} c_i\,(z_{Di}, x_i)` (:meth:`moments`), the third
         central moments :math:`\kappa_j = \sum_k \pi_{jk} (u_{jk} - \mu_j)^3` and
         :math:`c2_i = \mathrm{Cov}_j((u - \mu_j)^2, s_i)`, whence :math:`\partial\tau_j/\partial a` (the last two
-        None for blocks, and without :attr:`skew`)."""
+        None without :attr:`skew`; ``c2`` None for blocks, whose third moments are the conditional ones alone)."""
         ie = self.ie
         if isinstance(U, _BlockNodes):  # (the block rule's nodes by their parts: moments without them)
-            return (*U.tilted(pi, dev), None, None)
+            return (*U.tilted(pi, dev), U.third(pi) if self.skew else None, None)
         mu, centred, tau, kappa = _node_moments(pi, U, third=self.skew)
         c = ie.effect_rows.weighted(dev, pi * centred)
         if not self.skew:

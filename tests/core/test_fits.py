@@ -1539,14 +1539,16 @@ def test_nested_moments_from_the_kept_tilted_moments_equal_a_fresh_evaluation(fo
     tau = np.einsum("jk,jkd->jd", pi, (Ud - mu[:, None, :]) ** 2)
     np.testing.assert_allclose(kept[4][0], mu.ravel(), rtol=1e-6, atol=1e-10)
     np.testing.assert_allclose(kept[4][1], tau.ravel(), rtol=1e-6, atol=1e-10)
-    if kept[4][3] is not None:  # (the third central moments, of effects integrated one by one)
+    if kept[4][3] is not None:  # (the third central moments, of single effects and of blocks: more sensitive to
+        # the inner modes found again, to about 1e-6)
         third = np.einsum("jk,jkd->jd", pi, (Ud - mu[:, None, :]) ** 3)
         assert np.abs(third).max() > 1e-3
-        np.testing.assert_allclose(kept[4][3], third.ravel(), rtol=1e-6, atol=1e-10)
-    for a, b in zip(nested.moments(vcp, kept), fresh):
+        np.testing.assert_allclose(kept[4][3], third.ravel(), rtol=1e-5, atol=1e-9)
+    for i, (a, b) in enumerate(zip(nested.moments(vcp, kept), fresh)):
         if b is not None:
             b = b.toarray() if sp.issparse(b) else b
-            np.testing.assert_allclose(a.toarray() if sp.issparse(a) else a, b, rtol=1e-6, atol=1e-10)
+            np.testing.assert_allclose(a.toarray() if sp.issparse(a) else a, b, rtol=1e-5 if i == 6 else 1e-6,
+                                       atol=1e-10)
 
 
 @pytest.mark.parametrize("n_groups,group_size,sd", [(150, 2, 3.0), (200, 1, 2.5)])
