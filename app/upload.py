@@ -29,8 +29,8 @@ KEEP_MAX = 3 * 2**19
 class ChunkedUpload(JSComponent):
     """A file input whose file arrives as ``filename`` and ``value`` (bytes, set together; an empty file as
     ``b""``), or, when the browser refused it as larger than ``max_bytes``, as ``refused`` = ``(name, size)`` (and
-    one the browser could not read as ``failed`` = ``(name, reason)``). :meth:`clear` makes the input ready for
-    the same file again."""
+    one that did not arrive whole, unreadable in the browser or broken off, as ``failed`` = ``(name, reason)``).
+    :meth:`clear` makes the input ready for the same file again."""
 
     accept = param.String(default="", doc="The file types offered, as the input's accept attribute.")
     max_bytes = param.Integer(default=50 * 2**20, bounds=(1, None), doc="The largest file the browser sends.")
@@ -40,7 +40,7 @@ class ChunkedUpload(JSComponent):
     refused = param.Tuple(default=None, allow_None=True, length=2,
                           doc="(name, size) of the last file refused in the browser.")
     failed = param.Tuple(default=None, allow_None=True, length=2,
-                         doc="(name, reason) of the last file the browser could not read.")
+                         doc="(name, reason) of the last file that did not arrive whole.")
 
     # (what arrives stays on the server: never sent back to the browser's model)
     _rename: ClassVar[dict] = {"filename": None, "value": None, "refused": None, "failed": None}
