@@ -1245,6 +1245,8 @@ def _design(cond, mode, H, k, msgs):
     ``cond.corrected``. ``split`` (:func:`_split_normal`) is None for a grid."""
     root, log_jac = _standardise(H, msgs)
     f0 = cond.corrected(mode)[0]
+    if k == 1 and np.isfinite(f0):
+        root, log_jac = _measured_scale(cond, mode, root, f0)
 
     def scales(r):  # the split normals' scales from the drops at z = -+r along the axes
         zs_ = _axial(k, r)
@@ -1270,7 +1272,8 @@ def _design(cond, mode, H, k, msgs):
         # and two crossed factors, scales 0.70-1.35: split normals put the log-SDs' posterior SDs up to
         # 20 % short; the grid within 7 %); more: the axial points
         if (k > _SKEWED_GRID_MAX_K or (k > _GRID_MAX_K and skew <= np.log(_SKEW_MAX_4))
-                or (skew <= np.log(_SKEW_MAX) and not _moments_vary(cond, mode + zs @ root.T))):
+                or (skew <= np.log(_SKEW_MAX) and not _moments_vary(cond, mode + zs @ root.T)
+                    and not _moments_curve(cond, mode, root))):
             return root, log_jac, zs, mode + zs @ root.T, None, split, np.full(len(zs), np.nan), np.zeros(len(zs))
     step = _grid_step(cond, k)
     # grid points need the log density to ~1e-4, not the 1e-11 of the mode search's differences
@@ -1294,6 +1297,25 @@ def _design(cond, mode, H, k, msgs):
         zs, predicted = np.vstack([zs, tail[0]]), np.concatenate([predicted, np.full(len(tail[0]), np.nan)])
         log_scale = np.concatenate([log_scale, tail[1]])
     return root, log_jac, zs, mode + zs @ root.T, k * np.log(step) + log_jac, None, predicted, log_scale
+
+
+#: :func:`_measured_scale` rescales one log-SD's coordinate where the mean drop of the log density one step either side
+#: of the mode is outside this range (a Gaussian's is 0.5)
+_DROP_RANGE = (0.125, 2.0)
+
+
+def _measured_scale(cond, mode, root, f0):
+    r"""``(root, log_jac)`` of one component, rescaled where the log density's mean drop :math:`d` at
+    :math:`z = \pm 1` is outside :data:`_DROP_RANGE`: by :math:`\sqrt{0.5/d}` (from 8 to 1/8 at most), so that a step
+    of the grid is about a posterior SD. The mode's curvature comes from the search's secants; on the exact route
+    it can be far from the density's (binary rows each with their own effect and an SD near 0.3: a curvature SD of
+    2.0 for a posterior SD of 0.8, four grid points, and the fixed effects' SDs at 0.53 of NUTS's)."""
+    drops = [f0 - cond.corrected(mode + root @ z, tol=_GRID_TOL)[0] for z in (np.array([-1.0]), np.array([1.0]))]
+    d = float(np.mean(drops)) if np.all(np.isfinite(drops)) else np.nan
+    if not np.isfinite(d) or _DROP_RANGE[0] <= d <= _DROP_RANGE[1]:
+        return root, float(np.log(abs(root[0, 0])))
+    root = root * float(np.clip(np.sqrt(0.5 / max(d, 1e-12)), 1.0 / 8.0, 8.0))
+    return root, float(np.log(abs(root[0, 0])))
 
 
 #: :func:`_prior_tail` integrates the tail towards SD 0 beyond the grid where it may add more than this fraction to
@@ -1408,6 +1430,49 @@ def _runs_away(cond, mode, design, k):
         inner[on[0]] -= int(np.sign(key[on[0]]))
         j = idx.get(tuple(inner))
         if j is not None and np.isfinite(logd[j]) and logd[i] > logd[j]:
+            return True
+    return False
+
+
+#: The grid where the axial design's two points miss a conditional variance's mean over the log-SDs by more than this
+#: fraction (:func:`_moments_curve`).
+_VAR_MIX_TOL = 0.03
+
+
+def _conditional_variances(cond, th):
+    """The fixed and random effects' conditional variances at ``th`` (the Laplace Gaussian's; None where the inner
+    problem failed)."""
+    nr = cond(th, tol=_GRID_TOL)[1]
+    if nr.factor is None:
+        return None
+    return np.concatenate([np.diag(nr.factor.border_inverse())[:cond.model.k_fep], nr.factor.sparse_diag_inverse()])
+
+
+def _moments_curve(cond, mode, root):
+    r"""Whether the axial design's two points, at :math:`z = \pm 1` along an axis, miss the mean over the
+    log-SDs of a fixed or random effect's conditional variance :math:`v(z)` by more than :data:`_VAR_MIX_TOL`:
+    with :math:`\log v` the quadratic :math:`a + bz + cz^2` through the mode and the probe points
+    :math:`z = \pm 3` (solved already), :math:`\mathrm{E}\,v = e^{a + b^2/(2(1 - 2c))}/\sqrt{1 - 2c}` over
+    :math:`z \sim N(0, 1)` against :math:`(v(-1) + v(1))/2`. Binary rows each with its own effect and an SD
+    near 0.3 leave the log-SD's posterior close to its prior, and the fixed effects' variance grows like
+    :math:`1 + 0.35\sigma^2` (the logistic's attenuation): 2.5-fold between the axial points but 36-fold between
+    the probe points, and the two points put the fixed effects' SDs at 0.53 of NUTS's."""
+    k = mode.size
+    v0 = _conditional_variances(cond, mode)
+    if v0 is None:
+        return False
+    for i in range(k):
+        far = [_conditional_variances(cond, mode + root @ z) for z in _axial(k, _PROBE_Z)[2 * i:2 * i + 2]]
+        if any(v is None for v in far):
+            continue
+        lo, mid, hi = (np.log(np.maximum(v, 1e-300)) for v in (far[0], v0, far[1]))
+        b = (hi - lo) / (2.0 * _PROBE_Z)
+        c = (0.5 * (hi + lo) - mid) / _PROBE_Z**2
+        if np.any(c >= 0.25):  # (a variance growing that fast: no two points integrate it)
+            return True
+        mean = np.exp(mid + b**2 / (2.0 * (1.0 - 2.0 * c))) / np.sqrt(1.0 - 2.0 * c)
+        two = 0.5 * (np.exp(mid - b + c) + np.exp(mid + b + c))
+        if np.any(np.abs(two / mean - 1.0) > _VAR_MIX_TOL):
             return True
     return False
 
