@@ -1452,7 +1452,7 @@ def _moments_curve(cond, mode, root):
     r"""Whether the axial design's two points, at :math:`z = \pm 1` along an axis, miss the mean over the
     log-SDs of a fixed or random effect's conditional variance :math:`v(z)` by more than :data:`_VAR_MIX_TOL`:
     with :math:`\log v` the quadratic :math:`a + bz + cz^2` through the mode and the probe points
-    :math:`z = \pm 3` (solved already), :math:`\mathrm{E}\,v = e^{a + b^2/(2(1 - 2c))}/\sqrt{1 - 2c}` over
+    :math:`z = \pm 3` (solved already, unless :func:`_measured_scale` changed the scale), :math:`\mathrm{E}\,v = e^{a + b^2/(2(1 - 2c))}/\sqrt{1 - 2c}` over
     :math:`z \sim N(0, 1)` against :math:`(v(-1) + v(1))/2`. Binary rows each with its own effect and an SD
     near 0.3 leave the log-SD's posterior close to its prior, and the fixed effects' variance grows like
     :math:`1 + 0.35\sigma^2` (the logistic's attenuation): 2.5-fold between the axial points but 36-fold between
@@ -1489,13 +1489,9 @@ def _moments_vary(cond, thetas):
     30 % short). On the accuracy cases that keep the axial design the factor is at most 2.2. Measured on the conditional Laplace
     Gaussians, also where the nested approximation gives the moments (an indicator of the variation,
     not the moments themselves)."""
-    variances = []
-    for th in thetas:
-        nr = cond(th, tol=_GRID_TOL)[1]
-        if nr.factor is None:  # not measurable there: the design stays as the density's shape decided
-            return False
-        variances.append(np.concatenate([np.diag(nr.factor.border_inverse())[:cond.model.k_fep],
-                                         nr.factor.sparse_diag_inverse()]))
+    variances = [_conditional_variances(cond, th) for th in thetas]
+    if any(v_ is None for v_ in variances):  # not measurable there: the design stays as the density's shape decided
+        return False
     v = np.array(variances)
     return bool(np.any(v.max(axis=0) > _VAR_RATIO_MAX * np.maximum(v.min(axis=0), 1e-300)))
 
