@@ -1202,7 +1202,7 @@ def _fixed_effect_widening(cond, mode):
     opt = cond.nested_optimum_at(mode) if cond.correction == "nested" else None
     if opt is None:
         nr = cond(mode)[1]
-        if nr.factor is None:
+        if nr.factor is None or _widening_negligible(nested, mode, nr.b, nr.factor.border_inverse()):
             return None
         if cond.correction != "nested":
             nested.use_nodes(np.exp(mode))
@@ -1210,7 +1210,23 @@ def _fixed_effect_widening(cond, mode):
         if not np.isfinite(nested.log_marginal(mode, np.zeros(0), nr.b)):
             return None
         opt = nested.last
+    elif _widening_negligible(nested, mode, opt[1], opt[2].border_inverse()):
+        return None
     return nested.covariance_factor(mode, opt[1], opt[2].border_inverse())
+
+
+#: The fixed effects' covariance is not widened where :meth:`~mglm_core.quadrature.NestedMarginal.widening_estimate`
+#: is below this: the factor's deviation from the identity was at most 5.6 times the estimate on the accuracy
+#: cases, so at most about 0.003 here (the SDs 0.17 % short at worst). Single-factor fits with tens of rows per
+#: effect (the benchmark designs of 1e3-1e4 rows: 0.02-0.03 % in SD) are spared 2p + 1 Hessians of the
+#: integrated density, 40 % of their time.
+_WIDENING_NEGLIGIBLE = 6e-4
+
+
+def _widening_negligible(nested, mode, fe, fe_cov):
+    """Whether the widening of the fixed effects' covariance at ``(mode, fe)`` is estimated to be negligible."""
+    estimate = nested.widening_estimate(mode, fe, fe_cov)
+    return estimate is not None and estimate < _WIDENING_NEGLIGIBLE
 
 
 def _widened(cov, factor):

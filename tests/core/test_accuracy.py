@@ -203,6 +203,52 @@ def test_widening_on_the_plain_route_and_its_row_limit(monkeypatch):
     assert abs(widened.fe_sd[3] / ref["fe_sd"][3] - 1) < 0.03 < abs(plain.fe_sd[3] / ref["fe_sd"][3] - 1)
 
 
+@pytest.mark.parametrize("name", ["seed_example", "sim_binary_pairs", "sim_poisson_20x5_sd1", "Contraception"])
+def test_widening_estimate_tracks_the_covariance_factor(name):
+    """The one-pass estimate of the widening (the rows' own third and fourth derivatives along the effective
+    design) is within the range its threshold assumes of the factor computed from 2p + 1 Hessians: the
+    factor's largest deviation from the identity 0.17-5.6 times the estimate on the accuracy cases."""
+    from mglm_core.quadrature import IndependentEffects, NestedMarginal
+
+    model = BY_NAME[name].model()
+    vcp = np.asarray(_reference(name)["vcp_mean"], dtype=float)
+    nested = NestedMarginal.build(model, IndependentEffects.find(model))
+    nested.use_nodes(np.exp(vcp))
+    assert np.isfinite(nested.log_marginal(vcp, np.zeros(0), np.zeros(model.k_fep)))
+    fe, cov = nested.last[1], nested.last[2].border_inverse()
+    evals = np.linalg.eigvalsh(nested.covariance_factor(vcp, fe, cov))
+    deviation = max(evals.max() - 1.0, 1.0 - evals.min())
+    estimate = nested.widening_estimate(vcp, fe, cov)
+    assert 0.3 < deviation / estimate < 3.0, (deviation, estimate)
+
+
+def test_widening_skipped_only_where_negligible(monkeypatch):
+    """A benchmark design (100 groups of 100 Bernoulli rows) has its widening estimated below the threshold
+    and skipped: its fixed-effect SDs are within 0.1 % of those widened anyway; cbpp's (period 4 widened by
+    about 2 %) is not skipped."""
+    import mglm_core as mg
+    from mglm_core import nested
+    from mglm_core.simulate import simulate_arrays
+
+    y, X, Z, ident, _ = simulate_arrays(10_000, 100, "binomial", n_factors=1, seed=0)
+    model = mg.BayesMixedGLM(y, X, Z, ident, family="binomial")
+    calls = []
+    monkeypatch.setattr(nested, "_widening_negligible",
+                        lambda *a, f=nested._widening_negligible: calls.append(f(*a)) or calls[-1])
+    skipped = model.fit_laplace()
+    assert calls == [True]
+    monkeypatch.setattr(nested, "_WIDENING_NEGLIGIBLE", 0.0)
+    widened = model.fit_laplace()
+    assert np.all(widened.fe_sd > skipped.fe_sd)
+    np.testing.assert_allclose(skipped.fe_sd, widened.fe_sd, rtol=1e-3)
+    monkeypatch.undo()
+    calls.clear()
+    monkeypatch.setattr(nested, "_widening_negligible",
+                        lambda *a, f=nested._widening_negligible: calls.append(f(*a)) or calls[-1])
+    BY_NAME["seed_example"].model().fit_laplace()
+    assert calls == [False]
+
+
 def test_four_components_split_normal_moves_the_mode_to_the_mean():
     """Four variance components (beyond the grid): the log-SD means from the split normals along the
     axes (skewness from the design's own points) are within 0.1 posterior SD of NUTS, where the mode
