@@ -249,6 +249,43 @@ def test_widening_skipped_only_where_negligible(monkeypatch):
     assert calls == [False]
 
 
+@pytest.mark.parametrize("name", ["sim_poisson_20x2_sd2", "sim_binomial_trials"])
+def test_exact_one_factor_reference_integrates_each_effect(name):
+    """The exact references' adaptive Gauss-Hermite integrals (``exact_one_factor.py``, judged by where NUTS
+    cannot sample) against scipy's adaptive quadrature of each effect: log posterior, the effects' means and
+    second moments, at a point away from the mode and with a wide SD."""
+    from exact_one_factor import OneFactor
+    from scipy import integrate, stats
+    from scipy.special import gammaln
+
+    model = BY_NAME[name].model()
+    of = OneFactor(model)
+    b, v = np.array([0.3, -0.4]), 0.9
+    logp, mu, m2 = (a[0] for a in of.evaluate(b[None], np.array([v])))
+    X, y, g = model.exog, model.endog, model.exog_vc.tocsr().indices
+    n = None if model.trials is None else model.trials
+    sd, total = np.exp(v), 0.0
+    for j in range(model.k_vc):
+        rows = g == j
+        eta0, yj = X[rows] @ b, y[rows]
+
+        def log_f(u, eta0=eta0, yj=yj, nj=None if n is None else n[rows]):
+            eta = eta0 + u
+            if nj is None:
+                ll = yj * eta - np.exp(eta) - gammaln(yj + 1)
+            else:
+                ll = yj * eta - nj * np.logaddexp(0, eta) + gammaln(nj + 1) - gammaln(yj + 1) - gammaln(nj - yj + 1)
+            return ll.sum() + stats.norm.logpdf(u, 0, sd)
+
+        top = max(log_f(u) for u in np.linspace(-8, 8, 321))
+        parts = [integrate.quad(lambda u, k=k, top=top: u**k * np.exp(log_f(u) - top), -30, 30, points=[0.0], limit=400,
+                                epsabs=0, epsrel=1e-11)[0] for k in range(3)]
+        total += top + np.log(parts[0])
+        np.testing.assert_allclose([mu[j], m2[j]], [parts[1] / parts[0], parts[2] / parts[0]], rtol=1e-7, atol=1e-9)
+    total += -0.5 * np.sum(b**2) / model.fe_p**2 - 0.5 * v**2 / model.vcp_p**2
+    assert abs(logp - total) < 1e-6  # (a sum over 20-30 effects)
+
+
 def test_four_components_split_normal_moves_the_mode_to_the_mean():
     """Four variance components (beyond the grid): the log-SD means from the split normals along the
     axes (skewness from the design's own points) are within 0.1 posterior SD of NUTS, where the mode
