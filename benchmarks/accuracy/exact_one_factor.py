@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 from scipy import optimize
-from scipy.special import gammaln, logsumexp
+from scipy.special import expit, gammaln, logsumexp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
@@ -81,7 +81,7 @@ class OneFactor:
             e = np.exp(np.minimum(eta, 700.0))
             return y * eta - e, y - e, e
         n = 1.0 if self.n is None else (self.n if eta.ndim == 2 else self.n[:, None])
-        p = 1.0 / (1.0 + np.exp(-eta))
+        p = expit(eta)
         return y * eta - n * np.logaddexp(0.0, eta), y - n * p, n * p * (1.0 - p)
 
     def evaluate(self, b, v):
