@@ -2344,12 +2344,16 @@ class NestedMarginal:
         on the accuracy cases the factor's deviation was 0.17-5.6 times this estimate (the most on Poisson
         pairs with an SD of 1.8, where those terms weigh), on the benchmark designs 1.0-1.8 times. None where
         it does not apply: effects of two coordinates, an observation-level component inside the rule, other
-        components, or more than :data:`_ESTIMATE_FE_MAX` fixed effects (:math:`p^3` per row)."""
+        components, more than :data:`_ESTIMATE_FE_MAX` fixed effects (:math:`p^3` per row), or a ``fe_cov`` that
+        is not positive definite."""
         ie, p = self.ie, fe.size
         if ie.d != 1 or self.inner is not None or self.D.size or not 0 < p <= _ESTIMATE_FE_MAX:
             return None
         family = self.model.family
-        L = np.linalg.cholesky(0.5 * (fe_cov + fe_cov.T))
+        try:
+            L = np.linalg.cholesky(0.5 * (fe_cov + fe_cov.T))
+        except np.linalg.LinAlgError:
+            return None
         a = self.Xp @ fe if self.off_p is None else self.Xp @ fe + self.off_p
         u, c = ie.modes(family, a, ie.precision(np.asarray(vcp, dtype=float)), np.zeros(ie.m))
         s, w = family.score_weight(ie.y, a + ie.z * u[ie.local], ie.trials)
