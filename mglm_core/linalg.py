@@ -49,6 +49,7 @@ from scipy.linalg import lapack
 from scipy.linalg.blas import dsyrk as syrk, dtrmm as trmm, ssyrk
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+from scipy.sparse.csgraph import connected_components
 
 from .iterative import IterativeSPD
 
@@ -388,6 +389,107 @@ def class_adjacency(row, col, groups):
     pair += groups[col[off]]
     adj = (np.bincount(pair, minlength=k * k) > 0).reshape(k, k)
     return adj, np.bincount(groups, minlength=k)
+
+
+def _block_labels(A):
+    """The diagonal block of each column of the symmetric matrix ``A`` (under a symmetric permutation): the
+    connected components of its graph."""
+    return connected_components(A, directed=False)[1]
+
+
+#: A matrix too large for the dense Schur route whose graph falls apart into blocks of at most this many columns
+#: (observation-level effects whose groups were integrated out: a dense block per group) is factored block by
+#: block (:class:`BlockDenseLDL`).
+BLOCK_MAX = 1000
+#: ... and whose blocks hold at most this many entries in all (160 MB; the factor and the inverse as many again).
+BLOCK_ENTRIES_MAX = 2e7
+
+
+class _BlockPlan:
+    """Where the columns of a block-diagonal pattern sit: blocks of equal size stacked as ``(blocks, s, s)``
+    arrays (:class:`BlockDenseLDL`). ``sizes``: the distinct sizes; ``cols[t]``: the columns of the blocks of
+    size ``sizes[t]`` (blocks x s); for every column its size class, stacked block and place in its block."""
+
+    def __init__(self, labels):
+        n = labels.size
+        size_of = np.bincount(labels)
+        order = np.argsort(labels, kind="stable")
+        self.sizes = np.unique(size_of[labels])
+        self.cols = []
+        self.klass, self.block, self.within = (np.empty(n, dtype=np.int64) for _ in range(3))
+        for t, s in enumerate(self.sizes):
+            members = order[size_of[labels[order]] == s].reshape(-1, s)  # (columns of a block are adjacent)
+            self.cols.append(members)
+            self.klass[members] = t
+            self.block[members] = np.arange(members.shape[0])[:, None]
+            self.within[members] = np.arange(s)[None, :]
+
+
+class BlockDenseLDL:
+    r"""Factorisation of a sparse SPD matrix whose graph falls apart into small blocks: each block dense, by
+    batched Cholesky factorisations of the blocks of one size; :math:`\log\det A = \sum_b \log\det A_b`, and the
+    inverse is block-diagonal, :math:`(A^{-1})_b = A_b^{-1}` (formed on first use: solves and the selected
+    inverse read it). SuperLU with the Takahashi recursion took 1.2 s a factorisation on 100 dense blocks of 60."""
+
+    is_diagonal = False
+
+    def __init__(self, A, symbolic):
+        self.symbolic, self.n = symbolic, A.shape[0]
+        plan = symbolic.blocks
+        coo = A.tocoo()
+        self._stacks = [np.zeros((c.shape[0], s, s)) for s, c in zip(plan.sizes, plan.cols)]
+        for t, stack in enumerate(self._stacks):
+            sel = plan.klass[coo.row] == t
+            r, c = coo.row[sel], coo.col[sel]
+            stack[plan.block[r], plan.within[r], plan.within[c]] = coo.data[sel]
+        try:
+            self._chol = [np.linalg.cholesky(stack) for stack in self._stacks]
+        except np.linalg.LinAlgError as exc:
+            raise NotPositiveDefinite("sparse block is not positive definite") from exc
+        self._inv = None
+
+    def logdet(self) -> float:
+        return float(sum(2.0 * np.sum(np.log(np.diagonal(L, axis1=1, axis2=2))) for L in self._chol))
+
+    def _inverses(self):
+        if self._inv is None:
+            eye = [np.eye(L.shape[1]) for L in self._chol]
+            self._inv = [np.linalg.solve(S, np.broadcast_to(e, S.shape)) for S, e in zip(self._stacks, eye)]
+        return self._inv
+
+    def held_bytes(self) -> int:
+        out = sum(a.nbytes for a in self._stacks) + sum(a.nbytes for a in self._chol)
+        return out + (sum(a.nbytes for a in self._inv) if self._inv is not None else 0)
+
+    def release(self):
+        self._inv = None
+
+    def solve(self, b):
+        b = np.asarray(b, dtype=float)
+        vec = b.ndim == 1
+        b2 = b[:, None] if vec else b
+        out = np.empty_like(b2)
+        for cols, inv in zip(self.symbolic.blocks.cols, self._inverses()):
+            out[cols] = inv @ b2[cols]
+        return out[:, 0] if vec else out
+
+    def diag_inverse(self) -> np.ndarray:
+        out = np.empty(self.n)
+        for cols, inv in zip(self.symbolic.blocks.cols, self._inverses()):
+            out[cols] = np.diagonal(inv, axis1=1, axis2=2)
+        return out
+
+    def inverse_on_pattern(self, a, b, keep_plan=False):
+        """Entries :math:`(A^{-1})_{a_t b_t}` for index pairs within blocks (``keep_plan``: the interface's)."""
+        plan = self.symbolic.blocks
+        a, b = np.asarray(a), np.asarray(b)
+        if np.any(plan.klass[a] != plan.klass[b]) or np.any(plan.block[a] != plan.block[b]):
+            raise ValueError("entries requested off the sparsity pattern")
+        out = np.empty(a.size)
+        for t, inv in enumerate(self._inverses()):
+            sel = plan.klass[a] == t
+            out[sel] = inv[plan.block[a[sel]], plan.within[a[sel]], plan.within[b[sel]]]
+        return out
 
 
 def _independent_classes(row, col, groups):
@@ -832,9 +934,16 @@ class Symbolic:
             return
         if D.size > DENSE_TAIL_MAX:
             # too large to factor densely; a Schur complement with many entries per column (crossed
-            # factors: a random graph) fills its sparse factor in completely too: conjugate gradients
+            # factors: a random graph) fills its sparse factor in completely too: conjugate gradients;
+            # unless it falls apart into small blocks (observation-level effects whose groups were
+            # integrated out: a dense block per group), whose sparse factor fills only those blocks
             if fill >= ITERATIVE_MIN_DEGREE * D.size:
-                self.route = "iterative"
+                labels = _block_labels(A)
+                sizes = np.bincount(labels)
+                if sizes.max() > min(BLOCK_MAX, DENSE_TAIL_MAX) or float(sizes @ sizes) > BLOCK_ENTRIES_MAX:
+                    self.route = "iterative"
+                else:
+                    self.route, self.blocks = "blocks", _BlockPlan(labels)
             return
         if not (fill >= 0.05 * D.size**2 or (D.size <= DENSE_SMALL and fill >= D.size) or D.size <= DENSE_ALWAYS):
             return
@@ -995,6 +1104,8 @@ def factor_spd(A, symbolic=None, single=False):
         return NestedSchurLDL(A, symbolic)
     if symbolic.route == "iterative":
         return IterativeSPD(A, symbolic, not_pd=NotPositiveDefinite)
+    if symbolic.route == "blocks":
+        return BlockDenseLDL(A, symbolic)
     f = SparseLDL(A, diagonal=True if symbolic.route == "diagonal" else None)
     f.symbolic = symbolic
     return f
