@@ -437,13 +437,13 @@ class BlockDenseLDL:
         self.symbolic, self.n = symbolic, A.shape[0]
         plan = symbolic.blocks
         coo = A.tocoo()
-        self._stacks = [np.zeros((c.shape[0], s, s)) for s, c in zip(plan.sizes, plan.cols)]
-        for t, stack in enumerate(self._stacks):
+        stacks = [np.zeros((c.shape[0], s, s)) for s, c in zip(plan.sizes, plan.cols)]
+        for t, stack in enumerate(stacks):
             sel = plan.klass[coo.row] == t
             r, c = coo.row[sel], coo.col[sel]
             stack[plan.block[r], plan.within[r], plan.within[c]] = coo.data[sel]
         try:
-            self._chol = [np.linalg.cholesky(stack) for stack in self._stacks]
+            self._chol = [np.linalg.cholesky(stack) for stack in stacks]
         except np.linalg.LinAlgError as exc:
             raise NotPositiveDefinite("sparse block is not positive definite") from exc
         self._inv = None
@@ -452,13 +452,13 @@ class BlockDenseLDL:
         return float(sum(2.0 * np.sum(np.log(np.diagonal(L, axis1=1, axis2=2))) for L in self._chol))
 
     def _inverses(self):
-        if self._inv is None:
-            eye = [np.eye(L.shape[1]) for L in self._chol]
-            self._inv = [np.linalg.solve(S, np.broadcast_to(e, S.shape)) for S, e in zip(self._stacks, eye)]
+        if self._inv is None:  # (A_b^-1 = L_b^-T L_b^-1 from the factors)
+            roots = [np.linalg.inv(L) for L in self._chol]
+            self._inv = [np.swapaxes(R, 1, 2) @ R for R in roots]
         return self._inv
 
     def held_bytes(self) -> int:
-        out = sum(a.nbytes for a in self._stacks) + sum(a.nbytes for a in self._chol)
+        out = sum(a.nbytes for a in self._chol)
         return out + (sum(a.nbytes for a in self._inv) if self._inv is not None else 0)
 
     def release(self):

@@ -380,6 +380,15 @@ def _adaptive_rule(family, y, trials, a, z, local, group, u0, sc, prec, x, logw,
     return U, eta, log_I, pi, S, W
 
 
+def _widening_series(A, b):
+    r"""The symmetric :math:`\Delta` of :meth:`NestedMarginal.covariance_factor` from the tensors ``A`` (``A[m]``:
+    the derivative of the Hessian of F along :math:`z_m`) and ``b`` (:math:`\sum_m b_{\cdot\cdot mm}`):
+    :math:`\tfrac12 (b + \sum_m t_m A_m + \sum_{lm} A_{m\cdot l} A_{m\cdot l}^\top)`, :math:`t_i = \sum_j a_{ijj}`."""
+    t = np.einsum("jij->i", A)
+    delta = 0.5 * (b + np.einsum("m,mij->ij", t, A) + np.einsum("mil,mjl->ij", A, A))
+    return 0.5 * (delta + delta.T)
+
+
 def _node_moments(pi, U, third=True):
     r"""``(mu, centred, tau, kappa)``: the effects' means, their nodes less the means, variances and (with ``third``,
     else None) third central moments under a rule's tilted weights ``pi`` at its nodes ``U`` (effects x nodes)."""
@@ -2377,9 +2386,7 @@ class NestedMarginal:
         outer = (xt[:, :, None] * xt[:, None, :]).reshape(xt.shape[0], p * p)
         A = -((d1[:, None] * xt).T @ outer).reshape(p, p, p)  # A[m] = d/dz_m of the Hessian, as there
         b = -(((d2 * np.einsum("ij,ij->i", xt, xt))[:, None] * xt).T @ xt)
-        t = np.einsum("jij->i", A)
-        delta = 0.5 * (b + np.einsum("m,mij->ij", t, A) + np.einsum("mil,mjl->ij", A, A))
-        evals = np.linalg.eigvalsh(0.5 * (delta + delta.T))
+        evals = np.linalg.eigvalsh(_widening_series(A, b))
         return float(np.abs(evals).max()) if np.all(np.isfinite(evals)) else None
 
     def covariance_factor(self, vcp, fe, fe_cov, h=_VARIANCE_STEP):
@@ -2423,9 +2430,7 @@ class NestedMarginal:
             Hp, Hm = (L.T @ fun(none, fe + s * h * L[:, m], True)[5] @ L for s in (1.0, -1.0))
             A[m] = -(Hp - Hm) / (2.0 * h)
             b -= (Hp + Hm - 2.0 * np.eye(p)) / h**2
-        t = np.einsum("jij->i", A)
-        delta = 0.5 * (b + np.einsum("m,mij->ij", t, A) + np.einsum("mil,mjl->ij", A, A))
-        evals, evecs = np.linalg.eigh(np.eye(p) + 0.5 * (delta + delta.T))
+        evals, evecs = np.linalg.eigh(np.eye(p) + _widening_series(A, b))
         if not np.all(np.isfinite(evals)):
             return None
         return (evecs * np.clip(evals, 0.5, 2.0)) @ evecs.T
