@@ -1122,6 +1122,39 @@ def test_narrow_rule_gives_the_24_node_fit(monkeypatch, rules_taken):
     _assert_same_fit(narrow, wide, 1e-3)
 
 
+def test_rule_is_refined_where_the_summed_error_is_large():
+    """Poisson rows each with its own effect (SD 1.9, mean count about 0.4): each effect's twelve-node integral is
+    good to about 1e-4, but the log density sums 5000 of them. :meth:`NestedMarginal.check_rule` takes twice the nodes
+    while that moves the summed log integrals by more than RULE_ERROR_MAX, and keeps the rule where it does not (ten
+    Poisson rows per effect)."""
+    from mglm_core.quadrature import (NODES_NARROW, RULE_ERROR_MAX, IndependentEffects, NestedMarginal,
+                                      _hermite_log_rule)
+    from mglm_core.simulate import simulate_arrays
+
+    def summed(nested, vcp, start, nodes):
+        prec = nested.ie.precision(vcp)
+        return float(np.sum(nested._nodes(*start, prec, _hermite_log_rule(nodes), nested.family_at(vcp))[2]))
+
+    rng = np.random.default_rng(5)
+    g = np.repeat(np.arange(50), 100)
+    x = rng.standard_normal(g.size)
+    y = rng.poisson(np.exp(-3.0 + 0.5 * x + rng.normal(0, 0.3, 50)[g] + rng.normal(0, 1.9, g.size)))
+    data = pd.DataFrame({"y": y.astype(float), "x": x, "g": g, "o": np.arange(g.size)})
+    model = mg.BayesMixedGLM.from_formula("y ~ x + (1 | g) + (1 | o)", data=data, family="poisson")
+    y2, X2, Z2, ident2, _ = simulate_arrays(6000, 600, "poisson", n_factors=1, sd=0.8, seed=3)
+    few = mg.BayesMixedGLM(y2, X2, Z2, ident2, family="poisson")
+    for m, vcp, refined in [(model, np.log([0.3, 1.9]), True), (few, np.log([0.8]), False)]:
+        nested = NestedMarginal.build(m, IndependentEffects.find(m))
+        assert nested.use_nodes(np.exp(vcp)) == NODES_NARROW
+        nr = _Conditional(m, 1e-10)(vcp)[1]
+        start = (nr.u[nested.D], nr.b)
+        coarse = summed(nested, vcp, start, NODES_NARROW)
+        fine = summed(nested, vcp, start, 4 * NODES_NARROW)
+        taken = nested.check_rule(vcp, *start)
+        assert (taken > NODES_NARROW) == refined and (abs(fine - coarse) > 10 * RULE_ERROR_MAX) == refined
+        assert abs(summed(nested, vcp, start, taken) - fine) < RULE_ERROR_MAX and nested.rule_at(vcp)[0].size == taken
+
+
 def _assert_same_fit(fit, ref, tol):
     """``fit``'s posterior means of fe, vcp and vc within ``tol`` posterior SDs of ``ref``'s, its
     SDs within a relative ``tol`` of its SDs."""
