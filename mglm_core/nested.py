@@ -1205,7 +1205,8 @@ def _exact_departure(cond, probe, r=_PROBE_Z):
     With :math:`d(z)` the corrected value less the nested one at the probe points ``probe`` (the mode, then
     :math:`z = \mp r` along each axis), :math:`d \approx b z + a z^2` per axis, and the nested density
     :math:`-\tfrac12 (1 + 2a) z^2 - b z` has mean :math:`-b / (1 + 2a)` and SD :math:`(1 + 2a)^{-1/2}`. The nested
-    values are computed for this and forgotten (the corrected ones are kept)."""
+    values are computed for this and forgotten (the corrected ones are kept); ``(nan, nan)`` where a value is not
+    finite."""
     nested = cond.nested
     lap = np.array([cond.corrected(th)[0] for th in probe])
     nr = cond(probe[0])[1]
@@ -1221,12 +1222,12 @@ def _exact_departure(cond, probe, r=_PROBE_Z):
         cond.correction, cond.delta, cond.nested_optimum, cond._starts = saved
         nested.x, nested.logw, nested._rule_sd = rule
     d = lap - exact
-    if not np.all(np.isfinite(d)):
-        return np.inf, np.nan
+    if not np.all(np.isfinite(d)):  # (not measured where either density could not be evaluated)
+        return np.nan, np.nan
     lo, hi = d[1::2] - d[0], d[2::2] - d[0]
     curve = 1.0 + (lo + hi) / r**2  # 1 + 2a
-    if np.any(curve <= 0.0):
-        return np.inf, np.nan
+    if np.any(curve <= 0.0):  # (the nested density not concave along an axis: far wider)
+        return np.inf, np.inf
     shift = np.abs((hi - lo) / (2.0 * r)) / curve
     ratio = curve**-0.5
     return float(np.max(shift)), float(ratio[np.argmax(np.abs(ratio - 1.0))])
@@ -1777,7 +1778,8 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
     # Where the correction varies but stays in range, the exact integration's density decides, on data small enough
     # for five evaluations of it (intercepts and slopes of 150 groups of five Poisson rows, SDs 2 and 1, a sixth of the
     # groups all zeros: the correction's range was 0.2, yet the exact density sat 0.14 posterior SDs from it along one
-    # log-SD, and the Intercept's mean came out 0.12 SDs off)
+    # log-SD; against 12,000 centred NUTS draws a chain, the log-SDs' means 0.13 SDs off and the Intercept's 0.06, 0.01
+    # after the switch)
     departure = (np.nan, np.nan)  # nan: not measured
     if (not separated and not few and cond.nested is not None and spread > _DEPARTURE_SPREAD
             and model.endog.size <= _DEPARTURE_ROWS_MAX):

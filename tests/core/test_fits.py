@@ -1127,8 +1127,7 @@ def test_rule_is_refined_where_the_summed_error_is_large():
     good to about 1e-4, but the log density sums 5000 of them. :meth:`NestedMarginal.check_rule` takes twice the nodes
     while that moves the summed log integrals by more than RULE_ERROR_MAX, and keeps the rule where it does not (ten
     Poisson rows per effect)."""
-    from mglm_core.quadrature import (NODES_NARROW, RULE_ERROR_MAX, IndependentEffects, NestedMarginal,
-                                      _hermite_log_rule)
+    from mglm_core.quadrature import NODES_NARROW, RULE_ERROR_MAX, IndependentEffects, NestedMarginal, _hermite_log_rule
     from mglm_core.simulate import simulate_arrays
 
     def summed(nested, vcp, start, nodes):
