@@ -363,11 +363,6 @@ def _poisson_observations_big_groups(seed=1002):
     return _observation_level(seed, 60, 5, (2.0, 0.3), (-0.5, 0.3), "g", (2, 3))
 
 
-def _poisson_observations_rare(seed=2601):
-    """Poisson: 100 groups of 100 rows (SD 0.3) and observation-level effects (SD 2), mean count about 0.4."""
-    return _observation_level(seed, 100, 100, (0.3, 2.0), (-3.0, 0.5), "g", (3, 5))
-
-
 def _binomial3_slopes_crossed(seed=1201):
     """Binomial with 3 trials: intercepts and x-slopes of 150 groups of 3 rows (SDs 1.5 / 0.9), h drawn
     from 60 levels (SD 0.6)."""
@@ -769,9 +764,6 @@ CASES = [
          "(SD 2.5)", "y ~ x + (1 | g) + (1 | h)", "binomial", data_fn=_items_few_rows),
     Case("sim_poisson_observations_big_groups", "Poisson, 60 groups of 5 rows (SD 2) and observation-level effects "
          "(SD 0.3)", "y ~ x + (1 | g) + (1 | obs)", "poisson", data_fn=_poisson_observations_big_groups),
-    Case("sim_poisson_observations_rare", "Poisson, 100 groups of 100 rows (SD 0.3) and observation-level effects "
-         "(SD 2), intercept -3: 85 % zeros, 10,000 barely informed effects", "y ~ x + (1 | g) + (1 | obs)", "poisson",
-         data_fn=_poisson_observations_rare),
     Case("sim_binary_three_levels_nested", "binary, three nested factors: 10 a (SD 1) of 4 b (SD 0.8) of 4 c (SD 1.5), "
          "2 rows per c", "y ~ x + (1 | a) + (1 | b) + (1 | c)", "binomial", data_fn=_three_levels),
     _simulated("sim_binomial2_crossed_150x2_130", "binomial with 2 trials, 150 groups of 2 rows (SD 2) crossed with "
