@@ -1209,14 +1209,11 @@ def _exact_departure(cond, probe, r=_PROBE_Z):
     finite."""
     nested = cond.nested
     lap = np.array([cond.corrected(th)[0] for th in probe])
-    nr = cond(probe[0])[1]
     saved = (cond.correction, cond.delta, cond.nested_optimum, cond._starts)
     rule = (nested.x, nested.logw, nested._rule_sd)
     cond.use("nested")
     try:
-        nested.use_nodes(np.exp(probe))
-        if nr.factor is not None:
-            nested.check_rule(probe[0], nr.u[nested.D], nr.b)
+        _take_rule(cond, probe, probe[0])
         exact = np.array([cond.corrected(th, tol=_GRID_TOL)[0] for th in probe])
     finally:
         cond.correction, cond.delta, cond.nested_optimum, cond._starts = saved
@@ -1231,6 +1228,16 @@ def _exact_departure(cond, probe, r=_PROBE_Z):
     shift = np.abs((hi - lo) / (2.0 * r)) / curve
     ratio = curve**-0.5
     return float(np.max(shift)), float(ratio[np.argmax(np.abs(ratio - 1.0))])
+
+
+def _take_rule(cond, near, at):
+    """Give the nested approximation the rule fine enough for the SDs at the log-SDs ``near``
+    (:meth:`~mglm_core.quadrature.NestedMarginal.use_nodes`), checked in the summed log integrals at ``at``, from the
+    Laplace solution there (:meth:`~mglm_core.quadrature.NestedMarginal.check_rule`)."""
+    cond.nested.use_nodes(np.exp(near))
+    nr = cond(at)[1]
+    if nr.factor is not None:
+        cond.nested.check_rule(at, nr.u[cond.nested.D], nr.b)
 
 
 def _fixed_effect_widening(cond, mode):
@@ -1795,10 +1802,7 @@ def fit_laplace(model, *, tol=1e-11, vcp_bounds=(-12.0, 8.0), refine=True, callb
             # (with an observation-level component inside, the rule for the SDs within a posterior SD of the mode:
             # the far probe points' were several times the work at every point, and each point beyond takes its own)
             near = probe if cond.nested.inner is None else [mode] + [mode + root @ z for z in _axial(k, 1.0)]
-            cond.nested.use_nodes(np.exp(near))
-            nr = cond(mode)[1]
-            if nr.factor is not None:  # (the rule accurate to RULE_ERROR_MAX in the summed log integrals)
-                cond.nested.check_rule(mode, nr.u[cond.nested.D], nr.b)
+            _take_rule(cond, near, mode)
             cond.outer_tilt(mode, root)
         # (from the curvature and slope along the axes at outer_tilt's points where it ran: no difference
         # stencil at the start)
