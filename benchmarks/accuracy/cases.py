@@ -363,6 +363,12 @@ def _poisson_observations_big_groups(seed=1002):
     return _observation_level(seed, 60, 5, (2.0, 0.3), (-0.5, 0.3), "g", (2, 3))
 
 
+def _poisson_rare_observations(seed=2601):
+    """Poisson rare counts (intercept -3, 82 % zeros): 30 groups of 80 rows (SD 0.3) and observation-level
+    effects (SD 2): 2400 effects, each poorly identified, whose Gauss-Hermite errors add up in the sum."""
+    return _observation_level(seed, 30, 80, (0.3, 2.0), (-3.0, 0.5), "g", (2, 4))
+
+
 def _binomial3_slopes_crossed(seed=1201):
     """Binomial with 3 trials: intercepts and x-slopes of 150 groups of 3 rows (SDs 1.5 / 0.9), h drawn
     from 60 levels (SD 0.6)."""
@@ -822,6 +828,10 @@ CASES = [
     Case("grouseticks_raw_height", "grouseticks: the canonical model, HEIGHT in metres (raw scale), default priors",
          "TICKS ~ YEAR + HEIGHT + (1 | BROOD) + (1 | INDEX) + (1 | LOCATION)", "poisson",
          data_fn=lambda: load("grouseticks")),
+    # the nested route's quadrature judged by its summed error (NestedMarginal.check_rule refines 12 -> 24 nodes)
+    Case("sim_poisson_rare_observations", "Poisson rare counts (82 % zeros), 30 groups of 80 rows (SD 0.3) and "
+         "observation-level effects (SD 2)", "y ~ x + (1 | g) + (1 | obs)", "poisson",
+         data_fn=_poisson_rare_observations),
 ]
 
 #: Single factors of two levels, checked against importance sampling (exact_few_levels.py) instead of

@@ -125,6 +125,28 @@ def test_exact_departure_predicts_the_switch():
     assert max(err(exact, "fe"), err(exact, "vcp")) < 0.03 < err(laplace, "vcp")
 
 
+def test_rare_counts_with_observation_level_effects_refine_the_rule_and_meet_the_bars():
+    """Poisson rare counts (82 % zeros) with an effect per row (SD 2) in 30 groups of 80: each effect's twelve-node
+    integral is good to about 1e-4, but the log density sums 2400 of them, and the rule check takes 24 nodes
+    (:meth:`NestedMarginal.check_rule`). The fit meets every bar against its NUTS reference (fit_vb puts the log-SDs
+    3.3 posterior SDs off)."""
+    from mglm_core.quadrature import NODES_NARROW, NestedMarginal
+
+    taken, check = [], NestedMarginal.check_rule
+
+    def spy(self, *args, **kw):
+        taken.append(check(self, *args, **kw))
+        return taken[-1]
+
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mp.setattr(NestedMarginal, "check_rule", spy)
+        res = BY_NAME["sim_poisson_rare_observations"].model().fit_laplace()
+    assert taken and taken[-1] == 2 * NODES_NARROW
+    assert res.converged and all(w.startswith("Few observations per random effect") for w in res.warnings)
+    _assert_bars(res, _reference("sim_poisson_rare_observations"))
+
+
 def test_blocks_carry_the_third_moments_of_their_exact_conditionals():
     """Binary slopes of 120 groups of five rows, integrated as two-dimensional blocks: given the log-SDs and the
     fixed effects, each intercept's and slope's third central moment under the block rule matches a 321 x 321 grid
