@@ -1034,19 +1034,26 @@ class VCTerm:
 def _one_column_spec(df: pd.DataFrame, text: str, what: str) -> Any:
     """formulaic's spec of the one numeric column an expression makes (``log(w)``: a transform slope, an
     offset), built on the fitting rows; ``what`` names it in errors (the text has passed the safe grammar)."""
-    from formulaic import model_matrix
-
     safe = "0 + " + _python_arithmetic(text, [(t, i) for i, t in enumerate(_tokenize(text))])
-    try:
-        with _WARNINGS_LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            mm = model_matrix(safe, df, output="numpy", na_action="ignore", context=_SAFE_CONTEXT)
-    except Exception as exc:  # formulaic's own errors -> ours, naming the term
-        raise FormulaError(f"formula: could not build {what}: {exc}", text, 0, len(text)) from exc
+    mm = _formulaic_matrix(safe, df, "numpy", text, f"formula: could not build {what}")
     if mm.shape[1] != 1:
         raise FormulaError(f"{what} must give one numeric column; got {mm.shape[1]} columns "
                            f"({', '.join(map(str, mm.model_spec.column_names[:4]))}).", text, 0, len(text))
     return mm.model_spec
+
+
+def _formulaic_matrix(safe: str, df: pd.DataFrame, output: str, text: str, what: str) -> Any:
+    """formulaic's model matrix of ``safe`` (the user's ``text`` after the safe grammar, as Python arithmetic) on
+    ``df``, its numpy warnings silenced; formulaic's own errors become a :class:`FormulaError` on ``text`` headed
+    ``what``."""
+    from formulaic import model_matrix
+
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            return model_matrix(safe, df, output=output, na_action="ignore", context=_SAFE_CONTEXT)
+    except Exception as exc:  # formulaic's own errors -> ours, with the text shown
+        raise FormulaError(f"{what}: {exc}", text, 0, len(text)) from exc
 
 
 def _one_column(spec: Any, df: pd.DataFrame) -> np.ndarray:
@@ -1164,8 +1171,6 @@ def _simple_vc_pattern(
 
 
 def _vc_formula_component(df: pd.DataFrame, key: str, text: str) -> VCTerm:
-    from formulaic import model_matrix
-
     tokens = _tokenize(text)
     pattern = _simple_vc_pattern(tokens, df)
     if pattern is not None:
@@ -1177,13 +1182,8 @@ def _vc_formula_component(df: pd.DataFrame, key: str, text: str) -> VCTerm:
         else:
             label = lambda lv: f"{slope}:{prefix}[{lv}]"  # noqa: E731
         return _grouped_term(df, key, (col,), slope, label)
-    try:
-        safe = _python_arithmetic(text, [(t, i) for i, t in enumerate(tokens)])
-        with _WARNINGS_LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore", category=RuntimeWarning)
-            mm = model_matrix(safe, df, output="sparse", na_action="ignore", context=_SAFE_CONTEXT)
-    except Exception as exc:  # formulaic's own errors -> ours, with the text shown
-        raise FormulaError(f"vc_formulas[{key!r}]: {exc}", text, 0, len(text)) from exc
+    safe = _python_arithmetic(text, [(t, i) for i, t in enumerate(tokens)])
+    mm = _formulaic_matrix(safe, df, "sparse", text, f"vc_formulas[{key!r}]")
     names = tuple(_integer_text(c, _writes_caret(text)) for c in mm.model_spec.column_names)
     return VCTerm(
         name=key,
