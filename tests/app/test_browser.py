@@ -511,6 +511,9 @@ def test_phone_screen_shows_the_results_and_scrolls_to_the_controls(chromium, se
         pg.goto(server)
         pg.locator(".bk-tab", has_text="Fixed effects").first.wait_for(timeout=60_000)
         wait_sources(pg, ["term", "mean", "y"], lambda s: len(s["mean"]) == 4)
+        # (the page grows as the plots below lay out: once in a fresh clone's run it was still the window's
+        # height when measured; a page that never grows fails here)
+        pg.wait_for_function("document.scrollingElement.scrollHeight > 844", timeout=20_000)
         box = pg.evaluate("""() => { const r = s => document.querySelector(s).getBoundingClientRect();
             return {main: r('#main').top, side: r('#sidebar').top, height: document.scrollingElement.scrollHeight}; }""")
         assert box["main"] < 844 and box["main"] < box["side"] and box["height"] > 844
