@@ -1042,18 +1042,24 @@ def _one_column_spec(df: pd.DataFrame, text: str, what: str) -> Any:
     return mm.model_spec
 
 
-def _formulaic_matrix(safe: str, df: pd.DataFrame, output: str, text: str, what: str) -> Any:
+def _formulaic_matrix(
+    safe: str, df: pd.DataFrame, output: str, text: str, what: str,
+    ignore: tuple[type[Warning], ...] = (Warning,), span: tuple[int, int] | None = None,
+) -> Any:
     """formulaic's model matrix of ``safe`` (the user's ``text`` after the safe grammar, as Python arithmetic) on
-    ``df``, its numpy warnings silenced; formulaic's own errors become a :class:`FormulaError` on ``text`` headed
-    ``what``."""
+    ``df``, numpy's floating-point errors and the warnings of the categories ``ignore`` silenced; formulaic's own
+    errors become a :class:`FormulaError` headed ``what``, marking ``span`` (position, length; all of ``text`` by
+    default) in ``text``."""
     from formulaic import model_matrix
 
+    position, length = (0, len(text)) if span is None else span
     try:
         with _WARNINGS_LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
+            for category in ignore:
+                warnings.simplefilter("ignore", category=category)
             return model_matrix(safe, df, output=output, na_action="ignore", context=_SAFE_CONTEXT)
     except Exception as exc:  # formulaic's own errors -> ours, with the text shown
-        raise FormulaError(f"{what}: {exc}", text, 0, len(text)) from exc
+        raise FormulaError(f"{what}: {exc}", text, position, length) from exc
 
 
 def _one_column(spec: Any, df: pd.DataFrame) -> np.ndarray:
@@ -1183,7 +1189,7 @@ def _vc_formula_component(df: pd.DataFrame, key: str, text: str) -> VCTerm:
             label = lambda lv: f"{slope}:{prefix}[{lv}]"  # noqa: E731
         return _grouped_term(df, key, (col,), slope, label)
     safe = _python_arithmetic(text, [(t, i) for i, t in enumerate(tokens)])
-    mm = _formulaic_matrix(safe, df, "sparse", text, f"vc_formulas[{key!r}]")
+    mm = _formulaic_matrix(safe, df, "sparse", text, f"vc_formulas[{key!r}]", ignore=(RuntimeWarning,))
     names = tuple(_integer_text(c, _writes_caret(text)) for c in mm.model_spec.column_names)
     return VCTerm(
         name=key,
@@ -1767,8 +1773,6 @@ def build_design(
         When rows with missing values in a used column are dropped (once, from every
         matrix); ``Design.n_dropped`` records how many.
     """
-    from formulaic import model_matrix
-
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"`data` must be a pandas DataFrame; got {type(data).__name__}.")
     if len(data) == 0:
@@ -1906,18 +1910,10 @@ def build_design(
                             "Convert it, e.g. to days since a start or to the year as a factor.")
     _check_factor_levels(formula, rhs, df)
     _check_numeric_arguments(formula, rhs, df)
-    try:
-        # non-finite values (log of a negative, ...) are reported below as a DataError
-        with _WARNINGS_LOCK, warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore", category=FutureWarning)
-            warnings.simplefilter("ignore", category=RuntimeWarning)
-            mm = model_matrix(fixed_formula, df, output="pandas", na_action="ignore", context=_SAFE_CONTEXT)
-    except Exception as exc:
-        raise FormulaError(
-            f"formula: could not build the fixed effects from {fixed_formula!r}: {exc}",
-            formula,
-            rhs[0].start if rhs else len(formula),
-        ) from exc
+    # (non-finite values, log of a negative, ...: reported below as a DataError)
+    mm = _formulaic_matrix(fixed_formula, df, "pandas", formula,
+                           f"formula: could not build the fixed effects from {fixed_formula!r}",
+                           ignore=(FutureWarning, RuntimeWarning), span=(rhs[0].start if rhs else len(formula), 1))
     _check_fixed_names(formula, fixed_formula, mm.model_spec, data.columns)
     for c in sorted(mm.model_spec.required_variables):
         if c in df.columns and not pd.api.types.is_numeric_dtype(df[c]) and df[c].nunique(dropna=True) == 1:
