@@ -1176,7 +1176,7 @@ class ObservationMarginal:
     Two rules:
 
     * adaptive Gauss–Hermite in :math:`t` for every element of :math:`\eta` (its integrand's mode by
-      Newton, the nodes scaled by its curvature);
+      Newton, the nodes scaled by its curvature; :data:`INNER_NODES`, more beyond scale 1);
     * for Bernoulli rows whose scale :math:`s = \sigma |z_i|` is at least :data:`SPLIT_SCALE`, where the
       integrand is a Gaussian cut by a logistic step of width :math:`1/s` and Gauss–Hermite needs
       192 nodes for :math:`10^{-5}` (at :math:`s = 9`), the split :math:`\mathrm{expit}(v) = H(v) + r(v)`,
@@ -1189,7 +1189,7 @@ class ObservationMarginal:
           C_n = \int_0^\infty \frac{e^{-w}}{1 + e^{-w}}\,\big(g_n(-w) - g_n(w)\big)\, dw,
 
       :math:`g_n(v) = t_v^n \phi(t_v)/s`, :math:`t_v = (v - \eta)/s`, by Gauss–Laguerre (:data:`SPLIT_NODES`
-      nodes: within :math:`2\cdot10^{-5}` of a fine grid from :math:`s = 2.5` up); then
+      nodes: within :math:`2\cdot10^{-8}` of a fine grid from :math:`s = 1.5` up); then
       :math:`\ell^* = \log M_0`, :math:`\ell^{*\prime} = M_1/(s M_0)`,
       :math:`\ell^{*\prime\prime} = (M_2 - M_0)/(s^2 M_0) - \ell^{*\prime 2}` (integration by parts), and
       :math:`y = 0` or :math:`z_i < 0` by reflection.
