@@ -456,8 +456,8 @@ def _grown_count(s, base, step):
 def _inner_count(s):
     r""":class:`ObservationMarginal`'s Gauss–Hermite nodes at scale ``s``: :data:`INNER_NODES` up to 1, beyond
     :math:`\lceil \mathrm{INNER\_NODES}\, s^2 \rceil` (at most :data:`NODES_MAX`): the count grows with the scale
-    in small steps, so that the rule's error stays small on both sides of each step (a log density that jumps where
-    the rule changes, summed over many rows, puts the grid's weights off)."""
+    in small steps, so that the rule's error stays small on both sides of each step (the log density sums it over
+    every row)."""
     return INNER_NODES if not s > 1.0 else int(min(NODES_MAX, np.ceil(INNER_NODES * s * s)))
 
 
